@@ -1,0 +1,193 @@
+"""Stress score: one bounded number (0-100) per segment, party and call, from the model outputs.
+
+Formula (per segment, probabilities ``p_<class>`` from the emotion model, summing to 1)::
+
+    stress = 100 * (1.0 * p_angry + 1.0 * p_fear + 0.5 * p_disgust + 0.4 * p_sad)
+
+Party / call stress is the talk-time-weighted mean of its segments' stress (a 6 s shout counts
+six times a 1 s one); the call score is the customer's party score, since that is what a
+supervisor ranks calls by (the agent's own score is reported beside it).
+
+Rationale:
+
+* **Angry and fear get full weight**: they are the high-arousal negative states that mark a
+  call going wrong (an irate or a frightened/anxious customer) and the two classes the
+  validation (``python -m analytics.stress_eval``) ranks against neutral.
+* **Disgust (0.5) and sad (0.4) count less**: both are negative, but disgust is confused with
+  anger / contempt only at moderate arousal and sad is low-arousal (a resigned customer is a
+  churn risk, not an escalation). Happy, neutral and surprise count 0 (surprise is high
+  arousal but of either valence, so it is no evidence of distress on its own).
+* **Confidence is built in by using probabilities, not the argmax label**: the score is the
+  expected value of a 0-1 "distress" indicator under the model's posterior. A segment labelled
+  angry with p=0.35 scores 35 + whatever fear/sad mass it has, not 100, so an unsure model
+  cannot produce a spike; a confident neutral segment scores near 0.
+* **Bounded by construction**: weights lie in [0, 1] and the probabilities sum to 1, so the
+  score lies in [0, 100] without clipping, and it is linear in the stored columns, so SQL can
+  compute it (``stress_sql``) and aggregate it in the database.
+
+Escalation (per call, customer side), both computable in SQL with one window function:
+
+* a *high-stress run*: consecutive customer utterances (in time order, the agent's turns in
+  between do not break it) each with stress >= ``ESCALATION_STRESS`` spanning
+  >= ``ESCALATION_MIN_S`` seconds from the first one's start to the last one's end; or
+* a *steep rise*: customer stress in the last third of the call minus the first third
+  >= ``STEEP_RISE_POINTS``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import pandas as pd
+
+from worker.constants import EMOTIONS
+
+STRESS_WEIGHTS: Final[dict[str, float]] = {
+    "angry": 1.0, "fear": 1.0, "disgust": 0.5, "sad": 0.4,
+    "happy": 0.0, "neutral": 0.0, "surprise": 0.0,
+}
+"""Class -> weight in the stress score (rationale in the module docstring)."""
+
+ESCALATION_STRESS: Final[float] = 50.0
+"""Customer segment stress counted as "high": at 50 the negative classes hold at least half of
+the model's probability mass (with full weight), i.e. the model leans distressed, not neutral."""
+
+ESCALATION_MIN_S: Final[float] = 20.0
+"""A high-stress run this long (seconds) escalates: about two customer turns in a row (the
+worker cuts utterances at <= 8 s), so one loud sentence is not flagged, a sustained one is."""
+
+STEEP_RISE_POINTS: Final[float] = 30.0
+"""Rise of customer stress (points, last third minus first third) that escalates: a third of
+the scale, e.g. a calm 10 turning into a 40+ that supervisors asked to see."""
+
+MOOD_THIRDS: Final[int] = 3
+"""Start vs end mood compares the first and the last third of the call (the issue's choice)."""
+
+if set(STRESS_WEIGHTS) != set(EMOTIONS) or not all(0.0 <= w <= 1.0 for w in STRESS_WEIGHTS.values()):
+    raise RuntimeError("STRESS_WEIGHTS must give every class a weight in [0, 1] (keeps 0-100)")
+
+
+def stress_of(probabilities: pd.DataFrame) -> pd.Series:
+    """Stress 0-100 of each row of a frame with ``p_<class>`` columns."""
+    total = sum((probabilities[f"p_{label}"] * weight
+                 for label, weight in STRESS_WEIGHTS.items() if weight), start=pd.Series(0.0,
+                                                                                 index=probabilities.index))
+    return (100.0 * total).clip(0.0, 100.0).rename("stress")
+
+
+def with_stress(segments: pd.DataFrame) -> pd.DataFrame:
+    """Add ``stress`` (0-100) and ``duration_s`` to a segments frame."""
+    return segments.assign(stress=stress_of(segments),
+                           duration_s=(segments["end_s"] - segments["start_s"]).clip(lower=0.0))
+
+
+def weighted_mean(values: pd.Series, weights: pd.Series) -> float:
+    """Weighted mean; NaN when the weights sum to 0 (no speech)."""
+    total = float(weights.sum())
+    return float((values * weights).sum() / total) if total > 0 else float("nan")
+
+
+def party_stress(segments: pd.DataFrame) -> pd.DataFrame:
+    """One row per (call, role): ``talk_s``, ``stress`` (talk-time-weighted), ``peak_stress``
+    (highest segment) and ``peak_at_s`` (start of that segment; ties: the earliest)."""
+    columns = ["call", "role", "talk_s", "stress", "peak_stress", "peak_at_s"]
+    if segments.empty:
+        return pd.DataFrame(columns=columns)
+    framed = segments.pipe(with_stress).assign(
+        weighted=lambda f: f["stress"] * f["duration_s"])
+    grouped = framed.groupby(["call", "role"], sort=True)
+    talk_s = grouped["duration_s"].sum()
+    peak_rows = (framed.sort_values(["call", "role", "stress", "start_s"],
+                                    ascending=[True, True, False, True])
+                 .drop_duplicates(["call", "role"]).set_index(["call", "role"]))
+    out = pd.DataFrame({
+        "talk_s": talk_s,
+        "stress": grouped["weighted"].sum() / talk_s.where(talk_s > 0, np.nan),
+        "peak_stress": peak_rows["stress"],
+        "peak_at_s": peak_rows["start_s"],
+    })
+    return out.reset_index()[columns]
+
+
+def third_of(midpoint_s: pd.Series, duration_s: pd.Series) -> pd.Series:
+    """0 (first third), 1 (middle) or 2 (last third) of the call for each segment midpoint."""
+    fraction = midpoint_s / duration_s.where(duration_s > 0, np.nan)
+    return np.floor(fraction * MOOD_THIRDS).clip(0, MOOD_THIRDS - 1).fillna(0).astype(int)
+
+
+def mood_shift(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
+    """Start-vs-end mood per (call, role): first vs last third of the call.
+
+    ``durations_s``: call -> duration (s); a call without one uses its last segment end.
+    A segment belongs to the third holding its midpoint. Columns: ``call, role,
+    start_stress, end_stress, stress_shift`` (end - start, points; NaN when a third has no
+    speech of that party), ``start_dominant, end_dominant`` (talk-weighted mean class).
+    """
+    columns = ["call", "role", "start_stress", "end_stress", "stress_shift",
+               "start_dominant", "end_dominant"]
+    if segments.empty:
+        return pd.DataFrame(columns=columns)
+    framed = segments.pipe(with_stress)
+    last_end = framed.groupby("call")["end_s"].max()
+    duration = framed["call"].map(durations_s).fillna(framed["call"].map(last_end)).astype(float)
+    framed = framed.assign(third=third_of((framed["start_s"] + framed["end_s"]) / 2, duration))
+    edges = framed[framed["third"].isin([0, MOOD_THIRDS - 1])]
+    prob_cols = [f"p_{e}" for e in EMOTIONS]
+    weighted = edges.assign(**{c: edges[c] * edges["duration_s"]
+                               for c in [*prob_cols, "stress"]})
+    sums = weighted.groupby(["call", "role", "third"])[[*prob_cols, "stress", "duration_s"]].sum()
+    talk = sums["duration_s"].where(sums["duration_s"] > 0, np.nan)
+    stress = sums["stress"] / talk
+    dominant = sums[prob_cols].idxmax(axis=1).str.removeprefix("p_").where(talk.notna())
+    keys = framed[["call", "role"]].drop_duplicates().sort_values(["call", "role"])
+    index = pd.MultiIndex.from_frame(keys)
+
+    def pick(series: pd.Series, third: int) -> pd.Series:
+        part = series.xs(third, level="third") if third in series.index.get_level_values("third") \
+            else pd.Series(dtype=series.dtype)
+        return part.reindex(index)
+
+    out = pd.DataFrame({
+        "start_stress": pick(stress, 0).to_numpy(dtype=float),
+        "end_stress": pick(stress, MOOD_THIRDS - 1).to_numpy(dtype=float),
+        "start_dominant": pick(dominant, 0).to_numpy(dtype=object),
+        "end_dominant": pick(dominant, MOOD_THIRDS - 1).to_numpy(dtype=object),
+    }, index=index)
+    out = out.assign(stress_shift=out["end_stress"] - out["start_stress"])
+    return out.reset_index()[columns]
+
+
+def high_stress_runs(segments: pd.DataFrame, role: str = "customer",
+                     threshold: float = ESCALATION_STRESS) -> pd.DataFrame:
+    """Runs of consecutive ``role`` utterances each with stress >= ``threshold``.
+
+    Columns ``call, start_s, end_s, run_s`` (end of the last minus start of the first, s).
+    The same islands ``queries.call_stats`` finds with a window function.
+    """
+    columns = ["call", "start_s", "end_s", "run_s"]
+    party = segments[segments["role"] == role]
+    if party.empty:
+        return pd.DataFrame(columns=columns)
+    ordered = party.pipe(with_stress).sort_values(["call", "start_s"])
+    low = (ordered["stress"] < threshold).astype(int)
+    island = low.groupby(ordered["call"]).cumsum()
+    high = ordered.assign(island=island)[low == 0]
+    if high.empty:
+        return pd.DataFrame(columns=columns)
+    runs = high.groupby(["call", "island"], sort=True).agg(start_s=("start_s", "min"),
+                                                           end_s=("end_s", "max"))
+    return runs.reset_index().assign(run_s=lambda f: f["end_s"] - f["start_s"])[columns]
+
+
+def escalation_flags(longest_run_s: pd.Series, stress_shift: pd.Series,
+                     min_run_s: float = ESCALATION_MIN_S,
+                     steep_rise_points: float = STEEP_RISE_POINTS) -> pd.DataFrame:
+    """``escalated`` (bool) and ``escalation_reason`` ("sustained", "rise", "sustained+rise",
+    "") from the longest high-stress run (s) and the customer's stress shift (points)."""
+    sustained = longest_run_s.fillna(0.0) >= min_run_s
+    rise = stress_shift.fillna(0.0) >= steep_rise_points
+    reason = np.where(sustained & rise, "sustained+rise",
+                      np.where(sustained, "sustained", np.where(rise, "rise", "")))
+    return pd.DataFrame({"escalated": (sustained | rise).astype(bool), "escalation_reason": reason},
+                        index=longest_run_s.index)

@@ -1,0 +1,279 @@
+"""Throughput benchmark: call-seconds per CPU-second, per stage and end to end.
+
+    python -m bench throughput [--calls 6] [--min-s 120] [--max-s 600] [--json FILE] [--quick]
+
+The workload is built from the corpora: two-party stereo calls, 8 kHz G.711 mu-law WAV,
+parties taking turns with pauses and some overtalk. Every figure is measured in this one run
+and printed as a ratio (audio or call seconds per CPU second), never compared with a constant.
+One thread everywhere (ONNX Runtime, BLAS): the figures are per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy loads: per-core figures
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.workload import read_manifest, synthesize_call, write_call  # noqa: E402
+from worker.settings import Settings  # noqa: E402
+
+
+@dataclass
+class StageClock:
+    """CPU seconds spent per pipeline stage."""
+
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.process_time()
+        try:
+            yield
+        finally:
+            self.cpu_s[name] = self.cpu_s.get(name, 0.0) + time.process_time() - start
+
+
+def build_workload(settings: Settings, out_dir: Path, n_calls: int, min_s: float, max_s: float,
+                   seed: int = 0) -> list[Path]:
+    """``n_calls`` stereo mu-law calls of min_s..max_s seconds from RAVDESS/TESS/EmoDB clips."""
+    rng = np.random.default_rng(seed)
+    clips = pd.concat([read_manifest(settings.corpora_dir, c) for c in ("ravdess", "tess", "emodb")])
+    speakers = clips.groupby(["corpus", "speaker"])
+    keys = list(speakers.groups)
+    paths = []
+    for i in range(n_calls):
+        target_s = rng.uniform(min_s, max_s)
+        a, b = rng.choice(len(keys), size=2, replace=False)
+        agent, customer = speakers.get_group(keys[a]), speakers.get_group(keys[b])
+        # ~2.5 s per clip and two parties: clips per party for the target length
+        n = max(2, int(target_s / 5.0))
+        call = synthesize_call(agent.sample(n, replace=True, random_state=int(rng.integers(1 << 31))),
+                               customer.sample(n, replace=True, random_state=int(rng.integers(1 << 31))),
+                               rng, gap_s=(0.1, 0.8), overlap_share=0.2)
+        paths.append(write_call(call, out_dir / f"call-{i:03d}.wav", subtype="ULAW"))
+    return paths
+
+
+def stage_breakdown(paths: Sequence[Path], settings: Settings) -> dict[str, float]:
+    """CPU seconds per stage over ``paths``, running the pipeline's own functions."""
+    import soundfile as sf
+    from sqlalchemy import select
+
+    from worker.audio import resample
+    from worker.db import session_scope, upgrade
+    from worker.emotion import decide, load_model
+    from worker.features import extract_features
+    from worker.pipeline import RecordingAnalysis, SegmentEmotion
+    from worker.schema import Call
+    from worker.segmentation import utterances
+    from worker.store import CallRequest, register_call, save_analysis
+    from worker.vad import speech_probabilities
+
+    clock = StageClock()
+    with clock.stage("model load"):
+        model = load_model(settings.model_path, settings.onnx_threads)
+    upgrade(settings.database_url)
+    for path in paths:
+        with clock.stage("decode"):
+            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with clock.stage("resample"):
+            channels = [resample(data[:, c], int(rate)) for c in range(data.shape[1])]
+        segments: list[SegmentEmotion] = []
+        for c, audio in enumerate(channels):
+            with clock.stage("vad"):
+                probs = speech_probabilities(audio, settings.vad)
+            with clock.stage("segmentation"):
+                spans = utterances(probs, settings.vad.frame_s, audio.size / 8000, settings.segmentation)
+            with clock.stage("features"):
+                feats = [extract_features(audio[round(s.start_s * 8000):round(s.end_s * 8000)],
+                                          model.card.features) for s in spans]
+            with clock.stage("model"):
+                p = model.predict_proba(feats) if feats else np.zeros((0, 7), np.float32)
+                for span, row in zip(spans, p, strict=True):
+                    d = decide(row.tolist(), model.labels)
+                    segments.append(SegmentEmotion(c, "agent" if c == 0 else "customer", span.start_s,
+                                                   span.end_s, d.label,
+                                                   dict(zip(model.labels, map(float, row), strict=True)),
+                                                   d.confidence, model.version))
+        with clock.stage("store"), session_scope(settings) as session:
+            call = register_call(session, CallRequest(uri=str(path), external_call_id=f"stage-{path.stem}"))
+            save_analysis(session, call.id, RecordingAnalysis(
+                path, data.shape[0] / rate, data.shape[1], int(rate), "0" * 64, model.version,
+                tuple(segments)))
+    with session_scope(settings) as session:
+        assert session.scalar(select(Call.id).limit(1)) is not None
+    return clock.cpu_s
+
+
+def end_to_end_in_process(paths: Sequence[Path], settings: Settings) -> tuple[float, int]:
+    """CPU seconds to process every call with ``process_call`` (the task body), segments made."""
+    from worker.jobs import process_call
+    from worker.store import CallRequest
+
+    start = time.process_time()
+    segments = 0
+    for path in paths:
+        outcome = process_call(CallRequest(uri=str(path), external_call_id=f"e2e-{path.stem}"), settings)
+        assert outcome.status == "done", outcome.reason
+        segments += outcome.segments
+    return time.process_time() - start, segments
+
+
+def end_to_end_celery(paths: Sequence[Path], settings: Settings, concurrency: int) -> tuple[float, float]:
+    """(wall s, CPU s of the worker processes) through a real Celery worker on the SQLite broker."""
+    from worker.runner import run_recordings
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    summary = run_recordings(paths, settings, concurrency=concurrency, timeout_s=3600)
+    wall_s = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert summary.done == len(paths), [f.reason for f in summary.files if f.status != "done"]
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall_s, cpu_s
+
+
+def fresh_process(path: Path, settings: Settings) -> dict[str, float]:
+    """Wall time to first result and peak RSS of a fresh Python process analysing ``path``."""
+    code = ("import resource, sys, time; t0 = time.perf_counter();"
+            "from worker.settings import Settings; from worker.jobs import process_call;"
+            "from worker.store import CallRequest;"
+            "s = Settings.from_env();"
+            f"r = CallRequest(uri={str(path)!r}, external_call_id='fresh-' + str(time.time_ns()));"
+            "o = process_call(r, s);"
+            "assert o.status == 'done', o.reason;"
+            "print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    env = dict(os.environ, CALLMOOD_DATABASE_URL=settings.database_url,
+               CALLMOOD_DATA_DIR=str(settings.data_dir), CALLMOOD_MODEL_PATH=str(settings.model_path),
+               CALLMOOD_INPUT_ROOTS=os.pathsep.join(map(str, settings.input_roots)))
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    wall_s = time.perf_counter() - start
+    inner_s, rss_kb = out.stdout.split()
+    return {"first_result_wall_s": wall_s, "first_result_after_start_s": float(inner_s),
+            "peak_rss_mb": int(rss_kb) / 1024}
+
+
+def _scaling_worker(args: tuple[list[str], dict[str, str]]) -> float:
+    paths, env = args
+    os.environ.update(env)
+    settings = Settings.from_env()
+    cpu_s, _ = end_to_end_in_process([Path(p) for p in paths], settings)
+    return cpu_s
+
+
+def scaling(paths: Sequence[Path], settings: Settings) -> dict[str, float]:
+    """Wall-clock throughput with 1 and 2 processes splitting the same calls."""
+    import multiprocessing as mp
+
+    env = {"CALLMOOD_DATABASE_URL": settings.database_url, "CALLMOOD_DATA_DIR": str(settings.data_dir),
+           "CALLMOOD_MODEL_PATH": str(settings.model_path),
+           "CALLMOOD_INPUT_ROOTS": os.pathsep.join(map(str, settings.input_roots))}
+    ctx = mp.get_context("spawn")
+    walls = {}
+    for n in (1, 2):
+        shards = [[str(p) for p in paths[i::n]] for i in range(n)]
+        with ctx.Pool(n) as pool:
+            pool.map(_scaling_worker, [([shards[0][0]], env)] * n)  # warm: imports, model
+            start = time.perf_counter()
+            pool.map(_scaling_worker, [(s, env) for s in shards])
+            walls[n] = time.perf_counter() - start
+    return {"wall_s_1_process": walls[1], "wall_s_2_processes": walls[2],
+            "speedup_2_vs_1": walls[1] / walls[2]}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    base = Settings.from_env()
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="callmood-bench-"))
+    settings = base.replace(
+        data_dir=work / "data", database_url=f"sqlite:///{work / 'bench.sqlite'}",
+        broker_url=f"sqla+sqlite:///{work / 'broker.sqlite'}", input_roots=(work,), onnx_threads=1)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    print(f"building {args.calls} calls of {args.min_s:.0f}-{args.max_s:.0f} s in {work} ...",
+          file=sys.stderr)
+    paths = build_workload(settings, work / "calls", args.calls, args.min_s, args.max_s)
+    call_s = sum(_duration_s(p) for p in paths)
+    result: dict[str, Any] = {"calls": len(paths), "call_seconds": call_s,
+                              "channel_seconds": 2 * call_s, "model": str(settings.model_path)}
+
+    stages = stage_breakdown(paths, settings)
+    result["stages_cpu_s"] = stages
+    result["stages_call_s_per_cpu_s"] = {k: call_s / v for k, v in stages.items()
+                                         if v > 0 and k != "model load"}
+    cpu_s, segments = end_to_end_in_process(paths, settings)
+    result["segments"] = segments
+    result["in_process_call_s_per_cpu_s"] = call_s / cpu_s
+    result.update(fresh_process(max(paths, key=_duration_s), settings))
+    if not args.quick:
+        wall_s, worker_cpu_s = end_to_end_celery(paths, settings, concurrency=1)
+        result["celery_call_s_per_wall_s"] = call_s / wall_s
+        result["celery_call_s_per_worker_cpu_s"] = call_s / worker_cpu_s if worker_cpu_s else None
+        result.update(scaling(paths, settings))
+    return result
+
+
+def _duration_s(path: Path) -> float:
+    import soundfile as sf
+
+    return float(sf.info(str(path)).duration)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"workload: {result['calls']} stereo 8 kHz mu-law calls, {result['call_seconds']:.0f} call-s, "
+             f"{result['segments']} segments; model {Path(result['model']).name}",
+             "", "| stage | CPU s | call-s per CPU-s |", "|---|---|---|"]
+    for name, cpu in result["stages_cpu_s"].items():
+        ratio = result["stages_call_s_per_cpu_s"].get(name)
+        lines.append(f"| {name} | {cpu:.2f} | {ratio:,.0f} |" if ratio else f"| {name} | {cpu:.2f} | |")
+    lines += ["", "| end to end | value |", "|---|---|",
+              f"| in-process (process_call + SQLite writes), call-s per CPU-s | "
+              f"{result['in_process_call_s_per_cpu_s']:,.0f} |"]
+    if "celery_call_s_per_wall_s" in result:
+        lines.append(f"| through Celery (SQLite broker, 1 worker process), call-s per wall-s | "
+                     f"{result['celery_call_s_per_wall_s']:,.0f} |")
+        if result.get("celery_call_s_per_worker_cpu_s"):
+            lines.append("| through Celery, call-s per worker CPU-s | "
+                         f"{result['celery_call_s_per_worker_cpu_s']:,.0f} |")
+        lines.append(f"| 2 processes vs 1 (same calls), speed-up | {result['speedup_2_vs_1']:.2f}x |")
+    lines += ["| fresh process: first result after (wall s, incl. imports) | "
+              f"{result['first_result_wall_s']:.2f} |",
+              f"| fresh process: peak RSS (MB) | {result['peak_rss_mb']:.0f} |"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench throughput", description=__doc__)
+    parser.add_argument("--calls", type=int, default=6)
+    parser.add_argument("--min-s", type=float, default=120.0)
+    parser.add_argument("--max-s", type=float, default=600.0)
+    parser.add_argument("--work-dir", help="keep the workload and databases here")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--quick", action="store_true",
+                        help="small workload, skip the Celery and scaling runs (checks it works)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.calls, args.min_s, args.max_s = 2, 20.0, 40.0
+    result = run(args)
+    print(format_table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+

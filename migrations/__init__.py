@@ -1,0 +1,1 @@
+"""Alembic migrations of the callmood database (run them with ``callmood db upgrade``)."""

@@ -1,0 +1,58 @@
+"""Alembic environment: the URL comes from the Alembic config or CALLMOOD_DATABASE_URL.
+
+``worker.db.upgrade(url)`` sets ``sqlalchemy.url`` on the config; the ``alembic`` command line
+(with the repository's alembic.ini, which holds no URL) falls back to the callmood settings.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from alembic import context
+
+from worker.db import make_engine
+from worker.schema import Base
+
+config = context.config
+if config.config_file_name is not None and config.get_main_option("configure_logging") == "true":
+    from logging.config import fileConfig
+
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+log = logging.getLogger("alembic.env")
+target_metadata = Base.metadata
+
+
+def _database_url() -> str:
+    url = config.get_main_option("sqlalchemy.url")
+    if url:
+        return url
+    from worker.settings import Settings
+
+    return Settings.from_env().database_url
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=_database_url(), target_metadata=target_metadata,
+                      literal_binds=True, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    # Our engine, so SQLite gets the same pragmas (foreign keys, WAL, busy timeout) as the app.
+    with make_engine(_database_url()).connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        # SQLite does run DDL inside transactions: a failed migration then leaves no half
+        # schema behind (Alembic assumes otherwise by default).
+        context.configure(connection=connection, target_metadata=target_metadata,
+                          render_as_batch=sqlite, transactional_ddl=True if sqlite else None,
+                          compare_type=True)
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,206 @@
+"""Decoding edge: every listed format, resampling, channel layout and every kind of bad input."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from worker.audio import load_mono, load_recording, resample, resolve_input
+from worker.constants import ANALYSIS_SAMPLE_RATE
+from worker.errors import AudioDecodeError, InputNotAllowedError, UnsupportedAudioError
+
+MAX_S = 4 * 3600.0
+
+
+def tone(seconds: float, rate: int, freq_hz: float = 440.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.5 * np.sin(2 * np.pi * freq_hz * t).astype(np.float32)
+    return np.stack([x * (c + 1) / channels for c in range(channels)], axis=1)
+
+
+FORMATS = [
+    ("WAV", "PCM_16", ".wav", 8000),
+    ("WAV", "PCM_24", ".wav", 16000),
+    ("WAV", "PCM_32", ".wav", 44100),
+    ("WAV", "FLOAT", ".wav", 48000),
+    ("WAV", "ULAW", ".wav", 8000),
+    ("WAV", "ALAW", ".wav", 8000),
+    ("FLAC", "PCM_16", ".flac", 22050),
+    ("OGG", "VORBIS", ".ogg", 16000),
+    ("OGG", "OPUS", ".opus", 48000),
+    ("MP3", "MPEG_LAYER_III", ".mp3", 16000),
+]
+
+
+@pytest.mark.parametrize(("fmt", "subtype", "suffix", "rate"), FORMATS)
+def test_every_format_decodes_to_analysis_rate(tmp_path: Path, fmt: str, subtype: str,
+                                                suffix: str, rate: int) -> None:
+    path = tmp_path / f"call{suffix}"
+    sf.write(str(path), tone(2.0, rate, channels=2), rate, format=fmt, subtype=subtype)
+    rec = load_recording(path, MAX_S)
+    assert rec.n_channels == 2
+    assert rec.source_sample_rate == rate
+    assert rec.duration_s == pytest.approx(2.0, abs=0.1)  # lossy codecs pad a little
+    for c, x in enumerate(rec.channels):
+        assert x.dtype == np.float32
+        assert x.size == pytest.approx(2.0 * ANALYSIS_SAMPLE_RATE, rel=0.05)
+        # The tone's level survives decoding and resampling: channel c has amplitude 0.5*(c+1)/2.
+        rms = float(np.sqrt(np.mean(x[800:-800] ** 2)))
+        assert rms == pytest.approx(0.5 * (c + 1) / 2 / np.sqrt(2), rel=0.15)
+    assert len(rec.sha256) == 64
+
+
+def test_resample_keeps_a_telephone_band_tone() -> None:
+    x = tone(1.0, 44100, freq_hz=1000.0)[:, 0]
+    y = resample(x, 44100)
+    assert y.size == ANALYSIS_SAMPLE_RATE
+    spectrum = np.abs(np.fft.rfft(y))
+    assert np.argmax(spectrum) == pytest.approx(1000, abs=2)  # 1 Hz bins over 1 s
+
+
+def test_mono_corpus_clip(callmood_corpora: Path) -> None:
+    clip = callmood_corpora / "ravdess" / "audio" / "03-01-05-01-01-01-19.opus"
+    x = load_mono(clip)
+    assert x.ndim == 1 and x.dtype == np.float32
+    assert 2.5 < x.size / ANALYSIS_SAMPLE_RATE < 6.0
+    assert np.abs(x).max() > 0.01
+
+
+# ---- bad input: each one is a clear InputError, never a crash -------------------------------
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.wav"
+    path.write_bytes(b"")
+    with pytest.raises(AudioDecodeError, match="empty"):
+        load_recording(path, MAX_S)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(AudioDecodeError, match="cannot open"):
+        load_recording(tmp_path / "nope.wav", MAX_S)
+
+
+def test_non_audio_file(tmp_path: Path) -> None:
+    path = tmp_path / "notes.wav"
+    path.write_text("agent notes, not audio\n" * 50)
+    with pytest.raises(AudioDecodeError, match="not a readable audio file"):
+        load_recording(path, MAX_S)
+
+
+def test_random_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.flac"
+    path.write_bytes(np.random.default_rng(0).bytes(20_000))
+    with pytest.raises(AudioDecodeError):
+        load_recording(path, MAX_S)
+
+
+def test_header_only_wav_has_no_frames(tmp_path: Path) -> None:
+    full = tmp_path / "full.wav"
+    sf.write(str(full), tone(1.0, 8000), 8000, subtype="ULAW")
+    cut = tmp_path / "zero-length.wav"
+    data = full.read_bytes()
+    cut.write_bytes(data[: data.index(b"data") + 8])  # the header and not one sample
+    with pytest.raises(AudioDecodeError):
+        load_recording(cut, MAX_S)
+
+
+@pytest.mark.parametrize("suffix,fmt,subtype", [(".wav", "WAV", "PCM_16"),
+                                                 (".flac", "FLAC", "PCM_16"),
+                                                 (".opus", "OGG", "OPUS")])
+def test_truncated_file_fails_cleanly_or_keeps_what_is_there(tmp_path: Path, suffix: str,
+                                                              fmt: str, subtype: str) -> None:
+    full = tmp_path / f"full{suffix}"
+    sf.write(str(full), tone(4.0, 16000), 16000, format=fmt, subtype=subtype)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    try:
+        rec = load_recording(cut, MAX_S)
+    except AudioDecodeError as e:
+        assert cut.name in str(e)
+    else:  # libsndfile decoded the part that is there: a sensible, shorter result
+        assert 0.5 < rec.duration_s <= 4.0
+
+
+def test_silent_file_decodes(tmp_path: Path) -> None:
+    path = tmp_path / "silence.wav"
+    sf.write(str(path), np.zeros((8000 * 3, 2), dtype=np.float32), 8000, subtype="ULAW")
+    rec = load_recording(path, MAX_S)
+    assert rec.duration_s == pytest.approx(3.0)
+    assert all(float(np.abs(x).max()) < 1e-3 for x in rec.channels)
+
+
+@pytest.mark.parametrize("rate", [1000, 768_000])
+def test_absurd_sample_rate(tmp_path: Path, rate: int) -> None:
+    path = tmp_path / "odd.wav"
+    sf.write(str(path), np.zeros(rate // 10, dtype=np.float32), rate, subtype="PCM_16")
+    with pytest.raises(UnsupportedAudioError, match="sample rate"):
+        load_recording(path, MAX_S)
+
+
+def test_more_than_two_channels(tmp_path: Path) -> None:
+    path = tmp_path / "surround.wav"
+    sf.write(str(path), tone(0.5, 8000, channels=6), 8000, subtype="PCM_16")
+    with pytest.raises(UnsupportedAudioError, match="6 channels"):
+        load_recording(path, MAX_S)
+
+
+def test_non_finite_float_samples(tmp_path: Path) -> None:
+    path = tmp_path / "nan.wav"
+    data = tone(0.5, 8000)
+    data[100] = np.nan
+    sf.write(str(path), data, 8000, subtype="FLOAT")
+    with pytest.raises(AudioDecodeError, match="NaN"):
+        load_recording(path, MAX_S)
+
+
+def test_hour_long_file_is_refused_above_the_limit_and_read_below(tmp_path: Path) -> None:
+    path = tmp_path / "hour.wav"
+    hour = np.zeros((3600 * 8000, 2), dtype=np.int16)
+    sf.write(str(path), hour, 8000, subtype="ULAW")
+    with pytest.raises(UnsupportedAudioError, match="CALLMOOD_MAX_DURATION_S"):
+        load_recording(path, max_duration_s=1800.0)
+    rec = load_recording(path, max_duration_s=MAX_S)
+    assert rec.duration_s == pytest.approx(3600.0)
+    assert rec.channels[0].size == 3600 * ANALYSIS_SAMPLE_RATE
+
+
+def test_file_size_limit(tmp_path: Path) -> None:
+    path = tmp_path / "big.wav"
+    sf.write(str(path), tone(1.0, 8000), 8000, subtype="PCM_16")
+    with pytest.raises(UnsupportedAudioError, match="CALLMOOD_MAX_FILE_BYTES"):
+        load_recording(path, MAX_S, max_file_bytes=1000)
+
+
+# ---- input roots --------------------------------------------------------------------------
+
+def test_resolve_inside_root(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    target = tmp_path / "in" / "a.wav"
+    target.write_bytes(b"x")
+    assert resolve_input(str(target), [tmp_path / "in"]) == target.resolve()
+    assert resolve_input(target.resolve().as_uri(), [tmp_path / "in"]) == target.resolve()
+
+
+def test_dotdot_escape_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "secret.wav").write_bytes(b"x")
+    with pytest.raises(InputNotAllowedError, match="outside the input roots"):
+        resolve_input(str(tmp_path / "in" / ".." / "secret.wav"), [tmp_path / "in"])
+
+
+def test_symlink_out_of_root_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "secret.wav").write_bytes(b"x")
+    os.symlink(tmp_path / "secret.wav", tmp_path / "in" / "link.wav")
+    with pytest.raises(InputNotAllowedError):
+        resolve_input(str(tmp_path / "in" / "link.wav"), [tmp_path / "in"])
+
+
+@pytest.mark.parametrize("uri", ["http://example.com/a.wav", "s3://bucket/a.wav", ""])
+def test_other_schemes_are_refused(tmp_path: Path, uri: str) -> None:
+    with pytest.raises(InputNotAllowedError):
+        resolve_input(uri, [tmp_path])

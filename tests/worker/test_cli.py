@@ -1,0 +1,70 @@
+"""``callmood`` subcommands, in-process, on the embedded SQLite default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.workload import read_manifest, synthesize_call, write_call
+from tests.model_fixtures import N_MELS, write_tiny_model
+from worker.cli import main
+
+FIELDS = {"file", "channel", "role", "start_s", "end_s", "emotion", "probabilities",
+          "confidence", "model_version"}
+
+
+@pytest.fixture()
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    model = write_tiny_model(tmp_path, np.random.default_rng(1).normal(size=(N_MELS, 7)))
+    monkeypatch.setenv("CALLMOOD_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CALLMOOD_INPUT_ROOTS", str(tmp_path))
+    monkeypatch.setenv("CALLMOOD_MODEL_PATH", str(model))
+    for name in ("CALLMOOD_DATABASE_URL", "CALLMOOD_BROKER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def test_analyze_json_prints_one_object_per_stored_segment(env: Path, callmood_corpora: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = read_manifest(callmood_corpora, "ravdess")
+    test = manifest[manifest["split"] == "test"]
+    call = synthesize_call(test[test["speaker"] == "actor21"].head(2),
+                           test[test["speaker"] == "actor22"].head(2), np.random.default_rng(0))
+    path = write_call(call, env / "call.wav")
+    (env / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+
+    code = main(["analyze", str(path), str(env / "broken.wav"), "--json", "--agent", "a-7"])
+    out, err = capsys.readouterr()
+
+    assert code == 1  # one of the two files failed
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rows and all(set(r) == FIELDS for r in rows)
+    assert {r["role"] for r in rows} == {"agent", "customer"}
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in rows)
+    assert all(r["model_version"] == "tiny-0.0.1" for r in rows)
+    assert "FAILED" in err and "broken.wav" in err and "not a readable audio file" in err
+
+    capsys.readouterr()
+    assert main(["calls", "--status", "failed"]) == 0
+    listed = capsys.readouterr().out
+    assert "broken.wav" in listed and "not a readable audio file" in listed
+
+
+def test_call_id_needs_exactly_one_file(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", "a.wav", "b.wav", "--call-id", "X-1"]) == 2
+    assert "--call-id" in capsys.readouterr().err
+
+
+def test_configuration_errors_exit_2(env: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CALLMOOD_CHANNEL_ROLES", "agent,manager")
+    assert main(["calls"]) == 2
+    assert "CALLMOOD_CHANNEL_ROLES" in capsys.readouterr().err
+
+
+def test_db_upgrade_reports_the_revision(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["db", "upgrade"]) == 0
+    assert "revision 0002" in capsys.readouterr().out

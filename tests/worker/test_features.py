@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from worker.features import FeatureConfig, extract_features, log_mel, n_frames
+
+
+def test_shape_dtype_and_frame_count() -> None:
+    config = FeatureConfig()
+    x = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1
+    feats = log_mel(x, config)
+    assert feats.shape == (config.n_mels, n_frames(8000, config)) == (64, 100)
+    assert feats.dtype == np.float32
+    assert np.isfinite(feats).all()
+
+
+def test_tone_lands_in_the_right_band() -> None:
+    config = FeatureConfig(normalization="none")
+    t = np.arange(8000) / 8000
+    low = log_mel(np.sin(2 * np.pi * 300 * t).astype(np.float32), config).mean(axis=1)
+    high = log_mel(np.sin(2 * np.pi * 3000 * t).astype(np.float32), config).mean(axis=1)
+    assert np.argmax(low) < np.argmax(high)
+
+
+def test_cmn_cancels_gain_and_fixed_channel_colouring() -> None:
+    config = FeatureConfig(normalization="utterance_cmn")
+    x = np.random.default_rng(1).standard_normal(16000).astype(np.float32) * 0.1
+    a = extract_features(x, config)
+    b = extract_features(x * 0.25, config)  # -12 dB, well above the log floor
+    assert np.abs(a - b).max() < 1e-3
+    assert np.abs(a.mean(axis=1)).max() < 1e-4
+
+
+def test_empty_and_tiny_inputs() -> None:
+    config = FeatureConfig()
+    assert extract_features(np.zeros(0, dtype=np.float32), config).shape == (64, 0)
+    assert extract_features(np.zeros(10, dtype=np.float32), config).shape == (64, 1)
+
+
+def test_config_round_trip_and_validation() -> None:
+    config = FeatureConfig(n_mels=40)
+    assert FeatureConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="fmax_hz"):
+        FeatureConfig(fmax_hz=5000.0)
+    with pytest.raises(ValueError, match="normalization"):
+        FeatureConfig(normalization="per_speaker")  # type: ignore[arg-type]

@@ -1,0 +1,81 @@
+"""Alembic owns the schema: upgrade/downgrade work on SQLite and PostgreSQL, and the migrated
+schema is exactly what worker/schema.py declares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from worker import db
+from worker.schema import Base
+
+EXPECTED_INDEXES = {
+    "calls": {"ix_calls_agent_id_started_at", "ix_calls_status", "ix_calls_started_at",
+              "ix_calls_batch_id", "ix_calls_source_uri_sha"},
+    "batches": {"ix_batches_started_at"},
+    "segments": {"ix_segments_call_id_start_s"},
+}
+
+
+def _diff(url: str) -> list[object]:
+    with db.make_engine(url).connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True,
+                                                               "compare_server_default": False})
+        return list(compare_metadata(context, Base.metadata))
+
+
+def _check_round_trip(url: str) -> None:
+    assert db.current_revision(url) is None
+    db.upgrade(url)
+    assert db.current_revision(url) == "0002"
+    assert _diff(url) == [], "migrations/ and worker/schema.py disagree"
+    inspector = inspect(db.make_engine(url))
+    for table, names in EXPECTED_INDEXES.items():
+        assert names <= {ix["name"] for ix in inspector.get_indexes(table)}
+    (fk,) = inspector.get_foreign_keys("segments")
+    assert fk["referred_table"] == "calls"
+    assert (fk.get("options") or {}).get("ondelete", "").upper() == "CASCADE"
+    (batch_fk,) = inspector.get_foreign_keys("calls")
+    assert batch_fk["referred_table"] == "batches"
+    assert (batch_fk.get("options") or {}).get("ondelete", "").upper() == "SET NULL"
+    assert {"uq_calls_external_call_id"} <= (
+        {u["name"] for u in inspector.get_unique_constraints("calls")}
+        | {ix["name"] for ix in inspector.get_indexes("calls") if ix.get("unique")})
+    db.upgrade(url)  # a second upgrade is a no-op
+    db.downgrade(url, "base")
+    db.dispose_engines()
+    assert db.current_revision(url) is None
+    assert set(inspect(db.make_engine(url)).get_table_names()) <= {"alembic_version"}
+    db.upgrade(url)  # and back up again after a full downgrade
+    assert _diff(url) == []
+
+
+def test_sqlite_upgrade_downgrade_matches_models(tmp_path: Path) -> None:
+    _check_round_trip(f"sqlite:///{tmp_path / 'nested' / 'callmood.sqlite'}")
+
+
+@pytest.mark.postgres
+def test_postgres_upgrade_downgrade_matches_models(postgres_url: str) -> None:
+    _check_round_trip(postgres_url)
+
+
+def test_sqlite_connections_use_wal_foreign_keys_and_busy_timeout(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.sqlite'}"
+    with db.make_engine(url).connect() as c:
+        assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert c.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.SQLITE_BUSY_TIMEOUT_MS
+    assert db.make_engine(url) is db.make_engine(url)
+
+
+def test_migrations_ship_with_the_package() -> None:
+    # pyproject's package-data must carry these, or `callmood db upgrade` breaks when installed.
+    root = db.migrations_dir()
+    assert (root / "env.py").is_file()
+    assert (root / "script.py.mako").is_file()
+    assert sorted(p.name for p in (root / "versions").glob("*.py")) == ["0001_initial.py",
+                                                                        "0002_batches.py"]

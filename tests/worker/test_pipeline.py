@@ -1,0 +1,90 @@
+"""The whole in-process pipeline on a synthetic two-party call built from real speech.
+
+The tiny untrained model keeps this test about the pipeline's mechanics (channels, roles,
+timing, probabilities, versions); the trained model's accuracy is guarded in tests/training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bench.workload import read_manifest, synthesize_call, write_call
+from tests.model_fixtures import N_MELS, write_tiny_model
+from worker.errors import AudioDecodeError, InputNotAllowedError
+from worker.pipeline import analyze_file
+from worker.settings import Settings
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    model = write_tiny_model(tmp_path, np.random.default_rng(0).normal(size=(N_MELS, 7)))
+    return Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
+                              "CALLMOOD_INPUT_ROOTS": str(tmp_path),
+                              "CALLMOOD_MODEL_PATH": str(model)})
+
+
+def overlap_s(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+
+
+def test_stereo_mulaw_call_gives_per_party_utterances(tmp_path: Path, settings: Settings,
+                                                      callmood_corpora: Path) -> None:
+    manifest = read_manifest(callmood_corpora, "ravdess")
+    test = manifest[manifest["split"] == "test"]
+    agent = test[test["speaker"] == "actor19"].head(3)
+    customer = test[test["speaker"] == "actor20"].head(3)
+    call = synthesize_call(agent, customer, np.random.default_rng(3), overlap_share=0.0)
+    path = write_call(call, tmp_path / "call.wav", subtype="ULAW")
+
+    result = analyze_file(str(path), settings)
+
+    assert result.channels == 2 and result.sample_rate == 8000
+    assert result.duration_s == pytest.approx(call.duration_s, abs=0.01)
+    assert result.model_version == "tiny-0.0.1"
+    assert {s.role for s in result.segments} == {"agent", "customer"}
+    for segment in result.segments:
+        assert segment.role == ("agent" if segment.channel == 0 else "customer")
+        assert sum(segment.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+        assert segment.confidence == max(segment.probabilities.values())
+        assert segment.model_version == "tiny-0.0.1"
+        assert 0.0 <= segment.start_s < segment.end_s <= result.duration_s
+    # Every placed clip (a RAVDESS sentence: ~1.5 s of speech inside ~3.5 s with its own
+    # leading and trailing silence) is found on its own channel, and nothing outside clips.
+    for clip in call.clips:
+        own = [s for s in result.segments if s.channel == clip.channel]
+        covered = sum(overlap_s((s.start_s, s.end_s), (clip.start_s, clip.end_s)) for s in own)
+        assert covered > 0.8, clip
+    for segment in result.segments:
+        inside = sum(overlap_s((segment.start_s, segment.end_s), (c.start_s, c.end_s))
+                     for c in call.clips if c.channel == segment.channel)
+        assert inside > 0.9 * (segment.end_s - segment.start_s), segment
+    assert [s.start_s for s in result.segments] == sorted(s.start_s for s in result.segments)
+
+
+def test_silent_call_is_done_with_no_segments(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "silence.wav"
+    sf.write(str(path), np.zeros((8000 * 5, 2), dtype=np.float32), 8000, subtype="ULAW")
+    result = analyze_file(str(path), settings)
+    assert result.segments == ()
+    assert result.duration_s == pytest.approx(5.0)
+
+
+def test_mono_file_is_one_unknown_party(tmp_path: Path, settings: Settings, callmood_corpora: Path) -> None:
+    clip = callmood_corpora / "ravdess" / "audio" / "03-01-05-02-01-01-21.opus"
+    target = tmp_path / "mono.opus"
+    target.write_bytes(clip.read_bytes())
+    result = analyze_file(str(target), settings)
+    assert result.channels == 1
+    assert result.segments and {s.role for s in result.segments} == {"unknown"}
+
+
+def test_bad_inputs_raise_input_errors(tmp_path: Path, settings: Settings) -> None:
+    (tmp_path / "junk.wav").write_bytes(b"RIFF....WAVEjunk")
+    with pytest.raises(AudioDecodeError):
+        analyze_file(str(tmp_path / "junk.wav"), settings)
+    with pytest.raises(InputNotAllowedError):
+        analyze_file("/etc/passwd", settings)

@@ -1,0 +1,214 @@
+"""End to end through real Celery worker processes: the embedded mode (``callmood run``:
+SQLite database, Kombu's SQLAlchemy transport on SQLite) and the production shape
+(redis-server broker, PostgreSQL database, a producer that imports nothing from callmood)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.audio_fixtures import make_call_wav, make_corrupt_file, pick_clips
+from worker import db, store
+from worker.celery_app import TASK_QUEUE, worker_command
+from worker.runner import external_id_for, run_recordings, stop_worker
+from worker.schema import Call
+from worker.settings import PACKAGE_DIR, Settings
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("pipeline_importable", "emotion_model")]
+
+
+@pytest.fixture()
+def recordings(callmood_settings: Settings, callmood_corpora: Path) -> dict[str, Path]:
+    """A stereo G.711 call, a mono FLAC call and a corrupt file under the input root."""
+    input_dir = callmood_settings.input_roots[0]
+    clips = pick_clips(callmood_corpora, 6)
+    stereo = input_dir / "2026-01-31" / "call-stereo.wav"
+    make_call_wav(stereo, [clips[0:2], clips[2:4]])
+    mono = input_dir / "2026-01-31" / "call-mono.flac"
+    make_call_wav(mono, [clips[4:6]], sample_rate=16000, subtype="PCM_16")
+    corrupt = input_dir / "2026-01-31" / "corrupt.wav"
+    make_corrupt_file(corrupt)
+    return {"stereo": stereo, "mono": mono, "corrupt": corrupt}
+
+
+def _check_done(session: object, call: Call, path: Path, n_channels: int) -> None:
+    assert call.status == "done", call.failure_reason
+    assert call.channels == n_channels
+    assert call.content_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert call.model_version and call.processed_at is not None
+    segments = store.segments_for_call(session, call.id)  # type: ignore[arg-type]
+    assert len(segments) >= 2
+    roles = {s.role for s in segments}
+    assert roles == ({"agent", "customer"} if n_channels == 2 else {"unknown"})
+    for s in segments:
+        assert 0 <= s.start_s < s.end_s <= (call.duration_s or 0) + 0.01
+        assert sum(s.probabilities().values()) == pytest.approx(1.0, abs=1e-3)
+        assert s.emotion == max(s.probabilities(), key=s.probabilities().__getitem__)
+
+
+def test_run_folder_through_a_real_worker_on_the_embedded_broker(
+        callmood_settings: Settings, recordings: dict[str, Path]) -> None:
+    paths = sorted(recordings.values())
+    summary = run_recordings(paths, callmood_settings, concurrency=2, timeout_s=180)
+    assert not summary.timed_out, summary.worker_log.read_text()[-3000:]
+    by_path = {f.path: f for f in summary.files}
+    assert (summary.done, summary.failed) == (2, 1), by_path
+    corrupt = by_path[recordings["corrupt"]]
+    assert corrupt.status == "failed" and corrupt.reason and "corrupt.wav" in corrupt.reason
+    assert callmood_settings.broker_url.startswith("sqla+sqlite:///")
+    assert (callmood_settings.data_dir / "broker.sqlite").is_file()
+
+    with db.session_scope(callmood_settings) as s:
+        calls = store.calls_by_external_id(s, [external_id_for(p) for p in paths])
+        _check_done(s, calls[external_id_for(recordings["stereo"])], recordings["stereo"], 2)
+        _check_done(s, calls[external_id_for(recordings["mono"])], recordings["mono"], 1)
+        first_counts = {f.external_call_id: f.segments for f in summary.files}
+
+    # Running the folder again replaces the rows: same calls, same segment counts.
+    again = run_recordings(paths, callmood_settings, concurrency=1, timeout_s=180)
+    assert (again.done, again.failed) == (2, 1)
+    assert {f.external_call_id: f.segments for f in again.files} == first_counts
+    with db.session_scope(callmood_settings) as s:
+        assert store.counts_by_status(s) == {"pending": 0, "processing": 0, "done": 2,
+                                             "failed": 1}
+        assert {c.attempts for c in store.list_calls(s)} == {1}  # a new run, not a retry
+    assert again.worker_exit_code == 0
+
+
+@pytest.fixture()
+def production_worker(postgres_url: str, redis_url: str, callmood_settings: Settings,
+                      tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """`callmood db upgrade` then a prefork worker on redis + PostgreSQL (2 children, or
+    indirect-parametrized)."""
+    db.upgrade(postgres_url)  # the compose file's one-shot migrate service
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLMOOD_")}
+    env.update({
+        "CALLMOOD_DATABASE_URL": postgres_url,
+        "CALLMOOD_BROKER_URL": redis_url,
+        "CALLMOOD_DATA_DIR": str(tmp_path / "worker-data"),
+        "CALLMOOD_INPUT_ROOTS": str(callmood_settings.input_roots[0]),
+        "CALLMOOD_MODEL_PATH": str(callmood_settings.model_path),
+        "PYTHONPATH": str(PACKAGE_DIR.parent),
+    })
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            worker_command(int(getattr(request, "param", 2)), "INFO", TASK_QUEUE,
+                           f"pg-{os.getpid()}@%h", redis_url),
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield {"log": str(log_path), "pid": str(process.pid)}
+    finally:
+        assert stop_worker(process) == 0, log_path.read_text()[-3000:]
+
+
+def test_redis_and_postgres_through_a_real_worker(
+        production_worker: dict[str, str], postgres_url: str, redis_url: str,
+        recordings: dict[str, Path]) -> None:
+    # The producer is what the call-centre system runs: plain Celery, nothing from callmood.
+    script = f"""
+import celery
+client = celery.Celery(broker={redis_url!r})
+send = lambda **kw: client.send_task("callmood.analyze_recording", kwargs=kw, queue="callmood",
+                                     serializer="json")
+send(uri={str(recordings["stereo"])!r}, call_id="CC-STEREO", agent_id="agent-7", team="blue",
+     queue="billing", customer_ref="cust-1", started_at="2026-01-31T09:15:00+01:00",
+     metadata={{"campaign": "winter"}})
+send(uri={str(recordings["corrupt"])!r}, call_id="CC-CORRUPT")
+send(uri="/etc/passwd", call_id="CC-OUTSIDE")
+send(uri={str(recordings["mono"])!r}, call_id="CC-BADTIME", started_at="31/01/2026")
+import sys; assert "worker" not in sys.modules and "worker.tasks" not in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, cwd="/",
+                   env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+
+    expected = {"CC-STEREO", "CC-CORRUPT", "CC-OUTSIDE", "CC-BADTIME"}
+    engine = create_engine(postgres_url)
+    deadline = time.monotonic() + 180
+    rows: dict[str, tuple[str, str | None]] = {}
+    while time.monotonic() < deadline:
+        with engine.connect() as c:
+            rows = {r[0]: (r[1], r[2]) for r in c.execute(text(
+                "SELECT external_call_id, status, failure_reason FROM calls"))}
+        if set(rows) == expected and all(s in ("done", "failed") for s, _ in rows.values()):
+            break
+        time.sleep(0.5)
+    engine.dispose()
+    log = Path(production_worker["log"]).read_text()[-3000:]
+    assert set(rows) == expected, log
+    assert rows["CC-STEREO"][0] == "done", (rows, log)
+    assert rows["CC-CORRUPT"][0] == "failed" and "corrupt.wav" in (rows["CC-CORRUPT"][1] or "")
+    assert rows["CC-OUTSIDE"][0] == "failed" and "input roots" in (rows["CC-OUTSIDE"][1] or "")
+    assert rows["CC-BADTIME"][0] == "failed" and "started_at" in (rows["CC-BADTIME"][1] or "")
+
+    with db.session_scope(postgres_url) as s:
+        call = store.find_call(s, "CC-STEREO")
+        assert call is not None
+        assert (call.agent_id, call.team, call.queue) == ("agent-7", "blue", "billing")
+        assert call.started_at is not None and call.started_at.isoformat() == \
+            "2026-01-31T08:15:00+00:00"
+        assert call.call_metadata == {"campaign": "winter"}
+        _check_done(s, call, recordings["stereo"], 2)
+
+
+def _send(redis_url: str, **kwargs: object) -> None:
+    import celery
+
+    client = celery.Celery(broker=redis_url)
+    try:
+        client.send_task("callmood.analyze_recording", kwargs=kwargs, queue="callmood")
+    finally:
+        client.close()
+
+
+def _wait_for(postgres_url: str, external_id: str, statuses: set[str],
+              timeout_s: float = 120) -> tuple[str, int, str | None]:
+    engine = create_engine(postgres_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with engine.connect() as c:
+                row = c.execute(text("SELECT status, attempts, failure_reason FROM calls "
+                                     "WHERE external_call_id = :id"), {"id": external_id}).first()
+            if row is not None and row[0] in statuses:
+                return str(row[0]), int(row[1]), row[2]
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+    raise AssertionError(f"call {external_id} never reached {statuses} (last: {row})")
+
+
+@pytest.mark.parametrize("production_worker", [1], indirect=True)
+def test_a_killed_pool_process_requeues_its_recording(
+        production_worker: dict[str, str], postgres_url: str, redis_url: str,
+        recordings: dict[str, Path], tmp_path: Path) -> None:
+    """acks_late + task_reject_on_worker_lost: the message outlives the process running it,
+    and the second run replaces, not duplicates, the first one's rows."""
+    # A FIFO holds the first attempt inside the decoder (open() blocks until a writer comes),
+    # so the pool process can be killed mid-task deterministically.
+    target = recordings["stereo"].with_name("held.wav")
+    os.mkfifo(target)
+    _send(redis_url, uri=str(target), call_id="CC-HELD")
+    status, attempts, _ = _wait_for(postgres_url, "CC-HELD", {"processing"})
+    assert attempts == 1
+    os.replace(recordings["stereo"], target)  # what the retry will read; the FIFO is unlinked
+    worker_pid = int(production_worker["pid"])
+    children = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()
+    assert len(children) == 1, children
+    os.kill(int(children[0]), 9)
+    status, attempts, reason = _wait_for(postgres_url, "CC-HELD", {"done", "failed"})
+    log = Path(production_worker["log"]).read_text()[-3000:]
+    assert (status, attempts) == ("done", 2), (reason, log)
+    assert "WorkerLostError" in Path(production_worker["log"]).read_text(), log
+    with db.session_scope(postgres_url) as s:
+        call = store.find_call(s, "CC-HELD")
+        assert call is not None
+        _check_done(s, call, target, 2)

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from worker.errors import ConfigError
+from worker.settings import Settings, redact_url
+
+
+def test_embedded_defaults_live_under_the_data_dir(tmp_path: Path) -> None:
+    s = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "d")})
+    assert s.data_dir == (tmp_path / "d").resolve()
+    assert s.database_url == f"sqlite:///{s.data_dir / 'callmood.sqlite'}"
+    assert s.broker_url == f"sqla+sqlite:///{s.data_dir / 'broker.sqlite'}"
+    assert s.data_dir in s.input_roots
+    assert s.model_path.name == "emotion-v1.onnx"
+    assert s.channel_roles == ("agent", "customer")
+
+
+def test_input_roots_are_split_on_pathsep(tmp_path: Path) -> None:
+    s = Settings.from_env({"CALLMOOD_INPUT_ROOTS": f"{tmp_path / 'a'}{os.pathsep}{tmp_path / 'b'}"})
+    assert s.input_roots == ((tmp_path / "a").resolve(), (tmp_path / "b").resolve())
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("CALLMOOD_DATABASE_URL", "mysql://u:pw@h/db", "sqlite, postgresql"),
+    ("CALLMOOD_BROKER_URL", "amqp://guest@h//", "redis"),
+    ("CALLMOOD_CHANNEL_ROLES", "agent,boss", "agent, customer, unknown"),
+    ("CALLMOOD_ONNX_THREADS", "0", "positive integer"),
+    ("CALLMOOD_ONNX_THREADS", "two", "positive integer"),
+    ("CALLMOOD_MAX_DURATION_S", "-5", "positive number"),
+    ("CALLMOOD_LOG_LEVEL", "LOUD", "DEBUG, INFO"),
+])
+def test_invalid_values_name_the_variable_and_valid_values(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({name: value})
+    assert name in str(info.value)
+    assert message in str(info.value)
+
+
+def test_password_never_appears_in_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"CALLMOOD_DATABASE_URL": "mysql://user:hunter2@db/x"})
+    assert "hunter2" not in str(info.value)
+
+
+def test_postgres_driver_suffix_is_accepted() -> None:
+    s = Settings.from_env({"CALLMOOD_DATABASE_URL": "postgresql+psycopg://u:p@localhost/callmood"})
+    assert s.database_url.startswith("postgresql+psycopg")
+
+
+def test_redact_url() -> None:
+    assert redact_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact_url("postgresql://cm:pw@db:5432/cm") == "postgresql://cm:***@db:5432/cm"
+    assert redact_url("sqlite:////tmp/x.sqlite") == "sqlite:////tmp/x.sqlite"
+
+
+def test_roles_for_mono_and_stereo() -> None:
+    s = Settings.from_env({})
+    assert s.role_for_channel(0, 1) == "unknown"
+    assert (s.role_for_channel(0, 2), s.role_for_channel(1, 2)) == ("agent", "customer")
+    swapped = Settings.from_env({"CALLMOOD_CHANNEL_ROLES": "customer,agent"})
+    assert swapped.role_for_channel(0, 2) == "customer"
+
+
+def test_vad_and_segmentation_thresholds_come_from_env() -> None:
+    s = Settings.from_env({"CALLMOOD_VAD_AGGRESSIVENESS": "2",
+                           "CALLMOOD_SEGMENTATION_PAD_MS": "60",
+                           "CALLMOOD_SEGMENTATION_MAX_UTTERANCE_S": "6.5"})
+    assert s.vad.aggressiveness == 2
+    assert (s.segmentation.pad_ms, s.segmentation.max_utterance_s) == (60, 6.5)
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("CALLMOOD_VAD_AGGRESSIVENESS", "7", "use 0, 1, 2 or 3"),
+    ("CALLMOOD_VAD_FRAME_MS", "ten", "expected int"),
+    ("CALLMOOD_SEGMENTATION_PADDING", "5", "CALLMOOD_SEGMENTATION_PAD_MS"),
+])
+def test_bad_threshold_settings_are_named(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({name: value})

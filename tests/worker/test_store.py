@@ -1,0 +1,198 @@
+"""The store on a migrated database (SQLite and PostgreSQL): idempotent writes that never
+commit, and the session scope that owns the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import StatementError
+
+from tests.audio_fixtures import fake_analysis
+from worker import db, store
+from worker.errors import PayloadError, TransientError
+from worker.schema import Call, Segment
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    db.upgrade(url)
+    yield url
+
+
+def _request(call_id: str = "CC-1", **changes: object) -> store.CallRequest:
+    fields: dict[str, object] = dict(
+        uri="/calls/a.wav", external_call_id=call_id, agent_id="agent-7", team="blue",
+        queue="billing", customer_ref="cust-9",
+        started_at=datetime(2026, 1, 31, 10, 15, tzinfo=timezone(timedelta(hours=1))),
+        metadata={"campaign": "winter", "tags": ["vip"]})
+    fields.update(changes)
+    return store.CallRequest(**fields)  # type: ignore[arg-type]
+
+
+def _count(url: str, model: type[Call] | type[Segment]) -> int:
+    with db.session_scope(url) as s:
+        return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_register_is_idempotent_by_external_id(db_url: str) -> None:
+    with db.session_scope(db_url) as s:
+        first = store.register_call(s, _request())
+        first_id = first.id
+    with db.session_scope(db_url) as s:
+        again = store.register_call(s, _request(uri="/calls/other.wav", agent_id="x"))
+        assert again.id == first_id
+        assert again.source_uri == "/calls/a.wav"  # the existing row is returned unchanged
+        other = store.register_call(s, _request("CC-2"))
+        assert other.id != first_id
+    assert _count(db_url, Call) == 2
+    with db.session_scope(db_url) as s:
+        call = s.get(Call, first_id)
+        assert call is not None
+        assert call.status == "pending" and call.attempts == 0
+        assert call.started_at == datetime(2026, 1, 31, 9, 15, tzinfo=UTC)
+        assert call.started_at.tzinfo is not None
+        assert call.call_metadata == {"campaign": "winter", "tags": ["vip"]}
+        assert call.created_at.tzinfo is not None
+
+
+def test_register_twice_in_one_transaction_gives_one_row(db_url: str) -> None:
+    with db.session_scope(db_url) as s:
+        a = store.register_call(s, _request())
+        b = store.register_call(s, _request())
+        assert a is b
+    assert _count(db_url, Call) == 1
+
+
+def test_save_analysis_replaces_segments_on_rerun(db_url: str) -> None:
+    with db.session_scope(db_url) as s:
+        call_id = store.register_call(s, _request()).id
+        store.claim_for_processing(s, call_id)
+        store.save_analysis(s, call_id, fake_analysis(4, model_version="m1"))
+    with db.session_scope(db_url) as s:
+        claimed = store.claim_for_processing(s, call_id)  # a new run of a done call
+        assert claimed.status == "processing" and claimed.attempts == 1
+        assert store.claim_for_processing(s, call_id).attempts == 2  # redelivered mid-run
+        store.save_analysis(s, call_id, fake_analysis(3, model_version="m2", sha256="cd" * 32))
+    assert _count(db_url, Segment) == 3
+    with db.session_scope(db_url) as s:
+        call = s.get(Call, call_id)
+        assert call is not None
+        assert (call.status, call.model_version, call.content_sha256) == ("done", "m2", "cd" * 32)
+        assert (call.channels, call.sample_rate, call.duration_s) == (2, 8000, 7.0)
+        assert call.failure_reason is None and call.processed_at is not None
+        segments = store.segments_for_call(s, call_id)
+        assert [seg.start_s for seg in segments] == [0.0, 2.0, 4.0]
+        assert [seg.role for seg in segments] == ["agent", "customer", "agent"]
+        assert {seg.model_version for seg in segments} == {"m2"}
+        assert segments[0].emotion == "angry"
+        probs = segments[0].probabilities()
+        assert probs["angry"] == pytest.approx(0.6)
+        assert sum(probs.values()) == pytest.approx(1.0)
+
+
+def test_store_never_commits_the_callers_rollback_undoes_everything(db_url: str) -> None:
+    with db.session_scope(db_url) as s:
+        kept_id = store.register_call(s, _request("KEEP")).id
+    with pytest.raises(RuntimeError, match="caller aborts"), db.session_scope(db_url) as s:
+        call_id = store.register_call(s, _request("CC-1")).id
+        store.claim_for_processing(s, call_id)
+        store.save_analysis(s, call_id, fake_analysis(2))
+        store.mark_failed(s, kept_id, "should be rolled back")
+        raise RuntimeError("caller aborts")
+    assert _count(db_url, Call) == 1
+    assert _count(db_url, Segment) == 0
+    with db.session_scope(db_url) as s:
+        kept = s.get(Call, kept_id)
+        assert kept is not None and kept.status == "pending" and kept.failure_reason is None
+
+
+def test_mark_failed_counts_and_lists(db_url: str) -> None:
+    with db.session_scope(db_url) as s:
+        ids = [store.register_call(s, _request(f"C{i}")).id for i in range(4)]
+        store.claim_for_processing(s, ids[1])
+        store.mark_failed(s, ids[2], "x" * 5000)
+        store.save_analysis(s, ids[3], fake_analysis(1))
+    with db.session_scope(db_url) as s:
+        assert store.counts_by_status(s) == {"pending": 1, "processing": 1, "done": 1,
+                                             "failed": 1}
+        (failed,) = store.list_calls(s, status="failed")
+        assert failed.id == ids[2]
+        assert failed.failure_reason is not None and len(failed.failure_reason) <= 2000
+        assert [c.id for c in store.list_calls(s)] == ids
+        assert [c.id for c in store.list_calls(s, limit=2, newest_first=True)] == ids[:1:-1]
+        with pytest.raises(ValueError, match="status 'nope'"):
+            store.list_calls(s, status="nope")
+        with pytest.raises(PayloadError, match="no call with id"):
+            store.mark_failed(s, 10_000, "missing")
+
+
+def test_deleting_a_call_cascades_to_its_segments(db_url: str) -> None:
+    with db.session_scope(db_url) as s:
+        call_id = store.register_call(s, _request()).id
+        store.save_analysis(s, call_id, fake_analysis(3))
+    with db.session_scope(db_url) as s:
+        # A bulk DELETE: only the database's ON DELETE CASCADE can remove the segments.
+        s.execute(delete(Call).where(Call.id == call_id))
+    assert _count(db_url, Segment) == 0
+
+
+def test_rejected_payload_does_not_overwrite_a_done_call(db_url: str) -> None:
+    with db.session_scope(db_url) as s:
+        call_id = store.register_call(s, _request()).id
+        store.save_analysis(s, call_id, fake_analysis(1))
+        assert store.record_rejected(s, "CC-1", "", "bad").status == "done"
+        fresh = store.record_rejected(s, "CC-NEW", "/x" * 3000, "started_at: bad")
+        assert fresh.status == "failed" and len(fresh.source_uri) <= 4096
+
+
+def test_session_scope_maps_an_unreachable_database_to_transient_error() -> None:
+    url = "postgresql://nobody:secret@127.0.0.1:1/none?connect_timeout=2"
+    with pytest.raises(TransientError) as info, db.session_scope(url) as s:
+        s.execute(select(1))
+    assert "secret" not in str(info.value)  # credentials are redacted
+    assert info.value.__cause__ is not None
+
+
+def test_naive_timestamps_are_refused_by_the_column_type(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'n.sqlite'}"
+    db.upgrade(url)
+    with pytest.raises(StatementError, match="naive datetime"), db.session_scope(url) as s:
+        call = store.register_call(s, _request())
+        call.processed_at = datetime(2026, 1, 1)
+        s.flush()
+
+
+def _register_many(url: str, prefix: str, n: int) -> None:
+    # Runs in a forked child: the parent's cached engine must not be reused across the fork.
+    for i in range(n):
+        with db.session_scope(url) as s:
+            call = store.register_call(s, _request(f"{prefix}-{i % 10}"))
+            store.claim_for_processing(s, call.id)
+
+
+def test_sqlite_writers_in_two_processes_wait_instead_of_failing(tmp_path: Path) -> None:
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    db.upgrade(url)  # the parent holds a pooled connection when it forks
+    ctx = multiprocessing.get_context("fork")
+    children = [ctx.Process(target=_register_many, args=(url, "SAME", 40)) for _ in range(2)]
+    for child in children:
+        child.start()
+    _register_many(url, "SAME", 20)
+    for child in children:
+        child.join(60)
+        assert child.exitcode == 0, "a writer hit 'database is locked' or a duplicate key"
+    with db.session_scope(url) as s:
+        calls = store.list_calls(s)
+        assert len(calls) == 10  # idempotent across processes: no duplicate external ids
+        assert sum(c.attempts for c in calls) == 100

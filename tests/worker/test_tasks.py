@@ -1,0 +1,217 @@
+"""The task's contract, run eagerly in-process: payload validation, and the retry policy
+(InputError fails, TransientError retries, anything else fails) recorded in the database."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from tests.audio_fixtures import fake_analysis
+from worker import db, jobs, store, tasks
+from worker.celery_app import app as celery_app
+from worker.errors import AudioDecodeError, PayloadError, TransientError
+from worker.schema import Call
+from worker.settings import Settings
+
+GOOD: dict[str, Any] = {"uri": "/calls/a.wav", "call_id": "CC-100", "agent_id": "a-1",
+                        "team": "blue", "queue": "billing", "customer_ref": "c-9",
+                        "started_at": "2026-01-31T09:15:00Z", "metadata": {"k": [1, 2]}}
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"uri": None}, "uri"),
+    ({"uri": 42}, "uri"),
+    ({"uri": "x" * 5000}, "uri"),
+    ({"call_id": None}, "call_id"),
+    ({"call_id": "has space"}, "call_id"),
+    ({"call_id": "é"}, "call_id"),
+    ({"call_id": "x" * 129}, "call_id"),
+    ({"agent_id": 7}, "agent_id"),
+    ({"team": "t" * 129}, "team"),
+    ({"customer_ref": "a\nb"}, "customer_ref"),
+    ({"started_at": "2026-01-31T09:15:00"}, "started_at"),
+    ({"started_at": "yesterday"}, "started_at"),
+    ({"started_at": 1700000000}, "started_at"),
+    ({"metadata": [1, 2]}, "metadata"),
+    ({"metadata": {"x": float("nan")}}, "metadata"),
+    ({"metadata": {"x": "y" * 20_000}}, "metadata"),
+    ({"audio": "AAAA"}, "unknown field"),
+])
+def test_bad_payloads_name_the_field(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(PayloadError, match=field):
+        store.CallRequest.from_payload({**GOOD, **change})
+
+
+def test_good_payload_round_trips() -> None:
+    request = store.CallRequest.from_payload(GOOD)
+    assert request.started_at == datetime(2026, 1, 31, 9, 15, tzinfo=UTC)
+    assert store.CallRequest.from_payload(request.to_payload()) == request
+    with pytest.raises(TypeError):
+        request.metadata["k"] = 1  # type: ignore[index]  # frozen all the way down
+    minimal = store.CallRequest.from_payload({"uri": "/a.wav", "call_id": "X"})
+    assert minimal.metadata == {} and minimal.started_at is None
+
+
+def test_retry_backoff_is_exponential_capped_and_jittered() -> None:
+    rng = random.Random(1)
+    delays = [tasks.retry_delay_s(n, rng) for n in range(12)]
+    for n, d in enumerate(delays):
+        ceiling = min(tasks.RETRY_CAP_S, tasks.RETRY_BASE_S * 2 ** n)
+        assert ceiling / 2 <= d <= ceiling
+    assert len({round(d, 6) for d in delays[-3:]}) == 3  # jittered, not one fixed value
+
+
+def _run(**payload: Any) -> dict[str, Any]:
+    result: dict[str, Any] = tasks.analyze_recording.apply(kwargs=payload).get()
+    return result
+
+
+def _call(settings: Settings, external_id: str) -> Call | None:
+    with db.session_scope(settings) as s:
+        return store.find_call(s, external_id)
+
+
+@pytest.fixture()
+def migrated(callmood_env: Settings) -> Settings:
+    db.upgrade(callmood_env.database_url)
+    return callmood_env
+
+
+def test_task_stores_the_analysis(migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    def analyze(uri: str, settings: Settings) -> Any:
+        seen.append(uri)
+        return fake_analysis(3)
+
+    monkeypatch.setattr(jobs, "_analyze", analyze)
+    assert _run(**GOOD) == {"status": "done", "call_id": "CC-100", "segments": 3,
+                            "reason": None}
+    assert _run(**GOOD)["status"] == "done"  # redelivery: replaced, not duplicated
+    assert seen == ["/calls/a.wav"] * 2
+    call = _call(migrated, "CC-100")
+    assert call is not None
+    assert (call.status, call.attempts, call.agent_id, call.team) == ("done", 1, "a-1", "blue")
+    with db.session_scope(migrated) as s:
+        assert len(store.segments_for_call(s, call.id)) == 3
+
+
+def test_input_error_fails_without_retry(migrated: Settings,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    def analyze(uri: str, settings: Settings) -> Any:
+        raise AudioDecodeError("a.wav could not be decoded (truncated or corrupt?)")
+
+    monkeypatch.setattr(jobs, "_analyze", analyze)
+    result = _run(**GOOD)
+    assert result["status"] == "failed" and "truncated" in result["reason"]
+    call = _call(migrated, "CC-100")
+    assert call is not None
+    assert (call.status, call.attempts) == ("failed", 1)
+    assert call.failure_reason == "a.wav could not be decoded (truncated or corrupt?)"
+
+
+def test_transient_error_retries_then_succeeds(migrated: Settings,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    outcomes: list[Any] = [TransientError("db down"), TransientError("db down"),
+                           fake_analysis(2)]
+
+    def analyze(uri: str, settings: Settings) -> Any:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(jobs, "_analyze", analyze)
+    assert _run(**GOOD)["status"] == "done"
+    assert outcomes == []
+    call = _call(migrated, "CC-100")
+    assert call is not None and (call.status, call.attempts) == ("done", 3)
+
+
+def test_transient_error_gives_up_after_bounded_retries(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def analyze(uri: str, settings: Settings) -> Any:
+        calls.append(1)
+        raise TransientError("broker gone")
+
+    monkeypatch.setattr(jobs, "_analyze", analyze)
+    result = _run(**GOOD)
+    assert result["status"] == "failed" and "gave up" in result["reason"]
+    assert len(calls) == tasks.MAX_RETRIES + 1
+    call = _call(migrated, "CC-100")
+    assert call is not None and call.status == "failed"
+    assert call.failure_reason is not None and "broker gone" in call.failure_reason
+
+
+def test_unexpected_error_fails_the_call_not_the_worker(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    def analyze(uri: str, settings: Settings) -> Any:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(jobs, "_analyze", analyze)
+    result = _run(**GOOD)
+    assert result["status"] == "failed"
+    call = _call(migrated, "CC-100")
+    assert call is not None and call.failure_reason == "ZeroDivisionError: boom"
+
+
+def test_an_analysis_the_schema_cannot_hold_fails_the_call(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    def analyze(uri: str, settings: Settings) -> Any:
+        analysis = fake_analysis(2)
+        bad = dataclasses.replace(analysis.segments[0], probabilities={"calm": 1.0})
+        return dataclasses.replace(analysis, segments=(bad, *analysis.segments[1:]))
+
+    monkeypatch.setattr(jobs, "_analyze", analyze)
+    assert _run(**GOOD)["status"] == "failed"
+    call = _call(migrated, "CC-100")
+    assert call is not None and call.status == "failed"
+    assert call.failure_reason is not None and "calm" in call.failure_reason
+    with db.session_scope(migrated) as s:
+        assert store.segments_for_call(s, call.id) == []  # nothing half-written
+
+
+def test_bad_payload_records_a_failed_row_when_it_has_a_call_id(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    def analyze(uri: str, settings: Settings) -> Any:
+        raise AssertionError("a rejected payload must never reach the pipeline")
+
+    monkeypatch.setattr(jobs, "_analyze", analyze)
+    result = _run(**{**GOOD, "started_at": "2026-01-31 09:15"})
+    assert result["status"] == "rejected"
+    call = _call(migrated, "CC-100")
+    assert call is not None and call.status == "failed" and call.attempts == 0
+    assert call.failure_reason is not None and "started_at" in call.failure_reason
+    assert _run(uri="/a.wav", call_id="bad id")["status"] == "rejected"
+    assert _call(migrated, "bad id") is None
+    with db.session_scope(migrated) as s:
+        assert store.counts_by_status(s)["failed"] == 1
+
+
+def test_only_json_travels_and_acks_are_late() -> None:
+    conf = celery_app.conf
+    assert conf.task_serializer == "json" and list(conf.accept_content) == ["json"]
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert tasks.analyze_recording.name == "callmood.analyze_recording"
+
+
+def test_a_recording_that_keeps_killing_its_worker_is_failed_not_looped(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "_analyze", lambda uri, settings: fake_analysis(1))
+    with db.session_scope(migrated) as s:
+        call_id = store.register_call(s, store.CallRequest.from_payload(GOOD)).id
+        for _ in range(jobs.MAX_ATTEMPTS):  # each claim ended by a lost worker process
+            store.claim_for_processing(s, call_id)
+    result = _run(**GOOD)
+    assert result["status"] == "failed" and "gave up" in result["reason"]
+    call = _call(migrated, "CC-100")
+    assert call is not None and call.status == "failed"
+    assert call.attempts == jobs.MAX_ATTEMPTS + 1

@@ -1,0 +1,99 @@
+"""The WebRTC VAD edge: shapes, edge cases, and behaviour on real speech / silence / noise."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worker.audio import Audio, load_mono
+from worker.constants import ANALYSIS_SAMPLE_RATE
+from worker.errors import ConfigError
+from worker.vad import VadConfig, smooth, speech_decisions, speech_probabilities, to_pcm16
+
+RATE = ANALYSIS_SAMPLE_RATE
+# An EmoDB test-split clip (speaker 03, "Der Lappen liegt auf dem Eisschrank", happy).
+CLIP = "emodb/audio/03a01Fa.opus"
+
+
+@pytest.fixture(scope="module")
+def speech(callmood_corpora: Path) -> Audio:
+    path = callmood_corpora / CLIP
+    return load_mono(path, RATE)
+
+
+@pytest.mark.parametrize("frame_ms", [10, 20, 30])
+@pytest.mark.parametrize("n_samples", [0, 1, 79, 80, 81, 239, 240, 241, 8000, 12345])
+def test_one_value_per_started_frame(frame_ms: int, n_samples: int) -> None:
+    cfg = VadConfig(frame_ms=frame_ms, smoothing_ms=3 * frame_ms)
+    rng = np.random.default_rng(0)
+    p = speech_probabilities(rng.uniform(-0.5, 0.5, n_samples).astype(np.float32), cfg)
+    assert p.dtype == np.float32
+    assert p.shape == (math.ceil(n_samples / (RATE * frame_ms / 1000)),)
+    assert np.all((p >= 0.0) & (p <= 1.0))
+
+
+def test_zeros_and_empty_are_non_speech() -> None:
+    assert speech_probabilities(np.zeros(0, np.float32), VadConfig()).shape == (0,)
+    p = speech_probabilities(np.zeros(10 * RATE, np.float32), VadConfig())
+    assert p.shape == (math.ceil(10_000 / VadConfig().frame_ms),)
+    assert not p.any()
+
+
+def test_real_speech_clip_is_mostly_speech(speech: Audio) -> None:
+    p = speech_probabilities(speech, VadConfig())
+    # The clip is ~1.9 s with ~0.2 s of room silence at the ends; measured share 0.92.
+    assert float(np.mean(p >= 0.5)) > 0.7
+
+
+def test_speech_in_silence_is_found_where_it_is(speech: Audio) -> None:
+    gap = np.zeros(2 * RATE, np.float32)
+    x = np.concatenate([gap, speech, gap])
+    cfg = VadConfig()
+    p = speech_probabilities(x, cfg)
+    n_gap = int(2.0 / cfg.frame_s)
+    assert not p[:n_gap].any() and not p[-n_gap:].any()
+    assert float(np.mean(p[n_gap:-n_gap] >= 0.5)) > 0.7
+
+
+def test_low_level_white_noise_is_mostly_non_speech() -> None:
+    rng = np.random.default_rng(1)
+    x = (0.003 * rng.standard_normal(20 * RATE)).astype(np.float32)  # about -50 dBFS
+    p = speech_probabilities(x, VadConfig())
+    assert float(np.mean(p >= 0.5)) < 0.1
+
+
+def test_out_of_range_and_non_finite_samples_are_clipped(speech: Audio) -> None:
+    loud = (speech * 50.0).astype(np.float32)  # hard clipping, as from an overdriven line
+    clipped = np.clip(loud, -1.0, 1.0).astype(np.float32)
+    np.testing.assert_array_equal(speech_probabilities(loud, VadConfig()),
+                                  speech_probabilities(clipped, VadConfig()))
+    pcm = to_pcm16(np.array([2.0, -2.0, np.nan, np.inf, 0.5], np.float32))
+    assert pcm.tolist() == [32767, -32767, 0, 32767, 16384]
+
+
+def test_smoothing_is_a_centred_average_with_honest_edges() -> None:
+    d = np.array([1, 0, 0, 1, 1, 1, 0], bool)
+    np.testing.assert_allclose(smooth(d, 3), [0.5, 1 / 3, 1 / 3, 2 / 3, 1.0, 2 / 3, 0.5],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(smooth(d, 1), d.astype(np.float32))
+
+
+def test_probabilities_are_smoothed_decisions(speech: Audio) -> None:
+    cfg = VadConfig(aggressiveness=2, frame_ms=10, smoothing_ms=50)
+    d = speech_decisions(speech, cfg)
+    np.testing.assert_array_equal(speech_probabilities(speech, cfg), smooth(d, 5))
+
+
+def test_stereo_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="mono"):
+        speech_probabilities(np.zeros((2, 800), np.float32), VadConfig())
+
+
+@pytest.mark.parametrize("kwargs", [{"aggressiveness": 4}, {"frame_ms": 25},
+                                    {"frame_ms": 30, "smoothing_ms": 10}])
+def test_invalid_config_raises_config_error(kwargs: dict[str, int]) -> None:
+    with pytest.raises(ConfigError):
+        VadConfig(**kwargs)

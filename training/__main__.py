@@ -1,0 +1,21 @@
+"""``python -m training train|evaluate ...``."""
+
+from __future__ import annotations
+
+import sys
+
+from training.cli import evaluate_main, train_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    commands = {"train": train_main, "evaluate": evaluate_main}
+    if not args or args[0] not in commands:
+        print("usage: python -m training {train,evaluate} [options]  (--help on each)",
+              file=sys.stderr)
+        return 2
+    return commands[args[0]](args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""On-the-fly waveform augmentation for 8 kHz training clips, favouring channel robustness.
+
+The corpora are clean studio recordings; calls arrive through telephone band-limiting,
+G.711 companding, AGC, handset colouring and noise. Each transform is a pure function
+``(audio, rng) -> audio`` on float32 (samples,) arrays; :func:`augment` chains them with
+the probabilities of an :class:`AugmentConfig`. :func:`phone_line` is the deterministic
+channel used by evaluation (``--channel mulaw8k``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import scipy.signal
+
+from worker.audio import resample
+from worker.constants import ANALYSIS_SAMPLE_RATE
+
+Audio = npt.NDArray[np.float32]
+Codec = Literal["mulaw", "alaw"]
+
+_MU = 255.0
+_A = 87.6
+
+
+def mulaw_roundtrip(audio: Audio) -> Audio:
+    """Encode to 8-bit mu-law (G.711 companding law, mu=255) and decode back; clips at +-1."""
+    x = np.clip(audio, -1.0, 1.0).astype(np.float64)
+    y = np.sign(x) * np.log1p(_MU * np.abs(x)) / np.log1p(_MU)
+    q = np.round((y + 1.0) * 127.5) / 127.5 - 1.0  # 256 levels
+    return (np.sign(q) * np.expm1(np.abs(q) * np.log1p(_MU)) / _MU).astype(np.float32)
+
+
+def alaw_roundtrip(audio: Audio) -> Audio:
+    """Encode to 8-bit A-law (A=87.6) and decode back; clips at +-1."""
+    x = np.clip(audio, -1.0, 1.0).astype(np.float64)
+    ax = np.abs(x)
+    ln_a = 1.0 + np.log(_A)
+    y = np.where(ax < 1.0 / _A, _A * ax / ln_a, (1.0 + np.log(np.maximum(ax, 1e-12) * _A)) / ln_a)
+    q = np.round(np.sign(x) * y * 127.0) / 127.0
+    aq = np.abs(q)
+    z = np.where(aq < 1.0 / ln_a, aq * ln_a / _A, np.exp(aq * ln_a - 1.0) / _A)
+    return (np.sign(q) * z).astype(np.float32)
+
+
+def set_rms_dbfs(audio: Audio, rms_dbfs: float) -> Audio:
+    """Scale to the given RMS level (dB re full scale); silence is returned unchanged."""
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+    if rms < 1e-8:
+        return audio.astype(np.float32)
+    return (audio * (10.0 ** (rms_dbfs / 20.0) / rms)).astype(np.float32)
+
+
+def band_limit(audio: Audio, low_hz: float = 300.0, high_hz: float = 3400.0,
+               sample_rate: int = ANALYSIS_SAMPLE_RATE, order: int = 4) -> Audio:
+    """Butterworth band-pass, the telephone band by default."""
+    high_hz = min(high_hz, 0.49 * sample_rate)
+    sos = scipy.signal.butter(order, [low_hz, high_hz], btype="bandpass", fs=sample_rate,
+                              output="sos")
+    return scipy.signal.sosfilt(sos, audio).astype(np.float32)
+
+
+def phone_line(audio: Audio, codec: Codec = "mulaw", rms_dbfs: float = -26.0,
+               sample_rate: int = ANALYSIS_SAMPLE_RATE) -> Audio:
+    """Deterministic narrowband call channel: level to ``rms_dbfs``, 300-3400 Hz, G.711.
+
+    -26 dBFS is the nominal speech level of a telephone line (ITU-T P.56 style).
+    """
+    x = band_limit(set_rms_dbfs(audio, rms_dbfs), sample_rate=sample_rate)
+    return mulaw_roundtrip(x) if codec == "mulaw" else alaw_roundtrip(x)
+
+
+def _peaking_eq(audio: Audio, centre_hz: float, gain_db: float, q: float,
+                sample_rate: int) -> Audio:
+    """RBJ-cookbook peaking biquad: handset/microphone resonances."""
+    a_gain = 10.0 ** (gain_db / 40.0)
+    w0 = 2.0 * np.pi * centre_hz / sample_rate
+    alpha = np.sin(w0) / (2.0 * q)
+    b = np.array([1 + alpha * a_gain, -2 * np.cos(w0), 1 - alpha * a_gain])
+    a = np.array([1 + alpha / a_gain, -2 * np.cos(w0), 1 - alpha / a_gain])
+    return scipy.signal.lfilter(b / a[0], a / a[0], audio).astype(np.float32)
+
+
+def _tilt(audio: Audio, coefficient: float) -> Audio:
+    """First-order spectral tilt y[n] = x[n] - c x[n-1] (c>0 brightens, c<0 darkens)."""
+    return scipy.signal.lfilter([1.0, -coefficient], [1.0], audio).astype(np.float32)
+
+
+def _coloured_noise(n_samples: int, exponent: float, rng: np.random.Generator) -> Audio:
+    """Noise with power spectrum ~ 1/f^exponent (0 white, 1 pink, 2 brown), unit RMS."""
+    white = rng.standard_normal(n_samples)
+    if exponent == 0.0 or n_samples < 4:
+        noise = white
+    else:
+        spec = np.fft.rfft(white)
+        f = np.arange(spec.size, dtype=np.float64)
+        f[0] = 1.0
+        noise = np.fft.irfft(spec / f ** (exponent / 2.0), n=n_samples)
+    rms = float(np.sqrt(np.mean(noise**2))) or 1.0
+    return (noise / rms).astype(np.float32)
+
+
+def add_noise(audio: Audio, snr_db: float, exponent: float, rng: np.random.Generator) -> Audio:
+    """Add coloured noise at ``snr_db`` relative to the clip's RMS."""
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+    if rms < 1e-8:
+        return audio.astype(np.float32)
+    noise = _coloured_noise(audio.size, exponent, rng) * rms / 10.0 ** (snr_db / 20.0)
+    return (audio + noise).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and ranges of the training augmentations (8 kHz audio)."""
+
+    p_speed: float = 0.3
+    speed_range: tuple[float, float] = (0.93, 1.07)
+    p_eq: float = 0.5
+    eq_gain_db: float = 8.0
+    p_tilt: float = 0.5
+    tilt_range: tuple[float, float] = (-0.6, 0.9)
+    p_phone: float = 0.7
+    p_noise: float = 0.4
+    snr_db_range: tuple[float, float] = (5.0, 35.0)
+    level_dbfs_range: tuple[float, float] = (-40.0, -12.0)
+    sample_rate: int = ANALYSIS_SAMPLE_RATE
+
+
+def augment(audio: Audio, rng: np.random.Generator,
+            config: AugmentConfig = AugmentConfig()) -> Audio:
+    """A random channel applied to one clip: (samples,) float32 in, (samples',) float32 out.
+
+    Speed perturbation changes the length (by at most ``speed_range``); the rest keep it.
+    """
+    sr = config.sample_rate
+    x = np.asarray(audio, dtype=np.float32)
+    if x.size < 16:
+        return x.copy()
+    if rng.random() < config.p_speed:
+        factor = float(rng.uniform(*config.speed_range))
+        # resampling to sr/factor and playing at sr: tempo and pitch both scale by factor
+        x = resample(x, sr, max(1, round(sr / factor)))
+    if rng.random() < config.p_eq:
+        x = _peaking_eq(x, float(rng.uniform(200.0, 0.45 * sr)),
+                        float(rng.uniform(-config.eq_gain_db, config.eq_gain_db)),
+                        float(rng.uniform(0.5, 3.0)), sr)
+    if rng.random() < config.p_tilt:
+        x = _tilt(x, float(rng.uniform(*config.tilt_range)))
+    # a random level: matters for the noise floor and for G.711's quantisation step
+    x = set_rms_dbfs(x, float(rng.uniform(*config.level_dbfs_range)))
+    if rng.random() < config.p_noise:
+        x = add_noise(x, float(rng.uniform(*config.snr_db_range)),
+                      float(rng.choice([0.0, 1.0, 2.0])), rng)
+    if rng.random() < config.p_phone:
+        x = band_limit(x, float(rng.uniform(200.0, 400.0)), float(rng.uniform(3000.0, 3600.0)),
+                       sample_rate=sr)
+        x = mulaw_roundtrip(x) if rng.random() < 0.5 else alaw_roundtrip(x)
+    return np.clip(x, -1.0, 1.0).astype(np.float32)

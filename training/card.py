@@ -1,0 +1,105 @@
+"""Model card: JSON (read by the worker through ``worker.emotion.load_card``) and Markdown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from training.evaluate import EvaluationResult
+from worker.emotion import card_path_for
+
+LICENCES: dict[str, str] = {
+    "ravdess": "CC BY-NC-SA 4.0 (Livingstone & Russo, 2018)",
+    "tess": "CC BY-NC-ND 4.0 (Dupuis & Pichora-Fuller, 2010)",
+    "emodb": "free for research (Burkhardt et al., 2005)",
+    "urdu": "research use (Latif et al., 2018)",
+}
+USAGE_NOTE = ("Research default: trained on corpora licensed for research / non-commercial use "
+              "only. Retrain on your own labelled calls (python -m training train --manifest ...) "
+              "before any commercial use.")
+
+
+def markdown_path_for(model_path: Path) -> Path:
+    """``emotion-v1.onnx`` -> ``emotion-v1.card.md``."""
+    return model_path.with_suffix(".card.md")
+
+
+def write_card(model_path: Path, card: dict[str, Any]) -> None:
+    """Write ``NAME.card.json`` and ``NAME.card.md`` beside ``model_path``."""
+    card_path_for(model_path).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    markdown_path_for(model_path).write_text(render_markdown(card), encoding="utf-8")
+
+
+def read_card_dict(model_path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(card_path_for(model_path).read_text(encoding="utf-8"))
+    return data
+
+
+def with_test_metrics(card: dict[str, Any], result: EvaluationResult,
+                      command: str) -> dict[str, Any]:
+    """A copy of ``card`` whose ``test_metrics`` are ``result`` (keyed channel -> corpus)."""
+    metrics: dict[str, dict[str, Any]] = {}
+    for r in result.rows:
+        metrics.setdefault(r.channel, {})[r.corpus] = r.to_dict()
+    return {**card, "test_metrics": {"split": result.split, "command": command,
+                                     "by_channel": metrics}}
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    """Human-readable card."""
+    feats = card["features"]
+    lines = [
+        f"# {card['name']} ({card['version']})", "",
+        card.get("usage_note", USAGE_NOTE), "",
+        "## Model",
+        f"- Labels (output order): {', '.join(card['labels'])}",
+        f"- Input `{card['input_name']}` float32 [batch, {feats['n_mels']}, frames]; "
+        f"output `{card['output_name']}` [batch, {len(card['labels'])}]; "
+        f"temperature {card['temperature']:.3f}; min_frames {card['min_frames']}",
+        f"- Audio: {feats['sample_rate']} Hz mono; log-mel {feats['n_mels']} bands "
+        f"{feats['fmin_hz']:.0f}-{feats['fmax_hz']:.0f} Hz, window {feats['win_length']} / hop "
+        f"{feats['hop_length']} samples, normalisation `{feats['normalization']}`",
+    ]
+    arch = card.get("architecture", {})
+    if arch:
+        lines.append(f"- Architecture: {arch.get('type', 'CNN')}, {arch.get('parameters', '?')} "
+                     f"parameters, ONNX {arch.get('onnx_bytes', '?')} bytes, opset "
+                     f"{arch.get('opset', '?')}")
+    training = card.get("training", {})
+    if training:
+        lines += ["", "## Training data (clips per corpus and class)",
+                  f"Recipe: `{training.get('command', '')}`; seed {training.get('seed')}; "
+                  f"best epoch {training.get('best_epoch')}; validation UA "
+                  f"{100 * training.get('val_ua', float('nan')):.1f}% on held-out train speakers "
+                  f"({', '.join(training.get('val_speakers', []))}).", ""]
+        for subset in ("train", "val"):
+            counts = training.get(f"{subset}_counts", {})
+            for corpus, per in counts.items():
+                lines.append(f"- {subset} {corpus}: {sum(per.values())} clips "
+                             f"({', '.join(f'{k} {v}' for k, v in sorted(per.items()))})")
+        lines.append(f"- Label decisions: {training.get('label_decisions', '')}")
+    lines += ["", "## Data licences"]
+    lines += [f"- {k}: {v}" for k, v in card.get("data_licences", {}).items()]
+    tm = card.get("test_metrics")
+    if tm:
+        lines += ["", "## Speaker-independent test figures",
+                  f"Split `{tm['split']}` (speakers never seen in training), computed by "
+                  f"`{tm['command']}` through the serving path (ONNX Runtime, card temperature).",
+                  "", "| channel | corpus | clips | UA | WA | ECE |", "|---|---|---|---|---|---|"]
+        for channel, per in tm["by_channel"].items():
+            for corpus, m in per.items():
+                lines.append(f"| {channel} | {corpus} | {m['n_clips']} | {100 * m['ua']:.1f}% | "
+                             f"{100 * m['wa']:.1f}% | {m['ece']:.3f} |")
+        for channel, per in tm["by_channel"].items():
+            for corpus, m in per.items():
+                lines += ["", f"Confusion {corpus} / {channel} (rows true, columns predicted):", "",
+                          "| true \\ pred | " + " | ".join(m["labels"]) + " |",
+                          "|---" * (len(m["labels"]) + 1) + "|"]
+                for lab, row in zip(m["labels"], m["confusion"], strict=True):
+                    if sum(row):
+                        lines.append(f"| {lab} | " + " | ".join(str(v) for v in row) + " |")
+    limits = card.get("limits")
+    if limits:
+        lines += ["", "## Limits"] + [f"- {x}" for x in limits]
+    return "\n".join(lines) + "\n"

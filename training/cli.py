@@ -1,0 +1,138 @@
+"""Command-line entry points: ``python -m training train|evaluate`` (and ``callmood train``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from training.augment import AugmentConfig
+from training.card import read_card_dict, with_test_metrics, write_card
+from training.dataset import DEFAULT_CORPORA, corpus_manifest_paths
+from training.evaluate import CHANNELS, evaluate_model
+from training.train import TrainConfig, train
+from worker.errors import CallmoodError
+from worker.features import NORMALIZATIONS, FeatureConfig
+from worker.settings import PACKAGE_DIR, get_settings
+
+EVAL_CORPORA: tuple[str, ...] = ("ravdess", "emodb", "urdu")
+"""Corpora with test speakers (TESS has none)."""
+
+
+def _default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 1)))
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training train",
+                                description="Train the emotion CNN and export ONNX + card.")
+    p.add_argument("--manifest", type=Path, action="append",
+                   help="manifest CSV (path, speaker, emotion, split; repeatable). Default: the "
+                        f"{', '.join(DEFAULT_CORPORA)} manifests under the corpora dir")
+    p.add_argument("--out-dir", type=Path, default=PACKAGE_DIR / "models")
+    p.add_argument("--name", default="emotion-v1")
+    p.add_argument("--version", default="emotion-v1.0.0")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--patience", type=int, default=TrainConfig.patience)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction)
+    p.add_argument("--crop-s", type=float, default=TrainConfig.crop_s)
+    p.add_argument("--draws-per-epoch", type=int, default=TrainConfig.draws_per_epoch)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads for CPU training (0: torch's default)")
+    p.add_argument("--p-phone", type=float, default=AugmentConfig.p_phone,
+                   help="probability of a telephone-band + G.711 round trip per draw")
+    p.add_argument("--normalization", default=FeatureConfig.normalization,
+                   choices=NORMALIZATIONS, help="per-utterance log-mel normalisation")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--workers", type=int, default=_default_workers(),
+                   help="decode/augment worker processes")
+    p.add_argument("--limit-per-corpus", type=int, default=0,
+                   help="use at most N clips per corpus and subset (smoke runs)")
+    p.add_argument("--no-test-eval", action="store_true",
+                   help="skip the test-split evaluation that fills the card's figures")
+    return p
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """``train``: returns a process exit status."""
+    args = build_train_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    manifests = args.manifest or corpus_manifest_paths(get_settings().corpora_dir)
+    config = TrainConfig(seed=args.seed, epochs=args.epochs, patience=args.patience,
+                         batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
+                         crop_s=args.crop_s, draws_per_epoch=args.draws_per_epoch,
+                         augment=AugmentConfig(p_phone=args.p_phone),
+                         features=FeatureConfig(normalization=args.normalization))
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    command = "python -m training train " + shlex.join(argv if argv is not None else sys.argv[1:])
+    try:
+        result = train(manifests, args.out_dir, config, name=args.name, version=args.version,
+                       device=args.device, workers=args.workers,
+                       limit_per_corpus=args.limit_per_corpus, command=command.strip())
+        print(f"wrote {result.model_path} (best epoch {result.best_epoch}, val UA "
+              f"{100 * result.val_ua:.1f}%, T={result.temperature:.2f}, {result.seconds:.0f} s "
+              f"on {result.device})")
+        if not args.no_test_eval:
+            return evaluate_main(["--model", str(result.model_path), "--update-card",
+                                  "--channel", "clean", "--channel", "mulaw8k",
+                                  "--workers", str(args.workers),
+                                  *[a for m in manifests for a in ("--manifest", str(m))]])
+    except CallmoodError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training evaluate",
+                                description="Per-corpus UA/WA/ECE of an ONNX model (+card).")
+    p.add_argument("--model", type=Path, default=None,
+                   help="ONNX file with NAME.card.json beside it (default: CALLMOOD_MODEL_PATH)")
+    p.add_argument("--manifest", type=Path, action="append",
+                   help="manifest CSV (repeatable). Default: the "
+                        f"{', '.join(EVAL_CORPORA)} manifests under the corpora dir")
+    p.add_argument("--split", default="test", help="test (default), train or all")
+    p.add_argument("--channel", action="append", choices=CHANNELS,
+                   help="clean (default) and/or mulaw8k / alaw8k phone line (repeatable)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.add_argument("--workers", type=int, default=2, help="decode/feature threads")
+    p.add_argument("--update-card", action="store_true",
+                   help="write the figures into the model's card (JSON and Markdown)")
+    p.add_argument("--json-out", type=Path, default=None, help="also write figures as JSON")
+    return p
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    """``evaluate``: prints the table; returns a process exit status."""
+    args = build_evaluate_parser().parse_args(argv)
+    model_path: Path = (args.model or get_settings().model_path).resolve()
+    manifests = args.manifest or corpus_manifest_paths(get_settings().corpora_dir, EVAL_CORPORA)
+    channels = args.channel or ["clean"]
+    try:
+        result = evaluate_model(model_path, manifests, split=args.split, channels=channels,
+                                threads=args.threads, workers=args.workers)
+    except CallmoodError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result.format_table())
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps([r.to_dict() for r in result.rows], indent=2) + "\n",
+                                 encoding="utf-8")
+    if args.update_card:
+        shown = [a if not a.startswith("/") else os.path.relpath(a) for a in (argv or [])
+                 if a != "--update-card"]
+        card = with_test_metrics(read_card_dict(model_path), result,
+                                 "python -m training evaluate " + shlex.join(shown))
+        write_card(model_path, card)
+        print(f"updated card of {model_path.name}")
+    return 0

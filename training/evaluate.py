@@ -1,0 +1,177 @@
+"""Evaluate any ONNX emotion model (+ card) on any manifest(s), through the serving path.
+
+Each clip goes ``worker.audio.load_mono`` -> optional channel -> ``worker.features.
+extract_features`` -> ``worker.emotion.load_model(...).predict_proba``: exactly what the
+worker does to a segment, so the figures describe the shipped artefact, not a torch twin.
+Metrics per corpus: UA (unweighted average recall over the classes present), WA (accuracy),
+ECE (15 equal-width confidence bins) and the confusion matrix (rows true, columns predicted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from training.augment import phone_line
+from training.dataset import map_labels, read_manifests
+from worker.audio import load_mono
+from worker.emotion import load_model
+from worker.features import FeatureConfig, extract_features
+
+Channel = Literal["clean", "mulaw8k", "alaw8k"]
+CHANNELS: tuple[str, ...] = ("clean", "mulaw8k", "alaw8k")
+
+
+def confusion_matrix(y_true: npt.NDArray[np.int64], y_pred: npt.NDArray[np.int64],
+                     n_classes: int) -> npt.NDArray[np.int64]:
+    """(n_classes, n_classes) counts; rows are true classes, columns predictions."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def unweighted_average_recall(cm: npt.NDArray[np.int64]) -> float:
+    """Mean per-class recall over the classes that occur (rows with support)."""
+    support = cm.sum(axis=1)
+    present = support > 0
+    if not present.any():
+        return float("nan")
+    return float(np.mean(np.diag(cm)[present] / support[present]))
+
+
+def weighted_accuracy(cm: npt.NDArray[np.int64]) -> float:
+    """Plain accuracy: correct / all."""
+    total = cm.sum()
+    return float(np.trace(cm) / total) if total else float("nan")
+
+
+def expected_calibration_error(probabilities: npt.NDArray[np.float32],
+                               y_true: npt.NDArray[np.int64], n_bins: int = 15) -> float:
+    """ECE of the top-class confidence, equal-width bins over [0, 1]."""
+    if len(y_true) == 0:
+        return float("nan")
+    confidence = probabilities.max(axis=1)
+    correct = (probabilities.argmax(axis=1) == y_true).astype(np.float64)
+    bins = np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            ece += sel.mean() * abs(float(correct[sel].mean()) - float(confidence[sel].mean()))
+    return float(ece)
+
+
+@dataclass(frozen=True)
+class CorpusMetrics:
+    """Figures of one model on one corpus under one channel."""
+
+    corpus: str
+    channel: str
+    n_clips: int
+    ua: float
+    wa: float
+    ece: float
+    labels: tuple[str, ...]
+    confusion: tuple[tuple[int, ...], ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"corpus": self.corpus, "channel": self.channel, "n_clips": self.n_clips,
+                "ua": round(self.ua, 4), "wa": round(self.wa, 4), "ece": round(self.ece, 4),
+                "labels": list(self.labels), "confusion": [list(r) for r in self.confusion]}
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """All per-corpus figures of one evaluation run."""
+
+    model_version: str
+    split: str
+    rows: tuple[CorpusMetrics, ...]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (corpus, channel): n_clips, ua, wa, ece."""
+        return pd.DataFrame([{"corpus": r.corpus, "channel": r.channel, "n_clips": r.n_clips,
+                              "ua": r.ua, "wa": r.wa, "ece": r.ece} for r in self.rows])
+
+    def get(self, corpus: str, channel: str = "clean") -> CorpusMetrics:
+        for r in self.rows:
+            if r.corpus == corpus and r.channel == channel:
+                return r
+        raise KeyError(f"no figures for corpus={corpus!r} channel={channel!r}")
+
+    def format_table(self) -> str:
+        """Readable summary table plus one confusion matrix per row."""
+        lines = [f"model {self.model_version}  split={self.split}",
+                 f"{'corpus':<10} {'channel':<8} {'clips':>6} {'UA':>7} {'WA':>7} {'ECE':>7}"]
+        for r in self.rows:
+            lines.append(f"{r.corpus:<10} {r.channel:<8} {r.n_clips:>6} {100 * r.ua:>6.1f}% "
+                         f"{100 * r.wa:>6.1f}% {r.ece:>7.3f}")
+        for r in self.rows:
+            lines.append(f"\nconfusion {r.corpus}/{r.channel} (rows true, cols predicted)")
+            lines.append(" " * 10 + "".join(f"{lab[:6]:>7}" for lab in r.labels))
+            for lab, row in zip(r.labels, r.confusion, strict=True):
+                if sum(row):
+                    lines.append(f"{lab:<10}" + "".join(f"{v:>7}" for v in row))
+        return "\n".join(lines)
+
+
+def apply_channel(audio: npt.NDArray[np.float32], channel: str,
+                  config: FeatureConfig) -> npt.NDArray[np.float32]:
+    """The evaluation channel: clean (as decoded) or an 8 kHz G.711 phone line."""
+    if channel == "clean":
+        return audio
+    if channel == "mulaw8k":
+        return phone_line(audio, "mulaw", sample_rate=config.sample_rate)
+    if channel == "alaw8k":
+        return phone_line(audio, "alaw", sample_rate=config.sample_rate)
+    raise ValueError(f"channel={channel!r}: use one of {CHANNELS}")
+
+
+def clip_features(path: str, channel: str, config: FeatureConfig) -> npt.NDArray[np.float32]:
+    """The serving path for one clip: decode at the model's rate, channel, log-mel."""
+    audio = load_mono(Path(path), config.sample_rate)
+    return extract_features(apply_channel(audio, channel, config), config)
+
+
+def metrics_for(corpus: str, channel: str, probabilities: npt.NDArray[np.float32],
+                y_true: npt.NDArray[np.int64], labels: Sequence[str]) -> CorpusMetrics:
+    """UA/WA/ECE/confusion from (n, classes) probabilities and true label ids."""
+    cm = confusion_matrix(y_true, probabilities.argmax(axis=1).astype(np.int64), len(labels))
+    return CorpusMetrics(corpus=corpus, channel=channel, n_clips=int(len(y_true)),
+                         ua=unweighted_average_recall(cm), wa=weighted_accuracy(cm),
+                         ece=expected_calibration_error(probabilities, y_true),
+                         labels=tuple(labels), confusion=tuple(tuple(int(v) for v in r) for r in cm))
+
+
+def evaluate_model(model_path: Path, manifest_paths: Sequence[Path], split: str = "test",
+                   channels: Sequence[str] = ("clean",), threads: int = 1,
+                   workers: int = 2) -> EvaluationResult:
+    """Per-corpus figures of the ONNX model at ``model_path`` on ``split`` rows ("all": every row).
+
+    Clips whose label is not one of the model's labels (boredom, BAVED) are skipped.
+    """
+    model = load_model(model_path.resolve(), threads)
+    card = model.card
+    clips = map_labels(read_manifests(manifest_paths))
+    if split != "all":
+        clips = clips[clips["split"] == split]
+    clips = clips[clips["label"].isin(card.labels)].reset_index(drop=True)
+    index = {lab: i for i, lab in enumerate(card.labels)}
+    y_all = clips["label"].map(index).to_numpy(np.int64)
+    rows: list[CorpusMetrics] = []
+    for channel in channels:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            feats = list(pool.map(lambda p: clip_features(p, channel, card.features),
+                                  clips["path"].tolist()))
+        probs = model.predict_proba(feats)
+        for corpus in sorted(clips["corpus"].unique()):
+            sel = (clips["corpus"] == corpus).to_numpy()
+            rows.append(metrics_for(str(corpus), channel, probs[sel], y_all[sel], card.labels))
+    return EvaluationResult(model_version=card.version, split=split, rows=tuple(rows))

@@ -1,0 +1,166 @@
+"""The decoding edge: every read of an audio file happens here.
+
+``load_recording`` checks the path against the input roots, decodes through soundfile
+(libsndfile: WAV PCM/float/G.711, FLAC, Ogg Vorbis/Opus, MP3), and resamples each channel
+to :data:`ANALYSIS_SAMPLE_RATE` with soxr. Every failure becomes an :class:`InputError`
+subclass whose message says what was wrong, so the task can fail that recording alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import numpy.typing as npt
+import soundfile as sf
+import soxr
+
+from worker.constants import (
+    ANALYSIS_SAMPLE_RATE,
+    MAX_CHANNELS,
+    MAX_INPUT_SAMPLE_RATE,
+    MIN_INPUT_SAMPLE_RATE,
+)
+from worker.errors import AudioDecodeError, InputNotAllowedError, UnsupportedAudioError
+
+Audio = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A decoded recording: one float32 array per channel at ANALYSIS_SAMPLE_RATE."""
+
+    path: Path
+    channels: tuple[Audio, ...]
+    source_sample_rate: int
+    duration_s: float
+    format: str
+    subtype: str
+    sha256: str
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def sample_rate(self) -> int:
+        return ANALYSIS_SAMPLE_RATE
+
+
+def resolve_input(uri: str, input_roots: Sequence[Path]) -> Path:
+    """Turn a path or ``file://`` URI into a real path inside one of ``input_roots``.
+
+    Symlinks are resolved first, so a link pointing out of the roots is refused too.
+    """
+    if not uri or len(uri) > 4096:
+        raise InputNotAllowedError("recording URI is empty or longer than 4096 characters")
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        raw = unquote(parts.path)
+    elif parts.scheme == "" or (len(parts.scheme) == 1 and uri[1:3] in (":\\", ":/")):
+        raw = uri
+    else:
+        raise InputNotAllowedError(f"URI scheme {parts.scheme!r} is not enabled; use a path "
+                                   "or file:// URI under CALLMOOD_INPUT_ROOTS")
+    if "\x00" in raw:
+        raise InputNotAllowedError("recording path contains a NUL byte")
+    path = Path(raw).expanduser().resolve()
+    for root in input_roots:
+        if path.is_relative_to(root.resolve()):
+            return path
+    roots = ", ".join(str(r) for r in input_roots)
+    raise InputNotAllowedError(f"{path} is outside the input roots ({roots}); "
+                               "set CALLMOOD_INPUT_ROOTS to allow its directory")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of the file's bytes (identifies a recording across renames)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resample(x: Audio, source_rate: int, target_rate: int = ANALYSIS_SAMPLE_RATE) -> Audio:
+    """soxr high-quality resampling of a 1-D float32 signal."""
+    if source_rate == target_rate:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    y = soxr.resample(np.ascontiguousarray(x, dtype=np.float32), source_rate, target_rate,
+                      quality="HQ")
+    return np.asarray(y, dtype=np.float32)
+
+
+def read_info(path: Path) -> Any:
+    """soundfile's header info, or AudioDecodeError naming what is wrong."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise AudioDecodeError(f"cannot open {path.name}: {e.strerror or e}") from e
+    if not path.is_file():
+        raise AudioDecodeError(f"{path.name} is not a regular file")
+    if size == 0:
+        raise AudioDecodeError(f"{path.name} is empty (0 bytes)")
+    try:
+        return sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioDecodeError(
+            f"{path.name} is not a readable audio file (supported: WAV PCM/float/G.711, FLAC, "
+            f"Ogg Vorbis/Opus, MP3): {e}") from e
+
+
+def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None = None) -> Recording:
+    """Decode ``path`` (already resolved by :func:`resolve_input`) into analysis-rate channels."""
+    info = read_info(path)
+    if max_file_bytes is not None and path.stat().st_size > max_file_bytes:
+        raise UnsupportedAudioError(f"{path.name} is {path.stat().st_size} bytes, over the "
+                                    f"limit of {max_file_bytes} (CALLMOOD_MAX_FILE_BYTES)")
+    rate = int(info.samplerate)
+    if not MIN_INPUT_SAMPLE_RATE <= rate <= MAX_INPUT_SAMPLE_RATE:
+        raise UnsupportedAudioError(f"sample rate {rate} Hz is out of range "
+                                    f"({MIN_INPUT_SAMPLE_RATE}-{MAX_INPUT_SAMPLE_RATE} Hz)")
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise UnsupportedAudioError(f"{info.channels} channels: a call recording has 1 (mono) "
+                                    f"or {MAX_CHANNELS} (agent + customer)")
+    # MP3 headers often report frames=0 or an estimate; the decoded length is what counts.
+    if info.frames > 0 and info.frames / rate > max_duration_s:
+        raise UnsupportedAudioError(f"{info.frames / rate:.0f} s is longer than the limit of "
+                                    f"{max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
+    try:
+        data, read_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        raise AudioDecodeError(f"{path.name} could not be decoded (truncated or corrupt?): {e}") from e
+    if data.shape[0] == 0:
+        raise AudioDecodeError(f"{path.name} holds no audio frames")
+    if data.shape[0] / read_rate > max_duration_s:
+        raise UnsupportedAudioError(f"{data.shape[0] / read_rate:.0f} s is longer than the limit "
+                                    f"of {max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
+    if not np.isfinite(data).all():
+        raise AudioDecodeError(f"{path.name} contains NaN or infinite samples")
+    channels = tuple(resample(data[:, c], int(read_rate)) for c in range(data.shape[1]))
+    return Recording(
+        path=path,
+        channels=channels,
+        source_sample_rate=int(read_rate),
+        duration_s=data.shape[0] / float(read_rate),
+        format=str(info.format),
+        subtype=str(info.subtype),
+        sha256=file_sha256(path),
+    )
+
+
+def load_mono(path: Path, target_rate: int = ANALYSIS_SAMPLE_RATE) -> Audio:
+    """Decode a corpus clip to one channel at ``target_rate`` (channels averaged).
+
+    Used by training and evaluation: the same soundfile + soxr path as the worker.
+    """
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioDecodeError(f"{path} could not be decoded: {e}") from e
+    return resample(data.mean(axis=1), int(rate), target_rate)

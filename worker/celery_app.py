@@ -1,0 +1,92 @@
+"""The Celery application: broker and delivery policy. Tasks live in ``worker.tasks``.
+
+Start a worker with ``celery -A worker.celery_app worker`` (what ``callmood worker`` runs).
+Results are never stored in Celery: the outcome of every task is its row in our database.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from celery import Celery
+
+from worker.settings import Settings, get_settings
+
+TASK_QUEUE = "callmood"
+"""Queue the analysis task is routed to; producers outside callmood send with queue=TASK_QUEUE."""
+
+TASK_SOFT_TIME_LIMIT_S = 3600
+"""A recording still running after this is failed (SoftTimeLimitExceeded, caught by the task)."""
+TASK_HARD_TIME_LIMIT_S = TASK_SOFT_TIME_LIMIT_S + 300
+REDIS_VISIBILITY_TIMEOUT_S = 2 * TASK_HARD_TIME_LIMIT_S
+"""Redis redelivers an unacked message after this; it must outlast the longest task."""
+SQLITE_BROKER_TIMEOUT_S = 30
+"""How long the SQLite broker waits on another process's write lock."""
+
+
+def is_sqla_broker(broker_url: str) -> bool:
+    return broker_url.startswith(("sqla+", "sqlalchemy+"))
+
+
+def broker_transport_options(broker_url: str) -> dict[str, Any]:
+    """Transport options per broker kind (Kombu passes the SQLAlchemy ones to create_engine)."""
+    if broker_url.startswith(("redis://", "rediss://")):
+        return {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT_S}
+    if broker_url.startswith("sqla+sqlite"):
+        # The CLI sends while the worker polls the same file: wait for the lock, don't fail.
+        return {"connect_args": {"timeout": SQLITE_BROKER_TIMEOUT_S}}
+    return {}
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for ``settings`` (no result backend; JSON only)."""
+    app = Celery("callmood", broker=settings.broker_url, include=["worker.tasks"])
+    sqla = is_sqla_broker(settings.broker_url)
+    app.conf.update(
+        # Results live in our database; a result backend would only be a second, stale copy.
+        task_ignore_result=True,
+        result_backend=None,
+        # Ack after the task finished, so a worker that dies mid-recording leaves the message
+        # to be redelivered; safe because save_analysis replaces a call's rows (idempotent).
+        task_acks_late=True,
+        # Recordings take seconds to minutes: a worker must not hoard messages that an idle
+        # sibling could take, nor lose more than one on a crash.
+        worker_prefetch_multiplier=1,
+        # A child killed by the OS (OOM on a huge file) requeues its message instead of
+        # acking it; the attempts counter in the calls table stops a poison recording looping.
+        task_reject_on_worker_lost=True,
+        # JSON only: pickle would let anyone who can write to the broker run code here.
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_default_queue=TASK_QUEUE,
+        task_soft_time_limit=TASK_SOFT_TIME_LIMIT_S,
+        task_time_limit=TASK_HARD_TIME_LIMIT_S,
+        broker_transport_options=broker_transport_options(settings.broker_url),
+        broker_connection_retry_on_startup=True,
+        # Kombu's SQLAlchemy transport has no fanout, which remote control and events need.
+        worker_enable_remote_control=not sqla,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        enable_utc=True,
+        timezone="UTC",
+    )
+    return app
+
+
+def worker_command(concurrency: int = 1, loglevel: str = "WARNING", queue: str = TASK_QUEUE,
+                   node_name: str | None = None, broker_url: str | None = None) -> list[str]:
+    """argv of a prefork Celery worker for this app (used by ``callmood worker`` and ``run``)."""
+    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+            "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", loglevel,
+            "--queues", queue]
+    if broker_url is None or is_sqla_broker(broker_url):
+        # Gossip, mingle and heartbeats are broadcast; the SQLAlchemy transport cannot fan out.
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if node_name is not None:
+        argv += ["--hostname", node_name]
+    return argv
+
+
+app = make_celery(get_settings())

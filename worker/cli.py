@@ -1,0 +1,259 @@
+"""``callmood``: the command line. Each subcommand is a thin shell over a library function.
+
+Exit codes: 0 all good; 1 some recordings failed (each with its reason in the database);
+2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from worker.errors import CallmoodError, ConfigError
+from worker.settings import Settings, redact_url
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".oga", ".mp3")
+
+
+def _expand(paths: Sequence[str]) -> list[Path]:
+    """Files as given, directories expanded to the audio files below them (sorted)."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*")
+                                if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the whole pipeline in-process on each file and store the results."""
+    from worker.db import session_scope, upgrade
+    from worker.jobs import process_call
+    from worker.runner import external_id_for, worker_settings
+    from worker.store import CallRequest, find_call, segments_for_call
+
+    files = _expand(args.files)
+    if args.call_id and len(files) != 1:
+        raise ConfigError("--call-id names one call: give exactly one FILE with it")
+    settings = worker_settings(settings, [f.resolve() for f in files])
+    upgrade(settings.database_url)
+    failed = 0
+    for path in files:
+        request = CallRequest(uri=str(path.resolve()),
+                              external_call_id=args.call_id or external_id_for(path.resolve()),
+                              agent_id=args.agent, team=args.team)
+        outcome = process_call(request, settings)
+        if outcome.status != "done":
+            failed += 1
+            print(f"FAILED {path}: {outcome.reason}", file=sys.stderr)
+            continue
+        with session_scope(settings) as session:
+            call = find_call(session, request.external_call_id)
+            assert call is not None  # process_call just stored it
+            segments = segments_for_call(session, call.id)
+            if args.json:
+                for s in segments:
+                    json.dump({"file": str(path), "channel": s.channel, "role": s.role,
+                               "start_s": s.start_s, "end_s": s.end_s, "emotion": s.emotion,
+                               "probabilities": s.probabilities(), "confidence": s.confidence,
+                               "model_version": s.model_version}, sys.stdout)
+                    sys.stdout.write("\n")
+            print(f"done   {path}: {len(segments)} segments, call id {call.external_call_id}",
+                  file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Process files/folders through a real Celery worker process on the configured broker."""
+    from worker.runner import run_recordings
+
+    files = _expand(args.paths)
+    if not files:
+        raise ConfigError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {args.paths}")
+    print(f"callmood: {len(files)} recording(s) -> celery worker on "
+          f"{redact_url(settings.broker_url)} -> {redact_url(settings.database_url)}",
+          file=sys.stderr)
+    summary = run_recordings(files, settings, concurrency=args.concurrency,
+                             timeout_s=args.timeout_s)
+    _print_report(settings, [r.external_call_id for r in summary.files],
+                  {r.external_call_id: r.path.name for r in summary.files}, sys.stdout)
+    for r in summary.files:
+        if r.status != "done":
+            print(f"FAILED {r.path}: {r.reason}", file=sys.stdout)
+    print(f"\n{summary.done} done, {summary.failed} failed in {summary.elapsed_s:.1f} s "
+          f"(worker log: {summary.worker_log})")
+    return 0 if summary.failed == 0 and not summary.timed_out else 1
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Build demo calls from the corpora's test speakers and run them like ``callmood run``."""
+    from bench.workload import demo_calls
+
+    out = settings.data_dir / "demo"
+    paths = demo_calls(settings.corpora_dir, out)
+    print(f"callmood demo: wrote {len(paths)} stereo 8 kHz mu-law calls (RAVDESS test actors, "
+          f"channel 0 agent, 1 customer) to {out}", file=sys.stderr)
+    args.paths = [str(p) for p in paths]
+    code = cmd_run(args, settings)
+    csv_path = _export_segments(settings, out / "segments.csv")
+    print(f"per-segment emotions: {csv_path}")
+    return code
+
+
+def _export_segments(settings: Settings, path: Path) -> Path:
+    from analytics.export import write_csv
+    from analytics.queries import load_segments
+    from worker.db import session_scope
+
+    with session_scope(settings) as session:
+        return write_csv(load_segments(session), path)
+
+
+def _print_report(settings: Settings, external_ids: Sequence[str], names: dict[str, str],
+                  out: TextIO) -> None:
+    """A readable per-call summary: each party's dominant mood and its timeline."""
+    from analytics.queries import load_segments
+    from analytics.summary import emotion_runs, format_clock, party_summary
+    from worker.db import session_scope
+    from worker.store import calls_by_external_id
+
+    with session_scope(settings) as session:
+        calls = calls_by_external_id(session, list(external_ids))
+        segments = load_segments(session, [c.id for c in calls.values() if c.status == "done"])
+    summary = party_summary(segments)
+    runs = emotion_runs(segments)
+    for external_id in dict.fromkeys(external_ids):
+        call = calls[external_id]
+        if call.status != "done":
+            continue
+        print(f"\n== {names.get(external_id, external_id)}  ({call.duration_s:.0f} s, "
+              f"model {call.model_version})", file=out)
+        for _, party in summary[summary["call"] == external_id].iterrows():
+            timeline = runs[(runs["call"] == external_id) & (runs["role"] == party["role"])]
+            steps = " -> ".join(f"{format_clock(r.start_s)} {r.emotion}"
+                                for r in timeline.itertuples())
+            print(f"  {party['role']:<8} {party['utterances']:>3} utterances, "
+                  f"{party['talk_s']:>5.1f} s talk, mostly {party['dominant']:<8} | {steps}",
+                  file=out)
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.db import current_revision, upgrade
+
+    if args.action == "upgrade":
+        upgrade(settings.database_url)
+    print(f"{redact_url(settings.database_url)}: revision {current_revision(settings.database_url)}")
+    return 0
+
+
+def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
+    """List calls (newest first) with status and failure reason."""
+    from worker.db import session_scope
+    from worker.store import counts_by_status, list_calls
+
+    with session_scope(settings) as session:
+        for call in list_calls(session, status=args.status, limit=args.limit, newest_first=True):
+            reason = f"  {call.failure_reason}" if call.failure_reason else ""
+            print(f"{call.external_call_id[:40]:<40} {call.status:<10} attempts={call.attempts} "
+                  f"{call.source_uri}{reason}")
+        counts = counts_by_status(session)
+    print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no calls", file=sys.stderr)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Replace this process with a Celery worker (so SIGTERM reaches Celery's warm shutdown)."""
+    from worker.celery_app import worker_command
+
+    argv = worker_command(args.concurrency, args.loglevel, broker_url=settings.broker_url)
+    os.execv(argv[0], [*argv, *args.celery_args])
+    return 0  # not reached
+
+
+def _delegate(target: str) -> Callable[[argparse.Namespace, Settings], int]:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        from training import cli
+
+        main: Callable[[list[str] | None], int] = getattr(cli, target)
+        return main(list(args.rest))
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callmood", description=(
+        "Per-utterance speech emotion for call-centre recordings. Settings come from "
+        "CALLMOOD_* environment variables (see README)."))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("analyze", help="analyse files in this process and store the results")
+    p.add_argument("files", nargs="+", help="audio files or folders")
+    p.add_argument("--json", action="store_true", help="print one JSON object per segment")
+    p.add_argument("--call-id", help="external call id (default: the file's content hash)")
+    p.add_argument("--agent", help="agent id to record on the call")
+    p.add_argument("--team", help="team to record on the call")
+    p.set_defaults(func=cmd_analyze)
+
+    for name, func, help_text in (
+            ("run", cmd_run, "process files/folders through a real Celery worker"),
+            ("demo", cmd_demo, "build demo calls from the corpora and run them")):
+        p = sub.add_parser(name, help=help_text)
+        if name == "run":
+            p.add_argument("paths", nargs="+", help="audio files or folders")
+        p.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
+        p.add_argument("--timeout-s", type=float, default=1800.0,
+                       help="give up waiting after this many seconds (default 1800)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("worker", help="start a Celery worker on CALLMOOD_BROKER_URL")
+    p.add_argument("--concurrency", type=int, default=1, help="processes (one per core)")
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("celery_args", nargs=argparse.REMAINDER,
+                   help="further options passed to celery worker unchanged")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("db", help="database schema (Alembic migrations)")
+    p.add_argument("action", choices=["upgrade", "current"])
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("calls", help="list calls with their status and failure reason")
+    p.add_argument("--status", choices=["pending", "processing", "done", "failed"])
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_calls)
+
+    for name, target in (("train", "train_main"), ("evaluate", "evaluate_main")):
+        p = sub.add_parser(name, help=f"{name} the emotion model (see python -m training {name} -h)",
+                           add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_delegate(target))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        # The CLI speaks through its own output; library INFO logs only when asked for.
+        level = settings.log_level if "CALLMOOD_LOG_LEVEL" in settings.extra else "WARNING"
+        logging.basicConfig(level=level,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        code: int = args.func(args, settings)
+        return code
+    except ConfigError as e:
+        print(f"callmood: configuration error: {e}", file=sys.stderr)
+        return 2
+    except CallmoodError as e:
+        print(f"callmood: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Signal constants shared by serving and training: the one place they live.
+
+Why 8 kHz: call-centre audio is overwhelmingly narrowband (G.711 at 8 kHz). Analysing
+everything in the 0-4 kHz band means a wideband recording and its phone-line copy look
+alike to the VAD and the model, and it halves the DSP cost.
+"""
+
+from typing import Final
+
+ANALYSIS_SAMPLE_RATE: Final[int] = 8000
+"""Every channel is resampled to this rate (Hz) before VAD and features."""
+
+MIN_INPUT_SAMPLE_RATE: Final[int] = 4000
+"""Below this (Hz) a file cannot hold speech in the telephone band; it is rejected."""
+
+MAX_INPUT_SAMPLE_RATE: Final[int] = 384_000
+"""Above this (Hz) the header is taken to be corrupt (no recorder writes more)."""
+
+MAX_CHANNELS: Final[int] = 2
+"""A call recording has one party per channel: agent and customer."""
+
+ROLE_AGENT: Final[str] = "agent"
+ROLE_CUSTOMER: Final[str] = "customer"
+ROLE_UNKNOWN: Final[str] = "unknown"
+ROLES: Final[tuple[str, ...]] = (ROLE_AGENT, ROLE_CUSTOMER, ROLE_UNKNOWN)
+
+EMOTIONS: Final[tuple[str, ...]] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+"""The seven classes of the emotion model, in the order of its output."""

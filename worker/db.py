@@ -1,0 +1,187 @@
+"""The database edge: engines, session scopes and Alembic migrations.
+
+The embedded default is one SQLite file written by a Celery worker process and the CLI at
+the same time, so every SQLite connection runs in WAL mode with a busy timeout, and every
+transaction starts with ``BEGIN IMMEDIATE`` (it takes the write lock up front instead of
+failing with SQLITE_BUSY when a read upgrades to a write).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, TimeoutError
+from sqlalchemy.orm import Session
+
+from worker.errors import ConfigError, TransientError
+from worker.settings import PACKAGE_DIR, Settings, redact_url
+
+log = logging.getLogger(__name__)
+# Alembic announces every plugin it loads at INFO; the CLI logs at INFO by default.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite writer waits for another process's write lock before giving up."""
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _forget_engines_in_child() -> None:
+    # A forked child (Celery prefork) must not use, nor close, the parent's pooled connections:
+    # drop them without closing (SQLAlchemy's guidance for os.fork) and build new engines lazily.
+    for engine in _engines.values():
+        engine.dispose(close=False)
+    _engines.clear()
+
+
+os.register_at_fork(after_in_child=_forget_engines_in_child)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, emit BEGIN (pysqlite's implicit BEGIN breaks SAVEPOINT).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    """The process's engine for ``url``: created on first use, rebuilt after a fork."""
+    engine = _engines.get(url)
+    if engine is not None:
+        return engine
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _create_engine(url)
+            _engines[url] = engine
+    return engine
+
+
+def _create_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _configure_sqlite(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            # psycopg 3 is the driver we ship; SQLAlchemy's bare default is psycopg2.
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True, pool_size=2, max_overflow=2)
+    raise ConfigError(f"database URL {redact_url(url)!r}: use sqlite:/// or postgresql://")
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection of this process (tests, clean shutdown)."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def _url_of(target: Settings | str) -> str:
+    return target if isinstance(target, str) else target.database_url
+
+
+@contextmanager
+def session_scope(target: Settings | str) -> Iterator[Session]:
+    """A session whose transaction commits when the block succeeds and rolls back otherwise.
+
+    A database that cannot be reached, is locked or dropped the connection raises
+    :class:`TransientError` (retry later); every other error propagates unchanged.
+    """
+    url = _url_of(target)
+    session = Session(make_engine(url), expire_on_commit=False)
+    try:
+        yield session
+        session.commit()
+    except (OperationalError, DisconnectionError, TimeoutError) as e:
+        session.rollback()
+        raise TransientError(f"database unavailable ({redact_url(url)}): {_first_line(e)}") from e
+    except DBAPIError as e:
+        session.rollback()
+        if e.connection_invalidated:
+            raise TransientError(f"database connection lost ({redact_url(url)}): "
+                                 f"{_first_line(e)}") from e
+        raise
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _first_line(e: BaseException) -> str:
+    orig = getattr(e, "orig", None)
+    text = str(orig if orig is not None else e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def migrations_dir() -> Path:
+    """The Alembic script directory: ``migrations/`` beside the ``worker`` package."""
+    candidate = PACKAGE_DIR.parent / "migrations"
+    if (candidate / "env.py").is_file():
+        return candidate
+    raise ConfigError(f"Alembic migrations not found at {candidate}; reinstall callmood")
+
+
+def alembic_config(url: str) -> Any:
+    """An Alembic Config for ``url`` that needs no alembic.ini (URL from the argument)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    # ConfigParser interpolates '%': a password holding one must be escaped.
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate the database at ``url`` to ``revision`` (Alembic ``upgrade``)."""
+    from alembic import command
+
+    log.info("migrating %s to %s", redact_url(url), revision)
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except (OperationalError, DisconnectionError) as e:
+        raise TransientError(f"database unavailable ({redact_url(url)}): {_first_line(e)}") from e
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Migrate the database at ``url`` down to ``revision`` (``base`` drops every table)."""
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)
+
+
+def current_revision(url: str) -> str | None:
+    """The Alembic revision the database at ``url`` is at (None before the first upgrade)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with make_engine(url).connect() as connection:
+        revision: str | None = MigrationContext.configure(connection).get_current_revision()
+        return revision

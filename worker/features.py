@@ -1,0 +1,128 @@
+"""Log-mel features: the one implementation used by training and by the worker.
+
+Training imports :func:`extract_features` from here and writes the :class:`FeatureConfig`
+into the model card; the worker reads the config back from the card. So the features a
+model was trained on and the features it is served can never drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import scipy.fft
+
+from worker.constants import ANALYSIS_SAMPLE_RATE
+
+Normalization = Literal["none", "utterance_cmn", "utterance_cmvn"]
+NORMALIZATIONS: tuple[str, ...] = ("none", "utterance_cmn", "utterance_cmvn")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Log-mel settings; stored in every model card.
+
+    Defaults: 25 ms Hann window, 10 ms hop, 64 mel bands over the telephone band.
+    """
+
+    sample_rate: int = ANALYSIS_SAMPLE_RATE
+    n_fft: int = 256
+    win_length: int = 200
+    hop_length: int = 80
+    n_mels: int = 64
+    fmin_hz: float = 60.0
+    fmax_hz: float = 3800.0
+    log_floor: float = 1e-6
+    normalization: Normalization = "utterance_cmn"
+
+    def __post_init__(self) -> None:
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length={self.win_length} must be <= n_fft={self.n_fft}")
+        if not 0 <= self.fmin_hz < self.fmax_hz <= self.sample_rate / 2:
+            raise ValueError(f"need 0 <= fmin_hz < fmax_hz <= {self.sample_rate / 2} Hz")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization={self.normalization!r}: use one of {NORMALIZATIONS}")
+
+    @property
+    def frame_s(self) -> float:
+        """Seconds between feature frames."""
+        return self.hop_length / self.sample_rate
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
+        known = {f: data[f] for f in cls.__dataclass_fields__ if f in data}
+        return cls(**known)
+
+
+@lru_cache(maxsize=8)
+def _mel_filterbank(config: FeatureConfig) -> npt.NDArray[np.float32]:
+    """(n_mels, n_fft // 2 + 1) Slaney mel filterbank, built once per process and config."""
+    import librosa  # imported here: only the filterbank needs it, and the import is slow
+
+    fb = librosa.filters.mel(sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels,
+                             fmin=config.fmin_hz, fmax=config.fmax_hz)
+    return np.ascontiguousarray(fb, dtype=np.float32)
+
+
+@lru_cache(maxsize=8)
+def _window(n_fft: int, win_length: int) -> npt.NDArray[np.float32]:
+    """Periodic Hann window of ``win_length`` centred in ``n_fft`` samples."""
+    win = np.zeros(n_fft, dtype=np.float32)
+    start = (n_fft - win_length) // 2
+    n = np.arange(win_length, dtype=np.float64)
+    win[start:start + win_length] = 0.5 - 0.5 * np.cos(2 * np.pi * n / win_length)
+    return win
+
+
+def n_frames(n_samples: int, config: FeatureConfig) -> int:
+    """Number of feature frames :func:`log_mel` yields for ``n_samples`` samples."""
+    return 1 + max(0, n_samples - 1) // config.hop_length if n_samples > 0 else 0
+
+
+def log_mel(audio: npt.NDArray[np.floating[Any]], config: FeatureConfig) -> npt.NDArray[np.float32]:
+    """Natural-log mel energies, shape (n_mels, n_frames), float32.
+
+    ``audio`` is mono at ``config.sample_rate``. Frames are centred (the signal is
+    reflect-padded by n_fft/2 at each end), so frame ``t`` describes time ``t * frame_s``.
+    """
+    x = np.asarray(audio, dtype=np.float32)
+    if x.ndim != 1:
+        raise ValueError(f"audio must be 1-D (samples,), got shape {x.shape}")
+    frames_out = n_frames(x.size, config)
+    if frames_out == 0:
+        return np.zeros((config.n_mels, 0), dtype=np.float32)
+    pad = config.n_fft // 2
+    mode = "reflect" if x.size > pad else "constant"
+    x = np.pad(x, (pad, pad), mode=mode)
+    frames = np.lib.stride_tricks.sliding_window_view(x, config.n_fft)[::config.hop_length]
+    frames = frames[:frames_out] * _window(config.n_fft, config.win_length)
+    spectrum = scipy.fft.rfft(frames, n=config.n_fft, axis=1)
+    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+    mel = _mel_filterbank(config) @ power.T
+    return np.log(np.maximum(mel, config.log_floor)).astype(np.float32)
+
+
+def normalize(features: npt.NDArray[np.float32], config: FeatureConfig) -> npt.NDArray[np.float32]:
+    """Per-utterance normalisation over time, per mel band.
+
+    CMN removes the constant spectral colouring of a channel (microphone, line EQ, level),
+    which would otherwise become a corpus label the model learns first.
+    """
+    if config.normalization == "none" or features.shape[1] == 0:
+        return features
+    centred = features - features.mean(axis=1, keepdims=True)
+    if config.normalization == "utterance_cmn":
+        return centred.astype(np.float32)
+    std = features.std(axis=1, keepdims=True)
+    return (centred / np.maximum(std, 1e-3)).astype(np.float32)
+
+
+def extract_features(audio: npt.NDArray[np.floating[Any]], config: FeatureConfig) -> npt.NDArray[np.float32]:
+    """Model input for one utterance: normalised log-mel, shape (n_mels, n_frames)."""
+    return normalize(log_mel(audio, config), config)

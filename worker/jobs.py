@@ -1,0 +1,99 @@
+"""Processing one call, without Celery: register, claim, analyse, store or fail.
+
+The Celery task (``worker.tasks``) and ``callmood analyze`` (in-process) both call
+:func:`process_call`, so the embedded CLI and production run the same steps. Retrying is the
+caller's decision: TransientError propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from worker.db import session_scope
+from worker.errors import InputError, TransientError
+from worker.settings import Settings
+from worker.store import (
+    CallRequest,
+    claim_for_processing,
+    mark_failed,
+    register_call,
+    save_analysis,
+)
+
+if TYPE_CHECKING:
+    from worker.pipeline import RecordingAnalysis
+
+log = logging.getLogger(__name__)
+
+MAX_TASK_RETRIES = 6
+"""Retries of a TransientError by the Celery task (worker.tasks) before the call fails."""
+MAX_ATTEMPTS = MAX_TASK_RETRIES + 3
+"""Claims within one run of a call beyond this fail it: a recording that keeps killing its
+worker (redelivered by task_reject_on_worker_lost) must not loop forever."""
+
+def _analyze(uri: str, settings: Settings) -> RecordingAnalysis:
+    # Imported here: the pipeline pulls in numpy/onnxruntime, which the producer side and the
+    # store never need; and a broken pipeline import then fails calls instead of the worker.
+    from worker.pipeline import analyze_file
+
+    return analyze_file(uri, settings)
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """How processing one call ended (the task returns it as a dict)."""
+
+    status: str
+    """done, failed, or rejected (the payload did not validate)."""
+    external_call_id: str | None
+    segments: int = 0
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "call_id": self.external_call_id,
+                "segments": self.segments, "reason": self.reason}
+
+
+def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
+    """Register, claim, analyse and store one call; no Celery in here.
+
+    InputError and unexpected errors fail the call (recorded in the database); TransientError
+    propagates, so the caller decides whether and when to try again.
+    """
+    with session_scope(settings) as session:
+        call = claim_for_processing(session, register_call(session, request).id)
+        call_id, attempts = call.id, call.attempts
+        if attempts > MAX_ATTEMPTS:
+            reason = f"gave up after {attempts - 1} attempts (worker lost or retries exhausted)"
+            mark_failed(session, call_id, reason)
+            return CallOutcome("failed", request.external_call_id, reason=reason)
+    try:
+        analysis = _analyze(request.uri, settings)
+    except InputError as e:
+        return _fail(settings, call_id, request.external_call_id, str(e))
+    except TransientError:
+        raise
+    except Exception as e:  # any other failure fails this call, never the worker
+        log.exception("call %s: unexpected error", request.external_call_id)
+        return _fail(settings, call_id, request.external_call_id, f"{type(e).__name__}: {e}")
+    try:
+        with session_scope(settings) as session:
+            save_analysis(session, call_id, analysis)
+    except TransientError:
+        raise
+    except Exception as e:  # e.g. a label the schema lacks: rolled back, the call fails
+        log.exception("call %s: could not store the analysis", request.external_call_id)
+        return _fail(settings, call_id, request.external_call_id,
+                     f"storing the analysis failed: {type(e).__name__}: {e}")
+    return CallOutcome("done", request.external_call_id, segments=len(analysis.segments))
+
+
+def _fail(settings: Settings, call_id: int, external_call_id: str, reason: str) -> CallOutcome:
+    log.warning("call %s failed: %s", external_call_id, reason)
+    with session_scope(settings) as session:
+        mark_failed(session, call_id, reason)
+    return CallOutcome("failed", external_call_id, reason=reason)
+
+

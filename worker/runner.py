@@ -1,0 +1,236 @@
+"""Embedded batch mode (``callmood run DIR``): a folder through a real Celery worker.
+
+The same path as production, on the embedded defaults: the files are registered as calls in
+the database, one task per call goes through the broker (Kombu's SQLAlchemy transport on a
+SQLite file unless CALLMOOD_BROKER_URL says otherwise) to a ``celery worker`` subprocess, and
+the runner polls the database until every call is done or failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from worker.celery_app import make_celery, worker_command
+from worker.db import session_scope, upgrade
+from worker.errors import TransientError
+from worker.schema import FINAL_STATUSES
+from worker.settings import PACKAGE_DIR, Settings
+from worker.store import (
+    CallRequest,
+    calls_by_external_id,
+    mark_failed,
+    mark_pending,
+    register_call,
+    segment_counts,
+)
+from worker.tasks import send_analysis
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 15.0
+"""How long a stopped worker may finish its current task (warm shutdown) before SIGKILL."""
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """Outcome of one input file."""
+
+    path: Path
+    external_call_id: str
+    status: str
+    """done or failed; pending/processing only if the run ended before the call did."""
+    reason: str | None
+    segments: int
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What ``run_recordings`` did: counts, per-file outcomes and the worker's log file."""
+
+    done: int
+    failed: int
+    files: tuple[FileResult, ...]
+    elapsed_s: float
+    worker_log: Path
+    timed_out: bool
+    worker_exit_code: int | None
+
+
+def external_id_for(path: Path) -> str:
+    """A stable call id for a local file: its content hash (a re-run reuses the call row)."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return f"sha256-{digest.hexdigest()}"
+    except OSError:
+        # Unreadable: still a call (the worker records why it failed), keyed by its path.
+        return f"path-{hashlib.sha256(str(path).encode()).hexdigest()}"
+
+
+def worker_settings(settings: Settings, paths: Sequence[Path]) -> Settings:
+    """``settings`` with the files' directories added to the input roots."""
+    roots = dict.fromkeys([*settings.input_roots, *(p.parent for p in paths)])
+    return settings.replace(input_roots=tuple(roots))
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """The environment of the worker subprocess: ours, with every setting spelled out."""
+    env = dict(os.environ)
+    env.update(settings.extra)
+    env.update({
+        "CALLMOOD_DATA_DIR": str(settings.data_dir),
+        "CALLMOOD_DATABASE_URL": settings.database_url,
+        "CALLMOOD_BROKER_URL": settings.broker_url,
+        "CALLMOOD_INPUT_ROOTS": os.pathsep.join(str(p) for p in settings.input_roots),
+        "CALLMOOD_CORPORA_DIR": str(settings.corpora_dir),
+        "CALLMOOD_MODEL_PATH": str(settings.model_path),
+        "CALLMOOD_CHANNEL_ROLES": ",".join(settings.channel_roles),
+        "CALLMOOD_ONNX_THREADS": str(settings.onnx_threads),
+        "CALLMOOD_MAX_DURATION_S": repr(settings.max_duration_s),
+        "CALLMOOD_MAX_FILE_BYTES": str(settings.max_file_bytes),
+        "CALLMOOD_LOG_LEVEL": settings.log_level,
+    })
+    # The worker must import this very checkout of the package, wherever it is started.
+    source_root = str(PACKAGE_DIR.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int = 1,
+                   timeout_s: float = 900.0, poll_interval_s: float = 0.5) -> RunSummary:
+    """Analyse ``paths`` through a Celery worker subprocess; wait for all, then stop it."""
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    started = time.monotonic()
+    files = [Path(p).expanduser().resolve() for p in paths]
+    settings = worker_settings(settings, files)
+    log_dir = settings.data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    queue = f"callmood-run-{uuid.uuid4().hex[:12]}"
+    log_path = log_dir / f"run-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{queue}.log"
+
+    upgrade(settings.database_url)
+    ids = {path: external_id_for(path) for path in files}
+    requests = _register(ids, settings)
+    if not requests:
+        return RunSummary(0, 0, (), time.monotonic() - started, log_path, False, None)
+
+    # Send before the worker starts: the sender creates the broker tables, so the two
+    # processes never race to create them.
+    celery = make_celery(settings)
+    try:
+        send_analysis(celery, list(requests.values()), queue=queue)
+    finally:
+        celery.close()
+
+    node = f"run-{os.getpid()}-{queue[-6:]}@%h"
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            worker_command(concurrency, "WARNING", queue, node, settings.broker_url),
+            env=worker_environment(settings), stdout=log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=settings.data_dir, start_new_session=True)
+    timed_out = False
+    exit_code: int | None = None
+    try:
+        timed_out, exit_code = _wait_for_calls(process, list(requests), settings, timeout_s,
+                                               poll_interval_s)
+    finally:
+        stopped_code = stop_worker(process)
+        exit_code = stopped_code if exit_code is None else exit_code
+
+    results = _collect(ids, requests, settings, timed_out, exit_code, timeout_s, log_path)
+    return RunSummary(
+        done=sum(r.status == "done" for r in results),
+        failed=sum(r.status == "failed" for r in results),
+        files=tuple(results),
+        elapsed_s=time.monotonic() - started,
+        worker_log=log_path,
+        timed_out=timed_out,
+        worker_exit_code=exit_code,
+    )
+
+
+def _register(ids: dict[Path, str], settings: Settings) -> dict[str, CallRequest]:
+    requests: dict[str, CallRequest] = {}
+    for path, external_id in ids.items():
+        requests.setdefault(external_id, CallRequest(
+            uri=str(path), external_call_id=external_id,
+            metadata={"source": "callmood run", "file_name": path.name[:200]}))
+    with session_scope(settings) as session:
+        for request in requests.values():
+            call = register_call(session, request)
+            mark_pending(session, call.id)  # a re-run: the poll must not see last run's status
+    return requests
+
+
+def _wait_for_calls(process: subprocess.Popen[bytes], external_ids: list[str],
+                    settings: Settings, timeout_s: float,
+                    poll_interval_s: float) -> tuple[bool, int | None]:
+    """Poll until every call is final; (timed out?, worker exit code if it died early)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with session_scope(settings) as session:
+                calls = calls_by_external_id(session, external_ids)
+                if all(c.status in FINAL_STATUSES for c in calls.values()):
+                    return False, None
+        except TransientError as e:  # the worker holds the write lock a while: poll again
+            log.debug("poll skipped: %s", e)
+        code = process.poll()
+        if code is not None:
+            return False, code
+        if time.monotonic() >= deadline:
+            return True, None
+        time.sleep(poll_interval_s)
+
+
+def stop_worker(process: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int:
+    """SIGTERM (Celery's warm shutdown), wait ``grace_s``, then SIGKILL its process group."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            log.warning("celery worker %d ignored SIGTERM for %.0f s; killing it", process.pid,
+                        grace_s)
+    # The pool children share the worker's session/process group (start_new_session=True).
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return process.wait()
+
+
+def _collect(ids: dict[Path, str], requests: dict[str, CallRequest], settings: Settings,
+             timed_out: bool, exit_code: int | None, timeout_s: float,
+             log_path: Path) -> list[FileResult]:
+    if timed_out:
+        cause = f"not finished within {timeout_s:.0f} s (callmood run timeout)"
+    else:
+        cause = f"the celery worker exited (code {exit_code}) first; see {log_path}"
+    results: list[FileResult] = []
+    with session_scope(settings) as session:
+        calls = calls_by_external_id(session, list(requests))
+        for call in calls.values():
+            if call.status not in FINAL_STATUSES:
+                # The worker is gone: leaving "processing" behind would be a lie.
+                mark_failed(session, call.id, cause)
+        counts = segment_counts(session, [c.id for c in calls.values()])
+        for path, external_id in ids.items():
+            call = calls[external_id]
+            results.append(FileResult(path=path, external_call_id=external_id,
+                                      status=call.status, reason=call.failure_reason,
+                                      segments=counts.get(call.id, 0)))
+    return results

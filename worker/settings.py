@@ -1,0 +1,189 @@
+"""Settings from ``CALLMOOD_*`` environment variables, validated once at start.
+
+Every value has an embedded default that needs no server: the SQLite database and the
+Celery broker (Kombu's SQLAlchemy transport on SQLite) live under ``CALLMOOD_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from worker.constants import ROLES
+from worker.errors import ConfigError
+from worker.segmentation import SegmentationConfig
+from worker.vad import VadConfig
+
+_Config = TypeVar("_Config", VadConfig, SegmentationConfig)
+
+ENV_PREFIX = "CALLMOOD_"
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+DEFAULT_MODEL_PATH = PACKAGE_DIR / "models" / "emotion-v1.onnx"
+# The corpora sit beside the project checkout (../shared/corpora); never copied into it.
+DEFAULT_CORPORA_DIR = PROJECT_ROOT.parent / "shared" / "corpora"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration of one callmood process."""
+
+    data_dir: Path
+    database_url: str
+    broker_url: str
+    input_roots: tuple[Path, ...]
+    corpora_dir: Path
+    model_path: Path
+    channel_roles: tuple[str, ...] = ("agent", "customer")
+    onnx_threads: int = 1
+    max_duration_s: float = 4 * 3600.0
+    max_file_bytes: int = 2 * 1024**3
+    log_level: str = "INFO"
+    vad: VadConfig = field(default_factory=VadConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate settings; raise ConfigError naming the bad variable."""
+        env = dict(os.environ if environ is None else environ)
+
+        def get(name: str) -> str | None:
+            value = env.get(ENV_PREFIX + name)
+            return value if value not in (None, "") else None
+
+        data_dir = Path(get("DATA_DIR") or ".callmood").expanduser().resolve()
+        database_url = get("DATABASE_URL") or f"sqlite:///{data_dir / 'callmood.sqlite'}"
+        broker_url = get("BROKER_URL") or f"sqla+sqlite:///{data_dir / 'broker.sqlite'}"
+        _check_url("CALLMOOD_DATABASE_URL", database_url, ("sqlite", "postgresql"))
+        _check_url("CALLMOOD_BROKER_URL", broker_url, ("redis", "rediss", "sqla+sqlite",
+                                                          "sqla+postgresql", "memory"))
+
+        roots_raw = get("INPUT_ROOTS")
+        if roots_raw is None:
+            roots = tuple(dict.fromkeys([Path.cwd().resolve(), data_dir]))
+        else:
+            roots = tuple(Path(p).expanduser().resolve()
+                          for p in roots_raw.split(os.pathsep) if p.strip())
+            if not roots:
+                raise ConfigError("CALLMOOD_INPUT_ROOTS is set but names no directory; "
+                                  f"give directories separated by {os.pathsep!r}")
+
+        model_path = Path(get("MODEL_PATH") or DEFAULT_MODEL_PATH).expanduser().resolve()
+        corpora_dir = Path(get("CORPORA_DIR") or DEFAULT_CORPORA_DIR).expanduser().resolve()
+
+        roles_raw = get("CHANNEL_ROLES") or "agent,customer"
+        channel_roles = tuple(r.strip() for r in roles_raw.split(","))
+        bad = [r for r in channel_roles if r not in ROLES]
+        if bad or not channel_roles:
+            raise ConfigError(f"CALLMOOD_CHANNEL_ROLES={roles_raw!r}: each role must be one of "
+                              f"{', '.join(ROLES)} (comma-separated, channel 0 first)")
+
+        log_level = (get("LOG_LEVEL") or "INFO").upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"CALLMOOD_LOG_LEVEL={log_level!r}: use DEBUG, INFO, WARNING or ERROR")
+
+        return cls(
+            data_dir=data_dir,
+            database_url=database_url,
+            broker_url=broker_url,
+            input_roots=roots,
+            corpora_dir=corpora_dir,
+            model_path=model_path,
+            channel_roles=channel_roles,
+            onnx_threads=_positive_int(get("ONNX_THREADS"), "CALLMOOD_ONNX_THREADS", 1),
+            max_duration_s=_positive_float(get("MAX_DURATION_S"), "CALLMOOD_MAX_DURATION_S",
+                                           cls.max_duration_s),
+            max_file_bytes=_positive_int(get("MAX_FILE_BYTES"), "CALLMOOD_MAX_FILE_BYTES",
+                                         cls.max_file_bytes),
+            log_level=log_level,
+            vad=_dataclass_from_env(VadConfig, env, "CALLMOOD_VAD_"),
+            segmentation=_dataclass_from_env(SegmentationConfig, env, "CALLMOOD_SEGMENTATION_"),
+            extra={k: v for k, v in env.items() if k.startswith(ENV_PREFIX)},
+        )
+
+    def role_for_channel(self, channel: int, n_channels: int) -> str:
+        """Party role of ``channel``; a mono recording is one unknown party."""
+        if n_channels == 1:
+            return "unknown"
+        return self.channel_roles[channel] if channel < len(self.channel_roles) else "unknown"
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _dataclass_from_env(cls: type[_Config], env: Mapping[str, str], prefix: str) -> _Config:
+    """``cls()`` with fields overridden by ``PREFIX<FIELD>`` variables (e.g. CALLMOOD_VAD_PAD_MS)."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    changes: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(prefix) or raw == "":
+            continue
+        name = key[len(prefix):].lower()
+        if name not in known:
+            valid = ", ".join(prefix + n.upper() for n in known)
+            raise ConfigError(f"{key} is not a setting; valid: {valid}")
+        kind = type(getattr(cls(), name))
+        try:
+            changes[name] = kind(raw)
+        except ValueError as e:
+            raise ConfigError(f"{key}={raw!r}: expected {kind.__name__}") from e
+    try:
+        return cls(**changes)
+    except (ValueError, ConfigError) as e:
+        raise ConfigError(f"{prefix}*: {e}") from e
+
+
+def _positive_int(raw: str | None, name: str, default: int) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name}={raw!r}: expected a positive integer") from e
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r}: expected a positive integer")
+    return value
+
+
+def _positive_float(raw: str | None, name: str, default: float) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name}={raw!r}: expected a positive number") from e
+    if not value > 0:
+        raise ConfigError(f"{name}={raw!r}: expected a positive number")
+    return value
+
+
+def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    scheme = urlsplit(url).scheme.split("+psycopg")[0].split("+psycopg2")[0]
+    if scheme not in schemes:
+        raise ConfigError(f"{name}={redact_url(url)!r}: scheme must be one of {', '.join(schemes)}")
+
+
+_PASSWORD_RE = re.compile(r"(?<=:)[^:@/]*(?=@)")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to log or print)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = _PASSWORD_RE.sub("***", parts.netloc, count=1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings.from_env()

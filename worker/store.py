@@ -1,0 +1,364 @@
+"""Reads and writes of calls and segments. Every function takes the caller's Session and
+never commits: the caller's ``session_scope`` owns the transaction (commit or roll back)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from worker.constants import EMOTIONS, ROLES
+from worker.errors import PayloadError
+from worker.schema import (
+    CALL_STATUSES,
+    EXTERNAL_ID_MAX_CHARS,
+    FAILURE_REASON_MAX_CHARS,
+    FINAL_STATUSES,
+    LABEL_MAX_CHARS,
+    PROBABILITY_COLUMNS,
+    URI_MAX_CHARS,
+    Call,
+    Segment,
+    utcnow,
+)
+
+if TYPE_CHECKING:  # only the dataclasses; the pipeline's imports stay out of the DB edge
+    from worker.pipeline import RecordingAnalysis
+
+METADATA_MAX_BYTES = 16 * 1024
+"""Largest accepted ``metadata`` payload, serialized as JSON."""
+
+PAYLOAD_FIELDS: tuple[str, ...] = ("uri", "call_id", "agent_id", "team", "queue", "customer_ref",
+                                   "started_at", "metadata")
+"""Keyword arguments accepted by the ``callmood.analyze_recording`` task."""
+
+_ID_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII without spaces
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """A validated request to analyse one recording. Raises PayloadError when invalid."""
+
+    uri: str
+    external_call_id: str
+    agent_id: str | None = None
+    team: str | None = None
+    queue: str | None = None
+    customer_ref: str | None = None
+    started_at: datetime | None = None
+    """When the call began; timezone-aware."""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.uri, str) or not 1 <= len(self.uri) <= URI_MAX_CHARS:
+            raise PayloadError(f"uri: expected a path or file:// URI of 1-{URI_MAX_CHARS} "
+                               f"characters, got {_describe(self.uri)}")
+        if "\x00" in self.uri:
+            raise PayloadError("uri: contains a NUL character")
+        if not is_valid_external_id(self.external_call_id):
+            raise PayloadError(f"call_id: expected 1-{EXTERNAL_ID_MAX_CHARS} printable ASCII "
+                               f"characters without spaces, got {_describe(self.external_call_id)}")
+        for name in ("agent_id", "team", "queue", "customer_ref"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str)
+                                      or not 1 <= len(value) <= LABEL_MAX_CHARS
+                                      or not value.isprintable()):
+                raise PayloadError(f"{name}: expected null or 1-{LABEL_MAX_CHARS} printable "
+                                   f"characters, got {_describe(value)}")
+        if self.started_at is not None and (not isinstance(self.started_at, datetime)
+                                            or self.started_at.utcoffset() is None):
+            raise PayloadError("started_at: expected a timezone-aware datetime, got "
+                               f"{_describe(self.started_at)}")
+        if not isinstance(self.metadata, Mapping) or not all(
+                isinstance(k, str) for k in self.metadata):
+            raise PayloadError("metadata: expected a JSON object with string keys, got "
+                               f"{_describe(self.metadata)}")
+        try:
+            encoded = json.dumps(dict(self.metadata), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise PayloadError(f"metadata: must hold only JSON values (no NaN): {e}") from e
+        if len(encoded.encode()) > METADATA_MAX_BYTES:
+            raise PayloadError(f"metadata: {len(encoded.encode())} bytes as JSON, over the "
+                               f"limit of {METADATA_MAX_BYTES}")
+        # Frozen all the way down: a copy nobody else holds, read-only.
+        object.__setattr__(self, "metadata", MappingProxyType(json.loads(encoded)))
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, object]) -> CallRequest:
+        """Build from task kwargs (``call_id`` is the external id, ``started_at`` ISO-8601)."""
+        unknown = sorted(set(payload) - set(PAYLOAD_FIELDS))
+        if unknown:
+            raise PayloadError(f"unknown field(s) {', '.join(unknown)}; accepted: "
+                               f"{', '.join(PAYLOAD_FIELDS)}")
+        for required in ("uri", "call_id"):
+            if payload.get(required) in (None, ""):
+                raise PayloadError(f"{required}: required")
+        started_at = payload.get("started_at")
+        if started_at is not None:
+            started_at = parse_timestamp(started_at)
+        metadata = payload.get("metadata")
+        return cls(
+            uri=payload["uri"],  # type: ignore[arg-type]  # checked in __post_init__
+            external_call_id=payload["call_id"],  # type: ignore[arg-type]
+            agent_id=payload.get("agent_id"),  # type: ignore[arg-type]
+            team=payload.get("team"),  # type: ignore[arg-type]
+            queue=payload.get("queue"),  # type: ignore[arg-type]
+            customer_ref=payload.get("customer_ref"),  # type: ignore[arg-type]
+            started_at=started_at,
+            metadata={} if metadata is None else metadata,  # type: ignore[arg-type]
+        )
+
+    def to_payload(self) -> dict[str, Any]:
+        """The task kwargs for this request (JSON-serializable; inverse of from_payload)."""
+        return {
+            "uri": self.uri,
+            "call_id": self.external_call_id,
+            "agent_id": self.agent_id,
+            "team": self.team,
+            "queue": self.queue,
+            "customer_ref": self.customer_ref,
+            "started_at": None if self.started_at is None else self.started_at.isoformat(),
+            "metadata": dict(self.metadata),
+        }
+
+
+def parse_timestamp(value: object) -> datetime:
+    """An aware datetime from an ISO-8601 string with a UTC offset (``Z`` allowed)."""
+    if not isinstance(value, str) or len(value) > 64:
+        raise PayloadError(f"started_at: expected an ISO-8601 string such as "
+                           f"2026-01-31T09:15:00+00:00, got {_describe(value)}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as e:
+        raise PayloadError(f"started_at: {value!r} is not ISO-8601 (e.g. "
+                           "2026-01-31T09:15:00+00:00)") from e
+    if parsed.utcoffset() is None:
+        raise PayloadError(f"started_at: {value!r} has no UTC offset; append +00:00 or Z")
+    return parsed
+
+
+def is_valid_external_id(value: object) -> bool:
+    """Whether ``value`` can be a calls.external_call_id (printable ASCII, no spaces)."""
+    return (isinstance(value, str) and 1 <= len(value) <= EXTERNAL_ID_MAX_CHARS
+            and _ID_RE.match(value) is not None)
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def _clip(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+
+
+def get_call(session: Session, call_id: int) -> Call:
+    """The call with primary key ``call_id``; PayloadError when there is none."""
+    call = session.get(Call, call_id)
+    if call is None:
+        raise PayloadError(f"call_id: no call with id {call_id}")
+    return call
+
+
+def find_call(session: Session, external_call_id: str) -> Call | None:
+    return session.scalars(select(Call).where(Call.external_call_id == external_call_id)).first()
+
+
+def register_call(session: Session, request: CallRequest) -> Call:
+    """The call row for ``request.external_call_id``, inserted if new (idempotent).
+
+    A second register with the same external id returns the existing row unchanged, also when
+    two processes race: the loser's insert fails on the unique key inside a savepoint.
+    """
+    existing = find_call(session, request.external_call_id)
+    if existing is not None:
+        return existing
+    call = Call(
+        external_call_id=request.external_call_id,
+        source_uri=request.uri,
+        agent_id=request.agent_id,
+        team=request.team,
+        queue=request.queue,
+        customer_ref=request.customer_ref,
+        started_at=request.started_at,
+        status="pending",
+        attempts=0,
+        call_metadata=dict(request.metadata),
+    )
+    try:
+        with session.begin_nested():
+            session.add(call)
+    except IntegrityError:
+        existing = find_call(session, request.external_call_id)
+        if existing is None:
+            raise
+        return existing
+    return call
+
+
+def record_rejected(session: Session, external_call_id: str, uri: str, reason: str) -> Call:
+    """A failed call row for a payload that did not validate (so the rejection is visible).
+
+    ``uri`` is clipped to fit. A call already done keeps its result: a malformed duplicate
+    message must not erase a good analysis.
+    """
+    if not is_valid_external_id(external_call_id):
+        raise PayloadError(f"call_id: {_describe(external_call_id)} is not a valid call id")
+    call = find_call(session, external_call_id)
+    if call is None:
+        call = Call(external_call_id=external_call_id, source_uri=_clip(uri, URI_MAX_CHARS),
+                    status="failed", attempts=0, call_metadata={})
+        session.add(call)
+    elif call.status == "done":
+        return call
+    call.status = "failed"
+    call.failure_reason = _clip(reason, FAILURE_REASON_MAX_CHARS)
+    call.processed_at = utcnow()
+    session.flush()
+    return call
+
+
+def claim_for_processing(session: Session, call_id: int) -> Call:
+    """Mark the call processing and count the attempt (row-locked on PostgreSQL).
+
+    ``attempts`` counts the claims of the current run: claiming a done or failed call starts
+    a new run at 1, so re-running a recording many times never looks like a poison loop.
+    """
+    call = session.scalars(select(Call).where(Call.id == call_id).with_for_update()).first()
+    if call is None:
+        raise PayloadError(f"call_id: no call with id {call_id}")
+    if call.status in FINAL_STATUSES:
+        call.attempts = 0
+    call.status = "processing"
+    call.attempts += 1
+    call.failure_reason = None
+    session.flush()
+    return call
+
+
+def mark_pending(session: Session, call_id: int) -> Call:
+    """Queue the call again (a new run): status pending, attempts 0, reason cleared; segments
+    kept until the new analysis replaces them."""
+    call = get_call(session, call_id)
+    call.status = "pending"
+    call.attempts = 0
+    call.failure_reason = None
+    session.flush()
+    return call
+
+
+def save_analysis(session: Session, call_id: int, analysis: RecordingAnalysis) -> Call:
+    """Replace the call's segments with ``analysis`` and mark it done.
+
+    Deleting the old rows first makes a re-run (acks_late redelivery, a retry, a manual
+    re-queue) replace its results instead of duplicating them.
+    """
+    call = get_call(session, call_id)
+    rows = [_segment_row(call_id, segment) for segment in analysis.segments]
+    session.execute(delete(Segment).where(Segment.call_id == call_id)
+                    .execution_options(synchronize_session=False))
+    if rows:
+        session.execute(insert(Segment), rows)
+    call.duration_s = float(analysis.duration_s)
+    call.channels = int(analysis.channels)
+    call.sample_rate = int(analysis.sample_rate)
+    call.content_sha256 = analysis.content_sha256
+    call.model_version = analysis.model_version
+    call.processed_at = utcnow()
+    call.status = "done"
+    call.failure_reason = None
+    session.flush()
+    session.expire(call, ["segments"])
+    return call
+
+
+def _segment_row(call_id: int, segment: Any) -> dict[str, Any]:
+    probabilities: Mapping[str, float] = segment.probabilities
+    if set(probabilities) != set(EMOTIONS):
+        raise ValueError(f"segment probabilities have labels {sorted(probabilities)}; the "
+                         f"segments table stores exactly {list(EMOTIONS)}")
+    if segment.role not in ROLES:
+        raise ValueError(f"segment role {segment.role!r} is not one of {', '.join(ROLES)}")
+    row: dict[str, Any] = {
+        "call_id": call_id,
+        "channel": int(segment.channel),
+        "role": segment.role,
+        "start_s": float(segment.start_s),
+        "end_s": float(segment.end_s),
+        "emotion": segment.emotion,
+        "confidence": float(segment.confidence),
+        "model_version": segment.model_version,
+    }
+    for label, column in PROBABILITY_COLUMNS.items():
+        p = float(probabilities[label])
+        if not math.isfinite(p):
+            raise ValueError(f"segment probability {label}={p} is not finite")
+        row[column] = p
+    return row
+
+
+def mark_failed(session: Session, call_id: int, reason: str) -> Call:
+    """Mark the call failed with a human-readable ``reason`` (clipped to fit the column).
+
+    Segments of an earlier successful run are kept; reports count only ``done`` calls.
+    """
+    call = get_call(session, call_id)
+    call.status = "failed"
+    call.failure_reason = _clip(reason or "unknown failure", FAILURE_REASON_MAX_CHARS)
+    call.processed_at = utcnow()
+    session.flush()
+    return call
+
+
+def counts_by_status(session: Session) -> dict[str, int]:
+    """Number of calls per status, every status present (zero when none)."""
+    counts = dict.fromkeys(CALL_STATUSES, 0)
+    for status, n in session.execute(select(Call.status, func.count()).group_by(Call.status)):
+        counts[status] = int(n)
+    return counts
+
+
+def list_calls(session: Session, status: str | None = None, limit: int | None = None,
+               newest_first: bool = False) -> list[Call]:
+    """Calls in registration (id) order, optionally only those with ``status``."""
+    if status is not None and status not in CALL_STATUSES:
+        raise ValueError(f"status {status!r}: use one of {', '.join(CALL_STATUSES)}")
+    query = select(Call).order_by(Call.id.desc() if newest_first else Call.id)
+    if status is not None:
+        query = query.where(Call.status == status)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def calls_by_external_id(session: Session, external_call_ids: Sequence[str]) -> dict[str, Call]:
+    """The calls with these external ids (missing ones are absent from the result)."""
+    if not external_call_ids:
+        return {}
+    query = select(Call).where(Call.external_call_id.in_(list(external_call_ids)))
+    return {call.external_call_id: call for call in session.scalars(query)}
+
+
+def segments_for_call(session: Session, call_id: int) -> list[Segment]:
+    """The call's segments in time order (ties: channel)."""
+    query = (select(Segment).where(Segment.call_id == call_id)
+             .order_by(Segment.start_s, Segment.channel, Segment.id))
+    return list(session.scalars(query))
+
+
+def segment_counts(session: Session, call_ids: Sequence[int]) -> dict[int, int]:
+    """Number of segments per call id (calls without segments are absent)."""
+    if not call_ids:
+        return {}
+    query = (select(Segment.call_id, func.count()).where(Segment.call_id.in_(list(call_ids)))
+             .group_by(Segment.call_id))
+    return {int(call_id): int(n) for call_id, n in session.execute(query)}

@@ -1,0 +1,104 @@
+"""The Celery task: ids and URIs in, a row in the database out. Never audio through the broker.
+
+Retry policy follows the error hierarchy alone: PayloadError and InputError fail the call
+(retrying cannot help), TransientError retries with capped exponential backoff and jitter,
+anything unexpected fails the call with its type and message.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, Task
+
+from worker.celery_app import TASK_QUEUE, app
+from worker.db import session_scope
+from worker.errors import PayloadError, TransientError
+from worker.jobs import MAX_TASK_RETRIES, CallOutcome, process_call
+from worker.settings import Settings, get_settings
+from worker.store import (
+    CallRequest,
+    find_call,
+    is_valid_external_id,
+    mark_failed,
+    record_rejected,
+)
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "callmood.analyze_recording"
+MAX_RETRIES = MAX_TASK_RETRIES
+RETRY_BASE_S = 2.0
+RETRY_CAP_S = 300.0
+def retry_delay_s(retries: int, rng: random.Random | None = None) -> float:
+    """Backoff before retry number ``retries`` + 1: capped exponential, jittered to 50-100 %."""
+    ceiling = min(RETRY_CAP_S, RETRY_BASE_S * 2.0 ** retries)
+    return ceiling * (rng or random).uniform(0.5, 1.0)
+
+
+# Celery ships no type hints; the decorator returns a Task around the typed function.
+@app.task(name=TASK_NAME, bind=True, max_retries=MAX_RETRIES)  # type: ignore[untyped-decorator]
+def analyze_recording(self: Task[Any, Any], **payload: Any) -> dict[str, Any]:
+    """Analyse one recording named by ``uri`` and store the result under ``call_id``."""
+    try:
+        request = CallRequest.from_payload(payload)
+    except PayloadError as e:
+        return _reject(payload, str(e)).as_dict()
+    settings = get_settings()
+    try:
+        return process_call(request, settings).as_dict()
+    except TransientError as e:
+        if self.request.retries >= MAX_RETRIES:
+            reason = f"gave up after {MAX_RETRIES} retries: {e}"
+            log.error("call %s: %s", request.external_call_id, reason)
+            _fail_quietly(settings, request.external_call_id, reason)
+            return CallOutcome("failed", request.external_call_id, reason=reason).as_dict()
+        delay_s = retry_delay_s(self.request.retries)
+        log.warning("call %s: %s; retry %d/%d in %.1f s", request.external_call_id, e,
+                    self.request.retries + 1, MAX_RETRIES, delay_s)
+        raise self.retry(exc=e, countdown=delay_s) from e
+
+
+def _fail_quietly(settings: Settings, external_call_id: str, reason: str) -> None:
+    try:
+        with session_scope(settings) as session:
+            call = find_call(session, external_call_id)
+            if call is not None:
+                mark_failed(session, call.id, reason)
+    except TransientError as e:
+        log.error("call %s: could not record the failure either: %s", external_call_id, e)
+
+
+def _reject(payload: Mapping[str, Any], reason: str) -> CallOutcome:
+    """A payload that did not validate: record a failed row when it names a usable call id."""
+    call_id = payload.get("call_id")
+    usable = is_valid_external_id(call_id)
+    log.error("rejected payload for call %r: %s", call_id if usable else None, reason)
+    if not usable:
+        return CallOutcome("rejected", None, reason=reason)
+    uri = payload.get("uri")
+    settings = get_settings()
+    try:
+        with session_scope(settings) as session:
+            record_rejected(session, str(call_id), uri if isinstance(uri, str) else "", reason)
+    except TransientError as e:
+        log.error("call %s: could not record the rejection: %s", call_id, e)
+    return CallOutcome("rejected", str(call_id), reason=reason)
+
+
+def send_analysis(celery: Celery, requests: Sequence[CallRequest],
+                  queue: str = TASK_QUEUE) -> list[str]:
+    """Enqueue one analysis task per request by name; returns the Celery task ids."""
+    ids: list[str] = []
+    with celery.producer_or_acquire() as producer:
+        for request in requests:
+            result = celery.send_task(TASK_NAME, kwargs=request.to_payload(), queue=queue,
+                                      producer=producer)
+            ids.append(str(result.id))
+    return ids
