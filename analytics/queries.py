@@ -1,22 +1,98 @@
 """The analytics read edge: segments and calls out of the database as DataFrames.
 
-Filtering happens in SQL (indexed on calls.started_at / agent_id / status), so a report reads
-only the rows it needs. The caller owns the session.
+Filtering happens in SQL, so a report reads only the rows it needs: calls by
+``ix_calls_started_at`` (or ``ix_calls_agent_id_started_at`` when an agent is given), their
+segments by ``ix_segments_call_id_start_s``. Only analysed calls (status ``done``) are
+reported. The caller owns the session.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import Select, create_engine, event, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
+from worker.errors import ConfigError, TransientError
 from worker.schema import PROBABILITY_COLUMNS, Call, Segment
 
 SEGMENT_COLUMNS: tuple[str, ...] = (
     "call", "agent_id", "channel", "role", "start_s", "end_s", "emotion", "confidence",
     "model_version", *PROBABILITY_COLUMNS.values())
+
+CALL_COLUMNS: tuple[str, ...] = (
+    "call", "agent_id", "team", "queue", "started_at", "duration_s", "model_version")
+"""Columns of :func:`load_calls` (``call`` is the external call id, ``started_at`` UTC)."""
+
+_Query = TypeVar("_Query", bound="Select[*tuple[Any, ...]]")
+
+SQLITE_READ_BUSY_TIMEOUT_MS = 30_000
+"""As worker.db's writers: a reader waits this long only while a checkpoint holds the file."""
+
+REPORTED_STATUS = "done"
+"""Only analysed calls have segments worth reporting."""
+
+
+@dataclass(frozen=True)
+class ReportFilter:
+    """Which calls a report covers. ``None`` means no restriction on that field.
+
+    ``date_from``/``date_to`` are UTC calendar days, both inclusive (a datetime is used as
+    an exact bound instead: ``>= date_from`` and ``< date_to``). A date filter leaves out
+    calls without ``started_at``.
+    """
+
+    date_from: date | datetime | None = None
+    date_to: date | datetime | None = None
+    agent: str | None = None
+    team: str | None = None
+
+    def started_bounds(self) -> tuple[datetime | None, datetime | None]:
+        """``[lower, upper)`` bounds on ``calls.started_at`` as aware UTC datetimes."""
+        return _lower_bound(self.date_from), _upper_bound(self.date_to)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _lower_bound(value: date | datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return _as_utc(value)
+    return datetime.combine(value, time(0), tzinfo=UTC)
+
+
+def _upper_bound(value: date | datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return _as_utc(value)
+    return datetime.combine(value + timedelta(days=1), time(0), tzinfo=UTC)
+
+
+def _filtered(query: _Query, where: ReportFilter) -> _Query:
+    lower, upper = where.started_bounds()
+    query = query.where(Call.status == REPORTED_STATUS)
+    if lower is not None:
+        query = query.where(Call.started_at >= lower)
+    if upper is not None:
+        query = query.where(Call.started_at < upper)
+    if where.agent is not None:
+        query = query.where(Call.agent_id == where.agent)
+    if where.team is not None:
+        query = query.where(Call.team == where.team)
+    return query
 
 
 def load_segments(session: Session, call_ids: Sequence[int] | None = None) -> pd.DataFrame:
@@ -31,3 +107,73 @@ def load_segments(session: Session, call_ids: Sequence[int] | None = None) -> pd
         query = query.where(Segment.call_id.in_(list(call_ids)))
     rows = session.execute(query).all()
     return pd.DataFrame([tuple(r) for r in rows], columns=list(SEGMENT_COLUMNS))
+
+
+def load_calls(session: Session, where: ReportFilter) -> pd.DataFrame:
+    """Analysed calls matching ``where``, one row each (:data:`CALL_COLUMNS`), oldest first."""
+    query = _filtered(select(Call.external_call_id.label("call"), Call.agent_id, Call.team,
+                             Call.queue, Call.started_at, Call.duration_s, Call.model_version),
+                      where).order_by(Call.started_at, Call.external_call_id)
+    rows = session.execute(query).all()
+    frame = pd.DataFrame([tuple(r) for r in rows], columns=list(CALL_COLUMNS))
+    return frame.assign(started_at=pd.to_datetime(frame["started_at"], utc=True),
+                        duration_s=frame["duration_s"].astype(float))
+
+
+def load_filtered_segments(session: Session, where: ReportFilter) -> pd.DataFrame:
+    """Segments of the calls matching ``where`` (:data:`SEGMENT_COLUMNS`), by call and time."""
+    prob_columns = [getattr(Segment, c) for c in PROBABILITY_COLUMNS.values()]
+    query = _filtered(
+        select(Call.external_call_id.label("call"), Call.agent_id, Segment.channel,
+               Segment.role, Segment.start_s, Segment.end_s, Segment.emotion,
+               Segment.confidence, Segment.model_version, *prob_columns)
+        .join(Call, Call.id == Segment.call_id), where,
+    ).order_by(Call.external_call_id, Segment.start_s, Segment.channel)
+    rows = session.execute(query).all()
+    return pd.DataFrame([tuple(r) for r in rows], columns=list(SEGMENT_COLUMNS))
+
+
+@contextmanager
+def report_session(database_url: str) -> Iterator[Session]:
+    """A read-only session for reports.
+
+    On SQLite it starts a plain (deferred) ``BEGIN`` with ``PRAGMA query_only``: in WAL mode
+    a reader sees one snapshot and never blocks the workers, whereas ``worker.db.session_scope``
+    begins ``IMMEDIATE`` and would hold the write lock for the whole report. Other backends
+    use ``session_scope`` (PostgreSQL readers do not block writers).
+    """
+    from worker.db import session_scope
+
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        with session_scope(database_url) as session:
+            yield session
+        return
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:") \
+            and not Path(database).expanduser().is_file():
+        raise ConfigError(f"database {database} does not exist (run: callmood db upgrade)")
+    engine = create_engine(url, poolclass=NullPool)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy, not pysqlite, emits BEGIN
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_READ_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA query_only = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    session = Session(engine)
+    try:
+        yield session
+    except OperationalError as e:  # locked or unreadable: the CLI reports it, exit 1
+        raise TransientError(f"database unavailable ({database}): {e.orig}") from e
+    finally:
+        session.close()
+        engine.dispose()

@@ -22,10 +22,11 @@ Rationale:
   angry with p=0.35 scores 35 + whatever fear/sad mass it has, not 100, so an unsure model
   cannot produce a spike; a confident neutral segment scores near 0.
 * **Bounded by construction**: weights lie in [0, 1] and the probabilities sum to 1, so the
-  score lies in [0, 100] without clipping, and it is linear in the stored columns, so SQL can
-  compute it (``stress_sql``) and aggregate it in the database.
+  score lies in [0, 100] without clipping (the clip only guards rounding), and it is linear
+  in the stored columns, so the mean of segment scores equals the score of the mean
+  probabilities (the timeline's per-bin stress relies on this).
 
-Escalation (per call, customer side), both computable in SQL with one window function:
+Escalation (per call, customer side; :mod:`analytics.callreport` applies it):
 
 * a *high-stress run*: consecutive customer utterances (in time order, the agent's turns in
   between do not break it) each with stress >= ``ESCALATION_STRESS`` spanning
@@ -133,6 +134,11 @@ def mood_shift(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
     duration = framed["call"].map(durations_s).fillna(framed["call"].map(last_end)).astype(float)
     framed = framed.assign(third=third_of((framed["start_s"] + framed["end_s"]) / 2, duration))
     edges = framed[framed["third"].isin([0, MOOD_THIRDS - 1])]
+    keys = framed[["call", "role"]].drop_duplicates().sort_values(["call", "role"])
+    if edges.empty:  # all speech in the middle third: no start or end mood
+        nothing = dict.fromkeys(["start_stress", "end_stress", "stress_shift"], np.nan)
+        return keys.assign(**nothing, start_dominant=None, end_dominant=None)[columns] \
+            .reset_index(drop=True)
     prob_cols = [f"p_{e}" for e in EMOTIONS]
     weighted = edges.assign(**{c: edges[c] * edges["duration_s"]
                                for c in [*prob_cols, "stress"]})
@@ -140,13 +146,12 @@ def mood_shift(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
     talk = sums["duration_s"].where(sums["duration_s"] > 0, np.nan)
     stress = sums["stress"] / talk
     dominant = sums[prob_cols].idxmax(axis=1).str.removeprefix("p_").where(talk.notna())
-    keys = framed[["call", "role"]].drop_duplicates().sort_values(["call", "role"])
     index = pd.MultiIndex.from_frame(keys)
 
     def pick(series: pd.Series, third: int) -> pd.Series:
-        part = series.xs(third, level="third") if third in series.index.get_level_values("third") \
-            else pd.Series(dtype=series.dtype)
-        return part.reindex(index)
+        if third not in series.index.get_level_values("third"):  # nobody spoke in that third
+            return pd.Series(np.nan, index=index, dtype=object)
+        return series.xs(third, level="third").reindex(index)
 
     out = pd.DataFrame({
         "start_stress": pick(stress, 0).to_numpy(dtype=float),
@@ -163,7 +168,7 @@ def high_stress_runs(segments: pd.DataFrame, role: str = "customer",
     """Runs of consecutive ``role`` utterances each with stress >= ``threshold``.
 
     Columns ``call, start_s, end_s, run_s`` (end of the last minus start of the first, s).
-    The same islands ``queries.call_stats`` finds with a window function.
+    Any lower-stress utterance of ``role`` ends a run; the other party's turns do not.
     """
     columns = ["call", "start_s", "end_s", "run_s"]
     party = segments[segments["role"] == role]

@@ -25,6 +25,7 @@ SERVICE_TESTS = {
     "postgres": "tests.worker.test_migrations:test_postgres_upgrade_downgrade_matches_models",
     "migrate": "tests.worker.test_migrations:test_postgres_upgrade_downgrade_matches_models",
     "worker": "tests.worker.test_runner:test_redis_and_postgres_through_a_real_worker",
+    "beat": "tests.worker.test_batch:test_callmood_beat_execs_celery_beat",
 }
 
 
@@ -65,18 +66,24 @@ def test_services_are_wired_like_the_tests_run_them(compose: dict[str, Any]) -> 
         assert "healthcheck" in services[name], name
         assert services["worker"]["depends_on"][name]["condition"] == "service_healthy"
         assert services[name]["volumes"], f"{name} keeps its data in a volume"
-    for name in ("migrate", "worker"):
+    assert services["beat"]["command"] == ["beat"]
+    assert services["beat"]["deploy"]["replicas"] == 1  # one beat, or the scan is sent twice
+    for name in ("migrate", "worker", "beat"):
         env = services[name]["environment"]
         # The password comes from the environment of `docker compose`, never from this file.
         password = "pw-from-env"
         resolved = {k: re.sub(r"\$\{POSTGRES_PASSWORD:\?[^}]*\}", password, str(v))
                     for k, v in env.items()}
+        # Other ${VAR:-default} fall back to their default when unset.
+        resolved = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", v) for k, v in resolved.items()}
         assert "${POSTGRES_PASSWORD:?" in env["CALLMOOD_DATABASE_URL"]
         settings = Settings.from_env(resolved)  # the worker would start with these
         assert settings.database_url.startswith("postgresql+psycopg://callmood:")
         assert settings.database_url.endswith("@postgres:5432/callmood")
         assert settings.broker_url == "redis://redis:6379/0"
         assert settings.input_roots == (Path("/recordings"),)
+        assert settings.inbox_dirs == (Path("/recordings/inbox"),)
+        assert (settings.nightly_at, settings.timezone) == ((2, 0), "UTC")
     pg_env = services["postgres"]["environment"]
     assert pg_env["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
 

@@ -31,7 +31,7 @@ def mulaw_roundtrip(audio: Audio) -> Audio:
     x = np.clip(audio, -1.0, 1.0).astype(np.float64)
     y = np.sign(x) * np.log1p(_MU * np.abs(x)) / np.log1p(_MU)
     q = np.round((y + 1.0) * 127.5) / 127.5 - 1.0  # 256 levels
-    return (np.sign(q) * np.expm1(np.abs(q) * np.log1p(_MU)) / _MU).astype(np.float32)
+    return np.asarray(np.sign(q) * np.expm1(np.abs(q) * np.log1p(_MU)) / _MU, dtype=np.float32)
 
 
 def alaw_roundtrip(audio: Audio) -> Audio:
@@ -43,15 +43,15 @@ def alaw_roundtrip(audio: Audio) -> Audio:
     q = np.round(np.sign(x) * y * 127.0) / 127.0
     aq = np.abs(q)
     z = np.where(aq < 1.0 / ln_a, aq * ln_a / _A, np.exp(aq * ln_a - 1.0) / _A)
-    return (np.sign(q) * z).astype(np.float32)
+    return np.asarray(np.sign(q) * z, dtype=np.float32)
 
 
 def set_rms_dbfs(audio: Audio, rms_dbfs: float) -> Audio:
     """Scale to the given RMS level (dB re full scale); silence is returned unchanged."""
     rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
     if rms < 1e-8:
-        return audio.astype(np.float32)
-    return (audio * (10.0 ** (rms_dbfs / 20.0) / rms)).astype(np.float32)
+        return np.asarray(audio, dtype=np.float32)
+    return np.asarray(audio * (10.0 ** (rms_dbfs / 20.0) / rms), dtype=np.float32)
 
 
 def band_limit(audio: Audio, low_hz: float = 300.0, high_hz: float = 3400.0,
@@ -60,7 +60,7 @@ def band_limit(audio: Audio, low_hz: float = 300.0, high_hz: float = 3400.0,
     high_hz = min(high_hz, 0.49 * sample_rate)
     sos = scipy.signal.butter(order, [low_hz, high_hz], btype="bandpass", fs=sample_rate,
                               output="sos")
-    return scipy.signal.sosfilt(sos, audio).astype(np.float32)
+    return np.asarray(scipy.signal.sosfilt(sos, audio), dtype=np.float32)
 
 
 def phone_line(audio: Audio, codec: Codec = "mulaw", rms_dbfs: float = -26.0,
@@ -81,12 +81,12 @@ def _peaking_eq(audio: Audio, centre_hz: float, gain_db: float, q: float,
     alpha = np.sin(w0) / (2.0 * q)
     b = np.array([1 + alpha * a_gain, -2 * np.cos(w0), 1 - alpha * a_gain])
     a = np.array([1 + alpha / a_gain, -2 * np.cos(w0), 1 - alpha / a_gain])
-    return scipy.signal.lfilter(b / a[0], a / a[0], audio).astype(np.float32)
+    return np.asarray(scipy.signal.lfilter(b / a[0], a / a[0], audio), dtype=np.float32)
 
 
 def _tilt(audio: Audio, coefficient: float) -> Audio:
     """First-order spectral tilt y[n] = x[n] - c x[n-1] (c>0 brightens, c<0 darkens)."""
-    return scipy.signal.lfilter([1.0, -coefficient], [1.0], audio).astype(np.float32)
+    return np.asarray(scipy.signal.lfilter([1.0, -coefficient], [1.0], audio), dtype=np.float32)
 
 
 def _coloured_noise(n_samples: int, exponent: float, rng: np.random.Generator) -> Audio:
@@ -100,16 +100,16 @@ def _coloured_noise(n_samples: int, exponent: float, rng: np.random.Generator) -
         f[0] = 1.0
         noise = np.fft.irfft(spec / f ** (exponent / 2.0), n=n_samples)
     rms = float(np.sqrt(np.mean(noise**2))) or 1.0
-    return (noise / rms).astype(np.float32)
+    return np.asarray(noise / rms, dtype=np.float32)
 
 
 def add_noise(audio: Audio, snr_db: float, exponent: float, rng: np.random.Generator) -> Audio:
     """Add coloured noise at ``snr_db`` relative to the clip's RMS."""
     rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
     if rms < 1e-8:
-        return audio.astype(np.float32)
+        return np.asarray(audio, dtype=np.float32)
     noise = _coloured_noise(audio.size, exponent, rng) * rms / 10.0 ** (snr_db / 20.0)
-    return (audio + noise).astype(np.float32)
+    return np.asarray(audio + noise, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -158,4 +158,4 @@ def augment(audio: Audio, rng: np.random.Generator,
         x = band_limit(x, float(rng.uniform(200.0, 400.0)), float(rng.uniform(3000.0, 3600.0)),
                        sample_rate=sr)
         x = mulaw_roundtrip(x) if rng.random() < 0.5 else alaw_roundtrip(x)
-    return np.clip(x, -1.0, 1.0).astype(np.float32)
+    return np.asarray(np.clip(x, -1.0, 1.0), dtype=np.float32)

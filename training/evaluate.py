@@ -144,7 +144,7 @@ def metrics_for(corpus: str, channel: str, probabilities: npt.NDArray[np.float32
                 y_true: npt.NDArray[np.int64], labels: Sequence[str]) -> CorpusMetrics:
     """UA/WA/ECE/confusion from (n, classes) probabilities and true label ids."""
     cm = confusion_matrix(y_true, probabilities.argmax(axis=1).astype(np.int64), len(labels))
-    return CorpusMetrics(corpus=corpus, channel=channel, n_clips=int(len(y_true)),
+    return CorpusMetrics(corpus=corpus, channel=channel, n_clips=len(y_true),
                          ua=unweighted_average_recall(cm), wa=weighted_accuracy(cm),
                          ece=expected_calibration_error(probabilities, y_true),
                          labels=tuple(labels), confusion=tuple(tuple(int(v) for v in r) for r in cm))
@@ -168,8 +168,8 @@ def evaluate_model(model_path: Path, manifest_paths: Sequence[Path], split: str 
     rows: list[CorpusMetrics] = []
     for channel in channels:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            feats = list(pool.map(lambda p: clip_features(p, channel, card.features),
-                                  clips["path"].tolist()))
+            feats = list(pool.map(clip_features, clips["path"].tolist(),
+                                  [channel] * len(clips), [card.features] * len(clips)))
         probs = model.predict_proba(feats)
         for corpus in sorted(clips["corpus"].unique()):
             sel = (clips["corpus"] == corpus).to_numpy()

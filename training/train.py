@@ -255,7 +255,7 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     dataset = TrainDraws(train_waves, y_train, config)
     model = EmotionCNN(config.model).to(dev)
     ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),  # type: ignore[no-untyped-call]
         use_buffers=True)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)

@@ -7,11 +7,17 @@ Results are never stored in Celery: the outcome of every task is its row in our 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from celery.schedules import crontab
+from kombu.exceptions import ChannelError
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 
-from worker.settings import Settings, get_settings
+from worker.errors import TransientError
+from worker.settings import Settings, get_settings, redact_url
 
 TASK_QUEUE = "callmood"
 """Queue the analysis task is routed to; producers outside callmood send with queue=TASK_QUEUE."""
@@ -21,6 +27,11 @@ TASK_SOFT_TIME_LIMIT_S = 3600
 TASK_HARD_TIME_LIMIT_S = TASK_SOFT_TIME_LIMIT_S + 300
 REDIS_VISIBILITY_TIMEOUT_S = 2 * TASK_HARD_TIME_LIMIT_S
 """Redis redelivers an unacked message after this; it must outlast the longest task."""
+NIGHTLY_SCAN_TASK_NAME = "callmood.nightly_scan"
+"""The beat-scheduled inbox scan (``worker.batch``)."""
+NIGHTLY_SCHEDULE_ENTRY = "callmood-nightly-scan"
+MAX_TASKS_PER_CHILD = 200
+"""Recordings one pool process analyses before it is replaced by a fresh one."""
 SQLITE_BROKER_TIMEOUT_S = 30
 """How long the SQLite broker waits on another process's write lock."""
 
@@ -56,6 +67,10 @@ def make_celery(settings: Settings) -> Celery:
         # A child killed by the OS (OOM on a huge file) requeues its message instead of
         # acking it; the attempts counter in the calls table stops a poison recording looping.
         task_reject_on_worker_lost=True,
+        # Decoding hour-long recordings fragments the heap and librosa/numba caches only
+        # grow: a fresh child every MAX_TASKS_PER_CHILD bounds that, for one model load
+        # (about a second) per child.
+        worker_max_tasks_per_child=MAX_TASKS_PER_CHILD,
         # JSON only: pickle would let anyone who can write to the broker run code here.
         task_serializer="json",
         accept_content=["json"],
@@ -70,9 +85,55 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         task_send_sent_event=False,
         enable_utc=True,
-        timezone="UTC",
+        # Message timestamps stay UTC (enable_utc); the zone is what beat's crontab reads.
+        timezone=settings.timezone,
+        beat_schedule=beat_schedule(settings),
     )
     return app
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The nightly inbox scan at ``CALLMOOD_NIGHTLY_AT`` (none without inbox folders)."""
+    if not settings.inbox_dirs:
+        return {}
+    hour, minute = settings.nightly_at
+    return {NIGHTLY_SCHEDULE_ENTRY: {
+        "task": NIGHTLY_SCAN_TASK_NAME,
+        "schedule": crontab(hour=hour, minute=minute),
+        # A scan nobody ran before the next one is due is pointless: the next scan sees the
+        # same files. Expire it instead of letting a backlog run twice in a row.
+        "options": {"queue": TASK_QUEUE, "expires": 12 * 3600},
+    }}
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """What the broker holds for one queue (None: this broker cannot tell)."""
+
+    queued: int
+    """Messages waiting for a worker."""
+    unacked: int | None
+    """Delivered to a worker, not yet acknowledged (running, prefetched or retry-countdown);
+    Redis only (its ``unacked`` hash), all queues together."""
+
+
+def queue_stats(app: Celery, queue: str = TASK_QUEUE) -> QueueStats:
+    """Depth of ``queue`` on the app's broker; TransientError when it cannot be reached."""
+    try:
+        with app.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1)
+            channel = connection.default_channel
+            try:
+                queued = int(channel.queue_declare(queue=queue, passive=True).message_count)
+            except ChannelError:  # never declared: nobody sent to it yet
+                queued = 0
+            unacked: int | None = None
+            if str(app.conf.broker_url).startswith(("redis://", "rediss://")):
+                unacked = int(channel.client.hlen(channel.unacked_key))
+            return QueueStats(queued=queued, unacked=unacked)
+    except (KombuOperationalError, OSError, RedisError) as e:
+        raise TransientError(f"broker unavailable ({redact_url(str(app.conf.broker_url))}): "
+                             f"{e}") from e
 
 
 def worker_command(concurrency: int = 1, loglevel: str = "WARNING", queue: str = TASK_QUEUE,
@@ -87,6 +148,13 @@ def worker_command(concurrency: int = 1, loglevel: str = "WARNING", queue: str =
     if node_name is not None:
         argv += ["--hostname", node_name]
     return argv
+
+
+def beat_command(schedule_path: str, loglevel: str = "INFO") -> list[str]:
+    """argv of Celery beat for this app (``callmood beat``); run exactly one per deployment,
+    or the nightly scan is sent once per beat (harmless, as the scan is idempotent)."""
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat",
+            "--loglevel", loglevel, "--schedule", schedule_path]
 
 
 app = make_celery(get_settings())

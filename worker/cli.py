@@ -15,10 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from worker.constants import AUDIO_SUFFIXES
 from worker.errors import CallmoodError, ConfigError
 from worker.settings import Settings, redact_url
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".oga", ".mp3")
 
 
 def _expand(paths: Sequence[str]) -> list[Path]:
@@ -179,6 +178,126 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0  # not reached
 
 
+def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
+    """Replace this process with Celery beat (it sends the nightly scan; run exactly one)."""
+    from worker.celery_app import beat_command
+
+    if not settings.inbox_dirs:
+        raise ConfigError("CALLMOOD_INBOX_DIRS is not set: beat would have nothing to schedule")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    argv = beat_command(str(settings.data_dir / "celerybeat-schedule"), args.loglevel)
+    os.execv(argv[0], [*argv, *args.celery_args])
+    return 0  # not reached
+
+
+def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    """Send one recording (or a manifest) to the workers; a known call id is sent once."""
+    from worker.enqueue import enqueue, enqueue_manifest
+
+    if args.manifest:
+        if args.target or args.call_id:
+            raise ConfigError("--manifest takes its calls from the file: give no FILE/URI or "
+                              "--call-id with it")
+        result = enqueue_manifest(args.manifest, reprocess=args.reprocess, settings=settings)
+        for r in result.results:
+            if not r.sent:
+                print(f"skipped {r.call_id}: {r.reason}", file=sys.stderr)
+        print(f"batch {result.batch_id}: {result.sent} enqueued, {result.skipped} skipped")
+        return 0
+    if not (args.target and args.call_id and args.agent):
+        raise ConfigError("give FILE|URI, --call-id and --agent (or --manifest FILE)")
+    outcome = enqueue(args.target, call_id=args.call_id, agent_id=args.agent, team=args.team,
+                      started_at=args.started_at, customer_ref=args.customer_ref,
+                      reprocess=args.reprocess, settings=settings)
+    if outcome.sent:
+        print(f"enqueued {outcome.call_id}: task {outcome.task_id}")
+    else:
+        print(f"skipped {outcome.call_id}: {outcome.reason}")
+    return 0
+
+
+def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
+    """List failed calls (newest first) with their reason and attempts."""
+    from worker.db import session_scope
+    from worker.store import list_calls
+
+    with session_scope(settings) as session:
+        failed = list_calls(session, status="failed", limit=args.limit, newest_first=True)
+        for call in failed:
+            when = f"{call.processed_at:%Y-%m-%d %H:%M:%S}" if call.processed_at else "-"
+            print(f"{call.external_call_id}\tattempts={call.attempts}\t{when}\t"
+                  f"{call.source_uri}\t{call.failure_reason}")
+    print(f"{len(failed)} failed call(s) listed", file=sys.stderr)
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    """Enqueue failed calls again (a new run each)."""
+    from worker.enqueue import retry_failed
+
+    if bool(args.call_id) == args.all_failed:
+        raise ConfigError("give --call-id ID (repeatable) or --all-failed")
+    results = retry_failed(settings, call_ids=args.call_id or (), all_failed=args.all_failed)
+    for r in results:
+        print(f"{'enqueued' if r.sent else 'skipped '} {r.call_id}"
+              + (f": task {r.task_id}" if r.sent else f": {r.reason}"))
+    print(f"{sum(r.sent for r in results)} failed call(s) enqueued again", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Queue depth, calls in flight, done/failed today and for the latest batches."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from worker.celery_app import TASK_QUEUE, make_celery, queue_stats
+    from worker.db import session_scope
+    from worker.errors import TransientError
+    from worker.store import counts_by_status, counts_processed_since, latest_batches
+
+    print(f"broker   {redact_url(settings.broker_url)}")
+    print(f"database {redact_url(settings.database_url)}")
+    app = make_celery(settings)
+    try:
+        stats = queue_stats(app, TASK_QUEUE)
+        unacked = "n/a" if stats.unacked is None else str(stats.unacked)
+        print(f"queue {TASK_QUEUE}: {stats.queued} waiting, {unacked} delivered and unacked")
+    except TransientError as e:
+        print(f"queue {TASK_QUEUE}: unknown ({e})")
+    finally:
+        app.close()
+    zone = ZoneInfo(settings.timezone)
+    midnight = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)
+    with session_scope(settings) as session:
+        counts = counts_by_status(session)
+        today = counts_processed_since(session, midnight)
+        batches = latest_batches(session, args.batches)
+    print(f"calls: {counts['pending']} pending, {counts['processing']} processing, "
+          f"{counts['done']} done, {counts['failed']} failed")
+    print(f"today ({settings.timezone}, since {midnight:%Y-%m-%d %H:%M}): {today['done']} done, "
+          f"{today['failed']} failed")
+    for b in batches:
+        state = "finished" if b.finished_at else ("scanning" if b.scanned_at is None else "running")
+        print(f"batch {b.batch_id} ({b.source}, {b.started_at:%Y-%m-%d %H:%M} UTC, {state}): "
+              f"{b.enqueued} enqueued, {b.skipped} skipped; {b.pending} pending, "
+              f"{b.processing} processing, {b.done} done, {b.failed} failed")
+    if not batches:
+        print("no batches yet")
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
+    """Scan the inbox folders now, as the nightly beat task does."""
+    from worker.batch import scan_inboxes
+    from worker.enqueue import celery_sender
+
+    with celery_sender(settings) as send:
+        report = scan_inboxes(settings, source="cli", send=send)
+    print(f"batch {report.batch_id}: {report.seen} file(s) seen, {report.enqueued} enqueued, "
+          f"{report.skipped} already known")
+    return 0
+
+
 def _delegate(target: str) -> Callable[[argparse.Namespace, Settings], int]:
     def run(args: argparse.Namespace, settings: Settings) -> int:
         from training import cli
@@ -229,6 +348,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_calls)
 
+    p = sub.add_parser("beat", help="start Celery beat (sends the nightly inbox scan)")
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("celery_args", nargs=argparse.REMAINDER,
+                   help="further options passed to celery beat unchanged")
+    p.set_defaults(func=cmd_beat)
+
+    p = sub.add_parser("enqueue", help="send a recording (or a manifest) to the workers")
+    p.add_argument("target", nargs="?", metavar="FILE|URI", help="recording path or file:// URI")
+    p.add_argument("--manifest", help="CSV or JSON-lines file: uri, call_id, agent_id[, "
+                                      "started_at, team, customer_ref, queue, metadata]")
+    p.add_argument("--call-id", help="external call id (unique per call)")
+    p.add_argument("--agent", help="agent id (required with FILE|URI)")
+    p.add_argument("--team", help="team")
+    p.add_argument("--started-at", help="ISO-8601 start with UTC offset, e.g. 2026-01-31T09:15Z")
+    p.add_argument("--customer-ref", help="customer reference")
+    p.add_argument("--reprocess", action="store_true",
+                   help="analyse again even if this call id was sent or analysed before")
+    p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser("failures", help="list failed calls with reason and attempts")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_failures)
+
+    p = sub.add_parser("retry", help="enqueue failed calls again")
+    p.add_argument("--call-id", action="append", help="a failed call id (repeatable)")
+    p.add_argument("--all-failed", action="store_true", help="every failed call")
+    p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("status", help="queue depth, calls in flight, today's and batch counts")
+    p.add_argument("--batches", type=int, default=1, help="latest batches to show (default 1)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("batch", help="scan CALLMOOD_INBOX_DIRS now and enqueue new recordings")
+    p.set_defaults(func=cmd_batch)
+
     for name, target in (("train", "train_main"), ("evaluate", "evaluate_main")):
         p = sub.add_parser(name, help=f"{name} the emotion model (see python -m training {name} -h)",
                            add_help=False)
@@ -237,8 +391,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DELEGATED: dict[str, str] = {"train": "train_main", "evaluate": "evaluate_main"}
+"""Subcommands handed whole to ``training.cli`` (argparse's REMAINDER cannot pass on a
+leading option such as ``--help`` or ``--epochs``, so they are dispatched before parsing)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw and raw[0] in DELEGATED:
+        from training import cli as training_cli
+
+        delegated: Callable[[list[str] | None], int] = getattr(training_cli, DELEGATED[raw[0]])
+        return delegated(raw[1:])
+    args = build_parser().parse_args(raw)
     try:
         settings = Settings.from_env()
         # The CLI speaks through its own output; library INFO logs only when asked for.

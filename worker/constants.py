@@ -26,3 +26,6 @@ ROLES: Final[tuple[str, ...]] = (ROLE_AGENT, ROLE_CUSTOMER, ROLE_UNKNOWN)
 
 EMOTIONS: Final[tuple[str, ...]] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 """The seven classes of the emotion model, in the order of its output."""
+
+AUDIO_SUFFIXES: Final[tuple[str, ...]] = (".wav", ".flac", ".ogg", ".opus", ".oga", ".mp3")
+"""File suffixes taken for recordings when a folder is expanded (CLI, inbox scan)."""

@@ -17,13 +17,18 @@ from worker.settings import Settings
 from worker.store import (
     CallRequest,
     claim_for_processing,
+    is_duplicate_delivery,
     mark_failed,
+    refresh_batch_counts,
     register_call,
     save_analysis,
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from worker.pipeline import RecordingAnalysis
+    from worker.schema import Call
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,8 @@ class CallOutcome:
     """How processing one call ended (the task returns it as a dict)."""
 
     status: str
-    """done, failed, or rejected (the payload did not validate)."""
+    """done, failed, skipped (already finished; reprocess not asked for), or rejected (the
+    payload did not validate)."""
     external_call_id: str | None
     segments: int = 0
     reason: str | None = None
@@ -63,11 +69,20 @@ def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
     propagates, so the caller decides whether and when to try again.
     """
     with session_scope(settings) as session:
-        call = claim_for_processing(session, register_call(session, request).id)
+        call = register_call(session, request)
+        if is_duplicate_delivery(call, request):
+            # A second send of a finished call (or a redelivery after its run committed):
+            # no new work and no new rows; reprocess=true asks for a new run.
+            log.info("call %s already %s; skipped (reprocess not requested)",
+                     request.external_call_id, call.status)
+            return CallOutcome("skipped", request.external_call_id,
+                               reason=f"already {call.status}; send reprocess=true to analyse "
+                                      "it again")
+        call = claim_for_processing(session, call.id)
         call_id, attempts = call.id, call.attempts
         if attempts > MAX_ATTEMPTS:
             reason = f"gave up after {attempts - 1} attempts (worker lost or retries exhausted)"
-            mark_failed(session, call_id, reason)
+            _finish(session, mark_failed(session, call_id, reason))
             return CallOutcome("failed", request.external_call_id, reason=reason)
     try:
         analysis = _analyze(request.uri, settings)
@@ -80,7 +95,7 @@ def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
         return _fail(settings, call_id, request.external_call_id, f"{type(e).__name__}: {e}")
     try:
         with session_scope(settings) as session:
-            save_analysis(session, call_id, analysis)
+            _finish(session, save_analysis(session, call_id, analysis))
     except TransientError:
         raise
     except Exception as e:  # e.g. a label the schema lacks: rolled back, the call fails
@@ -93,7 +108,13 @@ def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
 def _fail(settings: Settings, call_id: int, external_call_id: str, reason: str) -> CallOutcome:
     log.warning("call %s failed: %s", external_call_id, reason)
     with session_scope(settings) as session:
-        mark_failed(session, call_id, reason)
+        _finish(session, mark_failed(session, call_id, reason))
     return CallOutcome("failed", external_call_id, reason=reason)
+
+
+def _finish(session: Session, call: Call) -> None:
+    # In the same transaction as the call's final status, so the batch's counts never lag.
+    if call.batch_id is not None:
+        refresh_batch_counts(session, call.batch_id)
 
 

@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from worker.constants import ROLES
 from worker.errors import ConfigError
@@ -46,6 +47,12 @@ class Settings:
     max_duration_s: float = 4 * 3600.0
     max_file_bytes: int = 2 * 1024**3
     log_level: str = "INFO"
+    inbox_dirs: tuple[Path, ...] = ()
+    """Folders the nightly scan (``worker.batch``) looks for new recordings in."""
+    nightly_at: tuple[int, int] = (2, 0)
+    """(hour, minute) of the nightly scan, in ``timezone``."""
+    timezone: str = "UTC"
+    """IANA zone of ``nightly_at`` and of "today" in ``callmood status``."""
     vad: VadConfig = field(default_factory=VadConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -86,6 +93,19 @@ class Settings:
             raise ConfigError(f"CALLMOOD_CHANNEL_ROLES={roles_raw!r}: each role must be one of "
                               f"{', '.join(ROLES)} (comma-separated, channel 0 first)")
 
+        inbox_dirs = tuple(Path(p).expanduser().resolve()
+                           for p in (get("INBOX_DIRS") or "").split(os.pathsep) if p.strip())
+        if roots_raw is None:
+            # The worker may only read under the input roots: the inboxes must be among them.
+            roots = tuple(dict.fromkeys([*roots, *inbox_dirs]))
+        outside = [str(d) for d in inbox_dirs if not any(d.is_relative_to(r) for r in roots)]
+        if outside:
+            raise ConfigError(f"CALLMOOD_INBOX_DIRS: {', '.join(outside)} not under any of "
+                              f"CALLMOOD_INPUT_ROOTS ({', '.join(str(r) for r in roots)}); "
+                              "the worker could not read what the scan enqueues")
+        timezone = get("TIMEZONE") or "UTC"
+        _check_timezone(timezone)
+
         log_level = (get("LOG_LEVEL") or "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"CALLMOOD_LOG_LEVEL={log_level!r}: use DEBUG, INFO, WARNING or ERROR")
@@ -104,6 +124,9 @@ class Settings:
             max_file_bytes=_positive_int(get("MAX_FILE_BYTES"), "CALLMOOD_MAX_FILE_BYTES",
                                          cls.max_file_bytes),
             log_level=log_level,
+            inbox_dirs=inbox_dirs,
+            nightly_at=_clock_time(get("NIGHTLY_AT") or "02:00", "CALLMOOD_NIGHTLY_AT"),
+            timezone=timezone,
             vad=_dataclass_from_env(VadConfig, env, "CALLMOOD_VAD_"),
             segmentation=_dataclass_from_env(SegmentationConfig, env, "CALLMOOD_SEGMENTATION_"),
             extra={k: v for k, v in env.items() if k.startswith(ENV_PREFIX)},
@@ -163,6 +186,24 @@ def _positive_float(raw: str | None, name: str, default: float) -> float:
     if not value > 0:
         raise ConfigError(f"{name}={raw!r}: expected a positive number")
     return value
+
+
+_CLOCK_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
+
+
+def _clock_time(raw: str, name: str) -> tuple[int, int]:
+    match = _CLOCK_RE.match(raw.strip())
+    if match is None or int(match[1]) > 23 or int(match[2]) > 59:
+        raise ConfigError(f"{name}={raw!r}: expected HH:MM on a 24-hour clock, 00:00-23:59")
+    return int(match[1]), int(match[2])
+
+
+def _check_timezone(name: str) -> None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ConfigError(f"CALLMOOD_TIMEZONE={name!r}: expected an IANA zone name such as "
+                          "UTC or Europe/Berlin") from e
 
 
 def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:

@@ -3,6 +3,7 @@ never commits: the caller's ``session_scope`` owns the transaction (commit or ro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 from worker.constants import EMOTIONS, ROLES
 from worker.errors import PayloadError
 from worker.schema import (
+    BATCH_SOURCE_MAX_CHARS,
     CALL_STATUSES,
     EXTERNAL_ID_MAX_CHARS,
     FAILURE_REASON_MAX_CHARS,
@@ -26,6 +28,7 @@ from worker.schema import (
     LABEL_MAX_CHARS,
     PROBABILITY_COLUMNS,
     URI_MAX_CHARS,
+    Batch,
     Call,
     Segment,
     utcnow,
@@ -37,8 +40,12 @@ if TYPE_CHECKING:  # only the dataclasses; the pipeline's imports stay out of th
 METADATA_MAX_BYTES = 16 * 1024
 """Largest accepted ``metadata`` payload, serialized as JSON."""
 
-PAYLOAD_FIELDS: tuple[str, ...] = ("uri", "call_id", "agent_id", "team", "queue", "customer_ref",
-                                   "started_at", "metadata")
+PAYLOAD_SCHEMA_VERSION = 1
+"""Version of the task payload (docs/production.md). A payload without ``schema_version`` is
+version 1; any other version is rejected, never guessed at."""
+
+PAYLOAD_FIELDS: tuple[str, ...] = ("schema_version", "uri", "call_id", "agent_id", "team", "queue",
+                                   "customer_ref", "started_at", "metadata", "reprocess")
 """Keyword arguments accepted by the ``callmood.analyze_recording`` task."""
 
 _ID_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII without spaces
@@ -57,6 +64,9 @@ class CallRequest:
     started_at: datetime | None = None
     """When the call began; timezone-aware."""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    reprocess: bool = False
+    """Analyse again even if the call was already analysed (or failed); else a duplicate
+    request for a finished call is skipped."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.uri, str) or not 1 <= len(self.uri) <= URI_MAX_CHARS:
@@ -78,6 +88,8 @@ class CallRequest:
                                             or self.started_at.utcoffset() is None):
             raise PayloadError("started_at: expected a timezone-aware datetime, got "
                                f"{_describe(self.started_at)}")
+        if not isinstance(self.reprocess, bool):
+            raise PayloadError(f"reprocess: expected true or false, got {_describe(self.reprocess)}")
         if not isinstance(self.metadata, Mapping) or not all(
                 isinstance(k, str) for k in self.metadata):
             raise PayloadError("metadata: expected a JSON object with string keys, got "
@@ -99,6 +111,10 @@ class CallRequest:
         if unknown:
             raise PayloadError(f"unknown field(s) {', '.join(unknown)}; accepted: "
                                f"{', '.join(PAYLOAD_FIELDS)}")
+        version = payload.get("schema_version", PAYLOAD_SCHEMA_VERSION)
+        if version != PAYLOAD_SCHEMA_VERSION or isinstance(version, bool):
+            raise PayloadError(f"schema_version: {_describe(version)} is not supported; this "
+                               f"worker accepts {PAYLOAD_SCHEMA_VERSION} (or the field left out)")
         for required in ("uri", "call_id"):
             if payload.get(required) in (None, ""):
                 raise PayloadError(f"{required}: required")
@@ -115,11 +131,13 @@ class CallRequest:
             customer_ref=payload.get("customer_ref"),  # type: ignore[arg-type]
             started_at=started_at,
             metadata={} if metadata is None else metadata,  # type: ignore[arg-type]
+            reprocess=payload.get("reprocess") or False,  # type: ignore[arg-type]
         )
 
     def to_payload(self) -> dict[str, Any]:
         """The task kwargs for this request (JSON-serializable; inverse of from_payload)."""
         return {
+            "schema_version": PAYLOAD_SCHEMA_VERSION,
             "uri": self.uri,
             "call_id": self.external_call_id,
             "agent_id": self.agent_id,
@@ -128,6 +146,7 @@ class CallRequest:
             "customer_ref": self.customer_ref,
             "started_at": None if self.started_at is None else self.started_at.isoformat(),
             "metadata": dict(self.metadata),
+            "reprocess": self.reprocess,
         }
 
 
@@ -173,7 +192,12 @@ def find_call(session: Session, external_call_id: str) -> Call | None:
     return session.scalars(select(Call).where(Call.external_call_id == external_call_id)).first()
 
 
-def register_call(session: Session, request: CallRequest) -> Call:
+def uri_sha256(uri: str) -> str:
+    """calls.source_uri_sha256 of ``uri`` (the inbox scan looks paths up by it)."""
+    return hashlib.sha256(uri.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def register_call(session: Session, request: CallRequest, batch_id: int | None = None) -> Call:
     """The call row for ``request.external_call_id``, inserted if new (idempotent).
 
     A second register with the same external id returns the existing row unchanged, also when
@@ -185,6 +209,8 @@ def register_call(session: Session, request: CallRequest) -> Call:
     call = Call(
         external_call_id=request.external_call_id,
         source_uri=request.uri,
+        source_uri_sha256=uri_sha256(request.uri),
+        batch_id=batch_id,
         agent_id=request.agent_id,
         team=request.team,
         queue=request.queue,
@@ -362,3 +388,169 @@ def segment_counts(session: Session, call_ids: Sequence[int]) -> dict[int, int]:
     query = (select(Segment.call_id, func.count()).where(Segment.call_id.in_(list(call_ids)))
              .group_by(Segment.call_id))
     return {int(call_id): int(n) for call_id, n in session.execute(query)}
+
+
+# --------------------------------------------------------------------------- enqueueing
+
+def is_duplicate_delivery(call: Call, request: CallRequest) -> bool:
+    """Whether a task for an already finished call should be skipped (no new work).
+
+    A finished call is analysed again only when asked (``reprocess``). A call failed by a
+    rejected payload (never claimed: attempts 0) is not finished work: a corrected payload
+    for it runs.
+    """
+    if request.reprocess or call.status not in FINAL_STATUSES:
+        return False
+    return not (call.status == "failed" and call.attempts == 0)
+
+
+def reserve_for_enqueue(session: Session, request: CallRequest,
+                        batch_id: int | None = None) -> tuple[Call, bool]:
+    """Register the call and decide whether its task is to be sent now: (call, send?).
+
+    A call already sent (``enqueued_at``) or already worked on is not sent again unless
+    ``request.reprocess``; then it starts a new run (pending, attempts 0). ``enqueued_at`` is
+    set here, row-locked, so two producers racing on one call id send one task; a producer
+    whose send then fails calls :func:`release_enqueue`.
+    """
+    call_id = register_call(session, request, batch_id=batch_id).id
+    call = session.scalars(select(Call).where(Call.id == call_id).with_for_update()
+                           .execution_options(populate_existing=True)).one()
+    if request.reprocess:
+        call.status = "pending"
+        call.attempts = 0
+        call.failure_reason = None
+    elif call.enqueued_at is not None or call.status != "pending":
+        return call, False
+    if batch_id is not None:
+        call.batch_id = batch_id
+    call.enqueued_at = utcnow()
+    session.flush()
+    return call, True
+
+
+def release_enqueue(session: Session, call_ids: Sequence[int]) -> None:
+    """Forget that these calls were sent (their send failed), so a later enqueue sends them."""
+    for call_id in call_ids:
+        get_call(session, call_id).enqueued_at = None
+    session.flush()
+
+
+def request_for_call(call: Call, reprocess: bool = False) -> CallRequest:
+    """The request that analyses ``call`` again from its stored fields (PayloadError if the
+    stored row cannot make a valid one, e.g. a rejected payload without a usable uri)."""
+    return CallRequest(uri=call.source_uri, external_call_id=call.external_call_id,
+                       agent_id=call.agent_id, team=call.team, queue=call.queue,
+                       customer_ref=call.customer_ref, started_at=call.started_at,
+                       metadata=dict(call.call_metadata or {}), reprocess=reprocess)
+
+
+def enqueued_uri_hashes(session: Session, hashes: Sequence[str]) -> set[str]:
+    """Those of ``hashes`` (source_uri_sha256) whose call was sent or worked on already."""
+    found: set[str] = set()
+    unique = sorted(set(hashes))
+    for lo in range(0, len(unique), 500):  # bounded IN lists
+        query = (select(Call.source_uri_sha256)
+                 .where(Call.source_uri_sha256.in_(unique[lo:lo + 500]))
+                 .where((Call.enqueued_at.is_not(None)) | (Call.status != "pending")))
+        found.update(h for h in session.scalars(query) if h is not None)
+    return found
+
+
+# --------------------------------------------------------------------------- batches
+
+@dataclass(frozen=True)
+class BatchCounts:
+    """Where the calls of one batch are, counted from ``calls`` at the time of asking."""
+
+    batch_id: int
+    source: str
+    started_at: datetime
+    scanned_at: datetime | None
+    finished_at: datetime | None
+    enqueued: int
+    skipped: int
+    pending: int
+    processing: int
+    done: int
+    failed: int
+
+
+def create_batch(session: Session, source: str) -> Batch:
+    """A new batch row (counts zero) for a scan that is starting."""
+    batch = Batch(source=_clip(source, BATCH_SOURCE_MAX_CHARS), started_at=utcnow())
+    session.add(batch)
+    session.flush()
+    return batch
+
+
+def finish_batch_scan(session: Session, batch_id: int, enqueued: int, skipped: int) -> Batch:
+    """Record what the scan sent and skipped, and recount its calls."""
+    batch = _get_batch(session, batch_id)
+    batch.enqueued_count = enqueued
+    batch.skipped_count = skipped
+    batch.scanned_at = utcnow()
+    session.flush()
+    refresh_batch_counts(session, batch_id)
+    return batch
+
+
+def refresh_batch_counts(session: Session, batch_id: int) -> BatchCounts:
+    """Recount done/failed of the batch from ``calls`` (never incremented, so a redelivered
+    task cannot count twice) and set ``finished_at`` once the scan is over and all are final.
+
+    The batch row is locked first: concurrent finishers recount one after the other, the
+    later one seeing the earlier one's commit (PostgreSQL READ COMMITTED).
+    """
+    batch = session.scalars(select(Batch).where(Batch.id == batch_id).with_for_update()
+                            .execution_options(populate_existing=True)).first()
+    if batch is None:
+        raise PayloadError(f"batch_id: no batch with id {batch_id}")
+    counts = _batch_status_counts(session, batch_id)
+    batch.done_count = counts["done"]
+    batch.failed_count = counts["failed"]
+    if (batch.scanned_at is not None and batch.finished_at is None
+            and counts["pending"] == counts["processing"] == 0):
+        batch.finished_at = utcnow()
+    session.flush()
+    return _batch_counts(batch, counts)
+
+
+def latest_batches(session: Session, limit: int = 1) -> list[BatchCounts]:
+    """The newest batches with their calls counted now."""
+    query = select(Batch).order_by(Batch.id.desc()).limit(limit)
+    return [_batch_counts(b, _batch_status_counts(session, b.id)) for b in session.scalars(query)]
+
+
+def counts_processed_since(session: Session, since: datetime) -> dict[str, int]:
+    """done/failed calls whose processing ended at or after ``since``."""
+    counts = {"done": 0, "failed": 0}
+    query = (select(Call.status, func.count()).where(Call.processed_at >= since)
+             .where(Call.status.in_(list(counts))).group_by(Call.status))
+    for status, n in session.execute(query):
+        counts[status] = int(n)
+    return counts
+
+
+def _get_batch(session: Session, batch_id: int) -> Batch:
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        raise PayloadError(f"batch_id: no batch with id {batch_id}")
+    return batch
+
+
+def _batch_status_counts(session: Session, batch_id: int) -> dict[str, int]:
+    counts = dict.fromkeys(CALL_STATUSES, 0)
+    query = (select(Call.status, func.count()).where(Call.batch_id == batch_id)
+             .group_by(Call.status))
+    for status, n in session.execute(query):
+        counts[status] = int(n)
+    return counts
+
+
+def _batch_counts(batch: Batch, counts: Mapping[str, int]) -> BatchCounts:
+    return BatchCounts(batch_id=batch.id, source=batch.source, started_at=batch.started_at,
+                       scanned_at=batch.scanned_at, finished_at=batch.finished_at,
+                       enqueued=batch.enqueued_count, skipped=batch.skipped_count,
+                       pending=counts["pending"], processing=counts["processing"],
+                       done=counts["done"], failed=counts["failed"])

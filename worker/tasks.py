@@ -10,25 +10,24 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import Celery, Task
+from kombu.exceptions import OperationalError as KombuOperationalError
 
-from worker.celery_app import TASK_QUEUE, app
+from worker.celery_app import NIGHTLY_SCAN_TASK_NAME, TASK_QUEUE, app
 from worker.db import session_scope
 from worker.errors import PayloadError, TransientError
 from worker.jobs import MAX_TASK_RETRIES, CallOutcome, process_call
-from worker.settings import Settings, get_settings
+from worker.settings import Settings, get_settings, redact_url
 from worker.store import (
     CallRequest,
     find_call,
     is_valid_external_id,
     mark_failed,
     record_rejected,
+    refresh_batch_counts,
 )
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +35,11 @@ TASK_NAME = "callmood.analyze_recording"
 MAX_RETRIES = MAX_TASK_RETRIES
 RETRY_BASE_S = 2.0
 RETRY_CAP_S = 300.0
+SEND_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.5, "interval_step": 1.0,
+                     "interval_max": 2.0}
+"""Publishing retries of a producer: a broker restart of a few seconds is ridden out."""
+
+
 def retry_delay_s(retries: int, rng: random.Random | None = None) -> float:
     """Backoff before retry number ``retries`` + 1: capped exponential, jittered to 50-100 %."""
     ceiling = min(RETRY_CAP_S, RETRY_BASE_S * 2.0 ** retries)
@@ -71,6 +75,8 @@ def _fail_quietly(settings: Settings, external_call_id: str, reason: str) -> Non
             call = find_call(session, external_call_id)
             if call is not None:
                 mark_failed(session, call.id, reason)
+                if call.batch_id is not None:
+                    refresh_batch_counts(session, call.batch_id)
     except TransientError as e:
         log.error("call %s: could not record the failure either: %s", external_call_id, e)
 
@@ -94,11 +100,34 @@ def _reject(payload: Mapping[str, Any], reason: str) -> CallOutcome:
 
 def send_analysis(celery: Celery, requests: Sequence[CallRequest],
                   queue: str = TASK_QUEUE) -> list[str]:
-    """Enqueue one analysis task per request by name; returns the Celery task ids."""
+    """Enqueue one analysis task per request by name; returns the Celery task ids.
+
+    A broker that cannot be reached raises TransientError (Celery's own publish retry,
+    a few attempts within seconds, has run out by then).
+    """
     ids: list[str] = []
-    with celery.producer_or_acquire() as producer:
-        for request in requests:
-            result = celery.send_task(TASK_NAME, kwargs=request.to_payload(), queue=queue,
-                                      producer=producer)
-            ids.append(str(result.id))
+    try:
+        with celery.producer_or_acquire() as producer:
+            for request in requests:
+                result = celery.send_task(TASK_NAME, kwargs=request.to_payload(), queue=queue,
+                                          producer=producer, retry=True,
+                                          retry_policy=SEND_RETRY_POLICY)
+                ids.append(str(result.id))
+    except (KombuOperationalError, OSError) as e:
+        raise TransientError(f"broker unavailable ({redact_url(celery.conf.broker_url or '')}) "
+                             f"after sending {len(ids)} of {len(requests)}: {e}") from e
     return ids
+
+
+# Thin like analyze_recording: the scan itself is worker.batch.scan_inboxes. acks_late makes a
+# scan cut short by a lost worker run again; that is safe, the scan enqueues each file once.
+@app.task(name=NIGHTLY_SCAN_TASK_NAME, autoretry_for=(TransientError,),  # type: ignore[untyped-decorator]
+          max_retries=MAX_RETRIES, retry_backoff=RETRY_BASE_S, retry_backoff_max=RETRY_CAP_S,
+          retry_jitter=True)
+def nightly_scan() -> dict[str, Any]:
+    """Scan the inbox folders and enqueue every recording not seen before (beat runs it)."""
+    from worker.batch import scan_inboxes
+
+    report = scan_inboxes(get_settings(), source="nightly",
+                          send=lambda requests: send_analysis(app, requests))
+    return report.as_dict()

@@ -68,3 +68,16 @@ def test_configuration_errors_exit_2(env: Path, monkeypatch: pytest.MonkeyPatch,
 def test_db_upgrade_reports_the_revision(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade"]) == 0
     assert "revision 0002" in capsys.readouterr().out
+
+
+def test_train_and_evaluate_pass_their_own_options_through(capsys: pytest.CaptureFixture[str],
+                                                           tmp_path: Path) -> None:
+    from worker.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    assert "--epochs" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(tmp_path / "none.onnx"),
+                 "--manifest", str(tmp_path / "m.csv")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -45,3 +45,19 @@ def test_config_round_trip_and_validation() -> None:
         FeatureConfig(fmax_hz=5000.0)
     with pytest.raises(ValueError, match="normalization"):
         FeatureConfig(normalization="per_speaker")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("config", [FeatureConfig(), FeatureConfig(sample_rate=16000, n_fft=512,
+                                                                   win_length=400, hop_length=160,
+                                                                   n_mels=80, fmin_hz=0.0,
+                                                                   fmax_hz=8000.0)])
+def test_mel_filterbank_equals_librosa_slaney(config: FeatureConfig) -> None:
+    import librosa
+
+    from worker.features import _mel_filterbank
+
+    expected = librosa.filters.mel(sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels,
+                                   fmin=config.fmin_hz, fmax=config.fmax_hz)
+    got = _mel_filterbank(config)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)

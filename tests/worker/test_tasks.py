@@ -12,6 +12,7 @@ import pytest
 from tests.audio_fixtures import fake_analysis
 from worker import db, jobs, store, tasks
 from worker.celery_app import app as celery_app
+from worker.celery_app import broker_transport_options
 from worker.errors import AudioDecodeError, PayloadError, TransientError
 from worker.schema import Call
 from worker.settings import Settings
@@ -39,6 +40,10 @@ GOOD: dict[str, Any] = {"uri": "/calls/a.wav", "call_id": "CC-100", "agent_id": 
     ({"metadata": {"x": float("nan")}}, "metadata"),
     ({"metadata": {"x": "y" * 20_000}}, "metadata"),
     ({"audio": "AAAA"}, "unknown field"),
+    ({"schema_version": 2}, "schema_version"),
+    ({"schema_version": "1"}, "schema_version"),
+    ({"schema_version": True}, "schema_version"),
+    ({"reprocess": "yes"}, "reprocess"),
 ])
 def test_bad_payloads_name_the_field(change: dict[str, Any], field: str) -> None:
     with pytest.raises(PayloadError, match=field):
@@ -52,7 +57,10 @@ def test_good_payload_round_trips() -> None:
     with pytest.raises(TypeError):
         request.metadata["k"] = 1  # type: ignore[index]  # frozen all the way down
     minimal = store.CallRequest.from_payload({"uri": "/a.wav", "call_id": "X"})
-    assert minimal.metadata == {} and minimal.started_at is None
+    assert minimal.metadata == {} and minimal.started_at is None and not minimal.reprocess
+    payload = request.to_payload()
+    assert payload["schema_version"] == store.PAYLOAD_SCHEMA_VERSION == 1
+    assert set(payload) == set(store.PAYLOAD_FIELDS)
 
 
 def test_retry_backoff_is_exponential_capped_and_jittered() -> None:
@@ -90,7 +98,12 @@ def test_task_stores_the_analysis(migrated: Settings, monkeypatch: pytest.Monkey
     monkeypatch.setattr(jobs, "_analyze", analyze)
     assert _run(**GOOD) == {"status": "done", "call_id": "CC-100", "segments": 3,
                             "reason": None}
-    assert _run(**GOOD)["status"] == "done"  # redelivery: replaced, not duplicated
+    # A second send of a finished call (a duplicate, or a redelivery whose ack was lost after
+    # the commit) does no work; reprocess=true runs it again and replaces, not duplicates.
+    again = _run(**GOOD)
+    assert again["status"] == "skipped" and "reprocess" in again["reason"]
+    assert seen == ["/calls/a.wav"]
+    assert _run(**GOOD, reprocess=True)["status"] == "done"
     assert seen == ["/calls/a.wav"] * 2
     call = _call(migrated, "CC-100")
     assert call is not None
@@ -195,11 +208,27 @@ def test_bad_payload_records_a_failed_row_when_it_has_a_call_id(
         assert store.counts_by_status(s)["failed"] == 1
 
 
+def test_a_future_schema_version_is_rejected_once_and_never_retried(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "_analyze", lambda uri, settings: fake_analysis(1))
+    result = _run(**{**GOOD, "schema_version": 2})
+    assert result["status"] == "rejected" and "accepts 1" in result["reason"]
+    call = _call(migrated, "CC-100")
+    assert call is not None and (call.status, call.attempts) == ("failed", 0)
+    assert call.failure_reason is not None and "schema_version" in call.failure_reason
+    # The producer fixes its payload: a rejected call was never worked on, so it runs.
+    assert _run(**GOOD)["status"] == "done"
+
+
 def test_only_json_travels_and_acks_are_late() -> None:
     conf = celery_app.conf
     assert conf.task_serializer == "json" and list(conf.accept_content) == ["json"]
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
+    assert conf.worker_max_tasks_per_child == 200
+    assert conf.task_soft_time_limit < conf.task_time_limit
+    redis_options = broker_transport_options("redis://localhost:6379/0")
+    assert redis_options["visibility_timeout"] >= 2 * conf.task_time_limit
     assert tasks.analyze_recording.name == "callmood.analyze_recording"
 
 

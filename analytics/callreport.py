@@ -1,0 +1,170 @@
+"""One row of metrics per call (stress, escalation, mood shift, talk) and aggregates of them.
+
+Pure functions: ``calls`` is the frame of :func:`analytics.queries.load_calls` (``call,
+agent_id, team, queue, started_at, duration_s, model_version``), ``segments`` the utterances
+of those calls (``call, role, start_s, end_s, p_<class>...``). Stress is 0-100
+(:mod:`analytics.stress`), times are seconds from the start of the call.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import pandas as pd
+
+from analytics.options import GroupBy, Period
+from analytics.stress import (
+    ESCALATION_MIN_S,
+    MOOD_THIRDS,
+    escalation_flags,
+    high_stress_runs,
+    mood_shift,
+    party_stress,
+)
+from analytics.talk import call_lengths_s, call_talk, party_talk
+from worker.constants import ROLE_AGENT, ROLE_CUSTOMER
+
+CALL_METRIC_COLUMNS: Final[tuple[str, ...]] = (
+    "call", "agent_id", "team", "queue", "started_at", "duration_s", "model_version",
+    "customer_stress", "customer_peak_stress", "customer_peak_at_s",
+    "customer_start_stress", "customer_end_stress", "customer_stress_shift",
+    "customer_start_mood", "customer_end_mood",
+    "agent_stress", "agent_peak_stress", "agent_stress_shift", "agent_start_mood",
+    "agent_end_mood",
+    "longest_high_stress_s", "escalated", "escalation_reason", "escalation_at_s",
+    "agent_talk_s", "customer_talk_s", "agent_turns", "customer_turns",
+    "silence_s", "silence_share", "overtalk_s",
+)
+"""Columns of :func:`call_metrics` (documented in docs/analytics.md)."""
+
+AGGREGATE_COLUMNS: Final[tuple[str, ...]] = (
+    "group", "period_start", "calls", "escalated_calls", "escalated_share",
+    "mean_customer_stress", "max_customer_stress", "mean_customer_stress_shift",
+    "mean_agent_stress", "mean_duration_s", "mean_silence_share", "total_overtalk_s",
+)
+"""Columns of :func:`aggregate_calls`; ``group`` is the agent id or the team."""
+
+
+def _per_role(frame: pd.DataFrame, role: str, columns: dict[str, str]) -> pd.DataFrame:
+    """``frame`` rows of ``role`` indexed by call, columns renamed by ``columns``."""
+    part = frame[frame["role"] == role].set_index("call")
+    return part[list(columns)].rename(columns=columns)
+
+
+def escalation_moments(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
+    """Per call (index): ``longest_high_stress_s`` (longest customer high-stress run, s; 0 when
+    none), ``sustained_at_s`` (start of the first run >= ESCALATION_MIN_S; NaN when none)."""
+    calls = pd.Index(segments["call"].unique(), name="call")
+    runs = high_stress_runs(segments, role=ROLE_CUSTOMER)
+    if runs.empty:
+        return pd.DataFrame({"longest_high_stress_s": 0.0, "sustained_at_s": np.nan}, index=calls)
+    longest = runs.groupby("call")["run_s"].max().astype(float)
+    sustained = runs[runs["run_s"] >= ESCALATION_MIN_S].groupby("call")["start_s"].min()
+    return pd.DataFrame({
+        "longest_high_stress_s": longest.reindex(calls).fillna(0.0),
+        "sustained_at_s": sustained.reindex(calls).astype(float),
+    })
+
+
+def call_metrics(calls: pd.DataFrame, segments: pd.DataFrame) -> pd.DataFrame:
+    """One row per call of ``calls`` (same order), columns :data:`CALL_METRIC_COLUMNS`.
+
+    Party columns are NaN for a call without that party (a mono call has role ``unknown``
+    only). ``escalation_at_s`` is the start of the first sustained high-stress run, or for a
+    steep rise alone the start of the call's last third.
+    """
+    columns = list(CALL_METRIC_COLUMNS)
+    base = calls.set_index("call")
+    durations_s = base["duration_s"]
+    if segments.empty:
+        return _finish(base.reset_index().reindex(columns=columns))
+    lengths_s = call_lengths_s(segments, durations_s)
+    stress = party_stress(segments)
+    shift = mood_shift(segments, durations_s)
+    talk = party_talk(segments)
+    moments = escalation_moments(segments, durations_s)
+    customer_shift = _per_role(shift, ROLE_CUSTOMER, {"stress_shift": "customer_stress_shift"})
+    flags = escalation_flags(moments["longest_high_stress_s"],
+                             customer_shift["customer_stress_shift"].reindex(moments.index))
+    last_third_s = lengths_s * (MOOD_THIRDS - 1) / MOOD_THIRDS
+    escalation_at_s = moments["sustained_at_s"].where(
+        moments["sustained_at_s"].notna(), last_third_s.reindex(moments.index)
+    ).where(flags["escalated"])
+    out = base.assign(duration_s=durations_s.fillna(lengths_s.reindex(base.index))).join([
+        _per_role(stress, ROLE_CUSTOMER, {"stress": "customer_stress",
+                                          "peak_stress": "customer_peak_stress",
+                                          "peak_at_s": "customer_peak_at_s"}),
+        _per_role(shift, ROLE_CUSTOMER, {"start_stress": "customer_start_stress",
+                                         "end_stress": "customer_end_stress",
+                                         "stress_shift": "customer_stress_shift",
+                                         "start_dominant": "customer_start_mood",
+                                         "end_dominant": "customer_end_mood"}),
+        _per_role(stress, ROLE_AGENT, {"stress": "agent_stress",
+                                       "peak_stress": "agent_peak_stress"}),
+        _per_role(shift, ROLE_AGENT, {"stress_shift": "agent_stress_shift",
+                                      "start_dominant": "agent_start_mood",
+                                      "end_dominant": "agent_end_mood"}),
+        moments[["longest_high_stress_s"]],
+        flags,
+        escalation_at_s.rename("escalation_at_s").to_frame(),
+        _per_role(talk, ROLE_AGENT, {"talk_s": "agent_talk_s", "turns": "agent_turns"}),
+        _per_role(talk, ROLE_CUSTOMER, {"talk_s": "customer_talk_s", "turns": "customer_turns"}),
+        call_talk(segments, durations_s).set_index("call")[
+            ["silence_s", "silence_share", "overtalk_s"]],
+    ])
+    return _finish(out.reset_index()[columns])
+
+
+def _finish(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Types that survive a call without segments or parties: bool flag, "" reason, Int64
+    turn counts (a mono call has no agent turns, which is not 0.0 turns)."""
+    return metrics.assign(
+        escalated=metrics["escalated"].astype("boolean").fillna(False).astype(bool),
+        escalation_reason=metrics["escalation_reason"].astype(object).fillna(""),
+        agent_turns=metrics["agent_turns"].astype("Int64"),
+        customer_turns=metrics["customer_turns"].astype("Int64"))
+
+
+def rank_by_customer_stress(metrics: pd.DataFrame) -> pd.DataFrame:
+    """``metrics`` sorted most-stressed customer first (calls without a customer last)."""
+    return metrics.sort_values(["customer_stress", "call"], ascending=[False, True],
+                               na_position="last", ignore_index=True)
+
+
+def period_start(started_at: pd.Series, period: Period) -> pd.Series:
+    """UTC midnight of the day, or of the Monday of the ISO week, of each start (NaT for
+    ``all`` or an unknown start)."""
+    if period == "all":
+        return pd.Series(pd.NaT, index=started_at.index, dtype="datetime64[ns, UTC]")
+    day = pd.to_datetime(started_at, utc=True).dt.floor("D")
+    if period == "day":
+        return day
+    return day - pd.to_timedelta(day.dt.day_of_week, unit="D")
+
+
+def aggregate_calls(metrics: pd.DataFrame, by: GroupBy = "agent",
+                    period: Period = "all") -> pd.DataFrame:
+    """Per agent (or team) and day/week/all: :data:`AGGREGATE_COLUMNS`.
+
+    Means skip calls without the party; ``escalated_share`` is escalated calls / calls (0-1).
+    """
+    columns = list(AGGREGATE_COLUMNS)
+    if metrics.empty:
+        return pd.DataFrame(columns=columns)
+    keyed = metrics.assign(group=metrics["agent_id" if by == "agent" else "team"],
+                           period_start=period_start(metrics["started_at"], period),
+                           escalated=metrics["escalated"].astype(bool))
+    grouped = keyed.groupby(["group", "period_start"], dropna=False, sort=True)
+    out = grouped.agg(
+        calls=("call", "size"),
+        escalated_calls=("escalated", "sum"),
+        mean_customer_stress=("customer_stress", "mean"),
+        max_customer_stress=("customer_stress", "max"),
+        mean_customer_stress_shift=("customer_stress_shift", "mean"),
+        mean_agent_stress=("agent_stress", "mean"),
+        mean_duration_s=("duration_s", "mean"),
+        mean_silence_share=("silence_share", "mean"),
+        total_overtalk_s=("overtalk_s", "sum"),
+    ).reset_index()
+    return out.assign(escalated_share=out["escalated_calls"] / out["calls"])[columns]

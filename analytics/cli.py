@@ -1,0 +1,116 @@
+"""``callmood report``: argparse registration and handler (imports pandas only when run).
+
+Wiring in ``worker/cli.py`` (``build_parser``)::
+
+    from analytics.cli import add_report_parser
+    add_report_parser(sub)
+
+``main`` then calls ``args.func(args, settings)`` = :func:`run_report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any, cast
+
+from analytics.options import (
+    DEFAULT_BIN_S,
+    DEFAULT_MAX_PLOTS,
+    GROUP_BYS,
+    PERIODS,
+    REPORT_KINDS,
+    GroupBy,
+    Period,
+)
+from worker.settings import Settings
+
+
+def _iso_day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD") from e
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from e
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``report`` on an ``add_subparsers()`` object; ``args.func`` is
+    :func:`run_report`."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "report", help="supervisor reports over analysed calls (CSV, optional PNG per call)",
+        description="Write a supervisor report over analysed calls as CSV. Days are UTC and "
+                    "inclusive; the columns are documented in docs/analytics.md.")
+    p.add_argument("kind", choices=REPORT_KINDS,
+                   help="calls: one row per call; stress: calls ranked by customer stress; "
+                        "timeline: per call, party and time bin; agents: per agent/team")
+    p.add_argument("--from", dest="date_from", type=_iso_day, metavar="YYYY-MM-DD",
+                   help="first day (UTC) of call starts")
+    p.add_argument("--to", dest="date_to", type=_iso_day, metavar="YYYY-MM-DD",
+                   help="last day (UTC, inclusive) of call starts")
+    p.add_argument("--agent", help="only this agent id")
+    p.add_argument("--team", help="only this team")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.csv", help="CSV to write")
+    p.add_argument("--bom", action="store_true",
+                   help="start the CSV with a UTF-8 BOM (Excel on Windows)")
+    p.add_argument("--plots", type=Path, metavar="DIR",
+                   help="also draw one PNG per call (most stressed first) into DIR")
+    p.add_argument("--max-plots", type=int, default=DEFAULT_MAX_PLOTS, metavar="N",
+                   help=f"at most N PNGs (default {DEFAULT_MAX_PLOTS})")
+    p.add_argument("--bin-s", type=_positive_float, default=DEFAULT_BIN_S, metavar="SECONDS",
+                   help=f"timeline and picture step (default {DEFAULT_BIN_S:g})")
+    p.add_argument("--period", choices=PERIODS, default="all",
+                   help="agents report: one row per group and day/week, or overall (default)")
+    p.add_argument("--by", choices=GROUP_BYS, default="agent",
+                   help="agents report: group by agent (default) or team")
+    p.set_defaults(func=run_report)
+    return p
+
+
+def run_report(args: argparse.Namespace, settings: Settings) -> int:
+    """Handler of ``callmood report``: write the CSV (and PNGs). 0 on success, 2 when
+    ``--from`` is after ``--to``."""
+    from analytics.callreport import call_metrics, rank_by_customer_stress
+    from analytics.export import write_csv
+    from analytics.queries import (
+        ReportFilter,
+        load_calls,
+        load_filtered_segments,
+        report_session,
+    )
+    from analytics.reports import report_from_frames, round_for_export
+
+    if args.date_from and args.date_to and args.date_from > args.date_to:
+        print(f"callmood report: --from {args.date_from} is after --to {args.date_to}",
+              file=sys.stderr)
+        return 2
+    where = ReportFilter(date_from=args.date_from, date_to=args.date_to, agent=args.agent,
+                         team=args.team)
+    with report_session(settings.database_url) as session:
+        calls = load_calls(session, where)
+        segments = load_filtered_segments(session, where)
+    report = report_from_frames(args.kind, calls, segments, bin_s=args.bin_s,
+                                period=cast(Period, args.period), by=cast(GroupBy, args.by))
+    path = write_csv(round_for_export(report), args.out, excel_bom=args.bom)
+    message = f"callmood report {args.kind}: {len(report)} rows -> {path}"
+    if args.plots is not None:
+        from analytics.plots import write_call_pngs
+
+        chosen = rank_by_customer_stress(call_metrics(calls, segments)).head(
+            max(args.max_plots, 0))
+        pictures = write_call_pngs(chosen, segments[segments["call"].isin(chosen["call"])],
+                                   args.plots, bin_s=args.bin_s)
+        message += f"; {len(pictures)} PNG in {args.plots}"
+    print(message, file=sys.stderr)
+    return 0

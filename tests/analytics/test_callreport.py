@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from analytics.callreport import (
+    AGGREGATE_COLUMNS,
+    CALL_METRIC_COLUMNS,
+    aggregate_calls,
+    call_metrics,
+    period_start,
+    rank_by_customer_stress,
+)
+from tests.analytics.frames import ESCALATING, frame, one_hot
+
+CALLS = pd.DataFrame({
+    "call": ["a", "b", "m"],
+    "agent_id": ["ana", "bob", "ana"],
+    "team": ["t1", "t2", "t1"],
+    "queue": [None, None, None],
+    "started_at": pd.to_datetime(["2026-11-02T10:00Z", "2026-11-04T23:59Z", "2026-11-09T08:00Z"],
+                                 utc=True),
+    "duration_s": [30.0, None, None],
+    "model_version": ["v1", "v1", "v1"],
+})
+CALM = frame(one_hot("b", "agent", 0.0, 5.0, "neutral"),
+             one_hot("b", "customer", 6.0, 10.0, "sad"),
+             one_hot("b", "customer", 10.0, 12.0, "neutral"))
+MONO = frame(one_hot("m", "unknown", 0.0, 4.0, "angry"))
+SEGMENTS = pd.concat([ESCALATING, CALM, MONO], ignore_index=True)
+
+
+def test_call_metrics_of_an_escalating_call() -> None:
+    metrics = call_metrics(CALLS, SEGMENTS)
+    assert list(metrics.columns) == list(CALL_METRIC_COLUMNS)
+    assert metrics["call"].tolist() == ["a", "b", "m"]
+    a = metrics.iloc[0]
+    assert a["customer_stress"] == pytest.approx(100 * 18 / 23)
+    assert a["customer_peak_stress"] == 100.0
+    assert a["customer_peak_at_s"] == 10.0
+    assert a["customer_stress_shift"] == 100.0
+    assert (a["customer_start_mood"], a["customer_end_mood"]) == ("neutral", "angry")
+    assert a["agent_stress"] == 0.0
+    assert a["longest_high_stress_s"] == 20.0
+    assert bool(a["escalated"]) is True
+    assert a["escalation_reason"] == "sustained+rise"
+    assert a["escalation_at_s"] == 10.0
+    assert (a["agent_talk_s"], a["customer_talk_s"]) == (5.0, 23.0)
+    assert (a["agent_turns"], a["customer_turns"]) == (2, 2)
+    assert a["silence_s"] == 3.0  # 8-10, 27-28, and nothing after 30
+    assert a["silence_share"] == pytest.approx(0.1)
+    assert a["overtalk_s"] == 1.0
+
+
+def test_calm_call_and_mono_call() -> None:
+    metrics = call_metrics(CALLS, SEGMENTS).set_index("call")
+    b = metrics.loc["b"]
+    assert b["duration_s"] == 12.0  # unknown duration: the last utterance end
+    assert b["customer_stress"] == pytest.approx(40 * 4 / 6)
+    assert bool(b["escalated"]) is False and b["escalation_reason"] == ""
+    assert math.isnan(b["escalation_at_s"])
+    m = metrics.loc["m"]
+    assert math.isnan(m["customer_stress"]) and pd.isna(m["agent_turns"])
+    assert bool(m["escalated"]) is False
+
+
+def test_rise_alone_escalates_at_the_last_third() -> None:
+    rising = frame(one_hot("r", "customer", 0.0, 5.0, "neutral"),
+                   one_hot("r", "customer", 25.0, 29.0, "angry"))
+    calls = CALLS.iloc[:1].assign(call="r")
+    row = call_metrics(calls, rising).iloc[0]
+    assert row["escalation_reason"] == "rise"
+    assert row["escalation_at_s"] == 20.0  # 2/3 of 30 s
+
+
+def test_calls_without_segments_still_get_a_row() -> None:
+    metrics = call_metrics(CALLS, SEGMENTS.iloc[0:0])
+    assert metrics["call"].tolist() == ["a", "b", "m"]
+    assert metrics["escalated"].tolist() == [False, False, False]
+
+
+def test_ranking_puts_the_most_stressed_customer_first_and_mono_last() -> None:
+    ranked = rank_by_customer_stress(call_metrics(CALLS, SEGMENTS))
+    assert ranked["call"].tolist() == ["a", "b", "m"]
+
+
+def test_period_start_day_and_iso_week() -> None:
+    stamps = pd.Series(pd.to_datetime(["2026-11-04T23:59Z", "2026-11-08T00:01Z"], utc=True))
+    assert period_start(stamps, "day").dt.strftime("%Y-%m-%d").tolist() == [
+        "2026-11-04", "2026-11-08"]
+    assert period_start(stamps, "week").dt.strftime("%Y-%m-%d").tolist() == [
+        "2026-11-02", "2026-11-02"]  # the Monday of each ISO week
+    assert period_start(stamps, "all").isna().all()
+
+
+def test_aggregate_per_agent_and_week() -> None:
+    metrics = call_metrics(CALLS, SEGMENTS)
+    out = aggregate_calls(metrics, by="agent", period="week")
+    assert list(out.columns) == list(AGGREGATE_COLUMNS)
+    assert out[["group", "calls", "escalated_calls"]].values.tolist() == [
+        ["ana", 1, 1], ["ana", 1, 0], ["bob", 1, 0]]
+    overall = aggregate_calls(metrics, by="agent").set_index("group")
+    assert overall.loc["ana", "calls"] == 2
+    assert overall.loc["ana", "escalated_share"] == 0.5
+    assert overall.loc["ana", "mean_customer_stress"] == pytest.approx(100 * 18 / 23)  # mono skipped
+    teams = aggregate_calls(metrics, by="team").set_index("group")
+    assert teams.loc["t2", "max_customer_stress"] == pytest.approx(40 * 4 / 6)
+    assert aggregate_calls(metrics.iloc[0:0]).empty

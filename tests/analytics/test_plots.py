@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from analytics.callreport import call_metrics
+from analytics.plots import draw_call, png_name, write_call_pngs
+from tests.analytics.frames import ESCALATING, frame, one_hot
+
+
+def test_png_names_are_safe_and_distinct() -> None:
+    assert png_name("call-42") == "call-42.png"
+    risky = png_name("../../etc/passwd")
+    assert "/" not in risky and risky.endswith(".png") and not risky.startswith(".")
+    assert png_name("a/b") != png_name("a?b")
+
+
+def test_draw_call_writes_a_png_of_the_documented_size(tmp_path: Path) -> None:
+    calls = pd.DataFrame({"call": ["a"], "agent_id": ["ana"], "team": ["t"], "queue": [None],
+                          "started_at": pd.to_datetime(["2026-11-02T10:00Z"], utc=True),
+                          "duration_s": [30.0], "model_version": ["v"]})
+    row = call_metrics(calls, ESCALATING).iloc[0]
+    path = draw_call(row, ESCALATING, tmp_path / "a.png")
+    from matplotlib.image import imread
+
+    image = imread(path)
+    assert image.shape[:2] == (800, 1300)  # FIGURE_SIZE_IN x DPI
+    # the escalation band and line are red: some pixels are strongly red
+    red = (image[:, :, 0] > 0.8) & (image[:, :, 1] < 0.3) & (image[:, :, 2] < 0.3)
+    assert red.sum() > 500
+
+
+def test_calls_without_segments_get_no_picture(tmp_path: Path) -> None:
+    mono = frame(one_hot("m", "unknown", 0.0, 4.0, "angry"))
+    calls = pd.DataFrame({"call": ["m", "empty"], "agent_id": [None, None], "team": [None, None],
+                          "queue": [None, None], "started_at": pd.to_datetime([None, None], utc=True),
+                          "duration_s": [None, None], "model_version": ["v", "v"]})
+    written = write_call_pngs(call_metrics(calls, mono), mono, tmp_path)
+    assert [p.name for p in written] == ["m.png"]

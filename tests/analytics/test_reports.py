@@ -1,0 +1,206 @@
+"""End to end: segment rows in a real database (SQLite, PostgreSQL) -> reports, CSV, PNG."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from analytics.cli import add_report_parser, run_report
+from analytics.reports import REPORT_COLUMNS, build_report, round_for_export
+from tests.analytics.frames import ESCALATING, frame, one_hot
+from worker.db import session_scope, upgrade
+from worker.schema import Call, Segment
+from worker.settings import Settings
+
+EVIL_AGENT = "=HYPERLINK(\"http://evil.example\",\"x\")"
+CALM = frame(one_hot("c-bob", "agent", 0.0, 5.0, "neutral"),
+             one_hot("c-bob", "customer", 6.0, 10.0, "sad"),
+             one_hot("c-bob", "customer", 10.0, 12.0, "neutral"))
+
+
+def _add_call(session: object, external_id: str, agent: str, team: str, started: datetime,
+              segments: pd.DataFrame, status: str = "done", duration_s: float | None = None) -> None:
+    call = Call(external_call_id=external_id, source_uri=f"file:///{external_id}.wav",
+                agent_id=agent, team=team, started_at=started, duration_s=duration_s,
+                channels=2, sample_rate=8000, status=status, model_version="v-test")
+    for row in segments.to_dict("records"):
+        call.segments.append(Segment(
+            channel=0 if row["role"] == "agent" else 1, role=row["role"],
+            start_s=row["start_s"], end_s=row["end_s"], emotion=row["emotion"],
+            confidence=row["confidence"], model_version="v-test",
+            **{k: v for k, v in row.items() if str(k).startswith("p_")}))
+    session.add(call)  # type: ignore[attr-defined]
+
+
+def _populate(url: str) -> None:
+    upgrade(url)
+    with session_scope(url) as session:
+        _add_call(session, "c-a", EVIL_AGENT, "t1", datetime(2026, 11, 2, 10, 0, tzinfo=UTC),
+                  ESCALATING, duration_s=30.0)
+        _add_call(session, "c-bob", "bob", "t2", datetime(2026, 11, 4, 23, 30, tzinfo=UTC), CALM)
+        _add_call(session, "c-late", "bob", "t2", datetime(2026, 11, 5, 0, 0, tzinfo=UTC), CALM)
+        _add_call(session, "c-failed", "bob", "t2", datetime(2026, 11, 3, tzinfo=UTC), CALM,
+                  status="failed")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def report_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    url = (f"sqlite:///{tmp_path / 'reports.sqlite'}" if request.param == "sqlite"
+           else str(request.getfixturevalue("postgres_url")))
+    _populate(url)
+    yield url
+
+
+def test_filters_by_inclusive_days_agent_team_and_status(report_db: str) -> None:
+    with session_scope(report_db) as session:
+        days = build_report("calls", session, date(2026, 11, 2), date(2026, 11, 4))
+        bob = build_report("calls", session, agent="bob")
+        team = build_report("stress", session, team="t1")
+        late = build_report("calls", session, date(2026, 11, 5), date(2026, 11, 5))
+    assert days["call"].tolist() == ["c-a", "c-bob"]  # oldest first, failed call left out
+    assert bob["call"].tolist() == ["c-bob", "c-late"]
+    assert team["call"].tolist() == ["c-a"] and team["rank"].tolist() == [1]
+    assert late["call"].tolist() == ["c-late"]
+    a = days.iloc[0]
+    assert a["customer_stress"] == pytest.approx(100 * 18 / 23)
+    assert a["escalation_reason"] == "sustained+rise"
+    assert a["started_at"] == pd.Timestamp("2026-11-02T10:00Z")
+
+
+def test_timeline_and_agents_reports(report_db: str) -> None:
+    with session_scope(report_db) as session:
+        grid = build_report("timeline", session, date(2026, 11, 2), date(2026, 11, 4), bin_s=5.0)
+        agents = build_report("agents", session, period="day")
+        teams = build_report("agents", session, by="team")
+    assert list(grid.columns) == list(REPORT_COLUMNS["timeline"])
+    # c-a: 30 s -> 6 bins, c-bob: 12 s -> 3 bins; two parties each
+    assert grid.groupby("call").size().to_dict() == {"c-a": 12, "c-bob": 6}
+    assert agents[["group", "calls"]].values.tolist() == [[EVIL_AGENT, 1], ["bob", 1], ["bob", 1]]
+    assert teams.set_index("group")["escalated_share"].to_dict() == {"t1": 1.0, "t2": 0.0}
+
+
+def _run(url: str, tmp_path: Path, *argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_report_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["report", *argv])
+    settings = Settings.from_env({"CALLMOOD_DATABASE_URL": url,
+                                  "CALLMOOD_DATA_DIR": str(tmp_path / "data")})
+    code: int = args.func(args, settings)
+    assert args.func is run_report
+    return code
+
+
+def test_cli_writes_safe_csv_and_pngs(report_db: str, tmp_path: Path) -> None:
+    out = tmp_path / "stress.csv"
+    plots = tmp_path / "png"
+    assert _run(report_db, tmp_path, "stress", "--from", "2026-11-02", "--to", "2026-11-04",
+                "--out", str(out), "--bom", "--plots", str(plots)) == 0
+    raw = out.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
+    assert list(rows[0]) == list(REPORT_COLUMNS["stress"])
+    assert [r["call"] for r in rows] == ["c-a", "c-bob"]
+    assert rows[0]["agent_id"] == "'" + EVIL_AGENT  # formula neutralised
+    assert rows[0]["started_at"] == "2026-11-02T10:00:00Z"
+    assert rows[0]["customer_stress"] == "78.3"
+    assert rows[0]["escalated"] == "True"
+    pngs = sorted(p.name for p in plots.iterdir())
+    assert pngs == ["c-a.png", "c-bob.png"]
+    with (plots / "c-a.png").open("rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert (plots / "c-a.png").stat().st_size > 20_000
+
+
+def test_empty_result_is_a_csv_with_headers(report_db: str, tmp_path: Path) -> None:
+    for kind in REPORT_COLUMNS:
+        out = tmp_path / f"{kind}.csv"
+        assert _run(report_db, tmp_path, kind, "--from", "2030-01-01", "--to", "2030-01-31",
+                    "--out", str(out)) == 0
+        assert out.read_text().splitlines() == [",".join(REPORT_COLUMNS[kind])]
+
+
+def test_reversed_range_is_refused(report_db: str, tmp_path: Path) -> None:
+    out = tmp_path / "x.csv"
+    assert _run(report_db, tmp_path, "calls", "--from", "2026-11-04", "--to", "2026-11-02",
+                "--out", str(out)) == 2
+    assert not out.exists()
+
+
+def test_bad_arguments_exit_from_argparse(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        _run("sqlite://", tmp_path, "calls", "--from", "02/11/2026", "--out", "x.csv")
+    with pytest.raises(SystemExit):
+        _run("sqlite://", tmp_path, "nonsense", "--out", "x.csv")
+
+
+def test_unknown_kind_raises() -> None:
+    with pytest.raises(ValueError, match="unknown report"):
+        build_report("everything", session=None)  # type: ignore[arg-type]
+
+
+def test_round_for_export_units_and_times() -> None:
+    frame_in = pd.DataFrame({
+        "started_at": pd.to_datetime(["2026-11-02T10:00:00.6Z", None], utc=True),
+        "period_start": pd.to_datetime(["2026-11-02", "2026-11-09"], utc=True),
+        "customer_stress": [12.345, 99.99], "talk_s": [1.23456, 2.0],
+        "silence_share": [0.12345, 1.0], "p_angry": [0.33333, 0.0], "turns": [3, 4]})
+    out = round_for_export(frame_in)
+    assert out["started_at"].tolist() == ["2026-11-02T10:00:00Z", None]
+    assert out["period_start"].tolist() == ["2026-11-02", "2026-11-09"]
+    assert out["customer_stress"].tolist() == [12.3, 100.0]
+    assert out["talk_s"].tolist() == [1.23, 2.0]
+    assert out["silence_share"].tolist() == [0.123, 1.0]
+    assert out["p_angry"].tolist() == [0.333, 0.0]
+    assert out["turns"].tolist() == [3, 4]
+    assert frame_in["customer_stress"].iloc[0] == 12.345  # input untouched
+
+
+def test_sqlite_report_reads_do_not_block_writers(tmp_path: Path) -> None:
+    import sqlite3
+
+    from analytics.queries import ReportFilter, load_calls, report_session
+
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    _populate(url)
+    with report_session(url) as session:
+        assert len(load_calls(session, ReportFilter())) == 3
+        # a worker takes the write lock while the report's read transaction is still open
+        writer = sqlite3.connect(tmp_path / "r.sqlite", timeout=0.5, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE calls SET attempts = attempts + 1")
+        writer.execute("COMMIT")
+        writer.close()
+        assert len(load_calls(session, ReportFilter())) == 3
+        with pytest.raises(OperationalError, match="readonly"):  # PRAGMA query_only
+            session.execute(text("DELETE FROM segments"))
+
+
+def test_report_on_a_missing_sqlite_file_is_a_config_error(tmp_path: Path) -> None:
+    from analytics.queries import report_session
+    from worker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not exist"), \
+            report_session(f"sqlite:///{tmp_path / 'nope.sqlite'}"):
+        pass
+    assert not (tmp_path / "nope.sqlite").exists()
+
+
+def test_segments_of_calls_not_listed_are_ignored() -> None:
+    from analytics.reports import report_from_frames
+
+    calls = pd.DataFrame({"call": ["c-bob"], "agent_id": ["bob"], "team": ["t2"],
+                          "queue": [None], "started_at": pd.to_datetime(["2026-11-04"], utc=True),
+                          "duration_s": [12.0], "model_version": ["v"]})
+    segments = pd.concat([CALM, ESCALATING], ignore_index=True)  # "a" finished meanwhile
+    grid = report_from_frames("timeline", calls, segments)
+    assert set(grid["call"]) == {"c-bob"}
+    assert report_from_frames("stress", calls, segments)["call"].tolist() == ["c-bob"]

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from analytics.stress import (
+    ESCALATION_MIN_S,
+    STEEP_RISE_POINTS,
+    STRESS_WEIGHTS,
+    escalation_flags,
+    high_stress_runs,
+    party_stress,
+    stress_of,
+)
+from tests.analytics.frames import ESCALATING, frame, one_hot, seg
+from worker.constants import EMOTIONS
+
+
+def test_each_class_scores_its_weight_times_100() -> None:
+    rows = frame(*(one_hot("x", "customer", 0.0, 1.0, e) for e in EMOTIONS))
+    assert dict(zip(EMOTIONS, stress_of(rows).tolist(), strict=True)) == {
+        "angry": 100.0, "disgust": 50.0, "fear": 100.0, "happy": 0.0, "neutral": 0.0,
+        "sad": 40.0, "surprise": 0.0}
+    assert STRESS_WEIGHTS["angry"] == 1.0
+
+
+def test_an_unsure_model_cannot_spike() -> None:
+    unsure = frame(seg("x", "customer", 0.0, 1.0, "angry", 0.35))
+    # 35 from angry + (0.65 / 6) * (fear 1.0 + disgust 0.5 + sad 0.4) * 100
+    assert stress_of(unsure).iloc[0] == pytest.approx(35 + 0.65 / 6 * 1.9 * 100)
+
+
+def test_party_stress_is_talk_time_weighted_with_peak() -> None:
+    out = party_stress(ESCALATING).set_index("role")
+    # customer: 5 s at 0, 8 s + 8 s + 2 s at 100
+    assert out.loc["customer", "talk_s"] == 23.0
+    assert out.loc["customer", "stress"] == pytest.approx(100 * 18 / 23)
+    assert out.loc["customer", "peak_stress"] == 100.0
+    assert out.loc["customer", "peak_at_s"] == 10.0  # earliest of the tied peaks
+    assert out.loc["agent", "stress"] == 0.0
+
+
+def test_high_stress_runs_are_not_broken_by_the_other_party() -> None:
+    runs = high_stress_runs(ESCALATING)
+    assert runs[["start_s", "end_s", "run_s"]].values.tolist() == [[10.0, 30.0, 20.0]]
+    calm_between = pd.concat([ESCALATING, frame(one_hot("a", "customer", 18.2, 18.8,
+                                                        "neutral"))])
+    assert high_stress_runs(calm_between)["run_s"].tolist() == [8.0, 11.0]
+
+
+def test_escalation_flags_sustained_rise_and_both() -> None:
+    flags = escalation_flags(pd.Series([ESCALATION_MIN_S, 5.0, 30.0, 0.0]),
+                             pd.Series([0.0, STEEP_RISE_POINTS, 45.0, None]))
+    assert flags["escalated"].tolist() == [True, True, True, False]
+    assert flags["escalation_reason"].tolist() == ["sustained", "rise", "sustained+rise", ""]

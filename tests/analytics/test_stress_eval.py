@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analytics.stress_eval import (
+    auc_table,
+    evaluation_clips,
+    high_stress_rates,
+    roc_auc,
+    score_clips,
+    with_scores,
+)
+from tests.analytics.frames import frame, one_hot
+
+
+def test_roc_auc_counts_pairs_and_ties_half() -> None:
+    positive = pd.Series([True, True, False, False])
+    assert roc_auc(pd.Series([0.9, 0.8, 0.1, 0.2]), positive) == 1.0
+    assert roc_auc(pd.Series([0.1, 0.2, 0.9, 0.8]), positive) == 0.0
+    # pairs: (0.5 vs 0.5) tie = 0.5, (0.5 vs 0.1) = 1, (0.3 vs 0.5) = 0, (0.3 vs 0.1) = 1
+    assert roc_auc(pd.Series([0.5, 0.3, 0.5, 0.1]), positive) == pytest.approx(2.5 / 4)
+    assert math.isnan(roc_auc(pd.Series([0.1]), pd.Series([True])))
+
+
+def test_auc_table_per_corpus_and_pooled() -> None:
+    probs = frame(one_hot("x", "u", 0, 1, "angry"), one_hot("x", "u", 0, 1, "neutral"),
+                  one_hot("x", "u", 0, 1, "fear"), one_hot("x", "u", 0, 1, "sad"))
+    scored = with_scores(probs.assign(corpus=["k1", "k1", "k2", "k2"],
+                                      positive=[True, False, True, False]))
+    table = auc_table(scored).set_index("corpus")
+    assert table.loc["all", "positives"] == 2 and table.loc["all", "negatives"] == 2
+    assert table.loc["k1", "auc_stress"] == 1.0
+    assert table.loc["all", "auc_stress"] == 1.0  # 100, 100 above 0 and 40
+    assert table.loc["macro", "auc_stress"] == 1.0
+    assert high_stress_rates(scored) == (1.0, 0.0)  # neutral 0 and sad 40 stay below 50
+    assert table.loc["macro", "auc_not_neutral"] == pytest.approx((1.0 + 0.5) / 2)  # sad ties fear
+
+
+def test_evaluation_clips_keep_test_rows_of_the_compared_labels(tmp_path: Path) -> None:
+    corpus = tmp_path / "toy"
+    corpus.mkdir()
+    (corpus / "manifest.csv").write_text(
+        "path,emotion,split\na.opus,angry,test\nb.opus,neutral,test\nc.opus,happy,test\n"
+        "d.opus,fear,train\ne.opus,fear,test\n")
+    clips = evaluation_clips(tmp_path, ["toy", "missing"])
+    assert clips["emotion"].tolist() == ["angry", "neutral", "fear"]
+    assert clips["positive"].tolist() == [True, False, True]
+    assert clips["path"].iloc[0] == str(corpus / "a.opus")
+
+
+def test_scores_real_clips_through_the_shipped_model(emotion_model: Path,
+                                                     callmood_corpora: Path) -> None:
+    clips = evaluation_clips(callmood_corpora, ["ravdess"])
+    few = pd.concat([clips[clips["positive"]].head(3), clips[~clips["positive"]].head(3)])
+    scored = score_clips(few, emotion_model)
+    probabilities = scored.filter(like="p_")
+    assert probabilities.shape == (6, 7)
+    assert probabilities.sum(axis=1).round(4).eq(1.0).all()
+    assert scored["stress"].between(0.0, 100.0).all()
+
+
+def test_command_end_to_end_with_a_tiny_model(tmp_path: Path, callmood_corpora: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    import numpy as np
+
+    from analytics.stress_eval import main
+    from tests.model_fixtures import N_MELS, write_tiny_model
+
+    ravdess = evaluation_clips(callmood_corpora, ["ravdess"])
+    picked = pd.concat([ravdess[ravdess["emotion"] == "angry"].head(2),
+                        ravdess[ravdess["emotion"] == "neutral"].head(2)])
+    toy = tmp_path / "corpora" / "toy"
+    (toy / "audio").mkdir(parents=True)
+    lines = ["path,emotion,split"]
+    for i, row in enumerate(picked.itertuples()):
+        shutil.copy(row.path, toy / "audio" / f"{i}.opus")
+        lines.append(f"audio/{i}.opus,{row.emotion},test")
+    (toy / "manifest.csv").write_text("\n".join(lines) + "\n")
+    model = write_tiny_model(tmp_path, np.random.default_rng(0).normal(size=(N_MELS, 7)))
+    monkeypatch.setenv("CALLMOOD_MODEL_PATH", str(model))
+    monkeypatch.setenv("CALLMOOD_CORPORA_DIR", str(tmp_path / "corpora"))
+    scores = tmp_path / "scores.csv"
+    assert main(["--corpora", "toy", "--channel", "mulaw8k", "--scores", str(scores)]) == 0
+    out = capsys.readouterr().out
+    assert "AUC stress" in out and "\nall " in out and "toy " in out and "mulaw8k" in out
+    written = pd.read_csv(scores)
+    assert len(written) == 4 and written["stress"].between(0, 100).all()
+    assert written["positive"].tolist() == [True, True, False, False]

@@ -1,0 +1,90 @@
+"""Dataset building: label decisions, speaker-disjoint subsets, balanced sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.dataset import (
+    assign_subsets,
+    build_dataset,
+    map_labels,
+    read_manifest,
+    sampling_weights,
+)
+from worker.constants import EMOTIONS
+from worker.errors import ConfigError
+
+
+def _clips(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["corpus", "speaker", "emotion", "split"]).assign(
+        path=lambda d: [f"/x/{i}.ogg" for i in range(len(d))])
+
+
+def test_calm_becomes_neutral_and_boredom_and_unlabelled_are_dropped() -> None:
+    df = _clips([("ravdess", "a1", "calm", "train"), ("emodb", "03", "boredom", "train"),
+                 ("baved", "s1", "", "train"), ("tess", "OAF", "Angry", "train")])
+    out = map_labels(df)
+    assert out["label"].tolist() == ["neutral", "angry"]
+    assert out["label_id"].tolist() == [EMOTIONS.index("neutral"), EMOTIONS.index("angry")]
+
+
+def test_validation_speakers_come_from_train_and_test_is_untouched() -> None:
+    rows = [("ravdess", f"actor{s:02d}", "happy", "train") for s in range(1, 11) for _ in range(3)]
+    rows += [("ravdess", "actor20", "sad", "test"), ("tess", "OAF", "sad", "train"),
+             ("tess", "YAF", "sad", "train")]
+    df = map_labels(_clips(rows)).assign(gender="?")
+    out = assign_subsets(df, val_fraction=0.2, seed=3)
+    val = set(out.loc[out["subset"] == "val", "speaker"])
+    train = set(out.loc[out["subset"] == "train", "speaker"])
+    assert len(val) == 2 and not val & train          # 20 % of 10 speakers, disjoint
+    assert out.loc[out["speaker"] == "actor20", "subset"].tolist() == ["test"]
+    # TESS has 2 speakers (< 4): kept whole in train
+    assert set(out.loc[out["corpus"] == "tess", "subset"]) == {"train"}
+    # seeded: the same seed picks the same speakers
+    again = assign_subsets(df, val_fraction=0.2, seed=3)
+    assert set(again.loc[again["subset"] == "val", "speaker"]) == val
+
+
+def test_sampling_weights_give_each_class_an_equal_share_split_across_corpora() -> None:
+    rows = ([("tess", "OAF", "angry", "train")] * 30 + [("ravdess", "a1", "angry", "train")] * 5
+            + [("ravdess", "a1", "sad", "train")] * 10)
+    df = map_labels(_clips(rows))
+    w = sampling_weights(df)
+    assert w.sum() == pytest.approx(1.0)
+    by_class = pd.Series(w).groupby(df["label"]).sum()
+    assert by_class["angry"] == pytest.approx(0.5) and by_class["sad"] == pytest.approx(0.5)
+    by_cell = pd.Series(w).groupby([df["corpus"], df["label"]]).sum()
+    assert by_cell[("tess", "angry")] == pytest.approx(0.25)
+    assert by_cell[("ravdess", "angry")] == pytest.approx(0.25)
+
+
+def test_read_manifest_resolves_relative_paths_and_names_missing_columns(tmp_path: Path) -> None:
+    folder = tmp_path / "mycalls"
+    folder.mkdir()
+    (folder / "manifest.csv").write_text("path,speaker,emotion,split\nclips/a.wav,ag7,Angry,TRAIN\n")
+    df = read_manifest(folder / "manifest.csv")
+    assert df.loc[0, "path"] == str(folder / "clips" / "a.wav")
+    assert (df.loc[0, "corpus"], df.loc[0, "emotion"], df.loc[0, "split"]) == (
+        "mycalls", "angry", "train")
+    (folder / "bad.csv").write_text("path,emotion\na.wav,angry\n")
+    with pytest.raises(ConfigError, match="speaker, split"):
+        read_manifest(folder / "bad.csv")
+
+
+def test_shared_corpora_build_a_speaker_independent_dataset(callmood_corpora: Path) -> None:
+    manifests = [callmood_corpora / c / "manifest.csv" for c in ("ravdess", "emodb", "urdu")]
+    df = build_dataset(manifests, val_fraction=0.2, seed=0)
+    assert set(df["label"]) == set(EMOTIONS)
+    calm = df[df["emotion"] == "calm"]
+    assert len(calm) > 0 and (calm["label"] == "neutral").all()
+    assert not (df["emotion"] == "boredom").any()
+    for corpus, rows in df.groupby("corpus"):
+        speakers = {s: set(rows.loc[rows["subset"] == s, "speaker"]) for s in ("train", "val", "test")}
+        assert not speakers["train"] & speakers["test"], corpus
+        assert not speakers["val"] & (speakers["train"] | speakers["test"]), corpus
+        assert speakers["val"], corpus
+    assert np.isin(df["label_id"], np.arange(len(EMOTIONS))).all()

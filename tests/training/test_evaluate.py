@@ -1,0 +1,72 @@
+"""Metrics on hand-computed cases, and the evaluate command through the serving path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.model_fixtures import N_MELS, write_tiny_model
+from training.cli import evaluate_main
+from training.evaluate import (
+    confusion_matrix,
+    evaluate_model,
+    expected_calibration_error,
+    unweighted_average_recall,
+    weighted_accuracy,
+)
+
+
+def test_ua_wa_and_confusion_on_a_hand_computed_case() -> None:
+    y_true = np.array([0, 0, 0, 0, 1, 2], dtype=np.int64)
+    y_pred = np.array([0, 0, 0, 1, 1, 0], dtype=np.int64)
+    cm = confusion_matrix(y_true, y_pred, 4)
+    assert cm.tolist() == [[3, 1, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    # recalls 3/4, 1/1, 0/1 over the 3 classes present (class 3 has no support)
+    assert unweighted_average_recall(cm) == pytest.approx((0.75 + 1.0 + 0.0) / 3)
+    assert weighted_accuracy(cm) == pytest.approx(4 / 6)
+
+
+def test_expected_calibration_error_is_zero_when_confidence_matches_accuracy() -> None:
+    probs = np.array([[0.5, 0.5], [0.5, 0.5]], dtype=np.float32)   # conf 0.5, argmax 0
+    assert expected_calibration_error(probs, np.array([0, 1])) == pytest.approx(0.0)
+    over = np.array([[0.9, 0.1], [0.9, 0.1]], dtype=np.float32)    # conf 0.9, accuracy 0.5
+    assert expected_calibration_error(over, np.array([0, 1])) == pytest.approx(0.4)
+
+
+def _manifest(tmp_path: Path, corpora: Path) -> Path:
+    import pandas as pd
+
+    rows = pd.read_csv(corpora / "ravdess" / "manifest.csv")
+    test = rows[rows["split"] == "test"].groupby("emotion").head(2)
+    out = tmp_path / "ravdess_small.csv"
+    test.assign(path=[str(corpora / "ravdess" / p) for p in test["path"]]).to_csv(out, index=False)
+    return out
+
+
+def test_evaluate_scores_any_onnx_model_on_any_manifest(tmp_path: Path, callmood_corpora: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    weights = np.zeros((N_MELS, 7), dtype=np.float32)
+    model = write_tiny_model(tmp_path, weights)           # constant logits -> always "angry"
+    manifest = _manifest(tmp_path, callmood_corpora)
+    result = evaluate_model(model, [manifest], channels=("clean", "mulaw8k"), workers=1)
+    clean = result.get("ravdess", "clean")
+    assert clean.n_clips == 16                              # 8 raw labels x 2; calm -> neutral
+    angry_row = clean.confusion[0]
+    assert sum(sum(r) for r in clean.confusion) == 16 and sum(angry_row) == 2
+    assert all(row[0] == sum(row) for row in clean.confusion)   # everything predicted angry
+    assert clean.ua == pytest.approx(1 / 7) and clean.wa == pytest.approx(2 / 16)
+    assert result.get("ravdess", "mulaw8k").n_clips == 16
+    json_out = tmp_path / "figures.json"
+    assert evaluate_main(["--model", str(model), "--manifest", str(manifest),
+                          "--workers", "1", "--json-out", str(json_out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ravdess" in printed and "14.3%" in printed and json_out.is_file()
+
+
+def test_evaluate_reports_a_missing_model_clearly(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate_main(["--model", str(tmp_path / "nope.onnx"),
+                          "--manifest", str(tmp_path / "m.csv")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,60 @@
+"""Regression guard for the shipped model: its card is honest and its test-split UA holds.
+
+Floors sit just under the figures measured for emotion-v1 (``python -m training evaluate
+--channel clean --channel mulaw8k``; the card's ``test_metrics`` hold the full tables). A
+retrained model that scores lower fails here until the floors are consciously lowered.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from training.dataset import corpus_manifest_paths
+from training.evaluate import EvaluationResult, evaluate_model
+from worker.constants import EMOTIONS
+from worker.emotion import card_path_for, load_card
+
+EVAL_CORPORA = ("ravdess", "emodb", "urdu")
+
+# (corpus, channel): UA floor.  Measured UA for emotion-v1 in the comment.
+UA_FLOORS: dict[tuple[str, str], float] = {
+    ("ravdess", "clean"): 0.0,    # FILL
+    ("ravdess", "mulaw8k"): 0.0,  # FILL
+    ("emodb", "clean"): 0.0,      # FILL
+    ("emodb", "mulaw8k"): 0.0,    # FILL
+    ("urdu", "clean"): 0.0,       # FILL
+    ("urdu", "mulaw8k"): 0.0,     # FILL
+}
+MAX_ONNX_BYTES = 5 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def measured(emotion_model: Path, callmood_corpora: Path) -> EvaluationResult:
+    return evaluate_model(emotion_model, corpus_manifest_paths(callmood_corpora, EVAL_CORPORA),
+                          split="test", channels=("clean", "mulaw8k"), threads=1, workers=2)
+
+
+def test_the_shipped_model_is_small_and_its_card_matches_it(emotion_model: Path) -> None:
+    card = load_card(emotion_model)          # raises if the card's sha256 is of another file
+    assert card.labels == EMOTIONS
+    assert emotion_model.stat().st_size <= MAX_ONNX_BYTES
+    raw = json.loads(card_path_for(emotion_model).read_text())
+    assert set(raw["data_licences"]) == {"ravdess", "tess", "emodb", "urdu"}
+    assert "Research default" in emotion_model.with_suffix(".card.md").read_text()
+
+
+@pytest.mark.parametrize(("corpus", "channel"), sorted(UA_FLOORS))
+def test_test_split_ua_holds(measured: EvaluationResult, corpus: str, channel: str) -> None:
+    assert measured.get(corpus, channel).ua >= UA_FLOORS[(corpus, channel)]
+
+
+def test_the_card_reports_what_the_model_measures(emotion_model: Path,
+                                                  measured: EvaluationResult) -> None:
+    by_channel = json.loads(card_path_for(emotion_model).read_text())["test_metrics"]["by_channel"]
+    for row in measured.rows:
+        stated = by_channel[row.channel][row.corpus]
+        assert stated["n_clips"] == row.n_clips
+        assert stated["ua"] == pytest.approx(row.ua, abs=0.005), (row.corpus, row.channel)

@@ -1,0 +1,172 @@
+"""The nightly batch: settings, the beat schedule, ``callmood beat``, and the inbox scan run
+twice (beat's task on a real worker, then ``callmood batch``) enqueueing each recording once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import celery
+import pytest
+
+from tests.worker.prod_support import (
+    call_rows,
+    callmood_env,
+    celery_worker,
+    flush_redis_db,
+    make_bad_recordings,
+    make_recordings,
+    tiny_model,
+    wait_final,
+)
+from worker import db, store
+from worker.batch import scan_inboxes
+from worker.celery_app import (
+    NIGHTLY_SCAN_TASK_NAME,
+    NIGHTLY_SCHEDULE_ENTRY,
+    TASK_QUEUE,
+    beat_schedule,
+    make_celery,
+    queue_stats,
+)
+from worker.cli import main
+from worker.enqueue import celery_sender
+from worker.errors import ConfigError
+from worker.runner import external_id_for
+from worker.settings import PACKAGE_DIR, Settings, get_settings
+
+
+def test_inbox_settings_are_validated(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    s = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "d"),
+                           "CALLMOOD_INBOX_DIRS": f"{inbox}{os.pathsep}{tmp_path / 'other'}",
+                           "CALLMOOD_NIGHTLY_AT": "3:05", "CALLMOOD_TIMEZONE": "Europe/Berlin"})
+    assert s.inbox_dirs == (inbox.resolve(), (tmp_path / "other").resolve())
+    assert set(s.inbox_dirs) <= set(s.input_roots)  # the worker may read what is enqueued
+    assert (s.nightly_at, s.timezone) == ((3, 5), "Europe/Berlin")
+    defaults = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "d")})
+    assert (defaults.inbox_dirs, defaults.nightly_at, defaults.timezone) == ((), (2, 0), "UTC")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"CALLMOOD_NIGHTLY_AT": "25:00"}, "CALLMOOD_NIGHTLY_AT='25:00': expected HH:MM"),
+    ({"CALLMOOD_NIGHTLY_AT": "2am"}, "00:00-23:59"),
+    ({"CALLMOOD_TIMEZONE": "Mars/Olympus"}, "CALLMOOD_TIMEZONE='Mars/Olympus': expected an IANA"),
+    ({"CALLMOOD_INPUT_ROOTS": "/srv/a", "CALLMOOD_INBOX_DIRS": "/srv/b/inbox"},
+     "CALLMOOD_INBOX_DIRS: /srv/b/inbox not under any of CALLMOOD_INPUT_ROOTS"),
+])
+def test_bad_inbox_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert message in str(info.value)
+
+
+def test_beat_schedules_the_scan_at_the_configured_local_time(tmp_path: Path) -> None:
+    s = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path), "CALLMOOD_INBOX_DIRS": str(tmp_path),
+                           "CALLMOOD_NIGHTLY_AT": "03:30", "CALLMOOD_TIMEZONE": "Europe/Berlin"})
+    app = make_celery(s)
+    entry = app.conf.beat_schedule[NIGHTLY_SCHEDULE_ENTRY]
+    assert entry["task"] == NIGHTLY_SCAN_TASK_NAME == "callmood.nightly_scan"
+    assert entry["options"]["queue"] == TASK_QUEUE
+    schedule = entry["schedule"]
+    assert (schedule.hour, schedule.minute) == ({3}, {30})
+    assert str(app.conf.timezone) == "Europe/Berlin" and app.conf.enable_utc
+    assert beat_schedule(s.replace(inbox_dirs=())) == {}
+    app.close()
+
+
+def test_callmood_beat_execs_celery_beat(tmp_path: Path, redis_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLMOOD_")}
+    env.update({"CALLMOOD_DATA_DIR": str(tmp_path / "data"), "CALLMOOD_INBOX_DIRS": str(tmp_path),
+                "CALLMOOD_BROKER_URL": redis_url.rsplit("/", 1)[0] + "/7",
+                "PYTHONPATH": str(PACKAGE_DIR.parent)})
+    log_path = tmp_path / "beat.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "worker.cli", "beat", "--loglevel",
+                                    "DEBUG"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while "callmood-nightly-scan" not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    text = log_path.read_text()
+    assert "beat: Starting" in text and "callmood.nightly_scan" in text
+    assert list((tmp_path / "data").glob("celerybeat-schedule*"))
+    env.pop("CALLMOOD_INBOX_DIRS")
+    refused = subprocess.run([sys.executable, "-m", "worker.cli", "beat"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "CALLMOOD_INBOX_DIRS" in refused.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("pipeline_importable")
+def test_the_nightly_scan_twice_enqueues_each_recording_once(
+        tmp_path: Path, postgres_url: str, redis_url: str, callmood_corpora: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    broker = redis_url.rsplit("/", 1)[0] + "/8"
+    flush_redis_db(broker)
+    inbox = tmp_path / "inbox"
+    good = make_recordings(inbox / "2026-01-31", callmood_corpora, 6)
+    bad = make_bad_recordings(inbox / "2026-01-31")
+    shutil.copy(good[0], inbox / "copy-of-call-000.wav")  # same content, another name
+    (inbox / ".uploading.wav").write_bytes(good[1].read_bytes())  # partial upload: hidden
+    (inbox / "notes.txt").write_text("not a recording")
+    db.upgrade(postgres_url)
+    env = callmood_env(postgres_url, broker, tmp_path, tiny_model(tmp_path / "model"),
+                       tmp_path / "data", inbox_dirs=str(inbox))
+    settings = Settings.from_env(env)
+    expected = {external_id_for(p) for p in [*good, *bad.values()]}
+
+    log_path = tmp_path / "worker.log"
+    with celery_worker(env, log_path, concurrency=2, name="nightly"):
+        # What beat sends at CALLMOOD_NIGHTLY_AT, from a client that knows only the name.
+        client = celery.Celery(broker=broker)
+        client.send_task(NIGHTLY_SCAN_TASK_NAME, queue=TASK_QUEUE)
+        client.close()
+        deadline = time.monotonic() + 60
+        while set(call_rows(postgres_url)) != expected:
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        rows = wait_final(postgres_url, sorted(expected), timeout_s=90, log_path=log_path)
+
+        # The second scan (the CLI's) finds every file known, by path or by content.
+        for key, value in env.items():
+            if key.startswith("CALLMOOD_"):
+                monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+        assert main(["batch"]) == 0
+        assert "11 file(s) seen, 0 enqueued, 11 already known" in capsys.readouterr().out
+        get_settings.cache_clear()
+
+    assert set(call_rows(postgres_url)) == expected  # no call added by the second scan
+    assert sum(r[0] == "done" for r in rows.values()) == 6
+    assert sum(r[0] == "failed" for r in rows.values()) == 4
+    with db.session_scope(postgres_url) as s:
+        second, first = store.latest_batches(s, 2)
+    assert (first.source, first.enqueued, first.skipped) == ("nightly", 10, 1)
+    assert (first.done, first.failed, first.pending, first.processing) == (6, 4, 0, 0)
+    assert first.finished_at is not None
+    assert (second.source, second.enqueued, second.skipped, second.done) == ("cli", 0, 11, 0)
+
+    # A new file arrives: the next scan sends it, and only it.
+    (new,) = make_recordings(inbox / "2026-02-01", callmood_corpora, 1, first_seed=100)
+    with celery_sender(settings) as send:
+        report = scan_inboxes(settings, source="nightly", send=send)
+    assert (report.seen, report.enqueued, report.skipped) == (12, 1, 11)
+    app = make_celery(settings)
+    try:
+        assert queue_stats(app).queued == 1  # no worker now: the one message waits
+    finally:
+        app.close()
+    with db.session_scope(postgres_url) as s:
+        call = store.find_call(s, external_id_for(new))
+        assert call is not None and call.batch_id == report.batch_id
+        assert call.status == "pending" and call.source_uri == str(new.resolve())

@@ -1,0 +1,264 @@
+"""The enqueue contract on a real redis-server and PostgreSQL: what travels (JSON, versioned,
+no audio), that a call id is sent once unless reprocess, manifests, a broker that is down,
+and the CLI round trip (enqueue, status, failures, retry) through a real celery worker."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.worker.prod_support import (
+    callmood_env,
+    celery_worker,
+    flush_redis_db,
+    make_recordings,
+    tiny_model,
+    wait_final,
+)
+from worker import db, store
+from worker.celery_app import TASK_QUEUE, make_celery, queue_stats
+from worker.cli import main
+from worker.enqueue import enqueue, enqueue_manifest, retry_failed
+from worker.errors import PayloadError, TransientError
+from worker.settings import Settings, get_settings
+
+
+@pytest.fixture()
+def producer(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Settings]:
+    """Settings of a producer on redis db 5 (emptied) and a migrated PostgreSQL database."""
+    broker = redis_url.rsplit("/", 1)[0] + "/5"
+    flush_redis_db(broker)
+    db.upgrade(postgres_url)
+    (tmp_path / "recordings").mkdir()
+    env = callmood_env(postgres_url, broker, tmp_path / "recordings", tmp_path / "model.onnx",
+                       tmp_path / "data")
+    yield Settings.from_env(env)
+
+
+def _queued(settings: Settings) -> list[dict[str, Any]]:
+    """The messages waiting in the callmood queue, decoded as the worker would see them."""
+    client = redis.Redis.from_url(settings.broker_url)
+    try:
+        raw = client.lrange(TASK_QUEUE, 0, -1)
+    finally:
+        client.close()
+    messages = []
+    for item in raw:
+        envelope = json.loads(item)
+        assert envelope["content-type"] == "application/json"
+        args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+        messages.append({"task": envelope["headers"]["task"], "args": args, "kwargs": kwargs})
+    return messages
+
+
+def _depth(settings: Settings) -> int:
+    app = make_celery(settings)
+    try:
+        return queue_stats(app).queued
+    finally:
+        app.close()
+
+
+def test_enqueue_sends_versioned_json_once_per_call_id(producer: Settings) -> None:
+    first = enqueue("/recordings/a.wav", call_id="CC-1", agent_id="agent-7", team="blue",
+                    started_at="2026-01-31T09:15:00+01:00", customer_ref="cust-1",
+                    metadata={"campaign": "winter"}, settings=producer)
+    assert first.sent and first.task_id
+    (message,) = _queued(producer)
+    assert message["task"] == "callmood.analyze_recording" and message["args"] == []
+    assert message["kwargs"] == {
+        "schema_version": 1, "uri": "/recordings/a.wav", "call_id": "CC-1",
+        "agent_id": "agent-7", "team": "blue", "queue": None, "customer_ref": "cust-1",
+        "started_at": "2026-01-31T09:15:00+01:00", "metadata": {"campaign": "winter"},
+        "reprocess": False}
+    assert set(message["kwargs"]) == set(store.PAYLOAD_FIELDS)
+
+    second = enqueue("/recordings/a.wav", call_id="CC-1", agent_id="agent-7", settings=producer)
+    assert not second.sent and "reprocess" in (second.reason or "")
+    assert _depth(producer) == 1  # the duplicate sent nothing
+
+    third = enqueue("/recordings/a.wav", call_id="CC-1", agent_id="agent-7", reprocess=True,
+                    settings=producer)
+    assert third.sent and third.task_id != first.task_id
+    assert _depth(producer) == 2
+    assert sorted(m["kwargs"]["reprocess"] for m in _queued(producer)) == [False, True]
+    with db.session_scope(producer) as s:
+        call = store.find_call(s, "CC-1")
+        assert call is not None and call.status == "pending" and call.enqueued_at is not None
+        assert call.source_uri_sha256 == store.uri_sha256("/recordings/a.wav")
+        assert len(store.list_calls(s)) == 1
+
+
+def test_a_bad_request_is_refused_before_anything_is_sent(producer: Settings) -> None:
+    with pytest.raises(PayloadError, match="call_id"):
+        enqueue("/recordings/a.wav", call_id="has space", agent_id="a", settings=producer)
+    with pytest.raises(PayloadError, match="started_at"):
+        enqueue("/recordings/a.wav", call_id="X", agent_id="a", started_at="2026-01-31 09:15",
+                settings=producer)
+    with pytest.raises(PayloadError, match="agent_id: required"):
+        enqueue("/recordings/a.wav", call_id="X", agent_id="", settings=producer)
+    assert _depth(producer) == 0
+    with db.session_scope(producer) as s:
+        assert store.list_calls(s) == []
+
+
+def test_racing_producers_send_a_call_once(producer: Settings) -> None:
+    def send(_: int) -> bool:
+        return enqueue("/recordings/r.wav", call_id="RACE", agent_id="a", settings=producer).sent
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(send, range(6)))  # re-raises any thread's exception
+    assert sorted(results) == [False] * 5 + [True]
+    assert _depth(producer) == 1
+
+
+def test_manifests_csv_and_json_lines(producer: Settings, tmp_path: Path) -> None:
+    folder = producer.input_roots[0]
+    csv_path = folder / "m.csv"
+    csv_path.write_text("uri,call_id,agent_id,started_at,team,customer_ref\n"
+                        "a.wav,M-1,ag-1,2026-01-31T09:00:00Z,blue,c-1\n"
+                        "/elsewhere/b.wav,M-2,ag-2,,,\n")
+    result = enqueue_manifest(csv_path, settings=producer)
+    assert (result.sent, result.skipped) == (2, 0)
+    kwargs = {m["kwargs"]["call_id"]: m["kwargs"] for m in _queued(producer)}
+    assert kwargs["M-1"]["uri"] == str(folder / "a.wav")  # relative to the manifest
+    assert kwargs["M-1"]["started_at"] == "2026-01-31T09:00:00+00:00"
+    assert kwargs["M-2"]["uri"] == "/elsewhere/b.wav" and kwargs["M-2"]["team"] is None
+
+    jsonl = folder / "m.jsonl"
+    jsonl.write_text(json.dumps({"uri": "c.wav", "call_id": "M-3", "agent_id": "ag-3",
+                                 "metadata": {"lang": "de"}}) + "\n\n"
+                     + json.dumps({"uri": "a.wav", "call_id": "M-1", "agent_id": "ag-1"}) + "\n")
+    result = enqueue_manifest(jsonl, settings=producer)
+    assert (result.sent, result.skipped) == (1, 1)  # M-1 was sent by the CSV already
+    assert _depth(producer) == 3
+    with db.session_scope(producer) as s:
+        call = store.find_call(s, "M-3")
+        assert call is not None and call.call_metadata == {"lang": "de"}
+        assert call.batch_id == result.batch_id
+        (batch,) = store.latest_batches(s, 1)
+        assert (batch.source, batch.enqueued, batch.skipped) == ("manifest:m.jsonl", 1, 1)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("uri,call_id\na.wav,X\n", "missing column(s) agent_id"),
+    ("uri,call_id,agent_id,colour\na.wav,X,a,red\n", "unknown column(s) colour"),
+    ("uri,call_id,agent_id\na.wav,X,a\nb.wav,,a\nc.wav,bad id,a\n",
+     "2 bad row(s), nothing sent; line 3: call_id: required; line 4: call_id"),
+    ("uri,call_id,agent_id,started_at\na.wav,X,a,yesterday\n", "line 2: started_at"),
+])
+def test_a_bad_manifest_sends_nothing(producer: Settings, text: str, message: str) -> None:
+    path = producer.input_roots[0] / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(PayloadError) as info:
+        enqueue_manifest(path, settings=producer)
+    assert message in str(info.value)
+    assert _depth(producer) == 0
+    with db.session_scope(producer) as s:
+        assert store.list_calls(s) == [] and store.latest_batches(s) == []
+
+
+def test_a_broker_that_is_down_is_transient_and_nothing_is_marked_sent(
+        producer: Settings) -> None:
+    from tests.conftest import free_port
+
+    down = producer.replace(broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(TransientError, match="broker unavailable"):
+        enqueue("/recordings/d.wav", call_id="DOWN-1", agent_id="a", settings=down)
+    with db.session_scope(producer) as s:
+        call = store.find_call(s, "DOWN-1")
+        assert call is not None and call.enqueued_at is None  # released: send it again later
+    assert enqueue("/recordings/d.wav", call_id="DOWN-1", agent_id="a", settings=producer).sent
+    assert _depth(producer) == 1
+
+
+def test_retry_names_only_failed_calls(producer: Settings) -> None:
+    enqueue("/recordings/p.wav", call_id="PENDING-1", agent_id="a", settings=producer)
+    with pytest.raises(PayloadError, match="not failed calls: PENDING-1"):
+        retry_failed(producer, call_ids=["PENDING-1"])
+    with pytest.raises(PayloadError, match="name the calls"):
+        retry_failed(producer)
+    assert retry_failed(producer, all_failed=True) == []
+
+
+# --------------------------------------------------------------------------- CLI round trip
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("pipeline_importable")
+def test_cli_enqueue_status_failures_retry_round_trip(
+        tmp_path: Path, postgres_url: str, redis_url: str, callmood_corpora: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    broker = redis_url.rsplit("/", 1)[0] + "/6"
+    flush_redis_db(broker)
+    inbox = tmp_path / "recordings"
+    good, spare = make_recordings(inbox, callmood_corpora, 2)
+    broken = inbox / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    # PostgreSQL trusts loopback here, so a password in the URL is accepted and ignored:
+    # what matters is that no command prints it.
+    url = postgres_url.replace("postgres@", "postgres:s3cret-pw@", 1)
+    assert "s3cret-pw" in url
+    env = callmood_env(url, broker, inbox, tiny_model(tmp_path / "model"), tmp_path / "data")
+    for key, value in env.items():
+        if key.startswith("CALLMOOD_"):
+            monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+
+    def cli(*argv: str) -> tuple[int, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        assert "s3cret-pw" not in out + err
+        return code, out + err
+
+    assert cli("db", "upgrade")[0] == 0
+    code, out = cli("enqueue", str(good), "--call-id", "CLI-1")
+    assert code == 2 and "--agent" in out  # usage error: nothing registered, nothing sent
+    code, out = cli("enqueue", str(good), "--call-id", "CLI-1", "--agent", "ag-1", "--team",
+                    "blue", "--started-at", "2026-01-31T09:15:00Z", "--customer-ref", "c-1")
+    assert code == 0 and "enqueued CLI-1: task " in out
+    assert cli("enqueue", str(broken), "--call-id", "CLI-2", "--agent", "ag-2")[0] == 0
+    code, out = cli("enqueue", str(good), "--call-id", "CLI-1", "--agent", "ag-1")
+    assert code == 0 and "skipped CLI-1" in out
+
+    code, out = cli("status")
+    assert code == 0 and "queue callmood: 2 waiting, 0 delivered and unacked" in out
+    assert "calls: 2 pending, 0 processing, 0 done, 0 failed" in out
+    assert "postgres:***@" in out
+
+    log_path = tmp_path / "worker.log"
+    with celery_worker(env, log_path, concurrency=1, name="cli"):
+        rows = wait_final(url, ["CLI-1", "CLI-2"], timeout_s=90, log_path=log_path)
+        assert rows["CLI-1"][0] == "done" and rows["CLI-2"][0] == "failed"
+
+        code, out = cli("failures")
+        (line,) = [ln for ln in out.splitlines() if ln.startswith("CLI-2")]
+        assert "attempts=1" in line and "broken.wav" in line
+        assert "not a readable audio file" in line and "CLI-1" not in out
+
+        code, out = cli("status")
+        assert "queue callmood: 0 waiting" in out
+        assert "calls: 0 pending, 0 processing, 1 done, 1 failed" in out
+        assert "1 done, 1 failed" in out.split("today")[1]
+
+        # The recording is replaced by a good one; retry runs it again as a new run.
+        broken.write_bytes(spare.read_bytes())
+        assert cli("retry")[0] == 2  # neither --call-id nor --all-failed
+        code, out = cli("retry", "--call-id", "CLI-1")
+        assert code == 1 and "not failed calls: CLI-1" in out
+        code, out = cli("retry", "--all-failed")
+        assert code == 0 and "enqueued CLI-2" in out
+        rows = wait_final(url, ["CLI-2"], timeout_s=60, log_path=log_path)
+    assert rows["CLI-2"] == ("done", None, 1), rows  # a new run: attempts start again
+    assert cli("failures")[1].count("CLI-") == 0
+    with db.session_scope(url) as s:
+        call = store.find_call(s, "CLI-1")
+        assert call is not None and (call.agent_id, call.team, call.customer_ref) == \
+            ("ag-1", "blue", "c-1")
+    get_settings.cache_clear()

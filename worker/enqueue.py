@@ -1,0 +1,286 @@
+"""The producer side: hand recordings to the workers, once per call id.
+
+Three ways in (docs/production.md): :func:`enqueue` / :func:`enqueue_manifest` here, the
+``callmood enqueue`` CLI over them, or a plain ``send_task("callmood.analyze_recording")``
+from a process that imports nothing from callmood. The first two register the call before
+sending (so ``callmood status`` sees it queued and a second enqueue of the same call id sends
+nothing); the worker applies the same rule to plain sends (``store.is_duplicate_delivery``).
+Only ids, URIs and labels travel through the broker; never audio.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from worker.db import session_scope
+from worker.errors import PayloadError, TransientError
+from worker.settings import Settings, get_settings
+from worker.store import (
+    CallRequest,
+    create_batch,
+    finish_batch_scan,
+    list_calls,
+    parse_timestamp,
+    release_enqueue,
+    request_for_call,
+    reserve_for_enqueue,
+)
+
+Sender = Callable[[Sequence[CallRequest]], list[str]]
+"""Sends one analysis task per request and returns the task ids (``tasks.send_analysis``)."""
+
+MANIFEST_COLUMNS: tuple[str, ...] = ("uri", "call_id", "agent_id", "started_at", "team",
+                                     "customer_ref", "queue", "metadata")
+"""Columns (CSV) or keys (JSON lines) of a manifest; uri, call_id and agent_id are required."""
+MANIFEST_REQUIRED: tuple[str, ...] = ("uri", "call_id", "agent_id")
+MAX_REPORTED_ERRORS = 20
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What enqueueing one call did."""
+
+    call_id: str
+    """The external call id."""
+    task_id: str | None
+    """The Celery task id; None when nothing was sent."""
+    reason: str | None = None
+    """Why nothing was sent (a duplicate of a call already sent or analysed)."""
+
+    @property
+    def sent(self) -> bool:
+        return self.task_id is not None
+
+
+@dataclass(frozen=True)
+class ManifestResult:
+    """What :func:`enqueue_manifest` did."""
+
+    batch_id: int
+    results: tuple[Enqueued, ...]
+
+    @property
+    def sent(self) -> int:
+        return sum(r.sent for r in self.results)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.results) - self.sent
+
+
+@contextmanager
+def celery_sender(settings: Settings) -> Iterator[Sender]:
+    """A :data:`Sender` on a Celery app for ``settings`` (closed afterwards)."""
+    from worker.celery_app import make_celery
+    from worker.tasks import send_analysis
+
+    app = make_celery(settings)
+    try:
+        yield lambda requests: send_analysis(app, requests)
+    finally:
+        app.close()
+
+
+def submit(requests: Sequence[CallRequest], settings: Settings, send: Sender,
+           batch_id: int | None = None) -> list[Enqueued]:
+    """Register each call and send the tasks of those not sent before (or ``reprocess``).
+
+    The calls are marked sent in one transaction before anything is published, so two
+    producers racing on a call id publish once; if publishing fails they are unmarked and
+    TransientError propagates (enqueueing again later is safe).
+    """
+    decided: list[tuple[CallRequest, int, bool]] = []
+    with session_scope(settings) as session:
+        for request in requests:
+            call, send_now = reserve_for_enqueue(session, request, batch_id=batch_id)
+            decided.append((request, call.id, send_now))
+    to_send = [(request, call_id) for request, call_id, send_now in decided if send_now]
+    try:
+        task_ids = iter(send([request for request, _ in to_send]) if to_send else [])
+    except TransientError:
+        with session_scope(settings) as session:
+            release_enqueue(session, [call_id for _, call_id in to_send])
+        raise
+    results: list[Enqueued] = []
+    for request, _, send_now in decided:
+        if send_now:
+            results.append(Enqueued(request.external_call_id, next(task_ids)))
+        else:
+            results.append(Enqueued(request.external_call_id, None,
+                                    "already enqueued or analysed; pass reprocess to run again"))
+    return results
+
+
+def enqueue(uri: str, *, call_id: str, agent_id: str,
+            started_at: datetime | str | None = None, team: str | None = None,
+            customer_ref: str | None = None, queue: str | None = None,
+            metadata: Mapping[str, Any] | None = None, reprocess: bool = False,
+            settings: Settings | None = None, send: Sender | None = None) -> Enqueued:
+    """Enqueue one recording for analysis; PayloadError names a bad field.
+
+    A local path is made absolute (the worker resolves it against its input roots). Sending
+    the same ``call_id`` again sends nothing unless ``reprocess``.
+    """
+    if not agent_id:
+        raise PayloadError(f"agent_id: required (1-128 printable characters), got {agent_id!r}")
+    settings = settings or get_settings()
+    request = CallRequest(
+        uri=absolute_uri(uri), external_call_id=call_id, agent_id=agent_id, team=team,
+        queue=queue, customer_ref=customer_ref,
+        started_at=parse_timestamp(started_at) if isinstance(started_at, str) else started_at,
+        metadata={} if metadata is None else metadata, reprocess=reprocess)
+    if send is not None:
+        return submit([request], settings, send)[0]
+    with celery_sender(settings) as sender:
+        return submit([request], settings, sender)[0]
+
+
+def enqueue_manifest(path: Path | str, *, reprocess: bool = False,
+                     settings: Settings | None = None, send: Sender | None = None
+                     ) -> ManifestResult:
+    """Enqueue every row of a CSV or JSON-lines manifest as one batch (``manifest:NAME``).
+
+    Every row is validated before anything is sent: one bad row fails the whole manifest
+    with PayloadError naming each bad line (fix it and run again; nothing is sent twice).
+    """
+    settings = settings or get_settings()
+    manifest = Path(path).expanduser().resolve()
+    requests = read_manifest(manifest, reprocess=reprocess)
+    with session_scope(settings) as session:
+        batch_id = create_batch(session, f"manifest:{manifest.name}").id
+    if send is not None:
+        results = submit(requests, settings, send, batch_id=batch_id)
+    else:
+        with celery_sender(settings) as sender:
+            results = submit(requests, settings, sender, batch_id=batch_id)
+    sent = sum(r.sent for r in results)
+    with session_scope(settings) as session:
+        finish_batch_scan(session, batch_id, enqueued=sent, skipped=len(results) - sent)
+    return ManifestResult(batch_id, tuple(results))
+
+
+def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: bool = False,
+                 send: Sender | None = None) -> list[Enqueued]:
+    """Enqueue failed calls again as a new run (``reprocess``); PayloadError when a named call
+    is unknown or not failed, or a stored row cannot make a valid request."""
+    if not call_ids and not all_failed:
+        raise PayloadError("name the calls to retry (call ids) or ask for all failed calls")
+    with session_scope(settings) as session:
+        failed = {c.external_call_id: c for c in list_calls(session, status="failed")}
+        wanted = list(failed) if all_failed else list(dict.fromkeys(call_ids))
+        missing = [c for c in wanted if c not in failed]
+        if missing:
+            raise PayloadError(f"not failed calls: {', '.join(missing[:MAX_REPORTED_ERRORS])}; "
+                               "only failed calls are retried (see callmood failures)")
+        requests = [request_for_call(failed[c], reprocess=True) for c in wanted]
+    if not requests:
+        return []
+    if send is not None:
+        return submit(requests, settings, send)
+    with celery_sender(settings) as sender:
+        return submit(requests, settings, sender)
+
+
+def absolute_uri(uri: str) -> str:
+    """``uri`` unchanged if it has a scheme (file://...), else the absolute local path."""
+    if not isinstance(uri, str) or not uri:
+        raise PayloadError(f"uri: expected a path or file:// URI, got {uri!r}")
+    if urlsplit(uri).scheme and len(urlsplit(uri).scheme) > 1:
+        return uri
+    return str(Path(uri).expanduser().absolute())
+
+
+def read_manifest(path: Path, reprocess: bool = False) -> list[CallRequest]:
+    """The validated requests of a manifest: ``.csv`` or JSON lines (``.jsonl``, ``.ndjson``).
+
+    Relative paths are taken relative to the manifest's folder.
+    """
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            rows = list(_csv_rows(path))
+        elif suffix in (".jsonl", ".ndjson", ".json"):
+            rows = list(_jsonl_rows(path))
+        else:
+            raise PayloadError(f"manifest {path.name}: use a .csv or .jsonl (.ndjson) file")
+    except OSError as e:
+        raise PayloadError(f"manifest {path}: cannot be read: {e}") from e
+    requests: list[CallRequest] = []
+    errors: list[str] = []
+    for line, row in rows:
+        try:
+            requests.append(_request_from_row(row, path.parent, reprocess))
+        except PayloadError as e:
+            errors.append(f"line {line}: {e}")
+    if errors:
+        more = len(errors) - MAX_REPORTED_ERRORS
+        raise PayloadError(f"manifest {path.name}: {len(errors)} bad row(s), nothing sent; "
+                           + "; ".join(errors[:MAX_REPORTED_ERRORS])
+                           + (f"; and {more} more" if more > 0 else ""))
+    if not requests:
+        raise PayloadError(f"manifest {path.name}: no rows")
+    return requests
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        _check_columns(path, columns)
+        for row in reader:
+            # Empty cells are absent values (CSV has no null).
+            yield reader.line_num, {k: v for k, v in row.items() if k and v not in (None, "")}
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as f:
+        for number, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise PayloadError(f"manifest {path.name} line {number}: not JSON: {e}") from e
+            if not isinstance(row, dict):
+                raise PayloadError(f"manifest {path.name} line {number}: expected a JSON "
+                                   f"object with keys {', '.join(MANIFEST_COLUMNS)}")
+            _check_columns(path, list(row), number)
+            yield number, row
+
+
+def _check_columns(path: Path, columns: Sequence[str], line: int | None = None) -> None:
+    where = f"manifest {path.name}" + (f" line {line}" if line is not None else "")
+    unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
+    if unknown:
+        raise PayloadError(f"{where}: unknown column(s) {', '.join(unknown)}; accepted: "
+                           f"{', '.join(MANIFEST_COLUMNS)}")
+    if line is None:
+        missing = [c for c in MANIFEST_REQUIRED if c not in columns]
+        if missing:
+            raise PayloadError(f"{where}: missing column(s) {', '.join(missing)}; required: "
+                               f"{', '.join(MANIFEST_REQUIRED)}")
+
+
+def _request_from_row(row: Mapping[str, Any], base: Path, reprocess: bool) -> CallRequest:
+    for name in MANIFEST_REQUIRED:
+        if row.get(name) in (None, ""):
+            raise PayloadError(f"{name}: required")
+    uri = row["uri"]
+    if isinstance(uri, str) and not (urlsplit(uri).scheme and len(urlsplit(uri).scheme) > 1):
+        uri = str((base / Path(uri).expanduser()).absolute())
+    metadata = row.get("metadata")
+    if isinstance(metadata, str):  # a CSV cell holds the object as JSON text
+        try:
+            metadata = json.loads(metadata)
+        except json.JSONDecodeError as e:
+            raise PayloadError(f"metadata: not a JSON object: {e}") from e
+    payload = {**row, "uri": uri, "metadata": metadata, "reprocess": reprocess}
+    return CallRequest.from_payload(payload)
