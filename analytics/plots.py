@@ -1,9 +1,10 @@
 """The picture edge: one PNG per call (matplotlib, Agg, no pyplot global state).
 
 Panels, sharing a time axis in m:ss: who speaks when (overtalk in orange, silence blank);
-one stacked-probability strip per party (``bin_s`` bins, silent bins hatched); the stress
-curve of each party with the escalation threshold, sustained high-stress runs shaded, the
-customer's peak and the escalation moment marked.
+one stacked-probability strip per party (``bin_s`` bins, bar height = share of the bin
+spoken, the rest hatched); the stress of every utterance of both parties with the
+escalation threshold, sustained high-stress runs shaded, the customer's peak and the
+escalation moment marked.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from analytics.options import DEFAULT_BIN_S
-from analytics.stress import ESCALATION_MIN_S, ESCALATION_STRESS, high_stress_runs
+from analytics.stress import ESCALATION_MIN_S, ESCALATION_STRESS, high_stress_runs, with_stress
 from analytics.summary import format_clock
 from analytics.talk import merged_speech, speaker_count_spans
 from analytics.timeline import timeline
@@ -43,6 +44,8 @@ OVERTALK_COLOR: Final[str] = "#ff7f0e"
 FIGURE_SIZE_IN: Final[tuple[float, float]] = (13.0, 8.0)
 DPI: Final[int] = 100
 """1300 x 800 px: fits a laptop screen and an A4 landscape page without scaling."""
+TITLE_CALL_CHARS: Final[int] = 40
+"""Longer call ids (content hashes are 71 characters) are cut in the title, not the file name."""
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -75,32 +78,38 @@ def _draw_talk(ax: Axes, segments: pd.DataFrame, duration_s: float, roles: Seque
 
 
 def _draw_probabilities(ax: Axes, grid: pd.DataFrame, role: str, bin_s: float) -> None:
+    """Stacked probabilities per bin, scaled by the share of the bin the party spoke: the
+    coloured height is speech, the hatched rest silence, the colours what was said."""
     party = grid[grid["role"] == role]
     left = party["bin_start_s"].to_numpy(dtype=float)
     width = (party["bin_end_s"] - party["bin_start_s"]).to_numpy(dtype=float)
+    spoken = (party["speech_s"].to_numpy(dtype=float) / np.where(width > 0, width, 1.0)).clip(0, 1)
     bottom = np.zeros(len(party))
     for label in EMOTIONS:
-        height = party[f"p_{label}"].fillna(0.0).to_numpy(dtype=float)
+        height = party[f"p_{label}"].fillna(0.0).to_numpy(dtype=float) * spoken
         ax.bar(left, height, width=width, bottom=bottom, align="edge", color=EMOTION_COLORS[label],
                lw=0)
         bottom += height
-    silent = party["p_neutral"].isna().to_numpy()
-    ax.bar(left[silent], np.ones(silent.sum()), width=width[silent], align="edge",
-           color="white", edgecolor="#bbbbbb", hatch="///", lw=0)
+    ax.bar(left, 1.0 - bottom, width=width, bottom=bottom, align="edge", color="white",
+           edgecolor="#bbbbbb", hatch="///", lw=0)
     ax.set_ylim(0, 1)
-    ax.set_yticks([0, 0.5, 1])
-    ax.set_ylabel("probability", fontsize=8)
-    ax.set_title(f"{role}: emotion probabilities per {bin_s:g} s (hatched: not speaking)",
+    ax.set_yticks([0, 0.5, 1], ["0", "50%", "100%"])
+    ax.set_ylabel("of the bin", fontsize=8)
+    ax.set_title(f"{role}: emotion while speaking, per {bin_s:g} s "
+                 "(bar height: share of the bin spoken; hatched: not speaking)",
                  loc="left", fontsize=9)
 
 
-def _draw_stress(ax: Axes, grid: pd.DataFrame, segments: pd.DataFrame, metrics: pd.Series,
+def _draw_stress(ax: Axes, segments: pd.DataFrame, metrics: pd.Series,
                  roles: Sequence[str], duration_s: float) -> None:
+    """Stress of every utterance as a flat stroke over its span, joined per party."""
     for role in roles:
-        party = grid[grid["role"] == role]
-        centre_s = (party["bin_start_s"] + party["bin_end_s"]) / 2
-        ax.plot(centre_s, party["stress"], color=ROLE_COLORS[role], marker="o", ms=3, lw=1.8,
-                label=f"{role} stress")
+        party = with_stress(segments[segments["role"] == role]).sort_values("start_s")
+        colour = ROLE_COLORS[role]
+        ax.hlines(party["stress"], party["start_s"], party["end_s"], colors=colour, lw=3.5,
+                  label=f"{role} stress (per utterance)")
+        ax.plot((party["start_s"] + party["end_s"]) / 2, party["stress"], color=colour, lw=0.8,
+                alpha=0.5)
     ax.axhline(ESCALATION_STRESS, color="#444444", ls="--", lw=1,
                label=f"high stress ({ESCALATION_STRESS:g})")
     runs = high_stress_runs(segments, role=ROLE_CUSTOMER)
@@ -125,21 +134,24 @@ def _draw_stress(ax: Axes, grid: pd.DataFrame, segments: pd.DataFrame, metrics: 
     ax.set_ylim(0, 115)  # headroom for the peak label above 100
     ax.set_yticks([0, 25, 50, 75, 100])
     ax.set_ylabel("stress 0-100", fontsize=8)
-    ax.set_title("stress (angry + fear + 0.5 disgust + 0.4 sad probability, x100)", loc="left",
-                 fontsize=9)
+    ax.set_title("stress per utterance: 100 x (angry + fear + 0.5 disgust + 0.4 sad probability)",
+                 loc="left", fontsize=9)
 
 
 def _title(metrics: pd.Series, duration_s: float) -> str:
     started = metrics.get("started_at")
     when = (pd.Timestamp(started).tz_convert("UTC").strftime("%Y-%m-%d %H:%M UTC")
             if started is not None and pd.notna(started) else "start unknown")
+    call = str(metrics["call"])
+    if len(call) > TITLE_CALL_CHARS:
+        call = call[:TITLE_CALL_CHARS - 3] + "..."
     stress = metrics.get("customer_stress")
     stress_text = (f"customer stress {float(stress):.0f}/100" if stress is not None
                    and pd.notna(stress) else "no customer channel")
-    flag = (f" - ESCALATED ({metrics.get('escalation_reason')})"
-            if bool(metrics.get("escalated")) else "")
-    return (f"call {metrics['call']} | agent {metrics.get('agent_id') or '?'} | "
-            f"{when} | {format_clock(duration_s)} | {stress_text}{flag}")
+    flag = (f"  -  ESCALATED ({metrics.get('escalation_reason')})"
+            if bool(metrics.get("escalated")) else "  -  not escalated")
+    return (f"call {call} | agent {metrics.get('agent_id') or '?'} | {when} | "
+            f"{format_clock(duration_s)}\n{stress_text}{flag}")
 
 
 def draw_call(metrics: pd.Series, segments: pd.DataFrame, path: Path,
@@ -157,7 +169,7 @@ def draw_call(metrics: pd.Series, segments: pd.DataFrame, path: Path,
     _draw_talk(axes[0], segments, duration_s, roles)
     for ax, role in zip(axes[1:-1], roles, strict=True):
         _draw_probabilities(ax, grid, role, bin_s)
-    _draw_stress(axes[-1], grid, segments, metrics, roles, duration_s)
+    _draw_stress(axes[-1], segments, metrics, roles, duration_s)
     for ax in axes:
         _clock_axis(ax)
     axes[-1].set_xlim(0, duration_s)

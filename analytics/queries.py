@@ -110,10 +110,12 @@ def load_segments(session: Session, call_ids: Sequence[int] | None = None) -> pd
 
 
 def load_calls(session: Session, where: ReportFilter) -> pd.DataFrame:
-    """Analysed calls matching ``where``, one row each (:data:`CALL_COLUMNS`), oldest first."""
+    """Analysed calls matching ``where``, one row each (:data:`CALL_COLUMNS`), oldest first,
+    calls without a start time last."""
     query = _filtered(select(Call.external_call_id.label("call"), Call.agent_id, Call.team,
                              Call.queue, Call.started_at, Call.duration_s, Call.model_version),
-                      where).order_by(Call.started_at, Call.external_call_id)
+                      where).order_by(Call.started_at.is_(None), Call.started_at,
+                                      Call.external_call_id)  # unknown starts last everywhere
     rows = session.execute(query).all()
     frame = pd.DataFrame([tuple(r) for r in rows], columns=list(CALL_COLUMNS))
     return frame.assign(started_at=pd.to_datetime(frame["started_at"], utc=True),

@@ -74,12 +74,12 @@ def round_for_export(frame: pd.DataFrame) -> pd.DataFrame:
                     else stamps.dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
             changes[column] = text.astype(object).where(stamps.notna(), None)
         elif pd.api.types.is_float_dtype(values.dtype):
-            if "stress" in column:
+            if column.endswith("_s"):  # first: longest_high_stress_s is seconds
+                changes[column] = values.round(SECONDS_DECIMALS)
+            elif "stress" in column:
                 changes[column] = values.round(STRESS_DECIMALS)
             elif column.startswith("p_") or column.endswith("_share"):
                 changes[column] = values.round(SHARE_DECIMALS)
-            elif column.endswith("_s"):
-                changes[column] = values.round(SECONDS_DECIMALS)
     return frame.assign(**changes)
 
 

@@ -52,8 +52,8 @@ class TrainConfig:
     """Everything that determines a trained model (recorded in the card)."""
 
     seed: int = 0
-    epochs: int = 60
-    patience: int = 15
+    epochs: int = 30
+    patience: int = 10
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-2

@@ -95,7 +95,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Build demo calls from the corpora's test speakers and run them like ``callmood run``."""
-    from bench.workload import demo_calls
+    from bench.workload import DEMO_SCRIPTS, demo_calls
 
     out = settings.data_dir / "demo"
     paths = demo_calls(settings.corpora_dir, out)
@@ -103,6 +103,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
           f"channel 0 agent, 1 customer) to {out}", file=sys.stderr)
     args.paths = [str(p) for p in paths]
     code = cmd_run(args, settings)
+    # The acted moods, so a reader can judge the model's output against what was performed.
+    print("\nwhat the actors performed, utterance by utterance (speakers unseen in training):")
+    for name, agent_moods, customer_moods in DEMO_SCRIPTS:
+        print(f"  {name}.wav  agent: {', '.join(agent_moods)} | customer: {', '.join(customer_moods)}")
     csv_path = _export_segments(settings, out / "segments.csv")
     print(f"per-segment emotions: {csv_path}")
     return code

@@ -152,12 +152,14 @@ def test_round_for_export_units_and_times() -> None:
         "started_at": pd.to_datetime(["2026-11-02T10:00:00.6Z", None], utc=True),
         "period_start": pd.to_datetime(["2026-11-02", "2026-11-09"], utc=True),
         "customer_stress": [12.345, 99.99], "talk_s": [1.23456, 2.0],
+        "longest_high_stress_s": [20.456, 0.0],
         "silence_share": [0.12345, 1.0], "p_angry": [0.33333, 0.0], "turns": [3, 4]})
     out = round_for_export(frame_in)
     assert out["started_at"].tolist() == ["2026-11-02T10:00:00Z", None]
     assert out["period_start"].tolist() == ["2026-11-02", "2026-11-09"]
     assert out["customer_stress"].tolist() == [12.3, 100.0]
     assert out["talk_s"].tolist() == [1.23, 2.0]
+    assert out["longest_high_stress_s"].tolist() == [20.46, 0.0]  # seconds, not points
     assert out["silence_share"].tolist() == [0.123, 1.0]
     assert out["p_angry"].tolist() == [0.333, 0.0]
     assert out["turns"].tolist() == [3, 4]

