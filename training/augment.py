@@ -159,3 +159,42 @@ def augment(audio: Audio, rng: np.random.Generator,
                        sample_rate=sr)
         x = mulaw_roundtrip(x) if rng.random() < 0.5 else alaw_roundtrip(x)
     return np.asarray(np.clip(x, -1.0, 1.0), dtype=np.float32)
+
+
+def opus_roundtrip(audio: Audio, sample_rate: int = ANALYSIS_SAMPLE_RATE,
+                   compression_level: float = 1.0) -> Audio:
+    """Encode to Ogg/Opus in memory through libsndfile and decode back (same length).
+
+    ``compression_level`` 1.0 is libsndfile's lowest Opus bitrate (~8 kbit/s at 8 kHz speech).
+    """
+    import io
+
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(audio, -1.0, 1.0), sample_rate, format="OGG", subtype="OPUS",
+             compression_level=compression_level)
+    buffer.seek(0)
+    decoded, _ = sf.read(buffer, dtype="float32")
+    out = np.zeros_like(audio, dtype=np.float32)
+    n = min(out.size, decoded.size)
+    out[:n] = decoded[:n]
+    return out
+
+
+def butter_filter(audio: Audio, cutoff_hz: float, btype: Literal["lowpass", "highpass"],
+                  sample_rate: int = ANALYSIS_SAMPLE_RATE, order: int = 6) -> Audio:
+    """Butterworth low- or high-pass."""
+    sos = scipy.signal.butter(order, min(cutoff_hz, 0.49 * sample_rate), btype=btype,
+                              fs=sample_rate, output="sos")
+    return np.asarray(scipy.signal.sosfilt(sos, audio), dtype=np.float32)
+
+
+def strong_eq(audio: Audio, sample_rate: int = ANALYSIS_SAMPLE_RATE) -> Audio:
+    """A cheap-handset colouring: +10 dB resonance at 1.8 kHz and a bright tilt."""
+    return _tilt(_peaking_eq(audio, 1800.0, 10.0, 1.5, sample_rate), 0.8)
+
+
+def clipped(audio: Audio, gain_db: float = 20.0) -> Audio:
+    """Overdriven line: ``gain_db`` of gain, then hard clipping at full scale."""
+    return np.asarray(np.clip(audio * 10.0 ** (gain_db / 20.0), -1.0, 1.0), dtype=np.float32)

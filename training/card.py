@@ -46,6 +46,26 @@ def with_test_metrics(card: dict[str, Any], result: EvaluationResult,
                                      "by_channel": metrics}}
 
 
+CONFUSION_CHANNELS: tuple[str, ...] = ("clean", "mulaw8k")
+"""Channels whose confusion matrices the Markdown card shows (the JSON keeps all)."""
+
+
+def robustness_lines(by_channel: dict[str, dict[str, Any]]) -> list[str]:
+    """A condition x corpus UA table with the drop from clean, when more than 2 channels ran."""
+    if len(by_channel) <= 2 or "clean" not in by_channel:
+        return []
+    corpora = list(by_channel["clean"])
+    lines = ["", "### Channel robustness (UA; in brackets: points vs clean)", "",
+             "| condition | " + " | ".join(corpora) + " |", "|---" * (len(corpora) + 1) + "|"]
+    for channel, per in by_channel.items():
+        cells = []
+        for corpus in corpora:
+            ua, clean = per[corpus]["ua"], by_channel["clean"][corpus]["ua"]
+            cells.append(f"{100 * ua:.1f}% ({100 * (ua - clean):+.1f})")
+        lines.append(f"| {channel} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     """Human-readable card."""
     feats = card["features"]
@@ -91,7 +111,10 @@ def render_markdown(card: dict[str, Any]) -> str:
             for corpus, m in per.items():
                 lines.append(f"| {channel} | {corpus} | {m['n_clips']} | {100 * m['ua']:.1f}% | "
                              f"{100 * m['wa']:.1f}% | {m['ece']:.3f} |")
+        lines += robustness_lines(tm["by_channel"])
         for channel, per in tm["by_channel"].items():
+            if channel not in CONFUSION_CHANNELS:
+                continue
             for corpus, m in per.items():
                 lines += ["", f"Confusion {corpus} / {channel} (rows true, columns predicted):", "",
                           "| true \\ pred | " + " | ".join(m["labels"]) + " |",

@@ -15,7 +15,7 @@ import torch
 from training.augment import AugmentConfig
 from training.card import read_card_dict, with_test_metrics, write_card
 from training.dataset import DEFAULT_CORPORA, corpus_manifest_paths
-from training.evaluate import CHANNELS, evaluate_model
+from training.evaluate import CHANNELS, ROBUSTNESS, evaluate_model
 from training.train import TrainConfig, train
 from worker.errors import CallmoodError
 from worker.features import NORMALIZATIONS, FeatureConfig
@@ -103,7 +103,9 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
                         f"{', '.join(EVAL_CORPORA)} manifests under the corpora dir")
     p.add_argument("--split", default="test", help="test (default), train or all")
     p.add_argument("--channel", action="append", choices=CHANNELS,
-                   help="clean (default) and/or mulaw8k / alaw8k phone line (repeatable)")
+                   help="clean (default), a phone line (mulaw8k, alaw8k) or another condition (repeatable)")
+    p.add_argument("--robustness", action="store_true",
+                   help="every channel condition: " + ", ".join(ROBUSTNESS))
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.add_argument("--workers", type=int, default=2, help="decode/feature threads")
     p.add_argument("--update-card", action="store_true",
@@ -117,7 +119,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     args = build_evaluate_parser().parse_args(argv)
     model_path: Path = (args.model or get_settings().model_path).resolve()
     manifests = args.manifest or corpus_manifest_paths(get_settings().corpora_dir, EVAL_CORPORA)
-    channels = args.channel or ["clean"]
+    channels = list(ROBUSTNESS) if args.robustness else (args.channel or ["clean"])
     try:
         result = evaluate_model(model_path, manifests, split=args.split, channels=channels,
                                 threads=args.threads, workers=args.workers)

@@ -9,24 +9,57 @@ ECE (15 equal-width confidence bins) and the confusion matrix (rows true, column
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from training.augment import phone_line
+from training.augment import (
+    add_noise,
+    butter_filter,
+    clipped,
+    opus_roundtrip,
+    phone_line,
+    set_rms_dbfs,
+    strong_eq,
+)
 from training.dataset import map_labels, read_manifests
 from worker.audio import load_mono
 from worker.emotion import load_model
 from worker.features import FeatureConfig, extract_features
 
-Channel = Literal["clean", "mulaw8k", "alaw8k"]
-CHANNELS: tuple[str, ...] = ("clean", "mulaw8k", "alaw8k")
+Transform = Callable[[npt.NDArray[np.float32], int], npt.NDArray[np.float32]]
+
+
+def _noise(snr_db: float) -> Transform:
+    # seeded by the clip's length: the same clip gets the same noise in every run
+    return lambda x, sr: add_noise(x, snr_db, 1.0, np.random.default_rng(x.size))
+
+
+CONDITIONS: dict[str, Transform] = {
+    "clean": lambda x, sr: x,
+    "mulaw8k": lambda x, sr: phone_line(x, "mulaw", sample_rate=sr),
+    "alaw8k": lambda x, sr: phone_line(x, "alaw", sample_rate=sr),
+    "opus8kbps": lambda x, sr: opus_roundtrip(set_rms_dbfs(x, -26.0), sr),
+    "noise20db": _noise(20.0),
+    "noise10db": _noise(10.0),
+    "lowpass3k4": lambda x, sr: butter_filter(x, 3400.0, "lowpass", sr),
+    "highpass300": lambda x, sr: butter_filter(x, 300.0, "highpass", sr),
+    "eq_tilt": lambda x, sr: strong_eq(x, sr),
+    "dc_offset": lambda x, sr: np.asarray(x + 0.05, dtype=np.float32),
+    "level_minus25db": lambda x, sr: np.asarray(x * 10.0 ** (-25.0 / 20.0), dtype=np.float32),
+    "clipping": lambda x, sr: clipped(x, 20.0),
+}
+"""Evaluation channels applied to the decoded clip at the model's rate: the phone lines and
+the channel-robustness table (pink noise at an SNR over the clip's RMS, Butterworth filters,
+a +10 dB 1.8 kHz resonance with a bright tilt, a 0.05 DC offset, -25 dB level, +20 dB then
+hard clipping, Opus at libsndfile's lowest bitrate)."""
+CHANNELS: tuple[str, ...] = tuple(CONDITIONS)
+ROBUSTNESS: tuple[str, ...] = CHANNELS
 
 
 def confusion_matrix(y_true: npt.NDArray[np.int64], y_pred: npt.NDArray[np.int64],
@@ -124,14 +157,12 @@ class EvaluationResult:
 
 def apply_channel(audio: npt.NDArray[np.float32], channel: str,
                   config: FeatureConfig) -> npt.NDArray[np.float32]:
-    """The evaluation channel: clean (as decoded) or an 8 kHz G.711 phone line."""
-    if channel == "clean":
-        return audio
-    if channel == "mulaw8k":
-        return phone_line(audio, "mulaw", sample_rate=config.sample_rate)
-    if channel == "alaw8k":
-        return phone_line(audio, "alaw", sample_rate=config.sample_rate)
-    raise ValueError(f"channel={channel!r}: use one of {CHANNELS}")
+    """The evaluation channel ``channel`` (one of CHANNELS) applied to a decoded clip."""
+    try:
+        transform = CONDITIONS[channel]
+    except KeyError as e:
+        raise ValueError(f"channel={channel!r}: use one of {', '.join(CHANNELS)}") from e
+    return transform(np.asarray(audio, dtype=np.float32), config.sample_rate)
 
 
 def clip_features(path: str, channel: str, config: FeatureConfig) -> npt.NDArray[np.float32]:

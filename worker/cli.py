@@ -392,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
                            add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_delegate(target))
+    from analytics.cli import add_report_parser  # argparse only: pandas loads on use
+
+    add_report_parser(sub)
     return parser
 
 

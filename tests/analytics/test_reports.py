@@ -27,7 +27,7 @@ CALM = frame(one_hot("c-bob", "agent", 0.0, 5.0, "neutral"),
              one_hot("c-bob", "customer", 10.0, 12.0, "neutral"))
 
 
-def _add_call(session: object, external_id: str, agent: str, team: str, started: datetime,
+def _add_call(session: object, external_id: str, agent: str, team: str, started: datetime | None,
               segments: pd.DataFrame, status: str = "done", duration_s: float | None = None) -> None:
     call = Call(external_call_id=external_id, source_uri=f"file:///{external_id}.wav",
                 agent_id=agent, team=team, started_at=started, duration_s=duration_s,
@@ -50,6 +50,7 @@ def _populate(url: str) -> None:
         _add_call(session, "c-late", "bob", "t2", datetime(2026, 11, 5, 0, 0, tzinfo=UTC), CALM)
         _add_call(session, "c-failed", "bob", "t2", datetime(2026, 11, 3, tzinfo=UTC), CALM,
                   status="failed")
+        _add_call(session, "c-nostart", "cy", "t3", None, CALM.assign(call="c-nostart"))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -70,6 +71,10 @@ def test_filters_by_inclusive_days_agent_team_and_status(report_db: str) -> None
     assert bob["call"].tolist() == ["c-bob", "c-late"]
     assert team["call"].tolist() == ["c-a"] and team["rank"].tolist() == [1]
     assert late["call"].tolist() == ["c-late"]
+    with session_scope(report_db) as session:
+        everything = build_report("calls", session)
+    assert everything["call"].tolist() == ["c-a", "c-bob", "c-late", "c-nostart"]  # no start: last
+    assert pd.isna(everything["started_at"].iloc[3])
     a = days.iloc[0]
     assert a["customer_stress"] == pytest.approx(100 * 18 / 23)
     assert a["escalation_reason"] == "sustained+rise"
@@ -84,8 +89,12 @@ def test_timeline_and_agents_reports(report_db: str) -> None:
     assert list(grid.columns) == list(REPORT_COLUMNS["timeline"])
     # c-a: 30 s -> 6 bins, c-bob: 12 s -> 3 bins; two parties each
     assert grid.groupby("call").size().to_dict() == {"c-a": 12, "c-bob": 6}
-    assert agents[["group", "calls"]].values.tolist() == [[EVIL_AGENT, 1], ["bob", 1], ["bob", 1]]
-    assert teams.set_index("group")["escalated_share"].to_dict() == {"t1": 1.0, "t2": 0.0}
+    assert agents[["group", "calls"]].values.tolist() == [
+        [EVIL_AGENT, 1], ["bob", 1], ["bob", 1], ["cy", 1]]
+    assert agents["period_start"].dt.strftime("%Y-%m-%d").tolist()[:3] == [
+        "2026-11-02", "2026-11-04", "2026-11-05"]
+    assert teams.set_index("group")["escalated_share"].to_dict() == {"t1": 1.0, "t2": 0.0,
+                                                                    "t3": 0.0}
 
 
 def _run(url: str, tmp_path: Path, *argv: str) -> int:
@@ -174,14 +183,14 @@ def test_sqlite_report_reads_do_not_block_writers(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.sqlite'}"
     _populate(url)
     with report_session(url) as session:
-        assert len(load_calls(session, ReportFilter())) == 3
+        assert len(load_calls(session, ReportFilter())) == 4
         # a worker takes the write lock while the report's read transaction is still open
         writer = sqlite3.connect(tmp_path / "r.sqlite", timeout=0.5, isolation_level=None)
         writer.execute("BEGIN IMMEDIATE")
         writer.execute("UPDATE calls SET attempts = attempts + 1")
         writer.execute("COMMIT")
         writer.close()
-        assert len(load_calls(session, ReportFilter())) == 3
+        assert len(load_calls(session, ReportFilter())) == 4
         with pytest.raises(OperationalError, match="readonly"):  # PRAGMA query_only
             session.execute(text("DELETE FROM segments"))
 

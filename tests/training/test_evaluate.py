@@ -70,3 +70,31 @@ def test_evaluate_reports_a_missing_model_clearly(tmp_path: Path,
     assert evaluate_main(["--model", str(tmp_path / "nope.onnx"),
                           "--manifest", str(tmp_path / "m.csv")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_every_channel_condition_keeps_length_and_does_what_it_says() -> None:
+    from training.evaluate import CHANNELS, apply_channel
+    from worker.features import FeatureConfig
+
+    config = FeatureConfig()
+    t = np.arange(16000) / config.sample_rate
+    tone = (0.1 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+    rms = float(np.sqrt(np.mean(tone.astype(np.float64) ** 2)))
+    for channel in CHANNELS:
+        out = apply_channel(tone, channel, config)
+        assert out.shape == tone.shape and out.dtype == np.float32, channel
+        assert np.isfinite(out).all() and np.abs(out).max() <= 1.5, channel
+    assert apply_channel(tone, "dc_offset", config).mean() == pytest.approx(0.05, abs=1e-3)
+    quiet = apply_channel(tone, "level_minus25db", config)
+    assert 20 * np.log10(np.sqrt(np.mean(quiet.astype(np.float64) ** 2)) / rms) == pytest.approx(-25.0)
+    assert np.abs(apply_channel(tone, "clipping", config)).max() == pytest.approx(1.0)
+    noisy = apply_channel(tone, "noise10db", config)
+    assert 20 * np.log10(rms / np.sqrt(np.mean((noisy - tone).astype(np.float64) ** 2))) == \
+        pytest.approx(10.0, abs=0.1)
+    assert np.array_equal(noisy, apply_channel(tone, "noise10db", config))   # seeded
+    opus = apply_channel(tone, "opus8kbps", config)
+    assert np.corrcoef(opus[2000:], tone[2000:])[0, 1] > 0.3    # lossy, still the same tone
+    hum = (0.1 * np.sin(2 * np.pi * 60.0 * t)).astype(np.float32)
+    assert np.abs(apply_channel(hum, "highpass300", config)[8000:]).max() < 0.01
+    with pytest.raises(ValueError, match="mulaw8k"):
+        apply_channel(tone, "telegraph", config)

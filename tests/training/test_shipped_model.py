@@ -60,3 +60,19 @@ def test_the_card_reports_what_the_model_measures(emotion_model: Path,
         # one clip's prediction flipping by float rounding on another CPU moves URDU's UA (14
         # happy clips) by 0.036; a card written for another model is off by far more
         assert stated["ua"] == pytest.approx(row.ua, abs=0.04), (row.corpus, row.channel)
+
+
+# Worst RAVDESS condition of the robustness table (``--robustness``): -25 dB level, measured
+# 0.396 (quiet frames sink to the log floor, which per-utterance CMN cannot undo).
+RAVDESS_WORST_CASE_FLOOR = 0.37
+
+
+def test_worst_channel_condition_holds_on_ravdess(emotion_model: Path,
+                                                  callmood_corpora: Path) -> None:
+    from training.evaluate import ROBUSTNESS
+
+    result = evaluate_model(emotion_model, corpus_manifest_paths(callmood_corpora, ("ravdess",)),
+                            split="test", channels=ROBUSTNESS, threads=1, workers=2)
+    worst = min(result.rows, key=lambda r: r.ua)
+    assert worst.ua >= RAVDESS_WORST_CASE_FLOOR, (worst.channel, worst.ua)
+    assert len(result.rows) == len(ROBUSTNESS)
