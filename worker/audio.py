@@ -114,6 +114,23 @@ def read_info(path: Path) -> Any:
             f"Ogg Vorbis/Opus, MP3): {e}") from e
 
 
+def probe_duration_s(uri: str) -> float | None:
+    """Duration from the header of a local path or ``file://`` URI; None if it cannot be read.
+
+    For producers sizing a task's time limit: no input-root check (the worker does that) and
+    no error (a file the producer cannot see is still sent, with the default limits).
+    """
+    parts = urlsplit(uri)
+    raw = unquote(parts.path) if parts.scheme == "file" else uri
+    if parts.scheme not in ("", "file") and not (len(parts.scheme) == 1 and uri[1:3] in (":\\", ":/")):
+        return None
+    try:
+        info = read_info(Path(raw))
+    except AudioDecodeError:
+        return None
+    return float(info.duration) if info.duration > 0 else None
+
+
 def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None = None) -> Recording:
     """Decode ``path`` (already resolved by :func:`resolve_input`) into analysis-rate channels."""
     info = read_info(path)

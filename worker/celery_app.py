@@ -25,15 +25,38 @@ TASK_QUEUE = "callmood"
 TASK_SOFT_TIME_LIMIT_S = 3600
 """A recording still running after this is failed (SoftTimeLimitExceeded, caught by the task)."""
 TASK_HARD_TIME_LIMIT_S = TASK_SOFT_TIME_LIMIT_S + 300
+TASK_MIN_SOFT_TIME_LIMIT_S = 120
+"""Floor of a recording's time limit: model load in a fresh child, a busy database."""
+SLOWEST_CALL_S_PER_WALL_S = 20.0
+"""Time limits assume the worker analyses at least this many call-seconds per wall second:
+30x below the 618 call-s per CPU-s that ``python -m bench throughput`` measured end to end
+on one thread, margin for a loaded machine. Below it, something is stuck."""
+TASK_HARD_AFTER_SOFT_S = 60
+"""Grace between the soft limit (the task records the failure) and the hard kill."""
 REDIS_VISIBILITY_TIMEOUT_S = 2 * TASK_HARD_TIME_LIMIT_S
 """Redis redelivers an unacked message after this; it must outlast the longest task."""
 NIGHTLY_SCAN_TASK_NAME = "callmood.nightly_scan"
 """The beat-scheduled inbox scan (``worker.batch``)."""
 NIGHTLY_SCHEDULE_ENTRY = "callmood-nightly-scan"
 MAX_TASKS_PER_CHILD = 200
+MAX_MEMORY_PER_CHILD_KIB = 900_000
 """Recordings one pool process analyses before it is replaced by a fresh one."""
 SQLITE_BROKER_TIMEOUT_S = 30
 """How long the SQLite broker waits on another process's write lock."""
+
+
+def time_limits_s(duration_s: float | None) -> tuple[float, float]:
+    """(soft, hard) time limit in seconds for a recording of ``duration_s`` (None: unknown).
+
+    Scaled to the recording so a stuck 2-minute call is caught in minutes, not after the
+    one-hour ceiling that only the longest recordings need (and that the Redis visibility
+    timeout is sized for).
+    """
+    if duration_s is None:
+        return float(TASK_SOFT_TIME_LIMIT_S), float(TASK_HARD_TIME_LIMIT_S)
+    soft = min(float(TASK_SOFT_TIME_LIMIT_S),
+               TASK_MIN_SOFT_TIME_LIMIT_S + max(0.0, duration_s) / SLOWEST_CALL_S_PER_WALL_S)
+    return soft, soft + TASK_HARD_AFTER_SOFT_S
 
 
 def is_sqla_broker(broker_url: str) -> bool:
@@ -71,6 +94,9 @@ def make_celery(settings: Settings) -> Celery:
         # grow: a fresh child every MAX_TASKS_PER_CHILD bounds that, for one model load
         # (about a second) per child.
         worker_max_tasks_per_child=MAX_TASKS_PER_CHILD,
+        # ... and a child whose resident memory passed this (KiB) is replaced after its task:
+        # 3x the 280 MB peak the throughput benchmark measured for a fresh worker.
+        worker_max_memory_per_child=MAX_MEMORY_PER_CHILD_KIB,
         # JSON only: pickle would let anyone who can write to the broker run code here.
         task_serializer="json",
         accept_content=["json"],

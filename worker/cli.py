@@ -71,6 +71,20 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def progress_bar(done: int, failed: int, total: int, width: int = 30) -> str:
+    """``[#########-----]  12/40 done, 1 failed``: finished calls as a bar (failed ones as x)."""
+    total = max(total, 1)
+    n_done = round(width * done / total)
+    n_failed = min(width - n_done, round(width * failed / total))
+    bar = "#" * n_done + "x" * n_failed + "-" * (width - n_done - n_failed)
+    return f"[{bar}] {done + failed:>{len(str(total))}}/{total} finished: {done} done, {failed} failed"
+
+
+def _print_progress(done: int, failed: int, total: int) -> None:
+    # one redrawn line on a terminal (\r): logs and pipes get none
+    print("\r" + progress_bar(done, failed, total), end="", file=sys.stderr, flush=True)
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Process files/folders through a real Celery worker process on the configured broker."""
     from worker.runner import run_recordings
@@ -81,8 +95,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"callmood: {len(files)} recording(s) -> celery worker on "
           f"{redact_url(settings.broker_url)} -> {redact_url(settings.database_url)}",
           file=sys.stderr)
+    show = sys.stderr.isatty()
     summary = run_recordings(files, settings, concurrency=args.concurrency,
-                             timeout_s=args.timeout_s)
+                             timeout_s=args.timeout_s,
+                             progress=_print_progress if show else None)
+    if show:
+        print(file=sys.stderr)
     _print_report(settings, [r.external_call_id for r in summary.files],
                   {r.external_call_id: r.path.name for r in summary.files}, sys.stdout)
     for r in summary.files:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,8 +108,13 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+Progress = Callable[[int, int, int], None]
+"""Called on every poll with (done, failed, total) calls."""
+
+
 def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int = 1,
-                   timeout_s: float = 900.0, poll_interval_s: float = 0.5) -> RunSummary:
+                   timeout_s: float = 900.0, poll_interval_s: float = 0.5,
+                   progress: Progress | None = None) -> RunSummary:
     """Analyse ``paths`` through a Celery worker subprocess; wait for all, then stop it."""
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -145,7 +150,7 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
     exit_code: int | None = None
     try:
         timed_out, exit_code = _wait_for_calls(process, list(requests), settings, timeout_s,
-                                               poll_interval_s)
+                                               poll_interval_s, progress)
     finally:
         stopped_code = stop_worker(process)
         exit_code = stopped_code if exit_code is None else exit_code
@@ -176,15 +181,18 @@ def _register(ids: dict[Path, str], settings: Settings) -> dict[str, CallRequest
 
 
 def _wait_for_calls(process: subprocess.Popen[bytes], external_ids: list[str],
-                    settings: Settings, timeout_s: float,
-                    poll_interval_s: float) -> tuple[bool, int | None]:
+                    settings: Settings, timeout_s: float, poll_interval_s: float,
+                    progress: Progress | None = None) -> tuple[bool, int | None]:
     """Poll until every call is final; (timed out?, worker exit code if it died early)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             with session_scope(settings) as session:
                 calls = calls_by_external_id(session, external_ids)
-                if all(c.status in FINAL_STATUSES for c in calls.values()):
+                statuses = [c.status for c in calls.values()]
+                if progress is not None:
+                    progress(statuses.count("done"), statuses.count("failed"), len(external_ids))
+                if all(s in FINAL_STATUSES for s in statuses):
                     return False, None
         except TransientError as e:  # the worker holds the write lock a while: poll again
             log.debug("poll skipped: %s", e)

@@ -15,7 +15,8 @@ from typing import Any
 from celery import Celery, Task
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from worker.celery_app import NIGHTLY_SCAN_TASK_NAME, TASK_QUEUE, app
+from worker.audio import probe_duration_s
+from worker.celery_app import NIGHTLY_SCAN_TASK_NAME, TASK_QUEUE, app, time_limits_s
 from worker.db import session_scope
 from worker.errors import PayloadError, TransientError
 from worker.jobs import MAX_TASK_RETRIES, CallOutcome, process_call
@@ -109,9 +110,11 @@ def send_analysis(celery: Celery, requests: Sequence[CallRequest],
     try:
         with celery.producer_or_acquire() as producer:
             for request in requests:
+                soft_s, hard_s = time_limits_s(probe_duration_s(request.uri))
                 result = celery.send_task(TASK_NAME, kwargs=request.to_payload(), queue=queue,
                                           producer=producer, retry=True,
-                                          retry_policy=SEND_RETRY_POLICY)
+                                          retry_policy=SEND_RETRY_POLICY,
+                                          soft_time_limit=soft_s, time_limit=hard_s)
                 ids.append(str(result.id))
     except (KombuOperationalError, OSError) as e:
         raise TransientError(f"broker unavailable ({redact_url(celery.conf.broker_url or '')}) "

@@ -81,3 +81,11 @@ def test_train_and_evaluate_pass_their_own_options_through(capsys: pytest.Captur
     assert main(["evaluate", "--model", str(tmp_path / "none.onnx"),
                  "--manifest", str(tmp_path / "m.csv")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_progress_bar_counts_finished_calls() -> None:
+    from worker.cli import progress_bar
+
+    assert progress_bar(0, 0, 4, width=8) == "[--------] 0/4 finished: 0 done, 0 failed"
+    assert progress_bar(2, 1, 4, width=8) == "[####xx--] 3/4 finished: 2 done, 1 failed"
+    assert progress_bar(40, 0, 40, width=10).startswith("[##########] 40/40")

@@ -57,8 +57,11 @@ def _check_done(session: object, call: Call, path: Path, n_channels: int) -> Non
 def test_run_folder_through_a_real_worker_on_the_embedded_broker(
         callmood_settings: Settings, recordings: dict[str, Path]) -> None:
     paths = sorted(recordings.values())
-    summary = run_recordings(paths, callmood_settings, concurrency=2, timeout_s=180)
+    seen: list[tuple[int, int, int]] = []
+    summary = run_recordings(paths, callmood_settings, concurrency=2, timeout_s=180,
+                             progress=lambda *counts: seen.append(counts))
     assert not summary.timed_out, summary.worker_log.read_text()[-3000:]
+    assert seen and seen[-1] == (2, 1, 3)        # the last poll saw every call finished
     by_path = {f.path: f for f in summary.files}
     assert (summary.done, summary.failed) == (2, 1), by_path
     corrupt = by_path[recordings["corrupt"]]

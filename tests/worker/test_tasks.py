@@ -244,3 +244,46 @@ def test_a_recording_that_keeps_killing_its_worker_is_failed_not_looped(
     call = _call(migrated, "CC-100")
     assert call is not None and call.status == "failed"
     assert call.attempts == jobs.MAX_ATTEMPTS + 1
+
+
+def test_time_limits_scale_with_the_recording_and_stay_under_the_ceiling() -> None:
+    from worker.celery_app import (
+        TASK_HARD_TIME_LIMIT_S,
+        TASK_MIN_SOFT_TIME_LIMIT_S,
+        TASK_SOFT_TIME_LIMIT_S,
+        time_limits_s,
+    )
+
+    assert time_limits_s(None) == (TASK_SOFT_TIME_LIMIT_S, TASK_HARD_TIME_LIMIT_S)
+    short_soft, short_hard = time_limits_s(120.0)
+    long_soft, _ = time_limits_s(3600.0)
+    assert TASK_MIN_SOFT_TIME_LIMIT_S < short_soft < long_soft < TASK_SOFT_TIME_LIMIT_S
+    assert short_hard > short_soft
+    assert time_limits_s(100 * 3600.0)[0] == TASK_SOFT_TIME_LIMIT_S  # capped: visibility timeout
+
+
+def test_sent_tasks_carry_time_limits_sized_from_the_file_header(tmp_path: Any) -> None:
+    import numpy as np
+    import soundfile as sf
+    from celery import Celery
+
+    from worker.celery_app import TASK_QUEUE, time_limits_s
+    from worker.store import CallRequest
+
+    wav = tmp_path / "call.wav"
+    sf.write(str(wav), np.zeros((8000 * 90, 2), dtype=np.int16), 8000, subtype="ULAW")
+    app = Celery("probe", broker=f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}")
+    requests = [CallRequest(uri=str(wav), external_call_id="T-1"),
+                CallRequest(uri=str(tmp_path / "not-visible-here.wav"), external_call_id="T-2")]
+    assert len(tasks.send_analysis(app, requests)) == 2
+    with app.connection() as conn:
+        queue = conn.SimpleQueue(TASK_QUEUE)
+        limits = []
+        for _ in requests:
+            message = queue.get(timeout=10)
+            limits.append(tuple(message.headers["timelimit"]))
+            message.ack()
+        queue.close()
+    soft, hard = time_limits_s(90.0)
+    default_soft, default_hard = time_limits_s(None)
+    assert limits == [(hard, soft), (default_hard, default_soft)]   # Celery: (hard, soft)
