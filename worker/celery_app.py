@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
+from celery.signals import worker_process_init
 from kombu.exceptions import ChannelError
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
@@ -71,6 +72,18 @@ def broker_transport_options(broker_url: str) -> dict[str, Any]:
         # The CLI sends while the worker polls the same file: wait for the lock, don't fail.
         return {"connect_args": {"timeout": SQLITE_BROKER_TIMEOUT_S}}
     return {}
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def one_blas_thread_per_child(**_: Any) -> None:
+    """Pin numpy's BLAS to one thread in each pool process (run by Celery after the fork).
+
+    A worker runs one pool process per core; BLAS's default of one thread per core in every
+    child would oversubscribe the machine (ONNX Runtime is pinned by CALLMOOD_ONNX_THREADS).
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
 
 
 def make_celery(settings: Settings) -> Celery:

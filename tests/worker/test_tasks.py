@@ -287,3 +287,17 @@ def test_sent_tasks_carry_time_limits_sized_from_the_file_header(tmp_path: Any) 
     soft, hard = time_limits_s(90.0)
     default_soft, default_hard = time_limits_s(None)
     assert limits == [(hard, soft), (default_hard, default_soft)]   # Celery: (hard, soft)
+
+
+def test_pool_processes_pin_blas_to_one_thread() -> None:
+    import subprocess
+    import sys
+
+    # In a fresh interpreter, as in a Celery child after worker_process_init fires.
+    code = ("import numpy; from threadpoolctl import threadpool_info; "
+            "from worker.celery_app import one_blas_thread_per_child; "
+            "one_blas_thread_per_child(); "
+            "print(max(i['num_threads'] for i in threadpool_info()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "OPENBLAS_NUM_THREADS": "2"})
+    assert out.stdout.strip() == "1"
