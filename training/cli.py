@@ -8,6 +8,7 @@ import logging
 import os
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from training.augment import AugmentConfig
 from training.card import read_card_dict, with_test_metrics, write_card
 from training.dataset import DEFAULT_CORPORA, corpus_manifest_paths
 from training.evaluate import CHANNELS, ROBUSTNESS, evaluate_model
-from training.train import TrainConfig, train
+from training.train import TRAIN_FEATURES, TrainConfig, train
 from worker.errors import CallmoodError
 from worker.features import NORMALIZATIONS, FeatureConfig
 from worker.settings import PACKAGE_DIR, get_settings
@@ -52,6 +53,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="probability of a telephone-band + G.711 round trip per draw")
     p.add_argument("--normalization", default=FeatureConfig.normalization,
                    choices=NORMALIZATIONS, help="per-utterance log-mel normalisation")
+    p.add_argument("--dynamic-range-db", type=float, default=TRAIN_FEATURES.dynamic_range_db,
+                   help="clamp log-mel this far below each utterance's peak (gain invariance)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--workers", type=int, default=_default_workers(),
                    help="decode/augment worker processes")
@@ -71,7 +74,8 @@ def train_main(argv: list[str] | None = None) -> int:
                          batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                          crop_s=args.crop_s, draws_per_epoch=args.draws_per_epoch,
                          augment=AugmentConfig(p_phone=args.p_phone),
-                         features=FeatureConfig(normalization=args.normalization))
+                         features=replace(TRAIN_FEATURES, normalization=args.normalization,
+                                          dynamic_range_db=args.dynamic_range_db))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     command = "python -m training train " + shlex.join(argv if argv is not None else sys.argv[1:])

@@ -37,6 +37,11 @@ class FeatureConfig:
     fmax_hz: float = 3800.0
     log_floor: float = 1e-6
     normalization: Normalization = "utterance_cmn"
+    dynamic_range_db: float | None = None
+    """If set, mel energies more than this many dB below the utterance's loudest one are
+    clamped there, so scaling the audio only shifts the log-mel by a constant (which CMN
+    removes) as long as ``log_floor`` stays below that level. None: only the absolute
+    ``log_floor`` (how emotion-v1.0.0 was trained; it loses quiet lines to the floor)."""
 
     def __post_init__(self) -> None:
         if self.win_length > self.n_fft:
@@ -45,6 +50,8 @@ class FeatureConfig:
             raise ValueError(f"need 0 <= fmin_hz < fmax_hz <= {self.sample_rate / 2} Hz")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization={self.normalization!r}: use one of {NORMALIZATIONS}")
+        if self.dynamic_range_db is not None and not self.dynamic_range_db > 0:
+            raise ValueError(f"dynamic_range_db={self.dynamic_range_db} must be > 0 dB or None")
 
     @property
     def frame_s(self) -> float:
@@ -137,7 +144,10 @@ def log_mel(audio: npt.NDArray[np.floating[Any]], config: FeatureConfig) -> npt.
     spectrum = scipy.fft.rfft(frames, n=config.n_fft, axis=1)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
     mel = _mel_filterbank(config) @ power.T
-    return np.asarray(np.log(np.maximum(mel, config.log_floor)), dtype=np.float32)
+    floor = config.log_floor
+    if config.dynamic_range_db is not None:
+        floor = max(floor, float(mel.max()) * 10.0 ** (-config.dynamic_range_db / 10.0))
+    return np.asarray(np.log(np.maximum(mel, floor)), dtype=np.float32)
 
 
 def normalize(features: npt.NDArray[np.float32], config: FeatureConfig) -> npt.NDArray[np.float32]:

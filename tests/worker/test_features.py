@@ -61,3 +61,20 @@ def test_mel_filterbank_equals_librosa_slaney(config: FeatureConfig) -> None:
     got = _mel_filterbank(config)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_dynamic_range_floor_makes_features_gain_invariant() -> None:
+    # a quiet line: speech-like noise bursts at -48 dBFS with digital silence between them
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.standard_normal(4000) * 0.004, np.zeros(4000),
+                        rng.standard_normal(4000) * 0.004]).astype(np.float32)
+    relative = FeatureConfig(log_floor=1e-20, dynamic_range_db=80.0)
+    for gain_db in (-25.0, -50.0, 10.0):
+        scaled = (x * 10 ** (gain_db / 20)).astype(np.float32)
+        assert np.abs(extract_features(x, relative) - extract_features(scaled, relative)).max() < 1e-3
+    # the absolute floor of emotion-v1.0.0 is not: the silence sits at the floor, speech moves
+    absolute = FeatureConfig()
+    quiet = (x * 10 ** (-25 / 20)).astype(np.float32)
+    assert np.abs(extract_features(x, absolute) - extract_features(quiet, absolute)).max() > 1.0
+    with pytest.raises(ValueError, match="dynamic_range_db"):
+        FeatureConfig(dynamic_range_db=0.0)
