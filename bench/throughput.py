@@ -1,6 +1,7 @@
 """Throughput benchmark: call-seconds per CPU-second, per stage and end to end.
 
     python -m bench throughput [--calls 6] [--min-s 120] [--max-s 600] [--json FILE] [--quick]
+    python -m bench throughput --long-s 7200 [--json FILE]    # one long call: streamed vs whole
 
 The workload is built from the corpora: two-party stereo calls, 8 kHz G.711 mu-law WAV,
 parties taking turns with pauses and some overtalk. Every figure is measured in this one run
@@ -263,6 +264,151 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- long recordings
+
+def write_long_call(path: Path, corpora_dir: Path, duration_s: float, sample_rate: int = 8000,
+                    subtype: str = "ULAW", seed: int = 0) -> float:
+    """Write a stereo call of ``duration_s`` seconds turn by turn, never holding it whole.
+
+    Two RAVDESS speakers take turns (channel 0, 1, 0, ...) with 0.3-2 s pauses, cycling
+    through 48 of their clips; a -60 dBFS noise floor keeps the VAD working on every frame
+    (no digital silence to skip). Returns the duration written (s).
+    """
+    import soundfile as sf
+
+    from worker.audio import load_mono
+
+    rng = np.random.default_rng(seed)
+    manifest = read_manifest(corpora_dir, "ravdess")
+    speakers = sorted(manifest["speaker"].unique())[:2]
+    clips = [[load_mono(Path(p), sample_rate) for p in
+              manifest[manifest["speaker"] == sp]["audio_path"].sort_values().head(24)]
+             for sp in speakers]
+    target = int(duration_s * sample_rate)
+    written = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sf.SoundFile(str(path), "w", samplerate=sample_rate, channels=2, subtype=subtype,
+                      format="WAV") as out:
+        turn = 0
+        while written < target:
+            channel = turn % 2
+            clip = clips[channel][(turn // 2) % len(clips[channel])]
+            gap = int(rng.uniform(0.3, 2.0) * sample_rate)
+            n = min(clip.size + gap, target - written)
+            block = (rng.standard_normal((n, 2)) * 1e-3).astype(np.float32)
+            block[:min(n, clip.size), channel] += clip[:n] * 0.6
+            out.write(np.clip(block, -1.0, 1.0))
+            written += n
+            turn += 1
+    return written / sample_rate
+
+
+def peak_rss_kb() -> int:
+    """This process's peak RSS (KiB): VmHWM from /proc where there is one, else ru_maxrss.
+
+    Not ru_maxrss on Linux: the kernel carries the pre-exec high-water mark over exec, so a
+    child started from a large process (a pytest run) reports its parent's peak instead.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def long_child(argv: Sequence[str]) -> None:
+    """Child side of :func:`measure_long`: ``PATH MODE OUT_JSON`` (MODE: streamed | whole).
+
+    Peak RSS is read before the analysis (imports and model loaded: the baseline every
+    worker pays) and after it; the difference is what the recording cost.
+    """
+    path, mode, out = argv
+    from worker.pipeline import _load_checked_model, analyze_file
+
+    settings = Settings.from_env()
+    _load_checked_model(settings)  # cached: the analysis below reuses it
+    baseline_kb = peak_rss_kb()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    result = analyze_file(path, settings, streaming=(mode == "streamed"))
+    cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
+    peak_kb = peak_rss_kb()
+    Path(out).write_text(json.dumps({
+        "mode": mode, "duration_s": result.duration_s, "cpu_s": cpu_s, "wall_s": wall_s,
+        "baseline_rss_mb": baseline_kb / 1024, "peak_rss_mb": peak_kb / 1024,
+        "growth_rss_mb": (peak_kb - baseline_kb) / 1024,
+        "segments": [[s.channel, s.start_s, s.end_s, s.emotion] for s in result.segments]}))
+
+
+def measure_long(path: Path, settings: Settings, mode: str) -> dict[str, Any]:
+    """Analyse ``path`` in a fresh process (``mode`` streamed or whole): its peak RSS, CPU
+    seconds and segments. A fresh process, because ru_maxrss only ever grows."""
+    out = path.with_name(f"{path.stem}-{mode}.json")
+    env = dict(os.environ, CALLMOOD_DATABASE_URL=settings.database_url,
+               CALLMOOD_DATA_DIR=str(settings.data_dir), CALLMOOD_MODEL_PATH=str(settings.model_path),
+               CALLMOOD_INPUT_ROOTS=os.pathsep.join(map(str, settings.input_roots)),
+               CALLMOOD_MAX_DURATION_S=str(settings.max_duration_s))
+    code = "import sys; from bench.throughput import long_child; long_child(sys.argv[1:])"
+    subprocess.run([sys.executable, "-c", code, str(path), mode, str(out)], env=env, check=True,
+                   cwd=Path(__file__).resolve().parent.parent)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def compare_segments(whole: Sequence[Sequence[Any]], streamed: Sequence[Sequence[Any]]
+                     ) -> dict[str, Any]:
+    """Pair segments (channel, start_s, end_s, emotion) by channel and nearest start; report
+    counts, the largest start/end difference (s) and the share of pairs with one label."""
+    pairs = []
+    by_channel: dict[int, list[Sequence[Any]]] = {}
+    for seg in streamed:
+        by_channel.setdefault(int(seg[0]), []).append(seg)
+    for seg in whole:
+        candidates = by_channel.get(int(seg[0]), [])
+        if candidates:
+            pairs.append((seg, min(candidates, key=lambda c: abs(c[1] - seg[1]))))
+    deltas = [max(abs(a[1] - b[1]), abs(a[2] - b[2])) for a, b in pairs]
+    return {"segments_whole": len(whole), "segments_streamed": len(streamed),
+            "max_boundary_delta_s": max(deltas, default=0.0),
+            "label_agreement": (sum(a[3] == b[3] for a, b in pairs) / len(pairs)) if pairs else 1.0,
+            "identical": [list(s) for s in whole] == [list(s) for s in streamed]}
+
+
+def run_long(args: argparse.Namespace) -> dict[str, Any]:
+    """One ``--long-s`` call, streamed and whole, each in a fresh process."""
+    base = Settings.from_env()
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="callmood-long-"))
+    settings = base.replace(data_dir=work / "data", database_url=f"sqlite:///{work / 'bench.sqlite'}",
+                            input_roots=(work,), onnx_threads=1,
+                            max_duration_s=max(base.max_duration_s, args.long_s + 60))
+    path = work / f"long-{args.long_s:.0f}s.wav"
+    print(f"writing a {args.long_s:.0f} s stereo 8 kHz mu-law call to {path} ...", file=sys.stderr)
+    duration_s = write_long_call(path, settings.corpora_dir, args.long_s)
+    runs = {mode: measure_long(path, settings, mode) for mode in ("streamed", "whole")}
+    result: dict[str, Any] = {"long_call_s": duration_s, "file_mb": path.stat().st_size / 2**20}
+    for mode, r in runs.items():
+        result.update({f"{mode}_{k}": r[k] for k in ("peak_rss_mb", "baseline_rss_mb",
+                                                      "growth_rss_mb", "cpu_s", "wall_s")})
+    result.update(compare_segments(runs["whole"]["segments"], runs["streamed"]["segments"]))
+    result["streamed_vs_whole_cpu"] = runs["streamed"]["cpu_s"] / runs["whole"]["cpu_s"]
+    return result
+
+
+def format_long(result: dict[str, Any]) -> str:
+    lines = [f"long call: {result['long_call_s']:.0f} s stereo 8 kHz mu-law ({result['file_mb']:.0f} MB)",
+             "", "| | streamed | whole file |", "|---|---|---|"]
+    for key, name in (("peak_rss_mb", "peak RSS (MB)"), ("baseline_rss_mb", "RSS before the call (MB)"),
+                      ("growth_rss_mb", "peak RSS growth for the call (MB)"), ("cpu_s", "CPU s"),
+                      ("wall_s", "wall s")):
+        lines.append(f"| {name} | {result['streamed_' + key]:.1f} | {result['whole_' + key]:.1f} |")
+    lines += ["", f"segments whole/streamed: {result['segments_whole']}/{result['segments_streamed']}, "
+              f"identical: {result['identical']}, max boundary delta: "
+              f"{result['max_boundary_delta_s'] * 1000:.0f} ms, label agreement: "
+              f"{result['label_agreement']:.3f}, streamed/whole CPU: {result['streamed_vs_whole_cpu']:.2f}"]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench throughput", description=__doc__)
     parser.add_argument("--calls", type=int, default=6)
@@ -272,7 +418,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     parser.add_argument("--quick", action="store_true",
                         help="small workload, skip the Celery and scaling runs (checks it works)")
+    parser.add_argument("--long-s", type=float,
+                        help="instead: one call this long (s), streamed vs whole file, each in a "
+                             "fresh process (peak RSS, CPU, segment differences)")
     args = parser.parse_args(argv)
+    if args.long_s:
+        long_result = run_long(args)
+        print(format_long(long_result))
+        if args.json:
+            args.json.write_text(json.dumps(long_result, indent=2))
+        return 0
     if args.quick:
         args.calls, args.min_s, args.max_s = 2, 20.0, 40.0
     result = run(args)

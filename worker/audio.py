@@ -2,14 +2,16 @@
 
 ``load_recording`` checks the path against the input roots, decodes through soundfile
 (libsndfile: WAV PCM/float/G.711, FLAC, Ogg Vorbis/Opus, MP3), and resamples each channel
-to :data:`ANALYSIS_SAMPLE_RATE` with soxr. Every failure becomes an :class:`InputError`
-subclass whose message says what was wrong, so the task can fail that recording alone.
+to :data:`ANALYSIS_SAMPLE_RATE` with soxr. ``open_stream`` + ``stream_blocks`` give the
+same samples block by block, for long recordings (docs/streaming.md). Every failure becomes
+an :class:`InputError` subclass whose message says what was wrong, so the task can fail
+that recording alone.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,11 @@ from worker.constants import (
 from worker.errors import AudioDecodeError, InputNotAllowedError, UnsupportedAudioError
 
 Audio = npt.NDArray[np.float32]
+
+STREAM_BLOCK_FRAMES = 1 << 16
+"""Source frames decoded per block by :func:`stream_blocks`: 8 s at 8 kHz, 1.4 s at 48 kHz;
+512 KB of stereo float32 whatever the rate, and large enough that the per-block Python
+overhead is negligible next to the decoding."""
 
 
 @dataclass(frozen=True)
@@ -131,8 +138,9 @@ def probe_duration_s(uri: str) -> float | None:
     return float(info.duration) if info.duration > 0 else None
 
 
-def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None = None) -> Recording:
-    """Decode ``path`` (already resolved by :func:`resolve_input`) into analysis-rate channels."""
+def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = None) -> Any:
+    """soundfile's header info of ``path`` once its size, rate, channels and (header)
+    duration are within the limits; the InputError subclass saying which is not, otherwise."""
     info = read_info(path)
     if max_file_bytes is not None and path.stat().st_size > max_file_bytes:
         raise UnsupportedAudioError(f"{path.name} is {path.stat().st_size} bytes, over the "
@@ -148,6 +156,16 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
     if info.frames > 0 and info.frames / rate > max_duration_s:
         raise UnsupportedAudioError(f"{info.frames / rate:.0f} s is longer than the limit of "
                                     f"{max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
+    return info
+
+
+def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None = None) -> Recording:
+    """Decode ``path`` (already resolved by :func:`resolve_input`) into analysis-rate channels.
+
+    Holds the whole file in memory (~64 MB per channel-hour at 8 kHz, plus the decoded
+    source); :func:`stream_blocks` is the bounded-memory alternative for long recordings.
+    """
+    info = check_input(path, max_duration_s, max_file_bytes)
     try:
         data, read_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
@@ -169,6 +187,104 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
         subtype=str(info.subtype),
         sha256=file_sha256(path),
     )
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What :func:`open_stream` learnt from the header of a recording to be streamed."""
+
+    path: Path
+    source_sample_rate: int
+    n_channels: int
+    header_frames: int
+    """Frames the header announces (0 when unknown, e.g. some MP3s); the count decoded by
+    :func:`stream_blocks` (``DecodedBlock.source_frames`` of the last block) is what counts."""
+    format: str
+    subtype: str
+
+    @property
+    def header_duration_s(self) -> float:
+        """Duration the header announces (s); 0.0 when it does not say."""
+        return self.header_frames / self.source_sample_rate
+
+
+@dataclass(frozen=True)
+class DecodedBlock:
+    """One block of :func:`stream_blocks`."""
+
+    samples: Audio
+    """float32, shape (n, n_channels), at ANALYSIS_SAMPLE_RATE."""
+    source_frames: int
+    """Source frames decoded so far, this block included (the last block's is the total)."""
+
+
+def open_stream(path: Path, max_duration_s: float, max_file_bytes: int | None = None) -> StreamInfo:
+    """Check ``path`` as :func:`load_recording` does, without decoding any audio."""
+    info = check_input(path, max_duration_s, max_file_bytes)
+    return StreamInfo(path=path, source_sample_rate=int(info.samplerate),
+                      n_channels=int(info.channels), header_frames=max(0, int(info.frames)),
+                      format=str(info.format), subtype=str(info.subtype))
+
+
+def stream_blocks(stream: StreamInfo, max_duration_s: float,
+                  block_frames: int = STREAM_BLOCK_FRAMES) -> Iterator[DecodedBlock]:
+    """Decode ``stream.path`` block by block, resampled to ANALYSIS_SAMPLE_RATE.
+
+    Yields blocks of float32 samples, shape (n, n_channels), n varying (the resampler's
+    delay makes the first block short and adds a flushed tail at the end); concatenated
+    they equal, sample for sample, the channels :func:`load_recording` returns (one soxr
+    stream per file carries its filter state across block edges, so the edges leave no
+    trace; checked in tests/worker/test_stream.py). Memory: one block, whatever the length.
+
+    Raises AudioDecodeError when a block cannot be decoded (corrupt or truncated data
+    mid-file), holds NaN/inf, or the file has no frames; UnsupportedAudioError when the
+    decoded length passes ``max_duration_s`` (headers without a length: checked as it grows).
+    """
+    rate = stream.source_sample_rate
+    resampler = (None if rate == ANALYSIS_SAMPLE_RATE else
+                 soxr.ResampleStream(rate, ANALYSIS_SAMPLE_RATE, stream.n_channels,
+                                     dtype="float32", quality="HQ"))
+    name = stream.path.name
+    frames = 0
+    try:
+        sound = sf.SoundFile(str(stream.path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioDecodeError(f"{name} could not be opened for decoding: {e}") from e
+    with sound:
+        blocks = sound.blocks(blocksize=block_frames, dtype="float32", always_2d=True)
+        while True:
+            try:
+                data = next(blocks, None)
+            except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+                raise AudioDecodeError(f"{name} could not be decoded after {frames / rate:.1f} s "
+                                       f"(corrupt or truncated data mid-file?): {e}") from e
+            if data is None:
+                break
+            if not np.isfinite(data).all():
+                raise AudioDecodeError(f"{name} contains NaN or infinite samples "
+                                       f"(after {frames / rate:.1f} s)")
+            frames += data.shape[0]
+            if frames / rate > max_duration_s:
+                raise UnsupportedAudioError(f"{name} is longer than the limit of "
+                                            f"{max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
+            if resampler is None:
+                yield DecodedBlock(np.ascontiguousarray(data, dtype=np.float32), frames)
+            else:
+                out = resampler.resample_chunk(np.ascontiguousarray(data), last=False)
+                if out.shape[0]:
+                    yield DecodedBlock(_as_frames(out, stream.n_channels), frames)
+    if frames == 0:
+        raise AudioDecodeError(f"{name} holds no audio frames")
+    if resampler is not None:
+        # flush the filter's tail: the last samples the one-shot resampler would give
+        tail = resampler.resample_chunk(np.zeros((0, stream.n_channels), dtype=np.float32),
+                                        last=True)
+        yield DecodedBlock(_as_frames(tail, stream.n_channels), frames)
+
+
+def _as_frames(x: Any, n_channels: int) -> Audio:
+    """soxr's output as float32 (n, n_channels) (it may drop the channel axis of mono)."""
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(-1, n_channels))
 
 
 def load_mono(path: Path, target_rate: int = ANALYSIS_SAMPLE_RATE) -> Audio:

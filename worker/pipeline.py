@@ -3,24 +3,29 @@
     resolve_input -> load_recording -> per channel: speech_probabilities -> utterances
                   -> extract_features -> EmotionModel.predict_proba -> decide
 
+Recordings longer than ``STREAMING_MIN_DURATION_S`` go through :mod:`worker.stream`
+instead of ``load_recording``: the same steps in two streamed passes over the file, with
+the same result in bounded memory (docs/streaming.md).
+
 Everything here is called the same way from the CLI (in-process) and from the Celery task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from worker.audio import Recording, load_recording, resolve_input
+from worker.audio import Recording, StreamInfo, file_sha256, load_recording, open_stream, resolve_input
 from worker.constants import ANALYSIS_SAMPLE_RATE, EMOTIONS
 from worker.emotion import EmotionModel, decide, load_model
 from worker.errors import ModelError
 from worker.features import extract_features
 from worker.segmentation import SegmentationConfig, Span, utterances
 from worker.settings import Settings
+from worker.stream import should_stream, streamed_spans, streamed_utterances
 from worker.vad import VadConfig, speech_probabilities
 
 
@@ -59,28 +64,21 @@ def channel_spans(audio: np.ndarray, vad: VadConfig, segmentation: SegmentationC
     return utterances(probabilities, vad.frame_ms / 1000.0, duration_s, segmentation)
 
 
-def score_recording(recording: Recording, model: EmotionModel,
-                    settings: Settings) -> tuple[SegmentEmotion, ...]:
-    """Segment every channel of ``recording`` and score each utterance, in time order."""
-    config = model.card.features
-    if config.sample_rate != ANALYSIS_SAMPLE_RATE:
-        raise ValueError(f"model expects {config.sample_rate} Hz features; the pipeline "
-                         f"analyses at {ANALYSIS_SAMPLE_RATE} Hz")
-    found: list[tuple[int, Span]] = []
-    features = []
-    for channel, audio in enumerate(recording.channels):
-        for span in channel_spans(audio, settings.vad, settings.segmentation):
-            lo = round(span.start_s * ANALYSIS_SAMPLE_RATE)
-            hi = round(span.end_s * ANALYSIS_SAMPLE_RATE)
-            found.append((channel, span))
-            features.append(extract_features(audio[lo:hi], config))
-    probabilities = model.predict_proba(features) if features else np.zeros((0, 0))
+def _check_feature_rate(model: EmotionModel) -> None:
+    if model.card.features.sample_rate != ANALYSIS_SAMPLE_RATE:
+        raise ValueError(f"model expects {model.card.features.sample_rate} Hz features; the "
+                         f"pipeline analyses at {ANALYSIS_SAMPLE_RATE} Hz")
+
+
+def _segments(found: Sequence[tuple[int, Span]], probabilities: np.ndarray, model: EmotionModel,
+              settings: Settings, n_channels: int) -> tuple[SegmentEmotion, ...]:
+    """SegmentEmotion per (channel, span) and its row of class probabilities, in time order."""
     segments = []
     for (channel, span), probs in zip(found, probabilities, strict=True):
         decision = decide(probs.tolist(), model.labels)
         segments.append(SegmentEmotion(
             channel=channel,
-            role=settings.role_for_channel(channel, recording.n_channels),
+            role=settings.role_for_channel(channel, n_channels),
             start_s=round(span.start_s, 3),
             end_s=round(span.end_s, 3),
             emotion=decision.label,
@@ -92,14 +90,86 @@ def score_recording(recording: Recording, model: EmotionModel,
     return tuple(segments)
 
 
-def analyze_file(uri: str, settings: Settings) -> RecordingAnalysis:
-    """Run the whole pipeline on one recording. Raises InputError subclasses for bad input."""
-    path = resolve_input(uri, settings.input_roots)
-    recording = load_recording(path, settings.max_duration_s, settings.max_file_bytes)
+def score_recording(recording: Recording, model: EmotionModel,
+                    settings: Settings) -> tuple[SegmentEmotion, ...]:
+    """Segment every channel of ``recording`` and score each utterance, in time order."""
+    _check_feature_rate(model)
+    config = model.card.features
+    found: list[tuple[int, Span]] = []
+    features = []
+    for channel, audio in enumerate(recording.channels):
+        for span in channel_spans(audio, settings.vad, settings.segmentation):
+            lo = round(span.start_s * ANALYSIS_SAMPLE_RATE)
+            hi = round(span.end_s * ANALYSIS_SAMPLE_RATE)
+            found.append((channel, span))
+            features.append(extract_features(audio[lo:hi], config))
+    probabilities = model.predict_proba(features) if features else np.zeros((0, 0))
+    return _segments(found, probabilities, model, settings, recording.n_channels)
+
+
+@dataclass(frozen=True)
+class StreamedScores:
+    """What :func:`score_streamed` found: the segments and the decoded length."""
+
+    segments: tuple[SegmentEmotion, ...]
+    source_frames: int
+    """Frames decoded at the source rate (duration = source_frames / source rate)."""
+
+
+def score_streamed(stream: StreamInfo, model: EmotionModel, settings: Settings) -> StreamedScores:
+    """:func:`score_recording` for a recording decoded in two streamed passes, never whole.
+
+    Same segments, probabilities and labels as ``score_recording(load_recording(...))``
+    (the samples, VAD decisions and utterance cuts are identical; tests/worker/test_stream.py).
+    Each utterance is scored as soon as it is cut, so features are never accumulated either.
+    """
+    _check_feature_rate(model)
+    config = model.card.features
+    found = streamed_spans(stream, settings.max_duration_s, settings.vad, settings.segmentation)
+    scored: list[tuple[int, Span]] = []
+    rows = []
+    for channel, span, samples in streamed_utterances(stream, settings.max_duration_s, found):
+        scored.append((channel, span))
+        # one utterance at a time: predict_proba scores item by item, so this is the same
+        rows.append(model.predict_proba([extract_features(samples, config)])[0])
+    probabilities = np.stack(rows) if rows else np.zeros((0, 0))
+    return StreamedScores(
+        segments=_segments(scored, probabilities, model, settings, stream.n_channels),
+        source_frames=found.source_frames)
+
+
+def _load_checked_model(settings: Settings) -> EmotionModel:
     model = load_model(settings.model_path, settings.onnx_threads)
     if sorted(model.labels) != sorted(EMOTIONS):
         raise ModelError(f"model {model.version} has labels {list(model.labels)}; the worker "
                          f"stores exactly {list(EMOTIONS)}")
+    return model
+
+
+def analyze_file(uri: str, settings: Settings, streaming: bool | None = None) -> RecordingAnalysis:
+    """Run the whole pipeline on one recording. Raises InputError subclasses for bad input.
+
+    ``streaming``: None picks by length (:func:`worker.stream.should_stream`); True or False
+    forces the streamed or the whole-file path (tests and benchmarks compare the two).
+    """
+    path = resolve_input(uri, settings.input_roots)
+    stream = open_stream(path, settings.max_duration_s, settings.max_file_bytes)
+    if streaming is None:
+        streaming = should_stream(stream)
+    if streaming:
+        model = _load_checked_model(settings)
+        scores = score_streamed(stream, model, settings)
+        return RecordingAnalysis(
+            path=path,
+            duration_s=scores.source_frames / float(stream.source_sample_rate),
+            channels=stream.n_channels,
+            sample_rate=stream.source_sample_rate,
+            content_sha256=file_sha256(path),
+            model_version=model.version,
+            segments=scores.segments,
+        )
+    recording = load_recording(path, settings.max_duration_s, settings.max_file_bytes)
+    model = _load_checked_model(settings)
     segments = score_recording(recording, model, settings)
     return RecordingAnalysis(
         path=path,

@@ -1,0 +1,163 @@
+"""Bounded-memory analysis of long recordings: two streamed passes over the file.
+
+    pass 1: stream_blocks -> per channel VadStream -> decisions -> smooth -> utterances
+    pass 2: stream_blocks again -> UtteranceCutter -> (channel, span, samples) per utterance
+
+Pass 1 keeps one bool per 10 ms frame and channel (2 h stereo: 1.4 MB); segmentation then
+runs unchanged on the whole-channel scores, because its decisions are not local (gaps are
+bridged and long speech split into equal windows over the whole region). Pass 2 decodes the
+file a second time and hands each utterance's samples out as soon as its end has been
+decoded, so only the utterance being cut (<= ``max_utterance_s``) and one block are held.
+
+Decoding twice rather than seeking to each utterance: the second pass yields the very
+samples the first pass and :func:`worker.audio.load_recording` see (one soxr stream per
+file, no restart at a seek point, and exact positions in compressed formats whose seeking
+is approximate), so a streamed run gives the same segments and labels as a whole-file run,
+bit for bit. Its cost is a second decode, small next to VAD and the model
+(docs/streaming.md has the figures).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from worker.audio import StreamInfo, stream_blocks
+from worker.constants import ANALYSIS_SAMPLE_RATE
+from worker.errors import AudioDecodeError
+from worker.segmentation import SegmentationConfig, Span, utterances
+from worker.vad import VadConfig, VadStream, smooth
+
+Audio = npt.NDArray[np.float32]
+
+STREAMING_MIN_DURATION_S: Final[float] = 600.0
+"""Recordings longer than this (s, from the header) are analysed in two streamed passes;
+shorter ones are decoded whole. 10 min: below it the whole-file path costs ~75 MB at
+8 kHz stereo (up to ~270 MB at 48 kHz: the decoded source plus the 8 kHz channels) and
+decodes the file once; above it,
+its ~440 MB per hour soon passes the pool's per-child memory limit. Both paths give
+identical segments (tests/worker/test_stream.py), so this only trades a second decode
+(docs/streaming.md: 0-10 % more CPU at 8 kHz, ~20 % at 44.1 kHz) for memory."""
+
+
+def should_stream(stream: StreamInfo) -> bool:
+    """True when ``stream`` is to be analysed in streamed passes: longer than
+    STREAMING_MIN_DURATION_S, or of unknown length (the whole decode could not be bounded)."""
+    return stream.header_frames == 0 or stream.header_duration_s > STREAMING_MIN_DURATION_S
+
+
+@dataclass(frozen=True)
+class StreamedSpans:
+    """Pass 1's result: the utterances of every channel and the decoded length."""
+
+    spans: tuple[tuple[Span, ...], ...]
+    """Per channel, sorted utterance spans (s), as :func:`worker.pipeline.channel_spans`."""
+    n_samples: int
+    """Samples per channel at ANALYSIS_SAMPLE_RATE."""
+    source_frames: int
+    """Frames decoded from the file at its own rate."""
+
+
+def streamed_spans(stream: StreamInfo, max_duration_s: float, vad: VadConfig,
+                   segmentation: SegmentationConfig) -> StreamedSpans:
+    """Pass 1: utterance spans of every channel of ``stream``, decoding it block by block.
+
+    Equal to :func:`worker.pipeline.channel_spans` on each channel of the whole decoded
+    file: the samples are identical (see :func:`worker.audio.stream_blocks`) and so are the
+    VAD decisions (:class:`worker.vad.VadStream`). Memory: one block plus 1 byte per frame.
+    """
+    detectors = [VadStream(vad) for _ in range(stream.n_channels)]
+    source_frames = 0
+    for block in stream_blocks(stream, max_duration_s):
+        for channel, detector in enumerate(detectors):
+            detector.push(block.samples[:, channel])
+        source_frames = block.source_frames
+    n_samples = detectors[0].n_samples
+    duration_s = n_samples / ANALYSIS_SAMPLE_RATE
+    spans = tuple(
+        tuple(utterances(smooth(detector.finish(), vad.smoothing_frames), vad.frame_ms / 1000.0,
+                         duration_s, segmentation))
+        for detector in detectors)
+    return StreamedSpans(spans=spans, n_samples=n_samples, source_frames=source_frames)
+
+
+def span_samples(span: Span) -> tuple[int, int]:
+    """[lo, hi) sample indices at ANALYSIS_SAMPLE_RATE of ``span``, rounded as the
+    whole-file path slices them."""
+    return round(span.start_s * ANALYSIS_SAMPLE_RATE), round(span.end_s * ANALYSIS_SAMPLE_RATE)
+
+
+class UtteranceCutter:
+    """Cuts the samples of given spans out of one channel pushed in pieces.
+
+    Keeps only the samples from the start of the next span not yet handed out: at most
+    one span (<= max_utterance_s) plus one pushed piece.
+    """
+
+    def __init__(self, spans: Sequence[Span]) -> None:
+        self._todo = deque(sorted(spans, key=span_samples))
+        self._buffer: Audio = np.zeros(0, dtype=np.float32)
+        self._buffer_start = 0  # sample index of self._buffer[0]
+        self._end = 0  # samples pushed so far
+
+    def push(self, samples: Audio) -> list[tuple[Span, Audio]]:
+        """Append mono samples, shape (n,); return the spans whose end is now decoded."""
+        x = np.asarray(samples, dtype=np.float32)
+        self._end += x.size
+        keep_from = span_samples(self._todo[0])[0] if self._todo else self._end
+        if self._buffer_start + self._buffer.size + x.size <= keep_from:
+            # silence before the next span: nothing to keep
+            self._buffer = np.zeros(0, dtype=np.float32)
+            self._buffer_start = self._end
+            return []
+        self._buffer = np.concatenate([self._buffer, x])
+        return self._ready(final=False)
+
+    def finish(self) -> list[tuple[Span, Audio]]:
+        """The spans left, cut off at the end of the channel (as slicing does)."""
+        return self._ready(final=True)
+
+    def _ready(self, final: bool) -> list[tuple[Span, Audio]]:
+        out = []
+        while self._todo and (final or span_samples(self._todo[0])[1] <= self._end):
+            span = self._todo.popleft()
+            lo, hi = span_samples(span)
+            lo, hi = max(lo, self._buffer_start), min(hi, self._end)
+            out.append((span, self._buffer[lo - self._buffer_start:max(lo, hi) - self._buffer_start]
+                        .copy()))
+        keep_from = span_samples(self._todo[0])[0] if self._todo else self._end
+        drop = min(max(0, keep_from - self._buffer_start), self._buffer.size)
+        if drop:
+            # a copy, so the dropped head is freed rather than kept alive by a view
+            self._buffer = self._buffer[drop:].copy()
+            self._buffer_start += drop
+        return out
+
+
+def streamed_utterances(stream: StreamInfo, max_duration_s: float,
+                        found: StreamedSpans) -> Iterator[tuple[int, Span, Audio]]:
+    """Pass 2: (channel, span, samples at ANALYSIS_SAMPLE_RATE) of every span in ``found``,
+    each as soon as its end has been decoded (so in order of end, not of start).
+
+    The samples equal ``channel_audio[lo:hi]`` of the whole decoded channel. Raises
+    AudioDecodeError if the file no longer decodes to the length pass 1 saw (changed or
+    replaced between the passes).
+    """
+    cutters = [UtteranceCutter(spans) for spans in found.spans]
+    n_samples = 0
+    for block in stream_blocks(stream, max_duration_s):
+        n_samples += block.samples.shape[0]
+        for channel, cutter in enumerate(cutters):
+            for span, samples in cutter.push(block.samples[:, channel]):
+                yield channel, span, samples
+    if n_samples != found.n_samples:
+        raise AudioDecodeError(f"{stream.path.name} decoded to {n_samples} samples on the second "
+                               f"pass and {found.n_samples} on the first: changed while read?")
+    for channel, cutter in enumerate(cutters):
+        for span, samples in cutter.finish():
+            yield channel, span, samples
