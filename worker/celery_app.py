@@ -6,8 +6,13 @@ Results are never stored in Celery: the outcome of every task is its row in our 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -30,20 +35,30 @@ TASK_MIN_SOFT_TIME_LIMIT_S = 120
 """Floor of a recording's time limit: model load in a fresh child, a busy database."""
 SLOWEST_CALL_S_PER_WALL_S = 20.0
 """Time limits assume the worker analyses at least this many call-seconds per wall second:
-30x below the 618 call-s per CPU-s that ``python -m bench throughput`` measured end to end
-on one thread, margin for a loaded machine. Below it, something is stuck."""
+25-30x below the 530-620 call-s per CPU-s that ``python -m bench throughput`` measures end
+to end on one thread, margin for a loaded machine. Below it, something is stuck."""
 TASK_HARD_AFTER_SOFT_S = 60
 """Grace between the soft limit (the task records the failure) and the hard kill."""
 REDIS_VISIBILITY_TIMEOUT_S = 2 * TASK_HARD_TIME_LIMIT_S
 """Redis redelivers an unacked message after this; it must outlast the longest task."""
+ANALYZE_TASK_NAME = "callmood.analyze_recording"
+"""The analysis task: the name producers outside callmood send by (``worker.tasks``)."""
 NIGHTLY_SCAN_TASK_NAME = "callmood.nightly_scan"
 """The beat-scheduled inbox scan (``worker.batch``)."""
 NIGHTLY_SCHEDULE_ENTRY = "callmood-nightly-scan"
+RECOVERY_TASK_NAME = "callmood.recover_lost"
+"""The beat-scheduled recovery of lost or stranded messages (``worker.recovery``)."""
+RECOVERY_SCHEDULE_ENTRY = "callmood-recover-lost"
+RECOVERY_INTERVAL_S = 300
+"""How often beat runs the recovery on a Redis broker: a message lost in a Redis restart is
+sent again within minutes instead of after REDIS_VISIBILITY_TIMEOUT_S (hours)."""
 MAX_TASKS_PER_CHILD = 200
 MAX_MEMORY_PER_CHILD_KIB = 900_000
 """Recordings one pool process analyses before it is replaced by a fresh one."""
 SQLITE_BROKER_TIMEOUT_S = 30
 """How long the SQLite broker waits on another process's write lock."""
+SQLA_BROKER_POLLING_INTERVAL_S = 0.2
+"""Pause between polls of an empty queue on a database (SQLAlchemy) broker."""
 
 
 def time_limits_s(duration_s: float | None) -> tuple[float, float]:
@@ -64,14 +79,31 @@ def is_sqla_broker(broker_url: str) -> bool:
     return broker_url.startswith(("sqla+", "sqlalchemy+"))
 
 
+def is_redis_broker(broker_url: str) -> bool:
+    return broker_url.startswith(("redis://", "rediss://"))
+
+
 def broker_transport_options(broker_url: str) -> dict[str, Any]:
     """Transport options per broker kind (Kombu passes the SQLAlchemy ones to create_engine)."""
-    if broker_url.startswith(("redis://", "rediss://")):
+    if is_redis_broker(broker_url):
         return {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT_S}
     if broker_url.startswith("sqla+sqlite"):
         # The CLI sends while the worker polls the same file: wait for the lock, don't fail.
         return {"connect_args": {"timeout": SQLITE_BROKER_TIMEOUT_S}}
     return {}
+
+
+def poll_database_broker_faster() -> None:
+    """Shorten Kombu's pause between polls of an empty queue on a database broker.
+
+    Its default (1 s) left the worker idle up to a second after every call. The transport
+    hands every transport option to ``create_engine``, so ``polling_interval`` cannot be
+    passed as one; it is the transport class's attribute, set here. A poll is one indexed
+    SELECT: five a second cost nothing measurable.
+    """
+    from kombu.transport import sqlalchemy as kombu_sqla
+
+    kombu_sqla.Transport.polling_interval = SQLA_BROKER_POLLING_INTERVAL_S
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]
@@ -90,6 +122,8 @@ def make_celery(settings: Settings) -> Celery:
     """A Celery app for ``settings`` (no result backend; JSON only)."""
     app = Celery("callmood", broker=settings.broker_url, include=["worker.tasks"])
     sqla = is_sqla_broker(settings.broker_url)
+    if sqla:
+        poll_database_broker_faster()
     app.conf.update(
         # Results live in our database; a result backend would only be a second, stale copy.
         task_ignore_result=True,
@@ -132,17 +166,26 @@ def make_celery(settings: Settings) -> Celery:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The nightly inbox scan at ``CALLMOOD_NIGHTLY_AT`` (none without inbox folders)."""
-    if not settings.inbox_dirs:
-        return {}
-    hour, minute = settings.nightly_at
-    return {NIGHTLY_SCHEDULE_ENTRY: {
-        "task": NIGHTLY_SCAN_TASK_NAME,
-        "schedule": crontab(hour=hour, minute=minute),
-        # A scan nobody ran before the next one is due is pointless: the next scan sees the
-        # same files. Expire it instead of letting a backlog run twice in a row.
-        "options": {"queue": TASK_QUEUE, "expires": 12 * 3600},
-    }}
+    """The nightly inbox scan at ``CALLMOOD_NIGHTLY_AT`` (none without inbox folders) and,
+    on a Redis broker, the recovery of lost messages every RECOVERY_INTERVAL_S."""
+    schedule: dict[str, dict[str, Any]] = {}
+    if settings.inbox_dirs:
+        hour, minute = settings.nightly_at
+        schedule[NIGHTLY_SCHEDULE_ENTRY] = {
+            "task": NIGHTLY_SCAN_TASK_NAME,
+            "schedule": crontab(hour=hour, minute=minute),
+            # A scan nobody ran before the next one is due is pointless: the next scan sees the
+            # same files. Expire it instead of letting a backlog run twice in a row.
+            "options": {"queue": TASK_QUEUE, "expires": 12 * 3600},
+        }
+    if is_redis_broker(settings.broker_url):
+        schedule[RECOVERY_SCHEDULE_ENTRY] = {
+            "task": RECOVERY_TASK_NAME,
+            "schedule": float(RECOVERY_INTERVAL_S),
+            # The next run does the same job: never let a backlog of them pile up.
+            "options": {"queue": TASK_QUEUE, "expires": RECOVERY_INTERVAL_S},
+        }
+    return schedule
 
 
 @dataclass(frozen=True)
@@ -167,12 +210,127 @@ def queue_stats(app: Celery, queue: str = TASK_QUEUE) -> QueueStats:
             except ChannelError:  # never declared: nobody sent to it yet
                 queued = 0
             unacked: int | None = None
-            if str(app.conf.broker_url).startswith(("redis://", "rediss://")):
+            if is_redis_broker(str(app.conf.broker_url)):
                 unacked = int(channel.client.hlen(channel.unacked_key))
             return QueueStats(queued=queued, unacked=unacked)
     except (KombuOperationalError, OSError, RedisError) as e:
         raise TransientError(f"broker unavailable ({redact_url(str(app.conf.broker_url))}): "
                              f"{e}") from e
+
+
+@dataclass(frozen=True)
+class BrokerMessage:
+    """An analysis task message held by a Redis broker, as much as recovery needs of it."""
+
+    call_id: str | None
+    """The payload's external call id (None: another task, or a body that does not decode)."""
+    delivery_tag: str | None = None
+    """Unacked messages only: Kombu's delivery tag, the key it is restored by."""
+    delivered_at_s: float | None = None
+    """Unacked messages only: when a worker took it (epoch s, Kombu's unacked index)."""
+    eta_s: float | None = None
+    """When a countdown retry is due (epoch s), from the task headers; None: at once."""
+    hard_limit_s: float | None = None
+    """The task's own hard time limit (s) from its headers; None: the app's default."""
+
+
+@dataclass(frozen=True)
+class BrokerCensus:
+    """Every analysis message a Redis broker holds for one queue, read in one transaction."""
+
+    queued: tuple[BrokerMessage, ...]
+    """Waiting in the queue (any priority)."""
+    unacked: tuple[BrokerMessage, ...]
+    """Delivered to a worker and not acknowledged: running, waiting for a countdown, or
+    stranded by a worker that lost its broker connection before it could ack."""
+
+    @property
+    def call_ids(self) -> frozenset[str]:
+        return frozenset(m.call_id for m in (*self.queued, *self.unacked) if m.call_id)
+
+
+def read_task_message(raw: str | bytes, delivery_tag: str | None = None,
+                      delivered_at_s: float | None = None) -> BrokerMessage:
+    """The recovery fields of one Kombu message (the JSON Kombu stores in Redis).
+
+    Anything unreadable gives ``call_id=None``: such a message is never counted as a call.
+    """
+    try:
+        payload = json.loads(raw)
+        headers: Mapping[str, Any] = payload.get("headers") or {}
+        if headers.get("task") != ANALYZE_TASK_NAME:
+            return BrokerMessage(None, delivery_tag, delivered_at_s)
+        body = payload["body"]
+        if (payload.get("properties") or {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        _args, kwargs, _embed = json.loads(body)
+        call_id = kwargs.get("call_id")
+        eta = headers.get("eta")
+        limits = headers.get("timelimit") or (None, None)
+        return BrokerMessage(
+            call_id=call_id if isinstance(call_id, str) else None,
+            delivery_tag=delivery_tag, delivered_at_s=delivered_at_s,
+            eta_s=datetime.fromisoformat(eta).timestamp() if isinstance(eta, str) else None,
+            hard_limit_s=float(limits[0]) if limits[0] is not None else None)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, binascii.Error):
+        # json.JSONDecodeError and a bad ISO date are ValueErrors
+        return BrokerMessage(None, delivery_tag, delivered_at_s)
+
+
+def broker_census(app: Celery, queue: str = TASK_QUEUE) -> BrokerCensus | None:
+    """What the broker holds for ``queue`` (None: not a Redis broker, which cannot lose a
+    delivered message this way); TransientError when it cannot be reached.
+
+    The queue lists and the unacked hash are read in one MULTI/EXEC, so a message moving
+    from one to the other is not missed (only the instant a worker holds it between the
+    two, which the caller covers by looking twice).
+    """
+    if not is_redis_broker(str(app.conf.broker_url)):
+        return None
+    try:
+        with app.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1)
+            channel = connection.default_channel
+            keys = sorted({channel._q_for_pri(queue, pri) for pri in channel.priority_steps})
+            pipe = channel.client.pipeline(transaction=True)
+            for key in keys:
+                pipe.lrange(key, 0, -1)
+            pipe.hgetall(channel.unacked_key)
+            pipe.zrange(channel.unacked_index_key, 0, -1, withscores=True)
+            *lists, unacked, index = pipe.execute()
+    except (KombuOperationalError, OSError, RedisError) as e:
+        raise TransientError(f"broker unavailable ({redact_url(str(app.conf.broker_url))}): "
+                             f"{e}") from e
+    delivered = {_text(tag): float(score) for tag, score in index}
+    held = []
+    for tag, value in unacked.items():
+        tag = _text(tag)
+        try:
+            raw = json.dumps(json.loads(value)[0])  # [message, exchange, routing key]
+        except (ValueError, TypeError, IndexError, KeyError):
+            raw = "null"
+        held.append(read_task_message(raw, tag, delivered.get(tag)))
+    return BrokerCensus(queued=tuple(read_task_message(item) for items in lists for item in items),
+                        unacked=tuple(held))
+
+
+def restore_unacked(app: Celery, delivery_tags: Sequence[str]) -> int:
+    """Move these unacked messages back to their queue (Kombu's own restore, one MULTI each,
+    as its visibility timeout would); returns how many were asked for."""
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1)
+            channel = connection.default_channel
+            for tag in delivery_tags:
+                channel.qos.restore_by_tag(tag)
+    except (KombuOperationalError, OSError, RedisError) as e:
+        raise TransientError(f"broker unavailable ({redact_url(str(app.conf.broker_url))}): "
+                             f"{e}") from e
+    return len(delivery_tags)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def worker_command(concurrency: int = 1, loglevel: str = "WARNING", queue: str = TASK_QUEUE,

@@ -267,6 +267,22 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
+    """Send again calls the broker lost; restore messages stranded in its unacked hash."""
+    from worker.recovery import recover
+
+    report = (recover(settings, dry_run=args.dry_run) if args.min_age_s is None
+              else recover(settings, min_age_s=args.min_age_s, dry_run=args.dry_run))
+    verb = ("would send again", "would restore") if args.dry_run else ("sent again", "restored")
+    for call_id in report.lost:
+        print(f"lost      {call_id}: {verb[0]}")
+    for call_id in report.stranded:
+        print(f"stranded  {call_id}: {verb[1]} to the queue")
+    print(f"{len(report.lost)} lost, {len(report.stranded)} stranded"
+          + (" (dry run: nothing changed)" if args.dry_run else ""), file=sys.stderr)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Queue depth, calls in flight, done/failed today and for the latest batches."""
     from datetime import datetime
@@ -397,6 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--call-id", action="append", help="a failed call id (repeatable)")
     p.add_argument("--all-failed", action="store_true", help="every failed call")
     p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("recover", help="send again calls a Redis broker lost (beat runs this "
+                                       "every 5 minutes)")
+    p.add_argument("--min-age-s", type=float,
+                   help="only calls sent at least this long ago (default: "
+                        "worker.recovery.RECOVERY_MIN_AGE_S, 2 minutes)")
+    p.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("status", help="queue depth, calls in flight, today's and batch counts")
     p.add_argument("--batches", type=int, default=1, help="latest batches to show (default 1)")

@@ -13,7 +13,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -427,6 +427,27 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
     call.enqueued_at = utcnow()
     session.flush()
     return call, True
+
+
+def calls_awaiting_worker(session: Session, sent_before: datetime,
+                          claimed_before: datetime) -> list[Call]:
+    """Calls a worker should still get to: sent (``enqueued_at``) before ``sent_before`` and
+    still pending, or claimed and not updated since ``claimed_before`` (a worker that started
+    them is gone, or should have finished by its time limit). Oldest first."""
+    query = (select(Call)
+             .where(or_(and_(Call.status == "pending", Call.enqueued_at.is_not(None),
+                             Call.enqueued_at <= sent_before),
+                        and_(Call.status == "processing", Call.updated_at <= claimed_before)))
+             .order_by(Call.id))
+    return list(session.scalars(query))
+
+
+def mark_resent(session: Session, call_ids: Sequence[int]) -> None:
+    """Record that these calls were sent again now (the age of a next recovery starts here)."""
+    now = utcnow()
+    for call_id in call_ids:
+        get_call(session, call_id).enqueued_at = now
+    session.flush()
 
 
 def release_enqueue(session: Session, call_ids: Sequence[int]) -> None:

@@ -16,7 +16,14 @@ from celery import Celery, Task
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from worker.audio import probe_duration_s
-from worker.celery_app import NIGHTLY_SCAN_TASK_NAME, TASK_QUEUE, app, time_limits_s
+from worker.celery_app import (
+    ANALYZE_TASK_NAME,
+    NIGHTLY_SCAN_TASK_NAME,
+    RECOVERY_TASK_NAME,
+    TASK_QUEUE,
+    app,
+    time_limits_s,
+)
 from worker.db import session_scope
 from worker.errors import PayloadError, TransientError
 from worker.jobs import MAX_TASK_RETRIES, CallOutcome, process_call
@@ -32,7 +39,7 @@ from worker.store import (
 
 log = logging.getLogger(__name__)
 
-TASK_NAME = "callmood.analyze_recording"
+TASK_NAME = ANALYZE_TASK_NAME
 MAX_RETRIES = MAX_TASK_RETRIES
 RETRY_BASE_S = 2.0
 RETRY_CAP_S = 300.0
@@ -133,4 +140,14 @@ def nightly_scan() -> dict[str, Any]:
 
     report = scan_inboxes(get_settings(), source="nightly",
                           send=lambda requests: send_analysis(app, requests))
+    return report.as_dict()
+
+
+@app.task(name=RECOVERY_TASK_NAME, autoretry_for=(TransientError,),  # type: ignore[untyped-decorator]
+          max_retries=2, retry_backoff=RETRY_BASE_S, retry_jitter=True)
+def recover_lost() -> dict[str, Any]:
+    """Send again calls whose message the broker lost; restore stranded ones (beat runs it)."""
+    from worker.recovery import recover
+
+    report = recover(get_settings(), send=lambda requests: send_analysis(app, requests))
     return report.as_dict()

@@ -1,0 +1,167 @@
+"""Recovery of calls a Redis broker lost, and of messages stranded in its unacked hash.
+
+The pure decisions on hand-built messages; then a real redis-server and PostgreSQL, where a
+message is taken out of the queue (as a Redis restart between BRPOP and HSET does), one is
+parked in the unacked hash with an old delivery time (a worker that lost its connection
+mid-task) and one with a fresh one (a worker busy with it): recovery sends the first again,
+restores the second, leaves the third, and a real worker then analyses each exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.worker.prod_support import (
+    call_rows,
+    callmood_env,
+    celery_worker,
+    flush_redis_db,
+    make_recordings,
+    segment_stats,
+    tiny_model,
+    wait_final,
+)
+from worker import db
+from worker.celery_app import (
+    ANALYZE_TASK_NAME,
+    TASK_QUEUE,
+    BrokerCensus,
+    BrokerMessage,
+    beat_schedule,
+    broker_census,
+    make_celery,
+    read_task_message,
+)
+from worker.enqueue import enqueue
+from worker.recovery import lost_calls, recover, stranded_messages
+from worker.settings import PACKAGE_DIR, Settings
+
+# --------------------------------------------------------------------------- pure decisions
+
+
+def _held(tag: str, delivered_at_s: float, hard_limit_s: float | None = 100.0,
+          eta_s: float | None = None, call_id: str = "C") -> BrokerMessage:
+    return BrokerMessage(call_id, tag, delivered_at_s, eta_s, hard_limit_s)
+
+
+def test_stranded_means_past_its_own_hard_limit_plus_the_margin() -> None:
+    now = 10_000.0
+    messages = [
+        _held("old", delivered_at_s=now - 161),             # 100 s limit + 60 s margin passed
+        _held("young", delivered_at_s=now - 159),           # not yet
+        _held("countdown", delivered_at_s=now - 500, eta_s=now - 100),  # due 100 s ago only
+        _held("default", delivered_at_s=now - 500, hard_limit_s=None),  # app default 1000 s
+        BrokerMessage("C", "no-time", None),                # no delivery time: left alone
+    ]
+    found = stranded_messages(messages, now, margin_s=60.0, default_hard_limit_s=1000.0)
+    assert [m.delivery_tag for m in found] == ["old"]
+    later = stranded_messages(messages, now + 1000, margin_s=60.0, default_hard_limit_s=1000.0)
+    assert [m.delivery_tag for m in later] == ["old", "young", "countdown", "default"]
+
+
+def test_lost_calls_are_those_no_census_saw() -> None:
+    first = BrokerCensus(queued=(BrokerMessage("A"), BrokerMessage(None)),
+                         unacked=(BrokerMessage("B", "t1", 1.0),))
+    second = BrokerCensus(queued=(), unacked=(BrokerMessage("C", "t2", 2.0),))
+    # C was between BRPOP and HSET during the first census: the second one saw it.
+    assert lost_calls(["D", "A", "C", "B", "E"], [first, second]) == ["D", "E"]
+    assert lost_calls([], [first]) == []
+
+
+def test_read_task_message_reads_the_payload_and_headers() -> None:
+    import base64
+
+    body = base64.b64encode(json.dumps([[], {"call_id": "X-1", "uri": "/a.wav"}, {}]).encode())
+    raw = json.dumps({"body": body.decode(), "properties": {"body_encoding": "base64"},
+                      "headers": {"task": ANALYZE_TASK_NAME, "timelimit": [185.0, 125.0],
+                                  "eta": "2026-01-01T00:00:10+00:00"}})
+    message = read_task_message(raw, "tag-1", 5.0)
+    assert message == BrokerMessage("X-1", "tag-1", 5.0, 1767225610.0, 185.0)
+    other = json.dumps({"body": "", "headers": {"task": "callmood.nightly_scan"}})
+    assert read_task_message(other).call_id is None
+    assert read_task_message("not json", "t").call_id is None
+    assert read_task_message(json.dumps({"headers": {"task": ANALYZE_TASK_NAME},
+                                         "body": "!!"})).call_id is None
+
+
+def test_beat_recovers_on_redis_only(tmp_path: Path) -> None:
+    base = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path)})
+    assert "callmood-recover-lost" not in beat_schedule(base)
+    redis_settings = base.replace(broker_url="redis://127.0.0.1:6379/0")
+    entry = beat_schedule(redis_settings)["callmood-recover-lost"]
+    assert entry["task"] == "callmood.recover_lost" and entry["schedule"] == 300.0
+
+
+# --------------------------------------------------------------------------- real servers
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("pipeline_importable")
+def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(
+        tmp_path: Path, postgres_url: str, redis_url: str, callmood_corpora: Path) -> None:
+    import redis
+
+    broker = redis_url.rsplit("/", 1)[0] + "/6"
+    flush_redis_db(broker)
+    inbox = tmp_path / "recordings"
+    paths = make_recordings(inbox, callmood_corpora, 4)
+    db.upgrade(postgres_url)
+    env = callmood_env(postgres_url, broker, inbox, tiny_model(tmp_path / "model"),
+                       tmp_path / "data")
+    settings = Settings.from_env(env)
+    ids = ["LOST", "STRANDED", "QUEUED", "BUSY"]
+    for call_id, path in zip(ids, paths, strict=True):
+        assert enqueue(str(path), call_id=call_id, agent_id="a-1", settings=settings).sent
+
+    app = make_celery(settings)
+    client = redis.Redis.from_url(broker)
+    try:
+        census = broker_census(app)
+        assert census is not None and not census.unacked
+        assert sorted(m.call_id or "" for m in census.queued) == sorted(ids)
+        raw = {read_task_message(item).call_id: item for item in client.lrange(TASK_QUEUE, 0, -1)}
+        client.lrem(TASK_QUEUE, 1, raw["LOST"])  # popped by a worker as redis went down
+        for call_id, age_s in (("STRANDED", 10_000.0), ("BUSY", 1.0)):
+            client.lrem(TASK_QUEUE, 1, raw[call_id])
+            message = json.loads(raw[call_id])
+            info = message["properties"]["delivery_info"]
+            tag = f"tag-{call_id}"
+            client.hset("unacked", tag, json.dumps([message, info["exchange"],
+                                                    info["routing_key"]]))
+            client.zadd("unacked_index", {tag: time.time() - age_s})
+
+        cli_env = dict(env, PYTHONPATH=str(PACKAGE_DIR.parent))
+        dry = subprocess.run([sys.executable, "-m", "worker.cli", "recover", "--dry-run",
+                              "--min-age-s", "0"], env=cli_env, capture_output=True, text=True,
+                             timeout=120, cwd=os.getcwd())
+        assert dry.returncode == 0, dry.stderr
+        assert "lost      LOST: would send again" in dry.stdout, dry.stdout
+        assert "stranded  STRANDED: would restore to the queue" in dry.stdout, dry.stdout
+        assert "1 lost, 1 stranded (dry run: nothing changed)" in dry.stderr
+        assert sorted(m.call_id or "" for m in broker_census(app).queued) == ["QUEUED"]  # type: ignore[union-attr]
+
+        report = recover(settings, min_age_s=0)
+        assert (report.lost, report.stranded) == (("LOST",), ("STRANDED",))
+        after = broker_census(app)
+        assert after is not None
+        assert sorted(m.call_id or "" for m in after.queued) == ["LOST", "QUEUED", "STRANDED"]
+        assert [m.call_id for m in after.unacked] == ["BUSY"]
+        again = recover(settings, min_age_s=0)
+        assert (again.lost, again.stranded) == ((), ())
+    finally:
+        client.close()
+        app.close()
+
+    log_path = tmp_path / "worker.log"
+    with celery_worker(env, log_path, concurrency=1):
+        rows = wait_final(postgres_url, ids[:3], timeout_s=90, log_path=log_path)
+    assert all(rows[c][0] == "done" and rows[c][2] == 1 for c in ids[:3]), rows
+    assert call_rows(postgres_url)["BUSY"][0] == "pending"  # its worker still has it
+    total, distinct, per_call = segment_stats(postgres_url)
+    assert total == distinct and all(per_call[c] >= 1 for c in ids[:3])

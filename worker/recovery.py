@@ -1,0 +1,149 @@
+"""Recovering what a Redis broker can lose: calls sent but no longer in the broker, and
+messages stranded in its unacked hash.
+
+Kombu's Redis transport pops a message (BRPOP) and only then records it as unacked; a Redis
+that stops in between, or restarts without persistence, loses the message while our calls
+table still says the call was sent (``enqueued_at``) and is pending. A worker that loses its
+broker connection mid-task cannot ack, and its message waits in the unacked hash for the
+visibility timeout, which must outlast the longest recording (hours). Celery has no remedy
+for either (celery/celery#1789, celery/kombu#305); this module is ours, run every
+RECOVERY_INTERVAL_S by beat and on demand by ``callmood recover``:
+
+    census 1 ── calls awaiting a worker (database) ── census 2 (a moment later)
+       │                                                   │
+       └── stranded: unacked past its own hard time limit ─┴── lost: in neither census
+             -> restore to the queue (Kombu's restore)         -> send again
+
+Both repairs are safe to get wrong: the task is idempotent (a second delivery of a finished
+call is skipped; a second run replaces the call's rows in one transaction).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from worker.celery_app import (
+    TASK_HARD_TIME_LIMIT_S,
+    BrokerCensus,
+    BrokerMessage,
+    broker_census,
+    make_celery,
+    restore_unacked,
+)
+from worker.db import session_scope
+from worker.enqueue import Sender, celery_sender
+from worker.errors import ConfigError
+from worker.schema import utcnow
+from worker.settings import Settings
+from worker.store import calls_awaiting_worker, mark_resent, request_for_call
+
+log = logging.getLogger(__name__)
+
+RECOVERY_MIN_AGE_S = 120.0
+"""A pending call sent less than this ago is never counted lost: its producer marks it sent
+just before publishing, and may still be publishing a long manifest."""
+STRANDED_MARGIN_S = 300.0
+"""An unacked message counts as stranded this long after its own hard time limit has run
+from its delivery (or its countdown's end): past that, no live worker can still hold it.
+The margin covers a pool that starts a task a little after taking it, and host clocks."""
+CENSUS_RECHECK_S = 1.0
+"""Pause between the two censuses: a message is in neither the queue nor the unacked hash
+only for the instant a worker holds it between BRPOP and HSET, never for a second."""
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What one recovery found, and did unless ``dry_run``."""
+
+    lost: tuple[str, ...]
+    """External ids of calls awaiting a worker whose message the broker no longer holds."""
+    stranded: tuple[str, ...]
+    """External ids (or delivery tags, for messages without a readable call id) of unacked
+    messages past their time limit."""
+    dry_run: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"lost": list(self.lost), "stranded": list(self.stranded), "dry_run": self.dry_run}
+
+
+def stranded_messages(unacked: Sequence[BrokerMessage], now_s: float,
+                      margin_s: float = STRANDED_MARGIN_S,
+                      default_hard_limit_s: float = TASK_HARD_TIME_LIMIT_S) -> list[BrokerMessage]:
+    """Unacked messages no live worker can still be running (pure).
+
+    A message is stranded when its own hard time limit (or ``default_hard_limit_s``) plus
+    ``margin_s`` has passed since it was delivered or, for a countdown retry, since it fell
+    due. Messages without a delivery time are left alone.
+    """
+    out = []
+    for message in unacked:
+        if message.delivery_tag is None or message.delivered_at_s is None:
+            continue
+        start_s = max(message.delivered_at_s, message.eta_s or 0.0)
+        limit_s = message.hard_limit_s if message.hard_limit_s is not None else default_hard_limit_s
+        if now_s - start_s > limit_s + margin_s:
+            out.append(message)
+    return out
+
+
+def lost_calls(awaiting: Sequence[str], censuses: Sequence[BrokerCensus]) -> list[str]:
+    """Call ids in ``awaiting`` that none of the censuses saw in the broker (pure; order kept)."""
+    seen = frozenset().union(*(c.call_ids for c in censuses))
+    return [call_id for call_id in awaiting if call_id not in seen]
+
+
+def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
+            margin_s: float = STRANDED_MARGIN_S, dry_run: bool = False,
+            send: Sender | None = None) -> RecoveryReport:
+    """Restore stranded messages and send lost calls again (see the module docstring).
+
+    ConfigError on a broker other than Redis (the SQLAlchemy transport commits a delivery in
+    one transaction and has nothing to recover); TransientError when the broker or the
+    database cannot be reached (nothing done then, run it again).
+    """
+    app = make_celery(settings)
+    try:
+        first = broker_census(app)
+        if first is None:
+            raise ConfigError("recovery is for a Redis broker (CALLMOOD_BROKER_URL redis://...); "
+                              "the SQLAlchemy broker loses no delivered message")
+        now = utcnow()
+        with session_scope(settings) as session:
+            awaiting = calls_awaiting_worker(
+                session, sent_before=now - timedelta(seconds=min_age_s),
+                claimed_before=now - timedelta(seconds=TASK_HARD_TIME_LIMIT_S + margin_s))
+            requests = {call.external_call_id: request_for_call(call) for call in awaiting}
+            ids = {call.external_call_id: call.id for call in awaiting}
+        time.sleep(CENSUS_RECHECK_S)
+        second = broker_census(app)
+        assert second is not None  # same broker as the first census
+        stranded = [m for m in stranded_messages(first.unacked, time.time(), margin_s)
+                    if m.delivery_tag in {s.delivery_tag for s in second.unacked}]
+        lost = lost_calls(list(requests), [first, second])
+        report = RecoveryReport(lost=tuple(lost), stranded=tuple(
+            m.call_id or str(m.delivery_tag) for m in stranded), dry_run=dry_run)
+        if dry_run or not (lost or stranded):
+            return report
+        if stranded:
+            restore_unacked(app, [str(m.delivery_tag) for m in stranded])
+            log.warning("restored %d stranded message(s) to the queue: %s", len(stranded),
+                        ", ".join(report.stranded))
+    finally:
+        app.close()
+    if lost:
+        # Sent first, then marked: a send that fails leaves the calls to the next recovery;
+        # a mark that fails leaves them in the broker, where the next census sees them.
+        if send is not None:
+            send([requests[c] for c in lost])
+        else:
+            with celery_sender(settings) as sender:
+                sender([requests[c] for c in lost])
+        with session_scope(settings) as session:
+            mark_resent(session, [ids[c] for c in lost])
+        log.warning("sent %d lost call(s) again: %s", len(lost), ", ".join(lost))
+    return report
