@@ -178,6 +178,7 @@ def test_redis_restart_while_tasks_are_queued_loses_nothing(
         # drained the queue, the recovery beat runs every 5 minutes sends such calls again.
         wait_drained(settings, timeout_s=120, log_path=log_path)
         report = recover(settings, min_age_s=0)
+        print(f"recovery after the restart: {report}")  # shown with -s, or on failure
         rows = wait_final(postgres_url, ids, timeout_s=120, log_path=log_path)
         assert not report.stranded, report  # the in-flight task finished within its limit
         # Sending the same calls again after the restart sends nothing.
