@@ -99,6 +99,15 @@ def test_beat_recovers_on_redis_only(tmp_path: Path) -> None:
     assert entry["task"] == "callmood.recover_lost" and entry["schedule"] == 300.0
 
 
+def test_recover_on_the_embedded_broker_says_it_is_for_redis(
+        callmood_env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.cli import main
+
+    assert main(["recover", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error: recovery is for a Redis broker" in err, err
+
+
 # --------------------------------------------------------------------------- real servers
 
 @pytest.mark.slow
