@@ -138,22 +138,25 @@ def end_to_end_in_process(paths: Sequence[Path], settings: Settings) -> tuple[fl
     return time.process_time() - start, segments
 
 
-def _tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid``, its live descendants and the children
-    they reaped; Linux /proc. A prefork pool's children are alive, so ru children miss them."""
+def _tree_cpu_s(pid: int) -> tuple[float, int]:
+    """(CPU seconds, processes counted): user + system time of process ``pid``, its live
+    descendants and the children they reaped; Linux /proc. A prefork pool's children are
+    alive, so the parent's rusage of children misses them."""
     tick = os.sysconf("SC_CLK_TCK")
-    total, todo = 0.0, [pid]
+    total, counted, todo = 0.0, 0, [pid]
     while todo:
         current = todo.pop()
         try:
-            # fields after the ")" of the command name: utime, stime, cutime, cstime are 12-15
+            # after the ")" closing the command name, fields 14-17 (utime, stime, cutime,
+            # cstime) of proc(5) are at 11-14
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             total += sum(int(v) for v in fields[11:15]) / tick
+            counted += 1
             for task in Path(f"/proc/{current}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError):
             continue  # exited between the listing and the read
-    return total
+    return total, counted
 
 
 @contextmanager
@@ -238,11 +241,14 @@ def end_to_end_celery(paths: Sequence[Path], settings: Settings, broker_url: str
         try:
             wait(warm_up)
             startup_wall_s = time.perf_counter() - start
-            startup_cpu_s = _tree_cpu_s(process.pid)
+            startup_cpu_s, processes = _tree_cpu_s(process.pid)
+            # the main process and its pool process, or the worker CPU would be undercounted
+            # (a kernel without /proc/PID/task/TID/children)
+            assert processes >= 2, f"found {processes} worker process(es) in /proc"
             wall0 = time.perf_counter()
             wait(send(paths, "timed"))
             wall_s = time.perf_counter() - wall0
-            cpu_s = _tree_cpu_s(process.pid) - startup_cpu_s
+            cpu_s = _tree_cpu_s(process.pid)[0] - startup_cpu_s
         finally:
             stop_worker(process)
     finally:
@@ -333,17 +339,24 @@ def scaling(paths: Sequence[Path], settings: Settings, copies: int = SCALING_COP
     jobs = [([str(p)], env) for p in ordered for _ in range(copies)]
     walls: dict[int, list[float]] = {1: [], 2: []}
     busy: dict[int, list[float]] = {1: [], 2: []}
-    for n in (1, 2):
-        barrier = ctx.Barrier(n)
-        with ctx.Pool(n, initializer=_scaling_init, initargs=(barrier,)) as pool:
+    pools = {n: ctx.Pool(n, initializer=_scaling_init, initargs=(ctx.Barrier(n),)) for n in (1, 2)}
+    try:
+        for n, pool in pools.items():
             pool.map(_scaling_warm, [([str(paths[0])], env)] * n, chunksize=1)
-            for _ in range(repeats):
+        # 1 and 2 processes alternate, so a neighbour's load drifting over the minute hits
+        # both sides of each ratio alike (the idle pool sleeps meanwhile).
+        for _ in range(repeats):
+            for n, pool in pools.items():
                 start = time.perf_counter()
                 pool.map(_scaling_worker, jobs, chunksize=1)
                 walls[n].append(time.perf_counter() - start)
                 start = time.perf_counter()
                 pool.map(_busy_loop, [BUSY_ITERATIONS] * 4, chunksize=1)
                 busy[n].append(time.perf_counter() - start)
+    finally:
+        for pool in pools.values():
+            pool.close()
+            pool.join()
     ratios = sorted(one / two for one, two in zip(walls[1], walls[2], strict=True))
     ceiling = sorted(one / two for one, two in zip(busy[1], busy[2], strict=True))
     return {"wall_s_1_process": walls[1], "wall_s_2_processes": walls[2],

@@ -11,7 +11,7 @@ import binascii
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -22,11 +22,16 @@ from kombu.exceptions import ChannelError
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from worker.errors import TransientError
+from worker.errors import ConfigError, TransientError
 from worker.settings import Settings, get_settings, redact_url
 
 TASK_QUEUE = "callmood"
 """Queue the analysis task is routed to; producers outside callmood send with queue=TASK_QUEUE."""
+CONTROL_QUEUE = "callmood.control"
+"""Queue of the beat tasks (nightly scan, recovery), consumed by every ``callmood worker``
+beside TASK_QUEUE: behind a backlog of recordings in TASK_QUEUE they would wait for hours
+(and expire). Kombu's Redis transport rotates between a worker's queues, so they are taken
+within one recording's time."""
 
 TASK_SOFT_TIME_LIMIT_S = 3600
 """A recording still running after this is failed (SoftTimeLimitExceeded, caught by the task)."""
@@ -118,9 +123,11 @@ def one_blas_thread_per_child(**_: Any) -> None:
     threadpool_limits(limits=1)
 
 
-def make_celery(settings: Settings) -> Celery:
-    """A Celery app for ``settings`` (no result backend; JSON only)."""
-    app = Celery("callmood", broker=settings.broker_url, include=["worker.tasks"])
+def make_celery(settings: Settings, set_as_current: bool = True) -> Celery:
+    """A Celery app for ``settings`` (no result backend; JSON only). ``set_as_current=False``
+    for a short-lived app inside a worker, which must not replace the worker's own."""
+    app = Celery("callmood", broker=settings.broker_url, include=["worker.tasks"],
+                 set_as_current=set_as_current)
     sqla = is_sqla_broker(settings.broker_url)
     if sqla:
         poll_database_broker_faster()
@@ -149,6 +156,8 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         result_serializer="json",
         task_default_queue=TASK_QUEUE,
+        task_routes={NIGHTLY_SCAN_TASK_NAME: {"queue": CONTROL_QUEUE},
+                     RECOVERY_TASK_NAME: {"queue": CONTROL_QUEUE}},
         task_soft_time_limit=TASK_SOFT_TIME_LIMIT_S,
         task_time_limit=TASK_HARD_TIME_LIMIT_S,
         broker_transport_options=broker_transport_options(settings.broker_url),
@@ -176,14 +185,14 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": crontab(hour=hour, minute=minute),
             # A scan nobody ran before the next one is due is pointless: the next scan sees the
             # same files. Expire it instead of letting a backlog run twice in a row.
-            "options": {"queue": TASK_QUEUE, "expires": 12 * 3600},
+            "options": {"queue": CONTROL_QUEUE, "expires": 12 * 3600},
         }
     if is_redis_broker(settings.broker_url):
         schedule[RECOVERY_SCHEDULE_ENTRY] = {
             "task": RECOVERY_TASK_NAME,
             "schedule": float(RECOVERY_INTERVAL_S),
             # The next run does the same job: never let a backlog of them pile up.
-            "options": {"queue": TASK_QUEUE, "expires": RECOVERY_INTERVAL_S},
+            "options": {"queue": CONTROL_QUEUE, "expires": RECOVERY_INTERVAL_S},
         }
     return schedule
 
@@ -232,6 +241,8 @@ class BrokerMessage:
     """When a countdown retry is due (epoch s), from the task headers; None: at once."""
     hard_limit_s: float | None = None
     """The task's own hard time limit (s) from its headers; None: the app's default."""
+    task: str | None = None
+    """The task name from the headers (None: unreadable)."""
 
 
 @dataclass(frozen=True)
@@ -253,33 +264,43 @@ def read_task_message(raw: str | bytes, delivery_tag: str | None = None,
                       delivered_at_s: float | None = None) -> BrokerMessage:
     """The recovery fields of one Kombu message (the JSON Kombu stores in Redis).
 
+    Any task's name, countdown and time limit; the call id of the analysis task only.
     Anything unreadable gives ``call_id=None``: such a message is never counted as a call.
     """
     try:
         payload = json.loads(raw)
         headers: Mapping[str, Any] = payload.get("headers") or {}
-        if headers.get("task") != ANALYZE_TASK_NAME:
-            return BrokerMessage(None, delivery_tag, delivered_at_s)
+        task = headers.get("task")
+        eta = headers.get("eta")
+        limits = headers.get("timelimit") or (None, None)
+        message = BrokerMessage(
+            call_id=None, delivery_tag=delivery_tag, delivered_at_s=delivered_at_s,
+            eta_s=datetime.fromisoformat(eta).timestamp() if isinstance(eta, str) else None,
+            hard_limit_s=float(limits[0]) if limits[0] is not None else None,
+            task=task if isinstance(task, str) else None)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        # json.JSONDecodeError and a bad ISO date are ValueErrors
+        return BrokerMessage(None, delivery_tag, delivered_at_s)
+    if message.task != ANALYZE_TASK_NAME:
+        return message
+    try:
         body = payload["body"]
         if (payload.get("properties") or {}).get("body_encoding") == "base64":
             body = base64.b64decode(body)
         _args, kwargs, _embed = json.loads(body)
         call_id = kwargs.get("call_id")
-        eta = headers.get("eta")
-        limits = headers.get("timelimit") or (None, None)
-        return BrokerMessage(
-            call_id=call_id if isinstance(call_id, str) else None,
-            delivery_tag=delivery_tag, delivered_at_s=delivered_at_s,
-            eta_s=datetime.fromisoformat(eta).timestamp() if isinstance(eta, str) else None,
-            hard_limit_s=float(limits[0]) if limits[0] is not None else None)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, binascii.Error):
-        # json.JSONDecodeError and a bad ISO date are ValueErrors
-        return BrokerMessage(None, delivery_tag, delivered_at_s)
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+        return message
+    return replace(message, call_id=call_id if isinstance(call_id, str) else None)
 
 
 def broker_census(app: Celery, queue: str = TASK_QUEUE) -> BrokerCensus | None:
-    """What the broker holds for ``queue`` (None: not a Redis broker, which cannot lose a
-    delivered message this way); TransientError when it cannot be reached.
+    """What the broker holds for callmood: the messages waiting in ``queue`` and the unacked
+    ones of callmood's tasks routed to ``queue`` or CONTROL_QUEUE (Kombu keeps one unacked
+    hash for every app on the Redis database: other apps' messages are not ours to judge).
+    None: not a Redis broker, which cannot lose a delivered message this way; TransientError
+    when it cannot be reached; ConfigError for a global key prefix, which Kombu applies to
+    some commands only (a census would read empty keys and count every call lost).
 
     The queue lists and the unacked hash are read in one MULTI/EXEC, so a message moving
     from one to the other is not missed (only the instant a worker holds it between the
@@ -291,6 +312,9 @@ def broker_census(app: Celery, queue: str = TASK_QUEUE) -> BrokerCensus | None:
         with app.connection_for_read() as connection:
             connection.ensure_connection(max_retries=1)
             channel = connection.default_channel
+            if getattr(channel, "global_keyprefix", ""):
+                raise ConfigError("broker recovery does not support Kombu's global_keyprefix "
+                                  "transport option")
             keys = sorted({channel._q_for_pri(queue, pri) for pri in channel.priority_steps})
             pipe = channel.client.pipeline(transaction=True)
             for key in keys:
@@ -304,12 +328,13 @@ def broker_census(app: Celery, queue: str = TASK_QUEUE) -> BrokerCensus | None:
     delivered = {_text(tag): float(score) for tag, score in index}
     held = []
     for tag, value in unacked.items():
-        tag = _text(tag)
         try:
-            raw = json.dumps(json.loads(value)[0])  # [message, exchange, routing key]
-        except (ValueError, TypeError, IndexError, KeyError):
-            raw = "null"
-        held.append(read_task_message(raw, tag, delivered.get(tag)))
+            raw, _exchange, routing_key = json.loads(value)
+        except (ValueError, TypeError):
+            continue  # not Kombu's [message, exchange, routing key]: not ours either
+        message = read_task_message(json.dumps(raw), _text(tag), delivered.get(_text(tag)))
+        if routing_key in (queue, CONTROL_QUEUE) and (message.task or "").startswith("callmood."):
+            held.append(message)
     return BrokerCensus(queued=tuple(read_task_message(item) for items in lists for item in items),
                         unacked=tuple(held))
 
@@ -336,9 +361,12 @@ def _text(value: str | bytes) -> str:
 def worker_command(concurrency: int = 1, loglevel: str = "WARNING", queue: str = TASK_QUEUE,
                    node_name: str | None = None, broker_url: str | None = None) -> list[str]:
     """argv of a prefork Celery worker for this app (used by ``callmood worker`` and ``run``)."""
+    # The main queue comes with the control queue (beat's tasks); a private queue
+    # (``callmood run``) alone.
+    queues = f"{queue},{CONTROL_QUEUE}" if queue == TASK_QUEUE else queue
     argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
             "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", loglevel,
-            "--queues", queue]
+            "--queues", queues]
     # Mingle asks the other workers for revoked task ids at start-up and waits ~1 s for their
     # replies; callmood revokes nothing, and that second was a third of a fresh worker's
     # time to its first result on Redis (python -m bench throughput).

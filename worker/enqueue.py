@@ -89,14 +89,30 @@ def celery_sender(settings: Settings) -> Iterator[Sender]:
         app.close()
 
 
+SUBMIT_CHUNK = 200
+"""Calls marked sent per transaction by :func:`submit`, each chunk published at once after:
+a chunk is published within seconds of its mark (~2 ms a call, the file header probe
+included), so recovery (``worker.recovery``, 2-minute minimum age) never takes a call of a
+long manifest that is only waiting its turn to be published for a lost one."""
+
+
 def submit(requests: Sequence[CallRequest], settings: Settings, send: Sender,
            batch_id: int | None = None) -> list[Enqueued]:
     """Register each call and send the tasks of those not sent before (or ``reprocess``).
 
     The calls are marked sent in one transaction before anything is published, so two
     producers racing on a call id publish once; if publishing fails they are unmarked and
-    TransientError propagates (enqueueing again later is safe).
+    TransientError propagates (enqueueing again later is safe; the chunks of SUBMIT_CHUNK
+    calls published before stay sent).
     """
+    results: list[Enqueued] = []
+    for first in range(0, len(requests), SUBMIT_CHUNK):
+        results += _submit_chunk(requests[first:first + SUBMIT_CHUNK], settings, send, batch_id)
+    return results
+
+
+def _submit_chunk(requests: Sequence[CallRequest], settings: Settings, send: Sender,
+                  batch_id: int | None) -> list[Enqueued]:
     decided: list[tuple[CallRequest, int, bool]] = []
     with session_scope(settings) as session:
         for request in requests:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from celery import Celery
+
 from worker.celery_app import (
     TASK_HARD_TIME_LIMIT_S,
     BrokerCensus,
@@ -37,7 +39,7 @@ from worker.celery_app import (
 )
 from worker.db import session_scope
 from worker.enqueue import Sender, celery_sender
-from worker.errors import ConfigError
+from worker.errors import ConfigError, PayloadError
 from worker.schema import utcnow
 from worker.settings import Settings
 from worker.store import calls_awaiting_worker, mark_resent, request_for_call
@@ -48,9 +50,9 @@ RECOVERY_MIN_AGE_S = 120.0
 """A pending call sent less than this ago is never counted lost: its producer marks it sent
 just before publishing, and may still be publishing a long manifest."""
 STRANDED_MARGIN_S = 300.0
-"""An unacked message counts as stranded this long after its own hard time limit has run
-from its delivery (or its countdown's end): past that, no live worker can still hold it.
-The margin covers a pool that starts a task a little after taking it, and host clocks."""
+"""An unacked message counts as stranded this long after it can last have finished in a
+live worker (see :func:`stranded_messages`); the margin covers host clocks and a pool
+that starts a task a moment after taking it."""
 CENSUS_RECHECK_S = 1.0
 """Pause between the two censuses: a message is in neither the queue nor the unacked hash
 only for the instant a worker holds it between BRPOP and HSET, never for a second."""
@@ -76,16 +78,20 @@ def stranded_messages(unacked: Sequence[BrokerMessage], now_s: float,
                       default_hard_limit_s: float = TASK_HARD_TIME_LIMIT_S) -> list[BrokerMessage]:
     """Unacked messages no live worker can still be running (pure).
 
-    A message is stranded when its own hard time limit (or ``default_hard_limit_s``) plus
-    ``margin_s`` has passed since it was delivered or, for a countdown retry, since it fell
-    due. Messages without a delivery time are left alone.
+    A message without a countdown starts at delivery (a worker takes one only with a free
+    pool process: prefetch 1, late acks): stranded once its own hard limit (or
+    ``default_hard_limit_s``) plus ``margin_s`` has passed since. A countdown retry is held
+    by its worker until due and may then wait for a busy pool process, up to another task's
+    hard limit: ``default_hard_limit_s`` more. Messages without a delivery time are left alone.
     """
     out = []
     for message in unacked:
         if message.delivery_tag is None or message.delivered_at_s is None:
             continue
-        start_s = max(message.delivered_at_s, message.eta_s or 0.0)
         limit_s = message.hard_limit_s if message.hard_limit_s is not None else default_hard_limit_s
+        start_s = message.delivered_at_s
+        if message.eta_s is not None:
+            start_s = max(start_s, message.eta_s) + default_hard_limit_s
         if now_s - start_s > limit_s + margin_s:
             out.append(message)
     return out
@@ -99,14 +105,17 @@ def lost_calls(awaiting: Sequence[str], censuses: Sequence[BrokerCensus]) -> lis
 
 def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
             margin_s: float = STRANDED_MARGIN_S, dry_run: bool = False,
-            send: Sender | None = None) -> RecoveryReport:
+            send: Sender | None = None, app: Celery | None = None) -> RecoveryReport:
     """Restore stranded messages and send lost calls again (see the module docstring).
 
-    ConfigError on a broker other than Redis (the SQLAlchemy transport commits a delivery in
-    one transaction and has nothing to recover); TransientError when the broker or the
-    database cannot be reached (nothing done then, run it again).
+    ``app``: the Celery app to read the broker with (the worker's own, in the task); by
+    default a short-lived one for ``settings``. ConfigError on a broker other than Redis
+    (the SQLAlchemy transport commits a delivery in one transaction and has nothing to
+    recover); TransientError when the broker or the database cannot be reached (nothing
+    done then, run it again).
     """
-    app = make_celery(settings)
+    own_app = app is None
+    app = app if app is not None else make_celery(settings, set_as_current=False)
     try:
         first = broker_census(app)
         if first is None:
@@ -117,8 +126,14 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
             awaiting = calls_awaiting_worker(
                 session, sent_before=now - timedelta(seconds=min_age_s),
                 claimed_before=now - timedelta(seconds=TASK_HARD_TIME_LIMIT_S + margin_s))
-            requests = {call.external_call_id: request_for_call(call) for call in awaiting}
-            ids = {call.external_call_id: call.id for call in awaiting}
+            requests, ids = {}, {}
+            for call in awaiting:
+                try:
+                    requests[call.external_call_id] = request_for_call(call)
+                except PayloadError as e:  # one bad stored row must not stop every recovery
+                    log.error("call %s cannot be sent again: %s", call.external_call_id, e)
+                    continue
+                ids[call.external_call_id] = call.id
         time.sleep(CENSUS_RECHECK_S)
         second = broker_census(app)
         assert second is not None  # same broker as the first census
@@ -134,7 +149,8 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
             log.warning("restored %d stranded message(s) to the queue: %s", len(stranded),
                         ", ".join(report.stranded))
     finally:
-        app.close()
+        if own_app:
+            app.close()
     if lost:
         # Sent first, then marked: a send that fails leaves the calls to the next recovery;
         # a mark that fails leaves them in the broker, where the next census sees them.

@@ -273,11 +273,14 @@ def claim_for_processing(session: Session, call_id: int) -> Call:
 
 def mark_pending(session: Session, call_id: int) -> Call:
     """Queue the call again (a new run): status pending, attempts 0, reason cleared; segments
-    kept until the new analysis replaces them."""
+    kept until the new analysis replaces them. ``enqueued_at`` is cleared: the caller sends
+    the task itself (``callmood run``, on a queue of its own), so broker recovery
+    (``calls_awaiting_worker``) must not count it as sent to the main queue."""
     call = get_call(session, call_id)
     call.status = "pending"
     call.attempts = 0
     call.failure_reason = None
+    call.enqueued_at = None
     session.flush()
     return call
 
@@ -286,9 +289,15 @@ def save_analysis(session: Session, call_id: int, analysis: RecordingAnalysis) -
     """Replace the call's segments with ``analysis`` and mark it done.
 
     Deleting the old rows first makes a re-run (acks_late redelivery, a retry, a manual
-    re-queue) replace its results instead of duplicating them.
+    re-queue) replace its results instead of duplicating them. The call's row is locked
+    first, so two runs of one call that finish together (a redelivery beside a slow
+    original) replace in turn: under READ COMMITTED an unlocked DELETE would not see the
+    other transaction's new rows, and both sets would stay.
     """
-    call = get_call(session, call_id)
+    call = session.scalars(select(Call).where(Call.id == call_id).with_for_update()
+                           .execution_options(populate_existing=True)).one_or_none()
+    if call is None:
+        raise PayloadError(f"call_id: no call with id {call_id}")
     rows = [_segment_row(call_id, segment) for segment in analysis.segments]
     session.execute(delete(Segment).where(Segment.call_id == call_id)
                     .execution_options(synchronize_session=False))

@@ -149,5 +149,5 @@ def recover_lost() -> dict[str, Any]:
     """Send again calls whose message the broker lost; restore stranded ones (beat runs it)."""
     from worker.recovery import recover
 
-    report = recover(get_settings(), send=lambda requests: send_analysis(app, requests))
+    report = recover(get_settings(), send=lambda requests: send_analysis(app, requests), app=app)
     return report.as_dict()

@@ -31,6 +31,7 @@ from tests.worker.prod_support import (
 from worker import db
 from worker.celery_app import (
     ANALYZE_TASK_NAME,
+    CONTROL_QUEUE,
     TASK_QUEUE,
     BrokerCensus,
     BrokerMessage,
@@ -56,14 +57,17 @@ def test_stranded_means_past_its_own_hard_limit_plus_the_margin() -> None:
     messages = [
         _held("old", delivered_at_s=now - 161),             # 100 s limit + 60 s margin passed
         _held("young", delivered_at_s=now - 159),           # not yet
-        _held("countdown", delivered_at_s=now - 500, eta_s=now - 100),  # due 100 s ago only
-        _held("default", delivered_at_s=now - 500, hard_limit_s=None),  # app default 1000 s
+        # a countdown retry may wait a whole other task's limit (1000 s) for a pool process
+        _held("countdown", delivered_at_s=now - 2000, eta_s=now - 1100),
+        _held("countdown-late", delivered_at_s=now - 2000, eta_s=now - 1200),
+        _held("default", delivered_at_s=now - 1059, hard_limit_s=None),  # app default 1000 s
         BrokerMessage("C", "no-time", None),                # no delivery time: left alone
     ]
     found = stranded_messages(messages, now, margin_s=60.0, default_hard_limit_s=1000.0)
-    assert [m.delivery_tag for m in found] == ["old"]
-    later = stranded_messages(messages, now + 1000, margin_s=60.0, default_hard_limit_s=1000.0)
-    assert [m.delivery_tag for m in later] == ["old", "young", "countdown", "default"]
+    assert [m.delivery_tag for m in found] == ["old", "countdown-late"]
+    later = stranded_messages(messages, now + 100, margin_s=60.0, default_hard_limit_s=1000.0)
+    assert [m.delivery_tag for m in later] == ["old", "young", "countdown", "countdown-late",
+                                               "default"]
 
 
 def test_lost_calls_are_those_no_census_saw() -> None:
@@ -83,12 +87,47 @@ def test_read_task_message_reads_the_payload_and_headers() -> None:
                       "headers": {"task": ANALYZE_TASK_NAME, "timelimit": [185.0, 125.0],
                                   "eta": "2026-01-01T00:00:10+00:00"}})
     message = read_task_message(raw, "tag-1", 5.0)
-    assert message == BrokerMessage("X-1", "tag-1", 5.0, 1767225610.0, 185.0)
-    other = json.dumps({"body": "", "headers": {"task": "callmood.nightly_scan"}})
-    assert read_task_message(other).call_id is None
+    assert message == BrokerMessage("X-1", "tag-1", 5.0, 1767225610.0, 185.0, ANALYZE_TASK_NAME)
+    other = json.dumps({"body": "", "headers": {"task": "callmood.nightly_scan",
+                                                "timelimit": [None, None]}})
+    assert read_task_message(other, "t") == BrokerMessage(None, "t", task="callmood.nightly_scan")
     assert read_task_message("not json", "t").call_id is None
     assert read_task_message(json.dumps({"headers": {"task": ANALYZE_TASK_NAME},
                                          "body": "!!"})).call_id is None
+
+
+def test_calls_awaiting_a_worker(callmood_settings: Settings) -> None:
+    from datetime import timedelta
+
+    from worker import store
+    from worker.db import session_scope
+    from worker.schema import utcnow
+
+    db.upgrade(callmood_settings.database_url)
+    now = utcnow()
+    with session_scope(callmood_settings) as s:
+        def call(external_id: str, status: str, sent_s_ago: float | None,
+                 updated_s_ago: float = 0.0) -> None:
+            row = store.register_call(s, store.CallRequest(uri="/x.wav", external_call_id=external_id))
+            row.status = status
+            row.enqueued_at = None if sent_s_ago is None else now - timedelta(seconds=sent_s_ago)
+            s.flush()
+            row.updated_at = now - timedelta(seconds=updated_s_ago)  # after onupdate's stamp
+            s.flush()
+
+        call("sent-long-ago", "pending", 600)
+        call("sent-just-now", "pending", 10)          # its producer may still be publishing
+        call("never-sent", "pending", None)           # registered by `callmood run` or a send that failed
+        call("claimed-long-ago", "processing", 9000, updated_s_ago=9000)
+        call("claimed-recently", "processing", 9000, updated_s_ago=60)  # a worker is on it
+        call("finished", "done", 600)
+        awaiting = store.calls_awaiting_worker(s, sent_before=now - timedelta(seconds=120),
+                                               claimed_before=now - timedelta(seconds=4200))
+        assert [c.external_call_id for c in awaiting] == ["sent-long-ago", "claimed-long-ago"]
+        store.mark_resent(s, [awaiting[0].id])
+        again = store.calls_awaiting_worker(s, sent_before=now - timedelta(seconds=120),
+                                            claimed_before=now - timedelta(seconds=4200))
+        assert [c.external_call_id for c in again] == ["claimed-long-ago"]
 
 
 def test_beat_recovers_on_redis_only(tmp_path: Path) -> None:
@@ -97,6 +136,7 @@ def test_beat_recovers_on_redis_only(tmp_path: Path) -> None:
     redis_settings = base.replace(broker_url="redis://127.0.0.1:6379/0")
     entry = beat_schedule(redis_settings)["callmood-recover-lost"]
     assert entry["task"] == "callmood.recover_lost" and entry["schedule"] == 300.0
+    assert entry["options"]["queue"] == CONTROL_QUEUE
 
 
 def test_recover_on_the_embedded_broker_says_it_is_for_redis(
@@ -136,7 +176,9 @@ def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(
         assert sorted(m.call_id or "" for m in census.queued) == sorted(ids)
         raw = {read_task_message(item).call_id: item for item in client.lrange(TASK_QUEUE, 0, -1)}
         client.lrem(TASK_QUEUE, 1, raw["LOST"])  # popped by a worker as redis went down
-        for call_id, age_s in (("STRANDED", 10_000.0), ("BUSY", 1.0)):
+        # STRANDED: delivered 15 minutes ago, its hard limit ~3 minutes: Kombu itself would
+        # wait for its visibility timeout (7800 s).
+        for call_id, age_s in (("STRANDED", 900.0), ("BUSY", 1.0)):
             client.lrem(TASK_QUEUE, 1, raw[call_id])
             message = json.loads(raw[call_id])
             info = message["properties"]["delivery_info"]
@@ -144,6 +186,12 @@ def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(
             client.hset("unacked", tag, json.dumps([message, info["exchange"],
                                                     info["routing_key"]]))
             client.zadd("unacked_index", {tag: time.time() - age_s})
+
+        # Another app's message on the same Redis database, long unacked: not ours to touch.
+        foreign = json.loads(raw["QUEUED"])
+        foreign["headers"]["task"] = "billing.charge"
+        client.hset("unacked", "tag-foreign", json.dumps([foreign, "billing", "billing"]))
+        client.zadd("unacked_index", {"tag-foreign": time.time() - 100_000})
 
         cli_env = dict(env, PYTHONPATH=str(PACKAGE_DIR.parent))
         dry = subprocess.run([sys.executable, "-m", "worker.cli", "recover", "--dry-run",
@@ -163,6 +211,7 @@ def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(
         assert [m.call_id for m in after.unacked] == ["BUSY"]
         again = recover(settings, min_age_s=0)
         assert (again.lost, again.stranded) == ((), ())
+        assert client.hexists("unacked", "tag-foreign")
     finally:
         client.close()
         app.close()
