@@ -79,7 +79,9 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"temperature {card['temperature']:.3f}; min_frames {card['min_frames']}",
         f"- Audio: {feats['sample_rate']} Hz mono; log-mel {feats['n_mels']} bands "
         f"{feats['fmin_hz']:.0f}-{feats['fmax_hz']:.0f} Hz, window {feats['win_length']} / hop "
-        f"{feats['hop_length']} samples, normalisation `{feats['normalization']}`",
+        f"{feats['hop_length']} samples, normalisation `{feats['normalization']}`"
+        + (f"; log floor {feats['dynamic_range_db']:.0f} dB under the utterance's loudest mel bin "
+           "(gain-invariant)" if feats.get("dynamic_range_db") else ""),
     ]
     arch = card.get("architecture", {})
     if arch:

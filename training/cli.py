@@ -38,7 +38,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                         f"{', '.join(DEFAULT_CORPORA)} manifests under the corpora dir")
     p.add_argument("--out-dir", type=Path, default=PACKAGE_DIR / "models")
     p.add_argument("--name", default="emotion-v1")
-    p.add_argument("--version", default="emotion-v1.0.0")
+    p.add_argument("--version", default="emotion-v1.1.0")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--patience", type=int, default=TrainConfig.patience)

@@ -58,8 +58,8 @@ class TrainConfig:
     """Everything that determines a trained model (recorded in the card)."""
 
     seed: int = 0
-    epochs: int = 30
-    patience: int = 10
+    epochs: int = 40
+    patience: int = 12
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-2
@@ -228,7 +228,7 @@ def check_onnx(model: nn.Module, path: Path, n_mels: int) -> float:
 
 
 def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
-          name: str = "emotion-v1", version: str = "emotion-v1.0.0", device: str = "auto",
+          name: str = "emotion-v1", version: str = "emotion-v1.1.0", device: str = "auto",
           workers: int = 2, limit_per_corpus: int = 0, command: str = "") -> TrainResult:
     """Train, select on validation speakers, calibrate, export ONNX + card; return the result."""
     t0 = time.monotonic()
