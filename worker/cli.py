@@ -278,7 +278,10 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
         print(f"lost      {call_id}: {verb[0]}")
     for call_id in report.stranded:
         print(f"stranded  {call_id}: {verb[1]} to the queue")
-    print(f"{len(report.lost)} lost, {len(report.stranded)} stranded"
+    for call_id in report.failed:
+        print(f"stuck     {call_id}: {'would fail' if args.dry_run else 'failed'} (claimed "
+              "repeatedly, never finished; callmood retry sends it again)")
+    print(f"{len(report.lost)} lost, {len(report.stranded)} stranded, {len(report.failed)} stuck"
           + (" (dry run: nothing changed)" if args.dry_run else ""), file=sys.stderr)
     return 0
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -42,7 +42,13 @@ from worker.enqueue import Sender, celery_sender
 from worker.errors import ConfigError, PayloadError
 from worker.schema import utcnow
 from worker.settings import Settings
-from worker.store import calls_awaiting_worker, mark_resent, request_for_call
+from worker.store import (
+    calls_awaiting_worker,
+    mark_failed,
+    mark_resent,
+    refresh_batch_counts,
+    request_for_call,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,11 @@ STRANDED_MARGIN_S = 300.0
 """An unacked message counts as stranded this long after it can last have finished in a
 live worker (see :func:`stranded_messages`); the margin covers host clocks and a pool
 that starts a task a moment after taking it."""
+STUCK_MAX_CLAIMS = 2
+"""A lost call already claimed this many times in its run (status ``processing``, no
+message left) is failed instead of sent again: twice a worker took it and never finished
+(killed at its hard time limit, or by the OS), so a third run would most likely burn
+another hour the same way. ``callmood retry`` sends it again when someone decides to."""
 CENSUS_RECHECK_S = 1.0
 """Pause between the two censuses: a message is in neither the queue nor the unacked hash
 only for the instant a worker holds it between BRPOP and HSET, never for a second."""
@@ -68,9 +79,12 @@ class RecoveryReport:
     """External ids (or delivery tags, for messages without a readable call id) of unacked
     messages past their time limit."""
     dry_run: bool
+    failed: tuple[str, ...] = ()
+    """Lost calls failed instead of sent again (claimed STUCK_MAX_CLAIMS times already)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"lost": list(self.lost), "stranded": list(self.stranded), "dry_run": self.dry_run}
+        return {"lost": list(self.lost), "stranded": list(self.stranded),
+                "failed": list(self.failed), "dry_run": self.dry_run}
 
 
 def stranded_messages(unacked: Sequence[BrokerMessage], now_s: float,
@@ -103,6 +117,14 @@ def lost_calls(awaiting: Sequence[str], censuses: Sequence[BrokerCensus]) -> lis
     return [call_id for call_id in awaiting if call_id not in seen]
 
 
+def split_stuck(lost: Sequence[str], claims: Mapping[str, int],
+                max_claims: int = STUCK_MAX_CLAIMS) -> tuple[list[str], list[str]]:
+    """(send again, fail) of the ``lost`` call ids, by the claims of their current run
+    (pure; ``claims`` holds the attempts of calls in ``processing``, pending ones are absent)."""
+    fail = [c for c in lost if claims.get(c, 0) >= max_claims]
+    return [c for c in lost if c not in fail], fail
+
+
 def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
             margin_s: float = STRANDED_MARGIN_S, dry_run: bool = False,
             send: Sender | None = None, app: Celery | None = None) -> RecoveryReport:
@@ -127,6 +149,7 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
                 session, sent_before=now - timedelta(seconds=min_age_s),
                 claimed_before=now - timedelta(seconds=TASK_HARD_TIME_LIMIT_S + margin_s))
             requests, ids = {}, {}
+            claims = {c.external_call_id: c.attempts for c in awaiting if c.status == "processing"}
             for call in awaiting:
                 try:
                     requests[call.external_call_id] = request_for_call(call)
@@ -139,10 +162,11 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
         assert second is not None  # same broker as the first census
         stranded = [m for m in stranded_messages(first.unacked, time.time(), margin_s)
                     if m.delivery_tag in {s.delivery_tag for s in second.unacked}]
-        lost = lost_calls(list(requests), [first, second])
+        lost, stuck = split_stuck(lost_calls(list(requests), [first, second]), claims)
         report = RecoveryReport(lost=tuple(lost), stranded=tuple(
-            m.call_id or str(m.delivery_tag) for m in stranded), dry_run=dry_run)
-        if dry_run or not (lost or stranded):
+            m.call_id or str(m.delivery_tag) for m in stranded), dry_run=dry_run,
+            failed=tuple(stuck))
+        if dry_run or not (lost or stranded or stuck):
             return report
         if stranded:
             restore_unacked(app, [str(m.delivery_tag) for m in stranded])
@@ -151,6 +175,16 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
     finally:
         if own_app:
             app.close()
+    if stuck:
+        with session_scope(settings) as session:
+            for external_id in stuck:
+                call = mark_failed(session, ids[external_id], (
+                    f"stuck: claimed {claims[external_id]} times by workers that never finished "
+                    "it (killed at the hard time limit or by the OS); not sent again, use "
+                    "callmood retry"))
+                if call.batch_id is not None:
+                    refresh_batch_counts(session, call.batch_id)
+        log.error("failed %d call(s) that keep getting stuck: %s", len(stuck), ", ".join(stuck))
     if lost:
         # Sent first, then marked: a send that fails leaves the calls to the next recovery;
         # a mark that fails leaves them in the broker, where the next census sees them.

@@ -41,7 +41,7 @@ from worker.celery_app import (
     read_task_message,
 )
 from worker.enqueue import enqueue
-from worker.recovery import lost_calls, recover, stranded_messages
+from worker.recovery import lost_calls, recover, split_stuck, stranded_messages
 from worker.settings import PACKAGE_DIR, Settings
 
 # --------------------------------------------------------------------------- pure decisions
@@ -77,6 +77,11 @@ def test_lost_calls_are_those_no_census_saw() -> None:
     # C was between BRPOP and HSET during the first census: the second one saw it.
     assert lost_calls(["D", "A", "C", "B", "E"], [first, second]) == ["D", "E"]
     assert lost_calls([], [first]) == []
+
+
+def test_calls_claimed_repeatedly_are_failed_not_sent_again() -> None:
+    assert split_stuck(["A", "B", "C"], {"B": 2, "C": 1}) == (["A", "C"], ["B"])
+    assert split_stuck([], {"B": 5}) == ([], [])
 
 
 def test_read_task_message_reads_the_payload_and_headers() -> None:
@@ -167,6 +172,20 @@ def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(
     ids = ["LOST", "STRANDED", "QUEUED", "BUSY"]
     for call_id, path in zip(ids, paths, strict=True):
         assert enqueue(str(path), call_id=call_id, agent_id="a-1", settings=settings).sent
+    # STUCK: claimed twice by workers that died on it, long ago, and no message left.
+    from datetime import timedelta
+
+    from worker import store
+    from worker.db import session_scope
+    from worker.schema import utcnow
+
+    with session_scope(settings) as s:
+        stuck = store.register_call(s, store.CallRequest(uri=str(paths[0]), external_call_id="STUCK",
+                                                         agent_id="a-1"))
+        stuck.status, stuck.attempts = "processing", 2
+        stuck.enqueued_at = utcnow() - timedelta(hours=3)
+        s.flush()
+        stuck.updated_at = utcnow() - timedelta(hours=3)
 
     app = make_celery(settings)
     client = redis.Redis.from_url(broker)
@@ -200,11 +219,15 @@ def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(
         assert dry.returncode == 0, dry.stderr
         assert "lost      LOST: would send again" in dry.stdout, dry.stdout
         assert "stranded  STRANDED: would restore to the queue" in dry.stdout, dry.stdout
-        assert "1 lost, 1 stranded (dry run: nothing changed)" in dry.stderr
+        assert "stuck     STUCK: would fail" in dry.stdout, dry.stdout
+        assert "1 lost, 1 stranded, 1 stuck (dry run: nothing changed)" in dry.stderr
         assert sorted(m.call_id or "" for m in broker_census(app).queued) == ["QUEUED"]  # type: ignore[union-attr]
 
         report = recover(settings, min_age_s=0)
-        assert (report.lost, report.stranded) == (("LOST",), ("STRANDED",))
+        assert (report.lost, report.stranded, report.failed) == (("LOST",), ("STRANDED",),
+                                                                 ("STUCK",))
+        assert call_rows(postgres_url)["STUCK"][0] == "failed"
+        assert "stuck: claimed 2 times" in (call_rows(postgres_url)["STUCK"][1] or "")
         after = broker_census(app)
         assert after is not None
         assert sorted(m.call_id or "" for m in after.queued) == ["LOST", "QUEUED", "STRANDED"]
