@@ -75,3 +75,26 @@ def test_spec_augment_masks_bands_and_frames_reproducibly() -> None:
     assert torch.equal(a, b)
     masked = float((a == 0).float().mean())
     assert 0.0 < masked < 0.4      # at most 2x8 of 64 bands and 2x25 of 300 frames per clip
+
+
+def test_leave_one_corpus_out_trains_without_it_and_tests_on_all_of_it(
+        tmp_path: Path, callmood_env: object, callmood_corpora: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cli import loco_main
+
+    out = tmp_path / "figures.json"
+    status = loco_main(["--holdout", "urdu", "--out-dir", str(tmp_path / "loco"), "--channel",
+                        "clean", "--workers", "1", "--json-out", str(out),
+                        # passed on to `train`: a tiny run
+                        "--limit-per-corpus", "12", "--epochs", "1", "--draws-per-epoch", "32",
+                        "--batch-size", "16", "--threads", "1"])
+    assert status == 0
+    card = json.loads((tmp_path / "loco" / "without-urdu" / "emotion-v1.card.json").read_text())
+    assert set(card["training"]["train_counts"]) == {"ravdess", "tess", "emodb"}
+    assert card["version"] == "loco-no-urdu" and "test_metrics" not in card
+    rows = json.loads(out.read_text())["urdu"]
+    all_urdu = pd.read_csv(callmood_corpora / "urdu" / "manifest.csv")
+    assert [r["channel"] for r in rows] == ["clean"]
+    assert rows[0]["n_clips"] == len(all_urdu)        # every clip, train and test speakers
+    assert 0.0 <= rows[0]["ua"] <= 1.0
+    assert "== held out: urdu (trained on ravdess, tess, emodb)" in capsys.readouterr().out
