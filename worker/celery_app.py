@@ -10,7 +10,8 @@ import base64
 import binascii
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -208,23 +209,30 @@ class QueueStats:
     Redis only (its ``unacked`` hash), all queues together."""
 
 
-def queue_stats(app: Celery, queue: str = TASK_QUEUE) -> QueueStats:
-    """Depth of ``queue`` on the app's broker; TransientError when it cannot be reached."""
+@contextmanager
+def _broker_channel(app: Celery, write: bool = False) -> Iterator[Any]:
+    """The default channel of a fresh connection to the app's broker; TransientError (URL
+    redacted) when the broker cannot be reached or fails while in use."""
     try:
-        with app.connection_for_read() as connection:
+        with (app.connection_for_write() if write else app.connection_for_read()) as connection:
             connection.ensure_connection(max_retries=1)
-            channel = connection.default_channel
-            try:
-                queued = int(channel.queue_declare(queue=queue, passive=True).message_count)
-            except ChannelError:  # never declared: nobody sent to it yet
-                queued = 0
-            unacked: int | None = None
-            if is_redis_broker(str(app.conf.broker_url)):
-                unacked = int(channel.client.hlen(channel.unacked_key))
-            return QueueStats(queued=queued, unacked=unacked)
+            yield connection.default_channel
     except (KombuOperationalError, OSError, RedisError) as e:
         raise TransientError(f"broker unavailable ({redact_url(str(app.conf.broker_url))}): "
                              f"{e}") from e
+
+
+def queue_stats(app: Celery, queue: str = TASK_QUEUE) -> QueueStats:
+    """Depth of ``queue`` on the app's broker; TransientError when it cannot be reached."""
+    with _broker_channel(app) as channel:
+        try:
+            queued = int(channel.queue_declare(queue=queue, passive=True).message_count)
+        except ChannelError:  # never declared: nobody sent to it yet
+            queued = 0
+        unacked: int | None = None
+        if is_redis_broker(str(app.conf.broker_url)):
+            unacked = int(channel.client.hlen(channel.unacked_key))
+        return QueueStats(queued=queued, unacked=unacked)
 
 
 @dataclass(frozen=True)
@@ -269,6 +277,15 @@ def read_task_message(raw: str | bytes, delivery_tag: str | None = None,
     """
     try:
         payload = json.loads(raw)
+    except ValueError:  # json.JSONDecodeError
+        return BrokerMessage(None, delivery_tag, delivered_at_s)
+    return _task_message(payload, delivery_tag, delivered_at_s)
+
+
+def _task_message(payload: Any, delivery_tag: str | None,
+                  delivered_at_s: float | None) -> BrokerMessage:
+    """:func:`read_task_message` of an already decoded message."""
+    try:
         headers: Mapping[str, Any] = payload.get("headers") or {}
         task = headers.get("task")
         eta = headers.get("eta")
@@ -279,7 +296,7 @@ def read_task_message(raw: str | bytes, delivery_tag: str | None = None,
             hard_limit_s=float(limits[0]) if limits[0] is not None else None,
             task=task if isinstance(task, str) else None)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-        # json.JSONDecodeError and a bad ISO date are ValueErrors
+        # a bad ISO date or time limit is a ValueError; a payload that is no dict, others
         return BrokerMessage(None, delivery_tag, delivered_at_s)
     if message.task != ANALYZE_TASK_NAME:
         return message
@@ -308,23 +325,17 @@ def broker_census(app: Celery, queue: str = TASK_QUEUE) -> BrokerCensus | None:
     """
     if not is_redis_broker(str(app.conf.broker_url)):
         return None
-    try:
-        with app.connection_for_read() as connection:
-            connection.ensure_connection(max_retries=1)
-            channel = connection.default_channel
-            if getattr(channel, "global_keyprefix", ""):
-                raise ConfigError("broker recovery does not support Kombu's global_keyprefix "
-                                  "transport option")
-            keys = sorted({channel._q_for_pri(queue, pri) for pri in channel.priority_steps})
-            pipe = channel.client.pipeline(transaction=True)
-            for key in keys:
-                pipe.lrange(key, 0, -1)
-            pipe.hgetall(channel.unacked_key)
-            pipe.zrange(channel.unacked_index_key, 0, -1, withscores=True)
-            *lists, unacked, index = pipe.execute()
-    except (KombuOperationalError, OSError, RedisError) as e:
-        raise TransientError(f"broker unavailable ({redact_url(str(app.conf.broker_url))}): "
-                             f"{e}") from e
+    with _broker_channel(app) as channel:
+        if getattr(channel, "global_keyprefix", ""):
+            raise ConfigError("broker recovery does not support Kombu's global_keyprefix "
+                              "transport option")
+        keys = sorted({channel._q_for_pri(queue, pri) for pri in channel.priority_steps})
+        pipe = channel.client.pipeline(transaction=True)
+        for key in keys:
+            pipe.lrange(key, 0, -1)
+        pipe.hgetall(channel.unacked_key)
+        pipe.zrange(channel.unacked_index_key, 0, -1, withscores=True)
+        *lists, unacked, index = pipe.execute()
     delivered = {_text(tag): float(score) for tag, score in index}
     held = []
     for tag, value in unacked.items():
@@ -332,7 +343,7 @@ def broker_census(app: Celery, queue: str = TASK_QUEUE) -> BrokerCensus | None:
             raw, _exchange, routing_key = json.loads(value)
         except (ValueError, TypeError):
             continue  # not Kombu's [message, exchange, routing key]: not ours either
-        message = read_task_message(json.dumps(raw), _text(tag), delivered.get(_text(tag)))
+        message = _task_message(raw, _text(tag), delivered.get(_text(tag)))
         if routing_key in (queue, CONTROL_QUEUE) and (message.task or "").startswith("callmood."):
             held.append(message)
     return BrokerCensus(queued=tuple(read_task_message(item) for items in lists for item in items),
@@ -342,15 +353,9 @@ def broker_census(app: Celery, queue: str = TASK_QUEUE) -> BrokerCensus | None:
 def restore_unacked(app: Celery, delivery_tags: Sequence[str]) -> int:
     """Move these unacked messages back to their queue (Kombu's own restore, one MULTI each,
     as its visibility timeout would); returns how many were asked for."""
-    try:
-        with app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1)
-            channel = connection.default_channel
-            for tag in delivery_tags:
-                channel.qos.restore_by_tag(tag)
-    except (KombuOperationalError, OSError, RedisError) as e:
-        raise TransientError(f"broker unavailable ({redact_url(str(app.conf.broker_url))}): "
-                             f"{e}") from e
+    with _broker_channel(app, write=True) as channel:
+        for tag in delivery_tags:
+            channel.qos.restore_by_tag(tag)
     return len(delivery_tags)
 
 

@@ -160,8 +160,9 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
         time.sleep(CENSUS_RECHECK_S)
         second = broker_census(app)
         assert second is not None  # same broker as the first census
+        still_held = {m.delivery_tag for m in second.unacked}
         stranded = [m for m in stranded_messages(first.unacked, time.time(), margin_s)
-                    if m.delivery_tag in {s.delivery_tag for s in second.unacked}]
+                    if m.delivery_tag in still_held]
         lost, stuck = split_stuck(lost_calls(list(requests), [first, second]), claims)
         report = RecoveryReport(lost=tuple(lost), stranded=tuple(
             m.call_id or str(m.delivery_tag) for m in stranded), dry_run=dry_run,
