@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-from sqlalchemy import Select, create_engine, event, select
+from sqlalchemy import Select, create_engine, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -144,7 +144,7 @@ def report_session(database_url: str) -> Iterator[Session]:
     begins ``IMMEDIATE`` and would hold the write lock for the whole report. Other backends
     use ``session_scope`` (PostgreSQL readers do not block writers).
     """
-    from worker.db import session_scope
+    from worker.db import configure_sqlite, session_scope
 
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
@@ -156,21 +156,8 @@ def report_session(database_url: str) -> Iterator[Session]:
             and not Path(database).expanduser().is_file():
         raise ConfigError(f"database {database} does not exist (run: callmood db upgrade)")
     engine = create_engine(url, poolclass=NullPool)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # SQLAlchemy, not pysqlite, emits BEGIN
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_READ_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA query_only = ON")
-        finally:
-            cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
-
+    configure_sqlite(engine, (f"busy_timeout = {SQLITE_READ_BUSY_TIMEOUT_MS}", "query_only = ON"),
+                     "BEGIN")
     session = Session(engine)
     try:
         yield session

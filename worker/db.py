@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,23 +46,30 @@ def _forget_engines_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_engines_in_child)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+WRITER_PRAGMAS: tuple[str, ...] = (
+    f"busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}", "foreign_keys = ON", "journal_mode = WAL",
+    "synchronous = NORMAL")
+"""PRAGMAs of every connection of the worker's SQLite engines."""
+
+
+def configure_sqlite(engine: Engine, pragmas: Sequence[str], begin_sql: str) -> None:
+    """Run ``PRAGMA p`` for each of ``pragmas`` on every new connection of ``engine``, and
+    start its transactions with ``begin_sql`` (``BEGIN IMMEDIATE`` for writers, ``BEGIN``
+    for read-only report sessions)."""
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not pysqlite, emit BEGIN (pysqlite's implicit BEGIN breaks SAVEPOINT).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = NORMAL")
+            for pragma in pragmas:
+                cursor.execute(f"PRAGMA {pragma}")
         finally:
             cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql(begin_sql)
 
 
 def make_engine(url: str) -> Engine:
@@ -85,7 +92,7 @@ def _create_engine(url: str) -> Engine:
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-        _configure_sqlite(engine)
+        configure_sqlite(engine, WRITER_PRAGMAS, "BEGIN IMMEDIATE")
         return engine
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
