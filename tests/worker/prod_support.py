@@ -144,6 +144,19 @@ def flush_redis_db(url: str) -> None:
         client.close()
 
 
+def redis_db_url(redis_url: str, db: int) -> str:
+    """``redis_url`` pointed at database ``db`` of the same server."""
+    return f"{redis_url.rsplit('/', 1)[0]}/{db}"
+
+
+def fresh_redis_db(redis_url: str, db: int) -> str:
+    """The URL of database ``db`` of the session's redis-server, emptied: one number per
+    test, so a test never sees another's messages."""
+    url = redis_db_url(redis_url, db)
+    flush_redis_db(url)
+    return url
+
+
 class TcpProxy:
     """A loopback TCP forwarder that can refuse and cut every connection for a while:
     the database seen by the worker "goes away" without touching the shared server."""

@@ -17,9 +17,10 @@ from tests.worker.prod_support import (
     call_rows,
     callmood_env,
     celery_worker,
-    flush_redis_db,
+    fresh_redis_db,
     make_bad_recordings,
     make_recordings,
+    redis_db_url,
     tiny_model,
     wait_final,
 )
@@ -83,7 +84,7 @@ def test_beat_schedules_the_scan_at_the_configured_local_time(tmp_path: Path) ->
 def test_callmood_beat_execs_celery_beat(tmp_path: Path, redis_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLMOOD_")}
     env.update({"CALLMOOD_DATA_DIR": str(tmp_path / "data"), "CALLMOOD_INBOX_DIRS": str(tmp_path),
-                "CALLMOOD_BROKER_URL": redis_url.rsplit("/", 1)[0] + "/7",
+                "CALLMOOD_BROKER_URL": redis_db_url(redis_url, 7),
                 "PYTHONPATH": str(PACKAGE_DIR.parent)})
     log_path = tmp_path / "beat.log"
     with log_path.open("wb") as log:
@@ -112,8 +113,7 @@ def test_callmood_beat_execs_celery_beat(tmp_path: Path, redis_url: str) -> None
 def test_the_nightly_scan_twice_enqueues_each_recording_once(
         tmp_path: Path, postgres_url: str, redis_url: str, callmood_corpora: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    broker = redis_url.rsplit("/", 1)[0] + "/8"
-    flush_redis_db(broker)
+    broker = fresh_redis_db(redis_url, 8)
     inbox = tmp_path / "inbox"
     good = make_recordings(inbox / "2026-01-31", callmood_corpora, 6)
     bad = make_bad_recordings(inbox / "2026-01-31")

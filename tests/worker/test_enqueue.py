@@ -17,7 +17,7 @@ import redis
 from tests.worker.prod_support import (
     callmood_env,
     celery_worker,
-    flush_redis_db,
+    fresh_redis_db,
     make_recordings,
     tiny_model,
     wait_final,
@@ -33,8 +33,7 @@ from worker.settings import Settings, get_settings
 @pytest.fixture()
 def producer(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Settings]:
     """Settings of a producer on redis db 5 (emptied) and a migrated PostgreSQL database."""
-    broker = redis_url.rsplit("/", 1)[0] + "/5"
-    flush_redis_db(broker)
+    broker = fresh_redis_db(redis_url, 5)
     db.upgrade(postgres_url)
     (tmp_path / "recordings").mkdir()
     env = callmood_env(postgres_url, broker, tmp_path / "recordings", tmp_path / "model.onnx",
@@ -195,8 +194,7 @@ def test_retry_names_only_failed_calls(producer: Settings) -> None:
 def test_cli_enqueue_status_failures_retry_round_trip(
         tmp_path: Path, postgres_url: str, redis_url: str, callmood_corpora: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    broker = redis_url.rsplit("/", 1)[0] + "/6"
-    flush_redis_db(broker)
+    broker = fresh_redis_db(redis_url, 6)
     inbox = tmp_path / "recordings"
     good, spare = make_recordings(inbox, callmood_corpora, 2)
     broken = inbox / "broken.wav"

@@ -23,7 +23,7 @@ from tests.worker.prod_support import (
     call_rows,
     callmood_env,
     celery_worker,
-    flush_redis_db,
+    fresh_redis_db,
     make_bad_recordings,
     make_recordings,
     segment_stats,
@@ -45,8 +45,7 @@ def _settings(env: dict[str, str]) -> Settings:
 
 def test_a_batch_with_bad_recordings_through_a_real_worker(
         tmp_path: Path, postgres_url: str, redis_url: str, callmood_corpora: Path) -> None:
-    broker = redis_url.rsplit("/", 1)[0] + "/3"
-    flush_redis_db(broker)
+    broker = fresh_redis_db(redis_url, 3)
     inbox = tmp_path / "recordings"
     good = make_recordings(inbox, callmood_corpora, 50)
     bad = make_bad_recordings(inbox)
@@ -210,8 +209,7 @@ def wait_drained(settings: Settings, timeout_s: float, log_path: Path) -> None:
 
 def test_database_outage_while_processing_is_retried_with_backoff(
         tmp_path: Path, postgres_url: str, redis_url: str, callmood_corpora: Path) -> None:
-    broker = redis_url.rsplit("/", 1)[0] + "/4"
-    flush_redis_db(broker)
+    broker = fresh_redis_db(redis_url, 4)
     inbox = tmp_path / "recordings"
     paths = make_recordings(inbox, callmood_corpora, 16)
     db.upgrade(postgres_url)

@@ -22,7 +22,7 @@ from tests.worker.prod_support import (
     call_rows,
     callmood_env,
     celery_worker,
-    flush_redis_db,
+    fresh_redis_db,
     make_recordings,
     segment_stats,
     tiny_model,
@@ -161,8 +161,7 @@ def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(
         tmp_path: Path, postgres_url: str, redis_url: str, callmood_corpora: Path) -> None:
     import redis
 
-    broker = redis_url.rsplit("/", 1)[0] + "/6"
-    flush_redis_db(broker)
+    broker = fresh_redis_db(redis_url, 9)
     inbox = tmp_path / "recordings"
     paths = make_recordings(inbox, callmood_corpora, 4)
     db.upgrade(postgres_url)
