@@ -31,6 +31,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench.redis_server import private_redis  # noqa: E402
 from bench.workload import read_manifest, synthesize_call, write_call  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
@@ -157,40 +158,6 @@ def _tree_cpu_s(pid: int) -> tuple[float, int]:
         except (FileNotFoundError, ProcessLookupError):
             continue  # exited between the listing and the read
     return total, counted
-
-
-@contextmanager
-def private_redis() -> Iterator[str | None]:
-    """A throwaway redis-server on a free loopback port (None when it is not installed)."""
-    import shutil
-    import socket
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        yield None
-        return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        import redis
-
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                redis.Redis(port=port, socket_timeout=1).ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def end_to_end_celery(paths: Sequence[Path], settings: Settings, broker_url: str) -> dict[str, float]:

@@ -11,14 +11,12 @@ set it fails them, so CI can never go green by skipping.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from bench.redis_server import private_redis
 from worker.settings import DEFAULT_CORPORA_DIR, DEFAULT_MODEL_PATH, Settings, get_settings
 
 
@@ -150,41 +149,11 @@ def redis_url() -> Iterator[str]:
     if given:
         yield given
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server not found (apt-get install redis-server, or set "
-                    "CALLMOOD_TEST_REDIS_URL)")
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="callmood-redis-"))
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        _wait_for_redis(port, process)
+    with private_redis() as url:
+        if url is None:
+            unavailable("redis-server not found (apt-get install redis-server, or set "
+                        "CALLMOOD_TEST_REDIS_URL)")
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _wait_for_redis(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"redis-server exited with code {process.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
-            s.sendall(b"PING\r\n")
-            if s.recv(16).startswith(b"+PONG"):
-                return
-        time.sleep(0.1)
-    raise RuntimeError("redis-server did not answer PING within 20 s")
 
 
 # --------------------------------------------------------------------------- data, model
