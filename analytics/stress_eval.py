@@ -19,7 +19,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final, Literal, cast, get_args
+from typing import TYPE_CHECKING, Final, Literal, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,9 @@ import pandas as pd
 
 from analytics.stress import ESCALATION_STRESS, stress_of
 from worker.constants import EMOTIONS
+
+if TYPE_CHECKING:
+    from worker.pipeline import SpeechCut
 
 Channel = Literal["clean", "mulaw8k"]
 
@@ -106,11 +109,13 @@ def auc_table(scored: pd.DataFrame) -> pd.DataFrame:
 
 
 def score_clips(clips: pd.DataFrame, model_path: Path, threads: int = 1,
-                channel: Channel = "clean") -> pd.DataFrame:
+                channel: Channel = "clean", speech_cut: SpeechCut | None = None) -> pd.DataFrame:
     """``clips`` with the model's ``p_<class>`` per clip (serving path) and the scores.
 
     ``channel="mulaw8k"`` first passes each clip through the telephone line the model is
     trained for (``training.augment.phone_line``: level, 300-3400 Hz, G.711 mu-law).
+    ``speech_cut`` then cuts each clip to its speech as the worker cuts calls (None: whole
+    clips, silence included).
     """
     from worker.audio import load_mono
     from worker.emotion import load_model
@@ -130,6 +135,8 @@ def score_clips(clips: pd.DataFrame, model_path: Path, threads: int = 1,
         audio = load_mono(Path(path), config.sample_rate)
         if line is not None:
             audio = line(audio, sample_rate=config.sample_rate)
+        if speech_cut is not None:
+            audio = speech_cut.apply(audio)
         rows[i] = model.predict_proba([extract_features(audio, config)])[0]
     probabilities = pd.DataFrame(rows, columns=[f"p_{label}" for label in model.labels],
                                  index=clips.index)
@@ -157,6 +164,7 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from worker.pipeline import SpeechCut
     from worker.settings import Settings
 
     parser = argparse.ArgumentParser(prog="python -m analytics.stress_eval",
@@ -174,10 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no labelled test clips under {settings.corpora_dir}", file=sys.stderr)
         return 1
     scored = score_clips(clips, settings.model_path, settings.onnx_threads,
-                         cast(Channel, args.channel))
+                         cast(Channel, args.channel),
+                         SpeechCut(settings.vad, settings.segmentation))
     print(f"model {settings.model_path.name}; positives: {', '.join(sorted(POSITIVE_EMOTIONS))}; "
           f"negatives: {', '.join(sorted(NEGATIVE_EMOTIONS))}; split: {TEST_SPLIT}; "
-          f"channel: {args.channel}")
+          f"channel: {args.channel}; clips cut to speech as the worker cuts calls")
     print(format_table(auc_table(scored)))
     means = scored.groupby("emotion")["stress"].mean().round(1)
     print("mean stress by label: " + ", ".join(f"{k} {v}" for k, v in means.items()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,96 @@ def with_test_metrics(card: dict[str, Any], result: EvaluationResult,
     metrics: dict[str, dict[str, Any]] = {}
     for r in result.rows:
         metrics.setdefault(r.channel, {})[r.corpus] = r.to_dict()
+    cut = None if result.speech_cut is None else asdict(result.speech_cut)
     return {**card, "test_metrics": {"split": result.split, "command": command,
-                                     "by_channel": metrics}}
+                                     "speech_cut": cut, "by_channel": metrics}}
+
+
+def clips_sentence(speech_cut: dict[str, Any] | None) -> str:
+    """How the scored clips were cut, for the Markdown card."""
+    if not speech_cut:
+        return "Whole clips were scored, silence included (not what the worker sees)."
+    vad, seg = speech_cut["vad"], speech_cut["segmentation"]
+    return ("Each clip was cut to its speech as the worker cuts calls (WebRTC VAD mode "
+            f"{vad['aggressiveness']}, {vad['frame_ms']} ms frames; pauses under "
+            f"{seg['min_silence_ms']} ms bridged, {seg['pad_ms']} ms pad), then scored.")
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of two (nested) training configs whose values differ, or that only one has
+    (a field added since: the older recipe did without it)."""
+    diffs: list[str] = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diffs += config_differences(va, vb, f"{prefix}{key}.")
+        elif key not in a or key not in b or va != vb:
+            diffs.append(f"{prefix}{key}")
+    return diffs
+
+
+def with_loco(card: dict[str, Any], holdout: str, result: EvaluationResult,
+              loco_card: dict[str, Any], command: str) -> dict[str, Any]:
+    """A copy of ``card`` whose ``loco`` section holds ``holdout``'s leave-one-corpus-out figures.
+
+    ``result`` evaluates the model trained without ``holdout`` (card ``loco_card``) on all of
+    its clips. Other holdouts already in the card are kept, so corpora can be run one at a time.
+    """
+    training = loco_card.get("training", {})
+    entry = {
+        "trained_on": sorted(training.get("train_counts", {})),
+        "model_version": loco_card.get("version", ""),
+        "val_ua": training.get("val_ua"), "best_epoch": training.get("best_epoch"),
+        "seconds": training.get("seconds"), "device": training.get("device"),
+        "recipe_differences": config_differences(card.get("training", {}).get("config", {}),
+                                                 training.get("config", {})),
+        "split": result.split, "command": command,
+        "by_channel": {r.channel: r.to_dict() for r in result.rows if r.corpus == holdout},
+    }
+    by_holdout = {**card.get("loco", {}).get("by_holdout", {}), holdout: entry}
+    return {**card, "loco": {"by_holdout": dict(sorted(by_holdout.items()))}}
+
+
+def loco_lines(loco: dict[str, Any]) -> list[str]:
+    """Markdown: one row per held-out corpus (UA per channel), then its clean confusion matrix."""
+    by_holdout: dict[str, dict[str, Any]] = loco.get("by_holdout", {})
+    if not by_holdout:
+        return []
+    channels = list(dict.fromkeys(c for e in by_holdout.values() for c in e["by_channel"]))
+    lines = ["", "## Leave-one-corpus-out",
+             "The same recipe trained without one corpus (validation speakers from the others), "
+             "tested on every clip of the held-out corpus: the closest figure to a new call "
+             "centre's voices and microphones.", "",
+             "| held out | trained on | clips | " + " | ".join(f"UA {c}" for c in channels)
+             + " | WA clean | ECE clean | val UA | recipe |", "|---" * (len(channels) + 7) + "|"]
+    for holdout, e in by_holdout.items():
+        per = e["by_channel"]
+        first = per[next(iter(per))]
+        clean = per.get("clean", first)
+        uas = [f"{100 * per[c]['ua']:.1f}%" if c in per else "-" for c in channels]
+        recipe = ("same as this model" if not e["recipe_differences"]
+                  else "differs: " + ", ".join(e["recipe_differences"]))
+        val = f"{100 * e['val_ua']:.1f}%" if e.get("val_ua") is not None else "-"
+        lines.append(f"| {holdout} | {', '.join(e['trained_on'])} | {first['n_clips']} | "
+                     + " | ".join(uas) + f" | {100 * clean['wa']:.1f}% | {clean['ece']:.3f} | "
+                     f"{val} | {recipe} |")
+    lines += ["", "Reproduce: " + "; ".join(f"`{e['command']}`" for e in by_holdout.values())]
+    for holdout, e in by_holdout.items():
+        m = e["by_channel"].get("clean")
+        if m is not None:
+            lines += confusion_lines(f"Confusion, held out {holdout} / clean", m)
+    return lines
+
+
+def confusion_lines(title: str, m: dict[str, Any]) -> list[str]:
+    """A Markdown confusion matrix (rows true, columns predicted; empty rows left out)."""
+    lines = ["", f"{title} (rows true, columns predicted):", "",
+             "| true \\ pred | " + " | ".join(m["labels"]) + " |",
+             "|---" * (len(m["labels"]) + 1) + "|"]
+    for lab, row in zip(m["labels"], m["confusion"], strict=True):
+        if sum(row):
+            lines.append(f"| {lab} | " + " | ".join(str(v) for v in row) + " |")
+    return lines
 
 
 CONFUSION_CHANNELS: tuple[str, ...] = ("clean", "mulaw8k")
@@ -107,7 +196,8 @@ def render_markdown(card: dict[str, Any]) -> str:
     if tm:
         lines += ["", "## Speaker-independent test figures",
                   f"Split `{tm['split']}` (speakers never seen in training), computed by "
-                  f"`{tm['command']}` through the serving path (ONNX Runtime, card temperature).",
+                  f"`{tm['command']}` through the serving path (ONNX Runtime, card temperature). "
+                  + clips_sentence(tm.get("speech_cut")),
                   "", "| channel | corpus | clips | UA | WA | ECE |", "|---|---|---|---|---|---|"]
         for channel, per in tm["by_channel"].items():
             for corpus, m in per.items():
@@ -118,12 +208,8 @@ def render_markdown(card: dict[str, Any]) -> str:
             if channel not in CONFUSION_CHANNELS:
                 continue
             for corpus, m in per.items():
-                lines += ["", f"Confusion {corpus} / {channel} (rows true, columns predicted):", "",
-                          "| true \\ pred | " + " | ".join(m["labels"]) + " |",
-                          "|---" * (len(m["labels"]) + 1) + "|"]
-                for lab, row in zip(m["labels"], m["confusion"], strict=True):
-                    if sum(row):
-                        lines.append(f"| {lab} | " + " | ".join(str(v) for v in row) + " |")
+                lines += confusion_lines(f"Confusion {corpus} / {channel}", m)
+    lines += loco_lines(card.get("loco", {}))
     limits = card.get("limits")
     if limits:
         lines += ["", "## Limits"] + [f"- {x}" for x in limits]

@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 
 from training.augment import AugmentConfig
-from training.card import read_card_dict, with_test_metrics, write_card
+from training.card import read_card_dict, with_loco, with_test_metrics, write_card
 from training.dataset import DEFAULT_CORPORA, corpus_manifest_paths
 from training.evaluate import CHANNELS, ROBUSTNESS, evaluate_model
 from training.train import TRAIN_FEATURES, TrainConfig, train
 from worker.errors import CallmoodError
 from worker.features import NORMALIZATIONS, FeatureConfig
+from worker.pipeline import SpeechCut
 from worker.settings import PACKAGE_DIR, get_settings
 
 EVAL_CORPORA: tuple[str, ...] = ("ravdess", "emodb", "urdu")
@@ -30,6 +31,12 @@ def _default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 1)))
 
 
+def _speech_cut(whole_clips: bool) -> SpeechCut | None:
+    """The worker's own cut to speech (its VAD and segmentation settings), or None."""
+    settings = get_settings()
+    return None if whole_clips else SpeechCut(settings.vad, settings.segmentation)
+
+
 def build_train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training train",
                                 description="Train the emotion CNN and export ONNX + card.")
@@ -38,7 +45,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                         f"{', '.join(DEFAULT_CORPORA)} manifests under the corpora dir")
     p.add_argument("--out-dir", type=Path, default=PACKAGE_DIR / "models")
     p.add_argument("--name", default="emotion-v1")
-    p.add_argument("--version", default="emotion-v1.1.0")
+    p.add_argument("--version", default="emotion-v1.2.0")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--patience", type=int, default=TrainConfig.patience)
@@ -51,10 +58,15 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="torch intra-op threads for CPU training (0: torch's default)")
     p.add_argument("--p-phone", type=float, default=AugmentConfig.p_phone,
                    help="probability of a telephone-band + G.711 round trip per draw")
+    p.add_argument("--p-codec", type=float, default=AugmentConfig.p_codec,
+                   help="probability of a low-bitrate Opus/MP3 round trip per draw")
     p.add_argument("--normalization", default=FeatureConfig.normalization,
                    choices=NORMALIZATIONS, help="per-utterance log-mel normalisation")
     p.add_argument("--dynamic-range-db", type=float, default=TRAIN_FEATURES.dynamic_range_db,
                    help="clamp log-mel this far below each utterance's peak (gain invariance)")
+    p.add_argument("--whole-clips", action="store_true",
+                   help="train on whole clips, silence included (emotion-v1.1.0's recipe) "
+                        "instead of cutting each to its speech as the worker cuts calls")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--workers", type=int, default=_default_workers(),
                    help="decode/augment worker processes")
@@ -69,13 +81,15 @@ def train_main(argv: list[str] | None = None) -> int:
     """``train``: returns a process exit status."""
     args = build_train_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    manifests = args.manifest or corpus_manifest_paths(get_settings().corpora_dir)
+    settings = get_settings()
+    manifests = args.manifest or corpus_manifest_paths(settings.corpora_dir)
     config = TrainConfig(seed=args.seed, epochs=args.epochs, patience=args.patience,
                          batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                          crop_s=args.crop_s, draws_per_epoch=args.draws_per_epoch,
-                         augment=AugmentConfig(p_phone=args.p_phone),
+                         augment=AugmentConfig(p_phone=args.p_phone, p_codec=args.p_codec),
                          features=replace(TRAIN_FEATURES, normalization=args.normalization,
-                                          dynamic_range_db=args.dynamic_range_db))
+                                          dynamic_range_db=args.dynamic_range_db),
+                         speech_cut=_speech_cut(args.whole_clips))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     command = "python -m training train " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -112,6 +126,9 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
                    help="every channel condition: " + ", ".join(ROBUSTNESS))
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.add_argument("--workers", type=int, default=2, help="decode/feature threads")
+    p.add_argument("--whole-clips", action="store_true",
+                   help="score whole clips, silence included, instead of cutting each to its "
+                        "speech as the worker cuts calls (how emotion-v1.1.0's card was made)")
     p.add_argument("--update-card", action="store_true",
                    help="write the figures into the model's card (JSON and Markdown)")
     p.add_argument("--json-out", type=Path, default=None, help="also write figures as JSON")
@@ -126,7 +143,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     channels = list(ROBUSTNESS) if args.robustness else (args.channel or ["clean"])
     try:
         result = evaluate_model(model_path, manifests, split=args.split, channels=channels,
-                                threads=args.threads, workers=args.workers)
+                                threads=args.threads, workers=args.workers,
+                                speech_cut=_speech_cut(args.whole_clips))
     except CallmoodError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -162,6 +180,11 @@ def build_loco_parser() -> argparse.ArgumentParser:
                         "training it again")
     p.add_argument("--workers", type=int, default=_default_workers())
     p.add_argument("--json-out", type=Path, default=None, help="also write figures as JSON")
+    p.add_argument("--update-card", action="store_true",
+                   help="write each held-out corpus's figures into the card of --model "
+                        "(other held-out corpora already there are kept)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="model whose card --update-card writes (default: CALLMOOD_MODEL_PATH)")
     return p
 
 
@@ -185,13 +208,23 @@ def loco_main(argv: list[str] | None = None) -> int:
         try:
             result = evaluate_model(model_path, corpus_manifest_paths(corpora_dir, (holdout,)),
                                     split="all", channels=channels, threads=1,
-                                    workers=args.workers)
+                                    workers=args.workers,
+                                    speech_cut=_speech_cut("--whole-clips" in train_args))
         except CallmoodError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"\n== held out: {holdout} (trained on {', '.join(others)})")
         print(result.format_table())
         figures[holdout] = [r.to_dict() for r in result.rows]
+        if args.update_card:
+            # what determines the figures; --out-dir, --reuse and --workers do not
+            command = shlex.join(["python", "-m", "training", "loco", "--holdout", holdout,
+                                  *[a for c in args.channel or [] for a in ("--channel", c)],
+                                  *train_args])
+            target = (args.model or get_settings().model_path).resolve()
+            write_card(target, with_loco(read_card_dict(target), holdout, result,
+                                         read_card_dict(model_path), command))
+            print(f"updated card of {target.name}")
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -31,6 +31,7 @@ from training.dataset import map_labels, read_manifests
 from worker.audio import load_mono
 from worker.emotion import load_model
 from worker.features import FeatureConfig, extract_features
+from worker.pipeline import SpeechCut
 
 Transform = Callable[[npt.NDArray[np.float32], int], npt.NDArray[np.float32]]
 
@@ -60,6 +61,10 @@ a +10 dB 1.8 kHz resonance with a bright tilt, a 0.05 DC offset, -25 dB level, +
 hard clipping, Opus at libsndfile's lowest bitrate)."""
 CHANNELS: tuple[str, ...] = tuple(CONDITIONS)
 ROBUSTNESS: tuple[str, ...] = CHANNELS
+
+
+DEFAULT_SPEECH_CUT = SpeechCut()
+"""The worker's default VAD and segmentation settings."""
 
 
 def confusion_matrix(y_true: npt.NDArray[np.int64], y_pred: npt.NDArray[np.int64],
@@ -127,6 +132,8 @@ class EvaluationResult:
     model_version: str
     split: str
     rows: tuple[CorpusMetrics, ...]
+    speech_cut: SpeechCut | None = None
+    """How clips were cut to speech before scoring (None: whole clips)."""
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (corpus, channel): n_clips, ua, wa, ece."""
@@ -141,7 +148,8 @@ class EvaluationResult:
 
     def format_table(self) -> str:
         """Readable summary table plus one confusion matrix per row."""
-        lines = [f"model {self.model_version}  split={self.split}",
+        clips = "whole clips" if self.speech_cut is None else "clips cut to speech"
+        lines = [f"model {self.model_version}  split={self.split}  {clips}",
                  f"{'corpus':<10} {'channel':<8} {'clips':>6} {'UA':>7} {'WA':>7} {'ECE':>7}"]
         for r in self.rows:
             lines.append(f"{r.corpus:<10} {r.channel:<8} {r.n_clips:>6} {100 * r.ua:>6.1f}% "
@@ -165,10 +173,12 @@ def apply_channel(audio: npt.NDArray[np.float32], channel: str,
     return transform(np.asarray(audio, dtype=np.float32), config.sample_rate)
 
 
-def clip_features(path: str, channel: str, config: FeatureConfig) -> npt.NDArray[np.float32]:
-    """The serving path for one clip: decode at the model's rate, channel, log-mel."""
-    audio = load_mono(Path(path), config.sample_rate)
-    return extract_features(apply_channel(audio, channel, config), config)
+def clip_features(path: str, channel: str, config: FeatureConfig,
+                  speech_cut: SpeechCut | None = None) -> npt.NDArray[np.float32]:
+    """The serving path for one clip: decode at the model's rate, channel, the worker's cut
+    to speech (``None``: the whole clip), log-mel."""
+    audio = apply_channel(load_mono(Path(path), config.sample_rate), channel, config)
+    return extract_features(audio if speech_cut is None else speech_cut.apply(audio), config)
 
 
 def metrics_for(corpus: str, channel: str, probabilities: npt.NDArray[np.float32],
@@ -183,9 +193,12 @@ def metrics_for(corpus: str, channel: str, probabilities: npt.NDArray[np.float32
 
 def evaluate_model(model_path: Path, manifest_paths: Sequence[Path], split: str = "test",
                    channels: Sequence[str] = ("clean",), threads: int = 1,
-                   workers: int = 2) -> EvaluationResult:
+                   workers: int = 2,
+                   speech_cut: SpeechCut | None = DEFAULT_SPEECH_CUT) -> EvaluationResult:
     """Per-corpus figures of the ONNX model at ``model_path`` on ``split`` rows ("all": every row).
 
+    Each clip goes through its channel and is then cut to speech as the worker cuts calls
+    (``speech_cut``; None scores whole clips, silence included, as v1.1.0's card did).
     Clips whose label is not one of the model's labels (boredom, BAVED) are skipped.
     """
     model = load_model(model_path.resolve(), threads)
@@ -200,9 +213,11 @@ def evaluate_model(model_path: Path, manifest_paths: Sequence[Path], split: str 
     for channel in channels:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             feats = list(pool.map(clip_features, clips["path"].tolist(),
-                                  [channel] * len(clips), [card.features] * len(clips)))
+                                  [channel] * len(clips), [card.features] * len(clips),
+                                  [speech_cut] * len(clips)))
         probs = model.predict_proba(feats)
         for corpus in sorted(clips["corpus"].unique()):
             sel = (clips["corpus"] == corpus).to_numpy()
             rows.append(metrics_for(str(corpus), channel, probs[sel], y_all[sel], card.labels))
-    return EvaluationResult(model_version=card.version, split=split, rows=tuple(rows))
+    return EvaluationResult(model_version=card.version, split=split, rows=tuple(rows),
+                            speech_cut=speech_cut)

@@ -38,9 +38,10 @@ from training.dataset import (
 from training.evaluate import confusion_matrix, unweighted_average_recall
 from training.model import EmotionCNN, ModelConfig, count_parameters
 from worker.audio import file_sha256, load_mono
-from worker.constants import EMOTIONS
+from worker.constants import ANALYSIS_SAMPLE_RATE, EMOTIONS
 from worker.errors import ConfigError
 from worker.features import FeatureConfig, extract_features, n_frames
+from worker.pipeline import SpeechCut
 
 log = logging.getLogger(__name__)
 Audio = npt.NDArray[np.float32]
@@ -79,6 +80,9 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeatureConfig = TRAIN_FEATURES
+    speech_cut: SpeechCut | None = field(default_factory=SpeechCut)
+    """Clips are cut to their speech as the worker cuts calls (VAD + segmentation settings)
+    before cropping and augmenting; None trains on whole clips, as emotion-v1.1.0 did."""
 
 
 @dataclass(frozen=True)
@@ -94,10 +98,16 @@ class TrainResult:
     card: dict[str, Any]
 
 
-def load_clips(paths: Sequence[str], sample_rate: int, workers: int = 2) -> list[Audio]:
-    """Decode clips (soundfile + soxr, as the worker does) in a thread pool."""
+def load_clips(paths: Sequence[str], sample_rate: int, workers: int = 2,
+               speech_cut: SpeechCut | None = None) -> list[Audio]:
+    """Decode clips (soundfile + soxr, as the worker does) in a thread pool, each cut to its
+    speech by ``speech_cut`` when given."""
+    def load(path: str) -> Audio:
+        audio = load_mono(Path(path), sample_rate)
+        return audio if speech_cut is None else speech_cut.apply(audio)
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(lambda p: load_mono(Path(p), sample_rate), paths))
+        return list(pool.map(load, paths))
 
 
 def tile_frames(feats: npt.NDArray[np.float32], frames: int) -> npt.NDArray[np.float32]:
@@ -228,7 +238,7 @@ def check_onnx(model: nn.Module, path: Path, n_mels: int) -> float:
 
 
 def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
-          name: str = "emotion-v1", version: str = "emotion-v1.1.0", device: str = "auto",
+          name: str = "emotion-v1", version: str = "emotion-v1.2.0", device: str = "auto",
           workers: int = 2, limit_per_corpus: int = 0, command: str = "") -> TrainResult:
     """Train, select on validation speakers, calibrate, export ONNX + card; return the result."""
     t0 = time.monotonic()
@@ -248,8 +258,11 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     log.info("train %d clips, val %d clips (%s)", len(train_df), len(val_df),
              ", ".join(sorted(set(val_df["corpus"] + ":" + val_df["speaker"]))))
     sr = config.features.sample_rate
-    train_waves = load_clips(train_df["path"].tolist(), sr, workers)
-    val_waves = load_clips(val_df["path"].tolist(), sr, workers)
+    if config.speech_cut is not None and sr != ANALYSIS_SAMPLE_RATE:
+        raise ConfigError(f"features at {sr} Hz: the cut to speech runs the worker's VAD at "
+                          f"{ANALYSIS_SAMPLE_RATE} Hz; train with --whole-clips or at that rate")
+    train_waves = load_clips(train_df["path"].tolist(), sr, workers, config.speech_cut)
+    val_waves = load_clips(val_df["path"].tolist(), sr, workers, config.speech_cut)
     val_feats = [extract_features(w, config.features) for w in val_waves]
     y_train = train_df["label_id"].to_numpy(np.int64)
     y_val = val_df["label_id"].to_numpy(np.int64)

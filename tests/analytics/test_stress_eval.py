@@ -56,11 +56,16 @@ def test_scores_real_clips_through_the_shipped_model(emotion_model: Path,
                                                      callmood_corpora: Path) -> None:
     clips = evaluation_clips(callmood_corpora, ["ravdess"])
     few = pd.concat([clips[clips["positive"]].head(3), clips[~clips["positive"]].head(3)])
-    scored = score_clips(few, emotion_model)
+    from worker.pipeline import SpeechCut
+
+    scored = score_clips(few, emotion_model, speech_cut=SpeechCut())
     probabilities = scored.filter(like="p_")
     assert probabilities.shape == (6, 7)
     assert probabilities.sum(axis=1).round(4).eq(1.0).all()
     assert scored["stress"].between(0.0, 100.0).all()
+    # the cut is applied: RAVDESS clips are half silence, the whole clips score otherwise
+    whole = score_clips(few, emotion_model).filter(like="p_")
+    assert (probabilities - whole).abs().to_numpy().max() > 1e-3
 
 
 def test_command_end_to_end_with_a_tiny_model(tmp_path: Path, callmood_corpora: Path,

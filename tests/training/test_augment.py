@@ -10,6 +10,7 @@ from training.augment import (
     alaw_roundtrip,
     augment,
     band_limit,
+    codec_roundtrip,
     mulaw_roundtrip,
     phone_line,
     set_rms_dbfs,
@@ -61,3 +62,36 @@ def test_augment_is_reproducible_by_seed_and_bounded() -> None:
         y = augment(x, np.random.default_rng(seed))
         assert x.size / high - 2 <= y.size <= x.size / low + 2
         assert np.isfinite(y).all() and np.abs(y).max() <= 1.0
+
+
+def _voice_like(seconds: float = 2.0) -> np.ndarray:
+    """A 150 Hz buzz with falling harmonics, at -20 dBFS: speech-like for a codec."""
+    t = np.arange(int(SR * seconds)) / SR
+    x = sum(np.sin(2 * np.pi * 150.0 * k * t) / k for k in range(1, 20))
+    return set_rms_dbfs(np.asarray(x, dtype=np.float32), -20.0)
+
+
+@pytest.mark.parametrize("codec", ["opus", "mp3"])
+def test_low_bitrate_codec_round_trip_is_lossy_but_keeps_the_voice(codec: str) -> None:
+    x = _voice_like()
+    y = codec_roundtrip(x, codec, SR, 1.0)  # type: ignore[arg-type]
+    assert y.dtype == np.float32 and y.shape == x.shape
+    mid = slice(SR // 2, 3 * SR // 2)  # away from the codec's start-up and end padding
+    assert _rms_db(y[mid]) == pytest.approx(_rms_db(x[mid]), abs=3.0)
+    assert not np.allclose(y, x, atol=1e-3)
+
+
+def test_unknown_codec_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="opus, mp3"):
+        codec_roundtrip(_voice_like(0.1), "aac")  # type: ignore[arg-type]
+
+
+def test_codec_augmentation_is_seeded_and_off_by_default() -> None:
+    x = _voice_like()
+    with_codec = AugmentConfig(p_codec=1.0, p_phone=0.0, p_noise=0.0, p_speed=0.0)
+    without = AugmentConfig(p_codec=0.0, p_phone=0.0, p_noise=0.0, p_speed=0.0)
+    a = augment(x, np.random.default_rng(3), with_codec)
+    assert np.array_equal(a, augment(x, np.random.default_rng(3), with_codec))
+    assert a.shape == x.shape
+    assert not np.allclose(a, augment(x, np.random.default_rng(3), without), atol=1e-3)
+    assert AugmentConfig().p_codec == 0.0  # emotion-v1.1.0's recipe had no codec

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.model_fixtures import N_MELS, write_tiny_model
@@ -98,3 +99,16 @@ def test_every_channel_condition_keeps_length_and_does_what_it_says() -> None:
     assert np.abs(apply_channel(hum, "highpass300", config)[8000:]).max() < 0.01
     with pytest.raises(ValueError, match="mulaw8k"):
         apply_channel(tone, "telegraph", config)
+
+
+def test_clips_are_scored_as_the_worker_cuts_them(callmood_corpora: Path) -> None:
+    from training.evaluate import DEFAULT_SPEECH_CUT, clip_features
+    from worker.features import FeatureConfig
+
+    rows = pd.read_csv(callmood_corpora / "ravdess" / "manifest.csv")
+    path = str(callmood_corpora / "ravdess" / rows["path"].iloc[0])
+    config = FeatureConfig()
+    whole = clip_features(path, "clean", config, None)
+    cut = clip_features(path, "clean", config, DEFAULT_SPEECH_CUT)
+    # RAVDESS clips are about half room tone around the sentence; the worker never scores it
+    assert cut.shape[0] == whole.shape[0] and 0.2 * whole.shape[1] < cut.shape[1] < 0.9 * whole.shape[1]

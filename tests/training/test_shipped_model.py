@@ -1,32 +1,34 @@
 """Regression guard for the shipped model: its card is honest and its test-split UA holds.
 
-Floors sit just under the figures measured for emotion-v1.1.0 (``python -m training evaluate
---channel clean --channel mulaw8k``; the card's ``test_metrics`` hold the full tables). A
+Floors sit just under the figures measured for emotion-v1.2.0 (``python -m training evaluate
+--channel clean --channel mulaw8k``: each clip cut to its speech as the worker cuts calls; the
+card's ``test_metrics`` hold the full tables). A
 retrained model that scores lower fails here until the floors are consciously lowered.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from training.dataset import corpus_manifest_paths
-from training.evaluate import EvaluationResult, evaluate_model
+from training.evaluate import DEFAULT_SPEECH_CUT, EvaluationResult, evaluate_model
 from worker.constants import EMOTIONS
 from worker.emotion import card_path_for, load_card
 
 EVAL_CORPORA = ("ravdess", "emodb", "urdu")
 
-# (corpus, channel): UA floor.  Measured UA for emotion-v1.1.0 in the comment.
+# (corpus, channel): UA floor.  Measured UA for emotion-v1.2.0 in the comment.
 UA_FLOORS: dict[tuple[str, str], float] = {
-    ("ravdess", "clean"): 0.56,    # measured 0.583
-    ("ravdess", "mulaw8k"): 0.58,  # measured 0.601
-    ("emodb", "clean"): 0.79,      # measured 0.813
-    ("emodb", "mulaw8k"): 0.77,    # measured 0.795
-    ("urdu", "clean"): 0.40,       # measured 0.432
-    ("urdu", "mulaw8k"): 0.39,     # measured 0.419
+    ("ravdess", "clean"): 0.57,    # measured 0.597
+    ("ravdess", "mulaw8k"): 0.57,  # measured 0.594
+    ("emodb", "clean"): 0.83,      # measured 0.852
+    ("emodb", "mulaw8k"): 0.79,    # measured 0.812
+    ("urdu", "clean"): 0.45,       # measured 0.484
+    ("urdu", "mulaw8k"): 0.44,     # measured 0.477
 }
 MAX_ONNX_BYTES = 5 * 1024 * 1024
 
@@ -53,7 +55,11 @@ def test_test_split_ua_holds(measured: EvaluationResult, corpus: str, channel: s
 
 def test_the_card_reports_what_the_model_measures(emotion_model: Path,
                                                   measured: EvaluationResult) -> None:
-    by_channel = json.loads(card_path_for(emotion_model).read_text())["test_metrics"]["by_channel"]
+    test_metrics = json.loads(card_path_for(emotion_model).read_text())["test_metrics"]
+    # the card's figures are of clips cut to speech as the worker cuts them, as measured here
+    assert test_metrics["speech_cut"] == asdict(DEFAULT_SPEECH_CUT)
+    assert measured.speech_cut == DEFAULT_SPEECH_CUT
+    by_channel = test_metrics["by_channel"]
     for row in measured.rows:
         stated = by_channel[row.channel][row.corpus]
         assert stated["n_clips"] == row.n_clips
@@ -62,10 +68,13 @@ def test_the_card_reports_what_the_model_measures(emotion_model: Path,
         assert stated["ua"] == pytest.approx(row.ua, abs=0.04), (row.corpus, row.channel)
 
 
-# Worst RAVDESS condition of the robustness table (``--robustness``): Opus at ~8 kbit/s,
-# measured 0.523 (emotion-v1.0.0's worst was -25 dB level at 0.396, before the gain-invariant
-# log-mel floor of v1.1).
-RAVDESS_WORST_CASE_FLOOR = 0.50
+# Robustness table on RAVDESS (``--robustness``), emotion-v1.2.0. The worst condition is the
+# -25 dB level, measured 0.290: at -63 dBFS speech the worker's VAD finds no speech in 92 % of
+# the clips (the features are gain-invariant; the VAD is not). Every other condition is
+# within 3.1 points of clean: worst noise at 10 dB SNR, measured 0.566.
+RAVDESS_WORST_CASE_FLOOR = 0.27
+RAVDESS_WORST_OTHER_FLOOR = 0.54
+VAD_LIMITED = "level_minus25db"
 
 
 def test_worst_channel_condition_holds_on_ravdess(emotion_model: Path,
@@ -74,6 +83,8 @@ def test_worst_channel_condition_holds_on_ravdess(emotion_model: Path,
 
     result = evaluate_model(emotion_model, corpus_manifest_paths(callmood_corpora, ("ravdess",)),
                             split="test", channels=ROBUSTNESS, threads=1, workers=2)
+    assert len(result.rows) == len(ROBUSTNESS)
     worst = min(result.rows, key=lambda r: r.ua)
     assert worst.ua >= RAVDESS_WORST_CASE_FLOOR, (worst.channel, worst.ua)
-    assert len(result.rows) == len(ROBUSTNESS)
+    other = min((r for r in result.rows if r.channel != VAD_LIMITED), key=lambda r: r.ua)
+    assert other.ua >= RAVDESS_WORST_OTHER_FLOOR, (other.channel, other.ua)

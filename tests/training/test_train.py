@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,10 @@ def test_train_command_writes_a_servable_model_and_card(tmp_path: Path, callmood
     assert set(raw["training"]["train_counts"]) == {"mycalls"}
     assert raw["training"]["val_speakers"] and "test_metrics" in raw
     assert raw["test_metrics"]["by_channel"]["mulaw8k"]["mycalls"]["n_clips"] == 8
+    # trained and scored on the speech the worker's VAD cuts, with its settings on record
+    assert raw["training"]["config"]["speech_cut"]["vad"]["aggressiveness"] == 3
+    assert raw["test_metrics"]["speech_cut"] == raw["training"]["config"]["speech_cut"]
+    assert "cut to its speech as the worker cuts calls" in model_path.with_suffix(".card.md").read_text()
     assert "Research default" in model_path.with_suffix(".card.md").read_text()
     # the worker's path serves it: decoded clip -> shared features -> probabilities
     audio = load_mono(Path(pd.read_csv(manifest)["path"].iloc[0]), card.features.sample_rate)
@@ -78,13 +83,18 @@ def test_spec_augment_masks_bands_and_frames_reproducibly() -> None:
 
 
 def test_leave_one_corpus_out_trains_without_it_and_tests_on_all_of_it(
-        tmp_path: Path, callmood_env: object, callmood_corpora: Path,
+        tmp_path: Path, callmood_env: object, callmood_corpora: Path, emotion_model: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     from training.cli import loco_main
 
     out = tmp_path / "figures.json"
+    shipped = tmp_path / "shipped" / "emotion-v1.onnx"   # a copy whose card the run extends
+    shipped.parent.mkdir()
+    for suffix in (".onnx", ".card.json", ".card.md"):
+        shutil.copy(emotion_model.with_suffix(suffix), shipped.with_suffix(suffix))
     status = loco_main(["--holdout", "urdu", "--out-dir", str(tmp_path / "loco"), "--channel",
                         "clean", "--workers", "1", "--json-out", str(out),
+                        "--update-card", "--model", str(shipped),
                         # passed on to `train`: a tiny run
                         "--limit-per-corpus", "12", "--epochs", "1", "--draws-per-epoch", "32",
                         "--batch-size", "16", "--threads", "1"])
@@ -98,3 +108,13 @@ def test_leave_one_corpus_out_trains_without_it_and_tests_on_all_of_it(
     assert rows[0]["n_clips"] == len(all_urdu)        # every clip, train and test speakers
     assert 0.0 <= rows[0]["ua"] <= 1.0
     assert "== held out: urdu (trained on ravdess, tess, emodb)" in capsys.readouterr().out
+    # the shipped card now carries the figures, with how its recipe differed from the model's
+    entry = json.loads(shipped.with_suffix(".card.json").read_text())["loco"]["by_holdout"]["urdu"]
+    assert entry["by_channel"]["clean"] == rows[0]
+    assert entry["trained_on"] == ["emodb", "ravdess", "tess"]
+    assert {"epochs", "draws_per_epoch", "batch_size"} <= set(entry["recipe_differences"])
+    assert entry["command"].startswith("python -m training loco --holdout urdu --channel clean")
+    assert "--out-dir" not in entry["command"]
+    card_md = shipped.with_suffix(".card.md").read_text()
+    assert "## Leave-one-corpus-out" in card_md and "| urdu | emodb, ravdess, tess |" in card_md
+    assert load_card(shipped).version == load_card(emotion_model).version  # still servable

@@ -88,3 +88,28 @@ def test_bad_inputs_raise_input_errors(tmp_path: Path, settings: Settings) -> No
         analyze_file(str(tmp_path / "junk.wav"), settings)
     with pytest.raises(InputNotAllowedError):
         analyze_file("/etc/passwd", settings)
+
+
+def test_speech_cut_keeps_a_clips_speech_and_drops_its_silence(callmood_corpora: Path) -> None:
+    from worker.audio import load_mono
+    from worker.constants import ANALYSIS_SAMPLE_RATE
+    from worker.pipeline import SpeechCut
+
+    manifest = read_manifest(callmood_corpora, "ravdess")
+    audio = load_mono(Path(manifest["audio_path"].iloc[0]), ANALYSIS_SAMPLE_RATE)
+    # a RAVDESS clip: about a second of room tone, the sentence, then room tone again
+    padded = np.concatenate([np.zeros(ANALYSIS_SAMPLE_RATE, np.float32), audio,
+                             np.zeros(ANALYSIS_SAMPLE_RATE, np.float32)])
+    cut = SpeechCut()
+    extent = cut.extent(padded)
+    assert extent is not None
+    start, end = extent
+    assert ANALYSIS_SAMPLE_RATE <= start and end <= ANALYSIS_SAMPLE_RATE + audio.size
+    speech = cut.apply(padded)
+    assert np.array_equal(speech, padded[start:end])
+    assert 0.8 < speech.size / ANALYSIS_SAMPLE_RATE < audio.size / ANALYSIS_SAMPLE_RATE
+    # nearly all the energy is inside the cut
+    energy = float(np.sum(padded.astype(np.float64) ** 2))
+    assert float(np.sum(speech.astype(np.float64) ** 2)) > 0.98 * energy
+    silence = np.zeros(2 * ANALYSIS_SAMPLE_RATE, np.float32)
+    assert cut.extent(silence) is None and cut.apply(silence) is silence   # nothing lost
