@@ -111,6 +111,21 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _without_options(argv: list[str], options: dict[str, int]) -> list[str]:
+    """``argv`` less the given options, each with its number of values (for the card's
+    command: options that do not change the figures)."""
+    kept: list[str] = []
+    skip = 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+        elif arg.split("=", 1)[0] in options:
+            skip = options[arg.split("=", 1)[0]] if "=" not in arg else 0
+        else:
+            kept.append(arg)
+    return kept
+
+
 def build_evaluate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training evaluate",
                                 description="Per-corpus UA/WA/ECE of an ONNX model (+card).")
@@ -153,8 +168,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         args.json_out.write_text(json.dumps([r.to_dict() for r in result.rows], indent=2) + "\n",
                                  encoding="utf-8")
     if args.update_card:
-        shown = [a if not a.startswith("/") else os.path.relpath(a) for a in (argv or [])
-                 if a != "--update-card"]
+        shown = [a if not a.startswith("/") else os.path.relpath(a)
+                 for a in _without_options(argv or [], {"--update-card": 0, "--json-out": 1})]
         card = with_test_metrics(read_card_dict(model_path), result,
                                  "python -m training evaluate " + shlex.join(shown))
         write_card(model_path, card)

@@ -112,3 +112,12 @@ def test_clips_are_scored_as_the_worker_cuts_them(callmood_corpora: Path) -> Non
     cut = clip_features(path, "clean", config, DEFAULT_SPEECH_CUT)
     # RAVDESS clips are about half room tone around the sentence; the worker never scores it
     assert cut.shape[0] == whole.shape[0] and 0.2 * whole.shape[1] < cut.shape[1] < 0.9 * whole.shape[1]
+
+
+def test_the_cards_command_leaves_out_options_that_do_not_change_the_figures() -> None:
+    from training.cli import _without_options
+
+    argv = ["--robustness", "--json-out", "/tmp/x.json", "--update-card", "--json-out=y.json",
+            "--model", "m.onnx"]
+    assert _without_options(argv, {"--update-card": 0, "--json-out": 1}) == [
+        "--robustness", "--model", "m.onnx"]
