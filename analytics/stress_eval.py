@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     scored = score_clips(clips, settings.model_path, settings.onnx_threads,
                          cast(Channel, args.channel),
-                         SpeechCut(settings.vad, settings.segmentation))
+                         SpeechCut.of(settings))
     print(f"model {settings.model_path.name}; positives: {', '.join(sorted(POSITIVE_EMOTIONS))}; "
           f"negatives: {', '.join(sorted(NEGATIVE_EMOTIONS))}; split: {TEST_SPLIT}; "
           f"channel: {args.channel}; clips cut to speech as the worker cuts calls")

@@ -17,7 +17,7 @@ from training.augment import AugmentConfig
 from training.card import read_card_dict, with_loco, with_test_metrics, write_card
 from training.dataset import DEFAULT_CORPORA, corpus_manifest_paths
 from training.evaluate import CHANNELS, ROBUSTNESS, evaluate_model
-from training.train import TRAIN_FEATURES, TrainConfig, train
+from training.train import MODEL_VERSION, TRAIN_FEATURES, TrainConfig, train
 from worker.errors import CallmoodError
 from worker.features import NORMALIZATIONS, FeatureConfig
 from worker.pipeline import SpeechCut
@@ -33,8 +33,7 @@ def _default_workers() -> int:
 
 def _speech_cut(whole_clips: bool) -> SpeechCut | None:
     """The worker's own cut to speech (its VAD and segmentation settings), or None."""
-    settings = get_settings()
-    return None if whole_clips else SpeechCut(settings.vad, settings.segmentation)
+    return None if whole_clips else SpeechCut.of(get_settings())
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -45,7 +44,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                         f"{', '.join(DEFAULT_CORPORA)} manifests under the corpora dir")
     p.add_argument("--out-dir", type=Path, default=PACKAGE_DIR / "models")
     p.add_argument("--name", default="emotion-v1")
-    p.add_argument("--version", default="emotion-v1.2.0")
+    p.add_argument("--version", default=MODEL_VERSION)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--patience", type=int, default=TrainConfig.patience)
@@ -206,6 +205,8 @@ def build_loco_parser() -> argparse.ArgumentParser:
 def loco_main(argv: list[str] | None = None) -> int:
     """``loco``: prints one table per held-out corpus; returns a process exit status."""
     args, train_args = build_loco_parser().parse_known_args(argv)
+    # the held-out corpus is scored as its models are trained: cut to speech or whole
+    whole_clips = bool(build_train_parser().parse_known_args(train_args)[0].whole_clips)
     corpora_dir = get_settings().corpora_dir
     channels = args.channel or ["clean", "mulaw8k"]
     figures: dict[str, list[dict[str, object]]] = {}
@@ -224,7 +225,7 @@ def loco_main(argv: list[str] | None = None) -> int:
             result = evaluate_model(model_path, corpus_manifest_paths(corpora_dir, (holdout,)),
                                     split="all", channels=channels, threads=1,
                                     workers=args.workers,
-                                    speech_cut=_speech_cut("--whole-clips" in train_args))
+                                    speech_cut=_speech_cut(whole_clips))
         except CallmoodError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -54,6 +54,10 @@ them gain-invariant down to -80 dBFS lines (v1.0's absolute floor lost RAVDESS a
 51.1% -> 39.6% UA). 80 dB: a little below the 96 dB of 16-bit audio's own range."""
 
 
+MODEL_VERSION = "emotion-v1.2.0"
+"""Version the default recipe writes into the card (bump it with any change of recipe)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a trained model (recorded in the card)."""
@@ -238,7 +242,7 @@ def check_onnx(model: nn.Module, path: Path, n_mels: int) -> float:
 
 
 def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
-          name: str = "emotion-v1", version: str = "emotion-v1.2.0", device: str = "auto",
+          name: str = "emotion-v1", version: str = MODEL_VERSION, device: str = "auto",
           workers: int = 2, limit_per_corpus: int = 0, command: str = "") -> TrainResult:
     """Train, select on validation speakers, calibrate, export ONNX + card; return the result."""
     t0 = time.monotonic()

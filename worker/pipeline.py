@@ -79,6 +79,11 @@ class SpeechCut:
     vad: VadConfig = field(default_factory=VadConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
+    @classmethod
+    def of(cls, settings: Settings) -> SpeechCut:
+        """The cut of a worker running with ``settings`` (its VAD and segmentation)."""
+        return cls(settings.vad, settings.segmentation)
+
     def extent(self, audio: np.ndarray) -> tuple[int, int] | None:
         """[start, end) samples from the first utterance's start to the last one's end
         (8 kHz mono), or None when the VAD finds no speech."""
