@@ -133,7 +133,8 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, action="append",
                    help="manifest CSV (repeatable). Default: the "
                         f"{', '.join(EVAL_CORPORA)} manifests under the corpora dir")
-    p.add_argument("--split", default="test", help="test (default), train or all")
+    p.add_argument("--split", default="test",
+                   help="test (default), train, all, or val (the validation speakers in the card)")
     p.add_argument("--channel", action="append", choices=CHANNELS,
                    help="clean (default), a phone line (mulaw8k, alaw8k) or another condition (repeatable)")
     p.add_argument("--robustness", action="store_true",

@@ -9,6 +9,7 @@ ECE (15 equal-width confidence bins) and the confusion matrix (rows true, column
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,9 +28,9 @@ from training.augment import (
     set_rms_dbfs,
     strong_eq,
 )
-from training.dataset import map_labels, read_manifests
+from training.dataset import SUBSET_TRAIN, SUBSET_VAL, map_labels, read_manifests
 from worker.audio import load_mono
-from worker.emotion import load_model
+from worker.emotion import card_path_for, load_model
 from worker.features import FeatureConfig, extract_features
 from worker.pipeline import SpeechCut
 
@@ -195,7 +196,8 @@ def evaluate_model(model_path: Path, manifest_paths: Sequence[Path], split: str 
                    channels: Sequence[str] = ("clean",), threads: int = 1,
                    workers: int = 2,
                    speech_cut: SpeechCut | None = DEFAULT_SPEECH_CUT) -> EvaluationResult:
-    """Per-corpus figures of the ONNX model at ``model_path`` on ``split`` rows ("all": every row).
+    """Per-corpus figures of the ONNX model at ``model_path`` on ``split`` rows ("all": every
+    row; "val": the train-split speakers its card lists as validation speakers).
 
     Each clip goes through its channel and is then cut to speech as the worker cuts calls
     (``speech_cut``; None scores whole clips, silence included, as v1.1.0's card did).
@@ -204,7 +206,14 @@ def evaluate_model(model_path: Path, manifest_paths: Sequence[Path], split: str 
     model = load_model(model_path.resolve(), threads)
     card = model.card
     clips = map_labels(read_manifests(manifest_paths))
-    if split != "all":
+    if split == SUBSET_VAL:
+        # the model's own validation speakers, as its card lists them ("corpus:speaker")
+        card_json = json.loads(card_path_for(model_path).read_text(encoding="utf-8"))
+        speakers = set(card_json.get("training", {}).get("val_speakers", []))
+        clips = clips[(clips["split"] == SUBSET_TRAIN)
+                      & (clips["corpus"].astype(str) + ":" + clips["speaker"].astype(str))
+                      .isin(speakers)]
+    elif split != "all":
         clips = clips[clips["split"] == split]
     clips = clips[clips["label"].isin(card.labels)].reset_index(drop=True)
     index = {lab: i for i, lab in enumerate(card.labels)}

@@ -121,3 +121,14 @@ def test_the_cards_command_leaves_out_options_that_do_not_change_the_figures() -
             "--model", "m.onnx"]
     assert _without_options(argv, {"--update-card": 0, "--json-out": 1}) == [
         "--robustness", "--model", "m.onnx"]
+
+
+def test_split_val_scores_the_validation_speakers_the_card_lists(emotion_model: Path,
+                                                                  callmood_corpora: Path) -> None:
+    import json
+
+    card = json.loads(emotion_model.with_suffix(".card.json").read_text())
+    result = evaluate_model(emotion_model, [callmood_corpora / "ravdess" / "manifest.csv"],
+                            split="val", workers=2)
+    expected = sum(card["training"]["val_counts"]["ravdess"].values())
+    assert result.get("ravdess").n_clips == expected and result.split == "val"
