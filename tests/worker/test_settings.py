@@ -68,14 +68,17 @@ def test_roles_for_mono_and_stereo() -> None:
 def test_vad_and_segmentation_thresholds_come_from_env() -> None:
     s = Settings.from_env({"CALLMOOD_VAD_AGGRESSIVENESS": "2",
                            "CALLMOOD_SEGMENTATION_PAD_MS": "60",
-                           "CALLMOOD_SEGMENTATION_MAX_UTTERANCE_S": "6.5"})
+                           "CALLMOOD_SEGMENTATION_MAX_UTTERANCE_S": "6.5",
+                           "CALLMOOD_VAD_MAX_GAIN_DB": "0"})
     assert s.vad.aggressiveness == 2
+    assert s.vad.max_gain_db == 0.0  # the level front end off
     assert (s.segmentation.pad_ms, s.segmentation.max_utterance_s) == (60, 6.5)
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("CALLMOOD_VAD_AGGRESSIVENESS", "7", "use 0, 1, 2 or 3"),
     ("CALLMOOD_VAD_FRAME_MS", "ten", "expected int"),
+    ("CALLMOOD_VAD_TARGET_LEVEL_DBFS", "6", "use -90 to 0 dBFS"),
     ("CALLMOOD_SEGMENTATION_PADDING", "5", "CALLMOOD_SEGMENTATION_PAD_MS"),
 ])
 def test_bad_threshold_settings_are_named(name: str, value: str, message: str) -> None:

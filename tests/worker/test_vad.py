@@ -11,7 +11,16 @@ import pytest
 from worker.audio import Audio, load_mono
 from worker.constants import ANALYSIS_SAMPLE_RATE
 from worker.errors import ConfigError
-from worker.vad import VadConfig, smooth, speech_decisions, speech_probabilities, to_pcm16
+from worker.segmentation import SegmentationConfig, utterances
+from worker.vad import (
+    VadConfig,
+    VadStream,
+    level_gain_db,
+    smooth,
+    speech_decisions,
+    speech_probabilities,
+    to_pcm16,
+)
 
 RATE = ANALYSIS_SAMPLE_RATE
 # An EmoDB test-split clip (speaker 03, "Der Lappen liegt auf dem Eisschrank", happy).
@@ -93,7 +102,72 @@ def test_stereo_input_is_refused() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"aggressiveness": 4}, {"frame_ms": 25},
-                                    {"frame_ms": 30, "smoothing_ms": 10}])
-def test_invalid_config_raises_config_error(kwargs: dict[str, int]) -> None:
+                                    {"frame_ms": 30, "smoothing_ms": 10},
+                                    {"max_gain_db": -1.0}, {"target_level_dbfs": 3.0},
+                                    {"noise_ceiling_dbfs": -120.0}])
+def test_invalid_config_raises_config_error(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         VadConfig(**kwargs)
+
+
+def _level_dbfs(x: Audio, percentile: float) -> float:
+    frames = x[: x.size // 80 * 80].reshape(-1, 80).astype(np.float64)
+    energy = np.mean(frames**2, axis=1)
+    return float(np.percentile(10 * np.log10(energy[energy > 0]), percentile))
+
+
+def test_level_gain_raises_quiet_speech_to_the_target(speech: Audio) -> None:
+    cfg = VadConfig()
+    quiet = (speech * 10 ** (-35 / 20)).astype(np.float32)
+    gain = level_gain_db(quiet, cfg)
+    assert gain > 0
+    # the loud frames land on the target unless the noise ceiling or max gain binds first
+    assert gain == pytest.approx(min(cfg.target_level_dbfs - _level_dbfs(quiet, 95),
+                                     cfg.noise_ceiling_dbfs - _level_dbfs(quiet, 10),
+                                     cfg.max_gain_db), abs=1e-6)
+
+
+def test_level_gain_never_attenuates_and_can_be_turned_off(speech: Audio) -> None:
+    cfg = VadConfig()
+    above = (speech * 10 ** ((cfg.target_level_dbfs + 3 - _level_dbfs(speech, 95)) / 20))
+    assert level_gain_db(above.astype(np.float32), cfg) == 0.0
+    quiet = (speech * 1e-2).astype(np.float32)
+    assert level_gain_db(quiet, VadConfig(max_gain_db=0.0)) == 0.0
+    assert level_gain_db(np.zeros(RATE, np.float32), VadConfig()) == 0.0
+    assert level_gain_db(np.zeros(0, np.float32), VadConfig()) == 0.0
+
+
+def test_level_gain_keeps_quiet_noise_under_the_ceiling() -> None:
+    cfg = VadConfig()
+    rng = np.random.default_rng(0)
+    noise = (rng.standard_normal(10 * RATE) * 10 ** (-70 / 20)).astype(np.float32)
+    gain = level_gain_db(noise, cfg)
+    # stationary noise: loud and quiet frames within a few dB, so the ceiling binds
+    assert 0 < gain <= cfg.noise_ceiling_dbfs - _level_dbfs(noise, 10) + 1e-6
+    assert _level_dbfs(noise * 10 ** (gain / 20), 50) < cfg.noise_ceiling_dbfs + 5
+    # WebRTC's noise model needs a few frames to settle (~60 ms of "speech" at the very
+    # start); segmentation's min_speech_ms drops that, so no utterance comes out.
+    p = speech_probabilities(noise, cfg)
+    assert utterances(p, cfg.frame_s, noise.size / RATE, SegmentationConfig()) == []
+
+
+def test_quiet_line_is_found_only_with_the_level_front_end(speech: Audio) -> None:
+    gap = np.zeros(RATE, np.float32)
+    quiet = (np.concatenate([gap, speech, gap]) * 10 ** (-40 / 20)).astype(np.float32)
+    with_gain = speech_probabilities(quiet, VadConfig())
+    without = speech_probabilities(quiet, VadConfig(max_gain_db=0.0))
+    assert not without.any()  # speech near -55 dBFS is below WebRTC's fixed thresholds
+    assert float(np.mean(with_gain >= 0.5)) > 0.35  # 1.9 s of speech in 3.9 s
+    loud = np.concatenate([gap, speech, gap])
+    np.testing.assert_array_equal(with_gain >= 0.5, speech_probabilities(loud, VadConfig()) >= 0.5)
+
+
+def test_stream_records_one_gain_per_block(speech: Audio) -> None:
+    cfg = VadConfig()
+    quiet = np.tile(speech * np.float32(10 ** (-40 / 20)), 30)  # ~57 s: two blocks
+    stream = VadStream(cfg)
+    for piece in np.array_split(quiet, 7):
+        stream.push(piece)
+    decisions = stream.finish()
+    assert len(stream.gains_db) == 2 and min(stream.gains_db) > 20
+    np.testing.assert_array_equal(decisions, speech_decisions(quiet, cfg))
