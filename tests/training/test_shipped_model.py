@@ -1,6 +1,6 @@
 """Regression guard for the shipped model: its card is honest and its test-split UA holds.
 
-Floors sit just under the figures measured for emotion-v1.2.0 (``python -m training evaluate
+Floors sit just under the figures measured for emotion-v1.3.0 (``python -m training evaluate
 --channel clean --channel mulaw8k``: each clip cut to its speech as the worker cuts calls; the
 card's ``test_metrics`` hold the full tables). A
 retrained model that scores lower fails here until the floors are consciously lowered.
@@ -21,14 +21,14 @@ from worker.emotion import card_path_for, load_card
 
 EVAL_CORPORA = ("ravdess", "emodb", "urdu")
 
-# (corpus, channel): UA floor.  Measured UA for emotion-v1.2.0 in the comment.
+# (corpus, channel): UA floor.  Measured UA for emotion-v1.3.0 in the comment.
 UA_FLOORS: dict[tuple[str, str], float] = {
-    ("ravdess", "clean"): 0.57,    # measured 0.597
-    ("ravdess", "mulaw8k"): 0.57,  # measured 0.594
-    ("emodb", "clean"): 0.83,      # measured 0.852
-    ("emodb", "mulaw8k"): 0.79,    # measured 0.812
-    ("urdu", "clean"): 0.45,       # measured 0.484
-    ("urdu", "mulaw8k"): 0.44,     # measured 0.477
+    ("ravdess", "clean"): 0.59,    # measured 0.614
+    ("ravdess", "mulaw8k"): 0.58,  # measured 0.605
+    ("emodb", "clean"): 0.76,      # measured 0.786
+    ("emodb", "mulaw8k"): 0.75,    # measured 0.778
+    ("urdu", "clean"): 0.50,       # measured 0.536
+    ("urdu", "mulaw8k"): 0.43,     # measured 0.467
 }
 MAX_ONNX_BYTES = 5 * 1024 * 1024
 
@@ -68,13 +68,13 @@ def test_the_card_reports_what_the_model_measures(emotion_model: Path,
         assert stated["ua"] == pytest.approx(row.ua, abs=0.04), (row.corpus, row.channel)
 
 
-# Robustness table on RAVDESS (``--robustness``), emotion-v1.2.0. The worst condition is the
-# -25 dB level, measured 0.290: at -63 dBFS speech the worker's VAD finds no speech in 92 % of
-# the clips (the features are gain-invariant; the VAD is not). Every other condition is
-# within 3.1 points of clean: worst noise at 10 dB SNR, measured 0.566.
-RAVDESS_WORST_CASE_FLOOR = 0.27
-RAVDESS_WORST_OTHER_FLOOR = 0.54
-VAD_LIMITED = "level_minus25db"
+# Robustness table on RAVDESS (``--robustness``), emotion-v1.3.0: clean 0.614, worst condition
+# Opus at ~8 kbit/s, measured 0.567 (4.7 points under clean; the goal is at most 5). The
+# -25 dB level, 0.290 with v1.2.0 before the VAD's level front end, now measures 0.624.
+RAVDESS_WORST_CASE_FLOOR = 0.54
+# the goal is 0.05; one or two clips flipping by float rounding on another CPU move a
+# condition's UA by ~0.3 points each, so the guard sits one point above the goal
+RAVDESS_MAX_DROP_FROM_CLEAN = 0.06
 
 
 def test_worst_channel_condition_holds_on_ravdess(emotion_model: Path,
@@ -86,5 +86,5 @@ def test_worst_channel_condition_holds_on_ravdess(emotion_model: Path,
     assert len(result.rows) == len(ROBUSTNESS)
     worst = min(result.rows, key=lambda r: r.ua)
     assert worst.ua >= RAVDESS_WORST_CASE_FLOOR, (worst.channel, worst.ua)
-    other = min((r for r in result.rows if r.channel != VAD_LIMITED), key=lambda r: r.ua)
-    assert other.ua >= RAVDESS_WORST_OTHER_FLOOR, (other.channel, other.ua)
+    clean = result.get("ravdess", "clean").ua
+    assert clean - worst.ua <= RAVDESS_MAX_DROP_FROM_CLEAN, (worst.channel, clean, worst.ua)
