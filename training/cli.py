@@ -48,6 +48,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--patience", type=int, default=TrainConfig.patience)
+    p.add_argument("--min-epochs", type=int, default=TrainConfig.min_epochs,
+                   help="no early stop before this many epochs")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction)
@@ -83,6 +85,7 @@ def train_main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     manifests = args.manifest or corpus_manifest_paths(settings.corpora_dir)
     config = TrainConfig(seed=args.seed, epochs=args.epochs, patience=args.patience,
+                         min_epochs=args.min_epochs,
                          batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                          crop_s=args.crop_s, draws_per_epoch=args.draws_per_epoch,
                          augment=AugmentConfig(p_phone=args.p_phone, p_codec=args.p_codec),

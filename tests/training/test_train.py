@@ -12,7 +12,7 @@ import pytest
 
 from training.cli import train_main
 from training.model import EmotionCNN, ModelConfig
-from training.train import TrainConfig, spec_augment, tile_frames
+from training.train import TrainConfig, spec_augment, stops_early, tile_frames
 from worker.audio import load_mono
 from worker.constants import EMOTIONS
 from worker.emotion import load_card, load_model
@@ -118,3 +118,15 @@ def test_leave_one_corpus_out_trains_without_it_and_tests_on_all_of_it(
     card_md = shipped.with_suffix(".card.md").read_text()
     assert "## Leave-one-corpus-out" in card_md and "| urdu | emodb, ravdess, tess |" in card_md
     assert load_card(shipped).version == load_card(emotion_model).version  # still servable
+
+
+def test_early_stop_waits_for_min_epochs_then_for_patience() -> None:
+    config = TrainConfig(patience=12, min_epochs=30)
+    # best at epoch 0, 12 epochs without a gain: too early to stop (the EMA model is barely
+    # trained; the first run without EmoDB stopped here with its epoch-0 model)
+    assert not stops_early(12, 0, config)
+    assert not stops_early(28, 0, config)
+    assert stops_early(29, 0, config)            # the 30th epoch has run
+    assert not stops_early(40, 29, config)       # a gain at 29: 11 epochs without one
+    assert stops_early(41, 29, config)
+    assert stops_early(12, 0, TrainConfig(patience=12, min_epochs=1))
