@@ -54,7 +54,7 @@ from worker.constants import ANALYSIS_SAMPLE_RATE
 from worker.errors import ConfigError
 from worker.segmentation import SegmentationConfig, Span, utterances
 from worker.settings import get_settings
-from worker.vad import VadConfig, smooth, speech_decisions, to_pcm16
+from worker.vad import VadConfig, smooth, speech_decisions, speech_probabilities, to_pcm16
 
 Audio = npt.NDArray[np.float32]
 NoiseKind = Literal["none", "white", "pink"]
@@ -297,15 +297,17 @@ def prepare(split: str = "test", clips_per_corpus: int = 20, seed: int = 0,
     return Prepared(scene, chans, truth_mask(scene.truth, scene.duration_s))
 
 
+DecisionCache = dict[tuple[str, VadConfig], npt.NDArray[np.bool_]]
+"""Raw WebRTC decisions per (condition name, VAD config with ``smoothing_ms`` at its default):
+smoothing comes after the decisions, so a grid over it reuses them."""
+
+
 def score(prepared: Prepared, vad: VadConfig, segmentation: SegmentationConfig,
-          decisions: dict[tuple[str, int, int], npt.NDArray[np.bool_]] | None = None
-          ) -> list[dict[str, object]]:
+          decisions: DecisionCache | None = None) -> list[dict[str, object]]:
     """One row per condition and level ('vad' raw frames, 'utterances')."""
     rows: list[dict[str, object]] = []
     for condition, audio in prepared.channels:
-        key = (condition.name, vad.aggressiveness, vad.frame_ms)
-        if (vad.target_level_dbfs, vad.noise_ceiling_dbfs, vad.max_gain_db) != _LEVEL_DEFAULTS:
-            decisions = None  # the cache holds the default front end's decisions only
+        key = (condition.name, replace(vad, smoothing_ms=VadConfig.smoothing_ms))
         if decisions is not None and key in decisions:
             d = decisions[key]
         else:
@@ -316,10 +318,6 @@ def score(prepared: Prepared, vad: VadConfig, segmentation: SegmentationConfig,
                            audio.size / ANALYSIS_SAMPLE_RATE, segmentation)
         rows += _rows(condition, prepared, d, vad.frame_s, spans)
     return rows
-
-
-_LEVEL_DEFAULTS = (VadConfig.target_level_dbfs, VadConfig.noise_ceiling_dbfs,
-                   VadConfig.max_gain_db)
 
 
 def false_alarms(vad: VadConfig, segmentation: SegmentationConfig, seconds: float = 60.0,
@@ -336,8 +334,7 @@ def false_alarms(vad: VadConfig, segmentation: SegmentationConfig, seconds: floa
         for level in levels_dbfs:
             rng = np.random.default_rng([seed, 3, kind == "pink", int(-level)])
             x = (noise(kind, n, rng) * 10.0 ** (level / 20.0)).astype(np.float32)
-            spans = utterances(smooth(speech_decisions(x, vad), vad.smoothing_frames),
-                               vad.frame_s, seconds, segmentation)
+            spans = utterances(speech_probabilities(x, vad), vad.frame_s, seconds, segmentation)
             rows.append({"noise": kind, "level_dbfs": level, "utterances": len(spans),
                          "speech_s_per_min": sum(s.end_s - s.start_s for s in spans)
                          * 60.0 / seconds})
@@ -430,7 +427,7 @@ def tune(split: str = "train", clips_per_corpus: int = 8, seed: int = 1,
     """Every grid combination scored by mean utterance F1 over CONDITIONS, best first."""
     g = grid or TUNE_GRID
     prepared = prepare(split, clips_per_corpus, seed)
-    cache: dict[tuple[str, int, int], npt.NDArray[np.bool_]] = {}
+    cache: DecisionCache = {}
     results = []
     keys = list(g)
     for values in itertools.product(*(g[k] for k in keys)):
