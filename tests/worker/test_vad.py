@@ -137,6 +137,20 @@ def test_level_gain_never_attenuates_and_can_be_turned_off(speech: Audio) -> Non
     assert level_gain_db(np.zeros(0, np.float32), VadConfig()) == 0.0
 
 
+def test_level_gain_is_finite_on_nan_and_inf_samples(speech: Audio) -> None:
+    cfg = VadConfig()
+    quiet = (speech * 10 ** (-35 / 20)).astype(np.float32)
+    bad = quiet.copy()
+    bad[::500] = np.nan
+    bad[250::1000] = np.inf
+    gain = level_gain_db(bad, cfg)
+    # the bad samples count as 0 and full scale, as to_pcm16 hands them to WebRTC
+    cleaned = np.nan_to_num(bad, nan=0.0, posinf=1.0, neginf=-1.0)
+    assert np.isfinite(gain) and gain == level_gain_db(cleaned, cfg)
+    assert level_gain_db(np.full(RATE, np.nan, np.float32), cfg) == 0.0
+    assert speech_probabilities(bad, cfg).shape == speech_probabilities(quiet, cfg).shape
+
+
 def test_level_gain_keeps_quiet_noise_under_the_ceiling() -> None:
     cfg = VadConfig()
     rng = np.random.default_rng(0)
