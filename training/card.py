@@ -57,6 +57,8 @@ def clips_sentence(speech_cut: dict[str, Any] | None) -> str:
     if vad.get("max_gain_db"):  # cards written before the VAD's level front end lack it
         level = (f", quiet blocks raised towards {vad['target_level_dbfs']:g} dBFS for the VAD"
                  f" (noise kept under {vad['noise_ceiling_dbfs']:g} dBFS)")
+    if vad.get("remove_dc"):  # cards written before the VAD removed DC lack it
+        level += ", each block's DC offset removed"
     return ("Each clip was cut to its speech as the worker cuts calls (WebRTC VAD mode "
             f"{vad['aggressiveness']}, {vad['frame_ms']} ms frames{level}; pauses under "
             f"{seg['min_silence_ms']} ms bridged, {seg['pad_ms']} ms pad), then scored.")

@@ -54,7 +54,7 @@ them gain-invariant down to -80 dBFS lines (v1.0's absolute floor lost RAVDESS a
 51.1% -> 39.6% UA). 80 dB: a little below the 96 dB of 16-bit audio's own range."""
 
 
-MODEL_VERSION = "emotion-v1.3.0"
+MODEL_VERSION = "emotion-v1.4.0"
 """Version the default recipe writes into the card (bump it with any change of recipe)."""
 
 

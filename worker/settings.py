@@ -142,6 +142,10 @@ class Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
+_BOOLEANS: dict[str, bool] = {"1": True, "true": True, "yes": True, "on": True,
+                              "0": False, "false": False, "no": False, "off": False}
+
+
 def _dataclass_from_env(cls: type[_Config], env: Mapping[str, str], prefix: str) -> _Config:
     """``cls()`` with fields overridden by ``PREFIX<FIELD>`` variables (e.g. CALLMOOD_VAD_PAD_MS)."""
     known = {f.name: f for f in dataclasses.fields(cls)}
@@ -154,6 +158,13 @@ def _dataclass_from_env(cls: type[_Config], env: Mapping[str, str], prefix: str)
             valid = ", ".join(prefix + n.upper() for n in known)
             raise ConfigError(f"{key} is not a setting; valid: {valid}")
         kind = type(getattr(cls(), name))
+        if kind is bool:
+            # bool("0") is True: read the usual spellings instead, and refuse the rest
+            try:
+                changes[name] = _BOOLEANS[raw.strip().lower()]
+            except KeyError as e:
+                raise ConfigError(f"{key}={raw!r}: expected one of {', '.join(_BOOLEANS)}") from e
+            continue
         try:
             changes[name] = kind(raw)
         except ValueError as e:

@@ -75,11 +75,19 @@ def test_vad_and_segmentation_thresholds_come_from_env() -> None:
     assert (s.segmentation.pad_ms, s.segmentation.max_utterance_s) == (60, 6.5)
 
 
+@pytest.mark.parametrize(("raw", "expected"), [("0", False), ("off", False), ("False", False),
+                                               ("1", True), ("yes", True), (" true ", True)])
+def test_boolean_settings_read_the_usual_spellings(raw: str, expected: bool) -> None:
+    assert Settings.from_env({}).vad.remove_dc is True
+    assert Settings.from_env({"CALLMOOD_VAD_REMOVE_DC": raw}).vad.remove_dc is expected
+
+
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("CALLMOOD_VAD_AGGRESSIVENESS", "7", "use 0, 1, 2 or 3"),
     ("CALLMOOD_VAD_FRAME_MS", "ten", "expected int"),
     ("CALLMOOD_VAD_TARGET_LEVEL_DBFS", "6", "use -90 to 0 dBFS"),
     ("CALLMOOD_SEGMENTATION_PADDING", "5", "CALLMOOD_SEGMENTATION_PAD_MS"),
+    ("CALLMOOD_VAD_REMOVE_DC", "maybe", "expected one of 1, true, yes, on, 0, false"),
 ])
 def test_bad_threshold_settings_are_named(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

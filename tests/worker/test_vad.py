@@ -20,6 +20,7 @@ from worker.vad import (
     speech_decisions,
     speech_probabilities,
     to_pcm16,
+    without_dc,
 )
 
 RATE = ANALYSIS_SAMPLE_RATE
@@ -149,6 +150,39 @@ def test_level_gain_is_finite_on_nan_and_inf_samples(speech: Audio) -> None:
     assert np.isfinite(gain) and gain == level_gain_db(cleaned, cfg)
     assert level_gain_db(np.full(RATE, np.nan, np.float32), cfg) == 0.0
     assert speech_probabilities(bad, cfg).shape == speech_probabilities(quiet, cfg).shape
+
+
+def test_without_dc_removes_the_mean_of_finite_samples() -> None:
+    x = np.array([0.1, 0.3, np.nan, 0.2], np.float32)
+    out = without_dc(x)
+    assert out.shape == x.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out[[0, 1, 3]], [-0.1, 0.1, 0.0], atol=1e-7)
+    assert np.isnan(out[2])
+    zeros = np.zeros(100, np.float32)
+    assert not without_dc(zeros).any()  # digital silence stays digital silence
+    assert np.isnan(without_dc(np.full(3, np.nan, np.float32))).all()
+
+
+@pytest.mark.parametrize("offset", [0.05, -0.2])
+def test_dc_offset_does_not_move_the_speech(speech: Audio, offset: float) -> None:
+    gap = np.zeros(RATE, np.float32)
+    line = np.concatenate([gap, speech, gap])
+    shifted = (line + np.float32(offset)).astype(np.float32)
+    clean = speech_probabilities(line, VadConfig()) >= 0.5
+    moved = speech_probabilities(shifted, VadConfig()) >= 0.5
+    # the offset's removal rounds a few samples to another int16 step: a frame or two
+    # may flip, the utterances may not
+    assert float(np.mean(clean == moved)) > 0.99
+    # without the removal the offset hides the noise floor from the level gain
+    kept = speech_probabilities(shifted, VadConfig(remove_dc=False)) >= 0.5
+    assert float(np.mean(clean == kept)) < float(np.mean(clean == moved))
+    cfg = SegmentationConfig()
+    frame_s = VadConfig().frame_s
+    found = utterances(speech_probabilities(shifted, VadConfig()), frame_s, line.size / RATE, cfg)
+    expected = utterances(speech_probabilities(line, VadConfig()), frame_s, line.size / RATE, cfg)
+    assert len(found) == len(expected) >= 1
+    for a, b in zip(found, expected, strict=True):
+        assert abs(a.start_s - b.start_s) <= 0.02 and abs(a.end_s - b.end_s) <= 0.02
 
 
 def test_level_gain_keeps_quiet_noise_under_the_ceiling() -> None:
