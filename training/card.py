@@ -53,14 +53,14 @@ def clips_sentence(speech_cut: dict[str, Any] | None) -> str:
     if not speech_cut:
         return "Whole clips were scored, silence included (not what the worker sees)."
     vad, seg = speech_cut["vad"], speech_cut["segmentation"]
-    level = ""
+    front_end = ""
     if vad.get("max_gain_db"):  # cards written before the VAD's level front end lack it
-        level = (f", quiet blocks raised towards {vad['target_level_dbfs']:g} dBFS for the VAD"
-                 f" (noise kept under {vad['noise_ceiling_dbfs']:g} dBFS)")
+        front_end = (f", quiet blocks raised towards {vad['target_level_dbfs']:g} dBFS for the "
+                     f"VAD (noise kept under {vad['noise_ceiling_dbfs']:g} dBFS)")
     if vad.get("remove_dc"):  # cards written before the VAD removed DC lack it
-        level += ", each block's DC offset removed"
+        front_end += ", each block's DC offset removed"
     return ("Each clip was cut to its speech as the worker cuts calls (WebRTC VAD mode "
-            f"{vad['aggressiveness']}, {vad['frame_ms']} ms frames{level}; pauses under "
+            f"{vad['aggressiveness']}, {vad['frame_ms']} ms frames{front_end}; pauses under "
             f"{seg['min_silence_ms']} ms bridged, {seg['pad_ms']} ms pad), then scored.")
 
 

@@ -168,8 +168,9 @@ def test_dc_offset_does_not_move_the_speech(speech: Audio, offset: float) -> Non
     gap = np.zeros(RATE, np.float32)
     line = np.concatenate([gap, speech, gap])
     shifted = (line + np.float32(offset)).astype(np.float32)
-    clean = speech_probabilities(line, VadConfig()) >= 0.5
-    moved = speech_probabilities(shifted, VadConfig()) >= 0.5
+    p_line = speech_probabilities(line, VadConfig())
+    p_shifted = speech_probabilities(shifted, VadConfig())
+    clean, moved = p_line >= 0.5, p_shifted >= 0.5
     # the offset's removal rounds a few samples to another int16 step: a frame or two
     # may flip, the utterances may not
     assert float(np.mean(clean == moved)) > 0.99
@@ -178,8 +179,8 @@ def test_dc_offset_does_not_move_the_speech(speech: Audio, offset: float) -> Non
     assert float(np.mean(clean == kept)) < float(np.mean(clean == moved))
     cfg = SegmentationConfig()
     frame_s = VadConfig().frame_s
-    found = utterances(speech_probabilities(shifted, VadConfig()), frame_s, line.size / RATE, cfg)
-    expected = utterances(speech_probabilities(line, VadConfig()), frame_s, line.size / RATE, cfg)
+    found = utterances(p_shifted, frame_s, line.size / RATE, cfg)
+    expected = utterances(p_line, frame_s, line.size / RATE, cfg)
     assert len(found) == len(expected) >= 1
     for a, b in zip(found, expected, strict=True):
         assert abs(a.start_s - b.start_s) <= 0.02 and abs(a.end_s - b.end_s) <= 0.02
