@@ -61,6 +61,11 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="probability of a telephone-band + G.711 round trip per draw")
     p.add_argument("--p-codec", type=float, default=AugmentConfig.p_codec,
                    help="probability of a low-bitrate Opus/MP3 round trip per draw")
+    p.add_argument("--opus-share", type=float, default=AugmentConfig.opus_share,
+                   help="share of the codec round trips that are Opus (the rest are MP3)")
+    p.add_argument("--feature-remove-dc", action=argparse.BooleanOptionalAction,
+                   default=TRAIN_FEATURES.remove_dc,
+                   help="subtract each clip's mean sample before the log-mel")
     p.add_argument("--normalization", default=FeatureConfig.normalization,
                    choices=NORMALIZATIONS, help="per-utterance log-mel normalisation")
     p.add_argument("--dynamic-range-db", type=float, default=TRAIN_FEATURES.dynamic_range_db,
@@ -88,9 +93,11 @@ def train_main(argv: list[str] | None = None) -> int:
                          min_epochs=args.min_epochs,
                          batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                          crop_s=args.crop_s, draws_per_epoch=args.draws_per_epoch,
-                         augment=AugmentConfig(p_phone=args.p_phone, p_codec=args.p_codec),
+                         augment=AugmentConfig(p_phone=args.p_phone, p_codec=args.p_codec,
+                                               opus_share=args.opus_share),
                          features=replace(TRAIN_FEATURES, normalization=args.normalization,
-                                          dynamic_range_db=args.dynamic_range_db),
+                                          dynamic_range_db=args.dynamic_range_db,
+                                          remove_dc=args.feature_remove_dc),
                          speech_cut=_speech_cut(args.whole_clips))
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -42,6 +42,11 @@ class FeatureConfig:
     clamped there, so scaling the audio only shifts the log-mel by a constant (which CMN
     removes) as long as ``log_floor`` stays below that level. None: only the absolute
     ``log_floor`` (how emotion-v1.0.0 was trained; it loses quiet lines to the floor)."""
+    remove_dc: bool = False
+    """Subtract the utterance's mean sample before framing. A DC offset (a cheap sound card,
+    a biased line) otherwise leaks into the lowest mel bands through the window's main lobe
+    and shifts every frame the same way, which CMN only partly undoes because the log is not
+    additive. False: how emotion-v1.4.0 and earlier were trained (their cards lack the field)."""
 
     def __post_init__(self) -> None:
         if self.win_length > self.n_fft:
@@ -136,6 +141,9 @@ def log_mel(audio: npt.NDArray[np.floating[Any]], config: FeatureConfig) -> npt.
     frames_out = n_frames(x.size, config)
     if frames_out == 0:
         return np.zeros((config.n_mels, 0), dtype=np.float32)
+    if config.remove_dc:
+        # float64 mean: a float32 running sum loses the offset's low bits on long utterances
+        x = (x - np.mean(x, dtype=np.float64)).astype(np.float32)
     pad = config.n_fft // 2
     mode: Literal["reflect", "constant"] = "reflect" if x.size > pad else "constant"
     x = np.pad(x, (pad, pad), mode=mode)

@@ -94,3 +94,27 @@ def test_codec_augmentation_is_seeded_and_can_be_turned_off() -> None:
     assert np.array_equal(a, augment(x, np.random.default_rng(3), with_codec))
     assert a.shape == x.shape
     assert not np.allclose(a, augment(x, np.random.default_rng(3), without), atol=1e-3)
+
+
+@pytest.mark.parametrize("opus_share", [0.0, 0.5, 1.0])
+def test_opus_share_picks_the_codec_from_one_draw(opus_share: float) -> None:
+    # every other augmentation off, so the generator's draws are, in order: speed, EQ, tilt
+    # (3 coin flips), level, noise flip, codec flip, codec choice, compression level, phone flip
+    x = _voice_like()
+    config = AugmentConfig(p_codec=1.0, opus_share=opus_share, p_phone=0.0, p_noise=0.0,
+                           p_speed=0.0, p_eq=0.0, p_tilt=0.0)
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        rng.random(3)
+        level_dbfs = float(rng.uniform(*config.level_dbfs_range))
+        rng.random(2)
+        codec = "opus" if rng.random() < opus_share else "mp3"
+        compression = float(rng.uniform(*config.codec_level_range))
+        expected = np.clip(codec_roundtrip(set_rms_dbfs(x, level_dbfs), codec, SR, compression),
+                           -1.0, 1.0)
+        assert np.array_equal(augment(x, np.random.default_rng(seed), config), expected)
+
+
+def test_augment_probabilities_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"opus_share=1.5 must be a probability in \[0, 1\]"):
+        AugmentConfig(opus_share=1.5)

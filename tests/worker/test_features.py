@@ -78,3 +78,16 @@ def test_a_dynamic_range_floor_makes_features_gain_invariant() -> None:
     assert np.abs(extract_features(x, absolute) - extract_features(quiet, absolute)).max() > 1.0
     with pytest.raises(ValueError, match="dynamic_range_db"):
         FeatureConfig(dynamic_range_db=0.0)
+
+
+def test_remove_dc_cancels_an_offset_and_old_cards_keep_it_off() -> None:
+    x = np.random.default_rng(5).standard_normal(16000).astype(np.float32) * 0.05
+    offset = (x + 0.05).astype(np.float32)
+    on = FeatureConfig(log_floor=1e-20, dynamic_range_db=80.0, remove_dc=True)
+    off = FeatureConfig(log_floor=1e-20, dynamic_range_db=80.0)
+    assert np.abs(extract_features(offset, on) - extract_features(x, on)).max() < 1e-3
+    # without it the offset's energy sits in the lowest bands, beyond what CMN removes
+    assert np.abs(extract_features(offset, off) - extract_features(x, off)).max() > 0.1
+    # a card written before the field existed describes a model trained without it
+    legacy = {k: v for k, v in on.to_dict().items() if k != "remove_dc"}
+    assert FeatureConfig.from_dict(legacy).remove_dc is False
