@@ -83,8 +83,9 @@ class VadConfig:
     """Subtract each block's mean before its level gain and decisions (:func:`without_dc`).
     A 0.05 DC offset on the RAVDESS test clips cost emotion-v1.4.0 7.0 points of UA without
     it (55.1 % vs 62.1 % clean) and 1.7 with it (60.4 %), ``callmood evaluate --robustness``.
-    Models up to emotion-v1.4.0 were trained on cuts made without it (their cards' training
-    config lacks the field); False reproduces those cuts."""
+    Models up to emotion-v1.4.0 were trained on cuts made without it (v1.4.0's card says
+    ``remove_dc: false`` in its training config; older cards lack the field); False
+    reproduces those cuts."""
 
     def __post_init__(self) -> None:
         if self.aggressiveness not in (0, 1, 2, 3):

@@ -48,6 +48,22 @@ def test_the_shipped_model_is_small_and_its_card_matches_it(emotion_model: Path)
     assert "Research default" in emotion_model.with_suffix(".card.md").read_text()
 
 
+def test_the_card_names_every_setting_of_the_retrain_recipe(emotion_model: Path) -> None:
+    """The README's ``CALLMOOD_VAD_REMOVE_DC=0 callmood train`` is the shipped recipe: every
+    field of today's TrainConfig is in the card with the same value. A field added since
+    must be written into the card with the value the model was trained with, or
+    leave-one-corpus-out rows list it as a recipe difference that is not one."""
+    from training.card import config_differences
+    from training.train import TrainConfig
+    from worker.pipeline import SpeechCut
+    from worker.vad import VadConfig
+
+    raw = json.loads(card_path_for(emotion_model).read_text())
+    recipe = TrainConfig(speech_cut=SpeechCut(vad=VadConfig(remove_dc=False)))
+    today = json.loads(json.dumps(asdict(recipe)))  # tuples as JSON lists, as in the card
+    assert config_differences(raw["training"]["config"], today) == []
+
+
 @pytest.mark.parametrize(("corpus", "channel"), sorted(UA_FLOORS))
 def test_test_split_ua_holds(measured: EvaluationResult, corpus: str, channel: str) -> None:
     assert measured.get(corpus, channel).ua >= UA_FLOORS[(corpus, channel)]
