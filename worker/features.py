@@ -16,6 +16,7 @@ import numpy.typing as npt
 import scipy.fft
 
 from worker.constants import ANALYSIS_SAMPLE_RATE
+from worker.vad import without_dc
 
 Normalization = Literal["none", "utterance_cmn", "utterance_cmvn"]
 NORMALIZATIONS: tuple[str, ...] = ("none", "utterance_cmn", "utterance_cmvn")
@@ -46,7 +47,8 @@ class FeatureConfig:
     """Subtract the utterance's mean sample before framing. A DC offset (a cheap sound card,
     a biased line) otherwise leaks into the lowest mel bands through the window's main lobe
     and shifts every frame the same way, which CMN only partly undoes because the log is not
-    additive. False: how emotion-v1.4.0 and earlier were trained (their cards lack the field)."""
+    additive. The same removal as the VAD's (:func:`worker.vad.without_dc`). False: how
+    emotion-v1.4.0 and earlier were trained (older cards lack the field; v1.4.0's says false)."""
 
     def __post_init__(self) -> None:
         if self.win_length > self.n_fft:
@@ -142,8 +144,7 @@ def log_mel(audio: npt.NDArray[np.floating[Any]], config: FeatureConfig) -> npt.
     if frames_out == 0:
         return np.zeros((config.n_mels, 0), dtype=np.float32)
     if config.remove_dc:
-        # float64 mean: a float32 running sum loses the offset's low bits on long utterances
-        x = (x - np.mean(x, dtype=np.float64)).astype(np.float32)
+        x = without_dc(x)
     pad = config.n_fft // 2
     mode: Literal["reflect", "constant"] = "reflect" if x.size > pad else "constant"
     x = np.pad(x, (pad, pad), mode=mode)
