@@ -16,6 +16,7 @@ import torch
 from training.augment import AugmentConfig
 from training.card import read_card_dict, with_loco, with_test_metrics, write_card
 from training.dataset import DEFAULT_CORPORA, corpus_manifest_paths
+from training.distill import DistillConfig
 from training.evaluate import CHANNELS, ROBUSTNESS, evaluate_model
 from training.train import MODEL_VERSION, TRAIN_FEATURES, TrainConfig, train
 from worker.errors import CallmoodError
@@ -66,6 +67,13 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-remove-dc", action=argparse.BooleanOptionalAction,
                    default=TRAIN_FEATURES.remove_dc,
                    help="subtract each clip's mean sample before the log-mel")
+    p.add_argument("--teacher", action="append", default=[], metavar="ONNX",
+                   help="distil from this trained model (repeatable; its card must hold out "
+                        "the same validation speakers)")
+    p.add_argument("--distill-weight", type=float, default=DistillConfig.weight,
+                   help="share of the loss given to the teachers' soft targets")
+    p.add_argument("--distill-temperature", type=float, default=DistillConfig.temperature,
+                   help="softening of the distillation term")
     p.add_argument("--normalization", default=FeatureConfig.normalization,
                    choices=NORMALIZATIONS, help="per-utterance log-mel normalisation")
     p.add_argument("--dynamic-range-db", type=float, default=TRAIN_FEATURES.dynamic_range_db,
@@ -89,16 +97,23 @@ def train_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     settings = get_settings()
     manifests = args.manifest or corpus_manifest_paths(settings.corpora_dir)
-    config = TrainConfig(seed=args.seed, epochs=args.epochs, patience=args.patience,
-                         min_epochs=args.min_epochs,
-                         batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
-                         crop_s=args.crop_s, draws_per_epoch=args.draws_per_epoch,
-                         augment=AugmentConfig(p_phone=args.p_phone, p_codec=args.p_codec,
-                                               opus_share=args.opus_share),
-                         features=replace(TRAIN_FEATURES, normalization=args.normalization,
-                                          dynamic_range_db=args.dynamic_range_db,
-                                          remove_dc=args.feature_remove_dc),
-                         speech_cut=_speech_cut(args.whole_clips))
+    try:
+        config = TrainConfig(seed=args.seed, epochs=args.epochs, patience=args.patience,
+                             min_epochs=args.min_epochs,
+                             batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
+                             crop_s=args.crop_s, draws_per_epoch=args.draws_per_epoch,
+                             augment=AugmentConfig(p_phone=args.p_phone, p_codec=args.p_codec,
+                                                   opus_share=args.opus_share),
+                             features=replace(TRAIN_FEATURES, normalization=args.normalization,
+                                              dynamic_range_db=args.dynamic_range_db,
+                                              remove_dc=args.feature_remove_dc),
+                             speech_cut=_speech_cut(args.whole_clips),
+                             distill=DistillConfig(teachers=tuple(args.teacher),
+                                                   weight=args.distill_weight,
+                                                   temperature=args.distill_temperature))
+    except CallmoodError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     command = "python -m training train " + shlex.join(argv if argv is not None else sys.argv[1:])

@@ -35,6 +35,7 @@ from training.dataset import (
     counts_table,
     sampling_weights,
 )
+from training.distill import DistillConfig, distillation_loss, teacher_targets
 from training.evaluate import confusion_matrix, unweighted_average_recall
 from training.model import EmotionCNN, ModelConfig, count_parameters
 from worker.audio import file_sha256, load_mono
@@ -93,6 +94,8 @@ class TrainConfig:
     speech_cut: SpeechCut | None = field(default_factory=SpeechCut)
     """Clips are cut to their speech as the worker cuts calls (VAD + segmentation settings)
     before cropping and augmenting; None trains on whole clips, as emotion-v1.1.0 did."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """Teachers whose soft targets on the clean clips join the loss (none: plain training)."""
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,9 @@ def tile_frames(feats: npt.NDArray[np.float32], frames: int) -> npt.NDArray[np.f
     return np.tile(feats, (1, -(-frames // t)))[:, :frames]
 
 
-class TrainDraws(Dataset[tuple[torch.Tensor, int]]):
-    """One epoch of sampled clips: random crop, augmentation, log-mel, fixed frame count."""
+class TrainDraws(Dataset[tuple[torch.Tensor, int, int]]):
+    """One epoch of sampled clips: random crop, augmentation, log-mel, fixed frame count.
+    Items are (features (n_mels, frames), label id, clip index)."""
 
     def __init__(self, waves: list[Audio], labels: npt.NDArray[np.int64],
                  config: TrainConfig) -> None:
@@ -151,7 +155,7 @@ class TrainDraws(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return int(self.draws.size)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         clip = int(self.draws[i])
         rng = np.random.default_rng([self.config.seed, self.epoch, i])
         wave = self.waves[clip]
@@ -165,7 +169,7 @@ class TrainDraws(Dataset[tuple[torch.Tensor, int]]):
             start = int(rng.integers(0, wave.size - self.crop_samples + 1))
             wave = wave[start:start + self.crop_samples]
         feats = tile_frames(extract_features(wave, self.config.features), self.crop_frames)
-        return torch.from_numpy(np.ascontiguousarray(feats)), int(self.labels[clip])
+        return torch.from_numpy(np.ascontiguousarray(feats)), int(self.labels[clip]), clip
 
 
 def spec_augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
@@ -285,6 +289,16 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     y_val = val_df["label_id"].to_numpy(np.int64)
     val_corpora = val_df["corpus"].to_numpy()
     log.info("decoded clips in %.1f s", time.monotonic() - t0)
+    val_speakers = sorted(set(val_df["corpus"] + ":" + val_df["speaker"]))
+    soft_targets: torch.Tensor | None = None
+    teachers: list[dict[str, str]] = []
+    if config.distill.teachers:
+        targets, records = teacher_targets(config.distill.teachers, train_waves, sr, EMOTIONS,
+                                           val_speakers, config.distill.temperature)
+        soft_targets = torch.from_numpy(targets)
+        teachers = [asdict(r) for r in records]
+        log.info("teacher targets from %s in %.1f s", [r.version for r in records],
+                 time.monotonic() - t0)
 
     weights = sampling_weights(train_df)
     draws_per_epoch = config.draws_per_epoch or len(train_df)
@@ -312,10 +326,15 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
                             num_workers=workers if workers > 1 else 0, drop_last=False)
         model.train()
         total, n = 0.0, 0
-        for x, y in loader:
+        for x, y, clips in loader:
             x = spec_augment(x, config, mask_gen).to(dev)
             y = y.to(dev)
-            loss = loss_fn(model(x), y)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            if soft_targets is not None:
+                w = config.distill.weight
+                loss = (1.0 - w) * loss + w * distillation_loss(
+                    logits, soft_targets[clips].to(dev), config.distill.temperature)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -365,7 +384,8 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
             "command": command, "seed": config.seed, "device": str(dev),
             "seconds": round(seconds, 1), "best_epoch": best_epoch, "val_ua": round(best_ua, 4),
             "val_ua_by_corpus": history[best_epoch] if best_epoch >= 0 else {},
-            "val_speakers": sorted(set(val_df["corpus"] + ":" + val_df["speaker"])),
+            "val_speakers": val_speakers,
+            "teachers": teachers,
             "train_counts": counts_table(train_df), "val_counts": counts_table(val_df),
             "manifests_sha256": {str(p): hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16]
                                  for p in manifest_paths},
