@@ -124,9 +124,15 @@ def n_frames(n_samples: int, config: VadConfig) -> int:
     return -(-n_samples // config.frame_samples)
 
 
+def finite_samples(audio: npt.ArrayLike) -> Audio:
+    """float32 samples with NaN as 0 and +/-inf as full scale (+/-1): what the level gain
+    and the int16 conversion read, so one bad sample cannot poison a whole block."""
+    return np.nan_to_num(np.asarray(audio, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+
+
 def to_pcm16(audio: npt.ArrayLike) -> npt.NDArray[np.int16]:
     """float in [-1, 1] -> int16, clipping out-of-range samples and zeroing NaN/inf."""
-    x = np.nan_to_num(np.asarray(audio, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    x = finite_samples(audio)
     pcm: npt.NDArray[np.int16] = np.rint(np.clip(x, -1.0, 1.0) * _INT16_SCALE).astype(np.int16)
     return pcm
 
@@ -159,7 +165,7 @@ def level_gain_db(audio: npt.ArrayLike, config: VadConfig) -> float:
     """
     if config.max_gain_db == 0.0:
         return 0.0
-    x = np.nan_to_num(np.asarray(audio, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    x = finite_samples(audio)
     step = config.frame_samples
     n = x.size // step
     if n == 0:
