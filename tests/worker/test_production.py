@@ -31,7 +31,7 @@ from tests.worker.prod_support import (
     wait_final,
 )
 from worker import db, store
-from worker.celery_app import broker_census, make_celery
+from worker.celery_app import REDIS_VISIBILITY_TIMEOUT_S, broker_census, make_celery
 from worker.enqueue import enqueue, enqueue_manifest
 from worker.recovery import recover
 from worker.settings import Settings
@@ -178,8 +178,19 @@ def test_redis_restart_while_tasks_are_queued_loses_nothing(
         wait_drained(settings, timeout_s=120, log_path=log_path)
         report = recover(settings, min_age_s=0)
         print(f"recovery after the restart: {report}")  # shown with -s, or on failure
-        rows = wait_final(postgres_url, ids, timeout_s=120, log_path=log_path)
         assert set(report.lost) <= set(ids), report
+        try:
+            rows = wait_final(postgres_url, ids, timeout_s=90, log_path=log_path)
+        except AssertionError:
+            # A message the worker had taken but not started when the connection dropped:
+            # Celery forgets its reserved requests on connection loss, and the message waits
+            # in Redis's unacked hash until the recovery beat finds it stranded past its hard
+            # time limit (minutes). Recover as that beat will, with the limit already passed.
+            pending = {c for c, r in call_rows(postgres_url).items() if r[0] == "pending"}
+            late = recover(settings, min_age_s=0, margin_s=-REDIS_VISIBILITY_TIMEOUT_S)
+            print(f"recovery past the hard limit: {late}")
+            assert pending and set(late.stranded) == pending, (late, pending)
+            rows = wait_final(postgres_url, ids, timeout_s=120, log_path=log_path)
         # Sending the same calls again after the restart sends nothing.
         assert not any(enqueue(str(p), call_id=c, agent_id="a-1", settings=settings).sent
                        for c, p in zip(ids, paths, strict=True))
