@@ -133,6 +133,12 @@ def build_dataset(manifest_paths: Iterable[Path], val_fraction: float = 0.2,
     return assign_subsets(df.reset_index(drop=True), val_fraction=val_fraction, seed=seed)
 
 
+def speaker_keys(df: pd.DataFrame) -> pd.Series:
+    """Each row's speaker as ``corpus:speaker``, the form a card lists validation speakers in
+    (speaker ids repeat across corpora)."""
+    return df["corpus"].astype(str) + ":" + df["speaker"].astype(str)
+
+
 def sampling_weights(df: pd.DataFrame) -> npt.NDArray[np.float64]:
     """Per-clip sampling probability (sums to 1) balancing classes, then corpora.
 

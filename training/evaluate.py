@@ -9,7 +9,6 @@ ECE (15 equal-width confidence bins) and the confusion matrix (rows true, column
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,9 +27,9 @@ from training.augment import (
     set_rms_dbfs,
     strong_eq,
 )
-from training.dataset import SUBSET_TRAIN, SUBSET_VAL, map_labels, read_manifests
+from training.dataset import SUBSET_TRAIN, SUBSET_VAL, map_labels, read_manifests, speaker_keys
 from worker.audio import load_mono
-from worker.emotion import card_path_for, load_model
+from worker.emotion import load_model
 from worker.features import FeatureConfig, extract_features
 from worker.pipeline import SpeechCut
 
@@ -207,12 +206,9 @@ def evaluate_model(model_path: Path, manifest_paths: Sequence[Path], split: str 
     card = model.card
     clips = map_labels(read_manifests(manifest_paths))
     if split == SUBSET_VAL:
-        # the model's own validation speakers, as its card lists them ("corpus:speaker")
-        card_json = json.loads(card_path_for(model_path).read_text(encoding="utf-8"))
-        speakers = set(card_json.get("training", {}).get("val_speakers", []))
-        clips = clips[(clips["split"] == SUBSET_TRAIN)
-                      & (clips["corpus"].astype(str) + ":" + clips["speaker"].astype(str))
-                      .isin(speakers)]
+        # the model's own validation speakers, as its card lists them
+        speakers = set(card.extra.get("training", {}).get("val_speakers", []))
+        clips = clips[(clips["split"] == SUBSET_TRAIN) & speaker_keys(clips).isin(speakers)]
     elif split != "all":
         clips = clips[clips["split"] == split]
     clips = clips[clips["label"].isin(card.labels)].reset_index(drop=True)

@@ -34,6 +34,7 @@ from training.dataset import (
     build_dataset,
     counts_table,
     sampling_weights,
+    speaker_keys,
 )
 from training.distill import DistillConfig, distillation_loss, teacher_targets
 from training.evaluate import confusion_matrix, unweighted_average_recall
@@ -276,8 +277,9 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
         raise ConfigError(f"need train and validation clips; got {len(train_df)} train, "
                           f"{len(val_df)} val (validation speakers come from corpora with >= 4 "
                           "train speakers)")
+    val_speakers = sorted(set(speaker_keys(val_df)))
     log.info("train %d clips, val %d clips (%s)", len(train_df), len(val_df),
-             ", ".join(sorted(set(val_df["corpus"] + ":" + val_df["speaker"]))))
+             ", ".join(val_speakers))
     sr = config.features.sample_rate
     if config.speech_cut is not None and sr != ANALYSIS_SAMPLE_RATE:
         raise ConfigError(f"features at {sr} Hz: the cut to speech runs the worker's VAD at "
@@ -289,7 +291,6 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     y_val = val_df["label_id"].to_numpy(np.int64)
     val_corpora = val_df["corpus"].to_numpy()
     log.info("decoded clips in %.1f s", time.monotonic() - t0)
-    val_speakers = sorted(set(val_df["corpus"] + ":" + val_df["speaker"]))
     soft_targets: torch.Tensor | None = None
     teachers: list[dict[str, str]] = []
     if config.distill.teachers:

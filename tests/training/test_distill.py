@@ -13,7 +13,7 @@ import torch
 from tests.model_fixtures import N_MELS, write_tiny_model
 from tests.training.test_train import _operator_manifest
 from training.cli import train_main
-from training.dataset import build_dataset
+from training.dataset import build_dataset, speaker_keys
 from training.distill import DistillConfig, distillation_loss, soften, teacher_targets
 from worker.audio import load_mono
 from worker.constants import EMOTIONS
@@ -87,8 +87,7 @@ def test_train_command_distils_from_a_teacher_and_records_it(
         tmp_path: Path, callmood_corpora: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest = _operator_manifest(tmp_path, callmood_corpora)
     data = build_dataset([manifest])            # the student's validation speakers, as train
-    held_out = sorted(set(data.loc[data["subset"] == "val", "corpus"] + ":"
-                          + data.loc[data["subset"] == "val", "speaker"].astype(str)))
+    held_out = sorted(set(speaker_keys(data[data["subset"] == "val"])))
     teacher = _teacher(tmp_path / "teacher", held_out)
     tiny = ["--manifest", str(manifest), "--epochs", "1", "--draws-per-epoch", "32",
             "--batch-size", "16", "--workers", "1", "--threads", "1", "--no-test-eval"]
