@@ -21,7 +21,7 @@ import numpy.typing as npt
 import torch
 from torch.nn import functional
 
-from worker.emotion import load_model
+from worker.emotion import load_model, softmax
 from worker.errors import ConfigError
 from worker.features import extract_features
 
@@ -56,10 +56,8 @@ class Teacher:
 
 def soften(probabilities: npt.NDArray[np.float32], temperature: float) -> npt.NDArray[np.float32]:
     """(N, C) probabilities raised to 1/temperature and renormalised (= softmax(logits / T))."""
-    logp = np.log(np.clip(probabilities.astype(np.float64), 1e-12, None)) / temperature
-    logp -= logp.max(axis=1, keepdims=True)
-    p = np.exp(logp)
-    return np.asarray(p / p.sum(axis=1, keepdims=True), dtype=np.float32)
+    logp = np.log(np.clip(probabilities.astype(np.float64), 1e-12, None))
+    return softmax(logp, temperature)
 
 
 def distillation_loss(logits: torch.Tensor, targets: torch.Tensor,
