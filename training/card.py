@@ -186,7 +186,8 @@ def render_markdown(card: dict[str, Any]) -> str:
     training = card.get("training", {})
     if training:
         lines += ["", "## Training data (clips per corpus and class)",
-                  f"Recipe: `{training.get('command', '')}`; seed {training.get('seed')}; "
+                  f"Recipe: `{training.get('command', '')}`; seed {training.get('seed')}, split "
+                  f"seed {training.get('split_seed', training.get('seed'))}; "
                   f"best epoch {training.get('best_epoch')}; validation UA "
                   f"{100 * training.get('val_ua', float('nan')):.1f}% on held-out train speakers "
                   f"({', '.join(training.get('val_speakers', []))}).", ""]

@@ -46,7 +46,11 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=PACKAGE_DIR / "models")
     p.add_argument("--name", default="emotion-v1")
     p.add_argument("--version", default=MODEL_VERSION)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=TrainConfig.seed,
+                   help="initialisation, sampled clips, augmentation, crops and masks")
+    p.add_argument("--split-seed", type=int, default=TrainConfig.split_seed,
+                   help="which train speakers are held out for validation (keep it to compare "
+                        "seeds of a recipe on the same speakers)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--patience", type=int, default=TrainConfig.patience)
     p.add_argument("--min-epochs", type=int, default=TrainConfig.min_epochs,
@@ -98,7 +102,8 @@ def train_main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     manifests = args.manifest or corpus_manifest_paths(settings.corpora_dir)
     try:
-        config = TrainConfig(seed=args.seed, epochs=args.epochs, patience=args.patience,
+        config = TrainConfig(seed=args.seed, split_seed=args.split_seed, epochs=args.epochs,
+                             patience=args.patience,
                              min_epochs=args.min_epochs,
                              batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                              crop_s=args.crop_s, draws_per_epoch=args.draws_per_epoch,

@@ -88,7 +88,7 @@ def teacher_targets(teachers: Sequence[str], waves: Sequence[npt.NDArray[np.floa
         if held_out != sorted(val_speakers):
             raise ConfigError(f"teacher {path} held out validation speakers {held_out}; the "
                               f"student holds out {sorted(val_speakers)}: train the teacher "
-                              "with the student's seed, validation fraction and manifests")
+                              "with the student's split seed, validation fraction and manifests")
         if tuple(model.labels) != tuple(labels):
             raise ConfigError(f"teacher {path} has labels {list(model.labels)}; the student "
                               f"has {list(labels)}")

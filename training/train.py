@@ -1,10 +1,10 @@
 """Seeded training of the emotion CNN, early stopping on validation speakers' UA,
 temperature scaling, ONNX export and model card.
 
-Reproducibility: the seed fixes the validation speakers, the sampled clips of every epoch,
-each draw's augmentation (its RNG is seeded by (seed, epoch, draw), so the worker count does
-not matter), crops, SpecAugment masks and the weight initialisation. CPU runs repeat exactly;
-a CUDA run follows the same recipe but its kernels round differently.
+Reproducibility: the split seed fixes the validation speakers; the seed fixes the sampled
+clips of every epoch, each draw's augmentation (its RNG is seeded by (seed, epoch, draw), so
+the worker count does not matter), crops, SpecAugment masks and the weight initialisation.
+CPU runs repeat exactly; a CUDA run follows the same recipe but its kernels round differently.
 """
 
 from __future__ import annotations
@@ -65,6 +65,11 @@ class TrainConfig:
     """Everything that determines a trained model (recorded in the card)."""
 
     seed: int = 0
+    """Weight initialisation, sampled clips, augmentation draws, crops and masks."""
+    split_seed: int = 0
+    """Which train speakers are held out for validation. Kept apart from ``seed`` so that
+    several seeds of one recipe are selected and compared on the same validation speakers
+    (and can teach one another: a teacher must hold out the student's speakers)."""
     epochs: int = 60
     patience: int = 12
     min_epochs: int = 30
@@ -268,9 +273,10 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     np.random.seed(config.seed)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                        else ("cpu" if device == "auto" else device))
-    data = build_dataset(manifest_paths, val_fraction=config.val_fraction, seed=config.seed)
+    data = build_dataset(manifest_paths, val_fraction=config.val_fraction,
+                         seed=config.split_seed)
     if limit_per_corpus > 0:
-        data = limit_clips(data, limit_per_corpus, config.seed)
+        data = limit_clips(data, limit_per_corpus, config.split_seed)
     train_df = data[data["subset"] == SUBSET_TRAIN].reset_index(drop=True)
     val_df = data[data["subset"] == SUBSET_VAL].reset_index(drop=True)
     if train_df.empty or val_df.empty:
@@ -382,7 +388,8 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
                          **config.model.to_dict(), "parameters": count_parameters(model),
                          "onnx_bytes": model_path.stat().st_size, "opset": OPSET},
         "training": {
-            "command": command, "seed": config.seed, "device": str(dev),
+            "command": command, "seed": config.seed, "split_seed": config.split_seed,
+            "device": str(dev),
             "seconds": round(seconds, 1), "best_epoch": best_epoch, "val_ua": round(best_ua, 4),
             "val_ua_by_corpus": history[best_epoch] if best_epoch >= 0 else {},
             "val_speakers": val_speakers,

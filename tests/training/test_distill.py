@@ -100,6 +100,16 @@ def test_train_command_distils_from_a_teacher_and_records_it(
                                             .card.onnx_sha256}]
     assert raw["training"]["config"]["distill"] == {"teachers": [str(teacher)], "weight": 0.7,
                                                     "temperature": 2.0}
+    assert (raw["training"]["seed"], raw["training"]["split_seed"]) == (0, 0)
+    # another seed of the recipe holds out the same speakers (the split seed picks them), so
+    # the teacher is accepted; another split seed holds out others and is refused
+    assert train_main([*tiny, "--out-dir", str(tmp_path / "seed3"), "--teacher", str(teacher),
+                       "--seed", "3"]) == 0
+    other = next(s for s in range(1, 50)
+                 if sorted(set(speaker_keys(build_dataset([manifest], seed=s).query(
+                     "subset == 'val'")))) != held_out)
+    assert train_main([*tiny, "--out-dir", str(tmp_path / "split"), "--teacher", str(teacher),
+                       "--split-seed", str(other)]) == 2
     # refused with a clear message, nothing trained
     wrong = _teacher(tmp_path / "wrong", ["ravdess:99"])
     assert train_main([*tiny, "--out-dir", str(tmp_path / "x"), "--teacher", str(wrong)]) == 2
@@ -108,3 +118,5 @@ def test_train_command_distils_from_a_teacher_and_records_it(
     assert "held out validation speakers ['ravdess:99']" in err
     assert "distill weight=2.0: use a value in [0, 1]" in err
     assert not (tmp_path / "x" / "emotion-v1.onnx").exists()
+    assert "train the teacher with the student's split seed" in err
+    assert not (tmp_path / "split" / "emotion-v1.onnx").exists()
