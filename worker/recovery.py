@@ -11,8 +11,9 @@ RECOVERY_INTERVAL_S by beat and on demand by ``callmood recover``:
 
     census 1 ── calls awaiting a worker (database) ── census 2 (a moment later)
        │                                                   │
-       └── stranded: unacked past its own hard time limit ─┴── lost: in neither census
-             -> restore to the queue (Kombu's restore)         -> send again
+       └── stranded: unacked past its own hard time limit, ┴── lost: in neither census
+           or unacked and its call never claimed              -> send again
+             -> restore to the queue (Kombu's restore)
 
 Both repairs are safe to get wrong: the task is idempotent (a second delivery of a finished
 call is skipped; a second run replaces the call's rows in one transaction).
@@ -30,6 +31,7 @@ from typing import Any
 from celery import Celery
 
 from worker.celery_app import (
+    ANALYZE_TASK_NAME,
     TASK_HARD_TIME_LIMIT_S,
     BrokerCensus,
     BrokerMessage,
@@ -44,6 +46,7 @@ from worker.schema import utcnow
 from worker.settings import Settings
 from worker.store import (
     calls_awaiting_worker,
+    calls_by_external_id,
     mark_failed,
     mark_resent,
     refresh_batch_counts,
@@ -64,6 +67,12 @@ STUCK_MAX_CLAIMS = 2
 message left) is failed instead of sent again: twice a worker took it and never finished
 (killed at its hard time limit, or by the OS), so a third run would most likely burn
 another hour the same way. ``callmood retry`` sends it again when someone decides to."""
+UNCLAIMED_MARGIN_S = 120.0
+"""An unacked analysis message whose call no worker is processing counts as stranded this long
+after delivery (see :func:`unclaimed_messages`). A worker claims the call in its first
+transaction, seconds after taking the message; the margin covers a fresh pool child and a
+database slow to answer (SQLite's 30 s busy timeout). Restoring too early costs a second
+delivery, which the idempotent task absorbs."""
 CENSUS_RECHECK_S = 1.0
 """Pause between the two censuses: a message is in neither the queue nor the unacked hash
 only for the instant a worker holds it between BRPOP and HSET, never for a second."""
@@ -77,7 +86,7 @@ class RecoveryReport:
     """External ids of calls awaiting a worker whose message the broker no longer holds."""
     stranded: tuple[str, ...]
     """External ids (or delivery tags, for messages without a readable call id) of unacked
-    messages past their time limit."""
+    messages past their time limit, or whose call no worker claimed."""
     dry_run: bool
     failed: tuple[str, ...] = ()
     """Lost calls failed instead of sent again (claimed STUCK_MAX_CLAIMS times already)."""
@@ -111,6 +120,25 @@ def stranded_messages(unacked: Sequence[BrokerMessage], now_s: float,
     return out
 
 
+def unclaimed_messages(unacked: Sequence[BrokerMessage], now_s: float,
+                       processing: frozenset[str],
+                       margin_s: float = UNCLAIMED_MARGIN_S) -> list[BrokerMessage]:
+    """Unacked analysis messages, due at once, delivered over ``margin_s`` ago, whose call is
+    not in ``processing`` (pure).
+
+    With prefetch 1 and late acks a worker takes a message only for a free pool process, which
+    claims the call (status ``processing``) at once. A call still pending (or finished) long
+    after delivery was never started: its worker forgot the request when its broker
+    connection dropped (Celery drops reserved requests then), and Kombu would keep the
+    message unacked until its hard limit or the visibility timeout. Countdown retries and
+    messages without a readable call id are left to :func:`stranded_messages`.
+    """
+    return [m for m in unacked
+            if m.delivery_tag is not None and m.delivered_at_s is not None and m.eta_s is None
+            and m.task == ANALYZE_TASK_NAME and m.call_id is not None
+            and m.call_id not in processing and now_s - m.delivered_at_s > margin_s]
+
+
 def lost_calls(awaiting: Sequence[str], censuses: Sequence[BrokerCensus]) -> list[str]:
     """Call ids in ``awaiting`` that none of the censuses saw in the broker (pure; order kept)."""
     seen = frozenset().union(*(c.call_ids for c in censuses))
@@ -127,7 +155,8 @@ def split_stuck(lost: Sequence[str], claims: Mapping[str, int],
 
 def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
             margin_s: float = STRANDED_MARGIN_S, dry_run: bool = False,
-            send: Sender | None = None, app: Celery | None = None) -> RecoveryReport:
+            send: Sender | None = None, app: Celery | None = None,
+            unclaimed_margin_s: float = UNCLAIMED_MARGIN_S) -> RecoveryReport:
     """Restore stranded messages and send lost calls again (see the module docstring).
 
     ``app``: the Celery app to read the broker with (the worker's own, in the task); by
@@ -150,6 +179,10 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
                 claimed_before=now - timedelta(seconds=TASK_HARD_TIME_LIMIT_S + margin_s))
             requests, ids = {}, {}
             claims = {c.external_call_id: c.attempts for c in awaiting if c.status == "processing"}
+            held_calls = calls_by_external_id(session, sorted({
+                m.call_id for m in first.unacked if m.call_id is not None}))
+            processing = frozenset(c for c, call in held_calls.items()
+                                   if call.status == "processing")
             for call in awaiting:
                 try:
                     requests[call.external_call_id] = request_for_call(call)
@@ -161,8 +194,11 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
         second = broker_census(app)
         assert second is not None  # same broker as the first census
         still_held = {m.delivery_tag for m in second.unacked}
-        stranded = [m for m in stranded_messages(first.unacked, time.time(), margin_s)
-                    if m.delivery_tag in still_held]
+        now_s = time.time()
+        due = {m.delivery_tag for m in (
+            *stranded_messages(first.unacked, now_s, margin_s),
+            *unclaimed_messages(first.unacked, now_s, processing, unclaimed_margin_s))}
+        stranded = [m for m in first.unacked if m.delivery_tag in due & still_held]
         lost, stuck = split_stuck(lost_calls(list(requests), [first, second]), claims)
         report = RecoveryReport(lost=tuple(lost), stranded=tuple(
             m.call_id or str(m.delivery_tag) for m in stranded), dry_run=dry_run,

@@ -31,9 +31,9 @@ from tests.worker.prod_support import (
     wait_final,
 )
 from worker import db, store
-from worker.celery_app import REDIS_VISIBILITY_TIMEOUT_S, broker_census, make_celery
+from worker.celery_app import broker_census, make_celery
 from worker.enqueue import enqueue, enqueue_manifest
-from worker.recovery import recover
+from worker.recovery import UNCLAIMED_MARGIN_S, recover
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("pipeline_importable")]
@@ -168,6 +168,7 @@ def test_redis_restart_while_tasks_are_queued_loses_nothing(
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.1)
         own_redis.stop()
+        stopped_at = time.monotonic()  # every message still unacked was delivered before this
         done_while_down = sum(r[0] == "done" for r in call_rows(postgres_url).values())
         assert done_while_down < len(ids), "the queue drained before redis went away"
         time.sleep(2)
@@ -184,11 +185,12 @@ def test_redis_restart_while_tasks_are_queued_loses_nothing(
         except AssertionError:
             # A message the worker had taken but not started when the connection dropped:
             # Celery forgets its reserved requests on connection loss, and the message waits
-            # in Redis's unacked hash until the recovery beat finds it stranded past its hard
-            # time limit (minutes). Recover as that beat will, with the limit already passed.
+            # in Redis's unacked hash, its call never claimed. The recovery beat restores it
+            # once UNCLAIMED_MARGIN_S has passed since its delivery: run it as the beat would.
             pending = {c for c, r in call_rows(postgres_url).items() if r[0] == "pending"}
-            late = recover(settings, min_age_s=0, margin_s=-REDIS_VISIBILITY_TIMEOUT_S)
-            print(f"recovery past the hard limit: {late}")
+            time.sleep(max(0.0, stopped_at + UNCLAIMED_MARGIN_S + 1 - time.monotonic()))
+            late = recover(settings, min_age_s=0)
+            print(f"recovery of never-claimed messages: {late}")
             assert pending and set(late.stranded) == pending, (late, pending)
             rows = wait_final(postgres_url, ids, timeout_s=120, log_path=log_path)
         # Sending the same calls again after the restart sends nothing.

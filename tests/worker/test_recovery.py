@@ -41,7 +41,13 @@ from worker.celery_app import (
     read_task_message,
 )
 from worker.enqueue import enqueue
-from worker.recovery import lost_calls, recover, split_stuck, stranded_messages
+from worker.recovery import (
+    lost_calls,
+    recover,
+    split_stuck,
+    stranded_messages,
+    unclaimed_messages,
+)
 from worker.settings import PACKAGE_DIR, Settings
 
 # --------------------------------------------------------------------------- pure decisions
@@ -68,6 +74,28 @@ def test_stranded_means_past_its_own_hard_limit_plus_the_margin() -> None:
     later = stranded_messages(messages, now + 100, margin_s=60.0, default_hard_limit_s=1000.0)
     assert [m.delivery_tag for m in later] == ["old", "young", "countdown", "countdown-late",
                                                "default"]
+
+
+def test_unclaimed_means_delivered_past_the_margin_and_no_worker_processing_its_call() -> None:
+    now = 10_000.0
+
+    def held(tag: str, age_s: float, call_id: str | None = "C", eta_s: float | None = None,
+             task: str = ANALYZE_TASK_NAME) -> BrokerMessage:
+        return BrokerMessage(call_id, tag, now - age_s, eta_s, 1000.0, task)
+
+    messages = [
+        held("forgotten", 61),                           # pending 61 s after delivery
+        held("young", 59),                               # may be starting now
+        held("running", 600, call_id="R"),               # its worker claimed it
+        held("countdown", 600, eta_s=now - 100),         # a retry: its worker holds it until due
+        held("no-id", 600, call_id=None),                # unreadable: the hard-limit rule's
+        held("control", 600, task="callmood.recover_lost"),
+        BrokerMessage("C", "no-time", None, None, None, ANALYZE_TASK_NAME),
+    ]
+    found = unclaimed_messages(messages, now, frozenset({"R"}), margin_s=60.0)
+    assert [m.delivery_tag for m in found] == ["forgotten"]
+    later = unclaimed_messages(messages, now + 2, frozenset(), margin_s=60.0)
+    assert [m.delivery_tag for m in later] == ["forgotten", "young", "running"]
 
 
 def test_lost_calls_are_those_no_census_saw() -> None:
@@ -163,12 +191,12 @@ def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(
 
     broker = fresh_redis_db(redis_url, 9)
     inbox = tmp_path / "recordings"
-    paths = make_recordings(inbox, callmood_corpora, 4)
+    paths = make_recordings(inbox, callmood_corpora, 6)
     db.upgrade(postgres_url)
     env = callmood_env(postgres_url, broker, inbox, tiny_model(tmp_path / "model"),
                        tmp_path / "data")
     settings = Settings.from_env(env)
-    ids = ["LOST", "STRANDED", "QUEUED", "BUSY"]
+    ids = ["LOST", "STRANDED", "UNCLAIMED", "QUEUED", "BUSY", "RUNNING"]
     for call_id, path in zip(ids, paths, strict=True):
         assert enqueue(str(path), call_id=call_id, agent_id="a-1", settings=settings).sent
     # STUCK: claimed twice by workers that died on it, long ago, and no message left.
@@ -185,6 +213,7 @@ def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(
         stuck.enqueued_at = utcnow() - timedelta(hours=3)
         s.flush()
         stuck.updated_at = utcnow() - timedelta(hours=3)
+        store.claim_for_processing(s, store.calls_by_external_id(s, ["RUNNING"])["RUNNING"].id)
 
     app = make_celery(settings)
     client = redis.Redis.from_url(broker)
@@ -195,8 +224,11 @@ def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(
         raw = {read_task_message(item).call_id: item for item in client.lrange(TASK_QUEUE, 0, -1)}
         client.lrem(TASK_QUEUE, 1, raw["LOST"])  # popped by a worker as redis went down
         # STRANDED: delivered 15 minutes ago, its hard limit ~3 minutes: Kombu itself would
-        # wait for its visibility timeout (7800 s).
-        for call_id, age_s in (("STRANDED", 900.0), ("BUSY", 1.0)):
+        # wait for its visibility timeout (7800 s). UNCLAIMED: delivered 3 minutes ago, its
+        # call still pending: its worker forgot it. RUNNING: as old, but its worker claimed
+        # it and may run until its hard limit. BUSY: delivered a second ago.
+        for call_id, age_s in (("STRANDED", 900.0), ("UNCLAIMED", 180.0), ("RUNNING", 180.0),
+                               ("BUSY", 1.0)):
             client.lrem(TASK_QUEUE, 1, raw[call_id])
             message = json.loads(raw[call_id])
             info = message["properties"]["delivery_info"]
@@ -218,19 +250,21 @@ def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(
         assert dry.returncode == 0, dry.stderr
         assert "lost      LOST: would send again" in dry.stdout, dry.stdout
         assert "stranded  STRANDED: would restore to the queue" in dry.stdout, dry.stdout
+        assert "stranded  UNCLAIMED: would restore to the queue" in dry.stdout, dry.stdout
         assert "stuck     STUCK: would fail" in dry.stdout, dry.stdout
-        assert "1 lost, 1 stranded, 1 stuck (dry run: nothing changed)" in dry.stderr
+        assert "1 lost, 2 stranded, 1 stuck (dry run: nothing changed)" in dry.stderr
         assert sorted(m.call_id or "" for m in broker_census(app).queued) == ["QUEUED"]  # type: ignore[union-attr]
 
         report = recover(settings, min_age_s=0)
-        assert (report.lost, report.stranded, report.failed) == (("LOST",), ("STRANDED",),
-                                                                 ("STUCK",))
+        assert (report.lost, sorted(report.stranded), report.failed) == (
+            ("LOST",), ["STRANDED", "UNCLAIMED"], ("STUCK",))
         assert call_rows(postgres_url)["STUCK"][0] == "failed"
         assert "stuck: claimed 2 times" in (call_rows(postgres_url)["STUCK"][1] or "")
         after = broker_census(app)
         assert after is not None
-        assert sorted(m.call_id or "" for m in after.queued) == ["LOST", "QUEUED", "STRANDED"]
-        assert [m.call_id for m in after.unacked] == ["BUSY"]
+        assert sorted(m.call_id or "" for m in after.queued) == ["LOST", "QUEUED", "STRANDED",
+                                                                 "UNCLAIMED"]
+        assert sorted(m.call_id or "" for m in after.unacked) == ["BUSY", "RUNNING"]
         again = recover(settings, min_age_s=0)
         assert (again.lost, again.stranded) == ((), ())
         assert client.hexists("unacked", "tag-foreign")
@@ -240,8 +274,9 @@ def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(
 
     log_path = tmp_path / "worker.log"
     with celery_worker(env, log_path, concurrency=1):
-        rows = wait_final(postgres_url, ids[:3], timeout_s=90, log_path=log_path)
-    assert all(rows[c][0] == "done" and rows[c][2] == 1 for c in ids[:3]), rows
+        rows = wait_final(postgres_url, ids[:4], timeout_s=90, log_path=log_path)
+    assert all(rows[c][0] == "done" and rows[c][2] == 1 for c in ids[:4]), rows
     assert call_rows(postgres_url)["BUSY"][0] == "pending"  # its worker still has it
+    assert call_rows(postgres_url)["RUNNING"][0] == "processing"
     total, distinct, per_call = segment_stats(postgres_url)
     assert total == distinct and all(per_call[c] >= 1 for c in ids[:3])
