@@ -158,8 +158,9 @@ def _without_options(argv: list[str], options: dict[str, int]) -> list[str]:
 def build_evaluate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training evaluate",
                                 description="Per-corpus UA/WA/ECE of an ONNX model (+card).")
-    p.add_argument("--model", type=Path, default=None,
-                   help="ONNX file with NAME.card.json beside it (default: CALLMOOD_MODEL_PATH)")
+    p.add_argument("--model", type=Path, action="append", default=None,
+                   help="ONNX file with NAME.card.json beside it (default: CALLMOOD_MODEL_PATH); "
+                        "repeat it to score the ensemble (mean calibrated probabilities)")
     p.add_argument("--manifest", type=Path, action="append",
                    help="manifest CSV (repeatable). Default: the "
                         f"{', '.join(EVAL_CORPORA)} manifests under the corpora dir")
@@ -183,11 +184,16 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
 def evaluate_main(argv: list[str] | None = None) -> int:
     """``evaluate``: prints the table; returns a process exit status."""
     args = build_evaluate_parser().parse_args(argv)
-    model_path: Path = (args.model or get_settings().model_path).resolve()
+    model_paths: list[Path] = [p.resolve() for p in args.model or [get_settings().model_path]]
+    model_path = model_paths[0]
+    if args.update_card and len(model_paths) > 1:
+        print("error: --update-card writes one model's card; score an ensemble without it",
+              file=sys.stderr)
+        return 2
     manifests = args.manifest or corpus_manifest_paths(get_settings().corpora_dir, EVAL_CORPORA)
     channels = list(ROBUSTNESS) if args.robustness else (args.channel or ["clean"])
     try:
-        result = evaluate_model(model_path, manifests, split=args.split, channels=channels,
+        result = evaluate_model(model_paths, manifests, split=args.split, channels=channels,
                                 threads=args.threads, workers=args.workers,
                                 speech_cut=_speech_cut(args.whole_clips))
     except CallmoodError as e:

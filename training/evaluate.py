@@ -30,6 +30,7 @@ from training.augment import (
 from training.dataset import SUBSET_TRAIN, SUBSET_VAL, map_labels, read_manifests, speaker_keys
 from worker.audio import load_mono
 from worker.emotion import load_model
+from worker.errors import ConfigError
 from worker.features import FeatureConfig, extract_features
 from worker.pipeline import SpeechCut
 
@@ -191,24 +192,39 @@ def metrics_for(corpus: str, channel: str, probabilities: npt.NDArray[np.float32
                          labels=tuple(labels), confusion=tuple(tuple(int(v) for v in r) for r in cm))
 
 
-def evaluate_model(model_path: Path, manifest_paths: Sequence[Path], split: str = "test",
-                   channels: Sequence[str] = ("clean",), threads: int = 1,
+def evaluate_model(model_path: Path | Sequence[Path], manifest_paths: Sequence[Path],
+                   split: str = "test", channels: Sequence[str] = ("clean",), threads: int = 1,
                    workers: int = 2,
                    speech_cut: SpeechCut | None = DEFAULT_SPEECH_CUT) -> EvaluationResult:
     """Per-corpus figures of the ONNX model at ``model_path`` on ``split`` rows ("all": every
     row; "val": the train-split speakers its card lists as validation speakers).
 
-    Each clip goes through its channel and is then cut to speech as the worker cuts calls
-    (``speech_cut``; None scores whole clips, silence included, as v1.1.0's card did).
-    Clips whose label is not one of the model's labels (boredom, BAVED) are skipped.
+    Several paths score their ensemble: the mean of the models' calibrated probabilities,
+    each model reading its own card's features (what averaging them in serving would cost:
+    one forward pass per model). Ensemble members must share labels, and for "val" their
+    validation speakers. Each clip goes through its channel and is then cut to speech as the
+    worker cuts calls (``speech_cut``; None scores whole clips, silence included, as v1.1.0's
+    card did). Clips whose label is not one of the models' labels (boredom, BAVED) are
+    skipped. ConfigError for members that do not fit together.
     """
-    model = load_model(model_path.resolve(), threads)
-    card = model.card
+    paths = [model_path] if isinstance(model_path, Path) else list(model_path)
+    if not paths:
+        raise ConfigError("evaluate needs at least one model")
+    models = [load_model(p.resolve(), threads) for p in paths]
+    card = models[0].card
+    held_out = [sorted(m.card.extra.get("training", {}).get("val_speakers", [])) for m in models]
+    for path, model, speakers in zip(paths[1:], models[1:], held_out[1:], strict=True):
+        if tuple(model.labels) != tuple(card.labels):
+            raise ConfigError(f"{path} has labels {list(model.labels)}; {paths[0]} has "
+                              f"{list(card.labels)}: an ensemble averages the same classes")
+        if split == SUBSET_VAL and speakers != held_out[0]:
+            raise ConfigError(f"{path} held out validation speakers {speakers}; {paths[0]} "
+                              f"held out {held_out[0]}: score an ensemble on val only when "
+                              "its members share the split seed")
     clips = map_labels(read_manifests(manifest_paths))
     if split == SUBSET_VAL:
         # the model's own validation speakers, as its card lists them
-        speakers = set(card.extra.get("training", {}).get("val_speakers", []))
-        clips = clips[(clips["split"] == SUBSET_TRAIN) & speaker_keys(clips).isin(speakers)]
+        clips = clips[(clips["split"] == SUBSET_TRAIN) & speaker_keys(clips).isin(held_out[0])]
     elif split != "all":
         clips = clips[clips["split"] == split]
     clips = clips[clips["label"].isin(card.labels)].reset_index(drop=True)
@@ -216,13 +232,16 @@ def evaluate_model(model_path: Path, manifest_paths: Sequence[Path], split: str 
     y_all = clips["label"].map(index).to_numpy(np.int64)
     rows: list[CorpusMetrics] = []
     for channel in channels:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            feats = list(pool.map(clip_features, clips["path"].tolist(),
-                                  [channel] * len(clips), [card.features] * len(clips),
-                                  [speech_cut] * len(clips)))
-        probs = model.predict_proba(feats)
+        feats: dict[FeatureConfig, list[npt.NDArray[np.float32]]] = {}
+        for config in dict.fromkeys(m.card.features for m in models):
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                feats[config] = list(pool.map(clip_features, clips["path"].tolist(),
+                                              [channel] * len(clips), [config] * len(clips),
+                                              [speech_cut] * len(clips)))
+        probs = np.mean([m.predict_proba(feats[m.card.features]) for m in models],
+                        axis=0).astype(np.float32)
         for corpus in sorted(clips["corpus"].unique()):
             sel = (clips["corpus"] == corpus).to_numpy()
             rows.append(metrics_for(str(corpus), channel, probs[sel], y_all[sel], card.labels))
-    return EvaluationResult(model_version=card.version, split=split, rows=tuple(rows),
-                            speech_cut=speech_cut)
+    return EvaluationResult(model_version=" + ".join(m.version for m in models), split=split,
+                            rows=tuple(rows), speech_cut=speech_cut)

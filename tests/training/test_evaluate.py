@@ -132,3 +132,65 @@ def test_split_val_scores_the_validation_speakers_the_card_lists(emotion_model: 
                             split="val", workers=2)
     expected = sum(card["training"]["val_counts"]["ravdess"].values())
     assert result.get("ravdess").n_clips == expected and result.split == "val"
+
+
+def _tiny_member(folder: Path, seed: int, labels: tuple[str, ...] | None = None,
+                 val_speakers: list[str] | None = None, **features: object) -> Path:
+    """A tiny model with seeded weights whose card reads log-mels without CMN (with CMN the
+    tiny model's time-mean is zero and every clip would get the same logits)."""
+    import json
+
+    folder.mkdir(parents=True)
+    # small weights: soft probabilities, so the average can differ from either member
+    weights = 0.01 * np.random.default_rng(seed).normal(size=(N_MELS, 7)).astype(np.float32)
+    path = write_tiny_model(folder, weights)
+    card = json.loads(path.with_suffix(".card.json").read_text())
+    card["features"].update({"normalization": "none", **features})
+    if labels is not None:
+        card["labels"] = list(labels)
+    card["training"] = {"val_speakers": val_speakers or ["ravdess:Actor_01"]}
+    path.with_suffix(".card.json").write_text(json.dumps(card))
+    return path
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_probabilities(
+        tmp_path: Path, callmood_corpora: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.evaluate import DEFAULT_SPEECH_CUT, clip_features, metrics_for
+    from worker.constants import EMOTIONS
+    from worker.emotion import load_model
+    from worker.errors import ConfigError
+
+    a = _tiny_member(tmp_path / "a", 1)
+    b = _tiny_member(tmp_path / "b", 2, dynamic_range_db=30.0)   # other features: its own
+    manifest = _manifest(tmp_path, callmood_corpora)
+    ensemble = evaluate_model([a, b], [manifest], workers=1)
+    assert ensemble.model_version == "tiny-0.0.1 + tiny-0.0.1"
+    # by hand: each member on its own card's features, probabilities averaged
+    rows = pd.read_csv(manifest)
+    members = [load_model(p.resolve(), 1) for p in (a, b)]
+    probs = np.mean([m.predict_proba([clip_features(p, "clean", m.card.features,
+                                                    DEFAULT_SPEECH_CUT) for p in rows["path"]])
+                     for m in members], axis=0).astype(np.float32)
+    labels = rows["emotion"].replace({"calm": "neutral"}).map(EMOTIONS.index).to_numpy(np.int64)
+    expected = metrics_for("ravdess", "clean", probs, labels, EMOTIONS)
+    got = ensemble.get("ravdess")
+    assert got.confusion == expected.confusion and got.ece == pytest.approx(expected.ece, abs=1e-6)
+    alone = [evaluate_model(p, [manifest], workers=1).get("ravdess") for p in (a, b)]
+    # the by-hand check can tell the ensemble from either member (averaging softens them)
+    assert all(got.ece != pytest.approx(m.ece, abs=1e-3) for m in alone), (got, alone)
+    twice = evaluate_model([a, a], [manifest], workers=1).get("ravdess")
+    assert twice.confusion == alone[0].confusion and twice.ece == pytest.approx(alone[0].ece)
+
+    # members that do not fit together are refused, naming what differs
+    flipped = _tiny_member(tmp_path / "flipped", 1, labels=tuple(reversed(EMOTIONS)))
+    with pytest.raises(ConfigError, match="labels"):
+        evaluate_model([a, flipped], [manifest], workers=1)
+    other_split = _tiny_member(tmp_path / "other", 3, val_speakers=["ravdess:Actor_02"])
+    with pytest.raises(ConfigError, match="split seed"):
+        evaluate_model([a, other_split], [manifest], split="val", workers=1)
+    assert evaluate_main(["--model", str(a), "--model", str(b), "--manifest", str(manifest),
+                          "--workers", "1", "--update-card"]) == 2
+    assert "--update-card writes one model's card" in capsys.readouterr().err
+    assert evaluate_main(["--model", str(a), "--model", str(b), "--manifest", str(manifest),
+                          "--workers", "1"]) == 0
+    assert "model tiny-0.0.1 + tiny-0.0.1" in capsys.readouterr().out
