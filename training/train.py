@@ -397,7 +397,7 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
             "train_counts": counts_table(train_df), "val_counts": counts_table(val_df),
             "manifests_sha256": {str(p): hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16]
                                  for p in manifest_paths},
-            "config": _jsonable(asdict(config)),
+            "config": config_record(config),
             "label_decisions": ("calm -> neutral; EmoDB boredom dropped; URDU kept (4 classes, "
                                 "natural speech); BAVED excluded (arousal only)"),
             "history": history,
@@ -421,6 +421,12 @@ def limit_clips(df: pd.DataFrame, per_corpus: int, seed: int) -> pd.DataFrame:
     parts = [g.sample(n=min(per_corpus, len(g)), random_state=seed)
              for _, g in df.groupby(["corpus", "subset"], sort=True)]
     return pd.concat(parts).sort_index().reset_index(drop=True)
+
+
+def config_record(config: TrainConfig) -> dict[str, Any]:
+    """``config`` as the card records it (nested dicts; tuples as JSON lists)."""
+    record: dict[str, Any] = _jsonable(asdict(config))
+    return record
 
 
 def _jsonable(value: Any) -> Any:
