@@ -25,6 +25,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from worker.constants import EMOTIONS
+from worker.emotion import ModelCard
 from worker.errors import ConfigError
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "speaker", "emotion", "split")
@@ -137,6 +138,12 @@ def speaker_keys(df: pd.DataFrame) -> pd.Series:
     """Each row's speaker as ``corpus:speaker``, the form a card lists validation speakers in
     (speaker ids repeat across corpora)."""
     return df["corpus"].astype(str) + ":" + df["speaker"].astype(str)
+
+
+def card_val_speakers(card: ModelCard) -> list[str]:
+    """The ``corpus:speaker`` keys a trained model's card lists as held out for validation,
+    sorted (empty for a card written by other tooling)."""
+    return sorted(card.extra.get("training", {}).get("val_speakers", []))
 
 
 def sampling_weights(df: pd.DataFrame) -> npt.NDArray[np.float64]:

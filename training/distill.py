@@ -21,6 +21,7 @@ import numpy.typing as npt
 import torch
 from torch.nn import functional
 
+from training.dataset import card_val_speakers
 from worker.emotion import load_model, softmax
 from worker.errors import ConfigError
 from worker.features import extract_features
@@ -81,7 +82,7 @@ def teacher_targets(teachers: Sequence[str], waves: Sequence[npt.NDArray[np.floa
     records = []
     for path in teachers:
         model = load_model(Path(path).resolve(), 1)
-        held_out = sorted(model.card.extra.get("training", {}).get("val_speakers", []))
+        held_out = card_val_speakers(model.card)
         if model.card.features.sample_rate != sample_rate:
             raise ConfigError(f"teacher {path} reads {model.card.features.sample_rate} Hz "
                               f"features; the student's are at {sample_rate} Hz")

@@ -27,7 +27,14 @@ from training.augment import (
     set_rms_dbfs,
     strong_eq,
 )
-from training.dataset import SUBSET_TRAIN, SUBSET_VAL, map_labels, read_manifests, speaker_keys
+from training.dataset import (
+    SUBSET_TRAIN,
+    SUBSET_VAL,
+    card_val_speakers,
+    map_labels,
+    read_manifests,
+    speaker_keys,
+)
 from worker.audio import load_mono
 from worker.emotion import load_model
 from worker.errors import ConfigError
@@ -212,7 +219,7 @@ def evaluate_model(model_path: Path | Sequence[Path], manifest_paths: Sequence[P
         raise ConfigError("evaluate needs at least one model")
     models = [load_model(p.resolve(), threads) for p in paths]
     card = models[0].card
-    held_out = [sorted(m.card.extra.get("training", {}).get("val_speakers", [])) for m in models]
+    held_out = [card_val_speakers(m.card) for m in models]
     for path, model, speakers in zip(paths[1:], models[1:], held_out[1:], strict=True):
         if tuple(model.labels) != tuple(card.labels):
             raise ConfigError(f"{path} has labels {list(model.labels)}; {paths[0]} has "
