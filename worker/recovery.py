@@ -198,7 +198,8 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
         due = {m.delivery_tag for m in (
             *stranded_messages(first.unacked, now_s, margin_s),
             *unclaimed_messages(first.unacked, now_s, processing, unclaimed_margin_s))}
-        stranded = [m for m in first.unacked if m.delivery_tag in due & still_held]
+        restore = due & still_held
+        stranded = [m for m in first.unacked if m.delivery_tag in restore]
         lost, stuck = split_stuck(lost_calls(list(requests), [first, second]), claims)
         report = RecoveryReport(lost=tuple(lost), stranded=tuple(
             m.call_id or str(m.delivery_tag) for m in stranded), dry_run=dry_run,
