@@ -52,9 +52,11 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="which train speakers are held out for validation (keep it to compare "
                         "seeds of a recipe on the same speakers)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--patience", type=int, default=TrainConfig.patience)
+    p.add_argument("--patience", type=int, default=TrainConfig.patience,
+                   help="stop after N epochs without a validation gain (default: run every "
+                        "epoch; the one-cycle schedule peaks in its last epochs)")
     p.add_argument("--min-epochs", type=int, default=TrainConfig.min_epochs,
-                   help="no early stop before this many epochs")
+                   help="with --patience: no early stop before this many epochs")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction)

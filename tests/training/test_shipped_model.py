@@ -58,9 +58,15 @@ def test_the_card_names_every_setting_of_the_retrain_recipe(emotion_model: Path)
     from worker.pipeline import SpeechCut
     from worker.vad import VadConfig
 
-    raw = json.loads(card_path_for(emotion_model).read_text())
+    training = json.loads(card_path_for(emotion_model).read_text())["training"]
     recipe = TrainConfig(speech_cut=SpeechCut(vad=VadConfig(remove_dc=False)))
-    assert config_differences(raw["training"]["config"], config_record(recipe)) == []
+    differences = config_differences(training["config"], config_record(recipe))
+    # v1.4.0 was trained with early stopping (patience 12 after epoch 30), the default since
+    # is to run every epoch; its run never stopped, so today's default trains the same model
+    if set(differences) <= {"patience", "min_epochs"}:
+        assert len(training["history"]) == training["config"]["epochs"] == recipe.epochs
+        differences = []
+    assert differences == []
 
 
 @pytest.mark.parametrize(("corpus", "channel"), sorted(UA_FLOORS))

@@ -130,3 +130,11 @@ def test_early_stop_waits_for_min_epochs_then_for_patience() -> None:
     assert not stops_early(40, 29, config)       # a gain at 29: 11 epochs without one
     assert stops_early(41, 29, config)
     assert stops_early(12, 0, TrainConfig(patience=12, min_epochs=1))
+
+
+def test_the_default_runs_the_whole_one_cycle_schedule() -> None:
+    # the distilled student that stopped at epoch 41 (best at 29) would have gone on
+    config = TrainConfig()
+    assert config.patience is None
+    assert not any(stops_early(epoch, 29, config) for epoch in range(config.epochs))
+    assert not stops_early(config.epochs - 1, 0, config)
