@@ -1,4 +1,4 @@
-"""Seeded training of the emotion CNN, early stopping on validation speakers' UA,
+"""Seeded training of the emotion CNN, epoch selection on validation speakers' UA,
 temperature scaling, ONNX export and model card.
 
 Reproducibility: the split seed fixes the validation speakers; the seed fixes the sampled
