@@ -84,6 +84,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                    choices=NORMALIZATIONS, help="per-utterance log-mel normalisation")
     p.add_argument("--dynamic-range-db", type=float, default=TRAIN_FEATURES.dynamic_range_db,
                    help="clamp log-mel this far below each utterance's peak (gain invariance)")
+    p.add_argument("--mixup-alpha", type=float, default=TrainConfig.mixup_alpha,
+                   help="mix each batch's clips and targets with Beta(alpha, alpha) shares "
+                        "(0: off)")
     p.add_argument("--whole-clips", action="store_true",
                    help="train on whole clips, silence included (emotion-v1.1.0's recipe) "
                         "instead of cutting each to its speech as the worker cuts calls")
@@ -94,6 +97,10 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="use at most N clips per corpus and subset (smoke runs)")
     p.add_argument("--no-test-eval", action="store_true",
                    help="skip the test-split evaluation that fills the card's figures")
+    p.add_argument("--resume", action="store_true",
+                   help="carry on from the checkpoint an interrupted run of the same command "
+                        "left in --out-dir (NAME.ckpt.pt; trains from the start if there is "
+                        "none)")
     return p
 
 
@@ -109,6 +116,7 @@ def train_main(argv: list[str] | None = None) -> int:
                              min_epochs=args.min_epochs,
                              batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                              crop_s=args.crop_s, draws_per_epoch=args.draws_per_epoch,
+                             mixup_alpha=args.mixup_alpha,
                              augment=AugmentConfig(p_phone=args.p_phone, p_codec=args.p_codec,
                                                    opus_share=args.opus_share),
                              features=replace(TRAIN_FEATURES, normalization=args.normalization,
@@ -123,11 +131,14 @@ def train_main(argv: list[str] | None = None) -> int:
         return 2
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    command = "python -m training train " + shlex.join(argv if argv is not None else sys.argv[1:])
+    # the card records the recipe: a resumed run's command is the interrupted one's
+    command = "python -m training train " + shlex.join(
+        _without_options(argv if argv is not None else sys.argv[1:], {"--resume": 0}))
     try:
         result = train(manifests, args.out_dir, config, name=args.name, version=args.version,
                        device=args.device, workers=args.workers,
-                       limit_per_corpus=args.limit_per_corpus, command=command.strip())
+                       limit_per_corpus=args.limit_per_corpus, command=command.strip(),
+                       resume=args.resume)
         print(f"wrote {result.model_path} (best epoch {result.best_epoch}, val UA "
               f"{100 * result.val_ua:.1f}%, T={result.temperature:.2f}, {result.seconds:.0f} s "
               f"on {result.device})")

@@ -28,6 +28,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from training.augment import AugmentConfig, augment
 from training.card import LICENCES, USAGE_NOTE, write_card
+from training.checkpoint import (
+    checkpoint_path,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+)
 from training.dataset import (
     SUBSET_TRAIN,
     SUBSET_VAL,
@@ -55,6 +61,10 @@ TRAIN_FEATURES = FeatureConfig(log_floor=1e-20, dynamic_range_db=80.0)
 them gain-invariant down to -80 dBFS lines (v1.0's absolute floor lost RAVDESS at -25 dB:
 51.1% -> 39.6% UA). 80 dB: a little below the 96 dB of 16-bit audio's own range."""
 
+
+MIXUP_STREAM = 0x6D6978
+"""Second word of the mixup draws' seed ([seed, MIXUP_STREAM]): a stream of its own, so
+turning mixup on leaves the sampled clips, augmentations and masks as they were."""
 
 MODEL_VERSION = "emotion-v1.4.0"
 """Version the default recipe writes into the card (bump it with any change of recipe)."""
@@ -100,6 +110,10 @@ class TrainConfig:
     ema_decay: float = 0.995
     """Per-step decay of the weight average that is validated and exported (smooths the
     noisy epoch-to-epoch validation curve of a small, heavily augmented model)."""
+    mixup_alpha: float = 0.0
+    """Mixup (Zhang et al., 2018) of the batch's log-mel features and targets with weights
+    drawn from Beta(alpha, alpha), folded so that each clip keeps the larger share; 0 turns it
+    off and leaves every other random stream as it was."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeatureConfig = TRAIN_FEATURES
@@ -108,6 +122,11 @@ class TrainConfig:
     before cropping and augmenting; None trains on whole clips, as emotion-v1.1.0 did."""
     distill: DistillConfig = field(default_factory=DistillConfig)
     """Teachers whose soft targets on the clean clips join the loss (none: plain training)."""
+
+    def __post_init__(self) -> None:
+        if self.mixup_alpha < 0:
+            raise ConfigError(f"mixup_alpha={self.mixup_alpha}: use 0 (off) or a positive "
+                              "Beta parameter")
 
 
 @dataclass(frozen=True)
@@ -201,6 +220,43 @@ def spec_augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generato
     return x * mask.to(x.device, x.dtype)
 
 
+@dataclass(frozen=True)
+class Mix:
+    """A batch's mixup draw: each clip i is mixed with clip ``partner[i]``, keeping the share
+    ``share[i]`` (in [0.5, 1]) of its own features and target."""
+
+    share: torch.Tensor
+    """(B,) float32"""
+    partner: torch.Tensor
+    """(B,) int64, a permutation of the batch"""
+
+
+def draw_mix(batch: int, alpha: float, rng: np.random.Generator) -> Mix:
+    """Per-clip shares from Beta(alpha, alpha), folded to max(share, 1 - share), and a random
+    partner permutation."""
+    share = rng.beta(alpha, alpha, size=batch)
+    share = np.maximum(share, 1.0 - share)
+    return Mix(share=torch.from_numpy(share.astype(np.float32)),
+               partner=torch.from_numpy(rng.permutation(batch).astype(np.int64)))
+
+
+def mix_inputs(x: torch.Tensor, mix: Mix) -> torch.Tensor:
+    """(B, ...) batch blended with its partners: share * x + (1 - share) * x[partner]."""
+    share = mix.share.to(x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    return share * x + (1.0 - share) * x[mix.partner.to(x.device)]
+
+
+def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, mix: Mix,
+                        label_smoothing: float) -> torch.Tensor:
+    """Mean over the batch of share * CE(own label) + (1 - share) * CE(partner's label)."""
+    share = mix.share.to(logits.device, logits.dtype)
+    own = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing,
+                                      reduction="none")
+    other = nn.functional.cross_entropy(logits, y[mix.partner.to(y.device)],
+                                        label_smoothing=label_smoothing, reduction="none")
+    return (share * own + (1.0 - share) * other).mean()
+
+
 def predict_logits(model: nn.Module, feats: Sequence[npt.NDArray[np.float32]],
                    device: torch.device, min_frames: int) -> npt.NDArray[np.float32]:
     """(N, classes) logits for full-length clips, one clip per forward pass (no padding)."""
@@ -273,8 +329,13 @@ def stops_early(epoch: int, best_epoch: int, config: TrainConfig) -> bool:
 
 def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
           name: str = "emotion-v1", version: str = MODEL_VERSION, device: str = "auto",
-          workers: int = 2, limit_per_corpus: int = 0, command: str = "") -> TrainResult:
-    """Train, select on validation speakers, calibrate, export ONNX + card; return the result."""
+          workers: int = 2, limit_per_corpus: int = 0, command: str = "",
+          resume: bool = False) -> TrainResult:
+    """Train, select on validation speakers, calibrate, export ONNX + card; return the result.
+
+    Every finished epoch is checkpointed beside the model (removed once the model is
+    exported); ``resume`` carries on from that checkpoint when there is one.
+    """
     t0 = time.monotonic()
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -331,9 +392,38 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     sampler_rng = np.random.default_rng(config.seed)
     mask_gen = torch.Generator().manual_seed(config.seed)
+    mix_rng = np.random.default_rng([config.seed, MIXUP_STREAM])
     best_ua, best_epoch, best_state = -1.0, -1, None
     history: list[dict[str, Any]] = []
-    for epoch in range(config.epochs):
+    manifests_sha256 = manifest_digests(manifest_paths)
+    ckpt = checkpoint_path(out_dir, name)
+    identity = {"config": config_record(config), "manifests_sha256": manifests_sha256,
+                "limit_per_corpus": limit_per_corpus, "train_clips": len(train_df),
+                "val_speakers": val_speakers}
+    start_epoch, stopped, seconds_before = 0, False, 0.0
+    resumed_after: list[int] = []
+    saved = load_checkpoint(ckpt, identity) if resume else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
+        optimiser.load_state_dict(saved["optimiser"])
+        scheduler.load_state_dict(saved["scheduler"])
+        sampler_rng.bit_generator.state = saved["sampler_rng"]
+        mix_rng.bit_generator.state = saved["mix_rng"]
+        mask_gen.set_state(saved["mask_gen"])
+        torch.set_rng_state(saved["torch_rng"])     # dropout
+        if dev.type == "cuda" and saved["cuda_rng"]:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        best_ua, best_epoch, best_state = saved["best_ua"], saved["best_epoch"], saved["best_state"]
+        history, stopped = saved["history"], saved["stopped"]
+        start_epoch = saved["epoch"] + 1
+        seconds_before = saved["seconds"]       # this run's decoding is counted again
+        resumed_after = [*saved["resumed_after"], saved["epoch"]]
+        log.info("resumed from %s after epoch %d (best val UA %.3f at epoch %d)", ckpt,
+                 saved["epoch"], best_ua, best_epoch)
+    elif resume:
+        log.info("no checkpoint at %s: training from the start", ckpt)
+    for epoch in range(start_epoch, start_epoch if stopped else config.epochs):
         dataset.set_epoch(epoch, sampler_rng.choice(len(train_df), size=draws_per_epoch,
                                                     p=weights).astype(np.int64))
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
@@ -341,14 +431,19 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
         model.train()
         total, n = 0.0, 0
         for x, y, clips in loader:
-            x = spec_augment(x, config, mask_gen).to(dev)
-            y = y.to(dev)
+            x = spec_augment(x, config, mask_gen)
+            mix = draw_mix(len(y), config.mixup_alpha, mix_rng) if config.mixup_alpha > 0 else None
+            if mix is not None:
+                x = mix_inputs(x, mix)
+            x, y = x.to(dev), y.to(dev)
             logits = model(x)
-            loss = loss_fn(logits, y)
+            loss = (loss_fn(logits, y) if mix is None
+                    else mixed_cross_entropy(logits, y, mix, config.label_smoothing))
             if soft_targets is not None:
                 w = config.distill.weight
+                soft = soft_targets[clips] if mix is None else mix_inputs(soft_targets[clips], mix)
                 loss = (1.0 - w) * loss + w * distillation_loss(
-                    logits, soft_targets[clips].to(dev), config.distill.temperature)
+                    logits, soft.to(dev), config.distill.temperature)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -369,7 +464,19 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
             best_ua, best_epoch = val_ua, epoch
             best_state = {k: v.detach().cpu().clone()
                           for k, v in ema.module.state_dict().items()}
-        elif stops_early(epoch, best_epoch, config):
+        else:
+            stopped = stops_early(epoch, best_epoch, config)
+        save_checkpoint(ckpt, identity, {
+            "epoch": epoch, "stopped": stopped, "seconds": time.monotonic() - t0 + seconds_before,
+            "resumed_after": resumed_after, "model": model.state_dict(), "ema": ema.state_dict(),
+            "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+            "sampler_rng": sampler_rng.bit_generator.state,
+            "mix_rng": mix_rng.bit_generator.state, "mask_gen": mask_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else [],
+            "best_ua": best_ua, "best_epoch": best_epoch, "best_state": best_state,
+            "history": history})
+        if stopped:
             log.info("early stop: no val UA gain for %d epochs", config.patience)
             break
     assert best_state is not None
@@ -377,7 +484,7 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     model = model.cpu()
     val_logits = predict_logits(model, val_feats, torch.device("cpu"), config.min_frames)
     temperature = fit_temperature(val_logits, y_val)
-    seconds = time.monotonic() - t0
+    seconds = time.monotonic() - t0 + seconds_before
 
     model_path = out_dir / f"{name}.onnx"
     export_onnx(model, model_path, config.model.n_mels)
@@ -402,8 +509,8 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
             "val_speakers": val_speakers,
             "teachers": teachers,
             "train_counts": counts_table(train_df), "val_counts": counts_table(val_df),
-            "manifests_sha256": {str(p): hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16]
-                                 for p in manifest_paths},
+            "manifests_sha256": manifests_sha256,
+            "resumed_after_epochs": resumed_after,
             "config": config_record(config),
             "label_decisions": ("calm -> neutral; EmoDB boredom dropped; URDU kept (4 classes, "
                                 "natural speech); BAVED excluded (arousal only)"),
@@ -419,8 +526,14 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
         ],
     }
     write_card(model_path, card)
+    remove_checkpoint(ckpt)
     return TrainResult(model_path=model_path, best_epoch=best_epoch, val_ua=best_ua,
                        temperature=temperature, seconds=seconds, device=str(dev), card=card)
+
+
+def manifest_digests(paths: Sequence[Path]) -> dict[str, str]:
+    """{path: first 16 hex digits of its sha256} (the card's record of the training data)."""
+    return {str(p): hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16] for p in paths}
 
 
 def limit_clips(df: pd.DataFrame, per_corpus: int, seed: int) -> pd.DataFrame:

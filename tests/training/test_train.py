@@ -138,3 +138,50 @@ def test_the_default_runs_the_whole_one_cycle_schedule() -> None:
     assert config.patience is None
     assert not any(stops_early(epoch, 29, config) for epoch in range(config.epochs))
     assert not stops_early(config.epochs - 1, 0, config)
+
+
+def test_mixup_draws_fold_each_clip_to_the_larger_share_of_a_partner() -> None:
+    from training.train import draw_mix
+
+    a = draw_mix(64, 0.4, np.random.default_rng(3))
+    b = draw_mix(64, 0.4, np.random.default_rng(3))
+    assert torch_equal(a.share, b.share) and torch_equal(a.partner, b.partner)
+    assert float(a.share.min()) >= 0.5 and float(a.share.max()) <= 1.0
+    assert sorted(a.partner.tolist()) == list(range(64))
+
+
+def test_mixup_blends_features_and_targets_and_weighs_both_labels() -> None:
+    import torch
+
+    from training.train import Mix, mix_inputs, mixed_cross_entropy
+
+    mix = Mix(share=torch.tensor([0.75, 1.0]), partner=torch.tensor([1, 0]))
+    x = torch.stack([torch.zeros(3, 4), torch.ones(3, 4)])
+    mixed = mix_inputs(x, mix)
+    assert torch.allclose(mixed[0], torch.full((3, 4), 0.25)) and torch.equal(mixed[1], x[1])
+    soft = mix_inputs(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), mix)
+    assert torch.allclose(soft, torch.tensor([[0.75, 0.25], [0.0, 1.0]]))
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    y = torch.tensor([0, 2])
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    ce_partner = torch.nn.functional.cross_entropy(logits, y[[1, 0]], reduction="none")
+    by_hand = (0.75 * ce[0] + 0.25 * ce_partner[0] + ce[1]) / 2
+    assert float(mixed_cross_entropy(logits, y, mix, 0.0)) == pytest.approx(float(by_hand))
+    unmixed = Mix(share=torch.ones(2), partner=torch.tensor([1, 0]))
+    assert float(mixed_cross_entropy(logits, y, unmixed, 0.05)) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.05)))
+
+
+def test_a_negative_mixup_alpha_is_refused() -> None:
+    from worker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mixup_alpha=-0.1"):
+        TrainConfig(mixup_alpha=-0.1)
+
+
+def torch_equal(a: object, b: object) -> bool:
+    import torch
+
+    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+    return bool(torch.equal(a, b))
