@@ -319,6 +319,44 @@ def check_onnx(model: nn.Module, path: Path, n_mels: int) -> float:
     return worst
 
 
+@dataclass(frozen=True)
+class MovingParts:
+    """What every training step changes: saved and restored together, so that a resumed run
+    takes the steps an uninterrupted one would have taken."""
+
+    model: nn.Module
+    ema: torch.optim.swa_utils.AveragedModel
+    optimiser: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler_rng: np.random.Generator
+    mask_gen: torch.Generator
+    mix_rng: np.random.Generator
+    device: torch.device
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors, numbers and strings only (a checkpoint loads with ``weights_only``)."""
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimiser": self.optimiser.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "sampler_rng": self.sampler_rng.bit_generator.state,
+                "mix_rng": self.mix_rng.bit_generator.state, "mask_gen": self.mask_gen.get_state(),
+                # dropout draws from the global generators
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": (torch.cuda.get_rng_state_all() if self.device.type == "cuda"
+                             else [])}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.ema.load_state_dict(saved["ema"])
+        self.optimiser.load_state_dict(saved["optimiser"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.sampler_rng.bit_generator.state = saved["sampler_rng"]
+        self.mix_rng.bit_generator.state = saved["mix_rng"]
+        self.mask_gen.set_state(saved["mask_gen"])
+        torch.set_rng_state(saved["torch_rng"])
+        if self.device.type == "cuda" and saved["cuda_rng"]:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+
+
 def stops_early(epoch: int, best_epoch: int, config: TrainConfig) -> bool:
     """Whether training stops after 0-based ``epoch`` whose best validation UA was at
     ``best_epoch``: ``config.patience`` epochs without a gain, once ``config.min_epochs``
@@ -402,18 +440,10 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
                 "val_speakers": val_speakers}
     start_epoch, stopped, seconds_before = 0, False, 0.0
     resumed_after: list[int] = []
+    moving = MovingParts(model, ema, optimiser, scheduler, sampler_rng, mask_gen, mix_rng, dev)
     saved = load_checkpoint(ckpt, identity) if resume else None
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        ema.load_state_dict(saved["ema"])
-        optimiser.load_state_dict(saved["optimiser"])
-        scheduler.load_state_dict(saved["scheduler"])
-        sampler_rng.bit_generator.state = saved["sampler_rng"]
-        mix_rng.bit_generator.state = saved["mix_rng"]
-        mask_gen.set_state(saved["mask_gen"])
-        torch.set_rng_state(saved["torch_rng"])     # dropout
-        if dev.type == "cuda" and saved["cuda_rng"]:
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        moving.load_state_dict(saved)
         best_ua, best_epoch, best_state = saved["best_ua"], saved["best_epoch"], saved["best_state"]
         history, stopped = saved["history"], saved["stopped"]
         start_epoch = saved["epoch"] + 1
@@ -467,13 +497,8 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
         else:
             stopped = stops_early(epoch, best_epoch, config)
         save_checkpoint(ckpt, identity, {
-            "epoch": epoch, "stopped": stopped, "seconds": time.monotonic() - t0 + seconds_before,
-            "resumed_after": resumed_after, "model": model.state_dict(), "ema": ema.state_dict(),
-            "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-            "sampler_rng": sampler_rng.bit_generator.state,
-            "mix_rng": mix_rng.bit_generator.state, "mask_gen": mask_gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else [],
+            **moving.state_dict(), "epoch": epoch, "stopped": stopped,
+            "seconds": time.monotonic() - t0 + seconds_before, "resumed_after": resumed_after,
             "best_ua": best_ua, "best_epoch": best_epoch, "best_state": best_state,
             "history": history})
         if stopped:
