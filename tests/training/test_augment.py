@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pytest
 
@@ -108,7 +110,7 @@ def test_opus_share_picks_the_codec_from_one_draw(opus_share: float) -> None:
         rng.random(3)
         level_dbfs = float(rng.uniform(*config.level_dbfs_range))
         rng.random(2)
-        codec = "opus" if rng.random() < opus_share else "mp3"
+        codec: Literal["opus", "mp3"] = "opus" if rng.random() < opus_share else "mp3"
         compression = float(rng.uniform(*config.codec_level_range))
         expected = np.clip(codec_roundtrip(set_rms_dbfs(x, level_dbfs), codec, SR, compression),
                            -1.0, 1.0)

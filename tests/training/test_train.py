@@ -176,7 +176,7 @@ def test_mixup_blends_features_and_targets_and_weighs_both_labels() -> None:
 def test_a_negative_mixup_alpha_is_refused() -> None:
     from worker.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="mixup_alpha=-0.1"):
+    with pytest.raises(ConfigError, match=r"mixup_alpha=-0\.1"):
         TrainConfig(mixup_alpha=-0.1)
 
 

@@ -222,14 +222,15 @@ def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(
         assert census is not None and not census.unacked
         assert sorted(m.call_id or "" for m in census.queued) == sorted(ids)
         raw = {read_task_message(item).call_id: item for item in client.lrange(TASK_QUEUE, 0, -1)}
-        client.lrem(TASK_QUEUE, 1, raw["LOST"])  # popped by a worker as redis went down
+        # popped by a worker as redis went down (redis-py takes bytes; its stub says str)
+        client.lrem(TASK_QUEUE, 1, raw["LOST"])  # type: ignore[arg-type]
         # STRANDED: delivered 15 minutes ago, its hard limit ~3 minutes: Kombu itself would
         # wait for its visibility timeout (7800 s). UNCLAIMED: delivered 3 minutes ago, its
         # call still pending: its worker forgot it. RUNNING: as old, but its worker claimed
         # it and may run until its hard limit. BUSY: delivered a second ago.
         for call_id, age_s in (("STRANDED", 900.0), ("UNCLAIMED", 180.0), ("RUNNING", 180.0),
                                ("BUSY", 1.0)):
-            client.lrem(TASK_QUEUE, 1, raw[call_id])
+            client.lrem(TASK_QUEUE, 1, raw[call_id])  # type: ignore[arg-type]
             message = json.loads(raw[call_id])
             info = message["properties"]["delivery_info"]
             tag = f"tag-{call_id}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -106,7 +107,7 @@ def test_stereo_input_is_refused() -> None:
                                     {"frame_ms": 30, "smoothing_ms": 10},
                                     {"max_gain_db": -1.0}, {"target_level_dbfs": 3.0},
                                     {"noise_ceiling_dbfs": -120.0}])
-def test_invalid_config_raises_config_error(kwargs: dict[str, float]) -> None:
+def test_invalid_config_raises_config_error(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         VadConfig(**kwargs)
 
