@@ -9,7 +9,6 @@ bit. A checkpoint is only taken up by the run that wrote it: same recipe, same d
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 from pathlib import Path
@@ -19,8 +18,6 @@ import torch
 
 from training.card import config_differences
 from worker.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 """Bumped whenever the saved state's layout changes (an older file is then refused)."""
