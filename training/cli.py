@@ -81,7 +81,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-temperature", type=float, default=DistillConfig.temperature,
                    help="softening of the distillation term")
     p.add_argument("--normalization", default=FeatureConfig.normalization,
-                   choices=NORMALIZATIONS, help="per-utterance log-mel normalisation")
+                   choices=NORMALIZATIONS,
+                   help="per-utterance log-mel normalisation: utterance_cmn (v1.4.0: each "
+                        "band's mean over time) or utterance_level (one mean: the gain only, "
+                        "keeps the spectral envelope)")
     p.add_argument("--dynamic-range-db", type=float, default=TRAIN_FEATURES.dynamic_range_db,
                    help="clamp log-mel this far below each utterance's peak (gain invariance)")
     p.add_argument("--mixup-alpha", type=float, default=TrainConfig.mixup_alpha,

@@ -18,8 +18,8 @@ import scipy.fft
 from worker.constants import ANALYSIS_SAMPLE_RATE
 from worker.vad import without_dc
 
-Normalization = Literal["none", "utterance_cmn", "utterance_cmvn"]
-NORMALIZATIONS: tuple[str, ...] = ("none", "utterance_cmn", "utterance_cmvn")
+Normalization = Literal["none", "utterance_cmn", "utterance_cmvn", "utterance_level"]
+NORMALIZATIONS: tuple[str, ...] = ("none", "utterance_cmn", "utterance_cmvn", "utterance_level")
 
 
 @dataclass(frozen=True)
@@ -160,13 +160,20 @@ def log_mel(audio: npt.NDArray[np.floating[Any]], config: FeatureConfig) -> npt.
 
 
 def normalize(features: npt.NDArray[np.float32], config: FeatureConfig) -> npt.NDArray[np.float32]:
-    """Per-utterance normalisation over time, per mel band.
+    """Per-utterance normalisation of a (n_mels, n_frames) log-mel.
 
-    CMN removes the constant spectral colouring of a channel (microphone, line EQ, level),
-    which would otherwise become a corpus label the model learns first.
+    ``utterance_cmn``/``utterance_cmvn`` work per mel band over time: they remove the constant
+    spectral colouring of a channel (microphone, line EQ, level), which would otherwise become
+    a corpus label the model learns first, but with it the utterance's own long-term spectrum
+    (vocal effort tilts it: shouted speech carries more energy high up). ``utterance_level``
+    subtracts one number, the mean over all bands and frames: with a ``dynamic_range_db``
+    floor that removes the gain alone and keeps the spectral envelope; the channel's colouring
+    is then left for training's EQ, tilt and phone-band augmentation to teach away.
     """
     if config.normalization == "none" or features.shape[1] == 0:
         return features
+    if config.normalization == "utterance_level":
+        return np.asarray(features - features.mean(), dtype=np.float32)
     centred = features - features.mean(axis=1, keepdims=True)
     if config.normalization == "utterance_cmn":
         return np.asarray(centred, dtype=np.float32)

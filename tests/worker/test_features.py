@@ -91,3 +91,23 @@ def test_remove_dc_cancels_an_offset_and_old_cards_keep_it_off() -> None:
     # a card written before the field existed describes a model trained without it
     legacy = {k: v for k, v in on.to_dict().items() if k != "remove_dc"}
     assert FeatureConfig.from_dict(legacy).remove_dc is False
+
+
+def test_level_normalisation_cancels_gain_and_keeps_the_spectral_envelope() -> None:
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(16000).astype(np.float32) * 0.05
+    # a brighter voice: the same noise with a first difference, which lifts the high bands
+    bright = np.append(x[0], np.diff(x)).astype(np.float32)
+    level = FeatureConfig(log_floor=1e-20, dynamic_range_db=80.0, normalization="utterance_level")
+    cmn = FeatureConfig(log_floor=1e-20, dynamic_range_db=80.0, normalization="utterance_cmn")
+    for gain in (0.01, 4.0):
+        scaled = (x * gain).astype(np.float32)
+        assert np.abs(extract_features(x, level) - extract_features(scaled, level)).max() < 1e-3
+    a, b = extract_features(x, level), extract_features(bright, level)
+    assert abs(float(a.mean())) < 1e-4  # one number subtracted: the overall mean is zero
+    # the long-term spectrum survives: the bright version's top bands sit higher, bottom lower
+    tilt = b.mean(axis=1) - a.mean(axis=1)
+    assert tilt[-8:].mean() - tilt[:8].mean() > 2.0
+    # CMN takes each band's mean away, so the same fixed tilt all but vanishes
+    cmn_tilt = extract_features(bright, cmn).mean(axis=1) - extract_features(x, cmn).mean(axis=1)
+    assert np.abs(cmn_tilt).max() < 1e-4
