@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +19,7 @@ from worker.constants import ANALYSIS_SAMPLE_RATE
 from worker.vad import without_dc
 
 Normalization = Literal["none", "utterance_cmn", "utterance_cmvn", "utterance_level"]
-NORMALIZATIONS: tuple[str, ...] = ("none", "utterance_cmn", "utterance_cmvn", "utterance_level")
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 
 
 @dataclass(frozen=True)
