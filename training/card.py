@@ -9,6 +9,7 @@ from typing import Any
 
 from training.evaluate import EvaluationResult
 from worker.emotion import card_path_for
+from worker.features import FeatureConfig
 
 LICENCES: dict[str, str] = {
     "ravdess": "CC BY-NC-SA 4.0 (Livingstone & Russo, 2018)",
@@ -169,7 +170,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         card.get("usage_note", USAGE_NOTE), "",
         "## Model",
         f"- Labels (output order): {', '.join(card['labels'])}",
-        f"- Input `{card['input_name']}` float32 [batch, {feats['n_mels']}, frames]; "
+        f"- Input `{card['input_name']}` float32 "
+        f"[batch, {FeatureConfig.from_dict(feats).input_rows}, frames]; "
         f"output `{card['output_name']}` [batch, {len(card['labels'])}]; "
         f"temperature {card['temperature']:.3f}; min_frames {card['min_frames']}",
         f"- Audio: {feats['sample_rate']} Hz mono; log-mel {feats['n_mels']} bands "

@@ -18,6 +18,7 @@ from training.card import read_card_dict, with_loco, with_test_metrics, write_ca
 from training.dataset import DEFAULT_CORPORA, corpus_manifest_paths
 from training.distill import DistillConfig
 from training.evaluate import CHANNELS, ROBUSTNESS, evaluate_model
+from training.model import ModelConfig
 from training.train import MODEL_VERSION, TRAIN_FEATURES, TrainConfig, train
 from worker.errors import CallmoodError
 from worker.features import NORMALIZATIONS, FeatureConfig
@@ -84,7 +85,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                    choices=NORMALIZATIONS,
                    help="per-utterance log-mel normalisation: utterance_cmn (v1.4.0: each "
                         "band's mean over time) or utterance_level (one mean: the gain only, "
-                        "keeps the spectral envelope)")
+                        "keeps the spectral envelope) or utterance_cmn_and_level (both, as two "
+                        "input channels)")
     p.add_argument("--dynamic-range-db", type=float, default=TRAIN_FEATURES.dynamic_range_db,
                    help="clamp log-mel this far below each utterance's peak (gain invariance)")
     p.add_argument("--mixup-alpha", type=float, default=TrainConfig.mixup_alpha,
@@ -114,6 +116,9 @@ def train_main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     manifests = args.manifest or corpus_manifest_paths(settings.corpora_dir)
     try:
+        features = replace(TRAIN_FEATURES, normalization=args.normalization,
+                           dynamic_range_db=args.dynamic_range_db,
+                           remove_dc=args.feature_remove_dc)
         config = TrainConfig(seed=args.seed, split_seed=args.split_seed, epochs=args.epochs,
                              patience=args.patience,
                              min_epochs=args.min_epochs,
@@ -122,9 +127,8 @@ def train_main(argv: list[str] | None = None) -> int:
                              mixup_alpha=args.mixup_alpha,
                              augment=AugmentConfig(p_phone=args.p_phone, p_codec=args.p_codec,
                                                    opus_share=args.opus_share),
-                             features=replace(TRAIN_FEATURES, normalization=args.normalization,
-                                              dynamic_range_db=args.dynamic_range_db,
-                                              remove_dc=args.feature_remove_dc),
+                             features=features,
+                             model=ModelConfig(n_mels=features.n_mels, views=features.n_views),
                              speech_cut=_speech_cut(args.whole_clips),
                              distill=DistillConfig(teachers=tuple(args.teacher),
                                                    weight=args.distill_weight,

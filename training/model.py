@@ -1,4 +1,4 @@
-"""A compact CNN over normalised log-mel: (batch, n_mels, frames) -> (batch, n_classes) logits.
+"""A compact CNN over normalised log-mel: (batch, views * n_mels, frames) -> (batch, n_classes) logits.
 
 Four conv stages (3x3 convs, batch norm, ReLU; 2x2 max-pool after the first three) then mean
 over mel bands and mean + standard deviation over time, so any length of at least 8
@@ -20,6 +20,9 @@ class ModelConfig:
     """Architecture hyper-parameters (stored in the card under ``architecture``)."""
 
     n_mels: int = 64
+    views: int = 1
+    """Normalised views of the log-mel stacked along the input's band axis
+    (:attr:`worker.features.FeatureConfig.n_views`); each becomes an input channel."""
     n_classes: int = 7
     channels: tuple[int, int, int, int] = (16, 32, 64, 128)
     dropout: float = 0.3
@@ -42,7 +45,7 @@ class EmotionCNN(nn.Module):
         # Single convs at the two full-resolution stages keep the cost per audio-second
         # low (most multiply-adds of a 2-D CNN are spent where the map is largest).
         self.body = nn.Sequential(
-            *_conv_bn(1, c1), nn.MaxPool2d(2),
+            *_conv_bn(config.views, c1), nn.MaxPool2d(2),
             *_conv_bn(c1, c2), nn.MaxPool2d(2),
             *_conv_bn(c2, c3), *_conv_bn(c3, c3), nn.MaxPool2d(2),
             *_conv_bn(c3, c4), *_conv_bn(c4, c4),
@@ -50,8 +53,13 @@ class EmotionCNN(nn.Module):
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * c4, config.n_classes))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """(batch, n_mels, frames) float32 -> (batch, n_classes) logits."""
-        h = self.body(features.unsqueeze(1))      # (B, C, mels/8, frames/8)
+        """(batch, views * n_mels, frames) float32 -> (batch, n_classes) logits."""
+        c = self.config
+        # the views stacked along the band axis become channels: (B, views, n_mels, frames);
+        # one view keeps the Unsqueeze graph emotion-v1.4.0 and earlier were exported with
+        x = (features.unsqueeze(1) if c.views == 1 else
+             features.reshape(features.shape[0], c.views, c.n_mels, features.shape[2]))
+        h = self.body(x)                           # (B, C, mels/8, frames/8)
         h = h.mean(dim=2)                          # (B, C, T')
         mean = h.mean(dim=2)
         std = torch.sqrt(torch.clamp(h.var(dim=2, unbiased=False), min=1e-6))

@@ -127,6 +127,11 @@ class TrainConfig:
         if self.mixup_alpha < 0:
             raise ConfigError(f"mixup_alpha={self.mixup_alpha}: use 0 (off) or a positive "
                               "Beta parameter")
+        feats, model = self.features, self.model
+        if (model.n_mels, model.views) != (feats.n_mels, feats.n_views):
+            raise ConfigError(f"model reads {model.views} view(s) of {model.n_mels} bands; the "
+                              f"features give {feats.n_views} of {feats.n_mels} "
+                              f"(normalization {feats.normalization!r})")
 
 
 @dataclass(frozen=True)
@@ -204,8 +209,10 @@ class TrainDraws(Dataset[tuple[torch.Tensor, int, int]]):
 
 
 def spec_augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """Zero random mel bands and frame spans of a (B, n_mels, T) batch (0 = the CMN mean)."""
-    b, n_mels, t = x.shape
+    """Zero random mel bands and frame spans of a (B, views * n_mels, T) batch (0 = the
+    normalised mean); every view of a clip loses the same bands and frames."""
+    b, _, t = x.shape
+    views, n_mels = config.features.n_views, config.features.n_mels
     mask = torch.ones(b, n_mels, t, dtype=torch.bool)
     for _ in range(config.freq_masks):
         width = torch.randint(0, config.freq_mask_bands + 1, (b,), generator=generator)
@@ -217,7 +224,7 @@ def spec_augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generato
         start = (torch.rand(b, generator=generator) * (t - width)).long()
         frames = torch.arange(t)[None, :]
         mask &= ~((frames >= start[:, None]) & (frames < (start + width)[:, None]))[:, None, :]
-    return x * mask.to(x.device, x.dtype)
+    return x * mask.repeat(1, views, 1).to(x.device, x.dtype)
 
 
 @dataclass(frozen=True)
@@ -292,10 +299,10 @@ def fit_temperature(logits: npt.NDArray[np.float32], y: npt.NDArray[np.int64]) -
     return float(np.exp(res.x))
 
 
-def export_onnx(model: nn.Module, path: Path, n_mels: int) -> None:
-    """ONNX (opset 17) with dynamic batch and frame axes: features -> logits."""
+def export_onnx(model: nn.Module, path: Path, rows: int) -> None:
+    """ONNX (opset 17) with dynamic batch and frame axes: features (B, rows, frames) -> logits."""
     model = model.cpu().eval()
-    dummy = torch.zeros(1, n_mels, 300)
+    dummy = torch.zeros(1, rows, 300)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(model, (dummy,), str(path), input_names=["features"],
                       output_names=["logits"], opset_version=OPSET, dynamo=False,
@@ -303,7 +310,7 @@ def export_onnx(model: nn.Module, path: Path, n_mels: int) -> None:
                                     "logits": {0: "batch"}})
 
 
-def check_onnx(model: nn.Module, path: Path, n_mels: int) -> float:
+def check_onnx(model: nn.Module, path: Path, rows: int) -> float:
     """Max |torch - onnxruntime| logit difference on random inputs of two lengths."""
     import onnxruntime as ort
 
@@ -312,7 +319,7 @@ def check_onnx(model: nn.Module, path: Path, n_mels: int) -> float:
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for frames in (57, 413):
-            x = torch.randn(2, n_mels, frames, generator=gen)
+            x = torch.randn(2, rows, frames, generator=gen)
             ref = model.cpu().eval()(x).numpy()
             (got,) = sess.run(["logits"], {"features": x.numpy()})
             worst = max(worst, float(np.abs(ref - got).max()))
@@ -512,8 +519,8 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     seconds = time.monotonic() - t0 + seconds_before
 
     model_path = out_dir / f"{name}.onnx"
-    export_onnx(model, model_path, config.model.n_mels)
-    max_diff = check_onnx(model, model_path, config.model.n_mels)
+    export_onnx(model, model_path, config.features.input_rows)
+    max_diff = check_onnx(model, model_path, config.features.input_rows)
     if max_diff > 1e-3:
         raise RuntimeError(f"ONNX export differs from torch by {max_diff:.2e}")
     corpora = sorted(set(train_df["corpus"]))

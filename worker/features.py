@@ -18,7 +18,8 @@ import scipy.fft
 from worker.constants import ANALYSIS_SAMPLE_RATE
 from worker.vad import without_dc
 
-Normalization = Literal["none", "utterance_cmn", "utterance_cmvn", "utterance_level"]
+Normalization = Literal["none", "utterance_cmn", "utterance_cmvn", "utterance_level",
+                        "utterance_cmn_and_level"]
 NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 
 
@@ -59,6 +60,17 @@ class FeatureConfig:
             raise ValueError(f"normalization={self.normalization!r}: use one of {NORMALIZATIONS}")
         if self.dynamic_range_db is not None and not self.dynamic_range_db > 0:
             raise ValueError(f"dynamic_range_db={self.dynamic_range_db} must be > 0 dB or None")
+
+    @property
+    def n_views(self) -> int:
+        """Normalised copies of the log-mel stacked along the band axis (2 for
+        ``utterance_cmn_and_level``, else 1); the model reads each as an input channel."""
+        return 2 if self.normalization == "utterance_cmn_and_level" else 1
+
+    @property
+    def input_rows(self) -> int:
+        """Rows of the model input: ``n_views * n_mels``."""
+        return self.n_views * self.n_mels
 
     @property
     def frame_s(self) -> float:
@@ -160,7 +172,8 @@ def log_mel(audio: npt.NDArray[np.floating[Any]], config: FeatureConfig) -> npt.
 
 
 def normalize(features: npt.NDArray[np.float32], config: FeatureConfig) -> npt.NDArray[np.float32]:
-    """Per-utterance normalisation of a (n_mels, n_frames) log-mel.
+    """Per-utterance normalisation of a (n_mels, n_frames) log-mel; returns
+    (config.input_rows, n_frames).
 
     ``utterance_cmn``/``utterance_cmvn`` work per mel band over time: they remove the constant
     spectral colouring of a channel (microphone, line EQ, level), which would otherwise become
@@ -169,11 +182,18 @@ def normalize(features: npt.NDArray[np.float32], config: FeatureConfig) -> npt.N
     subtracts one number, the mean over all bands and frames: with a ``dynamic_range_db``
     floor that removes the gain alone and keeps the spectral envelope; the channel's colouring
     is then left for training's EQ, tilt and phone-band augmentation to teach away.
+    ``utterance_cmn_and_level`` stacks both views, CMN rows first: a model of one view
+    misses what the other keeps (their ensemble beat either on validation speakers).
     """
-    if config.normalization == "none" or features.shape[1] == 0:
+    if config.normalization == "none":
         return features
+    if features.shape[1] == 0:
+        return np.zeros((config.input_rows, 0), dtype=np.float32)
     if config.normalization == "utterance_level":
         return np.asarray(features - features.mean(), dtype=np.float32)
+    if config.normalization == "utterance_cmn_and_level":
+        return np.concatenate([features - features.mean(axis=1, keepdims=True),
+                               features - features.mean()], axis=0).astype(np.float32)
     centred = features - features.mean(axis=1, keepdims=True)
     if config.normalization == "utterance_cmn":
         return np.asarray(centred, dtype=np.float32)
@@ -182,5 +202,5 @@ def normalize(features: npt.NDArray[np.float32], config: FeatureConfig) -> npt.N
 
 
 def extract_features(audio: npt.NDArray[np.floating[Any]], config: FeatureConfig) -> npt.NDArray[np.float32]:
-    """Model input for one utterance: normalised log-mel, shape (n_mels, n_frames)."""
+    """Model input for one utterance: normalised log-mel, shape (config.input_rows, n_frames)."""
     return normalize(log_mel(audio, config), config)

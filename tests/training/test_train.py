@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,19 @@ import pytest
 
 from training.cli import train_main
 from training.model import EmotionCNN, ModelConfig
-from training.train import TrainConfig, spec_augment, stops_early, tile_frames
+from training.train import (
+    TRAIN_FEATURES,
+    TrainConfig,
+    check_onnx,
+    export_onnx,
+    spec_augment,
+    stops_early,
+    tile_frames,
+)
 from worker.audio import load_mono
 from worker.constants import EMOTIONS
 from worker.emotion import load_card, load_model
+from worker.errors import ConfigError
 from worker.features import extract_features
 
 
@@ -80,6 +90,27 @@ def test_spec_augment_masks_bands_and_frames_reproducibly() -> None:
     assert torch.equal(a, b)
     masked = float((a == 0).float().mean())
     assert 0.0 < masked < 0.4      # at most 2x8 of 64 bands and 2x25 of 300 frames per clip
+
+
+def test_two_view_input_is_two_channels_masked_alike_and_exports(tmp_path: Path) -> None:
+    """CMN and level views (128 rows) enter the CNN as two channels of 64 bands; SpecAugment
+    hides the same bands and frames in both; the ONNX export matches torch."""
+    import torch
+
+    features = replace(TRAIN_FEATURES, normalization="utterance_cmn_and_level")
+    config = TrainConfig(features=features, model=ModelConfig(views=2))
+    with pytest.raises(ConfigError, match="1 view"):
+        TrainConfig(features=features)                  # a one-view model for two views
+    masked = spec_augment(torch.ones(4, 128, 300), config, torch.Generator().manual_seed(1))
+    assert torch.equal(masked[:, :64], masked[:, 64:]) and bool((masked == 0).any())
+    net = EmotionCNN(config.model).eval()
+    assert net.body[0].in_channels == 2
+    x = torch.randn(3, 128, 50)
+    with torch.no_grad():
+        swapped = torch.cat([x[:, 64:], x[:, :64]], dim=1)  # views are channels, not bands
+        assert not torch.allclose(net(x), net(swapped))
+    export_onnx(net, tmp_path / "two.onnx", features.input_rows)
+    assert check_onnx(net, tmp_path / "two.onnx", features.input_rows) < 1e-4
 
 
 def test_leave_one_corpus_out_trains_without_it_and_tests_on_all_of_it(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -111,3 +113,18 @@ def test_level_normalisation_cancels_gain_and_keeps_the_spectral_envelope() -> N
     # CMN takes each band's mean away, so the same fixed tilt all but vanishes
     cmn_tilt = extract_features(bright, cmn).mean(axis=1) - extract_features(x, cmn).mean(axis=1)
     assert np.abs(cmn_tilt).max() < 1e-4
+
+
+def test_two_views_stack_the_cmn_rows_over_the_level_rows() -> None:
+    """``utterance_cmn_and_level`` is exactly the two one-view features, CMN first."""
+    rng = np.random.default_rng(4)
+    audio = (0.1 * rng.standard_normal(8000)).astype(np.float32)
+    both = FeatureConfig(normalization="utterance_cmn_and_level", dynamic_range_db=80.0)
+    cmn = replace(both, normalization="utterance_cmn")
+    level = replace(both, normalization="utterance_level")
+    feats = extract_features(audio, both)
+    assert both.n_views == 2 and cmn.n_views == 1 and both.input_rows == 128
+    assert feats.shape == (128, 100) and feats.dtype == np.float32
+    assert np.array_equal(feats[:64], extract_features(audio, cmn))
+    assert np.array_equal(feats[64:], extract_features(audio, level))
+    assert extract_features(np.zeros(0, np.float32), both).shape == (128, 0)
