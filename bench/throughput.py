@@ -112,11 +112,11 @@ def stage_breakdown(paths: Sequence[Path], settings: Settings) -> dict[str, floa
                     segments.append(SegmentEmotion(c, "agent" if c == 0 else "customer", span.start_s,
                                                    span.end_s, d.label,
                                                    dict(zip(model.labels, map(float, row), strict=True)),
-                                                   d.confidence, model.version))
+                                                   d.confidence, model.stamp))
         with clock.stage("store"), session_scope(settings) as session:
             call = register_call(session, CallRequest(uri=str(path), external_call_id=f"stage-{path.stem}"))
             save_analysis(session, call.id, RecordingAnalysis(
-                path, data.shape[0] / rate, data.shape[1], int(rate), "0" * 64, model.version,
+                path, data.shape[0] / rate, data.shape[1], int(rate), "0" * 64, model.stamp,
                 tuple(segments)))
     with session_scope(settings) as session:
         assert session.scalar(select(Call.id).limit(1)) is not None

@@ -20,6 +20,7 @@ from training.distill import DistillConfig
 from training.evaluate import CHANNELS, ROBUSTNESS, evaluate_model
 from training.model import ModelConfig
 from training.train import MODEL_VERSION, TRAIN_FEATURES, TrainConfig, train
+from worker.emotion import check_version
 from worker.errors import CallmoodError
 from worker.features import NORMALIZATIONS, FeatureConfig
 from worker.pipeline import SpeechCut
@@ -46,7 +47,10 @@ def build_train_parser() -> argparse.ArgumentParser:
                         f"{', '.join(DEFAULT_CORPORA)} manifests under the corpora dir")
     p.add_argument("--out-dir", type=Path, default=PACKAGE_DIR / "models")
     p.add_argument("--name", default="emotion-v1")
-    p.add_argument("--version", default=MODEL_VERSION)
+    p.add_argument("--version", default=MODEL_VERSION,
+                   help="version written into the card; segment rows record it with the ONNX "
+                        "file's sha256 prefix, so a retrain that keeps the default is still told "
+                        "apart from the shipped model")
     p.add_argument("--seed", type=int, default=TrainConfig.seed,
                    help="initialisation, sampled clips, augmentation, crops and masks")
     p.add_argument("--split-seed", type=int, default=TrainConfig.split_seed,
@@ -116,6 +120,7 @@ def train_main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     manifests = args.manifest or corpus_manifest_paths(settings.corpora_dir)
     try:
+        check_version(args.version)         # before the hour of training, not after it
         features = replace(TRAIN_FEATURES, normalization=args.normalization,
                            dynamic_range_db=args.dynamic_range_db,
                            remove_dc=args.feature_remove_dc)

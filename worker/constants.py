@@ -27,5 +27,8 @@ ROLES: Final[tuple[str, ...]] = (ROLE_AGENT, ROLE_CUSTOMER, ROLE_UNKNOWN)
 EMOTIONS: Final[tuple[str, ...]] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 """The seven classes of the emotion model, in the order of its output."""
 
+MODEL_STAMP_CHARS: Final[int] = 64
+"""Width of the ``model_version`` columns that record :attr:`worker.emotion.ModelCard.stamp`."""
+
 AUDIO_SUFFIXES: Final[tuple[str, ...]] = (".wav", ".flac", ".ogg", ".opus", ".oga", ".mp3")
 """File suffixes taken for recordings when a folder is expanded (CLI, inbox scan)."""

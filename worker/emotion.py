@@ -22,8 +22,23 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.audio import file_sha256
+from worker.constants import MODEL_STAMP_CHARS
 from worker.errors import ModelError
 from worker.features import FeatureConfig
+
+STAMP_SHA_CHARS = 12
+"""Hex digits of the ONNX file's sha256 in a model's stamp (48 bits: two different files of
+one version are told apart)."""
+MAX_VERSION_CHARS = MODEL_STAMP_CHARS - STAMP_SHA_CHARS - 1
+
+
+def check_version(version: str) -> str:
+    """``version`` if it fits in a stamp beside the sha prefix; ModelError otherwise."""
+    if not version or len(version) > MAX_VERSION_CHARS or version != version.strip():
+        raise ModelError(f"model version {version!r}: use 1 to {MAX_VERSION_CHARS} characters "
+                         "without leading or trailing spaces (the database records it with the "
+                         f"ONNX file's sha256 prefix in {MODEL_STAMP_CHARS})")
+    return version
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,17 @@ class ModelCard:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"model card is missing or has an invalid field: {e}") from e
+
+    def __post_init__(self) -> None:
+        check_version(self.version)
+
+    @property
+    def stamp(self) -> str:
+        """What every segment and call row records as ``model_version``: the card's version and
+        the first hex digits of the ONNX file's sha256 as semver build metadata
+        (``emotion-v1.4.0+d5fb66a34fb3``). A model retrained under the shipped version's name
+        (``callmood train`` without ``--version``) is so still told apart from it."""
+        return f"{self.version}+{self.onnx_sha256[:STAMP_SHA_CHARS]}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,6 +167,11 @@ class EmotionModel:
     @property
     def version(self) -> str:
         return self.card.version
+
+    @property
+    def stamp(self) -> str:
+        """:attr:`ModelCard.stamp`: the ``model_version`` the database records."""
+        return self.card.stamp
 
     def _pad(self, feats: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         # Very short utterances are tiled in time up to the receptive field the model

@@ -120,7 +120,7 @@ def _segments(found: Sequence[tuple[int, Span]], probabilities: np.ndarray, mode
             emotion=decision.label,
             probabilities={label: float(p) for label, p in zip(model.labels, probs, strict=True)},
             confidence=decision.confidence,
-            model_version=model.version,
+            model_version=model.stamp,
         ))
     segments.sort(key=lambda s: (s.start_s, s.channel))
     return tuple(segments)
@@ -201,7 +201,7 @@ def analyze_file(uri: str, settings: Settings, streaming: bool | None = None) ->
             channels=stream.n_channels,
             sample_rate=stream.source_sample_rate,
             content_sha256=file_sha256(path),
-            model_version=model.version,
+            model_version=model.stamp,
             segments=scores.segments,
         )
     recording = load_recording(path, settings.max_duration_s, settings.max_file_bytes)
@@ -213,6 +213,6 @@ def analyze_file(uri: str, settings: Settings, streaming: bool | None = None) ->
         channels=recording.n_channels,
         sample_rate=recording.source_sample_rate,
         content_sha256=recording.sha256,
-        model_version=model.version,
+        model_version=model.stamp,
         segments=segments,
     )

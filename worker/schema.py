@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from worker.constants import EMOTIONS, ROLES
+from worker.constants import EMOTIONS, MODEL_STAMP_CHARS, ROLES
 
 CALL_STATUSES: tuple[str, ...] = ("pending", "processing", "done", "failed")
 """Life cycle of a call row: registered -> claimed by a worker -> analysed or failed."""
@@ -154,7 +154,7 @@ class Call(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
     failure_reason: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    model_version: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(MODEL_STAMP_CHARS))
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     content_sha256: Mapped[str | None] = mapped_column(String(64))
     # "metadata" is reserved on declarative classes, hence the attribute name.
@@ -208,7 +208,7 @@ class Segment(Base):
     p_sad: Mapped[float] = mapped_column(Float)
     p_surprise: Mapped[float] = mapped_column(Float)
     confidence: Mapped[float] = mapped_column(Float)
-    model_version: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(MODEL_STAMP_CHARS))
 
     call: Mapped[Call] = relationship(back_populates="segments")
 

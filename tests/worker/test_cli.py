@@ -10,6 +10,7 @@ import pytest
 
 from bench.workload import read_manifest, synthesize_call, write_call
 from tests.model_fixtures import N_MELS, write_tiny_model
+from worker.audio import file_sha256
 from worker.cli import main
 
 FIELDS = {"file", "channel", "role", "start_s", "end_s", "emotion", "probabilities",
@@ -44,7 +45,9 @@ def test_analyze_json_prints_one_object_per_stored_segment(env: Path, callmood_c
     assert rows and all(set(r) == FIELDS for r in rows)
     assert {r["role"] for r in rows} == {"agent", "customer"}
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in rows)
-    assert all(r["model_version"] == "tiny-0.0.1" for r in rows)
+    # the card's version with the ONNX file's sha256 prefix
+    stamp = f"tiny-0.0.1+{file_sha256(env / 'tiny.onnx')[:12]}"
+    assert all(r["model_version"] == stamp for r in rows)
     assert "FAILED" in err and "broken.wav" in err and "not a readable audio file" in err
 
     capsys.readouterr()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.model_fixtures import N_MELS, write_tiny_model
-from worker.emotion import decide, load_card, load_model, softmax
+from worker.emotion import check_version, decide, load_card, load_model, softmax
 from worker.errors import ModelError
 
 
@@ -43,6 +43,27 @@ def test_model_predicts_probabilities_per_utterance(tmp_path: Path) -> None:
     assert model.labels[int(np.argmax(probs[0]))] == "happy"
     assert np.allclose(probs[1], 1 / 7, atol=1e-5)
     assert model.version == "tiny-0.0.1"
+    assert model.stamp == f"tiny-0.0.1+{model.card.onnx_sha256[:12]}"
+
+
+def test_a_retrain_under_the_same_version_gets_its_own_stamp(tmp_path: Path) -> None:
+    """Rows record version + sha prefix, so two files carrying one version stay apart."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = load_card(write_tiny_model(tmp_path / "a", np.zeros((N_MELS, 7))))
+    b = load_card(write_tiny_model(tmp_path / "b", np.ones((N_MELS, 7))))
+    assert a.version == b.version and a.stamp != b.stamp
+    assert len(a.stamp) == len("tiny-0.0.1+") + 12
+
+
+@pytest.mark.parametrize("version", ["", " v1", "v" * 52])
+def test_a_version_that_cannot_be_recorded_is_refused(tmp_path: Path, version: str) -> None:
+    path = write_tiny_model(tmp_path, np.zeros((N_MELS, 7)))
+    card = json.loads(path.with_suffix(".card.json").read_text())
+    path.with_suffix(".card.json").write_text(json.dumps({**card, "version": version}))
+    with pytest.raises(ModelError, match="1 to 51 characters"):
+        load_card(path)
+    assert check_version("v" * 51) == "v" * 51
 
 
 def test_card_that_describes_another_file_is_refused(tmp_path: Path) -> None:

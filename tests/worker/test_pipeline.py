@@ -14,6 +14,7 @@ import soundfile as sf
 
 from bench.workload import read_manifest, synthesize_call, write_call
 from tests.model_fixtures import N_MELS, write_tiny_model
+from worker.emotion import load_card
 from worker.errors import AudioDecodeError, InputNotAllowedError
 from worker.pipeline import analyze_file
 from worker.settings import Settings
@@ -44,13 +45,13 @@ def test_stereo_mulaw_call_gives_per_party_utterances(tmp_path: Path, settings: 
 
     assert result.channels == 2 and result.sample_rate == 8000
     assert result.duration_s == pytest.approx(call.duration_s, abs=0.01)
-    assert result.model_version == "tiny-0.0.1"
+    assert result.model_version == f"tiny-0.0.1+{load_card(settings.model_path).onnx_sha256[:12]}"
     assert {s.role for s in result.segments} == {"agent", "customer"}
     for segment in result.segments:
         assert segment.role == ("agent" if segment.channel == 0 else "customer")
         assert sum(segment.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
         assert segment.confidence == max(segment.probabilities.values())
-        assert segment.model_version == "tiny-0.0.1"
+        assert segment.model_version == result.model_version
         assert 0.0 <= segment.start_s < segment.end_s <= result.duration_s
     # Every placed clip (a RAVDESS sentence: ~1.5 s of speech inside ~3.5 s with its own
     # leading and trailing silence) is found on its own channel, and nothing outside clips.
