@@ -70,6 +70,12 @@ def test_train_command_writes_a_servable_model_and_card(tmp_path: Path, callmood
     assert "wrote" in capsys.readouterr().out
 
 
+def test_a_version_the_database_cannot_record_is_refused_before_training(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert train_main(["--version", "v" * 52, "--epochs", "1"]) == 2
+    assert "use 1 to 51 characters" in capsys.readouterr().err
+
+
 def test_the_network_accepts_any_length_and_tiling_matches_serving() -> None:
     import torch
 
