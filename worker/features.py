@@ -191,12 +191,11 @@ def normalize(features: npt.NDArray[np.float32], config: FeatureConfig) -> npt.N
         return np.zeros((config.input_rows, 0), dtype=np.float32)
     if config.normalization == "utterance_level":
         return np.asarray(features - features.mean(), dtype=np.float32)
-    if config.normalization == "utterance_cmn_and_level":
-        return np.concatenate([features - features.mean(axis=1, keepdims=True),
-                               features - features.mean()], axis=0).astype(np.float32)
     centred = features - features.mean(axis=1, keepdims=True)
     if config.normalization == "utterance_cmn":
         return np.asarray(centred, dtype=np.float32)
+    if config.normalization == "utterance_cmn_and_level":
+        return np.concatenate([centred, features - features.mean()], axis=0).astype(np.float32)
     std = features.std(axis=1, keepdims=True)
     return np.asarray(centred / np.maximum(std, 1e-3), dtype=np.float32)
 
