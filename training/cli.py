@@ -96,6 +96,12 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixup-alpha", type=float, default=TrainConfig.mixup_alpha,
                    help="mix each batch's clips and targets with Beta(alpha, alpha) shares "
                         "(0: off)")
+    p.add_argument("--members", type=int, default=ModelConfig.members,
+                   help="CNNs trained side by side and averaged in one ONNX model (1: one CNN)")
+    p.add_argument("--channels", type=_channels, default=ModelConfig().channels,
+                   metavar="C1,C2,C3,C4",
+                   help="each member's channels per conv stage (default "
+                        f"{','.join(map(str, ModelConfig().channels))})")
     p.add_argument("--whole-clips", action="store_true",
                    help="train on whole clips, silence included (emotion-v1.1.0's recipe) "
                         "instead of cutting each to its speech as the worker cuts calls")
@@ -133,7 +139,8 @@ def train_main(argv: list[str] | None = None) -> int:
                              augment=AugmentConfig(p_phone=args.p_phone, p_codec=args.p_codec,
                                                    opus_share=args.opus_share),
                              features=features,
-                             model=ModelConfig(n_mels=features.n_mels, views=features.n_views),
+                             model=ModelConfig(n_mels=features.n_mels, views=features.n_views,
+                                               channels=args.channels, members=args.members),
                              speech_cut=_speech_cut(args.whole_clips),
                              distill=DistillConfig(teachers=tuple(args.teacher),
                                                    weight=args.distill_weight,
@@ -163,6 +170,17 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _channels(text: str) -> tuple[int, int, int, int]:
+    """``--channels``: four positive integers separated by commas."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: give four integers, e.g. 8,16,32,64") from e
+    if len(values) != 4 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give four positive integers, e.g. 8,16,32,64")
+    return values[0], values[1], values[2], values[3]
 
 
 def _without_options(argv: list[str], options: dict[str, int]) -> list[str]:

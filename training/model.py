@@ -4,15 +4,22 @@ Four conv stages (3x3 convs, batch norm, ReLU; 2x2 max-pool after the first thre
 over mel bands and mean + standard deviation over time, so any length of at least 8
 frames works and the exported ONNX graph has dynamic batch and frame axes.
 About 0.28 M parameters and ~0.05 GMAC per second of audio at a 10 ms hop.
+
+``members`` > 1 builds an ensemble of that many such CNNs (usually narrower) inside one module
+and one ONNX graph: each member learns from its own loss, the exported logits are the
+members' mean.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from worker.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,14 @@ class ModelConfig:
     n_classes: int = 7
     channels: tuple[int, int, int, int] = (16, 32, 64, 128)
     dropout: float = 0.3
+    members: int = 1
+    """CNNs of this shape averaged in one model; a convolution's cost grows with the product of
+    its input and output channels, so four members at half the channels cost about one
+    member at full width."""
+
+    def __post_init__(self) -> None:
+        if self.members < 1:
+            raise ConfigError(f"members={self.members}: use 1 (one CNN) or more (an ensemble)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +80,36 @@ class EmotionCNN(nn.Module):
         std = torch.sqrt(torch.clamp(h.var(dim=2, unbiased=False), min=1e-6))
         out: torch.Tensor = self.head(torch.cat([mean, std], dim=1))
         return out
+
+    def member_logits(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """One member: [(batch, n_classes)] logits of ``inputs[0]``."""
+        return [self(inputs[0])]
+
+
+class EmotionEnsemble(nn.Module):
+    """``config.members`` EmotionCNNs; logits are the members' mean."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.members = nn.ModuleList(EmotionCNN(config) for _ in range(config.members))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(batch, views * n_mels, frames) float32 -> (batch, n_classes) mean logits."""
+        return torch.stack([m(features) for m in self.members]).mean(dim=0)
+
+    def member_logits(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each member's (batch, n_classes) logits of its own input (one per member: members
+        see differently masked copies of a batch during training)."""
+        if len(inputs) != len(self.members):
+            raise ValueError(f"{len(inputs)} inputs for {len(self.members)} members")
+        return [m(x) for m, x in zip(self.members, inputs, strict=True)]
+
+
+def build_model(config: ModelConfig) -> EmotionCNN | EmotionEnsemble:
+    """One EmotionCNN (``members`` == 1, the graph emotion-v1.4.0 and earlier have) or an
+    ensemble of them."""
+    return EmotionCNN(config) if config.members == 1 else EmotionEnsemble(config)
 
 
 def count_parameters(model: nn.Module) -> int:

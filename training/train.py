@@ -44,7 +44,7 @@ from training.dataset import (
 )
 from training.distill import DistillConfig, distillation_loss, teacher_targets
 from training.evaluate import confusion_matrix, unweighted_average_recall
-from training.model import EmotionCNN, ModelConfig, count_parameters
+from training.model import ModelConfig, build_model, count_parameters
 from worker.audio import file_sha256, load_mono
 from worker.constants import ANALYSIS_SAMPLE_RATE, EMOTIONS
 from worker.errors import ConfigError
@@ -264,6 +264,34 @@ def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, mix: Mix,
     return (share * own + (1.0 - share) * other).mean()
 
 
+def member_inputs(x: torch.Tensor, config: TrainConfig, generator: torch.Generator,
+                  mix: Mix | None) -> list[torch.Tensor]:
+    """One input per ensemble member: the (B, rows, T) batch under masks of its own (members
+    see the same clips but hide different bands and frames, which keeps them apart), mixed
+    with the batch's mixup partners when ``mix`` is given."""
+    inputs = [spec_augment(x, config, generator) for _ in range(config.model.members)]
+    return inputs if mix is None else [mix_inputs(x_m, mix) for x_m in inputs]
+
+
+def batch_loss(logits: torch.Tensor, y: torch.Tensor, config: TrainConfig, mix: Mix | None,
+               soft: torch.Tensor | None) -> torch.Tensor:
+    """Mean loss of one member's (B, classes) logits: label-smoothed cross-entropy on ``y``
+    (mixed with the partners' labels under mixup), blended with the distillation loss on
+    the teachers' ``soft`` targets when given."""
+    loss = (nn.functional.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            if mix is None else mixed_cross_entropy(logits, y, mix, config.label_smoothing))
+    if soft is None:
+        return loss
+    w = config.distill.weight
+    return (1.0 - w) * loss + w * distillation_loss(logits, soft, config.distill.temperature)
+
+
+def architecture_name(config: ModelConfig) -> str:
+    """The card's ``architecture.type``."""
+    one = "EmotionCNN (4 conv stages, mean+std pooling over time)"
+    return one if config.members == 1 else f"{config.members} x {one}, logits averaged"
+
+
 def predict_logits(model: nn.Module, feats: Sequence[npt.NDArray[np.float32]],
                    device: torch.device, min_frames: int) -> npt.NDArray[np.float32]:
     """(N, classes) logits for full-length clips, one clip per forward pass (no padding)."""
@@ -423,7 +451,7 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     weights = sampling_weights(train_df)
     draws_per_epoch = config.draws_per_epoch or len(train_df)
     dataset = TrainDraws(train_waves, y_train, config)
-    model = EmotionCNN(config.model).to(dev)
+    model = build_model(config.model).to(dev)
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),  # type: ignore[no-untyped-call]
         use_buffers=True)
@@ -434,7 +462,6 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
                                                     epochs=config.epochs,
                                                     steps_per_epoch=steps_per_epoch,
                                                     pct_start=0.15)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     sampler_rng = np.random.default_rng(config.seed)
     mask_gen = torch.Generator().manual_seed(config.seed)
     mix_rng = np.random.default_rng([config.seed, MIXUP_STREAM])
@@ -468,21 +495,19 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
         model.train()
         total, n = 0.0, 0
         for x, y, clips in loader:
-            x = spec_augment(x, config, mask_gen)
+            # masks and mixup draw from streams of their own, so their order does not matter
             mix = draw_mix(len(y), config.mixup_alpha, mix_rng) if config.mixup_alpha > 0 else None
-            if mix is not None:
-                x = mix_inputs(x, mix)
-            x, y = x.to(dev), y.to(dev)
-            logits = model(x)
-            loss = (loss_fn(logits, y) if mix is None
-                    else mixed_cross_entropy(logits, y, mix, config.label_smoothing))
+            inputs = [x_m.to(dev) for x_m in member_inputs(x, config, mask_gen, mix)]
+            y = y.to(dev)
+            soft = None
             if soft_targets is not None:
-                w = config.distill.weight
-                soft = soft_targets[clips] if mix is None else mix_inputs(soft_targets[clips], mix)
-                loss = (1.0 - w) * loss + w * distillation_loss(
-                    logits, soft.to(dev), config.distill.temperature)
+                soft = (soft_targets[clips] if mix is None
+                        else mix_inputs(soft_targets[clips], mix)).to(dev)
+            # each member learns from its own loss (an ensemble of independent models)
+            loss = torch.stack([batch_loss(logits, y, config, mix, soft)
+                                for logits in model.member_logits(inputs)]).mean()
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # untyped in torch
             optimiser.step()
             scheduler.step()
             ema.update_parameters(model)
@@ -530,7 +555,7 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
         "input_name": "features", "output_name": "logits", "temperature": round(temperature, 4),
         "min_frames": config.min_frames, "sample_rate": config.features.sample_rate,
         "usage_note": USAGE_NOTE,
-        "architecture": {"type": "EmotionCNN (4 conv stages, mean+std pooling over time)",
+        "architecture": {"type": architecture_name(config.model),
                          **config.model.to_dict(), "parameters": count_parameters(model),
                          "onnx_bytes": model_path.stat().st_size, "opset": OPSET},
         "training": {

@@ -12,12 +12,14 @@ import pandas as pd
 import pytest
 
 from training.cli import train_main
-from training.model import EmotionCNN, ModelConfig
+from training.model import EmotionCNN, EmotionEnsemble, ModelConfig, build_model
 from training.train import (
     TRAIN_FEATURES,
     TrainConfig,
+    batch_loss,
     check_onnx,
     export_onnx,
+    member_inputs,
     spec_augment,
     stops_early,
     tile_frames,
@@ -117,6 +119,46 @@ def test_two_view_input_is_two_channels_masked_alike_and_exports(tmp_path: Path)
         assert not torch.allclose(net(x), net(swapped))
     export_onnx(net, tmp_path / "two.onnx", features.input_rows)
     assert check_onnx(net, tmp_path / "two.onnx", features.input_rows) < 1e-4
+
+
+def test_an_ensemble_averages_its_members_in_one_exported_graph(tmp_path: Path) -> None:
+    """Members learn from their own losses on their own masks; the model's logits (and the
+    ONNX graph's) are the members' mean."""
+    import torch
+
+    assert isinstance(build_model(ModelConfig()), EmotionCNN)   # v1.4.0's graph for one member
+    with pytest.raises(ConfigError, match="members=0"):
+        ModelConfig(members=0)
+    config = TrainConfig(model=ModelConfig(channels=(8, 16, 32, 64), members=3))
+    torch.manual_seed(0)
+    net = build_model(config.model)
+    assert isinstance(net, EmotionEnsemble)
+    net.eval()
+    x = torch.randn(2, 64, 120)
+    with torch.no_grad():
+        each = net.member_logits([x, x, x])
+        assert not torch.allclose(each[0], each[1])             # initialised apart
+        assert torch.allclose(net(x), torch.stack(each).mean(dim=0), atol=1e-6)
+    with pytest.raises(ValueError, match="2 inputs for 3 members"):
+        net.member_logits([x, x])
+    inputs = member_inputs(torch.ones(4, 64, 300), config, torch.Generator().manual_seed(1), None)
+    assert len(inputs) == 3 and not torch.equal(inputs[0], inputs[1])   # masks of their own
+    # one member draws exactly the masks (and so the run) a plain model draws
+    (one,) = member_inputs(x, TrainConfig(), torch.Generator().manual_seed(1), None)
+    assert torch.equal(one, spec_augment(x, TrainConfig(), torch.Generator().manual_seed(1)))
+    y = torch.tensor([0, 3])
+    assert torch.allclose(batch_loss(each[0], y, config, None, None), torch.nn.functional.cross_entropy(
+        each[0], y, label_smoothing=config.label_smoothing))
+    export_onnx(net, tmp_path / "three.onnx", 64)
+    assert check_onnx(net, tmp_path / "three.onnx", 64) < 1e-4
+
+
+def test_train_refuses_channels_that_are_not_four_positive_integers(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("8,16,32", "8,16,32,x", "8,16,0,64"):
+        with pytest.raises(SystemExit):
+            train_main(["--channels", bad, "--epochs", "1"])
+        assert "four" in capsys.readouterr().err
 
 
 def test_leave_one_corpus_out_trains_without_it_and_tests_on_all_of_it(
