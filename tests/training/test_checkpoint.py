@@ -19,6 +19,7 @@ from training.cli import train_main
 from worker.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
+TRAIN_COMMAND = [sys.executable, "-m", "training", "train"]
 
 
 def _args(manifest: Path, out_dir: Path) -> list[str]:
@@ -30,7 +31,7 @@ def _args(manifest: Path, out_dir: Path) -> list[str]:
 
 def _kill_after_first_checkpoint(args: list[str], ckpt: Path) -> None:
     """Run ``python -m training train args`` and SIGKILL it once its first epoch is saved."""
-    proc = subprocess.Popen([sys.executable, "-m", "training", "train", *args], cwd=ROOT,
+    proc = subprocess.Popen([*TRAIN_COMMAND, *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     deadline = time.monotonic() + 300
@@ -49,7 +50,7 @@ def _kill_after_first_checkpoint(args: list[str], ckpt: Path) -> None:
 
 def _train(args: list[str]) -> int:
     """Run ``python -m training train args`` in a fresh process; its exit status."""
-    return subprocess.run([sys.executable, "-m", "training", "train", *args], cwd=ROOT,
+    return subprocess.run([*TRAIN_COMMAND, *args], cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           timeout=600, check=False).returncode
 
