@@ -16,6 +16,7 @@ LICENCES: dict[str, str] = {
     "tess": "CC BY-NC-ND 4.0 (Dupuis & Pichora-Fuller, 2010)",
     "emodb": "free for research (Burkhardt et al., 2005)",
     "urdu": "research use (Latif et al., 2018)",
+    "baved": "no licence stated by its authors (Aouf, 2019); treat as research use only",
 }
 USAGE_NOTE = ("Research default: trained on corpora licensed for research / non-commercial use "
               "only. Retrain on your own labelled calls (python -m training train --manifest ...) "

@@ -15,7 +15,7 @@ import torch
 
 from training.augment import AugmentConfig
 from training.card import read_card_dict, with_loco, with_test_metrics, write_card
-from training.dataset import DEFAULT_CORPORA, corpus_manifest_paths
+from training.dataset import AROUSAL_CORPORA, AROUSAL_LEVELS, DEFAULT_CORPORA, corpus_manifest_paths
 from training.distill import DistillConfig
 from training.evaluate import CHANNELS, ROBUSTNESS, evaluate_model
 from training.model import ModelConfig
@@ -102,6 +102,16 @@ def build_train_parser() -> argparse.ArgumentParser:
                    metavar="C1,C2,C3,C4",
                    help="each member's channels per conv stage (default "
                         f"{','.join(map(str, ModelConfig().channels))})")
+    p.add_argument("--arousal-weight", type=float, default=TrainConfig.arousal_weight,
+                   help="train an auxiliary arousal head (" + " / ".join(AROUSAL_LEVELS)
+                        + ") on the arousal manifests with this loss weight (0: none; it is "
+                          "not exported)")
+    p.add_argument("--arousal-manifest", type=Path, action="append",
+                   help="manifest with an arousal_level column (repeatable). Default: the "
+                        f"{', '.join(AROUSAL_CORPORA)} manifest(s) under the corpora dir")
+    p.add_argument("--arousal-draws-per-epoch", type=int,
+                   default=TrainConfig.arousal_draws_per_epoch,
+                   help="arousal clips sampled per epoch beside --draws-per-epoch emotion clips")
     p.add_argument("--whole-clips", action="store_true",
                    help="train on whole clips, silence included (emotion-v1.1.0's recipe) "
                         "instead of cutting each to its speech as the worker cuts calls")
@@ -136,11 +146,16 @@ def train_main(argv: list[str] | None = None) -> int:
                              batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                              crop_s=args.crop_s, draws_per_epoch=args.draws_per_epoch,
                              mixup_alpha=args.mixup_alpha,
+                             arousal_weight=args.arousal_weight,
+                             arousal_draws_per_epoch=args.arousal_draws_per_epoch,
                              augment=AugmentConfig(p_phone=args.p_phone, p_codec=args.p_codec,
                                                    opus_share=args.opus_share),
                              features=features,
                              model=ModelConfig(n_mels=features.n_mels, views=features.n_views,
-                                               channels=args.channels, members=args.members),
+                                               channels=args.channels, members=args.members,
+                                               arousal_classes=(len(AROUSAL_LEVELS)
+                                                                if args.arousal_weight > 0
+                                                                else 0)),
                              speech_cut=_speech_cut(args.whole_clips),
                              distill=DistillConfig(teachers=tuple(args.teacher),
                                                    weight=args.distill_weight,
@@ -157,7 +172,9 @@ def train_main(argv: list[str] | None = None) -> int:
         result = train(manifests, args.out_dir, config, name=args.name, version=args.version,
                        device=args.device, workers=args.workers,
                        limit_per_corpus=args.limit_per_corpus, command=command.strip(),
-                       resume=args.resume)
+                       resume=args.resume,
+                       arousal_manifests=(args.arousal_manifest or corpus_manifest_paths(
+                           settings.corpora_dir, AROUSAL_CORPORA)))
         print(f"wrote {result.model_path} (best epoch {result.best_epoch}, val UA "
               f"{100 * result.val_ua:.1f}%, T={result.temperature:.2f}, {result.seconds:.0f} s "
               f"on {result.device})")

@@ -7,7 +7,8 @@ Every step is a pure function over DataFrames (takes one, returns a new one). De
   into neutral or sad would teach the model a German-actor-specific boundary.
 - URDU (natural talk-show speech, 4 of the 7 classes) is kept: it is the only
   non-acted speech, and per-class sampling copes with its missing classes.
-- BAVED (Arabic single words, arousal only, no category) is excluded from the 7-class head.
+- BAVED (Arabic single words, arousal only, no category) is excluded from the 7-class head;
+  with an arousal weight, it trains an auxiliary arousal head (:func:`build_arousal_dataset`).
 - Validation *speakers* are carved out of ``train`` per corpus; ``test`` is never touched
   for training or model selection.
 
@@ -43,6 +44,11 @@ LABEL_MAP: dict[str, str | None] = {
     "sadness": "sad",
 }
 """Raw unified label -> one of EMOTIONS, or None to drop the clip."""
+
+AROUSAL_LEVELS: tuple[str, ...] = ("low", "neutral", "high")
+"""Classes of the auxiliary arousal head: a manifest's ``arousal_level`` column (BAVED's)."""
+AROUSAL_CORPORA: tuple[str, ...] = ("baved",)
+"""Corpora with arousal levels the auxiliary head trains on by default."""
 
 SUBSET_TRAIN = "train"
 SUBSET_VAL = "val"
@@ -132,6 +138,33 @@ def build_dataset(manifest_paths: Iterable[Path], val_fraction: float = 0.2,
     df = map_labels(read_manifests(manifest_paths))
     df = df[df["split"].isin([SUBSET_TRAIN, SUBSET_TEST])]
     return assign_subsets(df.reset_index(drop=True), val_fraction=val_fraction, seed=seed)
+
+
+def build_arousal_dataset(manifest_paths: Iterable[Path], val_fraction: float = 0.2,
+                          seed: int = 0) -> pd.DataFrame:
+    """Manifests with an ``arousal_level`` column -> clips with ``arousal_id`` (index into
+    AROUSAL_LEVELS) and ``subset`` in {train, val, test}.
+
+    Validation speakers are drawn by their own seeded draw, so training with the arousal
+    corpora leaves the emotion corpora's validation speakers as they were. Rows with another
+    level (or none) are dropped. Raises ConfigError if a manifest lacks the column.
+    """
+    frames = []
+    for path in manifest_paths:
+        df = read_manifest(path)
+        if "arousal_level" not in df.columns:
+            raise ConfigError(f"manifest {path} has no arousal_level column (values "
+                              f"{', '.join(AROUSAL_LEVELS)})")
+        frames.append(df)
+    if not frames:
+        raise ConfigError("no arousal manifest given")
+    df = pd.concat(frames, ignore_index=True)
+    level = df["arousal_level"].fillna("").astype(str).str.strip().str.lower()
+    index = {a: i for i, a in enumerate(AROUSAL_LEVELS)}
+    kept = df.assign(arousal=level)[level.isin(index) & df["split"].isin([SUBSET_TRAIN,
+                                                                           SUBSET_TEST])]
+    kept = kept.assign(arousal_id=kept["arousal"].map(index).astype(np.int64))
+    return assign_subsets(kept.reset_index(drop=True), val_fraction=val_fraction, seed=seed)
 
 
 def speaker_keys(df: pd.DataFrame) -> pd.Series:

@@ -8,6 +8,10 @@ About 0.28 M parameters and ~0.05 GMAC per second of audio at a 10 ms hop.
 ``members`` > 1 builds an ensemble of that many such CNNs (usually narrower) inside one module
 and one ONNX graph: each member learns from its own loss, the exported logits are the
 members' mean.
+
+``arousal_classes`` > 0 adds an auxiliary arousal head on the same pooled statistics, trained
+on corpora with arousal levels only (BAVED); it shapes the shared layers during training and
+is left out of the exported graph, which still maps features to emotion logits only.
 """
 
 from __future__ import annotations
@@ -38,7 +42,13 @@ class ModelConfig:
     its input and output channels, so four members at half the channels cost about one
     member at full width."""
 
+    arousal_classes: int = 0
+    """Outputs of the auxiliary arousal head (0: none, the graph emotion-v1.4.0 has)."""
+
     def __post_init__(self) -> None:
+        if self.arousal_classes < 0:
+            raise ConfigError(f"arousal_classes={self.arousal_classes}: use 0 (no arousal "
+                              "head) or the number of arousal levels")
         if self.members < 1:
             raise ConfigError(f"members={self.members}: use 1 (one CNN) or more (an ensemble)")
 
@@ -48,6 +58,11 @@ class ModelConfig:
 
 def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+Outputs = tuple[torch.Tensor, torch.Tensor | None]
+"""One member's training outputs: (batch, n_classes) emotion logits and (batch,
+arousal_classes) arousal logits, None without an arousal head."""
 
 
 class EmotionCNN(nn.Module):
@@ -66,9 +81,19 @@ class EmotionCNN(nn.Module):
             *_conv_bn(c3, c4), *_conv_bn(c4, c4),
         )
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * c4, config.n_classes))
+        # built after the emotion layers, so their initial weights do not depend on it
+        self.arousal_head = (nn.Sequential(nn.Dropout(config.dropout),
+                                           nn.Linear(2 * c4, config.arousal_classes))
+                             if config.arousal_classes else None)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(batch, views * n_mels, frames) float32 -> (batch, n_classes) logits."""
+        out: torch.Tensor = self.head(self.embed(features))
+        return out
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """(batch, views * n_mels, frames) float32 -> (batch, 2 * channels[3]) mean and
+        standard deviation over time of the last stage."""
         c = self.config
         # the views stacked along the band axis become channels: (B, views, n_mels, frames);
         # one view keeps the Unsqueeze graph emotion-v1.4.0 and earlier were exported with
@@ -78,12 +103,23 @@ class EmotionCNN(nn.Module):
         h = h.mean(dim=2)                          # (B, C, T')
         mean = h.mean(dim=2)
         std = torch.sqrt(torch.clamp(h.var(dim=2, unbiased=False), min=1e-6))
-        out: torch.Tensor = self.head(torch.cat([mean, std], dim=1))
-        return out
+        return torch.cat([mean, std], dim=1)
 
-    def member_logits(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """One member: [(batch, n_classes)] logits of ``inputs[0]``."""
-        return [self(inputs[0])]
+    def outputs(self, features: torch.Tensor) -> Outputs:
+        """Emotion and (with the head) arousal logits of one forward pass."""
+        e = self.embed(features)
+        return self.head(e), (None if self.arousal_head is None else self.arousal_head(e))
+
+    def member_logits(self, inputs: Sequence[torch.Tensor]) -> list[Outputs]:
+        """One member: [outputs of ``inputs[0]``]."""
+        return [self.outputs(inputs[0])]
+
+    def arousal_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(batch, arousal_classes) logits; ValueError without an arousal head."""
+        if self.arousal_head is None:
+            raise ValueError("this model has no arousal head (arousal_classes=0)")
+        out: torch.Tensor = self.arousal_head(self.embed(features))
+        return out
 
 
 class EmotionEnsemble(nn.Module):
@@ -98,12 +134,19 @@ class EmotionEnsemble(nn.Module):
         """(batch, views * n_mels, frames) float32 -> (batch, n_classes) mean logits."""
         return torch.stack([m(features) for m in self.members]).mean(dim=0)
 
-    def member_logits(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Each member's (batch, n_classes) logits of its own input (one per member: members
-        see differently masked copies of a batch during training)."""
+    def member_logits(self, inputs: Sequence[torch.Tensor]) -> list[Outputs]:
+        """Each member's outputs of its own input (one per member: members see differently
+        masked copies of a batch during training)."""
         if len(inputs) != len(self.members):
             raise ValueError(f"{len(inputs)} inputs for {len(self.members)} members")
-        return [m(x) for m, x in zip(self.members, inputs, strict=True)]
+        return [m.outputs(x) for m, x in zip(self._cnns(), inputs, strict=True)]
+
+    def arousal_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(batch, arousal_classes) mean of the members' arousal logits."""
+        return torch.stack([m.arousal_logits(features) for m in self._cnns()]).mean(dim=0)
+
+    def _cnns(self) -> list[EmotionCNN]:
+        return [m for m in self.members if isinstance(m, EmotionCNN)]
 
 
 def build_model(config: ModelConfig) -> EmotionCNN | EmotionEnsemble:
@@ -113,5 +156,6 @@ def build_model(config: ModelConfig) -> EmotionCNN | EmotionEnsemble:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of trainable parameters of the served graph (an arousal head is not exported)."""
+    return sum(p.numel() for name, p in model.named_parameters()
+               if p.requires_grad and "arousal_head" not in name)

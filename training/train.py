@@ -35,8 +35,10 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.dataset import (
+    AROUSAL_LEVELS,
     SUBSET_TRAIN,
     SUBSET_VAL,
+    build_arousal_dataset,
     build_dataset,
     counts_table,
     sampling_weights,
@@ -65,6 +67,10 @@ them gain-invariant down to -80 dBFS lines (v1.0's absolute floor lost RAVDESS a
 MIXUP_STREAM = 0x6D6978
 """Second word of the mixup draws' seed ([seed, MIXUP_STREAM]): a stream of its own, so
 turning mixup on leaves the sampled clips, augmentations and masks as they were."""
+
+AROUSAL_STREAM = 0x61726F
+"""Second word of the arousal clips' draws ([seed, AROUSAL_STREAM]): with the arousal head off,
+the emotion clips' draws and every other stream stay as they were."""
 
 MODEL_VERSION = "emotion-v1.4.0"
 """Version the default recipe writes into the card (bump it with any change of recipe)."""
@@ -114,6 +120,13 @@ class TrainConfig:
     """Mixup (Zhang et al., 2018) of the batch's log-mel features and targets with weights
     drawn from Beta(alpha, alpha), folded so that each clip keeps the larger share; 0 turns it
     off and leaves every other random stream as it was."""
+    arousal_weight: float = 0.0
+    """Weight of the auxiliary arousal head's cross-entropy (BAVED's low / neutral / high
+    levels) beside the emotion loss; 0 trains no arousal head. The arousal clips come from
+    speakers and a language the emotion corpora lack; the head is not exported."""
+    arousal_draws_per_epoch: int = 512
+    """Arousal clips sampled per epoch (uniformly, with replacement), on top of
+    ``draws_per_epoch`` emotion clips and shuffled in among them."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeatureConfig = TRAIN_FEATURES
@@ -128,6 +141,18 @@ class TrainConfig:
             raise ConfigError(f"mixup_alpha={self.mixup_alpha}: use 0 (off) or a positive "
                               "Beta parameter")
         feats, model = self.features, self.model
+        if self.arousal_weight < 0 or self.arousal_draws_per_epoch < 1:
+            raise ConfigError(f"arousal_weight={self.arousal_weight}, arousal_draws_per_epoch="
+                              f"{self.arousal_draws_per_epoch}: use a weight >= 0 (0: no "
+                              "arousal head) and at least one draw")
+        wanted = len(AROUSAL_LEVELS) if self.arousal_weight > 0 else 0
+        if model.arousal_classes != wanted:
+            raise ConfigError(f"arousal_weight={self.arousal_weight} needs a model with "
+                              f"arousal_classes={wanted}, not {model.arousal_classes}")
+        if self.arousal_weight > 0 and (self.mixup_alpha > 0 or self.distill.teachers):
+            raise ConfigError("the arousal head trains without mixup and distillation (their "
+                              "targets cover emotion clips only): set mixup_alpha 0 and no "
+                              "teachers, or arousal_weight 0")
         if (model.n_mels, model.views) != (feats.n_mels, feats.n_views):
             raise ConfigError(f"model reads {model.views} view(s) of {model.n_mels} bands; the "
                               f"features give {feats.n_views} of {feats.n_mels} "
@@ -286,10 +311,38 @@ def batch_loss(logits: torch.Tensor, y: torch.Tensor, config: TrainConfig, mix: 
     return (1.0 - w) * loss + w * distillation_loss(logits, soft, config.distill.temperature)
 
 
+def member_loss(logits: torch.Tensor, arousal_logits: torch.Tensor | None, y: torch.Tensor,
+                arousal_y: torch.Tensor, config: TrainConfig, mix: Mix | None,
+                soft: torch.Tensor | None) -> torch.Tensor:
+    """One member's loss: :func:`batch_loss` without an arousal head; with one, the emotion
+    loss over the clips with an emotion label (``y`` >= 0) plus ``config.arousal_weight`` times
+    the arousal cross-entropy over the clips with an arousal level (``arousal_y`` >= 0)."""
+    if arousal_logits is None:
+        return batch_loss(logits, y, config, mix, soft)
+    has_emotion, has_arousal = y >= 0, arousal_y >= 0
+    loss = logits.new_zeros(())
+    if bool(has_emotion.any()):
+        loss = loss + batch_loss(logits[has_emotion], y[has_emotion], config, None, None)
+    if bool(has_arousal.any()):
+        loss = loss + config.arousal_weight * nn.functional.cross_entropy(
+            arousal_logits[has_arousal], arousal_y[has_arousal])
+    return loss
+
+
+def draw_epoch(emotion_draws: npt.NDArray[np.int64], n_emotion: int, n_arousal: int,
+               arousal_draws: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """Clip indices of one epoch: the emotion draws and ``arousal_draws`` uniform draws of the
+    arousal clips (indices ``n_emotion`` on), shuffled together so that batches mix both."""
+    extra = n_emotion + rng.integers(0, n_arousal, size=arousal_draws)
+    both = np.concatenate([emotion_draws, extra]).astype(np.int64)
+    return both[rng.permutation(both.size)]
+
+
 def architecture_name(config: ModelConfig) -> str:
     """The card's ``architecture.type``."""
     one = "EmotionCNN (4 conv stages, mean+std pooling over time)"
-    return one if config.members == 1 else f"{config.members} x {one}, logits averaged"
+    name = one if config.members == 1 else f"{config.members} x {one}, logits averaged"
+    return name if not config.arousal_classes else name + " (arousal head trained, not exported)"
 
 
 def predict_logits(model: nn.Module, feats: Sequence[npt.NDArray[np.float32]],
@@ -302,6 +355,16 @@ def predict_logits(model: nn.Module, feats: Sequence[npt.NDArray[np.float32]],
             x = torch.from_numpy(tile_frames(f, max(min_frames, f.shape[1])))[None].to(device)
             out.append(model(x).float().cpu().numpy()[0])
     return np.stack(out).astype(np.float32)
+
+
+def predict_arousal(model: nn.Module, feats: Sequence[npt.NDArray[np.float32]],
+                    device: torch.device, min_frames: int) -> npt.NDArray[np.float32]:
+    """(N, arousal_classes) logits of the arousal head, one clip per forward pass."""
+    model.eval()
+    with torch.no_grad():
+        return np.stack([model.arousal_logits(  # type: ignore[operator]
+            torch.from_numpy(tile_frames(f, max(min_frames, f.shape[1])))[None].to(device)
+        ).float().cpu().numpy()[0] for f in feats]).astype(np.float32)
 
 
 def per_corpus_ua(logits: npt.NDArray[np.float32], y: npt.NDArray[np.int64],
@@ -366,6 +429,7 @@ class MovingParts:
     sampler_rng: np.random.Generator
     mask_gen: torch.Generator
     mix_rng: np.random.Generator
+    arousal_rng: np.random.Generator
     device: torch.device
 
     def state_dict(self) -> dict[str, Any]:
@@ -373,7 +437,8 @@ class MovingParts:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimiser": self.optimiser.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "sampler_rng": self.sampler_rng.bit_generator.state,
-                "mix_rng": self.mix_rng.bit_generator.state, "mask_gen": self.mask_gen.get_state(),
+                "mix_rng": self.mix_rng.bit_generator.state,
+                "arousal_rng": self.arousal_rng.bit_generator.state, "mask_gen": self.mask_gen.get_state(),
                 # dropout draws from the global generators
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": (torch.cuda.get_rng_state_all() if self.device.type == "cuda"
@@ -386,6 +451,7 @@ class MovingParts:
         self.scheduler.load_state_dict(saved["scheduler"])
         self.sampler_rng.bit_generator.state = saved["sampler_rng"]
         self.mix_rng.bit_generator.state = saved["mix_rng"]
+        self.arousal_rng.bit_generator.state = saved["arousal_rng"]
         self.mask_gen.set_state(saved["mask_gen"])
         torch.set_rng_state(saved["torch_rng"])
         if self.device.type == "cuda" and saved["cuda_rng"]:
@@ -403,8 +469,11 @@ def stops_early(epoch: int, best_epoch: int, config: TrainConfig) -> bool:
 def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
           name: str = "emotion-v1", version: str = MODEL_VERSION, device: str = "auto",
           workers: int = 2, limit_per_corpus: int = 0, command: str = "",
-          resume: bool = False) -> TrainResult:
+          resume: bool = False, arousal_manifests: Sequence[Path] = ()) -> TrainResult:
     """Train, select on validation speakers, calibrate, export ONNX + card; return the result.
+
+    With ``config.arousal_weight`` > 0 the clips of ``arousal_manifests`` (an
+    ``arousal_level`` column) train the auxiliary arousal head beside the emotion head.
 
     Every finished epoch is checkpointed beside the model (removed once the model is
     exported); ``resume`` carries on from that checkpoint when there is one.
@@ -414,16 +483,9 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     np.random.seed(config.seed)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                        else ("cpu" if device == "auto" else device))
-    data = build_dataset(manifest_paths, val_fraction=config.val_fraction,
-                         seed=config.split_seed)
-    if limit_per_corpus > 0:
-        data = limit_clips(data, limit_per_corpus, config.split_seed)
-    train_df = data[data["subset"] == SUBSET_TRAIN].reset_index(drop=True)
-    val_df = data[data["subset"] == SUBSET_VAL].reset_index(drop=True)
-    if train_df.empty or val_df.empty:
-        raise ConfigError(f"need train and validation clips; got {len(train_df)} train, "
-                          f"{len(val_df)} val (validation speakers come from corpora with >= 4 "
-                          "train speakers)")
+    train_df, val_df = train_and_val(build_dataset(manifest_paths, val_fraction=config.val_fraction,
+                                                   seed=config.split_seed),
+                                     limit_per_corpus, config.split_seed, "the emotion head")
     val_speakers = sorted(set(speaker_keys(val_df)))
     log.info("train %d clips, val %d clips (%s)", len(train_df), len(val_df),
              ", ".join(val_speakers))
@@ -437,6 +499,14 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     y_train = train_df["label_id"].to_numpy(np.int64)
     y_val = val_df["label_id"].to_numpy(np.int64)
     val_corpora = val_df["corpus"].to_numpy()
+    arousal_train, arousal_val = _arousal_clips(config, arousal_manifests, limit_per_corpus)
+    arousal_waves = load_clips(arousal_train["path"].tolist(), sr, workers, config.speech_cut)
+    arousal_val_feats = [extract_features(w, config.features) for w in
+                         load_clips(arousal_val["path"].tolist(), sr, workers, config.speech_cut)]
+    y_arousal_val = arousal_val["arousal_id"].to_numpy(np.int64)
+    # arousal clips follow the emotion clips: no emotion label, and emotion clips no level
+    arousal_y = torch.from_numpy(np.concatenate([
+        np.full(len(train_df), -1, np.int64), arousal_train["arousal_id"].to_numpy(np.int64)]))
     log.info("decoded clips in %.1f s", time.monotonic() - t0)
     soft_targets: torch.Tensor | None = None
     teachers: list[dict[str, str]] = []
@@ -450,14 +520,17 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
 
     weights = sampling_weights(train_df)
     draws_per_epoch = config.draws_per_epoch or len(train_df)
-    dataset = TrainDraws(train_waves, y_train, config)
+    dataset = TrainDraws(train_waves + arousal_waves,
+                         np.concatenate([y_train, np.full(len(arousal_waves), -1, np.int64)]),
+                         config)
     model = build_model(config.model).to(dev)
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),  # type: ignore[no-untyped-call]
         use_buffers=True)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
-    steps_per_epoch = -(-draws_per_epoch // config.batch_size)
+    arousal_draws = config.arousal_draws_per_epoch if arousal_waves else 0
+    steps_per_epoch = -(-(draws_per_epoch + arousal_draws) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr,
                                                     epochs=config.epochs,
                                                     steps_per_epoch=steps_per_epoch,
@@ -465,16 +538,20 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     sampler_rng = np.random.default_rng(config.seed)
     mask_gen = torch.Generator().manual_seed(config.seed)
     mix_rng = np.random.default_rng([config.seed, MIXUP_STREAM])
+    arousal_rng = np.random.default_rng([config.seed, AROUSAL_STREAM])
     best_ua, best_epoch, best_state = -1.0, -1, None
     history: list[dict[str, Any]] = []
     manifests_sha256 = manifest_digests(manifest_paths)
     ckpt = checkpoint_path(out_dir, name)
+    if arousal_waves:
+        manifests_sha256 = {**manifests_sha256, **manifest_digests(arousal_manifests)}
     identity = {"config": config_record(config), "manifests_sha256": manifests_sha256,
                 "limit_per_corpus": limit_per_corpus, "train_clips": len(train_df),
                 "val_speakers": val_speakers}
     start_epoch, stopped, seconds_before = 0, False, 0.0
     resumed_after: list[int] = []
-    moving = MovingParts(model, ema, optimiser, scheduler, sampler_rng, mask_gen, mix_rng, dev)
+    moving = MovingParts(model, ema, optimiser, scheduler, sampler_rng, mask_gen, mix_rng,
+                         arousal_rng, dev)
     saved = load_checkpoint(ckpt, identity) if resume else None
     if saved is not None:
         moving.load_state_dict(saved)
@@ -488,8 +565,11 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     elif resume:
         log.info("no checkpoint at %s: training from the start", ckpt)
     for epoch in range(start_epoch, start_epoch if stopped else config.epochs):
-        dataset.set_epoch(epoch, sampler_rng.choice(len(train_df), size=draws_per_epoch,
-                                                    p=weights).astype(np.int64))
+        draws = sampler_rng.choice(len(train_df), size=draws_per_epoch, p=weights).astype(np.int64)
+        if arousal_waves:
+            draws = draw_epoch(draws, len(train_df), len(arousal_waves),
+                               config.arousal_draws_per_epoch, arousal_rng)
+        dataset.set_epoch(epoch, draws)
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
                             num_workers=workers if workers > 1 else 0, drop_last=False)
         model.train()
@@ -504,8 +584,9 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
                 soft = (soft_targets[clips] if mix is None
                         else mix_inputs(soft_targets[clips], mix)).to(dev)
             # each member learns from its own loss (an ensemble of independent models)
-            loss = torch.stack([batch_loss(logits, y, config, mix, soft)
-                                for logits in model.member_logits(inputs)]).mean()
+            a = arousal_y[clips].to(dev)
+            loss = torch.stack([member_loss(logits, arousal, y, a, config, mix, soft)
+                                for logits, arousal in model.member_logits(inputs)]).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]  # untyped in torch
             optimiser.step()
@@ -519,6 +600,11 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
         # have 2-8 clips in some classes; a per-corpus mean would follow their noise)
         val_ua = unweighted_average_recall(confusion_matrix(
             y_val, logits.argmax(axis=1).astype(np.int64), len(EMOTIONS)))
+        if arousal_val_feats:
+            # logged, not selected on: the model is chosen on emotion UA alone
+            pred = predict_arousal(ema.module, arousal_val_feats, dev, config.min_frames)
+            uas = {**uas, "arousal_ua": unweighted_average_recall(confusion_matrix(
+                y_arousal_val, pred.argmax(axis=1).astype(np.int64), len(AROUSAL_LEVELS)))}
         history.append({"epoch": epoch, "loss": total / max(n, 1), "val_ua": val_ua, **uas})
         log.info("epoch %d loss %.3f val UA %.3f %s (%.0f s)", epoch, total / max(n, 1), val_ua,
                  {k: round(v, 3) for k, v in uas.items()}, time.monotonic() - t0)
@@ -548,7 +634,7 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     max_diff = check_onnx(model, model_path, config.features.input_rows)
     if max_diff > 1e-3:
         raise RuntimeError(f"ONNX export differs from torch by {max_diff:.2e}")
-    corpora = sorted(set(train_df["corpus"]))
+    corpora = sorted(set(train_df["corpus"]) | set(arousal_train["corpus"]))
     card: dict[str, Any] = {
         "name": name, "version": version, "labels": list(EMOTIONS),
         "features": config.features.to_dict(), "onnx_sha256": file_sha256(model_path),
@@ -565,12 +651,20 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
             "val_ua_by_corpus": history[best_epoch] if best_epoch >= 0 else {},
             "val_speakers": val_speakers,
             "teachers": teachers,
+            "arousal": ({} if not arousal_waves else {
+                "levels": list(AROUSAL_LEVELS), "weight": config.arousal_weight,
+                "train_counts": counts_table(arousal_train.assign(label=arousal_train["arousal"])),
+                "val_counts": counts_table(arousal_val.assign(label=arousal_val["arousal"])),
+                "val_speakers": sorted(set(speaker_keys(arousal_val)))}),
             "train_counts": counts_table(train_df), "val_counts": counts_table(val_df),
             "manifests_sha256": manifests_sha256,
             "resumed_after_epochs": resumed_after,
             "config": config_record(config),
             "label_decisions": ("calm -> neutral; EmoDB boredom dropped; URDU kept (4 classes, "
-                                "natural speech); BAVED excluded (arousal only)"),
+                                "natural speech); BAVED excluded (arousal only)"
+                                + ("" if not arousal_waves else
+                                   " from the emotion head; its arousal levels train the "
+                                   "auxiliary arousal head")),
             "history": history,
         },
         "data_licences": {c: LICENCES.get(c, "operator data") for c in corpora},
@@ -586,6 +680,34 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     remove_checkpoint(ckpt)
     return TrainResult(model_path=model_path, best_epoch=best_epoch, val_ua=best_ua,
                        temperature=temperature, seconds=seconds, device=str(dev), card=card)
+
+
+def _arousal_clips(config: TrainConfig, manifests: Sequence[Path],
+                   limit_per_corpus: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, val) clips of the arousal corpora; both empty with the arousal head off."""
+    if config.arousal_weight == 0:
+        empty = pd.DataFrame({"path": [], "corpus": [], "speaker": [], "arousal": [],
+                              "arousal_id": np.zeros(0, np.int64)})
+        return empty, empty
+    return train_and_val(build_arousal_dataset(manifests, val_fraction=config.val_fraction,
+                                               seed=config.split_seed),
+                         limit_per_corpus, config.split_seed, "the arousal head")
+
+
+def train_and_val(data: pd.DataFrame, limit_per_corpus: int, seed: int,
+                  what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, val) rows of a dataset with ``subset``, at most ``limit_per_corpus`` clips per
+    corpus and subset when > 0. Raises ConfigError, naming ``what`` they train, if either is
+    empty."""
+    if limit_per_corpus > 0:
+        data = limit_clips(data, limit_per_corpus, seed)
+    train_df = data[data["subset"] == SUBSET_TRAIN].reset_index(drop=True)
+    val_df = data[data["subset"] == SUBSET_VAL].reset_index(drop=True)
+    if train_df.empty or val_df.empty:
+        raise ConfigError(f"{what} needs train and validation clips; got {len(train_df)} train, "
+                          f"{len(val_df)} val (validation speakers come from corpora with >= 4 "
+                          "train speakers)")
+    return train_df, val_df
 
 
 def manifest_digests(paths: Sequence[Path]) -> dict[str, str]:

@@ -9,7 +9,10 @@ import pandas as pd
 import pytest
 
 from training.dataset import (
+    AROUSAL_LEVELS,
+    DEFAULT_CORPORA,
     assign_subsets,
+    build_arousal_dataset,
     build_dataset,
     map_labels,
     read_manifest,
@@ -88,3 +91,28 @@ def test_shared_corpora_build_a_speaker_independent_dataset(callmood_corpora: Pa
         assert not speakers["val"] & (speakers["train"] | speakers["test"]), corpus
         assert speakers["val"], corpus
     assert np.isin(df["label_id"], np.arange(len(EMOTIONS))).all()
+
+
+def test_baved_arousal_levels_become_ids_with_validation_speakers_drawn_apart(
+        callmood_corpora: Path, tmp_path: Path) -> None:
+    baved = callmood_corpora / "baved" / "manifest.csv"
+    df = build_arousal_dataset([baved], val_fraction=0.2, seed=0)
+    raw = pd.read_csv(baved, dtype={"speaker": str})
+    assert len(df) == len(raw)                          # every clip has a level
+    assert (df["arousal"].map(AROUSAL_LEVELS.index) == df["arousal_id"]).all()
+    assert set(df["arousal"]) == set(AROUSAL_LEVELS)
+    speakers = {s: set(df.loc[df["subset"] == s, "speaker"]) for s in ("train", "val", "test")}
+    assert speakers["val"] and not speakers["val"] & (speakers["train"] | speakers["test"])
+    assert all(int(s) % 6 == 0 for s in speakers["test"])     # the corpus's own test ids
+    # the emotion corpora's validation speakers do not depend on the arousal corpora
+    emotion = [callmood_corpora / c / "manifest.csv" for c in DEFAULT_CORPORA]
+    plain = build_dataset(emotion, seed=0)
+    with_baved = build_dataset([*emotion, baved], seed=0)      # BAVED rows have no emotion
+    columns = ["path", "speaker", "label_id", "subset"]
+    assert plain[columns].equals(with_baved[columns])
+    # a manifest without levels is refused, naming the levels it needs
+    raw.drop(columns=["arousal_level"]).assign(
+        path=lambda d: [str(baved.parent / p) for p in d["path"]]).to_csv(
+        tmp_path / "manifest.csv", index=False)
+    with pytest.raises(ConfigError, match=r"no arousal_level column.*low, neutral, high"):
+        build_arousal_dataset([tmp_path / "manifest.csv"])

@@ -12,14 +12,22 @@ import pandas as pd
 import pytest
 
 from training.cli import train_main
-from training.model import EmotionCNN, EmotionEnsemble, ModelConfig, build_model
+from training.model import (
+    EmotionCNN,
+    EmotionEnsemble,
+    ModelConfig,
+    build_model,
+    count_parameters,
+)
 from training.train import (
     TRAIN_FEATURES,
     TrainConfig,
     batch_loss,
     check_onnx,
+    draw_epoch,
     export_onnx,
     member_inputs,
+    member_loss,
     spec_augment,
     stops_early,
     tile_frames,
@@ -136,7 +144,7 @@ def test_an_ensemble_averages_its_members_in_one_exported_graph(tmp_path: Path) 
     net.eval()
     x = torch.randn(2, 64, 120)
     with torch.no_grad():
-        each = net.member_logits([x, x, x])
+        each = [logits for logits, arousal in net.member_logits([x, x, x])]
         assert not torch.allclose(each[0], each[1])             # initialised apart
         assert torch.allclose(net(x), torch.stack(each).mean(dim=0), atol=1e-6)
     with pytest.raises(ValueError, match="2 inputs for 3 members"):
@@ -151,6 +159,77 @@ def test_an_ensemble_averages_its_members_in_one_exported_graph(tmp_path: Path) 
         each[0], y, label_smoothing=config.label_smoothing))
     export_onnx(net, tmp_path / "three.onnx", 64)
     assert check_onnx(net, tmp_path / "three.onnx", 64) < 1e-4
+
+
+def test_the_arousal_head_shares_the_layers_and_stays_out_of_the_exported_graph(
+        tmp_path: Path) -> None:
+    import onnxruntime as ort
+    import torch
+
+    config = TrainConfig(arousal_weight=0.5, model=ModelConfig(arousal_classes=3))
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig())
+    torch.manual_seed(0)
+    net = build_model(config.model)
+    assert isinstance(net, EmotionCNN)
+    # the emotion layers start as v1.4.0's do; the served graph has the same parameters
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
+                                                 net.state_dict().values(), strict=False))
+    assert count_parameters(net) == count_parameters(plain)
+    net.eval()
+    x = torch.randn(4, 64, 120)
+    with torch.no_grad():
+        ((emotion, arousal),) = net.member_logits([x])
+        assert arousal is not None and arousal.shape == (4, 3)
+        assert torch.allclose(emotion, net(x)) and torch.allclose(arousal, net.arousal_logits(x))
+    with pytest.raises(ValueError, match="no arousal head"):
+        plain.arousal_logits(x)
+    export_onnx(net, tmp_path / "a.onnx", 64)
+    session = ort.InferenceSession(str(tmp_path / "a.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    assert check_onnx(net, tmp_path / "a.onnx", 64) < 1e-4
+    # the loss: emotion CE over clips with an emotion, weighted arousal CE over the others
+    y, a = torch.tensor([2, -1, 5, -1]), torch.tensor([-1, 0, -1, 2])
+    ce = torch.nn.functional.cross_entropy
+    want = (ce(emotion[[0, 2]], y[[0, 2]], label_smoothing=config.label_smoothing)
+            + 0.5 * ce(arousal[[1, 3]], a[[1, 3]]))
+    assert torch.allclose(member_loss(emotion, arousal, y, a, config, None, None), want)
+    only_emotion = torch.tensor([2, 1, 5, 0])
+    assert torch.allclose(member_loss(emotion, None, only_emotion, a, TrainConfig(), None, None),
+                          batch_loss(emotion, only_emotion, TrainConfig(), None, None))
+    # an epoch's draws: all emotion draws plus uniform arousal draws, shuffled, seeded
+    emotion_draws = np.array([0, 3, 3, 7])
+    draws = draw_epoch(emotion_draws, 8, 5, 6, np.random.default_rng(1))
+    assert draws.size == 10 and sorted(draws[draws < 8]) == [0, 3, 3, 7]
+    assert ((draws >= 8) & (draws < 13)).sum() == 6
+    assert np.array_equal(draws, draw_epoch(emotion_draws, 8, 5, 6, np.random.default_rng(1)))
+    # a head without a weight (or a weight without a head) and mixed-in targets are refused
+    with pytest.raises(ConfigError, match="arousal_classes=3, not 0"):
+        TrainConfig(arousal_weight=0.5)
+    with pytest.raises(ConfigError, match="arousal_classes=0, not 3"):
+        TrainConfig(model=ModelConfig(arousal_classes=3))
+    with pytest.raises(ConfigError, match="without mixup and distillation"):
+        replace(config, mixup_alpha=0.4)
+
+
+def test_train_writes_the_arousal_corpora_into_the_card(tmp_path: Path, callmood_corpora: Path) -> None:
+    manifest = _operator_manifest(tmp_path, callmood_corpora)
+    out_dir = tmp_path / "models"
+    status = train_main(["--manifest", str(manifest), "--out-dir", str(out_dir),
+                         "--arousal-weight", "0.5", "--arousal-draws-per-epoch", "16",
+                         "--limit-per-corpus", "60", "--epochs", "1", "--draws-per-epoch", "32",
+                         "--batch-size", "16", "--workers", "1", "--threads", "1",
+                         "--no-test-eval"])
+    assert status == 0
+    card = json.loads((out_dir / "emotion-v1.card.json").read_text())
+    arousal = card["training"]["arousal"]
+    assert arousal["weight"] == 0.5 and arousal["levels"] == ["low", "neutral", "high"]
+    assert set(arousal["train_counts"]) == {"baved"} and arousal["val_speakers"]
+    assert not set(arousal["val_speakers"]) & set(card["training"]["val_speakers"])
+    assert 0.0 <= card["training"]["history"][0]["arousal_ua"] <= 1.0
+    assert card["architecture"]["arousal_classes"] == 3
+    assert "Aouf" in card["data_licences"]["baved"]
+    assert str(callmood_corpora / "baved" / "manifest.csv") in card["training"]["manifests_sha256"]
 
 
 def test_train_refuses_channels_that_are_not_four_positive_integers(
