@@ -229,7 +229,9 @@ def test_train_writes_the_arousal_corpora_into_the_card(tmp_path: Path, callmood
     assert 0.0 <= card["training"]["history"][0]["arousal_ua"] <= 1.0
     assert card["architecture"]["arousal_classes"] == 3
     assert "Aouf" in card["data_licences"]["baved"]
-    assert str(callmood_corpora / "baved" / "manifest.csv") in card["training"]["manifests_sha256"]
+    # the default BAVED manifest under the corpora dir (a symlinked dir may resolve elsewhere)
+    assert any(Path(p).parts[-2:] == ("baved", "manifest.csv")
+               for p in card["training"]["manifests_sha256"])
 
 
 def test_train_refuses_channels_that_are_not_four_positive_integers(
