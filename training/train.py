@@ -346,25 +346,18 @@ def architecture_name(config: ModelConfig) -> str:
 
 
 def predict_logits(model: nn.Module, feats: Sequence[npt.NDArray[np.float32]],
-                   device: torch.device, min_frames: int) -> npt.NDArray[np.float32]:
-    """(N, classes) logits for full-length clips, one clip per forward pass (no padding)."""
+                   device: torch.device, min_frames: int,
+                   arousal: bool = False) -> npt.NDArray[np.float32]:
+    """(N, classes) emotion logits for full-length clips, one clip per forward pass (no
+    padding); (N, arousal_classes) logits of the arousal head with ``arousal``."""
     model.eval()
     out = []
     with torch.no_grad():
         for f in feats:
             x = torch.from_numpy(tile_frames(f, max(min_frames, f.shape[1])))[None].to(device)
-            out.append(model(x).float().cpu().numpy()[0])
+            logits = model.arousal_logits(x) if arousal else model(x)  # type: ignore[operator]
+            out.append(logits.float().cpu().numpy()[0])
     return np.stack(out).astype(np.float32)
-
-
-def predict_arousal(model: nn.Module, feats: Sequence[npt.NDArray[np.float32]],
-                    device: torch.device, min_frames: int) -> npt.NDArray[np.float32]:
-    """(N, arousal_classes) logits of the arousal head, one clip per forward pass."""
-    model.eval()
-    with torch.no_grad():
-        return np.stack([model.arousal_logits(  # type: ignore[operator]
-            torch.from_numpy(tile_frames(f, max(min_frames, f.shape[1])))[None].to(device)
-        ).float().cpu().numpy()[0] for f in feats]).astype(np.float32)
 
 
 def per_corpus_ua(logits: npt.NDArray[np.float32], y: npt.NDArray[np.int64],
@@ -541,10 +534,9 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     arousal_rng = np.random.default_rng([config.seed, AROUSAL_STREAM])
     best_ua, best_epoch, best_state = -1.0, -1, None
     history: list[dict[str, Any]] = []
-    manifests_sha256 = manifest_digests(manifest_paths)
+    manifests_sha256 = manifest_digests([*manifest_paths, *(arousal_manifests if arousal_waves
+                                                            else [])])
     ckpt = checkpoint_path(out_dir, name)
-    if arousal_waves:
-        manifests_sha256 = {**manifests_sha256, **manifest_digests(arousal_manifests)}
     identity = {"config": config_record(config), "manifests_sha256": manifests_sha256,
                 "limit_per_corpus": limit_per_corpus, "train_clips": len(train_df),
                 "val_speakers": val_speakers}
@@ -602,7 +594,8 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
             y_val, logits.argmax(axis=1).astype(np.int64), len(EMOTIONS)))
         if arousal_val_feats:
             # logged, not selected on: the model is chosen on emotion UA alone
-            pred = predict_arousal(ema.module, arousal_val_feats, dev, config.min_frames)
+            pred = predict_logits(ema.module, arousal_val_feats, dev, config.min_frames,
+                                  arousal=True)
             uas = {**uas, "arousal_ua": unweighted_average_recall(confusion_matrix(
                 y_arousal_val, pred.argmax(axis=1).astype(np.int64), len(AROUSAL_LEVELS)))}
         history.append({"epoch": epoch, "loss": total / max(n, 1), "val_ua": val_ua, **uas})
