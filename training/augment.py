@@ -141,7 +141,7 @@ class AugmentConfig:
     opus_share: float = 0.5
     """Of the codec round trips, the share that is Opus (the rest MP3). Opus is the worse of
     the two for the model (v1.4.0: RAVDESS Opus 55.8 % vs clean 62.1 %). 0.75 with
-    p_codec=0.35 was tried (README, "Tried and not shipped"): validation UA 65.4 % vs 66.4 %,
+    p_codec=0.35 was tried (docs/model-experiments.md): validation UA 65.4 % vs 66.4 %,
     and no better through Opus, so the default stays at v1.4.0's 0.5."""
     sample_rate: int = ANALYSIS_SAMPLE_RATE
 
