@@ -202,10 +202,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
     """Replace this process with Celery beat (it sends the nightly scan; run exactly one)."""
-    from worker.celery_app import beat_command
+    from worker.celery_app import beat_command, beat_schedule
 
-    if not settings.inbox_dirs:
-        raise ConfigError("CALLMOOD_INBOX_DIRS is not set: beat would have nothing to schedule")
+    # Without inbox folders beat still has work on a Redis broker: re-sending lost messages.
+    if not beat_schedule(settings):
+        raise ConfigError("beat would have nothing to schedule: set CALLMOOD_INBOX_DIRS (the "
+                          "nightly inbox scan) or use a redis:// CALLMOOD_BROKER_URL (the "
+                          "recovery of lost messages every few minutes)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     argv = beat_command(str(settings.data_dir / "celerybeat-schedule"), args.loglevel)
     os.execv(argv[0], [*argv, *args.celery_args])

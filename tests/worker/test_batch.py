@@ -30,6 +30,7 @@ from worker.celery_app import (
     CONTROL_QUEUE,
     NIGHTLY_SCAN_TASK_NAME,
     NIGHTLY_SCHEDULE_ENTRY,
+    RECOVERY_SCHEDULE_ENTRY,
     TASK_QUEUE,
     beat_schedule,
     make_celery,
@@ -102,10 +103,27 @@ def test_callmood_beat_execs_celery_beat(tmp_path: Path, redis_url: str) -> None
     text = log_path.read_text()
     assert "beat: Starting" in text and "callmood.nightly_scan" in text
     assert list((tmp_path / "data").glob("celerybeat-schedule*"))
+    # without inbox folders a Redis broker still gets its recovery of lost messages
     env.pop("CALLMOOD_INBOX_DIRS")
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "worker.cli", "beat", "--loglevel",
+                                    "DEBUG"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while RECOVERY_SCHEDULE_ENTRY not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    assert NIGHTLY_SCHEDULE_ENTRY not in log_path.read_text()
+    # nothing to schedule at all: no inbox folders and a broker without recovery
+    env["CALLMOOD_BROKER_URL"] = f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
     refused = subprocess.run([sys.executable, "-m", "worker.cli", "beat"], env=env,
                              capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 2 and "CALLMOOD_INBOX_DIRS" in refused.stderr
+    assert refused.returncode == 2
+    assert "CALLMOOD_INBOX_DIRS" in refused.stderr and "redis://" in refused.stderr
 
 
 @pytest.mark.slow
