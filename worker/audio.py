@@ -11,6 +11,7 @@ that recording alone.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,9 @@ def resolve_input(uri: str, input_roots: Sequence[Path]) -> Path:
         raise InputNotAllowedError("recording URI is empty or longer than 4096 characters")
     parts = urlsplit(uri)
     if parts.scheme == "file":
-        raw = unquote(parts.path)
+        # %XX bytes that are not UTF-8 (a name in another encoding) come back as the
+        # surrogate escapes os.fsencode turns into those bytes again
+        raw = unquote(parts.path, errors="surrogateescape")
     elif parts.scheme == "" or (len(parts.scheme) == 1 and uri[1:3] in (":\\", ":/")):
         raw = uri
     else:
@@ -114,7 +117,9 @@ def read_info(path: Path) -> Any:
     if size == 0:
         raise AudioDecodeError(f"{path.name} is empty (0 bytes)")
     try:
-        return sf.info(str(path))
+        # paths go to soundfile as bytes: it encodes a str strictly, and a name in another
+        # encoding than UTF-8 (surrogate escapes) would not open
+        return sf.info(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioDecodeError(
             f"{path.name} is not a readable audio file (supported: WAV PCM/float/G.711, FLAC, "
@@ -128,7 +133,7 @@ def probe_duration_s(uri: str) -> float | None:
     no error (a file the producer cannot see is still sent, with the default limits).
     """
     parts = urlsplit(uri)
-    raw = unquote(parts.path) if parts.scheme == "file" else uri
+    raw = unquote(parts.path, errors="surrogateescape") if parts.scheme == "file" else uri
     if parts.scheme not in ("", "file") and not (len(parts.scheme) == 1 and uri[1:3] in (":\\", ":/")):
         return None
     try:
@@ -167,7 +172,7 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
     """
     info = check_input(path, max_duration_s, max_file_bytes)
     try:
-        data, read_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, read_rate = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise AudioDecodeError(f"{path.name} could not be decoded (truncated or corrupt?): {e}") from e
     if data.shape[0] == 0:
@@ -247,7 +252,7 @@ def stream_blocks(stream: StreamInfo, max_duration_s: float,
     name = stream.path.name
     frames = 0
     try:
-        sound = sf.SoundFile(str(stream.path))
+        sound = sf.SoundFile(os.fsencode(stream.path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioDecodeError(f"{name} could not be opened for decoding: {e}") from e
     with sound:
@@ -293,7 +298,7 @@ def load_mono(path: Path, target_rate: int = ANALYSIS_SAMPLE_RATE) -> Audio:
     Used by training and evaluation: the same soundfile + soxr path as the worker.
     """
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, rate = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioDecodeError(f"{path} could not be decoded: {e}") from e
     return resample(data.mean(axis=1), int(rate), target_rate)

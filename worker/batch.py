@@ -11,6 +11,7 @@ No Celery in here: the caller passes the sender.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,8 @@ from typing import Any
 
 from worker.constants import AUDIO_SUFFIXES
 from worker.db import session_scope
-from worker.enqueue import Sender, submit
-from worker.errors import ConfigError
+from worker.enqueue import Enqueued, Sender, submit_chunks
+from worker.errors import ConfigError, PayloadError
 from worker.runner import external_id_for
 from worker.settings import Settings
 from worker.store import (
@@ -43,10 +44,32 @@ class ScanReport:
     enqueued: int
     skipped: int
     """Files whose path or content was already sent (by this or an earlier scan)."""
+    refused: int = 0
+    """Files that cannot be sent at all (their path fails the payload's checks); each is
+    logged with the reason, and the scan goes on without them."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"batch_id": self.batch_id, "seen": self.seen, "enqueued": self.enqueued,
-                "skipped": self.skipped}
+                "skipped": self.skipped, "refused": self.refused}
+
+
+def inbox_uri(path: Path) -> str:
+    """The URI a scanned file is sent as: its path, or, for a name that is not UTF-8 (copied
+    from a system with another encoding), the percent-encoded ``file://`` URI, which the
+    database and the broker's JSON can carry and the worker decodes back to the same bytes."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return path.as_uri()
+    return str(path)
+
+
+def inbox_request(path: Path, source: str) -> CallRequest:
+    """The request for one scanned file (call id: its content hash); PayloadError if its
+    path cannot travel (e.g. longer than the URI limit)."""
+    name = os.fsencode(path.name).decode("utf-8", "backslashreplace")
+    return CallRequest(uri=inbox_uri(path), external_call_id=external_id_for(path),
+                       metadata={"source": source, "file_name": name[:200]})
 
 
 def inbox_files(folders: Sequence[Path]) -> Iterator[Path]:
@@ -76,20 +99,34 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
         raise ConfigError("CALLMOOD_INBOX_DIRS is not set: name the folders to scan, "
                           "separated by the OS path separator")
     files = list(inbox_files(settings.inbox_dirs))
-    by_hash = {uri_sha256(str(path)): path for path in files}
+    by_hash = {uri_sha256(inbox_uri(path)): path for path in files}
     with session_scope(settings) as session:
         known = enqueued_uri_hashes(session, list(by_hash))
         batch_id = create_batch(session, source).id
     # Hashing the content is the expensive step: only for paths never sent.
-    candidates = [path for digest, path in by_hash.items() if digest not in known]
-    requests = [CallRequest(uri=str(path), external_call_id=external_id_for(path),
-                            metadata={"source": source, "file_name": path.name[:200]})
-                for path in candidates]
-    results = submit(requests, settings, send, batch_id=batch_id) if requests else []
-    enqueued = sum(r.sent for r in results)
-    with session_scope(settings) as session:
-        finish_batch_scan(session, batch_id, enqueued=enqueued, skipped=len(files) - enqueued)
-    log.info("batch %d (%s): %d files, %d enqueued, %d already seen", batch_id, source,
-             len(files), enqueued, len(files) - enqueued)
-    return ScanReport(batch_id=batch_id, seen=len(files), enqueued=enqueued,
-                      skipped=len(files) - enqueued)
+    requests: list[CallRequest] = []
+    refused = 0
+    for digest, path in by_hash.items():
+        if digest in known:
+            continue
+        try:
+            requests.append(inbox_request(path, source))
+        except PayloadError as e:
+            # one file that cannot travel must not keep the rest of the inbox waiting
+            refused += 1
+            log.warning("batch %d: %r not sent: %s", batch_id, str(path), e)
+    results: list[Enqueued] = []
+    try:
+        for chunk in submit_chunks(requests, settings, send, batch_id=batch_id):
+            results += chunk
+    finally:
+        # Also when publishing fails half-way (TransientError; the task retries as a new
+        # scan): the batch is closed with what it sent, not left "scanning" for ever.
+        enqueued = sum(r.sent for r in results)
+        skipped = len(known) + sum(not r.sent for r in results)
+        with session_scope(settings) as session:
+            finish_batch_scan(session, batch_id, enqueued=enqueued, skipped=skipped)
+    log.info("batch %d (%s): %d files, %d enqueued, %d already seen, %d refused", batch_id,
+             source, len(files), enqueued, skipped, refused)
+    return ScanReport(batch_id=batch_id, seen=len(files), enqueued=enqueued, skipped=skipped,
+                      refused=refused)

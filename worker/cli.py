@@ -337,8 +337,9 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
 
     with celery_sender(settings) as send:
         report = scan_inboxes(settings, source="cli", send=send)
+    refused = f", {report.refused} refused (reasons in the log)" if report.refused else ""
     print(f"batch {report.batch_id}: {report.seen} file(s) seen, {report.enqueued} enqueued, "
-          f"{report.skipped} already known")
+          f"{report.skipped} already known{refused}")
     return 0
 
 

@@ -105,10 +105,16 @@ def submit(requests: Sequence[CallRequest], settings: Settings, send: Sender,
     TransientError propagates (enqueueing again later is safe; the chunks of SUBMIT_CHUNK
     calls published before stay sent).
     """
-    results: list[Enqueued] = []
+    return [result for chunk in submit_chunks(requests, settings, send, batch_id)
+            for result in chunk]
+
+
+def submit_chunks(requests: Sequence[CallRequest], settings: Settings, send: Sender,
+                  batch_id: int | None = None) -> Iterator[list[Enqueued]]:
+    """``submit``, one chunk of SUBMIT_CHUNK results at a time: a caller that must account
+    for what was sent before a TransientError (the inbox scan) has every finished chunk."""
     for first in range(0, len(requests), SUBMIT_CHUNK):
-        results += _submit_chunk(requests[first:first + SUBMIT_CHUNK], settings, send, batch_id)
-    return results
+        yield _submit_chunk(requests[first:first + SUBMIT_CHUNK], settings, send, batch_id)
 
 
 def _submit_chunk(requests: Sequence[CallRequest], settings: Settings, send: Sender,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from worker.audio import file_sha256
 from worker.celery_app import make_celery, worker_command
 from worker.db import session_scope, upgrade
 from worker.errors import TransientError
@@ -68,15 +69,12 @@ class RunSummary:
 
 def external_id_for(path: Path) -> str:
     """A stable call id for a local file: its content hash (a re-run reuses the call row)."""
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return f"sha256-{digest.hexdigest()}"
+        return f"sha256-{file_sha256(path)}"
     except OSError:
-        # Unreadable: still a call (the worker records why it failed), keyed by its path.
-        return f"path-{hashlib.sha256(str(path).encode()).hexdigest()}"
+        # Unreadable: still a call (the worker records why it failed), keyed by its path's
+        # bytes (a name in another encoding than UTF-8 is still a name).
+        return f"path-{hashlib.sha256(os.fsencode(path)).hexdigest()}"
 
 
 def worker_settings(settings: Settings, paths: Sequence[Path]) -> Settings:

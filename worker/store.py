@@ -74,6 +74,13 @@ class CallRequest:
                                f"characters, got {_describe(self.uri)}")
         if "\x00" in self.uri:
             raise PayloadError("uri: contains a NUL character")
+        try:
+            self.uri.encode("utf-8")
+        except UnicodeEncodeError as e:
+            # a file name in another encoding, decoded by Python with surrogate escapes: the
+            # database and the broker's JSON carry text, so it must travel percent-encoded
+            raise PayloadError("uri: not valid UTF-8 (a file name in another encoding?); send "
+                               "it as a percent-encoded file:// URI (Path.as_uri())") from e
         if not is_valid_external_id(self.external_call_id):
             raise PayloadError(f"call_id: expected 1-{EXTERNAL_ID_MAX_CHARS} printable ASCII "
                                f"characters without spaces, got {_describe(self.external_call_id)}")

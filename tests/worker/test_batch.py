@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import celery
@@ -24,7 +25,8 @@ from tests.worker.prod_support import (
     tiny_model,
     wait_final,
 )
-from worker import db, store
+from worker import db, enqueue, store
+from worker.audio import resolve_input
 from worker.batch import scan_inboxes
 from worker.celery_app import (
     CONTROL_QUEUE,
@@ -38,7 +40,7 @@ from worker.celery_app import (
 )
 from worker.cli import main
 from worker.enqueue import celery_sender
-from worker.errors import ConfigError
+from worker.errors import ConfigError, PayloadError, TransientError
 from worker.runner import external_id_for
 from worker.settings import PACKAGE_DIR, Settings, get_settings
 
@@ -126,6 +128,54 @@ def test_callmood_beat_execs_celery_beat(tmp_path: Path, redis_url: str) -> None
     assert "CALLMOOD_INBOX_DIRS" in refused.stderr and "redis://" in refused.stderr
 
 
+def test_a_file_that_cannot_travel_or_a_broker_outage_does_not_wedge_the_scan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inbox = tmp_path / "inbox"
+    deep = inbox / ("d" * 120)
+    deep.mkdir(parents=True)
+    for folder, name in ((inbox, "a.wav"), (inbox, "b.wav"), (deep, "c.wav")):
+        (folder / name).write_bytes(name.encode())  # distinct contents, distinct call ids
+    latin1 = inbox / os.fsdecode(b"\xe9t\xe9.wav")
+    latin1.write_bytes(b"latin-1 name")
+    settings = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
+                                  "CALLMOOD_INBOX_DIRS": str(inbox)})
+    db.upgrade(settings.database_url)
+    # c.wav's path is over the payload's URI limit: it is refused, the others still go
+    monkeypatch.setattr(store, "URI_MAX_CHARS", len(str(inbox)) + 60)
+    monkeypatch.setattr(enqueue, "SUBMIT_CHUNK", 1)
+    sent: list[store.CallRequest] = []
+
+    def broker_fails_after_two(requests: Sequence[store.CallRequest]) -> list[str]:
+        if len(sent) == 2:
+            raise TransientError("broker unreachable")
+        sent.extend(requests)
+        return [f"task-{len(sent)}"]
+
+    with pytest.raises(TransientError):
+        scan_inboxes(settings, source="nightly", send=broker_fails_after_two)
+    assert [r.uri for r in sent] == [str(inbox.resolve() / n) for n in ("a.wav", "b.wav")]
+    with db.session_scope(settings) as s:
+        (first,) = store.latest_batches(s, 1)
+    # closed with the two it sent, not left "scanning"; the unsent one was released
+    assert first.scanned_at is not None and (first.enqueued, first.skipped) == (2, 0)
+
+    # The retry (a new scan): the two sent are known by path, the Latin-1 name goes now,
+    # percent-encoded, and the worker's resolver finds the same file from that URI.
+    retried: list[store.CallRequest] = []
+
+    def broker_back(requests: Sequence[store.CallRequest]) -> list[str]:
+        retried.extend(requests)
+        return [f"retry-{i}" for i in range(len(requests))]
+
+    report = scan_inboxes(settings, source="nightly", send=broker_back)
+    assert (report.seen, report.enqueued, report.skipped, report.refused) == (4, 1, 2, 1)
+    assert report.as_dict()["refused"] == 1
+    assert [r.uri for r in retried] == [latin1.resolve().as_uri()]
+    assert resolve_input(retried[0].uri, [inbox]).read_bytes() == b"latin-1 name"
+    with pytest.raises(PayloadError, match="percent-encoded file:// URI"):
+        store.CallRequest(uri=str(latin1), external_call_id="x")
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("pipeline_importable")
 def test_the_nightly_scan_twice_enqueues_each_recording_once(
@@ -134,6 +184,9 @@ def test_the_nightly_scan_twice_enqueues_each_recording_once(
     broker = fresh_redis_db(redis_url, 8)
     inbox = tmp_path / "inbox"
     good = make_recordings(inbox / "2026-01-31", callmood_corpora, 6)
+    # a name in Latin-1 (copied from an old system): Python decodes it with surrogate escapes
+    latin1 = good[5].with_name(os.fsdecode(b"appel-client-\xe9t\xe9.wav"))
+    good[5] = good[5].rename(latin1)
     bad = make_bad_recordings(inbox / "2026-01-31")
     shutil.copy(good[0], inbox / "copy-of-call-000.wav")  # same content, another name
     (inbox / ".uploading.wav").write_bytes(good[1].read_bytes())  # partial upload: hidden
@@ -166,6 +219,11 @@ def test_the_nightly_scan_twice_enqueues_each_recording_once(
         get_settings.cache_clear()
 
     assert set(call_rows(postgres_url)) == expected  # no call added by the second scan
+    with db.session_scope(postgres_url) as s:
+        latin1_call = store.find_call(s, external_id_for(latin1))
+        assert latin1_call is not None and latin1_call.status == "done"
+        # sent as the percent-encoded URI; the worker opened the same bytes
+        assert latin1_call.source_uri == latin1.as_uri() and "%E9t%E9.wav" in latin1.as_uri()
     assert sum(r[0] == "done" for r in rows.values()) == 6
     assert sum(r[0] == "failed" for r in rows.values()) == 4
     with db.session_scope(postgres_url) as s:
