@@ -11,7 +11,6 @@ No Celery in here: the caller passes the sender.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 from worker.constants import AUDIO_SUFFIXES
 from worker.db import session_scope
-from worker.enqueue import Enqueued, Sender, submit_chunks
+from worker.enqueue import Enqueued, Sender, path_uri, printable_path, submit_chunks
 from worker.errors import ConfigError, PayloadError
 from worker.runner import external_id_for
 from worker.settings import Settings
@@ -53,23 +52,11 @@ class ScanReport:
                 "skipped": self.skipped, "refused": self.refused}
 
 
-def inbox_uri(path: Path) -> str:
-    """The URI a scanned file is sent as: its path, or, for a name that is not UTF-8 (copied
-    from a system with another encoding), the percent-encoded ``file://`` URI, which the
-    database and the broker's JSON can carry and the worker decodes back to the same bytes."""
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        return path.as_uri()
-    return str(path)
-
-
 def inbox_request(path: Path, source: str) -> CallRequest:
     """The request for one scanned file (call id: its content hash); PayloadError if its
     path cannot travel (e.g. longer than the URI limit)."""
-    name = os.fsencode(path.name).decode("utf-8", "backslashreplace")
-    return CallRequest(uri=inbox_uri(path), external_call_id=external_id_for(path),
-                       metadata={"source": source, "file_name": name[:200]})
+    return CallRequest(uri=path_uri(path), external_call_id=external_id_for(path),
+                       metadata={"source": source, "file_name": printable_path(path.name)[:200]})
 
 
 def inbox_files(folders: Sequence[Path]) -> Iterator[Path]:
@@ -99,7 +86,7 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
         raise ConfigError("CALLMOOD_INBOX_DIRS is not set: name the folders to scan, "
                           "separated by the OS path separator")
     files = list(inbox_files(settings.inbox_dirs))
-    by_hash = {uri_sha256(inbox_uri(path)): path for path in files}
+    by_hash = {uri_sha256(path_uri(path)): path for path in files}
     with session_scope(settings) as session:
         known = enqueued_uri_hashes(session, list(by_hash))
         batch_id = create_batch(session, source).id

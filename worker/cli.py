@@ -36,6 +36,7 @@ def _expand(paths: Sequence[str]) -> list[Path]:
 def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     """Run the whole pipeline in-process on each file and store the results."""
     from worker.db import session_scope, upgrade
+    from worker.enqueue import path_uri, printable_path
     from worker.jobs import process_call
     from worker.runner import external_id_for, worker_settings
     from worker.store import CallRequest, find_call, segments_for_call
@@ -47,13 +48,14 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     upgrade(settings.database_url)
     failed = 0
     for path in files:
-        request = CallRequest(uri=str(path.resolve()),
+        shown = printable_path(path)
+        request = CallRequest(uri=path_uri(path.resolve()),
                               external_call_id=args.call_id or external_id_for(path.resolve()),
                               agent_id=args.agent, team=args.team)
         outcome = process_call(request, settings)
         if outcome.status != "done":
             failed += 1
-            print(f"FAILED {path}: {outcome.reason}", file=sys.stderr)
+            print(f"FAILED {shown}: {outcome.reason}", file=sys.stderr)
             continue
         with session_scope(settings) as session:
             call = find_call(session, request.external_call_id)
@@ -61,12 +63,12 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
             segments = segments_for_call(session, call.id)
             if args.json:
                 for s in segments:
-                    json.dump({"file": str(path), "channel": s.channel, "role": s.role,
+                    json.dump({"file": shown, "channel": s.channel, "role": s.role,
                                "start_s": s.start_s, "end_s": s.end_s, "emotion": s.emotion,
                                "probabilities": s.probabilities(), "confidence": s.confidence,
                                "model_version": s.model_version}, sys.stdout)
                     sys.stdout.write("\n")
-            print(f"done   {path}: {len(segments)} segments, call id {call.external_call_id}",
+            print(f"done   {shown}: {len(segments)} segments, call id {call.external_call_id}",
                   file=sys.stderr)
     return 1 if failed else 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -212,12 +213,31 @@ def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: b
 
 
 def absolute_uri(uri: str) -> str:
-    """``uri`` unchanged if it has a scheme (file://...), else the absolute local path."""
+    """``uri`` unchanged if it has a scheme (file://...), else the absolute local path (as
+    ``path_uri`` sends it)."""
     if not isinstance(uri, str) or not uri:
         raise PayloadError(f"uri: expected a path or file:// URI, got {uri!r}")
     if urlsplit(uri).scheme and len(urlsplit(uri).scheme) > 1:
         return uri
-    return str(Path(uri).expanduser().absolute())
+    return path_uri(Path(uri).expanduser().absolute())
+
+
+def path_uri(path: Path) -> str:
+    """The URI a local file is sent as: its path, or, for a name that is not UTF-8 (copied
+    from a system with another encoding; Python holds it with surrogate escapes), the
+    percent-encoded ``file://`` URI, which the database and the broker's JSON can carry and
+    the worker's ``audio.resolve_input`` turns back into the same bytes."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return path.as_uri()
+    return str(path)
+
+
+def printable_path(path: Path | str) -> str:
+    """``path`` as text any log, terminal or JSON column takes: bytes of the name that are
+    not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def read_manifest(path: Path, reprocess: bool = False) -> list[CallRequest]:

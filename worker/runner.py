@@ -23,6 +23,7 @@ from pathlib import Path
 from worker.audio import file_sha256
 from worker.celery_app import make_celery, worker_command
 from worker.db import session_scope, upgrade
+from worker.enqueue import path_uri, printable_path
 from worker.errors import TransientError
 from worker.schema import FINAL_STATUSES
 from worker.settings import PACKAGE_DIR, Settings
@@ -169,8 +170,8 @@ def _register(ids: dict[Path, str], settings: Settings) -> dict[str, CallRequest
     requests: dict[str, CallRequest] = {}
     for path, external_id in ids.items():
         requests.setdefault(external_id, CallRequest(
-            uri=str(path), external_call_id=external_id,
-            metadata={"source": "callmood run", "file_name": path.name[:200]}))
+            uri=path_uri(path), external_call_id=external_id,
+            metadata={"source": "callmood run", "file_name": printable_path(path.name)[:200]}))
     with session_scope(settings) as session:
         for request in requests.values():
             call = register_call(session, request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,8 @@ def test_analyze_json_prints_one_object_per_stored_segment(env: Path, callmood_c
     test = manifest[manifest["split"] == "test"]
     call = synthesize_call(test[test["speaker"] == "actor21"].head(2),
                            test[test["speaker"] == "actor22"].head(2), np.random.default_rng(0))
-    path = write_call(call, env / "call.wav")
+    # named in Latin-1, as files copied from an older system are: analysed like any other
+    path = write_call(call, env / "call.wav").rename(env / os.fsdecode(b"appel-\xe9t\xe9.wav"))
     (env / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
 
     code = main(["analyze", str(path), str(env / "broken.wav"), "--json", "--agent", "a-7"])
@@ -49,6 +51,8 @@ def test_analyze_json_prints_one_object_per_stored_segment(env: Path, callmood_c
     stamp = f"tiny-0.0.1+{file_sha256(env / 'tiny.onnx')[:12]}"
     assert all(r["model_version"] == stamp for r in rows)
     assert "FAILED" in err and "broken.wav" in err and "not a readable audio file" in err
+    shown = str(env / "appel-\\xe9t\\xe9.wav")  # the bytes that are not UTF-8, as \xNN
+    assert {r["file"] for r in rows} == {shown} and f"done   {shown}" in err
 
     capsys.readouterr()
     assert main(["calls", "--status", "failed"]) == 0
