@@ -208,10 +208,15 @@ def register_call(session: Session, request: CallRequest, batch_id: int | None =
     """The call row for ``request.external_call_id``, inserted if new (idempotent).
 
     A second register with the same external id returns the existing row unchanged, also when
-    two processes race: the loser's insert fails on the unique key inside a savepoint.
+    two processes race: the loser's insert fails on the unique key inside a savepoint. Two
+    requests are newer word on the call and update its source and labels first
+    (``update_from_request``): a ``reprocess`` request, and any request for a call whose
+    payload was rejected (failed, never claimed), which the corrected payload replaces.
     """
     existing = find_call(session, request.external_call_id)
     if existing is not None:
+        if request.reprocess or (existing.status == "failed" and existing.attempts == 0):
+            update_from_request(session, existing, request)
         return existing
     call = Call(
         external_call_id=request.external_call_id,
@@ -235,6 +240,22 @@ def register_call(session: Session, request: CallRequest, batch_id: int | None =
         if existing is None:
             raise
         return existing
+    return call
+
+
+def update_from_request(session: Session, call: Call, request: CallRequest) -> Call:
+    """Take ``request``'s URI and the labels it carries (agent, team, queue, customer,
+    start time, metadata) into ``call``; a label the request leaves out keeps its stored
+    value, so a reprocess request that names only the file does not erase the agent."""
+    call.source_uri = request.uri
+    call.source_uri_sha256 = uri_sha256(request.uri)
+    for name in ("agent_id", "team", "queue", "customer_ref", "started_at"):
+        value = getattr(request, name)
+        if value is not None:
+            setattr(call, name, value)
+    if request.metadata:
+        call.call_metadata = dict(request.metadata)
+    session.flush()
     return call
 
 
