@@ -51,15 +51,19 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
         shown = printable_path(path)
         request = CallRequest(uri=path_uri(path.resolve()),
                               external_call_id=args.call_id or external_id_for(path.resolve()),
-                              agent_id=args.agent, team=args.team)
+                              agent_id=args.agent, team=args.team, reprocess=args.reprocess)
         outcome = process_call(request, settings)
-        if outcome.status != "done":
-            failed += 1
-            print(f"FAILED {shown}: {outcome.reason}", file=sys.stderr)
-            continue
         with session_scope(settings) as session:
             call = find_call(session, request.external_call_id)
-            assert call is not None  # process_call just stored it
+            assert call is not None  # process_call registered it
+            # skipped: analysed before (same content, same call id); its stored result stands
+            if outcome.status == "skipped" and call.status == "done":
+                print(f"stored {shown}: analysed before with {call.model_version}; "
+                      "--reprocess analyses it again", file=sys.stderr)
+            elif outcome.status != "done":
+                failed += 1
+                print(f"FAILED {shown}: {call.failure_reason or outcome.reason}", file=sys.stderr)
+                continue
             segments = segments_for_call(session, call.id)
             if args.json:
                 for s in segments:
@@ -366,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--call-id", help="external call id (default: the file's content hash)")
     p.add_argument("--agent", help="agent id to record on the call")
     p.add_argument("--team", help="team to record on the call")
+    p.add_argument("--reprocess", action="store_true",
+                   help="analyse files analysed before again (e.g. after a model upgrade); "
+                        "otherwise their stored segments are printed")
     p.set_defaults(func=cmd_analyze)
 
     for name, func, help_text in (

@@ -59,6 +59,16 @@ def test_analyze_json_prints_one_object_per_stored_segment(env: Path, callmood_c
     listed = capsys.readouterr().out
     assert "broken.wav" in listed and "not a readable audio file" in listed
 
+    # Again: the analysed file's stored segments, no new run; the broken one still fails.
+    assert main(["analyze", str(path), str(env / "broken.wav"), "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert [json.loads(line) for line in out.splitlines()] == rows
+    assert f"stored {shown}: analysed before with {stamp}" in err
+    assert "FAILED" in err and "not a readable audio file" in err
+    assert main(["analyze", str(path), "--json", "--reprocess"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == len(rows) and f"done   {shown}" in err
+
 
 def test_call_id_needs_exactly_one_file(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze", "a.wav", "b.wav", "--call-id", "X-1"]) == 2
