@@ -96,12 +96,15 @@ def _filtered(query: _Query, where: ReportFilter) -> _Query:
 
 
 def load_segments(session: Session, call_ids: Sequence[int] | None = None) -> pd.DataFrame:
-    """Segments (one row per utterance) joined with their call's external id and agent."""
+    """Segments (one row per utterance) of analysed calls (all, or those of ``call_ids``)
+    joined with their call's external id and agent."""
     prob_columns = [getattr(Segment, c) for c in PROBABILITY_COLUMNS.values()]
     query = (select(Call.external_call_id.label("call"), Call.agent_id, Segment.channel,
                     Segment.role, Segment.start_s, Segment.end_s, Segment.emotion,
                     Segment.confidence, Segment.model_version, *prob_columns)
              .join(Call, Call.id == Segment.call_id)
+             # a call being re-analysed, or whose re-run failed, may still hold old rows
+             .where(Call.status == REPORTED_STATUS)
              .order_by(Call.external_call_id, Segment.start_s, Segment.channel))
     if call_ids is not None:
         query = query.where(Segment.call_id.in_(list(call_ids)))

@@ -120,6 +120,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Build demo calls from the corpora's test speakers and run them like ``callmood run``."""
     from bench.workload import DEMO_SCRIPTS, demo_calls
+    from worker.runner import external_id_for
 
     out = settings.data_dir / "demo"
     paths = demo_calls(settings.corpora_dir, out)
@@ -131,18 +132,22 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print("\nwhat the actors performed, utterance by utterance (speakers unseen in training):")
     for name, agent_moods, customer_moods in DEMO_SCRIPTS:
         print(f"  {name}.wav  agent: {', '.join(agent_moods)} | customer: {', '.join(customer_moods)}")
-    csv_path = _export_segments(settings, out / "segments.csv")
+    csv_path = _export_segments(settings, [external_id_for(p.resolve()) for p in paths],
+                                out / "segments.csv")
     print(f"per-segment emotions: {csv_path}")
     return code
 
 
-def _export_segments(settings: Settings, path: Path) -> Path:
+def _export_segments(settings: Settings, external_ids: Sequence[str], path: Path) -> Path:
+    """The segments of these calls (not of other calls in the same database) as CSV."""
     from analytics.export import write_csv
     from analytics.queries import load_segments
     from worker.db import session_scope
+    from worker.store import calls_by_external_id
 
     with session_scope(settings) as session:
-        return write_csv(load_segments(session), path)
+        calls = calls_by_external_id(session, list(external_ids))
+        return write_csv(load_segments(session, [c.id for c in calls.values()]), path)
 
 
 def _print_report(settings: Settings, external_ids: Sequence[str], names: dict[str, str],

@@ -81,6 +81,18 @@ def test_filters_by_inclusive_days_agent_team_and_status(report_db: str) -> None
     assert a["started_at"] == pd.Timestamp("2026-11-02T10:00Z")
 
 
+def test_segments_are_read_for_analysed_calls_only(report_db: str) -> None:
+    from analytics.queries import load_segments
+
+    with session_scope(report_db) as session:
+        every = load_segments(session)
+        ids = {c.external_call_id: c.id for c in session.query(Call)}
+        two = load_segments(session, [ids["c-bob"], ids["c-failed"]])
+    # c-failed holds segments (e.g. from a run before its failed re-run): never reported
+    assert sorted(every["call"].unique()) == ["c-a", "c-bob", "c-late", "c-nostart"]
+    assert two["call"].unique().tolist() == ["c-bob"] and len(two) == len(CALM)
+
+
 def test_timeline_and_agents_reports(report_db: str) -> None:
     with session_scope(report_db) as session:
         grid = build_report("timeline", session, date(2026, 11, 2), date(2026, 11, 4), bin_s=5.0)

@@ -7,12 +7,14 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from bench.workload import read_manifest, synthesize_call, write_call
+from bench.workload import DEMO_SCRIPTS, read_manifest, synthesize_call, write_call
 from tests.model_fixtures import N_MELS, write_tiny_model
 from worker.audio import file_sha256
 from worker.cli import main
+from worker.settings import Settings
 
 FIELDS = {"file", "channel", "role", "start_s", "end_s", "emotion", "probabilities",
           "confidence", "model_version"}
@@ -106,3 +108,26 @@ def test_progress_bar_counts_finished_calls() -> None:
     assert progress_bar(0, 0, 4, width=8) == "[--------] 0/4 finished: 0 done, 0 failed"
     assert progress_bar(2, 1, 4, width=8) == "[####xx--] 3/4 finished: 2 done, 1 failed"
     assert progress_bar(40, 0, 40, width=10).startswith("[##########] 40/40")
+
+
+@pytest.mark.usefixtures("pipeline_importable", "emotion_model")
+def test_demo_runs_its_calls_through_a_worker_and_exports_only_their_segments(
+        callmood_env: Settings, callmood_corpora: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's first command, on the embedded default with the shipped model."""
+    manifest = read_manifest(callmood_corpora, "ravdess")
+    test = manifest[manifest["split"] == "test"]
+    call = synthesize_call(test[test["speaker"] == "actor21"].head(2),
+                           test[test["speaker"] == "actor22"].head(2), np.random.default_rng(0))
+    earlier = write_call(call, callmood_env.data_dir.parent / "input" / "earlier.wav")
+    assert main(["analyze", str(earlier)]) == 0  # another call in the same database
+
+    assert main(["demo"]) == 0
+    out, err = capsys.readouterr()
+    names = [line.split()[1] for line in out.splitlines() if line.startswith("== ")]
+    assert names == [f"{name}.wav" for name, _, _ in DEMO_SCRIPTS]
+    assert "3 done, 0 failed" in out + err
+    segments = pd.read_csv(callmood_env.data_dir / "demo" / "segments.csv")
+    assert segments["call"].nunique() == 3
+    assert f"sha256-{file_sha256(earlier)}" not in set(segments["call"])
+    assert set(segments["role"]) == {"agent", "customer"}
