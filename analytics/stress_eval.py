@@ -27,6 +27,7 @@ import pandas as pd
 
 from analytics.stress import ESCALATION_STRESS, stress_of
 from worker.constants import EMOTIONS
+from worker.errors import CallmoodError, ModelError
 
 if TYPE_CHECKING:
     from worker.pipeline import SpeechCut
@@ -123,7 +124,8 @@ def score_clips(clips: pd.DataFrame, model_path: Path, threads: int = 1,
 
     model = load_model(model_path, threads)
     if set(model.labels) != set(EMOTIONS):
-        raise SystemExit(f"model labels {model.labels} are not the 7 classes {EMOTIONS}")
+        raise ModelError(f"model labels {list(model.labels)} are not the 7 classes "
+                         f"{list(EMOTIONS)}")
     config = model.card.features
     line: Callable[..., npt.NDArray[np.float32]] | None = None
     if channel == "mulaw8k":
@@ -181,9 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if clips.empty:
         print(f"no labelled test clips under {settings.corpora_dir}", file=sys.stderr)
         return 1
-    scored = score_clips(clips, settings.model_path, settings.onnx_threads,
-                         cast(Channel, args.channel),
-                         SpeechCut.of(settings))
+    try:
+        scored = score_clips(clips, settings.model_path, settings.onnx_threads,
+                             cast(Channel, args.channel), SpeechCut.of(settings))
+    except CallmoodError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"model {settings.model_path.name}; positives: {', '.join(sorted(POSITIVE_EMOTIONS))}; "
           f"negatives: {', '.join(sorted(NEGATIVE_EMOTIONS))}; split: {TEST_SPLIT}; "
           f"channel: {args.channel}; clips cut to speech as the worker cuts calls")

@@ -102,8 +102,8 @@ class SpeechCut:
 
 def _check_feature_rate(model: EmotionModel) -> None:
     if model.card.features.sample_rate != ANALYSIS_SAMPLE_RATE:
-        raise ValueError(f"model expects {model.card.features.sample_rate} Hz features; the "
-                         f"pipeline analyses at {ANALYSIS_SAMPLE_RATE} Hz")
+        raise ModelError(f"model {model.version} expects {model.card.features.sample_rate} Hz "
+                         f"features; the pipeline analyses at {ANALYSIS_SAMPLE_RATE} Hz")
 
 
 def _segments(found: Sequence[tuple[int, Span]], probabilities: np.ndarray, model: EmotionModel,
@@ -179,6 +179,7 @@ def _load_checked_model(settings: Settings) -> EmotionModel:
     if sorted(model.labels) != sorted(EMOTIONS):
         raise ModelError(f"model {model.version} has labels {list(model.labels)}; the worker "
                          f"stores exactly {list(EMOTIONS)}")
+    _check_feature_rate(model)
     return model
 
 
@@ -189,11 +190,11 @@ def analyze_file(uri: str, settings: Settings, streaming: bool | None = None) ->
     forces the streamed or the whole-file path (tests and benchmarks compare the two).
     """
     path = resolve_input(uri, settings.input_roots)
+    model = _load_checked_model(settings)  # a model that cannot serve fails before decoding
     stream = open_stream(path, settings.max_duration_s, settings.max_file_bytes)
     if streaming is None:
         streaming = should_stream(stream)
     if streaming:
-        model = _load_checked_model(settings)
         scores = score_streamed(stream, model, settings)
         return RecordingAnalysis(
             path=path,
@@ -205,7 +206,6 @@ def analyze_file(uri: str, settings: Settings, streaming: bool | None = None) ->
             segments=scores.segments,
         )
     recording = load_recording(path, settings.max_duration_s, settings.max_file_bytes)
-    model = _load_checked_model(settings)
     segments = score_recording(recording, model, settings)
     return RecordingAnalysis(
         path=path,

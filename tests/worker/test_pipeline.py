@@ -6,6 +6,7 @@ timing, probabilities, versions); the trained model's accuracy is guarded in tes
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import soundfile as sf
 from bench.workload import read_manifest, synthesize_call, write_call
 from tests.model_fixtures import N_MELS, write_tiny_model
 from worker.emotion import load_card
-from worker.errors import AudioDecodeError, InputNotAllowedError
+from worker.errors import AudioDecodeError, InputNotAllowedError, ModelError
 from worker.pipeline import analyze_file
 from worker.settings import Settings
 
@@ -114,3 +115,16 @@ def test_speech_cut_keeps_a_clips_speech_and_drops_its_silence(callmood_corpora:
     assert float(np.sum(speech.astype(np.float64) ** 2)) > 0.98 * energy
     silence = np.zeros(2 * ANALYSIS_SAMPLE_RATE, np.float32)
     assert cut.extent(silence) is None and cut.apply(silence) is silence   # nothing lost
+
+
+def test_a_model_for_another_feature_rate_is_refused_before_any_decoding(
+        tmp_path: Path, settings: Settings) -> None:
+    card_path = settings.model_path.with_suffix(".card.json")
+    card = json.loads(card_path.read_text())
+    card["features"]["sample_rate"] = 16000  # a wideband model: the worker analyses 8 kHz
+    card_path.write_text(json.dumps(card))
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio")
+    # the model is the problem, not the file: the error says so, before the decode fails
+    with pytest.raises(ModelError, match="expects 16000 Hz features; the pipeline analyses at 8000"):
+        analyze_file(str(corrupt), settings, streaming=False)
