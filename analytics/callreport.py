@@ -52,7 +52,7 @@ def _per_role(frame: pd.DataFrame, role: str, columns: dict[str, str]) -> pd.Dat
     return part[list(columns)].rename(columns=columns)
 
 
-def escalation_moments(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
+def escalation_moments(segments: pd.DataFrame) -> pd.DataFrame:
     """Per call (index): ``longest_high_stress_s`` (longest customer high-stress run, s; 0 when
     none), ``sustained_at_s`` (start of the first run >= ESCALATION_MIN_S; NaN when none)."""
     calls = pd.Index(segments["call"].unique(), name="call")
@@ -83,7 +83,7 @@ def call_metrics(calls: pd.DataFrame, segments: pd.DataFrame) -> pd.DataFrame:
     stress = party_stress(segments)
     shift = mood_shift(segments, durations_s)
     talk = party_talk(segments)
-    moments = escalation_moments(segments, durations_s)
+    moments = escalation_moments(segments)
     customer_shift = _per_role(shift, ROLE_CUSTOMER, {"stress_shift": "customer_stress_shift"})
     flags = escalation_flags(moments["longest_high_stress_s"],
                              customer_shift["customer_stress_shift"].reindex(moments.index))

@@ -83,12 +83,6 @@ def with_stress(segments: pd.DataFrame) -> pd.DataFrame:
                            duration_s=(segments["end_s"] - segments["start_s"]).clip(lower=0.0))
 
 
-def weighted_mean(values: pd.Series, weights: pd.Series) -> float:
-    """Weighted mean; NaN when the weights sum to 0 (no speech)."""
-    total = float(weights.sum())
-    return float((values * weights).sum() / total) if total > 0 else float("nan")
-
-
 def party_stress(segments: pd.DataFrame) -> pd.DataFrame:
     """One row per (call, role): ``talk_s``, ``stress`` (talk-time-weighted), ``peak_stress``
     (highest segment) and ``peak_at_s`` (start of that segment; ties: the earliest)."""

@@ -59,8 +59,9 @@ RECOVERY_INTERVAL_S = 300
 """How often beat runs the recovery on a Redis broker: a message lost in a Redis restart is
 sent again within minutes instead of after REDIS_VISIBILITY_TIMEOUT_S (hours)."""
 MAX_TASKS_PER_CHILD = 200
-MAX_MEMORY_PER_CHILD_KIB = 900_000
 """Recordings one pool process analyses before it is replaced by a fresh one."""
+MAX_MEMORY_PER_CHILD_KIB = 900_000
+"""Resident memory after which a pool process is replaced once its task ends."""
 SQLITE_BROKER_TIMEOUT_S = 30
 """How long the SQLite broker waits on another process's write lock."""
 SQLA_BROKER_POLLING_INTERVAL_S = 0.2
@@ -145,9 +146,8 @@ def make_celery(settings: Settings, set_as_current: bool = True) -> Celery:
         # A child killed by the OS (OOM on a huge file) requeues its message instead of
         # acking it; the attempts counter in the calls table stops a poison recording looping.
         task_reject_on_worker_lost=True,
-        # Decoding hour-long recordings fragments the heap and librosa/numba caches only
-        # grow: a fresh child every MAX_TASKS_PER_CHILD bounds that, for one model load
-        # (about a second) per child.
+        # Decoding hour-long recordings fragments the heap: a fresh child every
+        # MAX_TASKS_PER_CHILD bounds that, for one model load (about a second) per child.
         worker_max_tasks_per_child=MAX_TASKS_PER_CHILD,
         # ... and a child whose resident memory passed this (KiB) is replaced after its task:
         # ~7x the 124 MB peak the throughput benchmark measures for a fresh process, room

@@ -354,15 +354,6 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _delegate(target: str) -> Callable[[argparse.Namespace, Settings], int]:
-    def run(args: argparse.Namespace, settings: Settings) -> int:
-        from training import cli
-
-        main: Callable[[list[str] | None], int] = getattr(cli, target)
-        return main(list(args.rest))
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callmood", description=(
         "Per-utterance speech emotion for call-centre recordings. Settings come from "
@@ -450,11 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("batch", help="scan CALLMOOD_INBOX_DIRS now and enqueue new recordings")
     p.set_defaults(func=cmd_batch)
 
-    for name, target in (("train", "train_main"), ("evaluate", "evaluate_main")):
-        p = sub.add_parser(name, help=f"{name} the emotion model (see python -m training {name} -h)",
-                           add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_delegate(target))
+    for name in DELEGATED:  # listed for --help; main() hands them to training.cli unparsed
+        sub.add_parser(name, help=f"{name} the emotion model (see python -m training {name} -h)",
+                       add_help=False)
     from analytics.cli import add_report_parser  # argparse only: pandas loads on use
 
     add_report_parser(sub)
