@@ -213,13 +213,14 @@ def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: b
 
 
 def absolute_uri(uri: str) -> str:
-    """``uri`` unchanged if it has a scheme (file://...), else the absolute local path (as
-    ``path_uri`` sends it)."""
+    """``uri`` unchanged if it has a scheme (file://...), else the local path made absolute
+    with symlinks resolved (as ``path_uri`` sends it)."""
     if not isinstance(uri, str) or not uri:
         raise PayloadError(f"uri: expected a path or file:// URI, got {uri!r}")
     if urlsplit(uri).scheme and len(urlsplit(uri).scheme) > 1:
         return uri
-    return path_uri(Path(uri).expanduser().absolute())
+    # resolved as the inbox scan and the worker resolve it, so one file has one path hash
+    return path_uri(Path(uri).expanduser().resolve())
 
 
 def path_uri(path: Path) -> str:
@@ -317,7 +318,7 @@ def _request_from_row(row: Mapping[str, Any], base: Path, reprocess: bool) -> Ca
             raise PayloadError(f"{name}: required")
     uri = row["uri"]
     if isinstance(uri, str) and not (urlsplit(uri).scheme and len(urlsplit(uri).scheme) > 1):
-        uri = str((base / Path(uri).expanduser()).absolute())
+        uri = path_uri((base / Path(uri).expanduser()).resolve())
     metadata = row.get("metadata")
     if isinstance(metadata, str):  # a CSV cell holds the object as JSON text
         try:

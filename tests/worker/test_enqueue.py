@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +26,7 @@ from tests.worker.prod_support import (
 from worker import db, store
 from worker.celery_app import TASK_QUEUE, make_celery, queue_stats
 from worker.cli import main
-from worker.enqueue import enqueue, enqueue_manifest, retry_failed
+from worker.enqueue import absolute_uri, enqueue, enqueue_manifest, path_uri, retry_failed
 from worker.errors import PayloadError, TransientError
 from worker.settings import Settings, get_settings
 
@@ -106,6 +107,18 @@ def test_a_bad_request_is_refused_before_anything_is_sent(producer: Settings) ->
     assert _depth(producer) == 0
     with db.session_scope(producer) as s:
         assert store.list_calls(s) == []
+
+
+def test_local_paths_travel_resolved_and_names_in_other_encodings_percent_encoded(
+        tmp_path: Path) -> None:
+    real = tmp_path / "recordings"
+    real.mkdir()
+    (tmp_path / "mount").symlink_to(real)
+    # through a symlinked mount: the same URI (and path hash) the inbox scan sends
+    assert absolute_uri(str(tmp_path / "mount" / "a.wav")) == str(real.resolve() / "a.wav")
+    assert absolute_uri("file:///srv/x%20y.wav") == "file:///srv/x%20y.wav"  # a URI: as given
+    latin1 = real / os.fsdecode(b"\xe9t\xe9.wav")
+    assert path_uri(latin1) == latin1.as_uri() and path_uri(latin1).endswith("/%E9t%E9.wav")
 
 
 def test_racing_producers_send_a_call_once(producer: Settings) -> None:
