@@ -42,7 +42,7 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
-from worker.constants import EMOTIONS
+from worker.constants import EMOTIONS, PROB_COLUMNS, ROLE_CUSTOMER
 
 STRESS_WEIGHTS: Final[dict[str, float]] = {
     "angry": 1.0, "fear": 1.0, "disgust": 0.5, "sad": 0.4,
@@ -133,7 +133,7 @@ def mood_shift(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
         nothing = dict.fromkeys(["start_stress", "end_stress", "stress_shift"], np.nan)
         return keys.assign(**nothing, start_dominant=None, end_dominant=None)[columns] \
             .reset_index(drop=True)
-    prob_cols = [f"p_{e}" for e in EMOTIONS]
+    prob_cols = list(PROB_COLUMNS)
     weighted = edges.assign(**{c: edges[c] * edges["duration_s"]
                                for c in [*prob_cols, "stress"]})
     sums = weighted.groupby(["call", "role", "third"])[[*prob_cols, "stress", "duration_s"]].sum()
@@ -157,7 +157,7 @@ def mood_shift(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
     return out.reset_index()[columns]
 
 
-def high_stress_runs(segments: pd.DataFrame, role: str = "customer",
+def high_stress_runs(segments: pd.DataFrame, role: str = ROLE_CUSTOMER,
                      threshold: float = ESCALATION_STRESS) -> pd.DataFrame:
     """Runs of consecutive ``role`` utterances each with stress >= ``threshold``.
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from worker.constants import EMOTIONS
-
-PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{label}" for label in EMOTIONS)
+from worker.constants import EMOTIONS, PROB_COLUMNS
 
 
 def with_duration(segments: pd.DataFrame) -> pd.DataFrame:

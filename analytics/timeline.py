@@ -18,14 +18,13 @@ import pandas as pd
 from analytics.options import DEFAULT_BIN_S
 from analytics.stress import mood_shift, stress_of
 from analytics.talk import call_lengths_s, merged_speech, speaker_count_spans, split_into_bins
-from worker.constants import EMOTIONS
+from worker.constants import EMOTIONS, PROB_COLUMNS
 
 __all__ = ["DEFAULT_BIN_S", "SILENT", "TIMELINE_COLUMNS", "mood_shift", "timeline"]
 
 SILENT: Final[str] = "silent"
 """``dominant`` of a bin in which the party did not speak."""
 
-PROB_COLUMNS: Final[tuple[str, ...]] = tuple(f"p_{label}" for label in EMOTIONS)
 
 TIMELINE_COLUMNS: Final[tuple[str, ...]] = (
     "call", "role", "bin_start_s", "bin_end_s", "speech_s", "overlap_s", "silence_s",

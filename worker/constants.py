@@ -26,6 +26,8 @@ ROLES: Final[tuple[str, ...]] = (ROLE_AGENT, ROLE_CUSTOMER, ROLE_UNKNOWN)
 
 EMOTIONS: Final[tuple[str, ...]] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 """The seven classes of the emotion model, in the order of its output."""
+PROB_COLUMNS: Final[tuple[str, ...]] = tuple(f"p_{label}" for label in EMOTIONS)
+"""The probability column of each class (``segments`` table, analytics frames), same order."""
 
 MODEL_STAMP_CHARS: Final[int] = 64
 """Width of the ``model_version`` columns that record :attr:`worker.emotion.ModelCard.stamp`."""

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from worker.constants import EMOTIONS, MODEL_STAMP_CHARS, ROLES
+from worker.constants import EMOTIONS, MODEL_STAMP_CHARS, PROB_COLUMNS, ROLES
 
 CALL_STATUSES: tuple[str, ...] = ("pending", "processing", "done", "failed")
 """Life cycle of a call row: registered -> claimed by a worker -> analysed or failed."""
@@ -42,7 +42,7 @@ URI_MAX_CHARS = 4096
 FAILURE_REASON_MAX_CHARS = 2000
 BATCH_SOURCE_MAX_CHARS = 128
 
-PROBABILITY_COLUMNS: dict[str, str] = {label: f"p_{label}" for label in EMOTIONS}
+PROBABILITY_COLUMNS: dict[str, str] = dict(zip(EMOTIONS, PROB_COLUMNS, strict=True))
 """Emotion label -> its probability column on ``segments``."""
 
 # Deterministic constraint/index names, so a migration can drop what it created on any backend.

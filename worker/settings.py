@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from worker.constants import ROLES
+from worker.constants import ROLE_AGENT, ROLE_CUSTOMER, ROLE_UNKNOWN, ROLES
 from worker.errors import ConfigError
 from worker.segmentation import SegmentationConfig
 from worker.vad import VadConfig
@@ -42,7 +42,7 @@ class Settings:
     input_roots: tuple[Path, ...]
     corpora_dir: Path
     model_path: Path
-    channel_roles: tuple[str, ...] = ("agent", "customer")
+    channel_roles: tuple[str, ...] = (ROLE_AGENT, ROLE_CUSTOMER)
     onnx_threads: int = 1
     max_duration_s: float = 4 * 3600.0
     max_file_bytes: int = 2 * 1024**3
@@ -135,8 +135,8 @@ class Settings:
     def role_for_channel(self, channel: int, n_channels: int) -> str:
         """Party role of ``channel``; a mono recording is one unknown party."""
         if n_channels == 1:
-            return "unknown"
-        return self.channel_roles[channel] if channel < len(self.channel_roles) else "unknown"
+            return ROLE_UNKNOWN
+        return self.channel_roles[channel] if channel < len(self.channel_roles) else ROLE_UNKNOWN
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
