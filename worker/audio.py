@@ -171,12 +171,8 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
     source); :func:`stream_blocks` is the bounded-memory alternative for long recordings.
     """
     info = check_input(path, max_duration_s, max_file_bytes)
-    # Never more than the limit plus one frame: an MP3 header may under-report its length,
-    # and the decode must not hold hours the duration check would then refuse.
-    max_frames = int(max_duration_s * int(info.samplerate)) + 1
     try:
-        data, read_rate = sf.read(os.fsencode(path), frames=max_frames, dtype="float32",
-                                  always_2d=True)
+        data, read_rate = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise AudioDecodeError(f"{path.name} could not be decoded (truncated or corrupt?): {e}") from e
     if data.shape[0] == 0:
