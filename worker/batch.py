@@ -103,16 +103,27 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
             refused += 1
             log.warning("batch %d: %r not sent: %s", batch_id, str(path), e)
     results: list[Enqueued] = []
-    try:
-        for chunk in submit_chunks(requests, settings, send, batch_id=batch_id):
-            results += chunk
-    finally:
-        # Also when publishing fails half-way (TransientError; the task retries as a new
-        # scan): the batch is closed with what it sent, not left "scanning" for ever.
+
+    def close() -> tuple[int, int]:
         enqueued = sum(r.sent for r in results)
         skipped = len(known) + sum(not r.sent for r in results)
         with session_scope(settings) as session:
             finish_batch_scan(session, batch_id, enqueued=enqueued, skipped=skipped)
+        return enqueued, skipped
+
+    try:
+        for chunk in submit_chunks(requests, settings, send, batch_id=batch_id):
+            results += chunk
+    except BaseException:
+        # Publishing failed half-way (TransientError; the task retries as a new scan): the
+        # batch is closed with what it sent, not left "scanning" for ever, and the error
+        # that stopped the scan is the one raised, even if the database is gone too.
+        try:
+            close()
+        except Exception:
+            log.exception("batch %d: could not record what the failed scan sent", batch_id)
+        raise
+    enqueued, skipped = close()
     log.info("batch %d (%s): %d files, %d enqueued, %d already seen, %d refused", batch_id,
              source, len(files), enqueued, skipped, refused)
     return ScanReport(batch_id=batch_id, seen=len(files), enqueued=enqueued, skipped=skipped,

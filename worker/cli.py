@@ -35,6 +35,7 @@ def _expand(paths: Sequence[str]) -> list[Path]:
 
 def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     """Run the whole pipeline in-process on each file and store the results."""
+    from worker.audio import file_sha256
     from worker.db import session_scope, upgrade
     from worker.enqueue import path_uri, printable_path
     from worker.jobs import process_call
@@ -56,10 +57,17 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
         with session_scope(settings) as session:
             call = find_call(session, request.external_call_id)
             assert call is not None  # process_call registered it
-            # skipped: analysed before (same content, same call id); its stored result stands
-            if outcome.status == "skipped" and call.status == "done":
+            # skipped: analysed before under this call id; its stored result stands if it is
+            # this file's (--call-id may name a call that holds another recording)
+            if (outcome.status == "skipped" and call.status == "done"
+                    and call.content_sha256 == file_sha256(path)):
                 print(f"stored {shown}: analysed before with {call.model_version}; "
                       "--reprocess analyses it again", file=sys.stderr)
+            elif outcome.status == "skipped" and call.status == "done":
+                failed += 1
+                print(f"FAILED {shown}: call id {call.external_call_id} holds another "
+                      "recording; --reprocess replaces it with this one", file=sys.stderr)
+                continue
             elif outcome.status != "done":
                 failed += 1
                 print(f"FAILED {shown}: {call.failure_reason or outcome.reason}", file=sys.stderr)
@@ -93,6 +101,7 @@ def _print_progress(done: int, failed: int, total: int) -> None:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Process files/folders through a real Celery worker process on the configured broker."""
+    from worker.enqueue import printable_path
     from worker.runner import run_recordings
 
     files = _expand(args.paths)
@@ -108,10 +117,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if show:
         print(file=sys.stderr)
     _print_report(settings, [r.external_call_id for r in summary.files],
-                  {r.external_call_id: r.path.name for r in summary.files}, sys.stdout)
+                  {r.external_call_id: printable_path(r.path.name) for r in summary.files},
+                  sys.stdout)
     for r in summary.files:
         if r.status != "done":
-            print(f"FAILED {r.path}: {r.reason}", file=sys.stdout)
+            print(f"FAILED {printable_path(r.path)}: {r.reason}", file=sys.stdout)
     print(f"\n{summary.done} done, {summary.failed} failed in {summary.elapsed_s:.1f} s "
           f"(worker log: {summary.worker_log})")
     return 0 if summary.failed == 0 and not summary.timed_out else 1

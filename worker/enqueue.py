@@ -30,6 +30,7 @@ from worker.store import (
     finish_batch_scan,
     list_calls,
     parse_timestamp,
+    printable_text,
     release_enqueue,
     request_for_call,
     reserve_for_enqueue,
@@ -213,14 +214,14 @@ def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: b
 
 
 def absolute_uri(uri: str) -> str:
-    """``uri`` unchanged if it has a scheme (file://...), else the local path made absolute
-    with symlinks resolved (as ``path_uri`` sends it)."""
+    """``uri`` unchanged if it has a scheme (file://...), else the absolute local path (as
+    ``path_uri`` sends it)."""
     if not isinstance(uri, str) or not uri:
         raise PayloadError(f"uri: expected a path or file:// URI, got {uri!r}")
     if urlsplit(uri).scheme and len(urlsplit(uri).scheme) > 1:
         return uri
-    # resolved as the inbox scan and the worker resolve it, so one file has one path hash
-    return path_uri(Path(uri).expanduser().resolve())
+    # absolute, not resolved: the producer's symlinks need not exist where the worker runs
+    return path_uri(Path(uri).expanduser().absolute())
 
 
 def path_uri(path: Path) -> str:
@@ -238,7 +239,7 @@ def path_uri(path: Path) -> str:
 def printable_path(path: Path | str) -> str:
     """``path`` as text any log, terminal or JSON column takes: bytes of the name that are
     not UTF-8 shown as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return printable_text(os.fspath(path))
 
 
 def read_manifest(path: Path, reprocess: bool = False) -> list[CallRequest]:
@@ -318,7 +319,7 @@ def _request_from_row(row: Mapping[str, Any], base: Path, reprocess: bool) -> Ca
             raise PayloadError(f"{name}: required")
     uri = row["uri"]
     if isinstance(uri, str) and not (urlsplit(uri).scheme and len(urlsplit(uri).scheme) > 1):
-        uri = path_uri((base / Path(uri).expanduser()).resolve())
+        uri = path_uri((base / Path(uri).expanduser()).absolute())
     metadata = row.get("metadata")
     if isinstance(metadata, str):  # a CSV cell holds the object as JSON text
         try:

@@ -22,6 +22,7 @@ from worker.store import (
     refresh_batch_counts,
     register_call,
     save_analysis,
+    update_from_request,
 )
 
 if TYPE_CHECKING:
@@ -78,6 +79,10 @@ def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
             return CallOutcome("skipped", request.external_call_id,
                                reason=f"already {call.status}; send reprocess=true to analyse "
                                       "it again")
+        if request.reprocess or call.status == "failed":
+            # the newer word on the call (a reprocess, or the corrected payload of a rejected
+            # call): its file and labels, so reports and retries use them
+            update_from_request(session, call, request)
         call = claim_for_processing(session, call.id)
         call_id, attempts = call.id, call.attempts
         if attempts > MAX_ATTEMPTS:

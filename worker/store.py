@@ -183,7 +183,25 @@ def _describe(value: object) -> str:
     return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
+def printable_text(text: str) -> str:
+    """``text`` as UTF-8 the database takes: the surrogate escapes Python decodes a file name
+    in another encoding into (in paths and in error messages that quote them) become
+    ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape" if _escapes_only(text) else
+                           "backslashreplace").decode("utf-8", "backslashreplace")
+
+
+def _escapes_only(text: str) -> bool:
+    # surrogateescape can only turn U+DC80-U+DCFF back into bytes
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
+
+
 def _clip(text: str, max_chars: int) -> str:
+    text = printable_text(text)
     return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
 
 
@@ -208,15 +226,10 @@ def register_call(session: Session, request: CallRequest, batch_id: int | None =
     """The call row for ``request.external_call_id``, inserted if new (idempotent).
 
     A second register with the same external id returns the existing row unchanged, also when
-    two processes race: the loser's insert fails on the unique key inside a savepoint. Two
-    requests are newer word on the call and update its source and labels first
-    (``update_from_request``): a ``reprocess`` request, and any request for a call whose
-    payload was rejected (failed, never claimed), which the corrected payload replaces.
+    two processes race: the loser's insert fails on the unique key inside a savepoint.
     """
     existing = find_call(session, request.external_call_id)
     if existing is not None:
-        if request.reprocess or (existing.status == "failed" and existing.attempts == 0):
-            update_from_request(session, existing, request)
         return existing
     call = Call(
         external_call_id=request.external_call_id,
@@ -245,8 +258,10 @@ def register_call(session: Session, request: CallRequest, batch_id: int | None =
 
 def update_from_request(session: Session, call: Call, request: CallRequest) -> Call:
     """Take ``request``'s URI and the labels it carries (agent, team, queue, customer,
-    start time, metadata) into ``call``; a label the request leaves out keeps its stored
-    value, so a reprocess request that names only the file does not erase the agent."""
+    start time, metadata keys) into ``call``, for a request that is about to run it (a
+    reprocess, or the corrected payload of a rejected call); a label the request leaves out
+    keeps its stored value, so a reprocess request that names only the file does not erase
+    the agent."""
     call.source_uri = request.uri
     call.source_uri_sha256 = uri_sha256(request.uri)
     for name in ("agent_id", "team", "queue", "customer_ref", "started_at"):
@@ -254,7 +269,7 @@ def update_from_request(session: Session, call: Call, request: CallRequest) -> C
         if value is not None:
             setattr(call, name, value)
     if request.metadata:
-        call.call_metadata = dict(request.metadata)
+        call.call_metadata = {**(call.call_metadata or {}), **request.metadata}
     session.flush()
     return call
 
@@ -457,6 +472,7 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
         call.status = "pending"
         call.attempts = 0
         call.failure_reason = None
+        update_from_request(session, call, request)
     elif call.enqueued_at is not None or call.status != "pending":
         return call, False
     if batch_id is not None:

@@ -70,6 +70,22 @@ def test_analyze_json_prints_one_object_per_stored_segment(env: Path, callmood_c
     assert main(["analyze", str(path), "--json", "--reprocess"]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == len(rows) and f"done   {shown}" in err
+    # another file under the analysed call's id: not that call's segments
+    call_id = f"sha256-{file_sha256(path)}"
+    assert main(["analyze", str(env / "broken.wav"), "--call-id", call_id, "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and f"call id {call_id} holds another recording" in err
+
+
+def test_a_broken_file_named_in_latin1_fails_with_its_reason_stored(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = env / os.fsdecode(b"vide-\xe9t\xe9.wav")
+    broken.write_bytes(b"")
+    assert main(["analyze", str(broken)]) == 1
+    shown = str(env / "vide-\\xe9t\\xe9.wav")
+    assert f"FAILED {shown}: vide-\\xe9t\\xe9.wav is empty (0 bytes)" in capsys.readouterr().err
+    assert main(["calls", "--status", "failed"]) == 0
+    assert "vide-\\xe9t\\xe9.wav is empty" in capsys.readouterr().out
 
 
 def test_call_id_needs_exactly_one_file(env: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,6 +3,7 @@ commit, and the session scope that owns the transaction."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -64,30 +65,35 @@ def test_register_is_idempotent_by_external_id(db_url: str) -> None:
         assert call.created_at.tzinfo is not None
 
 
-def test_a_corrected_or_reprocess_request_updates_the_calls_labels(db_url: str) -> None:
+def test_a_reprocess_request_updates_the_calls_file_and_labels(db_url: str) -> None:
     with db.session_scope(db_url) as s:
-        # a payload the worker rejected: a row with its reason and nothing else
-        rejected = store.record_rejected(s, "CC-1", "", "started_at: '31/01/2026' is not ISO-8601")
-        assert (rejected.agent_id, rejected.started_at, rejected.source_uri) == (None, None, "")
+        call_id = store.register_call(s, _request()).id
+        store.mark_failed(s, store.claim_for_processing(s, call_id).id, "corrupt file")
     with db.session_scope(db_url) as s:
-        corrected = store.register_call(s, _request())  # the corrected payload
-        assert (corrected.source_uri, corrected.agent_id, corrected.team) == (
-            "/calls/a.wav", "agent-7", "blue")
-        assert corrected.started_at == datetime(2026, 1, 31, 9, 15, tzinfo=UTC)
-        assert corrected.source_uri_sha256 == store.uri_sha256("/calls/a.wav")
-        assert corrected.call_metadata == {"campaign": "winter", "tags": ["vip"]}
-        store.mark_failed(s, store.claim_for_processing(s, corrected.id).id, "corrupt file")
-    with db.session_scope(db_url) as s:
-        # worked on now: a plain duplicate changes nothing ...
-        again = store.register_call(s, _request(uri="/calls/b.wav", agent_id="agent-8"))
-        assert (again.source_uri, again.agent_id) == ("/calls/a.wav", "agent-7")
-        # ... a reprocess request with a new file and agent is the newer word; the labels
-        # it leaves out keep their values
-        redo = store.register_call(s, _request(uri="/calls/b.wav", agent_id="agent-8",
-                                               team=None, metadata={}, reprocess=True))
+        # a plain duplicate is not sent and changes nothing
+        again, send = store.reserve_for_enqueue(s, _request(uri="/calls/b.wav", agent_id="x"))
+        assert not send and (again.source_uri, again.agent_id) == ("/calls/a.wav", "agent-7")
+        # a reprocess request is the newer word: its file and agent; the labels it leaves
+        # out keep their values, its metadata keys join the stored ones
+        redo, send = store.reserve_for_enqueue(s, _request(
+            uri="/calls/b.wav", agent_id="agent-8", team=None, metadata={"fixed": True},
+            reprocess=True))
+        assert send and (redo.status, redo.attempts) == ("pending", 0)
         assert (redo.source_uri, redo.agent_id, redo.team) == ("/calls/b.wav", "agent-8", "blue")
-        assert redo.call_metadata == {"campaign": "winter", "tags": ["vip"]}
+        assert redo.source_uri_sha256 == store.uri_sha256("/calls/b.wav")
+        assert redo.call_metadata == {"campaign": "winter", "tags": ["vip"], "fixed": True}
     assert _count(db_url, Call) == 1
+
+
+def test_text_the_database_cannot_hold_is_made_printable(db_url: str) -> None:
+    name = os.fsdecode(b"/in/\xe9t\xe9.wav")  # a Latin-1 name, as Python decodes it
+    with db.session_scope(db_url) as s:
+        call = store.record_rejected(s, "CC-9", name, f"{name} is empty (0 bytes)")
+    with db.session_scope(db_url) as s:
+        stored = store.find_call(s, "CC-9")
+        assert stored is not None and stored.source_uri == "/in/\\xe9t\\xe9.wav"
+        assert stored.failure_reason == "/in/\\xe9t\\xe9.wav is empty (0 bytes)"
+    assert store.printable_text("d\ud800x") == "d\\ud800x" and call.id > 0
 
 
 def test_register_twice_in_one_transaction_gives_one_row(db_url: str) -> None:

@@ -110,6 +110,15 @@ def test_task_stores_the_analysis(migrated: Settings, monkeypatch: pytest.Monkey
     assert (call.status, call.attempts, call.agent_id, call.team) == ("done", 1, "a-1", "blue")
     with db.session_scope(migrated) as s:
         assert len(store.segments_for_call(s, call.id)) == 3
+    # a reprocess sent straight to the queue (no producer API) that moves the file and
+    # corrects the agent: the row follows it; the team it leaves out stays
+    moved = {k: v for k, v in GOOD.items() if k != "team"}
+    assert _run(**{**moved, "uri": "/calls/moved.wav", "agent_id": "a-2"},
+                reprocess=True)["status"] == "done"
+    assert seen[-1] == "/calls/moved.wav"
+    call = _call(migrated, "CC-100")
+    assert call is not None and (call.source_uri, call.agent_id, call.team) == (
+        "/calls/moved.wav", "a-2", "blue")
 
 
 def test_input_error_fails_without_retry(migrated: Settings,
@@ -216,8 +225,13 @@ def test_a_future_schema_version_is_rejected_once_and_never_retried(
     call = _call(migrated, "CC-100")
     assert call is not None and (call.status, call.attempts) == ("failed", 0)
     assert call.failure_reason is not None and "schema_version" in call.failure_reason
-    # The producer fixes its payload: a rejected call was never worked on, so it runs.
+    # The producer fixes its payload: a rejected call was never worked on, so it runs, and
+    # the row takes the corrected payload's labels (reports filter on them).
+    assert call.agent_id is None and call.started_at is None
     assert _run(**GOOD)["status"] == "done"
+    call = _call(migrated, "CC-100")
+    assert call is not None and (call.status, call.agent_id, call.team) == ("done", "a-1", "blue")
+    assert call.started_at is not None and call.source_uri == GOOD["uri"]
 
 
 def test_only_json_travels_and_acks_are_late() -> None:
