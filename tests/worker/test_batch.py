@@ -84,42 +84,35 @@ def test_beat_schedules_the_scan_at_the_configured_local_time(tmp_path: Path) ->
     app.close()
 
 
+def _beat_log_until(env: dict[str, str], log_path: Path, entry: str) -> str:
+    """Run ``callmood beat`` until its DEBUG log lists schedule ``entry``; the log."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "worker.cli", "beat", "--loglevel",
+                                    "DEBUG"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while entry not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    return log_path.read_text()
+
+
 def test_callmood_beat_execs_celery_beat(tmp_path: Path, redis_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLMOOD_")}
     env.update({"CALLMOOD_DATA_DIR": str(tmp_path / "data"), "CALLMOOD_INBOX_DIRS": str(tmp_path),
                 "CALLMOOD_BROKER_URL": redis_db_url(redis_url, 7),
                 "PYTHONPATH": str(PACKAGE_DIR.parent)})
-    log_path = tmp_path / "beat.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "worker.cli", "beat", "--loglevel",
-                                    "DEBUG"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while "callmood-nightly-scan" not in log_path.read_text():
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-    text = log_path.read_text()
+    text = _beat_log_until(env, tmp_path / "beat.log", NIGHTLY_SCHEDULE_ENTRY)
     assert "beat: Starting" in text and "callmood.nightly_scan" in text
     assert list((tmp_path / "data").glob("celerybeat-schedule*"))
     # without inbox folders a Redis broker still gets its recovery of lost messages
     env.pop("CALLMOOD_INBOX_DIRS")
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "worker.cli", "beat", "--loglevel",
-                                    "DEBUG"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while RECOVERY_SCHEDULE_ENTRY not in log_path.read_text():
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-    assert NIGHTLY_SCHEDULE_ENTRY not in log_path.read_text()
+    text = _beat_log_until(env, tmp_path / "beat-recovery.log", RECOVERY_SCHEDULE_ENTRY)
+    assert NIGHTLY_SCHEDULE_ENTRY not in text
     # nothing to schedule at all: no inbox folders and a broker without recovery
     env["CALLMOOD_BROKER_URL"] = f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
     refused = subprocess.run([sys.executable, "-m", "worker.cli", "beat"], env=env,
