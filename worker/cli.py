@@ -35,7 +35,6 @@ def _expand(paths: Sequence[str]) -> list[Path]:
 
 def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     """Run the whole pipeline in-process on each file and store the results."""
-    from worker.audio import file_sha256
     from worker.db import session_scope, upgrade
     from worker.enqueue import path_uri, printable_path
     from worker.jobs import process_call
@@ -50,24 +49,24 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     failed = 0
     for path in files:
         shown = printable_path(path)
+        content_id = external_id_for(path.resolve())  # the file hashed once, here
         request = CallRequest(uri=path_uri(path.resolve()),
-                              external_call_id=args.call_id or external_id_for(path.resolve()),
+                              external_call_id=args.call_id or content_id,
                               agent_id=args.agent, team=args.team, reprocess=args.reprocess)
         outcome = process_call(request, settings)
         with session_scope(settings) as session:
             call = find_call(session, request.external_call_id)
             assert call is not None  # process_call registered it
-            # skipped: analysed before under this call id; its stored result stands if it is
-            # this file's (--call-id may name a call that holds another recording)
-            if (outcome.status == "skipped" and call.status == "done"
-                    and call.content_sha256 == file_sha256(path)):
+            if outcome.status == "skipped" and call.status == "done":
+                # analysed before under this call id: its stored result stands if it is this
+                # file's (--call-id may name a call that holds another recording)
+                if f"sha256-{call.content_sha256}" != content_id:
+                    failed += 1
+                    print(f"FAILED {shown}: call id {call.external_call_id} holds another "
+                          "recording; --reprocess replaces it with this one", file=sys.stderr)
+                    continue
                 print(f"stored {shown}: analysed before with {call.model_version}; "
                       "--reprocess analyses it again", file=sys.stderr)
-            elif outcome.status == "skipped" and call.status == "done":
-                failed += 1
-                print(f"FAILED {shown}: call id {call.external_call_id} holds another "
-                      "recording; --reprocess replaces it with this one", file=sys.stderr)
-                continue
             elif outcome.status != "done":
                 failed += 1
                 print(f"FAILED {shown}: {call.failure_reason or outcome.reason}", file=sys.stderr)
