@@ -188,16 +188,10 @@ def printable_text(text: str) -> str:
     in another encoding into (in paths and in error messages that quote them) become
     ``\\xNN``."""
     try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape" if _escapes_only(text) else
-                           "backslashreplace").decode("utf-8", "backslashreplace")
-
-
-def _escapes_only(text: str) -> bool:
-    # surrogateescape can only turn U+DC80-U+DCFF back into bytes
-    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
+        # valid UTF-8 round-trips unchanged; escaped bytes come back as \xNN
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate outside U+DC80-U+DCFF (no byte behind it)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _clip(text: str, max_chars: int) -> str:
