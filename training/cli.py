@@ -15,11 +15,18 @@ import torch
 
 from training.augment import AugmentConfig
 from training.card import read_card_dict, with_loco, with_test_metrics, write_card
-from training.dataset import AROUSAL_CORPORA, AROUSAL_LEVELS, DEFAULT_CORPORA, corpus_manifest_paths
+from training.dataset import (
+    AROUSAL_CORPORA,
+    AROUSAL_LEVELS,
+    DEFAULT_CORPORA,
+    TRAINABLE_EXTRA_CLASSES,
+    corpus_manifest_paths,
+)
 from training.distill import DistillConfig
 from training.evaluate import CHANNELS, ROBUSTNESS, evaluate_model
 from training.model import ModelConfig
 from training.train import MODEL_VERSION, TRAIN_FEATURES, TrainConfig, train
+from worker.constants import EMOTIONS
 from worker.emotion import check_version
 from worker.errors import CallmoodError
 from worker.features import NORMALIZATIONS, FeatureConfig
@@ -102,6 +109,10 @@ def build_train_parser() -> argparse.ArgumentParser:
                    metavar="C1,C2,C3,C4",
                    help="each member's channels per conv stage (default "
                         f"{','.join(map(str, ModelConfig().channels))})")
+    p.add_argument("--extra-class", action="append", default=[],
+                   choices=TRAINABLE_EXTRA_CLASSES,
+                   help="train this raw label as a class of its own, merged into its served "
+                        "class in the exported graph (calm: into neutral; repeatable)")
     p.add_argument("--arousal-weight", type=float, default=TrainConfig.arousal_weight,
                    help="train an auxiliary arousal head (" + " / ".join(AROUSAL_LEVELS)
                         + ") on the arousal manifests with this loss weight (0: none; it is "
@@ -146,6 +157,7 @@ def train_main(argv: list[str] | None = None) -> int:
                              batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                              crop_s=args.crop_s, draws_per_epoch=args.draws_per_epoch,
                              mixup_alpha=args.mixup_alpha,
+                             extra_classes=tuple(args.extra_class),
                              arousal_weight=args.arousal_weight,
                              arousal_draws_per_epoch=args.arousal_draws_per_epoch,
                              augment=AugmentConfig(p_phone=args.p_phone, p_codec=args.p_codec,
@@ -153,6 +165,7 @@ def train_main(argv: list[str] | None = None) -> int:
                              features=features,
                              model=ModelConfig(n_mels=features.n_mels, views=features.n_views,
                                                channels=args.channels, members=args.members,
+                                               n_classes=len(EMOTIONS) + len(args.extra_class),
                                                arousal_classes=(len(AROUSAL_LEVELS)
                                                                 if args.arousal_weight > 0
                                                                 else 0)),

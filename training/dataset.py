@@ -45,6 +45,12 @@ LABEL_MAP: dict[str, str | None] = {
 }
 """Raw unified label -> one of EMOTIONS, or None to drop the clip."""
 
+TRAINABLE_EXTRA_CLASSES: tuple[str, ...] = ("calm",)
+"""Raw labels a recipe may train as classes of their own (``TrainConfig.extra_classes``) and
+merge into their LABEL_MAP class in the exported graph: RAVDESS's calm is a low-arousal
+delivery that sits between neutral and sad, so as part of neutral it widens that class
+towards sad (the shipped model's largest RAVDESS error is sad -> neutral)."""
+
 AROUSAL_LEVELS: tuple[str, ...] = ("low", "neutral", "high")
 """Classes of the auxiliary arousal head: a manifest's ``arousal_level`` column (BAVED's)."""
 AROUSAL_CORPORA: tuple[str, ...] = ("baved",)
@@ -165,6 +171,17 @@ def build_arousal_dataset(manifest_paths: Iterable[Path], val_fraction: float = 
                                                                            SUBSET_TEST])]
     kept = kept.assign(arousal_id=kept["arousal"].map(index).astype(np.int64))
     return assign_subsets(kept.reset_index(drop=True), val_fraction=val_fraction, seed=seed)
+
+
+def training_targets(df: pd.DataFrame, extra: Sequence[str] = ()) -> npt.NDArray[np.int64]:
+    """(N,) class the loss trains each clip towards: its ``label_id``, or
+    ``len(EMOTIONS) + k`` for a clip whose raw ``emotion`` is ``extra[k]``.
+    (``TrainConfig`` checks the names against TRAINABLE_EXTRA_CLASSES).
+    """
+    targets: npt.NDArray[np.int64] = df["label_id"].to_numpy(np.int64).copy()
+    for k, raw in enumerate(extra):
+        targets[(df["emotion"] == raw).to_numpy()] = len(EMOTIONS) + k
+    return targets
 
 
 def speaker_keys(df: pd.DataFrame) -> pd.Series:

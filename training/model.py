@@ -149,6 +149,31 @@ class EmotionEnsemble(nn.Module):
         return [m for m in self.members if isinstance(m, EmotionCNN)]
 
 
+class MergedClasses(nn.Module):
+    """A model trained with extra classes, served with fewer: each served class's logit is the
+    log-sum-exp of the logits of the training classes it gathers, so its softmax probability
+    is the sum of theirs. The card's temperature is fitted on the merged logits (so it
+    calibrates the served classes, not the training ones).
+
+    ``into[j]`` is the served class of training class j (the identity for the served ones).
+    """
+
+    def __init__(self, model: nn.Module, into: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model
+        served = max(into) + 1
+        if sorted(set(into)) != list(range(served)):
+            raise ValueError(f"into={list(into)} must reach every served class 0..{served - 1}")
+        self.groups = [[j for j, c in enumerate(into) if c == k] for k in range(served)]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(batch, rows, frames) -> (batch, served classes) merged logits."""
+        logits: torch.Tensor = self.model(features)
+        return torch.cat([logits[:, g[0]:g[0] + 1] if len(g) == 1
+                          else torch.logsumexp(logits[:, g], dim=1, keepdim=True)
+                          for g in self.groups], dim=1)
+
+
 def build_model(config: ModelConfig) -> EmotionCNN | EmotionEnsemble:
     """One EmotionCNN (``members`` == 1, the graph emotion-v1.4.0 and earlier have) or an
     ensemble of them."""

@@ -36,17 +36,20 @@ from training.checkpoint import (
 )
 from training.dataset import (
     AROUSAL_LEVELS,
+    LABEL_MAP,
     SUBSET_TRAIN,
     SUBSET_VAL,
+    TRAINABLE_EXTRA_CLASSES,
     build_arousal_dataset,
     build_dataset,
     counts_table,
     sampling_weights,
     speaker_keys,
+    training_targets,
 )
 from training.distill import DistillConfig, distillation_loss, teacher_targets
 from training.evaluate import confusion_matrix, unweighted_average_recall
-from training.model import ModelConfig, build_model, count_parameters
+from training.model import MergedClasses, ModelConfig, build_model, count_parameters
 from worker.audio import file_sha256, load_mono
 from worker.constants import ANALYSIS_SAMPLE_RATE, EMOTIONS
 from worker.errors import ConfigError
@@ -127,6 +130,12 @@ class TrainConfig:
     arousal_draws_per_epoch: int = 512
     """Arousal clips sampled per epoch (uniformly, with replacement), on top of
     ``draws_per_epoch`` emotion clips and shuffled in among them."""
+    extra_classes: tuple[str, ...] = ()
+    """Raw labels trained as classes of their own (from
+    :data:`training.dataset.TRAINABLE_EXTRA_CLASSES`, e.g. ``("calm",)``) and merged into
+    their served class in the exported graph (:class:`training.model.MergedClasses`); the
+    model then has ``len(EMOTIONS) + len(extra_classes)`` outputs while training, and
+    validation, calibration and the served graph see the seven merged ones."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeatureConfig = TRAIN_FEATURES
@@ -153,6 +162,17 @@ class TrainConfig:
             raise ConfigError("the arousal head trains without mixup and distillation (their "
                               "targets cover emotion clips only): set mixup_alpha 0 and no "
                               "teachers, or arousal_weight 0")
+        unknown = [e for e in self.extra_classes if e not in TRAINABLE_EXTRA_CLASSES]
+        if unknown:
+            raise ConfigError(f"extra class(es) {', '.join(unknown)}: valid are "
+                              f"{', '.join(TRAINABLE_EXTRA_CLASSES)}")
+        if model.n_classes != len(EMOTIONS) + len(self.extra_classes):
+            raise ConfigError(f"{len(EMOTIONS)} emotions and extra classes "
+                              f"{list(self.extra_classes)} need a model with n_classes="
+                              f"{len(EMOTIONS) + len(self.extra_classes)}, not {model.n_classes}")
+        if self.extra_classes and self.distill.teachers:
+            raise ConfigError("extra classes train without distillation (the teachers' soft "
+                              "targets cover the seven served classes only)")
         if (model.n_mels, model.views) != (feats.n_mels, feats.n_views):
             raise ConfigError(f"model reads {model.views} view(s) of {model.n_mels} bands; the "
                               f"features give {feats.n_views} of {feats.n_mels} "
@@ -345,6 +365,16 @@ def architecture_name(config: ModelConfig) -> str:
     return name if not config.arousal_classes else name + " (arousal head trained, not exported)"
 
 
+def served_model(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """The graph that is validated, calibrated and exported: ``model`` itself, or with extra
+    classes the model with each merged into its served class (LABEL_MAP's)."""
+    if not config.extra_classes:
+        return model
+    index = {e: i for i, e in enumerate(EMOTIONS)}
+    into = [*range(len(EMOTIONS)), *(index[str(LABEL_MAP[e])] for e in config.extra_classes)]
+    return MergedClasses(model, into)
+
+
 def predict_logits(model: nn.Module, feats: Sequence[npt.NDArray[np.float32]],
                    device: torch.device, min_frames: int,
                    arousal: bool = False) -> npt.NDArray[np.float32]:
@@ -489,7 +519,6 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     train_waves = load_clips(train_df["path"].tolist(), sr, workers, config.speech_cut)
     val_waves = load_clips(val_df["path"].tolist(), sr, workers, config.speech_cut)
     val_feats = [extract_features(w, config.features) for w in val_waves]
-    y_train = train_df["label_id"].to_numpy(np.int64)
     y_val = val_df["label_id"].to_numpy(np.int64)
     val_corpora = val_df["corpus"].to_numpy()
     arousal_train, arousal_val = _arousal_clips(config, arousal_manifests, limit_per_corpus)
@@ -514,7 +543,8 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     weights = sampling_weights(train_df)
     draws_per_epoch = config.draws_per_epoch or len(train_df)
     dataset = TrainDraws(train_waves + arousal_waves,
-                         np.concatenate([y_train, np.full(len(arousal_waves), -1, np.int64)]),
+                         np.concatenate([training_targets(train_df, config.extra_classes),
+                                         np.full(len(arousal_waves), -1, np.int64)]),
                          config)
     model = build_model(config.model).to(dev)
     ema = torch.optim.swa_utils.AveragedModel(
@@ -586,7 +616,8 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
             ema.update_parameters(model)
             total += float(loss.detach()) * len(y)
             n += len(y)
-        logits = predict_logits(ema.module, val_feats, dev, config.min_frames)
+        logits = predict_logits(served_model(ema.module, config), val_feats, dev,
+                                config.min_frames)
         uas = per_corpus_ua(logits, y_val, val_corpora)
         # selection metric: UA pooled over all validation clips (URDU's few val speakers
         # have 2-8 clips in some classes; a per-corpus mean would follow their noise)
@@ -617,14 +648,14 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
             break
     assert best_state is not None
     model.load_state_dict(best_state)
-    model = model.cpu()
-    val_logits = predict_logits(model, val_feats, torch.device("cpu"), config.min_frames)
+    served = served_model(model.cpu(), config)
+    val_logits = predict_logits(served, val_feats, torch.device("cpu"), config.min_frames)
     temperature = fit_temperature(val_logits, y_val)
     seconds = time.monotonic() - t0 + seconds_before
 
     model_path = out_dir / f"{name}.onnx"
-    export_onnx(model, model_path, config.features.input_rows)
-    max_diff = check_onnx(model, model_path, config.features.input_rows)
+    export_onnx(served, model_path, config.features.input_rows)
+    max_diff = check_onnx(served, model_path, config.features.input_rows)
     if max_diff > 1e-3:
         raise RuntimeError(f"ONNX export differs from torch by {max_diff:.2e}")
     corpora = sorted(set(train_df["corpus"]) | set(arousal_train["corpus"]))
@@ -635,7 +666,7 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
         "min_frames": config.min_frames, "sample_rate": config.features.sample_rate,
         "usage_note": USAGE_NOTE,
         "architecture": {"type": architecture_name(config.model),
-                         **config.model.to_dict(), "parameters": count_parameters(model),
+                         **config.model.to_dict(), "parameters": count_parameters(served),
                          "onnx_bytes": model_path.stat().st_size, "opset": OPSET},
         "training": {
             "command": command, "seed": config.seed, "split_seed": config.split_seed,
@@ -653,7 +684,10 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
             "manifests_sha256": manifests_sha256,
             "resumed_after_epochs": resumed_after,
             "config": config_record(config),
-            "label_decisions": ("calm -> neutral; EmoDB boredom dropped; URDU kept (4 classes, "
+            "label_decisions": (("calm -> neutral" if not config.extra_classes else
+                                 "calm trained as a class of its own, merged into neutral in "
+                                 "the exported graph (log-sum-exp of the two logits)")
+                                + "; EmoDB boredom dropped; URDU kept (4 classes, "
                                 "natural speech); BAVED excluded (arousal only)"
                                 + ("" if not arousal_waves else
                                    " from the emotion head; its arousal levels train the "

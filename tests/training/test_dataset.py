@@ -17,6 +17,7 @@ from training.dataset import (
     map_labels,
     read_manifest,
     sampling_weights,
+    training_targets,
 )
 from worker.constants import EMOTIONS
 from worker.errors import ConfigError
@@ -33,6 +34,11 @@ def test_calm_becomes_neutral_and_boredom_and_unlabelled_are_dropped() -> None:
     out = map_labels(df)
     assert out["label"].tolist() == ["neutral", "angry"]
     assert out["label_id"].tolist() == [EMOTIONS.index("neutral"), EMOTIONS.index("angry")]
+
+    # trained as a class of its own: calm gets the first index past the seven, the rest
+    # keep their label; sampling still sees it as neutral
+    assert training_targets(out, ("calm",)).tolist() == [len(EMOTIONS), EMOTIONS.index("angry")]
+    assert training_targets(out).tolist() == out["label_id"].tolist()
 
 
 def test_validation_speakers_come_from_train_and_test_is_untouched() -> None:

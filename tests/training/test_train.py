@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 
 from training.cli import train_main
+from training.distill import DistillConfig
 from training.model import (
     EmotionCNN,
     EmotionEnsemble,
+    MergedClasses,
     ModelConfig,
     build_model,
     count_parameters,
@@ -28,6 +30,7 @@ from training.train import (
     export_onnx,
     member_inputs,
     member_loss,
+    served_model,
     spec_augment,
     stops_early,
     tile_frames,
@@ -159,6 +162,40 @@ def test_an_ensemble_averages_its_members_in_one_exported_graph(tmp_path: Path) 
         each[0], y, label_smoothing=config.label_smoothing))
     export_onnx(net, tmp_path / "three.onnx", 64)
     assert check_onnx(net, tmp_path / "three.onnx", 64) < 1e-4
+
+
+def test_calm_trained_apart_is_served_merged_into_neutral(tmp_path: Path) -> None:
+    """An extra training class is merged into its served class: the served softmax is the
+    eight-class softmax with the two probabilities summed, in torch and in
+    the exported graph; the default recipe serves the model itself."""
+    import torch
+
+    config = TrainConfig(extra_classes=("calm",), model=ModelConfig(n_classes=8))
+    torch.manual_seed(0)
+    net = build_model(config.model).eval()
+    served = served_model(net, config)
+    assert isinstance(served, MergedClasses)
+    assert served_model(net, TrainConfig()) is net
+    x = torch.randn(3, 64, 90)
+    neutral = EMOTIONS.index("neutral")
+    with torch.no_grad():
+        eight, seven = net(x), served(x)
+        p8, p7 = torch.softmax(eight, dim=1), torch.softmax(seven, dim=1)
+        expected = p8[:, :7].clone()
+        expected[:, neutral] += p8[:, 7]
+        assert torch.allclose(p7, expected, atol=1e-6)
+    assert seven.shape == (3, 7)
+    export_onnx(served, tmp_path / "merged.onnx", 64)
+    assert check_onnx(served, tmp_path / "merged.onnx", 64) < 1e-4
+    with pytest.raises(ValueError, match="every served class"):
+        MergedClasses(net, [0, 1, 2, 3, 4, 5, 7, 4])
+    with pytest.raises(ConfigError, match="valid are calm"):
+        TrainConfig(extra_classes=("boredom",), model=ModelConfig(n_classes=8))
+    with pytest.raises(ConfigError, match="n_classes=8, not 7"):
+        TrainConfig(extra_classes=("calm",))
+    with pytest.raises(ConfigError, match="without distillation"):
+        TrainConfig(extra_classes=("calm",), model=ModelConfig(n_classes=8),
+                    distill=DistillConfig(teachers=(str(tmp_path / "t.onnx"),)))
 
 
 def test_the_arousal_head_shares_the_layers_and_stays_out_of_the_exported_graph(
