@@ -106,5 +106,5 @@ def fake_analysis(n_segments: int = 3, model_version: str = "test-v1",
     segments = tuple(fake_segment(2.0 * i, i % 2, emotions[i % 4], model_version)
                      for i in range(n_segments))
     return RecordingAnalysis(path=Path("/calls/x.wav"), duration_s=2.0 * n_segments + 1,
-                             channels=2, sample_rate=8000, content_sha256=sha256,
+                             channels=2, source_sample_rate=8000, content_sha256=sha256,
                              model_version=model_version, segments=segments)

@@ -50,8 +50,9 @@ class RecordingAnalysis:
     path: Path
     duration_s: float
     channels: int
-    sample_rate: int
-    """Sample rate of the source file (Hz); analysis always runs at ANALYSIS_SAMPLE_RATE."""
+    source_sample_rate: int
+    """Sample rate of the source file (Hz; the calls table's ``sample_rate``); analysis always
+    runs at ANALYSIS_SAMPLE_RATE."""
     content_sha256: str
     model_version: str
     segments: tuple[SegmentEmotion, ...]
@@ -200,7 +201,7 @@ def analyze_file(uri: str, settings: Settings, streaming: bool | None = None) ->
             path=path,
             duration_s=scores.source_frames / float(stream.source_sample_rate),
             channels=stream.n_channels,
-            sample_rate=stream.source_sample_rate,
+            source_sample_rate=stream.source_sample_rate,
             content_sha256=file_sha256(path),
             model_version=model.stamp,
             segments=scores.segments,
@@ -211,7 +212,7 @@ def analyze_file(uri: str, settings: Settings, streaming: bool | None = None) ->
         path=path,
         duration_s=recording.duration_s,
         channels=recording.n_channels,
-        sample_rate=recording.source_sample_rate,
+        source_sample_rate=recording.source_sample_rate,
         content_sha256=recording.sha256,
         model_version=model.stamp,
         segments=segments,

@@ -342,7 +342,7 @@ def save_analysis(session: Session, call_id: int, analysis: RecordingAnalysis) -
         session.execute(insert(Segment), rows)
     call.duration_s = float(analysis.duration_s)
     call.channels = int(analysis.channels)
-    call.sample_rate = int(analysis.sample_rate)
+    call.sample_rate = int(analysis.source_sample_rate)
     call.content_sha256 = analysis.content_sha256
     call.model_version = analysis.model_version
     call.processed_at = utcnow()

@@ -44,7 +44,7 @@ def test_stereo_mulaw_call_gives_per_party_utterances(tmp_path: Path, settings: 
 
     result = analyze_file(str(path), settings)
 
-    assert result.channels == 2 and result.sample_rate == 8000
+    assert result.channels == 2 and result.source_sample_rate == 8000
     assert result.duration_s == pytest.approx(call.duration_s, abs=0.01)
     assert result.model_version == f"tiny-0.0.1+{load_card(settings.model_path).onnx_sha256[:12]}"
     assert {s.role for s in result.segments} == {"agent", "customer"}

@@ -147,8 +147,8 @@ def test_streamed_analysis_equals_the_whole_file_analysis(tmp_path: Path, callmo
     # Not "within a tolerance": the samples, the VAD decisions and the cuts are identical,
     # so the segments (times, probabilities, labels) are equal, bit for bit.
     assert streamed.segments == whole.segments
-    assert (streamed.duration_s, streamed.channels, streamed.sample_rate, streamed.content_sha256) \
-        == (whole.duration_s, whole.channels, whole.sample_rate, whole.content_sha256)
+    assert (streamed.duration_s, streamed.channels, streamed.source_sample_rate, streamed.content_sha256) \
+        == (whole.duration_s, whole.channels, whole.source_sample_rate, whole.content_sha256)
 
 
 def test_mono_file_streams_like_the_whole_file(tmp_path: Path, callmood_corpora: Path) -> None:
