@@ -24,6 +24,7 @@ from worker.runner import external_id_for
 from worker.settings import Settings
 from worker.store import (
     CallRequest,
+    check_uri,
     create_batch,
     enqueued_uri_hashes,
     finish_batch_scan,
@@ -54,8 +55,11 @@ class ScanReport:
 
 def inbox_request(path: Path, source: str) -> CallRequest:
     """The request for one scanned file (call id: its content hash); PayloadError if its
-    path cannot travel (e.g. longer than the URI limit)."""
-    return CallRequest(uri=path_uri(path), external_call_id=external_id_for(path),
+    path cannot travel (e.g. longer than the URI limit), raised before the content is read:
+    a refused file stays in the inbox and is met again every night."""
+    uri = path_uri(path)
+    check_uri(uri)
+    return CallRequest(uri=uri, external_call_id=external_id_for(path),
                        metadata={"source": source, "file_name": printable_path(path.name)[:200]})
 
 

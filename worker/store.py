@@ -51,6 +51,23 @@ PAYLOAD_FIELDS: tuple[str, ...] = ("schema_version", "uri", "call_id", "agent_id
 _ID_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII without spaces
 
 
+def check_uri(uri: object) -> None:
+    """Raise PayloadError unless ``uri`` can travel as a call's recording URI (cheap: the
+    inbox scan checks a path with it before hashing the file's content)."""
+    if not isinstance(uri, str) or not 1 <= len(uri) <= URI_MAX_CHARS:
+        raise PayloadError(f"uri: expected a path or file:// URI of 1-{URI_MAX_CHARS} "
+                           f"characters, got {_describe(uri)}")
+    if "\x00" in uri:
+        raise PayloadError("uri: contains a NUL character")
+    try:
+        uri.encode("utf-8")
+    except UnicodeEncodeError as e:
+        # a file name in another encoding, decoded by Python with surrogate escapes: the
+        # database and the broker's JSON carry text, so it must travel percent-encoded
+        raise PayloadError("uri: not valid UTF-8 (a file name in another encoding?); send "
+                           "it as a percent-encoded file:// URI (Path.as_uri())") from e
+
+
 @dataclass(frozen=True)
 class CallRequest:
     """A validated request to analyse one recording. Raises PayloadError when invalid."""
@@ -69,18 +86,7 @@ class CallRequest:
     request for a finished call is skipped."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.uri, str) or not 1 <= len(self.uri) <= URI_MAX_CHARS:
-            raise PayloadError(f"uri: expected a path or file:// URI of 1-{URI_MAX_CHARS} "
-                               f"characters, got {_describe(self.uri)}")
-        if "\x00" in self.uri:
-            raise PayloadError("uri: contains a NUL character")
-        try:
-            self.uri.encode("utf-8")
-        except UnicodeEncodeError as e:
-            # a file name in another encoding, decoded by Python with surrogate escapes: the
-            # database and the broker's JSON carry text, so it must travel percent-encoded
-            raise PayloadError("uri: not valid UTF-8 (a file name in another encoding?); send "
-                               "it as a percent-encoded file:// URI (Path.as_uri())") from e
+        check_uri(self.uri)
         if not is_valid_external_id(self.external_call_id):
             raise PayloadError(f"call_id: expected 1-{EXTERNAL_ID_MAX_CHARS} printable ASCII "
                                f"characters without spaces, got {_describe(self.external_call_id)}")

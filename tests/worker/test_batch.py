@@ -25,7 +25,7 @@ from tests.worker.prod_support import (
     tiny_model,
     wait_final,
 )
-from worker import db, enqueue, store
+from worker import batch, db, enqueue, store
 from worker.audio import resolve_input
 from worker.batch import scan_inboxes
 from worker.celery_app import (
@@ -137,6 +137,13 @@ def test_a_file_that_cannot_travel_or_a_broker_outage_does_not_wedge_the_scan(
     monkeypatch.setattr(store, "URI_MAX_CHARS", len(str(inbox)) + 60)
     monkeypatch.setattr(enqueue, "SUBMIT_CHUNK", 1)
     sent: list[store.CallRequest] = []
+    hashed: list[str] = []
+
+    def hashing(path: Path) -> str:
+        hashed.append(path.name)
+        return external_id_for(path)
+
+    monkeypatch.setattr(batch, "external_id_for", hashing)
 
     def broker_fails_after_two(requests: Sequence[store.CallRequest]) -> list[str]:
         if len(sent) == 2:
@@ -163,6 +170,8 @@ def test_a_file_that_cannot_travel_or_a_broker_outage_does_not_wedge_the_scan(
     report = scan_inboxes(settings, source="nightly", send=broker_back)
     assert (report.seen, report.enqueued, report.skipped, report.refused) == (4, 1, 2, 1)
     assert report.as_dict()["refused"] == 1
+    # the refused file's content was never read: it is met (and refused) every night
+    assert "c.wav" not in hashed and "a.wav" in hashed
     assert [r.uri for r in retried] == [latin1.resolve().as_uri()]
     assert resolve_input(retried[0].uri, [inbox]).read_bytes() == b"latin-1 name"
     with pytest.raises(PayloadError, match="percent-encoded file:// URI"):
