@@ -4,7 +4,8 @@ Beat sends ``callmood.nightly_scan`` at CALLMOOD_NIGHTLY_AT (CALLMOOD_TIMEZONE);
 batch`` runs the same scan now. A file is new when no call was sent for its path (calls.
 source_uri_sha256, cheap) nor for its content (call id ``sha256-<content hash>``, so a copy
 or a renamed file is not analysed twice). Each scan is a row in ``batches``; its done/failed
-counts are recounted from ``calls.batch_id`` as calls finish (``store.refresh_batch_counts``).
+counts are recounted from ``calls.batch_id`` as calls finish (``store.refresh_batch_counts``)
+and when a call is sent again in a later batch (``store.reserve_for_enqueue``).
 No Celery in here: the caller passes the sender.
 """
 

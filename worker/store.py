@@ -461,7 +461,9 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
     """Register the call and decide whether its task is to be sent now: (call, send?).
 
     A call already sent (``enqueued_at``) or already worked on is not sent again unless
-    ``request.reprocess``; then it starts a new run (pending, attempts 0). ``enqueued_at`` is
+    ``request.reprocess``; then it starts a new run (pending, attempts 0). A call sent with a
+    ``batch_id`` joins that batch, and the batch it leaves (a reprocessed call, or one whose
+    earlier send failed) is recounted. ``enqueued_at`` is
     set here, row-locked, so two producers racing on one call id send one task; a producer
     whose send then fails calls :func:`release_enqueue`.
     """
@@ -475,10 +477,15 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
         update_from_request(session, call, request)
     elif call.enqueued_at is not None or call.status != "pending":
         return call, False
+    left = call.batch_id
     if batch_id is not None:
         call.batch_id = batch_id
     call.enqueued_at = utcnow()
     session.flush()
+    if left is not None and left != call.batch_id:
+        # the batch it leaves counts it no more: recount now, or that batch keeps it among
+        # its done/failed and, if it was its last unfinished call, never records its end
+        refresh_batch_counts(session, left)
     return call, True
 
 

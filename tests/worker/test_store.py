@@ -15,7 +15,7 @@ from sqlalchemy.exc import StatementError
 from tests.audio_fixtures import fake_analysis
 from worker import db, store
 from worker.errors import PayloadError, TransientError
-from worker.schema import Call, Segment
+from worker.schema import Batch, Call, Segment
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -129,6 +129,37 @@ def test_save_analysis_replaces_segments_on_rerun(db_url: str) -> None:
         probs = segments[0].probabilities()
         assert probs["angry"] == pytest.approx(0.6)
         assert sum(probs.values()) == pytest.approx(1.0)
+
+
+def test_a_call_that_moves_to_a_new_batch_leaves_the_old_one_recounted(db_url: str) -> None:
+    """A call whose send failed is sent by the next scan's batch, a finished call can be
+    reprocessed in another: the batch it leaves stops counting it at once (and finishes when
+    that call was all it waited for)."""
+    with db.session_scope(db_url) as s:
+        first = store.create_batch(s, "nightly").id
+        done, _ = store.reserve_for_enqueue(s, _request("CC-1"), batch_id=first)
+        store.claim_for_processing(s, done.id)
+        store.save_analysis(s, done.id, fake_analysis())
+        unsent, sent = store.reserve_for_enqueue(s, _request("CC-2"), batch_id=first)
+        assert sent
+        store.release_enqueue(s, [unsent.id])             # the broker refused its task
+        store.finish_batch_scan(s, first, enqueued=1, skipped=0)
+    with db.session_scope(db_url) as s:
+        (old,) = store.latest_batches(s, 1)
+        assert (old.done, old.pending) == (1, 1) and old.finished_at is None
+        second = store.create_batch(s, "nightly").id
+        assert store.reserve_for_enqueue(s, _request("CC-2"), batch_id=second)[1]
+    with db.session_scope(db_url) as s:
+        old_row = s.get(Batch, first)
+        assert old_row is not None and old_row.finished_at is not None
+        assert (old_row.done_count, old_row.failed_count) == (1, 0)
+        # a reprocess in the second batch takes the done call away from the first too
+        assert store.reserve_for_enqueue(s, _request("CC-1", reprocess=True), batch_id=second)[1]
+    with db.session_scope(db_url) as s:
+        old_row = s.get(Batch, first)
+        assert old_row is not None and old_row.done_count == 0
+        assert {c.external_call_id: c.batch_id for c in s.scalars(select(Call))} == {
+            "CC-1": second, "CC-2": second}
 
 
 def test_store_never_commits_the_callers_rollback_undoes_everything(db_url: str) -> None:
