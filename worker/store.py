@@ -453,7 +453,12 @@ def is_duplicate_delivery(call: Call, request: CallRequest) -> bool:
     """
     if request.reprocess or call.status not in FINAL_STATUSES:
         return False
-    return not (call.status == "failed" and call.attempts == 0)
+    return not was_rejected(call)
+
+
+def was_rejected(call: Call) -> bool:
+    """Whether the call failed on its payload before any run (never claimed: attempts 0)."""
+    return call.status == "failed" and call.attempts == 0
 
 
 def reserve_for_enqueue(session: Session, request: CallRequest,
@@ -461,7 +466,8 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
     """Register the call and decide whether its task is to be sent now: (call, send?).
 
     A call already sent (``enqueued_at``) or already worked on is not sent again unless
-    ``request.reprocess``; then it starts a new run (pending, attempts 0). A call sent with a
+    ``request.reprocess``; then it starts a new run (pending, attempts 0), as a call whose
+    payload the worker rejected does without it. A call sent with a
     ``batch_id`` joins that batch, and the batch it leaves (a reprocessed call, or one whose
     earlier send failed) is recounted. ``enqueued_at`` is
     set here, row-locked, so two producers racing on one call id send one task; a producer
@@ -470,7 +476,9 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
     call_id = register_call(session, request, batch_id=batch_id).id
     call = session.scalars(select(Call).where(Call.id == call_id).with_for_update()
                            .execution_options(populate_existing=True)).one()
-    if request.reprocess:
+    # a payload the worker rejected was never work done: the producer's request (validated
+    # here) is its correction, sent without asking for a reprocess
+    if request.reprocess or was_rejected(call):
         call.status = "pending"
         call.attempts = 0
         call.failure_reason = None

@@ -162,6 +162,24 @@ def test_a_call_that_moves_to_a_new_batch_leaves_the_old_one_recounted(db_url: s
             "CC-1": second, "CC-2": second}
 
 
+def test_a_producer_sends_the_correction_of_a_payload_the_worker_rejected(db_url: str) -> None:
+    """A rejected payload was never run: the producer's validated request for that call id is
+    sent without ``reprocess`` and carries its file; a call that failed while running is not
+    sent again unless asked."""
+    with db.session_scope(db_url) as s:
+        store.record_rejected(s, "CC-9", "", "started_at: expected a timezone-aware datetime")
+        ran = store.reserve_for_enqueue(s, _request("CC-7"))[0]
+        store.claim_for_processing(s, ran.id)
+        store.mark_failed(s, ran.id, "decode error")
+    with db.session_scope(db_url) as s:
+        call, sent = store.reserve_for_enqueue(s, _request("CC-9", uri="/calls/fixed.wav"))
+        assert sent and (call.status, call.failure_reason) == ("pending", None)
+        assert call.source_uri == "/calls/fixed.wav" and call.agent_id == "agent-7"
+        assert not store.reserve_for_enqueue(s, _request("CC-9"))[1]     # sent once
+        assert not store.reserve_for_enqueue(s, _request("CC-7"))[1]
+        assert store.reserve_for_enqueue(s, _request("CC-7", reprocess=True))[1]
+
+
 def test_store_never_commits_the_callers_rollback_undoes_everything(db_url: str) -> None:
     with db.session_scope(db_url) as s:
         kept_id = store.register_call(s, _request("KEEP")).id
