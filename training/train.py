@@ -370,8 +370,8 @@ def served_model(model: nn.Module, config: TrainConfig) -> nn.Module:
     classes the model with each merged into its served class (LABEL_MAP's)."""
     if not config.extra_classes:
         return model
-    index = {e: i for i, e in enumerate(EMOTIONS)}
-    into = [*range(len(EMOTIONS)), *(index[str(LABEL_MAP[e])] for e in config.extra_classes)]
+    into = [*range(len(EMOTIONS)),
+            *(EMOTIONS.index(str(LABEL_MAP[e])) for e in config.extra_classes)]
     return MergedClasses(model, into)
 
 

@@ -38,7 +38,7 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     from worker.db import session_scope, upgrade
     from worker.enqueue import path_uri, printable_path
     from worker.jobs import process_call
-    from worker.runner import external_id_for, worker_settings
+    from worker.runner import content_call_id, external_id_for, worker_settings
     from worker.store import CallRequest, find_call, segments_for_call
 
     files = _expand(args.files)
@@ -60,7 +60,7 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
             if outcome.status == "skipped" and call.status == "done":
                 # analysed before under this call id: its stored result stands if it is this
                 # file's (--call-id may name a call that holds another recording)
-                if f"sha256-{call.content_sha256}" != content_id:
+                if content_call_id(call.content_sha256 or "") != content_id:
                     failed += 1
                     print(f"FAILED {shown}: call id {call.external_call_id} holds another "
                           "recording; --reprocess replaces it with this one", file=sys.stderr)

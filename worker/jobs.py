@@ -23,6 +23,7 @@ from worker.store import (
     register_call,
     save_analysis,
     update_from_request,
+    was_rejected,
 )
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
             return CallOutcome("skipped", request.external_call_id,
                                reason=f"already {call.status}; send reprocess=true to analyse "
                                       "it again")
-        if request.reprocess or call.status == "failed":
+        if request.reprocess or was_rejected(call):
             # the newer word on the call (a reprocess, or the corrected payload of a rejected
             # call): its file and labels, so reports and retries use them
             update_from_request(session, call, request)

@@ -68,10 +68,15 @@ class RunSummary:
     worker_exit_code: int | None
 
 
+def content_call_id(content_sha256: str) -> str:
+    """The call id of a recording known by its content's sha256 (hex)."""
+    return f"sha256-{content_sha256}"
+
+
 def external_id_for(path: Path) -> str:
     """A stable call id for a local file: its content hash (a re-run reuses the call row)."""
     try:
-        return f"sha256-{file_sha256(path)}"
+        return content_call_id(file_sha256(path))
     except OSError:
         # Unreadable: still a call (the worker records why it failed), keyed by its path's
         # bytes (a name in another encoding than UTF-8 is still a name).

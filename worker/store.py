@@ -467,11 +467,10 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
 
     A call already sent (``enqueued_at``) or already worked on is not sent again unless
     ``request.reprocess``; then it starts a new run (pending, attempts 0), as a call whose
-    payload the worker rejected does without it. A call sent with a
-    ``batch_id`` joins that batch, and the batch it leaves (a reprocessed call, or one whose
-    earlier send failed) is recounted. ``enqueued_at`` is
-    set here, row-locked, so two producers racing on one call id send one task; a producer
-    whose send then fails calls :func:`release_enqueue`.
+    payload the worker rejected does without it. A call sent with a ``batch_id`` joins that
+    batch, and the batch it leaves (a reprocessed call, or one whose earlier send failed) is
+    recounted. ``enqueued_at`` is set here, row-locked, so two producers racing on one call id
+    send one task; a producer whose send then fails calls :func:`release_enqueue`.
     """
     call_id = register_call(session, request, batch_id=batch_id).id
     call = session.scalars(select(Call).where(Call.id == call_id).with_for_update()
