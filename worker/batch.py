@@ -19,7 +19,7 @@ from typing import Any
 
 from worker.constants import AUDIO_SUFFIXES
 from worker.db import session_scope
-from worker.enqueue import Enqueued, Sender, path_uri, printable_path, submit_chunks
+from worker.enqueue import Sender, path_uri, printable_path, submit_batch
 from worker.errors import ConfigError, PayloadError
 from worker.runner import external_id_for
 from worker.settings import Settings
@@ -28,7 +28,6 @@ from worker.store import (
     check_uri,
     create_batch,
     enqueued_uri_hashes,
-    finish_batch_scan,
     uri_sha256,
 )
 
@@ -75,7 +74,12 @@ def inbox_files(folders: Sequence[Path]) -> Iterator[Path]:
             # Hidden files are partial uploads by convention (rsync, scp): not ready yet.
             if path.name.startswith(".") or path.suffix.lower() not in AUDIO_SUFFIXES:
                 continue
-            resolved = path.resolve()
+            try:
+                resolved = path.resolve()
+            except (OSError, RuntimeError) as e:
+                # a symlink loop (RuntimeError before Python 3.13) must not stop the scan
+                log.warning("inbox file %r skipped: %s", str(path), e)
+                continue
             if resolved.is_file() and resolved not in seen:
                 seen.add(resolved)
                 yield resolved
@@ -107,28 +111,9 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
             # one file that cannot travel must not keep the rest of the inbox waiting
             refused += 1
             log.warning("batch %d: %r not sent: %s", batch_id, str(path), e)
-    results: list[Enqueued] = []
-
-    def close() -> tuple[int, int]:
-        enqueued = sum(r.sent for r in results)
-        skipped = len(known) + sum(not r.sent for r in results)
-        with session_scope(settings) as session:
-            finish_batch_scan(session, batch_id, enqueued=enqueued, skipped=skipped)
-        return enqueued, skipped
-
-    try:
-        for chunk in submit_chunks(requests, settings, send, batch_id=batch_id):
-            results += chunk
-    except BaseException:
-        # Publishing failed half-way (TransientError; the task retries as a new scan): the
-        # batch is closed with what it sent, not left "scanning" for ever, and the error
-        # that stopped the scan is the one raised, even if the database is gone too.
-        try:
-            close()
-        except Exception:
-            log.exception("batch %d: could not record what the failed scan sent", batch_id)
-        raise
-    enqueued, skipped = close()
+    results = submit_batch(requests, settings, send, batch_id, known=len(known))
+    enqueued = sum(r.sent for r in results)
+    skipped = len(known) + len(results) - enqueued
     log.info("batch %d (%s): %d files, %d enqueued, %d already seen, %d refused", batch_id,
              source, len(files), enqueued, skipped, refused)
     return ScanReport(batch_id=batch_id, seen=len(files), enqueued=enqueued, skipped=skipped,

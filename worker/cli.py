@@ -386,13 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         if name == "run":
             p.add_argument("paths", nargs="+", help="audio files or folders")
-        p.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
+        p.add_argument("--concurrency", type=_processes, default=1,
+                       help="worker processes (default 1)")
         p.add_argument("--timeout-s", type=float, default=1800.0,
                        help="give up waiting after this many seconds (default 1800)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("worker", help="start a Celery worker on CALLMOOD_BROKER_URL")
-    p.add_argument("--concurrency", type=int, default=1, help="processes (one per core)")
+    p.add_argument("--concurrency", type=_processes, default=1, help="processes (one per core)")
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("celery_args", nargs=argparse.REMAINDER,
                    help="further options passed to celery worker unchanged")
@@ -462,6 +463,18 @@ def build_parser() -> argparse.ArgumentParser:
 DELEGATED: dict[str, str] = {"train": "train_main", "evaluate": "evaluate_main"}
 """Subcommands handed whole to ``training.cli`` (argparse's REMAINDER cannot pass on a
 leading option such as ``--help`` or ``--epochs``, so they are dispatched before parsing)."""
+
+
+def _processes(text: str) -> int:
+    """argparse type of ``--concurrency``: a whole number of processes, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of processes, "
+                                         "1 or more") from e
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give 1 or more processes")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

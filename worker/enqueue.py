@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from worker.errors import PayloadError, TransientError
 from worker.settings import Settings, get_settings
 from worker.store import (
     CallRequest,
+    CallSendState,
     create_batch,
     finish_batch_scan,
     list_calls,
@@ -35,6 +37,8 @@ from worker.store import (
     request_for_call,
     reserve_for_enqueue,
 )
+
+log = logging.getLogger(__name__)
 
 Sender = Callable[[Sequence[CallRequest]], list[str]]
 """Sends one analysis task per request and returns the task ids (``tasks.send_analysis``)."""
@@ -121,21 +125,21 @@ def submit_chunks(requests: Sequence[CallRequest], settings: Settings, send: Sen
 
 def _submit_chunk(requests: Sequence[CallRequest], settings: Settings, send: Sender,
                   batch_id: int | None) -> list[Enqueued]:
-    decided: list[tuple[CallRequest, int, bool]] = []
+    decided: list[tuple[CallRequest, CallSendState | None]] = []
     with session_scope(settings) as session:
         for request in requests:
-            call, send_now = reserve_for_enqueue(session, request, batch_id=batch_id)
-            decided.append((request, call.id, send_now))
-    to_send = [(request, call_id) for request, call_id, send_now in decided if send_now]
+            reservation = reserve_for_enqueue(session, request, batch_id=batch_id)
+            decided.append((request, reservation.before if reservation.send else None))
+    to_send = [(request, before) for request, before in decided if before is not None]
     try:
         task_ids = iter(send([request for request, _ in to_send]) if to_send else [])
     except TransientError:
         with session_scope(settings) as session:
-            release_enqueue(session, [call_id for _, call_id in to_send])
+            release_enqueue(session, [before for _, before in to_send])
         raise
     results: list[Enqueued] = []
-    for request, _, send_now in decided:
-        if send_now:
+    for request, before in decided:
+        if before is not None:
             results.append(Enqueued(request.external_call_id, next(task_ids)))
         else:
             results.append(Enqueued(request.external_call_id, None,
@@ -181,14 +185,41 @@ def enqueue_manifest(path: Path | str, *, reprocess: bool = False,
     with session_scope(settings) as session:
         batch_id = create_batch(session, f"manifest:{manifest.name}").id
     if send is not None:
-        results = submit(requests, settings, send, batch_id=batch_id)
+        results = submit_batch(requests, settings, send, batch_id)
     else:
         with celery_sender(settings) as sender:
-            results = submit(requests, settings, sender, batch_id=batch_id)
-    sent = sum(r.sent for r in results)
-    with session_scope(settings) as session:
-        finish_batch_scan(session, batch_id, enqueued=sent, skipped=len(results) - sent)
+            results = submit_batch(requests, settings, sender, batch_id)
     return ManifestResult(batch_id, tuple(results))
+
+
+def submit_batch(requests: Sequence[CallRequest], settings: Settings, send: Sender,
+                 batch_id: int, known: int = 0) -> list[Enqueued]:
+    """``submit`` the requests as batch ``batch_id`` and close its scan with what was sent
+    and skipped (plus ``known``: calls the caller skipped before asking).
+
+    A send that fails half-way (TransientError) still closes the batch with the chunks
+    published before it, not left "scanning" for ever, and the error that stopped it is the
+    one raised, even if the database is gone too.
+    """
+    results: list[Enqueued] = []
+
+    def close() -> None:
+        sent = sum(r.sent for r in results)
+        with session_scope(settings) as session:
+            finish_batch_scan(session, batch_id, enqueued=sent,
+                              skipped=known + len(results) - sent)
+
+    try:
+        for chunk in submit_chunks(requests, settings, send, batch_id):
+            results += chunk
+    except BaseException:
+        try:
+            close()
+        except Exception:
+            log.exception("batch %d: could not record what the failed send sent", batch_id)
+        raise
+    close()
+    return results
 
 
 def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: bool = False,

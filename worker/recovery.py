@@ -65,8 +65,10 @@ that starts a task a moment after taking it."""
 STUCK_MAX_CLAIMS = 2
 """A lost call already claimed this many times in its run (status ``processing``, no
 message left) is failed instead of sent again: twice a worker took it and never finished
-(killed at its hard time limit, or by the OS), so a third run would most likely burn
-another hour the same way. ``callmood retry`` sends it again when someone decides to."""
+(killed at its hard time limit, or by the OS; or, rarer, a TransientError retry that the
+broker lost while both it and the database were down, which the reason names too), so a third
+run would most likely burn another hour the same way. ``callmood retry`` sends it again when
+someone decides to."""
 UNCLAIMED_MARGIN_S = 120.0
 """An unacked analysis message whose call no worker is processing counts as stranded this long
 after delivery (see :func:`unclaimed_messages`). A worker claims the call in its first
@@ -217,9 +219,9 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
         with session_scope(settings) as session:
             for external_id in stuck:
                 call = mark_failed(session, ids[external_id], (
-                    f"stuck: claimed {claims[external_id]} times by workers that never finished "
-                    "it (killed at the hard time limit or by the OS); not sent again, use "
-                    "callmood retry"))
+                    f"stuck: claimed {claims[external_id]} times and never finished (a worker "
+                    "killed at the hard time limit or by the OS, or a retry the broker lost); "
+                    "not sent again, use callmood retry"))
                 if call.batch_id is not None:
                     refresh_batch_counts(session, call.batch_id)
         log.error("failed %d call(s) that keep getting stuck: %s", len(stuck), ", ".join(stuck))

@@ -24,7 +24,7 @@ from worker.audio import file_sha256
 from worker.celery_app import make_celery, worker_command
 from worker.db import session_scope, upgrade
 from worker.enqueue import path_uri, printable_path
-from worker.errors import TransientError
+from worker.errors import ConfigError, TransientError
 from worker.schema import FINAL_STATUSES
 from worker.settings import PACKAGE_DIR, Settings
 from worker.store import (
@@ -121,7 +121,7 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
                    progress: Progress | None = None) -> RunSummary:
     """Analyse ``paths`` through a Celery worker subprocess; wait for all, then stop it."""
     if concurrency < 1:
-        raise ValueError("concurrency must be at least 1")
+        raise ConfigError(f"concurrency={concurrency}: use 1 or more worker processes")
     started = time.monotonic()
     files = [Path(p).expanduser().resolve() for p in paths]
     settings = worker_settings(settings, files)

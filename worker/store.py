@@ -277,8 +277,9 @@ def update_from_request(session: Session, call: Call, request: CallRequest) -> C
 def record_rejected(session: Session, external_call_id: str, uri: str, reason: str) -> Call:
     """A failed call row for a payload that did not validate (so the rejection is visible).
 
-    ``uri`` is clipped to fit. A call already done keeps its result: a malformed duplicate
-    message must not erase a good analysis.
+    ``uri`` is clipped to fit. A call that has a run keeps it: a malformed duplicate message
+    must not erase a good analysis, fail a call a worker is analysing, or overwrite the reason
+    a run failed for (the task logs the rejection either way).
     """
     if not is_valid_external_id(external_call_id):
         raise PayloadError(f"call_id: {_describe(external_call_id)} is not a valid call id")
@@ -287,7 +288,8 @@ def record_rejected(session: Session, external_call_id: str, uri: str, reason: s
         call = Call(external_call_id=external_call_id, source_uri=_clip(uri, URI_MAX_CHARS),
                     status="failed", attempts=0, call_metadata={})
         session.add(call)
-    elif call.status == "done":
+    elif call.status in ("done", "processing") or (call.status == "failed"
+                                                     and not was_rejected(call)):
         return call
     call.status = "failed"
     call.failure_reason = _clip(reason, FAILURE_REASON_MAX_CHARS)
@@ -302,9 +304,7 @@ def claim_for_processing(session: Session, call_id: int) -> Call:
     ``attempts`` counts the claims of the current run: claiming a done or failed call starts
     a new run at 1, so re-running a recording many times never looks like a poison loop.
     """
-    call = session.scalars(select(Call).where(Call.id == call_id).with_for_update()).first()
-    if call is None:
-        raise PayloadError(f"call_id: no call with id {call_id}")
+    call = _locked_call(session, call_id)
     if call.status in FINAL_STATUSES:
         call.attempts = 0
     call.status = "processing"
@@ -337,10 +337,7 @@ def save_analysis(session: Session, call_id: int, analysis: RecordingAnalysis) -
     original) replace in turn: under READ COMMITTED an unlocked DELETE would not see the
     other transaction's new rows, and both sets would stay.
     """
-    call = session.scalars(select(Call).where(Call.id == call_id).with_for_update()
-                           .execution_options(populate_existing=True)).one_or_none()
-    if call is None:
-        raise PayloadError(f"call_id: no call with id {call_id}")
+    call = _locked_call(session, call_id)
     rows = [_segment_row(call_id, segment) for segment in analysis.segments]
     session.execute(delete(Segment).where(Segment.call_id == call_id)
                     .execution_options(synchronize_session=False))
@@ -461,20 +458,47 @@ def was_rejected(call: Call) -> bool:
     return call.status == "failed" and call.attempts == 0
 
 
+@dataclass(frozen=True)
+class CallSendState:
+    """The fields of a call that reserving a send changes, as they were before: what
+    :func:`release_enqueue` puts back when the send fails."""
+
+    call_id: int
+    status: str
+    attempts: int
+    failure_reason: str | None
+    batch_id: int | None
+    enqueued_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What :func:`reserve_for_enqueue` decided for one call, and what undoes it."""
+
+    call: Call
+    send: bool
+    """Whether the caller is to publish the call's task now."""
+    before: CallSendState | None
+    """The call's state before this reservation (None when nothing is to be sent)."""
+
+
 def reserve_for_enqueue(session: Session, request: CallRequest,
-                        batch_id: int | None = None) -> tuple[Call, bool]:
-    """Register the call and decide whether its task is to be sent now: (call, send?).
+                        batch_id: int | None = None) -> Reservation:
+    """Register the call and decide whether its task is to be sent now.
 
     A call already sent (``enqueued_at``) or already worked on is not sent again unless
     ``request.reprocess``; then it starts a new run (pending, attempts 0), as a call whose
     payload the worker rejected does without it. A call sent with a ``batch_id`` joins that
     batch, and the batch it leaves (a reprocessed call, or one whose earlier send failed) is
     recounted. ``enqueued_at`` is set here, row-locked, so two producers racing on one call id
-    send one task; a producer whose send then fails calls :func:`release_enqueue`.
+    send one task; a producer whose send then fails calls :func:`release_enqueue` with
+    ``Reservation.before``.
     """
     call_id = register_call(session, request, batch_id=batch_id).id
-    call = session.scalars(select(Call).where(Call.id == call_id).with_for_update()
-                           .execution_options(populate_existing=True)).one()
+    call = _locked_call(session, call_id)
+    before = CallSendState(call_id=call.id, status=call.status, attempts=call.attempts,
+                           failure_reason=call.failure_reason, batch_id=call.batch_id,
+                           enqueued_at=call.enqueued_at)
     # a payload the worker rejected was never work done: the producer's request (validated
     # here) is its correction, sent without asking for a reprocess
     if request.reprocess or was_rejected(call):
@@ -483,17 +507,16 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
         call.failure_reason = None
         update_from_request(session, call, request)
     elif call.enqueued_at is not None or call.status != "pending":
-        return call, False
-    left = call.batch_id
+        return Reservation(call, False, None)
     if batch_id is not None:
         call.batch_id = batch_id
     call.enqueued_at = utcnow()
     session.flush()
-    if left is not None and left != call.batch_id:
+    if before.batch_id is not None and before.batch_id != call.batch_id:
         # the batch it leaves counts it no more: recount now, or that batch keeps it among
         # its done/failed and, if it was its last unfinished call, never records its end
-        refresh_batch_counts(session, left)
-    return call, True
+        refresh_batch_counts(session, before.batch_id)
+    return Reservation(call, True, before)
 
 
 def calls_awaiting_worker(session: Session, sent_before: datetime,
@@ -517,11 +540,39 @@ def mark_resent(session: Session, call_ids: Sequence[int]) -> None:
     session.flush()
 
 
-def release_enqueue(session: Session, call_ids: Sequence[int]) -> None:
-    """Forget that these calls were sent (their send failed), so a later enqueue sends them."""
-    for call_id in call_ids:
-        get_call(session, call_id).enqueued_at = None
-    session.flush()
+def release_enqueue(session: Session, reserved: Sequence[CallSendState]) -> None:
+    """Undo the reservations of a send that failed: each call gets back the state it had
+    before (a failed call stays failed with its reason, so ``callmood failures`` and
+    ``retry`` still find it; a done call sent for reprocessing stays done and in the
+    reports), and a later enqueue sends it. A call a worker has claimed since (a send that
+    failed half-way after publishing it) is left to that worker. Request fields the
+    reservation updated (agent, team, ...) keep their new values.
+    """
+    for state in reserved:
+        call = _locked_call(session, state.call_id)
+        if call.status != "pending" or call.attempts != 0:
+            continue
+        moved_from = call.batch_id
+        call.status = state.status
+        call.attempts = state.attempts
+        call.failure_reason = state.failure_reason
+        call.batch_id = state.batch_id
+        call.enqueued_at = state.enqueued_at
+        session.flush()
+        if moved_from != state.batch_id:
+            for batch_id in (moved_from, state.batch_id):
+                if batch_id is not None:
+                    refresh_batch_counts(session, batch_id)
+
+
+def _locked_call(session: Session, call_id: int) -> Call:
+    """The call row, locked (PostgreSQL) and read afresh: an object loaded before the lock
+    must not keep its stale fields."""
+    call = session.scalars(select(Call).where(Call.id == call_id).with_for_update()
+                           .execution_options(populate_existing=True)).first()
+    if call is None:
+        raise PayloadError(f"call_id: no call with id {call_id}")
+    return call
 
 
 def request_for_call(call: Call, reprocess: bool = False) -> CallRequest:

@@ -122,7 +122,8 @@ def test_callmood_beat_execs_celery_beat(tmp_path: Path, redis_url: str) -> None
 
 
 def test_a_file_that_cannot_travel_or_a_broker_outage_does_not_wedge_the_scan(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     inbox = tmp_path / "inbox"
     deep = inbox / ("d" * 120)
     deep.mkdir(parents=True)
@@ -130,6 +131,8 @@ def test_a_file_that_cannot_travel_or_a_broker_outage_does_not_wedge_the_scan(
         (folder / name).write_bytes(name.encode())  # distinct contents, distinct call ids
     latin1 = inbox / os.fsdecode(b"\xe9t\xe9.wav")
     latin1.write_bytes(b"latin-1 name")
+    loop = inbox / "loop.wav"
+    loop.symlink_to(loop)  # a symlink loop is skipped (logged), not the end of the scan
     settings = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
                                   "CALLMOOD_INBOX_DIRS": str(inbox)})
     db.upgrade(settings.database_url)
@@ -170,6 +173,7 @@ def test_a_file_that_cannot_travel_or_a_broker_outage_does_not_wedge_the_scan(
     report = scan_inboxes(settings, source="nightly", send=broker_back)
     assert (report.seen, report.enqueued, report.skipped, report.refused) == (4, 1, 2, 1)
     assert report.as_dict()["refused"] == 1
+    assert "loop.wav" in caplog.text
     # the refused file's content was never read: it is met (and refused) every night
     assert "c.wav" not in hashed and "a.wav" in hashed
     assert [r.uri for r in retried] == [latin1.resolve().as_uri()]

@@ -100,6 +100,17 @@ def test_configuration_errors_exit_2(env: Path, monkeypatch: pytest.MonkeyPatch,
     assert "CALLMOOD_CHANNEL_ROLES" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["run", "worker"])
+@pytest.mark.parametrize("concurrency", ["0", "two"])
+def test_a_concurrency_that_is_no_number_of_processes_is_a_usage_error(
+        env: Path, command: str, concurrency: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [command, *(["a.wav"] if command == "run" else []), "--concurrency", concurrency]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "1 or more" in capsys.readouterr().err
+
+
 def test_db_upgrade_reports_the_revision(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade"]) == 0
     assert "revision 0002" in capsys.readouterr().out

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -158,6 +158,34 @@ def test_manifests_csv_and_json_lines(producer: Settings, tmp_path: Path) -> Non
         assert call.batch_id == result.batch_id
         (batch,) = store.latest_batches(s, 1)
         assert (batch.source, batch.enqueued, batch.skipped) == ("manifest:m.jsonl", 1, 1)
+
+
+def test_a_manifest_whose_send_fails_half_way_closes_its_batch_with_what_it_sent(
+        producer: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import enqueue as enqueue_module
+
+    monkeypatch.setattr(enqueue_module, "SUBMIT_CHUNK", 1)
+    path = producer.input_roots[0] / "half.csv"
+    path.write_text("uri,call_id,agent_id\na.wav,H-1,ag\nb.wav,H-2,ag\nc.wav,H-3,ag\n")
+    sent: list[str] = []
+
+    def broker_fails_after_one(requests: Sequence[store.CallRequest]) -> list[str]:
+        if sent:
+            raise TransientError("broker unreachable")
+        sent.extend(r.external_call_id for r in requests)
+        return ["task-1"]
+
+    with pytest.raises(TransientError, match="broker unreachable"):
+        enqueue_manifest(path, settings=producer, send=broker_fails_after_one)
+    with db.session_scope(producer) as s:
+        (batch,) = store.latest_batches(s, 1)
+        assert batch.scanned_at is not None and (batch.enqueued, batch.skipped) == (1, 0)
+        # H-1 was sent, H-2 registered and released; H-3 was never reached
+        assert (batch.pending, batch.source) == (2, "manifest:half.csv")
+        unsent = store.find_call(s, "H-2")
+        assert unsent is not None and unsent.enqueued_at is None  # the next run sends it
+    result = enqueue_manifest(path, settings=producer, send=lambda rs: ["t"] * len(rs))
+    assert (result.sent, result.skipped) == (2, 1)
 
 
 @pytest.mark.parametrize(("text", "message"), [

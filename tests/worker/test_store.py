@@ -71,14 +71,17 @@ def test_a_reprocess_request_updates_the_calls_file_and_labels(db_url: str) -> N
         store.mark_failed(s, store.claim_for_processing(s, call_id).id, "corrupt file")
     with db.session_scope(db_url) as s:
         # a plain duplicate is not sent and changes nothing
-        again, send = store.reserve_for_enqueue(s, _request(uri="/calls/b.wav", agent_id="x"))
-        assert not send and (again.source_uri, again.agent_id) == ("/calls/a.wav", "agent-7")
+        kept = store.reserve_for_enqueue(s, _request(uri="/calls/b.wav", agent_id="x"))
+        again = kept.call
+        assert not kept.send and kept.before is None
+        assert (again.source_uri, again.agent_id) == ("/calls/a.wav", "agent-7")
         # a reprocess request is the newer word: its file and agent; the labels it leaves
         # out keep their values, its metadata keys join the stored ones
-        redo, send = store.reserve_for_enqueue(s, _request(
+        reserved = store.reserve_for_enqueue(s, _request(
             uri="/calls/b.wav", agent_id="agent-8", team=None, metadata={"fixed": True},
             reprocess=True))
-        assert send and (redo.status, redo.attempts) == ("pending", 0)
+        redo = reserved.call
+        assert reserved.send and (redo.status, redo.attempts) == ("pending", 0)
         assert (redo.source_uri, redo.agent_id, redo.team) == ("/calls/b.wav", "agent-8", "blue")
         assert redo.source_uri_sha256 == store.uri_sha256("/calls/b.wav")
         assert redo.call_metadata == {"campaign": "winter", "tags": ["vip"], "fixed": True}
@@ -137,24 +140,25 @@ def test_a_call_that_moves_to_a_new_batch_leaves_the_old_one_recounted(db_url: s
     that call was all it waited for)."""
     with db.session_scope(db_url) as s:
         first = store.create_batch(s, "nightly").id
-        done, _ = store.reserve_for_enqueue(s, _request("CC-1"), batch_id=first)
+        done = store.reserve_for_enqueue(s, _request("CC-1"), batch_id=first).call
         store.claim_for_processing(s, done.id)
         store.save_analysis(s, done.id, fake_analysis())
-        unsent, sent = store.reserve_for_enqueue(s, _request("CC-2"), batch_id=first)
-        assert sent
-        store.release_enqueue(s, [unsent.id])             # the broker refused its task
+        unsent = store.reserve_for_enqueue(s, _request("CC-2"), batch_id=first)
+        assert unsent.send and unsent.before is not None
+        store.release_enqueue(s, [unsent.before])         # the broker refused its task
         store.finish_batch_scan(s, first, enqueued=1, skipped=0)
     with db.session_scope(db_url) as s:
         (old,) = store.latest_batches(s, 1)
         assert (old.done, old.pending) == (1, 1) and old.finished_at is None
         second = store.create_batch(s, "nightly").id
-        assert store.reserve_for_enqueue(s, _request("CC-2"), batch_id=second)[1]
+        assert store.reserve_for_enqueue(s, _request("CC-2"), batch_id=second).send
     with db.session_scope(db_url) as s:
         old_row = s.get(Batch, first)
         assert old_row is not None and old_row.finished_at is not None
         assert (old_row.done_count, old_row.failed_count) == (1, 0)
         # a reprocess in the second batch takes the done call away from the first too
-        assert store.reserve_for_enqueue(s, _request("CC-1", reprocess=True), batch_id=second)[1]
+        assert store.reserve_for_enqueue(s, _request("CC-1", reprocess=True),
+                                         batch_id=second).send
     with db.session_scope(db_url) as s:
         old_row = s.get(Batch, first)
         assert old_row is not None and old_row.done_count == 0
@@ -168,16 +172,87 @@ def test_a_producer_sends_the_correction_of_a_payload_the_worker_rejected(db_url
     sent again unless asked."""
     with db.session_scope(db_url) as s:
         store.record_rejected(s, "CC-9", "", "started_at: expected a timezone-aware datetime")
-        ran = store.reserve_for_enqueue(s, _request("CC-7"))[0]
+        ran = store.reserve_for_enqueue(s, _request("CC-7")).call
         store.claim_for_processing(s, ran.id)
         store.mark_failed(s, ran.id, "decode error")
     with db.session_scope(db_url) as s:
-        call, sent = store.reserve_for_enqueue(s, _request("CC-9", uri="/calls/fixed.wav"))
-        assert sent and (call.status, call.failure_reason) == ("pending", None)
+        fixed = store.reserve_for_enqueue(s, _request("CC-9", uri="/calls/fixed.wav"))
+        call = fixed.call
+        assert fixed.send and (call.status, call.failure_reason) == ("pending", None)
         assert call.source_uri == "/calls/fixed.wav" and call.agent_id == "agent-7"
-        assert not store.reserve_for_enqueue(s, _request("CC-9"))[1]     # sent once
-        assert not store.reserve_for_enqueue(s, _request("CC-7"))[1]
-        assert store.reserve_for_enqueue(s, _request("CC-7", reprocess=True))[1]
+        assert not store.reserve_for_enqueue(s, _request("CC-9")).send     # sent once
+        assert not store.reserve_for_enqueue(s, _request("CC-7")).send
+        assert store.reserve_for_enqueue(s, _request("CC-7", reprocess=True)).send
+
+
+def test_a_failed_send_puts_back_what_its_reservation_changed(db_url: str) -> None:
+    """``retry`` or ``--reprocess`` while the broker is down: the failed call keeps its reason
+    (``failures`` and ``retry`` still find it), the done call stays done in its batch (the
+    reports keep it), and the next send works; a call a worker has claimed since is its."""
+    with db.session_scope(db_url) as s:
+        first = store.create_batch(s, "nightly").id
+        failed = store.reserve_for_enqueue(s, _request("CC-1"), batch_id=first).call
+        store.claim_for_processing(s, failed.id)
+        store.mark_failed(s, failed.id, "decode error")
+        done = store.reserve_for_enqueue(s, _request("CC-2"), batch_id=first).call
+        store.claim_for_processing(s, done.id)
+        store.save_analysis(s, done.id, fake_analysis())
+        store.finish_batch_scan(s, first, enqueued=2, skipped=0)
+        sent_at = done.enqueued_at
+    with db.session_scope(db_url) as s:
+        second = store.create_batch(s, "retry").id
+        reserved = [store.reserve_for_enqueue(s, _request(c, reprocess=True), batch_id=second)
+                    for c in ("CC-1", "CC-2")]
+        assert [(r.call.status, r.call.batch_id) for r in reserved] == [("pending", second)] * 2
+    with db.session_scope(db_url) as s:
+        store.release_enqueue(s, [r.before for r in reserved if r.before is not None])
+    with db.session_scope(db_url) as s:
+        rows = {c.external_call_id: c for c in s.scalars(select(Call))}
+        assert (rows["CC-1"].status, rows["CC-1"].attempts) == ("failed", 1)
+        assert rows["CC-1"].failure_reason == "decode error"
+        assert (rows["CC-2"].status, rows["CC-2"].enqueued_at) == ("done", sent_at)
+        assert {c.batch_id for c in rows.values()} == {first}
+        old = s.get(Batch, first)
+        assert old is not None and (old.done_count, old.failed_count) == (1, 1)
+        assert [c.external_call_id for c in store.list_calls(s, status="failed")] == ["CC-1"]
+        again = store.reserve_for_enqueue(s, _request("CC-1", reprocess=True))
+        assert again.send and again.before is not None
+        store.claim_for_processing(s, again.call.id)     # published before the send failed
+        store.release_enqueue(s, [again.before])
+        assert (again.call.status, again.call.attempts) == ("processing", 1)
+
+
+@pytest.mark.postgres
+def test_a_claim_counts_on_the_rows_committed_attempts_not_a_stale_copy(
+        postgres_url: str) -> None:
+    """Two deliveries of one call on PostgreSQL (SQLite's one writer cannot interleave them):
+    the second claim's session loaded the row before the first claim committed; the lock
+    re-reads it, so attempts count both."""
+    db_url = postgres_url
+    db.upgrade(db_url)
+    with db.session_scope(db_url) as s:
+        call_id = store.register_call(s, _request()).id
+    with db.session_scope(db_url) as late:
+        stale = late.get(Call, call_id)
+        assert stale is not None and stale.attempts == 0
+        with db.session_scope(db_url) as early:
+            assert store.claim_for_processing(early, call_id).attempts == 1
+        assert store.claim_for_processing(late, call_id).attempts == 2
+
+
+def test_a_malformed_duplicate_leaves_a_running_or_failed_run_alone(db_url: str) -> None:
+    with db.session_scope(db_url) as s:
+        running = store.register_call(s, _request("CC-1")).id
+        store.claim_for_processing(s, running)
+        failed = store.register_call(s, _request("CC-2")).id
+        store.claim_for_processing(s, failed)
+        store.mark_failed(s, failed, "decode error")
+        store.record_rejected(s, "CC-3", "", "agent_id: required")
+    with db.session_scope(db_url) as s:
+        assert store.record_rejected(s, "CC-1", "", "bad").status == "processing"
+        kept = store.record_rejected(s, "CC-2", "", "bad")
+        assert (kept.status, kept.failure_reason) == ("failed", "decode error")
+        assert store.record_rejected(s, "CC-3", "", "team: bad").failure_reason == "team: bad"
 
 
 def test_store_never_commits_the_callers_rollback_undoes_everything(db_url: str) -> None:
