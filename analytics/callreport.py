@@ -54,15 +54,19 @@ def _per_role(frame: pd.DataFrame, role: str, columns: dict[str, str]) -> pd.Dat
 
 def escalation_moments(segments: pd.DataFrame) -> pd.DataFrame:
     """Per call (index): ``longest_high_stress_s`` (longest customer high-stress run, s; 0 when
-    none), ``sustained_at_s`` (start of the first run >= ESCALATION_MIN_S; NaN when none)."""
+    none, NaN for a call without a customer party), ``sustained_at_s`` (start of the first run
+    >= ESCALATION_MIN_S; NaN when none)."""
     calls = pd.Index(segments["call"].unique(), name="call")
+    with_customer = calls.isin(segments.loc[segments["role"] == ROLE_CUSTOMER, "call"])
+    none_s = pd.Series(np.where(with_customer, 0.0, np.nan), index=calls)
     runs = high_stress_runs(segments, role=ROLE_CUSTOMER)
     if runs.empty:
-        return pd.DataFrame({"longest_high_stress_s": 0.0, "sustained_at_s": np.nan}, index=calls)
+        return pd.DataFrame({"longest_high_stress_s": none_s, "sustained_at_s": np.nan},
+                            index=calls)
     longest = runs.groupby("call")["run_s"].max().astype(float)
     sustained = runs[runs["run_s"] >= ESCALATION_MIN_S].groupby("call")["start_s"].min()
     return pd.DataFrame({
-        "longest_high_stress_s": longest.reindex(calls).fillna(0.0),
+        "longest_high_stress_s": longest.reindex(calls).fillna(none_s),
         "sustained_at_s": sustained.reindex(calls).astype(float),
     })
 
@@ -78,7 +82,7 @@ def call_metrics(calls: pd.DataFrame, segments: pd.DataFrame) -> pd.DataFrame:
     base = calls.set_index("call")
     durations_s = base["duration_s"]
     if segments.empty:
-        return _finish(base.reset_index().reindex(columns=columns))
+        return _finish(_silent_calls(base.reset_index().reindex(columns=columns)))
     lengths_s = call_lengths_s(segments, durations_s)
     stress = party_stress(segments)
     shift = mood_shift(segments, durations_s)
@@ -113,7 +117,19 @@ def call_metrics(calls: pd.DataFrame, segments: pd.DataFrame) -> pd.DataFrame:
         call_talk(segments, durations_s).set_index("call")[
             ["silence_s", "silence_share", "overtalk_s"]],
     ])
-    return _finish(out.reset_index()[columns])
+    return _finish(_silent_calls(out.reset_index()[columns]))
+
+
+def _silent_calls(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Talk figures of analysed calls in which nobody spoke (no segments): the whole call is
+    silence and nothing overlaps; the dead-air call a supervisor most wants to see."""
+    silent = metrics["silence_s"].isna() & metrics["duration_s"].notna()
+    duration_s = metrics["duration_s"].astype(float)
+    return metrics.assign(
+        silence_s=metrics["silence_s"].astype(float).mask(silent, duration_s),
+        silence_share=metrics["silence_share"].astype(float).mask(
+            silent & (duration_s > 0), 1.0),
+        overtalk_s=metrics["overtalk_s"].astype(float).mask(silent, 0.0))
 
 
 def _finish(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -132,20 +148,23 @@ def rank_by_customer_stress(metrics: pd.DataFrame) -> pd.DataFrame:
                                na_position="last", ignore_index=True)
 
 
-def period_start(started_at: pd.Series, period: Period) -> pd.Series:
-    """UTC midnight of the day, or of the Monday of the ISO week, of each start (NaT for
-    ``all`` or an unknown start)."""
+def period_start(started_at: pd.Series, period: Period, timezone: str = "UTC") -> pd.Series:
+    """The calendar day, or the Monday of the ISO week, of each start in ``timezone`` (an IANA
+    name: the site's days, not UTC's), as naive midnights of that day; NaT for ``all`` or an
+    unknown start."""
     if period == "all":
-        return pd.Series(pd.NaT, index=started_at.index, dtype="datetime64[ns, UTC]")
-    day = pd.to_datetime(started_at, utc=True).dt.floor("D")
+        return pd.Series(pd.NaT, index=started_at.index, dtype="datetime64[ns]")
+    # wall-clock dates: a week that crosses a DST change still starts on its Monday
+    day = (pd.to_datetime(started_at, utc=True).dt.tz_convert(timezone).dt.tz_localize(None)
+           .dt.normalize())
     if period == "day":
         return day
     return day - pd.to_timedelta(day.dt.day_of_week, unit="D")
 
 
 def aggregate_calls(metrics: pd.DataFrame, by: GroupBy = "agent",
-                    period: Period = "all") -> pd.DataFrame:
-    """Per agent (or team) and day/week/all: :data:`AGGREGATE_COLUMNS`.
+                    period: Period = "all", timezone: str = "UTC") -> pd.DataFrame:
+    """Per agent (or team) and day/week/all (days of ``timezone``): :data:`AGGREGATE_COLUMNS`.
 
     Means skip calls without the party; ``escalated_share`` is escalated calls / calls (0-1).
     """
@@ -153,7 +172,7 @@ def aggregate_calls(metrics: pd.DataFrame, by: GroupBy = "agent",
     if metrics.empty:
         return pd.DataFrame(columns=columns)
     keyed = metrics.assign(group=metrics["agent_id" if by == "agent" else "team"],
-                           period_start=period_start(metrics["started_at"], period),
+                           period_start=period_start(metrics["started_at"], period, timezone),
                            escalated=metrics["escalated"].astype(bool))
     grouped = keyed.groupby(["group", "period_start"], dropna=False, sort=True)
     out = grouped.agg(

@@ -50,15 +50,16 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     :func:`run_report`."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "report", help="supervisor reports over analysed calls (CSV, optional PNG per call)",
-        description="Write a supervisor report over analysed calls as CSV. Days are UTC and "
-                    "inclusive; the columns are documented in docs/analytics.md.")
+        description="Write a supervisor report over analysed calls as CSV. Days are the site's "
+                    "(CALLMOOD_TIMEZONE, default UTC) and inclusive; the columns are "
+                    "documented in docs/analytics.md.")
     p.add_argument("kind", choices=REPORT_KINDS,
                    help="calls: one row per call; stress: calls ranked by customer stress; "
                         "timeline: per call, party and time bin; agents: per agent/team")
     p.add_argument("--from", dest="date_from", type=_iso_day, metavar="YYYY-MM-DD",
-                   help="first day (UTC) of call starts")
+                   help="first day of call starts (days of CALLMOOD_TIMEZONE, default UTC)")
     p.add_argument("--to", dest="date_to", type=_iso_day, metavar="YYYY-MM-DD",
-                   help="last day (UTC, inclusive) of call starts")
+                   help="last day (inclusive) of call starts (days of CALLMOOD_TIMEZONE)")
     p.add_argument("--agent", help="only this agent id")
     p.add_argument("--team", help="only this team")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.csv", help="CSV to write")
@@ -96,12 +97,13 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
               file=sys.stderr)
         return 2
     where = ReportFilter(date_from=args.date_from, date_to=args.date_to, agent=args.agent,
-                         team=args.team)
+                         team=args.team, timezone=settings.timezone)
     with report_session(settings.database_url) as session:
         calls = load_calls(session, where)
         segments = load_filtered_segments(session, where)
     report = report_from_frames(args.kind, calls, segments, bin_s=args.bin_s,
-                                period=cast(Period, args.period), by=cast(GroupBy, args.by))
+                                period=cast(Period, args.period), by=cast(GroupBy, args.by),
+                                timezone=settings.timezone)
     path = write_csv(round_for_export(report), args.out, excel_bom=args.bom)
     message = f"callmood report {args.kind}: {len(report)} rows -> {path}"
     if args.plots is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from worker.errors import ConfigError, TransientError
 from worker.schema import PROBABILITY_COLUMNS, Call, Segment
+from worker.settings import zone_for
 
 SEGMENT_COLUMNS: tuple[str, ...] = (
     "call", "agent_id", "channel", "role", "start_s", "end_s", "emotion", "confidence",
@@ -46,39 +47,42 @@ REPORTED_STATUS = "done"
 class ReportFilter:
     """Which calls a report covers. ``None`` means no restriction on that field.
 
-    ``date_from``/``date_to`` are UTC calendar days, both inclusive (a datetime is used as
-    an exact bound instead: ``>= date_from`` and ``< date_to``). A date filter leaves out
-    calls without ``started_at``.
+    ``date_from``/``date_to`` are calendar days of ``timezone`` (an IANA name, the site's
+    CALLMOOD_TIMEZONE; default UTC), both inclusive (a datetime is used as an exact bound
+    instead: ``>= date_from`` and ``< date_to``; a naive one is UTC). A date filter leaves
+    out calls without ``started_at``.
     """
 
     date_from: date | datetime | None = None
     date_to: date | datetime | None = None
     agent: str | None = None
     team: str | None = None
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        zone_for(self.timezone, "timezone")
 
     def started_bounds(self) -> tuple[datetime | None, datetime | None]:
         """``[lower, upper)`` bounds on ``calls.started_at`` as aware UTC datetimes."""
-        return _lower_bound(self.date_from), _upper_bound(self.date_to)
+        zone = zone_for(self.timezone, "timezone")
+        return (_day_start(self.date_from, zone, 0),
+                _day_start(self.date_to, zone, 1))
 
 
 def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _lower_bound(value: date | datetime | None) -> datetime | None:
+def _day_start(value: date | datetime | None, zone: tzinfo, days_after: int
+               ) -> datetime | None:
+    """The UTC instant of the local midnight ``days_after`` days after the day ``value`` (a
+    datetime: itself)."""
     if value is None:
         return None
     if isinstance(value, datetime):
         return _as_utc(value)
-    return datetime.combine(value, time(0), tzinfo=UTC)
-
-
-def _upper_bound(value: date | datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return _as_utc(value)
-    return datetime.combine(value + timedelta(days=1), time(0), tzinfo=UTC)
+    return datetime.combine(value + timedelta(days=days_after), time(0), tzinfo=zone
+                            ).astimezone(UTC)
 
 
 def _filtered(query: _Query, where: ReportFilter) -> _Query:
@@ -144,14 +148,20 @@ def report_session(database_url: str) -> Iterator[Session]:
 
     On SQLite it starts a plain (deferred) ``BEGIN`` with ``PRAGMA query_only``: in WAL mode
     a reader sees one snapshot and never blocks the workers, whereas ``worker.db.session_scope``
-    begins ``IMMEDIATE`` and would hold the write lock for the whole report. Other backends
-    use ``session_scope`` (PostgreSQL readers do not block writers).
+    begins ``IMMEDIATE`` and would hold the write lock for the whole report. On PostgreSQL
+    the transaction is ``REPEATABLE READ`` and read-only: the report's reads (calls, then
+    their segments) see one snapshot, so a call reprocessed between them is not listed
+    without its segments, and readers still do not block writers.
     """
     from worker.db import configure_sqlite, session_scope
 
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
         with session_scope(database_url) as session:
+            if url.get_backend_name() == "postgresql":
+                # before any statement: the options apply to the transaction it begins
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ",
+                                                      "postgresql_readonly": True})
             yield session
         return
     database = url.database or ""

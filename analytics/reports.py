@@ -85,9 +85,10 @@ def round_for_export(frame: pd.DataFrame) -> pd.DataFrame:
 
 def report_from_frames(kind: str, calls: pd.DataFrame, segments: pd.DataFrame, *,
                        bin_s: float = DEFAULT_BIN_S, period: Period = "all",
-                       by: GroupBy = "agent") -> pd.DataFrame:
+                       by: GroupBy = "agent", timezone: str = "UTC") -> pd.DataFrame:
     """The ``kind`` report (pure) from the frames of ``load_calls`` / ``load_filtered_segments``:
-    unrounded, columns :data:`REPORT_COLUMNS` ``[kind]``. Raise ValueError for an unknown kind."""
+    unrounded, columns :data:`REPORT_COLUMNS` ``[kind]`` (``agents`` periods are days of
+    ``timezone``). Raise ValueError for an unknown kind."""
     if kind not in REPORT_KINDS:
         raise ValueError(f"unknown report {kind!r}; use one of {', '.join(REPORT_KINDS)}")
     columns = list(REPORT_COLUMNS[kind])
@@ -103,19 +104,22 @@ def report_from_frames(kind: str, calls: pd.DataFrame, segments: pd.DataFrame, *
     if kind == "stress":
         ranked = rank_by_customer_stress(metrics)
         return ranked.assign(rank=range(1, len(ranked) + 1))[columns]
-    return aggregate_calls(metrics, by=by, period=period)[columns]
+    return aggregate_calls(metrics, by=by, period=period, timezone=timezone)[columns]
 
 
 def build_report(kind: str, session: Session, date_from: date | datetime | None = None,
                  date_to: date | datetime | None = None, agent: str | None = None,
                  team: str | None = None, *, bin_s: float = DEFAULT_BIN_S,
-                 period: Period = "all", by: GroupBy = "agent") -> pd.DataFrame:
-    """The ``kind`` report over analysed calls started between the UTC days ``date_from``
-    and ``date_to`` (inclusive), of ``agent`` / ``team`` when given: unrounded, columns
-    :data:`REPORT_COLUMNS` ``[kind]``. Raise ValueError for an unknown kind."""
+                 period: Period = "all", by: GroupBy = "agent",
+                 timezone: str = "UTC") -> pd.DataFrame:
+    """The ``kind`` report over analysed calls started between the days ``date_from`` and
+    ``date_to`` (inclusive) of ``timezone`` (the site's zone, CALLMOOD_TIMEZONE in the CLI),
+    of ``agent`` / ``team`` when given: unrounded, columns :data:`REPORT_COLUMNS` ``[kind]``.
+    Raise ValueError for an unknown kind."""
     if kind not in REPORT_KINDS:
         raise ValueError(f"unknown report {kind!r}; use one of {', '.join(REPORT_KINDS)}")
-    where = ReportFilter(date_from=date_from, date_to=date_to, agent=agent, team=team)
+    where = ReportFilter(date_from=date_from, date_to=date_to, agent=agent, team=team,
+                         timezone=timezone)
     return report_from_frames(kind, load_calls(session, where),
                               load_filtered_segments(session, where),
-                              bin_s=bin_s, period=period, by=by)
+                              bin_s=bin_s, period=period, by=by, timezone=timezone)

@@ -51,9 +51,11 @@ def timeline(segments: pd.DataFrame, durations_s: pd.Series,
         return pd.DataFrame(columns=columns)
     lengths_s = call_lengths_s(segments, durations_s)
     n_bins = np.maximum(np.ceil(lengths_s / bin_s).astype(int), 1)
-    parties = segments[["call", "role"]].drop_duplicates()
+    # positional repeat: a frame built by concatenation may repeat row labels
+    parties = segments[["call", "role"]].drop_duplicates(ignore_index=True)
     grid = parties.assign(n=parties["call"].map(n_bins))
-    grid = grid.loc[grid.index.repeat(grid["n"])].assign(
+    grid = grid.iloc[np.repeat(np.arange(len(grid)), grid["n"].to_numpy())].reset_index(
+        drop=True).assign(
         bin=lambda f: f.groupby(["call", "role"]).cumcount()).drop(columns="n")
     index = pd.MultiIndex.from_frame(grid[["call", "role", "bin"]])
 

@@ -104,7 +104,7 @@ class Settings:
                               f"CALLMOOD_INPUT_ROOTS ({', '.join(str(r) for r in roots)}); "
                               "the worker could not read what the scan enqueues")
         timezone = get("TIMEZONE") or "UTC"
-        _check_timezone(timezone)
+        zone_for(timezone)
 
         log_level = (get("LOG_LEVEL") or "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -209,11 +209,12 @@ def _clock_time(raw: str, name: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def _check_timezone(name: str) -> None:
+def zone_for(name: str, setting: str = "CALLMOOD_TIMEZONE") -> ZoneInfo:
+    """The IANA time zone ``name``; ConfigError naming ``setting`` when there is none."""
     try:
-        ZoneInfo(name)
+        return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as e:
-        raise ConfigError(f"CALLMOOD_TIMEZONE={name!r}: expected an IANA zone name such as "
+        raise ConfigError(f"{setting}={name!r}: expected an IANA zone name such as "
                           "UTC or Europe/Berlin") from e
 
 

@@ -63,7 +63,9 @@ def test_calm_call_and_mono_call() -> None:
     assert math.isnan(b["escalation_at_s"])
     m = metrics.loc["m"]
     assert math.isnan(m["customer_stress"]) and pd.isna(m["agent_turns"])
+    assert math.isnan(m["longest_high_stress_s"])  # no customer party: empty, not 0 s
     assert bool(m["escalated"]) is False
+    assert b["longest_high_stress_s"] == 0.0
 
 
 def test_rise_alone_escalates_at_the_last_third() -> None:
@@ -79,6 +81,19 @@ def test_calls_without_segments_still_get_a_row() -> None:
     metrics = call_metrics(CALLS, SEGMENTS.iloc[0:0])
     assert metrics["call"].tolist() == ["a", "b", "m"]
     assert metrics["escalated"].tolist() == [False, False, False]
+    # an analysed 30 s call in which nobody spoke is 30 s of silence, not an empty cell
+    assert metrics[["silence_s", "silence_share", "overtalk_s"]].iloc[0].tolist() == [
+        30.0, 1.0, 0.0]
+    assert metrics["silence_s"].iloc[1:].isna().all()  # unknown length: unknown silence
+
+
+def test_a_silent_call_beside_calls_with_speech_is_all_silence() -> None:
+    calls = pd.concat([CALLS, CALLS.iloc[:1].assign(call="s", duration_s=45.0)],
+                      ignore_index=True)
+    silent = call_metrics(calls, SEGMENTS).set_index("call").loc["s"]
+    assert (silent["silence_s"], silent["silence_share"], silent["overtalk_s"]) == (
+        45.0, 1.0, 0.0)
+    assert math.isnan(silent["customer_stress"]) and bool(silent["escalated"]) is False
 
 
 def test_ranking_puts_the_most_stressed_customer_first_and_mono_last() -> None:
@@ -93,6 +108,14 @@ def test_period_start_day_and_iso_week() -> None:
     assert period_start(stamps, "week").dt.strftime("%Y-%m-%d").tolist() == [
         "2026-11-02", "2026-11-02"]  # the Monday of each ISO week
     assert period_start(stamps, "all").isna().all()
+    # the site's days: 02:30 UTC on Monday 2 November is Sunday evening in New York, in the
+    # ISO week that began on 26 October (the US left summer time on 1 November)
+    evening = pd.Series(pd.to_datetime(["2026-11-02T02:30Z"], utc=True))
+    assert period_start(evening, "day", "America/New_York").dt.strftime(
+        "%Y-%m-%d").tolist() == ["2026-11-01"]
+    assert period_start(evening, "week", "America/New_York").dt.strftime(
+        "%Y-%m-%d").tolist() == ["2026-10-26"]
+    assert period_start(evening, "week").dt.strftime("%Y-%m-%d").tolist() == ["2026-11-02"]
 
 
 def test_aggregate_per_agent_and_week() -> None:

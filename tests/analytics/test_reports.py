@@ -12,12 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from analytics.cli import add_report_parser, run_report
+from analytics.queries import ReportFilter
 from analytics.reports import REPORT_COLUMNS, build_report, round_for_export
 from tests.analytics.frames import ESCALATING, frame, one_hot
 from worker.db import session_scope, upgrade
+from worker.errors import ConfigError
 from worker.schema import Call, Segment
 from worker.settings import Settings
 
@@ -109,11 +111,11 @@ def test_timeline_and_agents_reports(report_db: str) -> None:
                                                                     "t3": 0.0}
 
 
-def _run(url: str, tmp_path: Path, *argv: str) -> int:
+def _run(url: str, tmp_path: Path, *argv: str, timezone: str = "UTC") -> int:
     parser = argparse.ArgumentParser()
     add_report_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["report", *argv])
-    settings = Settings.from_env({"CALLMOOD_DATABASE_URL": url,
+    settings = Settings.from_env({"CALLMOOD_DATABASE_URL": url, "CALLMOOD_TIMEZONE": timezone,
                                   "CALLMOOD_DATA_DIR": str(tmp_path / "data")})
     code: int = args.func(args, settings)
     assert args.func is run_report
@@ -139,6 +141,30 @@ def test_cli_writes_safe_csv_and_pngs(report_db: str, tmp_path: Path) -> None:
     with (plots / "c-a.png").open("rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert (plots / "c-a.png").stat().st_size > 20_000
+
+
+def test_days_are_the_sites_calendar_days(report_db: str, tmp_path: Path) -> None:
+    """CALLMOOD_TIMEZONE=America/New_York: c-bob (23:30 UTC) and c-late (00:00 UTC the next
+    day) both started on the evening of 4 November there, so --from/--to and --period day
+    count them on that day; in UTC they fall on two."""
+    def rows(kind: str, *argv: str, timezone: str) -> list[dict[str, str]]:
+        out = tmp_path / f"{kind}-{timezone.replace('/', '-')}.csv"
+        assert _run(report_db, tmp_path, kind, *argv, "--out", str(out),
+                    timezone=timezone) == 0
+        return list(csv.DictReader(out.open(encoding="utf-8")))
+
+    new_york = rows("calls", "--from", "2026-11-04", "--to", "2026-11-04",
+                    timezone="America/New_York")
+    assert [r["call"] for r in new_york] == ["c-bob", "c-late"]
+    assert new_york[1]["started_at"] == "2026-11-05T00:00:00Z"  # times stay UTC
+    utc = rows("calls", "--from", "2026-11-04", "--to", "2026-11-04", timezone="UTC")
+    assert [r["call"] for r in utc] == ["c-bob"]
+    by_day = rows("agents", "--period", "day", "--agent", "bob", timezone="America/New_York")
+    assert [(r["period_start"], r["calls"]) for r in by_day] == [("2026-11-04", "2")]
+    by_utc_day = rows("agents", "--period", "day", "--agent", "bob", timezone="UTC")
+    assert [r["period_start"] for r in by_utc_day] == ["2026-11-04", "2026-11-05"]
+    with pytest.raises(ConfigError, match="timezone='Mars/Olympus'"):
+        ReportFilter(timezone="Mars/Olympus")
 
 
 def test_empty_result_is_a_csv_with_headers(report_db: str, tmp_path: Path) -> None:
@@ -190,7 +216,7 @@ def test_round_for_export_units_and_times() -> None:
 def test_sqlite_report_reads_do_not_block_writers(tmp_path: Path) -> None:
     import sqlite3
 
-    from analytics.queries import ReportFilter, load_calls, report_session
+    from analytics.queries import load_calls, report_session
 
     url = f"sqlite:///{tmp_path / 'r.sqlite'}"
     _populate(url)
@@ -207,9 +233,31 @@ def test_sqlite_report_reads_do_not_block_writers(tmp_path: Path) -> None:
             session.execute(text("DELETE FROM segments"))
 
 
+@pytest.mark.postgres
+def test_postgres_report_reads_see_one_snapshot(postgres_url: str) -> None:
+    """A call set back to pending for reprocessing between the report's two reads is still
+    reported with its segments (one REPEATABLE READ snapshot), and the report writes nothing."""
+    from sqlalchemy import update
+
+    from analytics.queries import load_calls, load_filtered_segments, report_session
+
+    _populate(postgres_url)
+    with report_session(postgres_url) as session:
+        calls = load_calls(session, ReportFilter())
+        with session_scope(postgres_url) as worker:
+            worker.execute(update(Call).where(Call.external_call_id == "c-bob")
+                           .values(status="pending"))
+        segments = load_filtered_segments(session, ReportFilter())
+        assert "c-bob" in set(calls["call"]) and "c-bob" in set(segments["call"])
+        assert len(load_calls(session, ReportFilter())) == 4
+        with pytest.raises(DBAPIError, match="read-only transaction"):
+            session.execute(text("DELETE FROM segments"))
+    with report_session(postgres_url) as session:  # a new report sees the change
+        assert "c-bob" not in set(load_calls(session, ReportFilter())["call"])
+
+
 def test_report_on_a_missing_sqlite_file_is_a_config_error(tmp_path: Path) -> None:
     from analytics.queries import report_session
-    from worker.errors import ConfigError
 
     with pytest.raises(ConfigError, match="does not exist"), \
             report_session(f"sqlite:///{tmp_path / 'nope.sqlite'}"):

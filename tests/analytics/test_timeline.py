@@ -47,6 +47,16 @@ def test_probabilities_are_weighted_by_seconds_inside_the_bin() -> None:
     assert grid["dominant"].tolist() == ["neutral", "angry"]
 
 
+def test_a_frame_with_repeated_row_labels_gives_the_same_grid() -> None:
+    mono = frame(one_hot("m", "unknown", 0.0, 4.0, "angry"))
+    durations_s = pd.Series({"a": 30.0, "m": 4.0})
+    joined = pd.concat([ESCALATING, mono])  # labels 0.. repeat
+    clean = pd.concat([ESCALATING, mono], ignore_index=True)
+    out = timeline(joined, durations_s, bin_s=10.0)
+    pd.testing.assert_frame_equal(out, timeline(clean, durations_s, bin_s=10.0))
+    assert len(out) == 2 * 3 + 1  # two parties x three 10 s bins, one party x one bin
+
+
 def test_bin_size_is_configurable() -> None:
     grid = timeline(CALL, pd.Series({"c": 17.0}), bin_s=10.0)
     assert grid[grid["role"] == "customer"]["speech_s"].tolist() == [5.0, 2.0]
