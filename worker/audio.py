@@ -27,6 +27,7 @@ from worker.constants import (
     ANALYSIS_SAMPLE_RATE,
     MAX_CHANNELS,
     MAX_INPUT_SAMPLE_RATE,
+    MAX_SAMPLE_PEAK,
     MIN_INPUT_SAMPLE_RATE,
 )
 from worker.errors import AudioDecodeError, InputNotAllowedError, UnsupportedAudioError
@@ -180,8 +181,7 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
     if data.shape[0] / read_rate > max_duration_s:
         raise UnsupportedAudioError(f"{data.shape[0] / read_rate:.0f} s is longer than the limit "
                                     f"of {max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
-    if not np.isfinite(data).all():
-        raise AudioDecodeError(f"{path.name} contains NaN or infinite samples")
+    check_samples(data, path.name)
     channels = tuple(resample(data[:, c], int(read_rate)) for c in range(data.shape[1]))
     return Recording(
         path=path,
@@ -192,6 +192,20 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
         subtype=str(info.subtype),
         sha256=file_sha256(path),
     )
+
+
+def check_samples(data: Audio, name: str, at_s: float | None = None) -> None:
+    """AudioDecodeError unless every decoded sample is finite and within
+    +-:data:`MAX_SAMPLE_PEAK` (``at_s``: where the block starts, for the message)."""
+    where = "" if at_s is None else f" (after {at_s:.1f} s)"
+    if not np.isfinite(data).all():
+        raise AudioDecodeError(f"{name} contains NaN or infinite samples{where}")
+    peak = float(np.max(np.abs(data))) if data.size else 0.0
+    if peak > MAX_SAMPLE_PEAK:
+        raise AudioDecodeError(
+            f"{name} has samples up to {peak:.4g}{where}; float samples must lie within "
+            f"+-1.0 (at most +-{MAX_SAMPLE_PEAK:g} is accepted): written at integer scale? "
+            "Rescale it to +-1.0 or write integer PCM")
 
 
 @dataclass(frozen=True)
@@ -239,7 +253,8 @@ def stream_blocks(stream: StreamInfo, max_duration_s: float,
     delay makes the first block short and adds a flushed tail at the end); concatenated
     they equal, sample for sample, the channels :func:`load_recording` returns (one soxr
     stream per file carries its filter state across block edges, so the edges leave no
-    trace; checked in tests/worker/test_stream.py). Memory: one block, whatever the length.
+    trace; checked in tests/worker/test_stream.py); MP3 to within a few thousandths, as
+    libsndfile's mpg123 decodes block reads. Memory: one block, whatever the length.
 
     Raises AudioDecodeError when a block cannot be decoded (corrupt or truncated data
     mid-file), holds NaN/inf, or the file has no frames; UnsupportedAudioError when the
@@ -256,18 +271,18 @@ def stream_blocks(stream: StreamInfo, max_duration_s: float,
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioDecodeError(f"{name} could not be opened for decoding: {e}") from e
     with sound:
-        blocks = sound.blocks(blocksize=block_frames, dtype="float32", always_2d=True)
         while True:
             try:
-                data = next(blocks, None)
+                # read() trims to the frames decoded; SoundFile.blocks() would hand back its
+                # reused buffer unchanged where a truncated MP3 ends before its header's
+                # length, repeating the last block as if it were more speech
+                data = sound.read(block_frames, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError, ValueError) as e:
                 raise AudioDecodeError(f"{name} could not be decoded after {frames / rate:.1f} s "
                                        f"(corrupt or truncated data mid-file?): {e}") from e
-            if data is None:
+            if data.shape[0] == 0:
                 break
-            if not np.isfinite(data).all():
-                raise AudioDecodeError(f"{name} contains NaN or infinite samples "
-                                       f"(after {frames / rate:.1f} s)")
+            check_samples(data, name, frames / rate)
             frames += data.shape[0]
             if frames / rate > max_duration_s:
                 raise UnsupportedAudioError(f"{name} is longer than the limit of "

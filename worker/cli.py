@@ -214,7 +214,10 @@ def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Replace this process with a Celery worker (so SIGTERM reaches Celery's warm shutdown)."""
     from worker.celery_app import worker_command
+    from worker.emotion import load_card
 
+    # a missing model or a card for another file would fail every call it takes: refuse now
+    load_card(settings.model_path)
     argv = worker_command(args.concurrency, args.loglevel, broker_url=settings.broker_url)
     os.execv(argv[0], [*argv, *args.celery_args])
     return 0  # not reached

@@ -19,6 +19,12 @@ MAX_INPUT_SAMPLE_RATE: Final[int] = 384_000
 MAX_CHANNELS: Final[int] = 2
 """A call recording has one party per channel: agent and customer."""
 
+MAX_SAMPLE_PEAK: Final[float] = 2.0
+"""Decoded samples are on a +-1.0 full scale. Integer PCM, G.711 and the codecs cannot pass
+it; a float WAV may overshoot a little (a mastering limiter's +6 dB at most), but one
+written at integer scale (samples up to 32767) would be clipped to noise and analysed as
+such, so a file whose samples pass this peak is rejected instead."""
+
 ROLE_AGENT: Final[str] = "agent"
 ROLE_CUSTOMER: Final[str] = "customer"
 ROLE_UNKNOWN: Final[str] = "unknown"

@@ -7,7 +7,9 @@
     │   ├── AudioDecodeError       missing, empty, truncated, corrupt or not audio
     │   └── UnsupportedAudioError  decodes, but its shape is out of range (rate, channels, length)
     ├── PayloadError           a queued task payload fails validation: fail it, do not retry
-    ├── ModelError             the ONNX model or its card is missing or inconsistent
+    ├── ModelError             the ONNX model or its card is missing or inconsistent: the
+    │                          worker's deployment, not the call; `callmood worker` refuses
+    │                          to start with one, and a task meeting one retries with backoff
     └── TransientError         database or broker unavailable: retry with backoff
 
 Tasks decide retries from the class alone, so every raise site picks the class that says
@@ -44,7 +46,8 @@ class PayloadError(CallmoodError):
 
 
 class ModelError(CallmoodError):
-    """The emotion model or its card is missing, unreadable or inconsistent."""
+    """The emotion model or its card is missing, unreadable or inconsistent: a deployment
+    problem, so tasks retry (with backoff) rather than blame the call."""
 
 
 class TransientError(CallmoodError):

@@ -82,8 +82,15 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
-        known = {f: data[f] for f in cls.__dataclass_fields__ if f in data}
-        return cls(**known)
+        """The config a card records. A key the card lacks takes its default, which is the
+        value of the cards written before the key existed (e.g. ``remove_dc`` False); a key
+        this code does not know is refused (ValueError naming the valid keys): a card from
+        newer training code must not be served with features it does not describe."""
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown feature setting(s) {', '.join(unknown)}; valid are "
+                             f"{', '.join(cls.__dataclass_fields__)}")
+        return cls(**data)
 
 
 # Slaney's mel scale (Auditory Toolbox; librosa's default, htk=False): linear below 1 kHz,

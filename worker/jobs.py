@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from worker.db import session_scope
-from worker.errors import InputError, TransientError
+from worker.errors import InputError, ModelError, TransientError
 from worker.settings import Settings
 from worker.store import (
     CallRequest,
@@ -94,7 +94,9 @@ def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
         analysis = _analyze(request.uri, settings)
     except InputError as e:
         return _fail(settings, call_id, request.external_call_id, str(e))
-    except TransientError:
+    except (TransientError, ModelError):
+        # a broken model (a bad deploy, a card for another file) is the worker's fault, not
+        # the call's: the task retries with backoff, so fixing the model saves the queue
         raise
     except Exception as e:  # any other failure fails this call, never the worker
         log.exception("call %s: unexpected error", request.external_call_id)

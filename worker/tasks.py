@@ -25,7 +25,7 @@ from worker.celery_app import (
     time_limits_s,
 )
 from worker.db import session_scope
-from worker.errors import PayloadError, TransientError
+from worker.errors import ModelError, PayloadError, TransientError
 from worker.jobs import MAX_TASK_RETRIES, CallOutcome, process_call
 from worker.settings import Settings, get_settings, redact_url
 from worker.store import (
@@ -65,7 +65,7 @@ def analyze_recording(self: Task[Any, Any], **payload: Any) -> dict[str, Any]:
     settings = get_settings()
     try:
         return process_call(request, settings).as_dict()
-    except TransientError as e:
+    except (TransientError, ModelError) as e:
         if self.request.retries >= MAX_RETRIES:
             reason = f"gave up after {MAX_RETRIES} retries: {e}"
             log.error("call %s: %s", request.external_call_id, reason)

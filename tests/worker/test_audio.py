@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from worker.audio import load_mono, load_recording, resample, resolve_input
+from worker.audio import load_mono, load_recording, open_stream, resample, resolve_input, stream_blocks
 from worker.constants import ANALYSIS_SAMPLE_RATE
 from worker.errors import AudioDecodeError, InputNotAllowedError, UnsupportedAudioError
 
@@ -155,6 +155,19 @@ def test_non_finite_float_samples(tmp_path: Path) -> None:
     sf.write(str(path), data, 8000, subtype="FLOAT")
     with pytest.raises(AudioDecodeError, match="NaN"):
         load_recording(path, MAX_S)
+
+
+def test_float_samples_at_integer_scale_are_refused_not_clipped_to_noise(tmp_path: Path) -> None:
+    loud = tone(0.5, 8000) * 3.0  # peak 1.5: a float WAV a little over full scale is kept
+    sf.write(str(tmp_path / "hot.wav"), loud, 8000, subtype="FLOAT")
+    assert np.abs(load_recording(tmp_path / "hot.wav", MAX_S).channels[0]).max() > 1.0
+    path = tmp_path / "int-scale.wav"
+    sf.write(str(path), tone(0.5, 8000) * 32767.0, 8000, subtype="FLOAT")
+    with pytest.raises(AudioDecodeError, match=r"int-scale\.wav has samples up to 1\.6\d*e\+04; "
+                                               r"float samples must lie within \+-1\.0"):
+        load_recording(path, MAX_S)
+    with pytest.raises(AudioDecodeError, match=r"up to .* \(after 0\.0 s\)"):
+        list(stream_blocks(open_stream(path, MAX_S), MAX_S))
 
 
 def test_hour_long_file_is_refused_above_the_limit_and_read_below(tmp_path: Path) -> None:

@@ -111,6 +111,18 @@ def test_a_concurrency_that_is_no_number_of_processes_is_a_usage_error(
     assert "1 or more" in capsys.readouterr().err
 
 
+def test_a_worker_refuses_to_start_with_a_broken_model(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CALLMOOD_MODEL_PATH", str(env / "missing.onnx"))
+
+    def no_exec(*argv: object) -> None:
+        raise AssertionError("celery was started with a broken model")
+
+    monkeypatch.setattr(os, "execv", no_exec)
+    assert main(["worker"]) == 1  # before celery is exec'd: nothing would take calls
+    assert "emotion model not found" in capsys.readouterr().err
+
+
 def test_db_upgrade_reports_the_revision(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade"]) == 0
     assert "revision 0002" in capsys.readouterr().out

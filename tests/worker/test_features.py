@@ -93,6 +93,10 @@ def test_remove_dc_cancels_an_offset_and_old_cards_keep_it_off() -> None:
     # a card written before the field existed describes a model trained without it
     legacy = {k: v for k, v in on.to_dict().items() if k != "remove_dc"}
     assert FeatureConfig.from_dict(legacy).remove_dc is False
+    # a key this code does not know (a misspelling, or newer training code) is refused
+    with pytest.raises(ValueError, match=r"unknown feature setting\(s\) normalisation; valid "
+                                         r"are sample_rate, n_fft"):
+        FeatureConfig.from_dict({**on.to_dict(), "normalisation": "utterance_cmvn"})
 
 
 def test_level_normalisation_cancels_gain_and_keeps_the_spectral_envelope() -> None:

@@ -13,7 +13,7 @@ from tests.audio_fixtures import fake_analysis
 from worker import db, jobs, store, tasks
 from worker.celery_app import app as celery_app
 from worker.celery_app import broker_transport_options
-from worker.errors import AudioDecodeError, PayloadError, TransientError
+from worker.errors import AudioDecodeError, ModelError, PayloadError, TransientError
 from worker.schema import Call
 from worker.settings import Settings
 
@@ -168,6 +168,32 @@ def test_transient_error_gives_up_after_bounded_retries(
     call = _call(migrated, "CC-100")
     assert call is not None and call.status == "failed"
     assert call.failure_reason is not None and "broker gone" in call.failure_reason
+
+
+def test_a_broken_model_is_retried_not_blamed_on_the_call(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad deploy (a card for another file) fails no call while it is fixed in time; left
+    broken, the call fails after the bounded retries with the model named as the reason."""
+    outcomes: list[Any] = [ModelError("model card emotion-v1.card.json describes another "
+                                      "file"), fake_analysis(2)]
+
+    def analyze(uri: str, settings: Settings) -> Any:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(jobs, "_analyze", analyze)
+    assert _run(**GOOD)["status"] == "done" and outcomes == []
+
+    def broken(uri: str, settings: Settings) -> Any:
+        raise ModelError("emotion model not found: /models/x.onnx (set CALLMOOD_MODEL_PATH)")
+
+    monkeypatch.setattr(jobs, "_analyze", broken)
+    result = _run(**{**GOOD, "call_id": "CC-101"})
+    assert result["status"] == "failed"
+    assert result["reason"].startswith(f"gave up after {tasks.MAX_RETRIES} retries: emotion "
+                                       "model not found")
 
 
 def test_unexpected_error_fails_the_call_not_the_worker(
