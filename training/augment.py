@@ -47,12 +47,17 @@ def alaw_roundtrip(audio: Audio) -> Audio:
     return np.asarray(np.sign(q) * z, dtype=np.float32)
 
 
+def rms(audio: Audio) -> float:
+    """Root mean square of the samples (0.0 for none)."""
+    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+
+
 def set_rms_dbfs(audio: Audio, rms_dbfs: float) -> Audio:
     """Scale to the given RMS level (dB re full scale); silence is returned unchanged."""
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
-    if rms < 1e-8:
+    level = rms(audio)
+    if level < 1e-8:
         return np.asarray(audio, dtype=np.float32)
-    return np.asarray(audio * (10.0 ** (rms_dbfs / 20.0) / rms), dtype=np.float32)
+    return np.asarray(audio * (10.0 ** (rms_dbfs / 20.0) / level), dtype=np.float32)
 
 
 def band_limit(audio: Audio, low_hz: float = 300.0, high_hz: float = 3400.0,
@@ -104,12 +109,14 @@ def _coloured_noise(n_samples: int, exponent: float, rng: np.random.Generator) -
     return np.asarray(noise / rms, dtype=np.float32)
 
 
-def add_noise(audio: Audio, snr_db: float, exponent: float, rng: np.random.Generator) -> Audio:
-    """Add coloured noise at ``snr_db`` relative to the clip's RMS."""
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
-    if rms < 1e-8:
+def add_noise(audio: Audio, snr_db: float, exponent: float, rng: np.random.Generator,
+              reference_rms: float | None = None) -> Audio:
+    """Add coloured noise at ``snr_db`` relative to ``reference_rms`` (default: the clip's
+    RMS, silence included)."""
+    level = rms(audio) if reference_rms is None else reference_rms
+    if level < 1e-8:
         return np.asarray(audio, dtype=np.float32)
-    noise = _coloured_noise(audio.size, exponent, rng) * rms / 10.0 ** (snr_db / 20.0)
+    noise = _coloured_noise(audio.size, exponent, rng) * level / 10.0 ** (snr_db / 20.0)
     return np.asarray(audio + noise, dtype=np.float32)
 
 
@@ -135,9 +142,11 @@ class AugmentConfig:
     ~10 ms (MP3) to ~50 ms (Opus) of CPU per 3.3 s draw that gets one: training took 3,450 s
     instead of 2,860 s on 2 cores."""
     codec_level_range: tuple[float, float] = (0.8, 1.0)
-    """libsndfile compression levels drawn for the codec: the low-bitrate end, where the
-    damage is (1.0: ~7 kbit/s Opus at 8 kHz, the evaluation's ``opus8kbps`` condition; MP3
-    8-17 kbit/s)."""
+    """libsndfile compression levels drawn (uniformly) for the codec. For Opus at 8 kHz the
+    bitrate falls about linearly with the level, from ~44 kbit/s at 0.8 to ~7 kbit/s at 1.0
+    (the evaluation's ``opus8kbps`` condition), so only about a fifth of the Opus draws are
+    under 17 kbit/s; MP3 gives 17 kbit/s below ~0.91 and 8 kbit/s above (measured by
+    tests/training/test_augment.py::test_the_codec_levels_drawn_span_these_bitrates)."""
     opus_share: float = 0.5
     """Of the codec round trips, the share that is Opus (the rest MP3). Opus is the worse of
     the two for the model (v1.4.0: RAVDESS Opus 55.8 % vs clean 62.1 %). 0.75 with

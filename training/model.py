@@ -152,8 +152,9 @@ class EmotionEnsemble(nn.Module):
 class MergedClasses(nn.Module):
     """A model trained with extra classes, served with fewer: each served class's logit is the
     log-sum-exp of the logits of the training classes it gathers, so its softmax probability
-    is the sum of theirs. The card's temperature is fitted on the merged logits (so it
-    calibrates the served classes, not the training ones).
+    is the sum of theirs before calibration. The card's temperature is fitted on, and divides,
+    the merged logits: it calibrates the served classes, and the served probabilities are
+    then no longer the sums of the training classes' tempered ones.
 
     ``into[j]`` is the served class of training class j (the identity for the served ones).
     """

@@ -567,9 +567,11 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     manifests_sha256 = manifest_digests([*manifest_paths, *(arousal_manifests if arousal_waves
                                                             else [])])
     ckpt = checkpoint_path(out_dir, name)
+    # the teachers by their ONNX sha256, not only their paths: a model replaced at the same
+    # path gives other soft targets, and resuming with them would mix two recipes
     identity = {"config": config_record(config), "manifests_sha256": manifests_sha256,
                 "limit_per_corpus": limit_per_corpus, "train_clips": len(train_df),
-                "val_speakers": val_speakers}
+                "val_speakers": val_speakers, "teachers": teachers}
     start_epoch, stopped, seconds_before = 0, False, 0.0
     resumed_after: list[int] = []
     moving = MovingParts(model, ema, optimiser, scheduler, sampler_rng, mask_gen, mix_rng,

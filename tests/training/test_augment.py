@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -81,6 +82,32 @@ def test_low_bitrate_codec_round_trip_is_lossy_but_keeps_the_voice(codec: str) -
     mid = slice(SR // 2, 3 * SR // 2)  # away from the codec's start-up and end padding
     assert _rms_db(y[mid]) == pytest.approx(_rms_db(x[mid]), abs=3.0)
     assert not np.allclose(y, x, atol=1e-3)
+
+
+def test_the_codec_levels_drawn_span_these_bitrates(callmood_corpora: Path) -> None:
+    """What AugmentConfig.codec_level_range means in kbit/s (Ogg or MP3 bytes over the clip's
+    length, one RAVDESS clip at -26 dBFS, libsndfile's encoders): Opus ~44 kbit/s at level
+    0.8 down to ~7 at 1.0, MP3 8 or 17 (its two lowest bitrates)."""
+    import io
+
+    import soundfile as sf
+
+    from training.augment import set_rms_dbfs
+    from worker.audio import load_mono
+
+    x = set_rms_dbfs(load_mono(callmood_corpora / "ravdess" / "audio" /
+                               "03-01-05-01-01-01-20.opus", 8000), -26.0)
+
+    def kbit_s(fmt: str, subtype: str, level: float, **extra: str) -> float:
+        buffer = io.BytesIO()
+        sf.write(buffer, x, 8000, format=fmt, subtype=subtype, compression_level=level, **extra)
+        return 8 * len(buffer.getvalue()) / (x.size / 8000) / 1000
+
+    low, high = AugmentConfig().codec_level_range
+    assert 35 < kbit_s("OGG", "OPUS", low) < 55
+    assert 5 < kbit_s("OGG", "OPUS", high) < 9
+    assert 15 < kbit_s("MP3", "MPEG_LAYER_III", low, bitrate_mode="CONSTANT") < 19
+    assert 7 < kbit_s("MP3", "MPEG_LAYER_III", 0.99, bitrate_mode="CONSTANT") < 10
 
 
 def test_unknown_codec_names_the_valid_ones() -> None:

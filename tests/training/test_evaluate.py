@@ -114,6 +114,33 @@ def test_clips_are_scored_as_the_worker_cuts_them(callmood_corpora: Path) -> Non
     assert cut.shape[0] == whole.shape[0] and 0.2 * whole.shape[1] < cut.shape[1] < 0.9 * whole.shape[1]
 
 
+def test_noise_snr_is_over_the_speech_that_is_scored(callmood_corpora: Path) -> None:
+    """RAVDESS clips are about half room tone: the named SNR holds inside the speech the
+    worker cuts (what is scored), not over the whole clip, where it came out ~3 dB better."""
+    from training.augment import rms
+    from training.evaluate import DEFAULT_SPEECH_CUT, apply_channel
+    from worker.audio import load_mono
+    from worker.features import FeatureConfig
+
+    config = FeatureConfig()
+    rows = pd.read_csv(callmood_corpora / "ravdess" / "manifest.csv")
+    clips = [load_mono(callmood_corpora / "ravdess" / p, config.sample_rate)
+             for p in rows["path"].iloc[:3]]
+    for x in clips:
+        extent = DEFAULT_SPEECH_CUT.extent(x)
+        assert extent is not None and extent[1] - extent[0] < 0.8 * x.size
+        speech = slice(*extent)
+        for snr_db in (20.0, 10.0):
+            noise = apply_channel(x, f"noise{snr_db:.0f}db", config) - x
+            measured_db = 20 * np.log10(rms(x[speech]) / rms(noise[speech]))
+            # pink noise's slow low-band drift moves the part under the speech by <1 dB
+            assert measured_db == pytest.approx(snr_db, abs=1.0)
+    # each clip and condition draws its own noise (not one per clip length)
+    same_length = clips[0][: min(c.size for c in clips)], clips[1][: min(c.size for c in clips)]
+    n0, n1 = (apply_channel(c, "noise10db", config) - c for c in same_length)
+    assert abs(np.corrcoef(n0 / rms(n0), n1 / rms(n1))[0, 1]) < 0.2
+
+
 def test_the_cards_command_leaves_out_options_that_do_not_change_the_figures() -> None:
     from training.cli import _without_options
 
