@@ -135,18 +135,23 @@ def test_input_error_fails_without_retry(migrated: Settings,
     assert call.failure_reason == "a.wav could not be decoded (truncated or corrupt?)"
 
 
-def test_transient_error_retries_then_succeeds(migrated: Settings,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    outcomes: list[Any] = [TransientError("db down"), TransientError("db down"),
-                           fake_analysis(2)]
-
+def _scripted(outcomes: list[Any]) -> Any:
+    """An ``_analyze`` that raises or returns ``outcomes`` in turn, one per attempt."""
     def analyze(uri: str, settings: Settings) -> Any:
         outcome = outcomes.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
-    monkeypatch.setattr(jobs, "_analyze", analyze)
+    return analyze
+
+
+def test_transient_error_retries_then_succeeds(migrated: Settings,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    outcomes: list[Any] = [TransientError("db down"), TransientError("db down"),
+                           fake_analysis(2)]
+
+    monkeypatch.setattr(jobs, "_analyze", _scripted(outcomes))
     assert _run(**GOOD)["status"] == "done"
     assert outcomes == []
     call = _call(migrated, "CC-100")
@@ -177,13 +182,7 @@ def test_a_broken_model_is_retried_not_blamed_on_the_call(
     outcomes: list[Any] = [ModelError("model card emotion-v1.card.json describes another "
                                       "file"), fake_analysis(2)]
 
-    def analyze(uri: str, settings: Settings) -> Any:
-        outcome = outcomes.pop(0)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-    monkeypatch.setattr(jobs, "_analyze", analyze)
+    monkeypatch.setattr(jobs, "_analyze", _scripted(outcomes))
     assert _run(**GOOD)["status"] == "done" and outcomes == []
 
     def broken(uri: str, settings: Settings) -> Any:
