@@ -29,8 +29,9 @@ Rationale:
 Escalation (per call, customer side; :mod:`analytics.callreport` applies it):
 
 * a *high-stress run*: consecutive customer utterances (in time order, the agent's turns in
-  between do not break it) each with stress >= ``ESCALATION_STRESS`` spanning
-  >= ``ESCALATION_MIN_S`` seconds from the first one's start to the last one's end; or
+  between do not break it, a customer silence of more than ``ESCALATION_MAX_GAP_S`` does)
+  each with stress >= ``ESCALATION_STRESS`` spanning >= ``ESCALATION_MIN_S`` seconds from
+  the first one's start to the last one's end; or
 * a *steep rise*: customer stress in the last third of the call minus the first third
   >= ``STEEP_RISE_POINTS``.
 """
@@ -57,6 +58,12 @@ the model's probability mass (with full weight), i.e. the model leans distressed
 ESCALATION_MIN_S: Final[float] = 20.0
 """A high-stress run this long (seconds) escalates: about two customer turns in a row (the
 worker cuts utterances at <= 8 s), so one loud sentence is not flagged, a sustained one is."""
+
+ESCALATION_MAX_GAP_S: Final[float] = 30.0
+"""A customer silent this long (seconds, from one high-stress utterance's end to the next
+one's start) ends a high-stress run: a heated exchange keeps the agent's turns short, and
+without a bound two angry sentences five minutes apart counted as five minutes of sustained
+stress. A judgement (a long agent explanation is about half a minute), not fitted to data."""
 
 STEEP_RISE_POINTS: Final[float] = 30.0
 """Rise of customer stress (points, last third minus first third) that escalates: a third of
@@ -158,11 +165,13 @@ def mood_shift(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
 
 
 def high_stress_runs(segments: pd.DataFrame, role: str = ROLE_CUSTOMER,
-                     threshold: float = ESCALATION_STRESS) -> pd.DataFrame:
+                     threshold: float = ESCALATION_STRESS,
+                     max_gap_s: float = ESCALATION_MAX_GAP_S) -> pd.DataFrame:
     """Runs of consecutive ``role`` utterances each with stress >= ``threshold``.
 
     Columns ``call, start_s, end_s, run_s`` (end of the last minus start of the first, s).
-    Any lower-stress utterance of ``role`` ends a run; the other party's turns do not.
+    Any lower-stress utterance of ``role`` ends a run, and so does a gap of more than
+    ``max_gap_s`` seconds before its next utterance; the other party's turns do not.
     """
     columns = ["call", "start_s", "end_s", "run_s"]
     party = segments[segments["role"] == role]
@@ -174,8 +183,12 @@ def high_stress_runs(segments: pd.DataFrame, role: str = ROLE_CUSTOMER,
     high = ordered.assign(island=island)[low == 0]
     if high.empty:
         return pd.DataFrame(columns=columns)
-    runs = high.groupby(["call", "island"], sort=True).agg(start_s=("start_s", "min"),
-                                                           end_s=("end_s", "max"))
+    same_island = high["call"].eq(high["call"].shift()) & high["island"].eq(
+        high["island"].shift())
+    after_gap = (high["start_s"] - high["end_s"].shift()) > max_gap_s
+    run = (~same_island | after_gap).cumsum().rename("run")
+    runs = high.groupby(["call", run], sort=True).agg(start_s=("start_s", "min"),
+                                                      end_s=("end_s", "max"))
     return runs.reset_index().assign(run_s=lambda f: f["end_s"] - f["start_s"])[columns]
 
 

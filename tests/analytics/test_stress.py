@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from analytics.stress import (
+    ESCALATION_MAX_GAP_S,
     ESCALATION_MIN_S,
     STEEP_RISE_POINTS,
     STRESS_WEIGHTS,
@@ -46,6 +47,21 @@ def test_high_stress_runs_are_not_broken_by_the_other_party() -> None:
     calm_between = pd.concat([ESCALATING, frame(one_hot("a", "customer", 18.2, 18.8,
                                                         "neutral"))])
     assert high_stress_runs(calm_between)["run_s"].tolist() == [8.0, 11.0]
+
+
+def test_a_long_customer_silence_ends_a_high_stress_run() -> None:
+    """Angry 0-8 s, the agent talks for almost five minutes, angry again 292-300 s: two short
+    runs, not 300 s of sustained stress; a 30 s gap (the bound) still joins them."""
+    apart = frame(one_hot("p", "customer", 0.0, 8.0, "angry"),
+                  one_hot("p", "agent", 9.0, 290.0, "neutral"),
+                  one_hot("p", "customer", 292.0, 300.0, "angry"))
+    assert high_stress_runs(apart)["run_s"].tolist() == [8.0, 8.0]
+    close = frame(one_hot("q", "customer", 0.0, 8.0, "angry"),
+                  one_hot("q", "customer", 8.0 + ESCALATION_MAX_GAP_S, 46.0, "angry"))
+    assert high_stress_runs(close)["run_s"].tolist() == [46.0]
+    both = pd.concat([apart, close], ignore_index=True)
+    assert high_stress_runs(both)[["call", "run_s"]].values.tolist() == [
+        ["p", 8.0], ["p", 8.0], ["q", 46.0]]
 
 
 def test_escalation_flags_sustained_rise_and_both() -> None:
