@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from alembic import context
+from sqlalchemy.engine import Connection
 
 from worker.db import make_engine
 from worker.schema import Base
@@ -39,17 +40,39 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _sqlite_foreign_keys(connection: Connection, on: bool) -> None:
+    # On the driver's connection, outside any transaction: SQLite ignores this pragma inside
+    # one, and SQLAlchemy would begin one for its own execute.
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    raw.execute(f"PRAGMA foreign_keys = {'ON' if on else 'OFF'}")
+
+
 def run_migrations_online() -> None:
     # Our engine, so SQLite gets the same pragmas (foreign keys, WAL, busy timeout) as the app.
     with make_engine(_database_url()).connect() as connection:
         sqlite = connection.dialect.name == "sqlite"
-        # SQLite does run DDL inside transactions: a failed migration then leaves no half
-        # schema behind (Alembic assumes otherwise by default).
-        context.configure(connection=connection, target_metadata=target_metadata,
-                          render_as_batch=sqlite, transactional_ddl=True if sqlite else None,
-                          compare_type=True)
-        with context.begin_transaction():
-            context.run_migrations()
+        if sqlite:
+            # A batch migration copies a table and drops the original; with foreign keys on,
+            # dropping ``calls`` cascades into ``segments`` and every stored result is lost
+            # (SQLite's documented procedure for altering tables turns them off, then checks).
+            _sqlite_foreign_keys(connection, on=False)
+        try:
+            # SQLite does run DDL inside transactions: a failed migration then leaves no half
+            # schema behind (Alembic assumes otherwise by default).
+            context.configure(connection=connection, target_metadata=target_metadata,
+                              render_as_batch=sqlite, transactional_ddl=True if sqlite else None,
+                              compare_type=True)
+            with context.begin_transaction():
+                context.run_migrations()
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"migration left rows whose foreign keys point "
+                                           f"nowhere (rolled back): {broken[:5]}")
+        finally:
+            if sqlite:
+                _sqlite_foreign_keys(connection, on=True)  # the pooled connection goes back
 
 
 if context.is_offline_mode():

@@ -63,6 +63,40 @@ def test_postgres_upgrade_downgrade_matches_models(postgres_url: str) -> None:
     _check_round_trip(postgres_url)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_stored_results_survive_every_migration(backend: str, tmp_path: Path,
+                                                request: pytest.FixtureRequest) -> None:
+    """A database at 0001 holding a call and its segment keeps both through the upgrade to
+    head and the downgrade back (SQLite's batch migration rebuilds ``calls``; with foreign
+    keys on, dropping the old table cascaded into every segment)."""
+    from sqlalchemy import text
+
+    url = (f"sqlite:///{tmp_path / 'old.sqlite'}" if backend == "sqlite"
+           else str(request.getfixturevalue("postgres_url")))
+    db.upgrade(url, "0001")
+    probabilities = ", ".join(f"p_{e}" for e in
+                              ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"))
+    with db.make_engine(url).begin() as c:
+        c.execute(text("INSERT INTO calls (id, external_call_id, source_uri, status, attempts, "
+                       "metadata) VALUES (1, 'OLD-1', '/calls/a.wav', 'done', 1, '{}')"))
+        c.execute(text(f"INSERT INTO segments (call_id, channel, role, start_s, end_s, emotion, "
+                       f"{probabilities}, confidence, model_version) VALUES (1, 0, 'agent', 0.0, "
+                       "1.5, 'angry', 0.7, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.7, 'v1')"))
+
+    def counts() -> tuple[int, int]:
+        with db.make_engine(url).connect() as c:
+            return (int(c.execute(text("SELECT count(*) FROM calls")).scalar_one()),
+                    int(c.execute(text("SELECT count(*) FROM segments")).scalar_one()))
+
+    db.upgrade(url)
+    assert counts() == (1, 1)
+    db.downgrade(url, "0001")
+    assert counts() == (1, 1)
+    if backend == "sqlite":  # the app's connections still enforce foreign keys afterwards
+        with db.make_engine(url).connect() as c:
+            assert c.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+
+
 def test_sqlite_connections_use_wal_foreign_keys_and_busy_timeout(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.sqlite'}"
     with db.make_engine(url).connect() as c:
