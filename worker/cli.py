@@ -218,7 +218,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     # a missing model or a card for another file would fail every call it takes: refuse now
     load_card(settings.model_path)
-    argv = worker_command(args.concurrency, args.loglevel, broker_url=settings.broker_url)
+    argv = worker_command(args.concurrency, args.loglevel or settings.log_level,
+                          broker_url=settings.broker_url)
     os.execv(argv[0], [*argv, *args.celery_args])
     return 0  # not reached
 
@@ -233,7 +234,8 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
                           "nightly inbox scan) or use a redis:// CALLMOOD_BROKER_URL (the "
                           "recovery of lost messages every few minutes)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    argv = beat_command(str(settings.data_dir / "celerybeat-schedule"), args.loglevel)
+    argv = beat_command(str(settings.data_dir / "celerybeat-schedule"),
+                        args.loglevel or settings.log_level)
     os.execv(argv[0], [*argv, *args.celery_args])
     return 0  # not reached
 
@@ -397,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="start a Celery worker on CALLMOOD_BROKER_URL")
     p.add_argument("--concurrency", type=_processes, default=1, help="processes (one per core)")
-    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--loglevel", default=None,
+                   help="celery's log level (default: CALLMOOD_LOG_LEVEL, INFO)")
     p.add_argument("celery_args", nargs=argparse.REMAINDER,
                    help="further options passed to celery worker unchanged")
     p.set_defaults(func=cmd_worker)
@@ -412,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calls)
 
     p = sub.add_parser("beat", help="start Celery beat (sends the nightly inbox scan)")
-    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--loglevel", default=None,
+                   help="celery's log level (default: CALLMOOD_LOG_LEVEL, INFO)")
     p.add_argument("celery_args", nargs=argparse.REMAINDER,
                    help="further options passed to celery beat unchanged")
     p.set_defaults(func=cmd_beat)

@@ -84,11 +84,12 @@ class ManifestResult:
 
 @contextmanager
 def celery_sender(settings: Settings) -> Iterator[Sender]:
-    """A :data:`Sender` on a Celery app for ``settings`` (closed afterwards)."""
+    """A :data:`Sender` on a Celery app for ``settings`` (closed afterwards). The app is not
+    made Celery's current one: a producer with a Celery app of its own keeps it."""
     from worker.celery_app import make_celery
     from worker.tasks import send_analysis
 
-    app = make_celery(settings)
+    app = make_celery(settings, set_as_current=False)
     try:
         yield lambda requests: send_analysis(app, requests)
     finally:

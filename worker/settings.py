@@ -61,6 +61,12 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and validate settings; raise ConfigError naming the bad variable."""
         env = dict(os.environ if environ is None else environ)
+        unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and not _is_setting(k))
+        if unknown:
+            # a misspelt CALLMOOD_BROKER_URL would otherwise run on the embedded default
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid are "
+                              f"{', '.join(ENV_PREFIX + n for n in SETTING_NAMES)} and "
+                              f"{', '.join(p + '*' for p in SETTING_PREFIXES)}")
 
         def get(name: str) -> str | None:
             value = env.get(ENV_PREFIX + name)
@@ -207,6 +213,19 @@ def _clock_time(raw: str, name: str) -> tuple[int, int]:
     if match is None or int(match[1]) > 23 or int(match[2]) > 59:
         raise ConfigError(f"{name}={raw!r}: expected HH:MM on a 24-hour clock, 00:00-23:59")
     return int(match[1]), int(match[2])
+
+
+SETTING_NAMES: tuple[str, ...] = (
+    "DATA_DIR", "DATABASE_URL", "BROKER_URL", "INPUT_ROOTS", "MODEL_PATH", "CORPORA_DIR",
+    "CHANNEL_ROLES", "INBOX_DIRS", "TIMEZONE", "LOG_LEVEL", "ONNX_THREADS", "MAX_DURATION_S",
+    "MAX_FILE_BYTES", "NIGHTLY_AT")
+"""The CALLMOOD_ variables :meth:`Settings.from_env` reads (without the prefix)."""
+SETTING_PREFIXES: tuple[str, ...] = ("CALLMOOD_VAD_", "CALLMOOD_SEGMENTATION_", "CALLMOOD_TEST_")
+"""Families checked field by field (VAD, segmentation) or read by the tests only."""
+
+
+def _is_setting(name: str) -> bool:
+    return name.removeprefix(ENV_PREFIX) in SETTING_NAMES or name.startswith(SETTING_PREFIXES)
 
 
 def zone_for(name: str, setting: str = "CALLMOOD_TIMEZONE") -> ZoneInfo:

@@ -123,6 +123,21 @@ def test_a_worker_refuses_to_start_with_a_broken_model(
     assert "emotion model not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("argv", "level"), [([], "WARNING"), (["--loglevel", "DEBUG"], "DEBUG")])
+def test_the_worker_logs_at_callmood_log_level_unless_told(
+        env: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], level: str) -> None:
+    monkeypatch.setenv("CALLMOOD_LOG_LEVEL", "WARNING")
+    started: list[list[str]] = []
+
+    def exec_celery(path: str, args: list[str]) -> None:
+        started.append(args)
+
+    monkeypatch.setattr(os, "execv", exec_celery)
+    assert main(["worker", *argv]) == 0
+    (args,) = started
+    assert args[args.index("--loglevel") + 1] == level
+
+
 def test_db_upgrade_reports_the_revision(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade"]) == 0
     assert "revision 0002" in capsys.readouterr().out

@@ -220,6 +220,17 @@ def test_a_broker_that_is_down_is_transient_and_nothing_is_marked_sent(
     assert _depth(producer) == 1
 
 
+def test_a_producers_own_celery_app_stays_its_current_app(producer: Settings) -> None:
+    from celery import Celery, current_app
+
+    theirs = Celery("call-centre", set_as_current=True)
+    try:
+        assert enqueue("/recordings/x.wav", call_id="OWN-1", agent_id="a", settings=producer).sent
+        assert current_app.main == "call-centre"
+    finally:
+        theirs.close()
+
+
 def test_retry_names_only_failed_calls(producer: Settings) -> None:
     enqueue("/recordings/p.wav", call_id="PENDING-1", agent_id="a", settings=producer)
     with pytest.raises(PayloadError, match="not failed calls: PENDING-1"):

@@ -32,6 +32,9 @@ def test_input_roots_are_split_on_pathsep(tmp_path: Path) -> None:
     ("CALLMOOD_ONNX_THREADS", "two", "positive integer"),
     ("CALLMOOD_MAX_DURATION_S", "-5", "positive number"),
     ("CALLMOOD_LOG_LEVEL", "LOUD", "DEBUG, INFO"),
+    # a misspelt setting is an error, not a silent fall back to the embedded broker
+    ("CALLMOOD_BROKER_URI", "redis://h:6379/0", "valid are CALLMOOD_DATA_DIR"),
+    ("CALLMOOD_TIMEZONES", "UTC", "CALLMOOD_VAD_*"),
 ])
 def test_invalid_values_name_the_variable_and_valid_values(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
