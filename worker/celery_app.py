@@ -45,8 +45,13 @@ SLOWEST_CALL_S_PER_WALL_S = 20.0
 to end on one thread, margin for a loaded machine. Below it, something is stuck."""
 TASK_HARD_AFTER_SOFT_S = 60
 """Grace between the soft limit (the task records the failure) and the hard kill."""
-REDIS_VISIBILITY_TIMEOUT_S = 2 * TASK_HARD_TIME_LIMIT_S
-"""Redis redelivers an unacked message after this; it must outlast the longest task."""
+REDIS_MAX_HELD_COUNTDOWN_S = 300
+"""Longest countdown a worker holds a retry for (``tasks.RETRY_CAP_S`` is this; with 6
+retries the last is at most 64 s)."""
+REDIS_VISIBILITY_TIMEOUT_S = 2 * TASK_HARD_TIME_LIMIT_S + REDIS_MAX_HELD_COUNTDOWN_S
+"""Redis redelivers an unacked message after this; it must outlast the longest wait of a
+delivered message: a held countdown retry, then a busy pool process's task, then its own
+run (300 + 3900 + 3900 s; twice the hard limit alone fell 64 s short of that)."""
 ANALYZE_TASK_NAME = "callmood.analyze_recording"
 """The analysis task: the name producers outside callmood send by (``worker.tasks``)."""
 NIGHTLY_SCAN_TASK_NAME = "callmood.nightly_scan"

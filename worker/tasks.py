@@ -20,6 +20,7 @@ from worker.celery_app import (
     ANALYZE_TASK_NAME,
     NIGHTLY_SCAN_TASK_NAME,
     RECOVERY_TASK_NAME,
+    REDIS_MAX_HELD_COUNTDOWN_S,
     TASK_QUEUE,
     app,
     time_limits_s,
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 TASK_NAME = ANALYZE_TASK_NAME
 MAX_RETRIES = MAX_TASK_RETRIES
 RETRY_BASE_S = 2.0
-RETRY_CAP_S = 300.0
+RETRY_CAP_S = float(REDIS_MAX_HELD_COUNTDOWN_S)  # the visibility timeout allows for it
 SEND_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.5, "interval_step": 1.0,
                      "interval_max": 2.0}
 """Publishing retries of a producer: a broker restart of a few seconds is ridden out."""

@@ -225,7 +225,7 @@ def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(
         # popped by a worker as redis went down (redis-py takes bytes; its stub says str)
         client.lrem(TASK_QUEUE, 1, raw["LOST"])  # type: ignore[arg-type]
         # STRANDED: delivered 15 minutes ago, its hard limit ~3 minutes: Kombu itself would
-        # wait for its visibility timeout (7800 s). UNCLAIMED: delivered 3 minutes ago, its
+        # wait for its visibility timeout (8100 s). UNCLAIMED: delivered 3 minutes ago, its
         # call still pending: its worker forgot it. RUNNING: as old, but its worker claimed
         # it and may run until its hard limit. BUSY: delivered a second ago.
         for call_id, age_s in (("STRANDED", 900.0), ("UNCLAIMED", 180.0), ("RUNNING", 180.0),
