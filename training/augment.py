@@ -10,7 +10,7 @@ channel used by evaluation (``--channel mulaw8k``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -47,8 +47,8 @@ def alaw_roundtrip(audio: Audio) -> Audio:
     return np.asarray(np.sign(q) * z, dtype=np.float32)
 
 
-def rms(audio: Audio) -> float:
-    """Root mean square of the samples (0.0 for none)."""
+def rms(audio: npt.NDArray[np.floating[Any]]) -> float:
+    """Root mean square of the samples (0.0 for none), summed in float64."""
     return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
 
 
@@ -105,8 +105,7 @@ def _coloured_noise(n_samples: int, exponent: float, rng: np.random.Generator) -
         f = np.arange(spec.size, dtype=np.float64)
         f[0] = 1.0
         noise = np.fft.irfft(spec / f ** (exponent / 2.0), n=n_samples)
-    rms = float(np.sqrt(np.mean(noise**2))) or 1.0
-    return np.asarray(noise / rms, dtype=np.float32)
+    return np.asarray(noise / (rms(noise) or 1.0), dtype=np.float32)
 
 
 def add_noise(audio: Audio, snr_db: float, exponent: float, rng: np.random.Generator,

@@ -111,9 +111,8 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
             # one file that cannot travel must not keep the rest of the inbox waiting
             refused += 1
             log.warning("batch %d: %r not sent: %s", batch_id, str(path), e)
-    results = submit_batch(requests, settings, send, batch_id, known=len(known))
-    enqueued = sum(r.sent for r in results)
-    skipped = len(known) + len(results) - enqueued
+    result = submit_batch(requests, settings, send, batch_id, known=len(known))
+    enqueued, skipped = result.sent, len(known) + result.skipped
     log.info("batch %d (%s): %d files, %d enqueued, %d already seen, %d refused", batch_id,
              source, len(files), enqueued, skipped, refused)
     return ScanReport(batch_id=batch_id, seen=len(files), enqueued=enqueued, skipped=skipped,

@@ -68,7 +68,7 @@ class Enqueued:
 
 @dataclass(frozen=True)
 class ManifestResult:
-    """What :func:`enqueue_manifest` did."""
+    """What a batch's send did (:func:`enqueue_manifest`, :func:`submit_batch`)."""
 
     batch_id: int
     results: tuple[Enqueued, ...]
@@ -130,7 +130,7 @@ def _submit_chunk(requests: Sequence[CallRequest], settings: Settings, send: Sen
     with session_scope(settings) as session:
         for request in requests:
             reservation = reserve_for_enqueue(session, request, batch_id=batch_id)
-            decided.append((request, reservation.before if reservation.send else None))
+            decided.append((request, reservation.before))
     to_send = [(request, before) for request, before in decided if before is not None]
     try:
         task_ids = iter(send([request for request, _ in to_send]) if to_send else [])
@@ -186,15 +186,13 @@ def enqueue_manifest(path: Path | str, *, reprocess: bool = False,
     with session_scope(settings) as session:
         batch_id = create_batch(session, f"manifest:{manifest.name}").id
     if send is not None:
-        results = submit_batch(requests, settings, send, batch_id)
-    else:
-        with celery_sender(settings) as sender:
-            results = submit_batch(requests, settings, sender, batch_id)
-    return ManifestResult(batch_id, tuple(results))
+        return submit_batch(requests, settings, send, batch_id)
+    with celery_sender(settings) as sender:
+        return submit_batch(requests, settings, sender, batch_id)
 
 
 def submit_batch(requests: Sequence[CallRequest], settings: Settings, send: Sender,
-                 batch_id: int, known: int = 0) -> list[Enqueued]:
+                 batch_id: int, known: int = 0) -> ManifestResult:
     """``submit`` the requests as batch ``batch_id`` and close its scan with what was sent
     and skipped (plus ``known``: calls the caller skipped before asking).
 
@@ -204,11 +202,11 @@ def submit_batch(requests: Sequence[CallRequest], settings: Settings, send: Send
     """
     results: list[Enqueued] = []
 
-    def close() -> None:
-        sent = sum(r.sent for r in results)
+    def close() -> ManifestResult:
+        done = ManifestResult(batch_id, tuple(results))
         with session_scope(settings) as session:
-            finish_batch_scan(session, batch_id, enqueued=sent,
-                              skipped=known + len(results) - sent)
+            finish_batch_scan(session, batch_id, enqueued=done.sent, skipped=known + done.skipped)
+        return done
 
     try:
         for chunk in submit_chunks(requests, settings, send, batch_id):
@@ -219,8 +217,7 @@ def submit_batch(requests: Sequence[CallRequest], settings: Settings, send: Send
         except Exception:
             log.exception("batch %d: could not record what the failed send sent", batch_id)
         raise
-    close()
-    return results
+    return close()
 
 
 def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: bool = False,

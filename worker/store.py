@@ -288,9 +288,8 @@ def record_rejected(session: Session, external_call_id: str, uri: str, reason: s
         call = Call(external_call_id=external_call_id, source_uri=_clip(uri, URI_MAX_CHARS),
                     status="failed", attempts=0, call_metadata={})
         session.add(call)
-    elif call.status in ("done", "processing") or (call.status == "failed"
-                                                     and not was_rejected(call)):
-        return call
+    elif call.status != "pending" and not was_rejected(call):
+        return call  # done, being analysed, or failed in a run of its own
     call.status = "failed"
     call.failure_reason = _clip(reason, FAILURE_REASON_MAX_CHARS)
     call.processed_at = utcnow()
@@ -476,10 +475,13 @@ class Reservation:
     """What :func:`reserve_for_enqueue` decided for one call, and what undoes it."""
 
     call: Call
-    send: bool
-    """Whether the caller is to publish the call's task now."""
     before: CallSendState | None
     """The call's state before this reservation (None when nothing is to be sent)."""
+
+    @property
+    def send(self) -> bool:
+        """Whether the caller is to publish the call's task now."""
+        return self.before is not None
 
 
 def reserve_for_enqueue(session: Session, request: CallRequest,
@@ -507,7 +509,7 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
         call.failure_reason = None
         update_from_request(session, call, request)
     elif call.enqueued_at is not None or call.status != "pending":
-        return Reservation(call, False, None)
+        return Reservation(call, None)
     if batch_id is not None:
         call.batch_id = batch_id
     call.enqueued_at = utcnow()
@@ -516,7 +518,7 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
         # the batch it leaves counts it no more: recount now, or that batch keeps it among
         # its done/failed and, if it was its last unfinished call, never records its end
         refresh_batch_counts(session, before.batch_id)
-    return Reservation(call, True, before)
+    return Reservation(call, before)
 
 
 def calls_awaiting_worker(session: Session, sent_before: datetime,
