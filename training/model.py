@@ -181,6 +181,33 @@ def build_model(config: ModelConfig) -> EmotionCNN | EmotionEnsemble:
     return EmotionCNN(config) if config.members == 1 else EmotionEnsemble(config)
 
 
+def multiply_adds(config: ModelConfig, frames: int = 300) -> int:
+    """Multiply-adds of one forward pass of the served graph over ``frames`` feature frames
+    (300: 3 s at the 10 ms hop), counted by forward hooks on the convolutions and linear
+    layers (pooling, batch norm and activations are left out: a few per cent at most). The
+    compute budget of the model docs is in these units per 3 s."""
+    model = build_model(config).eval()
+    total = 0
+
+    def count(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kernel = module.kernel_size[0] * module.kernel_size[1]
+            total += output.numel() * (module.in_channels // module.groups) * kernel
+        elif isinstance(module, nn.Linear) and "arousal" not in module_names[module]:
+            total += module.in_features * module.out_features
+
+    module_names = {m: name for name, m in model.named_modules()}
+    hooks = [m.register_forward_hook(count) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, config.views * config.n_mels, frames))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters of the served graph (an arousal head is not exported)."""
     return sum(p.numel() for name, p in model.named_parameters()

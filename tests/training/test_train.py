@@ -132,6 +132,20 @@ def test_two_view_input_is_two_channels_masked_alike_and_exports(tmp_path: Path)
     assert check_onnx(net, tmp_path / "two.onnx", features.input_rows) < 1e-4
 
 
+@pytest.mark.parametrize(("channels", "members", "mega_multiply_adds"), [
+    ((16, 32, 64, 128), 1, 156.7),   # emotion-v1.4.0
+    ((8, 16, 32, 64), 4, 159.5),     # four half-width members
+    ((12, 24, 48, 96), 2, 177.3),    # two 3/4-width members
+    ((18, 36, 72, 144), 1, 197.9),   # the wider CNN
+])
+def test_the_compute_per_3_s_that_the_model_docs_quote(
+        channels: tuple[int, int, int, int], members: int, mega_multiply_adds: float) -> None:
+    from training.model import multiply_adds
+
+    config = ModelConfig(channels=channels, members=members)
+    assert multiply_adds(config) / 1e6 == pytest.approx(mega_multiply_adds, abs=0.05)
+
+
 def test_an_ensemble_averages_its_members_in_one_exported_graph(tmp_path: Path) -> None:
     """Members learn from their own losses on their own masks; the model's logits (and the
     ONNX graph's) are the members' mean."""
