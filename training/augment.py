@@ -158,6 +158,10 @@ class AugmentConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}={value} must be a probability in [0, 1]")
+        low, high = self.codec_level_range
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"codec_level_range={self.codec_level_range} must be two "
+                             "compression levels LOW <= HIGH in [0, 1]")
 
 
 def augment(audio: Audio, rng: np.random.Generator,

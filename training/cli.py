@@ -82,6 +82,11 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="probability of a low-bitrate Opus/MP3 round trip per draw")
     p.add_argument("--opus-share", type=float, default=AugmentConfig.opus_share,
                    help="share of the codec round trips that are Opus (the rest are MP3)")
+    p.add_argument("--codec-levels", type=_level_range,
+                   default=AugmentConfig.codec_level_range, metavar="LOW,HIGH",
+                   help="libsndfile compression levels drawn for the codec round trips "
+                        "(default %(default)s: Opus ~44 down to ~7 kbit/s; 0.95,1.0 draws "
+                        "Opus at ~16-7 kbit/s)")
     p.add_argument("--feature-remove-dc", action=argparse.BooleanOptionalAction,
                    default=TRAIN_FEATURES.remove_dc,
                    help="subtract each clip's mean sample before the log-mel")
@@ -161,7 +166,8 @@ def train_main(argv: list[str] | None = None) -> int:
                              arousal_weight=args.arousal_weight,
                              arousal_draws_per_epoch=args.arousal_draws_per_epoch,
                              augment=AugmentConfig(p_phone=args.p_phone, p_codec=args.p_codec,
-                                                   opus_share=args.opus_share),
+                                                   opus_share=args.opus_share,
+                                                   codec_level_range=args.codec_levels),
                              features=features,
                              model=ModelConfig(n_mels=features.n_mels, views=features.n_views,
                                                channels=args.channels, members=args.members,
@@ -211,6 +217,19 @@ def _channels(text: str) -> tuple[int, int, int, int]:
     if len(values) != 4 or min(values) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: give four positive integers, e.g. 8,16,32,64")
     return values[0], values[1], values[2], values[3]
+
+
+def _level_range(text: str) -> tuple[float, float]:
+    """``--codec-levels``: two compression levels LOW,HIGH with 0 <= LOW <= HIGH <= 1."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give two levels LOW,HIGH in [0, 1], e.g. 0.95,1.0") from e
+    if not 0.0 <= low <= high <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give two levels LOW,HIGH with 0 <= LOW <= HIGH <= 1, e.g. 0.95,1.0")
+    return low, high
 
 
 def _without_options(argv: list[str], options: dict[str, int]) -> list[str]:

@@ -293,6 +293,18 @@ def test_train_refuses_channels_that_are_not_four_positive_integers(
         assert "four" in capsys.readouterr().err
 
 
+def test_train_refuses_codec_levels_that_are_not_a_range_in_0_1(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from training.augment import AugmentConfig
+
+    for bad in ("0.95", "1.0,0.95", "x,1", "0.5,1.2", "-0.1,0.5"):
+        with pytest.raises(SystemExit):
+            train_main(["--codec-levels", bad, "--epochs", "1"])
+        assert "LOW,HIGH" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="codec_level_range"):
+        AugmentConfig(codec_level_range=(0.9, 0.8))
+
+
 def test_leave_one_corpus_out_trains_without_it_and_tests_on_all_of_it(
         tmp_path: Path, callmood_env: object, callmood_corpora: Path, emotion_model: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
