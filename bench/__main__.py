@@ -1,11 +1,12 @@
-"""``python -m bench NAME [options]``: run one benchmark (throughput, report)."""
+"""``python -m bench NAME [options]``: run one benchmark (throughput, report, broker)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = {"throughput": "bench.throughput", "report": "bench.report_bench"}
+BENCHMARKS = {"throughput": "bench.throughput", "report": "bench.report_bench",
+              "broker": "bench.broker_bench"}
 
 
 def main() -> int:

@@ -22,6 +22,8 @@ from celery.signals import worker_process_init
 from kombu.exceptions import ChannelError
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError as SQLInterfaceError
+from sqlalchemy.exc import OperationalError as SQLOperationalError
 
 from worker.errors import ConfigError, TransientError
 from worker.settings import Settings, get_settings, redact_url
@@ -52,6 +54,8 @@ REDIS_VISIBILITY_TIMEOUT_S = 2 * TASK_HARD_TIME_LIMIT_S + REDIS_MAX_HELD_COUNTDO
 """Redis redelivers an unacked message after this; it must outlast the longest wait of a
 delivered message: a held countdown retry, then a busy pool process's task, then its own
 run (300 + 3900 + 3900 s; twice the hard limit alone fell 64 s short of that)."""
+RUN_QUEUE_PREFIX = "callmood-run-"
+"""Prefix of the private queue each ``callmood run`` sends its calls on (``worker.runner``)."""
 ANALYZE_TASK_NAME = "callmood.analyze_recording"
 """The analysis task: the name producers outside callmood send by (``worker.tasks``)."""
 NIGHTLY_SCAN_TASK_NAME = "callmood.nightly_scan"
@@ -61,8 +65,9 @@ RECOVERY_TASK_NAME = "callmood.recover_lost"
 """The beat-scheduled recovery of lost or stranded messages (``worker.recovery``)."""
 RECOVERY_SCHEDULE_ENTRY = "callmood-recover-lost"
 RECOVERY_INTERVAL_S = 300
-"""How often beat runs the recovery on a Redis broker: a message lost in a Redis restart is
-sent again within minutes instead of after REDIS_VISIBILITY_TIMEOUT_S (hours)."""
+"""How often beat runs the recovery: a message lost in a Redis restart is sent again within
+minutes instead of after REDIS_VISIBILITY_TIMEOUT_S (hours); on a database broker, the
+message of a worker killed outright is restored and delivered rows are deleted."""
 MAX_TASKS_PER_CHILD = 200
 """Recordings one pool process analyses before it is replaced by a fresh one."""
 MAX_MEMORY_PER_CHILD_KIB = 900_000
@@ -71,6 +76,11 @@ SQLITE_BROKER_TIMEOUT_S = 30
 """How long the SQLite broker waits on another process's write lock."""
 SQLA_BROKER_POLLING_INTERVAL_S = 0.2
 """Pause between polls of an empty queue on a database (SQLAlchemy) broker."""
+DATABASE_BROKER_MAX_HELD_S = REDIS_VISIBILITY_TIMEOUT_S
+"""A message a database broker delivered longer ago than this is held by no live worker (the
+longest wait of a delivered message, as for Redis's visibility timeout): recovery deletes its
+row unread. Kombu's SQLAlchemy transport keeps every delivered row (it records no ack), so
+without that the table, and every poll of it, grows with each call."""
 
 
 def time_limits_s(duration_s: float | None) -> tuple[float, float]:
@@ -183,7 +193,7 @@ def make_celery(settings: Settings, set_as_current: bool = True) -> Celery:
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """The nightly inbox scan at ``CALLMOOD_NIGHTLY_AT`` (none without inbox folders) and,
-    on a Redis broker, the recovery of lost messages every RECOVERY_INTERVAL_S."""
+    on a Redis or database broker, the recovery of lost messages every RECOVERY_INTERVAL_S."""
     schedule: dict[str, dict[str, Any]] = {}
     if settings.inbox_dirs:
         hour, minute = settings.nightly_at
@@ -194,7 +204,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             # same files. Expire it instead of letting a backlog run twice in a row.
             "options": {"queue": CONTROL_QUEUE, "expires": 12 * 3600},
         }
-    if is_redis_broker(settings.broker_url):
+    if is_redis_broker(settings.broker_url) or is_sqla_broker(settings.broker_url):
         schedule[RECOVERY_SCHEDULE_ENTRY] = {
             "task": RECOVERY_TASK_NAME,
             "schedule": float(RECOVERY_INTERVAL_S),
@@ -223,7 +233,8 @@ def _broker_channel(app: Celery, write: bool = False) -> Iterator[Any]:
         with (app.connection_for_write() if write else app.connection_for_read()) as connection:
             connection.ensure_connection(max_retries=1)
             yield connection.default_channel
-    except (KombuOperationalError, OSError, RedisError) as e:
+    except (KombuOperationalError, OSError, RedisError, SQLOperationalError,
+            SQLInterfaceError) as e:  # the last two: a database broker's
         raise TransientError(f"broker unavailable ({redact_url(str(app.conf.broker_url))}): "
                              f"{e}") from e
 
@@ -248,9 +259,11 @@ class BrokerMessage:
     call_id: str | None
     """The payload's external call id (None: another task, or a body that does not decode)."""
     delivery_tag: str | None = None
-    """Unacked messages only: Kombu's delivery tag, the key it is restored by."""
+    """Unacked messages only: Kombu's delivery tag, the key it is restored by (on a database
+    broker, the message row's id)."""
     delivered_at_s: float | None = None
-    """Unacked messages only: when a worker took it (epoch s, Kombu's unacked index)."""
+    """Unacked messages only: when a worker took it (epoch s: Kombu's unacked index on Redis,
+    the row's timestamp, which Kombu sets on delivery, on a database broker)."""
     eta_s: float | None = None
     """When a countdown retry is due (epoch s), from the task headers; None: at once."""
     hard_limit_s: float | None = None
@@ -329,6 +342,8 @@ def broker_census(app: Celery, queue: str = TASK_QUEUE) -> BrokerCensus | None:
     from one to the other is not missed (only the instant a worker holds it between the
     two, which the caller covers by looking twice).
     """
+    if is_sqla_broker(str(app.conf.broker_url)):
+        return _database_census(app, queue)
     if not is_redis_broker(str(app.conf.broker_url)):
         return None
     with _broker_channel(app) as channel:
@@ -363,6 +378,125 @@ def restore_unacked(app: Celery, delivery_tags: Sequence[str]) -> int:
         for tag in delivery_tags:
             channel.qos.restore_by_tag(tag)
     return len(delivery_tags)
+
+
+@contextmanager
+def _broker_tables(app: Celery) -> Iterator[tuple[Any, Any, Any]]:
+    """(session, message table, queue table) of a database broker's Kombu channel, in one
+    transaction committed on success; TransientError when its database cannot be reached."""
+    with _broker_channel(app, write=True) as channel:
+        session = channel.session
+        try:
+            yield session, channel.message_cls.__table__, channel.queue_cls.__table__
+            session.commit()
+        except (SQLOperationalError, SQLInterfaceError) as e:
+            session.rollback()
+            raise TransientError(f"broker database unavailable "
+                                 f"({redact_url(str(app.conf.broker_url))}): {e}") from e
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def _our_queue_ids(session: Any, queues_table: Any, names: Sequence[str]) -> list[int]:
+    from sqlalchemy import select
+
+    return [int(i) for i in session.execute(
+        select(queues_table.c.id).where(queues_table.c.name.in_(list(names)))).scalars()]
+
+
+def _database_census(app: Celery, queue: str) -> BrokerCensus:
+    """:func:`broker_census` of a database broker: waiting rows are the queue, delivered rows
+    (read with their delivery time) stand for the unacked ones."""
+    from sqlalchemy import select
+
+    with _broker_tables(app) as (session, messages, queues):
+        queue_ids = _our_queue_ids(session, queues, (queue, CONTROL_QUEUE))
+        rows = session.execute(
+            select(messages.c.id, messages.c.visible, messages.c.timestamp, messages.c.payload,
+                   messages.c.queue_id)
+            .where(messages.c.queue_id.in_(queue_ids)).order_by(messages.c.id)).all()
+        main_queue = _our_queue_ids(session, queues, (queue,))
+    queued, held = [], []
+    for row_id, visible, delivered_at, payload, queue_id in rows:
+        if visible:
+            # waiting: only the main queue's are "in the queue" (as Redis reads one list)
+            if queue_id in main_queue:
+                queued.append(read_task_message(payload))
+            continue
+        message = read_task_message(
+            payload, str(row_id),
+            # Kombu stamps the row with datetime.now() (naive, the host's local time) when
+            # it hands it to a worker; a naive datetime's timestamp() reads it as local too
+            delivered_at.timestamp() if isinstance(delivered_at, datetime) else None)
+        if (message.task or "").startswith("callmood."):
+            held.append(message)
+    return BrokerCensus(queued=tuple(queued), unacked=tuple(held))
+
+
+def database_broker_rows(app: Celery, delivered_before_s: float,
+                         queues: Sequence[str] = (TASK_QUEUE, CONTROL_QUEUE),
+                         prefixes: Sequence[str] = (), delete: bool = False) -> int:
+    """Count (or ``delete``) the delivered rows of these queues (and of queues whose name
+    starts with one of ``prefixes``) that a worker took before ``delivered_before_s`` (epoch
+    s). Waiting rows are never touched."""
+    from sqlalchemy import delete as sql_delete
+    from sqlalchemy import func, or_, select
+
+    cutoff = datetime.fromtimestamp(delivered_before_s)  # naive local, as Kombu writes it
+    with _broker_tables(app) as (session, messages, queues_table):
+        named = or_(queues_table.c.name.in_(list(queues)),
+                    *(queues_table.c.name.startswith(p, autoescape=True) for p in prefixes))
+        queue_ids = select(queues_table.c.id).where(named).scalar_subquery()
+        where = (messages.c.queue_id.in_(queue_ids), messages.c.visible.is_(False),
+                 messages.c.timestamp < cutoff)
+        if not delete:
+            return int(session.execute(select(func.count()).select_from(messages)
+                                       .where(*where)).scalar_one())
+        return int(session.execute(sql_delete(messages).where(*where)).rowcount)
+
+
+def restore_delivered(app: Celery, row_ids: Sequence[str]) -> int:
+    """Make these delivered rows of a database broker waiting messages again (as Redis's
+    restore of an unacked message); returns how many were still delivered."""
+    from sqlalchemy import update
+
+    ids = [int(i) for i in row_ids]
+    done = 0
+    with _broker_tables(app) as (session, messages, _queues):
+        for chunk in _chunks(ids):
+            done += int(session.execute(
+                update(messages).where(messages.c.id.in_(chunk), messages.c.visible.is_(False))
+                # timestamp back to NULL, as Kombu writes a new row (it orders by it)
+                .values(visible=True, timestamp=None, version=messages.c.version + 1)).rowcount)
+    return done
+
+
+def delete_delivered(app: Celery, row_ids: Sequence[str]) -> int:
+    """Delete these delivered rows of a database broker (Kombu never reads a delivered row
+    again: an unacked message it requeues is written as a new row); returns how many."""
+    from sqlalchemy import delete as sql_delete
+
+    ids = [int(i) for i in row_ids]
+    done = 0
+    with _broker_tables(app) as (session, messages, _queues):
+        for chunk in _chunks(ids):
+            done += int(session.execute(sql_delete(messages).where(
+                messages.c.id.in_(chunk), messages.c.visible.is_(False))).rowcount)
+    return done
+
+
+def purge_queue(app: Celery, queue: str) -> int:
+    """Delete every message of ``queue`` (a ``callmood run`` private queue once its worker
+    stopped: nobody else consumes it); on a database broker its delivered rows too."""
+    with _broker_channel(app, write=True) as channel:
+        return int(channel.queue_purge(queue) or 0)
+
+
+def _chunks(ids: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
+    """``ids`` in slices of ``size`` (bound parameters per statement stay few)."""
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
 
 
 def _text(value: str | bytes) -> str:

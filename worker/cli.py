@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import TextIO
 
 from worker.constants import AUDIO_SUFFIXES
-from worker.errors import CallmoodError, ConfigError
+from worker.errors import CallmoodError, ConfigError, TransientError
 from worker.settings import Settings, redact_url
+
+log = logging.getLogger(__name__)
 
 
 def _expand(paths: Sequence[str]) -> list[Path]:
@@ -213,26 +215,48 @@ def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Replace this process with a Celery worker (so SIGTERM reaches Celery's warm shutdown)."""
-    from worker.celery_app import worker_command
+    from worker.celery_app import is_sqla_broker, worker_command
     from worker.emotion import load_card
 
     # a missing model or a card for another file would fail every call it takes: refuse now
     load_card(settings.model_path)
+    if is_sqla_broker(settings.broker_url):
+        _recover_before_start(settings)
     argv = worker_command(args.concurrency, args.loglevel or settings.log_level,
                           broker_url=settings.broker_url)
     os.execv(argv[0], [*argv, *args.celery_args])
     return 0  # not reached
 
 
+def _recover_before_start(settings: Settings) -> None:
+    """One recovery before a worker on a database broker starts: a deployment on the
+    embedded broker often runs no beat, and the worker that came before this one may have
+    been killed outright (its messages stay delivered for ever on this broker). Best effort:
+    the worker starts anyway."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from worker.recovery import recover
+
+    try:
+        report = recover(settings)
+    except (CallmoodError, SQLAlchemyError) as e:  # e.g. a database not yet migrated
+        log.warning("recovery before start skipped: %s: %s", type(e).__name__, e)
+        return
+    if report.lost or report.stranded or report.failed or report.deleted:
+        print(f"recovery: {len(report.lost)} lost sent again, {len(report.stranded)} restored, "
+              f"{len(report.failed)} stuck failed, {report.deleted} delivered broker row(s) "
+              "deleted", file=sys.stderr)
+
+
 def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
     """Replace this process with Celery beat (it sends the nightly scan; run exactly one)."""
     from worker.celery_app import beat_command, beat_schedule
 
-    # Without inbox folders beat still has work on a Redis broker: re-sending lost messages.
+    # Without inbox folders beat still has work on a Redis or database broker: recovery.
     if not beat_schedule(settings):
         raise ConfigError("beat would have nothing to schedule: set CALLMOOD_INBOX_DIRS (the "
-                          "nightly inbox scan) or use a redis:// CALLMOOD_BROKER_URL (the "
-                          "recovery of lost messages every few minutes)")
+                          "nightly inbox scan) or use a redis:// or sqla+ CALLMOOD_BROKER_URL "
+                          "(the recovery of lost messages every few minutes)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     argv = beat_command(str(settings.data_dir / "celerybeat-schedule"),
                         args.loglevel or settings.log_level)
@@ -309,8 +333,10 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
     for call_id in report.failed:
         print(f"stuck     {call_id}: {'would fail' if args.dry_run else 'failed'} (claimed "
               "repeatedly, never finished; callmood retry sends it again)")
+    deleted = (f", {report.deleted} delivered broker row(s) "
+               + ("to delete" if args.dry_run else "deleted")) if report.deleted else ""
     print(f"{len(report.lost)} lost, {len(report.stranded)} stranded, {len(report.failed)} stuck"
-          + (" (dry run: nothing changed)" if args.dry_run else ""), file=sys.stderr)
+          + deleted + (" (dry run: nothing changed)" if args.dry_run else ""), file=sys.stderr)
     return 0
 
 
@@ -321,7 +347,6 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     from worker.celery_app import TASK_QUEUE, make_celery, queue_stats
     from worker.db import session_scope
-    from worker.errors import TransientError
     from worker.store import counts_by_status, counts_processed_since, latest_batches
 
     print(f"broker   {redact_url(settings.broker_url)}")
@@ -443,8 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-failed", action="store_true", help="every failed call")
     p.set_defaults(func=cmd_retry)
 
-    p = sub.add_parser("recover", help="send again calls a Redis broker lost (beat runs this "
-                                       "every 5 minutes)")
+    p = sub.add_parser("recover", help="send again calls the broker lost, restore stranded "
+                                       "messages (beat runs this every 5 minutes)")
     p.add_argument("--min-age-s", type=float,
                    help="only calls sent at least this long ago (default: "
                         "worker.recovery.RECOVERY_MIN_AGE_S, 2 minutes)")

@@ -1,5 +1,5 @@
-"""Recovering what a Redis broker can lose: calls sent but no longer in the broker, and
-messages stranded in its unacked hash.
+"""Recovering what a broker can lose: calls sent but no longer in a Redis broker, messages
+stranded in its unacked hash, and the delivered rows of a database broker.
 
 Kombu's Redis transport pops a message (BRPOP) and only then records it as unacked; a Redis
 that stops in between, or restarts without persistence, loses the message while our calls
@@ -17,6 +17,16 @@ RECOVERY_INTERVAL_S by beat and on demand by ``callmood recover``:
 
 Both repairs are safe to get wrong: the task is idempotent (a second delivery of a finished
 call is skipped; a second run replaces the call's rows in one transaction).
+
+A database broker (Kombu's SQLAlchemy transport, the embedded default) loses nothing in
+transit but records no acknowledgement: a delivered message stays a row with
+``visible = false`` and the time a worker took it, acked or not. A worker killed outright
+(``kill -9``, OOM, power) leaves its message there for ever, and every acked one piles up
+beside it (the transport's polls slow as the table grows). The same census reads those rows
+as unacked messages and :func:`plan_delivered` sorts them by the same staleness rules: the
+current message of an unfinished call no worker can still hold is made waiting again, every
+other stale row is deleted, and rows older than DATABASE_BROKER_MAX_HELD_S are deleted
+unread first.
 """
 
 from __future__ import annotations
@@ -32,11 +42,17 @@ from celery import Celery
 
 from worker.celery_app import (
     ANALYZE_TASK_NAME,
+    DATABASE_BROKER_MAX_HELD_S,
+    RUN_QUEUE_PREFIX,
     TASK_HARD_TIME_LIMIT_S,
     BrokerCensus,
     BrokerMessage,
     broker_census,
+    database_broker_rows,
+    delete_delivered,
+    is_sqla_broker,
     make_celery,
+    restore_delivered,
     restore_unacked,
 )
 from worker.db import session_scope
@@ -92,10 +108,13 @@ class RecoveryReport:
     dry_run: bool
     failed: tuple[str, ...] = ()
     """Lost calls failed instead of sent again (claimed STUCK_MAX_CLAIMS times already)."""
+    deleted: int = 0
+    """Database broker: delivered rows deleted (acknowledged, or of finished calls), or that
+    a dry run would delete."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"lost": list(self.lost), "stranded": list(self.stranded),
-                "failed": list(self.failed), "dry_run": self.dry_run}
+                "failed": list(self.failed), "deleted": self.deleted, "dry_run": self.dry_run}
 
 
 def stranded_messages(unacked: Sequence[BrokerMessage], now_s: float,
@@ -155,25 +174,124 @@ def split_stuck(lost: Sequence[str], claims: Mapping[str, int],
     return [c for c in lost if c not in fail], fail
 
 
+@dataclass(frozen=True)
+class CallState:
+    """What recovery reads of a call to judge its delivered messages (times in epoch s)."""
+
+    status: str
+    enqueued_at_s: float | None
+    """When it was last sent to the main queue (None: never, or handed to ``callmood run``)."""
+    updated_at_s: float
+    """Its last write: for a processing call, its claim."""
+
+    def took(self, message: BrokerMessage, slack_s: float) -> bool:
+        """Whether ``message`` is this call's current one: a pending call sent to the main
+        queue no later than the message's delivery, or a processing call claimed no later
+        than (soon after) it. Later sends and claims came from newer messages."""
+        if message.delivered_at_s is None:
+            return False
+        if self.status == "pending":
+            return (self.enqueued_at_s is not None
+                    and self.enqueued_at_s <= message.delivered_at_s + slack_s)
+        return (self.status == "processing"
+                and self.updated_at_s <= message.delivered_at_s + slack_s)
+
+
+@dataclass(frozen=True)
+class DeliveredPlan:
+    """What a database broker's delivered rows call for (:func:`plan_delivered`)."""
+
+    live: tuple[BrokerMessage, ...]
+    """Rows a live worker may still hold: their calls are not lost."""
+    restore: tuple[BrokerMessage, ...]
+    """One row per unfinished call that no worker can still hold and that has no other
+    message: made a waiting message again (Redis's restore of a stranded message)."""
+    delete: tuple[BrokerMessage, ...]
+    """The other rows no worker can still hold: acknowledged ones (Kombu's SQLAlchemy
+    transport records no ack and never reads a delivered row again), those of finished
+    calls, of beat's tasks, and older copies of a restored call's message."""
+
+
+def plan_delivered(delivered: Sequence[BrokerMessage], queued_call_ids: frozenset[str],
+                   calls: Mapping[str, CallState], now_s: float,
+                   margin_s: float = STRANDED_MARGIN_S,
+                   unclaimed_margin_s: float = UNCLAIMED_MARGIN_S) -> DeliveredPlan:
+    """Sort a database broker's delivered rows (oldest first) into live, restore and delete
+    (pure). ``calls``: the state of each row's call (absent: no such call).
+
+    A row is stale by the same rules as an unacked Redis message (:func:`stranded_messages`,
+    :func:`unclaimed_messages`); Kombu keeps a delivered row whether or not it was acked, so
+    only the call tells a lost message from an acked one. The newest stale row of a pending
+    or processing call is restored when it is the call's current message
+    (:meth:`CallState.took`) and the call has no waiting or live one; every other stale row
+    is deleted. A call the database does not know was never started by a callmood worker,
+    and its message may be a rejected payload: its row is deleted (Redis recovery, too,
+    leaves such calls to their producer).
+    """
+    processing = frozenset(c for c, call in calls.items() if call.status == "processing")
+    stale = {m.delivery_tag for m in (
+        *stranded_messages(delivered, now_s, margin_s),
+        *unclaimed_messages(delivered, now_s, processing, unclaimed_margin_s))}
+    live = tuple(m for m in delivered if m.delivery_tag not in stale)
+    covered = queued_call_ids | {m.call_id for m in live if m.call_id is not None}
+    newest: dict[str, BrokerMessage] = {}
+    for m in delivered:
+        if m.delivery_tag in stale and m.task == ANALYZE_TASK_NAME and m.call_id is not None:
+            newest[m.call_id] = m  # rows come oldest first: the last one stays
+    restore = tuple(m for call_id, m in newest.items()
+                    if call_id not in covered and call_id in calls
+                    and calls[call_id].took(m, unclaimed_margin_s))
+    kept = {m.delivery_tag for m in restore}
+    return DeliveredPlan(live=live, restore=restore, delete=tuple(
+        m for m in delivered if m.delivery_tag in stale and m.delivery_tag not in kept))
+
+
+def _plan_database(settings: Settings, first: BrokerCensus, second: BrokerCensus,
+                   now_s: float, margin_s: float, unclaimed_margin_s: float,
+                   held_after_s: float) -> DeliveredPlan:
+    """:func:`plan_delivered` of a database broker's second census, with its calls' states
+    read after it (a row delivered between the censuses has its call read too). Rows
+    delivered before ``held_after_s`` are left out: a run has deleted them already, and a
+    dry run counted them as deleted."""
+    delivered = [m for m in second.unacked
+                 if m.delivered_at_s is None or m.delivered_at_s >= held_after_s]
+    with session_scope(settings) as session:
+        calls = calls_by_external_id(session, sorted({
+            m.call_id for m in delivered if m.call_id is not None}))
+        states = {call_id: CallState(
+            status=call.status,
+            enqueued_at_s=call.enqueued_at.timestamp() if call.enqueued_at else None,
+            updated_at_s=call.updated_at.timestamp()) for call_id, call in calls.items()}
+    queued = frozenset(m.call_id for m in (*first.queued, *second.queued) if m.call_id)
+    return plan_delivered(delivered, queued, states, now_s, margin_s, unclaimed_margin_s)
+
+
 def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
             margin_s: float = STRANDED_MARGIN_S, dry_run: bool = False,
             send: Sender | None = None, app: Celery | None = None,
             unclaimed_margin_s: float = UNCLAIMED_MARGIN_S) -> RecoveryReport:
-    """Restore stranded messages and send lost calls again (see the module docstring).
+    """Restore stranded messages and send lost calls again (see the module docstring); on a
+    database broker, also delete the delivered rows no worker can still hold.
 
     ``app``: the Celery app to read the broker with (the worker's own, in the task); by
-    default a short-lived one for ``settings``. ConfigError on a broker other than Redis
-    (the SQLAlchemy transport commits a delivery in one transaction and has nothing to
-    recover); TransientError when the broker or the database cannot be reached (nothing
-    done then, run it again).
+    default a short-lived one for ``settings``. ConfigError on a broker that keeps nothing
+    to recover (the in-memory one); TransientError when the broker or the database cannot be
+    reached (nothing done then, run it again).
     """
     own_app = app is None
     app = app if app is not None else make_celery(settings, set_as_current=False)
+    database = is_sqla_broker(str(app.conf.broker_url))
+    deleted = 0
+    held_after_s = time.time() - DATABASE_BROKER_MAX_HELD_S
     try:
+        if database:
+            # rows no worker can hold by any rule, deleted unread: the census stays small
+            deleted = database_broker_rows(app, held_after_s, prefixes=(RUN_QUEUE_PREFIX,),
+                                           delete=not dry_run)
         first = broker_census(app)
         if first is None:
-            raise ConfigError("recovery is for a Redis broker (CALLMOOD_BROKER_URL redis://...); "
-                              "the SQLAlchemy broker loses no delivered message")
+            raise ConfigError("recovery is for a Redis or database broker (CALLMOOD_BROKER_URL "
+                              "redis://... or sqla+...); this one keeps no message to recover")
         now = utcnow()
         with session_scope(settings) as session:
             awaiting = calls_awaiting_worker(
@@ -195,23 +313,39 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
         time.sleep(CENSUS_RECHECK_S)
         second = broker_census(app)
         assert second is not None  # same broker as the first census
-        still_held = {m.delivery_tag for m in second.unacked}
         now_s = time.time()
-        due = {m.delivery_tag for m in (
-            *stranded_messages(first.unacked, now_s, margin_s),
-            *unclaimed_messages(first.unacked, now_s, processing, unclaimed_margin_s))}
-        restore = due & still_held
-        stranded = [m for m in first.unacked if m.delivery_tag in restore]
-        lost, stuck = split_stuck(lost_calls(list(requests), [first, second]), claims)
+        if database:
+            plan = _plan_database(settings, first, second, now_s, margin_s, unclaimed_margin_s,
+                                  held_after_s)
+            stranded = list(plan.restore)
+            censuses = [BrokerCensus(queued=(*first.queued, *second.queued),
+                                     unacked=(*plan.live, *plan.restore))]
+        else:
+            still_held = {m.delivery_tag for m in second.unacked}
+            due = {m.delivery_tag for m in (
+                *stranded_messages(first.unacked, now_s, margin_s),
+                *unclaimed_messages(first.unacked, now_s, processing, unclaimed_margin_s))}
+            stranded = [m for m in first.unacked if m.delivery_tag in due & still_held]
+            censuses = [first, second]
+        lost, stuck = split_stuck(lost_calls(list(requests), censuses), claims)
+        if database:
+            deleted += len(plan.delete)
         report = RecoveryReport(lost=tuple(lost), stranded=tuple(
             m.call_id or str(m.delivery_tag) for m in stranded), dry_run=dry_run,
-            failed=tuple(stuck))
-        if dry_run or not (lost or stranded or stuck):
+            failed=tuple(stuck), deleted=deleted)
+        if dry_run:
             return report
+        tags = [str(m.delivery_tag) for m in stranded]
+        if database:
+            restore_delivered(app, tags)
+            delete_delivered(app, [str(m.delivery_tag) for m in plan.delete])
+        elif tags:
+            restore_unacked(app, tags)
         if stranded:
-            restore_unacked(app, [str(m.delivery_tag) for m in stranded])
             log.warning("restored %d stranded message(s) to the queue: %s", len(stranded),
                         ", ".join(report.stranded))
+        if not (lost or stuck):
+            return report
     finally:
         if own_app:
             app.close()

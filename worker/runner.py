@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from worker.audio import file_sha256
-from worker.celery_app import make_celery, worker_command
+from worker.celery_app import RUN_QUEUE_PREFIX, make_celery, purge_queue, worker_command
 from worker.db import session_scope, upgrade
 from worker.enqueue import path_uri, printable_path
 from worker.errors import ConfigError, TransientError
@@ -127,7 +127,7 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
     settings = worker_settings(settings, files)
     log_dir = settings.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    queue = f"callmood-run-{uuid.uuid4().hex[:12]}"
+    queue = f"{RUN_QUEUE_PREFIX}{uuid.uuid4().hex[:12]}"
     log_path = log_dir / f"run-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{queue}.log"
 
     upgrade(settings.database_url)
@@ -158,6 +158,7 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
     finally:
         stopped_code = stop_worker(process)
         exit_code = stopped_code if exit_code is None else exit_code
+        _drop_private_queue(settings, queue)
 
     results = _collect(ids, requests, settings, timed_out, exit_code, timeout_s, log_path)
     return RunSummary(
@@ -169,6 +170,19 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
         timed_out=timed_out,
         worker_exit_code=exit_code,
     )
+
+
+def _drop_private_queue(settings: Settings, queue: str) -> None:
+    """Delete what the run's queue still holds once its worker stopped: calls it did not
+    reach stay pending for the next run, and a database broker keeps delivered rows for ever
+    otherwise. Best effort: a broker that is gone costs only those rows."""
+    celery = make_celery(settings, set_as_current=False)
+    try:
+        purge_queue(celery, queue)
+    except TransientError as e:
+        log.warning("could not empty the run's queue %s: %s", queue, e)
+    finally:
+        celery.close()
 
 
 def _register(ids: dict[Path, str], settings: Settings) -> dict[str, CallRequest]:

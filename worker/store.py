@@ -414,12 +414,21 @@ def list_calls(session: Session, status: str | None = None, limit: int | None = 
     return list(session.scalars(query))
 
 
+LOOKUP_CHUNK = 1000
+"""External ids looked up per statement by :func:`calls_by_external_id`."""
+
+
 def calls_by_external_id(session: Session, external_call_ids: Sequence[str]) -> dict[str, Call]:
     """The calls with these external ids (missing ones are absent from the result)."""
-    if not external_call_ids:
-        return {}
-    query = select(Call).where(Call.external_call_id.in_(list(external_call_ids)))
-    return {call.external_call_id: call for call in session.scalars(query)}
+    ids = list(external_call_ids)
+    found: dict[str, Call] = {}
+    # in slices: PostgreSQL's protocol refuses a statement with over 65,535 bound parameters
+    # (and psycopg's error reads as an outage), and a recovery may look up every call a busy
+    # site delivered in the last hours
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        query = select(Call).where(Call.external_call_id.in_(ids[start:start + LOOKUP_CHUNK]))
+        found.update((call.external_call_id, call) for call in session.scalars(query))
+    return found
 
 
 def segments_for_call(session: Session, call_id: int) -> list[Segment]:

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.worker.prod_support import (
@@ -42,13 +43,15 @@ from worker.celery_app import (
 )
 from worker.enqueue import enqueue
 from worker.recovery import (
+    CallState,
     lost_calls,
+    plan_delivered,
     recover,
     split_stuck,
     stranded_messages,
     unclaimed_messages,
 )
-from worker.settings import PACKAGE_DIR, Settings
+from worker.settings import PACKAGE_DIR, Settings, get_settings
 
 # --------------------------------------------------------------------------- pure decisions
 
@@ -112,6 +115,51 @@ def test_calls_claimed_repeatedly_are_failed_not_sent_again() -> None:
     assert split_stuck([], {"B": 5}) == ([], [])
 
 
+def test_database_broker_rows_sorted_into_live_restore_and_delete() -> None:
+    """Kombu's SQLAlchemy transport keeps every delivered row, acked or not: only the age
+    and the call tell a message a dead worker took from one that was acknowledged."""
+    now = 100_000.0
+
+    def row(tag: str, call_id: str | None, age_s: float, eta_s: float | None = None,
+            task: str = ANALYZE_TASK_NAME) -> BrokerMessage:
+        return BrokerMessage(call_id, tag, now - age_s, eta_s, 1000.0, task)
+
+    delivered = [  # oldest first, as the census reads them
+        row("acked-done", "DONE", 300),            # finished call: its row was acked
+        row("old-run", "KILLED", 5000),            # an earlier run's row of the same call
+        row("killed", "KILLED", 1400),             # past its 1000 s limit + 300 s margin
+        row("retry-old", "RETRYING", 1400),        # acked when its retry was sent ...
+        row("retry", "RETRYING", 700, eta_s=now - 690),  # ... and the retry's worker holds it
+        row("forgotten", "FORGOTTEN", 180),        # taken, never claimed: the worker died
+        row("starting", "STARTING", 5),            # taken a moment ago
+        row("resent", "RESENT", 180),              # stale, but the call was sent since
+        row("queued-again", "QUEUED", 180),        # stale, and a newer message waits
+        row("stranger", "UNKNOWN", 180),           # no such call: e.g. a rejected payload
+        row("scan-old", None, 1400, task="callmood.nightly_scan"),
+        row("scan", None, 10, task="callmood.nightly_scan"),
+    ]
+    t = now - 1400  # KILLED and RETRYING were claimed on delivery
+    calls = {"DONE": CallState("done", now - 400, now - 290),
+             "KILLED": CallState("processing", now - 9000, t + 1),
+             "RETRYING": CallState("processing", now - 1500, t + 1),
+             "FORGOTTEN": CallState("pending", now - 200, now - 200),
+             "STARTING": CallState("pending", now - 200, now - 200),
+             "RESENT": CallState("pending", now - 30, now - 30),
+             "QUEUED": CallState("pending", now - 60, now - 60)}
+    plan = plan_delivered(delivered, frozenset({"QUEUED"}), calls, now, margin_s=300.0,
+                          unclaimed_margin_s=120.0)
+    assert [m.delivery_tag for m in plan.live] == ["retry", "starting", "scan"]
+    assert [m.delivery_tag for m in plan.restore] == ["killed", "forgotten"]
+    assert [m.delivery_tag for m in plan.delete] == [
+        "acked-done", "old-run", "retry-old", "resent", "queued-again", "stranger", "scan-old"]
+    # a call claimed long after its stale row was delivered got another message since
+    reclaimed = dict(calls, KILLED=CallState("processing", now - 9000, now - 200))
+    again = plan_delivered(delivered, frozenset({"QUEUED"}), reclaimed, now, margin_s=300.0,
+                           unclaimed_margin_s=120.0)
+    assert [m.delivery_tag for m in again.restore] == ["forgotten"]
+    assert plan_delivered([], frozenset(), {}, now).delete == ()
+
+
 def test_read_task_message_reads_the_payload_and_headers() -> None:
     import base64
 
@@ -163,22 +211,25 @@ def test_calls_awaiting_a_worker(callmood_settings: Settings) -> None:
         assert [c.external_call_id for c in again] == ["claimed-long-ago"]
 
 
-def test_beat_recovers_on_redis_only(tmp_path: Path) -> None:
+def test_beat_recovers_on_redis_and_database_brokers(tmp_path: Path) -> None:
     base = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path)})
-    assert "callmood-recover-lost" not in beat_schedule(base)
-    redis_settings = base.replace(broker_url="redis://127.0.0.1:6379/0")
-    entry = beat_schedule(redis_settings)["callmood-recover-lost"]
-    assert entry["task"] == "callmood.recover_lost" and entry["schedule"] == 300.0
-    assert entry["options"]["queue"] == CONTROL_QUEUE
+    assert "callmood-recover-lost" not in beat_schedule(base.replace(broker_url="memory://"))
+    for broker_url in ("redis://127.0.0.1:6379/0", base.broker_url):  # base: embedded SQLite
+        entry = beat_schedule(base.replace(broker_url=broker_url))["callmood-recover-lost"]
+        assert entry["task"] == "callmood.recover_lost" and entry["schedule"] == 300.0
+        assert entry["options"]["queue"] == CONTROL_QUEUE
 
 
-def test_recover_on_the_embedded_broker_says_it_is_for_redis(
-        callmood_env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+def test_recover_on_the_in_memory_broker_says_which_brokers_it_is_for(
+        callmood_env: Settings, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from worker.cli import main
 
+    monkeypatch.setenv("CALLMOOD_BROKER_URL", "memory://")
+    get_settings.cache_clear()
     assert main(["recover", "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "configuration error: recovery is for a Redis broker" in err, err
+    assert "configuration error: recovery is for a Redis or database broker" in err, err
 
 
 # --------------------------------------------------------------------------- real servers
@@ -281,3 +332,127 @@ def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(
     assert call_rows(postgres_url)["RUNNING"][0] == "processing"
     total, distinct, per_call = segment_stats(postgres_url)
     assert total == distinct and all(per_call[c] >= 1 for c in ids[:3])
+
+
+# --------------------------------------------------------------------------- embedded broker
+
+def _broker_rows(broker_path: Path) -> list[tuple[int, bool, str | None]]:
+    """(row id, visible, call id) of every message in a SQLite broker, oldest first."""
+    import sqlite3
+
+    with sqlite3.connect(broker_path) as c:
+        rows = c.execute("SELECT id, visible, payload FROM kombu_message ORDER BY id").fetchall()
+    return [(int(i), bool(v), read_task_message(p).call_id) for i, v, p in rows]
+
+
+def _age_delivered_rows(broker_path: Path, by_s: float) -> None:
+    """Move the delivery time Kombu stamped on every delivered row ``by_s`` into the past."""
+    import sqlite3
+    from datetime import datetime, timedelta
+
+    with sqlite3.connect(broker_path) as c:
+        for row_id, stamp in c.execute(
+                "SELECT id, timestamp FROM kombu_message WHERE visible = 0").fetchall():
+            older = datetime.fromisoformat(stamp) - timedelta(seconds=by_s)
+            c.execute("UPDATE kombu_message SET timestamp = ? WHERE id = ?",
+                      (older.isoformat(sep=" "), row_id))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("pipeline_importable")
+def test_embedded_broker_restores_a_killed_workers_call_and_deletes_delivered_rows(
+        tmp_path: Path, callmood_corpora: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The embedded default (SQLite database and broker) with a real worker killed outright
+    (SIGKILL to its process group) in the middle of a 30-minute call: Kombu's SQLAlchemy
+    transport leaves that message delivered for ever, and every acked one too. Recovery at
+    the next ``callmood worker`` start restores it once no worker can still be running it; a
+    fresh worker analyses it; the next recovery leaves the broker table empty."""
+    import signal
+    from datetime import timedelta
+
+    import soundfile as sf
+
+    from worker import store
+    from worker.celery_app import worker_command
+    from worker.cli import main
+    from worker.db import session_scope
+    from worker.schema import utcnow
+
+    inbox = tmp_path / "recordings"
+    paths = make_recordings(inbox, callmood_corpora, 3)
+    audio, sample_rate = sf.read(paths[0], dtype="float32")
+    long_path = inbox / "long.wav"
+    repeats = (1800 * sample_rate // len(audio) + 1,) + (1,) * (audio.ndim - 1)
+    sf.write(str(long_path), np.tile(audio, repeats), sample_rate, format="WAV", subtype="ULAW")
+    database_url = f"sqlite:///{tmp_path / 'callmood.sqlite'}"
+    broker_path = tmp_path / "broker.sqlite"
+    db.upgrade(database_url)
+    env = callmood_env(database_url, f"sqla+sqlite:///{broker_path}", inbox,
+                       tiny_model(tmp_path / "model"), tmp_path / "data")
+    settings = Settings.from_env(env)
+    log_path = tmp_path / "worker.log"
+
+    def start_worker() -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as log_file:
+            return subprocess.Popen(
+                worker_command(1, "INFO", TASK_QUEUE, f"killed-{os.getpid()}@%h",
+                               env["CALLMOOD_BROKER_URL"]),
+                env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+
+    assert enqueue(str(paths[0]), call_id="DONE", agent_id="a-1", settings=settings).sent
+    worker = start_worker()
+    try:
+        wait_final(database_url, ["DONE"], timeout_s=90, log_path=log_path)
+        for call_id, path in (("LONG", long_path), ("NEXT-1", paths[1]), ("NEXT-2", paths[2])):
+            assert enqueue(str(path), call_id=call_id, agent_id="a-1", settings=settings).sent
+        deadline = time.monotonic() + 60
+        while call_rows(database_url)["LONG"][0] != "processing":
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.02)
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)  # no warm shutdown: nothing is given back
+        worker.wait()
+    assert call_rows(database_url)["LONG"][:2] == ("processing", None)
+    rows = _broker_rows(broker_path)
+    assert [(visible, c) for _, visible, c in rows] == [
+        (False, "DONE"), (False, "LONG"), (True, "NEXT-1"), (True, "NEXT-2")]
+
+    # At once, nothing is repaired: a live worker could still be running LONG.
+    early = recover(settings, min_age_s=0)
+    assert (early.lost, early.stranded, early.failed, early.deleted) == ((), (), (), 0)
+    assert _broker_rows(broker_path) == rows
+
+    # An hour later (its hard limit is 270 s): the delivery stamps and LONG's claim aged.
+    _age_delivered_rows(broker_path, 3600)
+    with session_scope(settings) as session:
+        long_call = store.calls_by_external_id(session, ["LONG"])["LONG"]
+        long_call.updated_at = utcnow() - timedelta(seconds=3600)
+    dry = recover(settings, min_age_s=0, dry_run=True)
+    assert (dry.stranded, dry.deleted) == (("LONG",), 1)
+    assert _broker_rows(broker_path) == rows
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    started: list[list[str]] = []
+    monkeypatch.setattr(os, "execv", lambda _path, argv: started.append(argv))
+    assert main(["worker"]) == 0 and started  # the recovery runs before Celery starts
+    assert ("recovery: 0 lost sent again, 1 restored, 0 stuck failed, 1 delivered broker "
+            "row(s) deleted") in capsys.readouterr().err
+    assert [(visible, c) for _, visible, c in _broker_rows(broker_path)] == [
+        (True, "LONG"), (True, "NEXT-1"), (True, "NEXT-2")]
+
+    with celery_worker(env, log_path, concurrency=1, name="after"):
+        final = wait_final(database_url, ["LONG", "NEXT-1", "NEXT-2"], timeout_s=120,
+                           log_path=log_path)
+    assert {c: final[c][0] for c in final} == {c: "done" for c in final}
+    assert final["LONG"][2] == 2  # claimed by the killed worker, then by this one
+    # Three hours on, every delivered row is past any worker's hold: the table is empty.
+    _age_delivered_rows(broker_path, 3 * 3600)
+    dry = recover(settings, min_age_s=0, dry_run=True)  # counts each row once, changes none
+    assert (dry.lost, dry.stranded, dry.deleted) == ((), (), 3)
+    assert len(_broker_rows(broker_path)) == 3
+    report = recover(settings, min_age_s=0)
+    assert (report.lost, report.stranded, report.deleted) == ((), (), 3)
+    assert _broker_rows(broker_path) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -68,6 +69,10 @@ def test_run_folder_through_a_real_worker_on_the_embedded_broker(
     assert corrupt.status == "failed" and corrupt.reason and "corrupt.wav" in corrupt.reason
     assert callmood_settings.broker_url.startswith("sqla+sqlite:///")
     assert (callmood_settings.data_dir / "broker.sqlite").is_file()
+    # The run's private queue is emptied once its worker stopped: Kombu's SQLAlchemy
+    # transport would keep each delivered message's row for ever.
+    with sqlite3.connect(callmood_settings.data_dir / "broker.sqlite") as broker:
+        assert broker.execute("SELECT count(*) FROM kombu_message").fetchone() == (0,)
 
     with db.session_scope(callmood_settings) as s:
         calls = store.calls_by_external_id(s, [external_id_for(p) for p in paths])

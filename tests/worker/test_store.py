@@ -99,6 +99,17 @@ def test_text_the_database_cannot_hold_is_made_printable(db_url: str) -> None:
     assert store.printable_text("d\ud800x") == "d\\ud800x" and call.id > 0
 
 
+def test_calls_are_looked_up_by_tens_of_thousands_of_ids(db_url: str) -> None:
+    """A recovery looks up every call a site delivered in the last hours: more ids than
+    PostgreSQL's protocol takes bound parameters in one statement (65,535)."""
+    with db.session_scope(db_url) as s:
+        store.register_call(s, _request("CC-70000"))
+    ids = [f"CC-{i}" for i in range(70_001)]
+    with db.session_scope(db_url) as s:
+        assert list(store.calls_by_external_id(s, ids)) == ["CC-70000"]
+        assert store.calls_by_external_id(s, []) == {}
+
+
 def test_register_twice_in_one_transaction_gives_one_row(db_url: str) -> None:
     with db.session_scope(db_url) as s:
         a = store.register_call(s, _request())
