@@ -80,7 +80,7 @@ def test_beat_schedules_the_scan_at_the_configured_local_time(tmp_path: Path) ->
     schedule = entry["schedule"]
     assert (schedule.hour, schedule.minute) == ({3}, {30})
     assert str(app.conf.timezone) == "Europe/Berlin" and app.conf.enable_utc
-    assert beat_schedule(s.replace(inbox_dirs=())) == {}
+    assert NIGHTLY_SCHEDULE_ENTRY not in beat_schedule(s.replace(inbox_dirs=()))
     app.close()
 
 
@@ -113,8 +113,12 @@ def test_callmood_beat_execs_celery_beat(tmp_path: Path, redis_url: str) -> None
     env.pop("CALLMOOD_INBOX_DIRS")
     text = _beat_log_until(env, tmp_path / "beat-recovery.log", RECOVERY_SCHEDULE_ENTRY)
     assert NIGHTLY_SCHEDULE_ENTRY not in text
-    # nothing to schedule at all: no inbox folders and a broker without recovery
+    # ... and so does the embedded database broker (a worker killed outright, delivered rows)
     env["CALLMOOD_BROKER_URL"] = f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
+    text = _beat_log_until(env, tmp_path / "beat-embedded.log", RECOVERY_SCHEDULE_ENTRY)
+    assert NIGHTLY_SCHEDULE_ENTRY not in text
+    # nothing to schedule at all: no inbox folders and a broker without recovery
+    env["CALLMOOD_BROKER_URL"] = "memory://"
     refused = subprocess.run([sys.executable, "-m", "worker.cli", "beat"], env=env,
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2
