@@ -32,6 +32,7 @@ from worker.celery_app import (
     SQLA_BROKER_POLLING_INTERVAL_S,
     TASK_QUEUE,
     make_celery,
+    utc_naive_now,
 )
 from worker.db import make_engine, upgrade
 from worker.recovery import recover
@@ -90,8 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 channel = connection.default_channel
                 queue_id = channel._get_or_create(TASK_QUEUE).id
                 messages = channel.message_cls.__table__
-                # Kombu stamps delivery with the host's naive local time
-                now = datetime.now()
+                now = utc_naive_now()  # how callmood's workers make Kombu stamp a delivery
                 old = now - timedelta(seconds=DATABASE_BROKER_MAX_HELD_S + 3600)
                 began = time.perf_counter()
                 for start in range(0, args.rows, INSERT_CHUNK_ROWS):

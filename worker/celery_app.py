@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
@@ -81,6 +81,9 @@ DATABASE_BROKER_MAX_HELD_S = REDIS_VISIBILITY_TIMEOUT_S
 longest wait of a delivered message, as for Redis's visibility timeout): recovery deletes its
 row unread. Kombu's SQLAlchemy transport keeps every delivered row (it records no ack), so
 without that the table, and every poll of it, grows with each call."""
+DELETE_BATCH_ROWS = 400
+"""Delivered rows a database broker recovery deletes per statement (and, for the rows past
+DATABASE_BROKER_MAX_HELD_S, per transaction)."""
 
 
 def time_limits_s(duration_s: float | None) -> tuple[float, float]:
@@ -116,16 +119,39 @@ def broker_transport_options(broker_url: str) -> dict[str, Any]:
 
 
 def poll_database_broker_faster() -> None:
-    """Shorten Kombu's pause between polls of an empty queue on a database broker.
+    """Shorten Kombu's pause between polls of an empty queue on a database broker, and make
+    it stamp deliveries in UTC.
 
-    Its default (1 s) left the worker idle up to a second after every call. The transport
-    hands every transport option to ``create_engine``, so ``polling_interval`` cannot be
-    passed as one; it is the transport class's attribute, set here. A poll is one indexed
-    SELECT: five a second cost nothing measurable.
+    Its default pause (1 s) left the worker idle up to a second after every call. The
+    transport hands every transport option to ``create_engine``, so ``polling_interval``
+    cannot be passed as one; it is the transport class's attribute, set here. A poll is one
+    indexed SELECT: five a second cost nothing measurable.
+
+    Kombu stamps a row with ``datetime.now()`` when it delivers it: the host's naive local
+    time, which repeats an hour at the autumn clock change and differs between hosts in
+    other zones, so recovery could take a message a worker took seconds ago for one taken
+    an hour before. The stamp is naive UTC instead (:func:`utc_naive_now`): set on the
+    model's mixin column, which each channel copies when it first declares the table (Kombu
+    declares it once per process, after callmood's app configured the transport).
     """
     from kombu.transport import sqlalchemy as kombu_sqla
+    from kombu.transport.sqlalchemy import models
+    from sqlalchemy import Column, DateTime
 
     kombu_sqla.Transport.polling_interval = SQLA_BROKER_POLLING_INTERVAL_S
+    if "Message" not in models.class_registry:
+        models.Message.sent_at = Column("timestamp", DateTime, nullable=True, index=True,
+                                        onupdate=utc_naive_now)
+
+
+def utc_naive_now() -> datetime:
+    """The current UTC time without a zone: a database broker's delivery stamp."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def delivered_at_s(stamp: datetime) -> float:
+    """Epoch seconds of a delivery stamp (naive UTC, :func:`utc_naive_now`)."""
+    return stamp.replace(tzinfo=UTC).timestamp()
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]
@@ -138,6 +164,22 @@ def one_blas_thread_per_child(**_: Any) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1)
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def fresh_broker_connections_per_child(**_: Any) -> None:
+    """Drop the database broker's engines a pool process inherited from the worker.
+
+    Kombu's SQLAlchemy transport caches its engines per URL in a class attribute, so a forked
+    child (a beat task sending calls, or running recovery) would reuse the parent's pooled
+    connection: one SQLite handle or PostgreSQL socket in two processes. ``close=False``
+    leaves the parent's connections open for the parent.
+    """
+    from kombu.transport.sqlalchemy import Channel
+
+    for engine, _session in Channel._engines.values():
+        engine.dispose(close=False)
+    Channel._engines.clear()
 
 
 def make_celery(settings: Settings, set_as_current: bool = True) -> Celery:
@@ -413,22 +455,22 @@ def _database_census(app: Celery, queue: str) -> BrokerCensus:
     with _broker_tables(app) as (session, messages, queues):
         queue_ids = _our_queue_ids(session, queues, (queue, CONTROL_QUEUE))
         rows = session.execute(
-            select(messages.c.id, messages.c.visible, messages.c.timestamp, messages.c.payload,
-                   messages.c.queue_id)
+            select(messages.c.id, messages.c.version, messages.c.visible, messages.c.timestamp,
+                   messages.c.payload, messages.c.queue_id)
             .where(messages.c.queue_id.in_(queue_ids)).order_by(messages.c.id)).all()
         main_queue = _our_queue_ids(session, queues, (queue,))
     queued, held = [], []
-    for row_id, visible, delivered_at, payload, queue_id in rows:
+    for row_id, version, visible, delivered_at, payload, queue_id in rows:
         if visible:
             # waiting: only the main queue's are "in the queue" (as Redis reads one list)
             if queue_id in main_queue:
                 queued.append(read_task_message(payload))
             continue
+        # the tag carries the row's version, which Kombu bumps on every delivery: a repair
+        # of this row touches it only as this census saw it (see restore_delivered)
         message = read_task_message(
-            payload, str(row_id),
-            # Kombu stamps the row with datetime.now() (naive, the host's local time) when
-            # it hands it to a worker; a naive datetime's timestamp() reads it as local too
-            delivered_at.timestamp() if isinstance(delivered_at, datetime) else None)
+            payload, f"{row_id}:{version}",
+            delivered_at_s(delivered_at) if isinstance(delivered_at, datetime) else None)
         if (message.task or "").startswith("callmood."):
             held.append(message)
     return BrokerCensus(queued=tuple(queued), unacked=tuple(held))
@@ -439,50 +481,79 @@ def database_broker_rows(app: Celery, delivered_before_s: float,
                          prefixes: Sequence[str] = (), delete: bool = False) -> int:
     """Count (or ``delete``) the delivered rows of these queues (and of queues whose name
     starts with one of ``prefixes``) that a worker took before ``delivered_before_s`` (epoch
-    s). Waiting rows are never touched."""
+    s). Waiting rows are never touched. Deleted DELETE_BATCH_ROWS per transaction, so a
+    table grown for weeks never holds SQLite's write lock longer than a worker waits for it
+    (SQLITE_BROKER_TIMEOUT_S; a poll that times out makes Celery restore every unacked
+    message)."""
     from sqlalchemy import delete as sql_delete
     from sqlalchemy import func, or_, select
 
-    cutoff = datetime.fromtimestamp(delivered_before_s)  # naive local, as Kombu writes it
-    with _broker_tables(app) as (session, messages, queues_table):
-        named = or_(queues_table.c.name.in_(list(queues)),
-                    *(queues_table.c.name.startswith(p, autoescape=True) for p in prefixes))
-        queue_ids = select(queues_table.c.id).where(named).scalar_subquery()
-        where = (messages.c.queue_id.in_(queue_ids), messages.c.visible.is_(False),
-                 messages.c.timestamp < cutoff)
-        if not delete:
-            return int(session.execute(select(func.count()).select_from(messages)
-                                       .where(*where)).scalar_one())
-        return int(session.execute(sql_delete(messages).where(*where)).rowcount)
+    cutoff = datetime.fromtimestamp(delivered_before_s, UTC).replace(tzinfo=None)
+    total = 0
+    while True:
+        with _broker_tables(app) as (session, messages, queues_table):
+            named = or_(queues_table.c.name.in_(list(queues)),
+                        *(queues_table.c.name.startswith(p, autoescape=True) for p in prefixes))
+            queue_ids = select(queues_table.c.id).where(named).scalar_subquery()
+            where = (messages.c.queue_id.in_(queue_ids), messages.c.visible.is_(False),
+                     messages.c.timestamp < cutoff)
+            if not delete:
+                return int(session.execute(select(func.count()).select_from(messages)
+                                           .where(*where)).scalar_one())
+            batch = select(messages.c.id).where(*where).limit(DELETE_BATCH_ROWS)
+            done = int(session.execute(sql_delete(messages).where(
+                messages.c.id.in_(batch.scalar_subquery()))).rowcount)
+        total += done
+        if done < DELETE_BATCH_ROWS:
+            return total
 
 
-def restore_delivered(app: Celery, row_ids: Sequence[str]) -> int:
+def _row_versions(tags: Sequence[str]) -> list[tuple[int, int]]:
+    """(row id, version) of database broker delivery tags (``"id:version"``)."""
+    pairs = []
+    for tag in tags:
+        row_id, _, version = tag.partition(":")
+        pairs.append((int(row_id), int(version)))
+    return pairs
+
+
+def restore_delivered(app: Celery, tags: Sequence[str]) -> list[str]:
     """Make these delivered rows of a database broker waiting messages again (as Redis's
-    restore of an unacked message); returns how many were still delivered."""
+    restore of an unacked message); returns the tags restored. A row is restored only as the
+    census saw it: one delivered again since (after another recovery restored it) has a new
+    version and is left to its worker."""
     from sqlalchemy import update
 
-    ids = [int(i) for i in row_ids]
-    done = 0
+    restored = []
     with _broker_tables(app) as (session, messages, _queues):
-        for chunk in _chunks(ids):
-            done += int(session.execute(
-                update(messages).where(messages.c.id.in_(chunk), messages.c.visible.is_(False))
-                # timestamp back to NULL, as Kombu writes a new row (it orders by it)
-                .values(visible=True, timestamp=None, version=messages.c.version + 1)).rowcount)
-    return done
+        for tag, (row_id, version) in zip(tags, _row_versions(tags), strict=True):
+            if session.execute(
+                    update(messages).where(messages.c.id == row_id,
+                                           messages.c.version == version,
+                                           messages.c.visible.is_(False))
+                    # timestamp back to NULL, as Kombu writes a new row (it orders by it)
+                    .values(visible=True, timestamp=None,
+                            version=messages.c.version + 1)).rowcount:
+                restored.append(tag)
+    return restored
 
 
-def delete_delivered(app: Celery, row_ids: Sequence[str]) -> int:
-    """Delete these delivered rows of a database broker (Kombu never reads a delivered row
-    again: an unacked message it requeues is written as a new row); returns how many."""
+def delete_delivered(app: Celery, tags: Sequence[str]) -> int:
+    """Delete these delivered rows of a database broker, each only as the census saw it
+    (Kombu never reads a delivered row again: an unacked message it requeues is written as a
+    new row); returns how many."""
+    from sqlalchemy import and_, or_
     from sqlalchemy import delete as sql_delete
 
-    ids = [int(i) for i in row_ids]
+    pairs = _row_versions(tags)
     done = 0
     with _broker_tables(app) as (session, messages, _queues):
-        for chunk in _chunks(ids):
+        for start in range(0, len(pairs), DELETE_BATCH_ROWS):
+            chunk = pairs[start:start + DELETE_BATCH_ROWS]
             done += int(session.execute(sql_delete(messages).where(
-                messages.c.id.in_(chunk), messages.c.visible.is_(False))).rowcount)
+                messages.c.visible.is_(False),
+                or_(*(and_(messages.c.id == i, messages.c.version == v)
+                      for i, v in chunk)))).rowcount)
     return done
 
 
@@ -491,12 +562,6 @@ def purge_queue(app: Celery, queue: str) -> int:
     stopped: nobody else consumes it); on a database broker its delivered rows too."""
     with _broker_channel(app, write=True) as channel:
         return int(channel.queue_purge(queue) or 0)
-
-
-def _chunks(ids: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
-    """``ids`` in slices of ``size`` (bound parameters per statement stay few)."""
-    for start in range(0, len(ids), size):
-        yield ids[start:start + size]
 
 
 def _text(value: str | bytes) -> str:

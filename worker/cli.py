@@ -229,23 +229,42 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _recover_before_start(settings: Settings) -> None:
-    """One recovery before a worker on a database broker starts: a deployment on the
-    embedded broker often runs no beat, and the worker that came before this one may have
-    been killed outright (its messages stay delivered for ever on this broker). Best effort:
-    the worker starts anyway."""
+    """One recovery before a worker on a database broker starts, and one more when what the
+    workers before it held would be stale: a deployment on the embedded broker often runs no
+    beat, and a worker killed outright leaves its messages delivered for ever on this
+    broker; restarted at once, its calls are not yet stale (their worker could be alive on
+    another host). Best effort: the worker starts anyway."""
+    import time
+
+    from kombu.exceptions import OperationalError as KombuOperationalError
     from sqlalchemy.exc import SQLAlchemyError
 
+    from worker.celery_app import CONTROL_QUEUE, RECOVERY_TASK_NAME, make_celery
     from worker.recovery import recover
 
     try:
         report = recover(settings)
-    except (CallmoodError, SQLAlchemyError) as e:  # e.g. a database not yet migrated
+        if report.repair_due_s is not None:
+            app = make_celery(settings, set_as_current=False)
+            try:
+                # held by a worker until due; a worker killed before then loses it, and the
+                # next start sends another
+                app.send_task(RECOVERY_TASK_NAME, queue=CONTROL_QUEUE,
+                              countdown=max(0.0, report.repair_due_s - time.time()) + 1.0)
+            finally:
+                app.close()
+    except (CallmoodError, SQLAlchemyError, KombuOperationalError) as e:
+        # e.g. a database not yet migrated, a broker gone between two statements
         log.warning("recovery before start skipped: %s: %s", type(e).__name__, e)
         return
     if report.lost or report.stranded or report.failed or report.deleted:
         print(f"recovery: {len(report.lost)} lost sent again, {len(report.stranded)} restored, "
               f"{len(report.failed)} stuck failed, {report.deleted} delivered broker row(s) "
               "deleted", file=sys.stderr)
+    if report.repair_due_s is not None:
+        print(f"recovery: again in {max(0.0, report.repair_due_s - time.time()):.0f} s, when "
+              "the messages earlier workers hold now are stale if those workers are gone",
+              file=sys.stderr)
 
 
 def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:

@@ -63,6 +63,7 @@ from worker.settings import Settings
 from worker.store import (
     calls_awaiting_worker,
     calls_by_external_id,
+    is_valid_external_id,
     mark_failed,
     mark_resent,
     refresh_batch_counts,
@@ -91,6 +92,8 @@ after delivery (see :func:`unclaimed_messages`). A worker claims the call in its
 transaction, seconds after taking the message; the margin covers a fresh pool child and a
 database slow to answer (SQLite's 30 s busy timeout). Restoring too early costs a second
 delivery, which the idempotent task absorbs."""
+UNFINISHED = ("pending", "processing")
+"""Call statuses a worker still has to finish."""
 CENSUS_RECHECK_S = 1.0
 """Pause between the two censuses: a message is in neither the queue nor the unacked hash
 only for the instant a worker holds it between BRPOP and HSET, never for a second."""
@@ -111,32 +114,44 @@ class RecoveryReport:
     deleted: int = 0
     """Database broker: delivered rows deleted (acknowledged, or of finished calls), or that
     a dry run would delete."""
+    repair_due_s: float | None = None
+    """Database broker: when (epoch s) the rows unfinished calls' workers hold now will all
+    be stale if those workers are gone (:attr:`DeliveredPlan.repair_due_s`)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"lost": list(self.lost), "stranded": list(self.stranded),
                 "failed": list(self.failed), "deleted": self.deleted, "dry_run": self.dry_run}
 
 
-def stranded_messages(unacked: Sequence[BrokerMessage], now_s: float,
-                      margin_s: float = STRANDED_MARGIN_S,
-                      default_hard_limit_s: float = TASK_HARD_TIME_LIMIT_S) -> list[BrokerMessage]:
-    """Unacked messages no live worker can still be running (pure).
+def stranded_after_s(message: BrokerMessage, margin_s: float = STRANDED_MARGIN_S,
+                     default_hard_limit_s: float = TASK_HARD_TIME_LIMIT_S) -> float | None:
+    """When (epoch s) no live worker can still be running this delivered message (pure;
+    None: it has no delivery time).
 
     A message without a countdown starts at delivery (a worker takes one only with a free
     pool process: prefetch 1, late acks): stranded once its own hard limit (or
     ``default_hard_limit_s``) plus ``margin_s`` has passed since. A countdown retry is held
     by its worker until due and may then wait for a busy pool process, up to another task's
-    hard limit: ``default_hard_limit_s`` more. Messages without a delivery time are left alone.
+    hard limit: ``default_hard_limit_s`` more.
     """
+    if message.delivered_at_s is None:
+        return None
+    limit_s = message.hard_limit_s if message.hard_limit_s is not None else default_hard_limit_s
+    start_s = message.delivered_at_s
+    if message.eta_s is not None:
+        start_s = max(start_s, message.eta_s) + default_hard_limit_s
+    return start_s + limit_s + margin_s
+
+
+def stranded_messages(unacked: Sequence[BrokerMessage], now_s: float,
+                      margin_s: float = STRANDED_MARGIN_S,
+                      default_hard_limit_s: float = TASK_HARD_TIME_LIMIT_S) -> list[BrokerMessage]:
+    """Unacked messages no live worker can still be running (pure; see
+    :func:`stranded_after_s`). Messages without a delivery tag or time are left alone."""
     out = []
     for message in unacked:
-        if message.delivery_tag is None or message.delivered_at_s is None:
-            continue
-        limit_s = message.hard_limit_s if message.hard_limit_s is not None else default_hard_limit_s
-        start_s = message.delivered_at_s
-        if message.eta_s is not None:
-            start_s = max(start_s, message.eta_s) + default_hard_limit_s
-        if now_s - start_s > limit_s + margin_s:
+        after_s = stranded_after_s(message, margin_s, default_hard_limit_s)
+        if message.delivery_tag is not None and after_s is not None and now_s > after_s:
             out.append(message)
     return out
 
@@ -210,6 +225,9 @@ class DeliveredPlan:
     """The other rows no worker can still hold: acknowledged ones (Kombu's SQLAlchemy
     transport records no ack and never reads a delivered row again), those of finished
     calls, of beat's tasks, and older copies of a restored call's message."""
+    repair_due_s: float | None = None
+    """When (epoch s) the last live row of an unfinished call will be stale, if its worker
+    is gone: a recovery then repairs every call held now (None: no such row)."""
 
 
 def plan_delivered(delivered: Sequence[BrokerMessage], queued_call_ids: frozenset[str],
@@ -221,12 +239,12 @@ def plan_delivered(delivered: Sequence[BrokerMessage], queued_call_ids: frozense
 
     A row is stale by the same rules as an unacked Redis message (:func:`stranded_messages`,
     :func:`unclaimed_messages`); Kombu keeps a delivered row whether or not it was acked, so
-    only the call tells a lost message from an acked one. The newest stale row of a pending
-    or processing call is restored when it is the call's current message
-    (:meth:`CallState.took`) and the call has no waiting or live one; every other stale row
-    is deleted. A call the database does not know was never started by a callmood worker,
-    and its message may be a rejected payload: its row is deleted (Redis recovery, too,
-    leaves such calls to their producer).
+    only the call tells a lost message from an acked one. The newest stale row of a call is
+    restored when the call has no waiting or live message and the row is its current one:
+    the call is pending or processing and took it (:meth:`CallState.took`), or the database
+    does not know the call and the row names a valid call id (a producer's ``send_task``
+    whose worker died before registering it; a payload the worker rejects is recorded as a
+    failed call, so it is not sent round again). Every other stale row is deleted.
     """
     processing = frozenset(c for c, call in calls.items() if call.status == "processing")
     stale = {m.delivery_tag for m in (
@@ -238,12 +256,22 @@ def plan_delivered(delivered: Sequence[BrokerMessage], queued_call_ids: frozense
     for m in delivered:
         if m.delivery_tag in stale and m.task == ANALYZE_TASK_NAME and m.call_id is not None:
             newest[m.call_id] = m  # rows come oldest first: the last one stays
+
+    def current(call_id: str, message: BrokerMessage) -> bool:
+        if call_id in calls:
+            return calls[call_id].took(message, unclaimed_margin_s)
+        return is_valid_external_id(call_id)
+
     restore = tuple(m for call_id, m in newest.items()
-                    if call_id not in covered and call_id in calls
-                    and calls[call_id].took(m, unclaimed_margin_s))
+                    if call_id not in covered and current(call_id, m))
     kept = {m.delivery_tag for m in restore}
+    held = [after_s for m in live
+            if m.call_id is not None and (m.call_id not in calls
+                                          or calls[m.call_id].status in UNFINISHED)
+            and (after_s := stranded_after_s(m, margin_s)) is not None]
     return DeliveredPlan(live=live, restore=restore, delete=tuple(
-        m for m in delivered if m.delivery_tag in stale and m.delivery_tag not in kept))
+        m for m in delivered if m.delivery_tag in stale and m.delivery_tag not in kept),
+        repair_due_s=max(held) if held else None)
 
 
 def _plan_database(settings: Settings, first: BrokerCensus, second: BrokerCensus,
@@ -328,19 +356,22 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
             stranded = [m for m in first.unacked if m.delivery_tag in due & still_held]
             censuses = [first, second]
         lost, stuck = split_stuck(lost_calls(list(requests), censuses), claims)
-        if database:
+        tags = [str(m.delivery_tag) for m in stranded]
+        if database and not dry_run:
+            # each row only as the census saw it: another recovery may have got there first
+            done = set(restore_delivered(app, tags))
+            stranded = [m for m in stranded if m.delivery_tag in done]
+            deleted += delete_delivered(app, [str(m.delivery_tag) for m in plan.delete])
+        elif database:
             deleted += len(plan.delete)
+        elif tags and not dry_run:
+            restore_unacked(app, tags)
         report = RecoveryReport(lost=tuple(lost), stranded=tuple(
             m.call_id or str(m.delivery_tag) for m in stranded), dry_run=dry_run,
-            failed=tuple(stuck), deleted=deleted)
+            failed=tuple(stuck), deleted=deleted,
+            repair_due_s=plan.repair_due_s if database else None)
         if dry_run:
             return report
-        tags = [str(m.delivery_tag) for m in stranded]
-        if database:
-            restore_delivered(app, tags)
-            delete_delivered(app, [str(m.delivery_tag) for m in plan.delete])
-        elif tags:
-            restore_unacked(app, tags)
         if stranded:
             log.warning("restored %d stranded message(s) to the queue: %s", len(stranded),
                         ", ".join(report.stranded))

@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from worker.audio import file_sha256
 from worker.celery_app import RUN_QUEUE_PREFIX, make_celery, purge_queue, worker_command
 from worker.db import session_scope, upgrade
 from worker.enqueue import path_uri, printable_path
-from worker.errors import ConfigError, TransientError
+from worker.errors import CallmoodError, ConfigError, TransientError
 from worker.schema import FINAL_STATUSES
 from worker.settings import PACKAGE_DIR, Settings
 from worker.store import (
@@ -173,13 +175,14 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
 
 
 def _drop_private_queue(settings: Settings, queue: str) -> None:
-    """Delete what the run's queue still holds once its worker stopped: calls it did not
-    reach stay pending for the next run, and a database broker keeps delivered rows for ever
-    otherwise. Best effort: a broker that is gone costs only those rows."""
+    """Delete what the run's queue still holds once its worker stopped (its process group is
+    gone, so no one takes them): the run reports calls it did not reach as failed, and a
+    database broker keeps every delivered row for ever otherwise (its one ``kombu_queue``
+    row stays). Best effort: a failure costs only those rows, never the run's result."""
     celery = make_celery(settings, set_as_current=False)
     try:
         purge_queue(celery, queue)
-    except TransientError as e:
+    except (CallmoodError, SQLAlchemyError) as e:
         log.warning("could not empty the run's queue %s: %s", queue, e)
     finally:
         celery.close()

@@ -414,7 +414,7 @@ def list_calls(session: Session, status: str | None = None, limit: int | None = 
     return list(session.scalars(query))
 
 
-LOOKUP_CHUNK = 1000
+LOOKUP_CHUNK = 500
 """External ids looked up per statement by :func:`calls_by_external_id`."""
 
 

@@ -33,6 +33,8 @@ from worker import db
 from worker.celery_app import (
     ANALYZE_TASK_NAME,
     CONTROL_QUEUE,
+    RECOVERY_TASK_NAME,
+    TASK_HARD_TIME_LIMIT_S,
     TASK_QUEUE,
     BrokerCensus,
     BrokerMessage,
@@ -134,7 +136,8 @@ def test_database_broker_rows_sorted_into_live_restore_and_delete() -> None:
         row("starting", "STARTING", 5),            # taken a moment ago
         row("resent", "RESENT", 180),              # stale, but the call was sent since
         row("queued-again", "QUEUED", 180),        # stale, and a newer message waits
-        row("stranger", "UNKNOWN", 180),           # no such call: e.g. a rejected payload
+        row("stranger", "UNKNOWN", 180),           # a producer's send_task; its worker died
+        row("rejected", "not an id", 180),         # no such call, and none could be made
         row("scan-old", None, 1400, task="callmood.nightly_scan"),
         row("scan", None, 10, task="callmood.nightly_scan"),
     ]
@@ -149,14 +152,18 @@ def test_database_broker_rows_sorted_into_live_restore_and_delete() -> None:
     plan = plan_delivered(delivered, frozenset({"QUEUED"}), calls, now, margin_s=300.0,
                           unclaimed_margin_s=120.0)
     assert [m.delivery_tag for m in plan.live] == ["retry", "starting", "scan"]
-    assert [m.delivery_tag for m in plan.restore] == ["killed", "forgotten"]
+    assert [m.delivery_tag for m in plan.restore] == ["killed", "forgotten", "stranger"]
     assert [m.delivery_tag for m in plan.delete] == [
-        "acked-done", "old-run", "retry-old", "resent", "queued-again", "stranger", "scan-old"]
+        "acked-done", "old-run", "retry-old", "resent", "queued-again", "rejected", "scan-old"]
+    # if the workers holding RETRYING and STARTING are gone, both rows are stale by then:
+    # the retry's countdown plus a busy pool's (default) hard limit, plus its own, plus the
+    # margin
+    assert plan.repair_due_s == now - 690 + TASK_HARD_TIME_LIMIT_S + 1000 + 300
     # a call claimed long after its stale row was delivered got another message since
     reclaimed = dict(calls, KILLED=CallState("processing", now - 9000, now - 200))
     again = plan_delivered(delivered, frozenset({"QUEUED"}), reclaimed, now, margin_s=300.0,
                            unclaimed_margin_s=120.0)
-    assert [m.delivery_tag for m in again.restore] == ["forgotten"]
+    assert [m.delivery_tag for m in again.restore] == ["forgotten", "stranger"]
     assert plan_delivered([], frozenset(), {}, now).delete == ()
 
 
@@ -345,6 +352,25 @@ def _broker_rows(broker_path: Path) -> list[tuple[int, bool, str | None]]:
     return [(int(i), bool(v), read_task_message(p).call_id) for i, v, p in rows]
 
 
+def _broker_row_payloads(broker_path: Path) -> list[tuple[int, str | None, float | None,
+                                                          float | None, bool]]:
+    """(row id, task, delivered at, eta, visible) of every message in a SQLite broker (times
+    in epoch s; the delivery stamp read as UTC)."""
+    import sqlite3
+    from datetime import UTC, datetime
+
+    with sqlite3.connect(broker_path) as c:
+        rows = c.execute("SELECT id, payload, timestamp, visible FROM kombu_message "
+                         "ORDER BY id").fetchall()
+    out = []
+    for row_id, payload, stamp, visible in rows:
+        message = read_task_message(payload)
+        delivered = (datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp()
+                     if stamp else None)
+        out.append((int(row_id), message.task, delivered, message.eta_s, bool(visible)))
+    return out
+
+
 def _age_delivered_rows(broker_path: Path, by_s: float) -> None:
     """Move the delivery time Kombu stamped on every delivered row ``by_s`` into the past."""
     import sqlite3
@@ -356,6 +382,43 @@ def _age_delivered_rows(broker_path: Path, by_s: float) -> None:
             older = datetime.fromisoformat(stamp) - timedelta(seconds=by_s)
             c.execute("UPDATE kombu_message SET timestamp = ? WHERE id = ?",
                       (older.isoformat(sep=" "), row_id))
+
+
+def test_a_row_delivered_again_since_the_census_is_not_restored_twice(tmp_path: Path) -> None:
+    """Two recoveries at once (beat's and a worker start's) both plan to restore a row: the
+    first does, a worker takes it again, and the second must leave it to that worker."""
+    from worker.celery_app import (
+        delete_delivered,
+        fresh_broker_connections_per_child,
+        restore_delivered,
+    )
+
+    settings = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path)})
+    app = make_celery(settings, set_as_current=False)
+    try:
+        app.send_task(ANALYZE_TASK_NAME, kwargs={"call_id": "C-1", "uri": "/c.wav"},
+                      queue=TASK_QUEUE)
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            assert channel.basic_get(TASK_QUEUE) is not None  # a killed worker's, never acked
+            (seen,) = broker_census(app).unacked  # type: ignore[union-attr]
+            assert seen.call_id == "C-1"
+            assert restore_delivered(app, [str(seen.delivery_tag)]) == [seen.delivery_tag]
+            assert channel.basic_get(TASK_QUEUE) is not None  # a live worker takes it again
+            assert restore_delivered(app, [str(seen.delivery_tag)]) == []
+            assert delete_delivered(app, [str(seen.delivery_tag)]) == 0
+            (again,) = broker_census(app).unacked  # type: ignore[union-attr]
+            assert again.delivery_tag != seen.delivery_tag
+            assert delete_delivered(app, [str(again.delivery_tag)]) == 1
+            assert broker_census(app) == BrokerCensus(queued=(), unacked=())
+    finally:
+        app.close()
+    # a pool process forgets the engines (and pooled connections) it inherited
+    from kombu.transport.sqlalchemy import Channel
+
+    assert Channel._engines
+    fresh_broker_connections_per_child()
+    assert not Channel._engines
 
 
 @pytest.mark.slow
@@ -390,6 +453,7 @@ def test_embedded_broker_restores_a_killed_workers_call_and_deletes_delivered_ro
     db.upgrade(database_url)
     env = callmood_env(database_url, f"sqla+sqlite:///{broker_path}", inbox,
                        tiny_model(tmp_path / "model"), tmp_path / "data")
+    env["TZ"] = "America/New_York"  # the workers' local time is not UTC
     settings = Settings.from_env(env)
     log_path = tmp_path / "worker.log"
 
@@ -419,10 +483,23 @@ def test_embedded_broker_restores_a_killed_workers_call_and_deletes_delivered_ro
     assert [(visible, c) for _, visible, c in rows] == [
         (False, "DONE"), (False, "LONG"), (True, "NEXT-1"), (True, "NEXT-2")]
 
-    # At once, nothing is repaired: a live worker could still be running LONG.
-    early = recover(settings, min_age_s=0)
-    assert (early.lost, early.stranded, early.failed, early.deleted) == ((), (), (), 0)
-    assert _broker_rows(broker_path) == rows
+    # Kombu stamped the delivery in UTC although the worker ran in New York's zone
+    long_row = _broker_row_payloads(broker_path)[1]
+    assert long_row[2] is not None and abs(long_row[2] - time.time()) < 120, long_row
+
+    # The worker is restarted at once: nothing is repaired yet (a live worker elsewhere could
+    # still be running LONG), but a recovery is sent for when LONG's row will be stale.
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    started: list[list[str]] = []
+    monkeypatch.setattr(os, "execv", lambda _path, argv: started.append(argv))
+    assert main(["worker"]) == 0 and started  # the recovery runs before Celery starts
+    assert "recovery: again in" in capsys.readouterr().err
+    (follow_up,) = [p for p in _broker_row_payloads(broker_path) if p[1] == RECOVERY_TASK_NAME]
+    # LONG's hard limit (270 s) plus the 300 s margin after its delivery
+    assert follow_up[3] is not None and 0 < follow_up[3] - long_row[2] - 570 < 60, follow_up
+    assert [r for r in _broker_rows(broker_path) if r[2] is not None] == rows
 
     # An hour later (its hard limit is 270 s): the delivery stamps and LONG's claim aged.
     _age_delivered_rows(broker_path, 3600)
@@ -431,16 +508,10 @@ def test_embedded_broker_restores_a_killed_workers_call_and_deletes_delivered_ro
         long_call.updated_at = utcnow() - timedelta(seconds=3600)
     dry = recover(settings, min_age_s=0, dry_run=True)
     assert (dry.stranded, dry.deleted) == (("LONG",), 1)
-    assert _broker_rows(broker_path) == rows
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    started: list[list[str]] = []
-    monkeypatch.setattr(os, "execv", lambda _path, argv: started.append(argv))
-    assert main(["worker"]) == 0 and started  # the recovery runs before Celery starts
+    assert main(["worker"]) == 0
     assert ("recovery: 0 lost sent again, 1 restored, 0 stuck failed, 1 delivered broker "
             "row(s) deleted") in capsys.readouterr().err
-    assert [(visible, c) for _, visible, c in _broker_rows(broker_path)] == [
+    assert [(visible, c) for _, visible, c in _broker_rows(broker_path) if c is not None] == [
         (True, "LONG"), (True, "NEXT-1"), (True, "NEXT-2")]
 
     with celery_worker(env, log_path, concurrency=1, name="after"):
@@ -448,11 +519,14 @@ def test_embedded_broker_restores_a_killed_workers_call_and_deletes_delivered_ro
                            log_path=log_path)
     assert {c: final[c][0] for c in final} == {c: "done" for c in final}
     assert final["LONG"][2] == 2  # claimed by the killed worker, then by this one
-    # Three hours on, every delivered row is past any worker's hold: the table is empty.
+    # Three hours on, every delivered row is past any worker's hold: only the follow-up
+    # recovery is left, waiting (the worker held it for its countdown and gave it back).
     _age_delivered_rows(broker_path, 3 * 3600)
     dry = recover(settings, min_age_s=0, dry_run=True)  # counts each row once, changes none
-    assert (dry.lost, dry.stranded, dry.deleted) == ((), (), 3)
-    assert len(_broker_rows(broker_path)) == 3
+    delivered = [r for r in _broker_rows(broker_path) if not r[1]]
+    assert (dry.lost, dry.stranded, dry.deleted) == ((), (), len(delivered))
+    assert len(delivered) >= 3
     report = recover(settings, min_age_s=0)
-    assert (report.lost, report.stranded, report.deleted) == ((), (), 3)
-    assert _broker_rows(broker_path) == []
+    assert (report.lost, report.stranded, report.deleted) == ((), (), len(delivered))
+    assert [(visible, task) for _, task, _, _, visible in _broker_row_payloads(broker_path)] == [
+        (True, RECOVERY_TASK_NAME)]
