@@ -177,7 +177,7 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise AudioDecodeError(f"{path.name} could not be decoded (truncated or corrupt?): {e}") from e
     if data.shape[0] == 0:
-        raise AudioDecodeError(f"{path.name} holds no audio frames")
+        raise no_frames_error(path, str(info.format))
     if data.shape[0] / read_rate > max_duration_s:
         raise UnsupportedAudioError(f"{data.shape[0] / read_rate:.0f} s is longer than the limit "
                                     f"of {max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
@@ -192,6 +192,24 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
         subtype=str(info.subtype),
         sha256=file_sha256(path),
     )
+
+
+EMPTY_WAV_MAX_BYTES = 1024
+"""A WAV file that decodes to no frames but is larger than this holds more than its header:
+its header gives the data as empty (see :func:`no_frames_error`)."""
+
+
+def no_frames_error(path: Path, fmt: str) -> AudioDecodeError:
+    """The error for a file that decoded to no frames. A WAV recorder that stops before it
+    rewrites its header (a crash, a full disk) leaves the data length at 0: libsndfile then
+    reads nothing although the samples are there, and the message says how to recover them."""
+    size = path.stat().st_size if path.exists() else 0
+    if fmt.upper() == "WAV" and size > EMPTY_WAV_MAX_BYTES:
+        return AudioDecodeError(
+            f"{path.name} holds no audio frames by its WAV header, yet the file holds {size} "
+            "bytes: a recorder that stopped before finishing the header? Rewrite the header "
+            "(e.g. sox --ignore-length IN.wav OUT.wav) and send it again")
+    return AudioDecodeError(f"{path.name} holds no audio frames")
 
 
 def check_samples(data: Audio, name: str, at_s: float | None = None) -> None:
@@ -294,7 +312,7 @@ def stream_blocks(stream: StreamInfo, max_duration_s: float,
                 if out.shape[0]:
                     yield DecodedBlock(_as_frames(out, stream.n_channels), frames)
     if frames == 0:
-        raise AudioDecodeError(f"{name} holds no audio frames")
+        raise no_frames_error(stream.path, stream.format)
     if resampler is not None:
         # flush the filter's tail: the last samples the one-shot resampler would give
         tail = resampler.resample_chunk(np.zeros((0, stream.n_channels), dtype=np.float32),

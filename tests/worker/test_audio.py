@@ -104,8 +104,27 @@ def test_header_only_wav_has_no_frames(tmp_path: Path) -> None:
     cut = tmp_path / "zero-length.wav"
     data = full.read_bytes()
     cut.write_bytes(data[: data.index(b"data") + 8])  # the header and not one sample
-    with pytest.raises(AudioDecodeError):
+    with pytest.raises(AudioDecodeError, match=r"holds no audio frames$"):
         load_recording(cut, MAX_S)
+
+
+def test_a_wav_whose_header_says_empty_names_the_repair(tmp_path: Path) -> None:
+    """A recorder that crashed before rewriting its header leaves data length 0 and every
+    sample after it: libsndfile reads nothing, and the reason says how to get them back."""
+    import struct
+
+    full = tmp_path / "full.wav"
+    sf.write(str(full), tone(4.0, 8000), 8000, subtype="PCM_16")
+    data = bytearray(full.read_bytes())
+    at = data.index(b"data")
+    data[4:8] = data[at + 4:at + 8] = struct.pack("<I", 0)
+    crashed = tmp_path / "crashed.wav"
+    crashed.write_bytes(bytes(data))
+    for decode in (lambda: load_recording(crashed, MAX_S),
+                   lambda: list(stream_blocks(open_stream(crashed, MAX_S), MAX_S))):
+        with pytest.raises(AudioDecodeError, match="--ignore-length") as info:
+            decode()
+        assert f"{len(data)} bytes" in str(info.value)
 
 
 @pytest.mark.parametrize("suffix,fmt,subtype", [(".wav", "WAV", "PCM_16"),
