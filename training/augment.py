@@ -145,7 +145,9 @@ class AugmentConfig:
     bitrate falls about linearly with the level, from ~44 kbit/s at 0.8 to ~7 kbit/s at 1.0
     (the evaluation's ``opus8kbps`` condition), so only about a fifth of the Opus draws are
     under 17 kbit/s; MP3 gives 17 kbit/s below ~0.91 and 8 kbit/s above (measured by
-    tests/training/test_augment.py::test_the_codec_levels_drawn_span_these_bitrates)."""
+    tests/training/test_augment.py::test_the_codec_levels_drawn_span_these_bitrates).
+    0.95-1.0 (Opus ~16-7 kbit/s) was tried (docs/model-experiments.md): validation UA 66.35 %
+    vs 66.42 %, and no better through Opus on the test actors (54.0 % vs 55.8 %)."""
     opus_share: float = 0.5
     """Of the codec round trips, the share that is Opus (the rest MP3). Opus is the worse of
     the two for the model (v1.4.0: RAVDESS Opus 55.8 % vs clean 62.1 %). 0.75 with
