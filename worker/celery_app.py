@@ -82,8 +82,12 @@ longest wait of a delivered message, as for Redis's visibility timeout): recover
 row unread. Kombu's SQLAlchemy transport keeps every delivered row (it records no ack), so
 without that the table, and every poll of it, grows with each call."""
 DELETE_BATCH_ROWS = 400
-"""Delivered rows a database broker recovery deletes per statement (and, for the rows past
-DATABASE_BROKER_MAX_HELD_S, per transaction)."""
+"""Delivered rows a database broker recovery deletes per statement by (id, version): 800
+bound parameters, under SQLite's oldest limit (999)."""
+PURGE_BATCH_ROWS = 5000
+"""Rows past DATABASE_BROKER_MAX_HELD_S deleted per transaction: a fraction of a second of
+SQLite's write lock each (``python -m bench broker``), far under the 30 s a worker's poll
+waits for it."""
 
 
 def time_limits_s(duration_s: float | None) -> tuple[float, float]:
@@ -481,7 +485,7 @@ def database_broker_rows(app: Celery, delivered_before_s: float,
                          prefixes: Sequence[str] = (), delete: bool = False) -> int:
     """Count (or ``delete``) the delivered rows of these queues (and of queues whose name
     starts with one of ``prefixes``) that a worker took before ``delivered_before_s`` (epoch
-    s). Waiting rows are never touched. Deleted DELETE_BATCH_ROWS per transaction, so a
+    s). Waiting rows are never touched. Deleted PURGE_BATCH_ROWS per transaction, so a
     table grown for weeks never holds SQLite's write lock longer than a worker waits for it
     (SQLITE_BROKER_TIMEOUT_S; a poll that times out makes Celery restore every unacked
     message)."""
@@ -500,11 +504,11 @@ def database_broker_rows(app: Celery, delivered_before_s: float,
             if not delete:
                 return int(session.execute(select(func.count()).select_from(messages)
                                            .where(*where)).scalar_one())
-            batch = select(messages.c.id).where(*where).limit(DELETE_BATCH_ROWS)
+            batch = select(messages.c.id).where(*where).limit(PURGE_BATCH_ROWS)
             done = int(session.execute(sql_delete(messages).where(
                 messages.c.id.in_(batch.scalar_subquery()))).rowcount)
         total += done
-        if done < DELETE_BATCH_ROWS:
+        if done < PURGE_BATCH_ROWS:
             return total
 
 
@@ -542,18 +546,17 @@ def delete_delivered(app: Celery, tags: Sequence[str]) -> int:
     """Delete these delivered rows of a database broker, each only as the census saw it
     (Kombu never reads a delivered row again: an unacked message it requeues is written as a
     new row); returns how many."""
-    from sqlalchemy import and_, or_
     from sqlalchemy import delete as sql_delete
+    from sqlalchemy import tuple_
 
     pairs = _row_versions(tags)
     done = 0
     with _broker_tables(app) as (session, messages, _queues):
         for start in range(0, len(pairs), DELETE_BATCH_ROWS):
-            chunk = pairs[start:start + DELETE_BATCH_ROWS]
             done += int(session.execute(sql_delete(messages).where(
                 messages.c.visible.is_(False),
-                or_(*(and_(messages.c.id == i, messages.c.version == v)
-                      for i, v in chunk)))).rowcount)
+                tuple_(messages.c.id, messages.c.version).in_(
+                    pairs[start:start + DELETE_BATCH_ROWS]))).rowcount)
     return done
 
 

@@ -384,16 +384,24 @@ def _age_delivered_rows(broker_path: Path, by_s: float) -> None:
                       (older.isoformat(sep=" "), row_id))
 
 
-def test_a_row_delivered_again_since_the_census_is_not_restored_twice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_row_delivered_again_since_the_census_is_not_restored_twice(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     """Two recoveries at once (beat's and a worker start's) both plan to restore a row: the
-    first does, a worker takes it again, and the second must leave it to that worker."""
+    first does, a worker takes it again, and the second must leave it to that worker. On
+    the embedded SQLite broker and on a PostgreSQL one."""
     from worker.celery_app import (
+        RUN_QUEUE_PREFIX,
+        database_broker_rows,
         delete_delivered,
         fresh_broker_connections_per_child,
         restore_delivered,
     )
 
-    settings = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path)})
+    env = {"CALLMOOD_DATA_DIR": str(tmp_path)}
+    if backend == "postgres":
+        env["CALLMOOD_BROKER_URL"] = "sqla+" + request.getfixturevalue("postgres_url")
+    settings = Settings.from_env(env)
     app = make_celery(settings, set_as_current=False)
     try:
         app.send_task(ANALYZE_TASK_NAME, kwargs={"call_id": "C-1", "uri": "/c.wav"},
@@ -411,6 +419,19 @@ def test_a_row_delivered_again_since_the_census_is_not_restored_twice(tmp_path: 
             assert again.delivery_tag != seen.delivery_tag
             assert delete_delivered(app, [str(again.delivery_tag)]) == 1
             assert broker_census(app) == BrokerCensus(queued=(), unacked=())
+            # the purge by age: rows delivered before the cut, waiting ones never
+            for call_id in ("C-2", "C-3"):
+                app.send_task(ANALYZE_TASK_NAME, kwargs={"call_id": call_id, "uri": "/c.wav"},
+                              queue=TASK_QUEUE)
+            assert channel.basic_get(TASK_QUEUE) is not None
+            cut_s = time.time() + 60
+            assert database_broker_rows(app, cut_s - 3600, prefixes=(RUN_QUEUE_PREFIX,)) == 0
+            assert database_broker_rows(app, cut_s, prefixes=(RUN_QUEUE_PREFIX,)) == 1
+            assert database_broker_rows(app, cut_s, prefixes=(RUN_QUEUE_PREFIX,),
+                                        delete=True) == 1
+            after = broker_census(app)
+            assert after is not None and not after.unacked
+            assert [m.call_id for m in after.queued] == ["C-3"]
     finally:
         app.close()
     # a pool process forgets the engines (and pooled connections) it inherited
