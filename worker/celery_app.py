@@ -76,11 +76,12 @@ SQLITE_BROKER_TIMEOUT_S = 30
 """How long the SQLite broker waits on another process's write lock."""
 SQLA_BROKER_POLLING_INTERVAL_S = 0.2
 """Pause between polls of an empty queue on a database (SQLAlchemy) broker."""
-DATABASE_BROKER_MAX_HELD_S = REDIS_VISIBILITY_TIMEOUT_S
+DATABASE_BROKER_MAX_HELD_S = REDIS_VISIBILITY_TIMEOUT_S + 300
 """A message a database broker delivered longer ago than this is held by no live worker (the
-longest wait of a delivered message, as for Redis's visibility timeout): recovery deletes its
-row unread. Kombu's SQLAlchemy transport keeps every delivered row (it records no ack), so
-without that the table, and every poll of it, grows with each call."""
+longest wait of a delivered message, as for Redis's visibility timeout, plus recovery's
+5-minute STRANDED_MARGIN_S): recovery deletes its row unread. Kombu's SQLAlchemy transport
+keeps every delivered row (it records no ack), so without that the table, and every poll of
+it, grows with each call."""
 DELETE_BATCH_ROWS = 400
 """Delivered rows a database broker recovery deletes per statement by (id, version): 800
 bound parameters, under SQLite's oldest limit (999)."""
@@ -192,8 +193,9 @@ def make_celery(settings: Settings, set_as_current: bool = True) -> Celery:
     app = Celery("callmood", broker=settings.broker_url, include=["worker.tasks"],
                  set_as_current=set_as_current)
     sqla = is_sqla_broker(settings.broker_url)
-    if sqla:
-        poll_database_broker_faster()
+    # always, not only for a database broker URL here: a worker given another broker on its
+    # command line (celery -b sqla+...) must stamp deliveries in UTC too
+    poll_database_broker_faster()
     app.conf.update(
         # Results live in our database; a result backend would only be a second, stale copy.
         task_ignore_result=True,

@@ -21,6 +21,10 @@ from worker.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 
+FOLLOW_UP_SLACK_S = 60.0
+"""Margin added to the follow-up recovery a worker start sends: delivery stamps come from
+other hosts' clocks (and the dead worker's)."""
+
 
 def _expand(paths: Sequence[str]) -> list[Path]:
     """Files as given, directories expanded to the audio files below them (sorted)."""
@@ -244,15 +248,6 @@ def _recover_before_start(settings: Settings) -> None:
 
     try:
         report = recover(settings)
-        if report.repair_due_s is not None:
-            app = make_celery(settings, set_as_current=False)
-            try:
-                # held by a worker until due; a worker killed before then loses it, and the
-                # next start sends another
-                app.send_task(RECOVERY_TASK_NAME, queue=CONTROL_QUEUE,
-                              countdown=max(0.0, report.repair_due_s - time.time()) + 1.0)
-            finally:
-                app.close()
     except (CallmoodError, SQLAlchemyError, KombuOperationalError) as e:
         # e.g. a database not yet migrated, a broker gone between two statements
         log.warning("recovery before start skipped: %s: %s", type(e).__name__, e)
@@ -261,10 +256,23 @@ def _recover_before_start(settings: Settings) -> None:
         print(f"recovery: {len(report.lost)} lost sent again, {len(report.stranded)} restored, "
               f"{len(report.failed)} stuck failed, {report.deleted} delivered broker row(s) "
               "deleted", file=sys.stderr)
-    if report.repair_due_s is not None:
-        print(f"recovery: again in {max(0.0, report.repair_due_s - time.time()):.0f} s, when "
-              "the messages earlier workers hold now are stale if those workers are gone",
-              file=sys.stderr)
+    if report.repair_due_s is None:
+        return
+    # a margin past the horizon: the stamps come from the dead worker's host clock
+    countdown_s = max(0.0, report.repair_due_s - time.time()) + FOLLOW_UP_SLACK_S
+    try:
+        app = make_celery(settings, set_as_current=False)
+        try:
+            # held by a worker until due (a warm stop gives it back; a worker killed before
+            # then loses it, and the next start sends another)
+            app.send_task(RECOVERY_TASK_NAME, queue=CONTROL_QUEUE, countdown=countdown_s)
+        finally:
+            app.close()
+    except (CallmoodError, KombuOperationalError, OSError) as e:
+        log.warning("follow-up recovery not sent: %s: %s", type(e).__name__, e)
+        return
+    print(f"recovery: again in {countdown_s:.0f} s, when the messages earlier workers hold now "
+          "are stale if those workers are gone", file=sys.stderr)
 
 
 def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
