@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -271,6 +272,9 @@ class QueueStats:
     unacked: int | None
     """Delivered to a worker, not yet acknowledged (running, prefetched or retry-countdown);
     Redis only (its ``unacked`` hash), all queues together."""
+    delivered: int | None = None
+    """Database broker only: rows it keeps for delivered messages of callmood's queues, acked
+    or not (it records no ack); recovery deletes the stale ones."""
 
 
 @contextmanager
@@ -297,7 +301,12 @@ def queue_stats(app: Celery, queue: str = TASK_QUEUE) -> QueueStats:
         unacked: int | None = None
         if is_redis_broker(str(app.conf.broker_url)):
             unacked = int(channel.client.hlen(channel.unacked_key))
-        return QueueStats(queued=queued, unacked=unacked)
+    delivered: int | None = None
+    if is_sqla_broker(str(app.conf.broker_url)):
+        # every delivered row: a cut a day ahead leaves none out, whatever the clocks say
+        delivered = database_broker_rows(app, time.time() + 86_400.0,
+                                         prefixes=(RUN_QUEUE_PREFIX,))
+    return QueueStats(queued=queued, unacked=unacked, delivered=delivered)
 
 
 @dataclass(frozen=True)

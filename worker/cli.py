@@ -381,8 +381,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     app = make_celery(settings)
     try:
         stats = queue_stats(app, TASK_QUEUE)
-        unacked = "n/a" if stats.unacked is None else str(stats.unacked)
-        print(f"queue {TASK_QUEUE}: {stats.queued} waiting, {unacked} delivered and unacked")
+        if stats.delivered is not None:
+            print(f"queue {TASK_QUEUE}: {stats.queued} waiting, {stats.delivered} delivered "
+                  "row(s) kept (acked or not: this broker records no ack; recovery deletes "
+                  "stale ones)")
+        else:
+            unacked = "n/a" if stats.unacked is None else str(stats.unacked)
+            print(f"queue {TASK_QUEUE}: {stats.queued} waiting, {unacked} delivered and "
+                  "unacked")
     except TransientError as e:
         print(f"queue {TASK_QUEUE}: unknown ({e})")
     finally:

@@ -513,6 +513,8 @@ def test_embedded_broker_restores_a_killed_workers_call_and_deletes_delivered_ro
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
+    assert main(["status"]) == 0  # what an operator sees of it
+    assert "queue callmood: 2 waiting, 2 delivered row(s) kept" in capsys.readouterr().out
     started: list[list[str]] = []
     monkeypatch.setattr(os, "execv", lambda _path, argv: started.append(argv))
     assert main(["worker"]) == 0 and started  # the recovery runs before Celery starts
