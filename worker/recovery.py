@@ -265,10 +265,18 @@ def plan_delivered(delivered: Sequence[BrokerMessage], queued_call_ids: frozense
     restore = tuple(m for call_id, m in newest.items()
                     if call_id not in covered and current(call_id, m))
     kept = {m.delivery_tag for m in restore}
+    def stale_after_s(m: BrokerMessage) -> float | None:
+        after_s, delivered_s = stranded_after_s(m, margin_s), m.delivered_at_s
+        if (after_s is not None and delivered_s is not None and m.eta_s is None
+                and m.task == ANALYZE_TASK_NAME and m.call_id not in processing):
+            # a pending call's row is stale this soon if no worker claims it
+            after_s = min(after_s, delivered_s + unclaimed_margin_s)
+        return after_s
+
     held = [after_s for m in live
             if m.call_id is not None and (m.call_id not in calls
                                           or calls[m.call_id].status in UNFINISHED)
-            and (after_s := stranded_after_s(m, margin_s)) is not None]
+            and (after_s := stale_after_s(m)) is not None]
     return DeliveredPlan(live=live, restore=restore, delete=tuple(
         m for m in delivered if m.delivery_tag in stale and m.delivery_tag not in kept),
         repair_due_s=max(held) if held else None)

@@ -159,6 +159,11 @@ def test_database_broker_rows_sorted_into_live_restore_and_delete() -> None:
     # the retry's countdown plus a busy pool's (default) hard limit, plus its own, plus the
     # margin
     assert plan.repair_due_s == now - 690 + TASK_HARD_TIME_LIMIT_S + 1000 + 300
+    # a pending call's row is stale 2 minutes after delivery if no worker claims its call
+    starting = plan_delivered(delivered[6:7], frozenset(), calls, now, margin_s=300.0,
+                              unclaimed_margin_s=120.0)
+    assert [m.delivery_tag for m in starting.live] == ["starting"]
+    assert starting.repair_due_s == now - 5 + 120
     # a call claimed long after its stale row was delivered got another message since
     reclaimed = dict(calls, KILLED=CallState("processing", now - 9000, now - 200))
     again = plan_delivered(delivered, frozenset({"QUEUED"}), reclaimed, now, margin_s=300.0,
