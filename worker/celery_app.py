@@ -440,26 +440,16 @@ def restore_unacked(app: Celery, delivery_tags: Sequence[str]) -> int:
 @contextmanager
 def _broker_tables(app: Celery) -> Iterator[tuple[Any, Any, Any]]:
     """(session, message table, queue table) of a database broker's Kombu channel, in one
-    transaction committed on success; TransientError when its database cannot be reached."""
+    transaction committed on success; TransientError (from :func:`_broker_channel`) when its
+    database cannot be reached."""
     with _broker_channel(app, write=True) as channel:
         session = channel.session
         try:
             yield session, channel.message_cls.__table__, channel.queue_cls.__table__
             session.commit()
-        except (SQLOperationalError, SQLInterfaceError) as e:
-            session.rollback()
-            raise TransientError(f"broker database unavailable "
-                                 f"({redact_url(str(app.conf.broker_url))}): {e}") from e
         except BaseException:
             session.rollback()
             raise
-
-
-def _our_queue_ids(session: Any, queues_table: Any, names: Sequence[str]) -> list[int]:
-    from sqlalchemy import select
-
-    return [int(i) for i in session.execute(
-        select(queues_table.c.id).where(queues_table.c.name.in_(list(names)))).scalars()]
 
 
 def _database_census(app: Celery, queue: str) -> BrokerCensus:
@@ -468,17 +458,16 @@ def _database_census(app: Celery, queue: str) -> BrokerCensus:
     from sqlalchemy import select
 
     with _broker_tables(app) as (session, messages, queues):
-        queue_ids = _our_queue_ids(session, queues, (queue, CONTROL_QUEUE))
         rows = session.execute(
             select(messages.c.id, messages.c.version, messages.c.visible, messages.c.timestamp,
-                   messages.c.payload, messages.c.queue_id)
-            .where(messages.c.queue_id.in_(queue_ids)).order_by(messages.c.id)).all()
-        main_queue = _our_queue_ids(session, queues, (queue,))
+                   messages.c.payload, queues.c.name)
+            .join(queues, messages.c.queue_id == queues.c.id)
+            .where(queues.c.name.in_((queue, CONTROL_QUEUE))).order_by(messages.c.id)).all()
     queued, held = [], []
-    for row_id, version, visible, delivered_at, payload, queue_id in rows:
+    for row_id, version, visible, delivered_at, payload, queue_name in rows:
         if visible:
             # waiting: only the main queue's are "in the queue" (as Redis reads one list)
-            if queue_id in main_queue:
+            if queue_name == queue:
                 queued.append(read_task_message(payload))
             continue
         # the tag carries the row's version, which Kombu bumps on every delivery: a repair

@@ -246,31 +246,32 @@ def _recover_before_start(settings: Settings) -> None:
     from worker.celery_app import CONTROL_QUEUE, RECOVERY_TASK_NAME, make_celery
     from worker.recovery import recover
 
+    # one app (one broker connection) for the recovery and its follow-up
+    app = make_celery(settings, set_as_current=False)
     try:
-        report = recover(settings)
-    except (CallmoodError, SQLAlchemyError, KombuOperationalError) as e:
-        # e.g. a database not yet migrated, a broker gone between two statements
-        log.warning("recovery before start skipped: %s: %s", type(e).__name__, e)
-        return
-    if report.lost or report.stranded or report.failed or report.deleted:
-        print(f"recovery: {len(report.lost)} lost sent again, {len(report.stranded)} restored, "
-              f"{len(report.failed)} stuck failed, {report.deleted} delivered broker row(s) "
-              "deleted", file=sys.stderr)
-    if report.repair_due_s is None:
-        return
-    # a margin past the horizon: the stamps come from the dead worker's host clock
-    countdown_s = max(0.0, report.repair_due_s - time.time()) + FOLLOW_UP_SLACK_S
-    try:
-        app = make_celery(settings, set_as_current=False)
+        try:
+            report = recover(settings, app=app)
+        except (CallmoodError, SQLAlchemyError, KombuOperationalError) as e:
+            # e.g. a database not yet migrated, a broker gone between two statements
+            log.warning("recovery before start skipped: %s: %s", type(e).__name__, e)
+            return
+        if report.lost or report.stranded or report.failed or report.deleted:
+            print(f"recovery: {len(report.lost)} lost sent again, {len(report.stranded)} "
+                  f"restored, {len(report.failed)} stuck failed, {report.deleted} delivered "
+                  "broker row(s) deleted", file=sys.stderr)
+        if report.repair_due_s is None:
+            return
+        # a margin past the horizon: the stamps come from the dead worker's host clock
+        countdown_s = max(0.0, report.repair_due_s - time.time()) + FOLLOW_UP_SLACK_S
         try:
             # held by a worker until due (a warm stop gives it back; a worker killed before
             # then loses it, and the next start sends another)
             app.send_task(RECOVERY_TASK_NAME, queue=CONTROL_QUEUE, countdown=countdown_s)
-        finally:
-            app.close()
-    except (CallmoodError, KombuOperationalError, OSError) as e:
-        log.warning("follow-up recovery not sent: %s: %s", type(e).__name__, e)
-        return
+        except (KombuOperationalError, OSError) as e:
+            log.warning("follow-up recovery not sent: %s: %s", type(e).__name__, e)
+            return
+    finally:
+        app.close()
     print(f"recovery: again in {countdown_s:.0f} s, when the messages earlier workers hold now "
           "are stale if those workers are gone", file=sys.stderr)
 

@@ -170,9 +170,31 @@ def unclaimed_messages(unacked: Sequence[BrokerMessage], now_s: float,
     messages without a readable call id are left to :func:`stranded_messages`.
     """
     return [m for m in unacked
-            if m.delivery_tag is not None and m.delivered_at_s is not None and m.eta_s is None
-            and m.task == ANALYZE_TASK_NAME and m.call_id is not None
-            and m.call_id not in processing and now_s - m.delivered_at_s > margin_s]
+            if (after_s := unclaimed_after_s(m, processing, margin_s)) is not None
+            and now_s > after_s]
+
+
+def unclaimed_after_s(message: BrokerMessage, processing: frozenset[str],
+                      margin_s: float = UNCLAIMED_MARGIN_S) -> float | None:
+    """When (epoch s) :func:`unclaimed_messages` counts this message as never started (pure;
+    None: that rule does not apply to it)."""
+    if (message.delivery_tag is None or message.delivered_at_s is None
+            or message.eta_s is not None or message.task != ANALYZE_TASK_NAME
+            or message.call_id is None or message.call_id in processing):
+        return None
+    return message.delivered_at_s + margin_s
+
+
+def stale_after_s(message: BrokerMessage, processing: frozenset[str],
+                  margin_s: float = STRANDED_MARGIN_S,
+                  unclaimed_margin_s: float = UNCLAIMED_MARGIN_S) -> float | None:
+    """When (epoch s) a delivered message becomes stranded or unclaimed, whichever rule
+    comes first (pure; None: neither applies)."""
+    times = [t for t in (stranded_after_s(message, margin_s)
+                         if message.delivery_tag is not None else None,
+                         unclaimed_after_s(message, processing, unclaimed_margin_s))
+             if t is not None]
+    return min(times) if times else None
 
 
 def lost_calls(awaiting: Sequence[str], censuses: Sequence[BrokerCensus]) -> list[str]:
@@ -247,9 +269,9 @@ def plan_delivered(delivered: Sequence[BrokerMessage], queued_call_ids: frozense
     failed call, so it is not sent round again). Every other stale row is deleted.
     """
     processing = frozenset(c for c, call in calls.items() if call.status == "processing")
-    stale = {m.delivery_tag for m in (
-        *stranded_messages(delivered, now_s, margin_s),
-        *unclaimed_messages(delivered, now_s, processing, unclaimed_margin_s))}
+    due = {m.delivery_tag: stale_after_s(m, processing, margin_s, unclaimed_margin_s)
+           for m in delivered}
+    stale = {tag for tag, after_s in due.items() if after_s is not None and now_s > after_s}
     live = tuple(m for m in delivered if m.delivery_tag not in stale)
     covered = queued_call_ids | {m.call_id for m in live if m.call_id is not None}
     newest: dict[str, BrokerMessage] = {}
@@ -265,18 +287,10 @@ def plan_delivered(delivered: Sequence[BrokerMessage], queued_call_ids: frozense
     restore = tuple(m for call_id, m in newest.items()
                     if call_id not in covered and current(call_id, m))
     kept = {m.delivery_tag for m in restore}
-    def stale_after_s(m: BrokerMessage) -> float | None:
-        after_s, delivered_s = stranded_after_s(m, margin_s), m.delivered_at_s
-        if (after_s is not None and delivered_s is not None and m.eta_s is None
-                and m.task == ANALYZE_TASK_NAME and m.call_id not in processing):
-            # a pending call's row is stale this soon if no worker claims it
-            after_s = min(after_s, delivered_s + unclaimed_margin_s)
-        return after_s
-
     held = [after_s for m in live
             if m.call_id is not None and (m.call_id not in calls
                                           or calls[m.call_id].status in UNFINISHED)
-            and (after_s := stale_after_s(m)) is not None]
+            and (after_s := due[m.delivery_tag]) is not None]
     return DeliveredPlan(live=live, restore=restore, delete=tuple(
         m for m in delivered if m.delivery_tag in stale and m.delivery_tag not in kept),
         repair_due_s=max(held) if held else None)
