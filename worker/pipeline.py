@@ -12,6 +12,7 @@ Everything here is called the same way from the CLI (in-process) and from the Ce
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,8 +109,15 @@ def _check_feature_rate(model: EmotionModel) -> None:
 
 
 def _segments(found: Sequence[tuple[int, Span]], probabilities: np.ndarray, model: EmotionModel,
-              settings: Settings, n_channels: int) -> tuple[SegmentEmotion, ...]:
-    """SegmentEmotion per (channel, span) and its row of class probabilities, in time order."""
+              settings: Settings, n_channels: int,
+              duration_s: float) -> tuple[SegmentEmotion, ...]:
+    """SegmentEmotion per (channel, span) and its row of class probabilities, in time order.
+
+    Times are rounded to the millisecond, and an end is kept within ``duration_s`` (the
+    source's length): resampling to the analysis rate rounds the sample count up, so speech
+    that runs to the end of a 44.1 kHz file ended up to a millisecond after the call did.
+    """
+    last_ms_s = math.floor(duration_s * 1000.0) / 1000.0
     segments = []
     for (channel, span), probs in zip(found, probabilities, strict=True):
         decision = decide(probs.tolist(), model.labels)
@@ -117,7 +125,7 @@ def _segments(found: Sequence[tuple[int, Span]], probabilities: np.ndarray, mode
             channel=channel,
             role=settings.role_for_channel(channel, n_channels),
             start_s=round(span.start_s, 3),
-            end_s=round(span.end_s, 3),
+            end_s=min(round(span.end_s, 3), last_ms_s),
             emotion=decision.label,
             probabilities={label: float(p) for label, p in zip(model.labels, probs, strict=True)},
             confidence=decision.confidence,
@@ -141,7 +149,8 @@ def score_recording(recording: Recording, model: EmotionModel,
             found.append((channel, span))
             features.append(extract_features(audio[lo:hi], config))
     probabilities = model.predict_proba(features) if features else np.zeros((0, 0))
-    return _segments(found, probabilities, model, settings, recording.n_channels)
+    return _segments(found, probabilities, model, settings, recording.n_channels,
+                     recording.duration_s)
 
 
 @dataclass(frozen=True)
@@ -171,7 +180,8 @@ def score_streamed(stream: StreamInfo, model: EmotionModel, settings: Settings) 
         rows.append(model.predict_proba([extract_features(samples, config)])[0])
     probabilities = np.stack(rows) if rows else np.zeros((0, 0))
     return StreamedScores(
-        segments=_segments(scored, probabilities, model, settings, stream.n_channels),
+        segments=_segments(scored, probabilities, model, settings, stream.n_channels,
+                           found.source_frames / float(stream.source_sample_rate)),
         source_frames=found.source_frames)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pytest
 import soundfile as sf
@@ -82,6 +83,22 @@ def test_mono_file_is_one_unknown_party(tmp_path: Path, settings: Settings, call
     result = analyze_file(str(target), settings)
     assert result.channels == 1
     assert result.segments and {s.role for s in result.segments} == {"unknown"}
+
+
+def test_speech_running_to_the_end_of_a_44k_file_ends_within_the_call(
+        tmp_path: Path, settings: Settings, callmood_corpora: Path) -> None:
+    # resampled to 8 kHz the length rounds up; unclamped, the last segment ended up to 1 ms
+    # after the call (most of these file/path cases did)
+    speech, rate = sf.read(str(callmood_corpora / "ravdess" / "audio" /
+                               "03-01-05-02-01-01-21.opus"))
+    speech = librosa.resample(speech, orig_sr=rate, target_sr=44100)
+    for extra in range(0, 140, 7):       # cut mid-word, 2.0 s + 0..3 ms
+        path = tmp_path / f"cut{extra}.wav"
+        sf.write(str(path), speech[:2 * 44100 + extra], 44100, subtype="PCM_16")
+        for streaming in (False, True):
+            result = analyze_file(str(path), settings, streaming=streaming)
+            last = max(s.end_s for s in result.segments)
+            assert result.duration_s - 0.001 < last <= result.duration_s, (extra, streaming)
 
 
 def test_bad_inputs_raise_input_errors(tmp_path: Path, settings: Settings) -> None:
