@@ -562,9 +562,19 @@ def delete_delivered(app: Celery, tags: Sequence[str]) -> int:
 
 def purge_queue(app: Celery, queue: str) -> int:
     """Delete every message of ``queue`` (a ``callmood run`` private queue once its worker
-    stopped: nobody else consumes it); on a database broker its delivered rows too."""
+    stopped: nobody else consumes it); on a database broker its delivered rows, and its
+    ``kombu_queue`` row (Kombu's SQLAlchemy transport deletes no queue: each run left one)."""
     with _broker_channel(app, write=True) as channel:
-        return int(channel.queue_purge(queue) or 0)
+        purged = int(channel.queue_purge(queue) or 0)
+    if is_sqla_broker(str(app.conf.broker_url)):
+        from sqlalchemy import delete as sql_delete
+
+        with _broker_tables(app) as (session, messages, queues):
+            # a row sent since the purge keeps its queue (the foreign key would refuse anyway)
+            session.execute(sql_delete(queues).where(
+                queues.c.name == queue,
+                ~queues.c.id.in_(messages.select().with_only_columns(messages.c.queue_id))))
+    return purged
 
 
 def _text(value: str | bytes) -> str:

@@ -177,8 +177,8 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
 def _drop_private_queue(settings: Settings, queue: str) -> None:
     """Delete what the run's queue still holds once its worker stopped (its process group is
     gone, so no one takes them): the run reports calls it did not reach as failed, and a
-    database broker keeps every delivered row for ever otherwise (its one ``kombu_queue``
-    row stays). Best effort: a failure costs only those rows, never the run's result."""
+    database broker keeps every delivered row, and the queue's ``kombu_queue`` row, for
+    ever otherwise. Best effort: a failure costs only those rows, never the run's result."""
     celery = make_celery(settings, set_as_current=False)
     try:
         purge_queue(celery, queue)

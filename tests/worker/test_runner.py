@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from tests.audio_fixtures import make_call_wav, make_corrupt_file, pick_clips
 from worker import db, store
-from worker.celery_app import TASK_QUEUE, worker_command
+from worker.celery_app import RUN_QUEUE_PREFIX, TASK_QUEUE, worker_command
 from worker.runner import external_id_for, run_recordings, stop_worker
 from worker.schema import Call
 from worker.settings import PACKAGE_DIR, Settings
@@ -73,6 +73,9 @@ def test_run_folder_through_a_real_worker_on_the_embedded_broker(
     # transport would keep each delivered message's row for ever.
     with sqlite3.connect(callmood_settings.data_dir / "broker.sqlite") as broker:
         assert broker.execute("SELECT count(*) FROM kombu_message").fetchone() == (0,)
+        # nor its private queue's row (the worker's own control queues are Kombu's to keep)
+        assert broker.execute("SELECT count(*) FROM kombu_queue WHERE name LIKE ?",
+                              (RUN_QUEUE_PREFIX + "%",)).fetchone() == (0,)
 
     with db.session_scope(callmood_settings) as s:
         calls = store.calls_by_external_id(s, [external_id_for(p) for p in paths])
