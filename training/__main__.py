@@ -1,19 +1,19 @@
-"""``python -m training train|evaluate|loco|speech ...``."""
+"""``python -m training train|final-fit|evaluate|loco|speech ...``."""
 
 from __future__ import annotations
 
 import sys
 
-from training.cli import evaluate_main, loco_main, train_main
+from training.cli import evaluate_main, final_fit_main, loco_main, train_main
 from training.speech_stats import main as speech_main
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    commands = {"train": train_main, "evaluate": evaluate_main, "loco": loco_main,
-                "speech": speech_main}
+    commands = {"train": train_main, "final-fit": final_fit_main, "evaluate": evaluate_main,
+                "loco": loco_main, "speech": speech_main}
     if not args or args[0] not in commands:
-        print("usage: python -m training {train,evaluate,loco,speech} [options]  (--help on each)",
+        print("usage: python -m training {train,final-fit,evaluate,loco,speech} [options]  (--help on each)",
               file=sys.stderr)
         return 2
     return commands[args[0]](args[1:])

@@ -163,6 +163,27 @@ def robustness_lines(by_channel: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def selection_sentence(training: dict[str, Any]) -> str:
+    """How the model's epoch and temperature were chosen: on its own validation speakers, or
+    (a final fit, trained on them too) on those of the run it refits."""
+    fit = training.get("final_fit")
+    if not fit:
+        return (f"best epoch {training.get('best_epoch')}; validation UA "
+                f"{100 * training.get('val_ua', float('nan')):.1f}% on held-out train speakers "
+                f"({', '.join(training.get('val_speakers', []))}).")
+    sel = fit["selected"]
+    val = sel.get("val_ua")
+    return (f"final fit: every train speaker, validation speakers included, for "
+            f"{fit['epochs']} epochs at temperature {fit['temperature']:.3f}, both taken from "
+            f"the selected run {sel.get('version')} (ONNX sha256 "
+            f"{str(sel.get('onnx_sha256'))[:12]}, `{sel.get('command')}`: best epoch "
+            f"{sel.get('best_epoch')}, validation UA "
+            + (f"{100 * val:.1f}%" if val is not None else "?")
+            + f" on held-out train speakers {', '.join(sel.get('val_speakers', []))}). "
+            "This model has no validation figure of its own; its test speakers are unseen by "
+            "both runs.")
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     """Human-readable card."""
     feats = card["features"]
@@ -191,9 +212,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         lines += ["", "## Training data (clips per corpus and class)",
                   f"Recipe: `{training.get('command', '')}`; seed {training.get('seed')}, split "
                   f"seed {training.get('split_seed', training.get('seed'))}; "
-                  f"best epoch {training.get('best_epoch')}; validation UA "
-                  f"{100 * training.get('val_ua', float('nan')):.1f}% on held-out train speakers "
-                  f"({', '.join(training.get('val_speakers', []))}).", ""]
+                  + selection_sentence(training), ""]
         for subset in ("train", "val"):
             counts = training.get(f"{subset}_counts", {})
             for corpus, per in counts.items():

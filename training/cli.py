@@ -1,4 +1,5 @@
-"""Command-line entry points: ``python -m training train|evaluate|loco`` (and ``callmood train``)."""
+"""Command-line entry points: ``python -m training train|final-fit|evaluate|loco`` (and
+``callmood train``)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,17 @@ from training.dataset import (
 from training.distill import DistillConfig
 from training.evaluate import CHANNELS, ROBUSTNESS, evaluate_model
 from training.model import ModelConfig
-from training.train import MODEL_VERSION, TRAIN_FEATURES, TrainConfig, train
+from training.train import (
+    MODEL_VERSION,
+    TRAIN_FEATURES,
+    TrainConfig,
+    final_fit_of,
+    manifest_digests,
+    train,
+)
 from worker.constants import EMOTIONS
 from worker.emotion import check_version
-from worker.errors import CallmoodError
+from worker.errors import CallmoodError, ConfigError
 from worker.features import NORMALIZATIONS, FeatureConfig
 from worker.pipeline import SpeechCut
 from worker.settings import PACKAGE_DIR, get_settings
@@ -302,6 +310,84 @@ def evaluate_main(argv: list[str] | None = None) -> int:
                                  "python -m training evaluate " + shlex.join(shown))
         write_card(model_path, card)
         print(f"updated card of {model_path.name}")
+    return 0
+
+
+def build_final_fit_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m training final-fit",
+        description="Train a selected run's recipe again on every train speaker, its "
+                    "validation speakers included, for its best epoch + 1 epochs, calibrated "
+                    "with its temperature (training.train.FinalFit); export ONNX + card.")
+    p.add_argument("--selected", type=Path, required=True,
+                   help="ONNX model (card beside it) of the run selected on validation speakers")
+    p.add_argument("--manifest", type=Path, action="append",
+                   help="manifest CSV (repeatable; must be the selected run's, by content). "
+                        f"Default: the {', '.join(DEFAULT_CORPORA)} manifests under the "
+                        "corpora dir")
+    p.add_argument("--arousal-manifest", type=Path, action="append",
+                   help="arousal manifest(s), for a recipe with an arousal head (default: "
+                        f"{', '.join(AROUSAL_CORPORA)} under the corpora dir)")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--name", default="emotion-v1")
+    p.add_argument("--version", default=MODEL_VERSION)
+    p.add_argument("--seed", type=int, default=None,
+                   help="initialisation, draws and augmentation (default: the selected run's)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads for CPU training (0: torch's default)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--workers", type=int, default=_default_workers())
+    p.add_argument("--no-test-eval", action="store_true",
+                   help="skip the test-split evaluation that fills the card's figures")
+    p.add_argument("--resume", action="store_true",
+                   help="carry on from the checkpoint an interrupted final fit left in --out-dir")
+    return p
+
+
+def final_fit_main(argv: list[str] | None = None) -> int:
+    """``final-fit``: returns a process exit status."""
+    args = build_final_fit_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    settings = get_settings()
+    manifests = args.manifest or corpus_manifest_paths(settings.corpora_dir)
+    try:
+        check_version(args.version)
+        selected = read_card_dict(args.selected.resolve())
+        config, final_fit = final_fit_of(selected)
+        if args.seed is not None:
+            config = replace(config, seed=args.seed)
+        recorded = selected["training"].get("manifests_sha256", {})
+        emotion_digests = set(manifest_digests(manifests).values())
+        # the selected run's digests cover its arousal manifests too, when it had any
+        if recorded and not emotion_digests <= set(recorded.values()):
+            raise ConfigError(f"manifests {[str(m) for m in manifests]} are not the ones "
+                              f"{selected.get('version')} was selected with "
+                              f"({', '.join(recorded)}): a final fit adds its validation "
+                              "speakers, not other data")
+    except (CallmoodError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    command = "python -m training final-fit " + shlex.join(
+        _without_options(argv if argv is not None else sys.argv[1:], {"--resume": 0}))
+    try:
+        result = train(manifests, args.out_dir, config, name=args.name, version=args.version,
+                       device=args.device, workers=args.workers, command=command.strip(),
+                       resume=args.resume, final_fit=final_fit,
+                       arousal_manifests=(args.arousal_manifest or corpus_manifest_paths(
+                           settings.corpora_dir, AROUSAL_CORPORA)))
+        print(f"wrote {result.model_path} (final fit of {final_fit.selected['version']}: "
+              f"{final_fit.epochs} epochs on every train speaker, T={result.temperature:.2f}, "
+              f"{result.seconds:.0f} s on {result.device})")
+        if not args.no_test_eval:
+            return evaluate_main(["--model", str(result.model_path), "--update-card",
+                                  "--channel", "clean", "--channel", "mulaw8k",
+                                  "--workers", str(args.workers),
+                                  *[a for m in manifests for a in ("--manifest", str(m))]])
+    except CallmoodError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

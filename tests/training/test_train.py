@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.cli import train_main
+from training.cli import final_fit_main, train_main
 from training.distill import DistillConfig
 from training.model import (
     EmotionCNN,
@@ -26,6 +26,7 @@ from training.train import (
     TrainConfig,
     batch_loss,
     check_onnx,
+    config_record,
     draw_epoch,
     export_onnx,
     member_inputs,
@@ -34,6 +35,8 @@ from training.train import (
     spec_augment,
     stops_early,
     tile_frames,
+    train,
+    train_config_from_record,
 )
 from worker.audio import load_mono
 from worker.constants import EMOTIONS
@@ -81,6 +84,59 @@ def test_train_command_writes_a_servable_model_and_card(tmp_path: Path, callmood
     probs = load_model(model_path.resolve(), 1).predict_proba([extract_features(audio, card.features)])
     assert probs.shape == (1, 7) and probs.sum() == pytest.approx(1.0, abs=1e-5)
     assert "wrote" in capsys.readouterr().out
+
+
+def test_final_fit_trains_the_selected_recipe_on_every_train_speaker(
+        tmp_path: Path, callmood_corpora: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = _operator_manifest(tmp_path, callmood_corpora)
+    selected_dir, final_dir = tmp_path / "selected", tmp_path / "final"
+    assert train_main(["--manifest", str(manifest), "--out-dir", str(selected_dir),
+                       "--version", "mine-0.1", "--epochs", "3", "--draws-per-epoch", "32",
+                       "--batch-size", "16", "--workers", "1", "--threads", "1", "--lr", "1e-3",
+                       "--no-test-eval"]) == 0
+    selected = json.loads((selected_dir / "emotion-v1.card.json").read_text())
+    assert final_fit_main(["--selected", str(selected_dir / "emotion-v1.onnx"),
+                           "--manifest", str(manifest), "--out-dir", str(final_dir),
+                           "--version", "mine-0.2", "--workers", "1", "--threads", "1"]) == 0
+    card = json.loads((final_dir / "emotion-v1.card.json").read_text())
+    training, sel = card["training"], selected["training"]
+    # the selected run's validation speakers are trained on; nothing is held out
+    assert training["val_speakers"] == [] and training["val_ua"] is None
+    both = {k: sel["train_counts"]["mycalls"].get(k, 0) + sel["val_counts"]["mycalls"].get(k, 0)
+            for k in set(sel["train_counts"]["mycalls"]) | set(sel["val_counts"]["mycalls"])}
+    assert training["train_counts"]["mycalls"] == both
+    # epochs and temperature come from the selected run, the rest of the recipe too
+    assert len(training["history"]) == sel["best_epoch"] + 1 == training["final_fit"]["epochs"]
+    assert card["temperature"] == selected["temperature"]
+    assert training["final_fit"]["selected"]["onnx_sha256"] == selected["onnx_sha256"]
+    assert {**training["config"], "val_fraction": 0.2} == sel["config"]
+    assert "test_metrics" in card and "final fit" in (final_dir / "emotion-v1.card.md").read_text()
+    assert load_card(final_dir / "emotion-v1.onnx").version == "mine-0.2"
+    capsys.readouterr()
+    # a final fit has no validation speakers to refit on; other data is not a final fit
+    assert final_fit_main(["--selected", str(final_dir / "emotion-v1.onnx"), "--manifest",
+                           str(manifest), "--out-dir", str(tmp_path / "again")]) == 2
+    assert "final fit already" in capsys.readouterr().err
+    other = tmp_path / "other.csv"
+    pd.read_csv(manifest).head(20).to_csv(other, index=False)
+    assert final_fit_main(["--selected", str(selected_dir / "emotion-v1.onnx"), "--manifest",
+                           str(other), "--out-dir", str(tmp_path / "again")]) == 2
+    assert "not the ones mine-0.1 was selected with" in capsys.readouterr().err
+
+
+def test_a_recorded_recipe_reads_back_as_the_config_that_wrote_it(tmp_path: Path) -> None:
+    config = TrainConfig(seed=3, extra_classes=("calm",), mixup_alpha=0.2,
+                         model=ModelConfig(n_classes=8, channels=(8, 16, 32, 64)),
+                         augment=replace(TrainConfig().augment, codec_level_range=(0.9, 1.0)))
+    distilled = TrainConfig(distill=DistillConfig(teachers=("a.onnx",), weight=0.3))
+    assert train_config_from_record(json.loads(json.dumps(config_record(distilled)))) == distilled
+    assert train_config_from_record(json.loads(json.dumps(config_record(config)))) == config
+    assert train_config_from_record({"speech_cut": None}).speech_cut is None
+    with pytest.raises(ConfigError, match=r"config\.augment has unknown key.*p_reverb"):
+        train_config_from_record({"augment": {"p_reverb": 0.5}})
+    # every train speaker (val_fraction 0) only in a final fit: nothing would select the epoch
+    with pytest.raises(ConfigError, match="only a final fit may"):
+        train([], tmp_path, replace(config, val_fraction=0.0))
 
 
 def test_a_version_the_database_cannot_record_is_refused_before_training(
