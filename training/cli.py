@@ -150,6 +150,10 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="carry on from the checkpoint an interrupted run of the same command "
                         "left in --out-dir (NAME.ckpt.pt; trains from the start if there is "
                         "none)")
+    p.add_argument("--final-fit-version", default=None, metavar="VERSION",
+                   help="then train this run's final fit (`python -m training final-fit`: "
+                        "every train speaker, its epochs and temperature) into OUT_DIR/final "
+                        "with this version; how the shipped model is made")
     return p
 
 
@@ -161,6 +165,8 @@ def train_main(argv: list[str] | None = None) -> int:
     manifests = args.manifest or corpus_manifest_paths(settings.corpora_dir)
     try:
         check_version(args.version)         # before the hour of training, not after it
+        if args.final_fit_version is not None:
+            check_version(args.final_fit_version)
         features = replace(TRAIN_FEATURES, normalization=args.normalization,
                            dynamic_range_db=args.dynamic_range_db,
                            remove_dc=args.feature_remove_dc)
@@ -206,14 +212,26 @@ def train_main(argv: list[str] | None = None) -> int:
               f"{100 * result.val_ua:.1f}%, T={result.temperature:.2f}, {result.seconds:.0f} s "
               f"on {result.device})")
         if not args.no_test_eval:
-            return evaluate_main(["--model", str(result.model_path), "--update-card",
-                                  "--channel", "clean", "--channel", "mulaw8k",
-                                  "--workers", str(args.workers),
-                                  *[a for m in manifests for a in ("--manifest", str(m))]])
+            status = evaluate_main(["--model", str(result.model_path), "--update-card",
+                                    "--channel", "clean", "--channel", "mulaw8k",
+                                    "--workers", str(args.workers),
+                                    *[a for m in manifests for a in ("--manifest", str(m))]])
+            if status != 0:
+                return status
     except CallmoodError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    if args.final_fit_version is None:
+        return 0
+    return final_fit_main(["--selected", str(result.model_path),
+                           "--out-dir", str(args.out_dir / "final"), "--name", args.name,
+                           "--version", args.final_fit_version, "--device", args.device,
+                           "--workers", str(args.workers), "--threads", str(args.threads),
+                           *[a for m in manifests for a in ("--manifest", str(m))],
+                           *[a for m in args.arousal_manifest or []
+                             for a in ("--arousal-manifest", str(m))],
+                           *(["--no-test-eval"] if args.no_test_eval else []),
+                           *(["--resume"] if args.resume else [])])
 
 
 def _channels(text: str) -> tuple[int, int, int, int]:

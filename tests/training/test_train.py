@@ -89,12 +89,19 @@ def test_train_command_writes_a_servable_model_and_card(tmp_path: Path, callmood
 def test_final_fit_trains_the_selected_recipe_on_every_train_speaker(
         tmp_path: Path, callmood_corpora: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest = _operator_manifest(tmp_path, callmood_corpora)
-    selected_dir, final_dir = tmp_path / "selected", tmp_path / "final"
+    selected_dir = tmp_path / "selected"
+    final_dir = selected_dir / "final"
+    # one command: the run selected on validation speakers, then its final fit
     assert train_main(["--manifest", str(manifest), "--out-dir", str(selected_dir),
                        "--version", "mine-0.1", "--epochs", "3", "--draws-per-epoch", "32",
                        "--batch-size", "16", "--workers", "1", "--threads", "1", "--lr", "1e-3",
-                       "--no-test-eval"]) == 0
+                       "--no-test-eval", "--final-fit-version", "mine-0.2"]) == 0
     selected = json.loads((selected_dir / "emotion-v1.card.json").read_text())
+    assert "test_metrics" not in selected
+    first = json.loads((final_dir / "emotion-v1.card.json").read_text())
+    assert first["version"] == "mine-0.2" and first["training"]["final_fit"]["selected"][
+        "onnx_sha256"] == selected["onnx_sha256"]
+    # the final fit by itself, with the test figures this time
     assert final_fit_main(["--selected", str(selected_dir / "emotion-v1.onnx"),
                            "--manifest", str(manifest), "--out-dir", str(final_dir),
                            "--version", "mine-0.2", "--workers", "1", "--threads", "1"]) == 0
