@@ -101,6 +101,22 @@ def with_loco(card: dict[str, Any], holdout: str, result: EvaluationResult,
     return {**card, "loco": {"by_holdout": dict(sorted(by_holdout.items()))}}
 
 
+def with_loco_of(card: dict[str, Any], selected: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a final fit's ``card`` carrying the leave-one-corpus-out figures of the run it
+    refits (``selected``): a final fit of a LOCO model would have no held-out corpus figure
+    of its own to report, so the selection recipe's stand, their recipe differences
+    recomputed against this card (``val_fraction`` at least)."""
+    loco = selected.get("loco", {}).get("by_holdout", {})
+    if not loco:
+        return card
+    config = card.get("training", {}).get("config", {})
+    selected_config = selected.get("training", {}).get("config", {})
+    by_holdout = {holdout: {**e, "recipe_differences": sorted(
+        set(e["recipe_differences"]) | set(config_differences(config, selected_config)))}
+        for holdout, e in loco.items()}
+    return {**card, "loco": {"by_holdout": by_holdout}}
+
+
 def loco_lines(loco: dict[str, Any]) -> list[str]:
     """Markdown: one row per held-out corpus (UA per channel), then its clean confusion matrix."""
     by_holdout: dict[str, dict[str, Any]] = loco.get("by_holdout", {})

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from training.augment import AugmentConfig
-from training.card import read_card_dict, with_loco, with_test_metrics, write_card
+from training.card import read_card_dict, with_loco, with_loco_of, with_test_metrics, write_card
 from training.dataset import (
     AROUSAL_CORPORA,
     AROUSAL_LEVELS,
@@ -395,6 +395,7 @@ def final_fit_main(argv: list[str] | None = None) -> int:
                        resume=args.resume, final_fit=final_fit,
                        arousal_manifests=(args.arousal_manifest or corpus_manifest_paths(
                            settings.corpora_dir, AROUSAL_CORPORA)))
+        write_card(result.model_path, with_loco_of(read_card_dict(result.model_path), selected))
         print(f"wrote {result.model_path} (final fit of {final_fit.selected['version']}: "
               f"{final_fit.epochs} epochs on every train speaker, T={result.temperature:.2f}, "
               f"{result.seconds:.0f} s on {result.device})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from training.card import clips_sentence, config_differences
+from training.card import clips_sentence, config_differences, with_loco_of
 from worker.pipeline import SpeechCut
 from worker.vad import VadConfig
 
@@ -25,3 +25,14 @@ def test_clips_sentence_names_the_cut_and_the_vad_level_front_end() -> None:
     assert "dBFS" not in clips_sentence({**cut, "vad": old_vad})  # card before the front end
     assert "dBFS" not in clips_sentence(asdict(SpeechCut(VadConfig(max_gain_db=0.0))))
     assert clips_sentence(None).startswith("Whole clips")
+
+
+def test_a_final_fit_carries_its_selected_runs_loco_figures_with_the_recipe_difference() -> None:
+    selected_config = {"epochs": 60, "val_fraction": 0.2}
+    entry = {"recipe_differences": [], "by_channel": {}, "val_ua": 0.63}
+    selected = {"training": {"config": selected_config}, "loco": {"by_holdout": {"emodb": entry}}}
+    final = {"training": {"config": {**selected_config, "val_fraction": 0.0}}}
+    carried = with_loco_of(final, selected)["loco"]["by_holdout"]["emodb"]
+    assert carried["recipe_differences"] == ["val_fraction"] and carried["val_ua"] == 0.63
+    assert "loco" not in with_loco_of(final, {"training": {"config": selected_config}})
+    assert final == {"training": {"config": {**selected_config, "val_fraction": 0.0}}}

@@ -118,6 +118,7 @@ def test_final_fit_trains_the_selected_recipe_on_every_train_speaker(
     assert training["final_fit"]["selected"]["onnx_sha256"] == selected["onnx_sha256"]
     assert {**training["config"], "val_fraction": 0.2} == sel["config"]
     assert "test_metrics" in card and "final fit" in (final_dir / "emotion-v1.card.md").read_text()
+    assert "loco" not in card           # the selected run has none to carry over
     assert load_card(final_dir / "emotion-v1.onnx").version == "mine-0.2"
     capsys.readouterr()
     # a final fit has no validation speakers to refit on; other data is not a final fit
