@@ -153,7 +153,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-fit-version", default=None, metavar="VERSION",
                    help="then train this run's final fit (`python -m training final-fit`: "
                         "every train speaker, its epochs and temperature) into OUT_DIR/final "
-                        "with this version; how the shipped model is made")
+                        "with this version; how the shipped model is made. A final fit "
+                        "interrupted after the selected run finished resumes with `python -m "
+                        "training final-fit --selected OUT_DIR/NAME.onnx --resume`")
     return p
 
 
@@ -167,6 +169,9 @@ def train_main(argv: list[str] | None = None) -> int:
         check_version(args.version)         # before the hour of training, not after it
         if args.final_fit_version is not None:
             check_version(args.final_fit_version)
+            if args.limit_per_corpus:
+                raise ConfigError("--limit-per-corpus makes a smoke run, which has no final "
+                                  "fit: drop --final-fit-version")
         features = replace(TRAIN_FEATURES, normalization=args.normalization,
                            dynamic_range_db=args.dynamic_range_db,
                            remove_dc=args.feature_remove_dc)
@@ -374,14 +379,20 @@ def final_fit_main(argv: list[str] | None = None) -> int:
         config, final_fit = final_fit_of(selected)
         if args.seed is not None:
             config = replace(config, seed=args.seed)
-        recorded = selected["training"].get("manifests_sha256", {})
-        emotion_digests = set(manifest_digests(manifests).values())
-        # the selected run's digests cover its arousal manifests too, when it had any
-        if recorded and not emotion_digests <= set(recorded.values()):
-            raise ConfigError(f"manifests {[str(m) for m in manifests]} are not the ones "
-                              f"{selected.get('version')} was selected with "
-                              f"({', '.join(recorded)}): a final fit adds its validation "
-                              "speakers, not other data")
+        arousal = ((args.arousal_manifest or corpus_manifest_paths(settings.corpora_dir,
+                                                                   AROUSAL_CORPORA))
+                   if config.arousal_weight > 0 else [])
+        recorded = final_fit.selected["manifests_sha256"]
+        # by content, every one (the paths differ between checkouts): a final fit adds the
+        # validation speakers, not other data, nor less
+        if sorted(manifest_digests([*manifests, *arousal]).values()) != sorted(recorded.values()):
+            raise ConfigError(f"manifests {[str(m) for m in [*manifests, *arousal]]} are not "
+                              f"the ones {selected.get('version')} was selected with "
+                              f"({', '.join(recorded) or 'none recorded'}): a final fit adds "
+                              "its validation speakers, not other data")
+        if (args.out_dir / f"{args.name}.onnx").resolve() == args.selected.resolve():
+            raise ConfigError(f"--out-dir {args.out_dir} would overwrite the selected model "
+                              f"{args.selected}: write the final fit elsewhere")
     except (CallmoodError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -392,9 +403,7 @@ def final_fit_main(argv: list[str] | None = None) -> int:
     try:
         result = train(manifests, args.out_dir, config, name=args.name, version=args.version,
                        device=args.device, workers=args.workers, command=command.strip(),
-                       resume=args.resume, final_fit=final_fit,
-                       arousal_manifests=(args.arousal_manifest or corpus_manifest_paths(
-                           settings.corpora_dir, AROUSAL_CORPORA)))
+                       resume=args.resume, final_fit=final_fit, arousal_manifests=arousal)
         write_card(result.model_path, with_loco_of(read_card_dict(result.model_path), selected))
         print(f"wrote {result.model_path} (final fit of {final_fit.selected['version']}: "
               f"{final_fit.epochs} epochs on every train speaker, T={result.temperature:.2f}, "
@@ -440,7 +449,12 @@ def loco_main(argv: list[str] | None = None) -> int:
     """``loco``: prints one table per held-out corpus; returns a process exit status."""
     args, train_args = build_loco_parser().parse_known_args(argv)
     # the held-out corpus is scored as its models are trained: cut to speech or whole
-    whole_clips = bool(build_train_parser().parse_known_args(train_args)[0].whole_clips)
+    known = build_train_parser().parse_known_args(train_args)[0]
+    whole_clips = bool(known.whole_clips)
+    if known.final_fit_version is not None:
+        print("error: loco scores the run selected without each corpus; a final fit of it "
+              "would go unscored: drop --final-fit-version", file=sys.stderr)
+        return 2
     corpora_dir = get_settings().corpora_dir
     channels = args.channel or ["clean", "mulaw8k"]
     figures: dict[str, list[dict[str, object]]] = {}

@@ -246,6 +246,10 @@ def evaluate_model(model_path: Path | Sequence[Path], manifest_paths: Sequence[P
                               "its members share the split seed")
     clips = map_labels(read_manifests(manifest_paths))
     if split == SUBSET_VAL:
+        if not held_out[0]:
+            raise ConfigError(f"{paths[0]} lists no validation speakers (a final fit trains on "
+                              "them, or other tooling wrote its card): score the run it was "
+                              "selected as on val, or use split test")
         # the model's own validation speakers, as its card lists them
         clips = clips[(clips["split"] == SUBSET_TRAIN) & speaker_keys(clips).isin(held_out[0])]
     elif split != "all":

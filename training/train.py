@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from training.augment import AugmentConfig, augment
-from training.card import LICENCES, USAGE_NOTE, write_card
+from training.card import LICENCES, USAGE_NOTE, config_differences, write_card
 from training.checkpoint import (
     checkpoint_path,
     load_checkpoint,
@@ -78,8 +78,9 @@ AROUSAL_STREAM = 0x61726F
 the emotion clips' draws and every other stream stay as they were."""
 
 MODEL_VERSION = "emotion-v1.4.0"
-T = TypeVar("T")
 """Version the default recipe writes into the card (bump it with any change of recipe)."""
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -219,8 +220,21 @@ def final_fit_of(card: dict[str, Any]) -> tuple[TrainConfig, FinalFit]:
     if training.get("final_fit"):
         raise ConfigError(f"{card.get('version', '?')} is a final fit already (no validation "
                           "speakers to have selected its epoch on): final-fit the selected run")
-    config = replace(train_config_from_record(training["config"]), val_fraction=0.0)
+    if training.get("limit_per_corpus"):
+        raise ConfigError(f"{card.get('version', '?')} was trained on at most "
+                          f"{training['limit_per_corpus']} clips per corpus (a smoke run): "
+                          "final-fit a run on the whole data")
+    rebuilt = train_config_from_record(training["config"])
+    # a key the card lacks would take today's default, which is not the selected recipe
+    differences = config_differences(config_record(rebuilt), training["config"])
+    if differences:
+        raise ConfigError(f"card of {card.get('version', '?')} does not record "
+                          f"{', '.join(differences)} (written before they existed): its recipe "
+                          "cannot be repeated exactly, so it has no final fit")
+    config = replace(rebuilt, val_fraction=0.0)
     selected = {"version": card.get("version"), "onnx_sha256": card.get("onnx_sha256"),
+                "teachers": training.get("teachers", []),
+                "manifests_sha256": training.get("manifests_sha256", {}),
                 "command": training.get("command"), "best_epoch": training["best_epoch"],
                 "val_ua": training.get("val_ua"),
                 "val_ua_by_corpus": training.get("val_ua_by_corpus", {}),
@@ -593,8 +607,18 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     soft_targets: torch.Tensor | None = None
     teachers: list[dict[str, str]] = []
     if config.distill.teachers:
-        targets, records = teacher_targets(config.distill.teachers, train_waves, sr, EMOTIONS,
-                                           val_speakers, config.distill.temperature)
+        # a final fit's teachers held out the selected run's speakers (it trains on them)
+        targets, records = teacher_targets(
+            config.distill.teachers, train_waves, sr, EMOTIONS,
+            val_speakers if final_fit is None else final_fit.selected["val_speakers"],
+            config.distill.temperature)
+        # the files as they are now (a loaded model is cached per path and process)
+        if final_fit is not None and ([file_sha256(Path(t)) for t in config.distill.teachers]
+                                      != [t.get("onnx_sha256")
+                                          for t in final_fit.selected["teachers"]]):
+            raise ConfigError(f"teachers {list(config.distill.teachers)} are not the files "
+                              f"{final_fit.selected['version']} was distilled from (sha256 "
+                              "differs): restore them, or select a new run")
         soft_targets = torch.from_numpy(targets)
         teachers = [asdict(r) for r in records]
         log.info("teacher targets from %s in %.1f s", [r.version for r in records],
@@ -645,8 +669,9 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
         start_epoch = saved["epoch"] + 1
         seconds_before = saved["seconds"]       # this run's decoding is counted again
         resumed_after = [*saved["resumed_after"], saved["epoch"]]
-        log.info("resumed from %s after epoch %d (best val UA %.3f at epoch %d)", ckpt,
-                 saved["epoch"], best_ua, best_epoch)
+        log.info("resumed from %s after epoch %d (%s)", ckpt, saved["epoch"],
+                 f"best val UA {best_ua:.3f} at epoch {best_epoch}" if final_fit is None
+                 else "final fit")
     elif resume:
         log.info("no checkpoint at %s: training from the start", ckpt)
     last_epoch = final_fit.epochs if final_fit is not None else config.epochs
@@ -764,7 +789,7 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
                 "val_counts": counts_table(arousal_val.assign(label=arousal_val["arousal"])),
                 "val_speakers": sorted(set(speaker_keys(arousal_val)))}),
             "train_counts": counts_table(train_df), "val_counts": counts_table(val_df),
-            "manifests_sha256": manifests_sha256,
+            "manifests_sha256": manifests_sha256, "limit_per_corpus": limit_per_corpus,
             "resumed_after_epochs": resumed_after,
             "config": config_record(config),
             "label_decisions": (("calm -> neutral" if not config.extra_classes else

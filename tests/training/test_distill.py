@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from tests.model_fixtures import N_MELS, write_tiny_model
 from tests.training.test_train import _operator_manifest
-from training.cli import train_main
+from training.cli import final_fit_main, train_main
 from training.dataset import build_dataset, speaker_keys
 from training.distill import DistillConfig, distillation_loss, soften, teacher_targets
 from worker.audio import load_mono
@@ -54,9 +55,9 @@ def test_distill_config_refuses_values_out_of_range(kwargs: dict[str, float], na
         DistillConfig(**kwargs)  # type: ignore[arg-type]
 
 
-def _teacher(folder: Path, val_speakers: list[str]) -> Path:
+def _teacher(folder: Path, val_speakers: list[str], seed: int = 3) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    path = write_tiny_model(folder, np.random.default_rng(3).normal(size=(N_MELS, 7)))
+    path = write_tiny_model(folder, np.random.default_rng(seed).normal(size=(N_MELS, 7)))
     card = json.loads(path.with_suffix(".card.json").read_text())
     card["training"] = {"val_speakers": val_speakers}
     path.with_suffix(".card.json").write_text(json.dumps(card))
@@ -120,3 +121,15 @@ def test_train_command_distils_from_a_teacher_and_records_it(
     assert not (tmp_path / "x" / "emotion-v1.onnx").exists()
     assert "train the teacher with the student's split seed" in err
     assert not (tmp_path / "split" / "emotion-v1.onnx").exists()
+    # a final fit of the student distils from the same teacher (which held out the speakers
+    # the final fit now trains on), and from no other file at that path
+    final = ["--selected", str(out_dir / "emotion-v1.onnx"), "--manifest", str(manifest),
+             "--workers", "1", "--threads", "1", "--no-test-eval"]
+    assert final_fit_main([*final, "--out-dir", str(tmp_path / "final")]) == 0
+    refit = json.loads((tmp_path / "final" / "emotion-v1.card.json").read_text())
+    assert refit["training"]["teachers"] == raw["training"]["teachers"]
+    replaced = _teacher(tmp_path / "replaced", held_out, seed=4)   # other weights, same split
+    shutil.copy(replaced, teacher)
+    shutil.copy(replaced.with_suffix(".card.json"), teacher.with_suffix(".card.json"))
+    assert final_fit_main([*final, "--out-dir", str(tmp_path / "final2")]) == 2
+    assert "are not the files" in capsys.readouterr().err

@@ -6,12 +6,13 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from training.cli import final_fit_main, train_main
+from training.cli import evaluate_main, final_fit_main, train_main
 from training.distill import DistillConfig
 from training.model import (
     EmotionCNN,
@@ -29,6 +30,7 @@ from training.train import (
     config_record,
     draw_epoch,
     export_onnx,
+    final_fit_of,
     member_inputs,
     member_loss,
     served_model,
@@ -127,9 +129,25 @@ def test_final_fit_trains_the_selected_recipe_on_every_train_speaker(
     assert "final fit already" in capsys.readouterr().err
     other = tmp_path / "other.csv"
     pd.read_csv(manifest).head(20).to_csv(other, index=False)
-    assert final_fit_main(["--selected", str(selected_dir / "emotion-v1.onnx"), "--manifest",
-                           str(other), "--out-dir", str(tmp_path / "again")]) == 2
+    selected_model = str(selected_dir / "emotion-v1.onnx")
+    assert final_fit_main(["--selected", selected_model, "--manifest", str(other),
+                           "--out-dir", str(tmp_path / "again")]) == 2
     assert "not the ones mine-0.1 was selected with" in capsys.readouterr().err
+    # nor more data, nor over the selected model
+    assert final_fit_main(["--selected", selected_model, "--manifest", str(manifest),
+                           "--manifest", str(other), "--out-dir", str(tmp_path / "again")]) == 2
+    assert "not the ones mine-0.1 was selected with" in capsys.readouterr().err
+    assert final_fit_main(["--selected", selected_model, "--manifest", str(manifest),
+                           "--out-dir", str(selected_dir)]) == 2
+    assert "would overwrite the selected model" in capsys.readouterr().err
+    # a final fit has no validation speakers to be scored on
+    assert evaluate_main(["--model", str(final_dir / "emotion-v1.onnx"), "--split", "val",
+                          "--manifest", str(manifest)]) == 2
+    assert "lists no validation speakers" in capsys.readouterr().err
+    # a smoke run has no final fit
+    assert train_main(["--manifest", str(manifest), "--limit-per-corpus", "5",
+                       "--final-fit-version", "mine-0.3"]) == 2
+    assert "smoke run" in capsys.readouterr().err
 
 
 def test_a_recorded_recipe_reads_back_as_the_config_that_wrote_it(tmp_path: Path) -> None:
@@ -142,6 +160,16 @@ def test_a_recorded_recipe_reads_back_as_the_config_that_wrote_it(tmp_path: Path
     assert train_config_from_record({"speech_cut": None}).speech_cut is None
     with pytest.raises(ConfigError, match=r"config\.augment has unknown key.*p_reverb"):
         train_config_from_record({"augment": {"p_reverb": 0.5}})
+    # a card missing a key has a recipe that cannot be repeated: no final fit of it
+    record = config_record(config)
+    del record["speech_cut"]["vad"]["remove_dc"]
+    card: dict[str, Any] = {"version": "old", "temperature": 1.2, "training": {
+        "config": record, "best_epoch": 9, "manifests_sha256": {}}}
+    with pytest.raises(ConfigError, match=r"does not record speech_cut\.vad\.remove_dc"):
+        final_fit_of(card)
+    card["training"]["config"] = config_record(config)
+    assert final_fit_of(card)[1].epochs == 10
+    assert final_fit_of(card)[0] == replace(config, val_fraction=0.0)
     # every train speaker (val_fraction 0) only in a final fit: nothing would select the epoch
     with pytest.raises(ConfigError, match="only a final fit may"):
         train([], tmp_path, replace(config, val_fraction=0.0))
