@@ -54,6 +54,18 @@ def _speech_cut(whole_clips: bool) -> SpeechCut | None:
     return None if whole_clips else SpeechCut.of(get_settings())
 
 
+def _add_run_options(p: argparse.ArgumentParser, resume_help: str) -> None:
+    """Where and how a training run runs: threads, device, workers, test figures, resume."""
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads for CPU training (0: torch's default)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--workers", type=int, default=_default_workers(),
+                   help="decode/augment worker processes")
+    p.add_argument("--no-test-eval", action="store_true",
+                   help="skip the test-split evaluation that fills the card's figures")
+    p.add_argument("--resume", action="store_true", help=resume_help)
+
+
 def build_train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training train",
                                 description="Train the emotion CNN and export ONNX + card.")
@@ -82,8 +94,6 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction)
     p.add_argument("--crop-s", type=float, default=TrainConfig.crop_s)
     p.add_argument("--draws-per-epoch", type=int, default=TrainConfig.draws_per_epoch)
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op threads for CPU training (0: torch's default)")
     p.add_argument("--p-phone", type=float, default=AugmentConfig.p_phone,
                    help="probability of a telephone-band + G.711 round trip per draw")
     p.add_argument("--p-codec", type=float, default=AugmentConfig.p_codec,
@@ -139,15 +149,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--whole-clips", action="store_true",
                    help="train on whole clips, silence included (emotion-v1.1.0's recipe) "
                         "instead of cutting each to its speech as the worker cuts calls")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--workers", type=int, default=_default_workers(),
-                   help="decode/augment worker processes")
     p.add_argument("--limit-per-corpus", type=int, default=0,
                    help="use at most N clips per corpus and subset (smoke runs)")
-    p.add_argument("--no-test-eval", action="store_true",
-                   help="skip the test-split evaluation that fills the card's figures")
-    p.add_argument("--resume", action="store_true",
-                   help="carry on from the checkpoint an interrupted run of the same command "
+    _add_run_options(p, "carry on from the checkpoint an interrupted run of the same command "
                         "left in --out-dir (NAME.ckpt.pt; trains from the start if there is "
                         "none)")
     p.add_argument("--final-fit-version", default=None, metavar="VERSION",
@@ -217,10 +221,7 @@ def train_main(argv: list[str] | None = None) -> int:
               f"{100 * result.val_ua:.1f}%, T={result.temperature:.2f}, {result.seconds:.0f} s "
               f"on {result.device})")
         if not args.no_test_eval:
-            status = evaluate_main(["--model", str(result.model_path), "--update-card",
-                                    "--channel", "clean", "--channel", "mulaw8k",
-                                    "--workers", str(args.workers),
-                                    *[a for m in manifests for a in ("--manifest", str(m))]])
+            status = _test_figures_into_card(result.model_path, manifests, args.workers)
             if status != 0:
                 return status
     except CallmoodError as e:
@@ -237,6 +238,13 @@ def train_main(argv: list[str] | None = None) -> int:
                              for a in ("--arousal-manifest", str(m))],
                            *(["--no-test-eval"] if args.no_test_eval else []),
                            *(["--resume"] if args.resume else [])])
+
+
+def _test_figures_into_card(model_path: Path, manifests: list[Path], workers: int) -> int:
+    """The test split, clean and through mu-law, written into a trained model's card."""
+    return evaluate_main(["--model", str(model_path), "--update-card", "--channel", "clean",
+                          "--channel", "mulaw8k", "--workers", str(workers),
+                          *[a for m in manifests for a in ("--manifest", str(m))]])
 
 
 def _channels(text: str) -> tuple[int, int, int, int]:
@@ -356,14 +364,8 @@ def build_final_fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default=MODEL_VERSION)
     p.add_argument("--seed", type=int, default=None,
                    help="initialisation, draws and augmentation (default: the selected run's)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op threads for CPU training (0: torch's default)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--workers", type=int, default=_default_workers())
-    p.add_argument("--no-test-eval", action="store_true",
-                   help="skip the test-split evaluation that fills the card's figures")
-    p.add_argument("--resume", action="store_true",
-                   help="carry on from the checkpoint an interrupted final fit left in --out-dir")
+    _add_run_options(p, "carry on from the checkpoint an interrupted final fit left in "
+                        "--out-dir")
     return p
 
 
@@ -409,10 +411,7 @@ def final_fit_main(argv: list[str] | None = None) -> int:
               f"{final_fit.epochs} epochs on every train speaker, T={result.temperature:.2f}, "
               f"{result.seconds:.0f} s on {result.device})")
         if not args.no_test_eval:
-            return evaluate_main(["--model", str(result.model_path), "--update-card",
-                                  "--channel", "clean", "--channel", "mulaw8k",
-                                  "--workers", str(args.workers),
-                                  *[a for m in manifests for a in ("--manifest", str(m))]])
+            return _test_figures_into_card(result.model_path, manifests, args.workers)
     except CallmoodError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
