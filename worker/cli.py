@@ -526,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DELEGATED: dict[str, str] = {"train": "train_main", "evaluate": "evaluate_main"}
+DELEGATED: dict[str, str] = {"train": "train_main", "final-fit": "final_fit_main",
+                             "evaluate": "evaluate_main"}
 """Subcommands handed whole to ``training.cli`` (argparse's REMAINDER cannot pass on a
 leading option such as ``--help`` or ``--epochs``, so they are dispatched before parsing)."""
 

@@ -154,6 +154,10 @@ def test_train_and_evaluate_pass_their_own_options_through(capsys: pytest.Captur
     assert main(["evaluate", "--model", str(tmp_path / "none.onnx"),
                  "--manifest", str(tmp_path / "m.csv")]) == 2
     assert "not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["final-fit", "--help"])
+    assert exit_info.value.code == 0
+    assert "--selected" in capsys.readouterr().out
 
 
 def test_progress_bar_counts_finished_calls() -> None:
