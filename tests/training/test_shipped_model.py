@@ -78,6 +78,17 @@ def test_the_card_names_every_setting_of_the_retrain_recipe(emotion_model: Path)
     assert differences == []
 
 
+def test_the_run_a_final_fit_refits_is_kept_beside_it(emotion_model: Path) -> None:
+    """`callmood final-fit --selected worker/models/selection/emotion-v1.onnx` reproduces the
+    shipped final fit: the selected run it names is there, byte for byte."""
+    final_fit = json.loads(card_path_for(emotion_model).read_text())["training"].get("final_fit")
+    if not final_fit:
+        pytest.skip("the shipped model is a selected run, not a final fit")
+    selected = emotion_model.parent / "selection" / emotion_model.name
+    assert load_card(selected).onnx_sha256 == final_fit["selected"]["onnx_sha256"]
+    assert load_card(selected).version == final_fit["selected"]["version"]
+
+
 @pytest.mark.parametrize(("corpus", "channel"), sorted(UA_FLOORS))
 def test_test_split_ua_holds(measured: EvaluationResult, corpus: str, channel: str) -> None:
     assert measured.get(corpus, channel).ua >= UA_FLOORS[(corpus, channel)]
