@@ -153,7 +153,9 @@ def test_redis_restart_while_tasks_are_queued_loses_nothing(
         tmp_path: Path, postgres_url: str, own_redis: RedisServer,
         callmood_corpora: Path) -> None:
     inbox = tmp_path / "recordings"
-    paths = make_recordings(inbox, callmood_corpora, 16)
+    # enough that the queue outlasts redis's shutdown: with 16, the worker once finished the
+    # last 14 (the tiny model takes ~0.1 s a call) while redis was still flushing its AOF
+    paths = make_recordings(inbox, callmood_corpora, 48)
     db.upgrade(postgres_url)
     env = callmood_env(postgres_url, own_redis.url, inbox, tiny_model(tmp_path / "model"),
                        tmp_path / "data")
