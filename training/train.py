@@ -238,8 +238,7 @@ def final_fit_of(card: dict[str, Any]) -> tuple[TrainConfig, FinalFit]:
                 "command": training.get("command"), "best_epoch": training["best_epoch"],
                 "val_ua": training.get("val_ua"),
                 "val_ua_by_corpus": training.get("val_ua_by_corpus", {}),
-                "val_speakers": training.get("val_speakers", []),
-                "temperature": card.get("temperature")}
+                "val_speakers": training.get("val_speakers", [])}
     return config, FinalFit(epochs=int(training["best_epoch"]) + 1,
                             temperature=float(card.get("temperature", 0.0)), selected=selected)
 
@@ -706,40 +705,33 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
             total += float(loss.detach()) * len(y)
             n += len(y)
         if final_fit is not None:
-            # nothing to select on: the last epoch's average is the model
+            # nothing to select on: each epoch's average replaces the last; the last is the model
             history.append({"epoch": epoch, "loss": total / max(n, 1)})
             log.info("epoch %d loss %.3f (%.0f s)", epoch, total / max(n, 1),
                      time.monotonic() - t0)
-            best_epoch, best_state = epoch, {k: v.detach().cpu().clone()
-                                             for k, v in ema.module.state_dict().items()}
-            save_checkpoint(ckpt, identity, {
-                **moving.state_dict(), "epoch": epoch, "stopped": False,
-                "seconds": time.monotonic() - t0 + seconds_before,
-                "resumed_after": resumed_after, "best_ua": best_ua, "best_epoch": best_epoch,
-                "best_state": best_state, "history": history})
-            continue
-        logits = predict_logits(served_model(ema.module, config), val_feats, dev,
-                                config.min_frames)
-        uas = per_corpus_ua(logits, y_val, val_corpora)
-        # selection metric: UA pooled over all validation clips (URDU's few val speakers
-        # have 2-8 clips in some classes; a per-corpus mean would follow their noise)
-        val_ua = unweighted_average_recall(confusion_matrix(
-            y_val, logits.argmax(axis=1).astype(np.int64), len(EMOTIONS)))
-        if arousal_val_feats:
-            # logged, not selected on: the model is chosen on emotion UA alone
-            pred = predict_logits(ema.module, arousal_val_feats, dev, config.min_frames,
-                                  arousal=True)
-            uas = {**uas, "arousal_ua": unweighted_average_recall(confusion_matrix(
-                y_arousal_val, pred.argmax(axis=1).astype(np.int64), len(AROUSAL_LEVELS)))}
-        history.append({"epoch": epoch, "loss": total / max(n, 1), "val_ua": val_ua, **uas})
-        log.info("epoch %d loss %.3f val UA %.3f %s (%.0f s)", epoch, total / max(n, 1), val_ua,
-                 {k: round(v, 3) for k, v in uas.items()}, time.monotonic() - t0)
-        if val_ua > best_ua:
-            best_ua, best_epoch = val_ua, epoch
-            best_state = {k: v.detach().cpu().clone()
-                          for k, v in ema.module.state_dict().items()}
+            best_epoch, best_state = epoch, _state_copy(ema.module)
         else:
-            stopped = stops_early(epoch, best_epoch, config)
+            logits = predict_logits(served_model(ema.module, config), val_feats, dev,
+                                    config.min_frames)
+            uas = per_corpus_ua(logits, y_val, val_corpora)
+            # selection metric: UA pooled over all validation clips (URDU's few val speakers
+            # have 2-8 clips in some classes; a per-corpus mean would follow their noise)
+            val_ua = unweighted_average_recall(confusion_matrix(
+                y_val, logits.argmax(axis=1).astype(np.int64), len(EMOTIONS)))
+            if arousal_val_feats:
+                # logged, not selected on: the model is chosen on emotion UA alone
+                pred = predict_logits(ema.module, arousal_val_feats, dev, config.min_frames,
+                                      arousal=True)
+                uas = {**uas, "arousal_ua": unweighted_average_recall(confusion_matrix(
+                    y_arousal_val, pred.argmax(axis=1).astype(np.int64), len(AROUSAL_LEVELS)))}
+            history.append({"epoch": epoch, "loss": total / max(n, 1), "val_ua": val_ua, **uas})
+            log.info("epoch %d loss %.3f val UA %.3f %s (%.0f s)", epoch, total / max(n, 1), val_ua,
+                     {k: round(v, 3) for k, v in uas.items()}, time.monotonic() - t0)
+            if val_ua > best_ua:
+                best_ua, best_epoch = val_ua, epoch
+                best_state = _state_copy(ema.module)
+            else:
+                stopped = stops_early(epoch, best_epoch, config)
         save_checkpoint(ckpt, identity, {
             **moving.state_dict(), "epoch": epoch, "stopped": stopped,
             "seconds": time.monotonic() - t0 + seconds_before, "resumed_after": resumed_after,
@@ -818,6 +810,11 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
                        temperature=temperature, seconds=seconds, device=str(dev), card=card)
 
 
+def _state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of ``module``'s weights and buffers (the EMA model kept as the best)."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
 def _arousal_clips(config: TrainConfig, manifests: Sequence[Path],
                    limit_per_corpus: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, val) clips of the arousal corpora; both empty with the arousal head off."""
@@ -866,9 +863,9 @@ def config_record(config: TrainConfig) -> dict[str, Any]:
 
 
 def train_config_from_record(record: dict[str, Any]) -> TrainConfig:
-    """Inverse of :func:`config_record`. Keys the record lacks keep their defaults (cards
-    written before a field existed record the recipe it had then); an unknown key raises
-    ConfigError rather than being dropped from the recipe."""
+    """Inverse of :func:`config_record`. Keys the record lacks take today's defaults (a card
+    written before a field existed; :func:`final_fit_of`, which must repeat a recipe exactly,
+    refuses such a card); an unknown key raises ConfigError rather than being dropped."""
     return _dataclass_from(TrainConfig, record, "config")
 
 
