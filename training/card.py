@@ -87,9 +87,12 @@ def with_loco(card: dict[str, Any], holdout: str, result: EvaluationResult,
     its clips. Other holdouts already in the card are kept, so corpora can be run one at a time.
     """
     training = loco_card.get("training", {})
+    final_fit = training.get("final_fit") or {}
     entry = {
         "trained_on": sorted(training.get("train_counts", {})),
         "model_version": loco_card.get("version", ""),
+        # a final fit's epochs and temperature came from this run, selected with every corpus
+        "final_fit_of": final_fit.get("selected", {}).get("version"),
         "val_ua": training.get("val_ua"), "best_epoch": training.get("best_epoch"),
         "seconds": training.get("seconds"), "device": training.get("device"),
         "recipe_differences": config_differences(card.get("training", {}).get("config", {}),
@@ -124,9 +127,12 @@ def loco_lines(loco: dict[str, Any]) -> list[str]:
         return []
     channels = list(dict.fromkeys(c for e in by_holdout.values() for c in e["by_channel"]))
     lines = ["", "## Leave-one-corpus-out",
-             "The same recipe trained without one corpus (validation speakers from the others), "
-             "tested on every clip of the held-out corpus: the closest figure to a new call "
-             "centre's voices and microphones.", "",
+             "The same recipe trained without one corpus, tested on every clip of the "
+             "held-out corpus: the closest figure to a new call centre's voices and "
+             "microphones. A row with a val UA chose its epoch on validation speakers of the "
+             "other corpora; a final fit (no val UA) trains on all their train speakers for "
+             "the epochs and temperature of the run named in the JSON card's `final_fit_of`.",
+             "",
              "| held out | trained on | clips | " + " | ".join(f"UA {c}" for c in channels)
              + " | WA clean | ECE clean | val UA | recipe |", "|---" * (len(channels) + 7) + "|"]
     for holdout, e in by_holdout.items():

@@ -31,7 +31,7 @@ from training.train import (
     TRAIN_FEATURES,
     TrainConfig,
     final_fit_of,
-    manifest_digests,
+    manifest_digest,
     train,
 )
 from worker.constants import EMOTIONS
@@ -364,6 +364,10 @@ def build_final_fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default=MODEL_VERSION)
     p.add_argument("--seed", type=int, default=None,
                    help="initialisation, draws and augmentation (default: the selected run's)")
+    p.add_argument("--without-corpus", choices=EVAL_CORPORA, default=None,
+                   help="leave-one-corpus-out: the selected run's data less this corpus's "
+                        "manifest (how `python -m training loco --final-fit-of` measures the "
+                        "shipped procedure on a corpus it never heard)")
     _add_run_options(p, "carry on from the checkpoint an interrupted final fit left in "
                         "--out-dir")
     return p
@@ -374,11 +378,15 @@ def final_fit_main(argv: list[str] | None = None) -> int:
     args = build_final_fit_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     settings = get_settings()
-    manifests = args.manifest or corpus_manifest_paths(settings.corpora_dir)
+    held_out = ([] if args.without_corpus is None
+                else corpus_manifest_paths(settings.corpora_dir, (args.without_corpus,)))
+    manifests = args.manifest or corpus_manifest_paths(
+        settings.corpora_dir, [c for c in DEFAULT_CORPORA if c != args.without_corpus])
     try:
         check_version(args.version)
         selected = read_card_dict(args.selected.resolve())
         config, final_fit = final_fit_of(selected)
+        final_fit = replace(final_fit, without_corpus=args.without_corpus)
         if args.seed is not None:
             config = replace(config, seed=args.seed)
         arousal = ((args.arousal_manifest or corpus_manifest_paths(settings.corpora_dir,
@@ -386,12 +394,17 @@ def final_fit_main(argv: list[str] | None = None) -> int:
                    if config.arousal_weight > 0 else [])
         recorded = final_fit.selected["manifests_sha256"]
         # by content, every one (the paths differ between checkouts): a final fit adds the
-        # validation speakers, not other data, nor less
-        if sorted(manifest_digests([*manifests, *arousal]).values()) != sorted(recorded.values()):
+        # validation speakers, not other data, nor less (a LOCO one leaves out one corpus,
+        # which must be one of them)
+        # one digest per file given (a path given twice is data given twice)
+        if (sorted(manifest_digest(m) for m in [*manifests, *arousal, *held_out])
+                != sorted(recorded.values())):
+            without = (f" less {args.without_corpus}'s {[str(m) for m in held_out]}"
+                       if held_out else "")
             raise ConfigError(f"manifests {[str(m) for m in [*manifests, *arousal]]} are not "
-                              f"the ones {selected.get('version')} was selected with "
-                              f"({', '.join(recorded) or 'none recorded'}): a final fit adds "
-                              "its validation speakers, not other data")
+                              f"the ones {selected.get('version')} was selected with"
+                              f"{without} ({', '.join(recorded) or 'none recorded'}): a final "
+                              "fit adds its validation speakers, not other data")
         if (args.out_dir / f"{args.name}.onnx").resolve() == args.selected.resolve():
             raise ConfigError(f"--out-dir {args.out_dir} would overwrite the selected model "
                               f"{args.selected}: write the final fit elsewhere")
@@ -406,7 +419,9 @@ def final_fit_main(argv: list[str] | None = None) -> int:
         result = train(manifests, args.out_dir, config, name=args.name, version=args.version,
                        device=args.device, workers=args.workers, command=command.strip(),
                        resume=args.resume, final_fit=final_fit, arousal_manifests=arousal)
-        write_card(result.model_path, with_loco_of(read_card_dict(result.model_path), selected))
+        if args.without_corpus is None:      # a LOCO fit's own figure is the loco row
+            write_card(result.model_path,
+                       with_loco_of(read_card_dict(result.model_path), selected))
         print(f"wrote {result.model_path} (final fit of {final_fit.selected['version']}: "
               f"{final_fit.epochs} epochs on every train speaker, T={result.temperature:.2f}, "
               f"{result.seconds:.0f} s on {result.device})")
@@ -441,6 +456,11 @@ def build_loco_parser() -> argparse.ArgumentParser:
                         "(other held-out corpora already there are kept)")
     p.add_argument("--model", type=Path, default=None,
                    help="model whose card --update-card writes (default: CALLMOOD_MODEL_PATH)")
+    p.add_argument("--final-fit-of", type=Path, default=None, metavar="SELECTED",
+                   help="score the shipped procedure: for each held-out corpus, the final fit "
+                        "of SELECTED's recipe (its epochs and temperature) on every train "
+                        "speaker of the other corpora (`final-fit --without-corpus`); options "
+                        "not listed here then go to `python -m training final-fit`")
     return p
 
 
@@ -449,11 +469,19 @@ def loco_main(argv: list[str] | None = None) -> int:
     args, train_args = build_loco_parser().parse_known_args(argv)
     # the held-out corpus is scored as its models are trained: cut to speech or whole
     known = build_train_parser().parse_known_args(train_args)[0]
-    whole_clips = bool(known.whole_clips)
+    speech_cut = _speech_cut(bool(known.whole_clips))
     if known.final_fit_version is not None:
         print("error: loco scores the run selected without each corpus; a final fit of it "
-              "would go unscored: drop --final-fit-version", file=sys.stderr)
+              "would go unscored: drop --final-fit-version (or score final fits with "
+              "--final-fit-of)", file=sys.stderr)
         return 2
+    if args.final_fit_of is not None:
+        try:
+            config, _ = final_fit_of(read_card_dict(args.final_fit_of.resolve()))
+        except (CallmoodError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        speech_cut = config.speech_cut      # the cut the recipe trained on, as recorded
     corpora_dir = get_settings().corpora_dir
     channels = args.channel or ["clean", "mulaw8k"]
     figures: dict[str, list[dict[str, object]]] = {}
@@ -462,17 +490,22 @@ def loco_main(argv: list[str] | None = None) -> int:
         model_path = out_dir / "emotion-v1.onnx"
         others = [c for c in DEFAULT_CORPORA if c != holdout]
         if not (args.reuse and model_path.exists()):
-            status = train_main([*[a for m in corpus_manifest_paths(corpora_dir, others)
-                                   for a in ("--manifest", str(m))],
-                                 "--out-dir", str(out_dir), "--version", f"loco-no-{holdout}",
-                                 "--no-test-eval", "--workers", str(args.workers), *train_args])
+            common = ["--out-dir", str(out_dir), "--no-test-eval", "--workers", str(args.workers)]
+            status = (train_main([*[a for m in corpus_manifest_paths(corpora_dir, others)
+                                    for a in ("--manifest", str(m))],
+                                  "--version", f"loco-no-{holdout}", *common, *train_args])
+                      if args.final_fit_of is None else
+                      final_fit_main(["--selected", str(args.final_fit_of),
+                                      "--without-corpus", holdout,
+                                      "--version", f"loco-final-no-{holdout}", *common,
+                                      *train_args]))
             if status != 0:
                 return status
         try:
             result = evaluate_model(model_path, corpus_manifest_paths(corpora_dir, (holdout,)),
                                     split="all", channels=channels, threads=1,
                                     workers=args.workers,
-                                    speech_cut=_speech_cut(whole_clips))
+                                    speech_cut=speech_cut)
         except CallmoodError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -482,6 +515,8 @@ def loco_main(argv: list[str] | None = None) -> int:
         if args.update_card:
             # what determines the figures; --out-dir, --reuse and --workers do not
             command = shlex.join(["python", "-m", "training", "loco", "--holdout", holdout,
+                                  *([] if args.final_fit_of is None
+                                    else ["--final-fit-of", str(args.final_fit_of)]),
                                   *[a for c in args.channel or [] for a in ("--channel", c)],
                                   *train_args])
             target = (args.model or get_settings().model_path).resolve()

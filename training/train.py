@@ -202,6 +202,10 @@ class FinalFit:
     selected: dict[str, Any]
     """What the card records of the selected run (version, ONNX sha256, best epoch,
     validation UA and speakers)."""
+    without_corpus: str | None = None
+    """Leave-one-corpus-out: the corpus whose manifest this fit leaves out of the selected
+    run's data (all its clips unseen, for ``python -m training loco --final-fit-of`` to score);
+    None: all of the selected run's data."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.temperature <= 0:
@@ -844,9 +848,14 @@ def train_and_val(data: pd.DataFrame, limit_per_corpus: int, seed: int,
     return train_df, val_df
 
 
+def manifest_digest(path: Path) -> str:
+    """The first 16 hex digits of a manifest file's sha256."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def manifest_digests(paths: Sequence[Path]) -> dict[str, str]:
-    """{path: first 16 hex digits of its sha256} (the card's record of the training data)."""
-    return {str(p): hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16] for p in paths}
+    """{path: :func:`manifest_digest`} (the card's record of the training data)."""
+    return {str(p): manifest_digest(p) for p in paths}
 
 
 def limit_clips(df: pd.DataFrame, per_corpus: int, seed: int) -> pd.DataFrame:

@@ -138,6 +138,9 @@ def test_final_fit_trains_the_selected_recipe_on_every_train_speaker(
                            "--manifest", str(other), "--out-dir", str(tmp_path / "again")]) == 2
     assert "not the ones mine-0.1 was selected with" in capsys.readouterr().err
     assert final_fit_main(["--selected", selected_model, "--manifest", str(manifest),
+                           "--manifest", str(manifest), "--out-dir", str(tmp_path / "again")]) == 2
+    assert "not the ones mine-0.1 was selected with" in capsys.readouterr().err
+    assert final_fit_main(["--selected", selected_model, "--manifest", str(manifest),
                            "--out-dir", str(selected_dir)]) == 2
     assert "would overwrite the selected model" in capsys.readouterr().err
     # a final fit has no validation speakers to be scored on
@@ -433,6 +436,72 @@ def test_leave_one_corpus_out_trains_without_it_and_tests_on_all_of_it(
     card_md = shipped.with_suffix(".card.md").read_text()
     assert "## Leave-one-corpus-out" in card_md and "| urdu | emodb, ravdess, tess |" in card_md
     assert load_card(shipped).version == load_card(emotion_model).version  # still servable
+
+
+def _tiny_corpora(tmp_path: Path, corpora: Path) -> Path:
+    """The four training corpora cut to one clip per speaker and emotion, for five train
+    speakers each (absolute paths), in a corpora folder of their own."""
+    root = tmp_path / "corpora"
+    for corpus in ("ravdess", "tess", "emodb", "urdu"):
+        rows = pd.read_csv(corpora / corpus / "manifest.csv")
+        speakers = sorted(rows.loc[rows["split"] == "train", "speaker"].unique())[:5]
+        picked = (rows[rows["speaker"].isin(speakers)].groupby(["speaker", "emotion"]).head(1)
+                  .assign(path=lambda d, c=corpus: [str(corpora / c / p) for p in d["path"]]))
+        (root / corpus).mkdir(parents=True)
+        picked.to_csv(root / corpus / "manifest.csv", index=False)
+    return root
+
+
+def test_loco_scores_final_fits_of_the_selected_recipe_without_each_corpus(
+        tmp_path: Path, callmood_env: object, callmood_corpora: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cli import loco_main
+    from worker.settings import get_settings
+
+    corpora = _tiny_corpora(tmp_path, callmood_corpora)
+    monkeypatch.setenv("CALLMOOD_CORPORA_DIR", str(corpora))
+    get_settings.cache_clear()
+    selected = tmp_path / "selected" / "emotion-v1.onnx"
+    assert train_main(["--out-dir", str(selected.parent), "--version", "mine-0.1", "--epochs", "2",
+                       "--draws-per-epoch", "32", "--batch-size", "16", "--workers", "1",
+                       "--threads", "1", "--no-test-eval"]) == 0
+    sel_card = json.loads(selected.with_suffix(".card.json").read_text())
+    target = tmp_path / "target" / "emotion-v1.onnx"   # the card the figures go to
+    target.parent.mkdir()
+    for suffix in (".onnx", ".card.json", ".card.md"):
+        shutil.copy(selected.with_suffix(suffix), target.with_suffix(suffix))
+    capsys.readouterr()
+    assert loco_main(["--final-fit-of", str(selected), "--holdout", "urdu", "--out-dir",
+                      str(tmp_path / "loco"), "--channel", "clean", "--workers", "1",
+                      "--update-card", "--model", str(target), "--threads", "1"]) == 0
+    card = json.loads((tmp_path / "loco" / "without-urdu" / "emotion-v1.card.json").read_text())
+    training, sel = card["training"], sel_card["training"]
+    assert card["version"] == "loco-final-no-urdu" and training["final_fit"]["without_corpus"] == "urdu"
+    # every train speaker of the other corpora (the selected run's validation ones too), no urdu
+    assert set(training["train_counts"]) == {"ravdess", "tess", "emodb"}
+    assert training["val_speakers"] == [] and training["val_ua"] is None
+    for corpus in ("ravdess", "tess", "emodb"):
+        assert (sum(training["train_counts"][corpus].values())
+                == sum(sel["train_counts"][corpus].values())
+                + sum(sel["val_counts"].get(corpus, {}).values()))
+    # the selected run's epochs and temperature
+    assert len(training["history"]) == sel["best_epoch"] + 1
+    assert card["temperature"] == sel_card["temperature"] and "loco" not in card
+    entry = json.loads(target.with_suffix(".card.json").read_text())["loco"]["by_holdout"]["urdu"]
+    assert entry["final_fit_of"] == "mine-0.1" and entry["val_ua"] is None
+    assert entry["model_version"] == "loco-final-no-urdu"
+    assert entry["by_channel"]["clean"]["n_clips"] == len(pd.read_csv(corpora / "urdu" / "manifest.csv"))
+    # the target here is the selected run itself, which carved validation speakers
+    assert entry["recipe_differences"] == ["val_fraction"]
+    assert entry["command"].startswith(f"python -m training loco --holdout urdu --final-fit-of {selected}")
+    assert "a final fit (no val UA)" in target.with_suffix(".card.md").read_text()
+    capsys.readouterr()
+    # the held-out corpus's manifest must be one the selected run trained on, and only it goes
+    every = [a for c in ("ravdess", "tess", "emodb", "urdu")
+             for a in ("--manifest", str(corpora / c / "manifest.csv"))]
+    assert final_fit_main(["--selected", str(selected), "--without-corpus", "urdu",
+                           "--out-dir", str(tmp_path / "again"), *every]) == 2
+    assert "less urdu's" in capsys.readouterr().err
 
 
 def test_early_stop_waits_for_min_epochs_then_for_patience() -> None:
