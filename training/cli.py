@@ -438,8 +438,9 @@ def build_loco_parser() -> argparse.ArgumentParser:
         prog="python -m training loco",
         description="Leave-one-corpus-out: for each held-out corpus, train the default recipe on "
                     "the other corpora's train split (validation speakers carved from them), "
-                    "then evaluate on every clip of the held-out corpus (split all). Options "
-                    "not listed here go to `python -m training train`.")
+                    "then evaluate on every clip of the held-out corpus (split all); with "
+                    "--final-fit-of, the shipped procedure's final fit instead. Options "
+                    "not listed here go to `python -m training train` (or `final-fit`).")
     p.add_argument("--holdout", action="append", choices=EVAL_CORPORA,
                    help=f"corpus to hold out (repeatable; default: {', '.join(EVAL_CORPORA)})")
     p.add_argument("--out-dir", type=Path, default=Path("loco"),
