@@ -393,10 +393,9 @@ def final_fit_main(argv: list[str] | None = None) -> int:
                                                                    AROUSAL_CORPORA))
                    if config.arousal_weight > 0 else [])
         recorded = final_fit.selected["manifests_sha256"]
-        # by content, every one (the paths differ between checkouts): a final fit adds the
-        # validation speakers, not other data, nor less (a LOCO one leaves out one corpus,
-        # which must be one of them)
-        # one digest per file given (a path given twice is data given twice)
+        # by content, one digest per file given (paths differ between checkouts; a path
+        # given twice is data given twice): a final fit adds the validation speakers, not
+        # other data, nor less (a LOCO one leaves out one corpus, which must be one of them)
         if (sorted(manifest_digest(m) for m in [*manifests, *arousal, *held_out])
                 != sorted(recorded.values())):
             without = (f" less {args.without_corpus}'s {[str(m) for m in held_out]}"
