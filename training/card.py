@@ -7,7 +7,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from training.evaluate import EvaluationResult
+import numpy as np
+
+from training.evaluate import EvaluationResult, unweighted_average_recall
 from worker.emotion import card_path_for
 from worker.features import FeatureConfig
 
@@ -48,6 +50,23 @@ def with_test_metrics(card: dict[str, Any], result: EvaluationResult,
     cut = None if result.speech_cut is None else asdict(result.speech_cut)
     return {**card, "test_metrics": {"split": result.split, "command": command,
                                      "speech_cut": cut, "by_channel": metrics}}
+
+
+def exact_ua(metrics: dict[str, Any]) -> float:
+    """UA of a stored metrics row, recomputed from its confusion matrix when it has one.
+
+    The JSON keeps UA rounded to 4 places; rounding that again to a percentage with one
+    decimal can move the last digit (0.27346 is stored 0.2735 and would print 27.4 %, where
+    the README quotes 27.3 %), so the Markdown card prints the exact value.
+    """
+    confusion = metrics.get("confusion")
+    if not confusion:
+        return float(metrics["ua"])
+    return unweighted_average_recall(np.asarray(confusion, dtype=np.int64))
+
+
+def _ua_pct(metrics: dict[str, Any]) -> str:
+    return f"{100 * exact_ua(metrics):.1f}%"
 
 
 def clips_sentence(speech_cut: dict[str, Any] | None) -> str:
@@ -139,7 +158,7 @@ def loco_lines(loco: dict[str, Any]) -> list[str]:
         per = e["by_channel"]
         first = per[next(iter(per))]
         clean = per.get("clean", first)
-        uas = [f"{100 * per[c]['ua']:.1f}%" if c in per else "-" for c in channels]
+        uas = [_ua_pct(per[c]) if c in per else "-" for c in channels]
         recipe = ("same as this model" if not e["recipe_differences"]
                   else "differs: " + ", ".join(e["recipe_differences"]))
         val = f"{100 * e['val_ua']:.1f}%" if e.get("val_ua") is not None else "-"
@@ -179,7 +198,7 @@ def robustness_lines(by_channel: dict[str, dict[str, Any]]) -> list[str]:
     for channel, per in by_channel.items():
         cells = []
         for corpus in corpora:
-            ua, clean = per[corpus]["ua"], by_channel["clean"][corpus]["ua"]
+            ua, clean = exact_ua(per[corpus]), exact_ua(by_channel["clean"][corpus])
             cells.append(f"{100 * ua:.1f}% ({100 * (ua - clean):+.1f})")
         lines.append(f"| {channel} | " + " | ".join(cells) + " |")
     return lines
@@ -252,7 +271,7 @@ def render_markdown(card: dict[str, Any]) -> str:
                   "", "| channel | corpus | clips | UA | WA | ECE |", "|---|---|---|---|---|---|"]
         for channel, per in tm["by_channel"].items():
             for corpus, m in per.items():
-                lines.append(f"| {channel} | {corpus} | {m['n_clips']} | {100 * m['ua']:.1f}% | "
+                lines.append(f"| {channel} | {corpus} | {m['n_clips']} | {_ua_pct(m)} | "
                              f"{100 * m['wa']:.1f}% | {m['ece']:.3f} |")
         lines += robustness_lines(tm["by_channel"])
         for channel, per in tm["by_channel"].items():

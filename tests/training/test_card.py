@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
-from training.card import clips_sentence, config_differences, with_loco_of
+import pytest
+
+from training.card import (
+    clips_sentence,
+    config_differences,
+    exact_ua,
+    loco_lines,
+    markdown_path_for,
+    render_markdown,
+    robustness_lines,
+    with_loco_of,
+)
+from worker.emotion import card_path_for
 from worker.pipeline import SpeechCut
 from worker.vad import VadConfig
 
@@ -36,3 +51,35 @@ def test_a_final_fit_carries_its_selected_runs_loco_figures_with_the_recipe_diff
     assert carried["recipe_differences"] == ["val_fraction"] and carried["val_ua"] == 0.63
     assert "loco" not in with_loco_of(final, {"training": {"config": selected_config}})
     assert final == {"training": {"config": {**selected_config, "val_fraction": 0.0}}}
+
+
+def _row(ua: float, confusion: list[list[int]]) -> dict[str, Any]:
+    return {"corpus": "emodb", "channel": "clean", "n_clips": sum(map(sum, confusion)),
+            "ua": ua, "wa": 0.5, "ece": 0.1, "labels": ["angry", "sad", "fear"],
+            "confusion": confusion}
+
+
+def test_the_markdown_prints_ua_from_the_confusion_matrix_not_the_rounded_json() -> None:
+    # recalls 1/2, 1/2 and 5/23: UA 0.4058; the stored figure is set apart (0.4050, which
+    # would print 40.5 %) so that 40.6 % shows the figure was read from the matrix. The real
+    # case: EmoDB's LOCO row, 0.27346 stored as 0.2735, printed 27.4 % instead of 27.3 %.
+    row = _row(0.4050, [[1, 1, 0], [1, 1, 0], [9, 9, 5]])
+    assert exact_ua(row) == pytest.approx((0.5 + 0.5 + 5 / 23) / 3)
+    assert exact_ua({"ua": 0.4}) == 0.4  # a row without a matrix keeps its stored figure
+    assert "40.6%" in "\n".join(robustness_lines({"clean": {"emodb": row},
+                                                  "a": {"emodb": row}, "b": {"emodb": row}}))
+    loco = {"by_holdout": {"emodb": {"trained_on": ["ravdess"], "recipe_differences": [],
+                                     "command": "x", "by_channel": {"clean": row}}}}
+    assert "| 40.6% |" in "\n".join(loco_lines(loco))
+
+
+def test_the_shipped_cards_stored_ua_is_the_matrix_ua_rounded(emotion_model: Path) -> None:
+    """Every stored UA of the shipped card agrees with its own confusion matrix, so the
+    Markdown (matrix) and the JSON (rounded) cannot tell different stories; the card's
+    Markdown is the rendering of its JSON."""
+    card = json.loads(card_path_for(emotion_model).read_text())
+    rows = [m for per in card["test_metrics"]["by_channel"].values() for m in per.values()]
+    rows += [m for e in card.get("loco", {}).get("by_holdout", {}).values()
+             for m in e["by_channel"].values()]
+    assert rows and all(round(exact_ua(m), 4) == m["ua"] for m in rows)
+    assert markdown_path_for(emotion_model).read_text() == render_markdown(card)
