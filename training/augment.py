@@ -119,6 +119,35 @@ def add_noise(audio: Audio, snr_db: float, exponent: float, rng: np.random.Gener
     return np.asarray(audio + noise, dtype=np.float32)
 
 
+def room_impulse_response(rt60_s: float, drr_db: float, rng: np.random.Generator,
+                          sample_rate: int = ANALYSIS_SAMPLE_RATE,
+                          predelay_ms: float = 2.0) -> Audio:
+    """Synthetic room impulse response, (samples,) float32: a unit direct path, then after
+    ``predelay_ms`` a Gaussian-noise tail whose energy decays by 60 dB in ``rt60_s`` (Polack's
+    statistical model of a diffuse field), scaled so that direct-to-reverberant energy is
+    ``drr_db``. The tail is cut where it has decayed by 60 dB."""
+    if rt60_s <= 0.0:
+        raise ValueError(f"rt60_s={rt60_s} must be a positive reverberation time in seconds")
+    n_tail = max(1, int(rt60_s * sample_rate))
+    t_s = np.arange(n_tail, dtype=np.float64) / sample_rate
+    # energy falls 60 dB over rt60_s, so amplitude falls by 10^(-3 t / rt60)
+    tail = rng.standard_normal(n_tail) * 10.0 ** (-3.0 * t_s / rt60_s)
+    tail *= np.sqrt(10.0 ** (-drr_db / 10.0) / float(np.sum(tail ** 2)))
+    n_delay = max(1, round(predelay_ms * sample_rate / 1000.0))
+    ir = np.zeros(n_delay + n_tail, dtype=np.float64)
+    ir[0] = 1.0
+    ir[n_delay:] += tail
+    return np.asarray(ir, dtype=np.float32)
+
+
+def reverberate(audio: Audio, impulse_response: Audio) -> Audio:
+    """Convolve with a room impulse response, keeping the input's length (the tail that rings
+    past the end is cut, as a recording stops)."""
+    wet = scipy.signal.fftconvolve(np.asarray(audio, dtype=np.float64),
+                                   np.asarray(impulse_response, dtype=np.float64))
+    return np.asarray(wet[:audio.size], dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Probabilities and ranges of the training augmentations (8 kHz audio)."""
@@ -153,10 +182,22 @@ class AugmentConfig:
     the two for the model (v1.4.0: RAVDESS Opus 55.8 % vs clean 62.1 %). 0.75 with
     p_codec=0.35 was tried (docs/model-experiments.md): validation UA 65.4 % vs 66.4 %,
     and no better through Opus, so the default stays at v1.4.0's 0.5."""
+    p_reverb: float = 0.0
+    """Probability of a synthetic room (:func:`room_impulse_response`) after the speed change
+    and before the microphone's EQ and tilt: speakerphones and headsets away from the mouth
+    add a room the studio corpora lack. 0 (v1.5.0 and earlier) draws nothing for it, so the
+    other draws stay as they were."""
+    rt60_range_s: tuple[float, float] = (0.2, 0.8)
+    """Reverberation times drawn: small offices and call-centre floors (~0.3-0.6 s) and a
+    little beyond on both sides."""
+    drr_range_db: tuple[float, float] = (0.0, 15.0)
+    """Direct-to-reverberant ratios drawn: 0 dB is a speakerphone across a room, 15 dB a
+    handset close to the mouth in a live room."""
     sample_rate: int = ANALYSIS_SAMPLE_RATE
 
     def __post_init__(self) -> None:
-        for name in ("p_speed", "p_eq", "p_tilt", "p_phone", "p_noise", "p_codec", "opus_share"):
+        for name in ("p_speed", "p_eq", "p_tilt", "p_phone", "p_noise", "p_codec", "opus_share",
+                     "p_reverb"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}={value} must be a probability in [0, 1]")
@@ -164,6 +205,10 @@ class AugmentConfig:
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"codec_level_range={self.codec_level_range} must be two "
                              "compression levels LOW <= HIGH in [0, 1]")
+        low, high = self.rt60_range_s
+        if not 0.0 < low <= high:
+            raise ValueError(f"rt60_range_s={self.rt60_range_s} must be two reverberation "
+                             "times 0 < LOW <= HIGH in seconds")
 
 
 def augment(audio: Audio, rng: np.random.Generator,
@@ -180,6 +225,11 @@ def augment(audio: Audio, rng: np.random.Generator,
         factor = float(rng.uniform(*config.speed_range))
         # resampling to sr/factor and playing at sr: tempo and pitch both scale by factor
         x = resample(x, sr, max(1, round(sr / factor)))
+    # drawn only when enabled, so p_reverb=0 leaves every later draw (v1.5.0's recipe) as is
+    if config.p_reverb > 0.0 and rng.random() < config.p_reverb:
+        x = reverberate(x, room_impulse_response(float(rng.uniform(*config.rt60_range_s)),
+                                                 float(rng.uniform(*config.drr_range_db)),
+                                                 rng, sr))
     if rng.random() < config.p_eq:
         x = _peaking_eq(x, float(rng.uniform(200.0, 0.45 * sr)),
                         float(rng.uniform(-config.eq_gain_db, config.eq_gain_db)),

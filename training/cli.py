@@ -105,6 +105,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="libsndfile compression levels drawn for the codec round trips "
                         "(default %(default)s: Opus ~44 down to ~7 kbit/s; 0.95,1.0 draws "
                         "Opus at ~16-7 kbit/s)")
+    p.add_argument("--p-reverb", type=float, default=AugmentConfig.p_reverb,
+                   help="probability of a synthetic room (RT60 0.2-0.8 s) per draw")
     p.add_argument("--feature-remove-dc", action=argparse.BooleanOptionalAction,
                    default=TRAIN_FEATURES.remove_dc,
                    help="subtract each clip's mean sample before the log-mel")
@@ -190,7 +192,8 @@ def train_main(argv: list[str] | None = None) -> int:
                              arousal_draws_per_epoch=args.arousal_draws_per_epoch,
                              augment=AugmentConfig(p_phone=args.p_phone, p_codec=args.p_codec,
                                                    opus_share=args.opus_share,
-                                                   codec_level_range=args.codec_levels),
+                                                   codec_level_range=args.codec_levels,
+                                                   p_reverb=args.p_reverb),
                              features=features,
                              model=ModelConfig(n_mels=features.n_mels, views=features.n_views,
                                                channels=args.channels, members=args.members,
@@ -298,9 +301,11 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test",
                    help="test (default), train, all, or val (the validation speakers in the card)")
     p.add_argument("--channel", action="append", choices=CHANNELS,
-                   help="clean (default), a phone line (mulaw8k, alaw8k) or another condition (repeatable)")
+                   help="clean (default), a phone line (mulaw8k, alaw8k) or another condition "
+                        "(repeatable; room: a speakerphone's reverberation, RT60 0.5 s)")
     p.add_argument("--robustness", action="store_true",
-                   help="every channel condition: " + ", ".join(ROBUSTNESS))
+                   help="the channel-robustness table: " + ", ".join(ROBUSTNESS)
+                        + "; --channel adds a condition to it (e.g. room)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.add_argument("--workers", type=int, default=2, help="decode/feature threads")
     p.add_argument("--whole-clips", action="store_true",
@@ -310,6 +315,14 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
                    help="write the figures into the model's card (JSON and Markdown)")
     p.add_argument("--json-out", type=Path, default=None, help="also write figures as JSON")
     return p
+
+
+def evaluation_channels(robustness: bool, channels: list[str] | None) -> list[str]:
+    """The channels ``evaluate`` scores: the robustness table (plus any other ``--channel``,
+    e.g. room, which the issue's table lacks) or the ``--channel`` list (default clean)."""
+    if robustness:
+        return [*ROBUSTNESS, *(c for c in channels or [] if c not in ROBUSTNESS)]
+    return list(channels or ["clean"])
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
@@ -322,7 +335,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     manifests = args.manifest or corpus_manifest_paths(get_settings().corpora_dir, EVAL_CORPORA)
-    channels = list(ROBUSTNESS) if args.robustness else (args.channel or ["clean"])
+    channels = evaluation_channels(args.robustness, args.channel)
     try:
         result = evaluate_model(model_paths, manifests, split=args.split, channels=channels,
                                 threads=args.threads, workers=args.workers,

@@ -16,6 +16,8 @@ from training.augment import (
     codec_roundtrip,
     mulaw_roundtrip,
     phone_line,
+    reverberate,
+    room_impulse_response,
     set_rms_dbfs,
 )
 
@@ -147,3 +149,46 @@ def test_opus_share_picks_the_codec_from_one_draw(opus_share: float) -> None:
 def test_augment_probabilities_are_checked() -> None:
     with pytest.raises(ValueError, match=r"opus_share=1.5 must be a probability in \[0, 1\]"):
         AugmentConfig(opus_share=1.5)
+
+
+@pytest.mark.parametrize(("rt60_s", "drr_db"), [(0.3, 0.0), (0.7, 10.0)])
+def test_room_impulse_response_has_the_drawn_decay_and_direct_to_reverberant_ratio(
+        rt60_s: float, drr_db: float) -> None:
+    ir = room_impulse_response(rt60_s, drr_db, np.random.default_rng(0), SR).astype(np.float64)
+    direct, tail = ir[0], ir[1:]
+    assert direct == 1.0
+    assert 10 * np.log10(direct ** 2 / np.sum(tail ** 2)) == pytest.approx(drr_db, abs=0.01)
+    # Schroeder backward integration: the time the tail's energy decay curve takes from -5
+    # to -25 dB, times 3, estimates RT60 (ISO 3382's T20)
+    edc = np.cumsum(tail[::-1] ** 2)[::-1]
+    edc_db = 10 * np.log10(edc / edc[0])
+    t20_s = 3 * (np.argmax(edc_db <= -25) - np.argmax(edc_db <= -5)) / SR
+    assert t20_s == pytest.approx(rt60_s, rel=0.15)
+    with pytest.raises(ValueError, match="rt60_s=0"):
+        room_impulse_response(0.0, 5.0, np.random.default_rng(0), SR)
+
+
+def test_reverberation_keeps_the_length_and_smears_a_click() -> None:
+    click = np.zeros(SR, dtype=np.float32)
+    click[100] = 0.5
+    wet = reverberate(click, room_impulse_response(0.5, 0.0, np.random.default_rng(1), SR))
+    assert wet.shape == click.shape and wet[100] == pytest.approx(0.5)
+    # at 0 dB DRR as much energy rings on after the click as the click itself carries
+    assert np.sum(wet[101:].astype(np.float64) ** 2) == pytest.approx(0.5 ** 2, rel=0.1)
+
+
+def test_reverb_augmentation_is_seeded_and_off_by_default() -> None:
+    x = _voice_like()
+    assert AugmentConfig().p_reverb == 0.0
+    dry = AugmentConfig(p_codec=0.0, p_phone=0.0, p_noise=0.0, p_speed=0.0, p_eq=0.0,
+                        p_tilt=0.0)
+    wet = AugmentConfig(p_codec=0.0, p_phone=0.0, p_noise=0.0, p_speed=0.0, p_eq=0.0,
+                        p_tilt=0.0, p_reverb=1.0)
+    a = augment(x, np.random.default_rng(5), wet)
+    assert a.shape == x.shape
+    assert np.array_equal(a, augment(x, np.random.default_rng(5), wet))
+    assert not np.allclose(a, augment(x, np.random.default_rng(5), dry), atol=1e-3)
+    with pytest.raises(ValueError, match=r"p_reverb=2.0 must be a probability"):
+        AugmentConfig(p_reverb=2.0)
+    with pytest.raises(ValueError, match=r"rt60_range_s=\(0.0, 0.5\) must be two"):
+        AugmentConfig(rt60_range_s=(0.0, 0.5))

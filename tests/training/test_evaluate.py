@@ -100,6 +100,15 @@ def test_every_channel_condition_keeps_length_and_does_what_it_says() -> None:
     assert np.abs(apply_channel(hum, "highpass300", config)[8000:]).max() < 0.01
     with pytest.raises(ValueError, match="mulaw8k"):
         apply_channel(tone, "telegraph", config)
+    # the room smears a click into a tail, the same one every run; not in the issue's table
+    click = np.zeros(16000, dtype=np.float32)
+    click[100] = 0.5
+    room = apply_channel(click, "room", config)
+    assert np.array_equal(room, apply_channel(click, "room", config))
+    assert np.sum(room[101:].astype(np.float64) ** 2) == pytest.approx(
+        0.25 * 10 ** (-0.3), rel=0.1)  # DRR 3 dB
+    from training.evaluate import ROBUSTNESS
+    assert "room" in CHANNELS and "room" not in ROBUSTNESS
 
 
 def test_clips_are_scored_as_the_worker_cuts_them(callmood_corpora: Path) -> None:
@@ -149,6 +158,16 @@ def test_the_cards_command_leaves_out_options_that_do_not_change_the_figures() -
             "--model", "m.onnx"]
     assert _without_options(argv, {"--update-card": 0, "--json-out": 1}) == [
         "--robustness", "--model", "m.onnx"]
+
+
+def test_robustness_is_the_issues_table_and_a_channel_beside_it_adds_a_row() -> None:
+    from training.cli import evaluation_channels
+    from training.evaluate import ROBUSTNESS
+
+    assert evaluation_channels(False, None) == ["clean"]
+    assert evaluation_channels(False, ["room", "clean"]) == ["room", "clean"]
+    assert evaluation_channels(True, None) == list(ROBUSTNESS)
+    assert evaluation_channels(True, ["room", "clean"]) == [*ROBUSTNESS, "room"]
 
 
 def test_split_val_scores_the_validation_speakers_the_card_lists(emotion_model: Path,

@@ -161,8 +161,8 @@ def test_a_recorded_recipe_reads_back_as_the_config_that_wrote_it(tmp_path: Path
     assert train_config_from_record(json.loads(json.dumps(config_record(distilled)))) == distilled
     assert train_config_from_record(json.loads(json.dumps(config_record(config)))) == config
     assert train_config_from_record({"speech_cut": None}).speech_cut is None
-    with pytest.raises(ConfigError, match=r"config\.augment has unknown key.*p_reverb"):
-        train_config_from_record({"augment": {"p_reverb": 0.5}})
+    with pytest.raises(ConfigError, match=r"config\.augment has unknown key.*p_flanger"):
+        train_config_from_record({"augment": {"p_flanger": 0.5}})
     # a card missing a key has a recipe that cannot be repeated: no final fit of it
     record = config_record(config)
     del record["speech_cut"]["vad"]["remove_dc"]
