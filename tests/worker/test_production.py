@@ -163,17 +163,18 @@ def test_redis_restart_while_tasks_are_queued_loses_nothing(
     settings = _settings(env)
     ids = [f"R-{i:02d}" for i in range(len(paths))]
     log_path = tmp_path / "worker.log"
+    # Every call is queued before the worker starts: a worker that keeps pace with a slow
+    # producer (a busy machine) once finished each call as it came, leaving no queue to lose.
+    for call_id, path in zip(ids, paths, strict=True):
+        assert enqueue(str(path), call_id=call_id, agent_id="a-1", settings=settings).sent
     with celery_worker(env, log_path, concurrency=1) as worker:
-        for call_id, path in zip(ids, paths, strict=True):
-            assert enqueue(str(path), call_id=call_id, agent_id="a-1", settings=settings).sent
         deadline = time.monotonic() + 60
         while sum(r[0] == "done" for r in call_rows(postgres_url).values()) < 2:
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.1)
         # The worker (its whole process group) is paused while redis shuts down, so the queue
-        # cannot drain during a shutdown that a busy machine drags out (it once finished all
-        # 48 calls before redis had exited); it wakes to a broker that has gone away, with
-        # the message it holds unacked and the rest still queued in the AOF.
+        # cannot drain during a shutdown that a busy machine drags out; it wakes to a broker
+        # that has gone away, with the message it holds unacked and the rest queued in the AOF.
         os.killpg(worker.pid, signal.SIGSTOP)
         try:
             own_redis.stop()
