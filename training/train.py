@@ -77,7 +77,7 @@ AROUSAL_STREAM = 0x61726F
 """Second word of the arousal clips' draws ([seed, AROUSAL_STREAM]): with the arousal head off,
 the emotion clips' draws and every other stream stay as they were."""
 
-MODEL_VERSION = "emotion-v1.4.0"
+MODEL_VERSION = "emotion-v1.6.0-reverb15-cand"
 """Version the default recipe writes into the card (bump it with any change of recipe)."""
 
 T = TypeVar("T")

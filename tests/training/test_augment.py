@@ -133,7 +133,7 @@ def test_opus_share_picks_the_codec_from_one_draw(opus_share: float) -> None:
     # (3 coin flips), level, noise flip, codec flip, codec choice, compression level, phone flip
     x = _voice_like()
     config = AugmentConfig(p_codec=1.0, opus_share=opus_share, p_phone=0.0, p_noise=0.0,
-                           p_speed=0.0, p_eq=0.0, p_tilt=0.0)
+                           p_speed=0.0, p_eq=0.0, p_tilt=0.0, p_reverb=0.0)
     for seed in range(4):
         rng = np.random.default_rng(seed)
         rng.random(3)
@@ -177,11 +177,11 @@ def test_reverberation_keeps_the_length_and_smears_a_click() -> None:
     assert np.sum(wet[101:].astype(np.float64) ** 2) == pytest.approx(0.5 ** 2, rel=0.1)
 
 
-def test_reverb_augmentation_is_seeded_and_off_by_default() -> None:
+def test_reverb_augmentation_is_seeded_and_drawn_only_when_enabled() -> None:
     x = _voice_like()
-    assert AugmentConfig().p_reverb == 0.0
+    assert AugmentConfig().p_reverb == 0.15    # emotion-v1.6.0's recipe
     dry = AugmentConfig(p_codec=0.0, p_phone=0.0, p_noise=0.0, p_speed=0.0, p_eq=0.0,
-                        p_tilt=0.0)
+                        p_tilt=0.0, p_reverb=0.0)
     wet = AugmentConfig(p_codec=0.0, p_phone=0.0, p_noise=0.0, p_speed=0.0, p_eq=0.0,
                         p_tilt=0.0, p_reverb=1.0)
     a = augment(x, np.random.default_rng(5), wet)

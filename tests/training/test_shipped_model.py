@@ -1,6 +1,6 @@
 """Regression guard for the shipped model: its card is honest and its test-split UA holds.
 
-Floors sit just under the figures measured for emotion-v1.5.0 (``python -m training evaluate
+Floors sit just under the figures measured for emotion-v1.6.0 (``python -m training evaluate
 --robustness``: each clip cut to its speech as the worker cuts calls; the card's
 ``test_metrics`` hold the full tables). A retrained model that scores lower fails here until
 the floors are consciously lowered.
@@ -21,14 +21,15 @@ from worker.emotion import card_path_for, load_card
 
 EVAL_CORPORA = ("ravdess", "emodb", "urdu")
 
-# (corpus, channel): UA floor.  Measured UA for emotion-v1.5.0 in the comment (v1.4.0's after).
+# (corpus, channel): UA floor.  Measured UA for emotion-v1.6.0 in the comment (v1.5.0's after:
+# v1.6.0 trades 3 points of clean RAVDESS for 5-20 through a room, see the README).
 UA_FLOORS: dict[tuple[str, str], float] = {
-    ("ravdess", "clean"): 0.62,    # measured 0.653 (v1.4.0: 0.621)
-    ("ravdess", "mulaw8k"): 0.61,  # measured 0.639 (0.596)
-    ("emodb", "clean"): 0.79,      # measured 0.823 (0.823)
-    ("emodb", "mulaw8k"): 0.79,    # measured 0.824 (0.817)
-    ("urdu", "clean"): 0.59,       # measured 0.634 (0.585; one URDU clip moves it 1-4 points)
-    ("urdu", "mulaw8k"): 0.59,     # measured 0.637 (0.562)
+    ("ravdess", "clean"): 0.59,    # measured 0.620 (v1.5.0: 0.653)
+    ("ravdess", "mulaw8k"): 0.59,  # measured 0.621 (0.639)
+    ("emodb", "clean"): 0.77,      # measured 0.805 (0.823)
+    ("emodb", "mulaw8k"): 0.78,    # measured 0.812 (0.824)
+    ("urdu", "clean"): 0.55,       # measured 0.599 (0.634; one URDU clip moves it 1-4 points)
+    ("urdu", "mulaw8k"): 0.57,     # measured 0.612 (0.637)
 }
 MAX_ONNX_BYTES = 5 * 1024 * 1024
 
@@ -109,13 +110,15 @@ def test_the_card_reports_what_the_model_measures(emotion_model: Path,
         assert stated["ua"] == pytest.approx(row.ua, abs=0.04), (row.corpus, row.channel)
 
 
-# Robustness table on RAVDESS (``--robustness``), emotion-v1.5.0: clean 0.653, worst condition
-# clipping, measured 0.626 (2.7 points under clean), then Opus at ~8 kbit/s, 0.631 (2.2): the
-# goal (at most 5) is met. v1.4.0 missed it: Opus 0.558, 6.3 under its 0.621.
-RAVDESS_WORST_CASE_FLOOR = 0.60
+# Robustness table on RAVDESS (``--robustness``), emotion-v1.6.0: clean 0.620, worst condition
+# Opus at ~8 kbit/s, measured 0.576 (4.4 points under clean), then clipping 0.593 (2.7): the
+# goal (at most 5) is met, with less room than v1.5.0 had (worst: clipping, 2.7 under its
+# 0.653; Opus 2.2). v1.4.0 missed it: Opus 0.558, 6.3 under its 0.621.
+RAVDESS_WORST_CASE_FLOOR = 0.56
 # a regression guard, not the goal: the measured drop plus about one point, since one or two
-# clips flipping by float rounding on another CPU move a condition's UA by ~0.3 points each
-RAVDESS_MAX_DROP_FROM_CLEAN = 0.04
+# clips flipping by float rounding on another CPU move a condition's UA by ~0.3 points each;
+# it sits half a point over the goal's 5, so a model that misses the goal by more fails here
+RAVDESS_MAX_DROP_FROM_CLEAN = 0.055
 
 
 def test_worst_channel_condition_holds_on_ravdess(emotion_model: Path,
