@@ -39,7 +39,7 @@ from worker.emotion import check_version
 from worker.errors import CallmoodError, ConfigError
 from worker.features import NORMALIZATIONS, FeatureConfig
 from worker.pipeline import SpeechCut
-from worker.settings import PACKAGE_DIR, get_settings
+from worker.settings import PACKAGE_DIR, env_assignments, get_settings
 
 EVAL_CORPORA: tuple[str, ...] = ("ravdess", "emodb", "urdu")
 """Corpora with test speakers (TESS has none)."""
@@ -52,6 +52,17 @@ def _default_workers() -> int:
 def _speech_cut(whole_clips: bool) -> SpeechCut | None:
     """The worker's own cut to speech (its VAD and segmentation settings), or None."""
     return None if whole_clips else SpeechCut.of(get_settings())
+
+
+def _cut_env(cut: SpeechCut | None) -> str:
+    """The environment a recorded command needs to cut clips as ``cut`` does (e.g.
+    ``CALLMOOD_VAD_REMOVE_DC=0 ``; empty for the worker's default cut, or whole clips), so
+    that rerunning the command from a card rebuilds its figures."""
+    if cut is None:
+        return ""
+    assignments = [*env_assignments(cut.vad, "CALLMOOD_VAD_"),
+                   *env_assignments(cut.segmentation, "CALLMOOD_SEGMENTATION_")]
+    return "".join(f"{a} " for a in assignments)
 
 
 def _add_run_options(p: argparse.ArgumentParser, resume_help: str) -> None:
@@ -211,7 +222,7 @@ def train_main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     # the card records the recipe: a resumed run's command is the interrupted one's
-    command = "python -m training train " + shlex.join(
+    command = _cut_env(config.speech_cut) + "python -m training train " + shlex.join(
         _without_options(argv if argv is not None else sys.argv[1:], {"--resume": 0}))
     try:
         result = train(manifests, args.out_dir, config, name=args.name, version=args.version,
@@ -336,10 +347,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         return 2
     manifests = args.manifest or corpus_manifest_paths(get_settings().corpora_dir, EVAL_CORPORA)
     channels = evaluation_channels(args.robustness, args.channel)
+    speech_cut = _speech_cut(args.whole_clips)
     try:
         result = evaluate_model(model_paths, manifests, split=args.split, channels=channels,
                                 threads=args.threads, workers=args.workers,
-                                speech_cut=_speech_cut(args.whole_clips))
+                                speech_cut=speech_cut)
     except CallmoodError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -351,7 +363,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         shown = [a if not a.startswith("/") else os.path.relpath(a)
                  for a in _without_options(argv or [], {"--update-card": 0, "--json-out": 1})]
         card = with_test_metrics(read_card_dict(model_path), result,
-                                 "python -m training evaluate " + shlex.join(shown))
+                                 _cut_env(speech_cut) + "python -m training evaluate "
+                                 + shlex.join(shown))
         write_card(model_path, card)
         print(f"updated card of {model_path.name}")
     return 0
@@ -526,12 +539,15 @@ def loco_main(argv: list[str] | None = None) -> int:
         print(result.format_table())
         figures[holdout] = [r.to_dict() for r in result.rows]
         if args.update_card:
-            # what determines the figures; --out-dir, --reuse and --workers do not
-            command = shlex.join(["python", "-m", "training", "loco", "--holdout", holdout,
-                                  *([] if args.final_fit_of is None
-                                    else ["--final-fit-of", str(args.final_fit_of)]),
-                                  *[a for c in args.channel or [] for a in ("--channel", c)],
-                                  *train_args])
+            # what determines the figures; --out-dir, --reuse and --workers do not. A final
+            # fit's cut is the selected run's, from its card; a fresh recipe's is the env's
+            env = "" if args.final_fit_of is not None else _cut_env(speech_cut)
+            command = env + shlex.join(["python", "-m", "training", "loco", "--holdout", holdout,
+                                        *([] if args.final_fit_of is None
+                                          else ["--final-fit-of", str(args.final_fit_of)]),
+                                        *[a for c in args.channel or []
+                                          for a in ("--channel", c)],
+                                        *train_args])
             target = (args.model or get_settings().model_path).resolve()
             write_card(target, with_loco(read_card_dict(target), holdout, result,
                                          read_card_dict(model_path), command))

@@ -181,6 +181,21 @@ def _dataclass_from_env(cls: type[_Config], env: Mapping[str, str], prefix: str)
         raise ConfigError(f"{prefix}*: {e}") from e
 
 
+def env_assignments(config: VadConfig | SegmentationConfig, prefix: str) -> list[str]:
+    """``PREFIX<FIELD>=value`` for each field of ``config`` that differs from its default: the
+    variables that make :func:`_dataclass_from_env` build ``config`` again (booleans as 0/1,
+    which it reads). A recorded command carries them, so rerunning it rebuilds its cut."""
+    default = type(config)()
+    assignments = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value == getattr(default, f.name):
+            continue
+        text = str(int(value)) if isinstance(value, bool) else str(value)
+        assignments.append(f"{prefix}{f.name.upper()}={text}")
+    return assignments
+
+
 def _positive_int(raw: str | None, name: str, default: int) -> int:
     if raw is None:
         return default

@@ -61,8 +61,14 @@ def _operator_manifest(tmp_path: Path, corpora: Path) -> Path:
     return folder / "manifest.csv"
 
 
-def test_train_command_writes_a_servable_model_and_card(tmp_path: Path, callmood_corpora: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_command_writes_a_servable_model_and_card(
+        tmp_path: Path, callmood_env: object, callmood_corpora: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.settings import get_settings
+
+    # a cut other than the worker's default, which the recorded commands must carry
+    monkeypatch.setenv("CALLMOOD_VAD_REMOVE_DC", "0")
+    get_settings.cache_clear()
     manifest = _operator_manifest(tmp_path, callmood_corpora)
     out_dir = tmp_path / "models"
     status = train_main(["--manifest", str(manifest), "--out-dir", str(out_dir), "--name", "mine",
@@ -79,6 +85,12 @@ def test_train_command_writes_a_servable_model_and_card(tmp_path: Path, callmood
     # trained and scored on the speech the worker's VAD cuts, with its settings on record
     assert raw["training"]["config"]["speech_cut"]["vad"]["aggressiveness"] == 3
     assert raw["test_metrics"]["speech_cut"] == raw["training"]["config"]["speech_cut"]
+    assert raw["training"]["config"]["speech_cut"]["vad"]["remove_dc"] is False
+    # rerunning a card's command (with that environment) rebuilds its cut
+    assert raw["training"]["command"].startswith(
+        "CALLMOOD_VAD_REMOVE_DC=0 python -m training train --manifest ")
+    assert raw["test_metrics"]["command"].startswith(
+        "CALLMOOD_VAD_REMOVE_DC=0 python -m training evaluate --model ")
     assert "cut to its speech as the worker cuts calls" in model_path.with_suffix(".card.md").read_text()
     assert "Research default" in model_path.with_suffix(".card.md").read_text()
     # the worker's path serves it: decoded clip -> shared features -> probabilities

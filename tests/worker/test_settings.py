@@ -24,6 +24,20 @@ def test_input_roots_are_split_on_pathsep(tmp_path: Path) -> None:
     assert s.input_roots == ((tmp_path / "a").resolve(), (tmp_path / "b").resolve())
 
 
+def test_env_assignments_name_the_non_default_fields_and_rebuild_them() -> None:
+    from worker.settings import env_assignments
+
+    env = {"CALLMOOD_VAD_REMOVE_DC": "0", "CALLMOOD_VAD_AGGRESSIVENESS": "2",
+           "CALLMOOD_SEGMENTATION_MAX_UTTERANCE_S": "6.5"}
+    s = Settings.from_env(env)
+    assigned = [*env_assignments(s.vad, "CALLMOOD_VAD_"),
+                *env_assignments(s.segmentation, "CALLMOOD_SEGMENTATION_")]
+    assert sorted(assigned) == sorted(f"{k}={v}" for k, v in env.items())
+    again = Settings.from_env(dict(a.split("=", 1) for a in assigned))
+    assert (again.vad, again.segmentation) == (s.vad, s.segmentation)
+    assert env_assignments(Settings.from_env({}).vad, "CALLMOOD_VAD_") == []
+
+
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("CALLMOOD_DATABASE_URL", "mysql://u:pw@h/db", "sqlite, postgresql"),
     ("CALLMOOD_BROKER_URL", "amqp://guest@h//", "redis"),
