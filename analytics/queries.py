@@ -2,8 +2,8 @@
 
 Filtering happens in SQL, so a report reads only the rows it needs: calls by
 ``ix_calls_started_at`` (or ``ix_calls_agent_id_started_at`` when an agent is given), their
-segments by ``ix_segments_call_id_start_s``. Only analysed calls (status ``done``) are
-reported. The caller owns the session.
+segments by ``ix_segments_call_id_start_s``. Only calls that hold an analysis are reported
+(:func:`analysed`). The caller owns the session.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-from sqlalchemy import Select, create_engine, select
+from sqlalchemy import ColumnElement, Select, create_engine, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -39,8 +39,18 @@ _Query = TypeVar("_Query", bound="Select[*tuple[Any, ...]]")
 SQLITE_READ_BUSY_TIMEOUT_MS = 30_000
 """As worker.db's writers: a reader waits this long only while a checkpoint holds the file."""
 
-REPORTED_STATUS = "done"
-"""Only analysed calls have segments worth reporting."""
+
+def analysed() -> ColumnElement[bool]:
+    """The calls reports cover: those holding a stored analysis (``model_version`` is set
+    only by ``worker.store.save_analysis``, with the segments, in one transaction).
+
+    Whatever the call's current run: a call being re-analysed, or whose re-run failed (its
+    recording archived since, a mistyped URI in the reprocess request), keeps its last good
+    analysis in the reports until a new one replaces it, so a bulk reprocess after a model
+    upgrade never empties the history, not even while it runs. Its status and
+    ``failure_reason`` say what became of the re-run.
+    """
+    return Call.model_version.is_not(None)
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,7 @@ def _day_start(value: date | datetime | None, zone: tzinfo, days_after: int
 
 def _filtered(query: _Query, where: ReportFilter) -> _Query:
     lower, upper = where.started_bounds()
-    query = query.where(Call.status == REPORTED_STATUS)
+    query = query.where(analysed())
     if lower is not None:
         query = query.where(Call.started_at >= lower)
     if upper is not None:
@@ -107,8 +117,7 @@ def load_segments(session: Session, call_ids: Sequence[int] | None = None) -> pd
                     Segment.role, Segment.start_s, Segment.end_s, Segment.emotion,
                     Segment.confidence, Segment.model_version, *prob_columns)
              .join(Call, Call.id == Segment.call_id)
-             # a call being re-analysed, or whose re-run failed, may still hold old rows
-             .where(Call.status == REPORTED_STATUS)
+             .where(analysed())
              .order_by(Call.external_call_id, Segment.start_s, Segment.channel))
     if call_ids is not None:
         query = query.where(Segment.call_id.in_(list(call_ids)))

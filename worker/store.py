@@ -383,11 +383,15 @@ def _segment_row(call_id: int, segment: Any) -> dict[str, Any]:
 def mark_failed(session: Session, call_id: int, reason: str) -> Call:
     """Mark the call failed with a human-readable ``reason`` (clipped to fit the column).
 
-    Segments of an earlier successful run are kept; reports count only ``done`` calls.
+    The segments of an earlier successful run are kept, and reports keep showing them
+    (``analytics.queries.analysed``); the reason then says so first.
     """
     call = get_call(session, call_id)
+    reason = reason or "unknown failure"
+    if call.model_version is not None:
+        reason = f"re-run failed, the analysis by {call.model_version} kept: {reason}"
     call.status = "failed"
-    call.failure_reason = _clip(reason or "unknown failure", FAILURE_REASON_MAX_CHARS)
+    call.failure_reason = _clip(reason, FAILURE_REASON_MAX_CHARS)
     call.processed_at = utcnow()
     session.flush()
     return call

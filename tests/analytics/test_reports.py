@@ -30,10 +30,12 @@ CALM = frame(one_hot("c-bob", "agent", 0.0, 5.0, "neutral"),
 
 
 def _add_call(session: object, external_id: str, agent: str, team: str, started: datetime | None,
-              segments: pd.DataFrame, status: str = "done", duration_s: float | None = None) -> None:
+              segments: pd.DataFrame, status: str = "done", duration_s: float | None = None,
+              model_version: str | None = "v-test") -> None:
     call = Call(external_call_id=external_id, source_uri=f"file:///{external_id}.wav",
                 agent_id=agent, team=team, started_at=started, duration_s=duration_s,
-                channels=2, sample_rate=8000, status=status, model_version="v-test")
+                channels=2, sample_rate=8000, status=status,
+                model_version=model_version)
     for row in segments.to_dict("records"):
         call.segments.append(Segment(
             channel=0 if row["role"] == "agent" else 1, role=row["role"],
@@ -50,8 +52,12 @@ def _populate(url: str) -> None:
                   ESCALATING, duration_s=30.0)
         _add_call(session, "c-bob", "bob", "t2", datetime(2026, 11, 4, 23, 30, tzinfo=UTC), CALM)
         _add_call(session, "c-late", "bob", "t2", datetime(2026, 11, 5, 0, 0, tzinfo=UTC), CALM)
-        _add_call(session, "c-failed", "bob", "t2", datetime(2026, 11, 3, tzinfo=UTC), CALM,
-                  status="failed")
+        # never analysed (a corrupt file, say): no segments, no model version
+        _add_call(session, "c-failed", "bob", "t2", datetime(2026, 11, 3, tzinfo=UTC),
+                  CALM.iloc[:0], status="failed", model_version=None)
+        # analysed once; its re-run failed: its last analysis stays reported
+        _add_call(session, "c-rerun", "dee", "t2", datetime(2026, 11, 6, tzinfo=UTC),
+                  CALM.assign(call="c-rerun"), status="failed")
         _add_call(session, "c-nostart", "cy", "t3", None, CALM.assign(call="c-nostart"))
 
 
@@ -69,14 +75,15 @@ def test_filters_by_inclusive_days_agent_team_and_status(report_db: str) -> None
         bob = build_report("calls", session, agent="bob")
         team = build_report("stress", session, team="t1")
         late = build_report("calls", session, date(2026, 11, 5), date(2026, 11, 5))
-    assert days["call"].tolist() == ["c-a", "c-bob"]  # oldest first, failed call left out
+    assert days["call"].tolist() == ["c-a", "c-bob"]  # oldest first, unanalysed call left out
     assert bob["call"].tolist() == ["c-bob", "c-late"]
     assert team["call"].tolist() == ["c-a"] and team["rank"].tolist() == [1]
     assert late["call"].tolist() == ["c-late"]
     with session_scope(report_db) as session:
         everything = build_report("calls", session)
-    assert everything["call"].tolist() == ["c-a", "c-bob", "c-late", "c-nostart"]  # no start: last
-    assert pd.isna(everything["started_at"].iloc[3])
+    # no start: last; c-rerun's re-run failed, its last analysis is still reported
+    assert everything["call"].tolist() == ["c-a", "c-bob", "c-late", "c-rerun", "c-nostart"]
+    assert pd.isna(everything["started_at"].iloc[4])
     a = days.iloc[0]
     assert a["customer_stress"] == pytest.approx(100 * 18 / 23)
     assert a["escalation_reason"] == "sustained+rise"
@@ -90,8 +97,8 @@ def test_segments_are_read_for_analysed_calls_only(report_db: str) -> None:
         every = load_segments(session)
         ids = {c.external_call_id: c.id for c in session.query(Call)}
         two = load_segments(session, [ids["c-bob"], ids["c-failed"]])
-    # c-failed holds segments (e.g. from a run before its failed re-run): never reported
-    assert sorted(every["call"].unique()) == ["c-a", "c-bob", "c-late", "c-nostart"]
+    # c-rerun's re-run failed: the segments of its last analysis are still reported
+    assert sorted(every["call"].unique()) == ["c-a", "c-bob", "c-late", "c-nostart", "c-rerun"]
     assert two["call"].unique().tolist() == ["c-bob"] and len(two) == len(CALM)
 
 
@@ -104,7 +111,7 @@ def test_timeline_and_agents_reports(report_db: str) -> None:
     # c-a: 30 s -> 6 bins, c-bob: 12 s -> 3 bins; two parties each
     assert grid.groupby("call").size().to_dict() == {"c-a": 12, "c-bob": 6}
     assert agents[["group", "calls"]].values.tolist() == [
-        [EVIL_AGENT, 1], ["bob", 1], ["bob", 1], ["cy", 1]]
+        [EVIL_AGENT, 1], ["bob", 1], ["bob", 1], ["cy", 1], ["dee", 1]]
     assert agents["period_start"].dt.strftime("%Y-%m-%d").tolist()[:3] == [
         "2026-11-02", "2026-11-04", "2026-11-05"]
     assert teams.set_index("group")["escalated_share"].to_dict() == {"t1": 1.0, "t2": 0.0,
@@ -221,39 +228,44 @@ def test_sqlite_report_reads_do_not_block_writers(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.sqlite'}"
     _populate(url)
     with report_session(url) as session:
-        assert len(load_calls(session, ReportFilter())) == 4
+        assert len(load_calls(session, ReportFilter())) == 5
         # a worker takes the write lock while the report's read transaction is still open
         writer = sqlite3.connect(tmp_path / "r.sqlite", timeout=0.5, isolation_level=None)
         writer.execute("BEGIN IMMEDIATE")
         writer.execute("UPDATE calls SET attempts = attempts + 1")
         writer.execute("COMMIT")
         writer.close()
-        assert len(load_calls(session, ReportFilter())) == 4
+        assert len(load_calls(session, ReportFilter())) == 5
         with pytest.raises(OperationalError, match="readonly"):  # PRAGMA query_only
             session.execute(text("DELETE FROM segments"))
 
 
 @pytest.mark.postgres
 def test_postgres_report_reads_see_one_snapshot(postgres_url: str) -> None:
-    """A call set back to pending for reprocessing between the report's two reads is still
-    reported with its segments (one REPEATABLE READ snapshot), and the report writes nothing."""
-    from sqlalchemy import update
-
+    """A call whose re-run stores a new analysis between the report's two reads is reported
+    with the analysis the first read saw, segments included (one REPEATABLE READ snapshot),
+    and the report writes nothing."""
     from analytics.queries import load_calls, load_filtered_segments, report_session
+    from tests.audio_fixtures import fake_analysis
+    from worker.store import find_call, save_analysis
 
     _populate(postgres_url)
     with report_session(postgres_url) as session:
         calls = load_calls(session, ReportFilter())
         with session_scope(postgres_url) as worker:
-            worker.execute(update(Call).where(Call.external_call_id == "c-bob")
-                           .values(status="pending"))
+            bob = find_call(worker, "c-bob")
+            assert bob is not None
+            save_analysis(worker, bob.id, fake_analysis(2, model_version="v-new"))
         segments = load_filtered_segments(session, ReportFilter())
-        assert "c-bob" in set(calls["call"]) and "c-bob" in set(segments["call"])
-        assert len(load_calls(session, ReportFilter())) == 4
+        bob_rows = segments[segments["call"] == "c-bob"]
+        assert calls.set_index("call").loc["c-bob", "model_version"] == "v-test"
+        assert len(bob_rows) == len(CALM) and set(bob_rows["model_version"]) == {"v-test"}
+        assert len(load_calls(session, ReportFilter())) == 5
         with pytest.raises(DBAPIError, match="read-only transaction"):
             session.execute(text("DELETE FROM segments"))
-    with report_session(postgres_url) as session:  # a new report sees the change
-        assert "c-bob" not in set(load_calls(session, ReportFilter())["call"])
+    with report_session(postgres_url) as session:  # a new report sees the new analysis
+        segments = load_filtered_segments(session, ReportFilter())
+        assert set(segments.loc[segments["call"] == "c-bob", "model_version"]) == {"v-new"}
 
 
 def test_report_on_a_missing_sqlite_file_is_a_config_error(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from tests.audio_fixtures import fake_analysis
@@ -133,6 +134,37 @@ def test_input_error_fails_without_retry(migrated: Settings,
     assert call is not None
     assert (call.status, call.attempts) == ("failed", 1)
     assert call.failure_reason == "a.wav could not be decoded (truncated or corrupt?)"
+
+
+def test_a_failed_rerun_keeps_the_last_analysis_in_the_reports(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reprocess after a model upgrade whose recording was archived since: the call fails
+    (and says why, and that its analysis was kept), but it stays in every report with the
+    segments of its last good run, rather than vanishing from the history."""
+    from analytics.reports import build_report
+
+    monkeypatch.setattr(jobs, "_analyze", _scripted([
+        fake_analysis(3, model_version="m-1"),
+        AudioDecodeError("cannot open /calls/a.wav: No such file or directory")]))
+    assert _run(**GOOD)["status"] == "done"
+    with db.session_scope(migrated) as s:
+        before = build_report("calls", s)
+    result = _run(**GOOD, reprocess=True)
+    assert result["status"] == "failed" and "No such file" in result["reason"]
+    call = _call(migrated, "CC-100")
+    assert call is not None and (call.status, call.model_version) == ("failed", "m-1")
+    assert call.failure_reason == ("re-run failed, the analysis by m-1 kept: cannot open "
+                                   "/calls/a.wav: No such file or directory")
+    with db.session_scope(migrated) as s:
+        after = build_report("calls", s)
+        assert len(store.segments_for_call(s, call.id)) == 3
+    assert after["call"].tolist() == ["CC-100"]
+    pd.testing.assert_frame_equal(after, before)
+    # a call that never had an analysis is not reported, whatever its status
+    monkeypatch.setattr(jobs, "_analyze", _scripted([AudioDecodeError("truncated")]))
+    assert _run(**{**GOOD, "call_id": "CC-101"})["status"] == "failed"
+    with db.session_scope(migrated) as s:
+        assert build_report("calls", s)["call"].tolist() == ["CC-100"]
 
 
 def _scripted(outcomes: list[Any]) -> Any:
