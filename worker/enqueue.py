@@ -223,7 +223,9 @@ def submit_batch(requests: Sequence[CallRequest], settings: Settings, send: Send
 def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: bool = False,
                  send: Sender | None = None) -> list[Enqueued]:
     """Enqueue failed calls again as a new run (``reprocess``); PayloadError when a named call
-    is unknown or not failed, or a stored row cannot make a valid request."""
+    is unknown or not failed, or its stored row cannot make a valid request (a rejected
+    payload without a usable uri). With ``all_failed`` such a row is skipped, and reported
+    with its reason, so one unusable rejection never blocks every other retry."""
     if not call_ids and not all_failed:
         raise PayloadError("name the calls to retry (call ids) or ask for all failed calls")
     with session_scope(settings) as session:
@@ -233,13 +235,23 @@ def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: b
         if missing:
             raise PayloadError(f"not failed calls: {', '.join(missing[:MAX_REPORTED_ERRORS])}; "
                                "only failed calls are retried (see callmood failures)")
-        requests = [request_for_call(failed[c], reprocess=True) for c in wanted]
+        requests: list[CallRequest] = []
+        unusable: list[Enqueued] = []
+        for call_id in wanted:
+            try:
+                requests.append(request_for_call(failed[call_id], reprocess=True))
+            except PayloadError as e:
+                reason = (f"its stored row cannot be sent again ({e}); send a corrected "
+                          "payload for this call id")
+                if not all_failed:
+                    raise PayloadError(f"call {call_id}: {reason}") from e
+                unusable.append(Enqueued(call_id, None, reason=reason))
     if not requests:
-        return []
+        return unusable
     if send is not None:
-        return submit(requests, settings, send)
+        return [*unusable, *submit(requests, settings, send)]
     with celery_sender(settings) as sender:
-        return submit(requests, settings, sender)
+        return [*unusable, *submit(requests, settings, sender)]
 
 
 def absolute_uri(uri: str) -> str:

@@ -240,6 +240,27 @@ def test_retry_names_only_failed_calls(producer: Settings) -> None:
     assert retry_failed(producer, all_failed=True) == []
 
 
+def test_retry_all_failed_skips_a_rejection_it_cannot_resend(producer: Settings) -> None:
+    """A payload rejected for a missing uri is a failed call no row can send again: it is
+    reported and skipped, and the other failed calls are still retried."""
+    with db.session_scope(producer) as s:
+        store.record_rejected(s, "BAD-1", "", "uri: expected a path or file:// URI")
+        call = store.register_call(s, store.CallRequest(uri="/recordings/f.wav",
+                                                        external_call_id="FAILED-1"))
+        store.mark_failed(s, store.claim_for_processing(s, call.id).id, "database gone")
+    sent: list[str] = []
+
+    def send(requests: Sequence[store.CallRequest]) -> list[str]:
+        sent.extend(r.external_call_id for r in requests)
+        return [f"task-{r.external_call_id}" for r in requests]
+
+    results = {r.call_id: r for r in retry_failed(producer, all_failed=True, send=send)}
+    assert sent == ["FAILED-1"] and results["FAILED-1"].sent
+    assert not results["BAD-1"].sent and "corrected payload" in (results["BAD-1"].reason or "")
+    with pytest.raises(PayloadError, match="call BAD-1: its stored row cannot be sent again"):
+        retry_failed(producer, call_ids=["BAD-1"], send=send)
+
+
 # --------------------------------------------------------------------------- CLI round trip
 
 @pytest.mark.slow
