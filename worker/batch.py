@@ -71,8 +71,11 @@ def inbox_files(folders: Sequence[Path]) -> Iterator[Path]:
             log.warning("inbox folder %s does not exist (CALLMOOD_INBOX_DIRS); skipped", folder)
             continue
         for path in sorted(folder.rglob("*")):
-            # Hidden files are partial uploads by convention (rsync, scp): not ready yet.
-            if path.name.startswith(".") or path.suffix.lower() not in AUDIO_SUFFIXES:
+            # Hidden files, and every file in a hidden folder, are partial uploads by
+            # convention: not ready yet (scp's .name, rsync's .name.XXXXXX temporaries, its
+            # --partial-dir=.rsync-partial and --delay-updates .~tmp~ folders).
+            hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+            if hidden or path.suffix.lower() not in AUDIO_SUFFIXES:
                 continue
             try:
                 resolved = path.resolve()

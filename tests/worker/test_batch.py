@@ -70,6 +70,20 @@ def test_bad_inbox_settings_name_the_variable(env: dict[str, str], message: str)
     assert message in str(info.value)
 
 
+def test_the_scan_skips_partial_uploads_in_hidden_files_and_folders(tmp_path: Path) -> None:
+    """scp and rsync write a transfer under a hidden name or folder and rename it when it is
+    complete: only the renamed file is a recording. A hidden folder above the inbox is not
+    the inbox's business."""
+    inbox = tmp_path / ".config" / "inbox"
+    for name in ["day/call-1.wav", "call-2.WAV", ".call-3.wav", ".call-4.wav.Ab12Cd",
+                 ".rsync-partial/call-5.wav", "day/.~tmp~/call-6.wav", ".hidden/deep/call-7.mp3",
+                 "notes.txt"]:
+        (inbox / name).parent.mkdir(parents=True, exist_ok=True)
+        (inbox / name).write_bytes(b"RIFF")
+    found = [p.relative_to(inbox.resolve()).as_posix() for p in batch.inbox_files([inbox])]
+    assert found == ["call-2.WAV", "day/call-1.wav"]
+
+
 def test_beat_schedules_the_scan_at_the_configured_local_time(tmp_path: Path) -> None:
     s = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path), "CALLMOOD_INBOX_DIRS": str(tmp_path),
                            "CALLMOOD_NIGHTLY_AT": "03:30", "CALLMOOD_TIMEZONE": "Europe/Berlin"})
