@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from worker.constants import ROLE_AGENT, ROLE_CUSTOMER, ROLE_UNKNOWN, ROLES
@@ -258,16 +258,18 @@ def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={redact_url(url)!r}: scheme must be one of {', '.join(schemes)}")
 
 
-_PASSWORD_RE = re.compile(r"(?<=:)[^:@/]*(?=@)")
+_USERINFO_RE = re.compile(r"(?P<head>[^:/@]+://[^:/@]*):(?P<password>.*)@(?P<tail>[^@]*)")
+"""``scheme://user:password@rest``, the password running to the last ``@``: it may hold
+``:``, ``/`` or ``@`` unencoded (SQLAlchemy and redis-py read such URLs), and hiding too
+much of a malformed URL is safe where hiding too little is not."""
 
 
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (safe to log or print)."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    match = _USERINFO_RE.fullmatch(url)
+    if match is None:
         return url
-    netloc = _PASSWORD_RE.sub("***", parts.netloc, count=1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return f"{match['head']}:***@{match['tail']}"
 
 
 @lru_cache(maxsize=1)

@@ -72,6 +72,22 @@ def test_redact_url() -> None:
     assert redact_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     assert redact_url("postgresql://cm:pw@db:5432/cm") == "postgresql://cm:***@db:5432/cm"
     assert redact_url("sqlite:////tmp/x.sqlite") == "sqlite:////tmp/x.sqlite"
+    assert redact_url("sqlite:////tmp/a:b@c.sqlite") == "sqlite:////tmp/a:b@c.sqlite"
+    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+    assert redact_url("postgresql://cm@db/cm") == "postgresql://cm@db/cm"
+
+
+@pytest.mark.parametrize("password", ["se:cr3t", "p@ss", "a/b:c@d", ":", "@"])
+def test_redact_url_hides_every_character_of_an_unencoded_password(password: str) -> None:
+    """What the drivers read as the password (a compose file drops POSTGRES_PASSWORD into
+    the URL unencoded) never shows, whatever it holds."""
+    from sqlalchemy.engine import make_url
+
+    url = f"postgresql+psycopg://callmood:{password}@db-host:5432/callmood"
+    if not set(password) & set("/@"):  # SQLAlchemy reads those as the password too
+        assert make_url(url).password == password
+    assert redact_url(url) == "postgresql+psycopg://callmood:***@db-host:5432/callmood"
+    assert redact_url(f"redis://:{password}@redis-host:6379/0") == "redis://:***@redis-host:6379/0"
 
 
 def test_roles_for_mono_and_stereo() -> None:
