@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from worker.constants import ROLE_AGENT, ROLE_CUSTOMER, ROLE_UNKNOWN, ROLES
+from worker.constants import MAX_CHANNELS, ROLE_AGENT, ROLE_CUSTOMER, ROLE_UNKNOWN, ROLES
 from worker.errors import ConfigError
 from worker.segmentation import SegmentationConfig
 from worker.vad import VadConfig
@@ -98,6 +98,13 @@ class Settings:
         if bad or not channel_roles:
             raise ConfigError(f"CALLMOOD_CHANNEL_ROLES={roles_raw!r}: each role must be one of "
                               f"{', '.join(ROLES)} (comma-separated, channel 0 first)")
+        # the analytics take a role for one party: two channels of one role would be merged
+        # into one speaker (no overtalk between them, one stress curve for both)
+        named = [r for r in channel_roles if r != ROLE_UNKNOWN]
+        if len(channel_roles) > MAX_CHANNELS or len(set(named)) < len(named):
+            raise ConfigError(f"CALLMOOD_CHANNEL_ROLES={roles_raw!r}: at most {MAX_CHANNELS} "
+                              f"roles, {ROLE_AGENT} and {ROLE_CUSTOMER} once each (e.g. "
+                              f"{ROLE_CUSTOMER},{ROLE_AGENT}; {ROLE_UNKNOWN} may repeat)")
 
         inbox_dirs = tuple(Path(p).expanduser().resolve()
                            for p in (get("INBOX_DIRS") or "").split(os.pathsep) if p.strip())
