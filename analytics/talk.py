@@ -116,6 +116,11 @@ def call_talk(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
     return out.rename_axis("call").reset_index()[columns]
 
 
+ROUNDING_S = 1e-9
+"""Seconds of a span in a bin below this are float rounding at a bin edge, not speech (times
+are stored to the sample: 1/8000 s)."""
+
+
 def split_into_bins(spans: pd.DataFrame, bin_s: float) -> pd.DataFrame:
     """Each span repeated once per grid bin it touches, with ``bin`` (0-based index of the
     ``bin_s``-second bin) and ``in_bin_s`` (seconds of the span inside that bin).
@@ -136,4 +141,7 @@ def split_into_bins(spans: pd.DataFrame, bin_s: float) -> pd.DataFrame:
     bins = first[rows] + offsets
     inside_s = (np.minimum(end_s[rows], (bins + 1) * bin_s)
                 - np.maximum(start_s[rows], bins * bin_s)).clip(min=0.0)
+    # floor(0.3 / 0.1) is 2: a span starting on a bin edge also touches the bin before by a
+    # rounding error (~1e-17 s), which would count as speech there
+    inside_s = np.where(inside_s < ROUNDING_S, 0.0, inside_s)
     return spans.iloc[rows].reset_index(drop=True).assign(bin=bins, in_bin_s=inside_s)

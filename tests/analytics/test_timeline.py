@@ -57,6 +57,16 @@ def test_a_frame_with_repeated_row_labels_gives_the_same_grid() -> None:
     assert len(out) == 2 * 3 + 1  # two parties x three 10 s bins, one party x one bin
 
 
+def test_a_segment_starting_on_a_bin_edge_leaves_the_bin_before_silent() -> None:
+    """0.3 / 0.1 is 2.9999999999999996 in floats: the segment must not leak ~1e-17 s of
+    speech, an emotion and a stress score into the bin 0.2-0.3 s."""
+    grid = timeline(frame(one_hot("c", "customer", 0.3, 0.5, "angry")), pd.Series({"c": 0.6}),
+                    bin_s=0.1)
+    assert grid["dominant"].tolist() == [SILENT, SILENT, SILENT, "angry", "angry", SILENT]
+    assert grid["speech_s"].round(9).tolist() == [0.0, 0.0, 0.0, 0.1, 0.1, 0.0]
+    assert grid["stress"].isna().tolist() == [True, True, True, False, False, True]
+
+
 def test_bin_size_is_configurable() -> None:
     grid = timeline(CALL, pd.Series({"c": 17.0}), bin_s=10.0)
     assert grid[grid["role"] == "customer"]["speech_s"].tolist() == [5.0, 2.0]
