@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analytics.callreport import call_metrics
@@ -47,7 +48,7 @@ def test_the_stress_panel_marks_the_escalation_where_the_metrics_put_it() -> Non
                   if str(line.get_label()).startswith("escalation")]
     assert len(escalation) == 1 and escalation[0].get_label() == (
         f"escalation ({row['escalation_reason']})")
-    assert list(escalation[0].get_xdata()) == [row["escalation_at_s"]] * 2
+    assert np.asarray(escalation[0].get_xdata()).tolist() == [row["escalation_at_s"]] * 2
     assert any(label.startswith("customer high for >=") for label in labels)  # the band
     # a calm call gets neither mark
     calm = frame(one_hot("b", "customer", 0.0, 10.0, "neutral"))
