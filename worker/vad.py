@@ -138,21 +138,27 @@ def to_pcm16(audio: npt.ArrayLike) -> npt.NDArray[np.int16]:
 
 
 def without_dc(audio: Audio) -> Audio:
-    """``audio`` less its mean (NaN/inf left out of the mean), shape kept.
+    """``audio`` less the mean of its signal, shape kept: exact zeros (digital silence)
+    stay zero and out of the mean, as do NaN/inf.
 
     Applied to each VAD block before its level gain and decisions. A DC offset (a cheap
     ADC, some line cards) adds a constant to every frame: the level gain reads it as the
     block's noise floor and gives no gain, and WebRTC sees it as low-band energy, so the cut
-    moves (``VadConfig.remove_dc`` has the figures). The mean is the block's own (blocks
-    sit at fixed positions), so streamed and whole-file runs still decide alike; a block of
-    digital silence stays all zero.
+    moves (``VadConfig.remove_dc`` has the figures). Digital silence (a muted, on-hold or
+    not yet connected channel; the gaps of many corpus clips) carries no offset: shifting it
+    by the signal's mean turned it into a faint constant that the level gain counted as the
+    block's noise floor instead of leaving it out, so a block that was part silence got up
+    to ``max_gain_db`` of gain and line noise was cut as speech. The mean is the block's
+    own (blocks sit at fixed positions), so streamed and whole-file runs still decide alike.
     """
     x = np.asarray(audio, dtype=np.float32)
-    finite = np.isfinite(x)
-    if not finite.any():
+    signal = np.isfinite(x) & (x != 0.0)
+    if not signal.any():
         return x
-    dc = float(np.mean(x[finite], dtype=np.float64))
-    return x if dc == 0.0 else np.asarray(x - np.float32(dc), dtype=np.float32)
+    dc = float(np.mean(x[signal], dtype=np.float64))
+    if dc == 0.0:
+        return x
+    return np.where(signal, x - np.float32(dc), x).astype(np.float32)
 
 
 def level_gain_db(audio: npt.ArrayLike, config: VadConfig) -> float:

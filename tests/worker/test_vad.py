@@ -161,7 +161,37 @@ def test_without_dc_removes_the_mean_of_finite_samples() -> None:
     assert np.isnan(out[2])
     zeros = np.zeros(100, np.float32)
     assert not without_dc(zeros).any()  # digital silence stays digital silence
+    gaps = np.array([0.0, 0.3, 0.0, 0.5], np.float32)  # ... and out of the mean
+    np.testing.assert_allclose(without_dc(gaps), [0.0, -0.1, 0.0, 0.1], atol=1e-7)
     assert np.isnan(without_dc(np.full(3, np.nan, np.float32))).all()
+
+
+def test_digital_silence_neither_moves_nor_raises_the_level_gain(speech: Audio) -> None:
+    """A channel that is part digital silence (muted, on hold) and part line noise with
+    nobody talking: removing DC must leave the silence out of the level gain, as it is
+    without the removal, or the gain rises to its cap and the noise is cut as speech."""
+    rng = np.random.default_rng(0)
+    speech = speech / np.float32(np.max(np.abs(speech))) * np.float32(0.3)  # a normal line
+    hiss = (rng.standard_normal(12 * RATE) * 10 ** (-60 / 20)).astype(np.float32)
+    line = np.concatenate([np.zeros(15 * RATE, np.float32), speech, hiss])
+    assert line.size <= 4096 * VadConfig().frame_samples  # one VAD block
+    assert not without_dc(line)[:15 * RATE].any()  # the silence stays digital silence
+    gain_on = level_gain_db(without_dc(line), VadConfig())
+    assert gain_on == pytest.approx(level_gain_db(line, VadConfig()), abs=0.01)
+    # the noise ceiling binds, not the cap (the bug gave the cap's ~28 dB and more)
+    assert gain_on <= VadConfig().noise_ceiling_dbfs + 60 + 1.5
+    on = speech_probabilities(line, VadConfig()) >= 0.5
+    off = speech_probabilities(line, VadConfig(remove_dc=False)) >= 0.5
+    assert float(np.mean(on == off)) > 0.99
+    hiss_start_s = (line.size - hiss.size) / RATE
+
+    def in_hiss_s(config: VadConfig) -> float:
+        found = utterances(speech_probabilities(line, config), config.frame_s,
+                           line.size / RATE, SegmentationConfig())
+        return sum(max(0.0, u.end_s - max(u.start_s, hiss_start_s)) for u in found)
+
+    # no more of the hiss cut than without the removal (the bug cut seconds more)
+    assert in_hiss_s(VadConfig()) <= in_hiss_s(VadConfig(remove_dc=False)) + 0.1
 
 
 @pytest.mark.parametrize("offset", [0.05, -0.2])
