@@ -117,8 +117,8 @@ def call_talk(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
 
 
 ROUNDING_S = 1e-9
-"""Seconds of a span in a bin below this are float rounding at a bin edge, not speech (times
-are stored to the sample: 1/8000 s)."""
+"""Seconds of a span in a bin below this are float rounding at a bin edge, not speech (a
+real piece lasts at least a sample, 1/8000 s, at the analysis rate)."""
 
 
 def split_into_bins(spans: pd.DataFrame, bin_s: float) -> pd.DataFrame:
