@@ -39,7 +39,7 @@ from worker.emotion import check_version
 from worker.errors import CallmoodError, ConfigError
 from worker.features import NORMALIZATIONS, FeatureConfig
 from worker.pipeline import SpeechCut
-from worker.settings import PACKAGE_DIR, env_assignments, get_settings
+from worker.settings import PACKAGE_DIR, cut_env_assignments, get_settings
 
 EVAL_CORPORA: tuple[str, ...] = ("ravdess", "emodb", "urdu")
 """Corpora with test speakers (TESS has none)."""
@@ -60,9 +60,7 @@ def _cut_env(cut: SpeechCut | None) -> str:
     that rerunning the command from a card rebuilds its figures."""
     if cut is None:
         return ""
-    assignments = [*env_assignments(cut.vad, "CALLMOOD_VAD_"),
-                   *env_assignments(cut.segmentation, "CALLMOOD_SEGMENTATION_")]
-    return "".join(f"{a} " for a in assignments)
+    return "".join(f"{a} " for a in cut_env_assignments(cut.vad, cut.segmentation))
 
 
 def _add_run_options(p: argparse.ArgumentParser, resume_help: str) -> None:

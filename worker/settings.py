@@ -25,6 +25,9 @@ from worker.vad import VadConfig
 _Config = TypeVar("_Config", VadConfig, SegmentationConfig)
 
 ENV_PREFIX = "CALLMOOD_"
+VAD_PREFIX = "CALLMOOD_VAD_"
+SEGMENTATION_PREFIX = "CALLMOOD_SEGMENTATION_"
+"""Prefixes of the VadConfig / SegmentationConfig fields read field by field."""
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
 DEFAULT_MODEL_PATH = PACKAGE_DIR / "models" / "emotion-v1.onnx"
@@ -140,8 +143,8 @@ class Settings:
             inbox_dirs=inbox_dirs,
             nightly_at=_clock_time(get("NIGHTLY_AT") or "02:00", "CALLMOOD_NIGHTLY_AT"),
             timezone=timezone,
-            vad=_dataclass_from_env(VadConfig, env, "CALLMOOD_VAD_"),
-            segmentation=_dataclass_from_env(SegmentationConfig, env, "CALLMOOD_SEGMENTATION_"),
+            vad=_dataclass_from_env(VadConfig, env, VAD_PREFIX),
+            segmentation=_dataclass_from_env(SegmentationConfig, env, SEGMENTATION_PREFIX),
             extra={k: v for k, v in env.items() if k.startswith(ENV_PREFIX)},
         )
 
@@ -188,10 +191,17 @@ def _dataclass_from_env(cls: type[_Config], env: Mapping[str, str], prefix: str)
         raise ConfigError(f"{prefix}*: {e}") from e
 
 
-def env_assignments(config: VadConfig | SegmentationConfig, prefix: str) -> list[str]:
-    """``PREFIX<FIELD>=value`` for each field of ``config`` that differs from its default: the
-    variables that make :func:`_dataclass_from_env` build ``config`` again (booleans as 0/1,
-    which it reads). A recorded command carries them, so rerunning it rebuilds its cut."""
+def cut_env_assignments(vad: VadConfig, segmentation: SegmentationConfig) -> list[str]:
+    """``CALLMOOD_VAD_<FIELD>=value`` and ``CALLMOOD_SEGMENTATION_<FIELD>=value`` for each
+    field off its default: the environment :meth:`Settings.from_env` builds these two configs
+    from again. A recorded command carries them, so rerunning it rebuilds its cut."""
+    return [*_env_assignments(vad, VAD_PREFIX),
+            *_env_assignments(segmentation, SEGMENTATION_PREFIX)]
+
+
+def _env_assignments(config: VadConfig | SegmentationConfig, prefix: str) -> list[str]:
+    """The inverse of :func:`_dataclass_from_env`: ``PREFIX<FIELD>=value`` for each field of
+    ``config`` that differs from its default (booleans as 0/1, which it reads)."""
     default = type(config)()
     assignments = []
     for f in dataclasses.fields(config):
@@ -242,7 +252,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "CHANNEL_ROLES", "INBOX_DIRS", "TIMEZONE", "LOG_LEVEL", "ONNX_THREADS", "MAX_DURATION_S",
     "MAX_FILE_BYTES", "NIGHTLY_AT")
 """The CALLMOOD_ variables :meth:`Settings.from_env` reads (without the prefix)."""
-SETTING_PREFIXES: tuple[str, ...] = ("CALLMOOD_VAD_", "CALLMOOD_SEGMENTATION_", "CALLMOOD_TEST_")
+SETTING_PREFIXES: tuple[str, ...] = (VAD_PREFIX, SEGMENTATION_PREFIX, "CALLMOOD_TEST_")
 """Families checked field by field (VAD, segmentation) or read by the tests only."""
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from worker.errors import ConfigError
-from worker.settings import Settings, redact_url
+from worker.settings import Settings, cut_env_assignments, redact_url
 
 
 def test_embedded_defaults_live_under_the_data_dir(tmp_path: Path) -> None:
@@ -25,17 +25,15 @@ def test_input_roots_are_split_on_pathsep(tmp_path: Path) -> None:
 
 
 def test_env_assignments_name_the_non_default_fields_and_rebuild_them() -> None:
-    from worker.settings import env_assignments
-
     env = {"CALLMOOD_VAD_REMOVE_DC": "0", "CALLMOOD_VAD_AGGRESSIVENESS": "2",
            "CALLMOOD_SEGMENTATION_MAX_UTTERANCE_S": "6.5"}
     s = Settings.from_env(env)
-    assigned = [*env_assignments(s.vad, "CALLMOOD_VAD_"),
-                *env_assignments(s.segmentation, "CALLMOOD_SEGMENTATION_")]
+    assigned = cut_env_assignments(s.vad, s.segmentation)
     assert sorted(assigned) == sorted(f"{k}={v}" for k, v in env.items())
     again = Settings.from_env(dict(a.split("=", 1) for a in assigned))
     assert (again.vad, again.segmentation) == (s.vad, s.segmentation)
-    assert env_assignments(Settings.from_env({}).vad, "CALLMOOD_VAD_") == []
+    default = Settings.from_env({})
+    assert cut_env_assignments(default.vad, default.segmentation) == []
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
