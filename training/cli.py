@@ -137,6 +137,11 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixup-alpha", type=float, default=TrainConfig.mixup_alpha,
                    help="mix each batch's clips and targets with Beta(alpha, alpha) shares "
                         "(0: off)")
+    p.add_argument("--bn-recalibration-batches", type=int,
+                   default=TrainConfig.bn_recalibration_batches,
+                   help="recompute the exported weight average's batch-norm statistics on the "
+                        "epoch's last N training batches without SpecAugment masks (0: the "
+                        "averaged statistics, emotion-v1.6.0)")
     p.add_argument("--members", type=int, default=ModelConfig.members,
                    help="CNNs trained side by side and averaged in one ONNX model (1: one CNN)")
     p.add_argument("--channels", type=_channels, default=ModelConfig().channels,
@@ -196,6 +201,7 @@ def train_main(argv: list[str] | None = None) -> int:
                              batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                              crop_s=args.crop_s, draws_per_epoch=args.draws_per_epoch,
                              mixup_alpha=args.mixup_alpha,
+                             bn_recalibration_batches=args.bn_recalibration_batches,
                              extra_classes=tuple(args.extra_class),
                              arousal_weight=args.arousal_weight,
                              arousal_draws_per_epoch=args.arousal_draws_per_epoch,

@@ -9,10 +9,12 @@ CPU runs repeat exactly; a CUDA run follows the same recipe but its kernels roun
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import time
 import typing
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
@@ -123,6 +125,12 @@ class TrainConfig:
     ema_decay: float = 0.995
     """Per-step decay of the weight average that is validated and exported (smooths the
     noisy epoch-to-epoch validation curve of a small, heavily augmented model)."""
+    bn_recalibration_batches: int = 0
+    """Recompute the weight average's batch-norm statistics on this many of the epoch's last
+    training batches, without SpecAugment's masks, before it is validated and exported
+    (:func:`recalibrate_batch_norm`); 0 keeps the average of the trained model's statistics
+    (emotion-v1.6.0 and earlier). Averaged statistics need not fit averaged weights, and the
+    trained model's were taken on masked batches the served model never sees."""
     mixup_alpha: float = 0.0
     """Mixup (Zhang et al., 2018) of the batch's log-mel features and targets with weights
     drawn from Beta(alpha, alpha), folded so that each clip keeps the larger share; 0 turns it
@@ -153,6 +161,9 @@ class TrainConfig:
         if self.mixup_alpha < 0:
             raise ConfigError(f"mixup_alpha={self.mixup_alpha}: use 0 (off) or a positive "
                               "Beta parameter")
+        if self.bn_recalibration_batches < 0:
+            raise ConfigError(f"bn_recalibration_batches={self.bn_recalibration_batches}: use 0 "
+                              "(averaged statistics) or a number of batches")
         feats, model = self.features, self.model
         if self.arousal_weight < 0 or self.arousal_draws_per_epoch < 1:
             raise ConfigError(f"arousal_weight={self.arousal_weight}, arousal_draws_per_epoch="
@@ -214,6 +225,11 @@ class FinalFit:
                               ">= 0 and a temperature > 0")
 
 
+ADDED_AS_BEFORE = frozenset({"bn_recalibration_batches"})
+"""TrainConfig fields whose default repeats what every run did before the field existed: a
+selected run's card without one still records its recipe exactly."""
+
+
 def final_fit_of(card: dict[str, Any]) -> tuple[TrainConfig, FinalFit]:
     """The recipe (``val_fraction`` 0) and the :class:`FinalFit` of a selected run's card.
     Raises ConfigError for a card that records no recipe, or one that is a final fit itself."""
@@ -229,8 +245,10 @@ def final_fit_of(card: dict[str, Any]) -> tuple[TrainConfig, FinalFit]:
                           f"{training['limit_per_corpus']} clips per corpus (a smoke run): "
                           "final-fit a run on the whole data")
     rebuilt = train_config_from_record(training["config"])
-    # a key the card lacks would take today's default, which is not the selected recipe
-    differences = config_differences(config_record(rebuilt), training["config"])
+    # a key the card lacks would take today's default, which is not the selected recipe,
+    # except a field whose default is how runs trained before it existed
+    differences = [d for d in config_differences(config_record(rebuilt), training["config"])
+                   if d not in ADDED_AS_BEFORE or d in training["config"]]
     if differences:
         raise ConfigError(f"card of {card.get('version', '?')} does not record "
                           f"{', '.join(differences)} (written before they existed): its recipe "
@@ -688,7 +706,11 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
                             num_workers=workers if workers > 1 else 0, drop_last=False)
         model.train()
         total, n = 0.0, 0
+        # the epoch's last unmasked batches, for the weight average's batch-norm statistics
+        recent: deque[torch.Tensor] = deque(maxlen=config.bn_recalibration_batches or 1)
         for x, y, clips in loader:
+            if config.bn_recalibration_batches:
+                recent.append(x)
             # masks and mixup draw from streams of their own, so their order does not matter
             mix = draw_mix(len(y), config.mixup_alpha, mix_rng) if config.mixup_alpha > 0 else None
             inputs = [x_m.to(dev) for x_m in member_inputs(x, config, mask_gen, mix)]
@@ -708,23 +730,32 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
             ema.update_parameters(model)
             total += float(loss.detach()) * len(y)
             n += len(y)
+        averaged = ema.module
+        if config.bn_recalibration_batches:
+            averaged = recalibrate_batch_norm(ema.module, list(recent), dev)
         if final_fit is not None:
             # nothing to select on: each epoch's average replaces the last; the last is the model
             history.append({"epoch": epoch, "loss": total / max(n, 1)})
             log.info("epoch %d loss %.3f (%.0f s)", epoch, total / max(n, 1),
                      time.monotonic() - t0)
-            best_epoch, best_state = epoch, _state_copy(ema.module)
+            best_epoch, best_state = epoch, _state_copy(averaged)
         else:
-            logits = predict_logits(served_model(ema.module, config), val_feats, dev,
+            logits = predict_logits(served_model(averaged, config), val_feats, dev,
                                     config.min_frames)
             uas = per_corpus_ua(logits, y_val, val_corpora)
             # selection metric: UA pooled over all validation clips (URDU's few val speakers
             # have 2-8 clips in some classes; a per-corpus mean would follow their noise)
             val_ua = unweighted_average_recall(confusion_matrix(
                 y_val, logits.argmax(axis=1).astype(np.int64), len(EMOTIONS)))
+            if config.bn_recalibration_batches:
+                # logged, not selected on: the same weights with the averaged statistics
+                kept = predict_logits(served_model(ema.module, config), val_feats, dev,
+                                      config.min_frames)
+                uas = {**uas, "val_ua_averaged_bn": unweighted_average_recall(confusion_matrix(
+                    y_val, kept.argmax(axis=1).astype(np.int64), len(EMOTIONS)))}
             if arousal_val_feats:
                 # logged, not selected on: the model is chosen on emotion UA alone
-                pred = predict_logits(ema.module, arousal_val_feats, dev, config.min_frames,
+                pred = predict_logits(averaged, arousal_val_feats, dev, config.min_frames,
                                       arousal=True)
                 uas = {**uas, "arousal_ua": unweighted_average_recall(confusion_matrix(
                     y_arousal_val, pred.argmax(axis=1).astype(np.int64), len(AROUSAL_LEVELS)))}
@@ -733,7 +764,7 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
                      {k: round(v, 3) for k, v in uas.items()}, time.monotonic() - t0)
             if val_ua > best_ua:
                 best_ua, best_epoch = val_ua, epoch
-                best_state = _state_copy(ema.module)
+                best_state = _state_copy(averaged)
             else:
                 stopped = stops_early(epoch, best_epoch, config)
         save_checkpoint(ckpt, identity, {
@@ -812,6 +843,18 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     return TrainResult(model_path=model_path, best_epoch=best_epoch,
                        val_ua=best_ua if final_fit is None else float("nan"),
                        temperature=temperature, seconds=seconds, device=str(dev), card=card)
+
+
+def recalibrate_batch_norm(module: nn.Module, batches: Sequence[torch.Tensor],
+                           device: torch.device) -> nn.Module:
+    """An evaluation-mode copy of ``module`` whose batch-norm running statistics are
+    recomputed over ``batches`` ((B, rows, frames) inputs; the batches' means, weighted
+    equally, as :func:`torch.optim.swa_utils.update_bn` takes them); ``module`` itself is
+    left as it was. Without batches the copy keeps ``module``'s statistics."""
+    recalibrated = copy.deepcopy(module)
+    if batches:
+        torch.optim.swa_utils.update_bn(batches, recalibrated, device)
+    return recalibrated.eval()
 
 
 def _state_copy(module: nn.Module) -> dict[str, torch.Tensor]:

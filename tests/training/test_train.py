@@ -33,6 +33,7 @@ from training.train import (
     final_fit_of,
     member_inputs,
     member_loss,
+    recalibrate_batch_norm,
     served_model,
     spec_augment,
     stops_early,
@@ -185,9 +186,64 @@ def test_a_recorded_recipe_reads_back_as_the_config_that_wrote_it(tmp_path: Path
     card["training"]["config"] = config_record(config)
     assert final_fit_of(card)[1].epochs == 10
     assert final_fit_of(card)[0] == replace(config, val_fraction=0.0)
+    # a field whose default is what runs did before it existed: the older card still repeats
+    del card["training"]["config"]["bn_recalibration_batches"]
+    assert final_fit_of(card)[0].bn_recalibration_batches == 0
+    card["training"]["config"]["bn_recalibration_batches"] = 8
+    assert final_fit_of(card)[0].bn_recalibration_batches == 8
     # every train speaker (val_fraction 0) only in a final fit: nothing would select the epoch
     with pytest.raises(ConfigError, match="only a final fit may"):
         train([], tmp_path, replace(config, val_fraction=0.0))
+
+
+def _first_batch_norm_stats(module: Any) -> tuple[Any, Any]:
+    """(running_mean, running_var) of ``module``'s first BatchNorm2d."""
+    import torch
+
+    bn = next(m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert bn.running_mean is not None and bn.running_var is not None
+    return bn.running_mean, bn.running_var
+
+
+def test_batch_norm_recalibration_recomputes_a_copy_s_statistics_from_the_batches() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    model = EmotionCNN(ModelConfig(channels=(4, 8, 8, 8))).eval()
+    mean, var = _first_batch_norm_stats(model)
+    with torch.no_grad():                    # statistics that fit no input
+        mean.fill_(5.0)
+        var.fill_(9.0)
+    batches = [torch.randn(3, 64, 40) + 2.0, torch.randn(5, 64, 40) - 1.0]
+    recalibrated = recalibrate_batch_norm(model, batches, torch.device("cpu"))
+    # the model itself keeps its statistics; the copy is ready to serve
+    assert float(mean[0]) == 5.0 and not recalibrated.training
+    conv = model.body[0]
+    with torch.no_grad():
+        means = [conv(b.unsqueeze(1)).mean(dim=(0, 2, 3)) for b in batches]
+    # each batch's channel means, weighted equally (update_bn's cumulative average)
+    assert torch.allclose(_first_batch_norm_stats(recalibrated)[0], (means[0] + means[1]) / 2,
+                          atol=1e-5)
+    assert not torch.allclose(recalibrated(batches[0]), model(batches[0]))
+    # no batches: the copy keeps the statistics it had
+    kept = recalibrate_batch_norm(model, [], torch.device("cpu"))
+    assert float(_first_batch_norm_stats(kept)[1][0]) == 9.0
+    with pytest.raises(ConfigError, match="bn_recalibration_batches=-1"):
+        TrainConfig(bn_recalibration_batches=-1)
+
+
+def test_training_with_recalibration_selects_on_it_and_logs_the_averaged_statistics(
+        tmp_path: Path, callmood_corpora: Path) -> None:
+    manifest = _operator_manifest(tmp_path, callmood_corpora)
+    assert train_main(["--manifest", str(manifest), "--out-dir", str(tmp_path / "m"),
+                       "--name", "m", "--epochs", "2", "--draws-per-epoch", "32",
+                       "--batch-size", "16", "--workers", "1", "--threads", "1",
+                       "--bn-recalibration-batches", "1", "--no-test-eval"]) == 0
+    training = json.loads((tmp_path / "m" / "m.card.json").read_text())["training"]
+    assert training["config"]["bn_recalibration_batches"] == 1
+    assert [sorted(h) for h in training["history"]] == [
+        ["epoch", "loss", "mycalls", "val_ua", "val_ua_averaged_bn"]] * 2
+    assert "--bn-recalibration-batches 1" in training["command"]
 
 
 def test_a_version_the_database_cannot_record_is_refused_before_training(
