@@ -853,7 +853,10 @@ def recalibrate_batch_norm(module: nn.Module, batches: Sequence[torch.Tensor],
     left as it was. Without batches the copy keeps ``module``'s statistics."""
     recalibrated = copy.deepcopy(module)
     if batches:
-        torch.optim.swa_utils.update_bn(batches, recalibrated, device)
+        # update_bn runs the copy in training mode, so its dropout draws from torch's global
+        # generator: forked here, the training's own draws stay as they would be without it
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.optim.swa_utils.update_bn(batches, recalibrated, device)
     return recalibrated.eval()
 
 

@@ -235,15 +235,23 @@ def test_batch_norm_recalibration_recomputes_a_copy_s_statistics_from_the_batche
 def test_training_with_recalibration_selects_on_it_and_logs_the_averaged_statistics(
         tmp_path: Path, callmood_corpora: Path) -> None:
     manifest = _operator_manifest(tmp_path, callmood_corpora)
-    assert train_main(["--manifest", str(manifest), "--out-dir", str(tmp_path / "m"),
-                       "--name", "m", "--epochs", "2", "--draws-per-epoch", "32",
-                       "--batch-size", "16", "--workers", "1", "--threads", "1",
-                       "--bn-recalibration-batches", "1", "--no-test-eval"]) == 0
-    training = json.loads((tmp_path / "m" / "m.card.json").read_text())["training"]
+    histories = []
+    for batches in ("0", "1"):
+        assert train_main(["--manifest", str(manifest), "--out-dir", str(tmp_path / batches),
+                           "--name", "m", "--epochs", "2", "--draws-per-epoch", "32",
+                           "--batch-size", "16", "--workers", "1", "--threads", "1",
+                           "--bn-recalibration-batches", batches, "--no-test-eval"]) == 0
+        histories.append(json.loads((tmp_path / batches / "m.card.json").read_text())["training"])
+    without, training = histories
     assert training["config"]["bn_recalibration_batches"] == 1
     assert [sorted(h) for h in training["history"]] == [
         ["epoch", "loss", "mycalls", "val_ua", "val_ua_averaged_bn"]] * 2
     assert "--bn-recalibration-batches 1" in training["command"]
+    # recalibrating a copy leaves the training as it was: the same losses, and the same
+    # weights validated with the averaged statistics
+    assert [h["loss"] for h in training["history"]] == [h["loss"] for h in without["history"]]
+    assert ([h["val_ua_averaged_bn"] for h in training["history"]]
+            == [h["val_ua"] for h in without["history"]])
 
 
 def test_a_version_the_database_cannot_record_is_refused_before_training(
