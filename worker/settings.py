@@ -101,13 +101,17 @@ class Settings:
         if bad or not channel_roles:
             raise ConfigError(f"CALLMOOD_CHANNEL_ROLES={roles_raw!r}: each role must be one of "
                               f"{', '.join(ROLES)} (comma-separated, channel 0 first)")
-        # the analytics take a role for one party: two channels of one role would be merged
-        # into one speaker (no overtalk between them, one stress curve for both)
-        named = [r for r in channel_roles if r != ROLE_UNKNOWN]
-        if len(channel_roles) > MAX_CHANNELS or len(set(named)) < len(named):
-            raise ConfigError(f"CALLMOOD_CHANNEL_ROLES={roles_raw!r}: at most {MAX_CHANNELS} "
-                              f"roles, {ROLE_AGENT} and {ROLE_CUSTOMER} once each (e.g. "
-                              f"{ROLE_CUSTOMER},{ROLE_AGENT}; {ROLE_UNKNOWN} may repeat)")
+        # the analytics tell a call's parties apart by role: two channels of one role (unknown
+        # included, which is also the role of a channel the list leaves out) would be merged
+        # into one speaker, with no overtalk between them and one stress curve for both
+        every_channel = [*channel_roles,
+                         *[ROLE_UNKNOWN] * max(0, MAX_CHANNELS - len(channel_roles))]
+        if len(channel_roles) > MAX_CHANNELS or len(set(every_channel)) < len(every_channel):
+            raise ConfigError(f"CALLMOOD_CHANNEL_ROLES={roles_raw!r}: one role per channel of a "
+                              f"stereo recording, at most {MAX_CHANNELS}, each role once (e.g. "
+                              f"{ROLE_CUSTOMER},{ROLE_AGENT} or {ROLE_AGENT},{ROLE_UNKNOWN}; a "
+                              f"channel left out is {ROLE_UNKNOWN}): the reports tell parties "
+                              "apart by role, so two channels of one role would be one speaker")
 
         inbox_dirs = tuple(Path(p).expanduser().resolve()
                            for p in (get("INBOX_DIRS") or "").split(os.pathsep) if p.strip())

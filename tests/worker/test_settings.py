@@ -41,8 +41,11 @@ def test_env_assignments_name_the_non_default_fields_and_rebuild_them() -> None:
     ("CALLMOOD_BROKER_URL", "amqp://guest@h//", "redis"),
     ("CALLMOOD_CHANNEL_ROLES", "agent,boss", "agent, customer, unknown"),
     # one role for both parties would merge them in every report
-    ("CALLMOOD_CHANNEL_ROLES", "customer,customer", "agent and customer once each"),
-    ("CALLMOOD_CHANNEL_ROLES", "agent,customer,agent", "at most 2 roles"),
+    ("CALLMOOD_CHANNEL_ROLES", "customer,customer", "each role once"),
+    # unknown too: the reports tell parties apart by role (a channel left out is unknown)
+    ("CALLMOOD_CHANNEL_ROLES", "unknown,unknown", "each role once"),
+    ("CALLMOOD_CHANNEL_ROLES", "unknown", "a channel left out is unknown"),
+    ("CALLMOOD_CHANNEL_ROLES", "agent,customer,agent", "at most 2"),
     ("CALLMOOD_ONNX_THREADS", "0", "positive integer"),
     ("CALLMOOD_ONNX_THREADS", "two", "positive integer"),
     ("CALLMOOD_MAX_DURATION_S", "-5", "positive number"),
@@ -95,8 +98,12 @@ def test_roles_for_mono_and_stereo() -> None:
     s = Settings.from_env({})
     assert s.role_for_channel(0, 1) == "unknown"
     assert (s.role_for_channel(0, 2), s.role_for_channel(1, 2)) == ("agent", "customer")
-    assert Settings.from_env({"CALLMOOD_CHANNEL_ROLES": "unknown,unknown"}).channel_roles == (
-        "unknown", "unknown")
+    # one named party: the other channel is unknown, still a party of its own
+    only_agent = Settings.from_env({"CALLMOOD_CHANNEL_ROLES": "agent"})
+    assert (only_agent.role_for_channel(0, 2), only_agent.role_for_channel(1, 2)) == (
+        "agent", "unknown")
+    assert Settings.from_env({"CALLMOOD_CHANNEL_ROLES": "unknown,customer"}).channel_roles == (
+        "unknown", "customer")
     swapped = Settings.from_env({"CALLMOOD_CHANNEL_ROLES": "customer,agent"})
     assert swapped.role_for_channel(0, 2) == "customer"
 
