@@ -39,7 +39,8 @@ CALL_METRIC_COLUMNS: Final[tuple[str, ...]] = (
 """Columns of :func:`call_metrics` (documented in docs/analytics.md)."""
 
 AGGREGATE_COLUMNS: Final[tuple[str, ...]] = (
-    "group", "period_start", "calls", "escalated_calls", "escalated_share",
+    "group", "period_start", "calls", "calls_with_customer", "escalated_calls",
+    "escalated_share",
     "mean_customer_stress", "max_customer_stress", "mean_customer_stress_shift",
     "mean_agent_stress", "mean_duration_s", "mean_silence_share", "total_overtalk_s",
 )
@@ -166,7 +167,9 @@ def aggregate_calls(metrics: pd.DataFrame, by: GroupBy = "agent",
                     period: Period = "all", timezone: str = "UTC") -> pd.DataFrame:
     """Per agent (or team) and day/week/all (days of ``timezone``): :data:`AGGREGATE_COLUMNS`.
 
-    Means skip calls without the party; ``escalated_share`` is escalated calls / calls (0-1).
+    Means skip calls without the party; ``escalated_share`` is escalated calls / calls in which
+    the customer spoke (0-1; empty without any): only those can be flagged, so mono or one-way
+    calls neither dilute it nor read as a perfect 0.
     """
     columns = list(AGGREGATE_COLUMNS)
     if metrics.empty:
@@ -177,6 +180,7 @@ def aggregate_calls(metrics: pd.DataFrame, by: GroupBy = "agent",
     grouped = keyed.groupby(["group", "period_start"], dropna=False, sort=True)
     out = grouped.agg(
         calls=("call", "size"),
+        calls_with_customer=("customer_stress", "count"),
         escalated_calls=("escalated", "sum"),
         mean_customer_stress=("customer_stress", "mean"),
         max_customer_stress=("customer_stress", "max"),
@@ -186,4 +190,5 @@ def aggregate_calls(metrics: pd.DataFrame, by: GroupBy = "agent",
         mean_silence_share=("silence_share", "mean"),
         total_overtalk_s=("overtalk_s", "sum"),
     ).reset_index()
-    return out.assign(escalated_share=out["escalated_calls"] / out["calls"])[columns]
+    measurable = out["calls_with_customer"].where(out["calls_with_customer"] > 0)
+    return out.assign(escalated_share=out["escalated_calls"] / measurable)[columns]

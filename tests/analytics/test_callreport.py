@@ -124,9 +124,14 @@ def test_aggregate_per_agent_and_week() -> None:
     assert list(out.columns) == list(AGGREGATE_COLUMNS)
     assert out[["group", "calls", "escalated_calls"]].values.tolist() == [
         ["ana", 1, 1], ["ana", 1, 0], ["bob", 1, 0]]
+    # ana's week with only the mono call has no call that could be flagged: no share, not 0
+    assert pd.isna(out["escalated_share"].iloc[1])
+    assert out["calls_with_customer"].tolist() == [1, 0, 1]
     overall = aggregate_calls(metrics, by="agent").set_index("group")
     assert overall.loc["ana", "calls"] == 2
-    assert overall.loc["ana", "escalated_share"] == 0.5
+    # of the calls in which the customer spoke: the mono one can never be flagged
+    assert overall.loc["ana", "escalated_share"] == 1.0
+    assert overall.loc["bob", "escalated_share"] == 0.0
     assert overall.loc["ana", "mean_customer_stress"] == pytest.approx(100 * 18 / 23)  # mono skipped
     teams = aggregate_calls(metrics, by="team").set_index("group")
     assert teams.loc["t2", "max_customer_stress"] == pytest.approx(40 * 4 / 6)
