@@ -146,11 +146,15 @@ def _title(metrics: pd.Series, duration_s: float) -> str:
     if len(call) > TITLE_CALL_CHARS:
         call = call[:TITLE_CALL_CHARS - 3] + "..."
     stress = metrics.get("customer_stress")
+    # no customer stress: a mono call, or a customer channel in which nobody spoke
     stress_text = (f"customer stress {float(stress):.0f}/100" if stress is not None
-                   and pd.notna(stress) else "no customer channel")
+                   and pd.notna(stress) else "no customer speech")
     flag = (f"  -  ESCALATED ({metrics.get('escalation_reason')})"
             if bool(metrics.get("escalated")) else "  -  not escalated")
-    return (f"call {call} | agent {metrics.get('agent_id') or '?'} | {when} | "
+    agent = metrics.get("agent_id")
+    # a call without an agent id reads NaN from the database frame (truthy: `or` keeps it)
+    agent_text = str(agent) if agent is not None and pd.notna(agent) and str(agent) else "?"
+    return (f"call {call} | agent {agent_text} | {when} | "
             f"{format_clock(duration_s)}\n{stress_text}{flag}")
 
 

@@ -66,3 +66,19 @@ def test_calls_without_segments_get_no_picture(tmp_path: Path) -> None:
                           "duration_s": [None, None], "model_version": ["v", "v"]})
     written = write_call_pngs(call_metrics(calls, mono), mono, tmp_path)
     assert [p.name for p in written] == ["m.png"]
+
+
+def test_the_title_names_the_agent_or_none_and_a_missing_customer_as_no_speech() -> None:
+    from analytics.plots import _title
+
+    mono = frame(one_hot("m", "unknown", 0.0, 4.0, "angry"))
+    calls = pd.DataFrame({"call": ["m"], "agent_id": [None], "team": [None], "queue": [None],
+                          "started_at": pd.to_datetime([None], utc=True),
+                          "duration_s": [4.0], "model_version": ["v"]})
+    # as read from the database: an agent id the call lacks comes back as NaN
+    row = call_metrics(calls.astype({"agent_id": float}), mono).iloc[0]
+    title = _title(row, 4.0)
+    assert "agent ? |" in title and "nan" not in title
+    assert "no customer speech" in title
+    named = call_metrics(calls.assign(agent_id="ana"), mono).iloc[0]
+    assert "agent ana |" in _title(named, 4.0)
