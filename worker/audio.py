@@ -111,8 +111,10 @@ def read_info(path: Path) -> Any:
     """soundfile's header info, or AudioDecodeError naming what is wrong."""
     try:
         size = path.stat().st_size
-    except OSError as e:
-        raise AudioDecodeError(f"cannot open {path.name}: {e.strerror or e}") from e
+    except (OSError, ValueError) as e:
+        # ValueError: a path the OS cannot take at all (an embedded NUL)
+        raise AudioDecodeError(f"cannot open {path.name}: "
+                               f"{getattr(e, 'strerror', None) or e}") from e
     if not path.is_file():
         raise AudioDecodeError(f"{path.name} is not a regular file")
     if size == 0:

@@ -9,9 +9,10 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -57,8 +58,11 @@ def check_uri(uri: object) -> None:
     if not isinstance(uri, str) or not 1 <= len(uri) <= URI_MAX_CHARS:
         raise PayloadError(f"uri: expected a path or file:// URI of 1-{URI_MAX_CHARS} "
                            f"characters, got {_describe(uri)}")
-    if "\x00" in uri:
-        raise PayloadError("uri: contains a NUL character")
+    parts = urlsplit(uri)
+    # a file:// URI's path is percent-decoded before it is opened: %00 is a NUL there
+    if "\x00" in uri or (parts.scheme == "file"
+                         and "\x00" in unquote(parts.path, errors="surrogateescape")):
+        raise PayloadError("uri: contains a NUL character (or %00 in a file:// URI)")
     try:
         uri.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -101,6 +105,13 @@ class CallRequest:
                                             or self.started_at.utcoffset() is None):
             raise PayloadError("started_at: expected a timezone-aware datetime, got "
                                f"{_describe(self.started_at)}")
+        if self.started_at is not None:
+            try:
+                # the column stores UTC: a start at the edge of the calendar has none
+                self.started_at.astimezone(UTC)
+            except OverflowError as e:
+                raise PayloadError(f"started_at: {self.started_at.isoformat()} has no UTC time "
+                                   "(out of range); expected e.g. 2026-01-31T09:15:00+00:00") from e
         if not isinstance(self.reprocess, bool):
             raise PayloadError(f"reprocess: expected true or false, got {_describe(self.reprocess)}")
         if not isinstance(self.metadata, Mapping) or not all(

@@ -236,3 +236,13 @@ def test_symlink_out_of_root_is_refused(tmp_path: Path) -> None:
 def test_other_schemes_are_refused(tmp_path: Path, uri: str) -> None:
     with pytest.raises(InputNotAllowedError):
         resolve_input(uri, [tmp_path])
+
+
+def test_a_path_the_os_cannot_take_is_a_decode_error_and_no_duration(tmp_path: Path) -> None:
+    from worker.audio import probe_duration_s, read_info
+
+    # an embedded NUL makes os.stat raise ValueError, not OSError: the producer's probe must
+    # still answer None (it once aborted the send and every recovery after it)
+    assert probe_duration_s(f"file://{tmp_path}/a%00.wav") is None
+    with pytest.raises(AudioDecodeError, match="cannot open"):
+        read_info(tmp_path / "a\x00.wav")

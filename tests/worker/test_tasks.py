@@ -27,6 +27,8 @@ GOOD: dict[str, Any] = {"uri": "/calls/a.wav", "call_id": "CC-100", "agent_id": 
     ({"uri": None}, "uri"),
     ({"uri": 42}, "uri"),
     ({"uri": "x" * 5000}, "uri"),
+    # opened percent-decoded: a NUL the OS refuses before any decode error could name it
+    ({"uri": "file:///rec/a%00.wav"}, "uri: contains a NUL"),
     ({"call_id": None}, "call_id"),
     ({"call_id": "has space"}, "call_id"),
     ({"call_id": "é"}, "call_id"),
@@ -37,6 +39,8 @@ GOOD: dict[str, Any] = {"uri": "/calls/a.wav", "call_id": "CC-100", "agent_id": 
     ({"started_at": "2026-01-31T09:15:00"}, "started_at"),
     ({"started_at": "yesterday"}, "started_at"),
     ({"started_at": 1700000000}, "started_at"),
+    # valid ISO-8601, but before year 1 in UTC: the column could not store it
+    ({"started_at": "0001-01-01T00:00:00+01:00"}, "started_at: .* [(]out of range[)]"),
     ({"metadata": [1, 2]}, "metadata"),
     ({"metadata": {"x": float("nan")}}, "metadata"),
     ({"metadata": {"x": "y" * 20_000}}, "metadata"),
