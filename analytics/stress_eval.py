@@ -90,9 +90,10 @@ def with_scores(probabilities: pd.DataFrame) -> pd.DataFrame:
 
 
 def auc_table(scored: pd.DataFrame) -> pd.DataFrame:
-    """``positives, negatives`` and one AUC per score: per corpus, ``all`` (every clip pooled)
-    and ``macro`` (mean of the per-corpus AUCs that exist: immune to corpora differing in
-    loudness or in their share of positives)."""
+    """``positives, negatives`` and one AUC per score: per corpus, ``all`` (every clip pooled,
+    so a corpus without negatives is ranked against other corpora's) and ``macro`` (mean of
+    the per-corpus AUCs that exist, counting those corpora's clips only: immune to corpora
+    differing in loudness or in their share of positives; the headline)."""
     groups = [(str(c), part) for c, part in scored.groupby("corpus", sort=True)]
     groups.append(("all", scored))
     rows = []
@@ -102,7 +103,9 @@ def auc_table(scored: pd.DataFrame) -> pd.DataFrame:
                      "negatives": int((~positive).sum()),
                      **{f"auc_{s}": roc_auc(part[s], positive) for s in COMPARED_SCORES}})
     table = pd.DataFrame(rows)
-    per_corpus = table[~table["corpus"].isin(["all"])]
+    # corpora with both classes: URDU's test speakers have no neutral clip, so no AUC
+    per_corpus = table[(table["corpus"] != "all") & (table["positives"] > 0)
+                       & (table["negatives"] > 0)]
     macro = {"corpus": "macro", "positives": int(per_corpus["positives"].sum()),
              "negatives": int(per_corpus["negatives"].sum()),
              **{f"auc_{s}": float(per_corpus[f"auc_{s}"].mean()) for s in COMPARED_SCORES}}

@@ -316,17 +316,26 @@ def read_manifest(path: Path, reprocess: bool = False) -> list[CallRequest]:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(newline="", encoding="utf-8") as f:
+    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would otherwise
+    # become part of the first column's name
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         _check_columns(path, columns)
         for row in reader:
+            if None in row:
+                # DictReader files surplus cells under None: an unquoted comma in a value
+                # would shift the labels after it, so the row is refused, not guessed at
+                raise PayloadError(
+                    f"manifest {path.name} line {reader.line_num}: "
+                    f"{len(columns) + len(row[None])} cells for the {len(columns)} columns "
+                    f"{', '.join(columns)}; quote a value that holds a comma, nothing sent")
             # Empty cells are absent values (CSV has no null).
             yield reader.line_num, {k: v for k, v in row.items() if k and v not in (None, "")}
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for number, text in enumerate(f, start=1):
             if not text.strip():
                 continue

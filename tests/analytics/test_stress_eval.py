@@ -38,6 +38,15 @@ def test_auc_table_per_corpus_and_pooled() -> None:
     assert table.loc["macro", "auc_stress"] == 1.0
     assert high_stress_rates(scored) == (1.0, 0.0)  # neutral 0 and sad 40 stay below 50
     assert table.loc["macro", "auc_not_neutral"] == pytest.approx((1.0 + 0.5) / 2)  # sad ties fear
+    # a corpus with positives only (URDU's test speakers) has no AUC of its own: the macro
+    # row neither averages it nor counts its clips, while the pooled row ranks them
+    only_angry = with_scores(frame(one_hot("x", "u", 0, 1, "angry")).assign(
+        corpus="k3", positive=True))
+    table = auc_table(pd.concat([scored, only_angry], ignore_index=True)).set_index("corpus")
+    assert math.isnan(table.loc["k3", "auc_stress"])
+    assert table.loc["all", "positives"] == 3
+    assert (table.loc["macro", "positives"], table.loc["macro", "negatives"]) == (2, 2)
+    assert table.loc["macro", "auc_not_neutral"] == pytest.approx((1.0 + 0.5) / 2)
 
 
 def test_evaluation_clips_keep_test_rows_of_the_compared_labels(tmp_path: Path) -> None:

@@ -135,7 +135,8 @@ def test_racing_producers_send_a_call_once(producer: Settings) -> None:
 def test_manifests_csv_and_json_lines(producer: Settings, tmp_path: Path) -> None:
     folder = producer.input_roots[0]
     csv_path = folder / "m.csv"
-    csv_path.write_text("uri,call_id,agent_id,started_at,team,customer_ref\n"
+    # with the byte-order mark Excel's "CSV UTF-8" writes
+    csv_path.write_text("\ufeffuri,call_id,agent_id,started_at,team,customer_ref\n"
                         "a.wav,M-1,ag-1,2026-01-31T09:00:00Z,blue,c-1\n"
                         "/elsewhere/b.wav,M-2,ag-2,,,\n")
     result = enqueue_manifest(csv_path, settings=producer)
@@ -146,7 +147,7 @@ def test_manifests_csv_and_json_lines(producer: Settings, tmp_path: Path) -> Non
     assert kwargs["M-2"]["uri"] == "/elsewhere/b.wav" and kwargs["M-2"]["team"] is None
 
     jsonl = folder / "m.jsonl"
-    jsonl.write_text(json.dumps({"uri": "c.wav", "call_id": "M-3", "agent_id": "ag-3",
+    jsonl.write_text("\ufeff" + json.dumps({"uri": "c.wav", "call_id": "M-3", "agent_id": "ag-3",
                                  "metadata": {"lang": "de"}}) + "\n\n"
                      + json.dumps({"uri": "a.wav", "call_id": "M-1", "agent_id": "ag-1"}) + "\n")
     result = enqueue_manifest(jsonl, settings=producer)
@@ -194,6 +195,9 @@ def test_a_manifest_whose_send_fails_half_way_closes_its_batch_with_what_it_sent
     ("uri,call_id,agent_id\na.wav,X,a\nb.wav,,a\nc.wav,bad id,a\n",
      "2 bad row(s), nothing sent; line 3: call_id: required; line 4: call_id"),
     ("uri,call_id,agent_id,started_at\na.wav,X,a,yesterday\n", "line 2: started_at"),
+    # an unquoted comma shifts the cells after it: refused, not filed under the wrong labels
+    ("uri,call_id,agent_id,team,queue\na.wav,C1,a7,Billing, EMEA,q-sales\n",
+     "line 2: 6 cells for the 5 columns"),
 ])
 def test_a_bad_manifest_sends_nothing(producer: Settings, text: str, message: str) -> None:
     path = producer.input_roots[0] / "bad.csv"
