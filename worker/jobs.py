@@ -80,9 +80,10 @@ def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
             return CallOutcome("skipped", request.external_call_id,
                                reason=f"already {call.status}; send reprocess=true to analyse "
                                       "it again")
-        if request.reprocess or was_rejected(call):
-            # the newer word on the call (a reprocess, or the corrected payload of a rejected
-            # call): its file and labels, so reports and retries use them
+        if request.reprocess or was_rejected(call) or call.status == "pending":
+            # the newer word on the call (a reprocess, the corrected payload of a rejected
+            # call, or a task sent straight to the queue for a call registered before): the
+            # file analysed now and its labels, so reports and retries use them
             update_from_request(session, call, request)
         call = claim_for_processing(session, call.id)
         call_id, attempts = call.id, call.attempts

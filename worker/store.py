@@ -514,7 +514,8 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
 
     A call already sent (``enqueued_at``) or already worked on is not sent again unless
     ``request.reprocess``; then it starts a new run (pending, attempts 0), as a call whose
-    payload the worker rejected does without it. A call sent with a ``batch_id`` joins that
+    payload the worker rejected does without it. A call sent now takes ``request``'s file
+    and labels (:func:`update_from_request`). A call sent with a ``batch_id`` joins that
     batch, and the batch it leaves (a reprocessed call, or one whose earlier send failed) is
     recounted. ``enqueued_at`` is set here, row-locked, so two producers racing on one call id
     send one task; a producer whose send then fails calls :func:`release_enqueue` with
@@ -534,6 +535,10 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
         update_from_request(session, call, request)
     elif call.enqueued_at is not None or call.status != "pending":
         return Reservation(call, None)
+    else:
+        # registered and never sent (its send failed and was released): this request is the
+        # one published, so the row takes its file and labels, which reports and recovery use
+        update_from_request(session, call, request)
     if batch_id is not None:
         call.batch_id = batch_id
     call.enqueued_at = utcnow()

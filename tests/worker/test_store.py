@@ -233,6 +233,32 @@ def test_a_failed_send_puts_back_what_its_reservation_changed(db_url: str) -> No
         assert (again.call.status, again.call.attempts) == ("processing", 1)
 
 
+def test_a_call_whose_first_send_failed_takes_the_file_and_labels_of_the_one_sent(
+        db_url: str) -> None:
+    """Enqueued while the broker was down (registered, released), then enqueued again with
+    another file and agent: the row describes what was published, for reports and for
+    recovery's resend."""
+    with db.session_scope(db_url) as s:
+        first = store.reserve_for_enqueue(s, _request("RS-1", uri="/calls/wrong.wav",
+                                                      agent_id="old"))
+        assert first.before is not None
+    with db.session_scope(db_url) as s:
+        store.release_enqueue(s, [first.before])
+    with db.session_scope(db_url) as s:
+        again = store.reserve_for_enqueue(s, _request("RS-1", uri="/calls/right.wav",
+                                                      agent_id="new", team=None))
+        assert again.send
+    with db.session_scope(db_url) as s:
+        call = store.find_call(s, "RS-1")
+        assert call is not None and call.enqueued_at is not None
+        assert (call.source_uri, call.agent_id) == ("/calls/right.wav", "new")
+        assert call.source_uri_sha256 == store.uri_sha256("/calls/right.wav")
+        assert call.team == "blue"            # a label the new request leaves out is kept
+        # a call already sent is not sent again, and keeps what was sent
+        dup = store.reserve_for_enqueue(s, _request("RS-1", uri="/calls/other.wav"))
+        assert not dup.send and call.source_uri == "/calls/right.wav"
+
+
 @pytest.mark.postgres
 def test_a_claim_counts_on_the_rows_committed_attempts_not_a_stale_copy(
         postgres_url: str) -> None:

@@ -126,6 +126,19 @@ def test_task_stores_the_analysis(migrated: Settings, monkeypatch: pytest.Monkey
         "/calls/moved.wav", "a-2", "blue")
 
 
+def test_a_task_for_a_registered_pending_call_stores_the_file_it_analysed(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call registered by a producer whose send failed, then sent straight to the queue
+    with another file and agent: the row names what was analysed."""
+    monkeypatch.setattr(jobs, "_analyze", lambda uri, settings: fake_analysis(2))
+    with db.session_scope(migrated) as s:
+        store.register_call(s, store.CallRequest(uri="/calls/wrong.wav",
+                                                 external_call_id="CC-100", agent_id="old"))
+    assert _run(**GOOD)["status"] == "done"
+    call = _call(migrated, "CC-100")
+    assert call is not None and (call.source_uri, call.agent_id) == (GOOD["uri"], GOOD["agent_id"])
+
+
 def test_input_error_fails_without_retry(migrated: Settings,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     def analyze(uri: str, settings: Settings) -> Any:
