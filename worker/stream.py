@@ -45,10 +45,20 @@ identical segments (tests/worker/test_stream.py), so this only trades a second d
 (docs/streaming.md: 0-10 % more CPU at 8 kHz, ~20 % at 44.1 kHz) for memory."""
 
 
+WHOLE_DECODE_MAX_BYTES: Final[int] = int(STREAMING_MIN_DURATION_S) * 48_000 * 2 * 4
+"""Largest decoded source (float32 frames x channels, bytes) the whole-file path takes on:
+10 min of 48 kHz stereo, ~230 MB, the most the figures above allow it. The header's
+duration alone let a short recording at a high rate through whole (10 min of 384 kHz stereo
+decodes to 1.8 GB, and the checks on it copy that), past the pool's per-child limit."""
+
+
 def should_stream(stream: StreamInfo) -> bool:
     """True when ``stream`` is to be analysed in streamed passes: longer than
-    STREAMING_MIN_DURATION_S, or of unknown length (the whole decode could not be bounded)."""
-    return stream.header_frames == 0 or stream.header_duration_s > STREAMING_MIN_DURATION_S
+    STREAMING_MIN_DURATION_S, decoding to more than WHOLE_DECODE_MAX_BYTES at its own rate, or
+    of unknown length (the whole decode could not be bounded)."""
+    decoded_bytes = stream.header_frames * stream.n_channels * np.dtype(np.float32).itemsize
+    return (stream.header_frames == 0 or stream.header_duration_s > STREAMING_MIN_DURATION_S
+            or decoded_bytes > WHOLE_DECODE_MAX_BYTES)
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,10 @@ def test_long_recordings_stream_and_short_ones_do_not(tmp_path: Path, monkeypatc
     assert not should_stream(info(int(STREAMING_MIN_DURATION_S * 8000)))
     assert should_stream(info(int(STREAMING_MIN_DURATION_S * 8000) + 1))
     assert should_stream(info(0))  # unknown length: the whole decode could not be bounded
+    # by decoded size too: 10 min of 48 kHz stereo whole, 2 min of 384 kHz stereo streamed
+    assert not should_stream(StreamInfo(Path("x.wav"), 48_000, 2, 600 * 48_000, "WAV", "PCM_16"))
+    assert should_stream(StreamInfo(Path("x.wav"), 384_000, 2, 120 * 384_000, "WAV", "PCM_16"))
+    assert not should_stream(StreamInfo(Path("x.wav"), 384_000, 1, 75 * 384_000, "WAV", "PCM_16"))
 
     # analyze_file picks the path from the header: with the threshold lowered, a short call
     # never reaches load_recording
