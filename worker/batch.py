@@ -102,19 +102,26 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
     with session_scope(settings) as session:
         known = enqueued_uri_hashes(session, list(by_hash))
         batch_id = create_batch(session, source).id
-    # Hashing the content is the expensive step: only for paths never sent.
-    requests: list[CallRequest] = []
     refused = 0
-    for digest, path in by_hash.items():
-        if digest in known:
-            continue
-        try:
-            requests.append(inbox_request(path, source))
-        except PayloadError as e:
-            # one file that cannot travel must not keep the rest of the inbox waiting
-            refused += 1
-            log.warning("batch %d: %r not sent: %s", batch_id, str(path), e)
-    result = submit_batch(requests, settings, send, batch_id, known=len(known))
+
+    def new_requests() -> Iterator[CallRequest]:
+        # Hashing the content is the expensive step: only for paths never sent, and drawn a
+        # chunk at a time by the sender, so a large backlog is sent as it is hashed (a scan
+        # stopped by its time limit has sent what it hashed, and its batch is closed)
+        nonlocal refused
+        for digest, path in by_hash.items():
+            if digest in known:
+                continue
+            try:
+                request = inbox_request(path, source)
+            except PayloadError as e:
+                # one file that cannot travel must not keep the rest of the inbox waiting
+                refused += 1
+                log.warning("batch %d: %r not sent: %s", batch_id, str(path), e)
+                continue
+            yield request
+
+    result = submit_batch(new_requests(), settings, send, batch_id, known=len(known))
     enqueued, skipped = result.sent, len(known) + result.skipped
     log.info("batch %d (%s): %d files, %d enqueued, %d already seen, %d refused", batch_id,
              source, len(files), enqueued, skipped, refused)

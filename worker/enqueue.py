@@ -14,10 +14,11 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -116,12 +117,15 @@ def submit(requests: Sequence[CallRequest], settings: Settings, send: Sender,
             for result in chunk]
 
 
-def submit_chunks(requests: Sequence[CallRequest], settings: Settings, send: Sender,
+def submit_chunks(requests: Iterable[CallRequest], settings: Settings, send: Sender,
                   batch_id: int | None = None) -> Iterator[list[Enqueued]]:
     """``submit``, one chunk of SUBMIT_CHUNK results at a time: a caller that must account
-    for what was sent before a TransientError (the inbox scan) has every finished chunk."""
-    for first in range(0, len(requests), SUBMIT_CHUNK):
-        yield _submit_chunk(requests[first:first + SUBMIT_CHUNK], settings, send, batch_id)
+    for what was sent before a TransientError (the inbox scan) has every finished chunk.
+    ``requests`` is drawn a chunk at a time, so a generator that builds them (the inbox scan
+    hashes each file) has its first chunk sent before it builds the next."""
+    remaining = iter(requests)
+    while chunk := list(islice(remaining, SUBMIT_CHUNK)):
+        yield _submit_chunk(chunk, settings, send, batch_id)
 
 
 def _submit_chunk(requests: Sequence[CallRequest], settings: Settings, send: Sender,
@@ -191,14 +195,15 @@ def enqueue_manifest(path: Path | str, *, reprocess: bool = False,
         return submit_batch(requests, settings, sender, batch_id)
 
 
-def submit_batch(requests: Sequence[CallRequest], settings: Settings, send: Sender,
+def submit_batch(requests: Iterable[CallRequest], settings: Settings, send: Sender,
                  batch_id: int, known: int = 0) -> ManifestResult:
     """``submit`` the requests as batch ``batch_id`` and close its scan with what was sent
     and skipped (plus ``known``: calls the caller skipped before asking).
 
-    A send that fails half-way (TransientError) still closes the batch with the chunks
-    published before it, not left "scanning" for ever, and the error that stopped it is the
-    one raised, even if the database is gone too.
+    A send that fails half-way (TransientError), or anything that stops ``requests`` being
+    drawn (a task's time limit while the scan hashes), still closes the batch with the
+    chunks published before it, not left "scanning" for ever, and the error that stopped it
+    is the one raised, even if the database is gone too.
     """
     results: list[Enqueued] = []
 

@@ -166,7 +166,10 @@ def test_a_file_that_cannot_travel_or_a_broker_outage_does_not_wedge_the_scan(
 
     monkeypatch.setattr(batch, "external_id_for", hashing)
 
+    hashed_when_sent: list[int] = []
+
     def broker_fails_after_two(requests: Sequence[store.CallRequest]) -> list[str]:
+        hashed_when_sent.append(len(hashed))
         if len(sent) == 2:
             raise TransientError("broker unreachable")
         sent.extend(requests)
@@ -175,6 +178,8 @@ def test_a_file_that_cannot_travel_or_a_broker_outage_does_not_wedge_the_scan(
     with pytest.raises(TransientError):
         scan_inboxes(settings, source="nightly", send=broker_fails_after_two)
     assert [r.uri for r in sent] == [str(inbox.resolve() / n) for n in ("a.wav", "b.wav")]
+    # each chunk went out as soon as it was hashed, not after the whole inbox was
+    assert hashed_when_sent == [1, 2, 3]
     with db.session_scope(settings) as s:
         (first,) = store.latest_batches(s, 1)
     # closed with the two it sent, not left "scanning"; the unsent one was released
