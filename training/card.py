@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import numpy as np
 
@@ -85,15 +87,26 @@ def clips_sentence(speech_cut: dict[str, Any] | None) -> str:
             f"{seg['min_silence_ms']} ms bridged, {seg['pad_ms']} ms pad), then scored.")
 
 
+ADDED_AS_BEFORE: Final[Mapping[str, Any]] = MappingProxyType({"bn_recalibration_batches": 0})
+"""Training-config fields whose value here is what every run did before the field existed: a
+config (a card's, a checkpoint's) without the field is the same recipe as one holding this
+value, so it can still be final-fitted, resumed and compared."""
+
+
 def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys of two (nested) training configs whose values differ, or that only one has
-    (a field added since: the older recipe did without it)."""
+    (a field added since: the older recipe did without it), unless the one that has it holds
+    its :data:`ADDED_AS_BEFORE` value."""
     diffs: list[str] = []
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
             diffs += config_differences(va, vb, f"{prefix}{key}.")
-        elif key not in a or key not in b or va != vb:
+        elif key not in a or key not in b:
+            present = va if key in a else vb
+            if not (key in ADDED_AS_BEFORE and present == ADDED_AS_BEFORE[key]):
+                diffs.append(f"{prefix}{key}")
+        elif va != vb:
             diffs.append(f"{prefix}{key}")
     return diffs
 

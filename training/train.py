@@ -225,11 +225,6 @@ class FinalFit:
                               ">= 0 and a temperature > 0")
 
 
-ADDED_AS_BEFORE = frozenset({"bn_recalibration_batches"})
-"""TrainConfig fields whose default repeats what every run did before the field existed: a
-selected run's card without one still records its recipe exactly."""
-
-
 def final_fit_of(card: dict[str, Any]) -> tuple[TrainConfig, FinalFit]:
     """The recipe (``val_fraction`` 0) and the :class:`FinalFit` of a selected run's card.
     Raises ConfigError for a card that records no recipe, or one that is a final fit itself."""
@@ -245,10 +240,9 @@ def final_fit_of(card: dict[str, Any]) -> tuple[TrainConfig, FinalFit]:
                           f"{training['limit_per_corpus']} clips per corpus (a smoke run): "
                           "final-fit a run on the whole data")
     rebuilt = train_config_from_record(training["config"])
-    # a key the card lacks would take today's default, which is not the selected recipe,
-    # except a field whose default is how runs trained before it existed
-    differences = [d for d in config_differences(config_record(rebuilt), training["config"])
-                   if d not in ADDED_AS_BEFORE or d in training["config"]]
+    # a key the card lacks would take today's default, which is not the selected recipe
+    # (except a field whose default is how runs trained before it existed: ADDED_AS_BEFORE)
+    differences = config_differences(config_record(rebuilt), training["config"])
     if differences:
         raise ConfigError(f"card of {card.get('version', '?')} does not record "
                           f"{', '.join(differences)} (written before they existed): its recipe "

@@ -29,6 +29,12 @@ def test_config_differences_names_changed_nested_and_one_sided_keys() -> None:
     loco = {"epochs": 40, "augment": {"p_phone": 0.5}, "seed": 0, "speech_cut": None}
     assert config_differences(shipped, loco) == ["augment.p_codec", "augment.p_phone", "seed"]
     assert config_differences(shipped, shipped) == []
+    # a field added with the value every older run had: the card or checkpoint without it
+    # (here nested as a checkpoint's identity nests it) is the same recipe
+    today = {**shipped, "bn_recalibration_batches": 0}
+    assert config_differences({"config": shipped}, {"config": today}) == []
+    assert config_differences({"config": {**today, "bn_recalibration_batches": 8}},
+                              {"config": shipped}) == ["config.bn_recalibration_batches"]
 
 
 def test_clips_sentence_names_the_cut_and_the_vad_level_front_end() -> None:
