@@ -171,11 +171,12 @@ class AugmentConfig:
     instead of 2,860 s on 2 cores."""
     codec_level_range: tuple[float, float] = (0.8, 1.0)
     """libsndfile compression levels drawn (uniformly) for the codec. For Opus at 8 kHz the
-    bitrate falls about linearly with the level, from ~44 kbit/s at 0.8 to ~7 kbit/s at 1.0
-    (the evaluation's ``opus8kbps`` condition), so only about a fifth of the Opus draws are
-    under 17 kbit/s; MP3 gives 17 kbit/s below ~0.91 and 8 kbit/s above (measured by
+    bitrate falls about linearly with the level, from ~47 kbit/s at 0.8 to ~5 kbit/s at 1.0
+    (the evaluation's ``opus8kbps`` condition, named when it was measured with a short clip's
+    Ogg headers, ~7 kbit/s of file), so only about a fifth of the Opus draws are under
+    17 kbit/s; MP3 gives 17 kbit/s below ~0.91 and 8 kbit/s above (measured by
     tests/training/test_augment.py::test_the_codec_levels_drawn_span_these_bitrates).
-    0.95-1.0 (Opus ~16-7 kbit/s) was tried (docs/model-experiments.md): validation UA 66.35 %
+    0.95-1.0 (Opus ~19-5 kbit/s) was tried (docs/model-experiments.md): validation UA 66.35 %
     vs 66.42 %, and no better through Opus on the test actors (54.0 % vs 55.8 %)."""
     opus_share: float = 0.5
     """Of the codec round trips, the share that is Opus (the rest MP3). Opus is the worse of
@@ -263,7 +264,7 @@ def codec_roundtrip(audio: Audio, codec: LossyCodec = "opus",
     """Encode to Ogg/Opus or MP3 in memory through libsndfile and decode back (same length).
 
     ``compression_level`` in [0, 1] is libsndfile's bitrate knob; 1.0 is its lowest bitrate
-    (~7 kbit/s Opus at 8 kHz). The decoded signal is cut or zero-padded to the input length
+    (~5 kbit/s Opus at 8 kHz). The decoded signal is cut or zero-padded to the input length
     (MP3 frames pad the end); the codecs' few-ms delay is kept, as a real decoder keeps it.
     """
     import io
@@ -293,7 +294,7 @@ def codec_roundtrip(audio: Audio, codec: LossyCodec = "opus",
 
 def opus_roundtrip(audio: Audio, sample_rate: int = ANALYSIS_SAMPLE_RATE,
                    compression_level: float = 1.0) -> Audio:
-    """Ogg/Opus round trip (:func:`codec_roundtrip`); 1.0 is ~7 kbit/s at 8 kHz speech."""
+    """Ogg/Opus round trip (:func:`codec_roundtrip`); 1.0 is ~5 kbit/s at 8 kHz speech."""
     return codec_roundtrip(audio, "opus", sample_rate, compression_level)
 
 
