@@ -326,6 +326,9 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--whole-clips", action="store_true",
                    help="score whole clips, silence included, instead of cutting each to its "
                         "speech as the worker cuts calls (how emotion-v1.1.0's card was made)")
+    p.add_argument("--min-frames", type=int, default=None,
+                   help="tile utterances shorter than N frames up to N instead of the card's "
+                        "min_frames (a measurement: 300 is the 3 s the network trains on)")
     p.add_argument("--update-card", action="store_true",
                    help="write the figures into the model's card (JSON and Markdown)")
     p.add_argument("--json-out", type=Path, default=None, help="also write figures as JSON")
@@ -349,13 +352,17 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         print("error: --update-card writes one model's card; score an ensemble without it",
               file=sys.stderr)
         return 2
+    if args.update_card and args.min_frames is not None:
+        print("error: --min-frames scores another serving setting than the card's; a card's "
+              "figures are its own: drop one of them", file=sys.stderr)
+        return 2
     manifests = args.manifest or corpus_manifest_paths(get_settings().corpora_dir, EVAL_CORPORA)
     channels = evaluation_channels(args.robustness, args.channel)
     speech_cut = _speech_cut(args.whole_clips)
     try:
         result = evaluate_model(model_paths, manifests, split=args.split, channels=channels,
                                 threads=args.threads, workers=args.workers,
-                                speech_cut=speech_cut)
+                                speech_cut=speech_cut, min_frames=args.min_frames)
     except CallmoodError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ import functools
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from training.dataset import (
 )
 from worker.audio import load_mono
 from worker.constants import ANALYSIS_SAMPLE_RATE
-from worker.emotion import load_model
+from worker.emotion import EmotionModel, load_model
 from worker.errors import ConfigError
 from worker.features import FeatureConfig, extract_features
 from worker.pipeline import SpeechCut
@@ -240,7 +240,8 @@ def metrics_for(corpus: str, channel: str, probabilities: npt.NDArray[np.float32
 def evaluate_model(model_path: Path | Sequence[Path], manifest_paths: Sequence[Path],
                    split: str = "test", channels: Sequence[str] = ("clean",), threads: int = 1,
                    workers: int = 2,
-                   speech_cut: SpeechCut | None = DEFAULT_SPEECH_CUT) -> EvaluationResult:
+                   speech_cut: SpeechCut | None = DEFAULT_SPEECH_CUT,
+                   min_frames: int | None = None) -> EvaluationResult:
     """Per-corpus figures of the ONNX model at ``model_path`` on ``split`` rows ("all": every
     row; "val": the train-split speakers its card lists as validation speakers).
 
@@ -251,11 +252,20 @@ def evaluate_model(model_path: Path | Sequence[Path], manifest_paths: Sequence[P
     worker cuts calls (``speech_cut``; None scores whole clips, silence included, as v1.1.0's
     card did). Clips whose label is not one of the models' labels (boredom, BAVED) are
     skipped. ConfigError for members that do not fit together.
+
+    ``min_frames`` tiles utterances shorter than that many frames up to it instead of the
+    card's ``min_frames`` (a measurement of the serving setting, e.g. 300: the 3 s crops the
+    network was trained on).
     """
     paths = [model_path] if isinstance(model_path, Path) else list(model_path)
     if not paths:
         raise ConfigError("evaluate needs at least one model")
     models = [load_model(p.resolve(), threads) for p in paths]
+    if min_frames is not None:
+        if min_frames < 1:
+            raise ConfigError(f"min_frames={min_frames}: use a number of frames >= 1")
+        models = [EmotionModel(p.resolve(), replace(m.card, min_frames=min_frames), threads)
+                  for p, m in zip(paths, models, strict=True)]
     card = models[0].card
     held_out = [card_val_speakers(m.card) for m in models]
     for path, model, speakers in zip(paths[1:], models[1:], held_out[1:], strict=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,6 +66,31 @@ def test_evaluate_scores_any_onnx_model_on_any_manifest(tmp_path: Path, callmood
                           "--workers", "1", "--json-out", str(json_out)]) == 0
     printed = capsys.readouterr().out
     assert "ravdess" in printed and "14.3%" in printed and json_out.is_file()
+
+
+def test_evaluate_can_score_another_tiling_than_the_card_s(
+        tmp_path: Path, callmood_corpora: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import training.evaluate as evaluation
+
+    model = write_tiny_model(tmp_path, np.zeros((N_MELS, 7), dtype=np.float32))
+    manifest = _manifest(tmp_path, callmood_corpora)
+    built: list[int] = []
+    from worker.emotion import EmotionModel as real
+
+    def spy(path: Path, card: Any, threads: int) -> Any:
+        built.append(card.min_frames)
+        return real(path, card, threads)
+
+    monkeypatch.setattr(evaluation, "EmotionModel", spy)
+    result = evaluate_model(model, [manifest], workers=1, min_frames=300)
+    assert built == [300] and result.get("ravdess", "clean").n_clips == 16
+    with pytest.raises(ConfigError, match="min_frames=0"):
+        evaluate_model(model, [manifest], workers=1, min_frames=0)
+    # a card's figures are scored with its own setting
+    assert evaluate_main(["--model", str(model), "--manifest", str(manifest), "--workers", "1",
+                          "--min-frames", "300", "--update-card"]) == 2
+    assert "--min-frames" in capsys.readouterr().err
 
 
 def test_evaluate_reports_a_missing_model_clearly(tmp_path: Path,
