@@ -456,13 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="give up waiting after this many seconds (default 1800)")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("worker", help="start a Celery worker on CALLMOOD_BROKER_URL")
+    p = sub.add_parser("worker", help="start a Celery worker on CALLMOOD_BROKER_URL",
+                       epilog="Any other option goes to celery worker unchanged (e.g. -O fair, "
+                              "--hostname w1@%%h).")
     p.add_argument("--concurrency", type=_processes, default=1, help="processes (one per core)")
     p.add_argument("--loglevel", default=None,
                    help="celery's log level (default: CALLMOOD_LOG_LEVEL, INFO)")
-    p.add_argument("celery_args", nargs=argparse.REMAINDER,
-                   help="further options passed to celery worker unchanged")
-    p.set_defaults(func=cmd_worker)
+    p.set_defaults(func=cmd_worker, celery_args=[])
 
     p = sub.add_parser("db", help="database schema (Alembic migrations)")
     p.add_argument("action", choices=["upgrade", "current"])
@@ -473,12 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_calls)
 
-    p = sub.add_parser("beat", help="start Celery beat (sends the nightly inbox scan)")
+    p = sub.add_parser("beat", help="start Celery beat (sends the nightly inbox scan)",
+                       epilog="Any other option goes to celery beat unchanged (e.g. "
+                              "--max-interval 10).")
     p.add_argument("--loglevel", default=None,
                    help="celery's log level (default: CALLMOOD_LOG_LEVEL, INFO)")
-    p.add_argument("celery_args", nargs=argparse.REMAINDER,
-                   help="further options passed to celery beat unchanged")
-    p.set_defaults(func=cmd_beat)
+    p.set_defaults(func=cmd_beat, celery_args=[])
 
     p = sub.add_parser("enqueue", help="send a recording (or a manifest) to the workers")
     p.add_argument("target", nargs="?", metavar="FILE|URI", help="recording path or file:// URI")
@@ -526,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CELERY_COMMANDS: frozenset[str] = frozenset({"worker", "beat"})
+"""Subcommands that exec celery: options callmood does not define are celery's."""
+
 DELEGATED: dict[str, str] = {"train": "train_main", "final-fit": "final_fit_main",
                              "evaluate": "evaluate_main"}
 """Subcommands handed whole to ``training.cli`` (argparse's REMAINDER cannot pass on a
@@ -551,7 +554,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         delegated: Callable[[list[str] | None], int] = getattr(training_cli, DELEGATED[raw[0]])
         return delegated(raw[1:])
-    args = build_parser().parse_args(raw)
+    parser = build_parser()
+    if raw and raw[0] in CELERY_COMMANDS:
+        # every option callmood does not define goes to celery unchanged, in its order
+        args, unknown = parser.parse_known_args(raw)
+        args.celery_args = unknown[1:] if unknown[:1] == ["--"] else unknown
+    else:
+        args = parser.parse_args(raw)
     try:
         settings = Settings.from_env()
         # The CLI speaks through its own output; library INFO logs only when asked for.

@@ -189,3 +189,30 @@ def test_demo_runs_its_calls_through_a_worker_and_exports_only_their_segments(
     assert segments["call"].nunique() == 3
     assert f"sha256-{file_sha256(earlier)}" not in set(segments["call"])
     assert set(segments["role"]) == {"agent", "customer"}
+
+
+def test_worker_and_beat_hand_celery_options_they_do_not_define_to_celery(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import worker.cli as cli
+
+    execs: list[list[str]] = []
+
+    def execv(path: str, argv: list[str]) -> None:
+        execs.append(argv)
+        raise SystemExit(0)  # os.execv does not return
+
+    monkeypatch.setattr(cli.os, "execv", execv)
+    monkeypatch.setenv("CALLMOOD_BROKER_URL", "redis://127.0.0.1:1/0")  # never dialled here
+    monkeypatch.setenv("CALLMOOD_INBOX_DIRS", str(env))
+    for argv, passed in ((["worker", "--concurrency", "2", "-O", "fair", "--hostname", "w1@%h"],
+                          ["-O", "fair", "--hostname", "w1@%h"]),
+                         (["worker", "--", "--autoscale", "4,1"], ["--autoscale", "4,1"]),
+                         (["beat", "--max-interval", "10"], ["--max-interval", "10"])):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert execs[-1][-len(passed):] == passed, execs[-1]
+    assert "--concurrency" in execs[0] and execs[0][execs[0].index("--concurrency") + 1] == "2"
+    # a command that does not exec celery still refuses an option it does not know
+    with pytest.raises(SystemExit):
+        main(["calls", "-O", "fair"])
+    assert "unrecognized arguments" in capsys.readouterr().err
