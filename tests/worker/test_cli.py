@@ -193,15 +193,13 @@ def test_demo_runs_its_calls_through_a_worker_and_exports_only_their_segments(
 
 def test_worker_and_beat_hand_celery_options_they_do_not_define_to_celery(
         env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import worker.cli as cli
-
     execs: list[list[str]] = []
 
     def execv(path: str, argv: list[str]) -> None:
         execs.append(argv)
         raise SystemExit(0)  # os.execv does not return
 
-    monkeypatch.setattr(cli.os, "execv", execv)
+    monkeypatch.setattr(os, "execv", execv)  # the module worker.cli calls it on
     monkeypatch.setenv("CALLMOOD_BROKER_URL", "redis://127.0.0.1:1/0")  # never dialled here
     monkeypatch.setenv("CALLMOOD_INBOX_DIRS", str(env))
     for argv, passed in ((["worker", "--concurrency", "2", "-O", "fair", "--hostname", "w1@%h"],
