@@ -12,8 +12,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from training.augment import AugmentConfig
 from training.card import read_card_dict, with_loco, with_loco_of, with_test_metrics, write_card
 from training.dataset import (
@@ -23,17 +21,7 @@ from training.dataset import (
     TRAINABLE_EXTRA_CLASSES,
     corpus_manifest_paths,
 )
-from training.distill import DistillConfig
 from training.evaluate import CHANNELS, ROBUSTNESS, evaluate_model
-from training.model import ModelConfig
-from training.train import (
-    MODEL_VERSION,
-    TRAIN_FEATURES,
-    TrainConfig,
-    final_fit_of,
-    manifest_digest,
-    train,
-)
 from worker.constants import EMOTIONS
 from worker.emotion import check_version
 from worker.errors import CallmoodError, ConfigError
@@ -76,6 +64,17 @@ def _add_run_options(p: argparse.ArgumentParser, resume_help: str) -> None:
 
 
 def build_train_parser() -> argparse.ArgumentParser:
+    # torch-backed modules load only for the commands that train: `evaluate` scores
+    # ONNX models where only the worker's dependencies are installed
+
+    from training.distill import DistillConfig
+    from training.model import ModelConfig
+    from training.train import (
+        MODEL_VERSION,
+        TRAIN_FEATURES,
+        TrainConfig,
+    )
+
     p = argparse.ArgumentParser(prog="python -m training train",
                                 description="Train the emotion CNN and export ONNX + card.")
     p.add_argument("--manifest", type=Path, action="append",
@@ -181,6 +180,18 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: list[str] | None = None) -> int:
     """``train``: returns a process exit status."""
+    # torch-backed modules load only for the commands that train: `evaluate` scores
+    # ONNX models where only the worker's dependencies are installed
+    import torch
+
+    from training.distill import DistillConfig
+    from training.model import ModelConfig
+    from training.train import (
+        TRAIN_FEATURES,
+        TrainConfig,
+        train,
+    )
+
     args = build_train_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     settings = get_settings()
@@ -382,6 +393,13 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 
 def build_final_fit_parser() -> argparse.ArgumentParser:
+    # torch-backed modules load only for the commands that train: `evaluate` scores
+    # ONNX models where only the worker's dependencies are installed
+
+    from training.train import (
+        MODEL_VERSION,
+    )
+
     p = argparse.ArgumentParser(
         prog="python -m training final-fit",
         description="Train a selected run's recipe again on every train speaker, its "
@@ -412,6 +430,16 @@ def build_final_fit_parser() -> argparse.ArgumentParser:
 
 def final_fit_main(argv: list[str] | None = None) -> int:
     """``final-fit``: returns a process exit status."""
+    # torch-backed modules load only for the commands that train: `evaluate` scores
+    # ONNX models where only the worker's dependencies are installed
+    import torch
+
+    from training.train import (
+        final_fit_of,
+        manifest_digest,
+        train,
+    )
+
     args = build_final_fit_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     settings = get_settings()
@@ -503,6 +531,13 @@ def build_loco_parser() -> argparse.ArgumentParser:
 
 def loco_main(argv: list[str] | None = None) -> int:
     """``loco``: prints one table per held-out corpus; returns a process exit status."""
+    # torch-backed modules load only for the commands that train: `evaluate` scores
+    # ONNX models where only the worker's dependencies are installed
+
+    from training.train import (
+        final_fit_of,
+    )
+
     args, train_args = build_loco_parser().parse_known_args(argv)
     # the held-out corpus is scored as its models are trained: cut to speech or whole
     known = build_train_parser().parse_known_args(train_args)[0]

@@ -274,3 +274,24 @@ def test_an_ensemble_scores_the_mean_of_its_members_probabilities(
     assert evaluate_main(["--model", str(a), "--model", str(b), "--manifest", str(manifest),
                           "--workers", "1"]) == 0
     assert "model tiny-0.0.1 + tiny-0.0.1" in capsys.readouterr().out
+
+
+def test_evaluate_runs_where_torch_is_not_installed() -> None:
+    """`callmood evaluate` scores ONNX models: the production install (no train extra, no
+    torch) must still run it; only training needs torch."""
+    import subprocess
+    import sys
+
+    blocked = (
+        "import sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ModuleNotFoundError(\"No module named 'torch'\")\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "from worker.cli import main\n"
+        "sys.exit(main(['evaluate', '--help']))\n")
+    done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--min-frames" in done.stdout
