@@ -27,7 +27,7 @@ from worker.emotion import check_version
 from worker.errors import CallmoodError, ConfigError
 from worker.features import NORMALIZATIONS, FeatureConfig
 from worker.pipeline import SpeechCut
-from worker.settings import PACKAGE_DIR, cut_env_assignments, get_settings
+from worker.settings import cut_env_assignments, get_settings
 
 EVAL_CORPORA: tuple[str, ...] = ("ravdess", "emodb", "urdu")
 """Corpora with test speakers (TESS has none)."""
@@ -49,6 +49,18 @@ def _cut_env(cut: SpeechCut | None) -> str:
     if cut is None:
         return ""
     return "".join(f"{a} " for a in cut_env_assignments(cut.vad, cut.segmentation))
+
+
+def refuse_serving_model(model_path: Path) -> None:
+    """ConfigError when a run would write ``model_path`` over the model the worker serves
+    (CALLMOOD_MODEL_PATH, by default the shipped one): workers pick up a replaced file as
+    their processes recycle, mid-batch, and the shipped model and card would be lost. A new
+    model is deployed by pointing CALLMOOD_MODEL_PATH at it."""
+    serving = get_settings().model_path
+    if model_path.resolve() == serving.resolve():
+        raise ConfigError(f"{model_path} is the model the worker serves (CALLMOOD_MODEL_PATH); "
+                          "write the run elsewhere (--out-dir) and point CALLMOOD_MODEL_PATH at "
+                          "the new file to deploy it")
 
 
 def _add_run_options(p: argparse.ArgumentParser, resume_help: str) -> None:
@@ -80,7 +92,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, action="append",
                    help="manifest CSV (path, speaker, emotion, split; repeatable). Default: the "
                         f"{', '.join(DEFAULT_CORPORA)} manifests under the corpora dir")
-    p.add_argument("--out-dir", type=Path, default=PACKAGE_DIR / "models")
+    p.add_argument("--out-dir", type=Path, default=Path("runs") / "train",
+                   help="where the model, its card and checkpoint go (default runs/train; "
+                        "never the model the worker serves, CALLMOOD_MODEL_PATH)")
     p.add_argument("--name", default="emotion-v1")
     p.add_argument("--version", default=MODEL_VERSION,
                    help="version written into the card; segment rows record it with the ONNX "
@@ -240,6 +254,9 @@ def train_main(argv: list[str] | None = None) -> int:
     command = _cut_env(config.speech_cut) + "python -m training train " + shlex.join(
         _without_options(argv if argv is not None else sys.argv[1:], {"--resume": 0}))
     try:
+        refuse_serving_model(args.out_dir / f"{args.name}.onnx")
+        if args.final_fit_version is not None:
+            refuse_serving_model(args.out_dir / "final" / f"{args.name}.onnx")
         result = train(manifests, args.out_dir, config, name=args.name, version=args.version,
                        device=args.device, workers=args.workers,
                        limit_per_corpus=args.limit_per_corpus, command=command.strip(),
@@ -448,6 +465,7 @@ def final_fit_main(argv: list[str] | None = None) -> int:
     manifests = args.manifest or corpus_manifest_paths(
         settings.corpora_dir, [c for c in DEFAULT_CORPORA if c != args.without_corpus])
     try:
+        refuse_serving_model(args.out_dir / f"{args.name}.onnx")
         check_version(args.version)
         selected = read_card_dict(args.selected.resolve())
         config, final_fit = final_fit_of(selected)

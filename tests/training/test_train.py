@@ -645,3 +645,26 @@ def torch_equal(a: object, b: object) -> bool:
 
     assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
     return bool(torch.equal(a, b))
+
+
+def test_training_refuses_to_write_over_the_model_the_worker_serves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.settings import get_settings
+
+    serving = tmp_path / "serve" / "emotion-v1.onnx"
+    monkeypatch.setenv("CALLMOOD_MODEL_PATH", str(serving))
+    get_settings.cache_clear()
+    try:
+        assert train_main(["--out-dir", str(serving.parent), "--epochs", "1"]) == 2
+        assert "model the worker serves" in capsys.readouterr().err
+        assert final_fit_main(["--selected", str(tmp_path / "sel.onnx"),
+                               "--out-dir", str(serving.parent)]) == 2
+        assert "model the worker serves" in capsys.readouterr().err
+        assert not serving.exists()
+    finally:
+        get_settings.cache_clear()
+    # the default is a folder of its own, not the packaged models
+    from training.cli import build_train_parser
+
+    assert build_train_parser().parse_args([]).out_dir == Path("runs") / "train"
