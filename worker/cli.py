@@ -138,6 +138,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from worker.runner import external_id_for
 
     out = settings.data_dir / "demo"
+    manifest = settings.corpora_dir / "ravdess" / "manifest.csv"
+    if not manifest.is_file():
+        raise ConfigError(f"the demo builds its calls from the RAVDESS test actors, and "
+                          f"{manifest} is missing: put the corpora at ../shared/corpora beside "
+                          "the checkout or set CALLMOOD_CORPORA_DIR")
     paths = demo_calls(settings.corpora_dir, out)
     print(f"callmood demo: wrote {len(paths)} stereo 8 kHz mu-law calls (RAVDESS test actors, "
           f"channel 0 agent, 1 customer) to {out}", file=sys.stderr)

@@ -214,3 +214,11 @@ def test_worker_and_beat_hand_celery_options_they_do_not_define_to_celery(
     with pytest.raises(SystemExit):
         main(["calls", "-O", "fair"])
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_the_demo_without_corpora_is_a_configuration_error(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CALLMOOD_CORPORA_DIR", str(env / "no-corpora"))
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error" in err and "CALLMOOD_CORPORA_DIR" in err
