@@ -29,6 +29,10 @@ from worker.features import NORMALIZATIONS, FeatureConfig
 from worker.pipeline import SpeechCut
 from worker.settings import cut_env_assignments, get_settings
 
+# torch and the modules built on it (training.train, .model, .distill) are imported inside the
+# commands that train: `evaluate` scores ONNX models, and must run on the production install,
+# which has the worker's dependencies only
+
 EVAL_CORPORA: tuple[str, ...] = ("ravdess", "emodb", "urdu")
 """Corpora with test speakers (TESS has none)."""
 
@@ -76,9 +80,6 @@ def _add_run_options(p: argparse.ArgumentParser, resume_help: str) -> None:
 
 
 def build_train_parser() -> argparse.ArgumentParser:
-    # torch-backed modules load only for the commands that train: `evaluate` scores
-    # ONNX models where only the worker's dependencies are installed
-
     from training.distill import DistillConfig
     from training.model import ModelConfig
     from training.train import (
@@ -194,8 +195,6 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: list[str] | None = None) -> int:
     """``train``: returns a process exit status."""
-    # torch-backed modules load only for the commands that train: `evaluate` scores
-    # ONNX models where only the worker's dependencies are installed
     import torch
 
     from training.distill import DistillConfig
@@ -410,9 +409,6 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 
 def build_final_fit_parser() -> argparse.ArgumentParser:
-    # torch-backed modules load only for the commands that train: `evaluate` scores
-    # ONNX models where only the worker's dependencies are installed
-
     from training.train import (
         MODEL_VERSION,
     )
@@ -447,8 +443,6 @@ def build_final_fit_parser() -> argparse.ArgumentParser:
 
 def final_fit_main(argv: list[str] | None = None) -> int:
     """``final-fit``: returns a process exit status."""
-    # torch-backed modules load only for the commands that train: `evaluate` scores
-    # ONNX models where only the worker's dependencies are installed
     import torch
 
     from training.train import (
@@ -549,9 +543,6 @@ def build_loco_parser() -> argparse.ArgumentParser:
 
 def loco_main(argv: list[str] | None = None) -> int:
     """``loco``: prints one table per held-out corpus; returns a process exit status."""
-    # torch-backed modules load only for the commands that train: `evaluate` scores
-    # ONNX models where only the worker's dependencies are installed
-
     from training.train import (
         final_fit_of,
     )
