@@ -153,7 +153,7 @@ def _title(metrics: pd.Series, duration_s: float) -> str:
             if bool(metrics.get("escalated")) else "  -  not escalated")
     agent = metrics.get("agent_id")
     # a call without an agent id reads NaN from the database frame (truthy: `or` keeps it)
-    agent_text = str(agent) if agent is not None and pd.notna(agent) and str(agent) else "?"
+    agent_text = str(agent) if pd.notna(agent) and str(agent) else "?"
     return (f"call {call} | agent {agent_text} | {when} | "
             f"{format_clock(duration_s)}\n{stress_text}{flag}")
 

@@ -532,13 +532,12 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
         call.status = "pending"
         call.attempts = 0
         call.failure_reason = None
-        update_from_request(session, call, request)
     elif call.enqueued_at is not None or call.status != "pending":
         return Reservation(call, None)
-    else:
-        # registered and never sent (its send failed and was released): this request is the
-        # one published, so the row takes its file and labels, which reports and recovery use
-        update_from_request(session, call, request)
+    # the request published now (a new run, or a call registered and never sent because its
+    # send failed and was released): the row takes its file and labels, which reports and
+    # recovery use
+    update_from_request(session, call, request)
     if batch_id is not None:
         call.batch_id = batch_id
     call.enqueued_at = utcnow()
