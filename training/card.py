@@ -87,7 +87,8 @@ def clips_sentence(speech_cut: dict[str, Any] | None) -> str:
             f"{seg['min_silence_ms']} ms bridged, {seg['pad_ms']} ms pad), then scored.")
 
 
-ADDED_AS_BEFORE: Final[Mapping[str, Any]] = MappingProxyType({"bn_recalibration_batches": 0})
+ADDED_AS_BEFORE: Final[Mapping[str, Any]] = MappingProxyType({"bn_recalibration_batches": 0,
+                                                                    "band_pooling": "mean"})
 """Training-config fields whose value here is what every run did before the field existed: a
 config (a card's, a checkpoint's) without the field is the same recipe as one holding this
 value, so it can still be final-fitted, resumed and compared."""

@@ -81,7 +81,7 @@ def _add_run_options(p: argparse.ArgumentParser, resume_help: str) -> None:
 
 def build_train_parser() -> argparse.ArgumentParser:
     from training.distill import DistillConfig
-    from training.model import ModelConfig
+    from training.model import BAND_POOLINGS, ModelConfig
     from training.train import (
         MODEL_VERSION,
         TRAIN_FEATURES,
@@ -158,6 +158,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "averaged statistics, emotion-v1.6.0)")
     p.add_argument("--members", type=int, default=ModelConfig.members,
                    help="CNNs trained side by side and averaged in one ONNX model (1: one CNN)")
+    p.add_argument("--band-pooling", choices=BAND_POOLINGS, default=ModelConfig.band_pooling,
+                   help="mean: average the last stage's frequency rows before the time "
+                        "statistics (emotion-v1.6.0); keep: statistics per channel and row")
     p.add_argument("--channels", type=_channels, default=ModelConfig().channels,
                    metavar="C1,C2,C3,C4",
                    help="each member's channels per conv stage (default "
@@ -236,6 +239,7 @@ def train_main(argv: list[str] | None = None) -> int:
                              features=features,
                              model=ModelConfig(n_mels=features.n_mels, views=features.n_views,
                                                channels=args.channels, members=args.members,
+                                               band_pooling=args.band_pooling,
                                                n_classes=len(EMOTIONS) + len(args.extra_class),
                                                arousal_classes=(len(AROUSAL_LEVELS)
                                                                 if args.arousal_weight > 0

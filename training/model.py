@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Final
 
 import torch
 from torch import nn
 
 from worker.errors import ConfigError
+
+BAND_POOLINGS: Final = ("mean", "keep")
+"""Values of :attr:`ModelConfig.band_pooling`."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,11 @@ class ModelConfig:
 
     arousal_classes: int = 0
     """Outputs of the auxiliary arousal head (0: none, the graph emotion-v1.4.0 has)."""
+    band_pooling: str = "mean"
+    """How the last stage's ``n_mels / 8`` frequency rows reach the time statistics: "mean"
+    averages them (emotion-v1.6.0 and earlier: where in the spectrum a pattern sits is
+    lost beyond the receptive field), "keep" keeps each row's channels apart, so the head
+    sees the mean and deviation of every (channel, band): ``n_mels / 8`` times the inputs."""
 
     def __post_init__(self) -> None:
         if self.arousal_classes < 0:
@@ -51,6 +59,16 @@ class ModelConfig:
                               "head) or the number of arousal levels")
         if self.members < 1:
             raise ConfigError(f"members={self.members}: use 1 (one CNN) or more (an ensemble)")
+        if self.band_pooling not in BAND_POOLINGS:
+            raise ConfigError(f"band_pooling={self.band_pooling!r}: use one of "
+                              f"{', '.join(BAND_POOLINGS)}")
+
+    @property
+    def embedding_size(self) -> int:
+        """Width of the pooled statistics the heads read: mean and standard deviation of each
+        last-stage channel, per frequency row with ``band_pooling`` "keep"."""
+        rows = self.n_mels // 8 if self.band_pooling == "keep" else 1
+        return 2 * self.channels[3] * rows
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,10 +98,12 @@ class EmotionCNN(nn.Module):
             *_conv_bn(c2, c3), *_conv_bn(c3, c3), nn.MaxPool2d(2),
             *_conv_bn(c3, c4), *_conv_bn(c4, c4),
         )
-        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * c4, config.n_classes))
+        self.head = nn.Sequential(nn.Dropout(config.dropout),
+                                  nn.Linear(config.embedding_size, config.n_classes))
         # built after the emotion layers, so their initial weights do not depend on it
         self.arousal_head = (nn.Sequential(nn.Dropout(config.dropout),
-                                           nn.Linear(2 * c4, config.arousal_classes))
+                                           nn.Linear(config.embedding_size,
+                                                     config.arousal_classes))
                              if config.arousal_classes else None)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -92,15 +112,16 @@ class EmotionCNN(nn.Module):
         return out
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
-        """(batch, views * n_mels, frames) float32 -> (batch, 2 * channels[3]) mean and
-        standard deviation over time of the last stage."""
+        """(batch, views * n_mels, frames) float32 -> (batch, embedding_size) mean and
+        standard deviation over time of the last stage (channels first, then moments)."""
         c = self.config
         # the views stacked along the band axis become channels: (B, views, n_mels, frames);
         # one view keeps the Unsqueeze graph emotion-v1.4.0 and earlier were exported with
         x = (features.unsqueeze(1) if c.views == 1 else
              features.reshape(features.shape[0], c.views, c.n_mels, features.shape[2]))
         h = self.body(x)                           # (B, C, mels/8, frames/8)
-        h = h.mean(dim=2)                          # (B, C, T')
+        h = (h.mean(dim=2) if c.band_pooling == "mean"   # (B, C, T')
+             else h.flatten(1, 2))                        # (B, C * mels/8, T')
         mean = h.mean(dim=2)
         std = torch.sqrt(torch.clamp(h.var(dim=2, unbiased=False), min=1e-6))
         return torch.cat([mean, std], dim=1)

@@ -440,7 +440,8 @@ def draw_epoch(emotion_draws: npt.NDArray[np.int64], n_emotion: int, n_arousal: 
 
 def architecture_name(config: ModelConfig) -> str:
     """The card's ``architecture.type``."""
-    one = "EmotionCNN (4 conv stages, mean+std pooling over time)"
+    one = ("EmotionCNN (4 conv stages, mean+std pooling over time)" if config.band_pooling == "mean"
+           else "EmotionCNN (4 conv stages, mean+std pooling over time per frequency row)")
     name = one if config.members == 1 else f"{config.members} x {one}, logits averaged"
     return name if not config.arousal_classes else name + " (arousal head trained, not exported)"
 

@@ -191,6 +191,8 @@ def test_a_recorded_recipe_reads_back_as_the_config_that_wrote_it(tmp_path: Path
     assert final_fit_of(card)[0].bn_recalibration_batches == 0
     card["training"]["config"]["bn_recalibration_batches"] = 8
     assert final_fit_of(card)[0].bn_recalibration_batches == 8
+    del card["training"]["config"]["model"]["band_pooling"]      # emotion-v1.6.0's card
+    assert final_fit_of(card)[0].model.band_pooling == "mean"
     # every train speaker (val_fraction 0) only in a final fit: nothing would select the epoch
     with pytest.raises(ConfigError, match="only a final fit may"):
         train([], tmp_path, replace(config, val_fraction=0.0))
@@ -315,6 +317,29 @@ def test_the_compute_per_3_s_that_the_model_docs_quote(
 
     config = ModelConfig(channels=channels, members=members)
     assert multiply_adds(config) / 1e6 == pytest.approx(mega_multiply_adds, abs=0.05)
+
+
+def test_band_pooling_keep_gives_the_head_each_frequency_row_and_exports(tmp_path: Path) -> None:
+    """"keep" feeds the head the time statistics of every (channel, frequency row); the graph
+    still takes any length, and the default keeps emotion-v1.6.0's 2 * channels[3] inputs."""
+    import torch
+
+    assert ModelConfig().embedding_size == 256
+    config = ModelConfig(channels=(4, 8, 8, 16), band_pooling="keep")
+    assert config.embedding_size == 2 * 16 * (64 // 8)
+    with pytest.raises(ConfigError, match=r"band_pooling='rows'.*mean, keep"):
+        ModelConfig(band_pooling="rows")
+    torch.manual_seed(0)
+    net = EmotionCNN(config).eval()
+    x = torch.randn(1, 64, 100)
+    with torch.no_grad():
+        assert net.embed(x).shape == (1, config.embedding_size)
+        # the rows are kept apart: swapping the input's high and low bands changes the
+        # embedding, where averaging the rows would only see the rows' mean
+        flipped = net.embed(x.flip(1))
+        assert not torch.allclose(net.embed(x), flipped)
+    export_onnx(net, tmp_path / "keep.onnx", 64)
+    assert check_onnx(net, tmp_path / "keep.onnx", 64) < 1e-4    # two lengths, dynamic axes
 
 
 def test_an_ensemble_averages_its_members_in_one_exported_graph(tmp_path: Path) -> None:
