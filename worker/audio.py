@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +29,13 @@ from worker.constants import (
     MAX_SAMPLE_PEAK,
     MIN_INPUT_SAMPLE_RATE,
 )
-from worker.errors import AudioDecodeError, InputNotAllowedError, UnsupportedAudioError
+from worker.errors import (
+    AudioDecodeError,
+    InputNotAllowedError,
+    PayloadError,
+    UnsupportedAudioError,
+)
+from worker.uris import local_path_text, uri_scheme
 
 Audio = npt.NDArray[np.float32]
 
@@ -68,15 +73,12 @@ def resolve_input(uri: str, input_roots: Sequence[Path]) -> Path:
     """
     if not uri or len(uri) > 4096:
         raise InputNotAllowedError("recording URI is empty or longer than 4096 characters")
-    parts = urlsplit(uri)
-    if parts.scheme == "file":
-        # %XX bytes that are not UTF-8 (a name in another encoding) come back as the
-        # surrogate escapes os.fsencode turns into those bytes again
-        raw = unquote(parts.path, errors="surrogateescape")
-    elif parts.scheme == "" or (len(parts.scheme) == 1 and uri[1:3] in (":\\", ":/")):
-        raw = uri
-    else:
-        raise InputNotAllowedError(f"URI scheme {parts.scheme!r} is not enabled; use a path "
+    try:
+        raw = local_path_text(uri)
+    except PayloadError as e:
+        raise InputNotAllowedError(str(e)) from e
+    if raw is None:
+        raise InputNotAllowedError(f"URI scheme {uri_scheme(uri)!r} is not enabled; use a path "
                                    "or file:// URI under CALLMOOD_INPUT_ROOTS")
     if "\x00" in raw:
         raise InputNotAllowedError("recording path contains a NUL byte")
@@ -135,9 +137,11 @@ def probe_duration_s(uri: str) -> float | None:
     For producers sizing a task's time limit: no input-root check (the worker does that) and
     no error (a file the producer cannot see is still sent, with the default limits).
     """
-    parts = urlsplit(uri)
-    raw = unquote(parts.path, errors="surrogateescape") if parts.scheme == "file" else uri
-    if parts.scheme not in ("", "file") and not (len(parts.scheme) == 1 and uri[1:3] in (":\\", ":/")):
+    try:
+        raw = local_path_text(uri)
+    except PayloadError:
+        return None
+    if raw is None:
         return None
     try:
         info = read_info(Path(raw))

@@ -21,7 +21,6 @@ from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from worker.db import session_scope
 from worker.errors import PayloadError, TransientError
@@ -38,6 +37,7 @@ from worker.store import (
     request_for_call,
     reserve_for_enqueue,
 )
+from worker.uris import uri_scheme
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ def absolute_uri(uri: str) -> str:
     ``path_uri`` sends it)."""
     if not isinstance(uri, str) or not uri:
         raise PayloadError(f"uri: expected a path or file:// URI, got {uri!r}")
-    if urlsplit(uri).scheme and len(urlsplit(uri).scheme) > 1:
+    if uri_scheme(uri):
         return uri
     # absolute, not resolved: the producer's symlinks need not exist where the worker runs
     return path_uri(Path(uri).expanduser().absolute())
@@ -373,7 +373,7 @@ def _request_from_row(row: Mapping[str, Any], base: Path, reprocess: bool) -> Ca
         if row.get(name) in (None, ""):
             raise PayloadError(f"{name}: required")
     uri = row["uri"]
-    if isinstance(uri, str) and not (urlsplit(uri).scheme and len(urlsplit(uri).scheme) > 1):
+    if isinstance(uri, str) and not uri_scheme(uri):
         uri = path_uri((base / Path(uri).expanduser()).absolute())
     metadata = row.get("metadata")
     if isinstance(metadata, str):  # a CSV cell holds the object as JSON text

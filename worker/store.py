@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -34,6 +33,7 @@ from worker.schema import (
     Segment,
     utcnow,
 )
+from worker.uris import local_path_text
 
 if TYPE_CHECKING:  # only the dataclasses; the pipeline's imports stay out of the DB edge
     from worker.pipeline import RecordingAnalysis
@@ -58,10 +58,9 @@ def check_uri(uri: object) -> None:
     if not isinstance(uri, str) or not 1 <= len(uri) <= URI_MAX_CHARS:
         raise PayloadError(f"uri: expected a path or file:// URI of 1-{URI_MAX_CHARS} "
                            f"characters, got {_describe(uri)}")
-    parts = urlsplit(uri)
     # a file:// URI's path is percent-decoded before it is opened: %00 is a NUL there
-    if "\x00" in uri or (parts.scheme == "file"
-                         and "\x00" in unquote(parts.path, errors="surrogateescape")):
+    path = local_path_text(uri)
+    if "\x00" in uri or (path is not None and "\x00" in path):
         raise PayloadError("uri: contains a NUL character (or %00 in a file:// URI)")
     try:
         uri.encode("utf-8")

@@ -29,6 +29,7 @@ GOOD: dict[str, Any] = {"uri": "/calls/a.wav", "call_id": "CC-100", "agent_id": 
     ({"uri": "x" * 5000}, "uri"),
     # opened percent-decoded: a NUL the OS refuses before any decode error could name it
     ({"uri": "file:///rec/a%00.wav"}, "uri: contains a NUL"),
+    ({"uri": "file://nas/rec/a.wav"}, "uri: the file:// URI names host 'nas'"),
     ({"call_id": None}, "call_id"),
     ({"call_id": "has space"}, "call_id"),
     ({"call_id": "é"}, "call_id"),
