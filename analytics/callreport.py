@@ -42,7 +42,7 @@ AGGREGATE_COLUMNS: Final[tuple[str, ...]] = (
     "group", "period_start", "calls", "calls_with_customer", "escalated_calls",
     "escalated_share",
     "mean_customer_stress", "max_customer_stress", "mean_customer_stress_shift",
-    "mean_agent_stress", "mean_duration_s", "mean_silence_share", "total_overtalk_s",
+    "mean_agent_stress", "mean_duration_s", "silence_share", "total_overtalk_s",
 )
 """Columns of :func:`aggregate_calls`; ``group`` is the agent id or the team."""
 
@@ -149,6 +149,13 @@ def rank_by_customer_stress(metrics: pd.DataFrame) -> pd.DataFrame:
                                na_position="last", ignore_index=True)
 
 
+def calls_to_draw(ranked: pd.DataFrame, segments: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """The first ``limit`` rows of ``ranked`` (call metrics, most stressed first) among calls
+    with segments: a call nobody spoke in has no picture, so it must not take a slot from a
+    mono call with speech ranked after it (both sort last, by call id)."""
+    return ranked[ranked["call"].isin(segments["call"])].head(max(limit, 0))
+
+
 def period_start(started_at: pd.Series, period: Period, timezone: str = "UTC") -> pd.Series:
     """The calendar day, or the Monday of the ISO week, of each start in ``timezone`` (an IANA
     name: the site's days, not UTC's), as naive midnights of that day; NaT for ``all`` or an
@@ -169,14 +176,18 @@ def aggregate_calls(metrics: pd.DataFrame, by: GroupBy = "agent",
 
     Means skip calls without the party; ``escalated_share`` is escalated calls / calls in which
     the customer spoke (0-1; empty without any): only those can be flagged, so mono or one-way
-    calls neither dilute it nor read as a perfect 0.
+    calls neither dilute it nor read as a perfect 0. ``silence_share`` is the group's silent
+    time over its call time (a 20 s dropped call weighs 20 s, not as much as an hour's call).
     """
     columns = list(AGGREGATE_COLUMNS)
     if metrics.empty:
         return pd.DataFrame(columns=columns)
     keyed = metrics.assign(group=metrics["agent_id" if by == "agent" else "team"],
                            period_start=period_start(metrics["started_at"], period, timezone),
-                           escalated=metrics["escalated"].astype(bool))
+                           escalated=metrics["escalated"].astype(bool),
+                           # the time of the calls whose silence is known: the share's base
+                           timed_s=metrics["duration_s"].astype(float).where(
+                               metrics["silence_s"].notna()))
     grouped = keyed.groupby(["group", "period_start"], dropna=False, sort=True)
     out = grouped.agg(
         calls=("call", "size"),
@@ -187,8 +198,11 @@ def aggregate_calls(metrics: pd.DataFrame, by: GroupBy = "agent",
         mean_customer_stress_shift=("customer_stress_shift", "mean"),
         mean_agent_stress=("agent_stress", "mean"),
         mean_duration_s=("duration_s", "mean"),
-        mean_silence_share=("silence_share", "mean"),
+        silence_s=("silence_s", "sum"),
+        timed_s=("timed_s", "sum"),
         total_overtalk_s=("overtalk_s", "sum"),
     ).reset_index()
     measurable = out["calls_with_customer"].where(out["calls_with_customer"] > 0)
-    return out.assign(escalated_share=out["escalated_calls"] / measurable)[columns]
+    return out.assign(escalated_share=out["escalated_calls"] / measurable,
+                      silence_share=out["silence_s"] / out["timed_s"].where(out["timed_s"] > 0)
+                      )[columns]

@@ -11,6 +11,7 @@ Wiring in ``worker/cli.py`` (``build_parser``)::
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from datetime import date
 from pathlib import Path
@@ -20,6 +21,7 @@ from analytics.options import (
     DEFAULT_BIN_S,
     DEFAULT_MAX_PLOTS,
     GROUP_BYS,
+    MIN_BIN_S,
     PERIODS,
     REPORT_KINDS,
     GroupBy,
@@ -35,13 +37,14 @@ def _iso_day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD") from e
 
 
-def _positive_float(text: str) -> float:
+def _bin_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from e
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    if not (math.isfinite(value) and value >= MIN_BIN_S):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a step of at least {MIN_BIN_S:g} s "
+                                         "(segment edges sit on 10 ms frames)")
     return value
 
 
@@ -69,8 +72,9 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="also draw one PNG per call (most stressed first) into DIR")
     p.add_argument("--max-plots", type=int, default=DEFAULT_MAX_PLOTS, metavar="N",
                    help=f"at most N PNGs (default {DEFAULT_MAX_PLOTS})")
-    p.add_argument("--bin-s", type=_positive_float, default=DEFAULT_BIN_S, metavar="SECONDS",
-                   help=f"timeline and picture step (default {DEFAULT_BIN_S:g})")
+    p.add_argument("--bin-s", type=_bin_seconds, default=DEFAULT_BIN_S, metavar="SECONDS",
+                   help=f"timeline and picture step, at least {MIN_BIN_S:g} (default "
+                        f"{DEFAULT_BIN_S:g})")
     p.add_argument("--period", choices=PERIODS, default="all",
                    help="agents report: one row per group and day/week, or overall (default)")
     p.add_argument("--by", choices=GROUP_BYS, default="agent",
@@ -82,7 +86,7 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_report(args: argparse.Namespace, settings: Settings) -> int:
     """Handler of ``callmood report``: write the CSV (and PNGs). 0 on success, 2 when
     ``--from`` is after ``--to``."""
-    from analytics.callreport import call_metrics, rank_by_customer_stress
+    from analytics.callreport import call_metrics, calls_to_draw, rank_by_customer_stress
     from analytics.export import write_csv
     from analytics.queries import (
         ReportFilter,
@@ -109,8 +113,8 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     if args.plots is not None:
         from analytics.plots import write_call_pngs
 
-        chosen = rank_by_customer_stress(call_metrics(calls, segments)).head(
-            max(args.max_plots, 0))
+        chosen = calls_to_draw(rank_by_customer_stress(call_metrics(calls, segments)),
+                               segments, args.max_plots)
         pictures = write_call_pngs(chosen, segments[segments["call"].isin(chosen["call"])],
                                    args.plots, bin_s=args.bin_s)
         message += f"; {len(pictures)} PNG in {args.plots}"

@@ -24,7 +24,13 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from analytics.options import DEFAULT_BIN_S
-from analytics.stress import ESCALATION_MIN_S, ESCALATION_STRESS, high_stress_runs, with_stress
+from analytics.stress import (
+    ESCALATION_MIN_S,
+    ESCALATION_STRESS,
+    high_stress_runs,
+    stress_formula,
+    with_stress,
+)
 from analytics.summary import format_clock
 from analytics.talk import merged_speech, speaker_count_spans
 from analytics.timeline import timeline
@@ -134,8 +140,7 @@ def _draw_stress(ax: Axes, segments: pd.DataFrame, metrics: pd.Series,
     ax.set_ylim(0, 115)  # headroom for the peak label above 100
     ax.set_yticks([0, 25, 50, 75, 100])
     ax.set_ylabel("stress 0-100", fontsize=8)
-    ax.set_title("stress per utterance: 100 x (angry + fear + 0.5 disgust + 0.4 sad probability)",
-                 loc="left", fontsize=9)
+    ax.set_title(f"stress per utterance: {stress_formula()}", loc="left", fontsize=9)
 
 
 def _title(metrics: pd.Series, duration_s: float) -> str:

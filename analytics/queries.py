@@ -183,7 +183,11 @@ def report_session(database_url: str) -> Iterator[Session]:
     session = Session(engine)
     try:
         yield session
-    except OperationalError as e:  # locked or unreadable: the CLI reports it, exit 1
+    except OperationalError as e:
+        if "no such table" in str(e.orig):  # a file that was never migrated: set-up, exit 2
+            raise ConfigError(f"database {database} has no callmood tables (run: callmood db "
+                              "upgrade)") from e
+        # locked or unreadable: may pass, the CLI reports it, exit 1
         raise TransientError(f"database unavailable ({database}): {e.orig}") from e
     finally:
         session.close()

@@ -76,6 +76,14 @@ if set(STRESS_WEIGHTS) != set(EMOTIONS) or not all(0.0 <= w <= 1.0 for w in STRE
     raise RuntimeError("STRESS_WEIGHTS must give every class a weight in [0, 1] (keeps 0-100)")
 
 
+def stress_formula(weights: dict[str, float] = STRESS_WEIGHTS) -> str:
+    """The score as a reader sees it, from the weights in use, e.g. "100 x (angry + fear +
+    0.5 disgust + 0.4 sad probability)" (PNG titles must not outlive an edit of the weights)."""
+    terms = [label if weight == 1.0 else f"{weight:g} {label}"
+             for label, weight in weights.items() if weight]
+    return f"100 x ({' + '.join(terms) or '0'} probability)"
+
+
 def stress_of(probabilities: pd.DataFrame) -> pd.Series:
     """Stress 0-100 of each row of a frame with ``p_<class>`` columns."""
     total = sum((probabilities[f"p_{label}"] * weight

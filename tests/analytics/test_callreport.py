@@ -10,6 +10,7 @@ from analytics.callreport import (
     CALL_METRIC_COLUMNS,
     aggregate_calls,
     call_metrics,
+    calls_to_draw,
     period_start,
     rank_by_customer_stress,
 )
@@ -136,3 +137,33 @@ def test_aggregate_per_agent_and_week() -> None:
     teams = aggregate_calls(metrics, by="team").set_index("group")
     assert teams.loc["t2", "max_customer_stress"] == pytest.approx(40 * 4 / 6)
     assert aggregate_calls(metrics.iloc[0:0]).empty
+
+
+def test_an_agents_silence_share_weighs_each_call_by_its_length() -> None:
+    """A 300 s call with 30 s of silence and a 20 s dead-air call: 50 s of 320 s were silent
+    (0.156), not the mean of the two calls' shares (0.55), which a few dropped calls would
+    dominate. A call of unknown length adds nothing to either sum."""
+    long = frame(one_hot("l", "agent", 0.0, 150.0, "neutral"),
+                 one_hot("l", "customer", 150.0, 270.0, "neutral"))
+    calls = pd.DataFrame({
+        "call": ["l", "d", "u"], "agent_id": ["ana"] * 3, "team": ["t1"] * 3,
+        "queue": [None] * 3,
+        "started_at": pd.to_datetime(["2026-11-02T10:00Z"] * 3, utc=True),
+        "duration_s": [300.0, 20.0, None], "model_version": ["v1"] * 3})
+    metrics = call_metrics(calls, long)
+    assert metrics.set_index("call")["silence_share"].loc[["l", "d"]].tolist() == [
+        pytest.approx(0.1), 1.0]
+    ana = aggregate_calls(metrics).set_index("group").loc["ana"]
+    assert ana["silence_share"] == pytest.approx(50 / 320)
+    assert ana["calls"] == 3
+
+
+def test_silent_calls_take_no_picture_slot() -> None:
+    """Silent calls "a1", "a2" sort with the mono call "m" after the customer calls (no
+    customer stress, by call id): with a limit of 3, the mono call with speech is drawn."""
+    calls = pd.concat([CALLS, CALLS.iloc[:2].assign(call=["a1", "a2"], duration_s=20.0)],
+                      ignore_index=True)
+    ranked = rank_by_customer_stress(call_metrics(calls, SEGMENTS))
+    assert ranked["call"].tolist() == ["a", "b", "a1", "a2", "m"]
+    assert calls_to_draw(ranked, SEGMENTS, 3)["call"].tolist() == ["a", "b", "m"]
+    assert calls_to_draw(ranked, SEGMENTS, -1).empty

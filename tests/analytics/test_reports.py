@@ -277,6 +277,30 @@ def test_report_on_a_missing_sqlite_file_is_a_config_error(tmp_path: Path) -> No
     assert not (tmp_path / "nope.sqlite").exists()
 
 
+
+def test_report_on_a_sqlite_file_never_migrated_is_a_config_error(tmp_path: Path) -> None:
+    """Set-up, not an outage: "no such table" once read as "database unavailable" (exit 1,
+    as if a retry could help), while a missing file said how to create the schema."""
+    import sqlite3
+
+    from analytics.queries import load_calls, report_session
+
+    sqlite3.connect(tmp_path / "empty.sqlite").close()
+    with pytest.raises(ConfigError, match=r"no callmood tables \(run: callmood db upgrade\)"), \
+            report_session(f"sqlite:///{tmp_path / 'empty.sqlite'}") as session:
+        load_calls(session, ReportFilter())
+
+
+@pytest.mark.parametrize("step", ["0.05", "0", "nan", "inf", "x"])
+def test_a_timeline_step_under_a_tenth_of_a_second_is_refused(tmp_path: Path, step: str,
+                                                            capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    with pytest.raises(SystemExit) as info:
+        _run("sqlite://", tmp_path, "timeline", "--bin-s", step)
+    assert info.value.code == 2
+    assert "--bin-s" in capsys.readouterr().err
+
+
 def test_segments_of_calls_not_listed_are_ignored() -> None:
     from analytics.reports import report_from_frames
 

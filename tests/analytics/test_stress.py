@@ -11,6 +11,7 @@ from analytics.stress import (
     escalation_flags,
     high_stress_runs,
     party_stress,
+    stress_formula,
     stress_of,
 )
 from tests.analytics.frames import ESCALATING, frame, one_hot, seg
@@ -69,3 +70,10 @@ def test_escalation_flags_sustained_rise_and_both() -> None:
                              pd.Series([0.0, STEEP_RISE_POINTS, 45.0, None]))
     assert flags["escalated"].tolist() == [True, True, True, False]
     assert flags["escalation_reason"].tolist() == ["sustained", "rise", "sustained+rise", ""]
+
+
+def test_the_stress_formula_is_written_from_the_weights_in_use() -> None:
+    assert stress_formula() == "100 x (angry + fear + 0.5 disgust + 0.4 sad probability)"
+    # an operator who zeroes disgust and sad gets pictures that say so
+    anger_fear = {**STRESS_WEIGHTS, "disgust": 0.0, "sad": 0.0}
+    assert stress_formula(anger_fear) == "100 x (angry + fear probability)"
