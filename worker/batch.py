@@ -79,11 +79,15 @@ def inbox_files(folders: Sequence[Path]) -> Iterator[Path]:
                 continue
             try:
                 resolved = path.resolve()
+                # is_file() raises for a stat the OS refuses (EACCES: a link into a folder
+                # the worker may not enter); it only answers False for a missing file
+                is_file = resolved.is_file()
             except (OSError, RuntimeError) as e:
-                # a symlink loop (RuntimeError before Python 3.13) must not stop the scan
+                # a symlink loop (RuntimeError before Python 3.13) or an unreadable entry must
+                # not stop the scan: the rest of the inbox is still sent
                 log.warning("inbox file %r skipped: %s", str(path), e)
                 continue
-            if resolved.is_file() and resolved not in seen:
+            if is_file and resolved not in seen:
                 seen.add(resolved)
                 yield resolved
 

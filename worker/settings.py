@@ -285,12 +285,18 @@ _USERINFO_RE = re.compile(r"(?P<head>[^:/@]+://[^:/@]*):(?P<password>.*)@(?P<tai
 much of a malformed URL is safe where hiding too little is not."""
 
 
+_QUERY_PASSWORD_RE = re.compile(r"(?P<key>[?&](?:password|passwd|pwd)=)[^&#]*", re.IGNORECASE)
+"""A password given as a query parameter (``redis://host/0?password=...``; libpq and
+SQLAlchemy's psycopg dialect read ``?password=`` too)."""
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe to log or print)."""
+    """``url`` with any password, in its user part or its query, replaced by ``***`` (safe to
+    log or print)."""
     match = _USERINFO_RE.fullmatch(url)
-    if match is None:
-        return url
-    return f"{match['head']}:***@{match['tail']}"
+    if match is not None:
+        url = f"{match['head']}:***@{match['tail']}"
+    return _QUERY_PASSWORD_RE.sub(r"\g<key>***", url)
 
 
 @lru_cache(maxsize=1)

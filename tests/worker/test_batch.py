@@ -276,3 +276,26 @@ def test_the_nightly_scan_twice_enqueues_each_recording_once(
         call = store.find_call(s, external_id_for(new))
         assert call is not None and call.batch_id == report.batch_id
         assert call.status == "pending" and call.source_uri == str(new.resolve())
+
+
+def test_an_entry_the_os_refuses_to_stat_is_skipped_not_the_end_of_the_scan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """is_file() raises PermissionError where stat is refused (a link into a folder the worker
+    may not enter). Tests run as root, whom no permission stops, so the refusal is simulated."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in ("a.wav", "locked.wav", "z.wav"):
+        (inbox / name).write_bytes(name.encode())
+    real_is_file = Path.is_file
+
+    def refusing(self: Path) -> bool:
+        if self.name == "locked.wav":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", refusing)
+    with caplog.at_level("WARNING", logger="callmood"):
+        found = [p.name for p in batch.inbox_files([inbox])]
+    assert found == ["a.wav", "z.wav"]
+    assert "locked.wav" in caplog.text and "Permission denied" in caplog.text

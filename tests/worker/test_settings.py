@@ -76,6 +76,11 @@ def test_redact_url() -> None:
     assert redact_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     assert redact_url("postgresql://cm:pw@db:5432/cm") == "postgresql://cm:***@db:5432/cm"
     assert redact_url("sqlite:////tmp/x.sqlite") == "sqlite:////tmp/x.sqlite"
+    # redis-py and libpq also take the password as a query parameter
+    assert redact_url("redis://h:6379/0?password=s3cret") == "redis://h:6379/0?password=***"
+    assert redact_url("postgresql+psycopg://u@db/cm?sslmode=require&PASSWORD=pw#x") == \
+        "postgresql+psycopg://u@db/cm?sslmode=require&PASSWORD=***#x"
+    assert redact_url("redis://u:a@b/0?password=c") == "redis://u:***@b/0?password=***"
     assert redact_url("sqlite:////tmp/a:b@c.sqlite") == "sqlite:////tmp/a:b@c.sqlite"
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
     assert redact_url("postgresql://cm@db/cm") == "postgresql://cm@db/cm"
