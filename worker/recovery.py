@@ -220,6 +220,8 @@ class CallState:
     """When it was last sent to the main queue (None: never, or handed to ``callmood run``)."""
     updated_at_s: float
     """Its last write: for a processing call, its claim."""
+    attempts: int = 0
+    """Claims of its current run (a processing call's; see :data:`STUCK_MAX_CLAIMS`)."""
 
     def took(self, message: BrokerMessage, slack_s: float) -> bool:
         """Whether ``message`` is this call's current one: a pending call sent to the main
@@ -255,7 +257,8 @@ class DeliveredPlan:
 def plan_delivered(delivered: Sequence[BrokerMessage], queued_call_ids: frozenset[str],
                    calls: Mapping[str, CallState], now_s: float,
                    margin_s: float = STRANDED_MARGIN_S,
-                   unclaimed_margin_s: float = UNCLAIMED_MARGIN_S) -> DeliveredPlan:
+                   unclaimed_margin_s: float = UNCLAIMED_MARGIN_S,
+                   max_claims: int = STUCK_MAX_CLAIMS) -> DeliveredPlan:
     """Sort a database broker's delivered rows (oldest first) into live, restore and delete
     (pure). ``calls``: the state of each row's call (absent: no such call).
 
@@ -266,7 +269,11 @@ def plan_delivered(delivered: Sequence[BrokerMessage], queued_call_ids: frozense
     the call is pending or processing and took it (:meth:`CallState.took`), or the database
     does not know the call and the row names a valid call id (a producer's ``send_task``
     whose worker died before registering it; a payload the worker rejects is recorded as a
-    failed call, so it is not sent round again). Every other stale row is deleted.
+    failed call, so it is not sent round again). Every other stale row is deleted, that of a
+    processing call claimed ``max_claims`` times too: Kombu keeps the row of a task killed at
+    its hard time limit (acked on Redis, where the call is then lost and failed as stuck), so
+    restoring it would run a hung call until the task's attempt cap, ~9 hard limits; without
+    the row the call is lost, and :func:`split_stuck` fails it as it does on Redis.
     """
     processing = frozenset(c for c, call in calls.items() if call.status == "processing")
     due = {m.delivery_tag: stale_after_s(m, processing, margin_s, unclaimed_margin_s)
@@ -281,7 +288,9 @@ def plan_delivered(delivered: Sequence[BrokerMessage], queued_call_ids: frozense
 
     def current(call_id: str, message: BrokerMessage) -> bool:
         if call_id in calls:
-            return calls[call_id].took(message, unclaimed_margin_s)
+            call = calls[call_id]
+            stuck = call.status == "processing" and call.attempts >= max_claims
+            return not stuck and call.took(message, unclaimed_margin_s)
         return is_valid_external_id(call_id)
 
     restore = tuple(m for call_id, m in newest.items()
@@ -311,7 +320,8 @@ def _plan_database(settings: Settings, first: BrokerCensus, second: BrokerCensus
         states = {call_id: CallState(
             status=call.status,
             enqueued_at_s=call.enqueued_at.timestamp() if call.enqueued_at else None,
-            updated_at_s=call.updated_at.timestamp()) for call_id, call in calls.items()}
+            updated_at_s=call.updated_at.timestamp(),
+            attempts=call.attempts) for call_id, call in calls.items()}
     queued = frozenset(m.call_id for m in (*first.queued, *second.queued) if m.call_id)
     return plan_delivered(delivered, queued, states, now_s, margin_s, unclaimed_margin_s)
 

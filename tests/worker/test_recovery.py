@@ -169,6 +169,13 @@ def test_database_broker_rows_sorted_into_live_restore_and_delete() -> None:
     again = plan_delivered(delivered, frozenset({"QUEUED"}), reclaimed, now, margin_s=300.0,
                            unclaimed_margin_s=120.0)
     assert [m.delivery_tag for m in again.restore] == ["forgotten", "stranger"]
+    # claimed twice and killed both times (its row outlives the hard limit's ack): not
+    # restored a third time; recovery then finds the call lost and fails it as stuck
+    stuck = dict(calls, KILLED=CallState("processing", now - 9000, t + 1, attempts=2))
+    third = plan_delivered(delivered, frozenset({"QUEUED"}), stuck, now, margin_s=300.0,
+                           unclaimed_margin_s=120.0)
+    assert [m.delivery_tag for m in third.restore] == ["forgotten", "stranger"]
+    assert "killed" in [m.delivery_tag for m in third.delete]
     assert plan_delivered([], frozenset(), {}, now).delete == ()
 
 
