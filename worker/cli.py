@@ -225,10 +225,17 @@ def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Replace this process with a Celery worker (so SIGTERM reaches Celery's warm shutdown)."""
     from worker.celery_app import is_sqla_broker, worker_command
+    from worker.db import require_head
     from worker.emotion import load_card
 
     # a missing model or a card for another file would fail every call it takes: refuse now
     load_card(settings.model_path)
+    # so would a database without this release's schema; one that is down may come back,
+    # and the tasks retry while it is
+    try:
+        require_head(settings.database_url)
+    except TransientError as e:
+        log.warning("schema not checked before start: %s", e)
     if is_sqla_broker(settings.broker_url):
         _recover_before_start(settings)
     argv = worker_command(args.concurrency, args.loglevel or settings.log_level,

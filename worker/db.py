@@ -185,6 +185,28 @@ def downgrade(url: str, revision: str) -> None:
     command.downgrade(alembic_config(url), revision)
 
 
+def head_revision() -> str | None:
+    """The newest Alembic revision this release ships (``migrations/versions``)."""
+    from alembic.script import ScriptDirectory
+
+    head: str | None = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return head
+
+
+def require_head(url: str) -> None:
+    """ConfigError unless the database at ``url`` is at :func:`head_revision` (a worker on an
+    older schema fails every call it takes, each after two minutes of retries as if the
+    database were down); TransientError if it cannot be reached."""
+    try:
+        current = current_revision(url)
+    except (OperationalError, DisconnectionError) as e:
+        raise TransientError(f"database unavailable ({redact_url(url)}): {_first_line(e)}") from e
+    head = head_revision()
+    if current != head:
+        raise ConfigError(f"database {redact_url(url)} is at schema revision {current or 'none'}, "
+                          f"this release needs {head}: run callmood db upgrade first")
+
+
 def current_revision(url: str) -> str | None:
     """The Alembic revision the database at ``url`` is at (None before the first upgrade)."""
     from alembic.runtime.migration import MigrationContext

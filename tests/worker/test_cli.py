@@ -123,6 +123,27 @@ def test_a_worker_refuses_to_start_with_a_broken_model(
     assert "emotion model not found" in capsys.readouterr().err
 
 
+def test_a_worker_refuses_to_start_on_a_database_without_this_releases_schema(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before, it started and failed every call it took, each after two minutes of retries
+    as "database unavailable: no such table"; a direct send_task's call left no row."""
+    from worker.db import downgrade, head_revision
+    from worker.settings import Settings
+
+    def no_exec(*argv: object) -> None:
+        raise AssertionError("celery was started on a database it cannot write")
+
+    monkeypatch.setattr(os, "execv", no_exec)
+    (env / "data").mkdir()
+    assert main(["worker"]) == 2
+    assert "revision none, this release needs" in capsys.readouterr().err
+    url = Settings.from_env().database_url
+    assert main(["db", "upgrade"]) == 0
+    downgrade(url, "-1")  # a release behind: its newest migration not applied
+    assert main(["worker"]) == 2
+    assert f"needs {head_revision()}: run callmood db upgrade" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("argv", "level"), [([], "WARNING"), (["--loglevel", "DEBUG"], "DEBUG")])
 def test_the_worker_logs_at_callmood_log_level_unless_told(
         env: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], level: str) -> None:
@@ -133,6 +154,7 @@ def test_the_worker_logs_at_callmood_log_level_unless_told(
         started.append(args)
 
     monkeypatch.setattr(os, "execv", exec_celery)
+    assert main(["db", "upgrade"]) == 0
     assert main(["worker", *argv]) == 0
     (args,) = started
     assert args[args.index("--loglevel") + 1] == level
@@ -202,6 +224,7 @@ def test_worker_and_beat_hand_celery_options_they_do_not_define_to_celery(
     monkeypatch.setattr(os, "execv", execv)  # the module worker.cli calls it on
     monkeypatch.setenv("CALLMOOD_BROKER_URL", "redis://127.0.0.1:1/0")  # never dialled here
     monkeypatch.setenv("CALLMOOD_INBOX_DIRS", str(env))
+    assert main(["db", "upgrade"]) == 0
     for argv, passed in ((["worker", "--concurrency", "2", "-O", "fair", "--hostname", "w1@%h"],
                           ["-O", "fair", "--hostname", "w1@%h"]),
                          (["worker", "--", "--autoscale", "4,1"], ["--autoscale", "4,1"]),
