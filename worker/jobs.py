@@ -18,6 +18,7 @@ from worker.store import (
     CallRequest,
     claim_for_processing,
     is_duplicate_delivery,
+    lock_call,
     mark_failed,
     refresh_batch_counts,
     register_call,
@@ -71,7 +72,9 @@ def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
     propagates, so the caller decides whether and when to try again.
     """
     with session_scope(settings) as session:
-        call = register_call(session, request)
+        # decided on the locked row: a run of this call committing meanwhile (a redelivery
+        # beside a slow original) is seen as done and skipped, not claimed for a new run
+        call = lock_call(session, register_call(session, request).id)
         if is_duplicate_delivery(call, request):
             # A second send of a finished call (or a redelivery after its run committed):
             # no new work and no new rows; reprocess=true asks for a new run.

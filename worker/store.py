@@ -313,7 +313,7 @@ def claim_for_processing(session: Session, call_id: int) -> Call:
     ``attempts`` counts the claims of the current run: claiming a done or failed call starts
     a new run at 1, so re-running a recording many times never looks like a poison loop.
     """
-    call = _locked_call(session, call_id)
+    call = lock_call(session, call_id)
     if call.status in FINAL_STATUSES:
         call.attempts = 0
     call.status = "processing"
@@ -346,7 +346,7 @@ def save_analysis(session: Session, call_id: int, analysis: RecordingAnalysis) -
     original) replace in turn: under READ COMMITTED an unlocked DELETE would not see the
     other transaction's new rows, and both sets would stay.
     """
-    call = _locked_call(session, call_id)
+    call = lock_call(session, call_id)
     rows = [_segment_row(call_id, segment) for segment in analysis.segments]
     session.execute(delete(Segment).where(Segment.call_id == call_id)
                     .execution_options(synchronize_session=False))
@@ -521,7 +521,7 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
     ``Reservation.before``.
     """
     call_id = register_call(session, request, batch_id=batch_id).id
-    call = _locked_call(session, call_id)
+    call = lock_call(session, call_id)
     before = CallSendState(call_id=call.id, status=call.status, attempts=call.attempts,
                            failure_reason=call.failure_reason, batch_id=call.batch_id,
                            enqueued_at=call.enqueued_at)
@@ -578,7 +578,7 @@ def release_enqueue(session: Session, reserved: Sequence[CallSendState]) -> None
     reservation updated (agent, team, ...) keep their new values.
     """
     for state in reserved:
-        call = _locked_call(session, state.call_id)
+        call = lock_call(session, state.call_id)
         if call.status != "pending" or call.attempts != 0:
             continue
         moved_from = call.batch_id
@@ -594,9 +594,10 @@ def release_enqueue(session: Session, reserved: Sequence[CallSendState]) -> None
                     refresh_batch_counts(session, batch_id)
 
 
-def _locked_call(session: Session, call_id: int) -> Call:
-    """The call row, locked (PostgreSQL) and read afresh: an object loaded before the lock
-    must not keep its stale fields."""
+def lock_call(session: Session, call_id: int) -> Call:
+    """The call row, locked until the caller's transaction ends (PostgreSQL; SQLite's
+    BEGIN IMMEDIATE holds the whole database) and read afresh: an object loaded before the
+    lock must not keep its stale fields."""
     call = session.scalars(select(Call).where(Call.id == call_id).with_for_update()
                            .execution_options(populate_existing=True)).first()
     if call is None:

@@ -389,3 +389,39 @@ def test_sqlite_writers_in_two_processes_wait_instead_of_failing(tmp_path: Path)
         calls = store.list_calls(s)
         assert len(calls) == 10  # idempotent across processes: no duplicate external ids
         assert sum(c.attempts for c in calls) == 100
+
+
+@pytest.mark.postgres
+def test_a_redelivery_waiting_on_a_finishing_run_is_skipped_not_run_again(
+        postgres_url: str, tmp_path: Path) -> None:
+    """A second delivery of a call whose first run is committing (PostgreSQL: the runs
+    interleave). It once read the call unlocked as processing, waited on the lock in its
+    claim, then claimed the finished call for a whole new run; it now decides on the
+    locked row and sees it done."""
+    import threading
+    import time
+
+    from worker.jobs import CallOutcome, process_call
+    from worker.settings import Settings
+
+    db.upgrade(postgres_url)
+    settings = Settings.from_env({"CALLMOOD_DATABASE_URL": postgres_url,
+                                  "CALLMOOD_DATA_DIR": str(tmp_path / "data"),
+                                  "CALLMOOD_INPUT_ROOTS": str(tmp_path)})
+    with db.session_scope(postgres_url) as s:
+        call_id = store.register_call(s, _request("RACE-1")).id
+        store.claim_for_processing(s, call_id)          # the first run, under way
+    outcomes: list[CallOutcome] = []
+    with db.session_scope(postgres_url) as first:
+        store.save_analysis(first, call_id, fake_analysis(2))   # row locked, not committed
+        second = threading.Thread(target=lambda: outcomes.append(
+            process_call(_request("RACE-1"), settings)))
+        second.start()
+        time.sleep(1.0)   # the redelivery reaches the row lock and waits on it
+        assert not outcomes
+    second.join(timeout=60)
+    assert [o.status for o in outcomes] == ["skipped"]
+    with db.session_scope(postgres_url) as s:
+        call = s.get(Call, call_id)
+        assert call is not None and (call.status, call.attempts) == ("done", 1)
+    assert _count(postgres_url, Segment) == 2
