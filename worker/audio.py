@@ -11,6 +11,7 @@ that recording alone.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,10 +25,12 @@ import soxr
 
 from worker.constants import (
     ANALYSIS_SAMPLE_RATE,
+    ESTIMATED_LENGTH_FORMATS,
     MAX_CHANNELS,
     MAX_INPUT_SAMPLE_RATE,
     MAX_SAMPLE_PEAK,
     MIN_INPUT_SAMPLE_RATE,
+    MP3_MIN_BITRATE_BPS,
 )
 from worker.errors import (
     AudioDecodeError,
@@ -164,8 +167,10 @@ def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = 
     if not 1 <= info.channels <= MAX_CHANNELS:
         raise UnsupportedAudioError(f"{info.channels} channels: a call recording has 1 (mono) "
                                     f"or {MAX_CHANNELS} (agent + customer)")
-    # MP3 headers often report frames=0 or an estimate; the decoded length is what counts.
-    if info.frames > 0 and info.frames / rate > max_duration_s:
+    # MP3 headers often report frames=0 or an estimate (ESTIMATED_LENGTH_FORMATS): the
+    # decoded length is what counts, and both decode paths check it
+    if (info.frames > 0 and str(info.format) not in ESTIMATED_LENGTH_FORMATS
+            and info.frames / rate > max_duration_s):
         raise UnsupportedAudioError(f"{info.frames / rate:.0f} s is longer than the limit of "
                                     f"{max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
     return info
@@ -244,11 +249,23 @@ class StreamInfo:
     :func:`stream_blocks` (``DecodedBlock.source_frames`` of the last block) is what counts."""
     format: str
     subtype: str
+    file_bytes: int = 0
+    """Size of the file (bytes): bounds an MP3's length where its header only estimates it."""
 
     @property
     def header_duration_s(self) -> float:
         """Duration the header announces (s); 0.0 when it does not say."""
         return self.header_frames / self.source_sample_rate
+
+    @property
+    def most_frames(self) -> int:
+        """Frames the file can hold at most: the header's count, or for a format whose header
+        estimates it (:data:`ESTIMATED_LENGTH_FORMATS`) the most its size allows at the
+        format's lowest bitrate; 0 when unknown."""
+        if self.format not in ESTIMATED_LENGTH_FORMATS or self.file_bytes <= 0:
+            return self.header_frames
+        bound_s = 8 * self.file_bytes / MP3_MIN_BITRATE_BPS
+        return max(self.header_frames, math.ceil(bound_s * self.source_sample_rate))
 
 
 @dataclass(frozen=True)
@@ -266,7 +283,8 @@ def open_stream(path: Path, max_duration_s: float, max_file_bytes: int | None = 
     info = check_input(path, max_duration_s, max_file_bytes)
     return StreamInfo(path=path, source_sample_rate=int(info.samplerate),
                       n_channels=int(info.channels), header_frames=max(0, int(info.frames)),
-                      format=str(info.format), subtype=str(info.subtype))
+                      format=str(info.format), subtype=str(info.subtype),
+                      file_bytes=path.stat().st_size)
 
 
 def stream_blocks(stream: StreamInfo, max_duration_s: float,

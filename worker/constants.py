@@ -19,6 +19,16 @@ MAX_INPUT_SAMPLE_RATE: Final[int] = 384_000
 MAX_CHANNELS: Final[int] = 2
 """A call recording has one party per channel: agent and customer."""
 
+ESTIMATED_LENGTH_FORMATS: Final[tuple[str, ...]] = ("MP3",)
+"""soundfile formats whose header length is an estimate: an MP3 without a Xing/Info frame
+(encoders that write as they record) is sized from its first frame's bitrate, so a VBR file
+that opens with silence reads as ~2x its length (measured: 222 s for 120 s) and one that
+opens loud reads as far shorter. Their length neither refuses a file nor bounds its decode."""
+
+MP3_MIN_BITRATE_BPS: Final[int] = 8_000
+"""Lowest bitrate of MPEG audio layer III (MPEG-2.5): an MP3 of N bytes lasts at most
+8 N / 8000 s, whatever its header estimates."""
+
 MAX_SAMPLE_PEAK: Final[float] = 2.0
 """Decoded samples are on a +-1.0 full scale. Integer PCM, G.711 and the codecs cannot pass
 it; a float WAV may overshoot a little (a mastering limiter's +6 dB at most), but one

@@ -53,11 +53,13 @@ decodes to 1.8 GB, and the checks on it copy that), past the pool's per-child li
 
 
 def should_stream(stream: StreamInfo) -> bool:
-    """True when ``stream`` is to be analysed in streamed passes: longer than
-    STREAMING_MIN_DURATION_S, decoding to more than WHOLE_DECODE_MAX_BYTES at its own rate, or
-    of unknown length (the whole decode could not be bounded)."""
-    decoded_bytes = stream.header_frames * stream.n_channels * np.dtype(np.float32).itemsize
-    return (stream.header_frames == 0 or stream.header_duration_s > STREAMING_MIN_DURATION_S
+    """True when ``stream`` is to be analysed in streamed passes: possibly longer than
+    STREAMING_MIN_DURATION_S or decoding to more than WHOLE_DECODE_MAX_BYTES at its own rate
+    (by :attr:`StreamInfo.most_frames`: an MP3's header length is only an estimate, so its
+    size bounds it), or of unknown length (the whole decode could not be bounded)."""
+    frames = stream.most_frames
+    decoded_bytes = frames * stream.n_channels * np.dtype(np.float32).itemsize
+    return (frames == 0 or frames / stream.source_sample_rate > STREAMING_MIN_DURATION_S
             or decoded_bytes > WHOLE_DECODE_MAX_BYTES)
 
 

@@ -246,3 +246,32 @@ def test_a_path_the_os_cannot_take_is_a_decode_error_and_no_duration(tmp_path: P
     assert probe_duration_s(f"file://{tmp_path}/a%00.wav") is None
     with pytest.raises(AudioDecodeError, match="cannot open"):
         read_info(tmp_path / "a\x00.wav")
+
+
+def test_an_mp3_whose_header_overestimates_its_length_is_not_refused_by_it(
+        tmp_path: Path) -> None:
+    """A VBR MP3 without its Xing/Info frame (encoders that write as they record) that opens
+    with silence: libsndfile sizes it from the first frame's bitrate, about twice its
+    length. The decoded length decides; the header's estimate once failed the call."""
+
+    rate = 8000
+    noise = (0.3 * np.random.default_rng(0).standard_normal(rate * 100)).astype(np.float32)
+    x = np.concatenate([np.zeros(rate * 20, np.float32), noise])
+    vbr = tmp_path / "vbr.mp3"
+    sf.write(vbr, x, rate, format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="VARIABLE")
+    data = vbr.read_bytes()
+    header = int.from_bytes(data[:4], "big")
+    assert header >> 21 == 0x7FF and data.find(b"Xing") < 200   # its first frame is the Xing one
+    # MPEG-2.5 layer III at 8 kHz: 72 * bitrate / rate bytes (+ padding) per frame
+    bitrates = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160]
+    first = 72 * bitrates[(header >> 12) & 15] * 1000 // rate + ((header >> 9) & 1)
+    stripped = tmp_path / "noxing.mp3"
+    stripped.write_bytes(data[first:])
+    header_s = sf.info(stripped).duration
+    assert header_s > 150                                   # the estimate: ~2x the 120 s
+    recording = load_recording(stripped, max_duration_s=150.0)
+    assert recording.duration_s == pytest.approx(120.0, abs=0.5)
+    assert open_stream(stripped, max_duration_s=150.0).file_bytes == stripped.stat().st_size
+    # the decoded length still refuses a file that is too long
+    with pytest.raises(UnsupportedAudioError, match="longer than the limit of 100 s"):
+        load_recording(stripped, max_duration_s=100.0)

@@ -173,6 +173,12 @@ def test_long_recordings_stream_and_short_ones_do_not(tmp_path: Path, monkeypatc
     assert not should_stream(StreamInfo(Path("x.wav"), 48_000, 2, 600 * 48_000, "WAV", "PCM_16"))
     assert should_stream(StreamInfo(Path("x.wav"), 384_000, 2, 120 * 384_000, "WAV", "PCM_16"))
     assert not should_stream(StreamInfo(Path("x.wav"), 384_000, 1, 75 * 384_000, "WAV", "PCM_16"))
+    # an MP3's header length is an estimate: its size bounds it (8 kbit/s at the least), so a
+    # 600 kB file may last 10 min and decodes whole, and a larger one that claims 2 min streams
+    assert not should_stream(StreamInfo(Path("x.mp3"), 8000, 2, 120 * 8000, "MP3",
+                                        "MPEG_LAYER_III", file_bytes=600_000))
+    assert should_stream(StreamInfo(Path("x.mp3"), 8000, 2, 120 * 8000, "MP3",
+                                    "MPEG_LAYER_III", file_bytes=600_001))
 
     # analyze_file picks the path from the header: with the threshold lowered, a short call
     # never reaches load_recording
