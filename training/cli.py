@@ -21,7 +21,7 @@ from training.dataset import (
     TRAINABLE_EXTRA_CLASSES,
     corpus_manifest_paths,
 )
-from training.evaluate import CHANNELS, ROBUSTNESS, evaluate_model
+from training.evaluate import CHANNELS, EVAL_SPLITS, ROBUSTNESS, evaluate_model
 from worker.constants import EMOTIONS
 from worker.emotion import check_version
 from worker.errors import CallmoodError, ConfigError
@@ -344,8 +344,9 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, action="append",
                    help="manifest CSV (repeatable). Default: the "
                         f"{', '.join(EVAL_CORPORA)} manifests under the corpora dir")
-    p.add_argument("--split", default="test",
-                   help="test (default), train, all, or val (the validation speakers in the card)")
+    p.add_argument("--split", default="test", choices=EVAL_SPLITS,
+                   help="test (default), train, all, or val (the validation speakers in the "
+                        "card); --update-card writes test figures only")
     p.add_argument("--channel", action="append", choices=CHANNELS,
                    help="clean (default), a phone line (mulaw8k, alaw8k) or another condition "
                         "(repeatable; room: a speakerphone's reverberation, RT60 0.5 s)")
@@ -381,6 +382,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     model_path = model_paths[0]
     if args.update_card and len(model_paths) > 1:
         print("error: --update-card writes one model's card; score an ensemble without it",
+              file=sys.stderr)
+        return 2
+    if args.update_card and args.split != "test":
+        print(f"error: --update-card writes the card's test figures (speakers never seen in "
+              f"training); --split {args.split} scores other speakers: drop one of them",
               file=sys.stderr)
         return 2
     if args.update_card and args.min_frames is not None:

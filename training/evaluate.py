@@ -71,6 +71,28 @@ def _noise(snr_db: float) -> Transform:
     return transform
 
 
+CLIPPING_SPEECH_RMS_DBFS = -26.0
+CLIPPING_GAIN_DB = 20.0
+"""The ``clipping`` channel: the clip's speech set to -26 dBFS RMS (the line level of the phone
+and Opus channels), then 20 dB of gain and hard clipping at full scale. It once added the
+gain to the clip as recorded: 172 of the 360 RAVDESS test clips, recorded quietly, peaked
+under -20 dBFS and were never clipped (and the features ignore gain), while every EmoDB and
+URDU clip was; the row measured half of RAVDESS under a clean channel."""
+
+
+def _clipping(x: npt.NDArray[np.float32], sample_rate: int) -> npt.NDArray[np.float32]:
+    if sample_rate != ANALYSIS_SAMPLE_RATE:
+        raise ConfigError(f"the clipping condition cuts speech at {ANALYSIS_SAMPLE_RATE} Hz; "
+                          f"the model reads {sample_rate} Hz")
+    # the level of the speech the worker's cut finds, as the noise conditions take it: over
+    # the whole clip, RAVDESS's half silence would overdrive its speech more than EmoDB's
+    speech_rms = rms(DEFAULT_SPEECH_CUT.apply(x))
+    if speech_rms < 1e-8:
+        return clipped(x, CLIPPING_GAIN_DB)
+    at_line_level = x * (10.0 ** (CLIPPING_SPEECH_RMS_DBFS / 20.0) / speech_rms)
+    return clipped(np.asarray(at_line_level, dtype=np.float32), CLIPPING_GAIN_DB)
+
+
 ROOM_RT60_S = 0.5
 ROOM_DRR_DB = 3.0
 """The ``room`` channel: a speakerphone across a mid-sized office (RT60 0.5 s, direct sound
@@ -99,14 +121,14 @@ CONDITIONS: dict[str, Transform] = {
     "eq_tilt": lambda x, sr: strong_eq(x, sr),
     "dc_offset": lambda x, sr: np.asarray(x + 0.05, dtype=np.float32),
     "level_minus25db": lambda x, sr: np.asarray(x * 10.0 ** (-25.0 / 20.0), dtype=np.float32),
-    "clipping": lambda x, sr: clipped(x, 20.0),
+    "clipping": _clipping,
     "room": lambda x, sr: reverberate(x, _room_impulse_response(sr)),
 }
 """Evaluation channels applied to the decoded clip at the model's rate: the phone lines, the
 channel-robustness table (pink noise at an SNR over the RMS of the clip's speech as the
 worker's default cut finds it, Butterworth filters,
-a +10 dB 1.8 kHz resonance with a bright tilt, a 0.05 DC offset, -25 dB level, +20 dB then
-hard clipping, Opus at libsndfile's lowest bitrate) and a room."""
+a +10 dB 1.8 kHz resonance with a bright tilt, a 0.05 DC offset, -25 dB level, speech at
+-26 dBFS then +20 dB and hard clipping, Opus at libsndfile's lowest bitrate) and a room."""
 ROBUSTNESS: tuple[str, ...] = tuple(c for c in CONDITIONS if c != "room")
 """The issue's channel-robustness table (``--robustness``): every condition but the room; the
 CI guard's worst case is over these."""
@@ -237,6 +259,11 @@ def metrics_for(corpus: str, channel: str, probabilities: npt.NDArray[np.float32
                          labels=tuple(labels), confusion=tuple(tuple(int(v) for v in r) for r in cm))
 
 
+EVAL_SPLITS: tuple[str, ...] = ("test", SUBSET_TRAIN, SUBSET_VAL, "all")
+"""What ``evaluate`` scores: the manifests' test rows (the reported figures), their train rows,
+the validation speakers a card lists (train rows held out to select the run), or every row."""
+
+
 def evaluate_model(model_path: Path | Sequence[Path], manifest_paths: Sequence[Path],
                    split: str = "test", channels: Sequence[str] = ("clean",), threads: int = 1,
                    workers: int = 2,
@@ -257,6 +284,8 @@ def evaluate_model(model_path: Path | Sequence[Path], manifest_paths: Sequence[P
     card's ``min_frames`` (a measurement of the serving setting, e.g. 300: the 3 s crops the
     network was trained on).
     """
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"split={split!r}: use one of {', '.join(EVAL_SPLITS)}")
     paths = [model_path] if isinstance(model_path, Path) else list(model_path)
     if not paths:
         raise ConfigError("evaluate needs at least one model")
@@ -287,6 +316,9 @@ def evaluate_model(model_path: Path | Sequence[Path], manifest_paths: Sequence[P
     elif split != "all":
         clips = clips[clips["split"] == split]
     clips = clips[clips["label"].isin(card.labels)].reset_index(drop=True)
+    if clips.empty:
+        raise ConfigError(f"no clip of split {split!r} with one of the model's labels in "
+                          f"{', '.join(str(p) for p in manifest_paths)}: nothing to score")
     index = {lab: i for i, lab in enumerate(card.labels)}
     y_all = clips["label"].map(index).to_numpy(np.int64)
     rows: list[CorpusMetrics] = []

@@ -18,6 +18,7 @@ from training.evaluate import (
     unweighted_average_recall,
     weighted_accuracy,
 )
+from worker.emotion import card_path_for
 from worker.errors import ConfigError
 
 
@@ -93,6 +94,28 @@ def test_evaluate_can_score_another_tiling_than_the_card_s(
     assert "--min-frames" in capsys.readouterr().err
 
 
+def test_only_test_figures_go_into_a_card_and_a_split_must_exist(
+        tmp_path: Path, callmood_corpora: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--split val with --update-card once wrote the speakers that chose the epoch under the
+    card's "speakers never seen in training" heading; --split Test scored nothing, exited 0,
+    and emptied the card's figures."""
+    model = write_tiny_model(tmp_path, np.zeros((N_MELS, 7), dtype=np.float32))
+    manifest = _manifest(tmp_path, callmood_corpora)
+    card_before = card_path_for(model).read_text()
+    assert evaluate_main(["--model", str(model), "--manifest", str(manifest), "--workers", "1",
+                          "--split", "train", "--update-card"]) == 2
+    assert "--update-card writes the card's test figures" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        evaluate_main(["--model", str(model), "--manifest", str(manifest), "--split", "Test"])
+    assert info.value.code == 2 and "invalid choice: 'Test'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="split='Test': use one of test, train, val, all"):
+        evaluate_model(model, [manifest], split="Test", workers=1)
+    # the manifest holds test rows only: no train row to score is an error, not an empty table
+    with pytest.raises(ConfigError, match="no clip of split 'train'"):
+        evaluate_model(model, [manifest], split="train", workers=1)
+    assert card_path_for(model).read_text() == card_before
+
+
 def test_evaluate_reports_a_missing_model_clearly(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     assert evaluate_main(["--model", str(tmp_path / "nope.onnx"),
@@ -115,7 +138,10 @@ def test_every_channel_condition_keeps_length_and_does_what_it_says() -> None:
     assert apply_channel(tone, "dc_offset", config).mean() == pytest.approx(0.05, abs=1e-3)
     quiet = apply_channel(tone, "level_minus25db", config)
     assert 20 * np.log10(np.sqrt(np.mean(quiet.astype(np.float64) ** 2)) / rms) == pytest.approx(-25.0)
-    assert np.abs(apply_channel(tone, "clipping", config)).max() == pytest.approx(1.0)
+    # speech level -26 dBFS, +20 dB: a sine (3 dB crest) peaks at -3 dBFS, unclipped; speech,
+    # with its 12 dB and more, clips (the corpus test below)
+    assert np.abs(apply_channel(tone, "clipping", config)).max() == pytest.approx(
+        np.sqrt(2) * 10 ** (-6 / 20), rel=1e-3)
     noisy = apply_channel(tone, "noise10db", config)
     assert 20 * np.log10(rms / np.sqrt(np.mean((noisy - tone).astype(np.float64) ** 2))) == \
         pytest.approx(10.0, abs=0.1)
@@ -175,6 +201,27 @@ def test_noise_snr_is_over_the_speech_that_is_scored(callmood_corpora: Path) -> 
     same_length = clips[0][: min(c.size for c in clips)], clips[1][: min(c.size for c in clips)]
     n0, n1 = (apply_channel(c, "noise10db", config) - c for c in same_length)
     assert abs(np.corrcoef(n0 / rms(n0), n1 / rms(n1))[0, 1]) < 0.2
+
+
+def test_clipping_overdrives_a_quiet_recording_as_much_as_a_loud_one(
+        callmood_corpora: Path) -> None:
+    """The condition sets the speech's level before the 20 dB of gain: a clip recorded 26 dB
+    quieter is clipped the same (it once was not clipped at all: 172 of RAVDESS's 360 test
+    clips peaked under -20 dBFS)."""
+    from training.evaluate import apply_channel
+    from worker.audio import load_mono
+    from worker.features import FeatureConfig
+
+    config = FeatureConfig()
+    rows = pd.read_csv(callmood_corpora / "ravdess" / "manifest.csv")
+    x = load_mono(callmood_corpora / "ravdess" / rows["path"].iloc[0], config.sample_rate)
+    quiet = np.asarray(x * 0.05, dtype=np.float32)
+    assert np.abs(quiet).max() < 0.1                     # the old gain alone would not clip it
+    shares = []
+    for clip in (x, quiet):
+        out = apply_channel(clip, "clipping", config)
+        shares.append(float(np.mean(np.abs(out) >= 1.0)))
+    assert shares[0] > 0.01 and shares[1] == pytest.approx(shares[0], abs=0.005)
 
 
 def test_the_cards_command_leaves_out_options_that_do_not_change_the_figures() -> None:
