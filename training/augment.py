@@ -148,6 +148,11 @@ def reverberate(audio: Audio, impulse_response: Audio) -> Audio:
     return np.asarray(wet[:audio.size], dtype=np.float32)
 
 
+CLIP_LINE_LEVEL_DBFS = -26.0
+"""Level (RMS dBFS) a clipping draw sets before its gain: the line level of the phone, Opus
+and clipping channels of the evaluation (:mod:`training.evaluate`)."""
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Probabilities and ranges of the training augmentations (8 kHz audio)."""
@@ -195,11 +200,21 @@ class AugmentConfig:
     drr_range_db: tuple[float, float] = (0.0, 15.0)
     """Direct-to-reverberant ratios drawn: 0 dB is a speakerphone across a room, 15 dB a
     handset close to the mouth in a live room."""
+    p_clip: float = 0.0
+    """Probability of an overdriven microphone preamp: the draw's speech set to
+    ``CLIP_LINE_LEVEL_DBFS``, a gain from ``clip_gain_db_range``, hard clipping at full
+    scale, after the noise and before the codec and the phone line. 0 (emotion-v1.6.0 and
+    earlier) draws nothing for it. The robustness table's ``clipping`` (-26 dBFS, +20 dB) is
+    the worst condition of emotion-v1.6.0 on RAVDESS (-5.5 points), and no draw clipped
+    except the loudest levels' peaks."""
+    clip_gain_db_range: tuple[float, float] = (6.0, 24.0)
+    """Gains drawn for ``p_clip`` (dB over the -26 dBFS line level): from a few peaks clipped
+    to about a tenth of the samples."""
     sample_rate: int = ANALYSIS_SAMPLE_RATE
 
     def __post_init__(self) -> None:
         for name in ("p_speed", "p_eq", "p_tilt", "p_phone", "p_noise", "p_codec", "opus_share",
-                     "p_reverb"):
+                     "p_reverb", "p_clip"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}={value} must be a probability in [0, 1]")
@@ -243,6 +258,10 @@ def augment(audio: Audio, rng: np.random.Generator,
     if rng.random() < config.p_noise:
         x = add_noise(x, float(rng.uniform(*config.snr_db_range)),
                       float(rng.choice([0.0, 1.0, 2.0])), rng)
+    # drawn only when enabled, so p_clip=0 leaves every later draw as v1.6.0's recipe drew it
+    if config.p_clip > 0.0 and rng.random() < config.p_clip:
+        x = clipped(set_rms_dbfs(x, CLIP_LINE_LEVEL_DBFS),
+                    float(rng.uniform(*config.clip_gain_db_range)))
     # drawn only when enabled, so p_codec=0 leaves every later draw (and v1.1.0's recipe) as is
     if config.p_codec > 0.0 and rng.random() < config.p_codec:
         x = codec_roundtrip(x, "opus" if rng.random() < config.opus_share else "mp3", sr,

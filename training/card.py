@@ -88,7 +88,11 @@ def clips_sentence(speech_cut: dict[str, Any] | None) -> str:
 
 
 ADDED_AS_BEFORE: Final[Mapping[str, Any]] = MappingProxyType({"bn_recalibration_batches": 0,
-                                                                    "band_pooling": "mean"})
+                                                                    "band_pooling": "mean",
+                                                                    "p_clip": 0.0,
+                                                                    # as records hold it
+                                                                    "clip_gain_db_range":
+                                                                        [6.0, 24.0]})
 """Training-config fields whose value here is what every run did before the field existed: a
 config (a card's, a checkpoint's) without the field is the same recipe as one holding this
 value, so it can still be final-fitted, resumed and compared."""

@@ -130,6 +130,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "Opus at ~16-7 kbit/s)")
     p.add_argument("--p-reverb", type=float, default=AugmentConfig.p_reverb,
                    help="probability of a synthetic room (RT60 0.2-0.8 s) per draw")
+    p.add_argument("--p-clip", type=float, default=AugmentConfig.p_clip,
+                   help="probability of an overdriven preamp per draw (speech at -26 dBFS, "
+                        "+6 to +24 dB, hard clipping; 0: emotion-v1.6.0)")
     p.add_argument("--feature-remove-dc", action=argparse.BooleanOptionalAction,
                    default=TRAIN_FEATURES.remove_dc,
                    help="subtract each clip's mean sample before the log-mel")
@@ -235,7 +238,8 @@ def train_main(argv: list[str] | None = None) -> int:
                              augment=AugmentConfig(p_phone=args.p_phone, p_codec=args.p_codec,
                                                    opus_share=args.opus_share,
                                                    codec_level_range=args.codec_levels,
-                                                   p_reverb=args.p_reverb),
+                                                   p_reverb=args.p_reverb,
+                                                   p_clip=args.p_clip),
                              features=features,
                              model=ModelConfig(n_mels=features.n_mels, views=features.n_views,
                                                channels=args.channels, members=args.members,

@@ -195,3 +195,27 @@ def test_reverb_augmentation_is_seeded_and_drawn_only_when_enabled() -> None:
         AugmentConfig(p_reverb=2.0)
     with pytest.raises(ValueError, match=r"rt60_range_s=\(0.0, 0.5\) must be two"):
         AugmentConfig(rt60_range_s=(0.0, 0.5))
+
+
+def test_clipping_draws_overdrive_the_speech_and_are_drawn_only_when_enabled() -> None:
+    from dataclasses import replace
+
+    x = _voice_like()
+    assert AugmentConfig().p_clip == 0.0    # emotion-v1.6.0's recipe
+    quiet = AugmentConfig(p_codec=0.0, p_phone=0.0, p_noise=0.0, p_speed=0.0, p_eq=0.0,
+                          p_tilt=0.0, p_reverb=0.0)
+    off = augment(x, np.random.default_rng(5), quiet)
+    # 30 dB over the -26 dBFS line level: this voice-like test tone's crest is only a few dB
+    on = augment(x, np.random.default_rng(5), replace(quiet, p_clip=1.0,
+                                                      clip_gain_db_range=(30.0, 30.0)))
+    assert on.shape == x.shape and np.abs(on).max() == pytest.approx(1.0)
+    assert np.mean(np.abs(on) >= 1.0) > 0.01
+    assert np.mean(np.abs(off) >= 1.0) == 0.0
+    # p_clip=0 draws nothing: the later draws (the phone line's here) stay v1.6.0's
+    phone = replace(quiet, p_phone=1.0)
+    assert np.array_equal(augment(x, np.random.default_rng(7), phone),
+                          augment(x, np.random.default_rng(7), replace(phone, p_clip=0.0)))
+    assert not np.array_equal(augment(x, np.random.default_rng(7), phone),
+                              augment(x, np.random.default_rng(7), replace(phone, p_clip=0.5)))
+    with pytest.raises(ValueError, match=r"p_clip=1.5 must be a probability"):
+        AugmentConfig(p_clip=1.5)
