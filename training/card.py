@@ -116,6 +116,27 @@ def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -
     return diffs
 
 
+def reuse_problem(loco_card: dict[str, Any], holdout: str,
+                  selected_card: dict[str, Any] | None) -> str | None:
+    """Why a model found in a leave-one-corpus-out folder cannot stand for ``holdout``'s row
+    (None: it can): it was trained on ``holdout``, or it is not the procedure asked for (the
+    final fit of ``selected_card`` without ``holdout``, or a selected run when that is None)."""
+    training = loco_card.get("training", {})
+    version = loco_card.get("version", "?")
+    if holdout in training.get("train_counts", {}):
+        return f"{version} was trained on {holdout}: it cannot be scored as never having heard it"
+    final_fit = training.get("final_fit") or {}
+    if selected_card is None:
+        return (f"{version} is a final fit; loco without --final-fit-of scores selected runs"
+                if final_fit else None)
+    of = final_fit.get("selected", {}).get("onnx_sha256")
+    if of != selected_card.get("onnx_sha256") or final_fit.get("without_corpus") != holdout:
+        return (f"{version} is not the final fit of {selected_card.get('version', '?')} "
+                f"without {holdout} (final fit of sha256 {of}, without "
+                f"{final_fit.get('without_corpus')})")
+    return None
+
+
 def with_loco(card: dict[str, Any], holdout: str, result: EvaluationResult,
               loco_card: dict[str, Any], command: str) -> dict[str, Any]:
     """A copy of ``card`` whose ``loco`` section holds ``holdout``'s leave-one-corpus-out figures.
@@ -135,6 +156,9 @@ def with_loco(card: dict[str, Any], holdout: str, result: EvaluationResult,
         "recipe_differences": config_differences(card.get("training", {}).get("config", {}),
                                                  training.get("config", {})),
         "split": result.split, "command": command,
+        # the held-out clips are cut as the recipe trained, which may differ from the serving
+        # cut of the test figures (the VAD's DC removal, say): the card must say which
+        "speech_cut": asdict(result.speech_cut) if result.speech_cut is not None else None,
         "by_channel": {r.channel: r.to_dict() for r in result.rows if r.corpus == holdout},
     }
     by_holdout = {**card.get("loco", {}).get("by_holdout", {}), holdout: entry}
@@ -184,6 +208,14 @@ def loco_lines(loco: dict[str, Any]) -> list[str]:
                      + " | ".join(uas) + f" | {100 * clean['wa']:.1f}% | {clean['ece']:.3f} | "
                      f"{val} | {recipe} |")
     lines += ["", "Reproduce: " + "; ".join(f"`{e['command']}`" for e in by_holdout.values())]
+    cuts = {holdout: e["speech_cut"] for holdout, e in by_holdout.items() if "speech_cut" in e}
+    if cuts:
+        # the cut the recipe trained on, not necessarily the test figures' serving cut
+        lines += [""] + [f"Held out {holdout}: {clips_sentence(cut)}" for holdout, cut in cuts.items()]
+    else:
+        lines += ["", "Held-out clips were cut to speech as the recipe trained on them (its "
+                  "card's VAD settings), which may differ from the serving cut of the test "
+                  "figures above; rows written since 2026-12-05 name their cut."]
     for holdout, e in by_holdout.items():
         m = e["by_channel"].get("clean")
         if m is not None:

@@ -13,7 +13,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from training.augment import AugmentConfig
-from training.card import read_card_dict, with_loco, with_loco_of, with_test_metrics, write_card
+from training.card import (
+    read_card_dict,
+    reuse_problem,
+    with_loco,
+    with_loco_of,
+    with_test_metrics,
+    write_card,
+)
 from training.dataset import (
     AROUSAL_CORPORA,
     AROUSAL_LEVELS,
@@ -477,6 +484,11 @@ def final_fit_main(argv: list[str] | None = None) -> int:
         check_version(args.version)
         selected = read_card_dict(args.selected.resolve())
         config, final_fit = final_fit_of(selected)
+        if args.without_corpus is not None and config.distill.teachers:
+            raise ConfigError(f"{selected.get('version')} was distilled from teachers trained "
+                              f"on every corpus, {args.without_corpus} included: its "
+                              "leave-one-corpus-out fit would learn the held-out corpus from "
+                              "their soft targets")
         final_fit = replace(final_fit, without_corpus=args.without_corpus)
         if args.seed is not None:
             config = replace(config, seed=args.seed)
@@ -570,9 +582,15 @@ def loco_main(argv: list[str] | None = None) -> int:
               "would go unscored: drop --final-fit-version (or score final fits with "
               "--final-fit-of)", file=sys.stderr)
         return 2
+    if known.teacher:
+        print("error: the teachers were trained on every corpus, the held-out one included: a "
+              "leave-one-corpus-out run must not learn from them", file=sys.stderr)
+        return 2
+    selected_card = None
     if args.final_fit_of is not None:
         try:
-            config, _ = final_fit_of(read_card_dict(args.final_fit_of.resolve()))
+            selected_card = read_card_dict(args.final_fit_of.resolve())
+            config, _ = final_fit_of(selected_card)
         except (CallmoodError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -596,6 +614,12 @@ def loco_main(argv: list[str] | None = None) -> int:
                                       *train_args]))
             if status != 0:
                 return status
+        else:
+            problem = reuse_problem(read_card_dict(model_path), holdout, selected_card)
+            if problem is not None:
+                print(f"error: --reuse {model_path}: {problem}; train it again without --reuse",
+                      file=sys.stderr)
+                return 2
         try:
             result = evaluate_model(model_path, corpus_manifest_paths(corpora_dir, (holdout,)),
                                     split="all", channels=channels, threads=1,

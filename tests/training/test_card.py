@@ -89,3 +89,20 @@ def test_the_shipped_cards_stored_ua_is_the_matrix_ua_rounded(emotion_model: Pat
              for m in e["by_channel"].values()]
     assert rows and all(round(exact_ua(m), 4) == m["ua"] for m in rows)
     assert markdown_path_for(emotion_model).read_text() == render_markdown(card)
+
+
+def test_reuse_problem_names_a_model_that_heard_the_corpus_or_is_another_procedure() -> None:
+    from training.card import reuse_problem
+
+    selected = {"version": "sel-1", "onnx_sha256": "aa"}
+    fit = {"version": "loco-final-no-urdu", "training": {
+        "train_counts": {"ravdess": {}, "emodb": {}},
+        "final_fit": {"selected": {"onnx_sha256": "aa"}, "without_corpus": "urdu"}}}
+    assert reuse_problem(fit, "urdu", selected) is None
+    assert "was trained on emodb" in str(reuse_problem(fit, "emodb", selected))
+    assert "not the final fit of sel-1" in str(
+        reuse_problem(fit, "urdu", {"version": "sel-1", "onnx_sha256": "bb"}))
+    assert "is a final fit" in str(reuse_problem(fit, "urdu", None))
+    run = {"version": "loco-no-urdu", "training": {"train_counts": {"ravdess": {}}}}
+    assert reuse_problem(run, "urdu", None) is None
+    assert "not the final fit" in str(reuse_problem(run, "urdu", selected))

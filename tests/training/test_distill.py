@@ -126,6 +126,10 @@ def test_train_command_distils_from_a_teacher_and_records_it(
     final = ["--selected", str(out_dir / "emotion-v1.onnx"), "--manifest", str(manifest),
              "--workers", "1", "--threads", "1", "--no-test-eval"]
     assert final_fit_main([*final, "--out-dir", str(tmp_path / "final")]) == 0
+    # its leave-one-corpus-out fit would learn the held-out corpus from the teacher's targets
+    assert final_fit_main([*final, "--out-dir", str(tmp_path / "loco"),
+                           "--without-corpus", "urdu"]) == 2
+    assert "from their soft targets" in capsys.readouterr().err
     refit = json.loads((tmp_path / "final" / "emotion-v1.card.json").read_text())
     assert refit["training"]["teachers"] == raw["training"]["teachers"]
     replaced = _teacher(tmp_path / "replaced", held_out, seed=4)   # other weights, same split

@@ -596,7 +596,26 @@ def test_loco_scores_final_fits_of_the_selected_recipe_without_each_corpus(
     assert entry["recipe_differences"] == ["val_fraction"]
     assert entry["command"].startswith(f"python -m training loco --holdout urdu --final-fit-of {selected}")
     assert "a final fit (no val UA)" in target.with_suffix(".card.md").read_text()
+    # the row names its cut: the one the recipe trained on, which the card says
+    assert entry["speech_cut"] == sel["config"]["speech_cut"]
+    assert "Held out urdu: " in target.with_suffix(".card.md").read_text()
     capsys.readouterr()
+    # --reuse scores the model in the folder only if it is the procedure asked for
+    reuse = ["--holdout", "urdu", "--out-dir", str(tmp_path / "loco"), "--channel", "clean",
+             "--workers", "1", "--reuse"]
+    assert loco_main(["--final-fit-of", str(selected), *reuse]) == 0
+    assert loco_main(reuse) == 2             # a selected run was asked for: not this final fit
+    assert "is a final fit" in capsys.readouterr().err
+    other_holdout = tmp_path / "loco" / "without-emodb"
+    shutil.copytree(tmp_path / "loco" / "without-urdu", other_holdout)
+    assert loco_main(["--final-fit-of", str(selected), "--holdout", "emodb", "--out-dir",
+                      str(tmp_path / "loco"), "--channel", "clean", "--workers", "1",
+                      "--reuse"]) == 2
+    assert "was trained on emodb" in capsys.readouterr().err
+    # teachers heard every corpus: never in a leave-one-corpus-out run
+    assert loco_main(["--holdout", "urdu", "--out-dir", str(tmp_path / "t"),
+                      "--teacher", str(selected)]) == 2
+    assert "must not learn from them" in capsys.readouterr().err
     # the held-out corpus's manifest must be one the selected run trained on, and only it goes
     every = [a for c in ("ravdess", "tess", "emodb", "urdu")
              for a in ("--manifest", str(corpora / c / "manifest.csv"))]
