@@ -167,6 +167,7 @@ def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = 
     if not 1 <= info.channels <= MAX_CHANNELS:
         raise UnsupportedAudioError(f"{info.channels} channels: a call recording has 1 (mono) "
                                     f"or {MAX_CHANNELS} (agent + customer)")
+    check_wav_length(path, info)
     # MP3 headers often report frames=0 or an estimate (ESTIMATED_LENGTH_FORMATS): the
     # decoded length is what counts, and both decode paths check it
     if (info.frames > 0 and str(info.format) not in ESTIMATED_LENGTH_FORMATS
@@ -221,6 +222,55 @@ def no_frames_error(path: Path, fmt: str) -> AudioDecodeError:
             "bytes: a recorder that stopped before finishing the header? Rewrite the header "
             "(e.g. sox --ignore-length IN.wav OUT.wav) and send it again")
     return AudioDecodeError(f"{path.name} holds no audio frames")
+
+
+_SUBTYPE_BYTES: dict[str, int] = {"PCM_S8": 1, "PCM_U8": 1, "ULAW": 1, "ALAW": 1,
+                                  "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4,
+                                  "DOUBLE": 8}
+"""Bytes per sample of the WAV subtypes (others: taken as 2, for the size check only)."""
+
+
+def unlisted_wav_bytes(path: Path) -> int:
+    """Bytes of a RIFF WAVE file past its data chunk that no chunk accounts for (0: none, or
+    not a RIFF WAVE file). A recorder that last rewrote its header part-way through a call
+    leaves the rest of the samples there, and libsndfile reads only the length the header
+    gives. Conservative: trailing bytes that happen to parse as a chunk count as one."""
+    with path.open("rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return 0
+        size = os.fstat(fh.fileno()).st_size
+        position, after_data = 12, False
+        while position + 8 <= size:
+            fh.seek(position)
+            chunk = fh.read(8)
+            chunk_id, chunk_bytes = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if not all(0x20 <= b < 0x7F for b in chunk_id):  # FourCC ids are printable ASCII
+                return size - position if after_data else 0
+            end = position + 8 + chunk_bytes + (chunk_bytes & 1)
+            if end > size:
+                return 0   # a last chunk cut short: a truncated file, read as far as it goes
+            after_data = after_data or chunk_id == b"data"
+            position = end
+        return 0
+
+
+def check_wav_length(path: Path, info: Any) -> None:
+    """AudioDecodeError for a WAV whose header lists a second or more less audio than the file
+    holds (see :func:`unlisted_wav_bytes`): analysed as it is, the call would be stored as
+    done, silently cut short. A header that lists no audio at all is left to
+    :func:`no_frames_error`, which says the same of it."""
+    if str(info.format) != "WAV" or info.frames <= 0:
+        return
+    unlisted = unlisted_wav_bytes(path)
+    bytes_per_s = int(info.samplerate) * int(info.channels) * _SUBTYPE_BYTES.get(
+        str(info.subtype), 2)
+    if unlisted >= bytes_per_s:
+        raise AudioDecodeError(
+            f"{path.name}: its WAV header lists {info.frames / info.samplerate:.1f} s of audio, "
+            f"yet {unlisted} more bytes (~{unlisted / bytes_per_s:.0f} s) follow it unlisted: "
+            "a recorder that last rewrote its header part-way through? Rewrite the header "
+            "(e.g. sox --ignore-length IN.wav OUT.wav) and send it again")
 
 
 def check_samples(data: Audio, name: str, at_s: float | None = None) -> None:

@@ -275,3 +275,38 @@ def test_an_mp3_whose_header_overestimates_its_length_is_not_refused_by_it(
     # the decoded length still refuses a file that is too long
     with pytest.raises(UnsupportedAudioError, match="longer than the limit of 100 s"):
         load_recording(stripped, max_duration_s=100.0)
+
+
+def test_a_wav_whose_header_lists_part_of_its_data_fails_rather_than_cut_short(
+        tmp_path: Path) -> None:
+    """A recorder that last rewrote its header at 10 s of a 60 s call: libsndfile reads 10 s,
+    and the call was stored as done with duration_s 10. A WAV with a metadata chunk after
+    its data is read whole."""
+    from worker.audio import unlisted_wav_bytes
+
+    rate = 8000
+    x = (0.1 * np.random.default_rng(0).standard_normal((rate * 60, 2))).astype(np.float32)
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, x, rate, subtype="PCM_16")
+    data = bytearray(whole.read_bytes())
+    at = data.find(b"data")
+    listed = 10 * rate * 2 * 2
+    data[at + 4:at + 8] = listed.to_bytes(4, "little")
+    data[4:8] = (at + 8 + listed - 8).to_bytes(4, "little")
+    stale = tmp_path / "stale.wav"
+    stale.write_bytes(bytes(data))
+    assert sf.info(stale).duration == pytest.approx(10.0)
+    assert unlisted_wav_bytes(stale) == (60 - 10) * rate * 2 * 2
+    for load in (load_recording, open_stream):
+        with pytest.raises(AudioDecodeError, match=r"lists 10\.0 s of audio, yet 1600000 more "
+                                                   r"bytes \(~50 s\).*sox --ignore-length"):
+            load(stale, max_duration_s=3600.0)
+    # metadata after the data chunk (an ID3 or LIST chunk, as tagging tools append) is a
+    # chunk, not lost audio
+    tag = b"id3 " + (11).to_bytes(4, "little") + b"call 42 tag" + b"\x00"   # padded to even
+    tagged_bytes = bytearray(whole.read_bytes() + tag)
+    tagged_bytes[4:8] = (len(tagged_bytes) - 8).to_bytes(4, "little")
+    tagged = tmp_path / "tagged.wav"
+    tagged.write_bytes(bytes(tagged_bytes))
+    assert unlisted_wav_bytes(tagged) == 0 and unlisted_wav_bytes(whole) == 0
+    assert load_recording(tagged, max_duration_s=3600.0).duration_s == pytest.approx(60.0)
