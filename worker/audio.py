@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -224,35 +224,66 @@ def no_frames_error(path: Path, fmt: str) -> AudioDecodeError:
     return AudioDecodeError(f"{path.name} holds no audio frames")
 
 
-_SUBTYPE_BYTES: dict[str, int] = {"PCM_S8": 1, "PCM_U8": 1, "ULAW": 1, "ALAW": 1,
-                                  "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4,
-                                  "DOUBLE": 8}
-"""Bytes per sample of the WAV subtypes (others: taken as 2, for the size check only)."""
+WAV_FORMATS: Final = ("WAV", "WAVEX")
+"""soundfile's names of RIFF WAVE files (WAVEX: WAVE_FORMAT_EXTENSIBLE, as ffmpeg writes
+24-bit and multichannel files)."""
 
 
-def unlisted_wav_bytes(path: Path) -> int:
-    """Bytes of a RIFF WAVE file past its data chunk that no chunk accounts for (0: none, or
-    not a RIFF WAVE file). A recorder that last rewrote its header part-way through a call
-    leaves the rest of the samples there, and libsndfile reads only the length the header
-    gives. Conservative: trailing bytes that happen to parse as a chunk count as one."""
+def _printable_id(chunk_id: bytes) -> bool:
+    """Whether four bytes can be a RIFF chunk id (a FourCC: printable ASCII)."""
+    return len(chunk_id) == 4 and all(0x20 <= b < 0x7F for b in chunk_id)
+
+
+def _all_zero(fh: Any, start: int, end: int) -> bool:
+    """Whether bytes [start, end) of the open file are all zero (stops at the first that is
+    not, so a tail of audio costs one block)."""
+    fh.seek(start)
+    left = end - start
+    while left > 0:
+        block = fh.read(min(left, 1 << 20))
+        if not block or block.count(0) != len(block):
+            return not block
+        left -= len(block)
+    return True
+
+
+def unlisted_wav_bytes(path: Path) -> tuple[int, int]:
+    """(bytes, bytes per second) of a RIFF WAVE file: the bytes past its data chunk that no
+    chunk accounts for, and the ``fmt `` chunk's average byte rate (0 when it has none). A
+    recorder that last rewrote its header part-way through a call leaves the rest of the
+    samples there, and libsndfile reads only the length the header gives. Not counted: a
+    tail of zeros (preallocation, sector padding), an ID3 tag appended unframed, and a
+    chunk that follows an odd-sized one without its pad byte (a common writer slip).
+    (0, 0) for a file that is not RIFF WAVE."""
     with path.open("rb") as fh:
         head = fh.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return 0
+            return 0, 0
         size = os.fstat(fh.fileno()).st_size
-        position, after_data = 12, False
+        position, after_data, bytes_per_s = 12, False, 0
         while position + 8 <= size:
             fh.seek(position)
-            chunk = fh.read(8)
-            chunk_id, chunk_bytes = chunk[:4], int.from_bytes(chunk[4:], "little")
-            if not all(0x20 <= b < 0x7F for b in chunk_id):  # FourCC ids are printable ASCII
-                return size - position if after_data else 0
+            chunk = fh.read(12)
+            chunk_id, chunk_bytes = chunk[:4], int.from_bytes(chunk[4:8], "little")
+            if not _printable_id(chunk_id):
+                fh.seek(position - 1)
+                if after_data and _printable_id(fh.read(4)):
+                    position -= 1            # the odd-sized chunk before it had no pad byte
+                    continue
+                if (not after_data or chunk_id.startswith(b"ID3")
+                        or _all_zero(fh, position, size)):
+                    return 0, bytes_per_s
+                return size - position, bytes_per_s
+            if chunk_id == b"fmt " and len(chunk) == 12:
+                fh.seek(position + 16)       # nAvgBytesPerSec, after the tag, channels, rate
+                bytes_per_s = int.from_bytes(fh.read(4), "little")
             end = position + 8 + chunk_bytes + (chunk_bytes & 1)
             if end > size:
-                return 0   # a last chunk cut short: a truncated file, read as far as it goes
+                # a last chunk cut short: a truncated file, read as far as it goes
+                return 0, bytes_per_s
             after_data = after_data or chunk_id == b"data"
             position = end
-        return 0
+        return 0, bytes_per_s
 
 
 def check_wav_length(path: Path, info: Any) -> None:
@@ -260,11 +291,11 @@ def check_wav_length(path: Path, info: Any) -> None:
     holds (see :func:`unlisted_wav_bytes`): analysed as it is, the call would be stored as
     done, silently cut short. A header that lists no audio at all is left to
     :func:`no_frames_error`, which says the same of it."""
-    if str(info.format) != "WAV" or info.frames <= 0:
+    if str(info.format) not in WAV_FORMATS or info.frames <= 0:
         return
-    unlisted = unlisted_wav_bytes(path)
-    bytes_per_s = int(info.samplerate) * int(info.channels) * _SUBTYPE_BYTES.get(
-        str(info.subtype), 2)
+    unlisted, bytes_per_s = unlisted_wav_bytes(path)
+    if bytes_per_s <= 0:    # no readable fmt chunk: libsndfile would not have opened it
+        return
     if unlisted >= bytes_per_s:
         raise AudioDecodeError(
             f"{path.name}: its WAV header lists {info.frames / info.samplerate:.1f} s of audio, "

@@ -277,36 +277,81 @@ def test_an_mp3_whose_header_overestimates_its_length_is_not_refused_by_it(
         load_recording(stripped, max_duration_s=100.0)
 
 
+def _stale(source: Path, target: Path, listed_bytes: int) -> Path:
+    """``source``'s bytes with its data chunk (and RIFF size) rewritten to ``listed_bytes``."""
+    data = bytearray(source.read_bytes())
+    at = data.find(b"data")
+    data[at + 4:at + 8] = listed_bytes.to_bytes(4, "little")
+    data[4:8] = (at + 8 + listed_bytes - 8).to_bytes(4, "little")
+    target.write_bytes(bytes(data))
+    return target
+
+
+def _with_tail(source: Path, target: Path, tail: bytes) -> Path:
+    """``source``'s bytes with ``tail`` appended and the RIFF size counting it."""
+    data = bytearray(source.read_bytes() + tail)
+    data[4:8] = (len(data) - 8).to_bytes(4, "little")
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "WAVEX"])
 def test_a_wav_whose_header_lists_part_of_its_data_fails_rather_than_cut_short(
-        tmp_path: Path) -> None:
+        tmp_path: Path, subtype: str) -> None:
     """A recorder that last rewrote its header at 10 s of a 60 s call: libsndfile reads 10 s,
-    and the call was stored as done with duration_s 10. A WAV with a metadata chunk after
-    its data is read whole."""
+    and the call was stored as done with duration_s 10. WAVE_FORMAT_EXTENSIBLE too (ffmpeg's
+    24-bit and multichannel files), which libsndfile names WAVEX."""
     from worker.audio import unlisted_wav_bytes
 
     rate = 8000
     x = (0.1 * np.random.default_rng(0).standard_normal((rate * 60, 2))).astype(np.float32)
     whole = tmp_path / "whole.wav"
-    sf.write(whole, x, rate, subtype="PCM_16")
-    data = bytearray(whole.read_bytes())
-    at = data.find(b"data")
-    listed = 10 * rate * 2 * 2
-    data[at + 4:at + 8] = listed.to_bytes(4, "little")
-    data[4:8] = (at + 8 + listed - 8).to_bytes(4, "little")
-    stale = tmp_path / "stale.wav"
-    stale.write_bytes(bytes(data))
+    if subtype == "WAVEX":
+        sf.write(whole, x, rate, format="WAVEX", subtype="PCM_16")
+    else:
+        sf.write(whole, x, rate, subtype="PCM_16")
+    stale = _stale(whole, tmp_path / "stale.wav", 10 * rate * 2 * 2)
     assert sf.info(stale).duration == pytest.approx(10.0)
-    assert unlisted_wav_bytes(stale) == (60 - 10) * rate * 2 * 2
+    assert unlisted_wav_bytes(stale) == ((60 - 10) * rate * 2 * 2, rate * 2 * 2)
     for load in (load_recording, open_stream):
         with pytest.raises(AudioDecodeError, match=r"lists 10\.0 s of audio, yet 1600000 more "
                                                    r"bytes \(~50 s\).*sox --ignore-length"):
             load(stale, max_duration_s=3600.0)
-    # metadata after the data chunk (an ID3 or LIST chunk, as tagging tools append) is a
-    # chunk, not lost audio
-    tag = b"id3 " + (11).to_bytes(4, "little") + b"call 42 tag" + b"\x00"   # padded to even
-    tagged_bytes = bytearray(whole.read_bytes() + tag)
-    tagged_bytes[4:8] = (len(tagged_bytes) - 8).to_bytes(4, "little")
-    tagged = tmp_path / "tagged.wav"
-    tagged.write_bytes(bytes(tagged_bytes))
-    assert unlisted_wav_bytes(tagged) == 0 and unlisted_wav_bytes(whole) == 0
-    assert load_recording(tagged, max_duration_s=3600.0).duration_s == pytest.approx(60.0)
+    assert unlisted_wav_bytes(whole)[0] == 0
+
+
+def test_valid_wavs_with_something_after_their_data_are_read_whole(tmp_path: Path) -> None:
+    """What follows a WAV's data chunk in files that are fine: a metadata chunk (tagging tools
+    append ID3 or LIST chunks), an ID3 tag without chunk framing, zero padding (recorders
+    that preallocate, sector padding), and a chunk after an odd-sized data chunk written
+    without its pad byte. None is audio the header left out."""
+    from worker.audio import unlisted_wav_bytes
+
+    rate = 8000
+    x = (0.1 * np.random.default_rng(1).standard_normal(rate * 3)).astype(np.float32)
+    pcm = tmp_path / "pcm.wav"
+    sf.write(pcm, x, rate, subtype="PCM_16")
+    ulaw = tmp_path / "ulaw.wav"
+    sf.write(ulaw, x, rate, subtype="ULAW")
+    tails = {
+        "chunk": (pcm, b"id3 " + (11).to_bytes(4, "little") + b"call 42 tag\x00"),
+        "raw_id3": (pcm, b"ID3\x03\x00\x00" + bytes(range(1, 200)) * 60),
+        "zeros": (ulaw, bytes(20_000)),              # 2.5 s worth of mu-law at 8 kHz
+    }
+    for name, (source, tail) in tails.items():
+        path = _with_tail(source, tmp_path / f"{name}.wav", tail)
+        assert unlisted_wav_bytes(path)[0] == 0, name
+        assert load_recording(path, max_duration_s=60.0).duration_s == pytest.approx(3.0), name
+    # an 8-bit file of an odd number of samples whose writer left out the pad byte
+    odd = tmp_path / "odd.wav"
+    sf.write(odd, x[: rate - 1], rate, subtype="PCM_U8")
+    raw = odd.read_bytes()
+    at = raw.find(b"data")
+    n = int.from_bytes(raw[at + 4:at + 8], "little")
+    assert n % 2 == 1
+    unpadded = raw[:at + 8 + n] + b"iXML" + (9000).to_bytes(4, "little") + b"<x/>" * 2250
+    path = tmp_path / "unpadded.wav"
+    path.write_bytes(unpadded[:4] + (len(unpadded) - 8).to_bytes(4, "little") + unpadded[8:])
+    assert unlisted_wav_bytes(path)[0] == 0
+    assert load_recording(path, max_duration_s=60.0).duration_s == pytest.approx(
+        (rate - 1) / rate)
