@@ -42,7 +42,7 @@ AGGREGATE_COLUMNS: Final[tuple[str, ...]] = (
     "group", "period_start", "calls", "calls_with_customer", "escalated_calls",
     "escalated_share",
     "mean_customer_stress", "max_customer_stress", "mean_customer_stress_shift",
-    "mean_agent_stress", "mean_duration_s", "silence_share", "total_overtalk_s",
+    "mean_agent_stress", "mean_duration_s", "mean_silence_share", "total_overtalk_s",
 )
 """Columns of :func:`aggregate_calls`; ``group`` is the agent id or the team."""
 
@@ -176,8 +176,9 @@ def aggregate_calls(metrics: pd.DataFrame, by: GroupBy = "agent",
 
     Means skip calls without the party; ``escalated_share`` is escalated calls / calls in which
     the customer spoke (0-1; empty without any): only those can be flagged, so mono or one-way
-    calls neither dilute it nor read as a perfect 0. ``silence_share`` is the group's silent
-    time over its call time (a 20 s dropped call weighs 20 s, not as much as an hour's call).
+    calls neither dilute it nor read as a perfect 0. ``mean_silence_share`` is the group's
+    silent time over its call time: the calls' shares weighted by their length (a 20 s
+    dropped call weighs 20 s, not as much as an hour's call).
     """
     columns = list(AGGREGATE_COLUMNS)
     if metrics.empty:
@@ -203,6 +204,7 @@ def aggregate_calls(metrics: pd.DataFrame, by: GroupBy = "agent",
         total_overtalk_s=("overtalk_s", "sum"),
     ).reset_index()
     measurable = out["calls_with_customer"].where(out["calls_with_customer"] > 0)
+    # the column keeps its name (spreadsheets read it); it is now a mean weighted by length
     return out.assign(escalated_share=out["escalated_calls"] / measurable,
-                      silence_share=out["silence_s"] / out["timed_s"].where(out["timed_s"] > 0)
-                      )[columns]
+                      mean_silence_share=out["silence_s"] / out["timed_s"].where(
+                          out["timed_s"] > 0))[columns]

@@ -154,7 +154,7 @@ def test_an_agents_silence_share_weighs_each_call_by_its_length() -> None:
     assert metrics.set_index("call")["silence_share"].loc[["l", "d"]].tolist() == [
         pytest.approx(0.1), 1.0]
     ana = aggregate_calls(metrics).set_index("group").loc["ana"]
-    assert ana["silence_share"] == pytest.approx(50 / 320)
+    assert ana["mean_silence_share"] == pytest.approx(50 / 320)
     assert ana["calls"] == 3
 
 
