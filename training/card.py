@@ -126,6 +126,9 @@ def reuse_problem(loco_card: dict[str, Any], holdout: str,
     if holdout in training.get("train_counts", {}):
         return f"{version} was trained on {holdout}: it cannot be scored as never having heard it"
     final_fit = training.get("final_fit") or {}
+    if training.get("teachers") or final_fit.get("selected", {}).get("teachers"):
+        return (f"{version} learnt from teachers, which heard every corpus, {holdout} "
+                "included")
     if selected_card is None:
         return (f"{version} is a final fit; loco without --final-fit-of scores selected runs"
                 if final_fit else None)

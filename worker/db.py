@@ -193,18 +193,34 @@ def head_revision() -> str | None:
     return head
 
 
+def release_revisions() -> frozenset[str]:
+    """Every Alembic revision this release ships."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return frozenset(r.revision for r in script.walk_revisions())
+
+
 def require_head(url: str) -> None:
-    """ConfigError unless the database at ``url`` is at :func:`head_revision` (a worker on an
-    older schema fails every call it takes, each after two minutes of retries as if the
-    database were down); TransientError if it cannot be reached."""
+    """ConfigError when the database at ``url`` is behind :func:`head_revision`: never
+    migrated, or at an older revision of this release (a worker on it fails every call it
+    takes, each after two minutes of retries as if the database were down). A revision this
+    release does not know is a newer release's (a rolling deploy, a rollback): upgrading
+    cannot help there, so the worker starts, with a warning. TransientError if it cannot be
+    reached."""
     try:
         current = current_revision(url)
     except (OperationalError, DisconnectionError) as e:
         raise TransientError(f"database unavailable ({redact_url(url)}): {_first_line(e)}") from e
     head = head_revision()
-    if current != head:
-        raise ConfigError(f"database {redact_url(url)} is at schema revision {current or 'none'}, "
-                          f"this release needs {head}: run callmood db upgrade first")
+    if current == head:
+        return
+    if current is not None and current not in release_revisions():
+        log.warning("database %s is at schema revision %s, newer than this release's %s "
+                    "(a newer release migrated it)", redact_url(url), current, head)
+        return
+    raise ConfigError(f"database {redact_url(url)} is at schema revision {current or 'none'}, "
+                      f"this release needs {head}: run callmood db upgrade first")
 
 
 def current_revision(url: str) -> str | None:

@@ -103,6 +103,10 @@ def test_reuse_problem_names_a_model_that_heard_the_corpus_or_is_another_procedu
     assert "not the final fit of sel-1" in str(
         reuse_problem(fit, "urdu", {"version": "sel-1", "onnx_sha256": "bb"}))
     assert "is a final fit" in str(reuse_problem(fit, "urdu", None))
-    run = {"version": "loco-no-urdu", "training": {"train_counts": {"ravdess": {}}}}
+    run: dict[str, Any] = {"version": "loco-no-urdu",
+                           "training": {"train_counts": {"ravdess": {}}}}
     assert reuse_problem(run, "urdu", None) is None
+    # a student of teachers that heard urdu (trained before loco refused teachers)
+    taught = {**run, "training": {**run["training"], "teachers": [{"path": "t.onnx"}]}}
+    assert "learnt from teachers" in str(reuse_problem(taught, "urdu", None))
     assert "not the final fit" in str(reuse_problem(run, "urdu", selected))

@@ -342,3 +342,19 @@ def test_evaluate_runs_where_torch_is_not_installed() -> None:
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--min-frames" in done.stdout
+
+
+def test_a_trained_model_without_test_rows_keeps_its_exit_status(
+        tmp_path: Path, callmood_corpora: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An operator's manifest of their own labelled calls may hold train rows only: training
+    ends well, with a note, rather than failing after the whole run on the test figures."""
+    from training.cli import _test_figures_into_card
+
+    model = write_tiny_model(tmp_path, np.zeros((N_MELS, 7), dtype=np.float32))
+    card_before = card_path_for(model).read_text()
+    train_only = tmp_path / "train_only.csv"
+    pd.read_csv(_manifest(tmp_path, callmood_corpora)).assign(split="train").to_csv(
+        train_only, index=False)
+    assert _test_figures_into_card(model, [train_only], workers=1) == 0
+    assert "no test rows in the manifests" in capsys.readouterr().err
+    assert card_path_for(model).read_text() == card_before
