@@ -30,7 +30,7 @@ from worker.constants import (
     MAX_INPUT_SAMPLE_RATE,
     MAX_SAMPLE_PEAK,
     MIN_INPUT_SAMPLE_RATE,
-    MP3_MIN_BITRATE_BPS,
+    MP3_BITRATES_BPS,
 )
 from worker.errors import (
     AudioDecodeError,
@@ -153,6 +153,14 @@ def probe_duration_s(uri: str) -> float | None:
     return float(info.duration) if info.duration > 0 else None
 
 
+def mp3_bitrates_bps(sample_rate: int) -> tuple[int, int]:
+    """(lowest, highest) bitrate of an MP3 at ``sample_rate`` (:data:`MP3_BITRATES_BPS`)."""
+    for lowest_rate, low_bps, high_bps in MP3_BITRATES_BPS:
+        if sample_rate >= lowest_rate:
+            return low_bps, high_bps
+    return MP3_BITRATES_BPS[-1][1], MP3_BITRATES_BPS[-1][2]
+
+
 def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = None) -> Any:
     """soundfile's header info of ``path`` once its size, rate, channels and (header)
     duration are within the limits; the InputError subclass saying which is not, otherwise."""
@@ -168,6 +176,12 @@ def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = 
         raise UnsupportedAudioError(f"{info.channels} channels: a call recording has 1 (mono) "
                                     f"or {MAX_CHANNELS} (agent + customer)")
     check_wav_length(path, info)
+    if str(info.format) in ESTIMATED_LENGTH_FORMATS:
+        shortest_s = 8 * path.stat().st_size / mp3_bitrates_bps(rate)[1]
+        if shortest_s > max_duration_s:   # even at the highest bitrate: refused undecoded
+            raise UnsupportedAudioError(
+                f"{path.name} lasts at least {shortest_s:.0f} s by its size, longer than the "
+                f"limit of {max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
     # MP3 headers often report frames=0 or an estimate (ESTIMATED_LENGTH_FORMATS): the
     # decoded length is what counts, and both decode paths check it
     if (info.frames > 0 and str(info.format) not in ESTIMATED_LENGTH_FORMATS
@@ -345,7 +359,7 @@ class StreamInfo:
         format's lowest bitrate; 0 when unknown."""
         if self.format not in ESTIMATED_LENGTH_FORMATS or self.file_bytes <= 0:
             return self.header_frames
-        bound_s = 8 * self.file_bytes / MP3_MIN_BITRATE_BPS
+        bound_s = 8 * self.file_bytes / mp3_bitrates_bps(self.source_sample_rate)[0]
         return max(self.header_frames, math.ceil(bound_s * self.source_sample_rate))
 
 

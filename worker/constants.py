@@ -25,9 +25,13 @@ ESTIMATED_LENGTH_FORMATS: Final[tuple[str, ...]] = ("MP3",)
 that opens with silence reads as ~2x its length (measured: 222 s for 120 s) and one that
 opens loud reads as far shorter. Their length neither refuses a file nor bounds its decode."""
 
-MP3_MIN_BITRATE_BPS: Final[int] = 8_000
-"""Lowest bitrate of MPEG audio layer III (MPEG-2.5): an MP3 of N bytes lasts at most
-8 N / 8000 s, whatever its header estimates."""
+MP3_BITRATES_BPS: Final[tuple[tuple[int, int, int], ...]] = (
+    (32_000, 32_000, 320_000),   # MPEG-1 layer III: 32, 44.1, 48 kHz
+    (0, 8_000, 160_000),         # MPEG-2 and 2.5: 8 to 24 kHz
+)
+"""(lowest sample rate, lowest bitrate, highest bitrate) of MPEG audio layer III, first match
+by sample rate: an MP3 of N bytes lasts between 8 N / highest and 8 N / lowest seconds,
+whatever its header estimates."""
 
 MAX_SAMPLE_PEAK: Final[float] = 2.0
 """Decoded samples are on a +-1.0 full scale. Integer PCM, G.711 and the codecs cannot pass

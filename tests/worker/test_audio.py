@@ -275,6 +275,11 @@ def test_an_mp3_whose_header_overestimates_its_length_is_not_refused_by_it(
     # the decoded length still refuses a file that is too long
     with pytest.raises(UnsupportedAudioError, match="longer than the limit of 100 s"):
         load_recording(stripped, max_duration_s=100.0)
+    # a size that even 160 kbit/s (MPEG-2.5's highest) cannot fit under the limit is
+    # refused before any decoding
+    least_s = 8 * stripped.stat().st_size / 160_000
+    with pytest.raises(UnsupportedAudioError, match=f"lasts at least {least_s:.0f} s by its size"):
+        open_stream(stripped, max_duration_s=least_s * 0.9)
 
 
 def _stale(source: Path, target: Path, listed_bytes: int) -> Path:

@@ -179,6 +179,11 @@ def test_long_recordings_stream_and_short_ones_do_not(tmp_path: Path, monkeypatc
                                         "MPEG_LAYER_III", file_bytes=600_000))
     assert should_stream(StreamInfo(Path("x.mp3"), 8000, 2, 120 * 8000, "MP3",
                                     "MPEG_LAYER_III", file_bytes=600_001))
+    # from 32 kHz (MPEG-1) the lowest bitrate is 32 kbit/s: 10 min is 2.4 MB
+    assert not should_stream(StreamInfo(Path("x.mp3"), 44_100, 2, 180 * 44_100, "MP3",
+                                        "MPEG_LAYER_III", file_bytes=2_400_000))
+    assert should_stream(StreamInfo(Path("x.mp3"), 44_100, 2, 180 * 44_100, "MP3",
+                                    "MPEG_LAYER_III", file_bytes=2_400_001))
 
     # analyze_file picks the path from the header: with the threshold lowered, a short call
     # never reaches load_recording
