@@ -70,15 +70,25 @@ def analyze_recording(self: Task[Any, Any], **payload: Any) -> dict[str, Any]:
         if self.request.retries >= MAX_RETRIES:
             reason = f"gave up after {MAX_RETRIES} retries: {e}"
             log.error("call %s: %s", request.external_call_id, reason)
-            _fail_quietly(settings, request.external_call_id, reason)
-            return CallOutcome("failed", request.external_call_id, reason=reason).as_dict()
+            if _fail_quietly(settings, request.external_call_id, reason):
+                return CallOutcome("failed", request.external_call_id, reason=reason).as_dict()
+            # The failure cannot be written either: the database is down. Acked now, the call
+            # would be in neither the broker nor the database (a producer's send_task made no
+            # row), so it waits at the backoff cap until the database answers, and then runs.
+            log.error("call %s: kept in the queue, retried every %.0f s until the database "
+                      "answers", request.external_call_id, RETRY_CAP_S)
+            # (Celery reads max_retries=None as the task's own limit: one more, each time)
+            raise self.retry(exc=e, countdown=RETRY_CAP_S,
+                             max_retries=self.request.retries + 1) from e
         delay_s = retry_delay_s(self.request.retries)
         log.warning("call %s: %s; retry %d/%d in %.1f s", request.external_call_id, e,
                     self.request.retries + 1, MAX_RETRIES, delay_s)
         raise self.retry(exc=e, countdown=delay_s) from e
 
 
-def _fail_quietly(settings: Settings, external_call_id: str, reason: str) -> None:
+def _fail_quietly(settings: Settings, external_call_id: str, reason: str) -> bool:
+    """Mark the call failed with ``reason`` (nothing to mark if it has no row); False when
+    the database cannot be reached to write it."""
     try:
         with session_scope(settings) as session:
             call = find_call(session, external_call_id)
@@ -88,6 +98,8 @@ def _fail_quietly(settings: Settings, external_call_id: str, reason: str) -> Non
                     refresh_batch_counts(session, call.batch_id)
     except TransientError as e:
         log.error("call %s: could not record the failure either: %s", external_call_id, e)
+        return False
+    return True
 
 
 def _reject(payload: Mapping[str, Any], reason: str) -> CallOutcome:

@@ -225,6 +225,47 @@ def test_transient_error_gives_up_after_bounded_retries(
     assert call.failure_reason is not None and "broker gone" in call.failure_reason
 
 
+def test_a_database_outage_longer_than_the_retries_keeps_the_call(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A producer's send_task made no row, and the database stays down past the bounded
+    retries: the failure cannot be written, so acking would lose the call from the broker
+    and the database alike. It waits at the backoff cap instead, and runs once the database
+    answers."""
+    down_for = tasks.MAX_RETRIES + 3
+    attempts: list[int] = []
+    from worker.db import session_scope as real_scope
+    from worker.jobs import process_call as real_process_call
+
+
+    def process_call(request: Any, settings: Settings) -> Any:
+        attempts.append(1)
+        if len(attempts) <= down_for:
+            raise TransientError("database unavailable (postgresql://db/callmood)")
+        return real_process_call(request, settings)
+
+    def session_scope(settings: Settings) -> Any:
+        if len(attempts) <= down_for:
+            raise TransientError("database unavailable (postgresql://db/callmood)")
+        return real_scope(settings)
+
+    delays: list[float] = []
+    real_retry = tasks.analyze_recording.retry
+
+    def retry(*args: Any, **kwargs: Any) -> Any:
+        delays.append(kwargs.get("countdown", 0.0))
+        return real_retry(*args, **kwargs)
+
+    monkeypatch.setattr("worker.tasks.process_call", process_call)
+    monkeypatch.setattr("worker.tasks.session_scope", session_scope)
+    monkeypatch.setattr(tasks.analyze_recording, "retry", retry)
+    monkeypatch.setattr(jobs, "_analyze", lambda uri, settings: fake_analysis(2))
+    assert _run(**GOOD)["status"] == "done"
+    assert len(attempts) == down_for + 1
+    assert delays[tasks.MAX_RETRIES:] == [tasks.RETRY_CAP_S] * (down_for - tasks.MAX_RETRIES)
+    call = _call(migrated, "CC-100")
+    assert call is not None and call.status == "done"
+
+
 def test_a_broken_model_is_retried_not_blamed_on_the_call(
         migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bad deploy (a card for another file) fails no call while it is fixed in time; left
