@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import PurePosixPath, PureWindowsPath
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,11 @@ def check_uri(uri: object) -> None:
     path = local_path_text(uri)
     if "\x00" in uri or (path is not None and "\x00" in path):
         raise PayloadError("uri: contains a NUL character (or %00 in a file:// URI)")
+    if path is not None and not (PurePosixPath(path).is_absolute()
+                                 or PureWindowsPath(path).is_absolute()):
+        # resolved against wherever the worker was started, and again by every retry
+        raise PayloadError(f"uri: {uri[:200]!r} is a relative path; send an absolute path or "
+                           "a file:/// URI (callmood enqueue makes paths absolute)")
     try:
         uri.encode("utf-8")
     except UnicodeEncodeError as e:

@@ -30,6 +30,10 @@ GOOD: dict[str, Any] = {"uri": "/calls/a.wav", "call_id": "CC-100", "agent_id": 
     # opened percent-decoded: a NUL the OS refuses before any decode error could name it
     ({"uri": "file:///rec/a%00.wav"}, "uri: contains a NUL"),
     ({"uri": "file://nas/rec/a.wav"}, "uri: the file:// URI names host 'nas'"),
+    # resolved against the worker's working directory, and every retry's
+    ({"uri": "calls/a.wav"}, "is a relative path"),
+    ({"uri": "~/a.wav"}, "is a relative path"),
+    ({"uri": "file:calls/a.wav"}, "is a relative path"),
     ({"call_id": None}, "call_id"),
     ({"call_id": "has space"}, "call_id"),
     ({"call_id": "é"}, "call_id"),
