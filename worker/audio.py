@@ -136,6 +136,8 @@ def read_info(path: Path) -> Any:
 
 def probe_duration_s(uri: str) -> float | None:
     """Duration from the header of a local path or ``file://`` URI; None if it cannot be read.
+    For a format whose header only estimates it (MP3), the most the file's size allows
+    (:func:`mp3_bitrates_bps`): a VBR call opening loud reads far shorter than it lasts.
 
     For producers sizing a task's time limit: no input-root check (the worker does that) and
     no error (a file the producer cannot see is still sent, with the default limits).
@@ -146,11 +148,16 @@ def probe_duration_s(uri: str) -> float | None:
         return None
     if raw is None:
         return None
+    path = Path(raw)
     try:
-        info = read_info(Path(raw))
-    except AudioDecodeError:
+        info = read_info(path)
+        size = path.stat().st_size
+    except (AudioDecodeError, OSError):
         return None
-    return float(info.duration) if info.duration > 0 else None
+    duration_s = float(info.duration)
+    if str(info.format) in ESTIMATED_LENGTH_FORMATS and info.samplerate > 0:
+        duration_s = max(duration_s, 8 * size / mp3_bitrates_bps(int(info.samplerate))[0])
+    return duration_s if duration_s > 0 else None
 
 
 def mp3_bitrates_bps(sample_rate: int) -> tuple[int, int]:

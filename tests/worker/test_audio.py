@@ -275,6 +275,11 @@ def test_an_mp3_whose_header_overestimates_its_length_is_not_refused_by_it(
     # the decoded length still refuses a file that is too long
     with pytest.raises(UnsupportedAudioError, match="longer than the limit of 100 s"):
         load_recording(stripped, max_duration_s=100.0)
+    # a producer sizes the task's time limits by the most the size allows (at 8 kbit/s here),
+    # not by a header that may read far shorter than the call
+    from worker.audio import probe_duration_s
+
+    assert probe_duration_s(str(stripped)) == pytest.approx(8 * stripped.stat().st_size / 8000)
     # a size that even 160 kbit/s (MPEG-2.5's highest) cannot fit under the limit is
     # refused before any decoding
     least_s = 8 * stripped.stat().st_size / 160_000
