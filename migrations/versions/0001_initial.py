@@ -6,7 +6,8 @@ Create Date: 2026-11-23
 
 Hand-written to match worker/schema.py (tests/worker/test_migrations.py compares the two).
 Literal lists are spelled out rather than imported: a migration must not change when the
-application constants do later.
+application constants do later. CHECK names are final (``op.f``): without it Alembic applied
+the naming convention to them again (ck_calls_ck_calls_status), until 0003 and this fix.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(),
                   nullable=False),
         sa.CheckConstraint("status IN ('pending', 'processing', 'done', 'failed')",
-                           name="ck_calls_status"),
-        sa.CheckConstraint("attempts >= 0", name="ck_calls_attempts_nonnegative"),
+                           name=op.f("ck_calls_status")),
+        sa.CheckConstraint("attempts >= 0", name=op.f("ck_calls_attempts_nonnegative")),
         sa.PrimaryKeyConstraint("id", name="pk_calls"),
         sa.UniqueConstraint("external_call_id", name="uq_calls_external_call_id"),
     )
@@ -75,10 +76,10 @@ def upgrade() -> None:
         sa.Column("p_surprise", sa.Float(), nullable=False),
         sa.Column("confidence", sa.Float(), nullable=False),
         sa.Column("model_version", sa.String(length=64), nullable=False),
-        sa.CheckConstraint("role IN ('agent', 'customer', 'unknown')", name="ck_segments_role"),
+        sa.CheckConstraint("role IN ('agent', 'customer', 'unknown')", name=op.f("ck_segments_role")),
         sa.CheckConstraint("emotion IN ('angry', 'disgust', 'fear', 'happy', 'neutral', 'sad', "
-                           "'surprise')", name="ck_segments_emotion"),
-        sa.CheckConstraint("end_s >= start_s", name="ck_segments_span_ordered"),
+                           "'surprise')", name=op.f("ck_segments_emotion")),
+        sa.CheckConstraint("end_s >= start_s", name=op.f("ck_segments_span_ordered")),
         sa.ForeignKeyConstraint(["call_id"], ["calls.id"], name="fk_segments_call_id_calls",
                                 ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name="pk_segments"),

@@ -34,7 +34,7 @@ def upgrade() -> None:
         sa.Column("done_count", sa.Integer(), server_default="0", nullable=False),
         sa.Column("failed_count", sa.Integer(), server_default="0", nullable=False),
         sa.CheckConstraint("enqueued_count >= 0 AND skipped_count >= 0 AND done_count >= 0 "
-                           "AND failed_count >= 0", name="ck_batches_counts_nonnegative"),
+                           "AND failed_count >= 0", name=op.f("ck_batches_counts_nonnegative")),
         sa.PrimaryKeyConstraint("id", name="pk_batches"),
     )
     op.create_index("ix_batches_started_at", "batches", ["started_at"])

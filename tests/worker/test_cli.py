@@ -174,7 +174,7 @@ def test_the_worker_logs_at_callmood_log_level_unless_told(
 
 def test_db_upgrade_reports_the_revision(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade"]) == 0
-    assert "revision 0002" in capsys.readouterr().out
+    assert "revision 0003" in capsys.readouterr().out
 
 
 def test_train_and_evaluate_pass_their_own_options_through(capsys: pytest.CaptureFixture[str],

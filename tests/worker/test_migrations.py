@@ -31,9 +31,13 @@ def _diff(url: str) -> list[object]:
 def _check_round_trip(url: str) -> None:
     assert db.current_revision(url) is None
     db.upgrade(url)
-    assert db.current_revision(url) == "0002"
+    assert db.current_revision(url) == db.head_revision() == "0003"
     assert _diff(url) == [], "migrations/ and worker/schema.py disagree"
     inspector = inspect(db.make_engine(url))
+    # autogenerate does not compare CHECK constraints: their names are checked here
+    for table in ("calls", "segments", "batches"):
+        assert ({c["name"] for c in inspector.get_check_constraints(table)}
+                == _schema_check_names(table)), table
     for table, names in EXPECTED_INDEXES.items():
         assert names <= {ix["name"] for ix in inspector.get_indexes(table)}
     (fk,) = inspector.get_foreign_keys("segments")
@@ -52,6 +56,18 @@ def _check_round_trip(url: str) -> None:
     assert set(inspect(db.make_engine(url)).get_table_names()) <= {"alembic_version"}
     db.upgrade(url)  # and back up again after a full downgrade
     assert _diff(url) == []
+
+
+def _schema_check_names(table: str) -> set[str]:
+    """The CHECK constraint names worker/schema.py gives ``table`` (its naming convention)."""
+    from sqlalchemy import CheckConstraint
+    from sqlalchemy.schema import CreateTable
+
+    from worker.schema import Base
+
+    t = Base.metadata.tables[table]
+    CreateTable(t).compile(dialect=db.make_engine("sqlite://").dialect)  # names the constraints
+    return {str(c.name) for c in t.constraints if isinstance(c, CheckConstraint)}
 
 
 def test_sqlite_upgrade_downgrade_matches_models(tmp_path: Path) -> None:
@@ -97,6 +113,37 @@ def test_stored_results_survive_every_migration(backend: str, tmp_path: Path,
             assert c.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
 
 
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_0003_hashes_old_paths_and_renames_doubled_check_names(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A database migrated before 0003: calls from 0001 have no path hash (the inbox scan sent
+    their recordings again), and on PostgreSQL the CHECK constraints carry the doubled names
+    0001 and 0002 gave them (ck_calls_ck_calls_status)."""
+    from sqlalchemy import text
+
+    from worker.store import uri_sha256
+
+    url = (f"sqlite:///{tmp_path / 'old.sqlite'}" if backend == "sqlite"
+           else str(request.getfixturevalue("postgres_url")))
+    db.upgrade(url, "0002")
+    with db.make_engine(url).begin() as c:
+        c.execute(text("INSERT INTO calls (id, external_call_id, source_uri, status, attempts, "
+                       "metadata) VALUES (1, 'OLD-1', '/calls/caf\u00e9.wav', 'done', 1, '{}')"))
+        if backend == "postgres":   # what 0001 and 0002 named them before op.f
+            for table in ("calls", "segments", "batches"):
+                for name in _schema_check_names(table):
+                    c.execute(text(f'ALTER TABLE {table} RENAME CONSTRAINT "{name}" '
+                                   f'TO "ck_{table}_{name}"'))
+    db.upgrade(url)
+    with db.make_engine(url).connect() as c:
+        sha = c.execute(text("SELECT source_uri_sha256 FROM calls WHERE id = 1")).scalar_one()
+    assert sha == uri_sha256("/calls/caf\u00e9.wav")
+    inspector = inspect(db.make_engine(url))
+    for table in ("calls", "segments", "batches"):
+        assert ({c["name"] for c in inspector.get_check_constraints(table)}
+                == _schema_check_names(table)), table
+
+
 def test_sqlite_connections_use_wal_foreign_keys_and_busy_timeout(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.sqlite'}"
     with db.make_engine(url).connect() as c:
@@ -111,5 +158,5 @@ def test_migrations_ship_with_the_package() -> None:
     root = db.migrations_dir()
     assert (root / "env.py").is_file()
     assert (root / "script.py.mako").is_file()
-    assert sorted(p.name for p in (root / "versions").glob("*.py")) == ["0001_initial.py",
-                                                                        "0002_batches.py"]
+    assert sorted(p.name for p in (root / "versions").glob("*.py")) == [
+        "0001_initial.py", "0002_batches.py", "0003_check_names_uri_hashes.py"]
