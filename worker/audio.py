@@ -25,6 +25,7 @@ import soxr
 
 from worker.constants import (
     ANALYSIS_SAMPLE_RATE,
+    DUAL_MONO_MAX_DIFF,
     ESTIMATED_LENGTH_FORMATS,
     MAX_CHANNELS,
     MAX_INPUT_SAMPLE_RATE,
@@ -323,6 +324,12 @@ def check_wav_length(path: Path, info: Any) -> None:
             f"yet {unlisted} more bytes (~{unlisted / bytes_per_s:.0f} s) follow it unlisted: "
             "a recorder that last rewrote its header part-way through? Rewrite the header "
             "(e.g. sox --ignore-length IN.wav OUT.wav) and send it again")
+
+
+def same_signal(a: Audio, b: Audio) -> bool:
+    """Whether two channels (equal length, any rate) carry one signal: no sample apart by
+    more than :data:`DUAL_MONO_MAX_DIFF` (a dual-mono file)."""
+    return a.shape == b.shape and (a.size == 0 or float(np.max(np.abs(a - b))) <= DUAL_MONO_MAX_DIFF)
 
 
 def check_samples(data: Audio, name: str, at_s: float | None = None) -> None:

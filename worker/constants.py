@@ -19,6 +19,13 @@ MAX_INPUT_SAMPLE_RATE: Final[int] = 384_000
 MAX_CHANNELS: Final[int] = 2
 """A call recording has one party per channel: agent and customer."""
 
+DUAL_MONO_MAX_DIFF: Final[float] = 1e-4
+"""Largest sample difference (full scale 1.0, at the analysis rate) between the two channels
+of a stereo file for it to count as dual-mono: one signal written twice (a mono phone
+system's stereo export). About 3 LSB of 16-bit PCM; a stereo call's two parties differ by
+orders of magnitude more. Such a file is analysed as mono, one unknown party: as two
+channels every utterance was stored twice, once per role, as 100 % overtalk."""
+
 ESTIMATED_LENGTH_FORMATS: Final[tuple[str, ...]] = ("MP3",)
 """soundfile formats whose header length is an estimate: an MP3 without a Xing/Info frame
 (encoders that write as they record) is sized from its first frame's bitrate, so a VBR file

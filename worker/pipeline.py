@@ -19,7 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.audio import Recording, StreamInfo, file_sha256, load_recording, open_stream, resolve_input
+from worker.audio import (
+    Recording,
+    StreamInfo,
+    file_sha256,
+    load_recording,
+    open_stream,
+    resolve_input,
+    same_signal,
+)
 from worker.constants import ANALYSIS_SAMPLE_RATE, EMOTIONS
 from worker.emotion import EmotionModel, decide, load_model
 from worker.errors import ModelError
@@ -142,14 +150,18 @@ def score_recording(recording: Recording, model: EmotionModel,
     config = model.card.features
     found: list[tuple[int, Span]] = []
     features = []
-    for channel, audio in enumerate(recording.channels):
+    # one signal written to both channels: analysed once, as the one party of a mono call
+    channels = recording.channels
+    if len(channels) == 2 and same_signal(channels[0], channels[1]):
+        channels = channels[:1]
+    for channel, audio in enumerate(channels):
         for span in channel_spans(audio, settings.vad, settings.segmentation):
             lo = round(span.start_s * ANALYSIS_SAMPLE_RATE)
             hi = round(span.end_s * ANALYSIS_SAMPLE_RATE)
             found.append((channel, span))
             features.append(extract_features(audio[lo:hi], config))
     probabilities = model.predict_proba(features) if features else np.zeros((0, 0))
-    return _segments(found, probabilities, model, settings, recording.n_channels,
+    return _segments(found, probabilities, model, settings, len(channels),
                      recording.duration_s)
 
 
@@ -180,7 +192,8 @@ def score_streamed(stream: StreamInfo, model: EmotionModel, settings: Settings) 
         rows.append(model.predict_proba([extract_features(samples, config)])[0])
     probabilities = np.stack(rows) if rows else np.zeros((0, 0))
     return StreamedScores(
-        segments=_segments(scored, probabilities, model, settings, stream.n_channels,
+        segments=_segments(scored, probabilities, model, settings,
+                           1 if found.dual_mono else stream.n_channels,
                            found.source_frames / float(stream.source_sample_rate)),
         source_frames=found.source_frames)
 

@@ -27,7 +27,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from worker.audio import StreamInfo, stream_blocks
+from worker.audio import StreamInfo, same_signal, stream_blocks
 from worker.constants import ANALYSIS_SAMPLE_RATE
 from worker.errors import AudioDecodeError
 from worker.segmentation import SegmentationConfig, Span, utterances
@@ -73,6 +73,9 @@ class StreamedSpans:
     """Samples per channel at ANALYSIS_SAMPLE_RATE."""
     source_frames: int
     """Frames decoded from the file at its own rate."""
+    dual_mono: bool = False
+    """Two channels that carry one signal (:data:`DUAL_MONO_MAX_DIFF`): the second's spans
+    are left out, and the file is analysed as mono."""
 
 
 def streamed_spans(stream: StreamInfo, max_duration_s: float, vad: VadConfig,
@@ -85,17 +88,20 @@ def streamed_spans(stream: StreamInfo, max_duration_s: float, vad: VadConfig,
     """
     detectors = [VadStream(vad) for _ in range(stream.n_channels)]
     source_frames = 0
+    dual_mono = stream.n_channels == 2
     for block in stream_blocks(stream, max_duration_s):
         for channel, detector in enumerate(detectors):
             detector.push(block.samples[:, channel])
+        dual_mono = dual_mono and same_signal(block.samples[:, 0], block.samples[:, 1])
         source_frames = block.source_frames
     n_samples = detectors[0].n_samples
     duration_s = n_samples / ANALYSIS_SAMPLE_RATE
     spans = tuple(
         tuple(utterances(smooth(detector.finish(), vad.smoothing_frames), vad.frame_ms / 1000.0,
-                         duration_s, segmentation))
-        for detector in detectors)
-    return StreamedSpans(spans=spans, n_samples=n_samples, source_frames=source_frames)
+                         duration_s, segmentation)) if not (dual_mono and channel == 1) else ()
+        for channel, detector in enumerate(detectors))
+    return StreamedSpans(spans=spans, n_samples=n_samples, source_frames=source_frames,
+                         dual_mono=dual_mono)
 
 
 def span_samples(span: Span) -> tuple[int, int]:

@@ -161,6 +161,29 @@ def test_mono_file_streams_like_the_whole_file(tmp_path: Path, callmood_corpora:
     assert streamed == analyze_file(str(path), settings, streaming=False)
 
 
+def test_a_dual_mono_file_is_one_party_not_two(tmp_path: Path, callmood_corpora: Path) -> None:
+    """One signal written to both channels (a mono phone system's stereo export): analysed as
+    the mono file it is, on both paths. As two channels, every utterance was stored twice,
+    once as agent and once as customer, as 100 % overtalk."""
+    model = write_tiny_model(tmp_path, np.random.default_rng(0).normal(size=(N_MELS, 7)))
+    settings = settings_for(tmp_path, model)
+    x = speech(callmood_corpora, 8, 16000)
+    mono, dual = tmp_path / "mono.wav", tmp_path / "dual.wav"
+    sf.write(str(mono), x, 16000, subtype="PCM_16")
+    sf.write(str(dual), np.stack([x, x], axis=1), 16000, subtype="PCM_16")
+    expected = analyze_file(str(mono), settings, streaming=False).segments
+    assert expected and {s.role for s in expected} == {"unknown"}
+    for streaming in (False, True):
+        analysis = analyze_file(str(dual), settings, streaming=streaming)
+        assert analysis.segments == expected, streaming
+        assert analysis.channels == 2          # the file's, as stored on the call
+    # channels that differ, here only in level, stay two parties: the check is for one
+    # signal written twice, not for crosstalk (docs/vad.md)
+    sf.write(str(dual), np.stack([x, 0.5 * x], axis=1), 16000, subtype="PCM_16")
+    roles = {s.role for s in analyze_file(str(dual), settings, streaming=True).segments}
+    assert roles == {"agent", "customer"}
+
+
 def test_long_recordings_stream_and_short_ones_do_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       callmood_corpora: Path) -> None:
     def info(frames: int) -> StreamInfo:
