@@ -125,7 +125,8 @@ def _segments(found: Sequence[tuple[int, Span]], probabilities: np.ndarray, mode
     source's length): resampling to the analysis rate rounds the sample count up, so speech
     that runs to the end of a 44.1 kHz file ended up to a millisecond after the call did.
     """
-    last_ms_s = math.floor(duration_s * 1000.0) / 1000.0
+    # rounded first: 8008 samples at 8 kHz are 1.0009999999999999 s, one ms short floored
+    last_ms_s = math.floor(round(duration_s * 1000.0, 6)) / 1000.0
     segments = []
     for (channel, span), probs in zip(found, probabilities, strict=True):
         decision = decide(probs.tolist(), model.labels)

@@ -92,11 +92,17 @@ def speech_regions(is_speech: Sequence[bool] | npt.NDArray[np.bool_], frame_s: f
     return spans
 
 
+EDGE_TOLERANCE_S = 1e-9
+"""Float slack for the length comparisons: span edges are frame indices times the frame
+length (0.12 - 0.02 = 0.09999999999999999), so without it a run or gap of exactly the
+threshold was kept or dropped depending on where in the call it sat."""
+
+
 def merge_gaps(spans: Sequence[Span], min_silence_s: float) -> list[Span]:
     """Join neighbours whose gap is shorter than ``min_silence_s`` (sorted input)."""
     merged: list[Span] = []
     for span in spans:
-        if merged and span.start_s - merged[-1].end_s < min_silence_s:
+        if merged and span.start_s - merged[-1].end_s < min_silence_s - EDGE_TOLERANCE_S:
             merged[-1] = Span(merged[-1].start_s, max(merged[-1].end_s, span.end_s))
         else:
             merged.append(span)
@@ -105,7 +111,7 @@ def merge_gaps(spans: Sequence[Span], min_silence_s: float) -> list[Span]:
 
 def drop_short(spans: Sequence[Span], min_speech_s: float) -> list[Span]:
     """Drop spans shorter than ``min_speech_s``."""
-    return [s for s in spans if s.duration_s >= min_speech_s]
+    return [s for s in spans if s.duration_s >= min_speech_s - EDGE_TOLERANCE_S]
 
 
 def pad(spans: Sequence[Span], pad_s: float, duration_s: float) -> list[Span]:
@@ -128,8 +134,8 @@ def split_long(spans: Sequence[Span], max_utterance_s: float) -> list[Span]:
     that are all <= max_utterance_s (so no short tail is left over)."""
     out: list[Span] = []
     for span in spans:
-        # 1e-9: a span of exactly k * max (up to float error) stays k windows, not k + 1.
-        n = max(1, math.ceil(span.duration_s / max_utterance_s - 1e-9))
+        # a span of exactly k * max (up to float error) stays k windows, not k + 1
+        n = max(1, math.ceil(span.duration_s / max_utterance_s - EDGE_TOLERANCE_S))
         step_s = span.duration_s / n
         for k in range(n):
             end_s = span.end_s if k == n - 1 else span.start_s + (k + 1) * step_s

@@ -110,3 +110,17 @@ def test_duration_property() -> None:
 def test_invalid_config_raises_config_error(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         SegmentationConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_run_or_gap_of_exactly_the_threshold_is_judged_alike_wherever_it_sits() -> None:
+    """Edges are frame index x 10 ms in floats: a 100 ms run at frame 0 was kept and the same
+    run at frame 2 dropped (0.12 - 0.02 < 0.1), and a 400 ms gap bridged at some positions
+    only. Exactly the threshold: a run is kept, a gap is not bridged, everywhere."""
+    frame_s = 0.01
+    cfg = SegmentationConfig(0.5, min_silence_ms=400, min_speech_ms=100, pad_ms=0,
+                             max_utterance_s=100.0)
+    for start in range(300):
+        run = [0.0] * start + [1.0] * 10 + [0.0] * 5
+        assert len(utterances(run, frame_s, len(run) * frame_s, cfg)) == 1, start
+        gap = [0.0] * start + [1.0] * 20 + [0.0] * 40 + [1.0] * 20
+        assert len(utterances(gap, frame_s, len(gap) * frame_s, cfg)) == 2, start
