@@ -133,8 +133,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec-levels", type=_level_range,
                    default=AugmentConfig.codec_level_range, metavar="LOW,HIGH",
                    help="libsndfile compression levels drawn for the codec round trips "
-                        "(default %(default)s: Opus ~44 down to ~7 kbit/s; 0.95,1.0 draws "
-                        "Opus at ~16-7 kbit/s)")
+                        "(default %(default)s: Opus ~47 down to ~5 kbit/s; 0.95,1.0 draws "
+                        "Opus at ~19-5 kbit/s)")
     p.add_argument("--p-reverb", type=float, default=AugmentConfig.p_reverb,
                    help="probability of a synthetic room (RT60 0.2-0.8 s) per draw")
     p.add_argument("--p-clip", type=float, default=AugmentConfig.p_clip,
