@@ -176,7 +176,8 @@ class TcpProxy:
         listener.bind(("127.0.0.1", self.port))
         listener.listen(64)
         self.port = listener.getsockname()[1]
-        self._listener = listener
+        with self._lock:
+            self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def _accept(self, listener: socket.socket) -> None:
@@ -191,6 +192,11 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                if listener is not self._listener:
+                    # accepted just as block() ran: it must not outlive the outage
+                    client.close()
+                    upstream.close()
+                    return
                 self._pairs.append((client, upstream))
             threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
 
@@ -215,11 +221,17 @@ class TcpProxy:
 
     def block(self) -> None:
         """Refuse new connections and reset the open ones (as a database restart does)."""
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
         with self._lock:
+            listener, self._listener = self._listener, None
             pairs, self._pairs = self._pairs, []
+        if listener is not None:
+            # close() alone does not wake a thread blocked in accept() on Linux: the socket
+            # kept listening, and a connection made during the "outage" got through
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
         for a, b in pairs:
             for s in (a, b):
                 try:
