@@ -49,8 +49,9 @@ to end on one thread, margin for a loaded machine. Below it, something is stuck.
 TASK_HARD_AFTER_SOFT_S = 60
 """Grace between the soft limit (the task records the failure) and the hard kill."""
 REDIS_MAX_HELD_COUNTDOWN_S = 300
-"""Longest countdown a worker holds a retry for (``tasks.RETRY_CAP_S`` is this; with 6
-retries the last is at most 64 s)."""
+"""Longest countdown a worker holds a retry for (``tasks.RETRY_CAP_S`` is this): the six
+backoff retries wait at most 64 s, a call held through a database outage past them 300 s
+at a time (``tasks.OUTAGE_MAX_HELD_RETRIES``)."""
 REDIS_VISIBILITY_TIMEOUT_S = 2 * TASK_HARD_TIME_LIMIT_S + REDIS_MAX_HELD_COUNTDOWN_S
 """Redis redelivers an unacked message after this; it must outlast the longest wait of a
 delivered message: a held countdown retry, then a busy pool process's task, then its own

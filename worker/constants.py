@@ -33,12 +33,14 @@ that opens with silence reads as ~2x its length (measured: 222 s for 120 s) and 
 opens loud reads as far shorter. Their length neither refuses a file nor bounds its decode."""
 
 MP3_BITRATES_BPS: Final[tuple[tuple[int, int, int], ...]] = (
-    (32_000, 32_000, 320_000),   # MPEG-1 layer III: 32, 44.1, 48 kHz
-    (0, 8_000, 160_000),         # MPEG-2 and 2.5: 8 to 24 kHz
+    (32_000, 32_000, 448_000),   # MPEG-1: 32, 44.1, 48 kHz
+    (0, 8_000, 256_000),         # MPEG-2 and 2.5: 8 to 24 kHz
 )
-"""(lowest sample rate, lowest bitrate, highest bitrate) of MPEG audio layer III, first match
-by sample rate: an MP3 of N bytes lasts between 8 N / highest and 8 N / lowest seconds,
-whatever its header estimates."""
+"""(lowest sample rate, lowest bitrate, highest bitrate) of MPEG audio, first match by
+sample rate: an MP3 of N bytes lasts between 8 N / highest and 8 N / lowest seconds, whatever
+its header estimates. The lowest is layer III's (32 / 8 kbit/s), the highest layer I's
+(448 / 256 kbit/s): libsndfile's "MP3" reads layers I and II too, so the bound that refuses
+a file undecoded must hold for them."""
 
 MAX_SAMPLE_PEAK: Final[float] = 2.0
 """Decoded samples are on a +-1.0 full scale. Integer PCM, G.711 and the codecs cannot pass

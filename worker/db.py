@@ -85,6 +85,10 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+POSTGRES_CONNECT_TIMEOUT_S = 10
+"""Seconds libpq waits for a connection before the attempt is an outage (TransientError)."""
+
+
 def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -98,7 +102,10 @@ def _create_engine(url: str) -> Engine:
         if parsed.drivername == "postgresql":
             # psycopg 3 is the driver we ship; SQLAlchemy's bare default is psycopg2.
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_pre_ping=True, pool_size=2, max_overflow=2)
+        # a host that drops packets: libpq would wait 130 s to connect, past a short call's
+        # soft time limit (120 s + duration / 20), which no handler catches as an outage
+        return create_engine(parsed, pool_pre_ping=True, pool_size=2, max_overflow=2,
+                             connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S})
     raise ConfigError(f"database URL {redact_url(url)!r}: use sqlite:/// or postgresql://")
 
 
@@ -201,6 +208,21 @@ def release_revisions() -> frozenset[str]:
     return frozenset(r.revision for r in script.walk_revisions())
 
 
+def missing_columns(url: str) -> list[str]:
+    """``table.column`` of worker/schema.py that the database at ``url`` lacks."""
+    from sqlalchemy import inspect
+
+    from worker.schema import Base
+
+    inspector = inspect(make_engine(url))
+    tables = set(inspector.get_table_names())
+    missing: list[str] = []
+    for name, table in Base.metadata.tables.items():
+        have = ({c["name"] for c in inspector.get_columns(name)} if name in tables else set())
+        missing += [f"{name}.{c.name}" for c in table.columns if c.name not in have]
+    return missing
+
+
 def require_head(url: str) -> None:
     """ConfigError when the database at ``url`` is behind :func:`head_revision`: never
     migrated, or at an older revision of this release (a worker on it fails every call it
@@ -216,6 +238,12 @@ def require_head(url: str) -> None:
     if current == head:
         return
     if current is not None and current not in release_revisions():
+        missing = missing_columns(url)
+        if missing:   # not callmood's schema, or a newer one that dropped what this uses
+            raise ConfigError(f"database {redact_url(url)} is at schema revision {current}, "
+                              f"which this release does not know, and lacks "
+                              f"{', '.join(missing[:5])}: check CALLMOOD_DATABASE_URL, or run "
+                              "the release that migrated it")
         log.warning("database %s is at schema revision %s, newer than this release's %s "
                     "(a newer release migrated it)", redact_url(url), current, head)
         return

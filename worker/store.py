@@ -66,8 +66,9 @@ def check_uri(uri: object) -> None:
     if path is not None and not (PurePosixPath(path).is_absolute()
                                  or PureWindowsPath(path).is_absolute()):
         # resolved against wherever the worker was started, and again by every retry
-        raise PayloadError(f"uri: {uri[:200]!r} is a relative path; send an absolute path or "
-                           "a file:/// URI (callmood enqueue makes paths absolute)")
+        raise PayloadError(f"uri: {uri[:200]!r} is not an absolute path (relative, or ~); send "
+                           "an absolute path or a file:/// URI (callmood enqueue makes paths "
+                           "absolute)")
     try:
         uri.encode("utf-8")
     except UnicodeEncodeError as e:

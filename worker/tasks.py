@@ -44,6 +44,10 @@ TASK_NAME = ANALYZE_TASK_NAME
 MAX_RETRIES = MAX_TASK_RETRIES
 RETRY_BASE_S = 2.0
 RETRY_CAP_S = float(REDIS_MAX_HELD_COUNTDOWN_S)  # the visibility timeout allows for it
+OUTAGE_MAX_HELD_RETRIES = 288
+"""Retries at RETRY_CAP_S (24 h) a call is held for past its bounded retries while its
+failure cannot be written (the database still down); then it is acked and logged, so an
+error that is not an outage (a SQLite file made read-only) cannot hold it for ever."""
 SEND_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.5, "interval_step": 1.0,
                      "interval_max": 2.0}
 """Publishing retries of a producer: a broker restart of a few seconds is ridden out."""
@@ -70,7 +74,8 @@ def analyze_recording(self: Task[Any, Any], **payload: Any) -> dict[str, Any]:
         if self.request.retries >= MAX_RETRIES:
             reason = f"gave up after {MAX_RETRIES} retries: {e}"
             log.error("call %s: %s", request.external_call_id, reason)
-            if _fail_quietly(settings, request.external_call_id, reason):
+            if (_fail_quietly(settings, request.external_call_id, reason)
+                    or self.request.retries >= MAX_RETRIES + OUTAGE_MAX_HELD_RETRIES):
                 return CallOutcome("failed", request.external_call_id, reason=reason).as_dict()
             # The failure cannot be written either: the database is down. Acked now, the call
             # would be in neither the broker nor the database (a producer's send_task made no

@@ -55,9 +55,13 @@ def upgrade() -> None:
                     op.execute(f'ALTER TABLE {table} RENAME CONSTRAINT "{doubled}" TO "{name}"')
     calls = sa.table("calls", sa.column("id", sa.Integer()),
                      sa.column("source_uri", sa.String()),
-                     sa.column("source_uri_sha256", sa.String()))
+                     sa.column("source_uri_sha256", sa.String()),
+                     sa.column("status", sa.String()), sa.column("attempts", sa.Integer()))
+    # not a rejected payload (failed before any run: attempts 0), which is never hashed at
+    # run time either, so the inbox scan still sends the file it names
+    rejected = sa.and_(calls.c.status == "failed", calls.c.attempts == 0)
     rows = bind.execute(sa.select(calls.c.id, calls.c.source_uri)
-                        .where(calls.c.source_uri_sha256.is_(None))).all()
+                        .where(calls.c.source_uri_sha256.is_(None), sa.not_(rejected))).all()
     if rows:
         bind.execute(calls.update().where(calls.c.id == sa.bindparam("call_id"))
                      .values(source_uri_sha256=sa.bindparam("sha")),

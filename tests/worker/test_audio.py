@@ -280,9 +280,9 @@ def test_an_mp3_whose_header_overestimates_its_length_is_not_refused_by_it(
     from worker.audio import probe_duration_s
 
     assert probe_duration_s(str(stripped)) == pytest.approx(8 * stripped.stat().st_size / 8000)
-    # a size that even 160 kbit/s (MPEG-2.5's highest) cannot fit under the limit is
-    # refused before any decoding
-    least_s = 8 * stripped.stat().st_size / 160_000
+    # a size that even 256 kbit/s (the highest of any layer at 8 kHz) cannot fit under the
+    # limit is refused before any decoding
+    least_s = 8 * stripped.stat().st_size / 256_000
     with pytest.raises(UnsupportedAudioError, match=f"lasts at least {least_s:.0f} s by its size"):
         open_stream(stripped, max_duration_s=least_s * 0.9)
 

@@ -154,6 +154,13 @@ def test_a_worker_refuses_to_start_on_a_database_without_this_releases_schema(
     started: list[object] = []
     monkeypatch.setattr(os, "execv", lambda *argv: started.append(argv))
     assert main(["worker"]) == 0 and started
+    # an unknown revision without the tables this release uses: another app's database
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE segments RENAME TO old_segments"))
+    engine.dispose()
+    assert main(["worker"]) == 2
+    assert "lacks segments.id" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("argv", "level"), [([], "WARNING"), (["--loglevel", "DEBUG"], "DEBUG")])

@@ -129,6 +129,9 @@ def test_0003_hashes_old_paths_and_renames_doubled_check_names(
     with db.make_engine(url).begin() as c:
         c.execute(text("INSERT INTO calls (id, external_call_id, source_uri, status, attempts, "
                        "metadata) VALUES (1, 'OLD-1', '/calls/caf\u00e9.wav', 'done', 1, '{}')"))
+        # a rejected payload (failed before any run) is not hashed at run time either
+        c.execute(text("INSERT INTO calls (id, external_call_id, source_uri, status, attempts, "
+                       "metadata) VALUES (2, 'BAD-1', '/calls/b.wav', 'failed', 0, '{}')"))
         if backend == "postgres":   # what 0001 and 0002 named them before op.f
             for table in ("calls", "segments", "batches"):
                 for name in _schema_check_names(table):
@@ -137,7 +140,8 @@ def test_0003_hashes_old_paths_and_renames_doubled_check_names(
     db.upgrade(url)
     with db.make_engine(url).connect() as c:
         sha = c.execute(text("SELECT source_uri_sha256 FROM calls WHERE id = 1")).scalar_one()
-    assert sha == uri_sha256("/calls/caf\u00e9.wav")
+        rejected = c.execute(text("SELECT source_uri_sha256 FROM calls WHERE id = 2")).scalar_one()
+    assert sha == uri_sha256("/calls/caf\u00e9.wav") and rejected is None
     inspector = inspect(db.make_engine(url))
     for table in ("calls", "segments", "batches"):
         assert ({c["name"] for c in inspector.get_check_constraints(table)}

@@ -31,9 +31,9 @@ GOOD: dict[str, Any] = {"uri": "/calls/a.wav", "call_id": "CC-100", "agent_id": 
     ({"uri": "file:///rec/a%00.wav"}, "uri: contains a NUL"),
     ({"uri": "file://nas/rec/a.wav"}, "uri: the file:// URI names host 'nas'"),
     # resolved against the worker's working directory, and every retry's
-    ({"uri": "calls/a.wav"}, "is a relative path"),
-    ({"uri": "~/a.wav"}, "is a relative path"),
-    ({"uri": "file:calls/a.wav"}, "is a relative path"),
+    ({"uri": "calls/a.wav"}, "is not an absolute path"),
+    ({"uri": "~/a.wav"}, "is not an absolute path"),
+    ({"uri": "file:calls/a.wav"}, "is not an absolute path"),
     ({"call_id": None}, "call_id"),
     ({"call_id": "has space"}, "call_id"),
     ({"call_id": "é"}, "call_id"),
@@ -268,6 +268,13 @@ def test_a_database_outage_longer_than_the_retries_keeps_the_call(
     assert delays[tasks.MAX_RETRIES:] == [tasks.RETRY_CAP_S] * (down_for - tasks.MAX_RETRIES)
     call = _call(migrated, "CC-100")
     assert call is not None and call.status == "done"
+    # held at most OUTAGE_MAX_HELD_RETRIES past the bounded ones: an error that is not an
+    # outage (a read-only SQLite file) cannot hold a call for ever
+    monkeypatch.setattr(tasks, "OUTAGE_MAX_HELD_RETRIES", 2)
+    attempts.clear()
+    down_for = 10 ** 6
+    assert _run(**{**GOOD, "call_id": "CC-101"})["status"] == "failed"
+    assert len(attempts) == tasks.MAX_RETRIES + 2 + 1
 
 
 def test_a_broken_model_is_retried_not_blamed_on_the_call(
