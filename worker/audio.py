@@ -138,7 +138,7 @@ def read_info(path: Path) -> Any:
 def probe_duration_s(uri: str) -> float | None:
     """Duration from the header of a local path or ``file://`` URI; None if it cannot be read.
     For a format whose header only estimates it (MP3), the most the file's size allows
-    (:func:`mp3_bitrates_bps`): a VBR call opening loud reads far shorter than it lasts.
+    (:func:`mp3_duration_range_s`): a VBR call opening loud reads far shorter than it lasts.
 
     For producers sizing a task's time limit: no input-root check (the worker does that) and
     no error (a file the producer cannot see is still sent, with the default limits).
@@ -157,16 +157,16 @@ def probe_duration_s(uri: str) -> float | None:
         return None
     duration_s = float(info.duration)
     if str(info.format) in ESTIMATED_LENGTH_FORMATS and info.samplerate > 0:
-        duration_s = max(duration_s, 8 * size / mp3_bitrates_bps(int(info.samplerate))[0])
+        duration_s = max(duration_s, mp3_duration_range_s(size, int(info.samplerate))[1])
     return duration_s if duration_s > 0 else None
 
 
-def mp3_bitrates_bps(sample_rate: int) -> tuple[int, int]:
-    """(lowest, highest) bitrate of an MP3 at ``sample_rate`` (:data:`MP3_BITRATES_BPS`)."""
-    for lowest_rate, low_bps, high_bps in MP3_BITRATES_BPS:
-        if sample_rate >= lowest_rate:
-            return low_bps, high_bps
-    return MP3_BITRATES_BPS[-1][1], MP3_BITRATES_BPS[-1][2]
+def mp3_duration_range_s(file_bytes: int, sample_rate: int) -> tuple[float, float]:
+    """(shortest, longest) duration (s) an MP3 of ``file_bytes`` at ``sample_rate`` can have,
+    at the highest and the lowest bitrate of :data:`MP3_BITRATES_BPS`."""
+    low_bps, high_bps = next((low, high) for lowest_rate, low, high in MP3_BITRATES_BPS
+                             if sample_rate >= lowest_rate)
+    return 8 * file_bytes / high_bps, 8 * file_bytes / low_bps
 
 
 def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = None) -> Any:
@@ -185,15 +185,14 @@ def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = 
                                     f"or {MAX_CHANNELS} (agent + customer)")
     check_wav_length(path, info)
     if str(info.format) in ESTIMATED_LENGTH_FORMATS:
-        shortest_s = 8 * path.stat().st_size / mp3_bitrates_bps(rate)[1]
-        if shortest_s > max_duration_s:   # even at the highest bitrate: refused undecoded
+        # MP3 headers report frames=0 or an estimate: the decoded length is what counts (both
+        # decode paths check it); only a size too big even at the highest bitrate is refused
+        shortest_s = mp3_duration_range_s(path.stat().st_size, rate)[0]
+        if shortest_s > max_duration_s:
             raise UnsupportedAudioError(
                 f"{path.name} lasts at least {shortest_s:.0f} s by its size, longer than the "
                 f"limit of {max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
-    # MP3 headers often report frames=0 or an estimate (ESTIMATED_LENGTH_FORMATS): the
-    # decoded length is what counts, and both decode paths check it
-    if (info.frames > 0 and str(info.format) not in ESTIMATED_LENGTH_FORMATS
-            and info.frames / rate > max_duration_s):
+    elif info.frames > 0 and info.frames / rate > max_duration_s:
         raise UnsupportedAudioError(f"{info.frames / rate:.0f} s is longer than the limit of "
                                     f"{max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
     return info
@@ -373,8 +372,8 @@ class StreamInfo:
         format's lowest bitrate; 0 when unknown."""
         if self.format not in ESTIMATED_LENGTH_FORMATS or self.file_bytes <= 0:
             return self.header_frames
-        bound_s = 8 * self.file_bytes / mp3_bitrates_bps(self.source_sample_rate)[0]
-        return max(self.header_frames, math.ceil(bound_s * self.source_sample_rate))
+        longest_s = mp3_duration_range_s(self.file_bytes, self.source_sample_rate)[1]
+        return max(self.header_frames, math.ceil(longest_s * self.source_sample_rate))
 
 
 @dataclass(frozen=True)

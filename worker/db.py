@@ -192,20 +192,22 @@ def downgrade(url: str, revision: str) -> None:
     command.downgrade(alembic_config(url), revision)
 
 
-def head_revision() -> str | None:
-    """The newest Alembic revision this release ships (``migrations/versions``)."""
+def _scripts() -> Any:
+    """The Alembic script directory of this release (``migrations/versions``); no database."""
     from alembic.script import ScriptDirectory
 
-    head: str | None = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+
+def head_revision() -> str | None:
+    """The newest Alembic revision this release ships."""
+    head: str | None = _scripts().get_current_head()
     return head
 
 
 def release_revisions() -> frozenset[str]:
     """Every Alembic revision this release ships."""
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    return frozenset(r.revision for r in script.walk_revisions())
+    return frozenset(r.revision for r in _scripts().walk_revisions())
 
 
 def missing_columns(url: str) -> list[str]:
