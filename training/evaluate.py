@@ -21,6 +21,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from training.augment import (
+    CLIP_LINE_LEVEL_DBFS,
     add_noise,
     butter_filter,
     clipped,
@@ -54,15 +55,21 @@ DEFAULT_SPEECH_CUT = SpeechCut()
 """The worker's default VAD and segmentation settings."""
 
 
+def _speech_rms(x: npt.NDArray[np.float32], sample_rate: int, condition: str) -> float:
+    """RMS of the speech the worker's default cut finds in ``x``: the region that is scored.
+    Over the whole clip, RAVDESS's half silence made a named 10 dB SNR about 13 dB in that
+    region (EmoDB and URDU, nearly all speech: about 10), and would overdrive its speech more
+    than EmoDB's."""
+    if sample_rate != ANALYSIS_SAMPLE_RATE:
+        raise ConfigError(f"{condition} conditions cut speech at {ANALYSIS_SAMPLE_RATE} Hz; the "
+                          f"model reads {sample_rate} Hz")
+    return rms(DEFAULT_SPEECH_CUT.apply(x))
+
+
 def _noise(snr_db: float) -> Transform:
     def transform(x: npt.NDArray[np.float32], sample_rate: int) -> npt.NDArray[np.float32]:
-        if sample_rate != ANALYSIS_SAMPLE_RATE:
-            raise ConfigError(f"noise conditions cut speech at {ANALYSIS_SAMPLE_RATE} Hz; the "
-                              f"model reads {sample_rate} Hz")
-        # The SNR is over the speech the worker's default cut finds in the clean clip: the
-        # region that is scored. Over the whole clip, RAVDESS's half silence made the named
-        # 10 dB about 13 dB in that region (EmoDB and URDU, nearly all speech: about 10).
-        reference = rms(DEFAULT_SPEECH_CUT.apply(x))
+        # the SNR is over the speech that is scored
+        reference = _speech_rms(x, sample_rate, "noise")
         # seeded by the clip's samples and the SNR: each clip and condition its own noise,
         # the same in every run
         rng = np.random.default_rng([zlib.crc32(x.tobytes()), round(snr_db * 10)])
@@ -71,7 +78,7 @@ def _noise(snr_db: float) -> Transform:
     return transform
 
 
-CLIPPING_SPEECH_RMS_DBFS = -26.0
+CLIPPING_SPEECH_RMS_DBFS = CLIP_LINE_LEVEL_DBFS
 CLIPPING_GAIN_DB = 20.0
 """The ``clipping`` channel: the clip's speech set to -26 dBFS RMS (the line level of the phone
 and Opus channels), then 20 dB of gain and hard clipping at full scale. It once added the
@@ -81,12 +88,7 @@ URDU clip was; the row measured half of RAVDESS under a clean channel."""
 
 
 def _clipping(x: npt.NDArray[np.float32], sample_rate: int) -> npt.NDArray[np.float32]:
-    if sample_rate != ANALYSIS_SAMPLE_RATE:
-        raise ConfigError(f"the clipping condition cuts speech at {ANALYSIS_SAMPLE_RATE} Hz; "
-                          f"the model reads {sample_rate} Hz")
-    # the level of the speech the worker's cut finds, as the noise conditions take it: over
-    # the whole clip, RAVDESS's half silence would overdrive its speech more than EmoDB's
-    speech_rms = rms(DEFAULT_SPEECH_CUT.apply(x))
+    speech_rms = _speech_rms(x, sample_rate, "clipping")
     if speech_rms < 1e-8:
         return clipped(x, CLIPPING_GAIN_DB)
     at_line_level = x * (10.0 ** (CLIPPING_SPEECH_RMS_DBFS / 20.0) / speech_rms)
