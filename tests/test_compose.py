@@ -106,13 +106,14 @@ def _local_version(argv: list[str], pattern: str) -> tuple[int, ...] | None:
 
 
 def test_images_match_the_server_versions_the_tests_run(compose: dict[str, Any]) -> None:
-    import glob
-
     redis_image = compose["services"]["redis"]["image"]
     postgres_image = compose["services"]["postgres"]["image"]
     redis_local = _local_version(["redis-server", "--version"], r"v=(\d+)\.(\d+)")
-    pg_bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
-    pg_local = _local_version([pg_bins[-1], "--version"], r"\) (\d+)\.") if pg_bins else None
+    from tests.conftest import _pg_bin_dir
+
+    pg_dir = _pg_bin_dir()      # the newest major: the one the PostgreSQL fixture starts
+    pg_local = (_local_version([str(pg_dir / "postgres"), "--version"], r"\) (\d+)\.")
+                if pg_dir is not None and (pg_dir / "postgres").is_file() else None)
     if redis_local is None or pg_local is None:
         from tests.conftest import unavailable
 
