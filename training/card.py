@@ -22,6 +22,11 @@ LICENCES: dict[str, str] = {
     "urdu": "research use (Latif et al., 2018)",
     "baved": "no licence stated by its authors (Aouf, 2019); treat as research use only",
 }
+CORPUS_LANGUAGES: dict[str, str] = {"ravdess": "English", "tess": "English", "emodb": "German",
+                                    "urdu": "Urdu", "baved": "Arabic"}
+"""Language of each shared corpus, for a card's limits (any other corpus is operator data)."""
+ACTED_CORPORA: tuple[str, ...] = ("ravdess", "tess", "emodb", "baved")
+"""Shared corpora of acted or elicited speech; URDU is talk-show speech."""
 USAGE_NOTE = ("Research default: trained on corpora licensed for research / non-commercial use "
               "only. Retrain on your own labelled calls (python -m training train --manifest ...) "
               "before any commercial use.")
@@ -337,3 +342,38 @@ def render_markdown(card: dict[str, Any]) -> str:
     if limits:
         lines += ["", "## Limits"] + [f"- {x}" for x in limits]
     return "\n".join(lines) + "\n"
+
+
+def data_limits(train_counts: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """The card's ``limits``: what the corpora a model trained on (``{corpus: {label:
+    clips}}``, the card's ``train_counts``) cannot tell, written from them, so a
+    leave-one-corpus-out or operator model does not claim corpora or languages it never saw."""
+    corpora = sorted(train_counts)
+    acted = [c for c in corpora if c in ACTED_CORPORA]
+    operator = [c for c in corpora if c not in CORPUS_LANGUAGES]
+    urdu_clips = sum(train_counts.get("urdu", {}).values())
+    sources = []
+    if acted:
+        sources.append(f"acted/elicited corpora ({', '.join(acted)})")
+    if urdu_clips:
+        sources.append(f"{urdu_clips} URDU talk-show clips")
+    if operator:
+        sources.append(f"operator data ({', '.join(operator)})")
+    languages = sorted({CORPUS_LANGUAGES[c] for c in corpora if c in CORPUS_LANGUAGES})
+    return [
+        f"Trained on {'; '.join(sources) or 'no clips'}"
+        + ("; real call emotions are subtler and far more often neutral." if acted else "."),
+        "Trained on clip-level labels of 2-4 s utterances; very short segments are tiled "
+        "to min_frames and are less reliable.",
+        "Languages: " + ", ".join(languages + (["as the operator data's"] if operator else []))
+        + "; other languages untested.",
+    ]
+
+
+def label_notes(corpora: set[str]) -> str:
+    """The corpus-specific part of a card's ``label_decisions`` ("; "-led, empty for none),
+    for the corpora a model trained on."""
+    notes = (["EmoDB boredom dropped"] if "emodb" in corpora else []) + (
+        ["URDU kept (4 classes, natural speech)"] if "urdu" in corpora else []) + (
+        ["BAVED excluded (arousal only)"] if corpora & set(CORPUS_LANGUAGES) else [])
+    return "".join(f"; {n}" for n in notes)

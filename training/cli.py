@@ -580,6 +580,7 @@ def loco_main(argv: list[str] | None = None) -> int:
     """``loco``: prints one table per held-out corpus; returns a process exit status."""
     from training.train import (
         final_fit_of,
+        train_config_from_record,
     )
 
     args, train_args = build_loco_parser().parse_known_args(argv)
@@ -630,10 +631,16 @@ def loco_main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
                 return 2
         try:
+            # scored with the cut its model trained on, as its card records it: a reused model
+            # may have been trained under another environment (CALLMOOD_VAD_REMOVE_DC=0) or
+            # with --whole-clips than this command's
+            recorded = read_card_dict(model_path).get("training", {}).get("config", {})
+            model_cut = (train_config_from_record(recorded).speech_cut
+                         if "speech_cut" in recorded else speech_cut)
             result = evaluate_model(model_path, corpus_manifest_paths(corpora_dir, (holdout,)),
                                     split="all", channels=channels, threads=1,
                                     workers=args.workers,
-                                    speech_cut=speech_cut)
+                                    speech_cut=model_cut)
         except CallmoodError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -643,7 +650,7 @@ def loco_main(argv: list[str] | None = None) -> int:
         if args.update_card:
             # what determines the figures; --out-dir, --reuse and --workers do not. A final
             # fit's cut is the selected run's, from its card; a fresh recipe's is the env's
-            env = "" if args.final_fit_of is not None else _cut_env(speech_cut)
+            env = "" if args.final_fit_of is not None else _cut_env(model_cut)
             command = env + shlex.join(["python", "-m", "training", "loco", "--holdout", holdout,
                                         *([] if args.final_fit_of is None
                                           else ["--final-fit-of", str(args.final_fit_of)]),

@@ -31,7 +31,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from training.augment import AugmentConfig, augment
-from training.card import LICENCES, USAGE_NOTE, config_differences, write_card
+from training.card import (
+    ADDED_AS_BEFORE,
+    LICENCES,
+    USAGE_NOTE,
+    config_differences,
+    data_limits,
+    label_notes,
+    write_card,
+)
 from training.checkpoint import (
     checkpoint_path,
     load_checkpoint,
@@ -817,21 +825,14 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
             "label_decisions": (("calm -> neutral" if not config.extra_classes else
                                  "calm trained as a class of its own, merged into neutral in "
                                  "the exported graph (log-sum-exp of the two logits)")
-                                + "; EmoDB boredom dropped; URDU kept (4 classes, "
-                                "natural speech); BAVED excluded (arousal only)"
+                                + label_notes(set(train_df["corpus"]))
                                 + ("" if not arousal_waves else
                                    " from the emotion head; its arousal levels train the "
                                    "auxiliary arousal head")),
             "history": history,
         },
         "data_licences": {c: LICENCES.get(c, "operator data") for c in corpora},
-        "limits": [
-            "Acted/elicited corpora (plus 310 URDU talk-show clips); real call emotions are "
-            "subtler and far more often neutral.",
-            "Trained on clip-level labels of 2-4 s utterances; very short segments are tiled "
-            "to min_frames and are less reliable.",
-            "Languages: English, German, Urdu; other languages untested.",
-        ],
+        "limits": data_limits(counts_table(train_df)),
     }
     write_card(model_path, card)
     remove_checkpoint(ckpt)
@@ -913,9 +914,11 @@ def config_record(config: TrainConfig) -> dict[str, Any]:
 
 
 def train_config_from_record(record: dict[str, Any]) -> TrainConfig:
-    """Inverse of :func:`config_record`. Keys the record lacks take today's defaults (a card
-    written before a field existed; :func:`final_fit_of`, which must repeat a recipe exactly,
-    refuses such a card); an unknown key raises ConfigError rather than being dropped."""
+    """Inverse of :func:`config_record`. A key the record lacks takes its
+    :data:`~training.card.ADDED_AS_BEFORE` value (what every run did before the field existed,
+    which need not be today's default: ``band_pooling``), else today's default (a card written
+    before a field existed; :func:`final_fit_of`, which must repeat a recipe exactly, refuses
+    such a card); an unknown key raises ConfigError rather than being dropped."""
     return _dataclass_from(TrainConfig, record, "config")
 
 
@@ -926,7 +929,10 @@ def _dataclass_from(cls: type[T], record: dict[str, Any], where: str) -> T:
     if unknown:
         raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}; {cls.__name__} "
                           f"has {', '.join(sorted(names))}")
-    return cls(**{k: _field_value(hints[k], v, f"{where}.{k}") for k, v in record.items()})
+    # a field added since the record was written: what runs did before it, not today's default
+    before = {k: v for k, v in ADDED_AS_BEFORE.items() if k in names and k not in record}
+    return cls(**{k: _field_value(hints[k], v, f"{where}.{k}")
+                  for k, v in {**record, **before}.items()})
 
 
 def _field_value(hint: Any, value: Any, where: str) -> Any:

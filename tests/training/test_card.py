@@ -12,7 +12,9 @@ import pytest
 from training.card import (
     clips_sentence,
     config_differences,
+    data_limits,
     exact_ua,
+    label_notes,
     loco_lines,
     markdown_path_for,
     render_markdown,
@@ -110,3 +112,21 @@ def test_reuse_problem_names_a_model_that_heard_the_corpus_or_is_another_procedu
     taught = {**run, "training": {**run["training"], "teachers": [{"path": "t.onnx"}]}}
     assert "learnt from teachers" in str(reuse_problem(taught, "urdu", None))
     assert "not the final fit" in str(reuse_problem(run, "urdu", selected))
+
+
+def test_a_cards_limits_name_only_the_corpora_and_languages_it_trained_on() -> None:
+    """Before, every card said "plus 310 URDU talk-show clips" and "English, German, Urdu",
+    also a model trained without URDU or on an operator's own calls."""
+    shared = {"ravdess": {"sad": 3}, "tess": {"sad": 2}, "emodb": {"sad": 1},
+              "urdu": {"angry": 200, "happy": 110}}
+    limits = data_limits(shared)
+    assert "310 URDU talk-show clips" in limits[0] and "Languages: English, German, Urdu;" in limits[2]
+    without_urdu = data_limits({k: v for k, v in shared.items() if k != "urdu"})
+    assert "URDU" not in without_urdu[0] and "Languages: English, German;" in without_urdu[2]
+    operator = data_limits({"mycalls": {"angry": 40}})
+    assert "operator data (mycalls)" in operator[0] and "acted" not in operator[0]
+    assert "English" not in operator[2]
+    assert label_notes(set(shared)) == ("; EmoDB boredom dropped; URDU kept (4 classes, natural "
+                                        "speech); BAVED excluded (arousal only)")
+    assert label_notes({"ravdess"}) == "; BAVED excluded (arousal only)"
+    assert label_notes({"mycalls"}) == ""

@@ -537,6 +537,15 @@ def test_leave_one_corpus_out_trains_without_it_and_tests_on_all_of_it(
     card_md = shipped.with_suffix(".card.md").read_text()
     assert "## Leave-one-corpus-out" in card_md and "| urdu | emodb, ravdess, tess |" in card_md
     assert load_card(shipped).version == load_card(emotion_model).version  # still servable
+    # --reuse scores the model as its card says it trained (cut to speech), whatever the
+    # flags of the reusing command: it scored whole clips under --whole-clips before
+    trained_cut = card["training"]["config"]["speech_cut"]
+    assert trained_cut is not None and entry["speech_cut"] == trained_cut
+    assert loco_main(["--holdout", "urdu", "--out-dir", str(tmp_path / "loco"), "--channel",
+                      "clean", "--workers", "1", "--reuse", "--update-card", "--model",
+                      str(shipped), "--whole-clips"]) == 0
+    entry = json.loads(shipped.with_suffix(".card.json").read_text())["loco"]["by_holdout"]["urdu"]
+    assert entry["speech_cut"] == trained_cut and entry["by_channel"]["clean"] == rows[0]
 
 
 def _tiny_corpora(tmp_path: Path, corpora: Path) -> Path:
