@@ -121,9 +121,9 @@ def populate(url: str, data: SyntheticCalls) -> None:
 
 
 def time_reports(url: str, days: int, full: bool,
-                 out_dir: Path) -> list[tuple[str, str, int, float, float]]:
-    """(scope, kind, rows, load seconds, total seconds) per report kind and filter scope;
-    total = SQL read + pandas + CSV write, as ``callmood report`` does it."""
+                 out_dir: Path) -> list[tuple[str, str, int, int, float, float]]:
+    """(scope, kind, rows, calls selected, load seconds, total seconds) per report kind and
+    filter scope; total = SQL read + pandas + CSV write, as ``callmood report`` does it."""
     from analytics.export import write_csv
     from analytics.queries import ReportFilter, load_calls, load_filtered_segments, report_session
     from analytics.reports import REPORT_KINDS, report_from_frames, round_for_export
@@ -150,8 +150,20 @@ def time_reports(url: str, days: int, full: bool,
             report = report_from_frames(kind, calls, segments)
             write_csv(round_for_export(report), out_dir / f"{kind}.csv")
             done = time.perf_counter()
-            results.append((scope, kind, len(report), loaded - began, done - began))
+            results.append((scope, kind, len(report), len(calls), loaded - began,
+                            done - began))
     return results
+
+
+def per_call_ratio(results: Sequence[tuple[str, str, int, int, float, float]], scope: str,
+                   kind: str) -> float:
+    """A report's seconds per selected call in ``scope`` over the same report's for the first
+    scope (one day), measured in the same run: about 1 when its cost follows the calls a
+    filter selects, not the table's size (NaN when a scope selects no call)."""
+    def per_call(wanted: str) -> float:
+        row = next(r for r in results if r[0] == wanted and r[1] == kind)
+        return row[5] / row[3] if row[3] else float("nan")
+    return per_call(scope) / per_call(results[0][0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,10 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             populate(url, data)
             print(f"{backend}: loaded in {time.perf_counter() - began:.1f} s", file=sys.stderr)
             print(f"\n{backend}, {args.calls} calls x {args.segments} segments, {args.days} days")
-            print(f"{'scope':<22} {'report':<9} {'rows':>8} {'read s':>8} {'total s':>8}")
-            for scope, kind, rows, read_s, total_s in time_reports(url, args.days, args.full,
-                                                                   Path(tmp)):
-                print(f"{scope:<22} {kind:<9} {rows:>8} {read_s:>8.2f} {total_s:>8.2f}")
+            print(f"{'scope':<22} {'report':<9} {'rows':>8} {'calls':>7} {'read s':>8} "
+                  f"{'total s':>8} {'per call vs one day':>20}")
+            results = time_reports(url, args.days, args.full, Path(tmp))
+            for scope, kind, rows, calls, read_s, total_s in results:
+                print(f"{scope:<22} {kind:<9} {rows:>8} {calls:>7} {read_s:>8.2f} "
+                      f"{total_s:>8.2f} {per_call_ratio(results, scope, kind):>19.2f}x")
     return 0
 
 

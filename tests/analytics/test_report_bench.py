@@ -6,7 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.report_bench import START_DAY, main, populate, synthesize, time_reports
+from bench.report_bench import (
+    START_DAY,
+    main,
+    per_call_ratio,
+    populate,
+    synthesize,
+    time_reports,
+)
 from worker.db import session_scope
 from worker.schema import Call, Segment
 
@@ -34,9 +41,17 @@ def test_bench_loads_the_database_and_times_every_report(tmp_path: Path) -> None
     everything = {kind: rows for scope, kind, rows, *_ in results if scope == "everything"}
     assert everything["calls"] == 40 and everything["stress"] == 40
     assert all(total_s >= read_s >= 0 for *_, read_s, total_s in results)
+    assert {calls for scope, _, _, calls, *_ in results if scope == "everything"} == {40}
+    # the per-call ratio is against the same report's one-day figure of the same run
+    assert per_call_ratio(results, "one day", "calls") == pytest.approx(1.0)
+    day, week = (next(r for r in results if r[0] == s and r[1] == "calls")
+                 for s in ("one day", "everything"))
+    assert per_call_ratio(results, "everything", "calls") == pytest.approx(
+        (week[5] / week[3]) / (day[5] / day[3]))
 
 
 def test_cli_quick_mode(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--calls", "20", "--segments", "5", "--days", "1"]) == 0
     out = capsys.readouterr().out
     assert "sqlite, 20 calls x 5 segments" in out and "timeline" in out
+    assert "per call vs one day" in out and "1.00x" in out
