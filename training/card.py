@@ -207,14 +207,18 @@ def loco_lines(loco: dict[str, Any]) -> list[str]:
     for holdout, e in by_holdout.items():
         per = e["by_channel"]
         first = per[next(iter(per))]
-        clean = per.get("clean", first)
+        # WA and ECE are of the clean channel; a row scored without it leaves them empty
+        # rather than showing another channel's under that heading
+        clean = per.get("clean")
         uas = [_ua_pct(per[c]) if c in per else "-" for c in channels]
         recipe = ("same as this model" if not e["recipe_differences"]
                   else "differs: " + ", ".join(e["recipe_differences"]))
         val = f"{100 * e['val_ua']:.1f}%" if e.get("val_ua") is not None else "-"
         lines.append(f"| {holdout} | {', '.join(e['trained_on'])} | {first['n_clips']} | "
-                     + " | ".join(uas) + f" | {100 * clean['wa']:.1f}% | {clean['ece']:.3f} | "
-                     f"{val} | {recipe} |")
+                     + " | ".join(uas)
+                     + (f" | {100 * clean['wa']:.1f}% | {clean['ece']:.3f} | " if clean
+                        else " | - | - | ")
+                     + f"{val} | {recipe} |")
     lines += ["", "Reproduce: " + "; ".join(f"`{e['command']}`" for e in by_holdout.values())]
     cuts = {holdout: e["speech_cut"] for holdout, e in by_holdout.items() if "speech_cut" in e}
     if cuts:

@@ -79,6 +79,12 @@ def test_the_markdown_prints_ua_from_the_confusion_matrix_not_the_rounded_json()
     loco = {"by_holdout": {"emodb": {"trained_on": ["ravdess"], "recipe_differences": [],
                                      "command": "x", "by_channel": {"clean": row}}}}
     assert "| 40.6% |" in "\n".join(loco_lines(loco))
+    # a row scored through mu-law only: its WA and ECE are not printed under "clean"
+    mulaw = {**row, "channel": "mulaw8k", "wa": 0.77, "ece": 0.33}
+    loco["by_holdout"]["emodb"]["by_channel"] = {"mulaw8k": mulaw}
+    only_mulaw = "\n".join(loco_lines(loco))
+    assert "77.0%" not in only_mulaw and "0.330" not in only_mulaw
+    assert "| 40.6% | - | - |" in only_mulaw
 
 
 def test_the_shipped_cards_stored_ua_is_the_matrix_ua_rounded(emotion_model: Path) -> None:
