@@ -203,10 +203,10 @@ class AugmentConfig:
     p_clip: float = 0.0
     """Probability of an overdriven microphone preamp: the draw's speech set to
     ``CLIP_LINE_LEVEL_DBFS``, a gain from ``clip_gain_db_range``, hard clipping at full
-    scale, after the noise and before the codec and the phone line. 0 (emotion-v1.6.0 and
+    scale, after the noise and before the codec and the phone line. 0 (emotion-v1.7.0 and
     earlier) draws nothing for it. The robustness table's ``clipping`` (-26 dBFS, +20 dB) is
-    the worst condition of emotion-v1.6.0 on RAVDESS (-5.5 points), and no draw clipped
-    except the loudest levels' peaks."""
+    the worst condition of emotion-v1.7.0 and v1.6.0 on RAVDESS (-5.6 and -5.5 points), and
+    no draw clipped except the loudest levels' peaks."""
     clip_gain_db_range: tuple[float, float] = (6.0, 24.0)
     """Gains drawn for ``p_clip`` (dB over the -26 dBFS line level): from a few peaks clipped
     to about a tenth of the samples."""
@@ -258,7 +258,7 @@ def augment(audio: Audio, rng: np.random.Generator,
     if rng.random() < config.p_noise:
         x = add_noise(x, float(rng.uniform(*config.snr_db_range)),
                       float(rng.choice([0.0, 1.0, 2.0])), rng)
-    # drawn only when enabled, so p_clip=0 leaves every later draw as v1.6.0's recipe drew it
+    # drawn only when enabled, so p_clip=0 leaves every later draw as v1.7.0's recipe drew it
     if config.p_clip > 0.0 and rng.random() < config.p_clip:
         x = clipped(set_rms_dbfs(x, CLIP_LINE_LEVEL_DBFS),
                     float(rng.uniform(*config.clip_gain_db_range)))

@@ -139,7 +139,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="probability of a synthetic room (RT60 0.2-0.8 s) per draw")
     p.add_argument("--p-clip", type=float, default=AugmentConfig.p_clip,
                    help="probability of an overdriven preamp per draw (speech at -26 dBFS, "
-                        "+6 to +24 dB, hard clipping; 0: emotion-v1.6.0)")
+                        "+6 to +24 dB, hard clipping; 0: emotion-v1.7.0)")
     p.add_argument("--feature-remove-dc", action=argparse.BooleanOptionalAction,
                    default=TRAIN_FEATURES.remove_dc,
                    help="subtract each clip's mean sample before the log-mel")
@@ -165,12 +165,13 @@ def build_train_parser() -> argparse.ArgumentParser:
                    default=TrainConfig.bn_recalibration_batches,
                    help="recompute the exported weight average's batch-norm statistics on the "
                         "epoch's last N training batches without SpecAugment masks (0: the "
-                        "averaged statistics, emotion-v1.6.0)")
+                        "averaged statistics, emotion-v1.7.0)")
     p.add_argument("--members", type=int, default=ModelConfig.members,
                    help="CNNs trained side by side and averaged in one ONNX model (1: one CNN)")
     p.add_argument("--band-pooling", choices=BAND_POOLINGS, default=ModelConfig.band_pooling,
-                   help="mean: average the last stage's frequency rows before the time "
-                        "statistics (emotion-v1.6.0); keep: statistics per channel and row")
+                   help="keep: time statistics per channel and frequency row (emotion-v1.7.0); "
+                        "mean: average the last stage's frequency rows first (emotion-v1.6.0 "
+                        "and earlier)")
     p.add_argument("--channels", type=_channels, default=ModelConfig().channels,
                    metavar="C1,C2,C3,C4",
                    help="each member's channels per conv stage (default "

@@ -47,11 +47,12 @@ class ModelConfig:
 
     arousal_classes: int = 0
     """Outputs of the auxiliary arousal head (0: none, the graph emotion-v1.4.0 has)."""
-    band_pooling: str = "mean"
-    """How the last stage's ``n_mels / 8`` frequency rows reach the time statistics: "mean"
-    averages them (emotion-v1.6.0 and earlier: where in the spectrum a pattern sits is
-    lost beyond the receptive field), "keep" keeps each row's channels apart, so the head
-    sees the mean and deviation of every (channel, band): ``n_mels / 8`` times the inputs."""
+    band_pooling: str = "keep"
+    """How the last stage's ``n_mels / 8`` frequency rows reach the time statistics: "keep"
+    (emotion-v1.7.0) keeps each row's channels apart, so the head sees the mean and deviation
+    of every (channel, band): ``n_mels / 8`` times the inputs; "mean" averages them
+    (emotion-v1.6.0 and earlier: where in the spectrum a pattern sits is lost beyond the
+    receptive field)."""
 
     def __post_init__(self) -> None:
         if self.arousal_classes < 0:

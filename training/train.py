@@ -87,8 +87,10 @@ AROUSAL_STREAM = 0x61726F
 """Second word of the arousal clips' draws ([seed, AROUSAL_STREAM]): with the arousal head off,
 the emotion clips' draws and every other stream stay as they were."""
 
-MODEL_VERSION = "emotion-v1.6.0-reverb15-cand"
-"""Version the default recipe writes into the card (bump it with any change of recipe)."""
+MODEL_VERSION = "emotion-v1.7.0-bandpool-cand"
+"""Version the default recipe writes into the card (bump it with any change of recipe).
+emotion-v1.7.0's selected run was trained with ``--band-pooling keep`` before that became the
+default, so its card carries the name of the day, ``emotion-v1.6.0-reverb15-cand``."""
 
 T = TypeVar("T")
 
@@ -137,7 +139,7 @@ class TrainConfig:
     """Recompute the weight average's batch-norm statistics on this many of the epoch's last
     training batches, without SpecAugment's masks, before it is validated and exported
     (:func:`recalibrate_batch_norm`); 0 keeps the average of the trained model's statistics
-    (emotion-v1.6.0 and earlier). Averaged statistics need not fit averaged weights, and the
+    (emotion-v1.7.0 and earlier). Averaged statistics need not fit averaged weights, and the
     trained model's were taken on masked batches the served model never sees."""
     mixup_alpha: float = 0.0
     """Mixup (Zhang et al., 2018) of the batch's log-mel features and targets with weights

@@ -182,7 +182,7 @@ def test_reverberation_keeps_the_length_and_smears_a_click() -> None:
 
 def test_reverb_augmentation_is_seeded_and_drawn_only_when_enabled() -> None:
     x = _voice_like()
-    assert AugmentConfig().p_reverb == 0.15    # emotion-v1.6.0's recipe
+    assert AugmentConfig().p_reverb == 0.15    # emotion-v1.6.0's and v1.7.0's recipe
     dry = AugmentConfig(p_codec=0.0, p_phone=0.0, p_noise=0.0, p_speed=0.0, p_eq=0.0,
                         p_tilt=0.0, p_reverb=0.0)
     wet = AugmentConfig(p_codec=0.0, p_phone=0.0, p_noise=0.0, p_speed=0.0, p_eq=0.0,
@@ -201,7 +201,7 @@ def test_clipping_draws_overdrive_the_speech_and_are_drawn_only_when_enabled() -
     from dataclasses import replace
 
     x = _voice_like()
-    assert AugmentConfig().p_clip == 0.0    # emotion-v1.6.0's recipe
+    assert AugmentConfig().p_clip == 0.0    # emotion-v1.7.0's recipe
     quiet = AugmentConfig(p_codec=0.0, p_phone=0.0, p_noise=0.0, p_speed=0.0, p_eq=0.0,
                           p_tilt=0.0, p_reverb=0.0)
     off = augment(x, np.random.default_rng(5), quiet)
@@ -211,7 +211,7 @@ def test_clipping_draws_overdrive_the_speech_and_are_drawn_only_when_enabled() -
     assert on.shape == x.shape and np.abs(on).max() == pytest.approx(1.0)
     assert np.mean(np.abs(on) >= 1.0) > 0.01
     assert np.mean(np.abs(off) >= 1.0) == 0.0
-    # p_clip=0 draws nothing: the later draws (the phone line's here) stay v1.6.0's
+    # p_clip=0 draws nothing: the later draws (the phone line's here) stay v1.7.0's
     phone = replace(quiet, p_phone=1.0)
     assert np.array_equal(augment(x, np.random.default_rng(7), phone),
                           augment(x, np.random.default_rng(7), replace(phone, p_clip=0.0)))

@@ -305,26 +305,29 @@ def test_two_view_input_is_two_channels_masked_alike_and_exports(tmp_path: Path)
     assert check_onnx(net, tmp_path / "two.onnx", features.input_rows) < 1e-4
 
 
-@pytest.mark.parametrize(("channels", "members", "mega_multiply_adds"), [
-    ((16, 32, 64, 128), 1, 156.7),   # emotion-v1.4.0
-    ((8, 16, 32, 64), 4, 159.5),     # four half-width members
-    ((12, 24, 48, 96), 2, 177.3),    # two 3/4-width members
-    ((18, 36, 72, 144), 1, 197.9),   # the wider CNN
+@pytest.mark.parametrize(("channels", "members", "band_pooling", "mega_multiply_adds"), [
+    ((16, 32, 64, 128), 1, "mean", 156.7),   # emotion-v1.4.0 to v1.6.0
+    ((16, 32, 64, 128), 1, "keep", 156.7),   # emotion-v1.7.0: +12.5 k in the head
+    ((8, 16, 32, 64), 4, "mean", 159.5),     # four half-width members
+    ((12, 24, 48, 96), 2, "mean", 177.3),    # two 3/4-width members
+    ((18, 36, 72, 144), 1, "mean", 197.9),   # the wider CNN
 ])
 def test_the_compute_per_3_s_that_the_model_docs_quote(
-        channels: tuple[int, int, int, int], members: int, mega_multiply_adds: float) -> None:
+        channels: tuple[int, int, int, int], members: int, band_pooling: str,
+        mega_multiply_adds: float) -> None:
     from training.model import multiply_adds
 
-    config = ModelConfig(channels=channels, members=members)
+    config = ModelConfig(channels=channels, members=members, band_pooling=band_pooling)
     assert multiply_adds(config) / 1e6 == pytest.approx(mega_multiply_adds, abs=0.05)
 
 
 def test_band_pooling_keep_gives_the_head_each_frequency_row_and_exports(tmp_path: Path) -> None:
     """"keep" feeds the head the time statistics of every (channel, frequency row); the graph
-    still takes any length, and the default keeps emotion-v1.6.0's 2 * channels[3] inputs."""
+    still takes any length; "mean" keeps emotion-v1.6.0's 2 * channels[3] inputs."""
     import torch
 
-    assert ModelConfig().embedding_size == 256
+    assert ModelConfig(band_pooling="mean").embedding_size == 256
+    assert ModelConfig().embedding_size == 2048      # emotion-v1.7.0's default
     config = ModelConfig(channels=(4, 8, 8, 16), band_pooling="keep")
     assert config.embedding_size == 2 * 16 * (64 // 8)
     with pytest.raises(ConfigError, match=r"band_pooling='rows'.*mean, keep"):
