@@ -205,7 +205,7 @@ class AugmentConfig:
     ``CLIP_LINE_LEVEL_DBFS``, a gain from ``clip_gain_db_range``, hard clipping at full
     scale, after the noise and before the codec and the phone line. 0 (emotion-v1.7.0 and
     earlier) draws nothing for it. The robustness table's ``clipping`` (-26 dBFS, +20 dB) is
-    the worst condition of emotion-v1.7.0 and v1.6.0 on RAVDESS (-5.6 and -5.5 points), and
+    the worst condition of emotion-v1.7.0 and v1.6.0 on RAVDESS (-5.7 and -5.5 points), and
     no draw clipped except the loudest levels' peaks."""
     clip_gain_db_range: tuple[float, float] = (6.0, 24.0)
     """Gains drawn for ``p_clip`` (dB over the -26 dBFS line level): from a few peaks clipped

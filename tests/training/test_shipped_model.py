@@ -112,7 +112,7 @@ def test_the_card_reports_what_the_model_measures(emotion_model: Path,
 
 
 # Robustness table on RAVDESS (``--robustness``), emotion-v1.7.0: clean 0.588, worst condition
-# clipping (each clip's speech at -26 dBFS, +20 dB, hard clip), measured 0.532 (5.6 points
+# clipping (each clip's speech at -26 dBFS, +20 dB, hard clip), measured 0.532 (5.65 points
 # under clean: the goal of at most 5 is missed); every other condition within 1.8 points
 # (Opus ~5 kbit/s 0.570). v1.6.0: clipping 0.570 (5.5 under its 0.625), Opus 0.575 (4.96);
 # v1.5.0: clipping 0.604 (4.9 under its 0.653); v1.4.0: Opus 0.558.
