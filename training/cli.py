@@ -613,7 +613,8 @@ def loco_main(argv: list[str] | None = None) -> int:
         out_dir = args.out_dir / f"without-{holdout}"
         model_path = out_dir / "emotion-v1.onnx"
         others = [c for c in DEFAULT_CORPORA if c != holdout]
-        if not (args.reuse and model_path.exists()):
+        reused = args.reuse and model_path.exists()
+        if not reused:
             common = ["--out-dir", str(out_dir), "--no-test-eval", "--workers", str(args.workers)]
             status = (train_main([*[a for m in corpus_manifest_paths(corpora_dir, others)
                                     for a in ("--manifest", str(m))],
@@ -625,8 +626,9 @@ def loco_main(argv: list[str] | None = None) -> int:
                                       *train_args]))
             if status != 0:
                 return status
-        else:
-            problem = reuse_problem(read_card_dict(model_path), holdout, selected_card)
+        model_card = read_card_dict(model_path)
+        if reused:
+            problem = reuse_problem(model_card, holdout, selected_card)
             if problem is not None:
                 print(f"error: --reuse {model_path}: {problem}; train it again without --reuse",
                       file=sys.stderr)
@@ -635,7 +637,7 @@ def loco_main(argv: list[str] | None = None) -> int:
             # scored with the cut its model trained on, as its card records it: a reused model
             # may have been trained under another environment (CALLMOOD_VAD_REMOVE_DC=0) or
             # with --whole-clips than this command's
-            recorded = read_card_dict(model_path).get("training", {}).get("config", {})
+            recorded = model_card.get("training", {}).get("config", {})
             model_cut = (train_config_from_record(recorded).speech_cut
                          if "speech_cut" in recorded else speech_cut)
             result = evaluate_model(model_path, corpus_manifest_paths(corpora_dir, (holdout,)),
@@ -650,7 +652,7 @@ def loco_main(argv: list[str] | None = None) -> int:
         figures[holdout] = [r.to_dict() for r in result.rows]
         if args.update_card:
             # what determines the figures; --out-dir, --reuse and --workers do not. A final
-            # fit's cut is the selected run's, from its card; a fresh recipe's is the env's
+            # fit takes its cut from the selected run's card; a fresh recipe from the env
             env = "" if args.final_fit_of is not None else _cut_env(model_cut)
             command = env + shlex.join(["python", "-m", "training", "loco", "--holdout", holdout,
                                         *([] if args.final_fit_of is None
@@ -659,8 +661,8 @@ def loco_main(argv: list[str] | None = None) -> int:
                                           for a in ("--channel", c)],
                                         *train_args])
             target = (args.model or get_settings().model_path).resolve()
-            write_card(target, with_loco(read_card_dict(target), holdout, result,
-                                         read_card_dict(model_path), command))
+            write_card(target, with_loco(read_card_dict(target), holdout, result, model_card,
+                                         command))
             print(f"updated card of {target.name}")
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
