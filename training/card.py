@@ -11,7 +11,14 @@ from typing import Any, Final
 
 import numpy as np
 
-from training.evaluate import EvaluationResult, unweighted_average_recall
+from training.evaluate import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    MIN_SPEAKERS_FOR_INTERVAL,
+    EvaluationResult,
+    interval_text,
+    unweighted_average_recall,
+)
 from worker.emotion import card_path_for
 from worker.features import FeatureConfig
 
@@ -203,7 +210,8 @@ def loco_lines(loco: dict[str, Any]) -> list[str]:
              "the epochs and temperature of the run named in the JSON card's `final_fit_of`.",
              "",
              "| held out | trained on | clips | " + " | ".join(f"UA {c}" for c in channels)
-             + " | WA clean | ECE clean | val UA | recipe |", "|---" * (len(channels) + 7) + "|"]
+             + " | UA clean 95 % interval | WA clean | ECE clean | val UA | recipe |",
+             "|---" * (len(channels) + 8) + "|"]
     for holdout, e in by_holdout.items():
         per = e["by_channel"]
         first = per[next(iter(per))]
@@ -216,8 +224,9 @@ def loco_lines(loco: dict[str, Any]) -> list[str]:
         val = f"{100 * e['val_ua']:.1f}%" if e.get("val_ua") is not None else "-"
         lines.append(f"| {holdout} | {', '.join(e['trained_on'])} | {first['n_clips']} | "
                      + " | ".join(uas)
-                     + (f" | {100 * clean['wa']:.1f}% | {clean['ece']:.3f} | " if clean
-                        else " | - | - | ")
+                     + (f" | {interval_text(clean.get('ua_interval95'))} | "
+                        f"{100 * clean['wa']:.1f}% | {clean['ece']:.3f} | " if clean
+                        else " | - | - | - | ")
                      + f"{val} | {recipe} |")
     lines += ["", "Reproduce: " + "; ".join(f"`{e['command']}`" for e in by_holdout.values())]
     cuts = {holdout: e["speech_cut"] for holdout, e in by_holdout.items() if "speech_cut" in e}
@@ -248,6 +257,23 @@ def confusion_lines(title: str, m: dict[str, Any]) -> list[str]:
 
 CONFUSION_CHANNELS: tuple[str, ...] = ("clean", "mulaw8k")
 """Channels whose confusion matrices the Markdown card shows (the JSON keeps all)."""
+
+
+def speaker_lines(by_channel: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown: how the interval was drawn, then UA per test speaker on the clean channel."""
+    clean = by_channel.get("clean", {})
+    rows = [(corpus, speaker, f) for corpus, m in clean.items()
+            for speaker, f in m.get("by_speaker", {}).items()]
+    if not rows:
+        return []
+    return ["", f"UA 95 % interval: the test speakers drawn again with replacement "
+            f"({BOOTSTRAP_RESAMPLES} times, seed {BOOTSTRAP_SEED}) and UA recomputed on their "
+            f"pooled clips; none under {MIN_SPEAKERS_FOR_INTERVAL} speakers. How far a figure "
+            "could move had other speakers been held out, not a guarantee.",
+            "", "### UA per test speaker (clean)", "", "| corpus | speaker | clips | UA |",
+            "|---|---|---|---|"] + [
+        f"| {corpus} | {speaker.split(':', 1)[-1]} | {f['n_clips']} | {100 * f['ua']:.1f}% |"
+        for corpus, speaker, f in rows]
 
 
 def robustness_lines(by_channel: dict[str, dict[str, Any]]) -> list[str]:
@@ -330,11 +356,15 @@ def render_markdown(card: dict[str, Any]) -> str:
                   f"Split `{tm['split']}` (speakers never seen in training), computed by "
                   f"`{tm['command']}` through the serving path (ONNX Runtime, card temperature). "
                   + clips_sentence(tm.get("speech_cut")),
-                  "", "| channel | corpus | clips | UA | WA | ECE |", "|---|---|---|---|---|---|"]
+                  "", "| channel | corpus | clips | speakers | UA | UA 95 % interval | WA | ECE |",
+                  "|---|---|---|---|---|---|---|---|"]
         for channel, per in tm["by_channel"].items():
             for corpus, m in per.items():
-                lines.append(f"| {channel} | {corpus} | {m['n_clips']} | {_ua_pct(m)} | "
+                lines.append(f"| {channel} | {corpus} | {m['n_clips']} | "
+                             f"{m.get('n_speakers', '-')} | {_ua_pct(m)} | "
+                             f"{interval_text(m.get('ua_interval95'))} | "
                              f"{100 * m['wa']:.1f}% | {m['ece']:.3f} |")
+        lines += speaker_lines(tm["by_channel"])
         lines += robustness_lines(tm["by_channel"])
         for channel, per in tm["by_channel"].items():
             if channel not in CONFUSION_CHANNELS:

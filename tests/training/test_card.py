@@ -87,6 +87,28 @@ def test_the_markdown_prints_ua_from_the_confusion_matrix_not_the_rounded_json()
     assert "| 40.6% | - | - |" in only_mulaw
 
 
+def test_the_markdown_shows_speakers_the_interval_and_ua_per_test_speaker(
+        emotion_model: Path) -> None:
+    base = {k: v for k, v in json.loads(card_path_for(emotion_model).read_text()).items()
+            if k not in ("test_metrics", "loco")}
+    row = {**_row(0.5, [[1, 1, 0], [1, 1, 0], [0, 0, 0]]), "n_speakers": 6,
+           "ua_interval95": [0.4123, 0.6789],
+           "by_speaker": {"ravdess:actor19": {"n_clips": 60, "ua": 0.41666}}}
+
+    def rendered(metrics: dict[str, Any]) -> str:
+        return render_markdown({**base, "test_metrics": {
+            "split": "test", "command": "c", "speech_cut": None,
+            "by_channel": {"clean": {"ravdess": metrics}}}})
+
+    lines = rendered(row)
+    assert "| clean | ravdess | 4 | 6 | 50.0% | 41.2-67.9% |" in lines
+    assert "| ravdess | actor19 | 60 | 41.7% |" in lines
+    # a card written before the interval existed prints "-" in its place
+    lines = rendered({k: v for k, v in row.items()
+                      if k not in ("n_speakers", "ua_interval95", "by_speaker")})
+    assert "| clean | ravdess | 4 | - | 50.0% | - |" in lines and "per test speaker" not in lines
+
+
 def test_the_shipped_cards_stored_ua_is_the_matrix_ua_rounded(emotion_model: Path) -> None:
     """Every stored UA of the shipped card agrees with its own confusion matrix, so the
     Markdown (matrix) and the JSON (rounded) cannot tell different stories; the card's

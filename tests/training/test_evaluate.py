@@ -12,9 +12,13 @@ import pytest
 from tests.model_fixtures import N_MELS, write_tiny_model
 from training.cli import evaluate_main
 from training.evaluate import (
+    MIN_SPEAKERS_FOR_INTERVAL,
     confusion_matrix,
     evaluate_model,
     expected_calibration_error,
+    metrics_for,
+    speaker_bootstrap_ua,
+    speaker_confusions,
     unweighted_average_recall,
     weighted_accuracy,
 )
@@ -47,6 +51,49 @@ def _manifest(tmp_path: Path, corpora: Path) -> Path:
     out = tmp_path / "ravdess_small.csv"
     test.assign(path=[str(corpora / "ravdess" / p) for p in test["path"]]).to_csv(out, index=False)
     return out
+
+
+def _speaker_cm(correct_per_class: list[int], n_per_class: int = 4) -> np.ndarray:
+    """One speaker's 3-class confusion: ``correct_per_class[k]`` of ``n_per_class`` right."""
+    cm = np.zeros((3, 3), dtype=np.int64)
+    for k, right in enumerate(correct_per_class):
+        cm[k, k] = right
+        cm[k, (k + 1) % 3] = n_per_class - right
+    return cm
+
+
+def test_the_speaker_bootstrap_interval_spans_how_much_the_speakers_differ() -> None:
+    # six speakers alike: every resample pools the same recalls, so the interval is a point
+    alike = np.stack([_speaker_cm([2, 3, 4])] * 6)
+    low, high = speaker_bootstrap_ua(alike) or (0.0, 0.0)
+    assert low == pytest.approx(0.75) and high == pytest.approx(0.75)
+    # three good and three poor speakers, equal clips per class: a resample's UA is the
+    # mean of its drawn speakers' UA, so it lies between the poor (0.25) and the good (1.0)
+    mixed = np.stack([_speaker_cm([4, 4, 4])] * 3 + [_speaker_cm([1, 1, 1])] * 3)
+    low, high = speaker_bootstrap_ua(mixed) or (0.0, 0.0)
+    assert 0.25 <= low < 0.625 < high <= 1.0 and high - low > 0.3
+    assert speaker_bootstrap_ua(mixed) == speaker_bootstrap_ua(mixed)    # seeded
+    few = mixed[:MIN_SPEAKERS_FOR_INTERVAL - 1]
+    assert speaker_bootstrap_ua(few) is None
+
+
+def test_metrics_carry_ua_per_speaker_and_the_interval_into_the_card_row() -> None:
+    # speaker a: both right; speaker b: one of two wrong; 3 classes, probabilities one-hot
+    y_true = np.array([0, 1, 0, 1], dtype=np.int64)
+    y_pred = np.array([0, 1, 0, 2], dtype=np.int64)
+    speakers = np.array(["c:a", "c:a", "c:b", "c:b"])
+    names, cms = speaker_confusions(y_true, y_pred, speakers, 3)
+    assert names == ["c:a", "c:b"] and cms.sum(axis=(1, 2)).tolist() == [2, 2]
+    probs = np.eye(3, dtype=np.float32)[y_pred]
+    m = metrics_for("c", "clean", probs, y_true, ["x", "y", "z"], speakers)
+    assert [(f.speaker, f.n_clips, f.ua) for f in m.by_speaker] == [("c:a", 2, 1.0),
+                                                                    ("c:b", 2, 0.5)]
+    assert m.ua == pytest.approx(0.75) and m.ua_interval is None      # 2 speakers: no interval
+    row = m.to_dict()
+    assert row["n_speakers"] == 2 and row["by_speaker"] == {"c:a": {"n_clips": 2, "ua": 1.0},
+                                                            "c:b": {"n_clips": 2, "ua": 0.5}}
+    assert "ua_interval95" not in row
+    assert "by_speaker" not in metrics_for("c", "clean", probs, y_true, ["x", "y", "z"]).to_dict()
 
 
 def test_evaluate_scores_any_onnx_model_on_any_manifest(tmp_path: Path, callmood_corpora: Path,
