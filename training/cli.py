@@ -28,7 +28,14 @@ from training.dataset import (
     TRAINABLE_EXTRA_CLASSES,
     corpus_manifest_paths,
 )
-from training.evaluate import CHANNELS, EVAL_SPLITS, ROBUSTNESS, evaluate_model
+from training.evaluate import (
+    CHANNELS,
+    EVAL_SPLITS,
+    ROBUSTNESS,
+    compare,
+    evaluate_model,
+    format_comparison,
+)
 from worker.constants import EMOTIONS
 from worker.emotion import check_version
 from worker.errors import CallmoodError, ConfigError
@@ -385,6 +392,10 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--update-card", action="store_true",
                    help="write the figures into the model's card (JSON and Markdown)")
     p.add_argument("--json-out", type=Path, default=None, help="also write figures as JSON")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="another ONNX model (card beside it) scored on the same clips: prints "
+                        "each row's UA difference with a 95%% interval from resampling the "
+                        "speakers for both models at once")
     return p
 
 
@@ -425,12 +436,24 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(result.format_table())
+    if args.baseline is not None:
+        try:
+            baseline = evaluate_model(args.baseline.resolve(), manifests, split=args.split,
+                                      channels=channels, threads=args.threads,
+                                      workers=args.workers, speech_cut=speech_cut,
+                                      min_frames=args.min_frames)
+            comparison = compare(result, baseline)
+        except CallmoodError as e:
+            print(f"error: baseline: {e}", file=sys.stderr)
+            return 2
+        print("\n" + format_comparison(comparison, result.model_version, baseline.model_version))
     if args.json_out is not None:
         args.json_out.write_text(json.dumps([r.to_dict() for r in result.rows], indent=2) + "\n",
                                  encoding="utf-8")
     if args.update_card:
         shown = [a if not a.startswith("/") else os.path.relpath(a)
-                 for a in _without_options(argv or [], {"--update-card": 0, "--json-out": 1})]
+                 for a in _without_options(argv or [], {"--update-card": 0, "--json-out": 1,
+                                                    "--baseline": 1})]
         card = with_test_metrics(read_card_dict(model_path), result,
                                  _cut_env(speech_cut) + "python -m training evaluate "
                                  + shlex.join(shown))

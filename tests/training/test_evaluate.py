@@ -13,10 +13,13 @@ from tests.model_fixtures import N_MELS, write_tiny_model
 from training.cli import evaluate_main
 from training.evaluate import (
     MIN_SPEAKERS_FOR_INTERVAL,
+    EvaluationResult,
+    compare,
     confusion_matrix,
     evaluate_model,
     expected_calibration_error,
     metrics_for,
+    paired_speaker_bootstrap,
     speaker_bootstrap_ua,
     speaker_confusions,
     unweighted_average_recall,
@@ -94,6 +97,59 @@ def test_metrics_carry_ua_per_speaker_and_the_interval_into_the_card_row() -> No
                                                             "c:b": {"n_clips": 2, "ua": 0.5}}
     assert "ua_interval95" not in row
     assert "by_speaker" not in metrics_for("c", "clean", probs, y_true, ["x", "y", "z"]).to_dict()
+
+
+def test_a_paired_interval_keeps_what_both_models_share_out_of_the_difference() -> None:
+    # speakers from easy to hard; the model gets one more clip per class right than the
+    # baseline on every speaker: each resample's difference is exactly 1/4
+    base = np.stack([_speaker_cm([k, k, k]) for k in (0, 1, 2, 3, 0, 1)])
+    better = np.stack([_speaker_cm([k + 1, k + 1, k + 1]) for k in (0, 1, 2, 3, 0, 1)])
+    assert paired_speaker_bootstrap(better, base) == pytest.approx((0.25, 0.25))
+    own = speaker_bootstrap_ua(better) or (0.0, 0.0)
+    assert own[1] - own[0] > 0.25              # alone, the speakers' spread is far wider
+    assert paired_speaker_bootstrap(base, base) == (0.0, 0.0)
+    assert paired_speaker_bootstrap(better[:4], base[:4]) is None
+    with pytest.raises(ValueError, match="same speakers"):
+        paired_speaker_bootstrap(better, base[:5])
+
+
+def _result(correct: list[int], speakers: list[str]) -> EvaluationResult:
+    """Two clips per speaker (classes 0 and 1): the first ``correct[i]`` of them right."""
+    y_true = np.array([0, 1] * len(speakers), dtype=np.int64)
+    y_pred = np.array([t if j < c else 2 for c in correct for j, t in enumerate((0, 1))])
+    names = np.repeat(np.array(speakers), 2)
+    return EvaluationResult("m", "test", (metrics_for("c", "clean", np.eye(3, dtype=np.float32)
+                                                      [y_pred], y_true, ["a", "b", "z"], names),))
+
+
+def test_compare_pairs_rows_and_refuses_results_of_other_speakers() -> None:
+    six = [f"c:s{i}" for i in range(6)]
+    (row,) = compare(_result([2, 2, 2, 2, 2, 2], six), _result([1, 1, 1, 1, 1, 1], six))
+    assert row.difference == pytest.approx(0.5) and row.interval == pytest.approx((0.5, 0.5))
+    with pytest.raises(ConfigError, match="other clips, speakers"):
+        compare(_result([2] * 6, six), _result([2] * 6, [f"c:t{i}" for i in range(6)]))
+
+
+def test_evaluate_with_a_baseline_prints_the_paired_difference(
+        tmp_path: Path, callmood_corpora: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = pd.read_csv(callmood_corpora / "ravdess" / "manifest.csv")
+    rows = rows[(rows["split"] == "test") & rows["emotion"].isin(["angry", "sad"])]
+    small = rows.groupby(["speaker", "emotion"]).head(1)          # 6 actors x 2 clips
+    manifest = tmp_path / "six.csv"
+    small.assign(path=[str(callmood_corpora / "ravdess" / p) for p in small["path"]]).to_csv(
+        manifest, index=False)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    model = write_tiny_model(tmp_path / "a", np.zeros((N_MELS, 7), dtype=np.float32))
+    baseline = write_tiny_model(tmp_path / "b", np.zeros((N_MELS, 7), dtype=np.float32))
+    assert evaluate_main(["--model", str(model), "--baseline", str(baseline), "--manifest",
+                          str(manifest), "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    # both always say angry: 50 % UA each, no difference on any resample of the 6 actors
+    assert "UA difference" in printed
+    assert "ravdess    clean      50.0%   50.0%    +0.0  +0.0 to +0.0" in printed
+    assert evaluate_main(["--model", str(model), "--baseline", str(tmp_path / "none.onnx"),
+                          "--manifest", str(manifest), "--workers", "1"]) == 2
 
 
 def test_evaluate_scores_any_onnx_model_on_any_manifest(tmp_path: Path, callmood_corpora: Path,
