@@ -261,15 +261,19 @@ CONFUSION_CHANNELS: tuple[str, ...] = ("clean", "mulaw8k")
 
 def speaker_lines(by_channel: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown: how the interval was drawn, then UA per test speaker on the clean channel."""
+    if not any("by_speaker" in m for per in by_channel.values() for m in per.values()):
+        return []
+    lines = ["", f"UA 95 % interval: the test speakers drawn again with replacement "
+             f"({BOOTSTRAP_RESAMPLES} times, seed {BOOTSTRAP_SEED}) and UA recomputed on their "
+             f"pooled clips; none under {MIN_SPEAKERS_FOR_INTERVAL} speakers. How far a figure "
+             "could move had other speakers been held out; with this few speakers a percentile "
+             "interval is, if anything, too narrow."]
     clean = by_channel.get("clean", {})
     rows = [(corpus, speaker, f) for corpus, m in clean.items()
             for speaker, f in m.get("by_speaker", {}).items()]
     if not rows:
-        return []
-    return ["", f"UA 95 % interval: the test speakers drawn again with replacement "
-            f"({BOOTSTRAP_RESAMPLES} times, seed {BOOTSTRAP_SEED}) and UA recomputed on their "
-            f"pooled clips; none under {MIN_SPEAKERS_FOR_INTERVAL} speakers. How far a figure "
-            "could move had other speakers been held out, not a guarantee.",
+        return lines
+    return lines + [
             "", "### UA per test speaker (clean)", "", "| corpus | speaker | clips | UA |",
             "|---|---|---|---|"] + [
         f"| {corpus} | {speaker.split(':', 1)[-1]} | {f['n_clips']} | {100 * f['ua']:.1f}% |"

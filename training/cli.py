@@ -32,6 +32,7 @@ from training.evaluate import (
     CHANNELS,
     EVAL_SPLITS,
     ROBUSTNESS,
+    check_baseline,
     compare,
     evaluate_model,
     format_comparison,
@@ -429,6 +430,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     channels = evaluation_channels(args.robustness, args.channel)
     speech_cut = _speech_cut(args.whole_clips)
     try:
+        if args.baseline is not None:   # before minutes of scoring, not after
+            check_baseline(args.baseline.resolve(), model_paths[0], args.split)
         result = evaluate_model(model_paths, manifests, split=args.split, channels=channels,
                                 threads=args.threads, workers=args.workers,
                                 speech_cut=speech_cut, min_frames=args.min_frames)

@@ -193,7 +193,7 @@ class SpeakerFigure:
     speaker: str
     n_clips: int
     ua: float
-    confusion: tuple[tuple[int, ...], ...] = ()
+    confusion: tuple[tuple[int, ...], ...]
     """The speaker's confusion counts (rows true): what a paired comparison resamples."""
 
 
@@ -251,7 +251,7 @@ def paired_speaker_bootstrap(cms: npt.NDArray[np.int64], baseline_cms: npt.NDArr
     Both (n_speakers, C, C), speakers in the same order, scored on the same clips. Drawing
     the speakers once for both models keeps what they share (an actor hard for both) out of
     the difference; where the models find different speakers hard it stays wide (v1.7.0
-    against v1.6.0 on the RAVDESS test actors: -3.7 points, -9.9 to +3.3).
+    against v1.6.0 on the RAVDESS test actors: -3.7 points, about -10 to +3).
     """
     if cms.shape != baseline_cms.shape:
         raise ValueError(f"confusions of shape {cms.shape} and {baseline_cms.shape}: a paired "
@@ -292,7 +292,8 @@ class CorpusMetrics:
             d["by_speaker"] = {f.speaker: {"n_clips": f.n_clips, "ua": round(f.ua, 6)}
                                for f in self.by_speaker}
         if self.ua_interval is not None:
-            d["ua_interval95"] = [round(self.ua_interval[0], 4), round(self.ua_interval[1], 4)]
+            # 6 places, as by_speaker: the card prints the ends to 0.1 point
+            d["ua_interval95"] = [round(self.ua_interval[0], 6), round(self.ua_interval[1], 6)]
         return d
 
 
@@ -356,28 +357,55 @@ class Comparison:
 
     @property
     def difference(self) -> float:
+        """UA of the model minus the baseline's (0-1)."""
         return self.ua - self.baseline_ua
 
 
+def check_baseline(baseline_path: Path, model_path: Path, split: str) -> None:
+    """ConfigError, before any clip is scored, when the model at ``baseline_path`` cannot be
+    compared with the one at ``model_path``: other labels, or on ``val`` other validation
+    speakers (each model scores those its own card lists). A missing file raises as
+    :func:`worker.emotion.load_model` does."""
+    baseline, model = load_model(baseline_path), load_model(model_path)
+    if tuple(baseline.labels) != tuple(model.labels):
+        raise ConfigError(f"baseline {baseline_path} has labels {list(baseline.labels)}; "
+                          f"{model_path} has {list(model.labels)}: compare models of one "
+                          "label set")
+    if split == SUBSET_VAL and card_val_speakers(baseline.card) != card_val_speakers(model.card):
+        raise ConfigError(f"baseline {baseline_path} held out other validation speakers than "
+                          f"{model_path}: compare them on split test, or on val only when "
+                          "they share the split seed")
+
+
 def compare(result: EvaluationResult, baseline: EvaluationResult) -> tuple[Comparison, ...]:
-    """Every row of ``result`` against the same row of ``baseline`` (same clips, scored with
-    speakers); ConfigError when the two did not score the same speakers and classes."""
+    """Every row of ``result`` against the same row of ``baseline``; both must have scored the
+    same split, cut, speakers and true classes (ConfigError naming what differs)."""
+    if (result.split, result.speech_cut) != (baseline.split, baseline.speech_cut):
+        raise ConfigError(f"the model scored split {result.split!r} cut {result.speech_cut}, "
+                          f"the baseline split {baseline.split!r} cut {baseline.speech_cut}: "
+                          "compare results of one evaluation setting")
     rows: list[Comparison] = []
     for r in result.rows:
+        where = f"{r.corpus}/{r.channel}"
         try:
             b = baseline.get(r.corpus, r.channel)
         except KeyError as e:
-            raise ConfigError(f"the baseline has no {r.corpus}/{r.channel} row to compare") from e
-        speakers = [f.speaker for f in r.by_speaker]
-        if (speakers != [f.speaker for f in b.by_speaker] or r.n_clips != b.n_clips
-                or r.labels != b.labels):
-            raise ConfigError(f"{r.corpus}/{r.channel}: the model and the baseline scored other "
-                              "clips, speakers or labels (with --split val each model scores "
-                              "the validation speakers its own card lists)")
+            raise ConfigError(f"the baseline has no {where} row to compare") from e
+        if r.labels != b.labels:
+            raise ConfigError(f"{where}: the model's labels {list(r.labels)} are not the "
+                              f"baseline's {list(b.labels)}")
+        if [f.speaker for f in r.by_speaker] != [f.speaker for f in b.by_speaker]:
+            raise ConfigError(f"{where}: the model and the baseline scored other speakers (with "
+                              "--split val each model scores the validation speakers its own "
+                              "card lists)")
         cms = np.array([f.confusion for f in r.by_speaker], dtype=np.int64)
         base = np.array([f.confusion for f in b.by_speaker], dtype=np.int64)
+        # the same clips give every speaker the same count of each true class
+        if r.n_clips != b.n_clips or (cms.size and not np.array_equal(cms.sum(axis=2),
+                                                                      base.sum(axis=2))):
+            raise ConfigError(f"{where}: the model and the baseline scored other clips")
         rows.append(Comparison(r.corpus, r.channel, r.ua, b.ua,
-                               paired_speaker_bootstrap(cms, base) if speakers else None))
+                               paired_speaker_bootstrap(cms, base) if cms.size else None))
     return tuple(rows)
 
 
@@ -394,7 +422,7 @@ def format_comparison(rows: Sequence[Comparison], model: str, baseline: str) -> 
     return "\n".join(lines)
 
 
-def interval_text(interval: tuple[float, float] | Sequence[float] | None) -> str:
+def interval_text(interval: Sequence[float] | None) -> str:
     """A UA interval as "52.1-65.0%", or "-" when there is none."""
     if interval is None:
         return "-"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +128,33 @@ def test_compare_pairs_rows_and_refuses_results_of_other_speakers() -> None:
     six = [f"c:s{i}" for i in range(6)]
     (row,) = compare(_result([2, 2, 2, 2, 2, 2], six), _result([1, 1, 1, 1, 1, 1], six))
     assert row.difference == pytest.approx(0.5) and row.interval == pytest.approx((0.5, 0.5))
-    with pytest.raises(ConfigError, match="other clips, speakers"):
+    with pytest.raises(ConfigError, match="other speakers"):
         compare(_result([2] * 6, six), _result([2] * 6, [f"c:t{i}" for i in range(6)]))
+    good = _result([2] * 6, six)
+    with pytest.raises(ConfigError, match=r"split 'test'.*split 'val'"):
+        compare(good, replace(good, split="val"))
+    with pytest.raises(ConfigError, match="no c/mulaw8k row"):
+        compare(replace(good, rows=(replace(good.rows[0], channel="mulaw8k"),)), good)
+    with pytest.raises(ConfigError, match="labels"):
+        compare(replace(good, rows=(replace(good.rows[0], labels=("b", "a", "z")),)), good)
+    # same speakers and clip count, but a speaker's true classes differ: other clips
+    first, second = good.rows[0].by_speaker[:2]
+    swapped = (replace(first, confusion=((0, 0, 0), (1, 0, 0), (0, 0, 1))), second,
+               *good.rows[0].by_speaker[2:])
+    with pytest.raises(ConfigError, match="other clips"):
+        compare(replace(good, rows=(replace(good.rows[0], by_speaker=swapped),)), good)
+
+
+def test_a_pool_missing_a_class_averages_the_classes_it_holds() -> None:
+    # speakers 0-3 recorded class 0 only (all right), 4-5 classes 0 and 1 (half right): a
+    # resample of class-0 speakers alone (p = (4/6)^6 = 9 %) has no class 1 and scores 1.0,
+    # not NaN; every other pool scores between 0.5 (class 1's recall) and 1
+    only0 = np.zeros((3, 3), dtype=np.int64)
+    only0[0, 0] = 4
+    both = _speaker_cm([2, 2, 0], n_per_class=4)
+    both[2] = 0
+    low, high = speaker_bootstrap_ua(np.stack([only0] * 4 + [both] * 2)) or (-1.0, -1.0)
+    assert 0.5 <= low < high == pytest.approx(1.0)
 
 
 def test_evaluate_with_a_baseline_prints_the_paired_difference(
@@ -150,6 +177,21 @@ def test_evaluate_with_a_baseline_prints_the_paired_difference(
     assert "ravdess    clean      50.0%   50.0%    +0.0  +0.0 to +0.0" in printed
     assert evaluate_main(["--model", str(model), "--baseline", str(tmp_path / "none.onnx"),
                           "--manifest", str(manifest), "--workers", "1"]) == 2
+    # a baseline of other labels is refused before the model is scored: no table printed
+    (tmp_path / "c").mkdir()
+    other = write_tiny_model(tmp_path / "c", np.zeros((N_MELS, 7), dtype=np.float32))
+    card = json.loads(card_path_for(other).read_text())
+    card_path_for(other).write_text(json.dumps({**card, "labels": card["labels"][::-1]}))
+    capsys.readouterr()
+    assert evaluate_main(["--model", str(model), "--baseline", str(other), "--manifest",
+                          str(manifest), "--workers", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert "labels" in err and "UA" not in out
+    # the card records the command that made its figures: the baseline changes none of them
+    assert evaluate_main(["--model", str(model), f"--baseline={baseline}", "--manifest",
+                          str(manifest), "--workers", "1", "--update-card"]) == 0
+    command = json.loads(card_path_for(model).read_text())["test_metrics"]["command"]
+    assert "--manifest" in command and "--baseline" not in command and "b/tiny" not in command
 
 
 def test_evaluate_scores_any_onnx_model_on_any_manifest(tmp_path: Path, callmood_corpora: Path,
