@@ -35,6 +35,7 @@ from training.evaluate import (
     check_baseline,
     compare,
     evaluate_model,
+    evaluate_models,
     format_comparison,
 )
 from worker.constants import EMOTIONS
@@ -430,21 +431,21 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     channels = evaluation_channels(args.robustness, args.channel)
     speech_cut = _speech_cut(args.whole_clips)
     try:
+        groups = [model_paths]
         if args.baseline is not None:   # before minutes of scoring, not after
             check_baseline(args.baseline.resolve(), model_paths[0], args.split)
-        result = evaluate_model(model_paths, manifests, split=args.split, channels=channels,
-                                threads=args.threads, workers=args.workers,
-                                speech_cut=speech_cut, min_frames=args.min_frames)
+            groups.append([args.baseline.resolve()])
+        # the baseline scores the clips of the same pass: each is decoded once for both
+        result, *baselines = evaluate_models(groups, manifests, split=args.split,
+                                             channels=channels, threads=args.threads,
+                                             workers=args.workers, speech_cut=speech_cut,
+                                             min_frames=args.min_frames)
     except CallmoodError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(result.format_table())
-    if args.baseline is not None:
+    for baseline in baselines:
         try:
-            baseline = evaluate_model(args.baseline.resolve(), manifests, split=args.split,
-                                      channels=channels, threads=args.threads,
-                                      workers=args.workers, speech_cut=speech_cut,
-                                      min_frames=args.min_frames)
             comparison = compare(result, baseline)
         except CallmoodError as e:
             print(f"error: baseline: {e}", file=sys.stderr)

@@ -495,27 +495,47 @@ def evaluate_model(model_path: Path | Sequence[Path], manifest_paths: Sequence[P
     card's ``min_frames`` (a measurement of the serving setting, e.g. 300: the 3 s crops the
     network was trained on).
     """
+    group = [model_path] if isinstance(model_path, Path) else list(model_path)
+    (result,) = evaluate_models([group], manifest_paths, split=split, channels=channels,
+                                threads=threads, workers=workers, speech_cut=speech_cut,
+                                min_frames=min_frames)
+    return result
+
+
+def evaluate_models(groups: Sequence[Sequence[Path]], manifest_paths: Sequence[Path],
+                    split: str = "test", channels: Sequence[str] = ("clean",),
+                    threads: int = 1, workers: int = 2,
+                    speech_cut: SpeechCut | None = DEFAULT_SPEECH_CUT,
+                    min_frames: int | None = None) -> tuple[EvaluationResult, ...]:
+    """:func:`evaluate_model` for each group of paths (one model, or an ensemble) on the same
+    clips in one pass: each clip is decoded, put through each channel and featurised once per
+    feature config, whichever groups read it (a paired comparison of two models of one config
+    costs one decode, not two). Every model of every group must share labels, and for "val"
+    validation speakers (ConfigError); the clips are those the first model's card selects.
+    Returns one result per group, in order.
+    """
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split={split!r}: use one of {', '.join(EVAL_SPLITS)}")
-    paths = [model_path] if isinstance(model_path, Path) else list(model_path)
-    if not paths:
+    path_groups = [list(g) for g in groups]
+    if not path_groups or not all(path_groups):
         raise ConfigError("evaluate needs at least one model")
-    models = [load_model(p.resolve(), threads) for p in paths]
-    if min_frames is not None:
-        if min_frames < 1:
-            raise ConfigError(f"min_frames={min_frames}: use a number of frames >= 1")
-        models = [EmotionModel(p.resolve(), replace(m.card, min_frames=min_frames), threads)
-                  for p, m in zip(paths, models, strict=True)]
+    if min_frames is not None and min_frames < 1:
+        raise ConfigError(f"min_frames={min_frames}: use a number of frames >= 1")
+    model_groups = [[_load_for_evaluation(p, threads, min_frames) for p in g]
+                    for g in path_groups]
+    paths = [p for g in path_groups for p in g]
+    models = [m for g in model_groups for m in g]
     card = models[0].card
     held_out = [card_val_speakers(m.card) for m in models]
     for path, model, speakers in zip(paths[1:], models[1:], held_out[1:], strict=True):
         if tuple(model.labels) != tuple(card.labels):
             raise ConfigError(f"{path} has labels {list(model.labels)}; {paths[0]} has "
-                              f"{list(card.labels)}: an ensemble averages the same classes")
+                              f"{list(card.labels)}: an ensemble averages, and a comparison "
+                              "pairs, the same classes")
         if split == SUBSET_VAL and speakers != held_out[0]:
             raise ConfigError(f"{path} held out validation speakers {speakers}; {paths[0]} "
-                              f"held out {held_out[0]}: score an ensemble on val only when "
-                              "its members share the split seed")
+                              f"held out {held_out[0]}: score models together on val only "
+                              "when they share the split seed")
     clips = map_labels(read_manifests(manifest_paths))
     if split == SUBSET_VAL:
         if not held_out[0]:
@@ -533,7 +553,8 @@ def evaluate_model(model_path: Path | Sequence[Path], manifest_paths: Sequence[P
     index = {lab: i for i, lab in enumerate(card.labels)}
     y_all = clips["label"].map(index).to_numpy(np.int64)
     speakers_all = speaker_keys(clips).to_numpy(str)
-    rows: list[CorpusMetrics] = []
+    corpora = [(str(c), (clips["corpus"] == c).to_numpy()) for c in sorted(clips["corpus"].unique())]
+    rows: list[list[CorpusMetrics]] = [[] for _ in model_groups]
     for channel in channels:
         feats: dict[FeatureConfig, list[npt.NDArray[np.float32]]] = {}
         for config in dict.fromkeys(m.card.features for m in models):
@@ -541,11 +562,20 @@ def evaluate_model(model_path: Path | Sequence[Path], manifest_paths: Sequence[P
                 feats[config] = list(pool.map(clip_features, clips["path"].tolist(),
                                               [channel] * len(clips), [config] * len(clips),
                                               [speech_cut] * len(clips)))
-        probs = np.mean([m.predict_proba(feats[m.card.features]) for m in models],
-                        axis=0).astype(np.float32)
-        for corpus in sorted(clips["corpus"].unique()):
-            sel = (clips["corpus"] == corpus).to_numpy()
-            rows.append(metrics_for(str(corpus), channel, probs[sel], y_all[sel], card.labels,
-                                    speakers_all[sel]))
-    return EvaluationResult(model_version=" + ".join(m.version for m in models), split=split,
-                            rows=tuple(rows), speech_cut=speech_cut)
+        for group_rows, group in zip(rows, model_groups, strict=True):
+            probs = np.mean([m.predict_proba(feats[m.card.features]) for m in group],
+                            axis=0).astype(np.float32)
+            group_rows.extend(metrics_for(corpus, channel, probs[sel], y_all[sel], card.labels,
+                                          speakers_all[sel]) for corpus, sel in corpora)
+    return tuple(EvaluationResult(model_version=" + ".join(m.version for m in group),
+                                  split=split, rows=tuple(group_rows), speech_cut=speech_cut)
+                 for group, group_rows in zip(model_groups, rows, strict=True))
+
+
+def _load_for_evaluation(path: Path, threads: int, min_frames: int | None) -> EmotionModel:
+    """The model at ``path`` as :func:`evaluate_models` scores it: its card's ``min_frames``
+    unless one is given."""
+    model = load_model(path.resolve(), threads)
+    if min_frames is None:
+        return model
+    return EmotionModel(path.resolve(), replace(model.card, min_frames=min_frames), threads)

@@ -158,7 +158,17 @@ def test_a_pool_missing_a_class_averages_the_classes_it_holds() -> None:
 
 
 def test_evaluate_with_a_baseline_prints_the_paired_difference(
-        tmp_path: Path, callmood_corpora: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, callmood_corpora: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.evaluate
+    featurised: list[str] = []
+    features_of = training.evaluate.clip_features
+
+    def counted(path: str, *args: Any) -> Any:
+        featurised.append(path)
+        return features_of(path, *args)
+
+    monkeypatch.setattr(training.evaluate, "clip_features", counted)
     rows = pd.read_csv(callmood_corpora / "ravdess" / "manifest.csv")
     rows = rows[(rows["split"] == "test") & rows["emotion"].isin(["angry", "sad"])]
     small = rows.groupby(["speaker", "emotion"]).head(1)          # 6 actors x 2 clips
@@ -175,6 +185,9 @@ def test_evaluate_with_a_baseline_prints_the_paired_difference(
     # both always say angry: 50 % UA each, no difference on any resample of the 6 actors
     assert "UA difference" in printed
     assert "ravdess    clean      50.0%   50.0%    +0.0  +0.0 to +0.0" in printed
+    # one pass: each clip decoded and featurised once for both models (they share a config)
+    assert sorted(featurised) == sorted(small["path"].map(lambda p: str(callmood_corpora
+                                                                        / "ravdess" / p)))
     assert evaluate_main(["--model", str(model), "--baseline", str(tmp_path / "none.onnx"),
                           "--manifest", str(manifest), "--workers", "1"]) == 2
     # a baseline of other labels is refused before the model is scored: no table printed
