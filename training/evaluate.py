@@ -448,6 +448,11 @@ def clip_features(path: str, channel: str, config: FeatureConfig,
     return extract_features(audio if speech_cut is None else speech_cut.apply(audio), config)
 
 
+def _int_rows(cm: npt.NDArray[np.int64]) -> tuple[tuple[int, ...], ...]:
+    """A confusion matrix as nested tuples of ints (how cards and frozen rows hold it)."""
+    return tuple(tuple(int(v) for v in row) for row in cm)
+
+
 def metrics_for(corpus: str, channel: str, probabilities: npt.NDArray[np.float32],
                 y_true: npt.NDArray[np.int64], labels: Sequence[str],
                 speakers: npt.NDArray[np.str_] | None = None) -> CorpusMetrics:
@@ -460,13 +465,13 @@ def metrics_for(corpus: str, channel: str, probabilities: npt.NDArray[np.float32
     if speakers is not None:
         names, cms = speaker_confusions(y_true, y_pred, np.asarray(speakers), len(labels))
         by_speaker = tuple(SpeakerFigure(name, int(c.sum()), unweighted_average_recall(c),
-                                         tuple(tuple(int(v) for v in r) for r in c))
+                                         _int_rows(c))
                            for name, c in zip(names, cms, strict=True))
         interval = speaker_bootstrap_ua(cms)
     return CorpusMetrics(corpus=corpus, channel=channel, n_clips=len(y_true),
                          ua=unweighted_average_recall(cm), wa=weighted_accuracy(cm),
                          ece=expected_calibration_error(probabilities, y_true),
-                         labels=tuple(labels), confusion=tuple(tuple(int(v) for v in r) for r in cm),
+                         labels=tuple(labels), confusion=_int_rows(cm),
                          by_speaker=by_speaker, ua_interval=interval)
 
 
