@@ -15,7 +15,7 @@ import pandas as pd
 
 from analytics.options import GroupBy, Period
 from analytics.stress import (
-    ESCALATION_MIN_S,
+    ESCALATION_MIN_SPEECH_S,
     MOOD_THIRDS,
     escalation_flags,
     high_stress_runs,
@@ -54,9 +54,10 @@ def _per_role(frame: pd.DataFrame, role: str, columns: dict[str, str]) -> pd.Dat
 
 
 def escalation_moments(segments: pd.DataFrame) -> pd.DataFrame:
-    """Per call (index): ``longest_high_stress_s`` (longest customer high-stress run, s; 0 when
-    none, NaN for a call without a customer party), ``sustained_at_s`` (start of the first run
-    >= ESCALATION_MIN_S; NaN when none)."""
+    """Per call (index): ``longest_high_stress_s`` (the most customer speech in one
+    high-stress run, s; 0 when none, NaN for a call without a customer party),
+    ``sustained_at_s`` (start of the first run holding >= ESCALATION_MIN_SPEECH_S of it; NaN
+    when none)."""
     calls = pd.Index(segments["call"].unique(), name="call")
     with_customer = calls.isin(segments.loc[segments["role"] == ROLE_CUSTOMER, "call"])
     none_s = pd.Series(np.where(with_customer, 0.0, np.nan), index=calls)
@@ -64,8 +65,8 @@ def escalation_moments(segments: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame({"longest_high_stress_s": none_s, "sustained_at_s": np.nan},
                             index=calls)
-    longest = runs.groupby("call")["run_s"].max().astype(float)
-    sustained = runs[runs["run_s"] >= ESCALATION_MIN_S].groupby("call")["start_s"].min()
+    longest = runs.groupby("call")["speech_s"].max().astype(float)
+    sustained = runs[runs["speech_s"] >= ESCALATION_MIN_SPEECH_S].groupby("call")["start_s"].min()
     return pd.DataFrame({
         "longest_high_stress_s": longest.reindex(calls).fillna(none_s),
         "sustained_at_s": sustained.reindex(calls).astype(float),

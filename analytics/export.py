@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\0")
+"""Leading characters a spreadsheet may read as a formula (OWASP's CSV injection list)."""
 
 
 def neutralize_cell(value: object) -> object:

@@ -25,7 +25,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from analytics.options import DEFAULT_BIN_S
 from analytics.stress import (
-    ESCALATION_MIN_S,
+    ESCALATION_MIN_SPEECH_S,
     ESCALATION_STRESS,
     high_stress_runs,
     stress_formula,
@@ -119,10 +119,11 @@ def _draw_stress(ax: Axes, segments: pd.DataFrame, metrics: pd.Series,
     ax.axhline(ESCALATION_STRESS, color="#444444", ls="--", lw=1,
                label=f"high stress ({ESCALATION_STRESS:g})")
     runs = high_stress_runs(segments, role=ROLE_CUSTOMER)
-    long_runs = runs[runs["run_s"] >= ESCALATION_MIN_S]
+    long_runs = runs[runs["speech_s"] >= ESCALATION_MIN_SPEECH_S]
     for i, run in enumerate(long_runs.itertuples()):
         ax.axvspan(float(run.start_s), float(run.end_s), color="#d62728", alpha=0.15, lw=0,
-                   label=f"customer high for >= {ESCALATION_MIN_S:g} s" if i == 0 else None)
+                   label=(f"customer run with >= {ESCALATION_MIN_SPEECH_S:g} s high-stress "
+                          "speech") if i == 0 else None)
     peak_at_s, peak = metrics.get("customer_peak_at_s"), metrics.get("customer_peak_stress")
     if peak_at_s is not None and pd.notna(peak_at_s) and pd.notna(peak):
         near_end = float(peak_at_s) > 0.8 * duration_s  # keep the label inside the axes

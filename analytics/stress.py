@@ -30,10 +30,12 @@ Escalation (per call, customer side; :mod:`analytics.callreport` applies it):
 
 * a *high-stress run*: consecutive customer utterances (in time order, the agent's turns in
   between do not break it, a customer silence of more than ``ESCALATION_MAX_GAP_S`` does)
-  each with stress >= ``ESCALATION_STRESS`` spanning >= ``ESCALATION_MIN_S`` seconds from
-  the first one's start to the last one's end; or
+  each with stress >= ``ESCALATION_STRESS``, holding >= ``ESCALATION_MIN_SPEECH_S`` seconds
+  of the customer's speech (the agent's turns and the pauses inside the run do not count);
+  or
 * a *steep rise*: customer stress in the last third of the call minus the first third
-  >= ``STEEP_RISE_POINTS``.
+  >= ``STEEP_RISE_POINTS``, each third's stress from at least ``MOOD_MIN_TALK_S`` of the
+  customer's speech.
 """
 
 from __future__ import annotations
@@ -55,9 +57,12 @@ ESCALATION_STRESS: Final[float] = 50.0
 """Customer segment stress counted as "high": at 50 the negative classes hold at least half of
 the model's probability mass (with full weight), i.e. the model leans distressed, not neutral."""
 
-ESCALATION_MIN_S: Final[float] = 20.0
-"""A high-stress run this long (seconds) escalates: about two customer turns in a row (the
-worker cuts utterances at <= 8 s), so one loud sentence is not flagged, a sustained one is."""
+ESCALATION_MIN_SPEECH_S: Final[float] = 10.0
+"""Seconds of customer speech a high-stress run must hold to escalate: more than one utterance
+can hold (the worker cuts utterances at <= 8 s, ``SegmentationConfig.max_utterance_s``), so
+one loud sentence is never flagged, two or more long ones are. Until 2026-12-06 the rule was
+a 20 s span from the run's first start to its last end, which two 1 s outbursts around a 23 s
+agent turn met: the agent's talk counted as the customer's stress."""
 
 ESCALATION_MAX_GAP_S: Final[float] = 30.0
 """A customer silent this long (seconds, from one high-stress utterance's end to the next
@@ -71,6 +76,13 @@ the scale, e.g. a calm 10 turning into a 40+ that supervisors asked to see."""
 
 MOOD_THIRDS: Final[int] = 3
 """Start vs end mood compares the first and the last third of the call (the issue's choice)."""
+
+MOOD_MIN_TALK_S: Final[float] = 3.0
+"""Seconds of a party's speech a third of the call needs to give it a start or end mood
+(less: no mood, NaN). A judgement, about one sentence (the corpora's one-sentence clips last
+a median 2.0-3.7 s, silence included): a closing "thanks, bye" or one doubtful word is
+under it. Without it one 1 s utterance at p(angry) = 0.35 in the last third made a 55-point
+"rise" and escalated the call."""
 
 if set(STRESS_WEIGHTS) != set(EMOTIONS) or not all(0.0 <= w <= 1.0 for w in STRESS_WEIGHTS.values()):
     raise RuntimeError("STRESS_WEIGHTS must give every class a weight in [0, 1] (keeps 0-100)")
@@ -131,8 +143,9 @@ def mood_shift(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
 
     ``durations_s``: call -> duration (s); a call without one uses its last segment end.
     A segment belongs to the third holding its midpoint. Columns: ``call, role,
-    start_stress, end_stress, stress_shift`` (end - start, points; NaN when a third has no
-    speech of that party), ``start_dominant, end_dominant`` (talk-weighted mean class).
+    start_stress, end_stress, stress_shift`` (end - start, points; NaN when a third holds
+    less than ``MOOD_MIN_TALK_S`` of that party's speech), ``start_dominant, end_dominant``
+    (talk-weighted mean class; NaN likewise).
     """
     columns = ["call", "role", "start_stress", "end_stress", "stress_shift",
                "start_dominant", "end_dominant"]
@@ -152,7 +165,7 @@ def mood_shift(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
     weighted = edges.assign(**{c: edges[c] * edges["duration_s"]
                                for c in [*prob_cols, "stress"]})
     sums = weighted.groupby(["call", "role", "third"])[[*prob_cols, "stress", "duration_s"]].sum()
-    talk = sums["duration_s"].where(sums["duration_s"] > 0, np.nan)
+    talk = sums["duration_s"].where(sums["duration_s"] >= MOOD_MIN_TALK_S, np.nan)
     stress = sums["stress"] / talk
     dominant = sums[prob_cols].idxmax(axis=1).str.removeprefix("p_").where(talk.notna())
     index = pd.MultiIndex.from_frame(keys)
@@ -177,11 +190,12 @@ def high_stress_runs(segments: pd.DataFrame, role: str = ROLE_CUSTOMER,
                      max_gap_s: float = ESCALATION_MAX_GAP_S) -> pd.DataFrame:
     """Runs of consecutive ``role`` utterances each with stress >= ``threshold``.
 
-    Columns ``call, start_s, end_s, run_s`` (end of the last minus start of the first, s).
-    Any lower-stress utterance of ``role`` ends a run, and so does a gap of more than
+    Columns ``call, start_s, end_s, run_s`` (end of the last minus start of the first, s),
+    ``speech_s`` (the run's own utterances' seconds: what escalation counts). Any
+    lower-stress utterance of ``role`` ends a run, and so does a gap of more than
     ``max_gap_s`` seconds before its next utterance; the other party's turns do not.
     """
-    columns = ["call", "start_s", "end_s", "run_s"]
+    columns = ["call", "start_s", "end_s", "run_s", "speech_s"]
     party = segments[segments["role"] == role]
     if party.empty:
         return pd.DataFrame(columns=columns)
@@ -196,18 +210,20 @@ def high_stress_runs(segments: pd.DataFrame, role: str = ROLE_CUSTOMER,
     after_gap = (high["start_s"] - high["end_s"].shift()) > max_gap_s
     run = (~same_island | after_gap).cumsum().rename("run")
     runs = high.groupby(["call", run], sort=True).agg(start_s=("start_s", "min"),
-                                                      end_s=("end_s", "max"))
+                                                      end_s=("end_s", "max"),
+                                                      speech_s=("duration_s", "sum"))
     return runs.reset_index().assign(run_s=lambda f: f["end_s"] - f["start_s"])[columns]
 
 
-def escalation_flags(longest_run_s: pd.Series, stress_shift: pd.Series,
-                     min_run_s: float = ESCALATION_MIN_S,
+def escalation_flags(run_speech_s: pd.Series, stress_shift: pd.Series,
+                     min_speech_s: float = ESCALATION_MIN_SPEECH_S,
                      steep_rise_points: float = STEEP_RISE_POINTS) -> pd.DataFrame:
     """``escalated`` (bool) and ``escalation_reason`` ("sustained", "rise", "sustained+rise",
-    "") from the longest high-stress run (s) and the customer's stress shift (points)."""
-    sustained = longest_run_s.fillna(0.0) >= min_run_s
+    "") from the most customer speech in one high-stress run (s) and the customer's stress
+    shift (points)."""
+    sustained = run_speech_s.fillna(0.0) >= min_speech_s
     rise = stress_shift.fillna(0.0) >= steep_rise_points
     reason = np.where(sustained & rise, "sustained+rise",
                       np.where(sustained, "sustained", np.where(rise, "rise", "")))
     return pd.DataFrame({"escalated": (sustained | rise).astype(bool), "escalation_reason": reason},
-                        index=longest_run_s.index)
+                        index=run_speech_s.index)

@@ -34,7 +34,8 @@ def party_summary(segments: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "utterances": grouped.size(),
         "talk_s": talk_s.round(1),
-        "dominant": shares.idxmax(axis=1).str.removeprefix("p_"),
+        # no talk time, no mood (idxmax of all-zero shares would say the first class)
+        "dominant": shares.idxmax(axis=1).str.removeprefix("p_").where(talk_s > 0),
         "mean_confidence": grouped["confidence"].mean().round(3),
     }).join(shares.round(3).rename(columns=lambda c: "share_" + c.removeprefix("p_")))
     return out.reset_index()[columns]

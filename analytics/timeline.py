@@ -50,7 +50,9 @@ def timeline(segments: pd.DataFrame, durations_s: pd.Series,
     if segments.empty:
         return pd.DataFrame(columns=columns)
     lengths_s = call_lengths_s(segments, durations_s)
-    n_bins = np.maximum(np.ceil(lengths_s / bin_s).astype(int), 1)
+    # rounded first: 2.1 s / 0.3 s is 7.000000000000001 in floats, and ceil made an 8th,
+    # zero-length bin
+    n_bins = np.maximum(np.ceil((lengths_s / bin_s).round(9)).astype(int), 1)
     # positional repeat: a frame built by concatenation may repeat row labels
     parties = segments[["call", "role"]].drop_duplicates(ignore_index=True)
     grid = parties.assign(n=parties["call"].map(n_bins))

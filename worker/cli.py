@@ -161,11 +161,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def _export_segments(settings: Settings, external_ids: Sequence[str], path: Path) -> Path:
     """The segments of these calls (not of other calls in the same database) as CSV."""
     from analytics.export import write_csv
-    from analytics.queries import load_segments
-    from worker.db import session_scope
+    from analytics.queries import load_segments, report_session
     from worker.store import calls_by_external_id
 
-    with session_scope(settings) as session:
+    # a read-only snapshot: the worker's write lock is not held while the CSV is written
+    with report_session(settings.database_url) as session:
         calls = calls_by_external_id(session, list(external_ids))
         return write_csv(load_segments(session, [c.id for c in calls.values()]), path)
 
@@ -173,12 +173,11 @@ def _export_segments(settings: Settings, external_ids: Sequence[str], path: Path
 def _print_report(settings: Settings, external_ids: Sequence[str], names: dict[str, str],
                   out: TextIO) -> None:
     """A readable per-call summary: each party's dominant mood and its timeline."""
-    from analytics.queries import load_segments
+    from analytics.queries import load_segments, report_session
     from analytics.summary import emotion_runs, format_clock, party_summary
-    from worker.db import session_scope
     from worker.store import calls_by_external_id
 
-    with session_scope(settings) as session:
+    with report_session(settings.database_url) as session:
         calls = calls_by_external_id(session, list(external_ids))
         segments = load_segments(session, [c.id for c in calls.values() if c.status == "done"])
     summary = party_summary(segments)

@@ -37,7 +37,7 @@ def test_recordings_to_stress_report_and_pictures(tmp_path: Path, emotion_model:
         rows = list(csv.DictReader(fh))
     assert [r["call"] for r in rows] == ["C-angry", "C-calm"]       # ranked by customer stress
     assert float(rows[0]["customer_stress"]) > float(rows[1]["customer_stress"]) + 20
-    assert not rows[1]["agent_id"].startswith("=")                   # formula neutralised
+    assert rows[1]["agent_id"] == "'=HYPERLINK(1)"                   # formula neutralised
     pngs = sorted(p.name for p in plots.glob("*.png"))
     assert len(pngs) == 2 and all((plots / p).stat().st_size > 20_000 for p in pngs)
     assert (plots / pngs[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

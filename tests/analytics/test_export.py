@@ -8,11 +8,13 @@ from analytics.export import spreadsheet_safe, write_csv
 
 
 def test_formula_cells_are_neutralised_and_numbers_kept(tmp_path: Path) -> None:
-    frame = pd.DataFrame({"agent": ["=HYPERLINK(\"http://x\")", "+1", "-cmd", "@SUM(A1)", "Ana"],
-                          "stress": [-1.5, 2.0, 3.0, 4.0, 5.0]})
+    frame = pd.DataFrame({"agent": ["=HYPERLINK(\"http://x\")", "+1", "-cmd", "@SUM(A1)", "Ana",
+                                    "\t=1", "\r=1", "\0=1"],
+                          "stress": [-1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]})
     safe = spreadsheet_safe(frame)
-    assert safe["agent"].tolist() == ["'=HYPERLINK(\"http://x\")", "'+1", "'-cmd", "'@SUM(A1)", "Ana"]
-    assert safe["stress"].tolist() == [-1.5, 2.0, 3.0, 4.0, 5.0]
+    assert safe["agent"].tolist() == ["'=HYPERLINK(\"http://x\")", "'+1", "'-cmd", "'@SUM(A1)", "Ana",
+                                      "'\t=1", "'\r=1", "'\0=1"]
+    assert safe["stress"].tolist() == [-1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
     assert frame["agent"][0].startswith("=")  # the input is not mutated
 
 

@@ -49,7 +49,7 @@ def test_the_stress_panel_marks_the_escalation_where_the_metrics_put_it() -> Non
     assert len(escalation) == 1 and escalation[0].get_label() == (
         f"escalation ({row['escalation_reason']})")
     assert np.asarray(escalation[0].get_xdata()).tolist() == [row["escalation_at_s"]] * 2
-    assert any(label.startswith("customer high for >=") for label in labels)  # the band
+    assert any(label.startswith("customer run with >=") for label in labels)  # the band
     # a calm call gets neither mark
     calm = frame(one_hot("b", "customer", 0.0, 10.0, "neutral"))
     calm_row = call_metrics(calls.assign(call="b"), calm).iloc[0]

@@ -5,11 +5,13 @@ import pytest
 
 from analytics.stress import (
     ESCALATION_MAX_GAP_S,
-    ESCALATION_MIN_S,
+    ESCALATION_MIN_SPEECH_S,
+    MOOD_MIN_TALK_S,
     STEEP_RISE_POINTS,
     STRESS_WEIGHTS,
     escalation_flags,
     high_stress_runs,
+    mood_shift,
     party_stress,
     stress_formula,
     stress_of,
@@ -44,7 +46,9 @@ def test_party_stress_is_talk_time_weighted_with_peak() -> None:
 
 def test_high_stress_runs_are_not_broken_by_the_other_party() -> None:
     runs = high_stress_runs(ESCALATING)
-    assert runs[["start_s", "end_s", "run_s"]].values.tolist() == [[10.0, 30.0, 20.0]]
+    # 20 s from first start to last end, of which the customer spoke 8 + 8 + 2 s
+    assert runs[["start_s", "end_s", "run_s", "speech_s"]].values.tolist() == [
+        [10.0, 30.0, 20.0, 18.0]]
     calm_between = pd.concat([ESCALATING, frame(one_hot("a", "customer", 18.2, 18.8,
                                                         "neutral"))])
     assert high_stress_runs(calm_between)["run_s"].tolist() == [8.0, 11.0]
@@ -66,10 +70,47 @@ def test_a_long_customer_silence_ends_a_high_stress_run() -> None:
 
 
 def test_escalation_flags_sustained_rise_and_both() -> None:
-    flags = escalation_flags(pd.Series([ESCALATION_MIN_S, 5.0, 30.0, 0.0]),
+    flags = escalation_flags(pd.Series([ESCALATION_MIN_SPEECH_S, 5.0, 30.0, 0.0]),
                              pd.Series([0.0, STEEP_RISE_POINTS, 45.0, None]))
     assert flags["escalated"].tolist() == [True, True, True, False]
     assert flags["escalation_reason"].tolist() == ["sustained", "rise", "sustained+rise", ""]
+
+
+def test_a_sustained_run_counts_the_customer_s_speech_not_the_agent_s_turn() -> None:
+    """Two 1 s outbursts around a 23 s agent turn span 26 s but hold 2 s of the customer's
+    speech: not sustained (the 20 s span rule flagged it). Two 6 s ones do hold 12 s."""
+    from worker.segmentation import SegmentationConfig
+
+    short = frame(seg("s", "customer", 0.0, 1.0, "angry", 0.6),
+                  one_hot("s", "agent", 1.5, 24.0, "neutral"),
+                  seg("s", "customer", 25.0, 26.0, "angry", 0.6))
+    long = frame(one_hot("l", "customer", 0.0, 6.0, "angry"),
+                 one_hot("l", "agent", 6.5, 24.0, "neutral"),
+                 one_hot("l", "customer", 25.0, 31.0, "angry"))
+    runs = high_stress_runs(pd.concat([short, long], ignore_index=True)).set_index("call")
+    assert runs.loc["s", "run_s"] == 26.0 and runs.loc["s", "speech_s"] == 2.0
+    flags = escalation_flags(runs["speech_s"], pd.Series(0.0, index=runs.index))
+    assert flags["escalated"].to_dict() == {"l": True, "s": False}
+    # one utterance can never be sustained: the worker cuts speech into shorter ones
+    assert ESCALATION_MIN_SPEECH_S > SegmentationConfig().max_utterance_s
+
+
+def test_a_third_needs_a_sentence_of_speech_to_have_a_mood() -> None:
+    """Calm customer for 25 s, the agent to 88 s, one doubtful 1 s word at the end: no end
+    mood, so no 'rise' from it; a 3 s sentence does give one."""
+    calm_then_word = frame(one_hot("w", "customer", 0.0, 25.0, "neutral"),
+                           one_hot("w", "agent", 25.0, 88.0, "neutral"),
+                           seg("w", "customer", 88.0, 89.0, "angry", 0.35))
+    calm_then_sentence = frame(one_hot("v", "customer", 0.0, 25.0, "neutral"),
+                               one_hot("v", "agent", 25.0, 86.0, "neutral"),
+                               one_hot("v", "customer", 87.0, 87.0 + MOOD_MIN_TALK_S, "angry"))
+    both = pd.concat([calm_then_word, calm_then_sentence], ignore_index=True)
+    shift = mood_shift(both, pd.Series({"w": 90.0, "v": 90.0})).set_index(["call", "role"])
+    assert shift.loc[("w", "customer"), "start_stress"] == 0.0
+    assert pd.isna(shift.loc[("w", "customer"), "end_stress"])
+    assert pd.isna(shift.loc[("w", "customer"), "end_dominant"])
+    assert shift.loc[("v", "customer"), "stress_shift"] == 100.0
+    assert shift.loc[("v", "customer"), "end_dominant"] == "angry"
 
 
 def test_the_stress_formula_is_written_from_the_weights_in_use() -> None:

@@ -41,8 +41,20 @@ def test_runs_merge_consecutive_labels_per_party() -> None:
 
 def test_empty_frames_keep_their_columns() -> None:
     empty = SEGMENTS.iloc[0:0]
-    assert list(party_summary(empty).columns)[:3] == ["call", "role", "utterances"]
+    assert list(party_summary(empty).columns) == list(party_summary(SEGMENTS).columns)
     assert emotion_runs(empty).empty
+    assert list(emotion_runs(empty).columns) == list(emotion_runs(SEGMENTS).columns)
+
+
+def test_a_party_without_talk_time_has_no_dominant_mood() -> None:
+    """Zero-length segments only: every share is 0, and the first class ("angry") is no
+    mood of theirs."""
+    silent = pd.DataFrame([seg("c2", "agent", 4.0, 4.0, "neutral", 0.9)])
+    out = party_summary(pd.concat([SEGMENTS, silent], ignore_index=True)).set_index(
+        ["call", "role"])
+    assert out.loc[("c2", "agent"), "talk_s"] == 0.0
+    assert pd.isna(out.loc[("c2", "agent"), "dominant"])
+    assert out.loc[("c1", "customer"), "dominant"] == "angry"
 
 
 def test_format_clock() -> None:

@@ -67,6 +67,15 @@ def test_a_segment_starting_on_a_bin_edge_leaves_the_bin_before_silent() -> None
     assert grid["stress"].isna().tolist() == [True, True, True, False, False, True]
 
 
+def test_a_call_a_whole_number_of_bins_long_gets_no_empty_last_bin() -> None:
+    """2.1 / 0.3 is 7.000000000000001 in floats: 7 bins, not an 8th of zero length."""
+    grid = timeline(frame(one_hot("c", "customer", 0.0, 2.1, "angry")), pd.Series({"c": 2.1}),
+                    bin_s=0.3)
+    assert len(grid) == 7 and grid["bin_end_s"].iloc[-1] == pytest.approx(2.1)
+    assert (grid["bin_end_s"] > grid["bin_start_s"]).all()
+    assert (grid["dominant"] == "angry").all()
+
+
 def test_bin_size_is_configurable() -> None:
     grid = timeline(CALL, pd.Series({"c": 17.0}), bin_s=10.0)
     assert grid[grid["role"] == "customer"]["speech_s"].tolist() == [5.0, 2.0]
