@@ -159,6 +159,8 @@ class AugmentConfig:
 
     p_speed: float = 0.3
     speed_range: tuple[float, float] = (0.93, 1.07)
+    """Speed factors drawn for ``p_speed``: tempo, pitch and formants all scale by the factor
+    (+-7 %: about +-1.2 semitones), a little speaker variety beside the tempo."""
     p_eq: float = 0.5
     eq_gain_db: float = 8.0
     p_tilt: float = 0.5
@@ -222,6 +224,10 @@ class AugmentConfig:
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"codec_level_range={self.codec_level_range} must be two "
                              "compression levels LOW <= HIGH in [0, 1]")
+        low, high = self.speed_range
+        if not 0.5 <= low <= high <= 2.0:
+            raise ValueError(f"speed_range={self.speed_range} must be two speed factors "
+                             "0.5 <= LOW <= HIGH <= 2 (1: unchanged)")
         low, high = self.rt60_range_s
         if not 0.0 < low <= high:
             raise ValueError(f"rt60_range_s={self.rt60_range_s} must be two reverberation "

@@ -9,6 +9,7 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -146,6 +147,11 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "Opus at ~19-5 kbit/s)")
     p.add_argument("--p-reverb", type=float, default=AugmentConfig.p_reverb,
                    help="probability of a synthetic room (RT60 0.2-0.8 s) per draw")
+    p.add_argument("--p-speed", type=float, default=AugmentConfig.p_speed,
+                   help="probability of a speed change per draw (tempo and pitch together)")
+    p.add_argument("--speed-range", type=_speed_range, default=AugmentConfig.speed_range,
+                   metavar="LOW,HIGH",
+                   help="speed factors drawn for --p-speed (default %(default)s)")
     p.add_argument("--p-clip", type=float, default=AugmentConfig.p_clip,
                    help="probability of an overdriven preamp per draw (speech at -26 dBFS, "
                         "+6 to +24 dB, hard clipping; 0: emotion-v1.7.0)")
@@ -256,7 +262,8 @@ def train_main(argv: list[str] | None = None) -> int:
                                                    opus_share=args.opus_share,
                                                    codec_level_range=args.codec_levels,
                                                    p_reverb=args.p_reverb,
-                                                   p_clip=args.p_clip),
+                                                   p_clip=args.p_clip, p_speed=args.p_speed,
+                                                   speed_range=args.speed_range),
                              features=features,
                              model=ModelConfig(n_mels=features.n_mels, views=features.n_views,
                                                channels=args.channels, members=args.members,
@@ -269,7 +276,7 @@ def train_main(argv: list[str] | None = None) -> int:
                              distill=DistillConfig(teachers=tuple(args.teacher),
                                                    weight=args.distill_weight,
                                                    temperature=args.distill_temperature))
-    except CallmoodError as e:
+    except (CallmoodError, ValueError) as e:    # ValueError: AugmentConfig's own checks
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.threads > 0:
@@ -337,17 +344,28 @@ def _channels(text: str) -> tuple[int, int, int, int]:
     return values[0], values[1], values[2], values[3]
 
 
-def _level_range(text: str) -> tuple[float, float]:
-    """``--codec-levels``: two compression levels LOW,HIGH with 0 <= LOW <= HIGH <= 1."""
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give two levels LOW,HIGH in [0, 1], e.g. 0.95,1.0") from e
-    if not 0.0 <= low <= high <= 1.0:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give two levels LOW,HIGH with 0 <= LOW <= HIGH <= 1, e.g. 0.95,1.0")
-    return low, high
+def _range_parser(what: str, lowest: float, highest: float,
+                  example: str) -> Callable[[str], tuple[float, float]]:
+    """An argparse type for "LOW,HIGH": two ``what`` with lowest <= LOW <= HIGH <= highest."""
+    def parse(text: str) -> tuple[float, float]:
+        try:
+            low, high = (float(v) for v in text.split(","))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give two {what} LOW,HIGH, e.g. {example}") from e
+        if not lowest <= low <= high <= highest:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give two {what} LOW,HIGH with {lowest:g} <= LOW <= HIGH <= "
+                f"{highest:g}, e.g. {example}")
+        return low, high
+
+    return parse
+
+
+_level_range = _range_parser("compression levels", 0.0, 1.0, "0.95,1.0")
+"""``--codec-levels``: libsndfile compression levels in [0, 1]."""
+_speed_range = _range_parser("speed factors", 0.5, 2.0, "0.9,1.1")
+"""``--speed-range``: speed factors (1: unchanged)."""
 
 
 def _without_options(argv: list[str], options: dict[str, int]) -> list[str]:

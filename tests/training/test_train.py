@@ -502,6 +502,37 @@ def test_train_refuses_codec_levels_that_are_not_a_range_in_0_1(
         assert "LOW,HIGH" in capsys.readouterr().err
     with pytest.raises(ValueError, match="codec_level_range"):
         AugmentConfig(codec_level_range=(0.9, 0.8))
+    for bad in ("1.1", "1.1,0.9", "0.4,1.0", "1.0,2.5"):
+        with pytest.raises(SystemExit):
+            train_main(["--speed-range", bad, "--epochs", "1"])
+        assert "LOW,HIGH" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="speed_range"):
+        AugmentConfig(speed_range=(1.1, 0.9))
+    # a probability out of range is a usage error naming the field, not a traceback
+    assert train_main(["--p-speed", "1.5", "--epochs", "1"]) == 2
+    assert "p_speed=1.5 must be a probability" in capsys.readouterr().err
+
+
+def test_the_speed_options_reach_the_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.train
+    from worker.errors import ConfigError
+
+    recipes: list[object] = []
+
+    def record(manifests: object, out_dir: object, config: object, **_: object) -> None:
+        recipes.append(config)
+        raise ConfigError("recorded")       # the recipe is all this test needs
+
+    monkeypatch.setattr(training.train, "train", record)
+    assert train_main(["--p-speed", "0.6", "--speed-range", "0.9,1.1", "--epochs", "1",
+                       "--out-dir", str(tmp_path)]) == 2
+    (config,) = recipes
+    assert isinstance(config, training.train.TrainConfig)
+    assert (config.augment.p_speed, config.augment.speed_range) == (0.6, (0.9, 1.1))
+    assert train_main(["--epochs", "1", "--out-dir", str(tmp_path)]) == 2
+    default = recipes[-1]
+    assert isinstance(default, training.train.TrainConfig)
+    assert (default.augment.p_speed, default.augment.speed_range) == (0.3, (0.93, 1.07))
 
 
 def test_leave_one_corpus_out_trains_without_it_and_tests_on_all_of_it(
