@@ -26,6 +26,7 @@ import soxr
 from worker.constants import (
     ANALYSIS_SAMPLE_RATE,
     DUAL_MONO_MAX_DIFF,
+    DUAL_MONO_RESIDUAL_DB,
     ESTIMATED_LENGTH_FORMATS,
     MAX_CHANNELS,
     MAX_INPUT_SAMPLE_RATE,
@@ -326,9 +327,21 @@ def check_wav_length(path: Path, info: Any) -> None:
 
 
 def same_signal(a: Audio, b: Audio) -> bool:
-    """Whether two channels (equal length, any rate) carry one signal: no sample apart by
-    more than :data:`DUAL_MONO_MAX_DIFF` (a dual-mono file)."""
-    return a.shape == b.shape and (a.size == 0 or float(np.max(np.abs(a - b))) <= DUAL_MONO_MAX_DIFF)
+    """Whether two channels (equal length, any rate) carry one signal (a dual-mono file): the
+    RMS of their difference (of their sum, for one channel inverted) is under
+    :data:`DUAL_MONO_MAX_DIFF`, or :data:`DUAL_MONO_RESIDUAL_DB` or more under their energy, as
+    a lossy codec leaves one signal coded twice."""
+    if a.shape != b.shape:
+        return False
+    if a.size == 0:
+        return True
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    energy = float(np.mean(x * x) + np.mean(y * y)) / 2.0
+    residual = min(float(np.mean((x - y) ** 2)), float(np.mean((x + y) ** 2)))
+    # the absolute floor: quiet blocks, where an LSB of rounding is a large share of the signal
+    floor = max(energy * float(10.0 ** (DUAL_MONO_RESIDUAL_DB / 10.0)),
+                DUAL_MONO_MAX_DIFF * DUAL_MONO_MAX_DIFF)
+    return residual <= floor
 
 
 def check_samples(data: Audio, name: str, at_s: float | None = None) -> None:

@@ -20,11 +20,21 @@ MAX_CHANNELS: Final[int] = 2
 """A call recording has one party per channel: agent and customer."""
 
 DUAL_MONO_MAX_DIFF: Final[float] = 1e-4
-"""Largest sample difference (full scale 1.0, at the analysis rate) between the two channels
-of a stereo file for it to count as dual-mono: one signal written twice (a mono phone
-system's stereo export). About 3 LSB of 16-bit PCM; a stereo call's two parties differ by
-orders of magnitude more. Such a file is analysed as mono, one unknown party: as two
-channels every utterance was stored twice, once per role, as 100 % overtalk."""
+"""RMS difference (full scale 1.0, at the analysis rate) between the two channels of a stereo
+file (or a block of it) under which they count as one signal whatever their energy: about 3
+LSB of 16-bit PCM, so an exact copy, one inverted (rounded apart by an LSB) and a block of
+silence on both channels pass."""
+
+DUAL_MONO_RESIDUAL_DB: Final[float] = -40.0
+"""Energy of the two channels' difference (or sum: one channel's polarity inverted) under
+theirs (dB) at which a stereo file counts as dual-mono: one signal written twice (a mono
+phone system's stereo export), analysed as mono, one unknown party; as two channels every
+utterance was stored twice, once per role, as 100 % overtalk. Measured 2026-12-06 on eight
+RAVDESS clips written to both channels: PCM, FLAC, G.711, MP3 and Vorbis decode to exact
+copies, Opus to -52 dB (16 kHz) and -66 dB (48 kHz), which the sample-difference test alone
+missed (up to 4e-4 apart); two parties' channels measure +3 dB, with 10 % crosstalk each
+way +2 dB. Inverted polarity: exact for PCM, G.711 and MP3, Opus -51 dB, Vorbis -15 dB
+(such a file stays two parties)."""
 
 ESTIMATED_LENGTH_FORMATS: Final[tuple[str, ...]] = ("MP3",)
 """soundfile formats whose header length is an estimate: an MP3 without a Xing/Info frame

@@ -74,8 +74,8 @@ class StreamedSpans:
     source_frames: int
     """Frames decoded from the file at its own rate."""
     dual_mono: bool = False
-    """Two channels that carry one signal (:data:`DUAL_MONO_MAX_DIFF`): the second's spans
-    are left out, and the file is analysed as mono."""
+    """Two channels that carry one signal in every block (:func:`worker.audio.same_signal`):
+    the second's spans are left out, and the file is analysed as mono."""
 
 
 def streamed_spans(stream: StreamInfo, max_duration_s: float, vad: VadConfig,
