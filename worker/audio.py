@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import mmap
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ from worker.constants import (
     MAX_SAMPLE_PEAK,
     MIN_INPUT_SAMPLE_RATE,
     MP3_BITRATES_BPS,
+    MP3_LAYER3_KBPS,
+    MP3_SAMPLE_RATES,
+    MP3_SHORT_READ_S,
 )
 from worker.errors import (
     AudioDecodeError,
@@ -216,6 +220,7 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
         raise UnsupportedAudioError(f"{data.shape[0] / read_rate:.0f} s is longer than the limit "
                                     f"of {max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
     check_samples(data, path.name)
+    check_mp3_length(path, str(info.format), data.shape[0], int(read_rate))
     channels = tuple(resample(data[:, c], int(read_rate)) for c in range(data.shape[1]))
     return Recording(
         path=path,
@@ -324,6 +329,76 @@ def check_wav_length(path: Path, info: Any) -> None:
             f"yet {unlisted} more bytes (~{unlisted / bytes_per_s:.0f} s) follow it unlisted: "
             "a recorder that last rewrote its header part-way through? Rewrite the header "
             "(e.g. sox --ignore-length IN.wav OUT.wav) and send it again")
+
+
+def mp3_layer3_frames(data: bytes | mmap.mmap) -> int | None:
+    """Samples per channel the MPEG-1/2/2.5 layer III frames of an MP3 file's bytes hold,
+    walking frame header to frame header (nothing is decoded), or None when that cannot be
+    told: no frame, a free-format or layer I/II frame. An ID3v2 tag at the start is skipped;
+    bytes between frames (an ID3v1 or APE tag, junk) are skipped to the next frame header
+    that the frame after it confirms. A Xing/Info frame counts as the frame it is (one
+    frame: a few hundredths of a second)."""
+    pos = 0
+    if data[:3] == b"ID3" and len(data) >= 10:
+        size = ((data[6] & 0x7F) << 21) | ((data[7] & 0x7F) << 14) | ((data[8] & 0x7F) << 7) \
+            | (data[9] & 0x7F)
+        pos = 10 + size + (10 if data[5] & 0x10 else 0)
+    samples = 0
+    synced = False
+    while pos + 4 <= len(data):
+        frame = _layer3_frame(data, pos)
+        if frame is None:   # junk, a tag, or a layer I/II file (no layer III frame: None)
+            synced = False
+            pos += 1
+            continue
+        length, frame_samples = frame
+        if length == 0:
+            return None         # free format: no length in the header
+        if not synced:
+            # a sync word in junk: believe it only if the next frame follows where it says
+            following = pos + length
+            if following + 4 <= len(data) and _layer3_frame(data, following) is None:
+                pos += 1
+                continue
+        synced = True
+        samples += frame_samples
+        pos += length
+    return samples or None
+
+
+def _layer3_frame(data: bytes | mmap.mmap, pos: int) -> tuple[int, int] | None:
+    """(bytes, samples per channel) of the layer III frame whose header starts at ``pos``,
+    or None where no valid layer III header is; bytes 0 for a free-format frame."""
+    if data[pos] != 0xFF or (data[pos + 1] & 0xE0) != 0xE0:
+        return None
+    version = {0b00: "2.5", 0b10: "2", 0b11: "1"}.get((data[pos + 1] >> 3) & 3)
+    layer = (data[pos + 1] >> 1) & 3
+    bitrate_index, rate_index = data[pos + 2] >> 4, (data[pos + 2] >> 2) & 3
+    if version is None or layer != 1 or bitrate_index == 15 or rate_index == 3:
+        return None
+    rate = MP3_SAMPLE_RATES[version][rate_index]
+    if bitrate_index == 0:
+        return 0, 0
+    kbps = MP3_LAYER3_KBPS["1" if version == "1" else "2"][bitrate_index]
+    padding = (data[pos + 2] >> 1) & 1
+    per_frame = 1152 if version == "1" else 576
+    return per_frame // 8 * 1000 * kbps // rate + padding, per_frame
+
+
+def check_mp3_length(path: Path, fmt: str, decoded_frames: int, sample_rate: int) -> None:
+    """AudioDecodeError when an MP3's frames hold :data:`MP3_SHORT_READ_S` or more beyond the
+    ``decoded_frames`` libsndfile gave (at ``sample_rate``): analysed as decoded, the call
+    would be stored as done, silently cut short."""
+    if fmt not in ESTIMATED_LENGTH_FORMATS or sample_rate <= 0:
+        return
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        held = mp3_layer3_frames(data)
+    if held is not None and (held - decoded_frames) / sample_rate >= MP3_SHORT_READ_S:
+        raise AudioDecodeError(
+            f"{path.name}: libsndfile decoded {decoded_frames / sample_rate:.1f} s of it, yet "
+            f"its MPEG frames hold {held / sample_rate:.1f} s: a VBR MP3 without a Xing/Info "
+            "header, whose length the decoder takes from its first frames. Re-encode it (e.g. "
+            "ffmpeg -i IN.mp3 OUT.flac) and send it again")
 
 
 def same_signal(a: Audio, b: Audio) -> bool:
@@ -458,6 +533,7 @@ def stream_blocks(stream: StreamInfo, max_duration_s: float,
                     yield DecodedBlock(_as_frames(out, stream.n_channels), frames)
     if frames == 0:
         raise no_frames_error(stream.path, stream.format)
+    check_mp3_length(stream.path, stream.format, frames, rate)
     if resampler is not None:
         # flush the filter's tail: the last samples the one-shot resampler would give
         tail = resampler.resample_chunk(np.zeros((0, stream.n_channels), dtype=np.float32),

@@ -52,6 +52,25 @@ its header estimates. The lowest is layer III's (32 / 8 kbit/s), the highest lay
 (448 / 256 kbit/s): libsndfile's "MP3" reads layers I and II too, so the bound that refuses
 a file undecoded must hold for them."""
 
+MP3_LAYER3_KBPS: Final[dict[str, tuple[int, ...]]] = {
+    "1": (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    "2": (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+"""Layer III bitrates (kbit/s) by the header's 4-bit index, for MPEG-1 and for MPEG-2 / 2.5
+(ISO/IEC 11172-3 and 13818-3); index 0 is free format, 15 invalid."""
+
+MP3_SAMPLE_RATES: Final[dict[str, tuple[int, int, int]]] = {
+    "1": (44_100, 48_000, 32_000), "2": (22_050, 24_000, 16_000), "2.5": (11_025, 12_000, 8_000),
+}
+"""MPEG audio sample rates (Hz) by the header's 2-bit index (3 is reserved)."""
+
+MP3_SHORT_READ_S: Final[float] = 1.0
+"""An MP3 whose MPEG frames hold this many seconds (or more) beyond what libsndfile decoded
+is refused: libsndfile stops at a VBR file's header estimate, which a file without a
+Xing/Info frame can put at half its length (measured: 60.5 s read of 120 s), and the call
+would be stored as done, cut short. A second, as for a WAV's stale header; the decoder's
+gapless trimming and a Xing frame differ by a fraction of it."""
+
 MAX_SAMPLE_PEAK: Final[float] = 2.0
 """Decoded samples are on a +-1.0 full scale. Integer PCM, G.711 and the codecs cannot pass
 it; a float WAV may overshoot a little (a mastering limiter's +6 dB at most), but one

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import soundfile as sf
 
@@ -256,17 +257,8 @@ def test_an_mp3_whose_header_overestimates_its_length_is_not_refused_by_it(
 
     rate = 8000
     noise = (0.3 * np.random.default_rng(0).standard_normal(rate * 100)).astype(np.float32)
-    x = np.concatenate([np.zeros(rate * 20, np.float32), noise])
-    vbr = tmp_path / "vbr.mp3"
-    sf.write(vbr, x, rate, format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="VARIABLE")
-    data = vbr.read_bytes()
-    header = int.from_bytes(data[:4], "big")
-    assert header >> 21 == 0x7FF and data.find(b"Xing") < 200   # its first frame is the Xing one
-    # MPEG-2.5 layer III at 8 kHz: 72 * bitrate / rate bytes (+ padding) per frame
-    bitrates = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160]
-    first = 72 * bitrates[(header >> 12) & 15] * 1000 // rate + ((header >> 9) & 1)
-    stripped = tmp_path / "noxing.mp3"
-    stripped.write_bytes(data[first:])
+    stripped = _vbr_mp3_without_xing(np.concatenate([np.zeros(rate * 20, np.float32), noise]),
+                                     rate, tmp_path)
     header_s = sf.info(stripped).duration
     assert header_s > 150                                   # the estimate: ~2x the 120 s
     recording = load_recording(stripped, max_duration_s=150.0)
@@ -285,6 +277,54 @@ def test_an_mp3_whose_header_overestimates_its_length_is_not_refused_by_it(
     least_s = 8 * stripped.stat().st_size / 256_000
     with pytest.raises(UnsupportedAudioError, match=f"lasts at least {least_s:.0f} s by its size"):
         open_stream(stripped, max_duration_s=least_s * 0.9)
+
+
+def _vbr_mp3_without_xing(x: npt.NDArray[np.float32], rate: int, tmp_path: Path) -> Path:
+    """``x`` as a VBR MP3 (8 kHz: MPEG-2.5 layer III) less its first frame, the Xing/Info one
+    that holds the true length: what an encoder writing as it records leaves."""
+    vbr = tmp_path / "vbr.mp3"
+    sf.write(vbr, x, rate, format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="VARIABLE")
+    data = vbr.read_bytes()
+    header = int.from_bytes(data[:4], "big")
+    assert header >> 21 == 0x7FF and data.find(b"Xing") < 200   # its first frame is the Xing one
+    # MPEG-2.5 layer III at 8 kHz: 72 * bitrate / rate bytes (+ padding) per frame
+    bitrates = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160]
+    first = 72 * bitrates[(header >> 12) & 15] * 1000 // rate + ((header >> 9) & 1)
+    stripped = tmp_path / "noxing.mp3"
+    stripped.write_bytes(data[first:])
+    return stripped
+
+
+def test_an_mp3_whose_header_underestimates_its_length_fails_not_cut_short(
+        tmp_path: Path) -> None:
+    """The other way round: a VBR MP3 without its Xing/Info frame that opens loud is sized at
+    about half its length, and libsndfile stops decoding there, on both paths. Stored, the
+    call would be done with half its audio; it fails with the reason instead."""
+    from worker.audio import mp3_layer3_frames, stream_blocks
+
+    rate = 8000
+    rng = np.random.default_rng(0)
+    loud = np.clip(0.5 * rng.standard_normal(rate * 20), -1, 1).astype(np.float32)
+    quiet = (0.001 * rng.standard_normal(rate * 100)).astype(np.float32)
+    stripped = _vbr_mp3_without_xing(np.concatenate([loud, quiet]), rate, tmp_path)
+    assert sf.info(stripped).duration < 70                  # the header's estimate
+    held = mp3_layer3_frames(stripped.read_bytes())
+    assert held is not None and held / rate == pytest.approx(120.0, abs=0.3)
+    with pytest.raises(AudioDecodeError, match=r"decoded 60\.\d s of it, yet its MPEG frames "
+                                               r"hold 120\.\d s"):
+        load_recording(stripped, max_duration_s=150.0)
+    with pytest.raises(AudioDecodeError, match="Xing"):
+        for _ in stream_blocks(open_stream(stripped, max_duration_s=150.0), 150.0):
+            pass
+    # with its Xing frame the same audio decodes whole, and the walk agrees within a frame
+    intact = tmp_path / "vbr.mp3"
+    assert load_recording(intact, max_duration_s=150.0).duration_s == pytest.approx(120.0,
+                                                                                    abs=0.1)
+    assert mp3_layer3_frames(intact.read_bytes()) == held + 576
+    # an ID3v2 tag in front and junk after the last frame change nothing; no frame: None
+    tag = b"ID3\x04\x00\x00\x00\x00\x00\x0a" + bytes(10)
+    assert mp3_layer3_frames(tag + stripped.read_bytes() + b"TAG" + bytes(125)) == held
+    assert mp3_layer3_frames(bytes(4096)) is None
 
 
 def _stale(source: Path, target: Path, listed_bytes: int) -> Path:
