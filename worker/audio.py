@@ -233,9 +233,15 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
     )
 
 
+WAV_FORMATS: Final = ("WAV", "WAVEX")
+"""soundfile's names of RIFF WAVE files (WAVEX: WAVE_FORMAT_EXTENSIBLE, as ffmpeg writes
+24-bit and multichannel files)."""
+
+
 EMPTY_WAV_MAX_BYTES = 1024
 """A WAV file that decodes to no frames but is larger than this holds more than its header:
-its header gives the data as empty (see :func:`no_frames_error`)."""
+its header gives the data as empty (see :func:`no_frames_error`). A canonical header is 44
+bytes and one with metadata chunks a few hundred; a kilobyte is 1/16 s of 8 kHz mu-law."""
 
 
 def no_frames_error(path: Path, fmt: str) -> AudioDecodeError:
@@ -243,17 +249,12 @@ def no_frames_error(path: Path, fmt: str) -> AudioDecodeError:
     rewrites its header (a crash, a full disk) leaves the data length at 0: libsndfile then
     reads nothing although the samples are there, and the message says how to recover them."""
     size = path.stat().st_size if path.exists() else 0
-    if fmt.upper() == "WAV" and size > EMPTY_WAV_MAX_BYTES:
+    if fmt.upper() in WAV_FORMATS and size > EMPTY_WAV_MAX_BYTES:
         return AudioDecodeError(
             f"{path.name} holds no audio frames by its WAV header, yet the file holds {size} "
             "bytes: a recorder that stopped before finishing the header? Rewrite the header "
             "(e.g. sox --ignore-length IN.wav OUT.wav) and send it again")
     return AudioDecodeError(f"{path.name} holds no audio frames")
-
-
-WAV_FORMATS: Final = ("WAV", "WAVEX")
-"""soundfile's names of RIFF WAVE files (WAVEX: WAVE_FORMAT_EXTENSIBLE, as ffmpeg writes
-24-bit and multichannel files)."""
 
 
 def _printable_id(chunk_id: bytes) -> bool:

@@ -62,7 +62,7 @@ class VadConfig:
     """Width of the centred moving average over binary decisions (ms; = frame_ms: none).
     A centred window spans an odd number of frames: the width is rounded to the nearest
     frame count and an even count up by one (:attr:`smoothing_frames`), so with 10 ms frames
-    15 and 20 ms act as 30, and the default 30 ms is 3 frames of 20 ms (60 ms).
+    15 and 20 ms act as 30 (3 frames), and with 20 ms frames the default 30 ms acts as 60.
     30 ms (3 frames): a majority vote with threshold 0.5; on both grids 1, 3 and 5 frames
     gave the same best F1 (+-0.001), so this only makes the score soft, not better."""
 
