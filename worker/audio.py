@@ -109,6 +109,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def recording_sha256(path: Path) -> str:
+    """:func:`file_sha256` of a recording being analysed; AudioDecodeError when it can no
+    longer be read (deleted or replaced between the decode and the hash)."""
+    try:
+        return file_sha256(path)
+    except OSError as e:
+        raise AudioDecodeError(f"{path.name} could not be read again to hash it (deleted or "
+                               f"replaced while analysed?): {e}") from e
+
+
 def resample(x: Audio, source_rate: int, target_rate: int = ANALYSIS_SAMPLE_RATE) -> Audio:
     """soxr high-quality resampling of a 1-D float32 signal."""
     if source_rate == target_rate:
@@ -229,7 +239,7 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
         duration_s=data.shape[0] / float(read_rate),
         format=str(info.format),
         subtype=str(info.subtype),
-        sha256=file_sha256(path),
+        sha256=recording_sha256(path),
     )
 
 
@@ -392,8 +402,12 @@ def check_mp3_length(path: Path, fmt: str, decoded_frames: int, sample_rate: int
     would be stored as done, silently cut short."""
     if fmt not in ESTIMATED_LENGTH_FORMATS or sample_rate <= 0:
         return
-    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        held = mp3_layer3_frames(data)
+    try:
+        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            held = mp3_layer3_frames(data)
+    except (OSError, ValueError) as e:      # ValueError: mmap of a file emptied meanwhile
+        raise AudioDecodeError(f"{path.name} could not be read again to check its length "
+                               f"(deleted or replaced while analysed?): {e}") from e
     if held is not None and (held - decoded_frames) / sample_rate >= MP3_SHORT_READ_S:
         raise AudioDecodeError(
             f"{path.name}: libsndfile decoded {decoded_frames / sample_rate:.1f} s of it, yet "

@@ -22,9 +22,9 @@ import numpy as np
 from worker.audio import (
     Recording,
     StreamInfo,
-    file_sha256,
     load_recording,
     open_stream,
+    recording_sha256,
     resolve_input,
     same_signal,
 )
@@ -226,7 +226,7 @@ def analyze_file(uri: str, settings: Settings, streaming: bool | None = None) ->
             duration_s=scores.source_frames / float(stream.source_sample_rate),
             channels=stream.n_channels,
             source_sample_rate=stream.source_sample_rate,
-            content_sha256=file_sha256(path),
+            content_sha256=recording_sha256(path),
             model_version=model.stamp,
             segments=scores.segments,
         )

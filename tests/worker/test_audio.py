@@ -123,11 +123,13 @@ def test_a_wav_whose_header_says_empty_names_the_repair(tmp_path: Path) -> None:
         data[4:8] = data[at + 4:at + 8] = struct.pack("<I", 0)
         crashed = tmp_path / "crashed.wav"
         crashed.write_bytes(bytes(data))
-        for decode in (lambda: load_recording(crashed, MAX_S),
-                       lambda: list(stream_blocks(open_stream(crashed, MAX_S), MAX_S))):
+        for streamed in (False, True):
             with pytest.raises(AudioDecodeError, match="--ignore-length") as info:
-                decode()
-            assert f"{len(data)} bytes" in str(info.value), fmt
+                if streamed:
+                    list(stream_blocks(open_stream(crashed, MAX_S), MAX_S))
+                else:
+                    load_recording(crashed, MAX_S)
+            assert f"{len(data)} bytes" in str(info.value), (fmt, streamed)
 
 
 @pytest.mark.parametrize("suffix,fmt,subtype", [(".wav", "WAV", "PCM_16"),
@@ -407,3 +409,12 @@ def test_valid_wavs_with_something_after_their_data_are_read_whole(tmp_path: Pat
     assert unlisted_wav_bytes(path)[0] == 0
     assert load_recording(path, max_duration_s=60.0).duration_s == pytest.approx(
         (rate - 1) / rate)
+
+
+def test_a_recording_gone_before_its_hash_fails_as_bad_input(tmp_path: Path) -> None:
+    """Deleted between the decode and the hash (the streamed path hashes after both
+    passes): an InputError with the reason, not an OSError the task reports by class name."""
+    from worker.audio import recording_sha256
+
+    with pytest.raises(AudioDecodeError, match="deleted or replaced while analysed"):
+        recording_sha256(tmp_path / "gone.wav")
