@@ -36,6 +36,7 @@ from worker.store import (
     mark_failed,
     record_rejected,
     refresh_batch_counts,
+    register_call,
 )
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def analyze_recording(self: Task[Any, Any], **payload: Any) -> dict[str, Any]:
         if self.request.retries >= MAX_RETRIES:
             reason = f"gave up after {MAX_RETRIES} retries: {e}"
             log.error("call %s: %s", request.external_call_id, reason)
-            if (_fail_quietly(settings, request.external_call_id, reason)
+            if (_fail_quietly(settings, request, reason)
                     or self.request.retries >= MAX_RETRIES + OUTAGE_MAX_HELD_RETRIES):
                 return CallOutcome("failed", request.external_call_id, reason=reason).as_dict()
             # The failure cannot be written either: the database is down. Acked now, the call
@@ -91,18 +92,21 @@ def analyze_recording(self: Task[Any, Any], **payload: Any) -> dict[str, Any]:
         raise self.retry(exc=e, countdown=delay_s) from e
 
 
-def _fail_quietly(settings: Settings, external_call_id: str, reason: str) -> bool:
-    """Mark the call failed with ``reason`` (nothing to mark if it has no row); False when
-    the database cannot be reached to write it."""
+def _fail_quietly(settings: Settings, request: CallRequest, reason: str) -> bool:
+    """Mark the call failed with ``reason``, registering it first when it has no row (a
+    producer's send_task whose every claim met a database error: acked without a row, it
+    would be in neither the broker nor the database, where `callmood retry` finds failed
+    calls); False when the database cannot be reached to write it."""
     try:
         with session_scope(settings) as session:
-            call = find_call(session, external_call_id)
-            if call is not None:
-                mark_failed(session, call.id, reason)
-                if call.batch_id is not None:
-                    refresh_batch_counts(session, call.batch_id)
+            call = find_call(session, request.external_call_id) or register_call(session,
+                                                                                  request)
+            mark_failed(session, call.id, reason)
+            if call.batch_id is not None:
+                refresh_batch_counts(session, call.batch_id)
     except TransientError as e:
-        log.error("call %s: could not record the failure either: %s", external_call_id, e)
+        log.error("call %s: could not record the failure either: %s",
+                  request.external_call_id, e)
         return False
     return True
 

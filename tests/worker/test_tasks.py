@@ -277,6 +277,25 @@ def test_a_database_outage_longer_than_the_retries_keeps_the_call(
     assert len(attempts) == tasks.MAX_RETRIES + 2 + 1
 
 
+def test_giving_up_on_a_call_that_never_got_a_row_records_it_failed(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A producer's send_task whose every claim met a database error (no row was made) and the
+    database answers again at the give-up: the call is written as failed with the reason, so
+    `callmood failures` and `retry` see it, not acked into nothing."""
+    def process_call(request: Any, settings: Settings) -> Any:
+        raise TransientError("database unavailable (postgresql://db/callmood)")
+
+    monkeypatch.setattr("worker.tasks.process_call", process_call)
+    assert _call(migrated, "CC-100") is None
+    result = _run(**GOOD)
+    assert result["status"] == "failed"
+    call = _call(migrated, "CC-100")
+    assert call is not None and call.status == "failed"
+    assert call.source_uri == GOOD["uri"]
+    assert call.failure_reason is not None and call.failure_reason.startswith(
+        f"gave up after {tasks.MAX_RETRIES} retries: database unavailable")
+
+
 def test_a_broken_model_is_retried_not_blamed_on_the_call(
         migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bad deploy (a card for another file) fails no call while it is fixed in time; left
