@@ -209,12 +209,14 @@ def _describe(value: object) -> str:
 def printable_text(text: str) -> str:
     """``text`` as UTF-8 the database takes: the surrogate escapes Python decodes a file name
     in another encoding into (in paths and in error messages that quote them) become
-    ``\\xNN``."""
+    ``\\xNN``, and so does NUL, which PostgreSQL's text columns refuse (the write, and with
+    it the failure it recorded, would be lost)."""
     try:
         # valid UTF-8 round-trips unchanged; escaped bytes come back as \xNN
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        out = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a lone surrogate outside U+DC80-U+DCFF (no byte behind it)
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        out = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return out.replace("\x00", "\\x00")
 
 
 def _clip(text: str, max_chars: int) -> str:

@@ -97,6 +97,13 @@ def test_text_the_database_cannot_hold_is_made_printable(db_url: str) -> None:
         assert stored is not None and stored.source_uri == "/in/\\xe9t\\xe9.wav"
         assert stored.failure_reason == "/in/\\xe9t\\xe9.wav is empty (0 bytes)"
     assert store.printable_text("d\ud800x") == "d\\ud800x" and call.id > 0
+    # NUL: PostgreSQL's text refuses it, and the failure being recorded was lost with it
+    with db.session_scope(db_url) as s:
+        store.record_rejected(s, "CC-8", "/in/a\x00b.wav", "uri: '/in/a\x00b.wav' holds NUL")
+    with db.session_scope(db_url) as s:
+        stored = store.find_call(s, "CC-8")
+        assert stored is not None and stored.source_uri == "/in/a\\x00b.wav"
+        assert stored.failure_reason == "uri: '/in/a\\x00b.wav' holds NUL"
 
 
 def test_calls_are_looked_up_by_tens_of_thousands_of_ids(db_url: str) -> None:
