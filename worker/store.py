@@ -624,13 +624,17 @@ def request_for_call(call: Call, reprocess: bool = False) -> CallRequest:
 
 
 def enqueued_uri_hashes(session: Session, hashes: Sequence[str]) -> set[str]:
-    """Those of ``hashes`` (source_uri_sha256) whose call was sent or worked on already."""
+    """Those of ``hashes`` (source_uri_sha256) whose call was sent or worked on already; a
+    call whose payload the worker rejected (:func:`was_rejected`) is not: the next scan sends
+    the corrected payload, as ``callmood enqueue`` does."""
     found: set[str] = set()
     unique = sorted(set(hashes))
+    rejected = (Call.status == "failed") & (Call.attempts == 0)
     for lo in range(0, len(unique), 500):  # bounded IN lists
         query = (select(Call.source_uri_sha256)
                  .where(Call.source_uri_sha256.in_(unique[lo:lo + 500]))
-                 .where((Call.enqueued_at.is_not(None)) | (Call.status != "pending")))
+                 .where((Call.enqueued_at.is_not(None)) | (Call.status != "pending"))
+                 .where(~rejected))
         found.update(h for h in session.scalars(query) if h is not None)
     return found
 

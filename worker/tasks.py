@@ -122,7 +122,10 @@ def _reject(payload: Mapping[str, Any], reason: str) -> CallOutcome:
     settings = get_settings()
     try:
         with session_scope(settings) as session:
-            record_rejected(session, str(call_id), uri if isinstance(uri, str) else "", reason)
+            call = record_rejected(session, str(call_id), uri if isinstance(uri, str) else "",
+                                   reason)
+            if call.batch_id is not None:   # a scan's call: its batch may be finished now
+                refresh_batch_counts(session, call.batch_id)
     except TransientError as e:
         log.error("call %s: could not record the rejection: %s", call_id, e)
     return CallOutcome("rejected", str(call_id), reason=reason)

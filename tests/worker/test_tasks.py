@@ -346,6 +346,25 @@ def test_an_analysis_the_schema_cannot_hold_fails_the_call(
         assert store.segments_for_call(s, call.id) == []  # nothing half-written
 
 
+def test_a_rejected_call_of_a_scan_finishes_its_batch_and_is_sent_again_next_scan(
+        migrated: Settings) -> None:
+    """A scan registered and sent the call; the worker rejects its payload (a sidecar's bad
+    started_at): the batch is finished, not left open with nothing pending, and the next scan
+    does not count the file as known, so the corrected payload is sent."""
+    with db.session_scope(migrated) as s:
+        batch_id = store.create_batch(s, "nightly").id
+        request = store.CallRequest.from_payload(GOOD)
+        store.reserve_for_enqueue(s, request, batch_id=batch_id)
+        store.finish_batch_scan(s, batch_id, enqueued=1, skipped=0)
+        hashes = [store.uri_sha256(request.uri)]
+        assert store.enqueued_uri_hashes(s, hashes) == set(hashes)
+    assert _run(**{**GOOD, "started_at": "31/01/2026"})["status"] == "rejected"
+    with db.session_scope(migrated) as s:
+        (counts,) = store.latest_batches(s, 1)
+        assert (counts.failed, counts.pending) == (1, 0) and counts.finished_at is not None
+        assert store.enqueued_uri_hashes(s, hashes) == set()
+
+
 def test_bad_payload_records_a_failed_row_when_it_has_a_call_id(
         migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     def analyze(uri: str, settings: Settings) -> Any:
