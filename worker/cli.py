@@ -198,8 +198,11 @@ def _print_report(settings: Settings, external_ids: Sequence[str], names: dict[s
 
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.db import current_revision, upgrade
+    from worker.db import current_revision, print_upgrade_sql, upgrade
 
+    if args.action == "sql":
+        print_upgrade_sql(settings.database_url, args.from_revision)
+        return 0
     if args.action == "upgrade":
         upgrade(settings.database_url)
     print(f"{redact_url(settings.database_url)}: revision {current_revision(settings.database_url)}")
@@ -476,7 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker, celery_args=[])
 
     p = sub.add_parser("db", help="database schema (Alembic migrations)")
-    p.add_argument("action", choices=["upgrade", "current"])
+    p.add_argument("action", choices=["upgrade", "current", "sql"],
+                   help="upgrade: migrate CALLMOOD_DATABASE_URL to this release's schema; "
+                        "current: print its revision; sql: print the upgrade as SQL for a "
+                        "DBA to review and run (PostgreSQL; connects to nothing)")
+    p.add_argument("--from", dest="from_revision", default=None, metavar="REV",
+                   help="with sql: the revision the database is at (default: empty)")
     p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("calls", help="list calls with their status and failure reason")

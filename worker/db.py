@@ -185,6 +185,21 @@ def upgrade(url: str, revision: str = "head") -> None:
         raise TransientError(f"database unavailable ({redact_url(url)}): {_first_line(e)}") from e
 
 
+def print_upgrade_sql(url: str, from_revision: str | None = None) -> None:
+    """Print the SQL that upgrades a database of ``url``'s dialect from ``from_revision``
+    (None: an empty one) to head, for a DBA to review and run (Alembic's offline mode;
+    nothing connects). PostgreSQL only from 0003 on (ConfigError for another dialect)."""
+    from alembic import command
+
+    backend = make_url(url).get_backend_name()
+    if backend != "postgresql":
+        # SQLite's table rebuilds reflect the live table, and 0003 hashes with a SQL function
+        raise ConfigError(f"upgrade SQL is written for PostgreSQL, not {backend}: upgrade "
+                          "this database with `callmood db upgrade`")
+    span = f"{from_revision}:head" if from_revision else "head"
+    command.upgrade(alembic_config(url), span, sql=True)
+
+
 def downgrade(url: str, revision: str) -> None:
     """Migrate the database at ``url`` down to ``revision`` (``base`` drops every table)."""
     from alembic import command

@@ -26,7 +26,7 @@ import hashlib
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -42,6 +42,9 @@ CHECKS: dict[str, tuple[str, ...]] = {
 
 
 def upgrade() -> None:
+    if context.is_offline_mode():
+        _upgrade_offline()
+        return
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
         for table, names in CHECKS.items():
@@ -68,6 +71,27 @@ def upgrade() -> None:
                      [{"call_id": row.id,
                        "sha": hashlib.sha256(row.source_uri.encode("utf-8", "surrogateescape"))
                        .hexdigest()} for row in rows])
+
+
+def _upgrade_offline() -> None:
+    """``alembic upgrade --sql``: the same two steps as SQL for a DBA to review and run, on
+    PostgreSQL (its ``sha256`` hashes the UTF-8 text as ``uri_sha256`` does). SQLite has no
+    SHA-256 function: its databases are upgraded online (``callmood db upgrade``)."""
+    dialect = context.get_context().dialect.name
+    if dialect != "postgresql":
+        raise NotImplementedError(f"0003 backfills path hashes, which offline SQL can do on "
+                                  f"PostgreSQL only, not {dialect}: upgrade online with "
+                                  "`callmood db upgrade`")
+    for table, names in CHECKS.items():
+        for name in names:
+            doubled = f"ck_{table}_{name}"
+            op.execute(f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = "
+                       f"'{doubled}' AND conrelid = CAST('{table}' AS regclass)) THEN "
+                       f'ALTER TABLE {table} RENAME CONSTRAINT "{doubled}" TO "{name}"; '
+                       "END IF; END $$")
+    op.execute("UPDATE calls SET source_uri_sha256 = "
+               "encode(sha256(convert_to(source_uri, 'UTF8')), 'hex') "
+               "WHERE source_uri_sha256 IS NULL AND NOT (status = 'failed' AND attempts = 0)")
 
 
 def downgrade() -> None:

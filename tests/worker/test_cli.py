@@ -184,6 +184,26 @@ def test_db_upgrade_reports_the_revision(env: Path, capsys: pytest.CaptureFixtur
     assert "revision 0003" in capsys.readouterr().out
 
 
+def test_db_sql_prints_the_upgrade_for_a_dba(env: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """No connection is made (a host nobody answers on): the SQL from 0002 to head, as
+    tests/worker/test_migrations.py runs it on a real PostgreSQL; SQLite cannot (exit 2)."""
+    from worker.settings import get_settings
+
+    monkeypatch.setenv("CALLMOOD_DATABASE_URL", "postgresql+psycopg://u:secret@192.0.2.1/x")
+    get_settings.cache_clear()
+    assert main(["db", "sql", "--from", "0002"]) == 0
+    out = capsys.readouterr().out
+    assert "UPDATE calls SET source_uri_sha256" in out and "CREATE TABLE calls" not in out
+    assert main(["db", "sql"]) == 0
+    assert "CREATE TABLE calls" in capsys.readouterr().out
+    monkeypatch.setenv("CALLMOOD_DATABASE_URL", "sqlite:///x.sqlite")
+    get_settings.cache_clear()
+    assert main(["db", "sql"]) == 2
+    assert "callmood db upgrade" in capsys.readouterr().err
+    get_settings.cache_clear()
+
+
 def test_train_and_evaluate_pass_their_own_options_through(capsys: pytest.CaptureFixture[str],
                                                            tmp_path: Path) -> None:
     from worker.cli import main

@@ -164,3 +164,43 @@ def test_migrations_ship_with_the_package() -> None:
     assert (root / "script.py.mako").is_file()
     assert sorted(p.name for p in (root / "versions").glob("*.py")) == [
         "0001_initial.py", "0002_batches.py", "0003_check_names_uri_hashes.py"]
+
+
+@pytest.mark.postgres
+def test_offline_sql_for_postgres_upgrades_like_the_online_path(
+        postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`alembic upgrade --sql` (a script for a DBA to review and run): 0003 ran queries and
+    broke offline generation; its SQL now renames the doubled CHECK names and hashes old paths
+    as the online upgrade does. Generated from 0002, run on a 0002 database with such rows."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from worker.store import uri_sha256
+
+    db.upgrade(postgres_url, "0002")
+    with db.make_engine(postgres_url).begin() as c:
+        c.execute(text("INSERT INTO calls (id, external_call_id, source_uri, status, attempts, "
+                       "metadata) VALUES (1, 'OLD-1', '/calls/caf\u00e9.wav', 'done', 1, '{}')"))
+        c.execute(text("INSERT INTO calls (id, external_call_id, source_uri, status, attempts, "
+                       "metadata) VALUES (2, 'BAD-1', '/calls/b.wav', 'failed', 0, '{}')"))
+        c.execute(text('ALTER TABLE calls RENAME CONSTRAINT "ck_calls_status" '
+                       'TO "ck_calls_ck_calls_status"'))
+    capsys.readouterr()
+    command.upgrade(db.alembic_config(postgres_url), "0002:head", sql=True)
+    script = capsys.readouterr().out
+    assert "UPDATE calls SET source_uri_sha256" in script and "0003" in script
+    with db.make_engine(postgres_url).begin() as c:
+        c.exec_driver_sql(script)
+    db.dispose_engines()
+    assert db.current_revision(postgres_url) == "0003"
+    with db.make_engine(postgres_url).connect() as c:
+        hashes = {int(i): h for i, h in c.execute(text("SELECT id, source_uri_sha256 FROM "
+                                                         "calls")).all()}
+    assert hashes == {1: uri_sha256("/calls/caf\u00e9.wav"), 2: None}
+    names = {c["name"] for c in inspect(db.make_engine(postgres_url)).get_check_constraints(
+        "calls")}
+    assert names == _schema_check_names("calls")
+    assert _diff(postgres_url) == []
+    # SQLite has no SHA-256 function: offline SQL stops at 0003 with what to do instead
+    with pytest.raises(NotImplementedError, match="callmood db upgrade"):
+        command.upgrade(db.alembic_config("sqlite:///offline.sqlite"), "0002:head", sql=True)
