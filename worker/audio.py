@@ -10,6 +10,7 @@ that recording alone.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import mmap
@@ -42,6 +43,7 @@ from worker.errors import (
     AudioDecodeError,
     InputNotAllowedError,
     PayloadError,
+    TransientError,
     UnsupportedAudioError,
 )
 from worker.uris import local_path_text, uri_scheme
@@ -111,12 +113,13 @@ def file_sha256(path: Path) -> str:
 
 def recording_sha256(path: Path) -> str:
     """:func:`file_sha256` of a recording being analysed; AudioDecodeError when it can no
-    longer be read (deleted or replaced between the decode and the hash)."""
+    longer be read (deleted or replaced between the decode and the hash), TransientError when
+    its storage fails (:func:`file_access_error`)."""
     try:
         return file_sha256(path)
     except OSError as e:
-        raise AudioDecodeError(f"{path.name} could not be read again to hash it (deleted or "
-                               f"replaced while analysed?): {e}") from e
+        raise file_access_error(path, e, "read again to hash (deleted or replaced while "
+                                         "analysed?)") from e
 
 
 def resample(x: Audio, source_rate: int, target_rate: int = ANALYSIS_SAMPLE_RATE) -> Audio:
@@ -128,14 +131,33 @@ def resample(x: Audio, source_rate: int, target_rate: int = ANALYSIS_SAMPLE_RATE
     return np.asarray(y, dtype=np.float32)
 
 
+STORAGE_OUTAGE_ERRNOS: Final[frozenset[int]] = frozenset({
+    errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.ENOTCONN, errno.EHOSTDOWN,
+    errno.EHOSTUNREACH, errno.ECONNRESET, errno.ECONNABORTED, errno.ENETDOWN,
+    errno.ENETUNREACH})
+"""OS errors that say the storage, not the recording, failed: a network mount (NFS, SMB) that
+went stale, timed out or lost its server. The call is retried (TransientError) instead of
+failed for good; a missing or unreadable file (ENOENT, EACCES) still fails it."""
+
+
+def file_access_error(path: Path, e: OSError | ValueError,
+                      doing: str) -> TransientError | AudioDecodeError:
+    """The error to raise for an OS error met while ``doing`` something with ``path``:
+    TransientError for a storage outage (:data:`STORAGE_OUTAGE_ERRNOS`), AudioDecodeError
+    otherwise (ValueError: a path the OS cannot take at all, e.g. an embedded NUL)."""
+    reason = getattr(e, "strerror", None) or e
+    if isinstance(e, OSError) and e.errno in STORAGE_OUTAGE_ERRNOS:
+        return TransientError(f"storage unavailable: cannot {doing}: {path.name}: {reason}")
+    return AudioDecodeError(f"cannot {doing}: {path.name}: {reason}")
+
+
 def read_info(path: Path) -> Any:
-    """soundfile's header info, or AudioDecodeError naming what is wrong."""
+    """soundfile's header info, or AudioDecodeError naming what is wrong (TransientError
+    when the storage holding it fails)."""
     try:
         size = path.stat().st_size
     except (OSError, ValueError) as e:
-        # ValueError: a path the OS cannot take at all (an embedded NUL)
-        raise AudioDecodeError(f"cannot open {path.name}: "
-                               f"{getattr(e, 'strerror', None) or e}") from e
+        raise file_access_error(path, e, "open") from e
     if not path.is_file():
         raise AudioDecodeError(f"{path.name} is not a regular file")
     if size == 0:
@@ -406,8 +428,8 @@ def check_mp3_length(path: Path, fmt: str, decoded_frames: int, sample_rate: int
         with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
             held = mp3_layer3_frames(data)
     except (OSError, ValueError) as e:      # ValueError: mmap of a file emptied meanwhile
-        raise AudioDecodeError(f"{path.name} could not be read again to check its length "
-                               f"(deleted or replaced while analysed?): {e}") from e
+        raise file_access_error(path, e, "read again to check the length (deleted or "
+                                         "replaced while analysed?)") from e
     if held is not None and (held - decoded_frames) / sample_rate >= MP3_SHORT_READ_S:
         raise AudioDecodeError(
             f"{path.name}: libsndfile decoded {decoded_frames / sample_rate:.1f} s of it, yet "

@@ -51,4 +51,5 @@ class ModelError(CallmoodError):
 
 
 class TransientError(CallmoodError):
-    """A dependency (database, broker) is unavailable for now; the task may be retried."""
+    """A dependency (database, broker, the recordings' network storage) is unavailable for now;
+    the task may be retried."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -12,7 +13,12 @@ import soundfile as sf
 
 from worker.audio import load_mono, load_recording, open_stream, resample, resolve_input, stream_blocks
 from worker.constants import ANALYSIS_SAMPLE_RATE
-from worker.errors import AudioDecodeError, InputNotAllowedError, UnsupportedAudioError
+from worker.errors import (
+    AudioDecodeError,
+    InputNotAllowedError,
+    TransientError,
+    UnsupportedAudioError,
+)
 
 MAX_S = 4 * 3600.0
 
@@ -418,3 +424,27 @@ def test_a_recording_gone_before_its_hash_fails_as_bad_input(tmp_path: Path) -> 
 
     with pytest.raises(AudioDecodeError, match="deleted or replaced while analysed"):
         recording_sha256(tmp_path / "gone.wav")
+
+
+@pytest.mark.parametrize(("error", "raised"), [(errno.ESTALE, TransientError),
+                                                (errno.EIO, TransientError),
+                                                (errno.ETIMEDOUT, TransientError),
+                                                (errno.ENOENT, AudioDecodeError),
+                                                (errno.EACCES, AudioDecodeError)])
+def test_a_storage_outage_is_retried_and_a_missing_file_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int, raised: type) -> None:
+    """A stale or unreachable network mount (NFS, SMB) fails the storage, not the recording:
+    TransientError, so the task retries it; a missing or unreadable file fails the call. (An
+    NFS server cannot be taken away here: the OS error is raised where the mount would.)"""
+    from worker.audio import read_info
+
+    path = tmp_path / "a.wav"
+    sf.write(str(path), tone(1.0, 8000), 8000, subtype="PCM_16")
+
+    def stat(self: Path, **_: object) -> os.stat_result:
+        raise OSError(error, os.strerror(error), str(self))
+
+    monkeypatch.setattr(Path, "stat", stat)
+    with pytest.raises(raised, match=os.strerror(error)) as info:
+        read_info(path)
+    assert ("storage unavailable" in str(info.value)) == (raised is TransientError)
