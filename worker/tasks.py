@@ -154,8 +154,10 @@ def send_analysis(celery: Celery, requests: Sequence[CallRequest],
     return ids
 
 
-# Thin like analyze_recording: the scan itself is worker.batch.scan_inboxes. acks_late makes a
-# scan cut short by a lost worker run again; that is safe, the scan enqueues each file once.
+# Thin like analyze_recording: the scan itself is worker.batch.scan_inboxes. On Redis, acks_late
+# and the recovery make a scan cut short by a lost worker run again; the database broker's
+# recovery restores analyses only, so there the next night's scan covers the rest. Either way
+# safe: the scan enqueues each file once.
 @app.task(name=NIGHTLY_SCAN_TASK_NAME, autoretry_for=(TransientError,),  # type: ignore[untyped-decorator]
           max_retries=MAX_RETRIES, retry_backoff=RETRY_BASE_S, retry_backoff_max=RETRY_CAP_S,
           retry_jitter=True)
