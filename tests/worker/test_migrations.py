@@ -113,6 +113,24 @@ def test_stored_results_survive_every_migration(backend: str, tmp_path: Path,
             assert c.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
 
 
+def _database_from_before_0003(url: str, doubled_names: bool) -> None:
+    """``url`` at 0002 with a call from 0001 (no path hash) and a rejected payload (failed
+    before any run, not hashed at run time either); with ``doubled_names`` (PostgreSQL) the
+    CHECK names 0001 and 0002 gave before op.f (ck_calls_ck_calls_status)."""
+    from sqlalchemy import text
+
+    db.upgrade(url, "0002")
+    with db.make_engine(url).begin() as c:
+        c.execute(text("INSERT INTO calls (id, external_call_id, source_uri, status, attempts, "
+                       "metadata) VALUES (1, 'OLD-1', '/calls/caf\u00e9.wav', 'done', 1, '{}')"))
+        c.execute(text("INSERT INTO calls (id, external_call_id, source_uri, status, attempts, "
+                       "metadata) VALUES (2, 'BAD-1', '/calls/b.wav', 'failed', 0, '{}')"))
+        for table in ("calls", "segments", "batches") if doubled_names else ():
+            for name in _schema_check_names(table):
+                c.execute(text(f'ALTER TABLE {table} RENAME CONSTRAINT "{name}" '
+                               f'TO "ck_{table}_{name}"'))
+
+
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_0003_hashes_old_paths_and_renames_doubled_check_names(
         backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
@@ -125,18 +143,7 @@ def test_0003_hashes_old_paths_and_renames_doubled_check_names(
 
     url = (f"sqlite:///{tmp_path / 'old.sqlite'}" if backend == "sqlite"
            else str(request.getfixturevalue("postgres_url")))
-    db.upgrade(url, "0002")
-    with db.make_engine(url).begin() as c:
-        c.execute(text("INSERT INTO calls (id, external_call_id, source_uri, status, attempts, "
-                       "metadata) VALUES (1, 'OLD-1', '/calls/caf\u00e9.wav', 'done', 1, '{}')"))
-        # a rejected payload (failed before any run) is not hashed at run time either
-        c.execute(text("INSERT INTO calls (id, external_call_id, source_uri, status, attempts, "
-                       "metadata) VALUES (2, 'BAD-1', '/calls/b.wav', 'failed', 0, '{}')"))
-        if backend == "postgres":   # what 0001 and 0002 named them before op.f
-            for table in ("calls", "segments", "batches"):
-                for name in _schema_check_names(table):
-                    c.execute(text(f'ALTER TABLE {table} RENAME CONSTRAINT "{name}" '
-                                   f'TO "ck_{table}_{name}"'))
+    _database_from_before_0003(url, doubled_names=backend == "postgres")
     db.upgrade(url)
     with db.make_engine(url).connect() as c:
         sha = c.execute(text("SELECT source_uri_sha256 FROM calls WHERE id = 1")).scalar_one()
@@ -177,14 +184,7 @@ def test_offline_sql_for_postgres_upgrades_like_the_online_path(
 
     from worker.store import uri_sha256
 
-    db.upgrade(postgres_url, "0002")
-    with db.make_engine(postgres_url).begin() as c:
-        c.execute(text("INSERT INTO calls (id, external_call_id, source_uri, status, attempts, "
-                       "metadata) VALUES (1, 'OLD-1', '/calls/caf\u00e9.wav', 'done', 1, '{}')"))
-        c.execute(text("INSERT INTO calls (id, external_call_id, source_uri, status, attempts, "
-                       "metadata) VALUES (2, 'BAD-1', '/calls/b.wav', 'failed', 0, '{}')"))
-        c.execute(text('ALTER TABLE calls RENAME CONSTRAINT "ck_calls_status" '
-                       'TO "ck_calls_ck_calls_status"'))
+    _database_from_before_0003(postgres_url, doubled_names=True)
     capsys.readouterr()
     command.upgrade(db.alembic_config(postgres_url), "0002:head", sql=True)
     script = capsys.readouterr().out
@@ -197,9 +197,10 @@ def test_offline_sql_for_postgres_upgrades_like_the_online_path(
         hashes = {int(i): h for i, h in c.execute(text("SELECT id, source_uri_sha256 FROM "
                                                          "calls")).all()}
     assert hashes == {1: uri_sha256("/calls/caf\u00e9.wav"), 2: None}
-    names = {c["name"] for c in inspect(db.make_engine(postgres_url)).get_check_constraints(
-        "calls")}
-    assert names == _schema_check_names("calls")
+    inspector = inspect(db.make_engine(postgres_url))
+    for table in ("calls", "segments", "batches"):
+        assert ({c["name"] for c in inspector.get_check_constraints(table)}
+                == _schema_check_names(table)), table
     assert _diff(postgres_url) == []
     # SQLite has no SHA-256 function: offline SQL stops at 0003 with what to do instead
     with pytest.raises(NotImplementedError, match="callmood db upgrade"):
