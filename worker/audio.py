@@ -190,7 +190,7 @@ def probe_duration_s(uri: str) -> float | None:
     try:
         info = read_info(path)
         size = path.stat().st_size
-    except (AudioDecodeError, OSError):
+    except (AudioDecodeError, TransientError, OSError):    # a storage outage too: no error
         return None
     duration_s = float(info.duration)
     if str(info.format) in ESTIMATED_LENGTH_FORMATS and info.samplerate > 0:

@@ -448,3 +448,7 @@ def test_a_storage_outage_is_retried_and_a_missing_file_fails(
     with pytest.raises(raised, match=os.strerror(error)) as info:
         read_info(path)
     assert ("storage unavailable" in str(info.value)) == (raised is TransientError)
+    # a producer sizing time limits still gets no error: the task is sent with the defaults
+    from worker.audio import probe_duration_s
+
+    assert probe_duration_s(str(path)) is None
