@@ -33,7 +33,6 @@ from training.evaluate import (
     CHANNELS,
     EVAL_SPLITS,
     ROBUSTNESS,
-    check_baseline,
     compare,
     evaluate_model,
     evaluate_models,
@@ -450,10 +449,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     speech_cut = _speech_cut(args.whole_clips)
     try:
         groups = [model_paths]
-        if args.baseline is not None:   # before minutes of scoring, not after
-            check_baseline(args.baseline.resolve(), model_paths[0], args.split)
+        if args.baseline is not None:
             groups.append([args.baseline.resolve()])
-        # the baseline scores the clips of the same pass: each is decoded once for both
+        # the baseline scores the clips of the same pass: each is decoded once for both; a
+        # baseline of other labels (or, on val, other validation speakers) is refused before
+        # any clip is scored
         result, *baselines = evaluate_models(groups, manifests, split=args.split,
                                              channels=channels, threads=args.threads,
                                              workers=args.workers, speech_cut=speech_cut,

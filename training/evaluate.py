@@ -361,22 +361,6 @@ class Comparison:
         return self.ua - self.baseline_ua
 
 
-def check_baseline(baseline_path: Path, model_path: Path, split: str) -> None:
-    """ConfigError, before any clip is scored, when the model at ``baseline_path`` cannot be
-    compared with the one at ``model_path``: other labels, or on ``val`` other validation
-    speakers (each model scores those its own card lists). A missing file raises as
-    :func:`worker.emotion.load_model` does."""
-    baseline, model = load_model(baseline_path), load_model(model_path)
-    if tuple(baseline.labels) != tuple(model.labels):
-        raise ConfigError(f"baseline {baseline_path} has labels {list(baseline.labels)}; "
-                          f"{model_path} has {list(model.labels)}: compare models of one "
-                          "label set")
-    if split == SUBSET_VAL and card_val_speakers(baseline.card) != card_val_speakers(model.card):
-        raise ConfigError(f"baseline {baseline_path} held out other validation speakers than "
-                          f"{model_path}: compare them on split test, or on val only when "
-                          "they share the split seed")
-
-
 def compare(result: EvaluationResult, baseline: EvaluationResult) -> tuple[Comparison, ...]:
     """Every row of ``result`` against the same row of ``baseline``; both must have scored the
     same split, cut, speakers and true classes (ConfigError naming what differs)."""
