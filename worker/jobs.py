@@ -20,7 +20,7 @@ from worker.store import (
     is_duplicate_delivery,
     lock_call,
     mark_failed,
-    refresh_batch_counts,
+    refresh_batch_of,
     register_call,
     save_analysis,
     update_from_request,
@@ -28,10 +28,7 @@ from worker.store import (
 )
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from worker.pipeline import RecordingAnalysis
-    from worker.schema import Call
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +89,7 @@ def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
         call_id, attempts = call.id, call.attempts
         if attempts > MAX_ATTEMPTS:
             reason = f"gave up after {attempts - 1} attempts (worker lost or retries exhausted)"
-            _finish(session, mark_failed(session, call_id, reason))
+            refresh_batch_of(session, mark_failed(session, call_id, reason))
             return CallOutcome("failed", request.external_call_id, reason=reason)
     try:
         analysis = _analyze(request.uri, settings)
@@ -107,7 +104,7 @@ def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
         return _fail(settings, call_id, request.external_call_id, f"{type(e).__name__}: {e}")
     try:
         with session_scope(settings) as session:
-            _finish(session, save_analysis(session, call_id, analysis))
+            refresh_batch_of(session, save_analysis(session, call_id, analysis))
     except TransientError:
         raise
     except Exception as e:  # e.g. a label the schema lacks: rolled back, the call fails
@@ -120,13 +117,7 @@ def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
 def _fail(settings: Settings, call_id: int, external_call_id: str, reason: str) -> CallOutcome:
     log.warning("call %s failed: %s", external_call_id, reason)
     with session_scope(settings) as session:
-        _finish(session, mark_failed(session, call_id, reason))
+        refresh_batch_of(session, mark_failed(session, call_id, reason))
     return CallOutcome("failed", external_call_id, reason=reason)
-
-
-def _finish(session: Session, call: Call) -> None:
-    # In the same transaction as the call's final status, so the batch's counts never lag.
-    if call.batch_id is not None:
-        refresh_batch_counts(session, call.batch_id)
 
 

@@ -66,7 +66,7 @@ from worker.store import (
     is_valid_external_id,
     mark_failed,
     mark_resent,
-    refresh_batch_counts,
+    refresh_batch_of,
     request_for_call,
 )
 
@@ -415,12 +415,10 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
     if stuck:
         with session_scope(settings) as session:
             for external_id in stuck:
-                call = mark_failed(session, ids[external_id], (
+                refresh_batch_of(session, mark_failed(session, ids[external_id], (
                     f"stuck: claimed {claims[external_id]} times and never finished (a worker "
                     "killed at the hard time limit or by the OS, or a retry the broker lost); "
-                    "not sent again, use callmood retry"))
-                if call.batch_id is not None:
-                    refresh_batch_counts(session, call.batch_id)
+                    "not sent again, use callmood retry")))
         log.error("failed %d call(s) that keep getting stuck: %s", len(stuck), ", ".join(stuck))
     if lost:
         # Sent first, then marked: a send that fails leaves the calls to the next recovery;

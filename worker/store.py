@@ -698,6 +698,13 @@ def refresh_batch_counts(session: Session, batch_id: int) -> BatchCounts:
     return _batch_counts(batch, counts)
 
 
+def refresh_batch_of(session: Session, call: Call) -> None:
+    """:func:`refresh_batch_counts` of the batch ``call`` belongs to (none: nothing): called
+    in the transaction that gives the call its final status, so the counts never lag it."""
+    if call.batch_id is not None:
+        refresh_batch_counts(session, call.batch_id)
+
+
 def latest_batches(session: Session, limit: int = 1) -> list[BatchCounts]:
     """The newest batches with their calls counted now."""
     query = select(Batch).order_by(Batch.id.desc()).limit(limit)

@@ -35,7 +35,7 @@ from worker.store import (
     is_valid_external_id,
     mark_failed,
     record_rejected,
-    refresh_batch_counts,
+    refresh_batch_of,
     register_call,
 )
 
@@ -101,9 +101,7 @@ def _fail_quietly(settings: Settings, request: CallRequest, reason: str) -> bool
         with session_scope(settings) as session:
             call = find_call(session, request.external_call_id) or register_call(session,
                                                                                   request)
-            mark_failed(session, call.id, reason)
-            if call.batch_id is not None:
-                refresh_batch_counts(session, call.batch_id)
+            refresh_batch_of(session, mark_failed(session, call.id, reason))
     except TransientError as e:
         log.error("call %s: could not record the failure either: %s",
                   request.external_call_id, e)
@@ -122,10 +120,10 @@ def _reject(payload: Mapping[str, Any], reason: str) -> CallOutcome:
     settings = get_settings()
     try:
         with session_scope(settings) as session:
-            call = record_rejected(session, str(call_id), uri if isinstance(uri, str) else "",
-                                   reason)
-            if call.batch_id is not None:   # a scan's call: its batch may be finished now
-                refresh_batch_counts(session, call.batch_id)
+            # a scan's call: its batch may be finished now
+            refresh_batch_of(session, record_rejected(session, str(call_id),
+                                                      uri if isinstance(uri, str) else "",
+                                                      reason))
     except TransientError as e:
         log.error("call %s: could not record the rejection: %s", call_id, e)
     return CallOutcome("rejected", str(call_id), reason=reason)
