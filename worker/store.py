@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath, PureWindowsPath
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -485,8 +485,13 @@ def is_duplicate_delivery(call: Call, request: CallRequest) -> bool:
 
 
 def was_rejected(call: Call) -> bool:
-    """Whether the call failed on its payload before any run (never claimed: attempts 0)."""
+    """Whether the call failed on its payload before any run (never claimed: attempts 0);
+    :data:`REJECTED` is the same test in SQL."""
     return call.status == "failed" and call.attempts == 0
+
+
+REJECTED: Final = (Call.status == "failed") & (Call.attempts == 0)
+""":func:`was_rejected` as a SQL condition on ``calls``."""
 
 
 @dataclass(frozen=True)
@@ -629,12 +634,11 @@ def enqueued_uri_hashes(session: Session, hashes: Sequence[str]) -> set[str]:
     the corrected payload, as ``callmood enqueue`` does."""
     found: set[str] = set()
     unique = sorted(set(hashes))
-    rejected = (Call.status == "failed") & (Call.attempts == 0)
     for lo in range(0, len(unique), 500):  # bounded IN lists
         query = (select(Call.source_uri_sha256)
                  .where(Call.source_uri_sha256.in_(unique[lo:lo + 500]))
                  .where((Call.enqueued_at.is_not(None)) | (Call.status != "pending"))
-                 .where(~rejected))
+                 .where(~REJECTED))
         found.update(h for h in session.scalars(query) if h is not None)
     return found
 
