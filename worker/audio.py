@@ -570,7 +570,6 @@ def stream_blocks(stream: StreamInfo, max_duration_s: float,
                     yield DecodedBlock(_as_frames(out, stream.n_channels), frames)
     if frames == 0:
         raise no_frames_error(stream.path, stream.format)
-    check_mp3_length(stream.path, stream.format, frames, rate)
     if resampler is not None:
         # flush the filter's tail: the last samples the one-shot resampler would give
         tail = resampler.resample_chunk(np.zeros((0, stream.n_channels), dtype=np.float32),

@@ -27,7 +27,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from worker.audio import StreamInfo, same_signal, stream_blocks
+from worker.audio import StreamInfo, check_mp3_length, same_signal, stream_blocks
 from worker.constants import ANALYSIS_SAMPLE_RATE
 from worker.errors import AudioDecodeError
 from worker.segmentation import SegmentationConfig, Span, utterances
@@ -94,6 +94,9 @@ def streamed_spans(stream: StreamInfo, max_duration_s: float, vad: VadConfig,
             detector.push(block.samples[:, channel])
         dual_mono = dual_mono and same_signal(block.samples[:, 0], block.samples[:, 1])
         source_frames = block.source_frames
+    # once per call: the second pass must decode these same frames (or fails, changed while
+    # read), so walking the MP3's frames again there would only repeat this
+    check_mp3_length(stream.path, stream.format, source_frames, stream.source_sample_rate)
     n_samples = detectors[0].n_samples
     duration_s = n_samples / ANALYSIS_SAMPLE_RATE
     spans = tuple(

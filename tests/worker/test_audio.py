@@ -310,7 +310,10 @@ def test_an_mp3_whose_header_underestimates_its_length_fails_not_cut_short(
     """The other way round: a VBR MP3 without its Xing/Info frame that opens loud is sized at
     about half its length, and libsndfile stops decoding there, on both paths. Stored, the
     call would be done with half its audio; it fails with the reason instead."""
-    from worker.audio import mp3_layer3_frames, stream_blocks
+    from worker.audio import mp3_layer3_frames
+    from worker.segmentation import SegmentationConfig
+    from worker.stream import streamed_spans
+    from worker.vad import VadConfig
 
     rate = 8000
     rng = np.random.default_rng(0)
@@ -323,9 +326,9 @@ def test_an_mp3_whose_header_underestimates_its_length_fails_not_cut_short(
     with pytest.raises(AudioDecodeError, match=r"decoded 60\.\d s of it, yet its MPEG frames "
                                                r"hold 120\.\d s"):
         load_recording(stripped, max_duration_s=150.0)
-    with pytest.raises(AudioDecodeError, match="Xing"):
-        for _ in stream_blocks(open_stream(stripped, max_duration_s=150.0), 150.0):
-            pass
+    with pytest.raises(AudioDecodeError, match="Xing"):    # the streamed path's first pass
+        streamed_spans(open_stream(stripped, max_duration_s=150.0), 150.0, VadConfig(),
+                       SegmentationConfig())
     # with its Xing frame the same audio decodes whole, and the walk agrees within a frame
     intact = tmp_path / "vbr.mp3"
     assert load_recording(intact, max_duration_s=150.0).duration_s == pytest.approx(120.0,
