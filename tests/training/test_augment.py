@@ -136,7 +136,7 @@ def test_opus_share_picks_the_codec_from_one_draw(opus_share: float) -> None:
     # (3 coin flips), level, noise flip, codec flip, codec choice, compression level, phone flip
     x = _voice_like()
     config = AugmentConfig(p_codec=1.0, opus_share=opus_share, p_phone=0.0, p_noise=0.0,
-                           p_speed=0.0, p_eq=0.0, p_tilt=0.0, p_reverb=0.0)
+                           p_speed=0.0, p_eq=0.0, p_tilt=0.0, p_reverb=0.0, p_clip=0.0)
     for seed in range(4):
         rng = np.random.default_rng(seed)
         rng.random(3)
@@ -182,11 +182,11 @@ def test_reverberation_keeps_the_length_and_smears_a_click() -> None:
 
 def test_reverb_augmentation_is_seeded_and_drawn_only_when_enabled() -> None:
     x = _voice_like()
-    assert AugmentConfig().p_reverb == 0.15    # emotion-v1.6.0's and v1.7.0's recipe
+    assert AugmentConfig().p_reverb == 0.15    # emotion-v1.6.0's recipe and since
     dry = AugmentConfig(p_codec=0.0, p_phone=0.0, p_noise=0.0, p_speed=0.0, p_eq=0.0,
-                        p_tilt=0.0, p_reverb=0.0)
+                        p_tilt=0.0, p_reverb=0.0, p_clip=0.0)
     wet = AugmentConfig(p_codec=0.0, p_phone=0.0, p_noise=0.0, p_speed=0.0, p_eq=0.0,
-                        p_tilt=0.0, p_reverb=1.0)
+                        p_tilt=0.0, p_reverb=1.0, p_clip=0.0)
     a = augment(x, np.random.default_rng(5), wet)
     assert a.shape == x.shape
     assert np.array_equal(a, augment(x, np.random.default_rng(5), wet))
@@ -201,9 +201,9 @@ def test_clipping_draws_overdrive_the_speech_and_are_drawn_only_when_enabled() -
     from dataclasses import replace
 
     x = _voice_like()
-    assert AugmentConfig().p_clip == 0.0    # emotion-v1.7.0's recipe
+    assert AugmentConfig().p_clip == 0.15   # emotion-v1.8.0's recipe
     quiet = AugmentConfig(p_codec=0.0, p_phone=0.0, p_noise=0.0, p_speed=0.0, p_eq=0.0,
-                          p_tilt=0.0, p_reverb=0.0)
+                          p_tilt=0.0, p_reverb=0.0, p_clip=0.0)
     off = augment(x, np.random.default_rng(5), quiet)
     # 30 dB over the -26 dBFS line level: this voice-like test tone's crest is only a few dB
     on = augment(x, np.random.default_rng(5), replace(quiet, p_clip=1.0,
