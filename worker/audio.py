@@ -438,22 +438,57 @@ def check_mp3_length(path: Path, fmt: str, decoded_frames: int, sample_rate: int
             "ffmpeg -i IN.mp3 OUT.flac) and send it again")
 
 
+@dataclass(frozen=True)
+class ChannelPairEnergy:
+    """Energy sums of two equal-length channels, added up block by block, so a streamed
+    recording is judged dual-mono (:attr:`same_signal`) on its whole length, as a recording
+    decoded whole is: one block of a lossy codec's rounding (a loud passage, a transient) can
+    sit over the threshold that the whole file stays far under."""
+
+    n: int = 0
+    """Samples per channel summed."""
+    sum_a2: float = 0.0
+    sum_b2: float = 0.0
+    sum_diff2: float = 0.0
+    """Sum of (a - b)**2: the two channels' difference."""
+    sum_sum2: float = 0.0
+    """Sum of (a + b)**2: their difference with one channel inverted."""
+
+    @classmethod
+    def of(cls, a: Audio, b: Audio) -> ChannelPairEnergy:
+        """The sums of two channels, shape (n,) each (ValueError for unequal shapes)."""
+        if a.shape != b.shape:
+            raise ValueError(f"channels of unequal shape: {a.shape} and {b.shape}")
+        x, y = a.astype(np.float64), b.astype(np.float64)
+        return cls(n=x.size, sum_a2=float(np.dot(x, x)), sum_b2=float(np.dot(y, y)),
+                   sum_diff2=float(np.sum((x - y) ** 2)), sum_sum2=float(np.sum((x + y) ** 2)))
+
+    def __add__(self, other: ChannelPairEnergy) -> ChannelPairEnergy:
+        return ChannelPairEnergy(n=self.n + other.n, sum_a2=self.sum_a2 + other.sum_a2,
+                                 sum_b2=self.sum_b2 + other.sum_b2,
+                                 sum_diff2=self.sum_diff2 + other.sum_diff2,
+                                 sum_sum2=self.sum_sum2 + other.sum_sum2)
+
+    @property
+    def same_signal(self) -> bool:
+        """Whether the channels carry one signal: the RMS of their difference (of their sum,
+        for one channel inverted) is under :data:`DUAL_MONO_MAX_DIFF`, or
+        :data:`DUAL_MONO_RESIDUAL_DB` or more under their energy, as a lossy codec leaves one
+        signal coded twice."""
+        if self.n == 0:
+            return True
+        energy = (self.sum_a2 + self.sum_b2) / (2.0 * self.n)
+        residual = min(self.sum_diff2, self.sum_sum2) / self.n
+        # the absolute floor: quiet recordings, where an LSB of rounding is a large share
+        floor = max(energy * float(10.0 ** (DUAL_MONO_RESIDUAL_DB / 10.0)),
+                    DUAL_MONO_MAX_DIFF * DUAL_MONO_MAX_DIFF)
+        return residual <= floor
+
+
 def same_signal(a: Audio, b: Audio) -> bool:
-    """Whether two channels (equal length, any rate) carry one signal (a dual-mono file): the
-    RMS of their difference (of their sum, for one channel inverted) is under
-    :data:`DUAL_MONO_MAX_DIFF`, or :data:`DUAL_MONO_RESIDUAL_DB` or more under their energy, as
-    a lossy codec leaves one signal coded twice."""
-    if a.shape != b.shape:
-        return False
-    if a.size == 0:
-        return True
-    x, y = a.astype(np.float64), b.astype(np.float64)
-    energy = float(np.mean(x * x) + np.mean(y * y)) / 2.0
-    residual = min(float(np.mean((x - y) ** 2)), float(np.mean((x + y) ** 2)))
-    # the absolute floor: quiet blocks, where an LSB of rounding is a large share of the signal
-    floor = max(energy * float(10.0 ** (DUAL_MONO_RESIDUAL_DB / 10.0)),
-                DUAL_MONO_MAX_DIFF * DUAL_MONO_MAX_DIFF)
-    return residual <= floor
+    """Whether two channels (any rate) carry one signal (a dual-mono file):
+    :attr:`ChannelPairEnergy.same_signal`; channels of unequal length never do."""
+    return a.shape == b.shape and ChannelPairEnergy.of(a, b).same_signal
 
 
 def check_samples(data: Audio, name: str, at_s: float | None = None) -> None:

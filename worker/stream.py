@@ -27,7 +27,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from worker.audio import StreamInfo, check_mp3_length, same_signal, stream_blocks
+from worker.audio import ChannelPairEnergy, StreamInfo, check_mp3_length, stream_blocks
 from worker.constants import ANALYSIS_SAMPLE_RATE
 from worker.errors import AudioDecodeError
 from worker.segmentation import SegmentationConfig, Span, utterances
@@ -74,8 +74,9 @@ class StreamedSpans:
     source_frames: int
     """Frames decoded from the file at its own rate."""
     dual_mono: bool = False
-    """Two channels that carry one signal in every block (:func:`worker.audio.same_signal`):
-    the second's spans are left out, and the file is analysed as mono."""
+    """Two channels that carry one signal over the whole recording
+    (:class:`worker.audio.ChannelPairEnergy`, summed block by block, the rule the whole-file
+    path applies): the second's spans are left out, and the file is analysed as mono."""
 
 
 def streamed_spans(stream: StreamInfo, max_duration_s: float, vad: VadConfig,
@@ -88,12 +89,14 @@ def streamed_spans(stream: StreamInfo, max_duration_s: float, vad: VadConfig,
     """
     detectors = [VadStream(vad) for _ in range(stream.n_channels)]
     source_frames = 0
-    dual_mono = stream.n_channels == 2
+    pair = ChannelPairEnergy()
     for block in stream_blocks(stream, max_duration_s):
         for channel, detector in enumerate(detectors):
             detector.push(block.samples[:, channel])
-        dual_mono = dual_mono and same_signal(block.samples[:, 0], block.samples[:, 1])
+        if stream.n_channels == 2:
+            pair = pair + ChannelPairEnergy.of(block.samples[:, 0], block.samples[:, 1])
         source_frames = block.source_frames
+    dual_mono = stream.n_channels == 2 and pair.same_signal
     # once per call: the second pass must decode these same frames (or fails, changed while
     # read), so walking the MP3's frames again there would only repeat this
     check_mp3_length(stream.path, stream.format, source_frames, stream.source_sample_rate)

@@ -16,7 +16,15 @@ from bench.throughput import compare_segments, measure_long, write_long_call
 from bench.workload import read_manifest, synthesize_call, write_call
 from tests.audio_fixtures import load_clip, pick_clips
 from tests.model_fixtures import N_MELS, write_tiny_model
-from worker.audio import DecodedBlock, StreamInfo, load_recording, open_stream, stream_blocks
+from worker.audio import (
+    STREAM_BLOCK_FRAMES,
+    DecodedBlock,
+    StreamInfo,
+    load_recording,
+    open_stream,
+    same_signal,
+    stream_blocks,
+)
 from worker.constants import ANALYSIS_SAMPLE_RATE
 from worker.errors import AudioDecodeError, UnsupportedAudioError
 from worker.pipeline import analyze_file, channel_spans
@@ -194,6 +202,32 @@ def test_a_dual_mono_file_is_one_party_not_two(tmp_path: Path, callmood_corpora:
     sf.write(str(dual), np.stack([x, 0.5 * x], axis=1), 16000, subtype="PCM_16")
     roles = {s.role for s in analyze_file(str(dual), settings, streaming=True).segments}
     assert roles == {"agent", "customer"}
+
+
+def test_dual_mono_is_judged_on_the_whole_recording_when_streamed(
+        tmp_path: Path, callmood_corpora: Path) -> None:
+    """A lossy codec's rounding can sit over the dual-mono threshold in one block (a loud
+    passage) while the whole recording stays far under it: the streamed path judged every
+    block alone, so one such block anywhere in a long call made it two parties, each
+    utterance stored twice, where the whole-file path found one."""
+    model = write_tiny_model(tmp_path, np.random.default_rng(0).normal(size=(N_MELS, 7)))
+    settings = settings_for(tmp_path, model)
+    x = speech(callmood_corpora, 12)          # at ANALYSIS_SAMPLE_RATE: blocks are not resampled
+    block = STREAM_BLOCK_FRAMES
+    assert x.size > 3 * block
+    # the second channel differs from the first in half a second of its second block only
+    y = x.copy()
+    burst = slice(block + 1000, block + 1000 + ANALYSIS_SAMPLE_RATE // 2)
+    noise_rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2) * 2e-3))
+    y[burst] += (np.random.default_rng(1).standard_normal(y[burst].size)
+                 * noise_rms).astype(np.float32)
+    assert same_signal(x, y)                                   # the whole recording: one signal
+    assert not same_signal(x[block:2 * block], y[block:2 * block])   # that block alone: two
+    path = tmp_path / "dual.wav"
+    sf.write(str(path), np.stack([x, y], axis=1), ANALYSIS_SAMPLE_RATE, subtype="FLOAT")
+    whole = analyze_file(str(path), settings, streaming=False).segments
+    assert whole and {s.role for s in whole} == {"unknown"}
+    assert analyze_file(str(path), settings, streaming=True).segments == whole
 
 
 def test_long_recordings_stream_and_short_ones_do_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
