@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.db import session_scope
-from worker.errors import PayloadError, TransientError
+from worker.errors import PartialSendError, PayloadError, TransientError
 from worker.settings import Settings, get_settings
 from worker.store import (
     CallRequest,
@@ -138,9 +138,12 @@ def _submit_chunk(requests: Sequence[CallRequest], settings: Settings, send: Sen
     to_send = [(request, before) for request, before in decided if before is not None]
     try:
         task_ids = iter(send([request for request, _ in to_send]) if to_send else [])
-    except TransientError:
+    except TransientError as e:
+        # the tasks published before the broker went away stay marked sent: unmarked, recovery
+        # would not watch them and the next enqueue would publish them a second time
+        published = len(e.task_ids) if isinstance(e, PartialSendError) else 0
         with session_scope(settings) as session:
-            release_enqueue(session, [before for _, before in to_send])
+            release_enqueue(session, [before for _, before in to_send[published:]])
         raise
     results: list[Enqueued] = []
     for request, before in decided:
@@ -207,18 +210,20 @@ def submit_batch(requests: Iterable[CallRequest], settings: Settings, send: Send
     """
     results: list[Enqueued] = []
 
-    def close() -> ManifestResult:
+    def close(partly_sent: int = 0) -> ManifestResult:
         done = ManifestResult(batch_id, tuple(results))
         with session_scope(settings) as session:
-            finish_batch_scan(session, batch_id, enqueued=done.sent, skipped=known + done.skipped)
+            finish_batch_scan(session, batch_id, enqueued=done.sent + partly_sent,
+                              skipped=known + done.skipped)
         return done
 
     try:
         for chunk in submit_chunks(requests, settings, send, batch_id):
             results += chunk
-    except BaseException:
+    except BaseException as e:
         try:
-            close()
+            # the failing chunk's tasks published before the broker went away are sent too
+            close(len(e.task_ids) if isinstance(e, PartialSendError) else 0)
         except Exception:
             log.exception("batch %d: could not record what the failed send sent", batch_id)
         raise

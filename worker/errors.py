@@ -11,6 +11,8 @@
     │                          worker's deployment, not the call; `callmood worker` refuses
     │                          to start with one, and a task meeting one retries with backoff
     └── TransientError         database or broker unavailable: retry with backoff
+        └── PartialSendError   the broker went away after some of a batch of tasks were
+                               published: those are sent, the rest are not
 
 Tasks decide retries from the class alone, so every raise site picks the class that says
 whether trying again could ever help.
@@ -53,3 +55,12 @@ class ModelError(CallmoodError):
 class TransientError(CallmoodError):
     """A dependency (database, broker, the recordings' network storage) is unavailable for now;
     the task may be retried."""
+
+
+class PartialSendError(TransientError):
+    """Publishing a list of tasks failed after the first ``len(task_ids)`` were published:
+    those are in the broker and must stay marked sent; only the rest are to be sent again."""
+
+    def __init__(self, message: str, task_ids: list[str]) -> None:
+        super().__init__(message)
+        self.task_ids = list(task_ids)  # of the published tasks, in the requests' order

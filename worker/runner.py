@@ -34,6 +34,7 @@ from worker.store import (
     calls_by_external_id,
     mark_failed,
     mark_pending,
+    refresh_batch_of,
     register_call,
     segment_counts,
 )
@@ -197,7 +198,8 @@ def _register(ids: dict[Path, str], settings: Settings) -> dict[str, CallRequest
     with session_scope(settings) as session:
         for request in requests.values():
             call = register_call(session, request)
-            mark_pending(session, call.id)  # a re-run: the poll must not see last run's status
+            # a re-run: the poll must not see last run's status (nor its batch count it)
+            refresh_batch_of(session, mark_pending(session, call.id))
     return requests
 
 
@@ -254,8 +256,9 @@ def _collect(ids: dict[Path, str], requests: dict[str, CallRequest], settings: S
         calls = calls_by_external_id(session, list(requests))
         for call in calls.values():
             if call.status not in FINAL_STATUSES:
-                # The worker is gone: leaving "processing" behind would be a lie.
-                mark_failed(session, call.id, cause)
+                # The worker is gone: leaving "processing" behind would be a lie. The batch
+                # of a call a scan sent is recounted: its own message now finds it final.
+                refresh_batch_of(session, mark_failed(session, call.id, cause))
         counts = segment_counts(session, [c.id for c in calls.values()])
         for path, external_id in ids.items():
             call = calls[external_id]

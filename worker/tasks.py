@@ -26,7 +26,7 @@ from worker.celery_app import (
     time_limits_s,
 )
 from worker.db import session_scope
-from worker.errors import ModelError, PayloadError, TransientError
+from worker.errors import ModelError, PartialSendError, PayloadError, TransientError
 from worker.jobs import MAX_TASK_RETRIES, CallOutcome, process_call
 from worker.settings import Settings, get_settings, redact_url
 from worker.store import (
@@ -133,8 +133,9 @@ def send_analysis(celery: Celery, requests: Sequence[CallRequest],
                   queue: str = TASK_QUEUE) -> list[str]:
     """Enqueue one analysis task per request by name; returns the Celery task ids.
 
-    A broker that cannot be reached raises TransientError (Celery's own publish retry,
-    a few attempts within seconds, has run out by then).
+    A broker that cannot be reached raises PartialSendError, a TransientError that carries the
+    ids of the tasks published before it (Celery's own publish retry, a few attempts within
+    seconds, has run out by then).
     """
     ids: list[str] = []
     try:
@@ -147,8 +148,9 @@ def send_analysis(celery: Celery, requests: Sequence[CallRequest],
                                           soft_time_limit=soft_s, time_limit=hard_s)
                 ids.append(str(result.id))
     except (KombuOperationalError, OSError) as e:
-        raise TransientError(f"broker unavailable ({redact_url(celery.conf.broker_url or '')}) "
-                             f"after sending {len(ids)} of {len(requests)}: {e}") from e
+        raise PartialSendError(
+            f"broker unavailable ({redact_url(celery.conf.broker_url or '')}) after sending "
+            f"{len(ids)} of {len(requests)}: {e}", ids) from e
     return ids
 
 

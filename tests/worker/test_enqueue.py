@@ -189,6 +189,45 @@ def test_a_manifest_whose_send_fails_half_way_closes_its_batch_with_what_it_sent
     assert (result.sent, result.skipped) == (2, 1)
 
 
+def test_a_send_that_fails_within_a_chunk_keeps_what_it_published_marked_sent(
+        producer: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker goes away after the first of a chunk's tasks is published (Redis, real):
+    that call stays marked sent, so broker recovery watches it and the next run does not
+    publish it twice; only the two never published are released and sent by the next run.
+    All three were released until 2026-12-06, the published one included."""
+    from kombu.exceptions import OperationalError as KombuOperationalError
+
+    from worker.tasks import send_analysis
+
+    path = producer.input_roots[0] / "part.csv"
+    path.write_text("uri,call_id,agent_id\na.wav,P-1,ag\nb.wav,P-2,ag\nc.wav,P-3,ag\n")
+    app = make_celery(producer, set_as_current=False)
+    publish = app.send_task
+    published: list[str] = []
+
+    def connection_lost_after_one(*args: Any, **kwargs: Any) -> Any:
+        if published:
+            raise KombuOperationalError("Connection reset by peer")
+        published.append(kwargs["kwargs"]["call_id"])
+        return publish(*args, **kwargs)
+
+    monkeypatch.setattr(app, "send_task", connection_lost_after_one)
+    try:
+        with pytest.raises(TransientError, match="after sending 1 of 3"):
+            enqueue_manifest(path, settings=producer, send=lambda rs: send_analysis(app, rs))
+    finally:
+        app.close()
+    assert published == ["P-1"] and [m["kwargs"]["call_id"] for m in _queued(producer)] == ["P-1"]
+    with db.session_scope(producer) as s:
+        sent = {c.external_call_id: c.enqueued_at is not None for c in store.list_calls(s)}
+        assert sent == {"P-1": True, "P-2": False, "P-3": False}
+        (batch,) = store.latest_batches(s, 1)
+        assert (batch.enqueued, batch.pending) == (1, 3)
+    result = enqueue_manifest(path, settings=producer)
+    assert (result.sent, result.skipped) == (2, 1)
+    assert sorted(m["kwargs"]["call_id"] for m in _queued(producer)) == ["P-1", "P-2", "P-3"]
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("uri,call_id\na.wav,X\n", "missing column(s) agent_id"),
     ("uri,call_id,agent_id,colour\na.wav,X,a,red\n", "unknown column(s) colour"),

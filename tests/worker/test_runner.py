@@ -16,14 +16,57 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.audio_fixtures import make_call_wav, make_corrupt_file, pick_clips
+from tests.audio_fixtures import fake_analysis, make_call_wav, make_corrupt_file, pick_clips
 from worker import db, store
 from worker.celery_app import RUN_QUEUE_PREFIX, TASK_QUEUE, worker_command
 from worker.runner import external_id_for, run_recordings, stop_worker
-from worker.schema import Call
+from worker.schema import Batch, Call
 from worker.settings import PACKAGE_DIR, Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("pipeline_importable", "emotion_model")]
+
+
+def test_a_run_that_gives_up_on_a_scanned_call_finishes_that_calls_batch(
+        callmood_settings: Settings, tmp_path: Path) -> None:
+    """A nightly scan sent A and B in one batch; A finished, then a ``callmood run`` over B's
+    file claimed B and timed out. The run fails B, and B's batch is recounted in that
+    transaction: B's own queued message now finds it final and skips it, so nothing else
+    would ever recount the batch, which stayed 'running' with B uncounted."""
+    from worker import runner
+    from worker.enqueue import path_uri
+
+    settings = callmood_settings
+    db.upgrade(settings.database_url)
+    a_path, b_path = (settings.input_roots[0] / name for name in ("a.wav", "b.wav"))
+    for path in (a_path, b_path):
+        path.write_bytes(f"not audio: {path.name}".encode())   # keys the call; never decoded
+    ids = {path: external_id_for(path) for path in (a_path, b_path)}
+    assert len(set(ids.values())) == 2
+    with db.session_scope(settings) as s:
+        batch_id = store.create_batch(s, "nightly").id
+        for path, external_id in ids.items():
+            store.reserve_for_enqueue(s, store.CallRequest(
+                uri=path_uri(path), external_call_id=external_id, agent_id="ag"),
+                batch_id=batch_id)
+        a = store.find_call(s, ids[a_path])
+        assert a is not None
+        store.claim_for_processing(s, a.id)
+        store.save_analysis(s, a.id, fake_analysis())
+        store.finish_batch_scan(s, batch_id, enqueued=2, skipped=0)
+    run_ids = {b_path: ids[b_path]}
+    requests = runner._register(run_ids, settings)     # the run takes B over ...
+    with db.session_scope(settings) as s:
+        b = store.find_call(s, ids[b_path])
+        assert b is not None and b.batch_id == batch_id
+        store.claim_for_processing(s, b.id)            # ... its worker claims it, then times out
+    (result,) = runner._collect(run_ids, requests, settings, timed_out=True, exit_code=None,
+                                timeout_s=1.0, log_path=tmp_path / "run.log")
+    assert result.status == "failed" and "not finished within" in (result.reason or "")
+    with db.session_scope(settings) as s:
+        batch = s.get(Batch, batch_id)
+        assert batch is not None
+        assert (batch.done_count, batch.failed_count) == (1, 1)
+        assert batch.finished_at is not None
 
 
 @pytest.fixture()
