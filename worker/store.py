@@ -686,9 +686,14 @@ def refresh_batch_counts(session: Session, batch_id: int) -> BatchCounts:
     task cannot count twice) and set ``finished_at`` once the scan is over and all are final.
 
     The batch row is locked first: concurrent finishers recount one after the other, the
-    later one seeing the earlier one's commit (PostgreSQL READ COMMITTED).
+    later one seeing the earlier one's commit (PostgreSQL READ COMMITTED). The lock is FOR
+    NO KEY UPDATE (``key_share``), as an UPDATE of non-key columns takes: it excludes other
+    recounts but not the KEY SHARE lock a producer's insert of the batch's calls holds for
+    the foreign key, so a scan that then waits on a call row this transaction holds cannot
+    deadlock with it (FOR UPDATE did).
     """
-    batch = session.scalars(select(Batch).where(Batch.id == batch_id).with_for_update()
+    batch = session.scalars(select(Batch).where(Batch.id == batch_id)
+                            .with_for_update(key_share=True)
                             .execution_options(populate_existing=True)).first()
     if batch is None:
         raise PayloadError(f"batch_id: no batch with id {batch_id}")

@@ -432,3 +432,60 @@ def test_a_redelivery_waiting_on_a_finishing_run_is_skipped_not_run_again(
         call = s.get(Call, call_id)
         assert call is not None and (call.status, call.attempts) == ("done", 1)
     assert _count(postgres_url, Segment) == 2
+
+
+def test_a_scan_and_a_worker_finishing_a_call_of_its_batch_do_not_deadlock(
+        postgres_url: str) -> None:
+    """PostgreSQL: a scan's chunk inserts calls of batch B (a KEY SHARE lock on B's row, for
+    the foreign key), then meets a copy of a file a worker is storing (the call row the
+    worker holds); the worker then recounts B. With FOR UPDATE on B the two waited on each
+    other and PostgreSQL killed the worker's store step (deadlock detected); the recount
+    needs only FOR NO KEY UPDATE, which a foreign key's KEY SHARE does not block."""
+    import threading
+    import time
+
+    db.upgrade(postgres_url)
+    with db.session_scope(postgres_url) as s:
+        batch_id = store.create_batch(s, "nightly").id
+        store.reserve_for_enqueue(s, _request("sha256-x"), batch_id=batch_id)
+        found = store.find_call(s, "sha256-x")
+        assert found is not None
+        call_id = store.claim_for_processing(s, found.id).id
+    outcome: dict[str, str] = {}
+    chunk_started, worker_locked = threading.Event(), threading.Event()
+
+    def scan_chunk() -> None:
+        try:
+            with db.session_scope(postgres_url) as s:
+                store.reserve_for_enqueue(s, _request("sha256-new", uri="/in/new.wav"),
+                                          batch_id=batch_id)
+                chunk_started.set()
+                worker_locked.wait(10)
+                time.sleep(0.3)                # the worker is at its recount by now
+                store.reserve_for_enqueue(s, _request("sha256-x", uri="/in/copy.wav"),
+                                          batch_id=batch_id)
+            outcome["scan"] = "committed"
+        except TransientError as e:
+            outcome["scan"] = str(e)
+
+    def worker_store_step() -> None:
+        chunk_started.wait(10)
+        try:
+            with db.session_scope(postgres_url) as s:
+                call = store.save_analysis(s, call_id, fake_analysis(2))
+                worker_locked.set()
+                store.refresh_batch_of(s, call)
+            outcome["worker"] = "committed"
+        except TransientError as e:
+            worker_locked.set()
+            outcome["worker"] = str(e)
+
+    threads = [threading.Thread(target=scan_chunk), threading.Thread(target=worker_store_step)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert outcome == {"scan": "committed", "worker": "committed"}
+    with db.session_scope(postgres_url) as s:
+        batch = s.get(Batch, batch_id)
+        assert batch is not None and batch.done_count == 1
