@@ -140,6 +140,52 @@ went stale, timed out or lost its server. The call is retried (TransientError) i
 failed for good; a missing or unreadable file (ENOENT, EACCES) still fails it."""
 
 
+SFE_SYSTEM: Final[int] = 2
+"""libsndfile's error code for a read or seek of the file that the OS refused (SF_ERR_SYSTEM):
+the storage failed, not the recording. Truncated, cut or garbled WAV, FLAC, Ogg and MP3 files
+give other codes (malformed, decoder lost sync, internal error; checked 2026-12-06)."""
+
+SF_COUNT_MAX: Final[int] = 2**63 - 1
+"""libsndfile's frame count for a file whose length it could not learn: a FLAC whose header
+says 0 samples (written to a pipe by a streaming encoder), or an Ogg file whose last page could
+not be read."""
+
+DECODE_SHORTFALL_MAX_S: Final[float] = 0.25
+"""Seconds an Ogg or FLAC file may decode short of the length its header states before the
+call fails as corrupt: libsndfile's length matched the decoded count exactly on 300 corpus
+Opus files and on Vorbis, Opus and FLAC written at 8-48 kHz (2026-12-06); a quarter second
+leaves room for another writer's end trimming. An Ogg file garbled mid-way decodes only up to
+the damage (a review's 5 s file: 2.5 s), which was stored as done, the rest lost."""
+
+EXACT_LENGTH_FORMATS: Final = ("OGG", "FLAC")
+"""Formats whose header length libsndfile takes from the file itself (Ogg: the last page's
+granule position; FLAC: STREAMINFO), so the decoded length must reach it."""
+
+
+def decode_failure(path: Path, error: Exception, message: str) -> TransientError | AudioDecodeError:
+    """The error for libsndfile failing on ``path``: TransientError when the OS refused it a
+    read (:data:`SFE_SYSTEM`: a network mount that failed mid-decode; retried), else
+    AudioDecodeError(``message``)."""
+    if isinstance(error, sf.LibsndfileError) and error.code == SFE_SYSTEM:
+        return TransientError(f"storage unavailable: reading {path.name} failed while decoding "
+                              f"(libsndfile: {error})")
+    return AudioDecodeError(message)
+
+
+def check_decoded_length(path: Path, fmt: str, header_frames: int, decoded_frames: int,
+                         sample_rate: int) -> None:
+    """AudioDecodeError when an Ogg or FLAC file (:data:`EXACT_LENGTH_FORMATS`) decoded more
+    than :data:`DECODE_SHORTFALL_MAX_S` short of the length its header states: the decoder
+    stopped at damage mid-file, and the call would be stored as done without the rest."""
+    if fmt not in EXACT_LENGTH_FORMATS or not 0 < header_frames < SF_COUNT_MAX:
+        return
+    if (header_frames - decoded_frames) / sample_rate > DECODE_SHORTFALL_MAX_S:
+        raise AudioDecodeError(
+            f"{path.name}: decoding stopped at {decoded_frames / sample_rate:.1f} s of the "
+            f"{header_frames / sample_rate:.1f} s its header states: corrupt after that point? "
+            "Re-export the recording and send it again")
+
+
 def file_access_error(path: Path, e: OSError | ValueError,
                       doing: str) -> TransientError | AudioDecodeError:
     """The error to raise for an OS error met while ``doing`` something with ``path``:
@@ -167,7 +213,7 @@ def read_info(path: Path) -> Any:
         # encoding than UTF-8 (surrogate escapes) would not open
         return sf.info(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioDecodeError(
+        raise decode_failure(path, e,
             f"{path.name} is not a readable audio file (supported: WAV PCM/float/G.711, FLAC, "
             f"Ogg Vorbis/Opus, MP3): {e}") from e
 
@@ -191,6 +237,8 @@ def probe_duration_s(uri: str) -> float | None:
         info = read_info(path)
         size = path.stat().st_size
     except (AudioDecodeError, TransientError, OSError):    # a storage outage too: no error
+        return None
+    if info.frames >= SF_COUNT_MAX:     # no length in the header: libsndfile's placeholder
         return None
     duration_s = float(info.duration)
     if str(info.format) in ESTIMATED_LENGTH_FORMATS and info.samplerate > 0:
@@ -221,6 +269,7 @@ def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = 
         raise UnsupportedAudioError(f"{info.channels} channels: a call recording has 1 (mono) "
                                     f"or {MAX_CHANNELS} (agent + customer)")
     check_wav_length(path, info)
+    check_known_length(path, info)
     if str(info.format) in ESTIMATED_LENGTH_FORMATS:
         # MP3 headers report frames=0 or an estimate: the decoded length is what counts (both
         # decode paths check it); only a size too big even at the highest bitrate is refused
@@ -235,6 +284,25 @@ def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = 
     return info
 
 
+def check_known_length(path: Path, info: Any) -> None:
+    """Raise when libsndfile could not learn the file's length (:data:`SF_COUNT_MAX`):
+    TransientError when the storage refuses a read of its end (an Ogg file's length is read
+    there), else AudioDecodeError with the repair (such a file can be neither sized nor
+    streamed: libsndfile seeks after each read and fails)."""
+    if info.frames < SF_COUNT_MAX:
+        return
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - 65536))
+            fh.read(65536)
+    except OSError as e:
+        raise file_access_error(path, e, "read the end of") from e
+    raise AudioDecodeError(
+        f"{path.name}: its {info.format} header gives no length (a FLAC written to a pipe by "
+        "a streaming encoder?), which the decoder cannot read through: re-encode it (e.g. "
+        "ffmpeg -i IN OUT.flac) and send it again")
+
+
 def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None = None) -> Recording:
     """Decode ``path`` (already resolved by :func:`resolve_input`) into analysis-rate channels.
 
@@ -245,7 +313,8 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
     try:
         data, read_rate = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        raise AudioDecodeError(f"{path.name} could not be decoded (truncated or corrupt?): {e}") from e
+        raise decode_failure(path, e, f"{path.name} could not be decoded (truncated or "
+                                      f"corrupt?): {e}") from e
     if data.shape[0] == 0:
         raise no_frames_error(path, str(info.format))
     if data.shape[0] / read_rate > max_duration_s:
@@ -253,6 +322,7 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
                                     f"of {max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
     check_samples(data, path.name)
     check_mp3_length(path, str(info.format), data.shape[0], int(read_rate))
+    check_decoded_length(path, str(info.format), int(info.frames), data.shape[0], int(read_rate))
     channels = tuple(resample(data[:, c], int(read_rate)) for c in range(data.shape[1]))
     return Recording(
         path=path,
@@ -382,21 +452,32 @@ def mp3_layer3_frames(data: bytes | mmap.mmap) -> int | None:
         frame = _layer3_frame(data, pos)
         if frame is None:   # junk, a tag, or a layer I/II file (no layer III frame: None)
             synced = False
-            pos += 1
+            pos = _next_sync_byte(data, pos)
             continue
         length, frame_samples = frame
         if length == 0:
-            return None         # free format: no length in the header
+            if synced:
+                return None     # free format: no length in the header
+            pos = _next_sync_byte(data, pos)    # or a sync word in junk: no frame follows
+            continue
         if not synced:
             # a sync word in junk: believe it only if the next frame follows where it says
             following = pos + length
             if following + 4 <= len(data) and _layer3_frame(data, following) is None:
-                pos += 1
+                pos = _next_sync_byte(data, pos)
                 continue
         synced = True
         samples += frame_samples
         pos += length
     return samples or None
+
+
+def _next_sync_byte(data: bytes | mmap.mmap, pos: int) -> int:
+    """Position of the next 0xFF byte after ``pos`` (a frame header starts with one), or the
+    end: the search runs in C, where stepping a byte at a time in Python took 0.6 s per 5 MB
+    of a layer I/II file or junk (a review, 2026-12-06)."""
+    found = data.find(b"\xff", pos + 1)
+    return len(data) if found < 0 else found
 
 
 def _layer3_frame(data: bytes | mmap.mmap, pos: int) -> tuple[int, int] | None:
@@ -579,7 +660,7 @@ def stream_blocks(stream: StreamInfo, max_duration_s: float,
     try:
         sound = sf.SoundFile(os.fsencode(stream.path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioDecodeError(f"{name} could not be opened for decoding: {e}") from e
+        raise decode_failure(stream.path, e, f"{name} could not be opened for decoding: {e}") from e
     with sound:
         while True:
             try:
@@ -588,8 +669,9 @@ def stream_blocks(stream: StreamInfo, max_duration_s: float,
                 # length, repeating the last block as if it were more speech
                 data = sound.read(block_frames, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-                raise AudioDecodeError(f"{name} could not be decoded after {frames / rate:.1f} s "
-                                       f"(corrupt or truncated data mid-file?): {e}") from e
+                raise decode_failure(stream.path, e, f"{name} could not be decoded after "
+                                     f"{frames / rate:.1f} s (corrupt or truncated data "
+                                     f"mid-file?): {e}") from e
             if data.shape[0] == 0:
                 break
             check_samples(data, name, frames / rate)

@@ -27,7 +27,13 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from worker.audio import ChannelPairEnergy, StreamInfo, check_mp3_length, stream_blocks
+from worker.audio import (
+    ChannelPairEnergy,
+    StreamInfo,
+    check_decoded_length,
+    check_mp3_length,
+    stream_blocks,
+)
 from worker.constants import ANALYSIS_SAMPLE_RATE
 from worker.errors import AudioDecodeError
 from worker.segmentation import SegmentationConfig, Span, utterances
@@ -100,6 +106,8 @@ def streamed_spans(stream: StreamInfo, max_duration_s: float, vad: VadConfig,
     # once per call: the second pass must decode these same frames (or fails, changed while
     # read), so walking the MP3's frames again there would only repeat this
     check_mp3_length(stream.path, stream.format, source_frames, stream.source_sample_rate)
+    check_decoded_length(stream.path, stream.format, stream.header_frames, source_frames,
+                         stream.source_sample_rate)
     n_samples = detectors[0].n_samples
     duration_s = n_samples / ANALYSIS_SAMPLE_RATE
     spans = tuple(

@@ -455,3 +455,166 @@ def test_a_storage_outage_is_retried_and_a_missing_file_fails(
     from worker.audio import probe_duration_s
 
     assert probe_duration_s(str(path)) is None
+
+
+@pytest.mark.parametrize("subtype", ["OPUS", "VORBIS"])
+def test_an_ogg_file_garbled_mid_way_fails_rather_than_stored_short(tmp_path: Path,
+                                                                     subtype: str) -> None:
+    """An Ogg file whose middle third is overwritten decodes up to the damage and stops, with
+    no error from libsndfile, while its header (the last page) still gives the whole length:
+    the call was stored as done with the rest of it lost. Both decode paths fail it now."""
+    from worker.segmentation import SegmentationConfig
+    from worker.stream import streamed_spans
+    from worker.vad import VadConfig
+
+    full = tmp_path / "full.ogg"
+    noise = np.random.default_rng(0).standard_normal((16000 * 5, 2)) * 0.1
+    sf.write(str(full), noise.astype(np.float32), 16000, format="OGG", subtype=subtype)
+    data = full.read_bytes()
+    third = len(data) // 3
+    path = tmp_path / "garbled.ogg"
+    path.write_bytes(data[:third] + np.random.default_rng(1).bytes(third) + data[2 * third:])
+    # what libsndfile does with it: the header's 5 s, far fewer samples decoded, no error
+    assert sf.info(str(path)).frames == 16000 * 5
+    assert sf.read(str(path))[0].shape[0] < 16000 * 4
+    with pytest.raises(AudioDecodeError, match=r"garbled.ogg: decoding stopped at \d\.\d s of "
+                                               r"the 5\.0 s its header states"):
+        load_recording(path, MAX_S)
+    with pytest.raises(AudioDecodeError, match="decoding stopped at"):
+        streamed_spans(open_stream(path, MAX_S), MAX_S, VadConfig(), SegmentationConfig())
+    # the intact file decodes whole on both paths
+    assert load_recording(full, MAX_S).duration_s == pytest.approx(5.0)
+    assert streamed_spans(open_stream(full, MAX_S), MAX_S, VadConfig(),
+                          SegmentationConfig()).source_frames == 16000 * 5
+
+
+def test_a_flac_whose_header_gives_no_length_names_the_repair(tmp_path: Path) -> None:
+    """A FLAC written to a pipe by a streaming encoder has 0 total samples in its header;
+    libsndfile then reports 2**63-1 frames, and the call was refused as 10**15 s long (a
+    producer sized its time limit by that length). It cannot be streamed either (libsndfile
+    seeks after each read), so it fails with the repair, and a producer gets no length."""
+    from worker.audio import SF_COUNT_MAX, probe_duration_s
+
+    path = tmp_path / "piped.flac"
+    sf.write(str(path), tone(5.0, 8000, channels=2), 8000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    assert data[:4] == b"fLaC"
+    streaminfo = 8                       # after "fLaC" and the metadata block header
+    data[streaminfo + 13] &= 0xF0        # total samples: 36 bits from the low nibble of byte 13
+    data[streaminfo + 14:streaminfo + 18] = bytes(4)
+    path.write_bytes(bytes(data))
+    assert sf.info(str(path)).frames == SF_COUNT_MAX
+    for decode in (lambda: load_recording(path, MAX_S), lambda: open_stream(path, MAX_S)):
+        with pytest.raises(AudioDecodeError, match=r"FLAC header gives no length.*re-encode"):
+            decode()
+    assert probe_duration_s(str(path)) is None
+
+
+def test_libsndfile_refused_a_read_by_the_os_is_a_storage_outage(tmp_path: Path) -> None:
+    """libsndfile's SF_ERR_SYSTEM is the OS refusing a read or seek (EIO from a failing network
+    mount mid-decode): retried, not the recording failed for good. Every other code (a
+    malformed or truncated file) is the recording's."""
+    from worker.audio import SFE_SYSTEM, decode_failure
+
+    path = tmp_path / "a.wav"
+    outage = decode_failure(path, sf.LibsndfileError(SFE_SYSTEM), "bad file")
+    assert isinstance(outage, TransientError) and "storage unavailable" in str(outage)
+    corrupt = decode_failure(path, sf.LibsndfileError(3), "bad file")   # SF_ERR_MALFORMED_FILE
+    assert isinstance(corrupt, AudioDecodeError) and str(corrupt) == "bad file"
+
+
+EIO_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static ssize_t (*real_read)(int, void *, size_t);
+/* read() of a file whose name holds "flaky" fails with EIO past byte EIO_AFTER */
+ssize_t read(int fd, void *buf, size_t n) {
+    if (!real_read) real_read = dlsym(RTLD_NEXT, "read");
+    char link[64], target[4096];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t len = readlink(link, target, sizeof target - 1);
+    if (len > 0 && getenv("EIO_AFTER")) {
+        target[len] = 0;
+        if (strstr(target, "flaky") && lseek(fd, 0, SEEK_CUR) >= atol(getenv("EIO_AFTER"))) {
+            errno = EIO;
+            return -1;
+        }
+    }
+    return real_read(fd, buf, n);
+}
+"""
+
+EIO_PROBE = """
+import sys
+from pathlib import Path
+from worker.audio import load_recording, open_stream, stream_blocks
+path = Path(sys.argv[1])
+for name, decode in (("whole", lambda: load_recording(path, 3600.0)),
+                     ("stream", lambda: list(stream_blocks(open_stream(path, 3600.0), 3600.0)))):
+    try:
+        decode()
+        print(name, "decoded")
+    except Exception as e:
+        print(name, type(e).__name__, str(e).replace(chr(10), " "))
+"""
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac"])
+def test_a_read_error_mid_decode_is_retried_not_failed(tmp_path: Path, suffix: str) -> None:
+    """A network mount that fails part-way through a call (EIO from read(2), injected with an
+    LD_PRELOAD shim into a real decode by libsndfile): both decode paths raise TransientError,
+    so the task retries; the call was failed for good as 'truncated or corrupt'."""
+    import shutil
+    import subprocess
+    import sys
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        from tests.conftest import unavailable
+
+        unavailable("no C compiler to build the EIO shim (apt-get install gcc libc6-dev)")
+    shim = tmp_path / "eio.so"
+    source = tmp_path / "eio.c"
+    source.write_text(EIO_SHIM)
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(shim), str(source), "-ldl"],
+                   check=True, capture_output=True)
+    path = tmp_path / f"flaky{suffix}"
+    sf.write(str(path), tone(60.0, 8000, channels=2), 8000, subtype="PCM_16")
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, LD_PRELOAD=str(shim), EIO_AFTER=str(path.stat().st_size // 3),
+               PYTHONPATH=str(root))
+    result = subprocess.run([sys.executable, "-c", EIO_PROBE, str(path)], env=env,
+                            capture_output=True, text=True, timeout=120, check=True)
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(" ", 2)[:2] for line in lines] == [["whole", "TransientError"],
+                                                          ["stream", "TransientError"]], lines
+    assert all("storage unavailable" in line for line in lines)
+    # without the fault the same file decodes on both paths
+    del env["EIO_AFTER"]
+    result = subprocess.run([sys.executable, "-c", EIO_PROBE, str(path)], env=env,
+                            capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.split() == ["whole", "decoded", "stream", "decoded"]
+
+
+def test_the_mp3_frame_walk_skips_junk_that_looks_like_a_free_format_frame(
+        tmp_path: Path) -> None:
+    """A sync word in junk before the frames (a tag) whose header reads as free format ended
+    the walk with 'cannot tell', so an MP3 read short went unchecked; a real free-format or
+    layer II stream still cannot be told (None)."""
+    from worker.audio import mp3_layer3_frames
+
+    path = tmp_path / "a.mp3"
+    sf.write(str(path), tone(3.0, 16000), 16000, format="MP3", subtype="MPEG_LAYER_III")
+    frames = path.read_bytes()
+    counted = mp3_layer3_frames(frames)
+    assert counted is not None and counted >= 3 * 16000
+    free_format_in_junk = b"TAG?" + b"\xff\xe3\x04\x00" + bytes(50)   # MPEG-2 layer III, free
+    assert mp3_layer3_frames(free_format_in_junk + frames) == counted
+    layer2 = (b"\xff\xfd\x94\x00" + bytes(413)) * 100                 # MPEG-1 layer II frames
+    assert mp3_layer3_frames(layer2) is None
+    assert mp3_layer3_frames((b"\xff\xe3\x04\x00" + bytes(100)) * 10) is None  # free format
