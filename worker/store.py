@@ -306,8 +306,17 @@ def record_rejected(session: Session, external_call_id: str, uri: str, reason: s
     if call is None:
         call = Call(external_call_id=external_call_id, source_uri=_clip(uri, URI_MAX_CHARS),
                     status="failed", attempts=0, call_metadata={})
-        session.add(call)
-    elif call.status != "pending" and not was_rejected(call):
+        try:
+            # as in register_call: a good message for the same new call id may insert it
+            # first (PostgreSQL: this insert waits for it, then violates the unique key)
+            with session.begin_nested():
+                session.add(call)
+        except IntegrityError:
+            found = find_call(session, external_call_id)
+            if found is None:
+                raise
+            call = found
+    if call.status != "pending" and not was_rejected(call):
         return call  # done, being analysed, or failed in a run of its own
     call.status = "failed"
     call.failure_reason = _clip(reason, FAILURE_REASON_MAX_CHARS)

@@ -489,3 +489,43 @@ def test_a_scan_and_a_worker_finishing_a_call_of_its_batch_do_not_deadlock(
     with db.session_scope(postgres_url) as s:
         batch = s.get(Batch, batch_id)
         assert batch is not None and batch.done_count == 1
+
+
+def test_a_rejected_payload_racing_a_good_one_for_a_new_call_id_is_recorded(
+        postgres_url: str) -> None:
+    """PostgreSQL: a malformed message for a call id that a good message is registering at
+    that moment waits on the unique key, then violates it. It is recorded on the row the
+    good message made, as when it comes second, instead of raising IntegrityError out of the
+    task (the rejection was neither logged as one nor recorded)."""
+    import threading
+    import time
+
+    db.upgrade(postgres_url)
+    registered = threading.Event()
+    outcome: dict[str, str] = {}
+
+    def good_message() -> None:
+        with db.session_scope(postgres_url) as s:
+            store.register_call(s, _request("RACE-1"))
+            registered.set()
+            time.sleep(0.5)           # the rejection's insert is waiting on this row by now
+
+    def malformed_message() -> None:
+        registered.wait(10)
+        try:
+            with db.session_scope(postgres_url) as s:
+                call = store.record_rejected(s, "RACE-1", "", "agent_id: required")
+                outcome["status"] = call.status
+        except Exception as e:  # noqa: BLE001 - the test reports what escaped
+            outcome["error"] = f"{type(e).__name__}: {e}"
+
+    threads = [threading.Thread(target=good_message), threading.Thread(target=malformed_message)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert outcome == {"status": "failed"}
+    with db.session_scope(postgres_url) as s:
+        calls = store.list_calls(s)
+        assert [(c.external_call_id, c.status, c.failure_reason) for c in calls] == [
+            ("RACE-1", "failed", "agent_id: required")]
