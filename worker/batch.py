@@ -12,6 +12,7 @@ No Celery in here: the caller passes the sender.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,10 +48,27 @@ class ScanReport:
     refused: int = 0
     """Files that cannot be sent at all (their path fails the payload's checks); each is
     logged with the reason, and the scan goes on without them."""
+    too_new: int = 0
+    """Files modified within ``Settings.inbox_min_age_s``: maybe still being written, left
+    for the next scan (not sent, not marked)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"batch_id": self.batch_id, "seen": self.seen, "enqueued": self.enqueued,
-                "skipped": self.skipped, "refused": self.refused}
+                "skipped": self.skipped, "refused": self.refused, "too_new": self.too_new}
+
+
+def settled(paths: Sequence[Path], min_age_s: float, now_s: float) -> tuple[list[Path], int]:
+    """(the paths last modified ``min_age_s`` or more before ``now_s`` (epoch seconds), how
+    many were newer). A path whose time cannot be read is kept: hashing it will say why."""
+    ready: list[Path] = []
+    for path in paths:
+        try:
+            fresh = now_s - path.stat().st_mtime < min_age_s
+        except OSError:
+            fresh = False
+        if not fresh:
+            ready.append(path)
+    return ready, len(paths) - len(ready)
 
 
 def inbox_request(path: Path, source: str) -> CallRequest:
@@ -101,7 +119,11 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
     if not settings.inbox_dirs:
         raise ConfigError("CALLMOOD_INBOX_DIRS is not set: name the folders to scan, "
                           "separated by the OS path separator")
-    files = list(inbox_files(settings.inbox_dirs))
+    found = list(inbox_files(settings.inbox_dirs))
+    files, too_new = settled(found, settings.inbox_min_age_s, time.time())
+    if too_new:
+        log.info("%d inbox file(s) modified in the last %.0f s left for the next scan (still "
+                 "being written?)", too_new, settings.inbox_min_age_s)
     by_hash = {uri_sha256(path_uri(path)): path for path in files}
     with session_scope(settings) as session:
         known = enqueued_uri_hashes(session, list(by_hash))
@@ -127,7 +149,7 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
 
     result = submit_batch(new_requests(), settings, send, batch_id, known=len(known))
     enqueued, skipped = result.sent, len(known) + result.skipped
-    log.info("batch %d (%s): %d files, %d enqueued, %d already seen, %d refused", batch_id,
-             source, len(files), enqueued, skipped, refused)
-    return ScanReport(batch_id=batch_id, seen=len(files), enqueued=enqueued, skipped=skipped,
-                      refused=refused)
+    log.info("batch %d (%s): %d files, %d enqueued, %d already seen, %d refused, %d too new",
+             batch_id, source, len(found), enqueued, skipped, refused, too_new)
+    return ScanReport(batch_id=batch_id, seen=len(found), enqueued=enqueued, skipped=skipped,
+                      refused=refused, too_new=too_new)

@@ -436,8 +436,10 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     with celery_sender(settings) as send:
         report = scan_inboxes(settings, source="cli", send=send)
     refused = f", {report.refused} refused (reasons in the log)" if report.refused else ""
+    too_new = (f", {report.too_new} modified in the last {settings.inbox_min_age_s:.0f} s left "
+               "for the next scan (CALLMOOD_INBOX_MIN_AGE_S)" if report.too_new else "")
     print(f"batch {report.batch_id}: {report.seen} file(s) seen, {report.enqueued} enqueued, "
-          f"{report.skipped} already known{refused}")
+          f"{report.skipped} already known{refused}{too_new}")
     return 0
 
 

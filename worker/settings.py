@@ -52,6 +52,11 @@ class Settings:
     log_level: str = "INFO"
     inbox_dirs: tuple[Path, ...] = ()
     """Folders the nightly scan (``worker.batch``) looks for new recordings in."""
+    inbox_min_age_s: float = 60.0
+    """A scan leaves a file modified less than this long ago for the next scan: a recording
+    copied into the inbox under its final name (cp, an SMB share) is still being written,
+    and the scan would send its first part, under that path, for good. A copy rewrites its
+    modification time as it writes; a minute covers a copy stalled that long. 0: no wait."""
     nightly_at: tuple[int, int] = (2, 0)
     """(hour, minute) of the nightly scan, in ``timezone``."""
     timezone: str = "UTC"
@@ -145,6 +150,8 @@ class Settings:
                                          cls.max_file_bytes),
             log_level=log_level,
             inbox_dirs=inbox_dirs,
+            inbox_min_age_s=_non_negative_float(get("INBOX_MIN_AGE_S"),
+                                                "CALLMOOD_INBOX_MIN_AGE_S", cls.inbox_min_age_s),
             nightly_at=_clock_time(get("NIGHTLY_AT") or "02:00", "CALLMOOD_NIGHTLY_AT"),
             timezone=timezone,
             vad=_dataclass_from_env(VadConfig, env, VAD_PREFIX),
@@ -241,6 +248,18 @@ def _positive_float(raw: str | None, name: str, default: float) -> float:
     return value
 
 
+def _non_negative_float(raw: str | None, name: str, default: float) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name}={raw!r}: expected a number of seconds, 0 or more") from e
+    if not 0.0 <= value < float("inf"):
+        raise ConfigError(f"{name}={raw!r}: expected a number of seconds, 0 or more")
+    return value
+
+
 _CLOCK_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
 
 
@@ -253,8 +272,8 @@ def _clock_time(raw: str, name: str) -> tuple[int, int]:
 
 SETTING_NAMES: tuple[str, ...] = (
     "DATA_DIR", "DATABASE_URL", "BROKER_URL", "INPUT_ROOTS", "MODEL_PATH", "CORPORA_DIR",
-    "CHANNEL_ROLES", "INBOX_DIRS", "TIMEZONE", "LOG_LEVEL", "ONNX_THREADS", "MAX_DURATION_S",
-    "MAX_FILE_BYTES", "NIGHTLY_AT")
+    "CHANNEL_ROLES", "INBOX_DIRS", "INBOX_MIN_AGE_S", "TIMEZONE", "LOG_LEVEL", "ONNX_THREADS",
+    "MAX_DURATION_S", "MAX_FILE_BYTES", "NIGHTLY_AT")
 """The CALLMOOD_ variables :meth:`Settings.from_env` reads (without the prefix)."""
 SETTING_PREFIXES: tuple[str, ...] = (VAD_PREFIX, SEGMENTATION_PREFIX, "CALLMOOD_TEST_")
 """Families checked field by field (VAD, segmentation) or read by the tests only."""

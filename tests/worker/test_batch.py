@@ -152,7 +152,8 @@ def test_a_file_that_cannot_travel_or_a_broker_outage_does_not_wedge_the_scan(
     loop = inbox / "loop.wav"
     loop.symlink_to(loop)  # a symlink loop is skipped (logged), not the end of the scan
     settings = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
-                                  "CALLMOOD_INBOX_DIRS": str(inbox)})
+                                  "CALLMOOD_INBOX_DIRS": str(inbox),
+                                  "CALLMOOD_INBOX_MIN_AGE_S": "0"})   # files written just now
     db.upgrade(settings.database_url)
     # c.wav's path is over the payload's URI limit: it is refused, the others still go
     monkeypatch.setattr(store, "URI_MAX_CHARS", len(str(inbox)) + 60)
@@ -222,7 +223,7 @@ def test_the_nightly_scan_twice_enqueues_each_recording_once(
     (inbox / "notes.txt").write_text("not a recording")
     db.upgrade(postgres_url)
     env = callmood_env(postgres_url, broker, tmp_path, tiny_model(tmp_path / "model"),
-                       tmp_path / "data", inbox_dirs=str(inbox))
+                       tmp_path / "data", inbox_dirs=str(inbox), inbox_min_age_s="0")
     settings = Settings.from_env(env)
     expected = {external_id_for(p) for p in [*good, *bad.values()]}
 
@@ -299,3 +300,45 @@ def test_an_entry_the_os_refuses_to_stat_is_skipped_not_the_end_of_the_scan(
         found = [p.name for p in batch.inbox_files([inbox])]
     assert found == ["a.wav", "z.wav"]
     assert "locked.wav" in caplog.text and "Permission denied" in caplog.text
+
+
+def test_a_file_still_being_copied_in_is_left_for_the_next_scan(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A recording copied into the inbox under its final name (cp, an SMB share) is not
+    hidden while it is written: a scan then sent its first part under that path, and every
+    later scan skipped the path as sent, so the whole recording was never analysed. A file
+    modified less than CALLMOOD_INBOX_MIN_AGE_S ago is left for the next scan."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    settled_file, copying = inbox / "settled.wav", inbox / "copying.wav"
+    settled_file.write_bytes(b"a finished recording")
+    copying.write_bytes(b"the first part")
+    an_hour_ago = time.time() - 3600
+    os.utime(settled_file, (an_hour_ago, an_hour_ago))
+    settings = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
+                                  "CALLMOOD_INBOX_DIRS": str(inbox)})
+    assert settings.inbox_min_age_s == 60.0
+    db.upgrade(settings.database_url)
+    sent: list[store.CallRequest] = []
+
+    def send(requests: Sequence[store.CallRequest]) -> list[str]:
+        sent.extend(requests)
+        return [f"task-{len(sent)}-{i}" for i in range(len(requests))]
+
+    with caplog.at_level("INFO", logger="worker.batch"):
+        first = scan_inboxes(settings, source="nightly", send=send)
+    assert (first.seen, first.enqueued, first.too_new) == (2, 1, 1)
+    assert first.as_dict()["too_new"] == 1 and "left for the next scan" in caplog.text
+    assert [r.uri for r in sent] == [str(settled_file.resolve())]
+    # the copy completes and settles: the next scan sends it, with the whole content's id
+    copying.write_bytes(b"the first part and the rest of the call")
+    os.utime(copying, (an_hour_ago, an_hour_ago))
+    second = scan_inboxes(settings, source="nightly", send=send)
+    assert (second.enqueued, second.skipped, second.too_new) == (1, 1, 0)
+    assert sent[-1].uri == str(copying.resolve())
+    assert sent[-1].external_call_id == external_id_for(copying)
+    # 0 turns the wait off; a negative or non-numeric value is refused by name
+    assert Settings.from_env({"CALLMOOD_INBOX_MIN_AGE_S": "0"}).inbox_min_age_s == 0.0
+    for bad in ("-1", "soon", "inf"):
+        with pytest.raises(ConfigError, match="CALLMOOD_INBOX_MIN_AGE_S"):
+            Settings.from_env({"CALLMOOD_INBOX_MIN_AGE_S": bad})
