@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -236,28 +236,26 @@ def _positive_int(raw: str | None, name: str, default: int) -> int:
     return value
 
 
-def _positive_float(raw: str | None, name: str, default: float) -> float:
+def _float_setting(raw: str | None, name: str, default: float, expected: str,
+                   valid: Callable[[float], bool]) -> float:
     if raw is None:
         return default
     try:
         value = float(raw)
     except ValueError as e:
-        raise ConfigError(f"{name}={raw!r}: expected a positive number") from e
-    if not value > 0:
-        raise ConfigError(f"{name}={raw!r}: expected a positive number")
+        raise ConfigError(f"{name}={raw!r}: expected {expected}") from e
+    if not valid(value):
+        raise ConfigError(f"{name}={raw!r}: expected {expected}")
     return value
+
+
+def _positive_float(raw: str | None, name: str, default: float) -> float:
+    return _float_setting(raw, name, default, "a positive number", lambda v: v > 0)
 
 
 def _non_negative_float(raw: str | None, name: str, default: float) -> float:
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError as e:
-        raise ConfigError(f"{name}={raw!r}: expected a number of seconds, 0 or more") from e
-    if not 0.0 <= value < float("inf"):
-        raise ConfigError(f"{name}={raw!r}: expected a number of seconds, 0 or more")
-    return value
+    return _float_setting(raw, name, default, "a number of seconds, 0 or more",
+                          lambda v: 0.0 <= v < float("inf"))
 
 
 _CLOCK_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
