@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from types import MappingProxyType
@@ -37,6 +37,14 @@ ACTED_CORPORA: tuple[str, ...] = ("ravdess", "tess", "emodb", "baved")
 USAGE_NOTE = ("Research default: trained on corpora licensed for research / non-commercial use "
               "only. Retrain on your own labelled calls (python -m training train --manifest ...) "
               "before any commercial use.")
+OPERATOR_USAGE_NOTE = ("Trained on the operator's own labelled data only (no research corpus): "
+                       "its use is governed by that data's terms.")
+
+
+def usage_note(corpora: Iterable[str]) -> str:
+    """The card's usage note for a model trained on ``corpora``: the research default's when
+    any licensed research corpus (:data:`LICENCES`) is among them, else the operator's."""
+    return USAGE_NOTE if any(c in LICENCES for c in corpora) else OPERATOR_USAGE_NOTE
 
 
 def markdown_path_for(model_path: Path) -> Path:
@@ -401,8 +409,10 @@ def data_limits(train_counts: Mapping[str, Mapping[str, int]]) -> list[str]:
     return [
         f"Trained on {'; '.join(sources) or 'no clips'}"
         + ("; real call emotions are subtler and far more often neutral." if acted else "."),
-        "Trained on clip-level labels of 2-4 s utterances; very short segments are tiled "
-        "to min_frames and are less reliable.",
+        ("Trained on clip-level labels of 2-4 s utterances; very short segments are tiled "
+         "to min_frames and are less reliable." if not operator else
+         "Trained on clip-level labels (one label per clip, however long); very short segments "
+         "are tiled to min_frames and are less reliable."),
         "Languages: " + ", ".join(languages + (["as the operator data's"] if operator else []))
         + "; other languages untested.",
     ]

@@ -13,7 +13,11 @@ Every step is a pure function over DataFrames (takes one, returns a new one). De
   for training or model selection.
 
 A manifest needs at least the columns path, speaker, emotion, split; ``path`` is relative
-to the manifest's folder or absolute. ``corpus`` defaults to the manifest's folder name.
+to the manifest's folder or absolute. ``corpus`` defaults to the manifest's folder name, and
+a speaker is ``corpus:speaker``: an operator's manifests in several folders name one corpus
+in a ``corpus`` column, or the same agent counts as a different speaker in each. ``split`` is
+train or test, each speaker in one of them (validation speakers are drawn from train); an
+optional ``channel`` column (0 = first) names the labelled party's channel of a stereo file.
 """
 
 from __future__ import annotations
@@ -59,6 +63,18 @@ AROUSAL_CORPORA: tuple[str, ...] = ("baved",)
 SUBSET_TRAIN = "train"
 SUBSET_VAL = "val"
 SUBSET_TEST = "test"
+MANIFEST_SPLITS: tuple[str, ...] = (SUBSET_TRAIN, SUBSET_TEST)
+"""Values of a manifest's ``split``: validation speakers are carved out of train by the
+training run itself (``--val-fraction``, ``--split-seed``)."""
+MAX_LISTED = 5
+"""Values a manifest error names before it counts the rest."""
+
+
+def _listed(counts: pd.Series) -> str:
+    """'a' (3 rows), 'b' (1 row), ... for the value counts of a manifest error."""
+    shown = [f"{v!r} ({n} row{'s' if n != 1 else ''})" for v, n in counts.head(MAX_LISTED).items()]
+    more = f" and {len(counts) - MAX_LISTED} more" if len(counts) > MAX_LISTED else ""
+    return ", ".join(shown) + more
 
 
 def read_manifest(manifest_path: Path) -> pd.DataFrame:
@@ -75,12 +91,47 @@ def read_manifest(manifest_path: Path) -> pd.DataFrame:
         raise ConfigError(f"manifest {manifest_path} lacks column(s) {', '.join(missing)}; "
                           f"needs at least {', '.join(REQUIRED_COLUMNS)}")
     root = manifest_path.resolve().parent
+    speaker = df["speaker"].fillna("").astype(str).str.strip()
+    if (speaker == "").any():
+        lines = [str(i + 2) for i in df.index[speaker == ""][:MAX_LISTED]]
+        raise ConfigError(f"manifest {manifest_path}: no speaker on line(s) {', '.join(lines)}"
+                          f"{' ...' if (speaker == '').sum() > MAX_LISTED else ''}; every clip "
+                          "needs its speaker, which keeps test speakers out of training")
+    split = df["split"].fillna("").astype(str).str.strip().str.lower()
+    other = split[~split.isin(MANIFEST_SPLITS)]
+    if not other.empty:
+        raise ConfigError(f"manifest {manifest_path}: split value(s) "
+                          f"{_listed(other.value_counts())}; use {' or '.join(MANIFEST_SPLITS)} "
+                          "(validation speakers are drawn from train: --val-fraction, "
+                          "--split-seed)")
+    channel = (_channels(df["channel"], manifest_path) if "channel" in df.columns
+               else pd.Series([pd.NA] * len(df), index=df.index, dtype="Int64"))
     paths = [str(p if Path(p).is_absolute() else root / p) for p in df["path"].astype(str)]
     corpus = (df["corpus"].astype(str) if "corpus" in df.columns
               else pd.Series([root.name] * len(df), index=df.index))
-    return df.assign(path=paths, corpus=corpus, speaker=df["speaker"].astype(str),
+    return df.assign(path=paths, corpus=corpus, speaker=speaker, channel=channel,
                      emotion=df["emotion"].fillna("").astype(str).str.strip().str.lower(),
-                     split=df["split"].astype(str).str.strip().str.lower())
+                     split=split)
+
+
+def _channels(raw: pd.Series, manifest_path: Path) -> pd.Series:
+    """A manifest's ``channel`` column as Int64 (empty: a mono file, NA); ConfigError for a
+    value that is not a channel number."""
+    text = raw.fillna("").astype(str).str.strip()
+    number = pd.to_numeric(text.where(text != ""), errors="coerce")
+    bad = text[(text != "") & (number.isna() | (number < 0) | (number % 1 != 0))]
+    if not bad.empty:
+        raise ConfigError(f"manifest {manifest_path}: channel value(s) "
+                          f"{_listed(bad.value_counts())}; use 0 for the first channel, 1 for "
+                          "the second, or leave it empty for a mono file")
+    return number.astype("Int64")
+
+
+def clip_channels(df: pd.DataFrame) -> list[int | None]:
+    """Each clip's channel (None: a mono file), for :func:`worker.audio.load_mono`."""
+    if "channel" not in df.columns:
+        return [None] * len(df)
+    return [None if pd.isna(c) else int(c) for c in df["channel"]]
 
 
 def corpus_manifest_paths(corpora_dir: Path, corpora: Sequence[str] = DEFAULT_CORPORA) -> list[Path]:
@@ -99,9 +150,18 @@ def read_manifests(manifest_paths: Iterable[Path]) -> pd.DataFrame:
 def map_labels(df: pd.DataFrame) -> pd.DataFrame:
     """Keep clips whose emotion maps to one of EMOTIONS; add ``label`` (str) and ``label_id``.
 
-    Drops boredom, empty labels (BAVED) and anything unknown.
+    Drops boredom and empty labels (BAVED has arousal levels only). ConfigError for a label
+    :data:`LABEL_MAP` does not know: dropped silently, a misspelt class vanished from
+    training (an operator's 'fearful' or 'joy' rows), or left a single class.
     """
-    mapped = df["emotion"].map(lambda e: LABEL_MAP.get(str(e).strip().lower()))
+    raw = df["emotion"].map(lambda e: str(e).strip().lower())
+    unknown = raw[(raw != "") & ~raw.isin(LABEL_MAP)]
+    if not unknown.empty:
+        raise ConfigError(
+            f"unknown emotion label(s) {_listed(unknown.value_counts())}; use one of "
+            f"{', '.join(EMOTIONS)}, or {', '.join(k for k in LABEL_MAP if k not in EMOTIONS)} "
+            "(mapped or, boredom, dropped by design; see training/dataset.py)")
+    mapped = raw.map(LABEL_MAP)
     kept = df.assign(label=mapped)[mapped.notna()]
     index = {e: i for i, e in enumerate(EMOTIONS)}
     return kept.assign(label_id=kept["label"].map(index).astype(np.int64)).reset_index(drop=True)
@@ -141,9 +201,28 @@ def assign_subsets(df: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0,
 def build_dataset(manifest_paths: Iterable[Path], val_fraction: float = 0.2,
                   seed: int = 0) -> pd.DataFrame:
     """Manifests -> labelled clips with ``subset`` in {train, val, test}."""
-    df = map_labels(read_manifests(manifest_paths))
-    df = df[df["split"].isin([SUBSET_TRAIN, SUBSET_TEST])]
+    df = check_speaker_independent(map_labels(read_manifests(manifest_paths)))
     return assign_subsets(df.reset_index(drop=True), val_fraction=val_fraction, seed=seed)
+
+
+def check_speaker_independent(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` unchanged if no speaker (``corpus:speaker``) and no file has clips in both
+    train and test; ConfigError naming them otherwise: a test figure is speaker-independent
+    only if its speakers were never trained on (an operator's calls split by call, not by
+    agent, put the same agents in both)."""
+    keys = speaker_keys(df)
+    both = sorted(set(keys[df["split"] == SUBSET_TRAIN]) & set(keys[df["split"] == SUBSET_TEST]))
+    if both:
+        raise ConfigError(
+            f"speaker(s) {', '.join(both[:MAX_LISTED])}{' ...' if len(both) > MAX_LISTED else ''}"
+            f" ({len(both)} in all) have clips in both train and test: put each speaker in one "
+            "split, or the test figures are not speaker-independent")
+    paths = df.groupby("path")["split"].nunique()
+    twice = sorted(paths[paths > 1].index)
+    if twice:
+        raise ConfigError(f"file(s) {', '.join(twice[:MAX_LISTED])} are listed in both train "
+                          "and test")
+    return df
 
 
 def build_arousal_dataset(manifest_paths: Iterable[Path], val_fraction: float = 0.2,

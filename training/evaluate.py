@@ -37,6 +37,7 @@ from training.dataset import (
     SUBSET_TRAIN,
     SUBSET_VAL,
     card_val_speakers,
+    clip_channels,
     map_labels,
     read_manifests,
     speaker_keys,
@@ -425,10 +426,13 @@ def apply_channel(audio: npt.NDArray[np.float32], channel: str,
 
 
 def clip_features(path: str, channel: str, config: FeatureConfig,
-                  speech_cut: SpeechCut | None = None) -> npt.NDArray[np.float32]:
-    """The serving path for one clip: decode at the model's rate, channel, the worker's cut
-    to speech (``None``: the whole clip), log-mel."""
-    audio = apply_channel(load_mono(Path(path), config.sample_rate), channel, config)
+                  speech_cut: SpeechCut | None = None,
+                  source_channel: int | None = None) -> npt.NDArray[np.float32]:
+    """The serving path for one clip: decode at the model's rate (``source_channel`` of a
+    stereo file), the channel condition ``channel``, the worker's cut to speech (``None``: the
+    whole clip), log-mel."""
+    audio = apply_channel(load_mono(Path(path), config.sample_rate, source_channel), channel,
+                          config)
     return extract_features(audio if speech_cut is None else speech_cut.apply(audio), config)
 
 
@@ -550,7 +554,7 @@ def evaluate_models(groups: Sequence[Sequence[Path]], manifest_paths: Sequence[P
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
                 feats[config] = list(pool.map(clip_features, clips["path"].tolist(),
                                               [channel] * len(clips), [config] * len(clips),
-                                              [speech_cut] * len(clips)))
+                                              [speech_cut] * len(clips), clip_channels(clips)))
         for group_rows, group in zip(rows, model_groups, strict=True):
             probs = np.mean([m.predict_proba(feats[m.card.features]) for m in group],
                             axis=0).astype(np.float32)

@@ -34,10 +34,10 @@ from training.augment import AugmentConfig, augment
 from training.card import (
     ADDED_AS_BEFORE,
     LICENCES,
-    USAGE_NOTE,
     config_differences,
     data_limits,
     label_notes,
+    usage_note,
     write_card,
 )
 from training.checkpoint import (
@@ -54,6 +54,7 @@ from training.dataset import (
     TRAINABLE_EXTRA_CLASSES,
     build_arousal_dataset,
     build_dataset,
+    clip_channels,
     counts_table,
     sampling_weights,
     speaker_keys,
@@ -284,15 +285,17 @@ class TrainResult:
 
 
 def load_clips(paths: Sequence[str], sample_rate: int, workers: int = 2,
-               speech_cut: SpeechCut | None = None) -> list[Audio]:
+               speech_cut: SpeechCut | None = None,
+               channels: Sequence[int | None] | None = None) -> list[Audio]:
     """Decode clips (soundfile + soxr, as the worker does) in a thread pool, each cut to its
-    speech by ``speech_cut`` when given."""
-    def load(path: str) -> Audio:
-        audio = load_mono(Path(path), sample_rate)
+    speech by ``speech_cut`` when given; ``channels``: each clip's channel of a stereo file
+    (None: a mono file; :func:`training.dataset.clip_channels`)."""
+    def load(path: str, channel: int | None) -> Audio:
+        audio = load_mono(Path(path), sample_rate, channel)
         return audio if speech_cut is None else speech_cut.apply(audio)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(load, paths))
+        return list(pool.map(load, paths, channels or [None] * len(paths)))
 
 
 def tile_frames(feats: npt.NDArray[np.float32], frames: int) -> npt.NDArray[np.float32]:
@@ -617,15 +620,19 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     if config.speech_cut is not None and sr != ANALYSIS_SAMPLE_RATE:
         raise ConfigError(f"features at {sr} Hz: the cut to speech runs the worker's VAD at "
                           f"{ANALYSIS_SAMPLE_RATE} Hz; train with --whole-clips or at that rate")
-    train_waves = load_clips(train_df["path"].tolist(), sr, workers, config.speech_cut)
-    val_waves = load_clips(val_df["path"].tolist(), sr, workers, config.speech_cut)
+    train_waves = load_clips(train_df["path"].tolist(), sr, workers, config.speech_cut,
+                             clip_channels(train_df))
+    val_waves = load_clips(val_df["path"].tolist(), sr, workers, config.speech_cut,
+                           clip_channels(val_df))
     val_feats = [extract_features(w, config.features) for w in val_waves]
     y_val = val_df["label_id"].to_numpy(np.int64)
     val_corpora = val_df["corpus"].to_numpy()
     arousal_train, arousal_val = _arousal_clips(config, arousal_manifests, limit_per_corpus)
-    arousal_waves = load_clips(arousal_train["path"].tolist(), sr, workers, config.speech_cut)
+    arousal_waves = load_clips(arousal_train["path"].tolist(), sr, workers, config.speech_cut,
+                               clip_channels(arousal_train))
     arousal_val_feats = [extract_features(w, config.features) for w in
-                         load_clips(arousal_val["path"].tolist(), sr, workers, config.speech_cut)]
+                         load_clips(arousal_val["path"].tolist(), sr, workers, config.speech_cut,
+                                    clip_channels(arousal_val))]
     y_arousal_val = arousal_val["arousal_id"].to_numpy(np.int64)
     # arousal clips follow the emotion clips: no emotion label, and emotion clips no level
     arousal_y = torch.from_numpy(np.concatenate([
@@ -802,7 +809,7 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
         "features": config.features.to_dict(), "onnx_sha256": file_sha256(model_path),
         "input_name": "features", "output_name": "logits", "temperature": round(temperature, 4),
         "min_frames": config.min_frames, "sample_rate": config.features.sample_rate,
-        "usage_note": USAGE_NOTE,
+        "usage_note": usage_note(corpora),
         "architecture": {"type": architecture_name(config.model),
                          **config.model.to_dict(), "parameters": count_parameters(served),
                          "onnx_bytes": model_path.stat().st_size, "opset": OPSET},

@@ -699,13 +699,33 @@ def _as_frames(x: Any, n_channels: int) -> Audio:
     return np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(-1, n_channels))
 
 
-def load_mono(path: Path, target_rate: int = ANALYSIS_SAMPLE_RATE) -> Audio:
-    """Decode a corpus clip to one channel at ``target_rate`` (channels averaged).
+def load_mono(path: Path, target_rate: int = ANALYSIS_SAMPLE_RATE,
+              channel: int | None = None) -> Audio:
+    """Decode a labelled clip to one channel at ``target_rate``: a mono file's channel, or
+    ``channel`` (0 = first) of a multi-channel one.
 
-    Used by training and evaluation: the same soundfile + soxr path as the worker.
+    Used by training and evaluation: the same soundfile + soxr path as the worker, with its
+    checks of a decode cut short. A multi-channel file needs ``channel``: the worker scores
+    each channel (party) apart, so a mix of agent and customer is never what it sees, and a
+    model trained or judged on one would be trained or judged on other input. Raises
+    AudioDecodeError naming the file and what is wrong.
     """
     try:
-        data, rate = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as e:
+        with sf.SoundFile(os.fsencode(path)) as sound:
+            fmt, header_frames = str(sound.format), int(sound.frames)
+            data = sound.read(dtype="float32", always_2d=True)
+            rate = int(sound.samplerate)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise AudioDecodeError(f"{path} could not be decoded: {e}") from e
-    return resample(data.mean(axis=1), int(rate), target_rate)
+    if data.shape[0] == 0:
+        raise AudioDecodeError(f"{path} holds no audio (0 frames)")
+    check_decoded_length(path, fmt, header_frames, data.shape[0], rate)
+    check_mp3_length(path, fmt, data.shape[0], rate)
+    if channel is None and data.shape[1] > 1:
+        raise AudioDecodeError(
+            f"{path} has {data.shape[1]} channels: name the labelled party's channel in the "
+            "manifest's channel column (0 = first); the worker scores each channel apart")
+    if channel is not None and not 0 <= channel < data.shape[1]:
+        raise AudioDecodeError(f"{path} has {data.shape[1]} channel(s); the manifest names "
+                               f"channel {channel} (valid: 0 to {data.shape[1] - 1})")
+    return resample(data[:, 0 if channel is None else channel], rate, target_rate)

@@ -14,6 +14,7 @@ from training.dataset import (
     assign_subsets,
     build_arousal_dataset,
     build_dataset,
+    clip_channels,
     map_labels,
     read_manifest,
     sampling_weights,
@@ -122,3 +123,54 @@ def test_baved_arousal_levels_become_ids_with_validation_speakers_drawn_apart(
         tmp_path / "manifest.csv", index=False)
     with pytest.raises(ConfigError, match=r"no arousal_level column.*low, neutral, high"):
         build_arousal_dataset([tmp_path / "manifest.csv"])
+
+
+def _manifest(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mycalls" / "manifest.csv"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_unknown_labels_stop_the_run_instead_of_vanishing(tmp_path: Path) -> None:
+    """An operator's 'fearful' or 'joy' rows were dropped without a word: whole classes
+    vanished from training, or one class was left."""
+    df = _clips([("mycalls", "a1", "fearful", "train"), ("mycalls", "a1", "joy", "train"),
+                 ("mycalls", "a2", "fearful", "test"), ("mycalls", "a2", "sad", "train")])
+    with pytest.raises(ConfigError, match=r"unknown emotion label\(s\) 'fearful' \(2 rows\), "
+                                          r"'joy' \(1 row\); use one of angry, disgust"):
+        map_labels(df)
+
+
+def test_a_manifest_names_its_bad_split_values_and_missing_speakers(tmp_path: Path) -> None:
+    path = _manifest(tmp_path, "path,speaker,emotion,split\na.wav,s1,sad,train\n"
+                               "b.wav,s2,sad,val\nc.wav,s3,sad,validation\n")
+    with pytest.raises(ConfigError, match=r"split value\(s\) 'val' \(1 row\), 'validation' "
+                                          r"\(1 row\); use train or test"):
+        read_manifest(path)
+    path = _manifest(tmp_path, "path,speaker,emotion,split\na.wav,s1,sad,train\n"
+                               "b.wav,,sad,train\n")
+    with pytest.raises(ConfigError, match=r"no speaker on line\(s\) 3"):
+        read_manifest(path)
+    path = _manifest(tmp_path, "path,speaker,emotion,split,channel\na.wav,s1,sad,train,1\n"
+                               "b.wav,s2,sad,train,\nc.wav,s3,sad,train,left\n")
+    with pytest.raises(ConfigError, match=r"channel value\(s\) 'left' \(1 row\); use 0"):
+        read_manifest(path)
+
+
+def test_a_speaker_in_both_train_and_test_is_refused(tmp_path: Path) -> None:
+    """Calls split by call instead of by agent put an agent in both splits, and the card
+    still called the test figures speaker-independent."""
+    rows = "".join(f"{s}-{i}.wav,{s},sad,{split}\n" for s, split in
+                   (("agentA", "train"), ("agentB", "train"), ("agentC", "test"))
+                   for i in range(3))
+    leaked = rows + "agentA-9.wav,agentA,sad,test\n"
+    with pytest.raises(ConfigError, match=r"speaker\(s\) mycalls:agentA \(1 in all\) have "
+                                          "clips in both train and test"):
+        build_dataset([_manifest(tmp_path, "path,speaker,emotion,split\n" + leaked)])
+    twice = rows + "agentC-0.wav,agentB,sad,train\n"
+    with pytest.raises(ConfigError, match=r"agentC-0.wav are listed in both train and test"):
+        build_dataset([_manifest(tmp_path, "path,speaker,emotion,split\n" + twice)])
+    clean = build_dataset([_manifest(tmp_path, "path,speaker,emotion,split,channel\n"
+                                     + rows.replace(".wav,", ".wav,").replace("\n", ",1\n"))])
+    assert clip_channels(clean) == [1] * len(clean)

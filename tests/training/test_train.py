@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 
 from training.cli import evaluate_main, final_fit_main, train_main
 from training.distill import DistillConfig
@@ -93,7 +94,9 @@ def test_train_command_writes_a_servable_model_and_card(
     assert raw["test_metrics"]["command"].startswith(
         "CALLMOOD_VAD_REMOVE_DC=0 python -m training evaluate --model ")
     assert "cut to its speech as the worker cuts calls" in model_path.with_suffix(".card.md").read_text()
-    assert "Research default" in model_path.with_suffix(".card.md").read_text()
+    # no research corpus by name: the operator's note, not the research default's
+    markdown = model_path.with_suffix(".card.md").read_text()
+    assert "operator's own labelled data only" in markdown and "Research default" not in markdown
     # the worker's path serves it: decoded clip -> shared features -> probabilities
     audio = load_mono(Path(pd.read_csv(manifest)["path"].iloc[0]), card.features.sample_rate)
     probs = load_model(model_path.resolve(), 1).predict_proba([extract_features(audio, card.features)])
@@ -755,3 +758,34 @@ def test_training_refuses_to_write_over_the_model_the_worker_serves(
     from training.cli import build_train_parser
 
     assert build_train_parser().parse_args([]).out_dir == Path("runs") / "train"
+
+
+def test_an_operators_stereo_calls_train_on_the_channel_their_manifest_names(
+        tmp_path: Path, callmood_corpora: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stereo recordings (agent and customer) were averaged into one channel for training and
+    evaluation, a mix of both parties the worker never scores (it scores each channel apart).
+    A stereo clip without a ``channel`` column now stops the run with what to add; with it,
+    the named party's channel is what trains."""
+    mono = pd.read_csv(_operator_manifest(tmp_path, callmood_corpora))
+    folder = tmp_path / "stereo"
+    folder.mkdir()
+    paths = []
+    for i, path in enumerate(mono["path"]):
+        party = load_mono(Path(path), 16000)
+        other = np.random.default_rng(i).standard_normal(party.size).astype(np.float32) * 0.05
+        paths.append(folder / f"call-{i}.wav")
+        sf.write(str(paths[-1]), np.stack([other, party], axis=1), 16000, subtype="PCM_16")
+    stereo = mono.assign(path=[str(p) for p in paths])
+    manifest = folder / "manifest.csv"
+    stereo.to_csv(manifest, index=False)
+    args = ["--manifest", str(manifest), "--out-dir", str(tmp_path / "models"), "--epochs", "1",
+            "--draws-per-epoch", "16", "--batch-size", "8", "--workers", "1", "--threads", "1",
+            "--no-test-eval"]
+    assert train_main(args) != 0
+    assert "has 2 channels: name the labelled party's channel" in capsys.readouterr().err
+    stereo.assign(channel=1).to_csv(manifest, index=False)
+    assert train_main(args) == 0
+    assert (tmp_path / "models" / "emotion-v1.onnx").exists()
+    # the channel picked is the party's (to 16-bit rounding), not the mix
+    party, original = load_mono(paths[0], 16000, 1), load_mono(Path(mono["path"][0]), 16000)
+    assert np.allclose(party, original, atol=1e-4)
