@@ -48,8 +48,8 @@ class FeatureConfig:
     """Subtract the utterance's mean sample before framing. A DC offset (a cheap sound card,
     a biased line) otherwise leaks into the lowest mel bands through the window's main lobe
     and shifts every frame the same way, which CMN only partly undoes because the log is not
-    additive. The same removal as the VAD's (:func:`worker.vad.without_dc`). False: how
-    emotion-v1.4.0 and earlier were trained (older cards lack the field; v1.4.0's says false)."""
+    additive. The same removal as the VAD's (:func:`worker.vad.without_dc`). False: how every
+    shipped model, emotion-v1.8.0 included, was trained (cards before v1.4.0 lack the field)."""
 
     def __post_init__(self) -> None:
         if self.win_length > self.n_fft:

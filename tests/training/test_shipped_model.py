@@ -112,7 +112,7 @@ def test_the_card_reports_what_the_model_measures(emotion_model: Path,
 # Robustness table on RAVDESS (``--robustness``), emotion-v1.8.0: clean 0.664, worst condition
 # clipping (each clip's speech at -26 dBFS, +20 dB, hard clip), measured 0.612 (5.2 points
 # under clean: the goal of at most 5 is still missed, by less); every other condition within
-# 3.6 points (gentle EQ tilt 0.628, Opus ~5 kbit/s 0.637). v1.7.0: clipping 0.532 (5.65 under
+# 3.6 points (strong EQ/tilt 0.628, Opus ~5 kbit/s 0.637). v1.7.0: clipping 0.532 (5.65 under
 # its 0.588); v1.6.0: clipping 0.570 (5.5 under its 0.625); v1.5.0: clipping 0.604 (4.9 under
 # its 0.653); v1.4.0: Opus 0.558.
 RAVDESS_WORST_CASE_FLOOR = 0.59
