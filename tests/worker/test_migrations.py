@@ -15,7 +15,7 @@ from worker.schema import Base
 
 EXPECTED_INDEXES = {
     "calls": {"ix_calls_agent_id_started_at", "ix_calls_status", "ix_calls_started_at",
-              "ix_calls_batch_id", "ix_calls_source_uri_sha"},
+              "ix_calls_batch_id_status", "ix_calls_source_uri_sha"},
     "batches": {"ix_batches_started_at"},
     "segments": {"ix_segments_call_id_start_s"},
 }
@@ -31,7 +31,7 @@ def _diff(url: str) -> list[object]:
 def _check_round_trip(url: str) -> None:
     assert db.current_revision(url) is None
     db.upgrade(url)
-    assert db.current_revision(url) == db.head_revision() == "0003"
+    assert db.current_revision(url) == db.head_revision() == "0004"
     assert _diff(url) == [], "migrations/ and worker/schema.py disagree"
     inspector = inspect(db.make_engine(url))
     # autogenerate does not compare CHECK constraints: their names are checked here
@@ -170,7 +170,8 @@ def test_migrations_ship_with_the_package() -> None:
     assert (root / "env.py").is_file()
     assert (root / "script.py.mako").is_file()
     assert sorted(p.name for p in (root / "versions").glob("*.py")) == [
-        "0001_initial.py", "0002_batches.py", "0003_check_names_uri_hashes.py"]
+        "0001_initial.py", "0002_batches.py", "0003_check_names_uri_hashes.py",
+        "0004_calls_batch_status_index.py"]
 
 
 @pytest.mark.postgres
@@ -192,7 +193,7 @@ def test_offline_sql_for_postgres_upgrades_like_the_online_path(
     with db.make_engine(postgres_url).begin() as c:
         c.exec_driver_sql(script)
     db.dispose_engines()
-    assert db.current_revision(postgres_url) == "0003"
+    assert db.current_revision(postgres_url) == db.head_revision()
     with db.make_engine(postgres_url).connect() as c:
         hashes = {int(i): h for i, h in c.execute(text("SELECT id, source_uri_sha256 FROM "
                                                          "calls")).all()}
@@ -205,3 +206,20 @@ def test_offline_sql_for_postgres_upgrades_like_the_online_path(
     # SQLite has no SHA-256 function: offline SQL stops at 0003 with what to do instead
     with pytest.raises(NotImplementedError, match="callmood db upgrade"):
         command.upgrade(db.alembic_config("sqlite:///offline.sqlite"), "0002:head", sql=True)
+
+
+def test_the_batch_recount_reads_the_index_alone(tmp_path: Path) -> None:
+    """Every finished call recounts its batch by status with the batch row locked; with
+    the status in the batch index (0004) SQLite counts from the index without touching the
+    table (52 -> 17 ms on a 50,000-call batch, migration 0004's docstring)."""
+    from sqlalchemy.dialects import sqlite
+
+    from worker.store import batch_status_query
+
+    url = f"sqlite:///{tmp_path / 'plan.sqlite'}"
+    db.upgrade(url)
+    query = batch_status_query(1).compile(dialect=sqlite.dialect(),
+                                          compile_kwargs={"literal_binds": True})
+    with db.make_engine(url).connect() as c:
+        plan = " ".join(str(row[-1]) for row in c.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}"))
+    assert "COVERING INDEX ix_calls_batch_id_status" in plan, plan
