@@ -39,6 +39,19 @@ def _expand(paths: Sequence[str]) -> list[Path]:
     return files
 
 
+def require_model(settings: Settings) -> None:
+    """ConfigError (exit 2) unless the emotion model and its card load: a missing model or a
+    card for another file would fail every call, and a command that claimed one first left
+    it 'processing' for ever (``analyze``), or retried each for minutes (``run``)."""
+    from worker.emotion import load_card
+    from worker.errors import ModelError
+
+    try:
+        load_card(settings.model_path)
+    except ModelError as e:
+        raise ConfigError(f"{e} (CALLMOOD_MODEL_PATH)") from e
+
+
 def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     """Run the whole pipeline in-process on each file and store the results."""
     from worker.db import session_scope, upgrade
@@ -48,8 +61,11 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     from worker.store import CallRequest, find_call, segments_for_call
 
     files = _expand(args.files)
+    if not files:
+        raise ConfigError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {args.files}")
     if args.call_id and len(files) != 1:
         raise ConfigError("--call-id names one call: give exactly one FILE with it")
+    require_model(settings)
     settings = worker_settings(settings, [f.resolve() for f in files])
     upgrade(settings.database_url)
     failed = 0
@@ -112,6 +128,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     files = _expand(args.paths)
     if not files:
         raise ConfigError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {args.paths}")
+    require_model(settings)
     print(f"callmood: {len(files)} recording(s) -> celery worker on "
           f"{redact_url(settings.broker_url)} -> {redact_url(settings.database_url)}",
           file=sys.stderr)
@@ -143,6 +160,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"the demo builds its calls from the RAVDESS test actors, and "
                           f"{manifest} is missing: put the corpora at ../shared/corpora beside "
                           "the checkout or set CALLMOOD_CORPORA_DIR")
+    require_model(settings)
     paths = demo_calls(settings.corpora_dir, out)
     print(f"callmood demo: wrote {len(paths)} stereo 8 kHz mu-law calls (RAVDESS test actors, "
           f"channel 0 agent, 1 customer) to {out}", file=sys.stderr)
@@ -228,10 +246,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Replace this process with a Celery worker (so SIGTERM reaches Celery's warm shutdown)."""
     from worker.celery_app import is_sqla_broker, worker_command
     from worker.db import require_head
-    from worker.emotion import load_card
 
     # a missing model or a card for another file would fail every call it takes: refuse now
-    load_card(settings.model_path)
+    require_model(settings)
     # so would a database without this release's schema; one that is down may come back,
     # and the tasks retry while it is
     try:

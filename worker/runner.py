@@ -86,10 +86,28 @@ def external_id_for(path: Path) -> str:
         return f"path-{hashlib.sha256(os.fsencode(path)).hexdigest()}"
 
 
+MAX_RUN_ROOTS = 64
+"""Folders ``callmood run`` adds to the input roots one by one; more become their common
+ancestor. The roots reach the worker in one environment variable, which Linux caps at 128 KiB:
+a tree of one folder per agent and day (3,600 leaf folders in a review, 147 KB) failed to
+start the worker at all."""
+
+
 def worker_settings(settings: Settings, paths: Sequence[Path]) -> Settings:
-    """``settings`` with the files' directories added to the input roots."""
-    roots = dict.fromkeys([*settings.input_roots, *(p.parent for p in paths)])
-    return settings.replace(input_roots=tuple(roots))
+    """``settings`` with the files' folders added to the input roots: each folder not under a
+    root already or under another added one, or their common ancestor when there are more
+    than :data:`MAX_RUN_ROOTS` (the run's worker reads only the files this run sends it)."""
+    roots = list(settings.input_roots)
+    folders = sorted({p.parent for p in paths if not any(p.is_relative_to(r) for r in roots)})
+    cover: list[Path] = []
+    for folder in folders:
+        # sorted by parts, the folders under one come right after it: the last kept is the
+        # only one that can hold this one
+        if not cover or not folder.is_relative_to(cover[-1]):
+            cover.append(folder)
+    if len(cover) > MAX_RUN_ROOTS:
+        cover = [Path(os.path.commonpath(cover))]
+    return settings.replace(input_roots=tuple(dict.fromkeys([*roots, *cover])))
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
@@ -148,11 +166,22 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
         celery.close()
 
     node = f"run-{os.getpid()}-{queue[-6:]}@%h"
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            worker_command(concurrency, "WARNING", queue, node, settings.broker_url),
-            env=worker_environment(settings), stdout=log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, cwd=settings.data_dir, start_new_session=True)
+    try:
+        with log_path.open("ab") as log_file:
+            process = subprocess.Popen(
+                worker_command(concurrency, "WARNING", queue, node, settings.broker_url),
+                env=worker_environment(settings), stdout=log_file, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=settings.data_dir, start_new_session=True)
+    except OSError as e:
+        # no worker will ever read the run's queue: empty it and fail the calls with why,
+        # or they stay pending with their messages stranded on a queue of no one's
+        _drop_private_queue(settings, queue)
+        results = _collect(ids, requests, settings, False, None, timeout_s, log_path,
+                           cause=f"the celery worker could not be started: {e}")
+        return RunSummary(done=sum(r.status == "done" for r in results),
+                          failed=sum(r.status == "failed" for r in results),
+                          files=tuple(results), elapsed_s=time.monotonic() - started,
+                          worker_log=log_path, timed_out=False, worker_exit_code=None)
     timed_out = False
     exit_code: int | None = None
     try:
@@ -246,11 +275,10 @@ def stop_worker(process: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S)
 
 def _collect(ids: dict[Path, str], requests: dict[str, CallRequest], settings: Settings,
              timed_out: bool, exit_code: int | None, timeout_s: float,
-             log_path: Path) -> list[FileResult]:
-    if timed_out:
-        cause = f"not finished within {timeout_s:.0f} s (callmood run timeout)"
-    else:
-        cause = f"the celery worker exited (code {exit_code}) first; see {log_path}"
+             log_path: Path, cause: str | None = None) -> list[FileResult]:
+    if cause is None:
+        cause = (f"not finished within {timeout_s:.0f} s (callmood run timeout)" if timed_out
+                 else f"the celery worker exited (code {exit_code}) first; see {log_path}")
     results: list[FileResult] = []
     with session_scope(settings) as session:
         calls = calls_by_external_id(session, list(requests))

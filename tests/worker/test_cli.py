@@ -119,8 +119,40 @@ def test_a_worker_refuses_to_start_with_a_broken_model(
         raise AssertionError("celery was started with a broken model")
 
     monkeypatch.setattr(os, "execv", no_exec)
-    assert main(["worker"]) == 1  # before celery is exec'd: nothing would take calls
+    assert main(["worker"]) == 2  # before celery is exec'd: nothing would take calls
     assert "emotion model not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["analyze", "run"])
+def test_analyze_and_run_refuse_a_broken_model_before_claiming_any_call(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        callmood_corpora: Path, command: str) -> None:
+    """`callmood analyze` claimed the call, then met the missing model: the call stayed
+    'processing' for ever (no recovery looks at an in-process run); `run` would have retried
+    every call for minutes. Both now stop first, as the worker does."""
+    from tests.audio_fixtures import make_call_wav, pick_clips
+    from worker import db, store
+    from worker.settings import get_settings
+
+    call = env / "call.wav"
+    make_call_wav(call, [pick_clips(callmood_corpora, 1)])
+    monkeypatch.setenv("CALLMOOD_MODEL_PATH", str(env / "missing.onnx"))
+    get_settings.cache_clear()
+    assert main([command, str(call)]) == 2
+    assert "emotion model not found" in capsys.readouterr().err
+    settings = get_settings()
+    db.upgrade(settings.database_url)
+    with db.session_scope(settings) as session:
+        assert store.list_calls(session) == []
+
+
+def test_analyze_of_a_folder_without_recordings_says_so(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = env / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no audio here")
+    assert main(["analyze", str(empty)]) == 2
+    assert "no audio files" in capsys.readouterr().err
 
 
 def test_a_worker_refuses_to_start_on_a_database_without_this_releases_schema(
@@ -181,7 +213,7 @@ def test_the_worker_logs_at_callmood_log_level_unless_told(
 
 def test_db_upgrade_reports_the_revision(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade"]) == 0
-    assert "revision 0003" in capsys.readouterr().out
+    assert "revision 0004" in capsys.readouterr().out
 
 
 def test_db_sql_prints_the_upgrade_for_a_dba(env: Path, capsys: pytest.CaptureFixture[str],

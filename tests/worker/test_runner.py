@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -266,3 +267,45 @@ def test_a_killed_pool_process_requeues_its_recording(
         call = store.find_call(s, "CC-HELD")
         assert call is not None
         _check_done(s, call, target, 2)
+
+
+def test_a_run_over_many_folders_starts_its_worker_or_fails_its_calls(
+        callmood_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One folder per agent and day: every file's folder went into the worker's
+    CALLMOOD_INPUT_ROOTS, which passed Linux's 128 KiB limit for one variable, so the worker
+    never started (E2BIG) and the calls stayed pending with their messages on a queue no one
+    reads. The roots are now the folders' common ancestor past MAX_RUN_ROOTS, and a worker
+    that cannot start fails the run's calls with why and empties its queue."""
+    from worker import runner
+    from worker.celery_app import make_celery, queue_stats
+
+    archive = callmood_settings.input_roots[0].parent / "archive"
+    files = [archive / f"2026-01-{day:02d}" / f"agent-{agent:05d}" / "call.wav"
+             for day in range(1, 31) for agent in range(120)]
+    for i, path in enumerate(files[:3]):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(f"call {i}".encode())
+    settings = runner.worker_settings(callmood_settings, files)
+    assert settings.input_roots[-1] == archive
+    assert len(settings.input_roots) <= len(callmood_settings.input_roots) + 1
+    assert len(runner.worker_environment(settings)["CALLMOOD_INPUT_ROOTS"]) < 4096
+    # a few folders stay themselves, one under another counted once
+    few = runner.worker_settings(callmood_settings, [archive / "a" / "x.wav",
+                                                     archive / "a" / "b" / "y.wav"])
+    assert few.input_roots[len(callmood_settings.input_roots):] == (archive / "a",)
+
+    def cannot_start(*_: object, **__: object) -> None:
+        raise OSError(7, "Argument list too long")
+
+    monkeypatch.setattr(subprocess, "Popen", cannot_start)     # as worker.runner calls it
+    monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(int=0x5EED))
+    queue = f"{RUN_QUEUE_PREFIX}{uuid.UUID(int=0x5EED).hex[:12]}"
+    summary = run_recordings(files[:3], callmood_settings, timeout_s=30)
+    assert (summary.done, summary.failed) == (0, 3)
+    assert all("could not be started: [Errno 7] Argument list too long" in (r.reason or "")
+               for r in summary.files)
+    app = make_celery(runner.worker_settings(callmood_settings, files[:3]))
+    try:
+        assert queue_stats(app, queue).queued == 0   # nothing stranded on the run's queue
+    finally:
+        app.close()
