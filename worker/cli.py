@@ -325,12 +325,18 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     """Send one recording (or a manifest) to the workers; a known call id is sent once."""
-    from worker.enqueue import enqueue, enqueue_manifest
+    from worker.enqueue import MANIFEST_COLUMNS, enqueue, enqueue_manifest
 
     if args.manifest:
-        if args.target or args.call_id:
-            raise ConfigError("--manifest takes its calls from the file: give no FILE/URI or "
-                              "--call-id with it")
+        given = [option for option, value in (
+            ("FILE/URI", args.target), ("--call-id", args.call_id), ("--agent", args.agent),
+            ("--team", args.team), ("--started-at", args.started_at),
+            ("--customer-ref", args.customer_ref)) if value]
+        if given:
+            # silently ignored before: the labels are the manifest's columns, row by row
+            raise ConfigError(f"--manifest takes its calls and their labels from the file: give "
+                              f"no {', '.join(given)} with it (the manifest's columns: "
+                              f"{', '.join(MANIFEST_COLUMNS)})")
         result = enqueue_manifest(args.manifest, reprocess=args.reprocess, settings=settings)
         for r in result.results:
             if not r.sent:

@@ -308,13 +308,27 @@ def read_manifest(path: Path, reprocess: bool = False) -> list[CallRequest]:
             raise PayloadError(f"manifest {path.name}: use a .csv or .jsonl (.ndjson) file")
     except OSError as e:
         raise PayloadError(f"manifest {path}: cannot be read: {e}") from e
+    except UnicodeDecodeError as e:
+        raise PayloadError(f"manifest {path.name}: not UTF-8 (byte 0x{e.object[e.start]:02x} at "
+                           f"offset {e.start}): save it as UTF-8 (Excel: \"CSV UTF-8\")") from e
     requests: list[CallRequest] = []
     errors: list[str] = []
+    first_line: dict[str, tuple[int, str]] = {}
     for line, row in rows:
         try:
-            requests.append(_request_from_row(row, path.parent, reprocess))
+            request = _request_from_row(row, path.parent, reprocess)
         except PayloadError as e:
             errors.append(f"line {line}: {e}")
+            continue
+        # one call id for two files: the second would be skipped as already sent, unanalysed
+        # (a row repeated for the same file is harmless: it is reported skipped)
+        seen_line, seen_uri = first_line.setdefault(request.external_call_id,
+                                                    (line, request.uri))
+        if seen_uri != request.uri:
+            errors.append(f"line {line}: call_id {request.external_call_id!r} names another "
+                          f"file on line {seen_line}")
+            continue
+        requests.append(request)
     if errors:
         more = len(errors) - MAX_REPORTED_ERRORS
         raise PayloadError(f"manifest {path.name}: {len(errors)} bad row(s), nothing sent; "
@@ -364,8 +378,13 @@ def _check_columns(path: Path, columns: Sequence[str], line: int | None = None) 
     where = f"manifest {path.name}" + (f" line {line}" if line is not None else "")
     unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
     if unknown:
-        raise PayloadError(f"{where}: unknown column(s) {', '.join(unknown)}; accepted: "
-                           f"{', '.join(MANIFEST_COLUMNS)}")
+        hint = ""
+        if any(sep in c for c in unknown for sep in ";\t|"):
+            hint = " (columns are separated by commas, not semicolons or tabs)"
+        elif any(c.strip() in MANIFEST_COLUMNS for c in unknown):
+            hint = " (no spaces around the names)"
+        raise PayloadError(f"{where}: unknown column(s) {', '.join(map(repr, unknown))}{hint}; "
+                           f"accepted: {', '.join(MANIFEST_COLUMNS)}")
     if line is None:
         missing = [c for c in MANIFEST_REQUIRED if c not in columns]
         if missing:

@@ -230,7 +230,12 @@ def test_a_send_that_fails_within_a_chunk_keeps_what_it_published_marked_sent(
 
 @pytest.mark.parametrize(("text", "message"), [
     ("uri,call_id\na.wav,X\n", "missing column(s) agent_id"),
-    ("uri,call_id,agent_id,colour\na.wav,X,a,red\n", "unknown column(s) colour"),
+    ("uri,call_id,agent_id,colour\na.wav,X,a,red\n", "unknown column(s) 'colour'"),
+    ("uri;call_id;agent_id\na.wav;X;a\n", "separated by commas, not semicolons or tabs"),
+    ("uri, call_id, agent_id\na.wav,X,a\n", "(no spaces around the names)"),
+    # one call id for two files: the second was skipped as "already enqueued", unanalysed
+    ("uri,call_id,agent_id\na.wav,X,a\nb.wav,X,b\na.wav,X,a\n",
+     "1 bad row(s), nothing sent; line 3: call_id 'X' names another file on line 2"),
     ("uri,call_id,agent_id\na.wav,X,a\nb.wav,,a\nc.wav,bad id,a\n",
      "2 bad row(s), nothing sent; line 3: call_id: required; line 4: call_id"),
     ("uri,call_id,agent_id,started_at\na.wav,X,a,yesterday\n", "line 2: started_at"),
@@ -345,6 +350,11 @@ def test_cli_enqueue_status_failures_retry_round_trip(
     assert cli("enqueue", str(broken), "--call-id", "CLI-2", "--agent", "ag-2")[0] == 0
     code, out = cli("enqueue", str(good), "--call-id", "CLI-1", "--agent", "ag-1")
     assert code == 0 and "skipped CLI-1" in out
+    # labels beside a manifest were ignored without a word: its rows carry their own
+    manifest = inbox / "m.csv"
+    manifest.write_text(f"uri,call_id,agent_id\n{spare},CLI-9,ag-9\n")
+    code, out = cli("enqueue", "--manifest", str(manifest), "--team", "billing")
+    assert code == 2 and "give no --team with it" in out and "team" in out
 
     code, out = cli("status")
     assert code == 0 and "queue callmood: 2 waiting, 0 delivered and unacked" in out
@@ -381,3 +391,14 @@ def test_cli_enqueue_status_failures_retry_round_trip(
         assert call is not None and (call.agent_id, call.team, call.customer_ref) == \
             ("ag-1", "blue", "c-1")
     get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("encoding", ["cp1252", "utf-16"])
+def test_a_manifest_that_is_not_utf8_says_so(producer: Settings, encoding: str) -> None:
+    """Excel's plain "CSV" on Windows is cp1252: a raw UnicodeDecodeError traceback before."""
+    path = producer.input_roots[0] / "excel.csv"
+    path.write_bytes("uri,call_id,agent_id,team\na.wav,X,a,Kundenbüro\n".encode(encoding))
+    with pytest.raises(PayloadError, match=r"excel.csv: not UTF-8 \(byte 0x.. at offset \d+\): "
+                                           r"save it as UTF-8"):
+        enqueue_manifest(path, settings=producer)
+    assert _depth(producer) == 0
