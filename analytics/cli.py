@@ -27,6 +27,7 @@ from analytics.options import (
     GroupBy,
     Period,
 )
+from worker.errors import ConfigError
 from worker.settings import Settings
 
 
@@ -100,6 +101,11 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         print(f"callmood report: --from {args.date_from} is after --to {args.date_to}",
               file=sys.stderr)
         return 2
+    # paths checked before the queries, so a mistake costs no report and keeps the old one
+    if args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a folder: name the CSV file to write")
+    if args.plots is not None and args.plots.exists() and not args.plots.is_dir():
+        raise ConfigError(f"--plots {args.plots} is a file: name a folder for the PNGs")
     where = ReportFilter(date_from=args.date_from, date_to=args.date_to, agent=args.agent,
                          team=args.team, timezone=settings.timezone)
     with report_session(settings.database_url) as session:
@@ -108,7 +114,10 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     report = report_from_frames(args.kind, calls, segments, bin_s=args.bin_s,
                                 period=cast(Period, args.period), by=cast(GroupBy, args.by),
                                 timezone=settings.timezone)
-    path = write_csv(round_for_export(report), args.out, excel_bom=args.bom)
+    try:
+        path = write_csv(round_for_export(report), args.out, excel_bom=args.bom)
+    except OSError as e:
+        raise ConfigError(f"--out {args.out}: cannot write it: {e.strerror or e}") from e
     message = f"callmood report {args.kind}: {len(report)} rows -> {path}"
     if args.plots is not None:
         from analytics.plots import write_call_pngs

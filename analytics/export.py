@@ -7,6 +7,7 @@ supervisor opens the file in a spreadsheet.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -30,7 +31,16 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_csv(frame: pd.DataFrame, path: Path, excel_bom: bool = False) -> Path:
-    """Write ``frame`` as UTF-8 CSV (with a BOM if ``excel_bom``, so Excel reads UTF-8)."""
+    """Write ``frame`` as UTF-8 CSV (with a BOM if ``excel_bom``, so Excel reads UTF-8).
+
+    Written beside ``path`` and renamed over it once complete: a write that fails (a full
+    disk) leaves the previous report whole, never half a file. OSError as the OS gives it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    spreadsheet_safe(frame).to_csv(path, index=False, encoding="utf-8-sig" if excel_bom else "utf-8")
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        spreadsheet_safe(frame).to_csv(partial, index=False,
+                                       encoding="utf-8-sig" if excel_bom else "utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path

@@ -41,3 +41,9 @@ def test_recordings_to_stress_report_and_pictures(tmp_path: Path, emotion_model:
     pngs = sorted(p.name for p in plots.glob("*.png"))
     assert len(pngs) == 2 and all((plots / p).stat().st_size > 20_000 for p in pngs)
     assert (plots / pngs[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # path mistakes: a clear error, exit 2, before any query, and the last report kept whole
+    kept = out.read_bytes()
+    assert main(["report", "stress", "--out", str(plots)]) == 2                 # a folder
+    assert main(["report", "stress", "--out", str(out), "--plots", str(out)]) == 2  # a file
+    assert out.read_bytes() == kept

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from analytics.export import spreadsheet_safe, write_csv
 
@@ -23,3 +24,21 @@ def test_bom_and_empty_csv_has_headers(tmp_path: Path) -> None:
     raw = path.read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf")
     assert raw.decode("utf-8-sig").strip() == "call,agent"
+
+
+def test_a_write_that_fails_leaves_the_previous_report_whole(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CSV is written beside the file and renamed over it when complete: a disk that
+    fills mid-write left half a report, the old one already gone."""
+    path = write_csv(pd.DataFrame({"call": ["a", "b"]}), tmp_path / "r.csv")
+    before = path.read_bytes()
+
+    def disk_full(self: pd.DataFrame, target: object, **_: object) -> None:
+        Path(str(target)).write_text("call\na")          # part of it, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_csv(pd.DataFrame({"call": ["c"]}), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]      # no partial file left
