@@ -12,7 +12,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -162,7 +161,7 @@ def report_session(database_url: str) -> Iterator[Session]:
     their segments) see one snapshot, so a call reprocessed between them is not listed
     without its segments, and readers still do not block writers.
     """
-    from worker.db import configure_sqlite, session_scope
+    from worker.db import configure_sqlite, require_sqlite_file, session_scope
 
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
@@ -173,10 +172,8 @@ def report_session(database_url: str) -> Iterator[Session]:
                                                       "postgresql_readonly": True})
             yield session
         return
+    require_sqlite_file(database_url)
     database = url.database or ""
-    if database and database != ":memory:" and not database.startswith("file:") \
-            and not Path(database).expanduser().is_file():
-        raise ConfigError(f"database {database} does not exist (run: callmood db upgrade)")
     engine = create_engine(url, poolclass=NullPool)
     configure_sqlite(engine, (f"busy_timeout = {SQLITE_READ_BUSY_TIMEOUT_MS}", "query_only = ON"),
                      "BEGIN")

@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calls", help="list calls with their status and failure reason")
     p.add_argument("--status", choices=["pending", "processing", "done", "failed"])
     p.add_argument("--limit", type=int, default=50)
-    p.set_defaults(func=cmd_calls)
+    p.set_defaults(func=cmd_calls, needs_db=True)
 
     p = sub.add_parser("beat", help="start Celery beat (sends the nightly inbox scan)",
                        epilog="Any other option goes to celery beat unchanged (e.g. "
@@ -535,16 +535,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--customer-ref", help="customer reference")
     p.add_argument("--reprocess", action="store_true",
                    help="analyse again even if this call id was sent or analysed before")
-    p.set_defaults(func=cmd_enqueue)
+    p.set_defaults(func=cmd_enqueue, needs_db=True)
 
     p = sub.add_parser("failures", help="list failed calls with reason and attempts")
     p.add_argument("--limit", type=int, default=100)
-    p.set_defaults(func=cmd_failures)
+    p.set_defaults(func=cmd_failures, needs_db=True)
 
     p = sub.add_parser("retry", help="enqueue failed calls again")
     p.add_argument("--call-id", action="append", help="a failed call id (repeatable)")
     p.add_argument("--all-failed", action="store_true", help="every failed call")
-    p.set_defaults(func=cmd_retry)
+    p.set_defaults(func=cmd_retry, needs_db=True)
 
     p = sub.add_parser("recover", help="send again calls the broker lost, restore stranded "
                                        "messages (beat runs this every 5 minutes)")
@@ -552,14 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only calls sent at least this long ago (default: "
                         "worker.recovery.RECOVERY_MIN_AGE_S, 2 minutes)")
     p.add_argument("--dry-run", action="store_true", help="report, change nothing")
-    p.set_defaults(func=cmd_recover)
+    p.set_defaults(func=cmd_recover, needs_db=True)
 
     p = sub.add_parser("status", help="queue depth, calls in flight, today's and batch counts")
     p.add_argument("--batches", type=int, default=1, help="latest batches to show (default 1)")
-    p.set_defaults(func=cmd_status)
+    p.set_defaults(func=cmd_status, needs_db=True)
 
     p = sub.add_parser("batch", help="scan CALLMOOD_INBOX_DIRS now and enqueue new recordings")
-    p.set_defaults(func=cmd_batch)
+    p.set_defaults(func=cmd_batch, needs_db=True)
 
     for name in DELEGATED:  # listed for --help; main() hands them to training.cli unparsed
         sub.add_parser(name, help=f"{name} the emotion model (see python -m training {name} -h)",
@@ -611,6 +611,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = settings.log_level if "CALLMOOD_LOG_LEVEL" in settings.extra else "WARNING"
         logging.basicConfig(level=level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if getattr(args, "needs_db", False):
+            # before connecting: a SQLite URL would create an empty file, and every command
+            # then failed on the missing tables as a database 'unavailable', exit 1
+            from worker.db import require_database
+
+            require_database(settings.database_url)
         code: int = args.func(args, settings)
         return code
     except ConfigError as e:

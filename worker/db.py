@@ -240,6 +240,25 @@ def missing_columns(url: str) -> list[str]:
     return missing
 
 
+def require_sqlite_file(url: str) -> None:
+    """ConfigError when ``url`` is a SQLite file that does not exist: connecting would create
+    it empty (and its folders), and the command then fail on the missing tables as if the
+    database were down."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if (parsed.get_backend_name() == "sqlite" and database and database != ":memory:"
+            and not database.startswith("file:") and not Path(database).expanduser().is_file()):
+        raise ConfigError(f"database {database} does not exist (run: callmood db upgrade)")
+
+
+def require_database(url: str) -> None:
+    """For a command that reads or writes calls without migrating: :func:`require_sqlite_file`,
+    then :func:`require_head` (ConfigError, exit 2, for a database never migrated or behind
+    this release; TransientError if it cannot be reached)."""
+    require_sqlite_file(url)
+    require_head(url)
+
+
 def require_head(url: str) -> None:
     """ConfigError when the database at ``url`` is behind :func:`head_revision`: never
     migrated, or at an older revision of this release (a worker on it fails every call it

@@ -316,3 +316,22 @@ def test_the_demo_without_corpora_is_a_configuration_error(
     assert main(["demo"]) == 2
     err = capsys.readouterr().err
     assert "configuration error" in err and "CALLMOOD_CORPORA_DIR" in err
+
+
+@pytest.mark.parametrize("command", [["calls"], ["status"], ["failures"], ["retry", "--all-failed"],
+                                     ["enqueue", "x.wav", "--call-id", "C-1", "--agent", "a"]])
+def test_commands_on_a_database_never_migrated_say_what_to_run_and_create_nothing(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        command: list[str]) -> None:
+    """They connected first: SQLite created the file (and its folders), and the missing
+    tables were reported as 'database unavailable', exit 1, as if it were down."""
+    database = env / "nowhere" / "callmood.sqlite"
+    monkeypatch.setenv("CALLMOOD_DATABASE_URL", f"sqlite:///{database}")
+    assert main(command) == 2
+    assert "does not exist (run: callmood db upgrade)" in capsys.readouterr().err
+    assert not database.parent.exists()
+    # an empty file that was never migrated: the same advice
+    database.parent.mkdir()
+    database.touch()
+    assert main(command) == 2
+    assert "callmood db upgrade" in capsys.readouterr().err

@@ -246,6 +246,7 @@ def test_recover_on_the_in_memory_broker_says_which_brokers_it_is_for(
 
     monkeypatch.setenv("CALLMOOD_BROKER_URL", "memory://")
     get_settings.cache_clear()
+    assert main(["db", "upgrade"]) == 0
     assert main(["recover", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "configuration error: recovery is for a Redis or database broker" in err, err
