@@ -49,6 +49,16 @@ def _bin_seconds(text: str) -> float:
     return value
 
 
+def _picture_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from e
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: give 0 or more pictures")
+    return value
+
+
 def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``report`` on an ``add_subparsers()`` object; ``args.func`` is
     :func:`run_report`."""
@@ -71,7 +81,7 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="start the CSV with a UTF-8 BOM (Excel on Windows)")
     p.add_argument("--plots", type=Path, metavar="DIR",
                    help="also draw one PNG per call (most stressed first) into DIR")
-    p.add_argument("--max-plots", type=int, default=DEFAULT_MAX_PLOTS, metavar="N",
+    p.add_argument("--max-plots", type=_picture_count, default=DEFAULT_MAX_PLOTS, metavar="N",
                    help=f"at most N PNGs (default {DEFAULT_MAX_PLOTS})")
     p.add_argument("--bin-s", type=_bin_seconds, default=DEFAULT_BIN_S, metavar="SECONDS",
                    help=f"timeline and picture step, at least {MIN_BIN_S:g} (default "

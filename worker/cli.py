@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -58,7 +59,7 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     from worker.enqueue import path_uri, printable_path
     from worker.jobs import process_call
     from worker.runner import content_call_id, external_id_for, worker_settings
-    from worker.store import CallRequest, find_call, segments_for_call
+    from worker.store import CallRequest, find_call, segments_for_call, update_from_request
 
     files = _expand(args.files)
     if not files:
@@ -87,8 +88,14 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"FAILED {shown}: call id {call.external_call_id} holds another "
                           "recording; --reprocess replaces it with this one", file=sys.stderr)
                     continue
+                relabel = {k: v for k, v in (("agent_id", args.agent), ("team", args.team))
+                           if v is not None and getattr(call, k) != v}
+                if relabel:
+                    # the labels given now are the call's: its analysis stands, its reports move
+                    update_from_request(session, call, request)
                 print(f"stored {shown}: analysed before with {call.model_version}; "
-                      "--reprocess analyses it again", file=sys.stderr)
+                      + (f"{', '.join(relabel)} updated; " if relabel else "")
+                      + "--reprocess analyses it again", file=sys.stderr)
             elif outcome.status != "done":
                 failed += 1
                 print(f"FAILED {shown}: {call.failure_reason or outcome.reason}", file=sys.stderr)
@@ -491,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("paths", nargs="+", help="audio files or folders")
         p.add_argument("--concurrency", type=_processes, default=1,
                        help="worker processes (default 1)")
-        p.add_argument("--timeout-s", type=float, default=1800.0,
+        p.add_argument("--timeout-s", type=_timeout_seconds, default=1800.0,
                        help="give up waiting after this many seconds (default 1800)")
         p.set_defaults(func=func)
 
@@ -588,6 +595,18 @@ def _processes(text: str) -> int:
                                          "1 or more") from e
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: give 1 or more processes")
+    return value
+
+
+def _timeout_seconds(text: str) -> float:
+    """argparse type of ``--timeout-s``: a finite number of seconds over 0 (nan never timed
+    out: no time compares as past it)."""
+    try:
+        value = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds") from e
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds over 0")
     return value
 
 

@@ -67,6 +67,17 @@ def test_analyze_json_prints_one_object_per_stored_segment(env: Path, callmood_c
     assert [json.loads(line) for line in out.splitlines()] == rows
     assert f"stored {shown}: analysed before with {stamp}" in err
     assert "FAILED" in err and "not a readable audio file" in err
+    # new labels for it: stored on the call (reports move with them), no new analysis
+    assert main(["analyze", str(path), "--agent", "a-9", "--team", "support"]) == 0
+    assert "agent_id, team updated" in capsys.readouterr().err
+    from worker import db, store
+    from worker.settings import get_settings
+
+    with db.session_scope(get_settings()) as session:
+        relabelled = store.find_call(session, f"sha256-{file_sha256(path)}")
+        assert relabelled is not None
+        assert (relabelled.agent_id, relabelled.team) == ("a-9", "support")
+        assert relabelled.model_version == stamp
     assert main(["analyze", str(path), "--json", "--reprocess"]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == len(rows) and f"done   {shown}" in err
@@ -335,3 +346,16 @@ def test_commands_on_a_database_never_migrated_say_what_to_run_and_create_nothin
     database.touch()
     assert main(command) == 2
     assert "callmood db upgrade" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["run", "a.wav", "--timeout-s", "nan"],
+                                  ["run", "a.wav", "--timeout-s", "0"],
+                                  ["report", "calls", "--out", "x.csv", "--max-plots", "-1"]])
+def test_numbers_that_mean_nothing_are_usage_errors(
+        env: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """--timeout-s nan never timed out (no time compares as past it); --max-plots -1 drew
+    nothing without a word."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "give" in capsys.readouterr().err
