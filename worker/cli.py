@@ -18,7 +18,7 @@ from typing import TextIO
 
 from worker.constants import AUDIO_SUFFIXES
 from worker.errors import CallmoodError, ConfigError, TransientError
-from worker.settings import Settings, redact_url
+from worker.settings import Settings, redact_url, zone_for
 
 log = logging.getLogger(__name__)
 
@@ -367,10 +367,13 @@ def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
     from worker.db import session_scope
     from worker.store import list_calls
 
+    zone = zone_for(settings.timezone)
     with session_scope(settings) as session:
         failed = list_calls(session, status="failed", limit=args.limit, newest_first=True)
         for call in failed:
-            when = f"{call.processed_at:%Y-%m-%d %H:%M:%S}" if call.processed_at else "-"
+            # in the site's zone, as `status` counts days, and saying which
+            when = (f"{call.processed_at.astimezone(zone):%Y-%m-%d %H:%M:%S %Z}"
+                    if call.processed_at else "-")
             print(f"{call.external_call_id}\tattempts={call.attempts}\t{when}\t"
                   f"{call.source_uri}\t{call.failure_reason}")
     print(f"{len(failed)} failed call(s) listed", file=sys.stderr)

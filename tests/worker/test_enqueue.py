@@ -370,6 +370,7 @@ def test_cli_enqueue_status_failures_retry_round_trip(
         (line,) = [ln for ln in out.splitlines() if ln.startswith("CLI-2")]
         assert "attempts=1" in line and "broken.wav" in line
         assert "not a readable audio file" in line and "CLI-1" not in out
+        assert " UTC\t" in line     # when it failed, in the site's zone (UTC here), named
 
         code, out = cli("status")
         assert "queue callmood: 0 waiting" in out
