@@ -51,10 +51,14 @@ class ScanReport:
     too_new: int = 0
     """Files modified within ``Settings.inbox_min_age_s``: maybe still being written, left
     for the next scan (not sent, not marked)."""
+    missing_folders: tuple[str, ...] = ()
+    """Inbox folders that are not there (a typo in CALLMOOD_INBOX_DIRS, a share not mounted):
+    the scan covers the others; ``callmood batch`` exits 1 naming them."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"batch_id": self.batch_id, "seen": self.seen, "enqueued": self.enqueued,
-                "skipped": self.skipped, "refused": self.refused, "too_new": self.too_new}
+                "skipped": self.skipped, "refused": self.refused, "too_new": self.too_new,
+                "missing_folders": list(self.missing_folders)}
 
 
 def settled(paths: Sequence[Path], min_age_s: float, now_s: float) -> tuple[list[Path], int]:
@@ -152,4 +156,6 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
     log.info("batch %d (%s): %d files, %d enqueued, %d already seen, %d refused, %d too new",
              batch_id, source, len(found), enqueued, skipped, refused, too_new)
     return ScanReport(batch_id=batch_id, seen=len(found), enqueued=enqueued, skipped=skipped,
-                      refused=refused, too_new=too_new)
+                      refused=refused, too_new=too_new,
+                      missing_folders=tuple(str(d) for d in settings.inbox_dirs
+                                            if not d.is_dir()))

@@ -473,6 +473,10 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
                "for the next scan (CALLMOOD_INBOX_MIN_AGE_S)" if report.too_new else "")
     print(f"batch {report.batch_id}: {report.seen} file(s) seen, {report.enqueued} enqueued, "
           f"{report.skipped} already known{refused}{too_new}")
+    if report.missing_folders:
+        print(f"callmood batch: inbox folder(s) not found, not scanned: "
+              f"{', '.join(report.missing_folders)} (CALLMOOD_INBOX_DIRS)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -359,3 +359,18 @@ def test_numbers_that_mean_nothing_are_usage_errors(
         main(argv)
     assert info.value.code == 2
     assert "give" in capsys.readouterr().err
+
+
+def test_batch_names_an_inbox_folder_that_is_not_there(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo in CALLMOOD_INBOX_DIRS (or a share not mounted) only logged a warning: exit 0
+    and an empty batch recorded as if the inbox were empty."""
+    inbox = env / "inbox"
+    inbox.mkdir()
+    monkeypatch.setenv("CALLMOOD_INBOX_DIRS", os.pathsep.join([str(inbox), str(env / "inbx")]))
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["batch"]) == 1
+    out, err = capsys.readouterr()
+    assert "0 file(s) seen" in out
+    assert f"inbox folder(s) not found, not scanned: {env / 'inbx'}" in err
