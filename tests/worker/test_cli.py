@@ -111,15 +111,21 @@ def test_configuration_errors_exit_2(env: Path, monkeypatch: pytest.MonkeyPatch,
     assert "CALLMOOD_CHANNEL_ROLES" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["run", "worker"])
-@pytest.mark.parametrize("concurrency", ["0", "two"])
-def test_a_concurrency_that_is_no_number_of_processes_is_a_usage_error(
-        env: Path, command: str, concurrency: str, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = [command, *(["a.wav"] if command == "run" else []), "--concurrency", concurrency]
+@pytest.mark.parametrize(("argv", "message"), [
+    *[([command, *(["a.wav"] if command == "run" else []), "--concurrency", concurrency],
+       "1 or more") for command in ("run", "worker") for concurrency in ("0", "two")],
+    # --timeout-s nan never timed out (no time compares as past it); --max-plots -1 drew
+    # nothing without a word
+    (["run", "a.wav", "--timeout-s", "nan"], "seconds over 0"),
+    (["run", "a.wav", "--timeout-s", "0"], "seconds over 0"),
+    (["report", "calls", "--out", "x.csv", "--max-plots", "-1"], "0 or more pictures"),
+])
+def test_numbers_that_mean_nothing_are_usage_errors(
+        env: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
-    assert "1 or more" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_a_worker_refuses_to_start_with_a_broken_model(
@@ -346,19 +352,6 @@ def test_commands_on_a_database_never_migrated_say_what_to_run_and_create_nothin
     database.touch()
     assert main(command) == 2
     assert "callmood db upgrade" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("argv", [["run", "a.wav", "--timeout-s", "nan"],
-                                  ["run", "a.wav", "--timeout-s", "0"],
-                                  ["report", "calls", "--out", "x.csv", "--max-plots", "-1"]])
-def test_numbers_that_mean_nothing_are_usage_errors(
-        env: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    """--timeout-s nan never timed out (no time compares as past it); --max-plots -1 drew
-    nothing without a word."""
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    assert "give" in capsys.readouterr().err
 
 
 def test_batch_names_an_inbox_folder_that_is_not_there(
