@@ -186,6 +186,15 @@ def check_decoded_length(path: Path, fmt: str, header_frames: int, decoded_frame
             "Re-export the recording and send it again")
 
 
+def check_decode_complete(path: Path, fmt: str, header_frames: int, decoded_frames: int,
+                          sample_rate: int) -> None:
+    """AudioDecodeError when a decode of ``path`` stopped short of the audio the file holds:
+    an MP3 whose frames hold more (:func:`check_mp3_length`) or an Ogg/FLAC file short of its
+    header's length (:func:`check_decoded_length`). Every decode path calls this once."""
+    check_mp3_length(path, fmt, decoded_frames, sample_rate)
+    check_decoded_length(path, fmt, header_frames, decoded_frames, sample_rate)
+
+
 def file_access_error(path: Path, e: OSError | ValueError,
                       doing: str) -> TransientError | AudioDecodeError:
     """The error to raise for an OS error met while ``doing`` something with ``path``:
@@ -321,8 +330,8 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
         raise UnsupportedAudioError(f"{data.shape[0] / read_rate:.0f} s is longer than the limit "
                                     f"of {max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
     check_samples(data, path.name)
-    check_mp3_length(path, str(info.format), data.shape[0], int(read_rate))
-    check_decoded_length(path, str(info.format), int(info.frames), data.shape[0], int(read_rate))
+    check_decode_complete(path, str(info.format), int(info.frames), data.shape[0],
+                          int(read_rate))
     channels = tuple(resample(data[:, c], int(read_rate)) for c in range(data.shape[1]))
     return Recording(
         path=path,
@@ -719,8 +728,7 @@ def load_mono(path: Path, target_rate: int = ANALYSIS_SAMPLE_RATE,
         raise AudioDecodeError(f"{path} could not be decoded: {e}") from e
     if data.shape[0] == 0:
         raise AudioDecodeError(f"{path} holds no audio (0 frames)")
-    check_decoded_length(path, fmt, header_frames, data.shape[0], rate)
-    check_mp3_length(path, fmt, data.shape[0], rate)
+    check_decode_complete(path, fmt, header_frames, data.shape[0], rate)
     if channel is None and data.shape[1] > 1:
         raise AudioDecodeError(
             f"{path} has {data.shape[1]} channels: name the labelled party's channel in the "

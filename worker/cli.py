@@ -28,7 +28,8 @@ other hosts' clocks (and the dead worker's)."""
 
 
 def _expand(paths: Sequence[str]) -> list[Path]:
-    """Files as given, directories expanded to the audio files below them (sorted)."""
+    """Files as given, directories expanded to the audio files below them (sorted);
+    ConfigError when that leaves none."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
@@ -37,6 +38,8 @@ def _expand(paths: Sequence[str]) -> list[Path]:
                                 if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES))
         else:
             files.append(path)
+    if not files:
+        raise ConfigError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {list(paths)}")
     return files
 
 
@@ -62,8 +65,6 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     from worker.store import CallRequest, find_call, segments_for_call, update_from_request
 
     files = _expand(args.files)
-    if not files:
-        raise ConfigError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {args.files}")
     if args.call_id and len(files) != 1:
         raise ConfigError("--call-id names one call: give exactly one FILE with it")
     require_model(settings)
@@ -133,8 +134,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from worker.runner import run_recordings
 
     files = _expand(args.paths)
-    if not files:
-        raise ConfigError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {args.paths}")
     require_model(settings)
     print(f"callmood: {len(files)} recording(s) -> celery worker on "
           f"{redact_url(settings.broker_url)} -> {redact_url(settings.database_url)}",

@@ -128,6 +128,11 @@ def submit_chunks(requests: Iterable[CallRequest], settings: Settings, send: Sen
         yield _submit_chunk(chunk, settings, send, batch_id)
 
 
+def _published_before(error: BaseException) -> int:
+    """Tasks a failed send published before it failed (:class:`PartialSendError`; 0 else)."""
+    return len(error.task_ids) if isinstance(error, PartialSendError) else 0
+
+
 def _submit_chunk(requests: Sequence[CallRequest], settings: Settings, send: Sender,
                   batch_id: int | None) -> list[Enqueued]:
     decided: list[tuple[CallRequest, CallSendState | None]] = []
@@ -141,9 +146,8 @@ def _submit_chunk(requests: Sequence[CallRequest], settings: Settings, send: Sen
     except TransientError as e:
         # the tasks published before the broker went away stay marked sent: unmarked, recovery
         # would not watch them and the next enqueue would publish them a second time
-        published = len(e.task_ids) if isinstance(e, PartialSendError) else 0
         with session_scope(settings) as session:
-            release_enqueue(session, [before for _, before in to_send[published:]])
+            release_enqueue(session, [before for _, before in to_send[_published_before(e):]])
         raise
     results: list[Enqueued] = []
     for request, before in decided:
@@ -223,7 +227,7 @@ def submit_batch(requests: Iterable[CallRequest], settings: Settings, send: Send
     except BaseException as e:
         try:
             # the failing chunk's tasks published before the broker went away are sent too
-            close(len(e.task_ids) if isinstance(e, PartialSendError) else 0)
+            close(_published_before(e))
         except Exception:
             log.exception("batch %d: could not record what the failed send sent", batch_id)
         raise

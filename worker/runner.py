@@ -155,7 +155,7 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
     ids = {path: external_id_for(path) for path in files}
     requests = _register(ids, settings)
     if not requests:
-        return RunSummary(0, 0, (), time.monotonic() - started, log_path, False, None)
+        return _summary([], started, log_path, timed_out=False, exit_code=None)
 
     # Send before the worker starts: the sender creates the broker tables, so the two
     # processes never race to create them.
@@ -178,10 +178,7 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
         _drop_private_queue(settings, queue)
         results = _collect(ids, requests, settings, False, None, timeout_s, log_path,
                            cause=f"the celery worker could not be started: {e}")
-        return RunSummary(done=sum(r.status == "done" for r in results),
-                          failed=sum(r.status == "failed" for r in results),
-                          files=tuple(results), elapsed_s=time.monotonic() - started,
-                          worker_log=log_path, timed_out=False, worker_exit_code=None)
+        return _summary(results, started, log_path, timed_out=False, exit_code=None)
     timed_out = False
     exit_code: int | None = None
     try:
@@ -193,15 +190,16 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
         _drop_private_queue(settings, queue)
 
     results = _collect(ids, requests, settings, timed_out, exit_code, timeout_s, log_path)
-    return RunSummary(
-        done=sum(r.status == "done" for r in results),
-        failed=sum(r.status == "failed" for r in results),
-        files=tuple(results),
-        elapsed_s=time.monotonic() - started,
-        worker_log=log_path,
-        timed_out=timed_out,
-        worker_exit_code=exit_code,
-    )
+    return _summary(results, started, log_path, timed_out, exit_code)
+
+
+def _summary(results: list[FileResult], started: float, log_path: Path, timed_out: bool,
+             exit_code: int | None) -> RunSummary:
+    """The run's summary of its files' results (``started``: its time.monotonic())."""
+    return RunSummary(done=sum(r.status == "done" for r in results),
+                      failed=sum(r.status == "failed" for r in results),
+                      files=tuple(results), elapsed_s=time.monotonic() - started,
+                      worker_log=log_path, timed_out=timed_out, worker_exit_code=exit_code)
 
 
 def _drop_private_queue(settings: Settings, queue: str) -> None:

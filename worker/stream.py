@@ -30,8 +30,7 @@ import numpy.typing as npt
 from worker.audio import (
     ChannelPairEnergy,
     StreamInfo,
-    check_decoded_length,
-    check_mp3_length,
+    check_decode_complete,
     stream_blocks,
 )
 from worker.constants import ANALYSIS_SAMPLE_RATE
@@ -105,9 +104,8 @@ def streamed_spans(stream: StreamInfo, max_duration_s: float, vad: VadConfig,
     dual_mono = stream.n_channels == 2 and pair.same_signal
     # once per call: the second pass must decode these same frames (or fails, changed while
     # read), so walking the MP3's frames again there would only repeat this
-    check_mp3_length(stream.path, stream.format, source_frames, stream.source_sample_rate)
-    check_decoded_length(stream.path, stream.format, stream.header_frames, source_frames,
-                         stream.source_sample_rate)
+    check_decode_complete(stream.path, stream.format, stream.header_frames, source_frames,
+                          stream.source_sample_rate)
     n_samples = detectors[0].n_samples
     duration_s = n_samples / ANALYSIS_SAMPLE_RATE
     spans = tuple(
