@@ -71,9 +71,9 @@ def test_analyze_json_prints_one_object_per_stored_segment(env: Path, callmood_c
     assert main(["analyze", str(path), "--agent", "a-9", "--team", "support"]) == 0
     assert "agent_id, team updated" in capsys.readouterr().err
     from worker import db, store
-    from worker.settings import get_settings
 
-    with db.session_scope(get_settings()) as session:
+    # this test's environment, not a settings object cached by an earlier test
+    with db.session_scope(Settings.from_env()) as session:
         relabelled = store.find_call(session, f"sha256-{file_sha256(path)}")
         assert relabelled is not None
         assert (relabelled.agent_id, relabelled.team) == ("a-9", "support")
@@ -149,15 +149,13 @@ def test_analyze_and_run_refuse_a_broken_model_before_claiming_any_call(
     every call for minutes. Both now stop first, as the worker does."""
     from tests.audio_fixtures import make_call_wav, pick_clips
     from worker import db, store
-    from worker.settings import get_settings
 
     call = env / "call.wav"
     make_call_wav(call, [pick_clips(callmood_corpora, 1)])
     monkeypatch.setenv("CALLMOOD_MODEL_PATH", str(env / "missing.onnx"))
-    get_settings.cache_clear()
     assert main([command, str(call)]) == 2
     assert "emotion model not found" in capsys.readouterr().err
-    settings = get_settings()
+    settings = Settings.from_env()
     db.upgrade(settings.database_url)
     with db.session_scope(settings) as session:
         assert store.list_calls(session) == []
