@@ -1,4 +1,4 @@
-"""``python -m bench NAME [options]``: run one benchmark (throughput, report, broker)."""
+"""``python -m bench NAME [options]``: run one benchmark (throughput, report, broker, recount)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib
 import sys
 
 BENCHMARKS = {"throughput": "bench.throughput", "report": "bench.report_bench",
-              "broker": "bench.broker_bench"}
+              "broker": "bench.broker_bench", "recount": "bench.recount_bench"}
 
 
 def main() -> int:
