@@ -51,8 +51,9 @@ class CallOutcome:
     """How processing one call ended (the task returns it as a dict)."""
 
     status: str
-    """done, failed, skipped (already finished; reprocess not asked for), or rejected (the
-    payload did not validate)."""
+    """done, failed, skipped (already finished: reprocess not asked for, or a concurrent
+    run of the call stored its analysis before this one failed), or rejected (the payload
+    did not validate)."""
     external_call_id: str | None
     segments: int = 0
     reason: str | None = None
@@ -115,9 +116,18 @@ def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
 
 
 def _fail(settings: Settings, call_id: int, external_call_id: str, reason: str) -> CallOutcome:
-    log.warning("call %s failed: %s", external_call_id, reason)
     with session_scope(settings) as session:
-        refresh_batch_of(session, mark_failed(session, call_id, reason))
+        call = mark_failed(session, call_id, reason)
+        refresh_batch_of(session, call)
+        if call.status == "done":
+            # a concurrent run of this call (a redelivery beside a slow original) stored its
+            # analysis after this run claimed it: that finished work stands
+            log.warning("call %s: this run failed (%s), but a concurrent run stored its "
+                        "analysis first; kept as done", external_call_id, reason)
+            return CallOutcome("skipped", external_call_id,
+                               reason=f"this run failed ({reason}); a concurrent run of the "
+                                      "call stored its analysis first, which stands")
+    log.warning("call %s failed: %s", external_call_id, reason)
     return CallOutcome("failed", external_call_id, reason=reason)
 
 

@@ -412,9 +412,16 @@ def mark_failed(session: Session, call_id: int, reason: str) -> Call:
     """Mark the call failed with a human-readable ``reason`` (clipped to fit the column).
 
     The segments of an earlier successful run are kept, and reports keep showing them
-    (``analytics.queries.analysed``); the reason then says so first.
+    (``analytics.queries.analysed``); the reason then says so first. A call found ``done``
+    on the locked row is returned unchanged: every caller fails a run it claimed or a call
+    it saw unfinished, and only :func:`save_analysis` sets done, so a concurrent run of the
+    same call (a redelivery beside a slow original, a stuck call that finished after all)
+    stored its analysis meanwhile, and that finished work stands. A new run reopens a done
+    call by claiming it first.
     """
-    call = get_call(session, call_id)
+    call = lock_call(session, call_id)
+    if call.status == "done":
+        return call
     reason = reason or "unknown failure"
     if call.model_version is not None:
         reason = f"re-run failed, the analysis by {call.model_version} kept: {reason}"

@@ -335,6 +335,28 @@ def test_mark_failed_counts_and_lists(db_url: str) -> None:
             store.mark_failed(s, 10_000, "missing")
 
 
+def test_a_run_failing_after_a_concurrent_run_stored_the_call_leaves_it_done(
+        db_url: str) -> None:
+    with db.session_scope(db_url) as s:
+        call_id = store.register_call(s, _request()).id
+        store.claim_for_processing(s, call_id)  # the original run
+        store.claim_for_processing(s, call_id)  # its redelivery, beside it
+        store.save_analysis(s, call_id, fake_analysis(2, model_version="m1"))  # one finishes
+    with db.session_scope(db_url) as s:
+        # the other fails afterwards (a store error, a timeout): the analysis stands as done
+        kept = store.mark_failed(s, call_id, "storing the analysis failed")
+        assert (kept.status, kept.failure_reason) == ("done", None)
+    with db.session_scope(db_url) as s:
+        call = s.get(Call, call_id)
+        assert call is not None and (call.status, call.model_version) == ("done", "m1")
+        # a new run reopens it: its failure is recorded, the earlier analysis still kept
+        store.claim_for_processing(s, call_id)
+        failed = store.mark_failed(s, call_id, "decode error")
+        assert failed.status == "failed"
+        assert failed.failure_reason == "re-run failed, the analysis by m1 kept: decode error"
+    assert _count(db_url, Segment) == 2
+
+
 def test_deleting_a_call_cascades_to_its_segments(db_url: str) -> None:
     with db.session_scope(db_url) as s:
         call_id = store.register_call(s, _request()).id

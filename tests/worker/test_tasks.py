@@ -328,6 +328,30 @@ def test_unexpected_error_fails_the_call_not_the_worker(
     assert call is not None and call.failure_reason == "ZeroDivisionError: boom"
 
 
+def test_a_run_failing_after_its_redelivery_stored_the_call_leaves_it_done(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """acks_late redelivers a slow call to a second worker: that run stores the analysis
+    while the first is still busy, and the first then fails. The call stays done with the
+    stored analysis; the failing run reports why it did not count."""
+    outcomes: list[Any] = [fake_analysis(2, model_version="m-1")]
+
+    def analyze(uri: str, settings: Settings) -> Any:
+        if outcomes:  # the original run: its redelivery runs and finishes meanwhile
+            redelivery = outcomes.pop()
+            monkeypatch.setattr(jobs, "_analyze", lambda uri, settings: redelivery)
+            assert _run(**GOOD)["status"] == "done"
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(jobs, "_analyze", analyze)
+    result = _run(**GOOD)
+    assert result["status"] == "skipped" and "concurrent run" in result["reason"]
+    call = _call(migrated, "CC-100")
+    assert call is not None
+    assert (call.status, call.model_version, call.failure_reason) == ("done", "m-1", None)
+    with db.session_scope(migrated) as s:
+        assert len(store.segments_for_call(s, call.id)) == 2
+
+
 def test_an_analysis_the_schema_cannot_hold_fails_the_call(
         migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
