@@ -251,14 +251,15 @@ def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Replace this process with a Celery worker (so SIGTERM reaches Celery's warm shutdown)."""
     from worker.celery_app import is_sqla_broker, worker_command
-    from worker.db import require_head
+    from worker.db import require_database
 
     # a missing model or a card for another file would fail every call it takes: refuse now
     require_model(settings)
-    # so would a database without this release's schema; one that is down may come back,
-    # and the tasks retry while it is
+    # so would a database without this release's schema (a SQLite file that is not there is
+    # refused before connecting creates it empty); one that is down may come back, and the
+    # tasks retry while it is
     try:
-        require_head(settings.database_url)
+        require_database(settings.database_url)
     except TransientError as e:
         log.warning("schema not checked before start: %s", e)
     if is_sqla_broker(settings.broker_url):

@@ -334,7 +334,8 @@ def test_the_demo_without_corpora_is_a_configuration_error(
 
 
 @pytest.mark.parametrize("command", [["calls"], ["status"], ["failures"], ["retry", "--all-failed"],
-                                     ["enqueue", "x.wav", "--call-id", "C-1", "--agent", "a"]])
+                                     ["enqueue", "x.wav", "--call-id", "C-1", "--agent", "a"],
+                                     ["worker"]])
 def test_commands_on_a_database_never_migrated_say_what_to_run_and_create_nothing(
         env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         command: list[str]) -> None:
