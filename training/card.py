@@ -215,7 +215,10 @@ def loco_lines(loco: dict[str, Any]) -> list[str]:
              "held-out corpus: the closest figure to a new call centre's voices and "
              "microphones. A row with a val UA chose its epoch on validation speakers of the "
              "other corpora; a final fit (no val UA) trains on all their train speakers for "
-             "the epochs and temperature of the run named in the JSON card's `final_fit_of`.",
+             "the epochs and temperature of the run named in the JSON card's `final_fit_of`. "
+             "That run chose them on validation speakers of every corpus, the held-out one's "
+             "included: no clip of the held-out corpus trained the row's weights, but two "
+             "numbers of its recipe were chosen with some of its speakers in view.",
              "",
              "| held out | trained on | clips | " + " | ".join(f"UA {c}" for c in channels)
              + " | UA clean 95 % interval | WA clean | ECE clean | val UA | recipe |",
