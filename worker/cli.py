@@ -82,8 +82,11 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
             call = find_call(session, request.external_call_id)
             assert call is not None  # process_call registered it
             if outcome.status == "skipped" and call.status == "done":
-                # analysed before under this call id: its stored result stands if it is this
-                # file's (--call-id may name a call that holds another recording)
+                # analysed before under this call id, or by a worker while this run failed:
+                # its stored result stands if it is this file's (--call-id may name a call
+                # that holds another recording)
+                if outcome.superseded:
+                    print(f"{shown}: {outcome.reason}", file=sys.stderr)
                 if content_call_id(call.content_sha256 or "") != content_id:
                     failed += 1
                     print(f"FAILED {shown}: call id {call.external_call_id} holds another "
@@ -94,7 +97,9 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
                 if relabel:
                     # the labels given now are the call's: its analysis stands, its reports move
                     update_from_request(session, call, request)
-                print(f"stored {shown}: analysed before with {call.model_version}; "
+                print(f"stored {shown}: analysed "
+                      + ("meanwhile by another run" if outcome.superseded else "before")
+                      + f" with {call.model_version}; "
                       + (f"{', '.join(relabel)} updated; " if relabel else "")
                       + "--reprocess analyses it again", file=sys.stderr)
             elif outcome.status != "done":

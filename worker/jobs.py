@@ -57,6 +57,9 @@ class CallOutcome:
     external_call_id: str | None
     segments: int = 0
     reason: str | None = None
+    superseded: bool = False
+    """This run failed after a concurrent run of the call stored its analysis (status
+    skipped): ``reason`` says why this run failed."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"status": self.status, "call_id": self.external_call_id,
@@ -126,7 +129,8 @@ def _fail(settings: Settings, call_id: int, external_call_id: str, reason: str) 
                         "analysis first; kept as done", external_call_id, reason)
             return CallOutcome("skipped", external_call_id,
                                reason=f"this run failed ({reason}); a concurrent run of the "
-                                      "call stored its analysis first, which stands")
+                                      "call stored its analysis first, which stands",
+                               superseded=True)
     log.warning("call %s failed: %s", external_call_id, reason)
     return CallOutcome("failed", external_call_id, reason=reason)
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -413,13 +413,20 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
         if own_app:
             app.close()
     if stuck:
+        failed: list[str] = []
         with session_scope(settings) as session:
             for external_id in stuck:
-                refresh_batch_of(session, mark_failed(session, ids[external_id], (
+                call = mark_failed(session, ids[external_id], (
                     f"stuck: claimed {claims[external_id]} times and never finished (a worker "
                     "killed at the hard time limit or by the OS, or a retry the broker lost); "
-                    "not sent again, use callmood retry")))
-        log.error("failed %d call(s) that keep getting stuck: %s", len(stuck), ", ".join(stuck))
+                    "not sent again, use callmood retry"))
+                refresh_batch_of(session, call)
+                if call.status == "failed":  # not one that finished after the census after all
+                    failed.append(external_id)
+        report = replace(report, failed=tuple(failed))
+        if failed:
+            log.error("failed %d call(s) that keep getting stuck: %s", len(failed),
+                      ", ".join(failed))
     if lost:
         # Sent first, then marked: a send that fails leaves the calls to the next recovery;
         # a mark that fails leaves them in the broker, where the next census sees them.

@@ -408,19 +408,22 @@ def _segment_row(call_id: int, segment: Any) -> dict[str, Any]:
     return row
 
 
-def mark_failed(session: Session, call_id: int, reason: str) -> Call:
+def mark_failed(session: Session, call_id: int, reason: str, *,
+                keep_done: bool = True) -> Call:
     """Mark the call failed with a human-readable ``reason`` (clipped to fit the column).
 
     The segments of an earlier successful run are kept, and reports keep showing them
-    (``analytics.queries.analysed``); the reason then says so first. A call found ``done``
-    on the locked row is returned unchanged: every caller fails a run it claimed or a call
-    it saw unfinished, and only :func:`save_analysis` sets done, so a concurrent run of the
-    same call (a redelivery beside a slow original, a stuck call that finished after all)
-    stored its analysis meanwhile, and that finished work stands. A new run reopens a done
-    call by claiming it first.
+    (``analytics.queries.analysed``); the reason then says so first. With ``keep_done``, a
+    call found ``done`` on the locked row is returned unchanged: the caller fails a run it
+    claimed or a call it saw unfinished, and only :func:`save_analysis` sets done, so a
+    concurrent run of the same call (a redelivery beside a slow original, a stuck call that
+    finished after all) stored its analysis meanwhile, and that finished work stands. A new
+    run reopens a done call by claiming it first. ``keep_done=False`` is for a requested
+    re-run that may never have claimed the call: the done call then fails, its analysis
+    kept, so the re-run that did not happen shows among the failures.
     """
     call = lock_call(session, call_id)
-    if call.status == "done":
+    if call.status == "done" and keep_done:
         return call
     reason = reason or "unknown failure"
     if call.model_version is not None:

@@ -75,7 +75,12 @@ def analyze_recording(self: Task[Any, Any], **payload: Any) -> dict[str, Any]:
         if self.request.retries >= MAX_RETRIES:
             reason = f"gave up after {MAX_RETRIES} retries: {e}"
             log.error("call %s: %s", request.external_call_id, reason)
-            if (_fail_quietly(settings, request, reason)
+            status = _fail_quietly(settings, request, reason)
+            if status == "done":
+                return CallOutcome("skipped", request.external_call_id,
+                                   reason=f"this run {reason}; a concurrent run of the call "
+                                          "stored its analysis first, which stands").as_dict()
+            if (status is not None
                     or self.request.retries >= MAX_RETRIES + OUTAGE_MAX_HELD_RETRIES):
                 return CallOutcome("failed", request.external_call_id, reason=reason).as_dict()
             # The failure cannot be written either: the database is down. Acked now, the call
@@ -92,21 +97,24 @@ def analyze_recording(self: Task[Any, Any], **payload: Any) -> dict[str, Any]:
         raise self.retry(exc=e, countdown=delay_s) from e
 
 
-def _fail_quietly(settings: Settings, request: CallRequest, reason: str) -> bool:
+def _fail_quietly(settings: Settings, request: CallRequest, reason: str) -> str | None:
     """Mark the call failed with ``reason``, registering it first when it has no row (a
     producer's send_task whose every claim met a database error: acked without a row, it
     would be in neither the broker nor the database, where `callmood retry` finds failed
-    calls); False when the database cannot be reached to write it."""
+    calls). The call's status after it: ``done`` when a concurrent run stored the analysis
+    meanwhile (kept; a requested reprocess that gave up fails all the same, since it may
+    never have run); None when the database cannot be reached to write it."""
     try:
         with session_scope(settings) as session:
             call = find_call(session, request.external_call_id) or register_call(session,
                                                                                   request)
-            refresh_batch_of(session, mark_failed(session, call.id, reason))
+            call = mark_failed(session, call.id, reason, keep_done=not request.reprocess)
+            refresh_batch_of(session, call)
+            return call.status
     except TransientError as e:
         log.error("call %s: could not record the failure either: %s",
                   request.external_call_id, e)
-        return False
-    return True
+        return None
 
 
 def _reject(payload: Mapping[str, Any], reason: str) -> CallOutcome:

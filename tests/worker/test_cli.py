@@ -182,9 +182,14 @@ def test_a_worker_refuses_to_start_on_a_database_without_this_releases_schema(
 
     monkeypatch.setattr(os, "execv", no_exec)
     (env / "data").mkdir()
+    url = Settings.from_env().database_url
+    database = Path(url.removeprefix("sqlite:///"))
+    assert main(["worker"]) == 2   # not there: refused before connecting could create it
+    assert "does not exist (run: callmood db upgrade)" in capsys.readouterr().err
+    assert not database.exists()
+    database.touch()               # there, never migrated
     assert main(["worker"]) == 2
     assert "revision none, this release needs" in capsys.readouterr().err
-    url = Settings.from_env().database_url
     assert main(["db", "upgrade"]) == 0
     downgrade(url, "-1")  # a release behind: its newest migration not applied
     assert main(["worker"]) == 2

@@ -254,6 +254,48 @@ def test_recover_on_the_in_memory_broker_says_which_brokers_it_is_for(
 
 # --------------------------------------------------------------------------- real servers
 
+def test_a_stuck_call_that_finishes_before_recovery_marks_it_stays_done(
+        tmp_path: Path, postgres_url: str, redis_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recovery reads a call claimed twice and never finished, with no message left, and
+    fails it as stuck; its worker stores the analysis between that read and the mark (it
+    was slow, not dead). The analysis stands, and the report does not count the call."""
+    from datetime import timedelta
+
+    import worker.recovery
+    from tests.audio_fixtures import fake_analysis
+    from worker import store
+    from worker.db import session_scope
+    from worker.schema import utcnow
+
+    db.upgrade(postgres_url)
+    env = callmood_env(postgres_url, fresh_redis_db(redis_url, 10), tmp_path,
+                       tiny_model(tmp_path / "model"), tmp_path / "data")
+    settings = Settings.from_env(env)
+    with session_scope(settings) as s:
+        for call_id in ("SLOW", "STUCK"):
+            call = store.register_call(s, store.CallRequest(uri="/calls/a.wav",
+                                                            external_call_id=call_id))
+            call.status, call.attempts = "processing", 2
+            call.enqueued_at = utcnow() - timedelta(hours=3)
+            s.flush()
+            call.updated_at = utcnow() - timedelta(hours=3)
+        slow_id = store.calls_by_external_id(s, ["SLOW"])["SLOW"].id
+    real_mark_failed = store.mark_failed
+
+    def mark_failed(session: object, call_id: int, reason: str) -> object:
+        if call_id == slow_id:  # its worker commits first
+            with session_scope(settings) as other:
+                store.save_analysis(other, call_id, fake_analysis(2))
+        return real_mark_failed(session, call_id, reason)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker.recovery, "mark_failed", mark_failed)
+    report = recover(settings, min_age_s=0)
+    assert (report.lost, report.failed) == ((), ("STUCK",))
+    rows = call_rows(postgres_url)
+    assert (rows["SLOW"][0], rows["STUCK"][0]) == ("done", "failed")
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("pipeline_importable")
 def test_recovery_resends_lost_restores_stranded_and_leaves_busy_messages(

@@ -456,6 +456,39 @@ def test_a_redelivery_waiting_on_a_finishing_run_is_skipped_not_run_again(
     assert _count(postgres_url, Segment) == 2
 
 
+@pytest.mark.postgres
+def test_a_failing_run_waiting_on_a_finishing_run_leaves_the_call_done(postgres_url: str) -> None:
+    """PostgreSQL, the runs interleaved: one run's analysis is stored and not yet committed
+    while a concurrent run of the call fails. Read unlocked, the failing run saw
+    'processing', waited on the row in its UPDATE and then overwrote the committed done; it
+    now reads the locked row afresh and leaves it done."""
+    import threading
+    import time
+
+    db.upgrade(postgres_url)
+    with db.session_scope(postgres_url) as s:
+        call_id = store.register_call(s, _request("RACE-2")).id
+        store.claim_for_processing(s, call_id)
+        store.claim_for_processing(s, call_id)   # two runs of it under way
+    statuses: list[str] = []
+
+    def fail() -> None:
+        with db.session_scope(postgres_url) as other:
+            statuses.append(store.mark_failed(other, call_id, "storing failed").status)
+
+    with db.session_scope(postgres_url) as first:
+        store.save_analysis(first, call_id, fake_analysis(2))   # row locked, not committed
+        failing = threading.Thread(target=fail)
+        failing.start()
+        time.sleep(1.0)   # the failing run reaches the row lock and waits on it
+        assert not statuses
+    failing.join(timeout=60)
+    assert statuses == ["done"]
+    with db.session_scope(postgres_url) as s:
+        call = s.get(Call, call_id)
+        assert call is not None and (call.status, call.failure_reason) == ("done", None)
+
+
 def test_a_scan_and_a_worker_finishing_a_call_of_its_batch_do_not_deadlock(
         postgres_url: str) -> None:
     """PostgreSQL: a scan's chunk inserts calls of batch B (a KEY SHARE lock on B's row, for

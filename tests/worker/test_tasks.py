@@ -229,6 +229,39 @@ def test_transient_error_gives_up_after_bounded_retries(
     assert call.failure_reason is not None and "broker gone" in call.failure_reason
 
 
+def test_giving_up_after_a_redelivery_stored_the_call_leaves_it_done(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last retry of a run meets an outage while its redelivery stores the analysis: the
+    give-up keeps the done call and says so. A requested reprocess that gives up still
+    fails the call (its analysis kept): it may never have run, and the failures list is
+    where an operator finds it to retry."""
+    state = {"runs": 0}
+
+    def analyze(uri: str, settings: Settings) -> Any:
+        state["runs"] += 1
+        if state["runs"] == tasks.MAX_RETRIES + 1:  # the last retry: the redelivery finishes
+            monkeypatch.setattr(jobs, "_analyze", lambda uri, settings: fake_analysis(2))
+            assert _run(**GOOD)["status"] == "done"
+        raise TransientError("broker gone")
+
+    monkeypatch.setattr(jobs, "_analyze", analyze)
+    result = _run(**GOOD)
+    assert result["status"] == "skipped" and "gave up" in result["reason"]
+    assert "concurrent run" in result["reason"]
+    call = _call(migrated, "CC-100")
+    assert call is not None and (call.status, call.failure_reason) == ("done", None)
+
+    def process_call(request: Any, settings: Settings) -> Any:
+        raise TransientError("database unavailable (postgresql://db/callmood)")
+
+    monkeypatch.setattr("worker.tasks.process_call", process_call)
+    assert _run(**GOOD, reprocess=True)["status"] == "failed"
+    call = _call(migrated, "CC-100")
+    assert call is not None and call.status == "failed"
+    assert call.failure_reason is not None and call.failure_reason.startswith(
+        "re-run failed, the analysis by ")
+
+
 def test_a_database_outage_longer_than_the_retries_keeps_the_call(
         migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """A producer's send_task made no row, and the database stays down past the bounded
