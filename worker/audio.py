@@ -151,11 +151,13 @@ says 0 samples (written to a pipe by a streaming encoder), or an Ogg file whose 
 not be read."""
 
 DECODE_SHORTFALL_MAX_S: Final[float] = 0.25
-"""Seconds an Ogg or FLAC file may decode short of the length its header states before the
-call fails as corrupt: libsndfile's length matched the decoded count exactly on 300 corpus
-Opus files and on Vorbis, Opus and FLAC written at 8-48 kHz (2026-12-06); a quarter second
-leaves room for another writer's end trimming. An Ogg file garbled mid-way decodes only up to
-the damage (a review's 5 s file: 2.5 s), which was stored as done, the rest lost."""
+"""Seconds an Ogg or FLAC file may decode short of the length its header states, or a WAV
+file's data chunk run past the end of the file, before the call fails as corrupt or cut
+short: libsndfile's length matched the decoded count exactly on 300 corpus Opus files and on
+Vorbis, Opus and FLAC written at 8-48 kHz (2026-12-06); a quarter second leaves room for
+another writer's end trimming. An Ogg file garbled mid-way decodes only up to the damage (a
+review's 5 s file: 2.5 s), and a WAV copy that stopped half-way reads as its first half: both
+were stored as done, the rest lost."""
 
 EXACT_LENGTH_FORMATS: Final = ("OGG", "FLAC")
 """Formats whose header length libsndfile takes from the file itself (Ogg: the last page's
@@ -386,20 +388,39 @@ def _all_zero(fh: Any, start: int, end: int) -> bool:
     return True
 
 
-def unlisted_wav_bytes(path: Path) -> tuple[int, int]:
-    """(bytes, bytes per second) of a RIFF WAVE file: the bytes past its data chunk that no
-    chunk accounts for, and the ``fmt `` chunk's average byte rate (0 when it has none). A
-    recorder that last rewrote its header part-way through a call leaves the rest of the
-    samples there, and libsndfile reads only the length the header gives. Not counted: a
-    tail of zeros (preallocation, sector padding), an ID3 tag appended unframed, and a
-    chunk that follows an odd-sized one without its pad byte (a common writer slip).
-    (0, 0) for a file that is not RIFF WAVE."""
+WAV_STREAMED_DATA_BYTES: Final[int] = 0xFFFFFFFF
+"""A data chunk length no file can hold: what a writer that cannot seek back leaves (ffmpeg to
+a pipe), and RF64's placeholder. libsndfile then reads to the end of the file."""
+
+
+@dataclass(frozen=True)
+class WavLayout:
+    """What the chunks of a RIFF WAVE file say of its audio against what the file holds."""
+
+    unlisted_bytes: int = 0
+    """Bytes past the data chunk that no chunk accounts for (see :func:`wav_layout`)."""
+    missing_bytes: int = 0
+    """Bytes the data chunk lists beyond the end of the file: a file cut short."""
+    data_bytes: int = 0
+    """The data chunk's listed length (0 when no data chunk was reached)."""
+    bytes_per_s: int = 0
+    """The ``fmt `` chunk's average byte rate (0 when it has none)."""
+
+
+def wav_layout(path: Path) -> WavLayout:
+    """Walk the chunks of a RIFF WAVE file. A recorder that last rewrote its header part-way
+    through a call leaves the rest of the samples unlisted past the data chunk, and
+    libsndfile reads only the length the header gives; not counted as unlisted: a tail of
+    zeros (preallocation, sector padding), an ID3 tag appended unframed, and a chunk that
+    follows an odd-sized one without its pad byte (a common writer slip). A copy or upload
+    that stopped early ends inside the data chunk (missing bytes), and libsndfile reads up
+    to the end without a word. An empty layout for a file that is not RIFF WAVE."""
     with path.open("rb") as fh:
         head = fh.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return 0, 0
+            return WavLayout()
         size = os.fstat(fh.fileno()).st_size
-        position, after_data, bytes_per_s = 12, False, 0
+        position, after_data, bytes_per_s, data_bytes = 12, False, 0, 0
         while position + 8 <= size:
             fh.seek(position)
             chunk = fh.read(12)
@@ -411,36 +432,50 @@ def unlisted_wav_bytes(path: Path) -> tuple[int, int]:
                     continue
                 if (not after_data or chunk_id.startswith(b"ID3")
                         or _all_zero(fh, position, size)):
-                    return 0, bytes_per_s
-                return size - position, bytes_per_s
+                    return WavLayout(data_bytes=data_bytes, bytes_per_s=bytes_per_s)
+                return WavLayout(unlisted_bytes=size - position, data_bytes=data_bytes,
+                                 bytes_per_s=bytes_per_s)
             if chunk_id == b"fmt " and len(chunk) == 12:
                 fh.seek(position + 16)       # nAvgBytesPerSec, after the tag, channels, rate
                 bytes_per_s = int.from_bytes(fh.read(4), "little")
             end = position + 8 + chunk_bytes + (chunk_bytes & 1)
             if end > size:
-                # a last chunk cut short: a truncated file, read as far as it goes
-                return 0, bytes_per_s
+                # a last chunk cut short: a truncated file (libsndfile reads what is there)
+                if chunk_id != b"data" or chunk_bytes == WAV_STREAMED_DATA_BYTES:
+                    return WavLayout(data_bytes=data_bytes, bytes_per_s=bytes_per_s)
+                return WavLayout(missing_bytes=position + 8 + chunk_bytes - size,
+                                 data_bytes=chunk_bytes, bytes_per_s=bytes_per_s)
+            if chunk_id == b"data" and not after_data:
+                data_bytes = chunk_bytes
             after_data = after_data or chunk_id == b"data"
             position = end
-        return 0, bytes_per_s
+        return WavLayout(data_bytes=data_bytes, bytes_per_s=bytes_per_s)
 
 
 def check_wav_length(path: Path, info: Any) -> None:
     """AudioDecodeError for a WAV whose header lists a second or more less audio than the file
-    holds (see :func:`unlisted_wav_bytes`): analysed as it is, the call would be stored as
-    done, silently cut short. A header that lists no audio at all is left to
+    holds, or whose data chunk runs more than :data:`DECODE_SHORTFALL_MAX_S` past the end of
+    the file (see :func:`wav_layout`): analysed as it is, the call would be stored as done,
+    silently cut short. A header that lists no audio at all is left to
     :func:`no_frames_error`, which says the same of it."""
     if str(info.format) not in WAV_FORMATS or info.frames <= 0:
         return
-    unlisted, bytes_per_s = unlisted_wav_bytes(path)
+    layout = wav_layout(path)
+    bytes_per_s = layout.bytes_per_s
     if bytes_per_s <= 0:    # no readable fmt chunk: libsndfile would not have opened it
         return
-    if unlisted >= bytes_per_s:
+    if layout.unlisted_bytes >= bytes_per_s:
         raise AudioDecodeError(
             f"{path.name}: its WAV header lists {info.frames / info.samplerate:.1f} s of audio, "
-            f"yet {unlisted} more bytes (~{unlisted / bytes_per_s:.0f} s) follow it unlisted: "
-            "a recorder that last rewrote its header part-way through? Rewrite the header "
-            "(e.g. sox --ignore-length IN.wav OUT.wav) and send it again")
+            f"yet {layout.unlisted_bytes} more bytes (~{layout.unlisted_bytes / bytes_per_s:.0f} "
+            "s) follow it unlisted: a recorder that last rewrote its header part-way through? "
+            "Rewrite the header (e.g. sox --ignore-length IN.wav OUT.wav) and send it again")
+    if layout.missing_bytes / bytes_per_s > DECODE_SHORTFALL_MAX_S:
+        raise AudioDecodeError(
+            f"{path.name}: its WAV header lists {layout.data_bytes / bytes_per_s:.1f} s of "
+            f"audio, yet the file ends after "
+            f"{(layout.data_bytes - layout.missing_bytes) / bytes_per_s:.1f} s: cut short (a "
+            "copy or upload that did not finish?). Send the whole recording again")
 
 
 def mp3_layer3_frames(data: bytes | mmap.mmap) -> int | None:

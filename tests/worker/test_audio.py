@@ -364,7 +364,7 @@ def test_a_wav_whose_header_lists_part_of_its_data_fails_rather_than_cut_short(
     """A recorder that last rewrote its header at 10 s of a 60 s call: libsndfile reads 10 s,
     and the call was stored as done with duration_s 10. WAVE_FORMAT_EXTENSIBLE too (ffmpeg's
     24-bit and multichannel files), which libsndfile names WAVEX."""
-    from worker.audio import unlisted_wav_bytes
+    from worker.audio import wav_layout
 
     rate = 8000
     x = (0.1 * np.random.default_rng(0).standard_normal((rate * 60, 2))).astype(np.float32)
@@ -375,12 +375,55 @@ def test_a_wav_whose_header_lists_part_of_its_data_fails_rather_than_cut_short(
         sf.write(whole, x, rate, subtype="PCM_16")
     stale = _stale(whole, tmp_path / "stale.wav", 10 * rate * 2 * 2)
     assert sf.info(stale).duration == pytest.approx(10.0)
-    assert unlisted_wav_bytes(stale) == ((60 - 10) * rate * 2 * 2, rate * 2 * 2)
+    layout = wav_layout(stale)
+    assert (layout.unlisted_bytes, layout.bytes_per_s) == ((60 - 10) * rate * 2 * 2, rate * 2 * 2)
     for load in (load_recording, open_stream):
         with pytest.raises(AudioDecodeError, match=r"lists 10\.0 s of audio, yet 1600000 more "
                                                    r"bytes \(~50 s\).*sox --ignore-length"):
             load(stale, max_duration_s=3600.0)
-    assert unlisted_wav_bytes(whole)[0] == 0
+    assert wav_layout(whole).unlisted_bytes == 0
+
+
+@pytest.mark.parametrize(("fmt", "subtype", "channels"), [("WAV", "PCM_16", 1),
+                                                        ("WAV", "ULAW", 2),
+                                                        ("WAVEX", "PCM_24", 2)])
+def test_a_wav_cut_short_fails_rather_than_be_stored_as_half_a_call(
+        tmp_path: Path, fmt: str, subtype: str, channels: int) -> None:
+    """A copy or upload that stopped half-way: the header still lists the whole call and
+    libsndfile reads the half that is there without a word, so the call was stored as done
+    with half its duration. A cut of a few samples (under DECODE_SHORTFALL_MAX_S) is read."""
+    from worker.audio import DECODE_SHORTFALL_MAX_S, wav_layout
+
+    rate = 8000
+    x = (0.1 * np.random.default_rng(2).standard_normal((rate * 20, channels))).astype(np.float32)
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, x, rate, format=fmt, subtype=subtype)
+    raw = whole.read_bytes()
+    layout = wav_layout(whole)
+    assert (layout.missing_bytes, layout.unlisted_bytes) == (0, 0)
+    assert layout.data_bytes / layout.bytes_per_s == pytest.approx(20.0)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(raw[: len(raw) // 2])
+    assert wav_layout(cut).missing_bytes == len(raw) - len(raw) // 2
+    for load in (load_recording, open_stream):
+        with pytest.raises(AudioDecodeError, match=r"cut\.wav: its WAV header lists 20\.0 s of "
+                                                   r"audio, yet the file ends after 10\.0 s: "
+                                                   r"cut short"):
+            load(cut, max_duration_s=3600.0)
+    # a few samples short: inside the allowance, read as it is
+    nearly = tmp_path / "nearly.wav"
+    nearly.write_bytes(raw[: len(raw) - int(DECODE_SHORTFALL_MAX_S * layout.bytes_per_s / 2)])
+    assert load_recording(nearly, max_duration_s=3600.0).duration_s == pytest.approx(20.0,
+                                                                                     abs=0.2)
+    # a writer that could not seek back lists no length (ffmpeg to a pipe): read to the end
+    streamed = bytearray(raw[: len(raw) // 2])
+    at = streamed.index(b"data")
+    streamed[at + 4:at + 8] = (0xFFFFFFFF).to_bytes(4, "little")
+    piped = tmp_path / "piped.wav"
+    piped.write_bytes(bytes(streamed))
+    assert wav_layout(piped).missing_bytes == 0
+    assert load_recording(piped, max_duration_s=3600.0).duration_s == pytest.approx(10.0,
+                                                                                    abs=0.1)
 
 
 def test_valid_wavs_with_something_after_their_data_are_read_whole(tmp_path: Path) -> None:
@@ -388,7 +431,7 @@ def test_valid_wavs_with_something_after_their_data_are_read_whole(tmp_path: Pat
     append ID3 or LIST chunks), an ID3 tag without chunk framing, zero padding (recorders
     that preallocate, sector padding), and a chunk after an odd-sized data chunk written
     without its pad byte. None is audio the header left out."""
-    from worker.audio import unlisted_wav_bytes
+    from worker.audio import wav_layout
 
     rate = 8000
     x = (0.1 * np.random.default_rng(1).standard_normal(rate * 3)).astype(np.float32)
@@ -403,7 +446,7 @@ def test_valid_wavs_with_something_after_their_data_are_read_whole(tmp_path: Pat
     }
     for name, (source, tail) in tails.items():
         path = _with_tail(source, tmp_path / f"{name}.wav", tail)
-        assert unlisted_wav_bytes(path)[0] == 0, name
+        assert wav_layout(path).unlisted_bytes == 0, name
         assert load_recording(path, max_duration_s=60.0).duration_s == pytest.approx(3.0), name
     # an 8-bit file of an odd number of samples whose writer left out the pad byte
     odd = tmp_path / "odd.wav"
@@ -415,7 +458,7 @@ def test_valid_wavs_with_something_after_their_data_are_read_whole(tmp_path: Pat
     unpadded = raw[:at + 8 + n] + b"iXML" + (9000).to_bytes(4, "little") + b"<x/>" * 2250
     path = tmp_path / "unpadded.wav"
     path.write_bytes(unpadded[:4] + (len(unpadded) - 8).to_bytes(4, "little") + unpadded[8:])
-    assert unlisted_wav_bytes(path)[0] == 0
+    assert wav_layout(path).unlisted_bytes == 0
     assert load_recording(path, max_duration_s=60.0).duration_s == pytest.approx(
         (rate - 1) / rate)
 
