@@ -388,9 +388,11 @@ def _all_zero(fh: Any, start: int, end: int) -> bool:
     return True
 
 
-WAV_STREAMED_DATA_BYTES: Final[int] = 0xFFFFFFFF
-"""A data chunk length no file can hold: what a writer that cannot seek back leaves (ffmpeg to
-a pipe), and RF64's placeholder. libsndfile then reads to the end of the file."""
+WAV_PLACEHOLDER_DATA_BYTES: Final[int] = 0x7F000000
+"""Data chunk lengths from this one up are placeholders, not lengths: what a writer that
+cannot seek back leaves when it writes to a pipe (ffmpeg 0xFFFFFFFF, sox 0x7FFFF000 rounded
+down to its block, arecord 0x7FFFFF00 or 0x80000000), and RF64's. libsndfile then reads to
+the end of the file. A real chunk that long is over 2 GB: 37 hours of 8 kHz 16-bit mono."""
 
 
 @dataclass(frozen=True)
@@ -404,7 +406,8 @@ class WavLayout:
     data_bytes: int = 0
     """The data chunk's listed length (0 when no data chunk was reached)."""
     bytes_per_s: int = 0
-    """The ``fmt `` chunk's average byte rate (0 when it has none)."""
+    """The ``fmt `` chunk's average byte rate, or its sample rate times its block size when a
+    writer left that 0 (0 when it has no ``fmt `` chunk)."""
 
 
 def wav_layout(path: Path) -> WavLayout:
@@ -436,12 +439,15 @@ def wav_layout(path: Path) -> WavLayout:
                 return WavLayout(unlisted_bytes=size - position, data_bytes=data_bytes,
                                  bytes_per_s=bytes_per_s)
             if chunk_id == b"fmt " and len(chunk) == 12:
-                fh.seek(position + 16)       # nAvgBytesPerSec, after the tag, channels, rate
-                bytes_per_s = int.from_bytes(fh.read(4), "little")
+                fh.seek(position + 12)       # after the tag and channels: the rate,
+                fmt = fh.read(10)            # nAvgBytesPerSec, nBlockAlign
+                bytes_per_s = int.from_bytes(fmt[4:8], "little") or (
+                    # a writer that left the average rate 0 (libsndfile opens such PCM files)
+                    int.from_bytes(fmt[0:4], "little") * int.from_bytes(fmt[8:10], "little"))
             end = position + 8 + chunk_bytes + (chunk_bytes & 1)
             if end > size:
                 # a last chunk cut short: a truncated file (libsndfile reads what is there)
-                if chunk_id != b"data" or chunk_bytes == WAV_STREAMED_DATA_BYTES:
+                if chunk_id != b"data" or chunk_bytes >= WAV_PLACEHOLDER_DATA_BYTES:
                     return WavLayout(data_bytes=data_bytes, bytes_per_s=bytes_per_s)
                 return WavLayout(missing_bytes=position + 8 + chunk_bytes - size,
                                  data_bytes=chunk_bytes, bytes_per_s=bytes_per_s)
@@ -462,7 +468,7 @@ def check_wav_length(path: Path, info: Any) -> None:
         return
     layout = wav_layout(path)
     bytes_per_s = layout.bytes_per_s
-    if bytes_per_s <= 0:    # no readable fmt chunk: libsndfile would not have opened it
+    if bytes_per_s <= 0:    # no usable fmt chunk: nothing to measure the lengths by
         return
     if layout.unlisted_bytes >= bytes_per_s:
         raise AudioDecodeError(

@@ -410,20 +410,45 @@ def test_a_wav_cut_short_fails_rather_than_be_stored_as_half_a_call(
                                                    r"audio, yet the file ends after 10\.0 s: "
                                                    r"cut short"):
             load(cut, max_duration_s=3600.0)
-    # a few samples short: inside the allowance, read as it is
+    # inside the allowance read as it is; a little past it refused
     nearly = tmp_path / "nearly.wav"
     nearly.write_bytes(raw[: len(raw) - int(DECODE_SHORTFALL_MAX_S * layout.bytes_per_s / 2)])
     assert load_recording(nearly, max_duration_s=3600.0).duration_s == pytest.approx(20.0,
                                                                                      abs=0.2)
-    # a writer that could not seek back lists no length (ffmpeg to a pipe): read to the end
-    streamed = bytearray(raw[: len(raw) // 2])
-    at = streamed.index(b"data")
-    streamed[at + 4:at + 8] = (0xFFFFFFFF).to_bytes(4, "little")
-    piped = tmp_path / "piped.wav"
-    piped.write_bytes(bytes(streamed))
-    assert wav_layout(piped).missing_bytes == 0
-    assert load_recording(piped, max_duration_s=3600.0).duration_s == pytest.approx(10.0,
-                                                                                    abs=0.1)
+    over = tmp_path / "over.wav"
+    over.write_bytes(raw[: len(raw) - int(DECODE_SHORTFALL_MAX_S * layout.bytes_per_s * 1.5)])
+    with pytest.raises(AudioDecodeError, match="cut short"):
+        load_recording(over, max_duration_s=3600.0)
+    # a writer that could not seek back leaves a placeholder for the length: ffmpeg, sox and
+    # arecord writing to a pipe; read to the end of the file, on both paths
+    for placeholder in (0xFFFFFFFF, 0x7FFFF000, 0x7FFFFF00, 0x80000000):
+        streamed = bytearray(raw[: len(raw) // 2])
+        at = streamed.index(b"data")
+        streamed[at + 4:at + 8] = placeholder.to_bytes(4, "little")
+        piped = tmp_path / "piped.wav"
+        piped.write_bytes(bytes(streamed))
+        assert wav_layout(piped).missing_bytes == 0, hex(placeholder)
+        assert load_recording(piped, max_duration_s=3600.0).duration_s == pytest.approx(
+            10.0, abs=0.1)
+        list(stream_blocks(open_stream(piped, max_duration_s=3600.0), 3600.0))
+
+
+def test_a_wav_whose_writer_left_its_byte_rate_0_is_still_checked_for_a_cut(
+        tmp_path: Path) -> None:
+    """libsndfile opens a PCM WAV whose fmt chunk says 0 bytes a second; the length checks
+    then measure by the sample rate times the block size."""
+    from worker.audio import wav_layout
+
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, tone(4.0, 8000), 8000, subtype="PCM_16")
+    raw = bytearray(whole.read_bytes())
+    at = raw.index(b"fmt ")
+    raw[at + 16:at + 20] = bytes(4)                  # nAvgBytesPerSec
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(bytes(raw[: len(raw) // 2]))
+    assert wav_layout(cut).bytes_per_s == 8000 * 2
+    with pytest.raises(AudioDecodeError, match=r"lists 4\.0 s of audio, yet the file ends after"):
+        load_recording(cut, max_duration_s=60.0)
 
 
 def test_valid_wavs_with_something_after_their_data_are_read_whole(tmp_path: Path) -> None:
