@@ -3,9 +3,12 @@
 Beat sends ``callmood.nightly_scan`` at CALLMOOD_NIGHTLY_AT (CALLMOOD_TIMEZONE); ``callmood
 batch`` runs the same scan now. A file is new when no call was sent for its path (calls.
 source_uri_sha256, cheap) nor for its content (call id ``sha256-<content hash>``, so a copy
-or a renamed file is not analysed twice). Each scan is a row in ``batches``; its done/failed
-counts are recounted from ``calls.batch_id`` as calls finish (``store.refresh_batch_counts``)
-and when a call is sent again in a later batch (``store.reserve_for_enqueue``).
+or a renamed file is not analysed twice). A file whose call failed is sent again, as a new
+run of that call, once it is modified after the failure (a copy that was cut short when
+analysed and has completed since, or a recording exported again). Each scan is a row in
+``batches``; its done/failed counts are recounted from ``calls.batch_id`` as calls finish
+(``store.refresh_batch_counts``) and when a call is sent again in a later batch
+(``store.reserve_for_enqueue``).
 No Celery in here: the caller passes the sender.
 """
 
@@ -13,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,8 @@ from worker.store import (
     check_uri,
     create_batch,
     enqueued_uri_hashes,
+    failed_before,
+    request_for_call,
     uri_sha256,
 )
 
@@ -45,6 +51,9 @@ class ScanReport:
     enqueued: int
     skipped: int
     """Files whose path or content was already sent (by this or an earlier scan)."""
+    changed: int = 0
+    """Of ``enqueued``: files whose call had failed and that were modified since, sent again
+    as a new run of that call."""
     refused: int = 0
     """Files that cannot be sent at all (their path fails the payload's checks); each is
     logged with the reason, and the scan goes on without them."""
@@ -57,7 +66,8 @@ class ScanReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"batch_id": self.batch_id, "seen": self.seen, "enqueued": self.enqueued,
-                "skipped": self.skipped, "refused": self.refused, "too_new": self.too_new,
+                "skipped": self.skipped, "changed": self.changed, "refused": self.refused,
+                "too_new": self.too_new,
                 "missing_folders": list(self.missing_folders)}
 
 
@@ -73,6 +83,18 @@ def settled(paths: Sequence[Path], min_age_s: float, now_s: float) -> tuple[list
         if not fresh:
             ready.append(path)
     return ready, len(paths) - len(ready)
+
+
+def modified_times(by_hash: Mapping[str, Path], hashes: Iterable[str]) -> dict[str, datetime]:
+    """Modification times (UTC) of the files of ``hashes`` (keys of ``by_hash``); a file whose
+    time cannot be read is left out."""
+    times: dict[str, datetime] = {}
+    for digest in hashes:
+        try:
+            times[digest] = datetime.fromtimestamp(by_hash[digest].stat().st_mtime, UTC)
+        except OSError:
+            continue
+    return times
 
 
 def inbox_request(path: Path, source: str) -> CallRequest:
@@ -131,8 +153,16 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
     by_hash = {uri_sha256(path_uri(path)): path for path in files}
     with session_scope(settings) as session:
         known = enqueued_uri_hashes(session, list(by_hash))
+        # a failed call's file modified since it failed: a new run of that call (its id stays)
+        retries: list[CallRequest] = []
+        refused = 0
+        for call in failed_before(session, modified_times(by_hash, known)):
+            try:
+                retries.append(request_for_call(call, reprocess=True))
+            except PayloadError as e:   # its stored row no longer makes a valid request
+                refused += 1
+                log.warning("call %s not sent again: %s", call.external_call_id, e)
         batch_id = create_batch(session, source).id
-    refused = 0
 
     def new_requests() -> Iterator[CallRequest]:
         # Hashing the content is the expensive step: only for paths never sent, and drawn a
@@ -151,11 +181,17 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
                 continue
             yield request
 
-    result = submit_batch(new_requests(), settings, send, batch_id, known=len(known))
-    enqueued, skipped = result.sent, len(known) + result.skipped
-    log.info("batch %d (%s): %d files, %d enqueued, %d already seen, %d refused, %d too new",
-             batch_id, source, len(found), enqueued, skipped, refused, too_new)
+    def requests() -> Iterator[CallRequest]:
+        yield from retries
+        yield from new_requests()
+
+    result = submit_batch(requests(), settings, send, batch_id,
+                          known=len(known) - len(retries))
+    enqueued, skipped = result.sent, len(known) - len(retries) + result.skipped
+    log.info("batch %d (%s): %d files, %d enqueued (%d failed before and changed since), %d "
+             "already seen, %d refused, %d too new", batch_id, source, len(found), enqueued,
+             len(retries), skipped, refused, too_new)
     return ScanReport(batch_id=batch_id, seen=len(found), enqueued=enqueued, skipped=skipped,
-                      refused=refused, too_new=too_new,
+                      changed=len(retries), refused=refused, too_new=too_new,
                       missing_folders=tuple(str(d) for d in settings.inbox_dirs
                                             if not d.is_dir()))

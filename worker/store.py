@@ -662,6 +662,22 @@ def enqueued_uri_hashes(session: Session, hashes: Sequence[str]) -> set[str]:
     return found
 
 
+def failed_before(session: Session, modified_at: Mapping[str, datetime]) -> list[Call]:
+    """The failed calls (a run's failure, not a rejected payload) of the paths whose
+    ``source_uri_sha256`` keys ``modified_at``, failed before their file's modification time
+    there: a copy that was cut short when analysed and completed since, or a file re-exported
+    after its failure. Oldest call first."""
+    changed: list[Call] = []
+    hashes = sorted(modified_at)
+    for lo in range(0, len(hashes), LOOKUP_CHUNK):  # bounded IN lists
+        query = (select(Call).where(Call.source_uri_sha256.in_(hashes[lo:lo + LOOKUP_CHUNK]))
+                 .where(Call.status == "failed").where(~REJECTED).order_by(Call.id))
+        changed += [c for c in session.scalars(query)
+                    if c.source_uri_sha256 is not None and c.processed_at is not None
+                    and c.processed_at < modified_at[c.source_uri_sha256]]
+    return changed
+
+
 # --------------------------------------------------------------------------- batches
 
 @dataclass(frozen=True)

@@ -302,6 +302,57 @@ def test_an_entry_the_os_refuses_to_stat_is_skipped_not_the_end_of_the_scan(
     assert "locked.wav" in caplog.text and "Permission denied" in caplog.text
 
 
+def test_a_failed_file_modified_since_is_sent_again_as_a_new_run_of_its_call(
+        tmp_path: Path) -> None:
+    """A copy that stalled past CALLMOOD_INBOX_MIN_AGE_S was sent cut short and its call
+    failed; every later scan skipped the path as sent, so the completed recording was never
+    analysed unless someone ran callmood retry. A scan now sends a failed call again, as a
+    new run of that call, once its file is modified after the failure; never otherwise."""
+    from datetime import timedelta
+
+    from worker.schema import utcnow
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    stalled, corrupt = inbox / "stalled.wav", inbox / "corrupt.wav"
+    stalled.write_bytes(b"the first part")
+    corrupt.write_bytes(b"not audio at all")
+    two_hours_ago = time.time() - 7200
+    for path in (stalled, corrupt):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    settings = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
+                                  "CALLMOOD_INBOX_DIRS": str(inbox)})
+    db.upgrade(settings.database_url)
+    sent: list[store.CallRequest] = []
+
+    def send(requests: Sequence[store.CallRequest]) -> list[str]:
+        sent.extend(requests)
+        return [f"task-{len(sent)}-{i}" for i in range(len(requests))]
+
+    first = scan_inboxes(settings, source="nightly", send=send)
+    assert (first.enqueued, first.changed) == (2, 0)
+    ids = {Path(r.uri).name: r.external_call_id for r in sent}
+    with db.session_scope(settings) as s:   # both failed by the worker 90 minutes ago
+        for call in store.calls_by_external_id(s, list(ids.values())).values():
+            store.mark_failed(s, store.claim_for_processing(s, call.id).id, "cut short")
+            call.processed_at = utcnow() - timedelta(minutes=90)
+    assert scan_inboxes(settings, source="nightly", send=send).enqueued == 0
+    # the copy completes (an hour ago: settled); the corrupt file is left as it was
+    stalled.write_bytes(b"the first part and the rest of the call")
+    an_hour_ago = time.time() - 3600
+    os.utime(stalled, (an_hour_ago, an_hour_ago))
+    again = scan_inboxes(settings, source="nightly", send=send)
+    assert (again.enqueued, again.changed, again.skipped) == (1, 1, 1)
+    assert again.as_dict()["changed"] == 1
+    (retry,) = sent[2:]
+    assert (retry.external_call_id, retry.reprocess) == (ids["stalled.wav"], True)
+    with db.session_scope(settings) as s:
+        call = store.calls_by_external_id(s, [ids["stalled.wav"]])[ids["stalled.wav"]]
+        assert (call.status, call.batch_id) == ("pending", again.batch_id)
+    # sent once: a later scan sees it pending, not failed
+    assert scan_inboxes(settings, source="nightly", send=send).enqueued == 0
+
+
 def test_a_file_still_being_copied_in_is_left_for_the_next_scan(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A recording copied into the inbox under its final name (cp, an SMB share) is not
