@@ -22,19 +22,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from worker.constants import AUDIO_SUFFIXES
 from worker.db import session_scope
 from worker.enqueue import Sender, path_uri, printable_path, submit_batch
 from worker.errors import ConfigError, PayloadError
 from worker.runner import external_id_for
+from worker.schema import Call
 from worker.settings import Settings
 from worker.store import (
     CallRequest,
+    RetryRequest,
     check_uri,
     create_batch,
     enqueued_uri_hashes,
     failed_before,
-    request_for_call,
+    find_call,
     uri_sha256,
 )
 
@@ -52,8 +56,9 @@ class ScanReport:
     skipped: int
     """Files whose path or content was already sent (by this or an earlier scan)."""
     changed: int = 0
-    """Of ``enqueued``: files whose call had failed and that were modified since, sent again
-    as a new run of that call."""
+    """Failed calls whose file was modified since the failure, sent again as a new run of
+    that call (counted in ``enqueued`` too, unless a scan running at the same time sent it
+    first: then in ``skipped``)."""
     refused: int = 0
     """Files that cannot be sent at all (their path fails the payload's checks); each is
     logged with the reason, and the scan goes on without them."""
@@ -95,6 +100,31 @@ def modified_times(by_hash: Mapping[str, Path], hashes: Iterable[str]) -> dict[s
         except OSError:
             continue
     return times
+
+
+def changed_failures(session: Session, by_hash: Mapping[str, Path],
+                     failed: Sequence[Call]) -> tuple[list[RetryRequest], int, set[str]]:
+    """(new runs of the ``failed`` calls, how many of them cannot be sent, the path hashes of
+    both: the scan counts them so, not as already known). A changed file whose content
+    another call already holds (the completed copy sent meanwhile under another name) is not
+    run again, and stays known: that call has it."""
+    retries: list[RetryRequest] = []
+    refused = 0
+    paths: set[str] = set()
+    for call in failed:
+        digest = call.source_uri_sha256 or ""
+        holder = find_call(session, external_id_for(by_hash[digest]))
+        if holder is not None and holder.id != call.id:
+            log.info("call %s not sent again: its file's content is call %s's",
+                     call.external_call_id, holder.external_call_id)
+            continue
+        paths.add(digest)
+        try:
+            retries.append(RetryRequest.of(call))
+        except PayloadError as e:   # its stored row no longer makes a valid request
+            refused += 1
+            log.warning("call %s not sent again: %s", call.external_call_id, e)
+    return retries, refused, paths
 
 
 def inbox_request(path: Path, source: str) -> CallRequest:
@@ -153,15 +183,8 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
     by_hash = {uri_sha256(path_uri(path)): path for path in files}
     with session_scope(settings) as session:
         known = enqueued_uri_hashes(session, list(by_hash))
-        # a failed call's file modified since it failed: a new run of that call (its id stays)
-        retries: list[CallRequest] = []
-        refused = 0
-        for call in failed_before(session, modified_times(by_hash, known)):
-            try:
-                retries.append(request_for_call(call, reprocess=True))
-            except PayloadError as e:   # its stored row no longer makes a valid request
-                refused += 1
-                log.warning("call %s not sent again: %s", call.external_call_id, e)
+        retries, refused, retried_paths = changed_failures(
+            session, by_hash, failed_before(session, modified_times(by_hash, known)))
         batch_id = create_batch(session, source).id
 
     def new_requests() -> Iterator[CallRequest]:
@@ -185,9 +208,9 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
         yield from retries
         yield from new_requests()
 
-    result = submit_batch(requests(), settings, send, batch_id,
-                          known=len(known) - len(retries))
-    enqueued, skipped = result.sent, len(known) - len(retries) + result.skipped
+    known_left = len(known - retried_paths)
+    result = submit_batch(requests(), settings, send, batch_id, known=known_left)
+    enqueued, skipped = result.sent, known_left + result.skipped
     log.info("batch %d (%s): %d files, %d enqueued (%d failed before and changed since), %d "
              "already seen, %d refused, %d too new", batch_id, source, len(found), enqueued,
              len(retries), skipped, refused, too_new)

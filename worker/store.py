@@ -555,6 +555,9 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
     """
     call_id = register_call(session, request, batch_id=batch_id).id
     call = lock_call(session, call_id)
+    if isinstance(request, RetryRequest) and (call.status != "failed"
+                                              or call.processed_at != request.failed_at):
+        return Reservation(call, None)   # sent again meanwhile (another scan), or run since
     before = CallSendState(call_id=call.id, status=call.status, attempts=call.attempts,
                            failure_reason=call.failure_reason, batch_id=call.batch_id,
                            enqueued_at=call.enqueued_at)
@@ -645,6 +648,23 @@ def request_for_call(call: Call, reprocess: bool = False) -> CallRequest:
                        agent_id=call.agent_id, team=call.team, queue=call.queue,
                        customer_ref=call.customer_ref, started_at=call.started_at,
                        metadata=dict(call.call_metadata or {}), reprocess=reprocess)
+
+
+@dataclass(frozen=True)
+class RetryRequest(CallRequest):
+    """A new run of a failed call, wanted only while the call stands as it was read: still
+    failed, by the failure recorded at ``failed_at`` (the inbox scan's re-send of a file
+    modified since). :func:`reserve_for_enqueue` checks that on the locked row, so two scans
+    that read the failure at once send one run. Travels as a plain reprocess request."""
+
+    failed_at: datetime | None = None
+
+    @classmethod
+    def of(cls, call: Call) -> RetryRequest:
+        """The new run of failed ``call`` (PayloadError as :func:`request_for_call`)."""
+        request = request_for_call(call, reprocess=True)
+        return cls(**{name: getattr(request, name) for name in CallRequest.__dataclass_fields__},
+                   failed_at=call.processed_at)
 
 
 def enqueued_uri_hashes(session: Session, hashes: Sequence[str]) -> set[str]:

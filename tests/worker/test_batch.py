@@ -45,6 +45,15 @@ from worker.runner import external_id_for
 from worker.settings import PACKAGE_DIR, Settings, get_settings
 
 
+def external_id_for_bytes(content: bytes) -> str:
+    """The scan's call id of a file holding ``content``."""
+    import hashlib
+
+    from worker.runner import content_call_id
+
+    return content_call_id(hashlib.sha256(content).hexdigest())
+
+
 def test_inbox_settings_are_validated(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     s = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "d"),
@@ -353,22 +362,26 @@ def test_a_failed_file_modified_since_is_sent_again_as_a_new_run_of_its_call(
     assert scan_inboxes(settings, source="nightly", send=send).enqueued == 0
 
 
-def test_a_file_still_being_copied_in_is_left_for_the_next_scan(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A recording copied into the inbox under its final name (cp, an SMB share) is not
-    hidden while it is written: a scan then sent its first part under that path, and every
-    later scan skipped the path as sent, so the whole recording was never analysed. A file
-    modified less than CALLMOOD_INBOX_MIN_AGE_S ago is left for the next scan."""
+def test_changed_failed_files_are_counted_by_path_and_not_sent_as_a_second_copy(
+        tmp_path: Path) -> None:
+    """Two failed calls of one path (the scan's and a producer's own call id for the same
+    file) are both sent again without the batch's counts going negative (the scan failed on
+    its CHECK constraint after sending); a changed file whose completed content another call
+    already holds (re-uploaded under another name meanwhile) is not analysed a second time."""
+    from datetime import timedelta
+
+    from worker.schema import utcnow
+
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    settled_file, copying = inbox / "settled.wav", inbox / "copying.wav"
-    settled_file.write_bytes(b"a finished recording")
-    copying.write_bytes(b"the first part")
-    an_hour_ago = time.time() - 3600
-    os.utime(settled_file, (an_hour_ago, an_hour_ago))
+    shared, stalled = inbox / "shared.wav", inbox / "stalled.wav"
+    shared.write_bytes(b"the first part of one call")
+    stalled.write_bytes(b"the first part of another")
+    two_hours_ago = time.time() - 7200
+    for path in (shared, stalled):
+        os.utime(path, (two_hours_ago, two_hours_ago))
     settings = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
                                   "CALLMOOD_INBOX_DIRS": str(inbox)})
-    assert settings.inbox_min_age_s == 60.0
     db.upgrade(settings.database_url)
     sent: list[store.CallRequest] = []
 
@@ -376,20 +389,24 @@ def test_a_file_still_being_copied_in_is_left_for_the_next_scan(
         sent.extend(requests)
         return [f"task-{len(sent)}-{i}" for i in range(len(requests))]
 
-    with caplog.at_level("INFO", logger="worker.batch"):
-        first = scan_inboxes(settings, source="nightly", send=send)
-    assert (first.seen, first.enqueued, first.too_new) == (2, 1, 1)
-    assert first.as_dict()["too_new"] == 1 and "left for the next scan" in caplog.text
-    assert [r.uri for r in sent] == [str(settled_file.resolve())]
-    # the copy completes and settles: the next scan sends it, with the whole content's id
-    copying.write_bytes(b"the first part and the rest of the call")
-    os.utime(copying, (an_hour_ago, an_hour_ago))
-    second = scan_inboxes(settings, source="nightly", send=send)
-    assert (second.enqueued, second.skipped, second.too_new) == (1, 1, 0)
-    assert sent[-1].uri == str(copying.resolve())
-    assert sent[-1].external_call_id == external_id_for(copying)
-    # 0 turns the wait off; a negative or non-numeric value is refused by name
-    assert Settings.from_env({"CALLMOOD_INBOX_MIN_AGE_S": "0"}).inbox_min_age_s == 0.0
-    for bad in ("-1", "soon", "inf"):
-        with pytest.raises(ConfigError, match="CALLMOOD_INBOX_MIN_AGE_S"):
-            Settings.from_env({"CALLMOOD_INBOX_MIN_AGE_S": bad})
+    assert scan_inboxes(settings, source="nightly", send=send).enqueued == 2
+    with db.session_scope(settings) as s:
+        store.reserve_for_enqueue(s, store.CallRequest(uri=str(shared.resolve()),
+                                                       external_call_id="crm-42"))
+        for call in store.list_calls(s):
+            store.mark_failed(s, store.claim_for_processing(s, call.id).id, "cut short")
+            call.processed_at = utcnow() - timedelta(minutes=90)
+    an_hour_ago = time.time() - 3600
+    copy = inbox / "stalled (1).wav"            # the complete recording, uploaded again
+    copy.write_bytes(b"the first part of another and the rest")
+    os.utime(copy, (an_hour_ago, an_hour_ago))
+    assert scan_inboxes(settings, source="nightly", send=send).enqueued == 1   # the copy
+    shared.write_bytes(b"the first part of one call and the rest")
+    stalled.write_bytes(copy.read_bytes())      # then the stalled copy completes too
+    for path in (shared, stalled):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    shared_ids = {"crm-42", external_id_for_bytes(b"the first part of one call")}
+    now = scan_inboxes(settings, source="nightly", send=send)
+    assert (now.enqueued, now.changed, now.skipped) == (2, 2, 2)
+    assert {r.external_call_id for r in sent[-2:]} == shared_ids
+    assert all(r.reprocess for r in sent[-2:])

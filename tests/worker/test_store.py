@@ -357,6 +357,20 @@ def test_a_run_failing_after_a_concurrent_run_stored_the_call_leaves_it_done(
     assert _count(db_url, Segment) == 2
 
 
+def test_two_scans_reading_one_failure_send_one_new_run(db_url: str) -> None:
+    """The inbox scan's re-send of a failed call whose file changed: two scans read the call
+    failed before either reserved it; the second reservation finds it sent (pending) on the
+    locked row and sends nothing. It travels as a plain reprocess request."""
+    with db.session_scope(db_url) as s:
+        call = store.register_call(s, _request())
+        store.mark_failed(s, store.claim_for_processing(s, call.id).id, "cut short")
+        first, second = store.RetryRequest.of(call), store.RetryRequest.of(call)
+        assert first.to_payload() == store.request_for_call(call, reprocess=True).to_payload()
+        assert store.reserve_for_enqueue(s, first).before is not None
+        assert store.reserve_for_enqueue(s, second).before is None
+        assert call.status == "pending"
+
+
 def test_deleting_a_call_cascades_to_its_segments(db_url: str) -> None:
     with db.session_scope(db_url) as s:
         call_id = store.register_call(s, _request()).id
