@@ -139,3 +139,12 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         message += f"; {len(pictures)} PNG in {args.plots}"
     print(message, file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":
+    # ``python -m analytics.cli [report] KIND ...`` is ``callmood report KIND ...`` (it ran
+    # nothing and exited 0: a nightly cron on it "succeeded" without writing a report)
+    from worker.cli import main
+
+    arguments = sys.argv[1:]
+    sys.exit(main(["report", *arguments[arguments[:1] == ["report"]:]]))

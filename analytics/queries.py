@@ -90,8 +90,13 @@ def _day_start(value: date | datetime | None, zone: tzinfo, days_after: int
         return None
     if isinstance(value, datetime):
         return _as_utc(value)
-    return datetime.combine(value + timedelta(days=days_after), time(0), tzinfo=zone
-                            ).astimezone(UTC)
+    try:
+        return datetime.combine(value + timedelta(days=days_after), time(0), tzinfo=zone
+                                ).astimezone(UTC)
+    except OverflowError:
+        # a day at the calendar's end (--to 9999-12-31, --from 0001-01-01 east of UTC): no
+        # call lies beyond it, so it bounds nothing (it raised a traceback)
+        return None
 
 
 def _filtered(query: _Query, where: ReportFilter) -> _Query:

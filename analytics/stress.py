@@ -74,6 +74,12 @@ STEEP_RISE_POINTS: Final[float] = 30.0
 """Rise of customer stress (points, last third minus first third) that escalates: a third of
 the scale, e.g. a calm 10 turning into a 40+ that supervisors asked to see."""
 
+COMPARE_DECIMALS: Final[int] = 6
+"""Decimals that seconds and points are rounded to before a threshold compares them.
+Segment edges sit on 10 ms frames, yet their float sums land a hair off the sum they stand
+for (2.52 + 3.62 + 3.86 s is 9.999999999999998): a review's 2,000 calls of exactly 10.00 s
+of high-stress speech left 349 unflagged, the CSV showing 10.0 beside escalated False."""
+
 MOOD_THIRDS: Final[int] = 3
 """Start vs end mood compares the first and the last third of the call (the issue's choice)."""
 
@@ -165,7 +171,8 @@ def mood_shift(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
     weighted = edges.assign(**{c: edges[c] * edges["duration_s"]
                                for c in [*prob_cols, "stress"]})
     sums = weighted.groupby(["call", "role", "third"])[[*prob_cols, "stress", "duration_s"]].sum()
-    talk = sums["duration_s"].where(sums["duration_s"] >= MOOD_MIN_TALK_S, np.nan)
+    talk = sums["duration_s"].where(sums["duration_s"].round(COMPARE_DECIMALS)
+                                    >= MOOD_MIN_TALK_S, np.nan)
     stress = sums["stress"] / talk
     dominant = sums[prob_cols].idxmax(axis=1).str.removeprefix("p_").where(talk.notna())
     index = pd.MultiIndex.from_frame(keys)
@@ -181,7 +188,8 @@ def mood_shift(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
         "start_dominant": pick(dominant, 0).to_numpy(dtype=object),
         "end_dominant": pick(dominant, MOOD_THIRDS - 1).to_numpy(dtype=object),
     }, index=index)
-    out = out.assign(stress_shift=out["end_stress"] - out["start_stress"])
+    out = out.assign(stress_shift=(out["end_stress"] - out["start_stress"])
+                     .round(COMPARE_DECIMALS))
     return out.reset_index()[columns]
 
 
@@ -207,12 +215,15 @@ def high_stress_runs(segments: pd.DataFrame, role: str = ROLE_CUSTOMER,
         return pd.DataFrame(columns=columns)
     same_island = high["call"].eq(high["call"].shift()) & high["island"].eq(
         high["island"].shift())
-    after_gap = (high["start_s"] - high["end_s"].shift()) > max_gap_s
+    after_gap = (high["start_s"] - high["end_s"].shift()).round(COMPARE_DECIMALS) > max_gap_s
     run = (~same_island | after_gap).cumsum().rename("run")
     runs = high.groupby(["call", run], sort=True).agg(start_s=("start_s", "min"),
                                                       end_s=("end_s", "max"),
                                                       speech_s=("duration_s", "sum"))
-    return runs.reset_index().assign(run_s=lambda f: f["end_s"] - f["start_s"])[columns]
+    # rounded once here, so the flag, escalation_at_s and the plot's shading all agree
+    return runs.reset_index().assign(
+        speech_s=lambda f: f["speech_s"].round(COMPARE_DECIMALS),
+        run_s=lambda f: (f["end_s"] - f["start_s"]).round(COMPARE_DECIMALS))[columns]
 
 
 def escalation_flags(run_speech_s: pd.Series, stress_shift: pd.Series,

@@ -129,6 +129,27 @@ def _run(url: str, tmp_path: Path, *argv: str, timezone: str = "UTC") -> int:
     return code
 
 
+@pytest.mark.parametrize("report_db", ["sqlite"], indirect=True)
+def test_python_m_analytics_cli_runs_the_report_command(report_db: str, tmp_path: Path) -> None:
+    """It ran nothing and exited 0: a cron job on it 'succeeded' every night without a
+    report. With or without the word ``report``, it is ``callmood report``."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CALLMOOD_DATABASE_URL": report_db,
+           "CALLMOOD_DATA_DIR": str(tmp_path / "data")}
+    for i, argv in enumerate((["calls"], ["report", "calls"])):
+        out = tmp_path / f"calls-{i}.csv"
+        done = subprocess.run([sys.executable, "-m", "analytics.cli", *argv, "--out", str(out)],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert out.read_text().startswith("call,")
+    bad = subprocess.run([sys.executable, "-m", "analytics.cli", "nonsense"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+
+
 def test_cli_writes_safe_csv_and_pngs(report_db: str, tmp_path: Path) -> None:
     out = tmp_path / "stress.csv"
     plots = tmp_path / "png"
@@ -172,6 +193,10 @@ def test_days_are_the_sites_calendar_days(report_db: str, tmp_path: Path) -> Non
     assert [r["period_start"] for r in by_utc_day] == ["2026-11-04", "2026-11-05"]
     with pytest.raises(ConfigError, match="timezone='Mars/Olympus'"):
         ReportFilter(timezone="Mars/Olympus")
+    # the calendar's ends bound nothing (they overflowed into a traceback)
+    everything = rows("calls", "--from", "0001-01-01", "--to", "9999-12-31",
+                      timezone="Asia/Tokyo")
+    assert len(everything) == len(rows("calls", timezone="Asia/Tokyo"))
 
 
 def test_empty_result_is_a_csv_with_headers(report_db: str, tmp_path: Path) -> None:

@@ -113,6 +113,29 @@ def test_a_third_needs_a_sentence_of_speech_to_have_a_mood() -> None:
     assert shift.loc[("v", "customer"), "end_dominant"] == "angry"
 
 
+def test_thresholds_hold_for_seconds_on_10_ms_frames_whose_float_sum_lands_under() -> None:
+    """Utterances of 4.05, 3.91 and 2.04 s are exactly 10 s of high-stress speech, yet their
+    float sum is 9.999999999999998: not 'sustained' (a review: 349 of 2,000 such calls);
+    so with 3.00 s of speech in a third (no mood) and a gap of exactly 30.00 s (it split
+    the run)."""
+    edges = [(0.17, 4.22), (4.29, 8.2), (8.46, 10.5)]
+    assert sum(end - start for start, end in edges) < ESCALATION_MIN_SPEECH_S
+    ten = frame(*(one_hot("t", "customer", start, end, "angry") for start, end in edges))
+    runs = high_stress_runs(ten)
+    assert runs["speech_s"].tolist() == [ESCALATION_MIN_SPEECH_S]
+    assert escalation_flags(runs["speech_s"], pd.Series([0.0]))["escalated"].tolist() == [True]
+    assert 32.31 - 2.31 > ESCALATION_MAX_GAP_S             # the float difference
+    gap = frame(one_hot("g", "customer", 0.0, 2.31, "angry"),
+                one_hot("g", "customer", 32.31, 40.0, "angry"))
+    assert high_stress_runs(gap)["run_s"].tolist() == [40.0]
+    assert (0.41 - 0.03) + (3.53 - 0.91) < MOOD_MIN_TALK_S  # 3.00 s in floats
+    mood = frame(one_hot("m", "customer", 0.03, 0.41, "angry"),
+                 one_hot("m", "customer", 0.91, 3.53, "angry"),
+                 one_hot("m", "customer", 25.0, 30.0, "neutral"))
+    shift = mood_shift(mood, pd.Series({"m": 30.0})).set_index(["call", "role"])
+    assert shift.loc[("m", "customer"), "start_stress"] == 100.0
+
+
 def test_the_stress_formula_is_written_from_the_weights_in_use() -> None:
     assert stress_formula() == "100 x (angry + fear + 0.5 disgust + 0.4 sad probability)"
     # an operator who zeroes disgust and sad gets pictures that say so
