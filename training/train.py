@@ -88,11 +88,12 @@ AROUSAL_STREAM = 0x61726F
 """Second word of the arousal clips' draws ([seed, AROUSAL_STREAM]): with the arousal head off,
 the emotion clips' draws and every other stream stay as they were."""
 
-MODEL_VERSION = "emotion-v1.8.0-pclip-cand"
+MODEL_VERSION = "emotion-v1.9.0-speed-cand"
 """Version the default recipe writes into the card (bump it with any change of recipe).
-Selected runs were trained with their option (``--band-pooling keep``, ``--p-clip 0.15``)
-before it became the default, so their cards carry the name of the day: emotion-v1.7.0's
-``emotion-v1.6.0-reverb15-cand``, emotion-v1.8.0's ``emotion-v1.7.0-bandpool-cand``."""
+Selected runs were trained with their option (``--band-pooling keep``, ``--p-clip 0.15``,
+``--p-speed 0.6 --speed-range 0.9,1.1``) before it became the default, so their cards carry
+the name of the day: emotion-v1.7.0's ``emotion-v1.6.0-reverb15-cand``, emotion-v1.8.0's and
+emotion-v1.9.0's ``emotion-v1.7.0-bandpool-cand``."""
 
 T = TypeVar("T")
 

@@ -81,7 +81,7 @@ class ModelCard:
     def stamp(self) -> str:
         """What every segment and call row records as ``model_version``: the card's version and
         the first hex digits of the ONNX file's sha256 as semver build metadata
-        (``emotion-v1.8.0+e5ad333fb554``). A model retrained under the shipped version's name
+        (``emotion-v1.9.0+4f9736430a0f``). A model retrained under the shipped version's name
         (``callmood train`` without ``--version``) is so still told apart from it."""
         return f"{self.version}+{self.onnx_sha256[:STAMP_SHA_CHARS]}"
 

@@ -49,7 +49,7 @@ class FeatureConfig:
     a biased line) otherwise leaks into the lowest mel bands through the window's main lobe
     and shifts every frame the same way, which CMN only partly undoes because the log is not
     additive. The same removal as the VAD's (:func:`worker.vad.without_dc`). False: how every
-    shipped model, emotion-v1.8.0 included, was trained (cards before v1.4.0 lack the field)."""
+    shipped model, emotion-v1.9.0 included, was trained (cards before v1.4.0 lack the field)."""
 
     def __post_init__(self) -> None:
         if self.win_length > self.n_fft:

@@ -86,7 +86,7 @@ class VadConfig:
     """Subtract each block's mean before its level gain and decisions (:func:`without_dc`).
     A 0.05 DC offset on the RAVDESS test clips cost emotion-v1.4.0 7.0 points of UA without
     it (55.1 % vs 62.1 % clean) and 1.7 with it (60.4 %), ``callmood evaluate --robustness``.
-    Every shipped model, emotion-v1.8.0 included, was trained on cuts made without it (their
+    Every shipped model, emotion-v1.9.0 included, was trained on cuts made without it (their
     recipes were fixed before it existed: the cards say ``remove_dc: false`` in their training
     config; cards before v1.4.0 lack the field); False reproduces those cuts, and the worker
     serves with it on (the cards' test figures are measured that way)."""

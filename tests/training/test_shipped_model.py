@@ -1,6 +1,6 @@
 """Regression guard for the shipped model: its card is honest and its test-split UA holds.
 
-Floors sit just under the figures measured for emotion-v1.8.0 (``python -m training evaluate
+Floors sit just under the figures measured for emotion-v1.9.0 (``python -m training evaluate
 --robustness``: each clip cut to its speech as the worker cuts calls; the card's
 ``test_metrics`` hold the full tables). A retrained model that scores lower fails here until
 the floors are consciously lowered.
@@ -21,14 +21,15 @@ from worker.emotion import card_path_for, load_card
 
 EVAL_CORPORA = ("ravdess", "emodb", "urdu")
 
-# (corpus, channel): UA floor.  Measured UA for emotion-v1.8.0 in the comment (v1.7.0's after).
+# (corpus, channel): UA floor.  Measured UA for emotion-v1.9.0 in the comment (v1.8.0's after:
+# v1.9.0 was chosen on validation speakers and is lower on these test speakers, see the README).
 UA_FLOORS: dict[tuple[str, str], float] = {
-    ("ravdess", "clean"): 0.63,    # measured 0.664 (v1.7.0: 0.588)
-    ("ravdess", "mulaw8k"): 0.64,  # measured 0.678 (0.597)
-    ("emodb", "clean"): 0.84,      # measured 0.874 (0.859)
-    ("emodb", "mulaw8k"): 0.81,    # measured 0.847 (0.800)
-    ("urdu", "clean"): 0.52,       # measured 0.566 (0.543; one URDU clip moves it 1-4 points)
-    ("urdu", "mulaw8k"): 0.58,     # measured 0.621 (0.599)
+    ("ravdess", "clean"): 0.60,    # measured 0.635 (v1.8.0: 0.664)
+    ("ravdess", "mulaw8k"): 0.61,  # measured 0.640 (0.678)
+    ("emodb", "clean"): 0.85,      # measured 0.888 (0.874)
+    ("emodb", "mulaw8k"): 0.81,    # measured 0.846 (0.847)
+    ("urdu", "clean"): 0.49,       # measured 0.534 (0.566; one URDU clip moves it 1-4 points)
+    ("urdu", "mulaw8k"): 0.46,     # measured 0.505 (0.621)
 }
 MAX_ONNX_BYTES = 5 * 1024 * 1024
 
@@ -109,16 +110,16 @@ def test_the_card_reports_what_the_model_measures(emotion_model: Path,
         assert stated["ua"] == pytest.approx(row.ua, abs=0.04), (row.corpus, row.channel)
 
 
-# Robustness table on RAVDESS (``--robustness``), emotion-v1.8.0: clean 0.664, worst condition
-# clipping (each clip's speech at -26 dBFS, +20 dB, hard clip), measured 0.612 (5.2 points
-# under clean: the goal of at most 5 is still missed, by less); every other condition within
-# 3.6 points (strong EQ/tilt 0.628, Opus ~5 kbit/s 0.637). v1.7.0: clipping 0.532 (5.65 under
-# its 0.588); v1.6.0: clipping 0.570 (5.5 under its 0.625); v1.5.0: clipping 0.604 (4.9 under
-# its 0.653); v1.4.0: Opus 0.558.
-RAVDESS_WORST_CASE_FLOOR = 0.59
+# Robustness table on RAVDESS (``--robustness``), emotion-v1.9.0: clean 0.635, worst condition
+# clipping (each clip's speech at -26 dBFS, +20 dB, hard clip), measured 0.606 (2.9 points
+# under clean: the goal of at most 5 is met); every other condition within 1.3 points (strong
+# EQ/tilt 0.622) or above clean. v1.8.0: clipping 0.612 (5.2 under its 0.664); v1.7.0:
+# clipping 0.532 (5.65 under its 0.588); v1.6.0: clipping 0.570 (5.5 under its 0.625);
+# v1.5.0: clipping 0.604 (4.9 under its 0.653); v1.4.0: Opus 0.558.
+RAVDESS_WORST_CASE_FLOOR = 0.58
 # a regression guard, not the goal: the measured drop plus about one point, since one or two
 # clips flipping by float rounding on another CPU move a condition's UA by ~0.3 points each
-RAVDESS_MAX_DROP_FROM_CLEAN = 0.062
+RAVDESS_MAX_DROP_FROM_CLEAN = 0.040
 
 
 def test_worst_channel_condition_holds_on_ravdess(emotion_model: Path,

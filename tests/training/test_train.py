@@ -527,15 +527,16 @@ def test_the_speed_options_reach_the_recipe(tmp_path: Path, monkeypatch: pytest.
         raise ConfigError("recorded")       # the recipe is all this test needs
 
     monkeypatch.setattr(training.train, "train", record)
-    assert train_main(["--p-speed", "0.6", "--speed-range", "0.9,1.1", "--epochs", "1",
+    assert train_main(["--p-speed", "0.3", "--speed-range", "0.93,1.07", "--epochs", "1",
                        "--out-dir", str(tmp_path)]) == 2
     (config,) = recipes
     assert isinstance(config, training.train.TrainConfig)
-    assert (config.augment.p_speed, config.augment.speed_range) == (0.6, (0.9, 1.1))
+    assert (config.augment.p_speed, config.augment.speed_range) == (0.3, (0.93, 1.07))
     assert train_main(["--epochs", "1", "--out-dir", str(tmp_path)]) == 2
     default = recipes[-1]
     assert isinstance(default, training.train.TrainConfig)
-    assert (default.augment.p_speed, default.augment.speed_range) == (0.3, (0.93, 1.07))
+    # emotion-v1.9.0's recipe; v1.8.0 and earlier: 0.3, (0.93, 1.07)
+    assert (default.augment.p_speed, default.augment.speed_range) == (0.6, (0.9, 1.1))
 
 
 def test_leave_one_corpus_out_trains_without_it_and_tests_on_all_of_it(
