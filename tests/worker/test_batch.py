@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import celery
 import pytest
@@ -311,6 +312,29 @@ def test_an_entry_the_os_refuses_to_stat_is_skipped_not_the_end_of_the_scan(
     assert "locked.wav" in caplog.text and "Permission denied" in caplog.text
 
 
+def _aged_inbox(tmp_path: Path, files: dict[str, bytes], age_s: float
+               ) -> tuple[dict[str, Path], Settings, list[store.CallRequest], Any]:
+    """An inbox holding ``files`` (name: content) last modified ``age_s`` ago, its migrated
+    settings, and a sender that records what it sends."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    paths = {name: inbox / name for name in files}
+    then = time.time() - age_s
+    for name, content in files.items():
+        paths[name].write_bytes(content)
+        os.utime(paths[name], (then, then))
+    settings = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
+                                  "CALLMOOD_INBOX_DIRS": str(inbox)})
+    db.upgrade(settings.database_url)
+    sent: list[store.CallRequest] = []
+
+    def send(requests: Sequence[store.CallRequest]) -> list[str]:
+        sent.extend(requests)
+        return [f"task-{len(sent)}-{i}" for i in range(len(requests))]
+
+    return paths, settings, sent, send
+
+
 def test_a_failed_file_modified_since_is_sent_again_as_a_new_run_of_its_call(
         tmp_path: Path) -> None:
     """A copy that stalled past CALLMOOD_INBOX_MIN_AGE_S was sent cut short and its call
@@ -321,23 +345,9 @@ def test_a_failed_file_modified_since_is_sent_again_as_a_new_run_of_its_call(
 
     from worker.schema import utcnow
 
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    stalled, corrupt = inbox / "stalled.wav", inbox / "corrupt.wav"
-    stalled.write_bytes(b"the first part")
-    corrupt.write_bytes(b"not audio at all")
-    two_hours_ago = time.time() - 7200
-    for path in (stalled, corrupt):
-        os.utime(path, (two_hours_ago, two_hours_ago))
-    settings = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
-                                  "CALLMOOD_INBOX_DIRS": str(inbox)})
-    db.upgrade(settings.database_url)
-    sent: list[store.CallRequest] = []
-
-    def send(requests: Sequence[store.CallRequest]) -> list[str]:
-        sent.extend(requests)
-        return [f"task-{len(sent)}-{i}" for i in range(len(requests))]
-
+    paths, settings, sent, send = _aged_inbox(
+        tmp_path, {"stalled.wav": b"the first part", "corrupt.wav": b"not audio at all"}, 7200)
+    stalled = paths["stalled.wav"]
     first = scan_inboxes(settings, source="nightly", send=send)
     assert (first.enqueued, first.changed) == (2, 0)
     ids = {Path(r.uri).name: r.external_call_id for r in sent}
@@ -372,23 +382,11 @@ def test_changed_failed_files_are_counted_by_path_and_not_sent_as_a_second_copy(
 
     from worker.schema import utcnow
 
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    shared, stalled = inbox / "shared.wav", inbox / "stalled.wav"
-    shared.write_bytes(b"the first part of one call")
-    stalled.write_bytes(b"the first part of another")
-    two_hours_ago = time.time() - 7200
-    for path in (shared, stalled):
-        os.utime(path, (two_hours_ago, two_hours_ago))
-    settings = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
-                                  "CALLMOOD_INBOX_DIRS": str(inbox)})
-    db.upgrade(settings.database_url)
-    sent: list[store.CallRequest] = []
-
-    def send(requests: Sequence[store.CallRequest]) -> list[str]:
-        sent.extend(requests)
-        return [f"task-{len(sent)}-{i}" for i in range(len(requests))]
-
+    paths, settings, sent, send = _aged_inbox(
+        tmp_path, {"shared.wav": b"the first part of one call",
+                   "stalled.wav": b"the first part of another"}, 7200)
+    shared, stalled = paths["shared.wav"], paths["stalled.wav"]
+    inbox = shared.parent
     assert scan_inboxes(settings, source="nightly", send=send).enqueued == 2
     with db.session_scope(settings) as s:
         store.reserve_for_enqueue(s, store.CallRequest(uri=str(shared.resolve()),
