@@ -22,7 +22,8 @@ from worker.emotion import card_path_for, load_card
 EVAL_CORPORA = ("ravdess", "emodb", "urdu")
 
 # (corpus, channel): UA floor.  Measured UA for emotion-v1.9.0 in the comment (v1.8.0's after:
-# v1.9.0 was chosen on validation speakers and is lower on these test speakers, see the README).
+# v1.9.0 was chosen on validation speakers and is lower on the RAVDESS and URDU test speakers,
+# see the README).
 UA_FLOORS: dict[tuple[str, str], float] = {
     ("ravdess", "clean"): 0.60,    # measured 0.635 (v1.8.0: 0.664)
     ("ravdess", "mulaw8k"): 0.61,  # measured 0.640 (0.678)
