@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,30 +76,21 @@ class ScanReport:
                 "missing_folders": list(self.missing_folders)}
 
 
-def settled(paths: Sequence[Path], min_age_s: float, now_s: float) -> tuple[list[Path], int]:
-    """(the paths last modified ``min_age_s`` or more before ``now_s`` (epoch seconds), how
-    many were newer). A path whose time cannot be read is kept: hashing it will say why."""
-    ready: list[Path] = []
+def settled(paths: Sequence[Path], min_age_s: float,
+            now_s: float) -> tuple[dict[Path, datetime | None], int]:
+    """(the paths last modified ``min_age_s`` or more before ``now_s`` (epoch seconds), each
+    with that time in UTC, how many were newer). A path whose time cannot be read is kept,
+    with None: hashing it will say why."""
+    ready: dict[Path, datetime | None] = {}
     for path in paths:
         try:
-            fresh = now_s - path.stat().st_mtime < min_age_s
+            mtime_s = path.stat().st_mtime
         except OSError:
-            fresh = False
-        if not fresh:
-            ready.append(path)
-    return ready, len(paths) - len(ready)
-
-
-def modified_times(by_hash: Mapping[str, Path], hashes: Iterable[str]) -> dict[str, datetime]:
-    """Modification times (UTC) of the files of ``hashes`` (keys of ``by_hash``); a file whose
-    time cannot be read is left out."""
-    times: dict[str, datetime] = {}
-    for digest in hashes:
-        try:
-            times[digest] = datetime.fromtimestamp(by_hash[digest].stat().st_mtime, UTC)
-        except OSError:
+            ready[path] = None
             continue
-    return times
+        if now_s - mtime_s >= min_age_s:
+            ready[path] = datetime.fromtimestamp(mtime_s, UTC)
+    return ready, len(paths) - len(ready)
 
 
 def changed_failures(session: Session, by_hash: Mapping[str, Path],
@@ -183,8 +174,11 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
     by_hash = {uri_sha256(path_uri(path)): path for path in files}
     with session_scope(settings) as session:
         known = enqueued_uri_hashes(session, list(by_hash))
+        # the times settled() read, of the paths sent before (a file it could not stat: none)
+        modified_at = {digest: mtime for digest in known
+                       if (mtime := files[by_hash[digest]]) is not None}
         retries, refused, retried_paths = changed_failures(
-            session, by_hash, failed_before(session, modified_times(by_hash, known)))
+            session, by_hash, failed_before(session, modified_at))
         batch_id = create_batch(session, source).id
 
     def new_requests() -> Iterator[CallRequest]:
