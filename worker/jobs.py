@@ -61,6 +61,14 @@ class CallOutcome:
     """This run failed after a concurrent run of the call stored its analysis (status
     skipped): ``reason`` says why this run failed."""
 
+    @classmethod
+    def superseded_run(cls, external_call_id: str, reason: str) -> CallOutcome:
+        """This run failed for ``reason``, and a concurrent run of the call stored its
+        analysis first (``store.mark_failed`` kept it done)."""
+        return cls("skipped", external_call_id,
+                   reason=f"this run failed ({reason}); a concurrent run of the call stored its "
+                          "analysis first, which stands", superseded=True)
+
     def as_dict(self) -> dict[str, Any]:
         return {"status": self.status, "call_id": self.external_call_id,
                 "segments": self.segments, "reason": self.reason}
@@ -127,10 +135,7 @@ def _fail(settings: Settings, call_id: int, external_call_id: str, reason: str) 
             # analysis after this run claimed it: that finished work stands
             log.warning("call %s: this run failed (%s), but a concurrent run stored its "
                         "analysis first; kept as done", external_call_id, reason)
-            return CallOutcome("skipped", external_call_id,
-                               reason=f"this run failed ({reason}); a concurrent run of the "
-                                      "call stored its analysis first, which stands",
-                               superseded=True)
+            return CallOutcome.superseded_run(external_call_id, reason)
     log.warning("call %s failed: %s", external_call_id, reason)
     return CallOutcome("failed", external_call_id, reason=reason)
 

@@ -8,7 +8,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import PurePosixPath, PureWindowsPath
 from types import MappingProxyType
@@ -663,7 +663,7 @@ class RetryRequest(CallRequest):
     def of(cls, call: Call) -> RetryRequest:
         """The new run of failed ``call`` (PayloadError as :func:`request_for_call`)."""
         request = request_for_call(call, reprocess=True)
-        return cls(**{name: getattr(request, name) for name in CallRequest.__dataclass_fields__},
+        return cls(**{f.name: getattr(request, f.name) for f in fields(CallRequest)},
                    failed_at=call.processed_at)
 
 

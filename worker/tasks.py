@@ -77,9 +77,7 @@ def analyze_recording(self: Task[Any, Any], **payload: Any) -> dict[str, Any]:
             log.error("call %s: %s", request.external_call_id, reason)
             status = _fail_quietly(settings, request, reason)
             if status == "done":
-                return CallOutcome("skipped", request.external_call_id,
-                                   reason=f"this run {reason}; a concurrent run of the call "
-                                          "stored its analysis first, which stands").as_dict()
+                return CallOutcome.superseded_run(request.external_call_id, reason).as_dict()
             if (status is not None
                     or self.request.retries >= MAX_RETRIES + OUTAGE_MAX_HELD_RETRIES):
                 return CallOutcome("failed", request.external_call_id, reason=reason).as_dict()
