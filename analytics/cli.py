@@ -90,7 +90,9 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="agents report: one row per group and day/week, or overall (default)")
     p.add_argument("--by", choices=GROUP_BYS, default="agent",
                    help="agents report: group by agent (default) or team")
-    p.set_defaults(func=run_report)
+    # checked before connecting, as the worker's commands are: a PostgreSQL database never
+    # migrated failed the report with a ProgrammingError traceback
+    p.set_defaults(func=run_report, needs_db=True)
     return p
 
 
@@ -114,8 +116,14 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     # paths checked before the queries, so a mistake costs no report and keeps the old one
     if args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a folder: name the CSV file to write")
-    if args.plots is not None and args.plots.exists() and not args.plots.is_dir():
-        raise ConfigError(f"--plots {args.plots} is a file: name a folder for the PNGs")
+    if args.plots is not None:
+        if args.plots.exists() and not args.plots.is_dir():
+            raise ConfigError(f"--plots {args.plots} is a file: name a folder for the PNGs")
+        try:
+            args.plots.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--plots {args.plots}: cannot make the folder: "
+                              f"{e.strerror or e}") from e
     where = ReportFilter(date_from=args.date_from, date_to=args.date_to, agent=args.agent,
                          team=args.team, timezone=settings.timezone)
     with report_session(settings.database_url) as session:
@@ -134,8 +142,12 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
 
         chosen = calls_to_draw(rank_by_customer_stress(call_metrics(calls, segments)),
                                segments, args.max_plots)
-        pictures = write_call_pngs(chosen, segments[segments["call"].isin(chosen["call"])],
-                                   args.plots, bin_s=args.bin_s)
+        try:
+            pictures = write_call_pngs(chosen, segments[segments["call"].isin(chosen["call"])],
+                                       args.plots, bin_s=args.bin_s)
+        except OSError as e:   # a full disk, a folder made read-only meanwhile
+            raise ConfigError(f"--plots {args.plots}: cannot write the PNGs: "
+                              f"{e.strerror or e} ({path} was written)") from e
         message += f"; {len(pictures)} PNG in {args.plots}"
     print(message, file=sys.stderr)
     return 0

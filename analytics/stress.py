@@ -80,6 +80,12 @@ Segment edges sit on 10 ms frames, yet their float sums land a hair off the sum 
 for (2.52 + 3.62 + 3.86 s is 9.999999999999998): a review's 2,000 calls of exactly 10.00 s
 of high-stress speech left 349 unflagged, the CSV showing 10.0 beside escalated False."""
 
+STRESS_DECIMALS: Final[int] = 1
+"""Decimals stress points (0-100) are shown to in reports, and compared at against the
+escalation thresholds: a tenth of a point is below any threshold's resolution, and a report
+showing a rise of 30.0 (from 29.96) or a peak of 50.0 (from 49.96) must show the call escalated
+and the utterance high-stress (a review found both showing otherwise)."""
+
 MOOD_THIRDS: Final[int] = 3
 """Start vs end mood compares the first and the last third of the call (the issue's choice)."""
 
@@ -208,7 +214,7 @@ def high_stress_runs(segments: pd.DataFrame, role: str = ROLE_CUSTOMER,
     if party.empty:
         return pd.DataFrame(columns=columns)
     ordered = party.pipe(with_stress).sort_values(["call", "start_s"])
-    low = (ordered["stress"] < threshold).astype(int)
+    low = (ordered["stress"].round(STRESS_DECIMALS) < threshold).astype(int)
     island = low.groupby(ordered["call"]).cumsum()
     high = ordered.assign(island=island)[low == 0]
     if high.empty:
@@ -233,7 +239,7 @@ def escalation_flags(run_speech_s: pd.Series, stress_shift: pd.Series,
     "") from the most customer speech in one high-stress run (s) and the customer's stress
     shift (points)."""
     sustained = run_speech_s.fillna(0.0) >= min_speech_s
-    rise = stress_shift.fillna(0.0) >= steep_rise_points
+    rise = stress_shift.round(STRESS_DECIMALS).fillna(0.0) >= steep_rise_points
     reason = np.where(sustained & rise, "sustained+rise",
                       np.where(sustained, "sustained", np.where(rise, "rise", "")))
     return pd.DataFrame({"escalated": (sustained | rise).astype(bool), "escalation_reason": reason},

@@ -18,7 +18,13 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, TimeoutError
+from sqlalchemy.exc import (
+    DatabaseError,
+    DBAPIError,
+    DisconnectionError,
+    OperationalError,
+    TimeoutError,
+)
 from sqlalchemy.orm import Session
 
 from worker.errors import ConfigError, TransientError
@@ -270,6 +276,10 @@ def require_head(url: str) -> None:
         current = current_revision(url)
     except (OperationalError, DisconnectionError) as e:
         raise TransientError(f"database unavailable ({redact_url(url)}): {_first_line(e)}") from e
+    except DatabaseError as e:
+        # not an outage: a file that is not SQLite, an account without rights to read it
+        raise ConfigError(f"database {redact_url(url)} cannot be read: {_first_line(e)}; check "
+                          "CALLMOOD_DATABASE_URL and the account's rights") from e
     head = head_revision()
     if current == head:
         return

@@ -336,3 +336,50 @@ def test_segments_of_calls_not_listed_are_ignored() -> None:
     grid = report_from_frames("timeline", calls, segments)
     assert set(grid["call"]) == {"c-bob"}
     assert report_from_frames("stress", calls, segments)["call"].tolist() == ["c-bob"]
+
+
+def _callmood(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, url: str, *argv: str) -> int:
+    """``callmood ARGV`` as run from a shell, on the database at ``url``."""
+    from worker.cli import main
+
+    monkeypatch.setenv("CALLMOOD_DATABASE_URL", url)
+    monkeypatch.setenv("CALLMOOD_DATA_DIR", str(tmp_path / "data"))
+    return main(list(argv))
+
+
+@pytest.mark.postgres
+def test_a_report_on_a_database_never_migrated_says_so(
+        postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """On PostgreSQL it failed with a ProgrammingError traceback (relation "calls" does not
+    exist) where the worker's commands ask for the upgrade."""
+    out = tmp_path / "calls.csv"
+    assert _callmood(monkeypatch, tmp_path, postgres_url, "report", "calls", "--out",
+                     str(out)) == 2
+    assert "this release needs" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_database_url_naming_a_file_that_is_not_sqlite_is_a_configuration_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """'file is not a database' escaped as a DatabaseError traceback from the report and the
+    worker's commands alike."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database, but long enough for SQLite to read its header\n" * 20)
+    url = f"sqlite:///{notes}"
+    for argv in (("report", "calls", "--out", str(tmp_path / "c.csv")), ("calls",)):
+        assert _callmood(monkeypatch, tmp_path, url, *argv) == 2
+        assert "cannot be read: file is not a database" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("report_db", ["sqlite"], indirect=True)
+def test_a_plots_folder_that_cannot_be_made_is_named_before_the_report(
+        report_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--plots under a file (or where the folder cannot be made) ended in a traceback after
+    the CSV was written."""
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "stress.csv"
+    assert _callmood(monkeypatch, tmp_path, report_db, "report", "stress", "--out", str(out),
+                     "--plots", str(tmp_path / "afile" / "png")) == 2
+    assert "cannot make the folder" in capsys.readouterr().err and not out.exists()

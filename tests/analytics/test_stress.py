@@ -6,6 +6,7 @@ import pytest
 from analytics.stress import (
     ESCALATION_MAX_GAP_S,
     ESCALATION_MIN_SPEECH_S,
+    ESCALATION_STRESS,
     MOOD_MIN_TALK_S,
     STEEP_RISE_POINTS,
     STRESS_WEIGHTS,
@@ -134,6 +135,25 @@ def test_thresholds_hold_for_seconds_on_10_ms_frames_whose_float_sum_lands_under
                  one_hot("m", "customer", 25.0, 30.0, "neutral"))
     shift = mood_shift(mood, pd.Series({"m": 30.0})).set_index(["call", "role"])
     assert shift.loc[("m", "customer"), "start_stress"] == 100.0
+
+
+def test_thresholds_compare_stress_as_the_report_shows_it() -> None:
+    """A rise of 29.96 points showed as 30.0 beside escalated False, and utterances of stress
+    49.96 as 50.0 outside any high-stress run (a review): a threshold compares the value to
+    the tenth of a point the reports show."""
+    assert escalation_flags(pd.Series([0.0, 0.0]), pd.Series([STEEP_RISE_POINTS - 0.04,
+                                                               STEEP_RISE_POINTS - 0.06])
+                            )["escalated"].tolist() == [True, False]
+
+    def near(call: str, start_s: float, end_s: float, p_angry: float) -> dict[str, object]:
+        return {**one_hot(call, "customer", start_s, end_s, "neutral"), "p_angry": p_angry,
+                "p_neutral": 1.0 - p_angry}
+
+    shown_50 = frame(near("n", 0.0, 6.0, 0.4996), near("n", 6.5, 12.5, 0.4996))
+    assert stress_of(shown_50).round(1).tolist() == [ESCALATION_STRESS] * 2
+    assert high_stress_runs(shown_50)["speech_s"].tolist() == [12.0]
+    under = frame(near("u", 0.0, 6.0, 0.4994), near("u", 6.5, 12.5, 0.4994))
+    assert high_stress_runs(under).empty
 
 
 def test_the_stress_formula_is_written_from_the_weights_in_use() -> None:
