@@ -17,12 +17,16 @@ to the manifest's folder or absolute. ``corpus`` defaults to the manifest's fold
 a speaker is ``corpus:speaker``: an operator's manifests in several folders name one corpus
 in a ``corpus`` column, or the same agent counts as a different speaker in each. ``split`` is
 train or test, each speaker in one of them (validation speakers are drawn from train); an
-optional ``channel`` column (0 = first) names the labelled party's channel of a stereo file.
+optional ``channel`` column (0 = first) names the labelled party's channel of a stereo file,
+and optional ``start_s`` / ``end_s`` columns a labelled span of the file (seconds from its
+start; empty: the whole file), so an operator labels utterances inside whole calls without
+cutting them into clips. Spans of one file and channel may not overlap.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +72,21 @@ MANIFEST_SPLITS: tuple[str, ...] = (SUBSET_TRAIN, SUBSET_TEST)
 training run itself (``--val-fraction``, ``--split-seed``)."""
 MAX_LISTED = 5
 """Values a manifest error names before it counts the rest."""
+SPAN_COLUMNS: tuple[str, str] = ("start_s", "end_s")
+"""Optional manifest columns: the labelled span of a file, in seconds from its start."""
+TEXT_COLUMNS: tuple[str, ...] = ("speaker", "emotion", "split", "channel", *SPAN_COLUMNS)
+"""Columns read as text and checked here, so a bad value is named as the operator wrote it."""
+
+
+@dataclass(frozen=True)
+class ClipSource:
+    """Where a labelled clip's audio is: a file, its party's channel (None: a mono file) and
+    the labelled span in seconds (None: the whole file)."""
+
+    path: str
+    channel: int | None = None
+    start_s: float | None = None
+    end_s: float | None = None
 
 
 def _listed(counts: pd.Series) -> str:
@@ -83,7 +102,8 @@ def read_manifest(manifest_path: Path) -> pd.DataFrame:
     Raises ConfigError if a required column is missing.
     """
     try:
-        df = pd.read_csv(manifest_path, dtype={"speaker": str, "emotion": str, "split": str})
+        # as text: a number column with an empty cell reads as float, "1" as 1.0
+        df = pd.read_csv(manifest_path, dtype={c: str for c in TEXT_COLUMNS})
     except (OSError, pd.errors.ParserError) as e:
         raise ConfigError(f"cannot read manifest {manifest_path}: {e}") from e
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -93,10 +113,9 @@ def read_manifest(manifest_path: Path) -> pd.DataFrame:
     root = manifest_path.resolve().parent
     speaker = df["speaker"].fillna("").astype(str).str.strip()
     if (speaker == "").any():
-        lines = [str(i + 2) for i in df.index[speaker == ""][:MAX_LISTED]]
-        raise ConfigError(f"manifest {manifest_path}: no speaker on line(s) {', '.join(lines)}"
-                          f"{' ...' if (speaker == '').sum() > MAX_LISTED else ''}; every clip "
-                          "needs its speaker, which keeps test speakers out of training")
+        raise ConfigError(f"manifest {manifest_path}: no speaker on line(s) "
+                          f"{_lines(speaker == '')}; every clip needs its speaker, which keeps "
+                          "test speakers out of training")
     split = df["split"].fillna("").astype(str).str.strip().str.lower()
     other = split[~split.isin(MANIFEST_SPLITS)]
     if not other.empty:
@@ -106,12 +125,81 @@ def read_manifest(manifest_path: Path) -> pd.DataFrame:
                           "--split-seed)")
     channel = (_channels(df["channel"], manifest_path) if "channel" in df.columns
                else pd.Series([pd.NA] * len(df), index=df.index, dtype="Int64"))
+    start_s, end_s = _spans(df, manifest_path)
     paths = [str(p if Path(p).is_absolute() else root / p) for p in df["path"].astype(str)]
     corpus = (df["corpus"].astype(str) if "corpus" in df.columns
               else pd.Series([root.name] * len(df), index=df.index))
     return df.assign(path=paths, corpus=corpus, speaker=speaker, channel=channel,
+                     start_s=start_s, end_s=end_s,
                      emotion=df["emotion"].fillna("").astype(str).str.strip().str.lower(),
                      split=split)
+
+
+def _lines(mask: pd.Series) -> str:
+    """The manifest line numbers (header = line 1) of the rows ``mask`` picks, the first few."""
+    rows = [str(i + 2) for i in mask.index[mask.to_numpy()][:MAX_LISTED]]
+    return ", ".join(rows) + (" ..." if int(mask.sum()) > MAX_LISTED else "")
+
+
+def _spans(df: pd.DataFrame, manifest_path: Path) -> tuple[pd.Series, pd.Series]:
+    """A manifest's ``start_s`` / ``end_s`` columns as floats (NaN: the whole file);
+    ConfigError naming the lines of a span that is not two numbers with 0 <= start < end."""
+    present = [c for c in SPAN_COLUMNS if c in df.columns]
+    if not present:
+        whole = pd.Series(np.nan, index=df.index, dtype=np.float64)
+        return whole, whole
+    if len(present) == 1:
+        raise ConfigError(f"manifest {manifest_path} has a {present[0]} column but no "
+                          f"{SPAN_COLUMNS[1] if present[0] == SPAN_COLUMNS[0] else SPAN_COLUMNS[0]}"
+                          " column: a labelled span needs both (seconds from the file's start)")
+    text = {c: df[c].fillna("").astype(str).str.strip() for c in SPAN_COLUMNS}
+    value = {c: pd.to_numeric(text[c].where(text[c] != ""), errors="coerce") for c in SPAN_COLUMNS}
+    start, end = value[SPAN_COLUMNS[0]], value[SPAN_COLUMNS[1]]
+    not_number = ((text["start_s"] != "") & start.isna()) | ((text["end_s"] != "") & end.isna())
+    half = start.isna() != end.isna()
+    given = start.notna() & end.notna()
+    # a negated test, so that an infinite end fails it as well as a reversed span
+    bad_order = given & ~((start >= 0) & (end > start) & np.isfinite(end))
+    bad = not_number | half | bad_order
+    if bad.any():
+        raise ConfigError(f"manifest {manifest_path}: line(s) {_lines(bad)} have a span that "
+                          "is not two numbers with 0 <= start_s < end_s (seconds from the "
+                          "file's start; leave both empty for the whole file)")
+    return start.astype(np.float64), end.astype(np.float64)
+
+
+def check_spans(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` unchanged if no two rows label overlapping audio of one file and channel (a
+    row without a span labels all of it); ConfigError naming the first few otherwise: the
+    same speech would be trained or scored twice, perhaps under two labels."""
+    if df.empty:
+        return df
+    start = df["start_s"].fillna(0.0) if "start_s" in df.columns else pd.Series(0.0, df.index)
+    end = (df["end_s"].fillna(np.inf) if "end_s" in df.columns
+           else pd.Series(np.inf, index=df.index))
+    channel = (df["channel"].astype("Int64").astype(str) if "channel" in df.columns
+               else pd.Series("<NA>", index=df.index))
+    spans = (pd.DataFrame({"path": df["path"].astype(str), "channel": channel,
+                           "start_s": start, "end_s": end})
+             .sort_values(["path", "channel", "start_s", "end_s"], kind="stable"))
+    same = ((spans["path"] == spans["path"].shift()) & (spans["channel"] == spans["channel"].shift()))
+    # sorted by start: a span overlaps an earlier one iff it starts before the latest end so far
+    latest_end = spans.groupby(["path", "channel"], sort=False)["end_s"].cummax().shift()
+    overlap = same & (spans["start_s"] < latest_end)
+    if overlap.any():
+        shown = [f"{Path(p).name} {_span_text(s, e)}" for p, s, e in
+                 spans.loc[overlap, ["path", "start_s", "end_s"]].head(MAX_LISTED)
+                 .itertuples(index=False)]
+        raise ConfigError(f"{int(overlap.sum())} labelled span(s) overlap another of the same "
+                          f"file and channel: {', '.join(shown)}"
+                          f"{' ...' if int(overlap.sum()) > MAX_LISTED else ''}; label each "
+                          "stretch of speech once (a row without start_s / end_s labels the "
+                          "whole file)")
+    return df
+
+
+def _span_text(start_s: float, end_s: float) -> str:
+    return "(whole file)" if start_s == 0.0 and end_s == np.inf else f"{start_s:g}-{end_s:g} s"
 
 
 def _channels(raw: pd.Series, manifest_path: Path) -> pd.Series:
@@ -127,11 +215,15 @@ def _channels(raw: pd.Series, manifest_path: Path) -> pd.Series:
     return number.astype("Int64")
 
 
-def clip_channels(df: pd.DataFrame) -> list[int | None]:
-    """Each clip's channel (None: a mono file), for :func:`worker.audio.load_mono`."""
-    if "channel" not in df.columns:
-        return [None] * len(df)
-    return [None if pd.isna(c) else int(c) for c in df["channel"]]
+def clip_sources(df: pd.DataFrame) -> list[ClipSource]:
+    """Each clip's file, channel and span, for :func:`training.clips.load_clips`."""
+    n = len(df)
+    channel = df["channel"] if "channel" in df.columns else pd.Series([pd.NA] * n, dtype=object)
+    start = df["start_s"] if "start_s" in df.columns else pd.Series([np.nan] * n)
+    end = df["end_s"] if "end_s" in df.columns else pd.Series([np.nan] * n)
+    return [ClipSource(str(p), None if pd.isna(c) else int(c),
+                       None if pd.isna(a) else float(a), None if pd.isna(b) else float(b))
+            for p, c, a, b in zip(df["path"], channel, start, end, strict=True)]
 
 
 def corpus_manifest_paths(corpora_dir: Path, corpora: Sequence[str] = DEFAULT_CORPORA) -> list[Path]:
@@ -144,7 +236,7 @@ def read_manifests(manifest_paths: Iterable[Path]) -> pd.DataFrame:
     frames = [read_manifest(p) for p in manifest_paths]
     if not frames:
         raise ConfigError("no manifest given")
-    return pd.concat(frames, ignore_index=True)
+    return check_spans(pd.concat(frames, ignore_index=True))
 
 
 def map_labels(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,8 +1,9 @@
 """Evaluate any ONNX emotion model (+ card) on any manifest(s), through the serving path.
 
-Each clip goes ``worker.audio.load_mono`` -> optional channel -> ``worker.features.
-extract_features`` -> ``worker.emotion.load_model(...).predict_proba``: exactly what the
-worker does to a segment, so the figures describe the shipped artefact, not a torch twin.
+Each clip goes ``worker.audio.load_mono`` (then its span of the file, if the manifest names
+one) -> optional channel -> the worker's cut to speech -> ``worker.features.extract_features``
+-> ``worker.emotion.load_model(...).predict_proba``: exactly what the worker does to a
+segment, so the figures describe the shipped artefact, not a torch twin.
 Metrics per corpus: UA (unweighted average recall over the classes present), WA (accuracy),
 ECE (15 equal-width confidence bins) and the confusion matrix (rows true, columns predicted).
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import functools
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,16 +33,17 @@ from training.augment import (
     set_rms_dbfs,
     strong_eq,
 )
+from training.clips import load_clips
 from training.dataset import (
     SUBSET_TRAIN,
     SUBSET_VAL,
+    ClipSource,
     card_val_speakers,
-    clip_channels,
+    clip_sources,
     map_labels,
     read_manifests,
     speaker_keys,
 )
-from worker.audio import load_mono
 from worker.constants import ANALYSIS_SAMPLE_RATE
 from worker.emotion import EmotionModel, load_model
 from worker.errors import ConfigError
@@ -425,15 +426,23 @@ def apply_channel(audio: npt.NDArray[np.float32], channel: str,
     return transform(np.asarray(audio, dtype=np.float32), config.sample_rate)
 
 
-def clip_features(path: str, channel: str, config: FeatureConfig,
-                  speech_cut: SpeechCut | None = None,
-                  source_channel: int | None = None) -> npt.NDArray[np.float32]:
-    """The serving path for one clip: decode at the model's rate (``source_channel`` of a
-    stereo file), the channel condition ``channel``, the worker's cut to speech (``None``: the
-    whole clip), log-mel."""
-    audio = apply_channel(load_mono(Path(path), config.sample_rate, source_channel), channel,
-                          config)
-    return extract_features(audio if speech_cut is None else speech_cut.apply(audio), config)
+def condition_features(audio: npt.NDArray[np.float32], channel: str, config: FeatureConfig,
+                       speech_cut: SpeechCut | None = None) -> npt.NDArray[np.float32]:
+    """The serving path for one decoded clip (at the model's rate): the channel condition
+    ``channel``, the worker's cut to speech (``None``: the whole clip), log-mel."""
+    conditioned = apply_channel(audio, channel, config)
+    return extract_features(conditioned if speech_cut is None else speech_cut.apply(conditioned),
+                            config)
+
+
+def clip_features(source: ClipSource | str, channel: str, config: FeatureConfig,
+                  speech_cut: SpeechCut | None = None) -> npt.NDArray[np.float32]:
+    """:func:`condition_features` of one clip (a path: the whole of a mono file), decoded at
+    the model's rate."""
+    clip = source if isinstance(source, ClipSource) else ClipSource(source)
+    return load_clips([clip], config.sample_rate,
+                      functools.partial(condition_features, channel=channel, config=config,
+                                        speech_cut=speech_cut), workers=1)[0]
 
 
 def _int_rows(cm: npt.NDArray[np.int64]) -> tuple[tuple[int, ...], ...]:
@@ -547,14 +556,15 @@ def evaluate_models(groups: Sequence[Sequence[Path]], manifest_paths: Sequence[P
     y_all = clips["label"].map(index).to_numpy(np.int64)
     speakers_all = speaker_keys(clips).to_numpy(str)
     corpora = [(str(c), (clips["corpus"] == c).to_numpy()) for c in sorted(clips["corpus"].unique())]
+    sources = clip_sources(clips)
     rows: list[list[CorpusMetrics]] = [[] for _ in model_groups]
     for channel in channels:
         feats: dict[FeatureConfig, list[npt.NDArray[np.float32]]] = {}
         for config in dict.fromkeys(m.card.features for m in models):
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                feats[config] = list(pool.map(clip_features, clips["path"].tolist(),
-                                              [channel] * len(clips), [config] * len(clips),
-                                              [speech_cut] * len(clips), clip_channels(clips)))
+            feats[config] = load_clips(sources, config.sample_rate,
+                                       functools.partial(condition_features, channel=channel,
+                                                         config=config, speech_cut=speech_cut),
+                                       workers)
         for group_rows, group in zip(rows, model_groups, strict=True):
             probs = np.mean([m.predict_proba(feats[m.card.features]) for m in group],
                             axis=0).astype(np.float32)

@@ -15,8 +15,7 @@ import logging
 import time
 import typing
 from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from types import UnionType
@@ -46,6 +45,7 @@ from training.checkpoint import (
     remove_checkpoint,
     save_checkpoint,
 )
+from training.clips import load_clips
 from training.dataset import (
     AROUSAL_LEVELS,
     LABEL_MAP,
@@ -54,7 +54,7 @@ from training.dataset import (
     TRAINABLE_EXTRA_CLASSES,
     build_arousal_dataset,
     build_dataset,
-    clip_channels,
+    clip_sources,
     counts_table,
     sampling_weights,
     speaker_keys,
@@ -63,7 +63,7 @@ from training.dataset import (
 from training.distill import DistillConfig, distillation_loss, teacher_targets
 from training.evaluate import confusion_matrix, unweighted_average_recall
 from training.model import MergedClasses, ModelConfig, build_model, count_parameters
-from worker.audio import file_sha256, load_mono
+from worker.audio import file_sha256
 from worker.constants import ANALYSIS_SAMPLE_RATE, EMOTIONS
 from worker.errors import ConfigError
 from worker.features import FeatureConfig, extract_features, n_frames
@@ -285,18 +285,9 @@ class TrainResult:
     card: dict[str, Any]
 
 
-def load_clips(paths: Sequence[str], sample_rate: int, workers: int = 2,
-               speech_cut: SpeechCut | None = None,
-               channels: Sequence[int | None] | None = None) -> list[Audio]:
-    """Decode clips (soundfile + soxr, as the worker does) in a thread pool, each cut to its
-    speech by ``speech_cut`` when given; ``channels``: each clip's channel of a stereo file
-    (None: a mono file; :func:`training.dataset.clip_channels`)."""
-    def load(path: str, channel: int | None) -> Audio:
-        audio = load_mono(Path(path), sample_rate, channel)
-        return audio if speech_cut is None else speech_cut.apply(audio)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(load, paths, channels or [None] * len(paths)))
+def speech_of(speech_cut: SpeechCut | None) -> Callable[[Audio], Audio]:
+    """A decoded clip -> what training scores of it: the worker's cut to speech, or all of it."""
+    return (lambda audio: audio) if speech_cut is None else speech_cut.apply
 
 
 def tile_frames(feats: npt.NDArray[np.float32], frames: int) -> npt.NDArray[np.float32]:
@@ -621,19 +612,16 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     if config.speech_cut is not None and sr != ANALYSIS_SAMPLE_RATE:
         raise ConfigError(f"features at {sr} Hz: the cut to speech runs the worker's VAD at "
                           f"{ANALYSIS_SAMPLE_RATE} Hz; train with --whole-clips or at that rate")
-    train_waves = load_clips(train_df["path"].tolist(), sr, workers, config.speech_cut,
-                             clip_channels(train_df))
-    val_waves = load_clips(val_df["path"].tolist(), sr, workers, config.speech_cut,
-                           clip_channels(val_df))
+    speech = speech_of(config.speech_cut)
+    train_waves = load_clips(clip_sources(train_df), sr, speech, workers)
+    val_waves = load_clips(clip_sources(val_df), sr, speech, workers)
     val_feats = [extract_features(w, config.features) for w in val_waves]
     y_val = val_df["label_id"].to_numpy(np.int64)
     val_corpora = val_df["corpus"].to_numpy()
     arousal_train, arousal_val = _arousal_clips(config, arousal_manifests, limit_per_corpus)
-    arousal_waves = load_clips(arousal_train["path"].tolist(), sr, workers, config.speech_cut,
-                               clip_channels(arousal_train))
-    arousal_val_feats = [extract_features(w, config.features) for w in
-                         load_clips(arousal_val["path"].tolist(), sr, workers, config.speech_cut,
-                                    clip_channels(arousal_val))]
+    arousal_waves = load_clips(clip_sources(arousal_train), sr, speech, workers)
+    arousal_val_feats = load_clips(clip_sources(arousal_val), sr,
+                                   lambda w: extract_features(speech(w), config.features), workers)
     y_arousal_val = arousal_val["arousal_id"].to_numpy(np.int64)
     # arousal clips follow the emotion clips: no emotion label, and emotion clips no level
     arousal_y = torch.from_numpy(np.concatenate([

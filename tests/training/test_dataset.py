@@ -14,7 +14,8 @@ from training.dataset import (
     assign_subsets,
     build_arousal_dataset,
     build_dataset,
-    clip_channels,
+    check_spans,
+    clip_sources,
     map_labels,
     read_manifest,
     sampling_weights,
@@ -173,4 +174,47 @@ def test_a_speaker_in_both_train_and_test_is_refused(tmp_path: Path) -> None:
         build_dataset([_manifest(tmp_path, "path,speaker,emotion,split\n" + twice)])
     clean = build_dataset([_manifest(tmp_path, "path,speaker,emotion,split,channel\n"
                                      + rows.replace(".wav,", ".wav,").replace("\n", ",1\n"))])
-    assert clip_channels(clean) == [1] * len(clean)
+    assert [c.channel for c in clip_sources(clean)] == [1] * len(clean)
+
+
+def test_a_manifest_labels_spans_of_whole_calls(tmp_path: Path) -> None:
+    """An operator labels utterances inside whole calls (start_s / end_s), each file and
+    channel decoded once; a span that is not two ordered numbers is named by its line."""
+    path = _manifest(tmp_path, "path,speaker,emotion,split,channel,start_s,end_s\n"
+                               "call1.wav,cust1,angry,train,1,2.5,6\n"
+                               "call1.wav,cust1,sad,train,1,6,9.25\n"
+                               "call1.wav,agent7,neutral,train,0,3,8\n"
+                               "clip.wav,s2,sad,train,,,\n")
+    sources = clip_sources(read_manifest(path))
+    root = str(path.parent / "call1.wav")
+    assert [(s.path, s.channel, s.start_s, s.end_s) for s in sources[:3]] == [
+        (root, 1, 2.5, 6.0), (root, 1, 6.0, 9.25), (root, 0, 3.0, 8.0)]
+    assert (sources[3].channel, sources[3].start_s, sources[3].end_s) == (None, None, None)
+    for bad in ("a.wav,s1,sad,train,3,2", "a.wav,s1,sad,train,-1,2", "a.wav,s1,sad,train,1,",
+                "a.wav,s1,sad,train,one,2", "a.wav,s1,sad,train,1,inf", "a.wav,s1,sad,train,2,2"):
+        path = _manifest(tmp_path, "path,speaker,emotion,split,start_s,end_s\n"
+                                   f"ok.wav,s1,sad,train,0,1\n{bad}\n")
+        with pytest.raises(ConfigError, match=r"line\(s\) 3 have a span that is not two "
+                                              r"numbers with 0 <= start_s < end_s"):
+            read_manifest(path)
+    path = _manifest(tmp_path, "path,speaker,emotion,split,start_s\na.wav,s1,sad,train,1\n")
+    with pytest.raises(ConfigError, match="start_s column but no end_s column"):
+        read_manifest(path)
+
+
+def test_overlapping_spans_of_one_file_and_channel_are_refused() -> None:
+    """The same speech labelled twice would train (or score) twice, maybe under two labels."""
+    def clips(rows: list[tuple[str, float, float, float]]) -> pd.DataFrame:
+        return pd.DataFrame(rows, columns=["path", "channel", "start_s", "end_s"]).assign(
+            channel=lambda d: d["channel"].astype("Int64"))
+
+    apart = clips([("a.wav", 1, 0.0, 2.0), ("a.wav", 1, 2.0, 3.0), ("a.wav", 0, 0.5, 1.5),
+                   ("b.wav", 1, 0.5, 1.5)])
+    assert check_spans(apart) is apart            # touching spans and other channels are fine
+    with pytest.raises(ConfigError, match=r"1 labelled span\(s\) overlap another of the same "
+                                          r"file and channel: a.wav 2.5-4 s"):
+        check_spans(clips([("a.wav", 1, 0.0, 10.0), ("a.wav", 1, 2.5, 4.0),
+                           ("a.wav", 0, 2.5, 4.0)]))
+    # a row without a span labels the whole file: any span of it overlaps
+    with pytest.raises(ConfigError, match=r"b.wav 1-2 s"):
+        check_spans(clips([("b.wav", 1, float("nan"), float("nan")), ("b.wav", 1, 1.0, 2.0)]))

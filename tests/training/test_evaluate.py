@@ -160,15 +160,16 @@ def test_a_pool_missing_a_class_averages_the_classes_it_holds() -> None:
 def test_evaluate_with_a_baseline_prints_the_paired_difference(
         tmp_path: Path, callmood_corpora: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import training.evaluate
-    featurised: list[str] = []
-    features_of = training.evaluate.clip_features
+    import training.clips
+    from worker.audio import load_mono as decode
 
-    def counted(path: str, *args: Any) -> Any:
-        featurised.append(path)
-        return features_of(path, *args)
+    decoded: list[str] = []
 
-    monkeypatch.setattr(training.evaluate, "clip_features", counted)
+    def counted(path: Path, *args: Any) -> Any:
+        decoded.append(str(path))
+        return decode(path, *args)
+
+    monkeypatch.setattr(training.clips, "load_mono", counted)
     rows = pd.read_csv(callmood_corpora / "ravdess" / "manifest.csv")
     rows = rows[(rows["split"] == "test") & rows["emotion"].isin(["angry", "sad"])]
     small = rows.groupby(["speaker", "emotion"]).head(1)          # 6 actors x 2 clips
@@ -186,7 +187,7 @@ def test_evaluate_with_a_baseline_prints_the_paired_difference(
     assert "UA difference" in printed
     assert "ravdess    clean      50.0%   50.0%    +0.0  +0.0 to +0.0" in printed
     # one pass: each clip decoded and featurised once for both models (they share a config)
-    assert sorted(featurised) == sorted(small["path"].map(lambda p: str(callmood_corpora
+    assert sorted(decoded) == sorted(small["path"].map(lambda p: str(callmood_corpora
                                                                         / "ravdess" / p)))
     assert evaluate_main(["--model", str(model), "--baseline", str(tmp_path / "none.onnx"),
                           "--manifest", str(manifest), "--workers", "1"]) == 2

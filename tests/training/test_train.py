@@ -790,3 +790,39 @@ def test_an_operators_stereo_calls_train_on_the_channel_their_manifest_names(
     # the channel picked is the party's (to 16-bit rounding), not the mix
     party, original = load_mono(paths[0], 16000, 1), load_mono(Path(mono["path"][0]), 16000)
     assert np.allclose(party, original, atol=1e-4)
+
+
+def test_an_operators_whole_calls_train_and_score_on_their_labelled_spans(
+        tmp_path: Path, callmood_corpora: Path) -> None:
+    """Labels of utterances inside whole calls (start_s / end_s) train and are scored span by
+    span, as the worker scores utterances; the call is never cut into clip files."""
+    mono = pd.read_csv(_operator_manifest(tmp_path, callmood_corpora))
+    folder = tmp_path / "calls"
+    folder.mkdir()
+    gap = np.zeros(4000, dtype=np.float32)
+    rows: list[dict[str, Any]] = []
+    for speaker, group in mono.groupby("speaker"):
+        clips = [load_mono(Path(p), 16000) for p in group["path"]]
+        customer = np.concatenate([part for clip in clips for part in (gap, clip)])
+        agent = np.random.default_rng(len(rows)).standard_normal(customer.size) * 0.05
+        call = folder / f"call-{speaker}.wav"
+        sf.write(str(call), np.stack([agent.astype(np.float32), customer], axis=1), 16000,
+                 subtype="PCM_16")
+        start = 0
+        for clip, (_, row) in zip(clips, group.iterrows(), strict=True):
+            start += gap.size
+            rows.append(row.to_dict() | {"path": call.name, "channel": 1,
+                                         "start_s": start / 16000,
+                                         "end_s": (start + clip.size) / 16000})
+            start += clip.size
+    manifest = folder / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    assert train_main(["--manifest", str(manifest), "--out-dir", str(tmp_path / "models"),
+                       "--epochs", "1", "--draws-per-epoch", "16", "--batch-size", "8",
+                       "--workers", "1", "--threads", "1"]) == 0
+    raw = json.loads((tmp_path / "models" / "emotion-v1.card.json").read_text())
+    test_spans = sum(1 for r in rows if r["split"] == "test")
+    assert raw["test_metrics"]["by_channel"]["clean"]["calls"]["n_clips"] == test_spans == 8
+    trained = sum(n for corpus in raw["training"]["train_counts"].values() for n in corpus.values())
+    validated = sum(n for corpus in raw["training"]["val_counts"].values() for n in corpus.values())
+    assert trained + validated == len(rows) - test_spans

@@ -1,0 +1,68 @@
+"""Decoding labelled clips for training and evaluation: each file once, then its spans.
+
+A manifest row is a :class:`training.dataset.ClipSource`: a file, the labelled party's
+channel and, optionally, a span of it. An operator's manifest lists many spans of one call,
+so the loader decodes each (file, channel) once with the worker's decoder
+(:func:`worker.audio.load_mono`) and cuts the spans from it; :func:`cut_span` is the pure
+part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from training.dataset import ClipSource
+from worker.audio import Audio, load_mono
+from worker.errors import ConfigError
+
+T = TypeVar("T")
+
+SPAN_END_TOLERANCE_S = 0.1
+"""How far a labelled span may end past the decoded audio and be cut at its end: an MP3's
+decoded length differs from its player's by up to two frames of encoder delay and padding
+(2 x 1152 samples, 0.10 s at 22.05 kHz), and labelling tools round times. Further than that,
+the span names audio the file does not hold (a wrong file or a wrong time base)."""
+
+
+def cut_span(audio: Audio, sample_rate: int, source: ClipSource) -> Audio:
+    """The samples of ``audio`` (one channel at ``sample_rate`` Hz) that ``source``'s span
+    names, copied (so the whole decoded call can be freed); all of it without a span.
+    ConfigError if the span starts at or past the end, or ends more than
+    :data:`SPAN_END_TOLERANCE_S` past it."""
+    if source.start_s is None or source.end_s is None:
+        return audio
+    length_s = audio.size / sample_rate
+    if source.start_s >= length_s or source.end_s > length_s + SPAN_END_TOLERANCE_S:
+        raise ConfigError(f"the manifest's span {source.start_s:g}-{source.end_s:g} s of "
+                          f"{source.path} runs past its end ({length_s:.2f} s decoded): check "
+                          "the file and that start_s / end_s are seconds from its start")
+    first = min(round(source.start_s * sample_rate), audio.size - 1)
+    last = min(audio.size, round(source.end_s * sample_rate))
+    return np.array(audio[first:max(last, first + 1)], dtype=np.float32)
+
+
+def load_clips(sources: Sequence[ClipSource], sample_rate: int,
+               transform: Callable[[Audio], T], workers: int = 2) -> list[T]:
+    """``transform`` (a cut to speech, features; a function of one clip's samples) of each
+    source's audio at ``sample_rate`` Hz, in order. Files decode in a thread pool of
+    ``workers``, each (file, channel) once however many spans it has, and only the
+    transforms are kept. AudioDecodeError names a file that cannot be decoded; ConfigError a
+    span past its end."""
+    groups: dict[tuple[str, int | None], list[int]] = {}
+    for i, source in enumerate(sources):
+        groups.setdefault((source.path, source.channel), []).append(i)
+
+    def load(key: tuple[str, int | None]) -> list[tuple[int, T]]:
+        audio = load_mono(Path(key[0]), sample_rate, key[1])
+        return [(i, transform(cut_span(audio, sample_rate, sources[i]))) for i in groups[key]]
+
+    results: dict[int, T] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for loaded in pool.map(load, groups):
+            results.update(loaded)
+    return [results[i] for i in range(len(sources))]
