@@ -28,6 +28,7 @@ import soxr
 from worker.constants import (
     ANALYSIS_SAMPLE_RATE,
     DUAL_MONO_MAX_DIFF,
+    DUAL_MONO_MIN_CORRELATION,
     DUAL_MONO_RESIDUAL_DB,
     ESTIMATED_LENGTH_FORMATS,
     MAX_CHANNELS,
@@ -603,17 +604,29 @@ class ChannelPairEnergy:
     @property
     def same_signal(self) -> bool:
         """Whether the channels carry one signal: the RMS of their difference (of their sum,
-        for one channel inverted) is under :data:`DUAL_MONO_MAX_DIFF`, or
-        :data:`DUAL_MONO_RESIDUAL_DB` or more under their energy, as a lossy codec leaves one
-        signal coded twice."""
+        for one channel inverted) is :data:`DUAL_MONO_RESIDUAL_DB` or more under their
+        energy, as a lossy codec leaves one signal coded twice, or under
+        :data:`DUAL_MONO_MAX_DIFF` with the channels correlated (at least
+        :data:`DUAL_MONO_MIN_CORRELATION`)."""
         if self.n == 0:
             return True
         energy = (self.sum_a2 + self.sum_b2) / (2.0 * self.n)
         residual = min(self.sum_diff2, self.sum_sum2) / self.n
-        # the absolute floor: quiet recordings, where an LSB of rounding is a large share
-        floor = max(energy * float(10.0 ** (DUAL_MONO_RESIDUAL_DB / 10.0)),
-                    DUAL_MONO_MAX_DIFF * DUAL_MONO_MAX_DIFF)
-        return residual <= floor
+        if residual <= energy * float(10.0 ** (DUAL_MONO_RESIDUAL_DB / 10.0)):
+            return True
+        # the absolute floor: quiet recordings, where an LSB of rounding is a large share;
+        # only for channels that move together, as one signal's copies do
+        return (residual <= DUAL_MONO_MAX_DIFF * DUAL_MONO_MAX_DIFF
+                and self.correlation >= DUAL_MONO_MIN_CORRELATION)
+
+    @property
+    def correlation(self) -> float:
+        """|sum a*b| / sqrt(sum a^2 * sum b^2), in [0, 1] (0 when a channel is silent)."""
+        if self.sum_a2 <= 0.0 or self.sum_b2 <= 0.0:
+            return 0.0
+        # (a - b)^2 and (a + b)^2 both hold 2ab; the smaller one is |2ab| away from a^2 + b^2
+        cross = (self.sum_a2 + self.sum_b2 - min(self.sum_diff2, self.sum_sum2)) / 2.0
+        return float(min(1.0, max(0.0, cross) / math.sqrt(self.sum_a2 * self.sum_b2)))
 
 
 def same_signal(a: Audio, b: Audio) -> bool:
@@ -626,9 +639,14 @@ def check_samples(data: Audio, name: str, at_s: float | None = None) -> None:
     """AudioDecodeError unless every decoded sample is finite and within
     +-:data:`MAX_SAMPLE_PEAK` (``at_s``: where the block starts, for the message)."""
     where = "" if at_s is None else f" (after {at_s:.1f} s)"
-    if not np.isfinite(data).all():
+    if data.size == 0:
+        return
+    # max and min carry a NaN or an infinity through, and copy nothing: abs() and isfinite()
+    # made two arrays the size of the decoded call (a review: 1.6x the documented memory)
+    high, low = float(data.max()), float(data.min())
+    if not (math.isfinite(high) and math.isfinite(low)):
         raise AudioDecodeError(f"{name} contains NaN or infinite samples{where}")
-    peak = float(np.max(np.abs(data))) if data.size else 0.0
+    peak = max(high, -low)
     if peak > MAX_SAMPLE_PEAK:
         raise AudioDecodeError(
             f"{name} has samples up to {peak:.4g}{where}; float samples must lie within "
@@ -686,6 +704,22 @@ def open_stream(path: Path, max_duration_s: float, max_file_bytes: int | None = 
                       file_bytes=path.stat().st_size)
 
 
+class _ReadOn(sf.SoundFile):  # type: ignore[misc]  # soundfile ships no type hints
+    """A SoundFile whose reads carry on from where the decoder stopped.
+
+    soundfile (0.12-0.14) seeks to (position before + frames returned) after every read.
+    Where an Ogg page is lost mid-file, the decoder returns a full block with what follows
+    moved earlier, and that seek then decoded about a second twice: the decoded length
+    matched the header, and a damaged call was stored as done, its later segments a second
+    off (a review's 11-minute Opus call with 64 bytes garbled). Read on, the decode comes
+    up short and :func:`check_decoded_length` fails the call, as on the whole-file path.
+    Not seekable also means reads are not trimmed to the header's length (an estimate for
+    MP3): each read returns what the decoder gives, and an empty one ends the file."""
+
+    def seekable(self) -> bool:
+        return False
+
+
 def stream_blocks(stream: StreamInfo, max_duration_s: float,
                   block_frames: int = STREAM_BLOCK_FRAMES) -> Iterator[DecodedBlock]:
     """Decode ``stream.path`` block by block, resampled to ANALYSIS_SAMPLE_RATE.
@@ -694,8 +728,9 @@ def stream_blocks(stream: StreamInfo, max_duration_s: float,
     delay makes the first block short and adds a flushed tail at the end); concatenated
     they equal, sample for sample, the channels :func:`load_recording` returns (one soxr
     stream per file carries its filter state across block edges, so the edges leave no
-    trace; checked in tests/worker/test_stream.py); MP3 to within a few thousandths, as
-    libsndfile's mpg123 decodes block reads. Memory: one block, whatever the length.
+    trace; checked in tests/worker/test_stream.py); MP3 to within 1e-6 (until 2026-12-06 a
+    few thousandths: soundfile's seek after each read made mpg123 decode each block afresh
+    from a seek point; :class:`_ReadOn`). Memory: one block, whatever the length.
 
     Raises AudioDecodeError when a block cannot be decoded (corrupt or truncated data
     mid-file), holds NaN/inf, or the file has no frames; UnsupportedAudioError when the
@@ -708,7 +743,7 @@ def stream_blocks(stream: StreamInfo, max_duration_s: float,
     name = stream.path.name
     frames = 0
     try:
-        sound = sf.SoundFile(os.fsencode(stream.path))
+        sound = _ReadOn(os.fsencode(stream.path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise decode_failure(stream.path, e, f"{name} could not be opened for decoding: {e}") from e
     with sound:

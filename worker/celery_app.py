@@ -216,7 +216,7 @@ def make_celery(settings: Settings, set_as_current: bool = True) -> Celery:
         worker_max_tasks_per_child=MAX_TASKS_PER_CHILD,
         # ... and a child whose resident memory passed this (KiB) is replaced after its task:
         # ~7x the 124 MB peak the throughput benchmark measures for a fresh process, room
-        # for the whole-file decode of a 10-minute 48 kHz call (~270 MB, docs/streaming.md).
+        # for the whole-file decode of a 10-minute 48 kHz call (~370 MB, docs/streaming.md).
         worker_max_memory_per_child=MAX_MEMORY_PER_CHILD_KIB,
         # JSON only: pickle would let anyone who can write to the broker run code here.
         task_serializer="json",

@@ -23,7 +23,20 @@ DUAL_MONO_MAX_DIFF: Final[float] = 1e-4
 """RMS difference (full scale 1.0, at the analysis rate) between the two channels of a stereo
 file (or a block of it) under which they count as one signal whatever their energy: about 3
 LSB of 16-bit PCM, so an exact copy, one inverted (rounded apart by an LSB) and a block of
-silence on both channels pass."""
+silence on both channels pass. Only for channels that move together
+(:data:`DUAL_MONO_MIN_CORRELATION`): over a whole quiet call mostly digital silence, two
+parties (or one beside a silent channel) differ by less than it too."""
+
+DUAL_MONO_MIN_CORRELATION: Final[float] = 0.9
+"""Correlation of the two channels (sum of a*b over the root of sum a^2 times sum b^2, one
+channel inverted if that is closer) that the absolute floor :data:`DUAL_MONO_MAX_DIFF` needs
+as well. A review (2026-12-06) found quiet calls of two parties, each utterance at -60 to -65
+dBFS in minutes of digital silence, judged one signal: the customer's speech was dropped and
+the agent's stored as an unknown party. Measured the same day: a RAVDESS clip written to both
+channels in 300 s of digital silence correlates >= 0.999 at -40 to -90 dBFS speech level
+(PCM, Opus, G.711), one channel inverted in PCM 0.92 at -80 dBFS (an LSB's rounding is a
+large part of it there); two parties who never overlap 0, with 10 % crosstalk each way
+about 0.2."""
 
 DUAL_MONO_RESIDUAL_DB: Final[float] = -40.0
 """Energy of the two channels' difference (or sum: one channel's polarity inverted) under

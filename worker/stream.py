@@ -43,7 +43,8 @@ Audio = npt.NDArray[np.float32]
 STREAMING_MIN_DURATION_S: Final[float] = 600.0
 """Recordings longer than this (s, from the header) are analysed in two streamed passes;
 shorter ones are decoded whole. 10 min: below it the whole-file path costs ~75 MB at
-8 kHz stereo (up to ~270 MB at 48 kHz: the decoded source plus the 8 kHz channels) and
+8 kHz stereo (up to ~370 MB at 48 kHz: the decoded source, a channel's copy for the
+resampler and the 8 kHz channels; docs/streaming.md) and
 decodes the file once; above it,
 its ~440 MB per hour soon passes the pool's per-child memory limit. Both paths give
 identical segments (tests/worker/test_stream.py), so this only trades a second decode

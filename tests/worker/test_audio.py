@@ -11,8 +11,16 @@ import numpy.typing as npt
 import pytest
 import soundfile as sf
 
-from worker.audio import load_mono, load_recording, open_stream, resample, resolve_input, stream_blocks
-from worker.constants import ANALYSIS_SAMPLE_RATE
+from worker.audio import (
+    check_samples,
+    load_mono,
+    load_recording,
+    open_stream,
+    resample,
+    resolve_input,
+    stream_blocks,
+)
+from worker.constants import ANALYSIS_SAMPLE_RATE, MAX_SAMPLE_PEAK
 from worker.errors import (
     AudioDecodeError,
     InputNotAllowedError,
@@ -556,6 +564,33 @@ def test_an_ogg_file_garbled_mid_way_fails_rather_than_stored_short(tmp_path: Pa
                           SegmentationConfig()).source_frames == 16000 * 5
 
 
+@pytest.mark.parametrize("subtype", ["OPUS", "VORBIS"])
+def test_a_small_damage_in_a_long_ogg_file_fails_the_streamed_decode_too(
+        tmp_path: Path, subtype: str) -> None:
+    """64 garbled bytes in a file of several blocks: the decoder lost a page and returned full
+    blocks with what followed moved earlier, and soundfile's seek after each read decoded
+    about a second twice, so the streamed decode matched the header's length and the call was
+    stored as done, its later segments a second early (a review). Read on without seeking,
+    it comes up short, as the whole-file decode always did."""
+    from worker.segmentation import SegmentationConfig
+    from worker.stream import streamed_spans
+    from worker.vad import VadConfig
+
+    full = tmp_path / "full.ogg"
+    noise = np.random.default_rng(0).standard_normal((16000 * 30, 2)) * 0.1
+    sf.write(str(full), noise.astype(np.float32), 16000, format="OGG", subtype=subtype)
+    data = bytearray(full.read_bytes())
+    at = int(len(data) * 0.3)
+    data[at:at + 64] = np.random.default_rng(1).bytes(64)
+    path = tmp_path / "damaged.ogg"
+    path.write_bytes(bytes(data))
+    with pytest.raises(AudioDecodeError, match="decoding stopped at"):
+        load_recording(path, MAX_S)
+    with pytest.raises(AudioDecodeError, match=r"damaged.ogg: decoding stopped at \d+\.\d s "
+                                               r"of the 30\.0 s its header states"):
+        streamed_spans(open_stream(path, MAX_S), MAX_S, VadConfig(), SegmentationConfig())
+
+
 def test_a_flac_whose_header_gives_no_length_names_the_repair(tmp_path: Path) -> None:
     """A FLAC written to a pipe by a streaming encoder has 0 total samples in its header;
     libsndfile then reports 2**63-1 frames, and the call was refused as 10**15 s long (a
@@ -686,3 +721,22 @@ def test_the_mp3_frame_walk_skips_junk_that_looks_like_a_free_format_frame(
     layer2 = (b"\xff\xfd\x94\x00" + bytes(413)) * 100                 # MPEG-1 layer II frames
     assert mp3_layer3_frames(layer2) is None
     assert mp3_layer3_frames((b"\xff\xe3\x04\x00" + bytes(100)) * 10) is None  # free format
+
+
+def test_samples_are_checked_for_non_finite_values_and_peaks_either_side() -> None:
+    """The check reads the decoded call's maximum and minimum (no copies of it): a NaN or an
+    infinity anywhere, and a peak past the limit either side, still fail it by name."""
+    ok = np.full((1000, 2), 0.5, dtype=np.float32)
+    check_samples(ok, "ok.wav")
+    check_samples(np.zeros((0, 2), dtype=np.float32), "empty.wav")
+    for bad in (np.nan, np.inf, -np.inf):
+        data = ok.copy()
+        data[700, 1] = bad
+        with pytest.raises(AudioDecodeError, match=r"bad.wav contains NaN or infinite samples "
+                                                   r"\(after 3.0 s\)"):
+            check_samples(data, "bad.wav", at_s=3.0)
+    for peak in (MAX_SAMPLE_PEAK + 0.5, -(MAX_SAMPLE_PEAK + 0.5)):
+        data = ok.copy()
+        data[10, 0] = peak
+        with pytest.raises(AudioDecodeError, match=r"has samples up to 2.5"):
+            check_samples(data, "loud.wav")
