@@ -27,7 +27,7 @@ import pandas as pd
 
 from analytics.stress import ESCALATION_STRESS, stress_of
 from worker.constants import EMOTIONS
-from worker.errors import CallmoodError, ModelError
+from worker.errors import CallmoodError, ConfigError, ModelError
 
 if TYPE_CHECKING:
     from worker.pipeline import SpeechCut
@@ -60,6 +60,10 @@ def roc_auc(scores: pd.Series, positive: pd.Series) -> float:
     return u / (n_pos * n_neg)
 
 
+LOCATING_COLUMNS: Final[tuple[str, ...]] = ("channel", "start_s", "end_s")
+"""Manifest columns that label part of a file (training/dataset.py), which this does not read."""
+
+
 def evaluation_clips(corpora_dir: Path, corpora: Sequence[str]) -> pd.DataFrame:
     """Test-split clips labelled positive or negative: ``corpus, path, emotion, positive``."""
     frames = []
@@ -68,6 +72,11 @@ def evaluation_clips(corpora_dir: Path, corpora: Sequence[str]) -> pd.DataFrame:
         if not manifest.is_file():
             continue
         rows = pd.read_csv(manifest, dtype={"emotion": str, "split": str, "path": str})
+        located = [c for c in LOCATING_COLUMNS if c in rows.columns and rows[c].notna().any()]
+        if located:   # each row would be scored on the whole file, every span alike
+            raise ConfigError(f"{manifest} names {' / '.join(located)} of its files: the stress "
+                              "evaluation scores whole mono clips; score a manifest of spans "
+                              "or channels with `callmood evaluate --manifest`")
         keep = rows[(rows["split"] == TEST_SPLIT)
                     & rows["emotion"].isin(POSITIVE_EMOTIONS | NEGATIVE_EMOTIONS)]
         frames.append(pd.DataFrame({

@@ -25,6 +25,7 @@ cutting them into clips. Spans of one file and channel may not overlap.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,9 @@ def read_manifest(manifest_path: Path) -> pd.DataFrame:
     """
     try:
         # as text: a number column with an empty cell reads as float, "1" as 1.0
-        df = pd.read_csv(manifest_path, dtype={c: str for c in TEXT_COLUMNS})
+        # only an empty cell is missing: an agent called "NA" or "None" is a speaker
+        df = pd.read_csv(manifest_path, dtype={c: str for c in TEXT_COLUMNS},
+                         keep_default_na=False, na_values=[""])
     except (OSError, pd.errors.ParserError) as e:
         raise ConfigError(f"cannot read manifest {manifest_path}: {e}") from e
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -126,9 +129,13 @@ def read_manifest(manifest_path: Path) -> pd.DataFrame:
     channel = (_channels(df["channel"], manifest_path) if "channel" in df.columns
                else pd.Series([pd.NA] * len(df), index=df.index, dtype="Int64"))
     start_s, end_s = _spans(df, manifest_path)
-    paths = [str(p if Path(p).is_absolute() else root / p) for p in df["path"].astype(str)]
-    corpus = (df["corpus"].astype(str) if "corpus" in df.columns
-              else pd.Series([root.name] * len(df), index=df.index))
+    # normalised: one call reached as calls/c1.wav and ../calls/c1.wav is one file to the
+    # overlap and train/test checks (and is decoded once)
+    paths = [os.path.normpath(p if Path(p).is_absolute() else root / p)
+             for p in df["path"].astype(str)]
+    named = (df["corpus"].fillna("").astype(str).str.strip() if "corpus" in df.columns
+             else pd.Series("", index=df.index))
+    corpus = named.where(named != "", root.name)   # an empty cell: the folder's name
     return df.assign(path=paths, corpus=corpus, speaker=speaker, channel=channel,
                      start_s=start_s, end_s=end_s,
                      emotion=df["emotion"].fillna("").astype(str).str.strip().str.lower(),
@@ -177,8 +184,10 @@ def check_spans(df: pd.DataFrame) -> pd.DataFrame:
     start = df["start_s"].fillna(0.0) if "start_s" in df.columns else pd.Series(0.0, df.index)
     end = (df["end_s"].fillna(np.inf) if "end_s" in df.columns
            else pd.Series(np.inf, index=df.index))
-    channel = (df["channel"].astype("Int64").astype(str) if "channel" in df.columns
-               else pd.Series("<NA>", index=df.index))
+    # a mono file (no channel) is its channel 0: the same audio either way. An integer key,
+    # since missing values never compare equal (pandas 3 keeps them missing through astype(str))
+    channel = (df["channel"].astype("Int64").fillna(0).astype(np.int64) if "channel" in df.columns
+               else pd.Series(0, index=df.index, dtype=np.int64))
     spans = (pd.DataFrame({"path": df["path"].astype(str), "channel": channel,
                            "start_s": start, "end_s": end})
              .sort_values(["path", "channel", "start_s", "end_s"], kind="stable"))
@@ -335,7 +344,7 @@ def build_arousal_dataset(manifest_paths: Iterable[Path], val_fraction: float = 
         frames.append(df)
     if not frames:
         raise ConfigError("no arousal manifest given")
-    df = pd.concat(frames, ignore_index=True)
+    df = check_spans(pd.concat(frames, ignore_index=True))
     level = df["arousal_level"].fillna("").astype(str).str.strip().str.lower()
     index = {a: i for i, a in enumerate(AROUSAL_LEVELS)}
     kept = df.assign(arousal=level)[level.isin(index) & df["split"].isin([SUBSET_TRAIN,

@@ -15,6 +15,7 @@ from analytics.stress_eval import (
     with_scores,
 )
 from tests.analytics.frames import frame, one_hot
+from worker.errors import ConfigError
 
 
 def test_roc_auc_counts_pairs_and_ties_half() -> None:
@@ -59,6 +60,12 @@ def test_evaluation_clips_keep_test_rows_of_the_compared_labels(tmp_path: Path) 
     assert clips["emotion"].tolist() == ["angry", "neutral", "fear"]
     assert clips["positive"].tolist() == [True, False, True]
     assert clips["path"].iloc[0] == str(corpus / "a.opus")
+    # an operator's manifest of spans inside calls: every span scored on its whole call
+    (corpus / "manifest.csv").write_text("path,emotion,split,channel,start_s,end_s\n"
+                                         "call.wav,angry,test,1,0.5,3.0\n"
+                                         "call.wav,neutral,test,1,4.0,6.5\n")
+    with pytest.raises(ConfigError, match="names channel / start_s / end_s of its files"):
+        evaluation_clips(tmp_path, ["toy"])
 
 
 def test_scores_real_clips_through_the_shipped_model(emotion_model: Path,

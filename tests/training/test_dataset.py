@@ -18,6 +18,7 @@ from training.dataset import (
     clip_sources,
     map_labels,
     read_manifest,
+    read_manifests,
     sampling_weights,
     training_targets,
 )
@@ -170,8 +171,13 @@ def test_a_speaker_in_both_train_and_test_is_refused(tmp_path: Path) -> None:
                                           "clips in both train and test"):
         build_dataset([_manifest(tmp_path, "path,speaker,emotion,split\n" + leaked)])
     twice = rows + "agentC-0.wav,agentB,sad,train\n"
-    with pytest.raises(ConfigError, match=r"agentC-0.wav are listed in both train and test"):
+    # the whole file listed twice: refused as labelled twice, before the split is looked at
+    with pytest.raises(ConfigError, match=r"overlap another .* agentC-0.wav \(whole file\)"):
         build_dataset([_manifest(tmp_path, "path,speaker,emotion,split\n" + twice)])
+    spans = "".join(f"{r.rstrip()},{i},{i + 1}\n" for i, r in enumerate(twice.splitlines()))
+    with pytest.raises(ConfigError, match=r"agentC-0.wav are listed in both train and test"):
+        build_dataset([_manifest(tmp_path, "path,speaker,emotion,split,start_s,end_s\n"
+                                           + spans)])
     clean = build_dataset([_manifest(tmp_path, "path,speaker,emotion,split,channel\n"
                                      + rows.replace(".wav,", ".wav,").replace("\n", ",1\n"))])
     assert [c.channel for c in clip_sources(clean)] == [1] * len(clean)
@@ -218,3 +224,42 @@ def test_overlapping_spans_of_one_file_and_channel_are_refused() -> None:
     # a row without a span labels the whole file: any span of it overlaps
     with pytest.raises(ConfigError, match=r"b.wav 1-2 s"):
         check_spans(clips([("b.wav", 1, float("nan"), float("nan")), ("b.wav", 1, 1.0, 2.0)]))
+
+
+def test_mono_files_and_paths_spelt_two_ways_are_checked_for_overlaps_too(tmp_path: Path) -> None:
+    """Rows without a channel (mono calls, the usual case) were never compared: a missing
+    channel never equals another. A file reached by two spellings of its path counted as two
+    files, for the overlap and the train/test checks alike (a review)."""
+    mono = pd.DataFrame({"path": ["m.wav", "m.wav"], "start_s": [1.0, 2.0],
+                         "end_s": [3.0, 4.0]})
+    with pytest.raises(ConfigError, match=r"m.wav 2-4 s"):
+        check_spans(mono)
+    whole_twice = pd.DataFrame({"path": ["w.wav", "w.wav"], "channel": [pd.NA, 0]}).assign(
+        channel=lambda d: d["channel"].astype("Int64"), start_s=np.nan, end_s=np.nan)
+    with pytest.raises(ConfigError, match="overlap"):      # channel 0 of a mono file is it
+        check_spans(whole_twice)
+    path = _manifest(tmp_path, "path,speaker,emotion,split,start_s,end_s\n"
+                               "calls/c1.wav,s1,angry,train,1,3\n"
+                               "./calls/../calls/c1.wav,s1,sad,train,2,4\n")
+    with pytest.raises(ConfigError, match=r"c1.wav 2-4 s"):
+        read_manifests([path])
+    twice = _manifest(tmp_path, "path,speaker,emotion,split,start_s,end_s\n"
+                                "calls/c1.wav,s1,angry,train,0,1\nc2.wav,s2,sad,train,0,1\n"
+                                "calls/./c1.wav,s3,sad,test,2,3\n")
+    with pytest.raises(ConfigError, match="are listed in both train and test"):
+        build_dataset([twice])
+    arousal = _manifest(tmp_path, "path,speaker,emotion,split,arousal_level,start_s,end_s\n"
+                                  "a.wav,s1,,train,high,0,2\na.wav,s1,,train,low,1,3\n")
+    with pytest.raises(ConfigError, match="overlap"):
+        build_arousal_dataset([arousal])
+
+
+def test_an_agent_called_na_is_a_speaker_and_an_empty_corpus_cell_is_the_folder(
+        tmp_path: Path) -> None:
+    """pandas read "NA" and "None" as missing (the agent was refused as having no speaker),
+    and an empty corpus cell became a missing corpus in every speaker key."""
+    path = _manifest(tmp_path, "path,speaker,emotion,split,corpus\n"
+                               "a.wav,NA,sad,train,\nb.wav,None,sad,train,site2\n")
+    df = read_manifest(path)
+    assert df["speaker"].tolist() == ["NA", "None"]
+    assert df["corpus"].tolist() == ["mycalls", "site2"]
