@@ -43,8 +43,12 @@ AGGREGATE_COLUMNS: Final[tuple[str, ...]] = (
     "escalated_share",
     "mean_customer_stress", "max_customer_stress", "mean_customer_stress_shift",
     "mean_agent_stress", "mean_duration_s", "mean_silence_share", "total_overtalk_s",
+    "model_versions",
 )
 """Columns of :func:`aggregate_calls`; ``group`` is the agent id or the team."""
+
+VERSION_SEPARATOR: Final[str] = "; "
+"""Between the model versions of an aggregate row (``model_versions``)."""
 
 
 def _per_role(frame: pd.DataFrame, role: str, columns: dict[str, str]) -> pd.DataFrame:
@@ -171,6 +175,11 @@ def period_start(started_at: pd.Series, period: Period, timezone: str = "UTC") -
     return day - pd.to_timedelta(day.dt.day_of_week, unit="D")
 
 
+def _versions(versions: pd.Series) -> str:
+    """The distinct model versions of a group's calls, sorted, as one cell."""
+    return VERSION_SEPARATOR.join(sorted(versions.dropna().astype(str).unique()))
+
+
 def aggregate_calls(metrics: pd.DataFrame, by: GroupBy = "agent",
                     period: Period = "all", timezone: str = "UTC") -> pd.DataFrame:
     """Per agent (or team) and day/week/all (days of ``timezone``): :data:`AGGREGATE_COLUMNS`.
@@ -179,7 +188,9 @@ def aggregate_calls(metrics: pd.DataFrame, by: GroupBy = "agent",
     the customer spoke (0-1; empty without any): only those can be flagged, so mono or one-way
     calls neither dilute it nor read as a perfect 0. ``mean_silence_share`` is the group's
     silent time over its call time: the calls' shares weighted by their length (a 20 s
-    dropped call weighs 20 s, not as much as an hour's call).
+    dropped call weighs 20 s, not as much as an hour's call). ``model_versions`` lists the
+    versions that scored the group's calls, sorted: more than one (a reprocess after an
+    upgrade, half done) says its figures mix two models, which score differently.
     """
     columns = list(AGGREGATE_COLUMNS)
     if metrics.empty:
@@ -203,6 +214,7 @@ def aggregate_calls(metrics: pd.DataFrame, by: GroupBy = "agent",
         silence_s=("silence_s", "sum"),
         timed_s=("timed_s", "sum"),
         total_overtalk_s=("overtalk_s", "sum"),
+        model_versions=("model_version", _versions),
     ).reset_index()
     measurable = out["calls_with_customer"].where(out["calls_with_customer"] > 0)
     # the column keeps its name (spreadsheets read it); it is now a mean weighted by length

@@ -167,3 +167,12 @@ def test_silent_calls_take_no_picture_slot() -> None:
     assert ranked["call"].tolist() == ["a", "b", "a1", "a2", "m"]
     assert calls_to_draw(ranked, SEGMENTS, 3)["call"].tolist() == ["a", "b", "m"]
     assert calls_to_draw(ranked, SEGMENTS, -1).empty
+
+
+def test_an_aggregate_row_names_the_model_versions_it_mixes() -> None:
+    """A reprocess after a model upgrade, half done, left an agent's day averaging calls of
+    two models (which score differently) with nothing in the row to say so."""
+    upgraded = CALLS.assign(model_version=["emotion-v1.8.0", "emotion-v1.9.0", "emotion-v1.9.0"])
+    rows = aggregate_calls(call_metrics(upgraded, SEGMENTS)).set_index("group")
+    assert rows.loc["ana", "model_versions"] == "emotion-v1.8.0; emotion-v1.9.0"
+    assert rows.loc["bob", "model_versions"] == "emotion-v1.9.0"
