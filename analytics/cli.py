@@ -11,7 +11,6 @@ Wiring in ``worker/cli.py`` (``build_parser``)::
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from datetime import date
 from pathlib import Path
@@ -27,6 +26,7 @@ from analytics.options import (
     GroupBy,
     Period,
 )
+from worker.cli_args import seconds, whole_number
 from worker.errors import ConfigError
 from worker.settings import Settings
 
@@ -36,27 +36,6 @@ def _iso_day(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD") from e
-
-
-def _bin_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from e
-    if not (math.isfinite(value) and value >= MIN_BIN_S):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a step of at least {MIN_BIN_S:g} s "
-                                         "(segment edges sit on 10 ms frames)")
-    return value
-
-
-def _picture_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from e
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value}: give 0 or more pictures")
-    return value
 
 
 def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -81,9 +60,11 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="start the CSV with a UTF-8 BOM (Excel on Windows)")
     p.add_argument("--plots", type=Path, metavar="DIR",
                    help="also draw one PNG per call (most stressed first) into DIR")
-    p.add_argument("--max-plots", type=_picture_count, default=DEFAULT_MAX_PLOTS, metavar="N",
+    p.add_argument("--max-plots", type=whole_number(0, "pictures"), default=DEFAULT_MAX_PLOTS,
+                   metavar="N",
                    help=f"at most N PNGs (default {DEFAULT_MAX_PLOTS})")
-    p.add_argument("--bin-s", type=_bin_seconds, default=DEFAULT_BIN_S, metavar="SECONDS",
+    p.add_argument("--bin-s", type=seconds(MIN_BIN_S, why="segment edges sit on 10 ms frames"),
+                   default=DEFAULT_BIN_S, metavar="SECONDS",
                    help=f"timeline and picture step, at least {MIN_BIN_S:g} (default "
                         f"{DEFAULT_BIN_S:g})")
     p.add_argument("--period", choices=PERIODS, default="all",

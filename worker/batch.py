@@ -15,6 +15,7 @@ No Celery in here: the caller passes the sender.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,20 @@ def inbox_request(path: Path, source: str) -> CallRequest:
                        metadata={"source": source, "file_name": printable_path(path.name)[:200]})
 
 
+def _entries(folder: Path) -> list[Path]:
+    """Every entry under ``folder``, sorted, symlinked folders not entered (as ``rglob``). A
+    subfolder that cannot be listed (a stale network handle, no permission) is logged and
+    skipped: ``rglob`` raised it (ESTALE) and the whole scan ended in a traceback, nothing
+    sent (a review)."""
+    def skipped(error: OSError) -> None:
+        log.warning("inbox folder %r not scanned: %s", error.filename, error.strerror or error)
+
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder, onerror=skipped):
+        found.extend(Path(root) / name for name in (*dirs, *files))
+    return sorted(found)
+
+
 def inbox_files(folders: Sequence[Path]) -> Iterator[Path]:
     """Audio files (by suffix) under ``folders``, sorted, symlinks resolved, each once."""
     seen: set[Path] = set()
@@ -135,7 +150,7 @@ def inbox_files(folders: Sequence[Path]) -> Iterator[Path]:
         if not folder.is_dir():
             log.warning("inbox folder %s does not exist (CALLMOOD_INBOX_DIRS); skipped", folder)
             continue
-        for path in sorted(folder.rglob("*")):
+        for path in _entries(folder):
             # Hidden files, and every file in a hidden folder, are partial uploads by
             # convention: not ready yet (scp's .name, rsync's .name.XXXXXX temporaries, its
             # --partial-dir=.rsync-partial and --delay-updates .~tmp~ folders).

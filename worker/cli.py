@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from worker.cli_args import seconds, whole_number
 from worker.constants import AUDIO_SUFFIXES
 from worker.errors import CallmoodError, ConfigError, TransientError
 from worker.settings import Settings, redact_url, zone_for
@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 FOLLOW_UP_SLACK_S = 60.0
 """Margin added to the follow-up recovery a worker start sends: delivery stamps come from
 other hosts' clocks (and the dead worker's)."""
+
+
+PROCESSES = whole_number(1, "processes")
+"""argparse type of ``--concurrency``."""
+TIMEOUT_S = seconds(0.0, above=True)
+"""argparse type of ``--timeout-s`` (nan never timed out: no time compares as past it)."""
 
 
 def _expand(paths: Sequence[str]) -> list[Path]:
@@ -510,16 +516,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         if name == "run":
             p.add_argument("paths", nargs="+", help="audio files or folders")
-        p.add_argument("--concurrency", type=_processes, default=1,
+        p.add_argument("--concurrency", type=PROCESSES, default=1,
                        help="worker processes (default 1)")
-        p.add_argument("--timeout-s", type=_timeout_seconds, default=1800.0,
+        p.add_argument("--timeout-s", type=TIMEOUT_S, default=1800.0,
                        help="give up waiting after this many seconds (default 1800)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("worker", help="start a Celery worker on CALLMOOD_BROKER_URL",
                        epilog="Any other option goes to celery worker unchanged (e.g. -O fair, "
                               "--hostname w1@%%h).")
-    p.add_argument("--concurrency", type=_processes, default=1, help="processes (one per core)")
+    p.add_argument("--concurrency", type=PROCESSES, default=1, help="processes (one per core)")
     p.add_argument("--loglevel", default=None,
                    help="celery's log level (default: CALLMOOD_LOG_LEVEL, INFO)")
     p.set_defaults(func=cmd_worker, celery_args=[])
@@ -535,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calls", help="list calls with their status and failure reason")
     p.add_argument("--status", choices=["pending", "processing", "done", "failed"])
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=whole_number(1, "calls"), default=50)
     p.set_defaults(func=cmd_calls, needs_db=True)
 
     p = sub.add_parser("beat", help="start Celery beat (sends the nightly inbox scan)",
@@ -559,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_enqueue, needs_db=True)
 
     p = sub.add_parser("failures", help="list failed calls with reason and attempts")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=whole_number(1, "calls"), default=100)
     p.set_defaults(func=cmd_failures, needs_db=True)
 
     p = sub.add_parser("retry", help="enqueue failed calls again")
@@ -569,14 +575,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recover", help="send again calls the broker lost, restore stranded "
                                        "messages (beat runs this every 5 minutes)")
-    p.add_argument("--min-age-s", type=float,
+    p.add_argument("--min-age-s", type=seconds(0.0),
                    help="only calls sent at least this long ago (default: "
                         "worker.recovery.RECOVERY_MIN_AGE_S, 2 minutes)")
     p.add_argument("--dry-run", action="store_true", help="report, change nothing")
     p.set_defaults(func=cmd_recover, needs_db=True)
 
     p = sub.add_parser("status", help="queue depth, calls in flight, today's and batch counts")
-    p.add_argument("--batches", type=int, default=1, help="latest batches to show (default 1)")
+    p.add_argument("--batches", type=whole_number(1, "batches"), default=1,
+                   help="latest batches to show (default 1)")
     p.set_defaults(func=cmd_status, needs_db=True)
 
     p = sub.add_parser("batch", help="scan CALLMOOD_INBOX_DIRS now and enqueue new recordings")
@@ -598,30 +605,6 @@ DELEGATED: dict[str, str] = {"train": "train_main", "final-fit": "final_fit_main
                              "evaluate": "evaluate_main"}
 """Subcommands handed whole to ``training.cli`` (argparse's REMAINDER cannot pass on a
 leading option such as ``--help`` or ``--epochs``, so they are dispatched before parsing)."""
-
-
-def _processes(text: str) -> int:
-    """argparse type of ``--concurrency``: a whole number of processes, 1 or more."""
-    try:
-        value = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of processes, "
-                                         "1 or more") from e
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: give 1 or more processes")
-    return value
-
-
-def _timeout_seconds(text: str) -> float:
-    """argparse type of ``--timeout-s``: a finite number of seconds over 0 (nan never timed
-    out: no time compares as past it)."""
-    try:
-        value = float(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds") from e
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds over 0")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

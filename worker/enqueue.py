@@ -28,13 +28,13 @@ from worker.settings import Settings, get_settings
 from worker.store import (
     CallRequest,
     CallSendState,
+    RetryRequest,
     create_batch,
     finish_batch_scan,
     list_calls,
     parse_timestamp,
     printable_text,
     release_enqueue,
-    request_for_call,
     reserve_for_enqueue,
 )
 from worker.uris import uri_scheme
@@ -155,6 +155,8 @@ def _submit_chunk(requests: Sequence[CallRequest], settings: Settings, send: Sen
             results.append(Enqueued(request.external_call_id, next(task_ids)))
         else:
             results.append(Enqueued(request.external_call_id, None,
+                                    "no longer failed as read: sent again meanwhile, or run "
+                                    "since" if isinstance(request, RetryRequest) else
                                     "already enqueued or analysed; pass reprocess to run again"))
     return results
 
@@ -253,7 +255,9 @@ def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: b
         unusable: list[Enqueued] = []
         for call_id in wanted:
             try:
-                requests.append(request_for_call(failed[call_id], reprocess=True))
+                # checked on the locked row when sent: two retries that read the failure at
+                # once send one run (a review found both publishing)
+                requests.append(RetryRequest.of(failed[call_id]))
             except PayloadError as e:
                 reason = (f"its stored row cannot be sent again ({e}); send a corrected "
                           "payload for this call id")

@@ -34,7 +34,7 @@ from worker.schema import (
     Segment,
     utcnow,
 )
-from worker.uris import local_path_text
+from worker.uris import local_path_text, uri_scheme
 
 if TYPE_CHECKING:  # only the dataclasses; the pipeline's imports stay out of the DB edge
     from worker.pipeline import RecordingAnalysis
@@ -61,6 +61,10 @@ def check_uri(uri: object) -> None:
                            f"characters, got {_describe(uri)}")
     # a file:// URI's path is percent-decoded before it is opened: %00 is a NUL there
     path = local_path_text(uri)
+    if path is None:   # refused here, by the producer, rather than failed by every worker run
+        raise PayloadError(f"uri: scheme {uri_scheme(uri)!r} is not one the worker reads: send "
+                           "a local path or a file:// URI (mount network shares under "
+                           "CALLMOOD_INPUT_ROOTS)")
     if "\x00" in uri or (path is not None and "\x00" in path):
         raise PayloadError("uri: contains a NUL character (or %00 in a file:// URI)")
     if path is not None and not (PurePosixPath(path).is_absolute()

@@ -22,11 +22,17 @@ _SCHEME_RE: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 
 def uri_scheme(uri: str) -> str:
     """Lower-cased scheme of ``uri``; "" for a plain path. A one-letter scheme is a Windows
-    drive (``C:\\calls\\a.wav``, ``C:/calls/a.wav``), so it is a path too."""
+    drive (``C:\\calls\\a.wav``, ``C:/calls/a.wav``), so it is a path too, and so is a name
+    with a colon whose "scheme" is not ``file`` and names no authority (``call-12:30.wav``,
+    ``2026-12-06T10:15.wav``): a review found such files sent as URIs of scheme ``call-12``,
+    failed on the worker as not enabled, and failed again by every retry."""
     match = _SCHEME_RE.match(uri)
     if match is None or len(match.group(1)) == 1:
         return ""
-    return match.group(1).lower()
+    scheme = match.group(1).lower()
+    if scheme != "file" and not uri[match.end():].startswith("//"):
+        return ""
+    return scheme
 
 
 def local_path_text(uri: str) -> str | None:

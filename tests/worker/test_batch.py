@@ -94,6 +94,30 @@ def test_the_scan_skips_partial_uploads_in_hidden_files_and_folders(tmp_path: Pa
     assert found == ["call-2.WAV", "day/call-1.wav"]
 
 
+def test_a_subfolder_that_cannot_be_listed_is_skipped_not_the_scan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A stale network handle (ESTALE) on one subfolder ended the whole scan in a traceback,
+    nothing sent, and the nightly task was not retried (a review)."""
+    import errno
+
+    inbox = tmp_path / "inbox"
+    for name in ["a/call-1.wav", "stale/call-2.wav", "z/call-3.wav"]:
+        (inbox / name).parent.mkdir(parents=True, exist_ok=True)
+        (inbox / name).write_bytes(b"RIFF")
+    real = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if Path(path).name == "stale":
+            raise OSError(errno.ESTALE, "Stale file handle", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level("WARNING"):
+        found = [p.relative_to(inbox.resolve()).as_posix() for p in batch.inbox_files([inbox])]
+    assert found == ["a/call-1.wav", "z/call-3.wav"]
+    assert "stale" in caplog.text and "Stale file handle" in caplog.text
+
+
 def test_beat_schedules_the_scan_at_the_configured_local_time(tmp_path: Path) -> None:
     s = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path), "CALLMOOD_INBOX_DIRS": str(tmp_path),
                            "CALLMOOD_NIGHTLY_AT": "03:30", "CALLMOOD_TIMEZONE": "Europe/Berlin"})

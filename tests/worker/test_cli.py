@@ -119,6 +119,14 @@ def test_configuration_errors_exit_2(env: Path, monkeypatch: pytest.MonkeyPatch,
     (["run", "a.wav", "--timeout-s", "nan"], "seconds over 0"),
     (["run", "a.wav", "--timeout-s", "0"], "seconds over 0"),
     (["report", "calls", "--out", "x.csv", "--max-plots", "-1"], "0 or more pictures"),
+    (["report", "timeline", "--out", "x.csv", "--bin-s", "inf"], "10 ms frames"),
+    # a review: nan / inf / 1e300 ended in an overflow traceback; a negative LIMIT in a
+    # PostgreSQL DataError traceback (SQLite read it as no limit); 0 batches printed none
+    *[(["recover", "--min-age-s", age], "seconds at least 0") for age in
+      ("nan", "inf", "1e300", "-1")],
+    (["status", "--batches", "0"], "1 or more batches"),
+    (["calls", "--limit", "-1"], "1 or more calls"),
+    (["failures", "--limit", "x"], "whole number of calls"),
 ])
 def test_numbers_that_mean_nothing_are_usage_errors(
         env: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

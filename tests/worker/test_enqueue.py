@@ -313,6 +313,31 @@ def test_retry_all_failed_skips_a_rejection_it_cannot_resend(producer: Settings)
         retry_failed(producer, call_ids=["BAD-1"], send=send)
 
 
+def test_two_retries_that_read_the_failure_at_once_send_one_run(
+        producer: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two `callmood retry` runs (or --all-failed chunks) that both read a call as failed
+    both published it: two messages, one call analysed twice at once (a review)."""
+    import worker.enqueue
+
+    with db.session_scope(producer) as s:
+        call = store.register_call(s, store.CallRequest(uri="/recordings/f.wav",
+                                                        external_call_id="FAILED-2"))
+        store.mark_failed(s, store.claim_for_processing(s, call.id).id, "database gone")
+    with db.session_scope(producer) as s:
+        as_read = store.list_calls(s, status="failed")       # what the slower retry read
+    sent: list[str] = []
+
+    def send(requests: Sequence[store.CallRequest]) -> list[str]:
+        sent.extend(r.external_call_id for r in requests)
+        return [f"task-{len(sent)}" for _ in requests]
+
+    assert [r.sent for r in retry_failed(producer, call_ids=["FAILED-2"], send=send)] == [True]
+    monkeypatch.setattr(worker.enqueue, "list_calls", lambda *a, **k: as_read)
+    late = retry_failed(producer, call_ids=["FAILED-2"], send=send)
+    assert sent == ["FAILED-2"]
+    assert not late[0].sent and "no longer failed as read" in (late[0].reason or "")
+
+
 # --------------------------------------------------------------------------- CLI round trip
 
 @pytest.mark.slow

@@ -22,6 +22,10 @@ from worker.uris import local_path_text, uri_scheme
     ("s3://bucket/a.wav", "s3"),
     ("svn+ssh://host/a", "svn+ssh"),
     ("http://[nas/a.wav", "http"),    # urllib.parse.urlsplit raises on this one
+    # a file name with a colon: the "scheme" is not file and names no host (a review)
+    ("call-12:30.wav", ""),
+    ("2026-12-06T10:15:00.wav", ""),
+    ("file:/calls/a.wav", "file"),
 ])
 def test_uri_scheme_never_raises_and_counts_a_drive_letter_as_a_path(uri: str,
                                                                     scheme: str) -> None:
@@ -53,3 +57,21 @@ def test_a_file_uri_for_another_machine_or_unsplittable_is_refused_everywhere(
     with pytest.raises(InputNotAllowedError, match=message):
         resolve_input(uri, [tmp_path])
     assert probe_duration_s(uri) is None
+
+
+def test_a_file_name_with_a_colon_travels_as_a_path_and_other_schemes_are_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`callmood enqueue call-12:30.wav` sent scheme 'call-12' unchanged, not made absolute;
+    every run, and every retry, failed it on the worker. A scheme the worker cannot read
+    (s3://) is refused by the producer now, not failed by the worker."""
+    from worker.enqueue import absolute_uri
+    from worker.store import check_uri
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "call-12:30.wav").write_bytes(b"")
+    sent = absolute_uri("call-12:30.wav")
+    assert sent == str(tmp_path / "call-12:30.wav")
+    check_uri(sent)
+    assert resolve_input(sent, [tmp_path]) == (tmp_path / "call-12:30.wav").resolve()
+    with pytest.raises(PayloadError, match="scheme 's3' is not one the worker reads"):
+        check_uri("s3://bucket/a.wav")
