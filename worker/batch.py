@@ -80,17 +80,23 @@ class ScanReport:
 def settled(paths: Sequence[Path], min_age_s: float,
             now_s: float) -> tuple[dict[Path, datetime | None], int]:
     """(the paths last modified ``min_age_s`` or more before ``now_s`` (epoch seconds), each
-    with that time in UTC, how many were newer). A path whose time cannot be read is kept,
-    with None: hashing it will say why."""
+    with the time its content last changed in UTC, how many were newer). A path whose time
+    cannot be read is kept, with None: hashing it will say why.
+
+    The age is the modification time's: a copy in progress keeps it current. The time
+    returned is the later of it and the inode's change time: ``cp -p``, ``rsync -t`` and
+    SMB copies set the source's modification time once they complete, which can be before
+    a failure of the cut-short copy, and the completed file was never sent again (a
+    review); the change time is when that happened."""
     ready: dict[Path, datetime | None] = {}
     for path in paths:
         try:
-            mtime_s = path.stat().st_mtime
+            stat = path.stat()
         except OSError:
             ready[path] = None
             continue
-        if now_s - mtime_s >= min_age_s:
-            ready[path] = datetime.fromtimestamp(mtime_s, UTC)
+        if now_s - stat.st_mtime >= min_age_s:
+            ready[path] = datetime.fromtimestamp(max(stat.st_mtime, stat.st_ctime), UTC)
     return ready, len(paths) - len(ready)
 
 

@@ -61,12 +61,14 @@ from worker.errors import ConfigError, PayloadError
 from worker.schema import utcnow
 from worker.settings import Settings
 from worker.store import (
+    CallSendState,
     calls_awaiting_worker,
     calls_by_external_id,
+    claim_resend,
     is_valid_external_id,
     mark_failed,
-    mark_resent,
     refresh_batch_of,
+    release_enqueue,
     request_for_call,
 )
 
@@ -357,7 +359,7 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
             awaiting = calls_awaiting_worker(
                 session, sent_before=now - timedelta(seconds=min_age_s),
                 claimed_before=now - timedelta(seconds=TASK_HARD_TIME_LIMIT_S + margin_s))
-            requests, ids = {}, {}
+            requests, read = {}, {}
             claims = {c.external_call_id: c.attempts for c in awaiting if c.status == "processing"}
             held_calls = calls_by_external_id(session, sorted({
                 m.call_id for m in first.unacked if m.call_id is not None}))
@@ -369,7 +371,10 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
                 except PayloadError as e:  # one bad stored row must not stop every recovery
                     log.error("call %s cannot be sent again: %s", call.external_call_id, e)
                     continue
-                ids[call.external_call_id] = call.id
+                read[call.external_call_id] = CallSendState(
+                    call_id=call.id, status=call.status, attempts=call.attempts,
+                    failure_reason=call.failure_reason, batch_id=call.batch_id,
+                    enqueued_at=call.enqueued_at)
         time.sleep(CENSUS_RECHECK_S)
         second = broker_census(app)
         assert second is not None  # same broker as the first census
@@ -416,7 +421,7 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
         failed: list[str] = []
         with session_scope(settings) as session:
             for external_id in stuck:
-                call = mark_failed(session, ids[external_id], (
+                call = mark_failed(session, read[external_id].call_id, (
                     f"stuck: claimed {claims[external_id]} times and never finished (a worker "
                     "killed at the hard time limit or by the OS, or a retry the broker lost); "
                     "not sent again, use callmood retry"))
@@ -428,14 +433,29 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
             log.error("failed %d call(s) that keep getting stuck: %s", len(failed),
                       ", ".join(failed))
     if lost:
-        # Sent first, then marked: a send that fails leaves the calls to the next recovery;
-        # a mark that fails leaves them in the broker, where the next census sees them.
-        if send is not None:
-            send([requests[c] for c in lost])
-        else:
-            with celery_sender(settings) as sender:
-                sender([requests[c] for c in lost])
+        # Marked first, on the locked rows, then sent: two recoveries that read a call lost at
+        # once (beat's and an operator's) sent it twice (a review). A send that fails gives
+        # the marks back, so the next recovery sends them; a crash in between leaves them
+        # pending and unsent, which the next recovery past min_age_s finds lost again.
         with session_scope(settings) as session:
-            mark_resent(session, [ids[c] for c in lost])
-        log.warning("sent %d lost call(s) again: %s", len(lost), ", ".join(lost))
+            claimed = claim_resend(session, [read[c] for c in lost])
+        mine = {state.call_id for state in claimed}
+        taken = [c for c in lost if read[c].call_id not in mine]
+        lost = [c for c in lost if read[c].call_id in mine]
+        if taken:
+            log.info("not sent again, sent or claimed meanwhile: %s", ", ".join(taken))
+            report = replace(report, lost=tuple(lost))
+        try:
+            if lost and send is not None:
+                send([requests[c] for c in lost])
+            elif lost:
+                with celery_sender(settings) as sender:
+                    sender([requests[c] for c in lost])
+        except Exception:
+            # not sent (or part of it: those the next census sees in the queue, not lost)
+            with session_scope(settings) as session:
+                release_enqueue(session, claimed)
+            raise
+        if lost:
+            log.warning("sent %d lost call(s) again: %s", len(lost), ", ".join(lost))
     return report

@@ -601,12 +601,22 @@ def calls_awaiting_worker(session: Session, sent_before: datetime,
     return list(session.scalars(query))
 
 
-def mark_resent(session: Session, call_ids: Sequence[int]) -> None:
-    """Record that these calls were sent again now (the age of a next recovery starts here)."""
+def claim_resend(session: Session, read: Sequence[CallSendState]) -> list[CallSendState]:
+    """Of the calls a recovery read as lost (``read``: each as it was then), those still so on
+    the locked row, marked sent now (the age of a next recovery starts here); the others
+    were sent again (another recovery that read them at once), claimed or finished since.
+    A send that then fails gives the claimed ones back with :func:`release_enqueue`."""
     now = utcnow()
-    for call_id in call_ids:
-        get_call(session, call_id).enqueued_at = now
+    claimed: list[CallSendState] = []
+    for state in read:
+        call = lock_call(session, state.call_id)
+        if (call.status, call.attempts, call.enqueued_at) != (state.status, state.attempts,
+                                                              state.enqueued_at):
+            continue
+        call.enqueued_at = now
+        claimed.append(state)
     session.flush()
+    return claimed
 
 
 def release_enqueue(session: Session, reserved: Sequence[CallSendState]) -> None:

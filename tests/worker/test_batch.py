@@ -365,7 +365,6 @@ def test_a_failed_file_modified_since_is_sent_again_as_a_new_run_of_its_call(
     failed; every later scan skipped the path as sent, so the completed recording was never
     analysed unless someone ran callmood retry. A scan now sends a failed call again, as a
     new run of that call, once its file is modified after the failure; never otherwise."""
-    from datetime import timedelta
 
     from worker.schema import utcnow
 
@@ -375,12 +374,14 @@ def test_a_failed_file_modified_since_is_sent_again_as_a_new_run_of_its_call(
     first = scan_inboxes(settings, source="nightly", send=send)
     assert (first.enqueued, first.changed) == (2, 0)
     ids = {Path(r.uri).name: r.external_call_id for r in sent}
-    with db.session_scope(settings) as s:   # both failed by the worker 90 minutes ago
+    with db.session_scope(settings) as s:   # both failed by the worker just now
         for call in store.calls_by_external_id(s, list(ids.values())).values():
             store.mark_failed(s, store.claim_for_processing(s, call.id).id, "cut short")
-            call.processed_at = utcnow() - timedelta(minutes=90)
+            call.processed_at = utcnow()
     assert scan_inboxes(settings, source="nightly", send=send).enqueued == 0
-    # the copy completes (an hour ago: settled); the corrupt file is left as it was
+    # the copy completes, keeping its source's modification time (`cp -p`, `rsync -t`, SMB:
+    # an hour ago, before the failure: a review found such a copy never sent again); the
+    # corrupt file is left as it was
     stalled.write_bytes(b"the first part and the rest of the call")
     an_hour_ago = time.time() - 3600
     os.utime(stalled, (an_hour_ago, an_hour_ago))
@@ -402,7 +403,6 @@ def test_changed_failed_files_are_counted_by_path_and_not_sent_as_a_second_copy(
     file) are both sent again without the batch's counts going negative (the scan failed on
     its CHECK constraint after sending); a changed file whose completed content another call
     already holds (re-uploaded under another name meanwhile) is not analysed a second time."""
-    from datetime import timedelta
 
     from worker.schema import utcnow
 
@@ -417,7 +417,7 @@ def test_changed_failed_files_are_counted_by_path_and_not_sent_as_a_second_copy(
                                                        external_call_id="crm-42"))
         for call in store.list_calls(s):
             store.mark_failed(s, store.claim_for_processing(s, call.id).id, "cut short")
-            call.processed_at = utcnow() - timedelta(minutes=90)
+            call.processed_at = utcnow()
     an_hour_ago = time.time() - 3600
     copy = inbox / "stalled (1).wav"            # the complete recording, uploaded again
     copy.write_bytes(b"the first part of another and the rest")

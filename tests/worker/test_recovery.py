@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -224,7 +225,13 @@ def test_calls_awaiting_a_worker(callmood_settings: Settings) -> None:
         awaiting = store.calls_awaiting_worker(s, sent_before=now - timedelta(seconds=120),
                                                claimed_before=now - timedelta(seconds=4200))
         assert [c.external_call_id for c in awaiting] == ["sent-long-ago", "claimed-long-ago"]
-        store.mark_resent(s, [awaiting[0].id])
+        sent_long_ago = awaiting[0]
+        as_read = store.CallSendState(sent_long_ago.id, sent_long_ago.status,
+                                      sent_long_ago.attempts, None, None,
+                                      sent_long_ago.enqueued_at)
+        assert store.claim_resend(s, [as_read]) == [as_read]
+        # a second recovery that read it at once finds it sent again: not sent twice
+        assert store.claim_resend(s, [as_read]) == []
         again = store.calls_awaiting_worker(s, sent_before=now - timedelta(seconds=120),
                                             claimed_before=now - timedelta(seconds=4200))
         assert [c.external_call_id for c in again] == ["claimed-long-ago"]
@@ -609,3 +616,42 @@ def test_embedded_broker_restores_a_killed_workers_call_and_deletes_delivered_ro
     assert (report.lost, report.stranded, report.deleted) == ((), (), len(delivered))
     assert [(visible, task) for _, task, _, _, visible in _broker_row_payloads(broker_path)] == [
         (True, RECOVERY_TASK_NAME)]
+
+
+def test_two_recoveries_at_once_send_a_lost_call_once(tmp_path: Path, redis_url: str) -> None:
+    """beat's recovery and an operator's `callmood recover` that read a lost call at once both
+    published it: two messages, one call analysed twice at once (a review). The rows are
+    marked on their lock before the send now; the second recovery finds it sent."""
+    import threading
+    from datetime import timedelta
+
+    from worker import store
+    from worker.db import session_scope
+    from worker.recovery import recover
+    from worker.schema import utcnow
+
+    settings = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
+                                  "CALLMOOD_INPUT_ROOTS": str(tmp_path),
+                                  "CALLMOOD_BROKER_URL": fresh_redis_db(redis_url, 11)})
+    db.upgrade(settings.database_url)
+    with session_scope(settings) as s:   # a producer marked it sent, then died unpublished
+        call = store.reserve_for_enqueue(s, store.CallRequest(
+            uri=str(tmp_path / "a.wav"), external_call_id="LOST-1")).call
+        call.enqueued_at = utcnow() - timedelta(minutes=10)
+    sent: list[str] = []
+    guard = threading.Lock()
+
+    def send(requests: Any) -> list[str]:
+        with guard:
+            sent.extend(r.external_call_id for r in requests)
+        return ["task"] * len(requests)
+
+    reports: list[Any] = []
+    threads = [threading.Thread(target=lambda: reports.append(recover(settings, send=send)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sent == ["LOST-1"]
+    assert sorted(r.lost for r in reports) == [(), ("LOST-1",)]
