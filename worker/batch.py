@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,9 @@ from worker.store import (
     failed_before,
     find_call,
     uri_sha256,
+    was_rejected,
 )
+from worker.uris import local_path_text
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +59,10 @@ class ScanReport:
     skipped: int
     """Files whose path or content was already sent (by this or an earlier scan)."""
     changed: int = 0
-    """Failed calls whose file was modified since the failure, sent again as a new run of
-    that call (counted in ``enqueued`` too, unless a scan running at the same time sent it
-    first: then in ``skipped``)."""
+    """Failed calls whose file was modified since the failure, or moved to a new path (the
+    worker found none at the old one), sent again as a new run of that call (counted in
+    ``enqueued`` too, unless a scan running at the same time sent it first: then in
+    ``skipped``)."""
     refused: int = 0
     """Files that cannot be sent at all (their path fails the payload's checks); each is
     logged with the reason, and the scan goes on without them."""
@@ -123,6 +126,29 @@ def changed_failures(session: Session, by_hash: Mapping[str, Path],
             refused += 1
             log.warning("call %s not sent again: %s", call.external_call_id, e)
     return retries, refused, paths
+
+
+def moved_failure(session: Session, request: CallRequest) -> RetryRequest | None:
+    """A new run, from ``request``'s path, of the failed call that already holds its content
+    (its call id) if that call's own file is gone: moved or renamed after the scan sent it,
+    the worker failed it (no such file), and every later scan counted the file at its new
+    path as known, never analysed (a review). None otherwise (the call is known as it is)."""
+    call = find_call(session, request.external_call_id)
+    if call is None or call.status != "failed" or was_rejected(call):
+        return None
+    try:
+        stored = local_path_text(call.source_uri)
+    except PayloadError:   # a file:// URI of another host: not this scan's to judge
+        return None
+    if stored is None or Path(stored).exists():
+        return None
+    try:
+        retry = RetryRequest.of(call)
+    except PayloadError:   # its stored row no longer makes a valid request: known as it is
+        return None
+    log.info("call %s: its file moved from %r to %r; sent again from there",
+             call.external_call_id, stored, request.uri)
+    return replace(retry, uri=request.uri)
 
 
 def inbox_request(path: Path, source: str) -> CallRequest:
@@ -202,11 +228,13 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
             session, by_hash, failed_before(session, modified_at))
         batch_id = create_batch(session, source).id
 
+    moves = 0
+
     def new_requests() -> Iterator[CallRequest]:
         # Hashing the content is the expensive step: only for paths never sent, and drawn a
         # chunk at a time by the sender, so a large backlog is sent as it is hashed (a scan
         # stopped by its time limit has sent what it hashed, and its batch is closed)
-        nonlocal refused
+        nonlocal refused, moves
         for digest, path in by_hash.items():
             if digest in known:
                 continue
@@ -217,7 +245,11 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
                 refused += 1
                 log.warning("batch %d: %r not sent: %s", batch_id, str(path), e)
                 continue
-            yield request
+            with session_scope(settings) as session:   # one lookup per new path, hashed anyway
+                moved = moved_failure(session, request)
+            if moved is not None:
+                moves += 1
+            yield request if moved is None else moved
 
     def requests() -> Iterator[CallRequest]:
         yield from retries
@@ -228,8 +260,8 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
     enqueued, skipped = result.sent, known_left + result.skipped
     log.info("batch %d (%s): %d files, %d enqueued (%d failed before and changed since), %d "
              "already seen, %d refused, %d too new", batch_id, source, len(found), enqueued,
-             len(retries), skipped, refused, too_new)
+             len(retries) + moves, skipped, refused, too_new)
     return ScanReport(batch_id=batch_id, seen=len(found), enqueued=enqueued, skipped=skipped,
-                      changed=len(retries), refused=refused, too_new=too_new,
+                      changed=len(retries) + moves, refused=refused, too_new=too_new,
                       missing_folders=tuple(str(d) for d in settings.inbox_dirs
                                             if not d.is_dir()))

@@ -432,3 +432,44 @@ def test_changed_failed_files_are_counted_by_path_and_not_sent_as_a_second_copy(
     assert (now.enqueued, now.changed, now.skipped) == (2, 2, 2)
     assert {r.external_call_id for r in sent[-2:]} == shared_ids
     assert all(r.reprocess for r in sent[-2:])
+
+
+def test_a_file_moved_after_its_scan_is_sent_again_from_its_new_path(tmp_path: Path) -> None:
+    """The operator moved inbox/call-1.wav into inbox/day/ before a worker ran it: the worker
+    failed the call (no such file), every later scan counted the file at its new path as
+    known (its content is the call's id), and callmood retry sent the old path again: the
+    recording was never analysed (a review)."""
+    paths, settings, sent, send = _aged_inbox(tmp_path, {"call-1.wav": b"one call's audio"},
+                                              7200)
+    assert scan_inboxes(settings, source="nightly", send=send).enqueued == 1
+    (first,) = sent
+    moved = paths["call-1.wav"].parent / "day" / "call-1.wav"
+    moved.parent.mkdir()
+    paths["call-1.wav"].rename(moved)
+    with db.session_scope(settings) as s:   # the worker found nothing at the old path
+        call = store.find_call(s, first.external_call_id)
+        assert call is not None
+        store.mark_failed(s, store.claim_for_processing(s, call.id).id, "No such file")
+    again = scan_inboxes(settings, source="nightly", send=send)
+    assert (again.enqueued, again.changed) == (1, 1)
+    (retry,) = sent[1:]
+    assert (retry.external_call_id, retry.reprocess) == (first.external_call_id, True)
+    assert Path(retry.uri) == moved.resolve()
+    with db.session_scope(settings) as s:
+        call = store.find_call(s, first.external_call_id)
+        assert call is not None and (call.status, Path(call.source_uri)) == ("pending",
+                                                                             moved.resolve())
+    # sent once: the next scan finds it pending at its new path
+    assert scan_inboxes(settings, source="nightly", send=send).enqueued == 0
+    # a failed call whose file is still where it was is known as it is
+    (tmp_path / "other").mkdir()
+    paths2, settings2, sent2, send2 = _aged_inbox(tmp_path / "other", {"a.wav": b"audio"}, 7200)
+    assert scan_inboxes(settings2, source="nightly", send=send2).enqueued == 1
+    with db.session_scope(settings2) as s:
+        call = store.find_call(s, sent2[0].external_call_id)
+        assert call is not None
+        store.mark_failed(s, store.claim_for_processing(s, call.id).id, "corrupt")
+    copy = paths2["a.wav"].parent / "copy-of-a.wav"
+    copy.write_bytes(b"audio")
+    os.utime(copy, (time.time() - 7200, time.time() - 7200))
+    assert scan_inboxes(settings2, source="nightly", send=send2).enqueued == 0
