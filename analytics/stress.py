@@ -199,6 +199,13 @@ def mood_shift(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
     return out.reset_index()[columns]
 
 
+def is_high_stress(stress: pd.Series, threshold: float = ESCALATION_STRESS) -> pd.Series:
+    """Whether each stress (points) is at or over ``threshold``, compared at the tenth of a
+    point the reports show (:data:`STRESS_DECIMALS`): the escalation rule and the stress
+    evaluation's rates both read it from here."""
+    return stress.round(STRESS_DECIMALS) >= threshold
+
+
 def high_stress_runs(segments: pd.DataFrame, role: str = ROLE_CUSTOMER,
                      threshold: float = ESCALATION_STRESS,
                      max_gap_s: float = ESCALATION_MAX_GAP_S) -> pd.DataFrame:
@@ -214,7 +221,7 @@ def high_stress_runs(segments: pd.DataFrame, role: str = ROLE_CUSTOMER,
     if party.empty:
         return pd.DataFrame(columns=columns)
     ordered = party.pipe(with_stress).sort_values(["call", "start_s"])
-    low = (ordered["stress"].round(STRESS_DECIMALS) < threshold).astype(int)
+    low = (~is_high_stress(ordered["stress"], threshold)).astype(int)
     island = low.groupby(ordered["call"]).cumsum()
     high = ordered.assign(island=island)[low == 0]
     if high.empty:

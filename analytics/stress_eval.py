@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from analytics.stress import ESCALATION_STRESS, stress_of
+from analytics.stress import ESCALATION_STRESS, is_high_stress, stress_of
 from worker.constants import EMOTIONS
 from worker.errors import CallmoodError, ConfigError, ModelError
 
@@ -161,7 +161,7 @@ def high_stress_rates(scored: pd.DataFrame,
                       threshold: float = ESCALATION_STRESS) -> tuple[float, float]:
     """(share of positive clips, share of negative clips) scoring >= ``threshold``: how the
     escalation threshold separates distressed from neutral speech."""
-    high = scored["stress"] >= threshold
+    high = is_high_stress(scored["stress"], threshold)
     positive = scored["positive"].astype(bool)
     return float(high[positive].mean()), float(high[~positive].mean())
 

@@ -38,6 +38,9 @@ def test_auc_table_per_corpus_and_pooled() -> None:
     assert table.loc["all", "auc_stress"] == 1.0  # 100, 100 above 0 and 40
     assert table.loc["macro", "auc_stress"] == 1.0
     assert high_stress_rates(scored) == (1.0, 0.0)  # neutral 0 and sad 40 stay below 50
+    # compared as the reports show it: 49.96 reads 50.0 and is past the threshold
+    shown_50 = scored.assign(stress=[49.96, 0.0, 49.94, 40.0])
+    assert high_stress_rates(shown_50) == (0.5, 0.0)
     assert table.loc["macro", "auc_not_neutral"] == pytest.approx((1.0 + 0.5) / 2)  # sad ties fear
     # a corpus with positives only (URDU's test speakers) has no AUC of its own: the macro
     # row neither averages it nor counts its clips, while the pooled row ranks them
