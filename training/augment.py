@@ -219,11 +219,17 @@ class AugmentConfig:
     clip_gain_db_range: tuple[float, float] = (6.0, 24.0)
     """Gains drawn for ``p_clip`` (dB over the -26 dBFS line level): from a few peaks clipped
     to about a tenth of the samples."""
+    p_warp: float = 0.0
+    """Probability of a vocal-tract-length warp of the mel axis per draw (:func:`warp_bands`,
+    on the features: formants and pitch move, tempo does not). 0 (every model so far) draws
+    nothing for it, so the other draws stay as they were."""
+    warp_range: tuple[float, float] = (0.9, 1.1)
+    """Warp factors drawn for ``p_warp`` (>1 moves the spectrum up the mel axis)."""
     sample_rate: int = ANALYSIS_SAMPLE_RATE
 
     def __post_init__(self) -> None:
         for name in ("p_speed", "p_eq", "p_tilt", "p_phone", "p_noise", "p_codec", "opus_share",
-                     "p_reverb", "p_clip"):
+                     "p_reverb", "p_clip", "p_warp"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}={value} must be a probability in [0, 1]")
@@ -235,10 +241,32 @@ class AugmentConfig:
         if not 0.5 <= low <= high <= 2.0:
             raise ValueError(f"speed_range={self.speed_range} must be two speed factors "
                              "0.5 <= LOW <= HIGH <= 2 (1: unchanged)")
+        low, high = self.warp_range
+        if not 0.5 <= low <= high <= 2.0:
+            raise ValueError(f"warp_range={self.warp_range} must be two warp factors "
+                             "0.5 <= LOW <= HIGH <= 2 (1: unchanged)")
         low, high = self.rt60_range_s
         if not 0.0 < low <= high:
             raise ValueError(f"rt60_range_s={self.rt60_range_s} must be two reverberation "
                              "times 0 < LOW <= HIGH in seconds")
+
+
+def warp_bands(features: npt.NDArray[np.float32], factor: float,
+               n_mels: int) -> npt.NDArray[np.float32]:
+    """Features (views * n_mels, T) with each view's mel axis stretched by ``factor``: band k
+    takes the value at band k / factor (linear between bands; past the top, the top band), so
+    a factor over 1 moves formants and pitch up, as a shorter vocal tract does, and the
+    frames (tempo) are untouched. A factor of 1 returns the features unchanged."""
+    rows, frames = features.shape
+    if rows % n_mels:
+        raise ValueError(f"{rows} feature rows are not views of {n_mels} mel bands")
+    source = np.clip(np.arange(n_mels, dtype=np.float64) / factor, 0.0, n_mels - 1.0)
+    low = np.floor(source).astype(np.int64)
+    high = np.minimum(low + 1, n_mels - 1)
+    weight = (source - low).astype(np.float32)[:, None]
+    views = features.reshape(rows // n_mels, n_mels, frames)
+    warped = views[:, low, :] * (1.0 - weight) + views[:, high, :] * weight
+    return np.ascontiguousarray(warped.reshape(rows, frames), dtype=np.float32)
 
 
 def augment(audio: Audio, rng: np.random.Generator,

@@ -151,6 +151,12 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-range", type=_speed_range, default=AugmentConfig.speed_range,
                    metavar="LOW,HIGH",
                    help="speed factors drawn for --p-speed (default %(default)s)")
+    p.add_argument("--p-warp", type=float, default=AugmentConfig.p_warp,
+                   help="probability of a vocal-tract-length warp of the mel axis per draw "
+                        "(formants and pitch move, tempo does not; 0: every model so far)")
+    p.add_argument("--warp-range", type=_warp_range, default=AugmentConfig.warp_range,
+                   metavar="LOW,HIGH",
+                   help="warp factors drawn for --p-warp (default %(default)s)")
     p.add_argument("--p-clip", type=float, default=AugmentConfig.p_clip,
                    help="probability of an overdriven preamp per draw (speech at -26 dBFS, "
                         "+6 to +24 dB, hard clipping; 0: emotion-v1.7.0)")
@@ -262,7 +268,9 @@ def train_main(argv: list[str] | None = None) -> int:
                                                    codec_level_range=args.codec_levels,
                                                    p_reverb=args.p_reverb,
                                                    p_clip=args.p_clip, p_speed=args.p_speed,
-                                                   speed_range=args.speed_range),
+                                                   speed_range=args.speed_range,
+                                                   p_warp=args.p_warp,
+                                                   warp_range=args.warp_range),
                              features=features,
                              model=ModelConfig(n_mels=features.n_mels, views=features.n_views,
                                                channels=args.channels, members=args.members,
@@ -365,6 +373,8 @@ _level_range = _range_parser("compression levels", 0.0, 1.0, "0.95,1.0")
 """``--codec-levels``: libsndfile compression levels in [0, 1]."""
 _speed_range = _range_parser("speed factors", 0.5, 2.0, "0.9,1.1")
 """``--speed-range``: speed factors (1: unchanged)."""
+_warp_range = _range_parser("warp factors", 0.5, 2.0, "0.9,1.1")
+"""``--warp-range``: mel-axis warp factors (1: unchanged)."""
 
 
 def _without_options(argv: list[str], options: dict[str, int]) -> list[str]:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from training.augment import AugmentConfig, augment
+from training.augment import AugmentConfig, augment, warp_bands
 from training.card import (
     ADDED_AS_BEFORE,
     LICENCES,
@@ -71,6 +71,10 @@ from worker.pipeline import SpeechCut
 
 log = logging.getLogger(__name__)
 Audio = npt.NDArray[np.float32]
+
+WARP_STREAM = 1
+"""Fourth word of the seed of a draw's warp generator ((seed, epoch, draw, 1)): apart from
+the draw's own generator, so adding the warp leaves every other draw as it was."""
 OPSET = 17
 
 
@@ -336,6 +340,13 @@ class TrainDraws(Dataset[tuple[torch.Tensor, int, int]]):
             start = int(rng.integers(0, wave.size - self.crop_samples + 1))
             wave = wave[start:start + self.crop_samples]
         feats = tile_frames(extract_features(wave, self.config.features), self.crop_frames)
+        warp = self.config.augment
+        if warp.p_warp > 0.0:
+            # its own stream: a recipe without the warp draws exactly as before
+            warp_rng = np.random.default_rng([self.config.seed, self.epoch, i, WARP_STREAM])
+            if warp_rng.random() < warp.p_warp:
+                feats = warp_bands(feats, float(warp_rng.uniform(*warp.warp_range)),
+                                   self.config.features.n_mels)
         return torch.from_numpy(np.ascontiguousarray(feats)), int(self.labels[clip]), clip
 
 

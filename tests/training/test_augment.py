@@ -19,6 +19,7 @@ from training.augment import (
     reverberate,
     room_impulse_response,
     set_rms_dbfs,
+    warp_bands,
 )
 
 SR = 8000
@@ -219,3 +220,26 @@ def test_clipping_draws_overdrive_the_speech_and_are_drawn_only_when_enabled() -
                               augment(x, np.random.default_rng(7), replace(phone, p_clip=0.5)))
     with pytest.raises(ValueError, match=r"p_clip=1.5 must be a probability"):
         AugmentConfig(p_clip=1.5)
+
+
+def test_a_mel_warp_moves_the_spectrum_along_the_bands_not_the_frames() -> None:
+    """Band k takes the value at k / factor: a peak at band 20 lands at band 22 for 1.1 and
+    18 for 0.9 (rounded), in every view alike; frames and a factor of 1 change nothing."""
+    n_mels, frames = 64, 5
+    view = np.zeros((n_mels, frames), dtype=np.float32)
+    view[20] = 1.0
+    features = np.concatenate([view, 2 * view])              # two views
+    assert np.array_equal(warp_bands(features, 1.0, n_mels), features)
+    for factor, band in ((1.1, 22), (0.9, 18)):
+        warped = warp_bands(features, factor, n_mels)
+        assert warped.shape == features.shape and warped.dtype == np.float32
+        assert int(np.argmax(warped[:n_mels, 0])) == band
+        assert np.allclose(warped[n_mels:], 2 * warped[:n_mels])
+        assert np.allclose(warped[:, 0:1], warped)               # every frame alike
+    # past the top, the top band: a factor under 1 reads beyond band 63
+    ramp = np.tile(np.arange(n_mels, dtype=np.float32)[:, None], (1, frames))
+    assert warp_bands(ramp, 0.9, n_mels)[-1, 0] == n_mels - 1
+    with pytest.raises(ValueError, match="not views of 64 mel bands"):
+        warp_bands(np.zeros((65, 3), dtype=np.float32), 1.1, n_mels)
+    with pytest.raises(ValueError, match="warp_range"):
+        AugmentConfig(warp_range=(1.2, 1.1))

@@ -826,3 +826,28 @@ def test_an_operators_whole_calls_train_and_score_on_their_labelled_spans(
     trained = sum(n for corpus in raw["training"]["train_counts"].values() for n in corpus.values())
     validated = sum(n for corpus in raw["training"]["val_counts"].values() for n in corpus.values())
     assert trained + validated == len(rows) - test_spans
+
+
+
+def test_the_mel_warp_draws_apart_and_leaves_other_recipes_as_they_drew(
+        callmood_corpora: Path) -> None:
+    """--p-warp warps a draw's features on its own generator: with it at 0 (every model so
+    far) a draw is what it was, and with it at 1 the same draw differs only in its bands."""
+    import torch
+
+    from training.augment import AugmentConfig
+    from training.train import TrainDraws
+
+    rows = pd.read_csv(callmood_corpora / "ravdess" / "manifest.csv").head(2)
+    waves = [load_mono(callmood_corpora / "ravdess" / p, 8000) for p in rows["path"]]
+    labels = np.zeros(2, dtype=np.int64)
+
+    def draw(p_warp: float) -> torch.Tensor:
+        config = TrainConfig(augment=AugmentConfig(p_warp=p_warp))
+        dataset = TrainDraws(waves, labels, config)
+        dataset.set_epoch(3, np.array([1, 0]))
+        return dataset[0][0]
+
+    plain, warped = draw(0.0), draw(1.0)
+    assert torch.equal(plain, draw(0.0)) and not torch.equal(plain, warped)
+    assert plain.shape == warped.shape
