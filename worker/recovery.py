@@ -371,10 +371,7 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
                 except PayloadError as e:  # one bad stored row must not stop every recovery
                     log.error("call %s cannot be sent again: %s", call.external_call_id, e)
                     continue
-                read[call.external_call_id] = CallSendState(
-                    call_id=call.id, status=call.status, attempts=call.attempts,
-                    failure_reason=call.failure_reason, batch_id=call.batch_id,
-                    enqueued_at=call.enqueued_at)
+                read[call.external_call_id] = CallSendState.of(call)
         time.sleep(CENSUS_RECHECK_S)
         second = broker_census(app)
         assert second is not None  # same broker as the first census
@@ -445,10 +442,11 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
         if taken:
             log.info("not sent again, sent or claimed meanwhile: %s", ", ".join(taken))
             report = replace(report, lost=tuple(lost))
+    if lost:
         try:
-            if lost and send is not None:
+            if send is not None:
                 send([requests[c] for c in lost])
-            elif lost:
+            else:
                 with celery_sender(settings) as sender:
                     sender([requests[c] for c in lost])
         except Exception:
@@ -456,6 +454,5 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
             with session_scope(settings) as session:
                 release_enqueue(session, claimed)
             raise
-        if lost:
-            log.warning("sent %d lost call(s) again: %s", len(lost), ", ".join(lost))
+        log.warning("sent %d lost call(s) again: %s", len(lost), ", ".join(lost))
     return report

@@ -65,10 +65,9 @@ def check_uri(uri: object) -> None:
         raise PayloadError(f"uri: scheme {uri_scheme(uri)!r} is not one the worker reads: send "
                            "a local path or a file:// URI (mount network shares under "
                            "CALLMOOD_INPUT_ROOTS)")
-    if "\x00" in uri or (path is not None and "\x00" in path):
+    if "\x00" in uri or "\x00" in path:
         raise PayloadError("uri: contains a NUL character (or %00 in a file:// URI)")
-    if path is not None and not (PurePosixPath(path).is_absolute()
-                                 or PureWindowsPath(path).is_absolute()):
+    if not (PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute()):
         # resolved against wherever the worker was started, and again by every retry
         raise PayloadError(f"uri: {uri[:200]!r} is not an absolute path (relative, or ~); send "
                            "an absolute path or a file:/// URI (callmood enqueue makes paths "
@@ -529,6 +528,13 @@ class CallSendState:
     batch_id: int | None
     enqueued_at: datetime | None
 
+    @classmethod
+    def of(cls, call: Call) -> CallSendState:
+        """``call``'s send state as it is now."""
+        return cls(call_id=call.id, status=call.status, attempts=call.attempts,
+                   failure_reason=call.failure_reason, batch_id=call.batch_id,
+                   enqueued_at=call.enqueued_at)
+
 
 @dataclass(frozen=True)
 class Reservation:
@@ -562,9 +568,7 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
     if isinstance(request, RetryRequest) and (call.status != "failed"
                                               or call.processed_at != request.failed_at):
         return Reservation(call, None)   # sent again meanwhile (another scan), or run since
-    before = CallSendState(call_id=call.id, status=call.status, attempts=call.attempts,
-                           failure_reason=call.failure_reason, batch_id=call.batch_id,
-                           enqueued_at=call.enqueued_at)
+    before = CallSendState.of(call)
     # a payload the worker rejected was never work done: the producer's request (validated
     # here) is its correction, sent without asking for a reprocess
     if request.reprocess or was_rejected(call):
