@@ -3,12 +3,13 @@
 Beat sends ``callmood.nightly_scan`` at CALLMOOD_NIGHTLY_AT (CALLMOOD_TIMEZONE); ``callmood
 batch`` runs the same scan now. A file is new when no call was sent for its path (calls.
 source_uri_sha256, cheap) nor for its content (call id ``sha256-<content hash>``, so a copy
-or a renamed file is not analysed twice). A file whose call failed is sent again, as a new
-run of that call, once it is modified after the failure (a copy that was cut short when
-analysed and has completed since, or a recording exported again). Each scan is a row in
-``batches``; its done/failed counts are recounted from ``calls.batch_id`` as calls finish
-(``store.refresh_batch_counts``) and when a call is sent again in a later batch
-(``store.reserve_for_enqueue``).
+or a renamed file is not analysed twice), and no finished call analysed its content under
+another id (calls.content_sha256: a file replaced between its scan and its analysis). A
+file whose call failed is sent again, as a new run of that call, once it is modified after
+the failure (a copy that was cut short when analysed and has completed since, or a
+recording exported again). Each scan is a row in ``batches``; its done/failed counts are
+recounted from ``calls.batch_id`` as calls finish (``store.refresh_batch_counts``) and when
+a call is sent again in a later batch (``store.reserve_for_enqueue``).
 No Celery in here: the caller passes the sender.
 """
 
@@ -29,13 +30,15 @@ from worker.constants import AUDIO_SUFFIXES
 from worker.db import session_scope
 from worker.enqueue import Sender, path_uri, printable_path, submit_batch
 from worker.errors import ConfigError, PayloadError
-from worker.runner import external_id_for
+from worker.runner import content_of_call_id, external_id_for
 from worker.schema import Call
 from worker.settings import Settings
 from worker.store import (
     CallRequest,
     RetryRequest,
+    calls_by_external_id,
     check_uri,
+    content_holders,
     create_batch,
     enqueued_uri_hashes,
     failed_before,
@@ -107,14 +110,17 @@ def changed_failures(session: Session, by_hash: Mapping[str, Path],
                      failed: Sequence[Call]) -> tuple[list[RetryRequest], int, set[str]]:
     """(new runs of the ``failed`` calls, how many of them cannot be sent, the path hashes of
     both: the scan counts them so, not as already known). A changed file whose content
-    another call already holds (the completed copy sent meanwhile under another name) is not
-    run again, and stays known: that call has it."""
+    another call already holds (the completed copy sent meanwhile under another name, or
+    analysed by a call of another id) is not run again, and stays known: that call has it."""
     retries: list[RetryRequest] = []
     refused = 0
     paths: set[str] = set()
     for call in failed:
         digest = call.source_uri_sha256 or ""
-        holder = find_call(session, external_id_for(by_hash[digest]))
+        content_id = external_id_for(by_hash[digest])
+        content = content_of_call_id(content_id)
+        holder = find_call(session, content_id) or (
+            content_holders(session, [content]).get(content) if content else None)
         if holder is not None and holder.id != call.id:
             log.info("call %s not sent again: its file's content is call %s's",
                      call.external_call_id, holder.external_call_id)
@@ -128,12 +134,11 @@ def changed_failures(session: Session, by_hash: Mapping[str, Path],
     return retries, refused, paths
 
 
-def moved_failure(session: Session, request: CallRequest) -> RetryRequest | None:
-    """A new run, from ``request``'s path, of the failed call that already holds its content
-    (its call id) if that call's own file is gone: moved or renamed after the scan sent it,
-    the worker failed it (no such file), and every later scan counted the file at its new
+def moved_failure(call: Call | None, request: CallRequest) -> RetryRequest | None:
+    """A new run, from ``request``'s path, of ``call`` (the call of ``request``'s id, None if
+    there is none) if it failed and its own file is gone: moved or renamed after the scan sent
+    it, the worker failed it (no such file), and every later scan counted the file at its new
     path as known, never analysed (a review). None otherwise (the call is known as it is)."""
-    call = find_call(session, request.external_call_id)
     if call is None or call.status != "failed" or was_rejected(call):
         return None
     try:
@@ -149,6 +154,47 @@ def moved_failure(session: Session, request: CallRequest) -> RetryRequest | None
     log.info("call %s: its file moved from %r to %r; sent again from there",
              call.external_call_id, stored, request.uri)
     return replace(retry, uri=request.uri)
+
+
+SCAN_LOOKUP_FILES = 100
+"""New files hashed before the scan looks them up in the database, in one session: their
+calls (a moved failure) and the calls already holding their content. At most
+``enqueue.SUBMIT_CHUNK`` (200), so a chunk of hashed files is still sent before the next is
+hashed."""
+
+
+@dataclass(frozen=True)
+class NewFiles:
+    """What a chunk of new files becomes: the requests to send, how many of them are moved
+    failures sent again, and how many files were skipped for their content is analysed."""
+
+    requests: tuple[CallRequest, ...]
+    moved: int
+    held: int
+
+
+def sort_new_files(session: Session, requests: Sequence[CallRequest]) -> NewFiles:
+    """The new (never sent by path) files' ``requests``, looked up together: a file whose
+    content a finished call holds under another id is not sent (a file replaced between its
+    scan and its analysis is stored under the old content's id; a copy of what the worker read
+    was then analysed again, a review); a failed call whose file moved is sent again from the
+    new path (:func:`moved_failure`); the rest as they are."""
+    calls = calls_by_external_id(session, [r.external_call_id for r in requests])
+    holders = content_holders(session, [d for r in requests
+                                        if (d := content_of_call_id(r.external_call_id))])
+    kept: list[CallRequest] = []
+    moved = held = 0
+    for request in requests:
+        holder = holders.get(content_of_call_id(request.external_call_id) or "")
+        if holder is not None and holder.external_call_id != request.external_call_id:
+            held += 1
+            log.info("%r not sent: call %s analysed its content already", request.uri,
+                     holder.external_call_id)
+            continue
+        retry = moved_failure(calls.get(request.external_call_id), request)
+        moved += retry is not None
+        kept.append(request if retry is None else retry)
+    return NewFiles(tuple(kept), moved, held)
 
 
 def inbox_request(path: Path, source: str) -> CallRequest:
@@ -228,36 +274,45 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
             session, by_hash, failed_before(session, modified_at))
         batch_id = create_batch(session, source).id
 
-    moves = 0
+    moves = held = 0
+
+    def sorted_chunk(chunk: Sequence[CallRequest]) -> tuple[CallRequest, ...]:
+        nonlocal moves, held
+        with session_scope(settings) as session:
+            new = sort_new_files(session, chunk)
+        moves, held = moves + new.moved, held + new.held
+        return new.requests
 
     def new_requests() -> Iterator[CallRequest]:
         # Hashing the content is the expensive step: only for paths never sent, and drawn a
         # chunk at a time by the sender, so a large backlog is sent as it is hashed (a scan
         # stopped by its time limit has sent what it hashed, and its batch is closed)
-        nonlocal refused, moves
+        nonlocal refused
+        chunk: list[CallRequest] = []
         for digest, path in by_hash.items():
             if digest in known:
                 continue
             try:
-                request = inbox_request(path, source)
+                chunk.append(inbox_request(path, source))
             except PayloadError as e:
                 # one file that cannot travel must not keep the rest of the inbox waiting
                 refused += 1
                 log.warning("batch %d: %r not sent: %s", batch_id, str(path), e)
                 continue
-            with session_scope(settings) as session:   # one lookup per new path, hashed anyway
-                moved = moved_failure(session, request)
-            if moved is not None:
-                moves += 1
-            yield request if moved is None else moved
+            if len(chunk) == SCAN_LOOKUP_FILES:
+                yield from sorted_chunk(chunk)
+                chunk = []
+        if chunk:
+            yield from sorted_chunk(chunk)
 
     def requests() -> Iterator[CallRequest]:
         yield from retries
         yield from new_requests()
 
     known_left = len(known - retried_paths)
-    result = submit_batch(requests(), settings, send, batch_id, known=known_left)
-    enqueued, skipped = result.sent, known_left + result.skipped
+    result = submit_batch(requests(), settings, send, batch_id,
+                          known=lambda: known_left + held)
+    enqueued, skipped = result.sent, known_left + result.skipped + held
     log.info("batch %d (%s): %d files, %d enqueued (%d failed before and changed since), %d "
              "already seen, %d refused, %d too new", batch_id, source, len(found), enqueued,
              len(retries) + moves, skipped, refused, too_new)

@@ -205,9 +205,10 @@ def enqueue_manifest(path: Path | str, *, reprocess: bool = False,
 
 
 def submit_batch(requests: Iterable[CallRequest], settings: Settings, send: Sender,
-                 batch_id: int, known: int = 0) -> ManifestResult:
+                 batch_id: int, known: int | Callable[[], int] = 0) -> ManifestResult:
     """``submit`` the requests as batch ``batch_id`` and close its scan with what was sent
-    and skipped (plus ``known``: calls the caller skipped before asking).
+    and skipped (plus ``known``: files the caller skipped without asking; a callable is read
+    when the scan closes, for files skipped while ``requests`` is drawn).
 
     A send that fails half-way (TransientError), or anything that stops ``requests`` being
     drawn (a task's time limit while the scan hashes), still closes the batch with the
@@ -219,8 +220,9 @@ def submit_batch(requests: Iterable[CallRequest], settings: Settings, send: Send
     def close(partly_sent: int = 0) -> ManifestResult:
         done = ManifestResult(batch_id, tuple(results))
         with session_scope(settings) as session:
+            skipped_first = known if isinstance(known, int) else known()
             finish_batch_scan(session, batch_id, enqueued=done.sent + partly_sent,
-                              skipped=known + done.skipped)
+                              skipped=skipped_first + done.skipped)
         return done
 
     try:

@@ -76,6 +76,12 @@ def content_call_id(content_sha256: str) -> str:
     return f"sha256-{content_sha256}"
 
 
+def content_of_call_id(external_call_id: str) -> str | None:
+    """The content sha256 (hex) a :func:`content_call_id` names; None for any other id."""
+    prefix, _, digest = external_call_id.partition("-")
+    return digest if prefix == "sha256" and len(digest) == 64 else None
+
+
 def external_id_for(path: Path) -> str:
     """A stable call id for a local file: its content hash (a re-run reuses the call row)."""
     try:

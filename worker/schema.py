@@ -138,6 +138,8 @@ class Call(Base):
         # the batch recount's GROUP BY status reads this index alone (migration 0004)
         Index("ix_calls_batch_id_status", "batch_id", "status"),
         Index("ix_calls_source_uri_sha", "source_uri_sha256"),
+        # the inbox scan's "analysed already, under any call id?" lookup (migration 0005)
+        Index("ix_calls_content_sha256", "content_sha256"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -476,6 +476,21 @@ def calls_by_external_id(session: Session, external_call_ids: Sequence[str]) -> 
     return found
 
 
+def content_holders(session: Session, content_sha256s: Sequence[str]) -> dict[str, Call]:
+    """For each of ``content_sha256s`` (hex) analysed already, the done call that holds it
+    (``calls.content_sha256``: what the worker read, whatever the call's id says), the
+    oldest where several do; the others are absent from the result."""
+    unique = sorted(set(content_sha256s))
+    found: dict[str, Call] = {}
+    for start in range(0, len(unique), LOOKUP_CHUNK):  # bounded IN lists
+        query = (select(Call).where(Call.content_sha256.in_(unique[start:start + LOOKUP_CHUNK]))
+                 .where(Call.status == "done").order_by(Call.id))
+        for call in session.scalars(query):
+            if call.content_sha256 is not None:
+                found.setdefault(call.content_sha256, call)
+    return found
+
+
 def segments_for_call(session: Session, call_id: int) -> list[Segment]:
     """The call's segments in time order (ties: channel)."""
     query = (select(Segment).where(Segment.call_id == call_id)

@@ -192,6 +192,7 @@ def test_a_file_that_cannot_travel_or_a_broker_outage_does_not_wedge_the_scan(
     # c.wav's path is over the payload's URI limit: it is refused, the others still go
     monkeypatch.setattr(store, "URI_MAX_CHARS", len(str(inbox)) + 60)
     monkeypatch.setattr(enqueue, "SUBMIT_CHUNK", 1)
+    monkeypatch.setattr(batch, "SCAN_LOOKUP_FILES", 1)   # as the defaults: <= SUBMIT_CHUNK
     sent: list[store.CallRequest] = []
     hashed: list[str] = []
 
@@ -473,3 +474,67 @@ def test_a_file_moved_after_its_scan_is_sent_again_from_its_new_path(tmp_path: P
     copy.write_bytes(b"audio")
     os.utime(copy, (time.time() - 7200, time.time() - 7200))
     assert scan_inboxes(settings2, source="nightly", send=send2).enqueued == 0
+
+
+def test_a_file_replaced_before_its_analysis_is_not_analysed_again_as_a_copy(
+        tmp_path: Path, callmood_corpora: Path) -> None:
+    """inbox/a.wav was replaced by another recording between the scan that sent it and its
+    analysis: the worker stored what it read under the old content's call id, and a copy of
+    that recording under another name was analysed a second time, counted twice in every
+    report (a review). The scan now also looks a new file's content up in what finished calls
+    analysed (calls.content_sha256), and counts the copy as skipped."""
+    from worker.jobs import process_call
+
+    first, second, third = make_recordings(tmp_path / "made", callmood_corpora, 3)
+    paths, settings, sent, send = _aged_inbox(tmp_path, {"a.wav": first.read_bytes()}, 7200)
+    settings = settings.replace(model_path=tiny_model(tmp_path / "model"),
+                                input_roots=(paths["a.wav"].parent.resolve(),))
+    assert scan_inboxes(settings, source="nightly", send=send).enqueued == 1
+    (request,) = sent
+    paths["a.wav"].write_bytes(second.read_bytes())   # replaced before a worker read it
+    os.utime(paths["a.wav"], (time.time() - 7200, time.time() - 7200))
+    assert process_call(request, settings).status == "done"
+    with db.session_scope(settings) as s:
+        call = store.find_call(s, request.external_call_id)
+        assert call is not None
+        assert external_id_for_bytes(second.read_bytes()) == f"sha256-{call.content_sha256}"
+        assert external_id_for_bytes(first.read_bytes()) == call.external_call_id
+    copy = paths["a.wav"].parent / "b.wav"             # the second recording, uploaded again
+    copy.write_bytes(second.read_bytes())
+    os.utime(copy, (time.time() - 7200, time.time() - 7200))
+    again = scan_inboxes(settings, source="nightly", send=send)
+    assert (again.enqueued, again.skipped) == (0, 2)   # a.wav by its path, b.wav by content
+    assert len(sent) == 1
+    with db.session_scope(settings) as s:
+        (batch,) = store.latest_batches(s)
+        assert (batch.batch_id, batch.enqueued, batch.skipped) == (again.batch_id, 0, 2)
+    # a recording no call holds is sent as before
+    other = paths["a.wav"].parent / "c.wav"
+    other.write_bytes(third.read_bytes())
+    os.utime(other, (time.time() - 7200, time.time() - 7200))
+    assert scan_inboxes(settings, source="nightly", send=send).enqueued == 1
+    assert sent[-1].external_call_id == external_id_for_bytes(third.read_bytes())
+
+
+def test_new_files_are_looked_up_a_chunk_at_a_time(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan looked each new file up in a session of its own (moved failures); now one
+    session per SCAN_LOOKUP_FILES hashed files does both lookups, and every file is sent."""
+    # a chunk of hashed files is sent before the next is hashed (a scan cut short by its time
+    # limit has sent what it hashed)
+    assert batch.SCAN_LOOKUP_FILES <= enqueue.SUBMIT_CHUNK
+    opened: list[int] = []
+    real_sort = batch.sort_new_files
+
+    def counting(session: Any, requests: Sequence[store.CallRequest]) -> batch.NewFiles:
+        opened.append(len(requests))
+        return real_sort(session, requests)
+
+    monkeypatch.setattr(batch, "sort_new_files", counting)
+    monkeypatch.setattr(batch, "SCAN_LOOKUP_FILES", 3)
+    files = {f"call-{i}.wav": f"recording {i}".encode() for i in range(7)}
+    _, settings, sent, send = _aged_inbox(tmp_path, files, 7200)
+    assert scan_inboxes(settings, source="nightly", send=send).enqueued == 7
+    assert opened == [3, 3, 1]
+    assert {r.external_call_id for r in sent} == {external_id_for_bytes(c)
+                                                  for c in files.values()}

@@ -241,7 +241,7 @@ def test_the_worker_logs_at_callmood_log_level_unless_told(
 
 def test_db_upgrade_reports_the_revision(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade"]) == 0
-    assert "revision 0004" in capsys.readouterr().out
+    assert "revision 0005" in capsys.readouterr().out
 
 
 def test_db_sql_prints_the_upgrade_for_a_dba(env: Path, capsys: pytest.CaptureFixture[str],

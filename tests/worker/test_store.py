@@ -152,6 +152,25 @@ def test_save_analysis_replaces_segments_on_rerun(db_url: str) -> None:
         assert sum(probs.values()) == pytest.approx(1.0)
 
 
+def test_content_holders_are_the_oldest_finished_call_of_each_content(
+        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inbox scan's "analysed already?" by content: done calls only (not a call whose
+    re-run failed, its analysis kept: the scan would rather analyse a copy twice than never),
+    the oldest where two analysed one recording, looked up in bounded IN lists."""
+    monkeypatch.setattr(store, "LOOKUP_CHUNK", 2)
+    with db.session_scope(db_url) as s:
+        for name, content in (("old", "aa"), ("new", "aa"), ("other", "bb"), ("rerun", "cc")):
+            call_id = store.register_call(s, _request(name)).id
+            store.claim_for_processing(s, call_id)
+            store.save_analysis(s, call_id, fake_analysis(1, sha256=content * 32))
+        rerun = store.claim_for_processing(s, call_id)
+        assert store.mark_failed(s, rerun.id, "corrupt").status == "failed"
+    with db.session_scope(db_url) as s:
+        held = store.content_holders(s, ["aa" * 32, "bb" * 32, "cc" * 32, "dd" * 32, "aa" * 32])
+        assert {c: call.external_call_id for c, call in held.items()} == {"aa" * 32: "old",
+                                                                          "bb" * 32: "other"}
+
+
 def test_a_call_that_moves_to_a_new_batch_leaves_the_old_one_recounted(db_url: str) -> None:
     """A call whose send failed is sent by the next scan's batch, a finished call can be
     reprocessed in another: the batch it leaves stops counting it at once (and finishes when
