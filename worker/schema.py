@@ -96,7 +96,8 @@ class Batch(Base):
     """One scan of the inbox folders (nightly or on demand) and what became of its calls.
 
     ``done_count``/``failed_count`` are recounted from ``calls`` (never incremented), so a
-    redelivered task cannot count twice; ``finished_at`` is set once every call is final.
+    redelivered task cannot count twice; ``finished_at`` is set once every call is final, and
+    cleared while one of them is run again in it (``callmood retry``).
     """
 
     __tablename__ = "batches"

@@ -604,6 +604,9 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
         # the batch it leaves counts it no more: recount now, or that batch keeps it among
         # its done/failed and, if it was its last unfinished call, never records its end
         refresh_batch_counts(session, before.batch_id)
+    elif call.batch_id is not None and before.status in FINAL_STATUSES:
+        # run again in its own batch: no longer among its done/failed, and the batch is open
+        refresh_batch_counts(session, call.batch_id)
     return Reservation(call, before)
 
 
@@ -657,10 +660,10 @@ def release_enqueue(session: Session, reserved: Sequence[CallSendState]) -> None
         call.batch_id = state.batch_id
         call.enqueued_at = state.enqueued_at
         session.flush()
-        if moved_from != state.batch_id:
-            for batch_id in (moved_from, state.batch_id):
-                if batch_id is not None:
-                    refresh_batch_counts(session, batch_id)
+        # the batches its reservation recounted (left, joined, or reopened) count it again
+        for batch_id in dict.fromkeys((moved_from, state.batch_id)):
+            if batch_id is not None:
+                refresh_batch_counts(session, batch_id)
 
 
 def lock_call(session: Session, call_id: int) -> Call:
@@ -788,9 +791,13 @@ def refresh_batch_counts(session: Session, batch_id: int) -> BatchCounts:
     counts = _batch_status_counts(session, batch_id)
     batch.done_count = counts["done"]
     batch.failed_count = counts["failed"]
-    if (batch.scanned_at is not None and batch.finished_at is None
-            and counts["pending"] == counts["processing"] == 0):
+    unfinished = counts["pending"] + counts["processing"]
+    if batch.scanned_at is not None and batch.finished_at is None and not unfinished:
         batch.finished_at = utcnow()
+    elif batch.finished_at is not None and unfinished:
+        # a call of the finished batch is run again in it (``callmood retry``): the batch is
+        # open until that run ends, not shown finished with a call pending (a review)
+        batch.finished_at = None
     session.flush()
     return _batch_counts(batch, counts)
 

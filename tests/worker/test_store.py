@@ -171,6 +171,45 @@ def test_content_holders_are_the_oldest_finished_call_of_each_content(
                                                                           "bb" * 32: "other"}
 
 
+def test_a_finished_batch_reopens_while_one_of_its_calls_is_retried(db_url: str) -> None:
+    """``callmood retry`` runs a failed call again in its own batch: the batch was shown
+    finished with a call pending, and its failed count kept it (a review). It is open until
+    the new run ends, and finished again then; a retry whose send fails leaves it finished."""
+    with db.session_scope(db_url) as s:
+        batch_id = store.create_batch(s, "nightly").id
+        for name in ("CC-1", "CC-2"):
+            call = store.reserve_for_enqueue(s, _request(name), batch_id=batch_id).call
+            store.claim_for_processing(s, call.id)
+            store.mark_failed(s, call.id, "cut short")
+        store.finish_batch_scan(s, batch_id, enqueued=2, skipped=0)
+        failed_call = store.find_call(s, "CC-2")
+        assert failed_call is not None
+    with db.session_scope(db_url) as s:
+        (batch,) = store.latest_batches(s)
+        assert (batch.failed, batch.finished_at is not None) == (2, True)
+        retry = store.reserve_for_enqueue(s, store.RetryRequest.of(failed_call))
+        assert retry.send and retry.before is not None
+    with db.session_scope(db_url) as s:
+        (batch,) = store.latest_batches(s)
+        assert (batch.failed, batch.pending, batch.finished_at) == (1, 1, None)
+        stored = s.get(Batch, batch_id)
+        assert stored is not None and (stored.failed_count, stored.finished_at) == (1, None)
+        store.release_enqueue(s, [retry.before])     # the broker refused it: as before
+    with db.session_scope(db_url) as s:
+        (batch,) = store.latest_batches(s)
+        assert (batch.failed, batch.pending, batch.finished_at is not None) == (2, 0, True)
+        call = store.find_call(s, "CC-2")
+        assert call is not None
+        again = store.reserve_for_enqueue(s, store.RetryRequest.of(call))
+        assert again.send
+        store.claim_for_processing(s, call.id)
+        store.refresh_batch_of(s, store.save_analysis(s, call.id, fake_analysis()))
+    with db.session_scope(db_url) as s:
+        (batch,) = store.latest_batches(s)
+        assert (batch.done, batch.failed, batch.pending) == (1, 1, 0)
+        assert batch.finished_at is not None
+
+
 def test_a_call_that_moves_to_a_new_batch_leaves_the_old_one_recounted(db_url: str) -> None:
     """A call whose send failed is sent by the next scan's batch, a finished call can be
     reprocessed in another: the batch it leaves stops counting it at once (and finishes when
