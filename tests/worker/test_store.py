@@ -198,12 +198,12 @@ def test_a_finished_batch_reopens_while_one_of_its_calls_is_retried(db_url: str)
     with db.session_scope(db_url) as s:
         (batch,) = store.latest_batches(s)
         assert (batch.failed, batch.pending, batch.finished_at is not None) == (2, 0, True)
-        call = store.find_call(s, "CC-2")
-        assert call is not None
-        again = store.reserve_for_enqueue(s, store.RetryRequest.of(call))
+        retried = store.find_call(s, "CC-2")
+        assert retried is not None
+        again = store.reserve_for_enqueue(s, store.RetryRequest.of(retried))
         assert again.send
-        store.claim_for_processing(s, call.id)
-        store.refresh_batch_of(s, store.save_analysis(s, call.id, fake_analysis()))
+        store.claim_for_processing(s, retried.id)
+        store.refresh_batch_of(s, store.save_analysis(s, retried.id, fake_analysis()))
     with db.session_scope(db_url) as s:
         (batch,) = store.latest_batches(s)
         assert (batch.done, batch.failed, batch.pending) == (1, 1, 0)
