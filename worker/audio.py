@@ -31,6 +31,7 @@ from worker.constants import (
     DUAL_MONO_MIN_CORRELATION,
     DUAL_MONO_RESIDUAL_DB,
     ESTIMATED_LENGTH_FORMATS,
+    FLOAT_SUBTYPES,
     MAX_CHANNELS,
     MAX_INPUT_SAMPLE_RATE,
     MAX_SAMPLE_PEAK,
@@ -194,7 +195,7 @@ def check_decode_complete(path: Path, fmt: str, header_frames: int, decoded_fram
     """AudioDecodeError when a decode of ``path`` stopped short of the audio the file holds:
     an MP3 whose frames hold more (:func:`check_mp3_length`) or an Ogg/FLAC file short of its
     header's length (:func:`check_decoded_length`). Every decode path calls this once."""
-    check_mp3_length(path, fmt, decoded_frames, sample_rate)
+    check_mp3_length(path, fmt, header_frames, decoded_frames, sample_rate)
     check_decoded_length(path, fmt, header_frames, decoded_frames, sample_rate)
 
 
@@ -332,7 +333,7 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
     if data.shape[0] / read_rate > max_duration_s:
         raise UnsupportedAudioError(f"{data.shape[0] / read_rate:.0f} s is longer than the limit "
                                     f"of {max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
-    check_samples(data, path.name)
+    check_samples(data, path.name, str(info.subtype))
     check_decode_complete(path, str(info.format), int(info.frames), data.shape[0],
                           int(read_rate))
     channels = tuple(resample(data[:, c], int(read_rate)) for c in range(data.shape[1]))
@@ -550,10 +551,13 @@ def _layer3_frame(data: bytes | mmap.mmap, pos: int) -> tuple[int, int] | None:
     return per_frame // 8 * 1000 * kbps // rate + padding, per_frame
 
 
-def check_mp3_length(path: Path, fmt: str, decoded_frames: int, sample_rate: int) -> None:
+def check_mp3_length(path: Path, fmt: str, header_frames: int, decoded_frames: int,
+                     sample_rate: int) -> None:
     """AudioDecodeError when an MP3's frames hold :data:`MP3_SHORT_READ_S` or more beyond the
     ``decoded_frames`` libsndfile gave (at ``sample_rate``): analysed as decoded, the call
-    would be stored as done, silently cut short."""
+    would be stored as done, silently cut short. The message tells the two causes apart by
+    ``header_frames``: a header that gives the frames' length (a Xing/Info frame) means the
+    decoder stopped at damage; one short of it, a VBR file without that frame."""
     if fmt not in ESTIMATED_LENGTH_FORMATS or sample_rate <= 0:
         return
     try:
@@ -562,12 +566,21 @@ def check_mp3_length(path: Path, fmt: str, decoded_frames: int, sample_rate: int
     except (OSError, ValueError) as e:      # ValueError: mmap of a file emptied meanwhile
         raise file_access_error(path, e, "read again to check the length (deleted or "
                                          "replaced while analysed?)") from e
-    if held is not None and (held - decoded_frames) / sample_rate >= MP3_SHORT_READ_S:
+    if held is None or (held - decoded_frames) / sample_rate < MP3_SHORT_READ_S:
+        return
+    if (held - header_frames) / sample_rate < MP3_SHORT_READ_S:
+        # the header knew the length: a review's garbled copies (random bytes mid-file)
+        # decoded 4.5 to 8.8 s of 20 s, and were told they lacked a Xing header they had
         raise AudioDecodeError(
-            f"{path.name}: libsndfile decoded {decoded_frames / sample_rate:.1f} s of it, yet "
-            f"its MPEG frames hold {held / sample_rate:.1f} s: a VBR MP3 without a Xing/Info "
-            "header, whose length the decoder takes from its first frames. Re-encode it (e.g. "
-            "ffmpeg -i IN.mp3 OUT.flac) and send it again")
+            f"{path.name}: decoding stopped at {decoded_frames / sample_rate:.1f} s of the "
+            f"{held / sample_rate:.1f} s its MPEG frames hold (its header states "
+            f"{header_frames / sample_rate:.1f} s): corrupt after that point? Re-export the "
+            "recording and send it again")
+    raise AudioDecodeError(
+        f"{path.name}: libsndfile decoded {decoded_frames / sample_rate:.1f} s of it, yet "
+        f"its MPEG frames hold {held / sample_rate:.1f} s: a VBR MP3 without a Xing/Info "
+        "header, whose length the decoder takes from its first frames. Re-encode it (e.g. "
+        "ffmpeg -i IN.mp3 OUT.flac) and send it again")
 
 
 @dataclass(frozen=True)
@@ -635,9 +648,10 @@ def same_signal(a: Audio, b: Audio) -> bool:
     return a.shape == b.shape and ChannelPairEnergy.of(a, b).same_signal
 
 
-def check_samples(data: Audio, name: str, at_s: float | None = None) -> None:
+def check_samples(data: Audio, name: str, subtype: str, at_s: float | None = None) -> None:
     """AudioDecodeError unless every decoded sample is finite and within
-    +-:data:`MAX_SAMPLE_PEAK` (``at_s``: where the block starts, for the message)."""
+    +-:data:`MAX_SAMPLE_PEAK` (``subtype``: libsndfile's, for the message; ``at_s``: where the
+    block starts)."""
     where = "" if at_s is None else f" (after {at_s:.1f} s)"
     if data.size == 0:
         return
@@ -647,11 +661,18 @@ def check_samples(data: Audio, name: str, at_s: float | None = None) -> None:
     if not (math.isfinite(high) and math.isfinite(low)):
         raise AudioDecodeError(f"{name} contains NaN or infinite samples{where}")
     peak = max(high, -low)
-    if peak > MAX_SAMPLE_PEAK:
+    if peak <= MAX_SAMPLE_PEAK:
+        return
+    if subtype in FLOAT_SUBTYPES:
         raise AudioDecodeError(
             f"{name} has samples up to {peak:.4g}{where}; float samples must lie within "
             f"+-1.0 (at most +-{MAX_SAMPLE_PEAK:g} is accepted): written at integer scale? "
             "Rescale it to +-1.0 or write integer PCM")
+    # a garbled MP3 decodes to peaks of 8 to 70,000 (a review's 40 damaged copies: 10 of them)
+    raise AudioDecodeError(
+        f"{name} decodes to samples up to {peak:.4g}{where}, which its {subtype} data cannot "
+        "hold intact: the file is corrupt (damaged frames?). Re-export the recording and send "
+        "it again")
 
 
 @dataclass(frozen=True)
@@ -759,7 +780,7 @@ def stream_blocks(stream: StreamInfo, max_duration_s: float,
                                      f"mid-file?): {e}") from e
             if data.shape[0] == 0:
                 break
-            check_samples(data, name, frames / rate)
+            check_samples(data, name, stream.subtype, frames / rate)
             frames += data.shape[0]
             if frames / rate > max_duration_s:
                 raise UnsupportedAudioError(f"{name} is longer than the limit of "

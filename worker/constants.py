@@ -90,6 +90,11 @@ it; a float WAV may overshoot a little (a mastering limiter's +6 dB at most), bu
 written at integer scale (samples up to 32767) would be clipped to noise and analysed as
 such, so a file whose samples pass this peak is rejected instead."""
 
+FLOAT_SUBTYPES: Final[tuple[str, ...]] = ("FLOAT", "DOUBLE")
+"""libsndfile subtypes that store samples as floats: the only ones whose decoded samples can
+pass +-1.0 as written. Every other subtype is integer PCM, G.711 or a codec, which decodes
+within it unless its data is damaged."""
+
 ROLE_AGENT: Final[str] = "agent"
 ROLE_CUSTOMER: Final[str] = "customer"
 ROLE_UNKNOWN: Final[str] = "unknown"

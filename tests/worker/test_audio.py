@@ -727,16 +727,64 @@ def test_samples_are_checked_for_non_finite_values_and_peaks_either_side() -> No
     """The check reads the decoded call's maximum and minimum (no copies of it): a NaN or an
     infinity anywhere, and a peak past the limit either side, still fail it by name."""
     ok = np.full((1000, 2), 0.5, dtype=np.float32)
-    check_samples(ok, "ok.wav")
-    check_samples(np.zeros((0, 2), dtype=np.float32), "empty.wav")
+    check_samples(ok, "ok.wav", "FLOAT")
+    check_samples(np.zeros((0, 2), dtype=np.float32), "empty.wav", "FLOAT")
     for bad in (np.nan, np.inf, -np.inf):
         data = ok.copy()
         data[700, 1] = bad
         with pytest.raises(AudioDecodeError, match=r"bad.wav contains NaN or infinite samples "
                                                    r"\(after 3.0 s\)"):
-            check_samples(data, "bad.wav", at_s=3.0)
+            check_samples(data, "bad.wav", "FLOAT", at_s=3.0)
     for peak in (MAX_SAMPLE_PEAK + 0.5, -(MAX_SAMPLE_PEAK + 0.5)):
         data = ok.copy()
         data[10, 0] = peak
-        with pytest.raises(AudioDecodeError, match=r"has samples up to 2.5"):
-            check_samples(data, "loud.wav")
+        with pytest.raises(AudioDecodeError, match=r"has samples up to 2.5.*integer scale"):
+            check_samples(data, "loud.wav", "FLOAT")
+        # only a float file can be written at integer scale: any other decodes within +-1.0
+        with pytest.raises(AudioDecodeError, match=r"loud.mp3 decodes to samples up to 2.5, "
+                                                   r"which its MPEG_LAYER_III data cannot hold "
+                                                   r"intact: the file is corrupt"):
+            check_samples(data, "loud.mp3", "MPEG_LAYER_III")
+
+
+def test_a_garbled_mp3_fails_as_corrupt_on_either_path(tmp_path: Path) -> None:
+    """Copies of an MP3 with a few random bytes changed mid-file: the decoder either stops
+    early, which was told it was a VBR file lacking the Xing/Info header it has, or decodes
+    peaks no MP3 holds intact, which was told it was a float file written at integer scale
+    (a review). Each now fails as corrupt, whole and streamed alike, naming neither."""
+    from worker.segmentation import SegmentationConfig
+    from worker.stream import streamed_spans
+    from worker.vad import VadConfig
+
+    rate = 16000
+    noise = (0.3 * np.random.default_rng(1).standard_normal(rate * 20)).astype(np.float32)
+    intact = tmp_path / "intact.mp3"
+    sf.write(intact, noise, rate, format="MP3", subtype="MPEG_LAYER_III")
+    data = intact.read_bytes()
+    assert b"Xing" in data[:200] or b"Info" in data[:200]
+    rng = np.random.default_rng(2)
+    causes: set[str] = set()
+    for copy in range(40):
+        garbled = bytearray(data)
+        for at in rng.integers(len(data) // 10, len(data) * 9 // 10, size=rng.integers(1, 40)):
+            garbled[at] = int(rng.integers(0, 256))
+        path = tmp_path / f"garbled-{copy}.mp3"
+        path.write_bytes(bytes(garbled))
+        messages = []
+        for streamed in (False, True):
+            try:
+                if streamed:
+                    streamed_spans(open_stream(path, MAX_S), MAX_S, VadConfig(),
+                                   SegmentationConfig())
+                else:
+                    load_recording(path, MAX_S)
+            except AudioDecodeError as e:
+                messages.append(str(e))
+        if not messages:
+            continue        # damage the decoder passes over (a changed bit of a spectrum)
+        assert len(messages) == 2, messages   # both paths judge a file alike
+        for message in messages:
+            assert "integer scale" not in message and "Xing" not in message, message
+            assert "corrupt" in message, message
+        causes.add("peaks" if "decodes to samples up to" in messages[0] else "stopped")
+    assert causes == {"peaks", "stopped"}
