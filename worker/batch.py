@@ -106,18 +106,20 @@ def settled(paths: Sequence[Path], min_age_s: float,
     return ready, len(paths) - len(ready)
 
 
-def changed_failures(session: Session, by_hash: Mapping[str, Path],
+def changed_failures(session: Session, content_ids: Mapping[str, str],
                      failed: Sequence[Call]) -> tuple[list[RetryRequest], int, set[str]]:
     """(new runs of the ``failed`` calls, how many of them cannot be sent, the path hashes of
     both: the scan counts them so, not as already known). A changed file whose content
     another call already holds (the completed copy sent meanwhile under another name, or
-    analysed by a call of another id) is not run again, and stays known: that call has it."""
+    analysed by a call of another id) is not run again, and stays known: that call has it.
+    ``content_ids``: each failed call's path hash (``source_uri_sha256``) to the call id of
+    its file's content now, hashed before (outside any transaction)."""
     retries: list[RetryRequest] = []
     refused = 0
     paths: set[str] = set()
     for call in failed:
         digest = call.source_uri_sha256 or ""
-        content_id = external_id_for(by_hash[digest])
+        content_id = content_ids[digest]
         content = content_of_call_id(content_id)
         holder = find_call(session, content_id) or (
             content_holders(session, [content]).get(content) if content else None)
@@ -270,8 +272,14 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
         # the times settled() read, of the paths sent before (a file it could not stat: none)
         modified_at = {digest: mtime for digest in known
                        if (mtime := files[by_hash[digest]]) is not None}
-        retries, refused, retried_paths = changed_failures(
-            session, by_hash, failed_before(session, modified_at))
+        failed = failed_before(session, modified_at)
+    # hashed between transactions: SQLite's writers hold the database's write lock from BEGIN
+    # IMMEDIATE, and every worker storing a call would wait on files of any size being read
+    content_ids = {digest: external_id_for(by_hash[digest])
+                   for digest in {c.source_uri_sha256 for c in failed} if digest is not None}
+    with session_scope(settings) as session:
+        # each retry is checked on its locked row when sent (a run since: not sent)
+        retries, refused, retried_paths = changed_failures(session, content_ids, failed)
         batch_id = create_batch(session, source).id
 
     moves = held = 0

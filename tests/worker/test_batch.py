@@ -538,3 +538,49 @@ def test_new_files_are_looked_up_a_chunk_at_a_time(tmp_path: Path,
     assert opened == [3, 3, 1]
     assert {r.external_call_id for r in sent} == {external_id_for_bytes(c)
                                                   for c in files.values()}
+
+
+def test_changed_failed_files_are_hashed_outside_the_write_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan hashed every failed file modified since its failure inside its first
+    transaction, which on SQLite holds the database's write lock from BEGIN IMMEDIATE: each
+    worker storing a call waited while a night's re-exported recordings were read (a review).
+    Every file is now hashed with the database free for another writer."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    from worker.schema import utcnow
+
+    paths, settings, sent, send = _aged_inbox(
+        tmp_path, {"a.wav": b"first part of a", "b.wav": b"first part of b"}, 7200)
+    assert scan_inboxes(settings, source="nightly", send=send).enqueued == 2
+    with db.session_scope(settings) as s:
+        for call in store.list_calls(s):
+            store.mark_failed(s, store.claim_for_processing(s, call.id).id, "cut short")
+            call.processed_at = utcnow()
+    an_hour_ago = time.time() - 3600
+    for path in paths.values():
+        path.write_bytes(path.read_bytes() + b" and the rest")
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    database = make_url(settings.database_url).database
+    assert database is not None
+    lock_free: list[bool] = []
+    real_hash = batch.external_id_for
+
+    def hashing(path: Path) -> str:
+        other = sqlite3.connect(database, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")   # another writer (a worker storing a call)
+            other.execute("ROLLBACK")
+            lock_free.append(True)
+        except sqlite3.OperationalError:       # database is locked
+            lock_free.append(False)
+        finally:
+            other.close()
+        return real_hash(path)
+
+    monkeypatch.setattr(batch, "external_id_for", hashing)
+    again = scan_inboxes(settings, source="nightly", send=send)
+    assert (again.enqueued, again.changed) == (2, 2)
+    assert lock_free == [True, True]
