@@ -566,7 +566,6 @@ def test_changed_failed_files_are_hashed_outside_the_write_lock(
     database = make_url(settings.database_url).database
     assert database is not None
     lock_free: list[bool] = []
-    real_hash = batch.external_id_for
 
     def hashing(path: Path) -> str:
         other = sqlite3.connect(database, timeout=0, isolation_level=None)
@@ -578,9 +577,10 @@ def test_changed_failed_files_are_hashed_outside_the_write_lock(
             lock_free.append(False)
         finally:
             other.close()
-        return real_hash(path)
+        return external_id_for(path)
 
     monkeypatch.setattr(batch, "external_id_for", hashing)
     again = scan_inboxes(settings, source="nightly", send=send)
     assert (again.enqueued, again.changed) == (2, 2)
     assert lock_free == [True, True]
+    assert [r.reprocess for r in sent] == [False, False, True, True]
