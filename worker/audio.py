@@ -556,8 +556,9 @@ def check_mp3_length(path: Path, fmt: str, header_frames: int, decoded_frames: i
     """AudioDecodeError when an MP3's frames hold :data:`MP3_SHORT_READ_S` or more beyond the
     ``decoded_frames`` libsndfile gave (at ``sample_rate``): analysed as decoded, the call
     would be stored as done, silently cut short. The message tells the two causes apart by
-    ``header_frames``: a header that gives the frames' length (a Xing/Info frame) means the
-    decoder stopped at damage; one short of it, a VBR file without that frame."""
+    ``header_frames``: a header that gives the frames' length means the decoder stopped at
+    damage; one short of it, a header that understates them (a VBR file without a Xing/Info
+    frame, or files joined end to end under the first one's)."""
     if fmt not in ESTIMATED_LENGTH_FORMATS or sample_rate <= 0:
         return
     try:
@@ -578,9 +579,10 @@ def check_mp3_length(path: Path, fmt: str, header_frames: int, decoded_frames: i
             "recording and send it again")
     raise AudioDecodeError(
         f"{path.name}: libsndfile decoded {decoded_frames / sample_rate:.1f} s of it, yet "
-        f"its MPEG frames hold {held / sample_rate:.1f} s: a VBR MP3 without a Xing/Info "
-        "header, whose length the decoder takes from its first frames. Re-encode it (e.g. "
-        "ffmpeg -i IN.mp3 OUT.flac) and send it again")
+        f"its MPEG frames hold {held / sample_rate:.1f} s: its header (a Xing/Info frame, or "
+        "the first frames' estimate when it has none, as a VBR file written as it records) "
+        "understates them, or MP3 files were joined end to end. Re-encode it (e.g. ffmpeg -i "
+        "IN.mp3 OUT.flac) and send it again")
 
 
 @dataclass(frozen=True)
@@ -668,11 +670,14 @@ def check_samples(data: Audio, name: str, subtype: str, at_s: float | None = Non
             f"{name} has samples up to {peak:.4g}{where}; float samples must lie within "
             f"+-1.0 (at most +-{MAX_SAMPLE_PEAK:g} is accepted): written at integer scale? "
             "Rescale it to +-1.0 or write integer PCM")
-    # a garbled MP3 decodes to peaks of 8 to 70,000 (a review's 40 damaged copies: 10 of them)
+    # Integer PCM and G.711 decode within +-1.0 whatever their bytes: this is a lossy codec,
+    # whose damaged frames decode to such peaks (40 garbled copies of an MP3: 10 of them, 8
+    # to 72,000), and whose encoder also keeps float input at integer scale as it was given
+    # (an intact MP3 or Vorbis file then peaks at thousands, a review)
     raise AudioDecodeError(
-        f"{name} decodes to samples up to {peak:.4g}{where}, which its {subtype} data cannot "
-        "hold intact: the file is corrupt (damaged frames?). Re-export the recording and send "
-        "it again")
+        f"{name} decodes to samples up to {peak:.4g}{where}, past the +-1.0 full scale of its "
+        f"{subtype} audio: damaged frames, or encoded from float samples at integer scale. "
+        "Re-export the recording at +-1.0 full scale and send it again")
 
 
 @dataclass(frozen=True)

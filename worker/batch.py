@@ -3,7 +3,7 @@
 Beat sends ``callmood.nightly_scan`` at CALLMOOD_NIGHTLY_AT (CALLMOOD_TIMEZONE); ``callmood
 batch`` runs the same scan now. A file is new when no call was sent for its path (calls.
 source_uri_sha256, cheap) nor for its content (call id ``sha256-<content hash>``, so a copy
-or a renamed file is not analysed twice), and no finished call analysed its content under
+or a renamed file is not analysed twice), and no call holds an analysis of its content under
 another id (calls.content_sha256: a file replaced between its scan and its analysis). A
 file whose call failed is sent again, as a new run of that call, once it is modified after
 the failure (a copy that was cut short when analysed and has completed since, or a
@@ -177,7 +177,7 @@ class NewFiles:
 
 def sort_new_files(session: Session, requests: Sequence[CallRequest]) -> NewFiles:
     """The new (never sent by path) files' ``requests``, looked up together: a file whose
-    content a finished call holds under another id is not sent (a file replaced between its
+    content a call's stored analysis is of, under another id, is not sent (a file replaced between its
     scan and its analysis is stored under the old content's id; a copy of what the worker read
     was then analysed again, a review); a failed call whose file moved is sent again from the
     new path (:func:`moved_failure`); the rest as they are."""

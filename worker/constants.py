@@ -91,9 +91,9 @@ written at integer scale (samples up to 32767) would be clipped to noise and ana
 such, so a file whose samples pass this peak is rejected instead."""
 
 FLOAT_SUBTYPES: Final[tuple[str, ...]] = ("FLOAT", "DOUBLE")
-"""libsndfile subtypes that store samples as floats: the only ones whose decoded samples can
-pass +-1.0 as written. Every other subtype is integer PCM, G.711 or a codec, which decodes
-within it unless its data is damaged."""
+"""libsndfile subtypes that store samples as floats, the only uncompressed ones whose decoded
+samples can pass +-1.0 (integer PCM and G.711 cannot); a lossy codec's can, from damaged
+frames or from float input encoded at integer scale."""
 
 ROLE_AGENT: Final[str] = "agent"
 ROLE_CUSTOMER: Final[str] = "customer"

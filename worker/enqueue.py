@@ -27,7 +27,6 @@ from worker.errors import PartialSendError, PayloadError, TransientError
 from worker.settings import Settings, get_settings
 from worker.store import (
     CallRequest,
-    CallSendState,
     RetryRequest,
     create_batch,
     finish_batch_scan,
@@ -35,7 +34,7 @@ from worker.store import (
     parse_timestamp,
     printable_text,
     release_enqueue,
-    reserve_for_enqueue,
+    reserve_all,
 )
 from worker.uris import uri_scheme
 
@@ -135,11 +134,9 @@ def _published_before(error: BaseException) -> int:
 
 def _submit_chunk(requests: Sequence[CallRequest], settings: Settings, send: Sender,
                   batch_id: int | None) -> list[Enqueued]:
-    decided: list[tuple[CallRequest, CallSendState | None]] = []
     with session_scope(settings) as session:
-        for request in requests:
-            reservation = reserve_for_enqueue(session, request, batch_id=batch_id)
-            decided.append((request, reservation.before))
+        decided = [(request, reservation.before) for request, reservation
+                   in zip(requests, reserve_all(session, requests, batch_id), strict=True)]
     to_send = [(request, before) for request, before in decided if before is not None]
     try:
         task_ids = iter(send([request for request, _ in to_send]) if to_send else [])

@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import PurePosixPath, PureWindowsPath
@@ -477,14 +477,17 @@ def calls_by_external_id(session: Session, external_call_ids: Sequence[str]) -> 
 
 
 def content_holders(session: Session, content_sha256s: Sequence[str]) -> dict[str, Call]:
-    """For each of ``content_sha256s`` (hex) analysed already, the done call that holds it
-    (``calls.content_sha256``: what the worker read, whatever the call's id says), the
-    oldest where several do; the others are absent from the result."""
+    """For each of ``content_sha256s`` (hex) analysed already, the call whose stored analysis
+    is of it (``calls.content_sha256``: what the worker read, whatever the call's id says),
+    the oldest where several are; the others are absent from the result. A call holding an
+    analysis is one the reports count (``analytics.queries.analysed``), whatever its current
+    run: being re-analysed, or its re-run failed with the analysis kept (a review found a
+    copy sent during a bulk reprocess, then counted twice)."""
     unique = sorted(set(content_sha256s))
     found: dict[str, Call] = {}
     for start in range(0, len(unique), LOOKUP_CHUNK):  # bounded IN lists
         query = (select(Call).where(Call.content_sha256.in_(unique[start:start + LOOKUP_CHUNK]))
-                 .where(Call.status == "done").order_by(Call.id))
+                 .where(Call.model_version.is_not(None)).order_by(Call.id))
         for call in session.scalars(query):
             if call.content_sha256 is not None:
                 found.setdefault(call.content_sha256, call)
@@ -558,6 +561,10 @@ class Reservation:
     call: Call
     before: CallSendState | None
     """The call's state before this reservation (None when nothing is to be sent)."""
+    recount: tuple[int, ...] = ()
+    """Batches whose counts the reservation changed: the one the call left (a reprocessed
+    call, or one whose earlier send failed), or its own when a final call runs again in it
+    (:func:`recount_batches`, once every call of the transaction is locked)."""
 
     @property
     def send(self) -> bool:
@@ -567,17 +574,44 @@ class Reservation:
 
 def reserve_for_enqueue(session: Session, request: CallRequest,
                         batch_id: int | None = None) -> Reservation:
-    """Register the call and decide whether its task is to be sent now.
+    """Register the call and decide whether its task is to be sent now (:func:`reserve_all`
+    for one call: its batches recounted before it returns)."""
+    (reservation,) = reserve_all(session, [request], batch_id)
+    return reservation
+
+
+def reserve_all(session: Session, requests: Sequence[CallRequest],
+                batch_id: int | None = None) -> list[Reservation]:
+    """Register the calls and decide, for each, whether its task is to be sent now.
 
     A call already sent (``enqueued_at``) or already worked on is not sent again unless
     ``request.reprocess``; then it starts a new run (pending, attempts 0), as a call whose
     payload the worker rejected does without it. A call sent now takes ``request``'s file
     and labels (:func:`update_from_request`). A call sent with a ``batch_id`` joins that
-    batch, and the batch it leaves (a reprocessed call, or one whose earlier send failed) is
-    recounted. ``enqueued_at`` is set here, row-locked, so two producers racing on one call id
-    send one task; a producer whose send then fails calls :func:`release_enqueue` with
-    ``Reservation.before``.
+    batch, and the batch it leaves is recounted, as is its own when a final call runs again
+    in it. ``enqueued_at`` is set here, row-locked, so two producers racing on one call id
+    send one task; a producer whose send then fails calls :func:`release_enqueue` with the
+    reservations' ``before``.
+
+    The batches are recounted after every call is locked, in id order: a worker, a scan and
+    this all lock call rows before batch rows, so none waits on a batch row holding a call
+    row another needs (recounting each call's batch as it was reserved deadlocked a retry
+    beside a scan re-sending one of its calls, a review).
     """
+    reservations = [_reserve(session, request, batch_id) for request in requests]
+    recount_batches(session, [b for r in reservations for b in r.recount])
+    return reservations
+
+
+def recount_batches(session: Session, batch_ids: Iterable[int]) -> None:
+    """:func:`refresh_batch_counts` of each batch once, in ascending id order (the lock order
+    every transaction that recounts several batches keeps)."""
+    for batch_id in sorted(set(batch_ids)):
+        refresh_batch_counts(session, batch_id)
+
+
+def _reserve(session: Session, request: CallRequest, batch_id: int | None) -> Reservation:
+    """:func:`reserve_all` of one call, its batches named in ``recount``, not recounted."""
     call_id = register_call(session, request, batch_id=batch_id).id
     call = lock_call(session, call_id)
     if isinstance(request, RetryRequest) and (call.status != "failed"
@@ -600,14 +634,15 @@ def reserve_for_enqueue(session: Session, request: CallRequest,
         call.batch_id = batch_id
     call.enqueued_at = utcnow()
     session.flush()
+    recount: tuple[int, ...] = ()
     if before.batch_id is not None and before.batch_id != call.batch_id:
-        # the batch it leaves counts it no more: recount now, or that batch keeps it among
-        # its done/failed and, if it was its last unfinished call, never records its end
-        refresh_batch_counts(session, before.batch_id)
+        # the batch it leaves counts it no more, or it keeps it among its done/failed and,
+        # if it was its last unfinished call, never records its end
+        recount = (before.batch_id,)
     elif call.batch_id is not None and before.status in FINAL_STATUSES:
         # run again in its own batch: no longer among its done/failed, and the batch is open
-        refresh_batch_counts(session, call.batch_id)
-    return Reservation(call, before)
+        recount = (call.batch_id,)
+    return Reservation(call, before, recount)
 
 
 def calls_awaiting_worker(session: Session, sent_before: datetime,
@@ -649,6 +684,7 @@ def release_enqueue(session: Session, reserved: Sequence[CallSendState]) -> None
     failed half-way after publishing it) is left to that worker. Request fields the
     reservation updated (agent, team, ...) keep their new values.
     """
+    recount: list[int] = []
     for state in reserved:
         call = lock_call(session, state.call_id)
         if call.status != "pending" or call.attempts != 0:
@@ -661,9 +697,8 @@ def release_enqueue(session: Session, reserved: Sequence[CallSendState]) -> None
         call.enqueued_at = state.enqueued_at
         session.flush()
         # the batches its reservation recounted (left, joined, or reopened) count it again
-        for batch_id in dict.fromkeys((moved_from, state.batch_id)):
-            if batch_id is not None:
-                refresh_batch_counts(session, batch_id)
+        recount += [b for b in (moved_from, state.batch_id) if b is not None]
+    recount_batches(session, recount)   # every call locked first, as reserve_all
 
 
 def lock_call(session: Session, call_id: int) -> Call:
@@ -793,7 +828,12 @@ def refresh_batch_counts(session: Session, batch_id: int) -> BatchCounts:
     batch.failed_count = counts["failed"]
     unfinished = counts["pending"] + counts["processing"]
     if batch.scanned_at is not None and batch.finished_at is None and not unfinished:
-        batch.finished_at = utcnow()
+        # when its last call finished (not now: a retry whose send failed reopens the batch
+        # and closes it again, and its end stays where it was, a review), never before the
+        # scan closed
+        last = session.scalar(select(func.max(Call.processed_at))
+                              .where(Call.batch_id == batch_id))
+        batch.finished_at = batch.scanned_at if last is None else max(batch.scanned_at, last)
     elif batch.finished_at is not None and unfinished:
         # a call of the finished batch is run again in it (``callmood retry``): the batch is
         # open until that run ends, not shown finished with a call pending (a review)

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, func, select
@@ -152,23 +153,31 @@ def test_save_analysis_replaces_segments_on_rerun(db_url: str) -> None:
         assert sum(probs.values()) == pytest.approx(1.0)
 
 
-def test_content_holders_are_the_oldest_finished_call_of_each_content(
+def test_content_holders_are_the_oldest_call_analysing_each_content(
         db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The inbox scan's "analysed already?" by content: done calls only (not a call whose
-    re-run failed, its analysis kept: the scan would rather analyse a copy twice than never),
-    the oldest where two analysed one recording, looked up in bounded IN lists."""
+    """The inbox scan's "analysed already?" by content: every call holding an analysis, as
+    the reports count them (one being re-analysed, or whose re-run failed with its analysis
+    kept: a review found a copy sent during a bulk reprocess and counted twice), not a call
+    with no analysis yet; the oldest where two analysed one recording; bounded IN lists."""
     monkeypatch.setattr(store, "LOOKUP_CHUNK", 2)
     with db.session_scope(db_url) as s:
-        for name, content in (("old", "aa"), ("new", "aa"), ("other", "bb"), ("rerun", "cc")):
+        for name, content in (("old", "aa"), ("new", "aa"), ("other", "bb"), ("rerun", "cc"),
+                              ("again", "ee")):
             call_id = store.register_call(s, _request(name)).id
             store.claim_for_processing(s, call_id)
             store.save_analysis(s, call_id, fake_analysis(1, sha256=content * 32))
-        rerun = store.claim_for_processing(s, call_id)
-        assert store.mark_failed(s, rerun.id, "corrupt").status == "failed"
+        rerun = store.find_call(s, "rerun")
+        assert rerun is not None
+        store.claim_for_processing(s, rerun.id)
+        assert store.mark_failed(s, rerun.id, "archived").status == "failed"
+        assert store.reserve_for_enqueue(s, _request("again", reprocess=True)).send
+        never = store.register_call(s, _request("never"))     # its first run failed
+        store.mark_failed(s, store.claim_for_processing(s, never.id).id, "corrupt")
     with db.session_scope(db_url) as s:
-        held = store.content_holders(s, ["aa" * 32, "bb" * 32, "cc" * 32, "dd" * 32, "aa" * 32])
-        assert {c: call.external_call_id for c, call in held.items()} == {"aa" * 32: "old",
-                                                                          "bb" * 32: "other"}
+        held = store.content_holders(s, [c * 32 for c in ("aa", "bb", "cc", "dd", "ee", "aa")])
+        assert {c[:2]: call.external_call_id for c, call in held.items()} == {
+            "aa": "old", "bb": "other", "cc": "rerun", "ee": "again"}
+        assert store.find_call(s, "again").status == "pending"  # type: ignore[union-attr]
 
 
 def test_a_finished_batch_reopens_while_one_of_its_calls_is_retried(db_url: str) -> None:
@@ -187,6 +196,7 @@ def test_a_finished_batch_reopens_while_one_of_its_calls_is_retried(db_url: str)
     with db.session_scope(db_url) as s:
         (batch,) = store.latest_batches(s)
         assert (batch.failed, batch.finished_at is not None) == (2, True)
+        finished_at = batch.finished_at
         retry = store.reserve_for_enqueue(s, store.RetryRequest.of(failed_call))
         assert retry.send and retry.before is not None
     with db.session_scope(db_url) as s:
@@ -197,7 +207,8 @@ def test_a_finished_batch_reopens_while_one_of_its_calls_is_retried(db_url: str)
         store.release_enqueue(s, [retry.before])     # the broker refused it: as before
     with db.session_scope(db_url) as s:
         (batch,) = store.latest_batches(s)
-        assert (batch.failed, batch.pending, batch.finished_at is not None) == (2, 0, True)
+        # finished when it was: nothing ran (a review found the failed send's time there)
+        assert (batch.failed, batch.pending, batch.finished_at) == (2, 0, finished_at)
         retried = store.find_call(s, "CC-2")
         assert retried is not None
         again = store.reserve_for_enqueue(s, store.RetryRequest.of(retried))
@@ -207,7 +218,9 @@ def test_a_finished_batch_reopens_while_one_of_its_calls_is_retried(db_url: str)
     with db.session_scope(db_url) as s:
         (batch,) = store.latest_batches(s)
         assert (batch.done, batch.failed, batch.pending) == (1, 1, 0)
-        assert batch.finished_at is not None
+        rerun = store.find_call(s, "CC-2")
+        assert rerun is not None and rerun.processed_at is not None and finished_at is not None
+        assert batch.finished_at == rerun.processed_at > finished_at
 
 
 def test_a_call_that_moves_to_a_new_batch_leaves_the_old_one_recounted(db_url: str) -> None:
@@ -616,6 +629,74 @@ def test_a_scan_and_a_worker_finishing_a_call_of_its_batch_do_not_deadlock(
     with db.session_scope(postgres_url) as s:
         batch = s.get(Batch, batch_id)
         assert batch is not None and batch.done_count == 1
+
+
+def test_a_retry_beside_a_scan_resending_one_of_its_calls_does_not_deadlock(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL: ``callmood retry c1 c2`` (one chunk, the calls' own batch B) locked c1 and
+    recounted B (c1 runs again in it), then waited for c2; a scan re-sending modified c2 into
+    its new batch held c2 and waited to recount B, the batch c2 leaves: deadlock detected,
+    the scan's send failed (a review). Every transaction now locks its call rows first and
+    its batches after, in id order."""
+    import threading
+    import time
+
+    db.upgrade(postgres_url)
+    with db.session_scope(postgres_url) as s:
+        old_batch = store.create_batch(s, "nightly").id
+        for name in ("c1", "c2"):
+            call = store.reserve_for_enqueue(s, _request(name), batch_id=old_batch).call
+            store.mark_failed(s, store.claim_for_processing(s, call.id).id, "cut short")
+        store.finish_batch_scan(s, old_batch, enqueued=2, skipped=0)
+        failed = {c.external_call_id: c for c in store.list_calls(s)}
+        new_batch = store.create_batch(s, "nightly").id
+    retries = [store.RetryRequest.of(failed[name]) for name in ("c1", "c2")]
+    outcome: dict[str, str] = {}
+    retry_has_c1, scan_started = threading.Event(), threading.Event()
+    real_reserve = store._reserve
+
+    def reserve_slowly(session: Any, request: store.CallRequest,
+                       batch_id: int | None) -> store.Reservation:
+        if threading.current_thread().name == "retry" and request.external_call_id == "c2":
+            retry_has_c1.set()                 # c1 reserved (and B recounted, before)
+            scan_started.wait(10)
+            time.sleep(0.5)                    # the scan holds c2 and recounts B by now
+        return real_reserve(session, request, batch_id)
+
+    monkeypatch.setattr(store, "_reserve", reserve_slowly)
+
+    def retry() -> None:
+        try:
+            with db.session_scope(postgres_url) as s:
+                store.reserve_all(s, retries)
+            outcome["retry"] = "committed"
+        except TransientError as e:
+            outcome["retry"] = str(e)
+
+    def scan() -> None:
+        retry_has_c1.wait(10)
+        try:
+            with db.session_scope(postgres_url) as s:
+                scan_started.set()
+                store.reserve_for_enqueue(s, retries[1], batch_id=new_batch)
+            outcome["scan"] = "committed"
+        except TransientError as e:
+            scan_started.set()
+            outcome["scan"] = str(e)
+
+    threads = [threading.Thread(target=retry, name="retry"),
+               threading.Thread(target=scan, name="scan")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert outcome == {"retry": "committed", "scan": "committed"}
+    with db.session_scope(postgres_url) as s:
+        calls = {c.external_call_id: c for c in store.list_calls(s)}
+        assert (calls["c1"].batch_id, calls["c2"].batch_id) == (old_batch, new_batch)
+        assert calls["c1"].status == calls["c2"].status == "pending"
+        old = s.get(Batch, old_batch)
+        assert old is not None and (old.failed_count, old.finished_at) == (0, None)
 
 
 def test_a_rejected_payload_racing_a_good_one_for_a_new_call_id_is_recorded(
