@@ -60,16 +60,18 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="start the CSV with a UTF-8 BOM (Excel on Windows)")
     p.add_argument("--plots", type=Path, metavar="DIR",
                    help="also draw one PNG per call (most stressed first) into DIR")
-    p.add_argument("--max-plots", type=whole_number(0, "pictures"), default=DEFAULT_MAX_PLOTS,
+    # None when not given: an option the report would ignore is refused (a review: `calls
+    # --period week` wrote the plain per-call CSV without a word)
+    p.add_argument("--max-plots", type=whole_number(0, "pictures"), default=None,
                    metavar="N",
-                   help=f"at most N PNGs (default {DEFAULT_MAX_PLOTS})")
+                   help=f"with --plots: at most N PNGs (default {DEFAULT_MAX_PLOTS})")
     p.add_argument("--bin-s", type=seconds(MIN_BIN_S, why="segment edges sit on 10 ms frames"),
-                   default=DEFAULT_BIN_S, metavar="SECONDS",
-                   help=f"timeline and picture step, at least {MIN_BIN_S:g} (default "
+                   default=None, metavar="SECONDS",
+                   help=f"timeline report and --plots step, at least {MIN_BIN_S:g} (default "
                         f"{DEFAULT_BIN_S:g})")
-    p.add_argument("--period", choices=PERIODS, default="all",
+    p.add_argument("--period", choices=PERIODS, default=None,
                    help="agents report: one row per group and day/week, or overall (default)")
-    p.add_argument("--by", choices=GROUP_BYS, default="agent",
+    p.add_argument("--by", choices=GROUP_BYS, default=None,
                    help="agents report: group by agent (default) or team")
     # checked before connecting, as the worker's commands are: a PostgreSQL database never
     # migrated failed the report with a ProgrammingError traceback
@@ -77,9 +79,23 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def ignored_options(args: argparse.Namespace) -> str | None:
+    """Why options given to ``callmood report`` do not apply to its report (None: all do)."""
+    plots = args.plots is not None
+    wrong = [f"{option} applies to {where} only"
+             for option, given, applies, where in (
+                 ("--period", args.period is not None, args.kind == "agents", "the agents report"),
+                 ("--by", args.by is not None, args.kind == "agents", "the agents report"),
+                 ("--bin-s", args.bin_s is not None, args.kind == "timeline" or plots,
+                  "the timeline report and --plots"),
+                 ("--max-plots", args.max_plots is not None, plots, "--plots"))
+             if given and not applies]
+    return "; ".join(wrong) or None
+
+
 def run_report(args: argparse.Namespace, settings: Settings) -> int:
     """Handler of ``callmood report``: write the CSV (and PNGs). 0 on success, 2 when
-    ``--from`` is after ``--to``."""
+    ``--from`` is after ``--to`` or an option given does not apply to the report."""
     from analytics.callreport import call_metrics, calls_to_draw, rank_by_customer_stress
     from analytics.export import write_csv
     from analytics.queries import (
@@ -94,6 +110,11 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         print(f"callmood report: --from {args.date_from} is after --to {args.date_to}",
               file=sys.stderr)
         return 2
+    unused = ignored_options(args)
+    if unused:
+        print(f"callmood report {args.kind}: {unused}", file=sys.stderr)
+        return 2
+    bin_s = DEFAULT_BIN_S if args.bin_s is None else float(args.bin_s)
     # paths checked before the queries, so a mistake costs no report and keeps the old one
     if args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a folder: name the CSV file to write")
@@ -110,9 +131,9 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     with report_session(settings.database_url) as session:
         calls = load_calls(session, where)
         segments = load_filtered_segments(session, where)
-    report = report_from_frames(args.kind, calls, segments, bin_s=args.bin_s,
-                                period=cast(Period, args.period), by=cast(GroupBy, args.by),
-                                timezone=settings.timezone)
+    report = report_from_frames(args.kind, calls, segments, bin_s=bin_s,
+                                period=cast(Period, args.period or "all"),
+                                by=cast(GroupBy, args.by or "agent"), timezone=settings.timezone)
     try:
         path = write_csv(round_for_export(report), args.out, excel_bom=args.bom)
     except OSError as e:
@@ -122,10 +143,11 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         from analytics.plots import write_call_pngs
 
         chosen = calls_to_draw(rank_by_customer_stress(call_metrics(calls, segments)),
-                               segments, args.max_plots)
+                               segments,
+                               DEFAULT_MAX_PLOTS if args.max_plots is None else args.max_plots)
         try:
             pictures = write_call_pngs(chosen, segments[segments["call"].isin(chosen["call"])],
-                                       args.plots, bin_s=args.bin_s)
+                                       args.plots, bin_s=bin_s)
         except OSError as e:   # a full disk, a folder made read-only meanwhile
             raise ConfigError(f"--plots {args.plots}: cannot write the PNGs: "
                               f"{e.strerror or e} ({path} was written)") from e

@@ -8,6 +8,7 @@ supervisor opens the file in a spreadsheet.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pandas as pd
@@ -36,7 +37,10 @@ def write_csv(frame: pd.DataFrame, path: Path, excel_bom: bool = False) -> Path:
     Written beside ``path`` and renamed over it once complete: a write that fails (a full
     disk) leaves the previous report whole, never half a file. OSError as the OS gives it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
+    # a name of this write's own: two reports to one --out at once (a cron run beside a
+    # manual one) shared ".NAME.partial", and one could move the other's half-written file
+    # into place (a review). Opened as any file is, so the report keeps the umask's mode.
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:
         spreadsheet_safe(frame).to_csv(partial, index=False,
                                        encoding="utf-8-sig" if excel_bom else "utf-8")

@@ -189,7 +189,9 @@ def draw_call(metrics: pd.Series, segments: pd.DataFrame, path: Path,
     figure.legend(handles=legend, loc="outside right upper", fontsize=8, title="emotion")
     lines, labels = axes[-1].get_legend_handles_labels()
     figure.legend(lines, labels, loc="outside right lower", fontsize=8, title="stress panel")
-    figure.suptitle(_title(metrics, duration_s), fontsize=11)
+    # ids are text as given: "$...$" in a call or agent id is not mathtext (a pair of them
+    # failed every later picture with a parse error, a review)
+    figure.suptitle(_title(metrics, duration_s), fontsize=11, parse_math=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path

@@ -4,14 +4,14 @@ The ``callmood report`` command (:mod:`analytics.cli`) writes them as CSV (colum
 docs/analytics.md):
 
 * ``calls``: one row per analysed call, oldest first, every metric of
-  :data:`analytics.callreport.CALL_METRIC_COLUMNS`;
+  :data:`analytics.callreport.CALL_METRIC_COLUMNS` and the start in the site's zone;
 * ``stress``: the same calls ranked by customer stress (most stressed first) with the
   escalation and talk columns a supervisor triages by;
 * ``timeline``: per call and party, one row per ``--bin-s`` seconds (default 5);
 * ``agents``: per agent (``--by team``: per team) and ``--period all|day|week``.
 
-Times are ISO-8601 UTC, numbers rounded for reading, text cells formula-safe; an empty
-result is a CSV with the header only.
+Times are ISO-8601 UTC (``started_local``: in CALLMOOD_TIMEZONE, with its offset), numbers
+rounded for reading, text cells formula-safe; an empty result is a CSV with the header only.
 """
 
 from __future__ import annotations
@@ -38,18 +38,22 @@ __all__ = ["REPORT_COLUMNS", "REPORT_KINDS", "ReportKind", "build_report", "repo
            "round_for_export"]
 
 STRESS_REPORT_COLUMNS: Final[tuple[str, ...]] = (
-    "rank", "call", "agent_id", "team", "started_at", "duration_s",
-    "customer_stress", "customer_peak_stress", "customer_peak_at_s", "customer_stress_shift",
+    "rank", "call", "agent_id", "team", "started_at", "started_local", "duration_s",
+    "model_version", "customer_stress", "customer_peak_stress", "customer_peak_at_s", "customer_stress_shift",
     "longest_high_stress_s", "escalated", "escalation_reason", "escalation_at_s",
     "agent_stress", "agent_talk_s", "customer_talk_s", "agent_turns", "customer_turns",
     "silence_share", "overtalk_s",
 )
 TIMELINE_REPORT_COLUMNS: Final[tuple[str, ...]] = (
-    "call", "agent_id", "started_at", *TIMELINE_COLUMNS[1:])
+    "call", "agent_id", "team", "started_at", "started_local", "model_version",
+    *TIMELINE_COLUMNS[1:])
+CALLS_REPORT_COLUMNS: Final[tuple[str, ...]] = (
+    *CALL_METRIC_COLUMNS[:CALL_METRIC_COLUMNS.index("started_at") + 1], "started_local",
+    *CALL_METRIC_COLUMNS[CALL_METRIC_COLUMNS.index("started_at") + 1:])
 AGENT_REPORT_COLUMNS: Final[tuple[str, ...]] = AGGREGATE_COLUMNS
 
 REPORT_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
-    "calls": CALL_METRIC_COLUMNS, "stress": STRESS_REPORT_COLUMNS,
+    "calls": CALLS_REPORT_COLUMNS, "stress": STRESS_REPORT_COLUMNS,
     "timeline": TIMELINE_REPORT_COLUMNS, "agents": AGENT_REPORT_COLUMNS,
 }
 """Report kind -> its CSV columns, in order (stable; documented in docs/analytics.md)."""
@@ -82,6 +86,16 @@ def round_for_export(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**changes)
 
 
+def local_start(started_at: pd.Series, timezone: str) -> pd.Series:
+    """Call starts as text in the site's zone with its UTC offset
+    (``2026-11-02T23:50:00-05:00``; None when unknown): the day a supervisor's pivot of the
+    CSV puts a call on is then the day ``--from``/``--to`` and ``agents --period day`` count
+    it in (``started_at`` is UTC, which moves a late call to the next day)."""
+    stamps = pd.to_datetime(started_at, utc=True).dt.tz_convert(timezone)
+    text = stamps.map(lambda t: t.isoformat(timespec="seconds") if pd.notna(t) else None)
+    return text.astype(object).where(stamps.notna(), None)
+
+
 def report_from_frames(kind: str, calls: pd.DataFrame, segments: pd.DataFrame, *,
                        bin_s: float = DEFAULT_BIN_S, period: Period = "all",
                        by: GroupBy = "agent", timezone: str = "UTC") -> pd.DataFrame:
@@ -95,9 +109,11 @@ def report_from_frames(kind: str, calls: pd.DataFrame, segments: pd.DataFrame, *
     segments = segments[segments["call"].isin(calls["call"])]
     if kind == "timeline":
         grid = timeline(segments, calls.set_index("call")["duration_s"], bin_s=bin_s)
-        info = calls[["call", "agent_id", "started_at"]]
+        info = calls[["call", "agent_id", "team", "started_at", "model_version"]].assign(
+            started_local=lambda f: local_start(f["started_at"], timezone))
         return grid.merge(info, on="call", how="left")[columns]
-    metrics = call_metrics(calls, segments)
+    metrics = call_metrics(calls, segments).assign(
+        started_local=lambda f: local_start(f["started_at"], timezone))
     if kind == "calls":
         return metrics[columns]
     if kind == "stress":

@@ -147,7 +147,10 @@ def party_stress(segments: pd.DataFrame) -> pd.DataFrame:
 def third_of(midpoint_s: pd.Series, duration_s: pd.Series) -> pd.Series:
     """0 (first third), 1 (middle) or 2 (last third) of the call for each segment midpoint."""
     fraction = midpoint_s / duration_s.where(duration_s > 0, np.nan)
-    return np.floor(fraction * MOOD_THIRDS).clip(0, MOOD_THIRDS - 1).fillna(0).astype(int)
+    # rounded first: a midpoint on the 2/3 mark gave 1.9999999999999996 for some call lengths
+    # (21.56 s of 32.34), so its utterance fell in the middle third (a review)
+    thirds = (fraction * MOOD_THIRDS).round(COMPARE_DECIMALS)
+    return np.floor(thirds).clip(0, MOOD_THIRDS - 1).fillna(0).astype(int)
 
 
 def mood_shift(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:

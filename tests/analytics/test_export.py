@@ -42,3 +42,30 @@ def test_a_write_that_fails_leaves_the_previous_report_whole(tmp_path: Path,
         write_csv(pd.DataFrame({"call": ["c"]}), path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]      # no partial file left
+
+
+def test_two_writes_to_one_report_each_use_a_partial_file_of_their_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cron run and a manual run writing one --out shared ".r.csv.partial": one could move
+    the other's half-written file into place (a review). Each write has its own now, and
+    another writer's partial file is left alone; the report keeps the umask's mode."""
+    import os
+
+    others = tmp_path / ".r.csv.partial"             # another writer's, half done
+    others.write_text("call\nhalf")
+    renamed: list[str] = []
+    real_replace = os.replace
+
+    def replace(source: str | Path, target: str | Path) -> None:
+        renamed.append(Path(source).name)
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    for rows in (["a"], ["b"]):
+        path = write_csv(pd.DataFrame({"call": rows}), tmp_path / "r.csv")
+    assert len(set(renamed)) == 2 and others.name not in renamed
+    assert all(n.startswith(".r.csv.") and n.endswith(".partial") for n in renamed)
+    assert others.read_text() == "call\nhalf" and path.read_text() == "call\nb\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -31,6 +31,18 @@ def test_draw_call_writes_a_png_of_the_documented_size(tmp_path: Path) -> None:
     assert image[:, :, :3].std() > 0.1
 
 
+def test_ids_with_dollar_signs_are_drawn_as_text(tmp_path: Path) -> None:
+    """Matplotlib read "$...$" in the title as a formula: a call id or agent id with two
+    dollar signs failed its picture and every later one with a parse error (a review)."""
+    calls = pd.DataFrame({"call": ["C-1$_$"], "agent_id": ["Smith $\\frac$"], "team": ["t"],
+                          "queue": [None],
+                          "started_at": pd.to_datetime(["2026-11-02T10:00Z"], utc=True),
+                          "duration_s": [30.0], "model_version": ["v"]})
+    segments = ESCALATING.assign(call="C-1$_$")
+    paths = write_call_pngs(call_metrics(calls, segments), segments, tmp_path)
+    assert [p.name for p in paths] == [png_name("C-1$_$")] and paths[0].stat().st_size > 20_000
+
+
 def test_the_stress_panel_marks_the_escalation_where_the_metrics_put_it() -> None:
     from matplotlib.figure import Figure
 

@@ -185,6 +185,15 @@ def test_days_are_the_sites_calendar_days(report_db: str, tmp_path: Path) -> Non
                     timezone="America/New_York")
     assert [r["call"] for r in new_york] == ["c-bob", "c-late"]
     assert new_york[1]["started_at"] == "2026-11-05T00:00:00Z"  # times stay UTC
+    # and the site's own clock beside them: a pivot of the CSV by the date of started_local
+    # puts both on the 4th, as --from/--to did (started_at's UTC date put c-late on the 5th)
+    assert [r["started_local"] for r in new_york] == ["2026-11-04T18:30:00-05:00",
+                                                      "2026-11-04T19:00:00-05:00"]
+    for kind in ("stress", "timeline"):
+        local = {r["call"]: r["started_local"] for r in rows(
+            kind, "--agent", "bob", timezone="America/New_York")}
+        assert local == {"c-bob": "2026-11-04T18:30:00-05:00",
+                         "c-late": "2026-11-04T19:00:00-05:00"}, kind
     utc = rows("calls", "--from", "2026-11-04", "--to", "2026-11-04", timezone="UTC")
     assert [r["call"] for r in utc] == ["c-bob"]
     by_day = rows("agents", "--period", "day", "--agent", "bob", timezone="America/New_York")
@@ -205,6 +214,46 @@ def test_empty_result_is_a_csv_with_headers(report_db: str, tmp_path: Path) -> N
         assert _run(report_db, tmp_path, kind, "--from", "2030-01-01", "--to", "2030-01-31",
                     "--out", str(out)) == 0
         assert out.read_text().splitlines() == [",".join(REPORT_COLUMNS[kind])]
+
+
+def test_every_per_call_report_names_the_model_that_scored_it(report_db: str) -> None:
+    """During a reprocess after a model upgrade the stress ranking mixed calls scored by two
+    models without a word (only calls and agents said so, a review): stress and timeline
+    rows carry the call's model_version (and the timeline its team) too."""
+    with session_scope(report_db) as session:
+        session.execute(text("UPDATE calls SET model_version = 'v2' "
+                             "WHERE external_call_id = 'c-bob'"))
+        stress = build_report("stress", session)
+        grid = build_report("timeline", session)
+        calls = build_report("calls", session)
+    versions = calls.set_index("call")["model_version"].to_dict()
+    assert versions["c-bob"] == "v2" and len(set(versions.values())) == 2
+    assert stress.set_index("call")["model_version"].to_dict() == versions
+    assert grid.groupby("call")["model_version"].unique().map(list).to_dict() == {
+        call: [version] for call, version in versions.items() if call in set(grid["call"])}
+    assert grid.set_index("call")["team"].groupby("call").first().to_dict() == (
+        calls.set_index("call")["team"][lambda t: t.index.isin(grid["call"])].to_dict())
+
+
+@pytest.mark.parametrize(("argv", "why"), [
+    (("calls", "--period", "week"), "--period applies to the agents report only"),
+    (("stress", "--by", "team"), "--by applies to the agents report only"),
+    (("calls", "--bin-s", "60"), "--bin-s applies to the timeline report and --plots only"),
+    (("agents", "--max-plots", "3"), "--max-plots applies to --plots only"),
+])
+def test_an_option_the_report_would_not_use_is_refused(
+        report_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        argv: tuple[str, ...], why: str) -> None:
+    """`calls --period week --by team --bin-s 60 --max-plots 3` wrote the plain per-call CSV,
+    byte for byte, without a word (a review): a supervisor asking for weeks got calls."""
+    out = tmp_path / "x.csv"
+    assert _run(report_db, tmp_path, *argv, "--out", str(out)) == 2
+    assert why in capsys.readouterr().err
+    assert not out.exists()
+    # where they apply they are taken
+    assert _run(report_db, tmp_path, "timeline", "--bin-s", "10", "--out", str(out)) == 0
+    assert _run(report_db, tmp_path, "agents", "--period", "week", "--by", "team",
+                "--out", str(out)) == 0
 
 
 def test_reversed_range_is_refused(report_db: str, tmp_path: Path) -> None:

@@ -96,6 +96,20 @@ def test_a_sustained_run_counts_the_customer_s_speech_not_the_agent_s_turn() -> 
     assert ESCALATION_MIN_SPEECH_S > SegmentationConfig().max_utterance_s
 
 
+def test_a_midpoint_on_a_thirds_edge_falls_in_the_later_third_whatever_the_length() -> None:
+    """21.56 s of a 32.34 s call is its 2/3 mark, yet 21.56 / 32.34 * 3 is
+    1.9999999999999996: an angry customer utterance centred there fell in the middle third
+    and the call was not flagged, while 32.31 and 32.37 s calls were (a review)."""
+    from analytics.stress import third_of
+
+    durations = pd.Series([32.31, 32.34, 32.37, 30.0])
+    midpoints = (pd.Series([17.54, 17.56, 17.58, 16.0]) + pd.Series([25.54, 25.56, 25.58, 24.0])) / 2
+    assert midpoints.tolist() == [21.54, 21.56, 21.58, 20.0]   # each call's 2/3 mark
+    assert third_of(midpoints, durations).tolist() == [2, 2, 2, 2]
+    assert third_of(pd.Series([10.77, 10.78, 10.79, 10.0]), durations).tolist() == [1] * 4
+    assert third_of(pd.Series([21.55]), pd.Series([32.34])).tolist() == [1]
+
+
 def test_a_third_needs_a_sentence_of_speech_to_have_a_mood() -> None:
     """Calm customer for 25 s, the agent to 88 s, one doubtful 1 s word at the end: no end
     mood, so no 'rise' from it; a 3 s sentence does give one."""
