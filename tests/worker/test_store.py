@@ -4,7 +4,7 @@ commit, and the session scope that owns the transaction."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import StatementError
+from sqlalchemy.orm import Session
 
 from tests.audio_fixtures import fake_analysis
 from worker import db, store
@@ -574,6 +575,29 @@ def test_a_failing_run_waiting_on_a_finishing_run_leaves_the_call_done(postgres_
         assert call is not None and (call.status, call.failure_reason) == ("done", None)
 
 
+def _at_once(url: str, steps: dict[str, Callable[[Session], None]]) -> dict[str, str]:
+    """Run each step in a transaction of its own, at once, in a thread named by its key:
+    how each ended ("committed", or the TransientError a deadlock becomes)."""
+    import threading
+
+    outcome: dict[str, str] = {}
+
+    def run(name: str, step: Callable[[Session], None]) -> None:
+        try:
+            with db.session_scope(url) as s:
+                step(s)
+            outcome[name] = "committed"
+        except TransientError as e:
+            outcome[name] = str(e)
+
+    threads = [threading.Thread(target=run, args=item, name=item[0]) for item in steps.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return outcome
+
+
 def test_a_scan_and_a_worker_finishing_a_call_of_its_batch_do_not_deadlock(
         postgres_url: str) -> None:
     """PostgreSQL: a scan's chunk inserts calls of batch B (a KEY SHARE lock on B's row, for
@@ -591,40 +615,24 @@ def test_a_scan_and_a_worker_finishing_a_call_of_its_batch_do_not_deadlock(
         found = store.find_call(s, "sha256-x")
         assert found is not None
         call_id = store.claim_for_processing(s, found.id).id
-    outcome: dict[str, str] = {}
     chunk_started, worker_locked = threading.Event(), threading.Event()
 
-    def scan_chunk() -> None:
-        try:
-            with db.session_scope(postgres_url) as s:
-                store.reserve_for_enqueue(s, _request("sha256-new", uri="/in/new.wav"),
-                                          batch_id=batch_id)
-                chunk_started.set()
-                worker_locked.wait(10)
-                time.sleep(0.3)                # the worker is at its recount by now
-                store.reserve_for_enqueue(s, _request("sha256-x", uri="/in/copy.wav"),
-                                          batch_id=batch_id)
-            outcome["scan"] = "committed"
-        except TransientError as e:
-            outcome["scan"] = str(e)
+    def scan_chunk(s: Session) -> None:
+        store.reserve_for_enqueue(s, _request("sha256-new", uri="/in/new.wav"),
+                                  batch_id=batch_id)
+        chunk_started.set()
+        worker_locked.wait(10)
+        time.sleep(0.3)                # the worker is at its recount by now
+        store.reserve_for_enqueue(s, _request("sha256-x", uri="/in/copy.wav"),
+                                  batch_id=batch_id)
 
-    def worker_store_step() -> None:
+    def worker_store_step(s: Session) -> None:
         chunk_started.wait(10)
-        try:
-            with db.session_scope(postgres_url) as s:
-                call = store.save_analysis(s, call_id, fake_analysis(2))
-                worker_locked.set()
-                store.refresh_batch_of(s, call)
-            outcome["worker"] = "committed"
-        except TransientError as e:
-            worker_locked.set()
-            outcome["worker"] = str(e)
+        call = store.save_analysis(s, call_id, fake_analysis(2))
+        worker_locked.set()
+        store.refresh_batch_of(s, call)
 
-    threads = [threading.Thread(target=scan_chunk), threading.Thread(target=worker_store_step)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    outcome = _at_once(postgres_url, {"scan": scan_chunk, "worker": worker_store_step})
     assert outcome == {"scan": "committed", "worker": "committed"}
     with db.session_scope(postgres_url) as s:
         batch = s.get(Batch, batch_id)
@@ -651,7 +659,6 @@ def test_a_retry_beside_a_scan_resending_one_of_its_calls_does_not_deadlock(
         failed = {c.external_call_id: c for c in store.list_calls(s)}
         new_batch = store.create_batch(s, "nightly").id
     retries = [store.RetryRequest.of(failed[name]) for name in ("c1", "c2")]
-    outcome: dict[str, str] = {}
     retry_has_c1, scan_started = threading.Event(), threading.Event()
     real_reserve = store._reserve
 
@@ -665,31 +672,15 @@ def test_a_retry_beside_a_scan_resending_one_of_its_calls_does_not_deadlock(
 
     monkeypatch.setattr(store, "_reserve", reserve_slowly)
 
-    def retry() -> None:
-        try:
-            with db.session_scope(postgres_url) as s:
-                store.reserve_all(s, retries)
-            outcome["retry"] = "committed"
-        except TransientError as e:
-            outcome["retry"] = str(e)
-
-    def scan() -> None:
+    def scan(s: Session) -> None:
         retry_has_c1.wait(10)
-        try:
-            with db.session_scope(postgres_url) as s:
-                scan_started.set()
-                store.reserve_for_enqueue(s, retries[1], batch_id=new_batch)
-            outcome["scan"] = "committed"
-        except TransientError as e:
-            scan_started.set()
-            outcome["scan"] = str(e)
+        scan_started.set()
+        store.reserve_for_enqueue(s, retries[1], batch_id=new_batch)
 
-    threads = [threading.Thread(target=retry, name="retry"),
-               threading.Thread(target=scan, name="scan")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    def retry(s: Session) -> None:
+        store.reserve_all(s, retries)
+
+    outcome = _at_once(postgres_url, {"retry": retry, "scan": scan})
     assert outcome == {"retry": "committed", "scan": "committed"}
     with db.session_scope(postgres_url) as s:
         calls = {c.external_call_id: c for c in store.list_calls(s)}
