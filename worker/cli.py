@@ -64,7 +64,7 @@ def require_model(settings: Settings) -> None:
 
 def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     """Run the whole pipeline in-process on each file and store the results."""
-    from worker.db import session_scope, upgrade
+    from worker.db import prepare_database, session_scope
     from worker.enqueue import path_uri, printable_path
     from worker.jobs import process_call
     from worker.runner import content_call_id, external_id_for, worker_settings
@@ -75,7 +75,7 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--call-id names one call: give exactly one FILE with it")
     require_model(settings)
     settings = worker_settings(settings, [f.resolve() for f in files])
-    upgrade(settings.database_url)
+    prepare_database(settings.database_url)
     failed = 0
     for path in files:
         shown = printable_path(path)
@@ -110,7 +110,10 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
                       + "--reprocess analyses it again", file=sys.stderr)
             elif outcome.status != "done":
                 failed += 1
-                print(f"FAILED {shown}: {call.failure_reason or outcome.reason}", file=sys.stderr)
+                again = (" (failed before, not run again: --reprocess tries it again, e.g. "
+                         "after a setting changed)" if outcome.status == "skipped" else "")
+                print(f"FAILED {shown}: {call.failure_reason or outcome.reason}{again}",
+                      file=sys.stderr)
                 continue
             segments = segments_for_call(session, call.id)
             if args.json:
@@ -233,13 +236,18 @@ def _print_report(settings: Settings, external_ids: Sequence[str], names: dict[s
 
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.db import current_revision, print_upgrade_sql, upgrade
+    from worker.db import current_revision, print_upgrade_sql, require_sqlite_file, upgrade
 
     if args.action == "sql":
         print_upgrade_sql(settings.database_url, args.from_revision)
         return 0
+    if args.from_revision is not None:
+        raise ConfigError(f"--from applies to `callmood db sql` only, not `db {args.action}`")
     if args.action == "upgrade":
         upgrade(settings.database_url)
+    else:
+        # asking must not create it: `db current` left an empty file named by a typo
+        require_sqlite_file(settings.database_url)
     print(f"{redact_url(settings.database_url)}: revision {current_revision(settings.database_url)}")
     return 0
 
@@ -252,7 +260,9 @@ def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
     with session_scope(settings) as session:
         for call in list_calls(session, status=args.status, limit=args.limit, newest_first=True):
             reason = f"  {call.failure_reason}" if call.failure_reason else ""
-            print(f"{call.external_call_id[:40]:<40} {call.status:<10} attempts={call.attempts} "
+            # the whole id: one cut to a column's width could not be pasted into callmood
+            # retry (content ids are 71 characters, a review)
+            print(f"{call.external_call_id:<40} {call.status:<10} attempts={call.attempts} "
                   f"{call.source_uri}{reason}")
         counts = counts_by_status(session)
     print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no calls", file=sys.stderr)
@@ -438,6 +448,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     print(f"broker   {redact_url(settings.broker_url)}")
     print(f"database {redact_url(settings.database_url)}")
     app = make_celery(settings)
+    broker_down: TransientError | None = None
     try:
         stats = queue_stats(app, TASK_QUEUE)
         if stats.delivered is not None:
@@ -450,6 +461,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                   "unacked")
     except TransientError as e:
         print(f"queue {TASK_QUEUE}: unknown ({e})")
+        broker_down = e
     finally:
         app.close()
     zone = ZoneInfo(settings.timezone)
@@ -469,6 +481,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
               f"{b.processing} processing, {b.done} done, {b.failed} failed")
     if not batches:
         print("no batches yet")
+    if broker_down is not None:
+        # the database's counts are still shown, but a monitor running `callmood status ||
+        # alert` must hear of a broker it cannot reach (it exited 0, a review)
+        print(f"callmood status: {broker_down}", file=sys.stderr)
+        return 1
     return 0
 
 

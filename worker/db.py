@@ -202,6 +202,10 @@ def print_upgrade_sql(url: str, from_revision: str | None = None) -> None:
         # SQLite's table rebuilds reflect the live table, and 0003 hashes with a SQL function
         raise ConfigError(f"upgrade SQL is written for PostgreSQL, not {backend}: upgrade "
                           "this database with `callmood db upgrade`")
+    if from_revision is not None and from_revision not in release_revisions():
+        # Alembic's CommandError was a 63-line traceback (a review)
+        raise ConfigError(f"--from {from_revision}: not a revision of this release; use one of "
+                          f"{', '.join(sorted(release_revisions()))}")
     span = f"{from_revision}:head" if from_revision else "head"
     command.upgrade(alembic_config(url), span, sql=True)
 
@@ -274,8 +278,6 @@ def require_head(url: str) -> None:
     reached."""
     try:
         current = current_revision(url)
-    except (OperationalError, DisconnectionError) as e:
-        raise TransientError(f"database unavailable ({redact_url(url)}): {_first_line(e)}") from e
     except DatabaseError as e:
         # not an outage: a file that is not SQLite, an account without rights to read it
         raise ConfigError(f"database {redact_url(url)} cannot be read: {_first_line(e)}; check "
@@ -298,9 +300,26 @@ def require_head(url: str) -> None:
 
 
 def current_revision(url: str) -> str | None:
-    """The Alembic revision the database at ``url`` is at (None before the first upgrade)."""
+    """The Alembic revision the database at ``url`` is at (None before the first upgrade);
+    TransientError when it cannot be reached (a driver traceback of a hundred lines from
+    ``callmood db current``, a review)."""
     from alembic.runtime.migration import MigrationContext
 
-    with make_engine(url).connect() as connection:
-        revision: str | None = MigrationContext.configure(connection).get_current_revision()
-        return revision
+    try:
+        with make_engine(url).connect() as connection:
+            revision: str | None = MigrationContext.configure(connection).get_current_revision()
+            return revision
+    except (OperationalError, DisconnectionError) as e:
+        raise TransientError(f"database unavailable ({redact_url(url)}): {_first_line(e)}") from e
+
+
+def prepare_database(url: str) -> None:
+    """For the commands that run the pipeline themselves (``analyze``, ``run``, ``demo``):
+    the embedded SQLite database is migrated (a fresh machine's first command needs no
+    other step), any other is only checked (:func:`require_database`), since a production
+    database is migrated by its operator (``callmood db upgrade``, or ``db sql`` for a
+    DBA) while its workers are stopped, not by whoever runs a file through it."""
+    if make_url(url).get_backend_name() == "sqlite":
+        upgrade(url)
+    else:
+        require_database(url)

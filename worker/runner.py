@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from worker.audio import file_sha256
 from worker.celery_app import RUN_QUEUE_PREFIX, make_celery, purge_queue, worker_command
-from worker.db import session_scope, upgrade
+from worker.db import prepare_database, session_scope
 from worker.enqueue import path_uri, printable_path
 from worker.errors import CallmoodError, ConfigError, TransientError
 from worker.schema import FINAL_STATUSES
@@ -157,7 +157,7 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
     queue = f"{RUN_QUEUE_PREFIX}{uuid.uuid4().hex[:12]}"
     log_path = log_dir / f"run-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{queue}.log"
 
-    upgrade(settings.database_url)
+    prepare_database(settings.database_url)
     ids = {path: external_id_for(path) for path in files}
     requests = _register(ids, settings)
     if not requests:

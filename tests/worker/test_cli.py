@@ -379,3 +379,78 @@ def test_batch_names_an_inbox_folder_that_is_not_there(
     out, err = capsys.readouterr()
     assert "0 file(s) seen" in out
     assert f"inbox folder(s) not found, not scanned: {env / 'inbx'}" in err
+
+
+def test_db_commands_refuse_what_they_cannot_do_by_name(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """From an operator's review: `db upgrade --from 0002` ignored --from (exit 0), `db
+    current` created an empty file named by a typo, `db sql --from 9999` and `db current` on
+    a server nobody answers were tracebacks of 63 and 113 lines."""
+    database = env / "data" / "typo.sqlite"
+    monkeypatch.setenv("CALLMOOD_DATABASE_URL", f"sqlite:///{database}")
+    assert main(["db", "upgrade", "--from", "0002"]) == 2
+    assert "--from applies to `callmood db sql` only" in capsys.readouterr().err
+    assert main(["db", "current"]) == 2
+    assert "does not exist (run: callmood db upgrade)" in capsys.readouterr().err
+    assert not database.exists()
+    monkeypatch.setenv("CALLMOOD_DATABASE_URL", "postgresql+psycopg://u:secret@127.0.0.1:1/x")
+    assert main(["db", "sql", "--from", "9999"]) == 2
+    assert ("--from 9999: not a revision of this release; use one of 0001, 0002, 0003, 0004, "
+            "0005") in capsys.readouterr().err
+    assert main(["db", "current"]) == 1
+    err = capsys.readouterr().err
+    assert "TransientError: database unavailable" in err and "Traceback" not in err
+    assert "secret" not in err
+
+
+def test_status_exits_1_when_the_broker_cannot_be_reached(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`callmood status || alert` missed a dead Redis: the queue line said "unknown" and
+    the command exited 0 (a review). The database's counts are still printed."""
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("CALLMOOD_BROKER_URL", "redis://127.0.0.1:1/0")
+    assert main(["status"]) == 1
+    out, err = capsys.readouterr()
+    assert "queue callmood: unknown" in out and "calls: 0 pending" in out
+    assert err.startswith("callmood status: ") and "127.0.0.1:1" in err
+
+
+def test_calls_prints_ids_whole_and_analyze_says_how_to_rerun_a_failure(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`callmood calls` cut ids to 40 characters, so a content id (71) pasted into `callmood
+    retry` was unknown; `analyze` of a file that failed before replayed the old reason (a
+    limit since raised) without saying that --reprocess runs it again (a review)."""
+    import soundfile as sf
+
+    path = env / "call.wav"
+    rate = 8000
+    sf.write(path, 0.1 * np.sin(np.arange(rate * 2) * 2 * np.pi * 220 / rate), rate,
+             subtype="PCM_16")
+    monkeypatch.setenv("CALLMOOD_MAX_DURATION_S", "1")
+    assert main(["analyze", str(path)]) == 1
+    assert "longer than the limit" in capsys.readouterr().err
+    monkeypatch.delenv("CALLMOOD_MAX_DURATION_S")
+    assert main(["analyze", str(path)]) == 1
+    assert "--reprocess tries it again" in capsys.readouterr().err
+    assert main(["calls"]) == 0
+    call_id = f"sha256-{file_sha256(path)}"
+    assert len(call_id) == 71 and f"{call_id} failed" in capsys.readouterr().out
+    assert main(["analyze", "--reprocess", str(path)]) == 0
+
+
+@pytest.mark.postgres
+def test_analyze_migrates_only_the_embedded_database(
+        env: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`analyze`, `run` and `demo` migrated any database they were pointed at: on production
+    PostgreSQL an operator's one-off analysis ran the migrations its DBA reviews (`db sql`)
+    while older workers ran on it. They migrate the embedded SQLite file only."""
+    from worker import db
+
+    path = env / "call.wav"
+    path.write_bytes(b"RIFF")
+    monkeypatch.setenv("CALLMOOD_DATABASE_URL", postgres_url)
+    assert main(["analyze", str(path)]) == 2
+    assert "this release needs 0005: run callmood db upgrade first" in capsys.readouterr().err
+    assert db.current_revision(postgres_url) is None
