@@ -320,22 +320,26 @@ def read_manifest(path: Path, reprocess: bool = False) -> list[CallRequest]:
                            f"offset {e.start}): save it as UTF-8 (Excel: \"CSV UTF-8\")") from e
     requests: list[CallRequest] = []
     errors: list[str] = []
-    first_line: dict[str, tuple[int, str]] = {}
+    first: dict[str, tuple[int, CallRequest]] = {}
     for line, row in rows:
         try:
             request = _request_from_row(row, path.parent, reprocess)
         except PayloadError as e:
             errors.append(f"line {line}: {e}")
             continue
-        # one call id for two files: the second would be skipped as already sent, unanalysed
-        # (a row repeated for the same file is harmless: it is reported skipped)
-        seen_line, seen_uri = first_line.setdefault(request.external_call_id,
-                                                    (line, request.uri))
-        if seen_uri != request.uri:
+        seen_line, seen = first.setdefault(request.external_call_id, (line, request))
+        if seen is request:
+            requests.append(request)
+        elif seen.uri != request.uri:
+            # one call id for two files: the second would be skipped as sent, unanalysed
             errors.append(f"line {line}: call_id {request.external_call_id!r} names another "
                           f"file on line {seen_line}")
-            continue
-        requests.append(request)
+        elif seen != request:
+            # which labels are the call's? With --reprocess both rows were sent, the call
+            # analysed twice, its labels the later run's (a review)
+            errors.append(f"line {line}: call_id {request.external_call_id!r} repeats line "
+                          f"{seen_line} with other labels; keep one row per call")
+        # a row repeated as it was is sent once
     if errors:
         more = len(errors) - MAX_REPORTED_ERRORS
         raise PayloadError(f"manifest {path.name}: {len(errors)} bad row(s), nothing sent; "
@@ -351,9 +355,14 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     # become part of the first column's name
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
+        # a column with no name holds nothing to read: Excel saves the empty columns after a
+        # sheet's last one as ",,", which was refused as unknown columns '' (a review)
+        columns = [c for c in reader.fieldnames or [] if c.strip()]
         _check_columns(path, columns)
         for row in reader:
+            if not any((v or "").strip() for k, v in row.items() if k is not None) \
+                    and not row.get(None):
+                continue   # a row of empty cells (",,"): Excel's blank line
             if None in row:
                 # DictReader files surplus cells under None: an unquoted comma in a value
                 # would shift the labels after it, so the row is refused, not guessed at
@@ -361,8 +370,14 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     f"manifest {path.name} line {reader.line_num}: "
                     f"{len(columns) + len(row[None])} cells for the {len(columns)} columns "
                     f"{', '.join(columns)}; quote a value that holds a comma, nothing sent")
+            nameless = [v for k, v in row.items() if k is not None and not k.strip() and v]
+            if nameless:
+                raise PayloadError(f"manifest {path.name} line {reader.line_num}: "
+                                   f"{nameless[0]!r} under a column with no name; name the "
+                                   f"column ({', '.join(MANIFEST_COLUMNS)}) or empty it")
             # Empty cells are absent values (CSV has no null).
-            yield reader.line_num, {k: v for k, v in row.items() if k and v not in (None, "")}
+            yield reader.line_num, {k: v for k, v in row.items()
+                                    if k and k.strip() and v not in (None, "")}
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

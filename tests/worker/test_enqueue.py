@@ -161,6 +161,21 @@ def test_manifests_csv_and_json_lines(producer: Settings, tmp_path: Path) -> Non
         assert (batch.source, batch.enqueued, batch.skipped) == ("manifest:m.jsonl", 1, 1)
 
 
+def test_an_excel_manifest_and_a_repeated_row_are_read_as_meant(producer: Settings) -> None:
+    """Excel saves the empty columns after a sheet's last one (",,") and blank lines as rows
+    of empty cells: both refused the whole manifest (unknown columns '', 'uri: required'). A
+    row repeated as it was is sent once, even with --reprocess (it was sent twice)."""
+    path = producer.input_roots[0] / "excel.csv"
+    path.write_text("\ufeffuri,call_id,agent_id,,\r\n"
+                    "a.wav,E-1,ag-1,,\r\n"
+                    ",,,,\r\n"
+                    "b.wav,E-2,ag-2,,\r\n"
+                    "a.wav,E-1,ag-1,,\r\n")
+    result = enqueue_manifest(path, settings=producer, reprocess=True)
+    assert (result.sent, result.skipped) == (2, 0)
+    assert sorted(m["kwargs"]["call_id"] for m in _queued(producer)) == ["E-1", "E-2"]
+
+
 def test_a_manifest_whose_send_fails_half_way_closes_its_batch_with_what_it_sent(
         producer: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     from worker import enqueue as enqueue_module
@@ -236,6 +251,11 @@ def test_a_send_that_fails_within_a_chunk_keeps_what_it_published_marked_sent(
     # one call id for two files: the second was skipped as "already enqueued", unanalysed
     ("uri,call_id,agent_id\na.wav,X,a\nb.wav,X,b\na.wav,X,a\n",
      "1 bad row(s), nothing sent; line 3: call_id 'X' names another file on line 2"),
+    # one call id, one file, two teams: with --reprocess both were sent, the call analysed
+    # twice and labelled by whichever ran last (a review)
+    ("uri,call_id,agent_id,team\na.wav,X,a,blue\na.wav,X,a,\n",
+     "1 bad row(s), nothing sent; line 3: call_id 'X' repeats line 2 with other labels"),
+    ("uri,call_id,agent_id,\na.wav,X,a,red\n", "line 2: 'red' under a column with no name"),
     ("uri,call_id,agent_id\na.wav,X,a\nb.wav,,a\nc.wav,bad id,a\n",
      "2 bad row(s), nothing sent; line 3: call_id: required; line 4: call_id"),
     ("uri,call_id,agent_id,started_at\na.wav,X,a,yesterday\n", "line 2: started_at"),
