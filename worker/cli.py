@@ -158,13 +158,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                              progress=_print_progress if show else None)
     if show:
         print(file=sys.stderr)
-    _print_report(settings, [r.external_call_id for r in summary.files],
-                  {r.external_call_id: printable_path(r.path.name) for r in summary.files},
+    names: dict[str, list[str]] = {}
+    for r in summary.files:
+        names.setdefault(r.external_call_id, []).append(printable_path(r.path.name))
+    # files of one content are one call, analysed once: named together, counted once (a
+    # review: the report showed the last file's name only and counted the call twice)
+    _print_report(settings, list(names), {c: " = ".join(n) for c, n in names.items()},
                   sys.stdout)
     for r in summary.files:
         if r.status != "done":
             print(f"FAILED {printable_path(r.path)}: {r.reason}", file=sys.stdout)
-    print(f"\n{summary.done} done, {summary.failed} failed in {summary.elapsed_s:.1f} s "
+    copies = len(summary.files) - len(names)
+    same = f" ({len(summary.files)} files, {copies} a copy of another)" if copies else ""
+    print(f"\n{summary.done} done, {summary.failed} failed{same} in {summary.elapsed_s:.1f} s "
           f"(worker log: {summary.worker_log})")
     return 0 if summary.failed == 0 and not summary.timed_out else 1
 

@@ -60,7 +60,9 @@ class FileResult:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What ``run_recordings`` did: counts, per-file outcomes and the worker's log file."""
+    """What ``run_recordings`` did: counts of calls, per-file outcomes and the worker's log
+    file. Files of one content are one call (``files`` holds each, ``done``/``failed`` count
+    the call once)."""
 
     done: int
     failed: int
@@ -202,8 +204,9 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
 def _summary(results: list[FileResult], started: float, log_path: Path, timed_out: bool,
              exit_code: int | None) -> RunSummary:
     """The run's summary of its files' results (``started``: its time.monotonic())."""
-    return RunSummary(done=sum(r.status == "done" for r in results),
-                      failed=sum(r.status == "failed" for r in results),
+    calls = {r.external_call_id: r.status for r in results}   # a copy is its original's call
+    return RunSummary(done=sum(s == "done" for s in calls.values()),
+                      failed=sum(s == "failed" for s in calls.values()),
                       files=tuple(results), elapsed_s=time.monotonic() - started,
                       worker_log=log_path, timed_out=timed_out, worker_exit_code=exit_code)
 

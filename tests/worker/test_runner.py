@@ -127,10 +127,14 @@ def test_run_folder_through_a_real_worker_on_the_embedded_broker(
         _check_done(s, calls[external_id_for(recordings["mono"])], recordings["mono"], 1)
         first_counts = {f.external_call_id: f.segments for f in summary.files}
 
-    # Running the folder again replaces the rows: same calls, same segment counts.
-    again = run_recordings(paths, callmood_settings, concurrency=1, timeout_s=180)
-    assert (again.done, again.failed) == (2, 1)
+    # Running the folder again replaces the rows: same calls, same segment counts. A copy of
+    # a recording beside it is the same call, counted once (it was counted twice, a review).
+    copy = recordings["mono"].with_name("mono-copy.wav")
+    copy.write_bytes(recordings["mono"].read_bytes())
+    again = run_recordings([*paths, copy], callmood_settings, concurrency=1, timeout_s=180)
+    assert (again.done, again.failed, len(again.files)) == (2, 1, 4)
     assert {f.external_call_id: f.segments for f in again.files} == first_counts
+    copy.unlink()
     with db.session_scope(callmood_settings) as s:
         assert store.counts_by_status(s) == {"pending": 0, "processing": 0, "done": 2,
                                              "failed": 1}
