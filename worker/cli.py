@@ -449,7 +449,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     from worker.celery_app import TASK_QUEUE, make_celery, queue_stats
     from worker.db import session_scope
-    from worker.store import counts_by_status, counts_processed_since, latest_batches
+    from worker.store import (
+        count_never_sent,
+        counts_by_status,
+        counts_processed_since,
+        latest_batches,
+    )
 
     print(f"broker   {redact_url(settings.broker_url)}")
     print(f"database {redact_url(settings.database_url)}")
@@ -474,9 +479,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     midnight = datetime.now(zone).replace(hour=0, minute=0, second=0, microsecond=0)
     with session_scope(settings) as session:
         counts = counts_by_status(session)
+        never_sent = count_never_sent(session)
         today = counts_processed_since(session, midnight)
         batches = latest_batches(session, args.batches)
-    print(f"calls: {counts['pending']} pending, {counts['processing']} processing, "
+    # pending calls whose send failed looked like calls waiting in the queue (a review)
+    unsent = (f" ({never_sent} never sent: a send failed; the next enqueue or scan sends them)"
+              if never_sent else "")
+    print(f"calls: {counts['pending']} pending{unsent}, {counts['processing']} processing, "
           f"{counts['done']} done, {counts['failed']} failed")
     print(f"today ({settings.timezone}, since {midnight:%Y-%m-%d %H:%M}): {today['done']} done, "
           f"{today['failed']} failed")

@@ -446,6 +446,15 @@ def counts_by_status(session: Session) -> dict[str, int]:
     return counts
 
 
+def count_never_sent(session: Session) -> int:
+    """Pending calls whose task was never handed to the broker (``enqueued_at`` unset): their
+    send failed and was undone, or they were registered by a producer that stopped; no
+    worker will take them until they are enqueued again (recovery watches sent calls only)."""
+    query = (select(func.count()).select_from(Call)
+             .where(Call.status == "pending").where(Call.enqueued_at.is_(None)))
+    return int(session.scalar(query) or 0)
+
+
 def list_calls(session: Session, status: str | None = None, limit: int | None = None,
                newest_first: bool = False) -> list[Call]:
     """Calls in registration (id) order, optionally only those with ``status``."""

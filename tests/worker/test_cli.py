@@ -410,9 +410,14 @@ def test_status_exits_1_when_the_broker_cannot_be_reached(
     assert main(["db", "upgrade"]) == 0
     capsys.readouterr()
     monkeypatch.setenv("CALLMOOD_BROKER_URL", "redis://127.0.0.1:1/0")
+    assert main(["enqueue", str(env / "a.wav"), "--call-id", "C-1", "--agent", "a"]) == 1
+    capsys.readouterr()
     assert main(["status"]) == 1
     out, err = capsys.readouterr()
-    assert "queue callmood: unknown" in out and "calls: 0 pending" in out
+    assert "queue callmood: unknown" in out
+    # the call whose send failed is pending, but not in any queue: status says so
+    assert ("calls: 1 pending (1 never sent: a send failed; the next enqueue or scan sends "
+            "them), 0 processing") in out
     assert err.startswith("callmood status: ") and "127.0.0.1:1" in err
 
 
