@@ -290,10 +290,10 @@ def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = 
         if shortest_s > max_duration_s:
             raise UnsupportedAudioError(
                 f"{path.name} lasts at least {shortest_s:.0f} s by its size, longer than the "
-                f"limit of {max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
+                f"limit of {max_duration_s:g} s (CALLMOOD_MAX_DURATION_S)")
     elif info.frames > 0 and info.frames / rate > max_duration_s:
         raise UnsupportedAudioError(f"{info.frames / rate:.0f} s is longer than the limit of "
-                                    f"{max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
+                                    f"{max_duration_s:g} s (CALLMOOD_MAX_DURATION_S)")
     return info
 
 
@@ -332,7 +332,7 @@ def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None
         raise no_frames_error(path, str(info.format))
     if data.shape[0] / read_rate > max_duration_s:
         raise UnsupportedAudioError(f"{data.shape[0] / read_rate:.0f} s is longer than the limit "
-                                    f"of {max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
+                                    f"of {max_duration_s:g} s (CALLMOOD_MAX_DURATION_S)")
     check_samples(data, path.name, str(info.subtype))
     check_decode_complete(path, str(info.format), int(info.frames), data.shape[0],
                           int(read_rate))
@@ -789,7 +789,7 @@ def stream_blocks(stream: StreamInfo, max_duration_s: float,
             frames += data.shape[0]
             if frames / rate > max_duration_s:
                 raise UnsupportedAudioError(f"{name} is longer than the limit of "
-                                            f"{max_duration_s:.0f} s (CALLMOOD_MAX_DURATION_S)")
+                                            f"{max_duration_s:g} s (CALLMOOD_MAX_DURATION_S)")
             if resampler is None:
                 yield DecodedBlock(np.ascontiguousarray(data, dtype=np.float32), frames)
             else:

@@ -284,7 +284,7 @@ def _collect(ids: dict[Path, str], requests: dict[str, CallRequest], settings: S
              timed_out: bool, exit_code: int | None, timeout_s: float,
              log_path: Path, cause: str | None = None) -> list[FileResult]:
     if cause is None:
-        cause = (f"not finished within {timeout_s:.0f} s (callmood run timeout)" if timed_out
+        cause = (f"not finished within {timeout_s:g} s (callmood run timeout)" if timed_out
                  else f"the celery worker exited (code {exit_code}) first; see {log_path}")
     results: list[FileResult] = []
     with session_scope(settings) as session:

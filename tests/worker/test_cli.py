@@ -432,9 +432,9 @@ def test_calls_prints_ids_whole_and_analyze_says_how_to_rerun_a_failure(
     rate = 8000
     sf.write(path, 0.1 * np.sin(np.arange(rate * 2) * 2 * np.pi * 220 / rate), rate,
              subtype="PCM_16")
-    monkeypatch.setenv("CALLMOOD_MAX_DURATION_S", "1")
+    monkeypatch.setenv("CALLMOOD_MAX_DURATION_S", "0.5")
     assert main(["analyze", str(path)]) == 1
-    assert "longer than the limit" in capsys.readouterr().err
+    assert "longer than the limit of 0.5 s" in capsys.readouterr().err   # not "0 s"
     monkeypatch.delenv("CALLMOOD_MAX_DURATION_S")
     assert main(["analyze", str(path)]) == 1
     assert "--reprocess tries it again" in capsys.readouterr().err
