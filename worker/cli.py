@@ -491,7 +491,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
           f"{today['failed']} failed")
     for b in batches:
         state = "finished" if b.finished_at else ("scanning" if b.scanned_at is None else "running")
-        print(f"batch {b.batch_id} ({b.source}, {b.started_at:%Y-%m-%d %H:%M} UTC, {state}): "
+        # in the site's zone, as `today` above and `callmood failures` (it said UTC, a review)
+        print(f"batch {b.batch_id} ({b.source}, {b.started_at.astimezone(zone):%Y-%m-%d %H:%M %Z}, "
+              f"{state}): "
               f"{b.enqueued} enqueued, {b.skipped} skipped; {b.pending} pending, "
               f"{b.processing} processing, {b.done} done, {b.failed} failed")
     if not batches:

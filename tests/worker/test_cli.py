@@ -419,6 +419,19 @@ def test_status_exits_1_when_the_broker_cannot_be_reached(
     assert ("calls: 1 pending (1 never sent: a send failed; the next enqueue or scan sends "
             "them), 0 processing") in out
     assert err.startswith("callmood status: ") and "127.0.0.1:1" in err
+    # a batch's start in the site's zone, as `today` and `callmood failures` (it said UTC)
+    from datetime import UTC, datetime
+
+    from worker import db, store
+    from worker.schema import Batch
+
+    with db.session_scope(Settings.from_env()) as s:
+        batch = s.get(Batch, store.create_batch(s, "nightly").id)
+        assert batch is not None
+        batch.started_at = datetime(2026, 12, 6, 3, 0, tzinfo=UTC)
+    monkeypatch.setenv("CALLMOOD_TIMEZONE", "America/New_York")
+    assert main(["status"]) == 1
+    assert "(nightly, 2026-12-05 22:00 EST, scanning)" in capsys.readouterr().out
 
 
 def test_calls_prints_ids_whole_and_analyze_says_how_to_rerun_a_failure(
