@@ -55,10 +55,11 @@ TITLE_CALL_CHARS: Final[int] = 40
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def png_name(call: str) -> str:
-    """A safe file name for a call id (unsafe characters replaced, hash added if changed)."""
+def png_name(call: str, hashed: bool = False) -> str:
+    """A safe file name for a call id (unsafe characters replaced, hash added if changed, or
+    if ``hashed``)."""
     safe = _UNSAFE_NAME.sub("_", call).strip("._")[:80] or "call"
-    if safe != call:
+    if safe != call or hashed:
         safe += "-" + sha256(call.encode()).hexdigest()[:8]
     return safe + ".png"
 
@@ -201,10 +202,17 @@ def write_call_pngs(metrics: pd.DataFrame, segments: pd.DataFrame, folder: Path,
                     bin_s: float = DEFAULT_BIN_S) -> list[Path]:
     """One PNG per row of ``metrics`` that has segments, named by :func:`png_name`."""
     written: list[Path] = []
+    taken: set[str] = set()
     by_call = dict(tuple(segments.groupby("call", sort=False)))
     for _, row in metrics.iterrows():
         own = by_call.get(row["call"])
         if own is None or own.empty:
             continue
-        written.append(draw_call(row, own, folder / png_name(str(row["call"])), bin_s=bin_s))
+        name = png_name(str(row["call"]))
+        if name.casefold() in taken:
+            # ids that differ in case only (C-1, c-1) are one file on a Windows or macOS
+            # share, where the second picture overwrote the first (a review)
+            name = png_name(str(row["call"]), hashed=True)
+        taken.add(name.casefold())
+        written.append(draw_call(row, own, folder / name, bin_s=bin_s))
     return written

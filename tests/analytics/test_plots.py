@@ -43,6 +43,20 @@ def test_ids_with_dollar_signs_are_drawn_as_text(tmp_path: Path) -> None:
     assert [p.name for p in paths] == [png_name("C-1$_$")] and paths[0].stat().st_size > 20_000
 
 
+def test_ids_that_differ_in_case_only_get_pictures_of_their_own(tmp_path: Path) -> None:
+    """C-1 and c-1 are two calls but one file on a case-insensitive share (Windows, macOS):
+    the second picture overwrote the first (a review). The second gets its id's hash."""
+    calls = pd.DataFrame({"call": ["C-1", "c-1"], "agent_id": ["ana", "bo"], "team": ["t", "t"],
+                          "queue": [None, None],
+                          "started_at": pd.to_datetime(["2026-11-02T10:00Z"] * 2, utc=True),
+                          "duration_s": [30.0, 30.0], "model_version": ["v", "v"]})
+    segments = pd.concat([ESCALATING.assign(call="C-1"), ESCALATING.assign(call="c-1")])
+    paths = write_call_pngs(call_metrics(calls, segments), segments, tmp_path)
+    names = [p.name for p in paths]
+    assert names[0] == "C-1.png" and names[1].startswith("c-1-") and len(names) == 2
+    assert len({n.casefold() for n in names}) == 2
+
+
 def test_the_stress_panel_marks_the_escalation_where_the_metrics_put_it() -> None:
     from matplotlib.figure import Figure
 
