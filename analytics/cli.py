@@ -114,7 +114,8 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     if unused:
         print(f"callmood report {args.kind}: {unused}", file=sys.stderr)
         return 2
-    bin_s = DEFAULT_BIN_S if args.bin_s is None else float(args.bin_s)
+    bin_s: float = DEFAULT_BIN_S if args.bin_s is None else args.bin_s
+    max_plots: int = DEFAULT_MAX_PLOTS if args.max_plots is None else args.max_plots
     # paths checked before the queries, so a mistake costs no report and keeps the old one
     if args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a folder: name the CSV file to write")
@@ -143,8 +144,7 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         from analytics.plots import write_call_pngs
 
         chosen = calls_to_draw(rank_by_customer_stress(call_metrics(calls, segments)),
-                               segments,
-                               DEFAULT_MAX_PLOTS if args.max_plots is None else args.max_plots)
+                               segments, max_plots)
         try:
             pictures = write_call_pngs(chosen, segments[segments["call"].isin(chosen["call"])],
                                        args.plots, bin_s=bin_s)

@@ -39,8 +39,8 @@ __all__ = ["REPORT_COLUMNS", "REPORT_KINDS", "ReportKind", "build_report", "repo
 
 STRESS_REPORT_COLUMNS: Final[tuple[str, ...]] = (
     "rank", "call", "agent_id", "team", "started_at", "started_local", "duration_s",
-    "model_version", "customer_stress", "customer_peak_stress", "customer_peak_at_s", "customer_stress_shift",
-    "longest_high_stress_s", "escalated", "escalation_reason", "escalation_at_s",
+    "model_version", "customer_stress", "customer_peak_stress", "customer_peak_at_s",
+    "customer_stress_shift", "longest_high_stress_s", "escalated", "escalation_reason", "escalation_at_s",
     "agent_stress", "agent_talk_s", "customer_talk_s", "agent_turns", "customer_turns",
     "silence_share", "overtalk_s",
 )
@@ -92,7 +92,7 @@ def local_start(started_at: pd.Series, timezone: str) -> pd.Series:
     CSV puts a call on is then the day ``--from``/``--to`` and ``agents --period day`` count
     it in (``started_at`` is UTC, which moves a late call to the next day)."""
     stamps = pd.to_datetime(started_at, utc=True).dt.tz_convert(timezone)
-    text = stamps.map(lambda t: t.isoformat(timespec="seconds") if pd.notna(t) else None)
+    text = stamps.map(lambda t: t.isoformat(timespec="seconds"), na_action="ignore")
     return text.astype(object).where(stamps.notna(), None)
 
 

@@ -340,12 +340,12 @@ class TrainDraws(Dataset[tuple[torch.Tensor, int, int]]):
             start = int(rng.integers(0, wave.size - self.crop_samples + 1))
             wave = wave[start:start + self.crop_samples]
         feats = tile_frames(extract_features(wave, self.config.features), self.crop_frames)
-        warp = self.config.augment
-        if warp.p_warp > 0.0:
+        chain = self.config.augment
+        if chain.p_warp > 0.0:
             # its own stream: a recipe without the warp draws exactly as before
             warp_rng = np.random.default_rng([self.config.seed, self.epoch, i, WARP_STREAM])
-            if warp_rng.random() < warp.p_warp:
-                feats = warp_bands(feats, float(warp_rng.uniform(*warp.warp_range)),
+            if warp_rng.random() < chain.p_warp:
+                feats = warp_bands(feats, float(warp_rng.uniform(*chain.warp_range)),
                                    self.config.features.n_mels)
         return torch.from_numpy(np.ascontiguousarray(feats)), int(self.labels[clip]), clip
 

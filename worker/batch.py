@@ -42,7 +42,6 @@ from worker.store import (
     create_batch,
     enqueued_uri_hashes,
     failed_before,
-    find_call,
     uri_sha256,
     was_rejected,
 )
@@ -117,12 +116,14 @@ def changed_failures(session: Session, content_ids: Mapping[str, str],
     retries: list[RetryRequest] = []
     refused = 0
     paths: set[str] = set()
+    # looked up together, as sort_new_files does: by call id, and by the analysed content
+    wanted = sorted(set(content_ids.values()))
+    by_id = calls_by_external_id(session, wanted)
+    holders = content_holders(session, [d for i in wanted if (d := content_of_call_id(i))])
     for call in failed:
         digest = call.source_uri_sha256 or ""
         content_id = content_ids[digest]
-        content = content_of_call_id(content_id)
-        holder = find_call(session, content_id) or (
-            content_holders(session, [content]).get(content) if content else None)
+        holder = by_id.get(content_id) or holders.get(content_of_call_id(content_id) or "")
         if holder is not None and holder.id != call.id:
             log.info("call %s not sent again: its file's content is call %s's",
                      call.external_call_id, holder.external_call_id)
