@@ -671,9 +671,9 @@ def check_samples(data: Audio, name: str, subtype: str, at_s: float | None = Non
             f"+-1.0 (at most +-{MAX_SAMPLE_PEAK:g} is accepted): written at integer scale? "
             "Rescale it to +-1.0 or write integer PCM")
     # Integer PCM and G.711 decode within +-1.0 whatever their bytes: this is a lossy codec,
-    # whose damaged frames decode to such peaks (40 garbled copies of an MP3: 10 of them, 8
-    # to 72,000), and whose encoder also keeps float input at integer scale as it was given
-    # (an intact MP3 or Vorbis file then peaks at thousands, a review)
+    # whose damaged frames decode to such peaks (tests/worker/test_audio.py garbles copies of
+    # an MP3: some do), and whose encoder also keeps float input at integer scale as it was
+    # given (an intact MP3 or Vorbis file then peaks at thousands, a review)
     raise AudioDecodeError(
         f"{name} decodes to samples up to {peak:.4g}{where}, past the +-1.0 full scale of its "
         f"{subtype} audio: damaged frames, or encoded from float samples at integer scale. "
