@@ -418,6 +418,12 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{'enqueued' if r.sent else 'skipped '} {r.call_id}"
               + (f": task {r.task_id}" if r.sent else f": {r.reason}"))
     print(f"{sum(r.sent for r in results)} failed call(s) enqueued again", file=sys.stderr)
+    refused = sum(r.refused for r in results)
+    if refused:
+        # exit 0 told a script every failed call was on its way again (a review)
+        print(f"{refused} failed call(s) could not be sent again: send a corrected payload "
+              "for each (callmood enqueue with its call id)", file=sys.stderr)
+        return 1
     return 0
 
 

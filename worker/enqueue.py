@@ -60,6 +60,9 @@ class Enqueued:
     """The Celery task id; None when nothing was sent."""
     reason: str | None = None
     """Why nothing was sent (a duplicate of a call already sent or analysed)."""
+    refused: bool = False
+    """True when the call could not be sent as asked (its stored row cannot make a request),
+    as opposed to a duplicate, which is nothing to do."""
 
     @property
     def sent(self) -> bool:
@@ -262,7 +265,7 @@ def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: b
                           "payload for this call id")
                 if not all_failed:
                     raise PayloadError(f"call {call_id}: {reason}") from e
-                unusable.append(Enqueued(call_id, None, reason=reason))
+                unusable.append(Enqueued(call_id, None, reason=reason, refused=True))
     if not requests:
         return unusable
     if send is not None:

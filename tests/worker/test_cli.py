@@ -472,3 +472,19 @@ def test_analyze_migrates_only_the_embedded_database(
     assert main(["analyze", str(path)]) == 2
     assert "this release needs 0005: run callmood db upgrade first" in capsys.readouterr().err
     assert db.current_revision(postgres_url) is None
+
+
+def test_retry_all_failed_exits_1_when_a_failed_call_cannot_be_sent_again(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A rejected payload without a usable uri is skipped by `retry --all-failed`, and the
+    command exited 0 as if every failed call were on its way again (a review)."""
+    from worker import db, store
+
+    assert main(["db", "upgrade"]) == 0
+    with db.session_scope(Settings.from_env()) as session:
+        store.record_rejected(session, "BAD-1", "", "uri: expected a path or file:// URI")
+    capsys.readouterr()
+    assert main(["retry", "--all-failed"]) == 1
+    out, err = capsys.readouterr()
+    assert "skipped  BAD-1: its stored row cannot be sent again" in out
+    assert "1 failed call(s) could not be sent again" in err
