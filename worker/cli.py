@@ -1,7 +1,7 @@
 """``callmood``: the command line. Each subcommand is a thin shell over a library function.
 
-Exit codes: 0 all good; 1 some recordings failed (each with its reason in the database);
-2 usage or configuration error.
+Exit codes: 0 all good; 1 some recordings failed (each with its reason in the database), or a
+request was refused or a server unreachable (reason on stderr); 2 usage or configuration error.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TextIO
 
@@ -77,55 +78,72 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     settings = worker_settings(settings, [f.resolve() for f in files])
     prepare_database(settings.database_url)
     failed = 0
-    for path in files:
-        shown = printable_path(path)
-        content_id = external_id_for(path.resolve())  # the file hashed once, here
-        request = CallRequest(uri=path_uri(path.resolve()),
-                              external_call_id=args.call_id or content_id,
-                              agent_id=args.agent, team=args.team, reprocess=args.reprocess)
-        outcome = process_call(request, settings)
-        with session_scope(settings) as session:
-            call = find_call(session, request.external_call_id)
-            assert call is not None  # process_call registered it
-            if outcome.status == "skipped" and call.status == "done":
-                # analysed before under this call id, or by a worker while this run failed:
-                # its stored result stands if it is this file's (--call-id may name a call
-                # that holds another recording)
-                if outcome.superseded:
-                    print(f"{shown}: {outcome.reason}", file=sys.stderr)
-                if content_call_id(call.content_sha256 or "") != content_id:
+    # each failure has its FAILED line below: the worker's log line said it a second time
+    quiet: AbstractContextManager[None] = (
+        nullcontext() if "CALLMOOD_LOG_LEVEL" in settings.extra
+        else _logger_level("worker.jobs", logging.ERROR))
+    with quiet:
+        for path in files:
+            shown = printable_path(path)
+            content_id = external_id_for(path.resolve())  # the file hashed once, here
+            request = CallRequest(uri=path_uri(path.resolve()),
+                                  external_call_id=args.call_id or content_id,
+                                  agent_id=args.agent, team=args.team, reprocess=args.reprocess)
+            outcome = process_call(request, settings)
+            with session_scope(settings) as session:
+                call = find_call(session, request.external_call_id)
+                assert call is not None  # process_call registered it
+                if outcome.status == "skipped" and call.status == "done":
+                    # analysed before under this call id, or by a worker while this run failed:
+                    # its stored result stands if it is this file's (--call-id may name a call
+                    # that holds another recording)
+                    if outcome.superseded:
+                        print(f"{shown}: {outcome.reason}", file=sys.stderr)
+                    if content_call_id(call.content_sha256 or "") != content_id:
+                        failed += 1
+                        print(f"FAILED {shown}: call id {call.external_call_id} holds another "
+                              "recording; --reprocess replaces it with this one", file=sys.stderr)
+                        continue
+                    relabel = {k: v for k, v in (("agent_id", args.agent), ("team", args.team))
+                               if v is not None and getattr(call, k) != v}
+                    if relabel:
+                        # the labels given now are the call's: its analysis stands, its reports move
+                        update_from_request(session, call, request)
+                    print(f"stored {shown}: analysed "
+                          + ("meanwhile by another run" if outcome.superseded else "before")
+                          + f" with {call.model_version}; "
+                          + (f"{', '.join(relabel)} updated; " if relabel else "")
+                          + "--reprocess analyses it again", file=sys.stderr)
+                elif outcome.status != "done":
                     failed += 1
-                    print(f"FAILED {shown}: call id {call.external_call_id} holds another "
-                          "recording; --reprocess replaces it with this one", file=sys.stderr)
+                    again = (" (failed before, not run again: --reprocess tries it again, e.g. "
+                             "after a setting changed)" if outcome.status == "skipped" else "")
+                    print(f"FAILED {shown}: {call.failure_reason or outcome.reason}{again}",
+                          file=sys.stderr)
                     continue
-                relabel = {k: v for k, v in (("agent_id", args.agent), ("team", args.team))
-                           if v is not None and getattr(call, k) != v}
-                if relabel:
-                    # the labels given now are the call's: its analysis stands, its reports move
-                    update_from_request(session, call, request)
-                print(f"stored {shown}: analysed "
-                      + ("meanwhile by another run" if outcome.superseded else "before")
-                      + f" with {call.model_version}; "
-                      + (f"{', '.join(relabel)} updated; " if relabel else "")
-                      + "--reprocess analyses it again", file=sys.stderr)
-            elif outcome.status != "done":
-                failed += 1
-                again = (" (failed before, not run again: --reprocess tries it again, e.g. "
-                         "after a setting changed)" if outcome.status == "skipped" else "")
-                print(f"FAILED {shown}: {call.failure_reason or outcome.reason}{again}",
+                segments = segments_for_call(session, call.id)
+                if args.json:
+                    for s in segments:
+                        json.dump({"file": shown, "channel": s.channel, "role": s.role,
+                                   "start_s": s.start_s, "end_s": s.end_s, "emotion": s.emotion,
+                                   "probabilities": s.probabilities(), "confidence": s.confidence,
+                                   "model_version": s.model_version}, sys.stdout)
+                        sys.stdout.write("\n")
+                print(f"done   {shown}: {len(segments)} segments, call id {call.external_call_id}",
                       file=sys.stderr)
-                continue
-            segments = segments_for_call(session, call.id)
-            if args.json:
-                for s in segments:
-                    json.dump({"file": shown, "channel": s.channel, "role": s.role,
-                               "start_s": s.start_s, "end_s": s.end_s, "emotion": s.emotion,
-                               "probabilities": s.probabilities(), "confidence": s.confidence,
-                               "model_version": s.model_version}, sys.stdout)
-                    sys.stdout.write("\n")
-            print(f"done   {shown}: {len(segments)} segments, call id {call.external_call_id}",
-                  file=sys.stderr)
     return 1 if failed else 0
+
+
+@contextmanager
+def _logger_level(name: str, level: int) -> Iterator[None]:
+    """Logger ``name`` at ``level`` for the block, as it was after (tests call main in-process)."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def progress_bar(done: int, failed: int, total: int, width: int = 30) -> str:

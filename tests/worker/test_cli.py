@@ -488,3 +488,23 @@ def test_retry_all_failed_exits_1_when_a_failed_call_cannot_be_sent_again(
     out, err = capsys.readouterr()
     assert "skipped  BAD-1: its stored row cannot be sent again" in out
     assert "1 failed call(s) could not be sent again" in err
+
+
+def test_analyze_says_each_failure_once(env: Path, capsys: pytest.CaptureFixture[str],
+                                        caplog: pytest.LogCaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's 'call ... failed' log line came before the FAILED line with the same
+    reason: each failure twice on stderr (a review). An operator's CALLMOOD_LOG_LEVEL still
+    gets the log line."""
+    import logging
+
+    (env / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    with caplog.at_level(logging.WARNING):
+        assert main(["analyze", str(env / "broken.wav")]) == 1
+    assert "FAILED" in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.name == "worker.jobs"]
+    assert logging.getLogger("worker.jobs").level == logging.NOTSET   # as it was
+    monkeypatch.setenv("CALLMOOD_LOG_LEVEL", "WARNING")
+    with caplog.at_level(logging.WARNING):
+        assert main(["analyze", "--reprocess", str(env / "broken.wav")]) == 1
+    assert [r for r in caplog.records if r.name == "worker.jobs" and "failed" in r.getMessage()]
