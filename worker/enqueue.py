@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.db import session_scope
-from worker.errors import PartialSendError, PayloadError, TransientError
+from worker.errors import CallmoodError, PartialSendError, PayloadError, TransientError
 from worker.settings import Settings, get_settings
 from worker.store import (
     CallRequest,
@@ -217,12 +217,12 @@ def submit_batch(requests: Iterable[CallRequest], settings: Settings, send: Send
     """
     results: list[Enqueued] = []
 
-    def close(partly_sent: int = 0) -> ManifestResult:
+    def close(partly_sent: int = 0, error: str | None = None) -> ManifestResult:
         done = ManifestResult(batch_id, tuple(results))
         with session_scope(settings) as session:
             skipped_first = known if isinstance(known, int) else known()
             finish_batch_scan(session, batch_id, enqueued=done.sent + partly_sent,
-                              skipped=skipped_first + done.skipped)
+                              skipped=skipped_first + done.skipped, error=error)
         return done
 
     try:
@@ -231,11 +231,20 @@ def submit_batch(requests: Iterable[CallRequest], settings: Settings, send: Send
     except BaseException as e:
         try:
             # the failing chunk's tasks published before the broker went away are sent too
-            close(_published_before(e))
+            # kept on the batch: `status` showed it like one that sent everything (a review)
+            close(_published_before(e), _stop_reason(e))
         except Exception:
             log.exception("batch %d: could not record what the failed send sent", batch_id)
         raise
     return close()
+
+
+def _stop_reason(error: BaseException) -> str:
+    """What stopped a batch's send, for its row: our errors say it themselves; another (a
+    time limit while the scan hashes) by its type too."""
+    if isinstance(error, CallmoodError) and str(error):
+        return str(error)
+    return f"{type(error).__name__}: {error}".rstrip(": ")
 
 
 def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: bool = False,

@@ -120,6 +120,9 @@ class Batch(Base):
     """Files seen by the scan that were already registered (not enqueued again)."""
     done_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     failed_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    scan_error: Mapped[str | None] = mapped_column(Text)
+    """Why the scan or send stopped before sending all it found (the broker unreachable, a
+    time limit); None when it sent everything (migration 0006)."""
 
     def __repr__(self) -> str:
         return (f"Batch(id={self.id!r}, source={self.source!r}, "

@@ -795,6 +795,8 @@ class BatchCounts:
     processing: int
     done: int
     failed: int
+    scan_error: str | None = None
+    """Why its scan or send stopped early; None when it sent everything."""
 
 
 def create_batch(session: Session, source: str) -> Batch:
@@ -805,11 +807,14 @@ def create_batch(session: Session, source: str) -> Batch:
     return batch
 
 
-def finish_batch_scan(session: Session, batch_id: int, enqueued: int, skipped: int) -> Batch:
-    """Record what the scan sent and skipped, and recount its calls."""
+def finish_batch_scan(session: Session, batch_id: int, enqueued: int, skipped: int,
+                      error: str | None = None) -> Batch:
+    """Record what the scan sent and skipped (and ``error``, what stopped it early), and
+    recount its calls."""
     batch = _get_batch(session, batch_id)
     batch.enqueued_count = enqueued
     batch.skipped_count = skipped
+    batch.scan_error = error
     batch.scanned_at = utcnow()
     session.flush()
     refresh_batch_counts(session, batch_id)
@@ -899,4 +904,5 @@ def _batch_counts(batch: Batch, counts: Mapping[str, int]) -> BatchCounts:
                        scanned_at=batch.scanned_at, finished_at=batch.finished_at,
                        enqueued=batch.enqueued_count, skipped=batch.skipped_count,
                        pending=counts["pending"], processing=counts["processing"],
-                       done=counts["done"], failed=counts["failed"])
+                       done=counts["done"], failed=counts["failed"],
+                       scan_error=batch.scan_error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -241,7 +242,7 @@ def test_the_worker_logs_at_callmood_log_level_unless_told(
 
 def test_db_upgrade_reports_the_revision(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade"]) == 0
-    assert "revision 0005" in capsys.readouterr().out
+    assert "revision 0006" in capsys.readouterr().out
 
 
 def test_db_sql_prints_the_upgrade_for_a_dba(env: Path, capsys: pytest.CaptureFixture[str],
@@ -396,7 +397,7 @@ def test_db_commands_refuse_what_they_cannot_do_by_name(
     monkeypatch.setenv("CALLMOOD_DATABASE_URL", "postgresql+psycopg://u:secret@127.0.0.1:1/x")
     assert main(["db", "sql", "--from", "9999"]) == 2
     assert ("--from 9999: not a revision of this release; use one of 0001, 0002, 0003, 0004, "
-            "0005") in capsys.readouterr().err
+            "0005, 0006") in capsys.readouterr().err
     assert main(["db", "current"]) == 1
     err = capsys.readouterr().err
     assert "TransientError: database unavailable" in err and "Traceback" not in err
@@ -419,6 +420,14 @@ def test_status_exits_1_when_the_broker_cannot_be_reached(
     assert ("calls: 1 pending (1 never sent: a send failed; the next enqueue or scan sends "
             "them), 0 processing") in out
     assert err.startswith("callmood status: ") and "127.0.0.1:1" in err
+    # a manifest that sent nothing was shown like one that sent everything (a review)
+    (env / "m.csv").write_text(f"uri,call_id,agent_id\n{env / 'b.wav'},C-2,a\n")
+    assert main(["enqueue", "--manifest", str(env / "m.csv")]) == 1
+    capsys.readouterr()
+    assert main(["status"]) == 1
+    assert re.search(r"batch 1 \(manifest:m\.csv, [^)]*, running, stopped sending: broker "
+                     r"unavailable \(redis://127\.0\.0\.1:1/0\) after sending 0 of 1: [^)]*"
+                     r"\): 0 enqueued, 0 skipped; 1 pending", capsys.readouterr().out)
     # a batch's start in the site's zone, as `today` and `callmood failures` (it said UTC)
     from datetime import UTC, datetime
 
@@ -470,7 +479,7 @@ def test_analyze_migrates_only_the_embedded_database(
     path.write_bytes(b"RIFF")
     monkeypatch.setenv("CALLMOOD_DATABASE_URL", postgres_url)
     assert main(["analyze", str(path)]) == 2
-    assert "this release needs 0005: run callmood db upgrade first" in capsys.readouterr().err
+    assert "this release needs 0006: run callmood db upgrade first" in capsys.readouterr().err
     assert db.current_revision(postgres_url) is None
 
 
