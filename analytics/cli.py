@@ -141,6 +141,7 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--out {args.out}: cannot write it: {e.strerror or e}") from e
     message = f"callmood report {args.kind}: {len(report)} rows -> {path}"
     if args.plots is not None:
+        from analytics.export import PICTURE_INDEX_NAME, replace_picture_index
         from analytics.plots import write_call_pngs
 
         chosen = calls_to_draw(rank_by_customer_stress(call_metrics(calls, segments)),
@@ -148,10 +149,13 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         try:
             pictures = write_call_pngs(chosen, segments[segments["call"].isin(chosen["call"])],
                                        args.plots, bin_s=bin_s)
+            stale = replace_picture_index(args.plots, pictures)
         except OSError as e:   # a full disk, a folder made read-only meanwhile
             raise ConfigError(f"--plots {args.plots}: cannot write the PNGs: "
                               f"{e.strerror or e} ({path} was written)") from e
-        message += f"; {len(pictures)} PNG in {args.plots}"
+        message += (f"; {len(pictures)} PNG in {args.plots}, listed most stressed first in "
+                    f"{PICTURE_INDEX_NAME}"
+                    + (f" ({len(stale)} of the previous report's removed)" if stale else ""))
     print(message, file=sys.stderr)
     return 0
 

@@ -7,11 +7,18 @@ supervisor opens the file in a spreadsheet.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
+
+log = logging.getLogger(__name__)
+
+PICTURE_INDEX_NAME = "plots.csv"
+"""The index ``--plots`` writes beside its PNGs: rank, call, png (this report's pictures)."""
 
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\0")
 """Leading characters a spreadsheet may read as a formula (OWASP's CSV injection list)."""
@@ -48,3 +55,37 @@ def write_csv(frame: pd.DataFrame, path: Path, excel_bom: bool = False) -> Path:
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def replace_picture_index(folder: Path, drawn: Mapping[str, Path]) -> list[str]:
+    """Write ``folder``'s picture index (rank, call, png: ``drawn``, call id to picture, most
+    stressed first) and delete the PNGs the previous index listed that this one does not.
+
+    A folder reused for each night's report kept every earlier night's pictures beside
+    tonight's, with nothing to tell them apart (a review). Only files the previous index
+    named (plain ``.png`` names in ``folder``) are deleted, never a file put there by hand;
+    an index that cannot be read deletes nothing. Returns the names deleted."""
+    index_path = folder / PICTURE_INDEX_NAME
+    before = _indexed_pictures(index_path)
+    index = pd.DataFrame({"rank": range(1, len(drawn) + 1), "call": list(drawn),
+                          "png": [path.name for path in drawn.values()]})
+    write_csv(index, index_path)
+    kept = {name.casefold() for name in index["png"]}
+    stale = sorted(name for name in before if name.casefold() not in kept)
+    for name in stale:
+        (folder / name).unlink(missing_ok=True)
+    return stale
+
+
+def _indexed_pictures(index_path: Path) -> set[str]:
+    """The PNG names a picture index lists (none if it is missing or unreadable)."""
+    try:
+        listed = pd.read_csv(index_path, usecols=["png"], dtype=str)["png"].dropna()
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        # hand-edited or damaged: keeping a stale picture loses less than deleting a file
+        log.warning("%s: not read (%s); earlier pictures are kept", index_path, e)
+        return set()
+    return {name for name in listed
+            if name == Path(name).name and name.lower().endswith(".png")}

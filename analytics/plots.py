@@ -58,7 +58,9 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 def png_name(call: str, hashed: bool = False) -> str:
     """A safe file name for a call id (unsafe characters replaced, hash added if changed, or
     if ``hashed``)."""
-    safe = _UNSAFE_NAME.sub("_", call).strip("._")[:80] or "call"
+    # no leading "-": a spreadsheet reads it as a formula in the picture index, and a shell
+    # as an option (rm -x.png)
+    safe = _UNSAFE_NAME.sub("_", call).strip("._-")[:80] or "call"
     if safe != call or hashed:
         safe += "-" + sha256(call.encode()).hexdigest()[:8]
     return safe + ".png"
@@ -199,9 +201,10 @@ def draw_call(metrics: pd.Series, segments: pd.DataFrame, path: Path,
 
 
 def write_call_pngs(metrics: pd.DataFrame, segments: pd.DataFrame, folder: Path,
-                    bin_s: float = DEFAULT_BIN_S) -> list[Path]:
-    """One PNG per row of ``metrics`` that has segments, named by :func:`png_name`."""
-    written: list[Path] = []
+                    bin_s: float = DEFAULT_BIN_S) -> dict[str, Path]:
+    """One PNG per row of ``metrics`` that has segments, named by :func:`png_name`: call id
+    to picture, in ``metrics``' order."""
+    written: dict[str, Path] = {}
     taken: set[str] = set()
     by_call = dict(tuple(segments.groupby("call", sort=False)))
     for _, row in metrics.iterrows():
@@ -214,5 +217,5 @@ def write_call_pngs(metrics: pd.DataFrame, segments: pd.DataFrame, folder: Path,
             # share, where the second picture overwrote the first (a review)
             name = png_name(str(row["call"]), hashed=True)
         taken.add(name.casefold())
-        written.append(draw_call(row, own, folder / name, bin_s=bin_s))
+        written[str(row["call"])] = draw_call(row, own, folder / name, bin_s=bin_s)
     return written

@@ -15,6 +15,9 @@ def test_png_names_are_safe_and_distinct() -> None:
     risky = png_name("../../etc/passwd")
     assert "/" not in risky and risky.endswith(".png") and not risky.startswith(".")
     assert png_name("a/b") != png_name("a?b")
+    # no leading "-": the picture index would show it as a neutralised formula ('-x.png),
+    # and a shell reads it as an option
+    assert png_name("-42").startswith("42-") and png_name("-42") != png_name("42")
 
 
 def test_draw_call_writes_a_png_of_the_documented_size(tmp_path: Path) -> None:
@@ -39,7 +42,7 @@ def test_ids_with_dollar_signs_are_drawn_as_text(tmp_path: Path) -> None:
                           "started_at": pd.to_datetime(["2026-11-02T10:00Z"], utc=True),
                           "duration_s": [30.0], "model_version": ["v"]})
     segments = ESCALATING.assign(call="C-1$_$")
-    paths = write_call_pngs(call_metrics(calls, segments), segments, tmp_path)
+    paths = list(write_call_pngs(call_metrics(calls, segments), segments, tmp_path).values())
     assert [p.name for p in paths] == [png_name("C-1$_$")] and paths[0].stat().st_size > 20_000
 
 
@@ -52,7 +55,8 @@ def test_ids_that_differ_in_case_only_get_pictures_of_their_own(tmp_path: Path) 
                           "duration_s": [30.0, 30.0], "model_version": ["v", "v"]})
     segments = pd.concat([ESCALATING.assign(call="C-1"), ESCALATING.assign(call="c-1")])
     paths = write_call_pngs(call_metrics(calls, segments), segments, tmp_path)
-    names = [p.name for p in paths]
+    assert list(paths) == ["C-1", "c-1"]
+    names = [p.name for p in paths.values()]
     assert names[0] == "C-1.png" and names[1].startswith("c-1-") and len(names) == 2
     assert len({n.casefold() for n in names}) == 2
 
@@ -91,7 +95,7 @@ def test_calls_without_segments_get_no_picture(tmp_path: Path) -> None:
                           "queue": [None, None], "started_at": pd.to_datetime([None, None], utc=True),
                           "duration_s": [None, None], "model_version": ["v", "v"]})
     written = write_call_pngs(call_metrics(calls, mono), mono, tmp_path)
-    assert [p.name for p in written] == ["m.png"]
+    assert {call: p.name for call, p in written.items()} == {"m": "m.png"}
 
 
 def test_the_title_names_the_agent_or_none_and_a_missing_customer_as_no_speech() -> None:

@@ -165,10 +165,25 @@ def test_cli_writes_safe_csv_and_pngs(report_db: str, tmp_path: Path) -> None:
     assert rows[0]["customer_stress"] == "78.3"
     assert rows[0]["escalated"] == "True"
     pngs = sorted(p.name for p in plots.iterdir())
-    assert pngs == ["c-a.png", "c-bob.png"]
+    assert pngs == ["c-a.png", "c-bob.png", "plots.csv"]
     with (plots / "c-a.png").open("rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert (plots / "c-a.png").stat().st_size > 20_000
+    assert (plots / "plots.csv").read_text() == "rank,call,png\n1,c-a,c-a.png\n2,c-bob,c-bob.png\n"
+
+    # the folder reused for a report of one day: the other day's picture went stale beside
+    # it, with nothing to tell them apart (a review); a file put there by hand stays
+    (plots / "mine.png").write_bytes(b"not ours")
+    assert _run(report_db, tmp_path, "stress", "--from", "2026-11-02", "--to", "2026-11-02",
+                "--out", str(out), "--plots", str(plots)) == 0
+    assert sorted(p.name for p in plots.iterdir()) == ["c-a.png", "mine.png", "plots.csv"]
+    assert (plots / "plots.csv").read_text() == "rank,call,png\n1,c-a,c-a.png\n"
+    # an index edited by hand into something unreadable deletes nothing
+    (plots / "plots.csv").write_text("rank;call\n")
+    assert _run(report_db, tmp_path, "stress", "--from", "2026-11-03", "--to", "2026-11-04",
+                "--out", str(out), "--plots", str(plots)) == 0
+    assert sorted(p.name for p in plots.iterdir()) == ["c-a.png", "c-bob.png", "mine.png",
+                                                       "plots.csv"]
 
 
 def test_days_are_the_sites_calendar_days(report_db: str, tmp_path: Path) -> None:
