@@ -11,15 +11,16 @@ pauses are speech (one utterance each).
 
 Conditions: clean, white or pink noise over the whole channel at 20 dB and 10 dB SNR
 (SNR = mean speech power over the truth regions / noise power, measured at the source
-rate), and G.711 mu-law. A channel is built at 8 kHz or at 16 kHz; a 16 kHz channel is
-brought to ANALYSIS_SAMPLE_RATE by ``worker.audio.resample`` exactly as the worker does
-(its in-band SNR is ~3 dB (white) better after the 4 kHz low-pass). A mu-law channel is
-written and read back as a WAV ULAW file through soundfile, the worker's decoding path.
+rate), and G.711 mu-law and A-law. A channel is built at 8 kHz or at 16 kHz; a 16 kHz
+channel is brought to ANALYSIS_SAMPLE_RATE by ``worker.audio.resample`` exactly as the worker does
+(its in-band SNR is ~3 dB (white) better after the 4 kHz low-pass). A G.711 channel is
+written and read back as a WAV ULAW or ALAW file through soundfile, the worker's decoding
+path (A-law has no zero code: the gaps' digital silence comes back as a constant +-8 LSB).
 
 Scores: precision / recall / F1 over a 10 ms grid (a grid frame is speech if its centre
 is) for (a) WebRTC's raw binary frames and (b) the final utterance spans.
 
-Level: ``LEVEL_CONDITIONS`` play four of those channels 10, 25 and 35 dB quieter (a quiet
+Level: ``LEVEL_CONDITIONS`` play five of those channels 10, 25 and 35 dB quieter (a quiet
 line or a far microphone), and ``false_alarms`` measures the speech the chain finds in
 channels of noise alone, from -75 to -30 dBFS: the two sides of the VAD's level front end
 (``VadConfig.target_level_dbfs``, ``noise_ceiling_dbfs``).
@@ -82,8 +83,10 @@ class Condition:
     noise: NoiseKind = "none"
     snr_db: float | None = None
     mulaw: bool = False
+    alaw: bool = False
+    """G.711 A-law, whose silence decodes to a constant +-8 LSB, never 0 (no zero code)."""
     gain_db: float = 0.0
-    """Gain of the whole channel (speech and noise) before any mu-law coding: a quiet line."""
+    """Gain of the whole channel (speech and noise) before any G.711 coding: a quiet line."""
 
 
 def _conditions() -> tuple[Condition, ...]:
@@ -95,6 +98,8 @@ def _conditions() -> tuple[Condition, ...]:
             out.append(Condition(f"{k}k {noise} {snr:.0f} dB", rate, noise, snr))  # type: ignore[arg-type]
     out.append(Condition("8k mu-law clean", 8000, mulaw=True))
     out.append(Condition("8k mu-law pink 20 dB", 8000, "pink", 20.0, mulaw=True))
+    out.append(Condition("8k A-law clean", 8000, alaw=True))
+    out.append(Condition("8k A-law pink 20 dB", 8000, "pink", 20.0, alaw=True))
     return tuple(out)
 
 
@@ -107,7 +112,8 @@ at -35 dB the clean channel's speech sits near -50 dBFS, where WebRTC alone find
 
 def _level_conditions() -> tuple[Condition, ...]:
     bases = [c for c in CONDITIONS
-             if c.name in ("8k clean", "8k pink 20 dB", "16k white 10 dB", "8k mu-law clean")]
+             if c.name in ("8k clean", "8k pink 20 dB", "16k white 10 dB", "8k mu-law clean",
+                           "8k A-law clean")]
     return tuple(replace(c, name=f"{c.name}, level {g:+.0f} dB", gain_db=g)
                  for c in bases for g in LEVEL_GAINS_DB)
 
@@ -220,10 +226,10 @@ def noise(kind: NoiseKind, n: int, rng: np.random.Generator) -> Audio:
     return out
 
 
-def mulaw_roundtrip(x: Audio, sample_rate: int) -> Audio:
-    """Write ``x`` as a G.711 mu-law WAV and decode it again through soundfile."""
+def g711_roundtrip(x: Audio, sample_rate: int, subtype: Literal["ULAW", "ALAW"]) -> Audio:
+    """Write ``x`` as a G.711 (mu-law or A-law) WAV and decode it again through soundfile."""
     buf = io.BytesIO()
-    sf.write(buf, np.clip(x, -1.0, 1.0), sample_rate, format="WAV", subtype="ULAW")
+    sf.write(buf, np.clip(x, -1.0, 1.0), sample_rate, format="WAV", subtype=subtype)
     buf.seek(0)
     y, _ = sf.read(buf, dtype="float32")
     return np.asarray(y, dtype=np.float32)
@@ -242,8 +248,8 @@ def channel(scene: Scene, waves: dict[Path, Audio], condition: Condition, seed: 
         x = x + gain * noise(condition.noise, x.size, rng)
     if condition.gain_db:
         x = (x * 10.0 ** (condition.gain_db / 20.0)).astype(np.float32)
-    if condition.mulaw:
-        x = mulaw_roundtrip(x, rate)
+    if condition.mulaw or condition.alaw:
+        x = g711_roundtrip(x, rate, "ULAW" if condition.mulaw else "ALAW")
     return resample(x, rate, ANALYSIS_SAMPLE_RATE)
 
 

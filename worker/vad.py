@@ -40,6 +40,10 @@ _BLOCK_FRAMES = 4096
 # Percentiles of the block's frame levels (digital silence left out) that stand for its
 # speech ("loud") and its noise floor ("quiet"): a party talking 5 % of a block still sets
 # the loud one; the quiet one is the floor when the party talks up to 90 % of the time.
+_IDLE_SPAN = 1e-6
+"""Peak-to-peak (full scale 1) under which a frame holds one value (:func:`without_idle_frames`):
+1/30 of a 16-bit step, so only digital constants (and a resampler's rounding of them) fall
+under it; attenuated line noise 35 dB below a quiet studio floor still spans ~3e-5."""
 _LOUD_PERCENTILE = 95.0
 _QUIET_PERCENTILE = 10.0
 
@@ -83,7 +87,9 @@ class VadConfig:
     """Largest gain (dB) applied to a block; 0 turns the level front end off."""
 
     remove_dc: bool = True
-    """Subtract each block's mean before its level gain and decisions (:func:`without_dc`).
+    """Subtract each block's mean before its level gain and decisions (:func:`without_dc`),
+    frames holding one value taken as digital silence first (:func:`without_idle_frames`:
+    a codec's idle code, A-law's silence).
     A 0.05 DC offset on the RAVDESS test clips cost emotion-v1.4.0 7.0 points of UA without
     it (55.1 % vs 62.1 % clean) and 1.7 with it (60.4 %), ``callmood evaluate --robustness``.
     Every shipped model, emotion-v1.9.0 included, was trained on cuts made without it (their
@@ -163,6 +169,33 @@ def without_dc(audio: Audio) -> Audio:
     if dc == 0.0:
         return x
     return np.where(signal, x - np.float32(dc), x).astype(np.float32)
+
+
+def without_idle_frames(audio: Audio, frame_samples: int) -> Audio:
+    """``audio`` with every whole ``frame_samples`` frame that holds a single non-zero value
+    set to 0 (digital silence), shape kept; other samples and a partial last frame as given.
+
+    A codec's silence need not decode to 0: G.711 A-law has no zero code, so a muted,
+    on-hold or silence-suppressed (VoIP DTX) stretch decodes to a constant +-8 LSB, and an
+    8-bit file whose silence sits one code off mid-scale to a constant -1/128. Counted as
+    signal, those stretches were the block's noise floor: the level gain rose to its cap and
+    comfort-noise bursts between them were cut as speech (an A-law copy of a call whose
+    customer only had -55 dBFS noise bursts got 4 customer utterances, the PCM copy none; a
+    review). A real signal never holds one value for a frame: the tolerance
+    (:data:`_IDLE_SPAN`) is far below a 16-bit step, and only absorbs a resampler's rounding.
+    """
+    x = np.asarray(audio, dtype=np.float32)
+    n = x.size // frame_samples
+    if n == 0:
+        return x
+    frames = x[:n * frame_samples].reshape(n, frame_samples)
+    with np.errstate(invalid="ignore"):  # a frame holding NaN is not idle (ptp is NaN)
+        idle = (np.ptp(frames, axis=1) <= _IDLE_SPAN) & (frames[:, 0] != 0.0)
+    if not idle.any():
+        return x
+    out = x.copy()
+    out[:n * frame_samples].reshape(n, frame_samples)[idle] = 0.0
+    return out
 
 
 def level_gain_db(audio: npt.ArrayLike, config: VadConfig) -> float:
@@ -269,7 +302,7 @@ class VadStream:
         out = np.zeros(count, dtype=np.bool_)
         self._decided.append(out)
         if self._config.remove_dc:
-            chunk = without_dc(chunk)
+            chunk = without_dc(without_idle_frames(chunk, step))
         gain_db = level_gain_db(chunk, self._config)
         self._gains_db.append(gain_db)
         if gain_db > 0.0:

@@ -23,6 +23,7 @@ from worker.vad import (
     speech_probabilities,
     to_pcm16,
     without_dc,
+    without_idle_frames,
 )
 
 RATE = ANALYSIS_SAMPLE_RATE
@@ -165,6 +166,43 @@ def test_without_dc_removes_the_mean_of_finite_samples() -> None:
     gaps = np.array([0.0, 0.3, 0.0, 0.5], np.float32)  # ... and out of the mean
     np.testing.assert_allclose(without_dc(gaps), [0.0, -0.1, 0.0, 0.1], atol=1e-7)
     assert np.isnan(without_dc(np.full(3, np.nan, np.float32))).all()
+
+
+def test_frames_holding_one_value_become_digital_silence() -> None:
+    step = 4
+    x = np.array([8, 8, 8, 8,  0, 0, 0, 0,  8, 9, 8, 8,  np.nan, 1, 1, 1,  5, 5], np.float32)
+    out = without_idle_frames(x / np.float32(32768), step)
+    assert out.shape == x.shape and out.dtype == np.float32
+    # the constant frame is zeroed; a frame that moves by one LSB, one holding NaN and the
+    # partial last frame stay as given
+    np.testing.assert_array_equal(out[:8], 0.0)
+    np.testing.assert_array_equal(out[8:12] * 32768, [8, 9, 8, 8])
+    assert np.isnan(out[12]) and (out[13:] * 32768).tolist() == [1, 1, 1, 5, 5]
+    short = x[:3] / np.float32(32768)  # shorter than a frame: as given
+    np.testing.assert_array_equal(without_idle_frames(short, step), short)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "ULAW", "ALAW"])
+def test_comfort_noise_between_silences_is_no_speech_whatever_the_codec(
+        subtype: str, tmp_path: Path) -> None:
+    """A channel whose party never speaks, VoIP silence suppression: 0.5 s bursts of
+    -55 dBFS comfort noise between 1.5 s of digital silence. A-law has no zero code, so its
+    silence decodes to a constant +-8 LSB, which the level gain took for the noise floor:
+    it rose to its cap and the bursts were cut as speech (a review: 4 customer utterances
+    on the A-law copy of a call, none on PCM or mu-law)."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(5)
+    burst = (rng.standard_normal(RATE // 2) * 10 ** (-55 / 20)).astype(np.float32)
+    channel = np.concatenate([np.concatenate([np.zeros(3 * RATE // 2, np.float32), burst])
+                              for _ in range(15)])
+    path = tmp_path / f"dtx-{subtype}.wav"
+    sf.write(path, channel, RATE, subtype=subtype)
+    decoded = load_mono(path, RATE)
+    assert subtype != "ALAW" or not np.any(decoded[:RATE] == 0.0)  # no zero code
+    found = utterances(speech_probabilities(decoded, VadConfig()), VadConfig().frame_s,
+                       decoded.size / RATE, SegmentationConfig())
+    assert found == []
 
 
 def test_digital_silence_neither_moves_nor_raises_the_level_gain(speech: Audio) -> None:
