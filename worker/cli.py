@@ -89,7 +89,9 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
             request = CallRequest(uri=path_uri(path.resolve()),
                                   external_call_id=args.call_id or content_id,
                                   agent_id=args.agent, team=args.team, reprocess=args.reprocess)
-            outcome = process_call(request, settings)
+            # no Celery here to retry a storage hiccup later: that file fails with its
+            # reason and the others go on (it aborted the run, the call left "processing")
+            outcome = process_call(request, settings, transient="fail")
             with session_scope(settings) as session:
                 call = find_call(session, request.external_call_id)
                 assert call is not None  # process_call registered it

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from worker.db import session_scope
 from worker.errors import InputError, ModelError, TransientError
@@ -74,11 +74,15 @@ class CallOutcome:
                 "segments": self.segments, "reason": self.reason}
 
 
-def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
+def process_call(request: CallRequest, settings: Settings,
+                 transient: Literal["raise", "fail"] = "raise") -> CallOutcome:
     """Register, claim, analyse and store one call; no Celery in here.
 
     InputError and unexpected errors fail the call (recorded in the database); TransientError
-    propagates, so the caller decides whether and when to try again.
+    propagates, so the caller decides whether and when to try again. With ``transient="fail"``
+    (a caller with no retry to offer: ``callmood analyze``) a TransientError while reading or
+    storing the recording fails the claimed call with its reason instead, so it is not left
+    "processing"; one while the call is registered or claimed (the database away) propagates.
     """
     with session_scope(settings) as session:
         # decided on the locked row: a run of this call committing meanwhile (a redelivery
@@ -107,7 +111,11 @@ def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
         analysis = _analyze(request.uri, settings)
     except InputError as e:
         return _fail(settings, call_id, request.external_call_id, str(e))
-    except (TransientError, ModelError):
+    except TransientError as e:
+        if transient == "fail":
+            return _fail_transient(settings, call_id, request.external_call_id, e)
+        raise
+    except ModelError:
         # a broken model (a bad deploy, a card for another file) is the worker's fault, not
         # the call's: the task retries with backoff, so fixing the model saves the queue
         raise
@@ -117,13 +125,26 @@ def process_call(request: CallRequest, settings: Settings) -> CallOutcome:
     try:
         with session_scope(settings) as session:
             refresh_batch_of(session, save_analysis(session, call_id, analysis))
-    except TransientError:
+    except TransientError as e:
+        if transient == "fail":
+            return _fail_transient(settings, call_id, request.external_call_id, e)
         raise
     except Exception as e:  # e.g. a label the schema lacks: rolled back, the call fails
         log.exception("call %s: could not store the analysis", request.external_call_id)
         return _fail(settings, call_id, request.external_call_id,
                      f"storing the analysis failed: {type(e).__name__}: {e}")
     return CallOutcome("done", request.external_call_id, segments=len(analysis.segments))
+
+
+def _fail_transient(settings: Settings, call_id: int, external_call_id: str,
+                    error: TransientError) -> CallOutcome:
+    """Fail a claimed call on a temporary error no retry will follow; if the database cannot
+    record that either, the original error propagates (the call stays claimed, as before)."""
+    reason = f"{error} (a temporary error, not retried here: run it again)"
+    try:
+        return _fail(settings, call_id, external_call_id, reason)
+    except TransientError as unrecorded:
+        raise error from unrecorded
 
 
 def _fail(settings: Settings, call_id: int, external_call_id: str, reason: str) -> CallOutcome:

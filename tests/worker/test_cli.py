@@ -517,3 +517,38 @@ def test_analyze_says_each_failure_once(env: Path, capsys: pytest.CaptureFixture
     with caplog.at_level(logging.WARNING):
         assert main(["analyze", "--reprocess", str(env / "broken.wav")]) == 1
     assert [r for r in caplog.records if r.name == "worker.jobs" and "failed" in r.getMessage()]
+
+
+def test_analyze_fails_one_file_on_a_storage_hiccup_and_goes_on(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A TransientError reading the second of three files (EIO from a network share) ended
+    the whole run, the third file never tried and the second left 'processing' (a review):
+    with no Celery retry in `analyze`, that file fails with the reason, the others go on."""
+    import soundfile as sf
+
+    import worker.jobs
+    from worker.errors import TransientError
+
+    paths = []
+    for i in range(3):
+        paths.append(env / f"call-{i}.wav")
+        sf.write(paths[-1], 0.1 * np.sin(np.arange(8000 * (2 + i)) * 2 * np.pi * 220 / 8000),
+                 8000, subtype="PCM_16")
+    real = worker.jobs._analyze
+
+    def hiccup(uri: str, settings: Settings) -> object:
+        if uri.endswith("call-1.wav"):
+            raise TransientError("storage unavailable: reading call-1.wav failed (EIO)")
+        return real(uri, settings)
+
+    monkeypatch.setattr(worker.jobs, "_analyze", hiccup)
+    assert main(["analyze", *map(str, paths)]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED call-1.wav" not in err and f"FAILED {paths[1]}: storage unavailable" in err
+    assert "not retried here: run it again" in err
+    assert err.count("done   ") == 2
+    assert main(["calls"]) == 0
+    listed = capsys.readouterr().out
+    assert "processing" not in listed and listed.count(" done ") == 2 and " failed " in listed
+    monkeypatch.setattr(worker.jobs, "_analyze", real)
+    assert main(["analyze", "--reprocess", str(paths[1])]) == 0
