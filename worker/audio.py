@@ -282,6 +282,8 @@ def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = 
         raise UnsupportedAudioError(f"{info.channels} channels: a call recording has 1 (mono) "
                                     f"or {MAX_CHANNELS} (agent + customer)")
     check_wav_length(path, info)
+    check_container_length(path, info)
+    check_single_ogg_stream(path, info)
     check_known_length(path, info)
     if str(info.format) in ESTIMATED_LENGTH_FORMATS:
         # MP3 headers report frames=0 or an estimate: the decoded length is what counts (both
@@ -297,6 +299,45 @@ def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = 
     return info
 
 
+def ogg_is_chained(data: bytes | mmap.mmap) -> bool:
+    """Whether an Ogg file's bytes hold a stream begun after another one's pages (a chained
+    Ogg file: two files joined end to end), walking page header to page header. False when
+    the pages cannot be walked (damage is the decoder's to report)."""
+    pos, after_first_pages = 0, False
+    while pos + 27 <= len(data):
+        if data[pos:pos + 4] != b"OggS":
+            return False
+        segments = data[pos + 26]
+        if pos + 27 + segments > len(data):
+            return False
+        if data[pos + 5] & 0x02:           # beginning of a stream
+            if after_first_pages:
+                return True
+        else:
+            after_first_pages = True
+        pos += 27 + segments + sum(data[pos + 27:pos + 27 + segments])
+    return False
+
+
+def check_single_ogg_stream(path: Path, info: Any) -> None:
+    """AudioDecodeError for a chained Ogg file: libsndfile decodes its first stream only, so
+    two Opus files joined with ``cat`` were analysed as the first and stored as done, the
+    second call lost without a word (a review found the join of two files of other rates
+    refused as a FLAC 'written to a pipe')."""
+    if str(info.format) != "OGG":
+        return
+    try:
+        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            chained = ogg_is_chained(data)
+    except (OSError, ValueError) as e:
+        raise file_access_error(path, e, "read") from e
+    if chained:
+        raise AudioDecodeError(
+            f"{path.name} holds chained Ogg streams (files joined end to end), of which the "
+            "decoder reads only the first: send each recording on its own, or re-encode the "
+            "whole as one stream (e.g. ffmpeg -i IN OUT.flac)")
+
+
 def check_known_length(path: Path, info: Any) -> None:
     """Raise when libsndfile could not learn the file's length (:data:`SF_COUNT_MAX`):
     TransientError when the storage refuses a read of its end (an Ogg file's length is read
@@ -310,10 +351,12 @@ def check_known_length(path: Path, info: Any) -> None:
             fh.read(65536)
     except OSError as e:
         raise file_access_error(path, e, "read the end of") from e
+    why = ("a last page that cannot be read?" if str(info.format) == "OGG"
+           else "a FLAC written to a pipe by a streaming encoder?")
     raise AudioDecodeError(
-        f"{path.name}: its {info.format} header gives no length (a FLAC written to a pipe by "
-        "a streaming encoder?), which the decoder cannot read through: re-encode it (e.g. "
-        "ffmpeg -i IN OUT.flac) and send it again")
+        f"{path.name}: its {info.format} header gives no length ({why}), which the decoder "
+        "cannot read through: re-encode it as one stream (e.g. ffmpeg -i IN OUT.flac) and "
+        "send it again")
 
 
 def load_recording(path: Path, max_duration_s: float, max_file_bytes: int | None = None) -> Recording:
@@ -484,6 +527,51 @@ def check_wav_length(path: Path, info: Any) -> None:
             f"audio, yet the file ends after "
             f"{(layout.data_bytes - layout.missing_bytes) / bytes_per_s:.1f} s: cut short (a "
             "copy or upload that did not finish?). Send the whole recording again")
+
+
+_W64_RIFF_GUID: Final = b"riff" + bytes.fromhex("2e91cf11a5d628db04c10000")
+SAMPLE_BYTES: Final[dict[str, int]] = {
+    "PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8,
+    "ULAW": 1, "ALAW": 1}
+"""Bytes per sample of the uncompressed subtypes (the lengths below are measured in them)."""
+
+
+def declared_container_bytes(head: bytes) -> int | None:
+    """The whole file's size as the header of an RF64/BW64, Sony Wave64 or AIFF/AIFC file
+    states it (``head``: the file's first 28 bytes or more); None for any other file."""
+    if len(head) >= 28 and head[:4] in (b"RF64", b"BW64") and head[12:16] == b"ds64":
+        return int.from_bytes(head[20:28], "little") + 8   # ds64's 64-bit RIFF size
+    if len(head) >= 24 and head[:16] == _W64_RIFF_GUID:
+        return int.from_bytes(head[16:24], "little")       # includes its own header
+    if len(head) >= 12 and head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return int.from_bytes(head[4:8], "big") + 8
+    return None
+
+
+def check_container_length(path: Path, info: Any) -> None:
+    """AudioDecodeError for an RF64 (a WAV past 4 GB, often still named .wav), Wave64 or AIFF
+    file that ends more than :data:`DECODE_SHORTFALL_MAX_S` before the size its header
+    states: libsndfile reads such a file up to its end without a word, and a copy or upload
+    that stopped half-way was stored as done, half the call lost (a review). The WAV
+    equivalent is :func:`check_wav_length`."""
+    sample_bytes = SAMPLE_BYTES.get(str(info.subtype))
+    if sample_bytes is None:     # compressed in the container: no length to measure by
+        return
+    try:
+        with path.open("rb") as fh:
+            declared = declared_container_bytes(fh.read(28))
+            size = os.fstat(fh.fileno()).st_size
+    except OSError as e:
+        raise file_access_error(path, e, "read the header of") from e
+    if declared is None:
+        return
+    bytes_per_s = int(info.samplerate) * int(info.channels) * sample_bytes
+    missing_s = (declared - size) / bytes_per_s
+    if missing_s > DECODE_SHORTFALL_MAX_S:
+        raise AudioDecodeError(
+            f"{path.name}: its {info.format} header gives the file as {declared} bytes, yet "
+            f"it holds {size} (~{missing_s:.1f} s of audio missing): cut short (a copy or "
+            "upload that did not finish?). Send the whole recording again")
 
 
 def mp3_layer3_frames(data: bytes | mmap.mmap) -> int | None:

@@ -613,6 +613,52 @@ def test_a_flac_whose_header_gives_no_length_names_the_repair(tmp_path: Path) ->
     assert probe_duration_s(str(path)) is None
 
 
+@pytest.mark.parametrize(("fmt", "name"), [("RF64", "big.wav"), ("W64", "call.w64"),
+                                           ("AIFF", "call.aiff")])
+def test_a_cut_rf64_wave64_or_aiff_file_is_refused_not_half_analysed(
+        tmp_path: Path, fmt: str, name: str) -> None:
+    """libsndfile reads these containers up to the end of the file without a word: a copy
+    that stopped half-way was analysed for its first half and stored as done (a review).
+    RF64 is what a recorder writes past 4 GB, still named .wav."""
+    whole = tmp_path / name
+    sf.write(whole, tone(20.0, 8000, channels=2), 8000, format=fmt, subtype="PCM_16")
+    raw = whole.read_bytes()
+    assert load_recording(whole, MAX_S).duration_s == pytest.approx(20.0)
+    cut = tmp_path / f"cut-{name}"
+    cut.write_bytes(raw[: len(raw) // 2])
+    for decode in (load_recording, open_stream):
+        with pytest.raises(AudioDecodeError, match=rf"its {fmt} header gives the file as "
+                                                   rf"{len(raw)} bytes, yet it holds "
+                                                   rf"{len(raw) // 2} \(~10\.0 s of audio "
+                                                   r"missing\): cut short"):
+            decode(cut, MAX_S)
+    # a few samples short (a writer's end trimming) is read as it is
+    nearly = tmp_path / f"nearly-{name}"
+    nearly.write_bytes(raw[: len(raw) - 400])
+    assert load_recording(nearly, MAX_S).duration_s == pytest.approx(20.0, abs=0.1)
+
+
+@pytest.mark.parametrize("rates", [(16000, 16000), (8000, 48000)])
+def test_ogg_files_joined_end_to_end_are_refused(tmp_path: Path, rates: tuple[int, int]) -> None:
+    """Two Opus files joined with cat (a chained Ogg file): libsndfile decodes the first
+    stream only, so the join of two files of one rate was stored as the first call, the
+    second lost without a word; of two rates, it was refused as a FLAC 'written to a pipe'
+    (a review). One file, and a Vorbis file, are read as before."""
+    parts = []
+    for i, rate in enumerate(rates):
+        parts.append(tmp_path / f"part-{i}.opus")
+        sf.write(parts[-1], tone(2.0, rate), rate, format="OGG", subtype="OPUS")
+    joined = tmp_path / "joined.opus"
+    joined.write_bytes(parts[0].read_bytes() + parts[1].read_bytes())
+    for decode in (load_recording, open_stream):
+        with pytest.raises(AudioDecodeError, match=r"joined\.opus holds chained Ogg streams"):
+            decode(joined, MAX_S)
+    assert load_recording(parts[0], MAX_S).duration_s == pytest.approx(2.0, abs=0.05)
+    vorbis = tmp_path / "one.ogg"
+    sf.write(vorbis, tone(30.0, 16000), 16000, format="OGG", subtype="VORBIS")
+    assert load_recording(vorbis, MAX_S).duration_s == pytest.approx(30.0, abs=0.05)
+
+
 def test_libsndfile_refused_a_read_by_the_os_is_a_storage_outage(tmp_path: Path) -> None:
     """libsndfile's SF_ERR_SYSTEM is the OS refusing a read or seek (EIO from a failing network
     mount mid-decode): retried, not the recording failed for good. Every other code (a
