@@ -25,7 +25,7 @@ EVAL_CORPORA = ("ravdess", "emodb", "urdu")
 # v1.9.0 was chosen on validation speakers and is lower on the RAVDESS and URDU test speakers,
 # see the README).
 UA_FLOORS: dict[tuple[str, str], float] = {
-    ("ravdess", "clean"): 0.60,    # measured 0.635 (v1.8.0: 0.664)
+    ("ravdess", "clean"): 0.60,    # measured 0.641 (v1.8.0: 0.664; 0.635 before the VAD's idle frames)
     ("ravdess", "mulaw8k"): 0.61,  # measured 0.640 (0.678)
     ("emodb", "clean"): 0.85,      # measured 0.888 (0.874)
     ("emodb", "mulaw8k"): 0.81,    # measured 0.846 (0.847)
@@ -111,16 +111,17 @@ def test_the_card_reports_what_the_model_measures(emotion_model: Path,
         assert stated["ua"] == pytest.approx(row.ua, abs=0.04), (row.corpus, row.channel)
 
 
-# Robustness table on RAVDESS (``--robustness``), emotion-v1.9.0: clean 0.635, worst condition
-# clipping (each clip's speech at -26 dBFS, +20 dB, hard clip), measured 0.606 (2.9 points
-# under clean: the goal of at most 5 is met); every other condition within 1.3 points (strong
-# EQ/tilt 0.622) or above clean. v1.8.0: clipping 0.612 (5.2 under its 0.664); v1.7.0:
+# Robustness table on RAVDESS (``--robustness``), emotion-v1.9.0: clean 0.641, worst condition
+# clipping (each clip's speech at -26 dBFS, +20 dB, hard clip), measured 0.603 (3.8 points
+# under clean: the goal of at most 5 is met); every other condition within 1.9 points (strong
+# EQ/tilt 0.622) or above clean (since 2026-12-06's idle frames in the VAD; before: clean
+# 0.635, clipping 0.606). v1.8.0: clipping 0.614 (5.0 under its 0.664); v1.7.0:
 # clipping 0.532 (5.65 under its 0.588); v1.6.0: clipping 0.570 (5.5 under its 0.625);
 # v1.5.0: clipping 0.604 (4.9 under its 0.653); v1.4.0: Opus 0.558.
 RAVDESS_WORST_CASE_FLOOR = 0.58
 # a regression guard, not the goal: the measured drop plus about one point, since one or two
 # clips flipping by float rounding on another CPU move a condition's UA by ~0.3 points each
-RAVDESS_MAX_DROP_FROM_CLEAN = 0.040
+RAVDESS_MAX_DROP_FROM_CLEAN = 0.048
 
 
 def test_worst_channel_condition_holds_on_ravdess(emotion_model: Path,
