@@ -332,8 +332,9 @@ def _test_figures_into_card(model_path: Path, manifests: list[Path], workers: in
 
     if not (read_manifests(manifests)["split"] == "test").any():
         print(f"note: no test rows in the manifests; {model_path.name}'s card has no test "
-              "figures (score held-out calls later: callmood evaluate --update-card "
-              "--manifest M)", file=sys.stderr)
+              "figures (score held-out calls later: "
+              + shlex.join(["callmood", "evaluate", "--model", str(model_path), "--update-card",
+                            "--manifest", "M"]) + ")", file=sys.stderr)
         return 0
     return evaluate_main(["--model", str(model_path), "--update-card", "--channel", "clean",
                           "--channel", "mulaw8k", "--workers", str(workers),
@@ -419,13 +420,19 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
                    help="tile utterances shorter than N frames up to N instead of the card's "
                         "min_frames (a measurement: 300 is the 3 s the network trains on)")
     p.add_argument("--update-card", action="store_true",
-                   help="write the figures into the model's card (JSON and Markdown)")
+                   help="write the figures into the card of --model (JSON and Markdown; "
+                        "--model is then required)")
     p.add_argument("--json-out", type=Path, default=None, help="also write figures as JSON")
     p.add_argument("--baseline", type=Path, default=None,
                    help="another ONNX model (card beside it) scored on the same clips: prints "
                         "each row's UA difference with a 95%% interval from resampling the "
                         "speakers for both models at once")
     return p
+
+
+_NAME_THE_CARD = ("error: --update-card rewrites a model's card: name the model with --model "
+                  "(the one the worker serves is CALLMOOD_MODEL_PATH): without it, scoring "
+                  "one's own calls replaced the served model's published figures")
 
 
 def evaluation_channels(robustness: bool, channels: list[str] | None) -> list[str]:
@@ -439,6 +446,9 @@ def evaluation_channels(robustness: bool, channels: list[str] | None) -> list[st
 def evaluate_main(argv: list[str] | None = None) -> int:
     """``evaluate``: prints the table; returns a process exit status."""
     args = build_evaluate_parser().parse_args(argv)
+    if args.update_card and not args.model:
+        print(_NAME_THE_CARD, file=sys.stderr)
+        return 2
     model_paths: list[Path] = [p.resolve() for p in args.model or [get_settings().model_path]]
     model_path = model_paths[0]
     if args.update_card and len(model_paths) > 1:
@@ -623,7 +633,7 @@ def build_loco_parser() -> argparse.ArgumentParser:
                    help="write each held-out corpus's figures into the card of --model "
                         "(other held-out corpora already there are kept)")
     p.add_argument("--model", type=Path, default=None,
-                   help="model whose card --update-card writes (default: CALLMOOD_MODEL_PATH)")
+                   help="model whose card --update-card writes (required with it)")
     p.add_argument("--final-fit-of", type=Path, default=None, metavar="SELECTED",
                    help="score the shipped procedure: for each held-out corpus, the final fit "
                         "of SELECTED's recipe (its epochs and temperature) on every train "
@@ -640,6 +650,9 @@ def loco_main(argv: list[str] | None = None) -> int:
     )
 
     args, train_args = build_loco_parser().parse_known_args(argv)
+    if args.update_card and args.model is None:
+        print(_NAME_THE_CARD, file=sys.stderr)     # before hours of training, not after
+        return 2
     # the held-out corpus is scored as its models are trained: cut to speech or whole
     known = build_train_parser().parse_known_args(train_args)[0]
     speech_cut = _speech_cut(bool(known.whole_clips))
@@ -715,7 +728,7 @@ def loco_main(argv: list[str] | None = None) -> int:
                                         *[a for c in args.channel or []
                                           for a in ("--channel", c)],
                                         *train_args])
-            target = (args.model or get_settings().model_path).resolve()
+            target = args.model.resolve()
             write_card(target, with_loco(read_card_dict(target), holdout, result, model_card,
                                          command))
             print(f"updated card of {target.name}")

@@ -515,5 +515,29 @@ def test_a_trained_model_without_test_rows_keeps_its_exit_status(
     pd.read_csv(_manifest(tmp_path, callmood_corpora)).assign(split="train").to_csv(
         train_only, index=False)
     assert _test_figures_into_card(model, [train_only], workers=1) == 0
-    assert "no test rows in the manifests" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no test rows in the manifests" in err
+    # the command it suggests names the new model: without --model, --update-card rewrote
+    # the card of the model the worker serves (a review)
+    assert f"callmood evaluate --model {model} --update-card --manifest M" in err
     assert card_path_for(model).read_text() == card_before
+
+
+def test_update_card_names_the_card_it_rewrites(
+        tmp_path: Path, callmood_corpora: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`evaluate --update-card --manifest theirs.csv` without --model scored an operator's
+    calls and replaced the served model's published test figures with them (a review); loco
+    refuses it before training, not hours later."""
+    from training.cli import loco_main
+
+    served = write_tiny_model(tmp_path, np.zeros((N_MELS, 7), dtype=np.float32))
+    monkeypatch.setenv("CALLMOOD_MODEL_PATH", str(served))
+    card_before = card_path_for(served).read_text()
+    manifest = _manifest(tmp_path, callmood_corpora)
+    assert evaluate_main(["--manifest", str(manifest), "--workers", "1", "--update-card"]) == 2
+    assert "--update-card rewrites a model's card: name the model" in capsys.readouterr().err
+    assert loco_main(["--holdout", "urdu", "--update-card", "--epochs", "1"]) == 2
+    assert "--update-card rewrites a model's card: name the model" in capsys.readouterr().err
+    assert card_path_for(served).read_text() == card_before
+    assert not (tmp_path / "loco").exists() and not Path("loco").exists()
