@@ -131,8 +131,9 @@ def _url_of(target: Settings | str) -> str:
 def session_scope(target: Settings | str) -> Iterator[Session]:
     """A session whose transaction commits when the block succeeds and rolls back otherwise.
 
-    A database that cannot be reached, is locked or dropped the connection raises
-    :class:`TransientError` (retry later); every other error propagates unchanged.
+    A database that cannot be reached, is locked, dropped the connection or refuses writes
+    for now (:func:`is_transient_sqlstate`) raises :class:`TransientError` (retry later);
+    every other error propagates unchanged.
     """
     url = _url_of(target)
     session = Session(make_engine(url), expire_on_commit=False)
@@ -147,12 +148,33 @@ def session_scope(target: Settings | str) -> Iterator[Session]:
         if e.connection_invalidated:
             raise TransientError(f"database connection lost ({redact_url(url)}): "
                                  f"{_first_line(e)}") from e
+        if is_transient_sqlstate(getattr(e.orig, "sqlstate", None)):
+            raise TransientError(f"database unavailable ({redact_url(url)}): "
+                                 f"{_first_line(e)}") from e
         raise
     except BaseException:
         session.rollback()
         raise
     finally:
         session.close()
+
+
+TRANSIENT_SQLSTATES: frozenset[str] = frozenset({"25006"})
+"""PostgreSQL error codes that say the server cannot take the work now, not that the work is
+wrong, whatever exception class the driver gives them: 25006 read_only_sql_transaction (a hot
+standby, or a failover whose address still points at the old primary; psycopg raises it as
+InternalError, which escaped the task, and Celery acked the message: a call sent with
+send_task was lost, a review)."""
+TRANSIENT_SQLSTATE_CLASSES: frozenset[str] = frozenset({"08", "53", "57"})
+"""Classes of such codes: 08 connection exception, 53 insufficient resources (too many
+connections, disk full, out of memory), 57 operator intervention (admin or crash shutdown,
+cannot connect now)."""
+
+
+def is_transient_sqlstate(sqlstate: str | None) -> bool:
+    """Whether a PostgreSQL SQLSTATE is one to retry later (:data:`TRANSIENT_SQLSTATES`)."""
+    return bool(sqlstate) and (sqlstate in TRANSIENT_SQLSTATES
+                               or str(sqlstate)[:2] in TRANSIENT_SQLSTATE_CLASSES)
 
 
 def _first_line(e: BaseException) -> str:

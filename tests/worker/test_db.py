@@ -1,0 +1,55 @@
+"""The database edge: which errors are an outage to retry later (TransientError)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+
+from worker import db, store
+from worker.errors import TransientError
+
+
+@pytest.mark.parametrize(("sqlstate", "transient"), [
+    ("25006", True),    # read_only_sql_transaction: a standby, or a stale failover address
+    ("57P01", True),    # admin_shutdown
+    ("57P03", True),    # cannot_connect_now (starting up)
+    ("53300", True),    # too_many_connections
+    ("53100", True),    # disk_full
+    ("08006", True),    # connection_failure
+    ("23505", False),   # unique_violation: the work is wrong, not the server
+    ("22001", False),   # string_data_right_truncation
+    ("42P01", False),   # undefined_table: a schema behind the release, not an outage
+    (None, False), ("", False),
+])
+def test_sqlstates_that_mean_retry_later(sqlstate: str | None, transient: bool) -> None:
+    assert db.is_transient_sqlstate(sqlstate) is transient
+
+
+@pytest.mark.postgres
+def test_a_database_that_refuses_writes_is_an_outage_not_a_lost_call(
+        postgres_url: str, postgres_admin_url: str) -> None:
+    """A read-only PostgreSQL (a hot standby, a failover whose address still points at the
+    old primary) raised InternalError: it escaped the task as an unexpected error and Celery
+    acked the message, so a call sent with plain send_task left no trace but a traceback (a
+    review). It is a TransientError: the task retries, the message is kept."""
+    from worker.jobs import process_call
+    from worker.settings import Settings
+
+    db.upgrade(postgres_url)
+    name = make_url(postgres_url).database
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
+        db.dispose_engines()   # new connections take the setting
+        request = store.CallRequest(uri="/recordings/ro.wav", external_call_id="RO-1")
+        settings = Settings.from_env().replace(database_url=postgres_url)
+        with pytest.raises(TransientError, match="read-only transaction"):
+            process_call(request, settings)
+        with admin.connect() as c:
+            c.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = off'))
+        db.dispose_engines()
+        with db.session_scope(postgres_url) as session:
+            assert store.find_call(session, "RO-1") is None   # nothing half-written
+    finally:
+        admin.dispose()
