@@ -75,7 +75,8 @@ class CallOutcome:
 
 
 def process_call(request: CallRequest, settings: Settings,
-                 transient: Literal["raise", "fail"] = "raise") -> CallOutcome:
+                 transient: Literal["raise", "fail"] = "raise",
+                 interrupts: tuple[type[BaseException], ...] = ()) -> CallOutcome:
     """Register, claim, analyse and store one call; no Celery in here.
 
     InputError and unexpected errors fail the call (recorded in the database); TransientError
@@ -83,6 +84,8 @@ def process_call(request: CallRequest, settings: Settings,
     (a caller with no retry to offer: ``callmood analyze``) a TransientError while reading or
     storing the recording fails the claimed call with its reason instead, so it is not left
     "processing"; one while the call is registered or claimed (the database away) propagates.
+    ``interrupts``: exceptions the caller handles itself (the task's soft time limit, which
+    would otherwise fail the call as an unexpected error named only by its class).
     """
     with session_scope(settings) as session:
         # decided on the locked row: a run of this call committing meanwhile (a redelivery
@@ -118,6 +121,8 @@ def process_call(request: CallRequest, settings: Settings,
     except ModelError:
         # a broken model (a bad deploy, a card for another file) is the worker's fault, not
         # the call's: the task retries with backoff, so fixing the model saves the queue
+        raise
+    except interrupts:
         raise
     except Exception as e:  # any other failure fails this call, never the worker
         log.exception("call %s: unexpected error", request.external_call_id)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from worker.audio import probe_duration_s
@@ -70,7 +71,18 @@ def analyze_recording(self: Task[Any, Any], **payload: Any) -> dict[str, Any]:
         return _reject(payload, str(e)).as_dict()
     settings = get_settings()
     try:
-        return process_call(request, settings).as_dict()
+        return process_call(request, settings, interrupts=(SoftTimeLimitExceeded,)).as_dict()
+    except SoftTimeLimitExceeded:
+        # failed as an 'unexpected error' named only "SoftTimeLimitExceeded()" (a review)
+        soft_s = (self.request.timelimit or (None, None))[1] or self.app.conf.task_soft_time_limit
+        reason = (f"the analysis ran past its time limit of {float(soft_s):g} s (the limit "
+                  "grows with the recording's length: a stuck decode or an overloaded worker?);"
+                  " callmood retry runs it again")
+        log.error("call %s: %s", request.external_call_id, reason)
+        status = _fail_quietly(settings, request, reason)
+        if status == "done":
+            return CallOutcome.superseded_run(request.external_call_id, reason).as_dict()
+        return CallOutcome("failed", request.external_call_id, reason=reason).as_dict()
     except (TransientError, ModelError) as e:
         if self.request.retries >= MAX_RETRIES:
             reason = f"gave up after {MAX_RETRIES} retries: {e}"

@@ -251,7 +251,7 @@ def test_giving_up_after_a_redelivery_stored_the_call_leaves_it_done(
     call = _call(migrated, "CC-100")
     assert call is not None and (call.status, call.failure_reason) == ("done", None)
 
-    def process_call(request: Any, settings: Settings) -> Any:
+    def process_call(request: Any, settings: Settings, **options: Any) -> Any:
         raise TransientError("database unavailable (postgresql://db/callmood)")
 
     monkeypatch.setattr("worker.tasks.process_call", process_call)
@@ -274,7 +274,7 @@ def test_a_database_outage_longer_than_the_retries_keeps_the_call(
     from worker.jobs import process_call as real_process_call
 
 
-    def process_call(request: Any, settings: Settings) -> Any:
+    def process_call(request: Any, settings: Settings, **options: Any) -> Any:
         attempts.append(1)
         if len(attempts) <= down_for:
             raise TransientError("database unavailable (postgresql://db/callmood)")
@@ -315,7 +315,7 @@ def test_giving_up_on_a_call_that_never_got_a_row_records_it_failed(
     """A producer's send_task whose every claim met a database error (no row was made) and the
     database answers again at the give-up: the call is written as failed with the reason, so
     `callmood failures` and `retry` see it, not acked into nothing."""
-    def process_call(request: Any, settings: Settings) -> Any:
+    def process_call(request: Any, settings: Settings, **options: Any) -> Any:
         raise TransientError("database unavailable (postgresql://db/callmood)")
 
     monkeypatch.setattr("worker.tasks.process_call", process_call)
@@ -359,6 +359,27 @@ def test_unexpected_error_fails_the_call_not_the_worker(
     assert result["status"] == "failed"
     call = _call(migrated, "CC-100")
     assert call is not None and call.failure_reason == "ZeroDivisionError: boom"
+
+
+def test_a_call_past_its_soft_time_limit_fails_saying_so(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reason was 'SoftTimeLimitExceeded: SoftTimeLimitExceeded()', logged as an
+    unexpected error with a traceback (a review): it names the limit and the way out."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def analyze(uri: str, settings: Settings) -> Any:
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(jobs, "_analyze", analyze)
+    # as a sent task carries its limits (tasks.send_analysis sizes them from the header)
+    monkeypatch.setattr(tasks.analyze_recording, "soft_time_limit", 135.0)
+    result = _run(**GOOD)
+    assert result["status"] == "failed"
+    call = _call(migrated, "CC-100")
+    assert call is not None and call.status == "failed"
+    assert call.failure_reason is not None and call.failure_reason.startswith(
+        "the analysis ran past its time limit of 135 s")
+    assert "callmood retry runs it again" in call.failure_reason
 
 
 def test_a_run_failing_after_its_redelivery_stored_the_call_leaves_it_done(
