@@ -412,18 +412,23 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
     """List failed calls (newest first) with their reason and attempts."""
     from worker.db import session_scope
-    from worker.store import list_calls
+    from worker.store import counts_by_status, list_calls
 
     zone = zone_for(settings.timezone)
     with session_scope(settings) as session:
-        failed = list_calls(session, status="failed", limit=args.limit, newest_first=True)
+        # the latest failures first: by registration, an old call that failed again today
+        # fell past --limit (a review)
+        failed = list_calls(session, status="failed", limit=args.limit,
+                            latest_finished_first=True)
+        total = counts_by_status(session)["failed"]
         for call in failed:
             # in the site's zone, as `status` counts days, and saying which
             when = (f"{call.processed_at.astimezone(zone):%Y-%m-%d %H:%M:%S %Z}"
                     if call.processed_at else "-")
             print(f"{call.external_call_id}\tattempts={call.attempts}\t{when}\t"
                   f"{call.source_uri}\t{call.failure_reason}")
-    print(f"{len(failed)} failed call(s) listed", file=sys.stderr)
+    more = f" of {total} (the latest first; --limit N lists more)" if total > len(failed) else ""
+    print(f"{len(failed)}{more} failed call(s) listed", file=sys.stderr)
     return 0
 
 

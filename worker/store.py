@@ -456,11 +456,15 @@ def count_never_sent(session: Session) -> int:
 
 
 def list_calls(session: Session, status: str | None = None, limit: int | None = None,
-               newest_first: bool = False) -> list[Call]:
-    """Calls in registration (id) order, optionally only those with ``status``."""
+               newest_first: bool = False, latest_finished_first: bool = False) -> list[Call]:
+    """Calls in registration (id) order (``newest_first``: reversed), or with
+    ``latest_finished_first`` the last to finish first (calls never finished last), optionally
+    only those with ``status``."""
     if status is not None and status not in CALL_STATUSES:
         raise ValueError(f"status {status!r}: use one of {', '.join(CALL_STATUSES)}")
-    query = select(Call).order_by(Call.id.desc() if newest_first else Call.id)
+    query = select(Call).order_by(
+        *([Call.processed_at.desc().nulls_last()] if latest_finished_first else []),
+        Call.id.desc() if newest_first or latest_finished_first else Call.id)
     if status is not None:
         query = query.where(Call.status == status)
     if limit is not None:

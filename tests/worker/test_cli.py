@@ -552,3 +552,23 @@ def test_analyze_fails_one_file_on_a_storage_hiccup_and_goes_on(
     assert "processing" not in listed and listed.count(" done ") == 2 and " failed " in listed
     monkeypatch.setattr(worker.jobs, "_analyze", real)
     assert main(["analyze", "--reprocess", str(paths[1])]) == 0
+
+
+def test_failures_lists_the_latest_failures_first_and_says_how_many_more(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Listed by registration, an old call that failed again today fell past --limit, and
+    the footer never said there were more (a review)."""
+    for name in ("old", "new"):
+        (env / f"{name}.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really " + name.encode())
+    assert main(["analyze", str(env / "old.wav"), "--call-id", "F-old"]) == 1
+    assert main(["analyze", str(env / "new.wav"), "--call-id", "F-new"]) == 1
+    assert main(["analyze", "--reprocess", str(env / "old.wav"), "--call-id", "F-old"]) == 1
+    capsys.readouterr()
+    assert main(["failures", "--limit", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("F-old\t") and "F-new" not in out
+    assert "1 of 2 (the latest first; --limit N lists more) failed call(s) listed" in err
+    assert main(["failures"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split("\t")[0] for line in out.splitlines()] == ["F-old", "F-new"]
+    assert err.strip() == "2 failed call(s) listed"
