@@ -13,9 +13,11 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,16 +191,48 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
         return _summary(results, started, log_path, timed_out=False, exit_code=None)
     timed_out = False
     exit_code: int | None = None
+    interrupted: BaseException | None = None
     try:
-        timed_out, exit_code = _wait_for_calls(process, list(requests), settings, timeout_s,
-                                               poll_interval_s, progress)
+        with _signals_stop_the_run():
+            timed_out, exit_code = _wait_for_calls(process, list(requests), settings,
+                                                   timeout_s, poll_interval_s, progress)
+    except (KeyboardInterrupt, SystemExit) as e:
+        interrupted = e
     finally:
         stopped_code = stop_worker(process)
         exit_code = stopped_code if exit_code is None else exit_code
         _drop_private_queue(settings, queue)
+    if interrupted is not None:
+        # the calls the stopped worker did not finish are failed with why, not left pending
+        # or "processing" behind a run that is gone
+        _collect(ids, requests, settings, False, None, timeout_s, log_path,
+                 cause="callmood run was stopped before this call finished")
+        raise interrupted
 
     results = _collect(ids, requests, settings, timed_out, exit_code, timeout_s, log_path)
     return _summary(results, started, log_path, timed_out, exit_code)
+
+
+@contextmanager
+def _signals_stop_the_run() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise SystemExit inside the block, as Ctrl-C raises
+    KeyboardInterrupt: Python's default ends the process without running ``finally``, and
+    the run's Celery worker, in a session of its own, ran on after a `timeout`, a cron kill
+    or a dropped SSH session (a review). Signals are the main thread's only: elsewhere the
+    block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _summary(results: list[FileResult], started: float, log_path: Path, timed_out: bool,

@@ -313,3 +313,45 @@ def test_a_run_over_many_folders_starts_its_worker_or_fails_its_calls(
         assert queue_stats(app, queue).queued == 0   # nothing stranded on the run's queue
     finally:
         app.close()
+
+
+def test_a_run_stopped_by_sigterm_stops_its_worker_and_fails_what_it_left(
+        callmood_settings: Settings, recordings: dict[str, Path], tmp_path: Path) -> None:
+    """`timeout`, a cron kill or a dropped SSH session send SIGTERM/SIGHUP: Python's default
+    ended `callmood run` without its cleanup, and the Celery worker, in a session of its own,
+    ran on polling the broker (a review). The run here waits for ever once its worker is up
+    (its wait replaced), so the signal lands mid-run."""
+    pid_file = tmp_path / "worker.pid"
+    script = (
+        "import sys, time\n"
+        "import worker.runner as runner\n"
+        "def wait_forever(process, *args, **kwargs):\n"
+        "    open(sys.argv[2], 'w').write(str(process.pid))\n"
+        "    while True:\n"
+        "        time.sleep(0.1)\n"
+        "runner._wait_for_calls = wait_forever\n"
+        "from worker.settings import Settings\n"
+        "runner.run_recordings([sys.argv[1]], Settings.from_env(), timeout_s=600)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLMOOD_")}
+    env.update(callmood_settings.extra)
+    env["PYTHONPATH"] = str(PACKAGE_DIR.parent)
+    run = subprocess.Popen([sys.executable, "-c", script, str(recordings["mono"]),
+                            str(pid_file)], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() or not pid_file.read_text():
+            assert run.poll() is None and time.monotonic() < deadline, run.stderr
+            time.sleep(0.2)
+        worker_pid = int(pid_file.read_text())
+        run.send_signal(15)
+        assert run.wait(timeout=120) == 128 + 15
+    finally:
+        if run.poll() is None:
+            run.kill()
+    # the worker and its pool are gone (the run waited for it: no zombie left either)
+    assert not Path(f"/proc/{worker_pid}").exists()
+    with db.session_scope(callmood_settings) as s:
+        call = store.find_call(s, external_id_for(recordings["mono"].resolve()))
+        assert call is not None and call.status in ("done", "failed")
+        assert call.status == "done" or "callmood run was stopped" in (call.failure_reason or "")
