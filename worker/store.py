@@ -558,13 +558,15 @@ class CallSendState:
     failure_reason: str | None
     batch_id: int | None
     enqueued_at: datetime | None
+    updated_at: datetime | None = None
+    """When the row last changed: a claimed call's age, which a recovery's re-send mark moves."""
 
     @classmethod
     def of(cls, call: Call) -> CallSendState:
         """``call``'s send state as it is now."""
         return cls(call_id=call.id, status=call.status, attempts=call.attempts,
                    failure_reason=call.failure_reason, batch_id=call.batch_id,
-                   enqueued_at=call.enqueued_at)
+                   enqueued_at=call.enqueued_at, updated_at=call.updated_at)
 
 
 @dataclass(frozen=True)
@@ -700,6 +702,15 @@ def release_enqueue(session: Session, reserved: Sequence[CallSendState]) -> None
     recount: list[int] = []
     for state in reserved:
         call = lock_call(session, state.call_id)
+        if (call.status, call.attempts) == (state.status, state.attempts) == (
+                "processing", call.attempts):
+            # a claimed call a recovery found lost (:func:`claim_resend`): its mark moved the
+            # claim's age, so the next recoveries took it for busy for another hard limit
+            # (~70 min) although nothing had been sent (a review); both go back
+            call.enqueued_at = state.enqueued_at
+            if state.updated_at is not None:
+                call.updated_at = state.updated_at
+            continue
         if call.status != "pending" or call.attempts != 0:
             continue
         moved_from = call.batch_id

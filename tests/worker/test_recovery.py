@@ -655,3 +655,44 @@ def test_two_recoveries_at_once_send_a_lost_call_once(tmp_path: Path, redis_url:
         thread.join()
     assert sent == ["LOST-1"]
     assert sorted(r.lost for r in reports) == [(), ("LOST-1",)]
+
+
+def test_a_failed_resend_of_a_lost_claimed_call_leaves_it_lost_for_the_next_recovery(
+        tmp_path: Path, redis_url: str) -> None:
+    """A claimed call whose worker vanished, found lost: the re-send mark moved its claim's
+    age (updated_at), and when the send failed nothing moved it back, so every recovery for
+    another hard limit (~70 min) took it for busy (a review)."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from worker import store
+    from worker.db import session_scope
+    from worker.errors import TransientError
+    from worker.recovery import recover
+    from worker.schema import Call, utcnow
+
+    settings = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
+                                  "CALLMOOD_INPUT_ROOTS": str(tmp_path),
+                                  "CALLMOOD_BROKER_URL": fresh_redis_db(redis_url, 12)})
+    db.upgrade(settings.database_url)
+    claimed_at = utcnow() - timedelta(hours=2)
+    with session_scope(settings) as s:
+        call = store.reserve_for_enqueue(s, store.CallRequest(
+            uri=str(tmp_path / "a.wav"), external_call_id="GONE-1")).call
+        call_id = call.id
+    with session_scope(settings) as s:   # a worker claimed it two hours ago, then vanished
+        s.execute(update(Call).where(Call.id == call_id).values(
+            status="processing", attempts=1, updated_at=claimed_at))
+
+    def broker_down(requests: Any) -> list[str]:
+        raise TransientError("broker unavailable (simulated)")
+
+    assert recover(settings, dry_run=True).lost == ("GONE-1",)
+    with pytest.raises(TransientError):
+        recover(settings, send=broker_down)
+    with session_scope(settings) as s:
+        after = s.get(Call, call_id)
+        assert after is not None and (after.status, after.attempts) == ("processing", 1)
+        assert after.updated_at == claimed_at
+    assert recover(settings, dry_run=True).lost == ("GONE-1",)   # the next one sends it
