@@ -51,14 +51,23 @@ def _expand(paths: Sequence[str]) -> list[Path]:
 
 
 def require_model(settings: Settings) -> None:
-    """ConfigError (exit 2) unless the emotion model and its card load: a missing model or a
-    card for another file would fail every call, and a command that claimed one first left
-    it 'processing' for ever (``analyze``), or retried each for minutes (``run``)."""
-    from worker.emotion import load_card
+    """ConfigError (exit 2) unless the analysis imports and the emotion model and its card
+    load: a missing model, a card for another file or a broken installation would fail every
+    call, and a command that claimed one first left it 'processing' for ever (``analyze``),
+    or retried each for minutes (``run``)."""
     from worker.errors import ModelError
 
     try:
-        load_card(settings.model_path)
+        # the analysis's own imports (onnxruntime, webrtcvad, soxr) and the ONNX session:
+        # a broken installation passed the card check and failed every call (a review)
+        import worker.pipeline  # noqa: F401
+        from worker.emotion import load_model
+
+        load_model(settings.model_path, settings.onnx_threads)
+    except ImportError as e:
+        raise ConfigError(f"the analysis cannot be imported ({e}): this installation is "
+                          "broken; reinstall callmood and its dependencies (README: pip "
+                          "install -e .)") from e
     except ModelError as e:
         raise ConfigError(f"{e} (CALLMOOD_MODEL_PATH)") from e
 

@@ -40,9 +40,13 @@ worker (redelivered by task_reject_on_worker_lost) must not loop forever."""
 
 def _analyze(uri: str, settings: Settings) -> RecordingAnalysis:
     # Imported here: the pipeline pulls in numpy/onnxruntime, which the producer side and the
-    # store never need; and a broken pipeline import then fails calls instead of the worker.
-    from worker.pipeline import analyze_file
-
+    # store never need. A broken import is the installation's fault, not the call's: retried
+    # as a broken model is (it failed every call for good, a review).
+    try:
+        from worker.pipeline import analyze_file
+    except ImportError as e:
+        raise ModelError(f"the analysis cannot be imported ({e}): this worker's installation "
+                         "is broken; reinstall callmood") from e
     return analyze_file(uri, settings)
 
 

@@ -572,3 +572,28 @@ def test_failures_lists_the_latest_failures_first_and_says_how_many_more(
     out, err = capsys.readouterr()
     assert [line.split("\t")[0] for line in out.splitlines()] == ["F-old", "F-new"]
     assert err.strip() == "2 failed call(s) listed"
+
+
+def test_a_broken_installation_is_refused_before_any_call_is_claimed(
+        env: Path, tmp_path: Path) -> None:
+    """A worker (or `analyze`) whose onnxruntime cannot be imported passed the start check,
+    which read the model card only, and failed every call it took (a review)."""
+    import subprocess
+    import sys
+
+    from worker.settings import PACKAGE_DIR
+
+    fake = tmp_path / "fake-site" / "onnxruntime"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "raise ImportError('libonnxruntime.so.1.20: cannot open shared object file')\n")
+    (env / "call.wav").write_bytes(b"RIFF")
+    environment = {**os.environ,
+                   "PYTHONPATH": os.pathsep.join([str(fake.parent), str(PACKAGE_DIR.parent)])}
+    for command in (["analyze", str(env / "call.wav")], ["worker"]):
+        done = subprocess.run([sys.executable, "-m", "worker.cli", *command], env=environment,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "the analysis cannot be imported" in done.stderr
+        assert "libonnxruntime.so.1.20" in done.stderr and "Traceback" not in done.stderr
+    assert not (env / "data" / "callmood.sqlite").exists()   # nothing claimed, nothing made

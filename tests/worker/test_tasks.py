@@ -349,6 +349,20 @@ def test_a_broken_model_is_retried_not_blamed_on_the_call(
                                        "model not found")
 
 
+def test_a_broken_installation_is_retried_not_blamed_on_the_call(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime (or webrtcvad, soxr) that cannot be imported failed every call for good
+    as 'ImportError: ...', at once (a review): it is the worker's fault, retried as a
+    broken model is, and named as such when the retries run out."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "worker.pipeline", None)   # its import now fails
+    result = _run(**GOOD)
+    assert result["status"] == "failed"
+    assert result["reason"].startswith(f"gave up after {tasks.MAX_RETRIES} retries: the "
+                                       "analysis cannot be imported")
+
+
 def test_unexpected_error_fails_the_call_not_the_worker(
         migrated: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     def analyze(uri: str, settings: Settings) -> Any:
