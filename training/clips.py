@@ -9,6 +9,7 @@ part.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,9 @@ from worker.audio import Audio, load_mono
 from worker.errors import ConfigError
 
 T = TypeVar("T")
+
+MAX_MISSING_LISTED = 10
+"""Missing files named in the error (the count says how many more)."""
 
 SPAN_END_TOLERANCE_S = 0.1
 """How far a labelled span may end past the decoded audio and be cut at its end: an MP3's
@@ -56,6 +60,14 @@ def load_clips(sources: Sequence[ClipSource], sample_rate: int,
     groups: dict[tuple[str, int | None], list[int]] = {}
     for i, source in enumerate(sources):
         groups.setdefault((source.path, source.channel), []).append(i)
+    # every file looked for before any is decoded: a missing one surfaced as libsndfile's
+    # "System error" once the whole dataset was built, and only the first of them (a review)
+    missing = sorted({path for path, _ in groups if not os.path.isfile(path)})
+    if missing:
+        raise ConfigError(f"{len(missing)} file(s) of the manifest not found: "
+                          f"{', '.join(missing[:MAX_MISSING_LISTED])}"
+                          f"{' ...' if len(missing) > MAX_MISSING_LISTED else ''} (paths in a "
+                          "manifest are relative to its folder)")
 
     def load(key: tuple[str, int | None]) -> list[tuple[int, T]]:
         audio = load_mono(Path(key[0]), sample_rate, key[1])

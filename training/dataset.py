@@ -25,10 +25,12 @@ cutting them into clips. Spans of one file and channel may not overlap.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +39,8 @@ import pandas as pd
 from worker.constants import EMOTIONS
 from worker.emotion import ModelCard
 from worker.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "speaker", "emotion", "split")
 DEFAULT_CORPORA: tuple[str, ...] = ("ravdess", "tess", "emodb", "urdu")
@@ -175,10 +179,11 @@ def _spans(df: pd.DataFrame, manifest_path: Path) -> tuple[pd.Series, pd.Series]
     return start.astype(np.float64), end.astype(np.float64)
 
 
-def check_spans(df: pd.DataFrame) -> pd.DataFrame:
+def check_spans(df: pd.DataFrame, where: Sequence[str] | None = None) -> pd.DataFrame:
     """``df`` unchanged if no two rows label overlapping audio of one file and channel (a
-    row without a span labels all of it); ConfigError naming the first few otherwise: the
-    same speech would be trained or scored twice, perhaps under two labels."""
+    row without a span labels all of it); ConfigError naming the first few overlapping pairs
+    otherwise, each row by ``where`` (its manifest and line; default: its line in ``df``):
+    the same speech would be trained or scored twice, perhaps under two labels."""
     if df.empty:
         return df
     start = df["start_s"].fillna(0.0) if "start_s" in df.columns else pd.Series(0.0, df.index)
@@ -188,22 +193,32 @@ def check_spans(df: pd.DataFrame) -> pd.DataFrame:
     # since missing values never compare equal (pandas 3 keeps them missing through astype(str))
     channel = (df["channel"].astype("Int64").fillna(0).astype(np.int64) if "channel" in df.columns
                else pd.Series(0, index=df.index, dtype=np.int64))
-    spans = (pd.DataFrame({"path": df["path"].astype(str), "channel": channel,
-                           "start_s": start, "end_s": end})
+    rows = [f"line {i + 2}" for i in range(len(df))] if where is None else list(where)
+    spans = (pd.DataFrame({"path": df["path"].astype(str).to_numpy(),
+                           "channel": channel.to_numpy(), "start_s": start.to_numpy(),
+                           "end_s": end.to_numpy(), "row": rows})
              .sort_values(["path", "channel", "start_s", "end_s"], kind="stable"))
-    same = ((spans["path"] == spans["path"].shift()) & (spans["channel"] == spans["channel"].shift()))
-    # sorted by start: a span overlaps an earlier one iff it starts before the latest end so far
-    latest_end = spans.groupby(["path", "channel"], sort=False)["end_s"].cummax().shift()
-    overlap = same & (spans["start_s"] < latest_end)
-    if overlap.any():
-        shown = [f"{Path(p).name} {_span_text(s, e)}" for p, s, e in
-                 spans.loc[overlap, ["path", "start_s", "end_s"]].head(MAX_LISTED)
-                 .itertuples(index=False)]
-        raise ConfigError(f"{int(overlap.sum())} labelled span(s) overlap another of the same "
-                          f"file and channel: {', '.join(shown)}"
-                          f"{' ...' if int(overlap.sum()) > MAX_LISTED else ''}; label each "
-                          "stretch of speech once (a row without start_s / end_s labels the "
-                          "whole file)")
+    # sorted by start: a span overlaps an earlier one iff it starts before the latest end so
+    # far, and the span holding that end is the one to name beside it (naming only the later
+    # rows blamed the right spans after one mistyped end, a review)
+    pairs: list[tuple[Any, Any]] = []
+    key: tuple[str, int] | None = None
+    latest: Any = None
+    for span in spans.itertuples(index=False):
+        if (span.path, span.channel) != key:
+            key, latest = (span.path, span.channel), span
+            continue
+        if span.start_s < latest.end_s:
+            pairs.append((latest, span))
+        if span.end_s > latest.end_s:
+            latest = span
+    if pairs:
+        shown = [f"{Path(a.path).name} {_span_text(a.start_s, a.end_s)} ({a.row}) and "
+                 f"{_span_text(b.start_s, b.end_s)} ({b.row})" for a, b in pairs[:MAX_LISTED]]
+        raise ConfigError(f"{len(pairs)} labelled span(s) overlap another of the same file and "
+                          f"channel: {'; '.join(shown)}{' ...' if len(pairs) > MAX_LISTED else ''}"
+                          "; label each stretch of speech once (a row without start_s / end_s "
+                          "labels the whole file)")
     return df
 
 
@@ -242,10 +257,17 @@ def corpus_manifest_paths(corpora_dir: Path, corpora: Sequence[str] = DEFAULT_CO
 
 def read_manifests(manifest_paths: Iterable[Path]) -> pd.DataFrame:
     """Concatenate several manifests (see :func:`read_manifest`)."""
-    frames = [read_manifest(p) for p in manifest_paths]
+    paths = list(manifest_paths)
+    frames = [read_manifest(p) for p in paths]
     if not frames:
         raise ConfigError("no manifest given")
-    return check_spans(pd.concat(frames, ignore_index=True))
+    return check_spans(pd.concat(frames, ignore_index=True), _rows_of(paths, frames))
+
+
+def _rows_of(paths: Sequence[Path], frames: Sequence[pd.DataFrame]) -> list[str]:
+    """Each row of the concatenated ``frames`` as "NAME line N" (header = line 1)."""
+    return [f"{Path(p).name} line {i + 2}" for p, f in zip(paths, frames, strict=True)
+            for i in range(len(f))]
 
 
 def map_labels(df: pd.DataFrame) -> pd.DataFrame:
@@ -256,6 +278,19 @@ def map_labels(df: pd.DataFrame) -> pd.DataFrame:
     training (an operator's 'fearful' or 'joy' rows), or left a single class.
     """
     raw = df["emotion"].map(lambda e: str(e).strip().lower())
+    # an operator's row without an emotion is a slip, not BAVED's design: it was dropped
+    # without a word, and the run trained on fewer clips than labelled (a review)
+    blank = (raw == "") & ~df["corpus"].isin((*DEFAULT_CORPORA, *AROUSAL_CORPORA))
+    if blank.any():
+        rows = df.loc[blank].head(MAX_LISTED)
+        spans = zip(rows.get("start_s", pd.Series(np.nan, rows.index)),
+                    rows.get("end_s", pd.Series(np.nan, rows.index)), strict=True)
+        examples = [Path(str(p)).name + ("" if pd.isna(a) else f" {_span_text(a, b)}")
+                    for p, (a, b) in zip(rows["path"], spans, strict=True)]
+        raise ConfigError(
+            f"{int(blank.sum())} row(s) have no emotion ({', '.join(examples)}"
+            f"{' ...' if int(blank.sum()) > MAX_LISTED else ''}); label each row with one of "
+            f"{', '.join(EMOTIONS)}, or leave it out of the manifest")
     unknown = raw[(raw != "") & ~raw.isin(LABEL_MAP)]
     if not unknown.empty:
         raise ConfigError(
@@ -263,6 +298,12 @@ def map_labels(df: pd.DataFrame) -> pd.DataFrame:
             f"{', '.join(EMOTIONS)}, or {', '.join(k for k in LABEL_MAP if k not in EMOTIONS)} "
             "(mapped or, boredom, dropped by design; see training/dataset.py)")
     mapped = raw.map(LABEL_MAP)
+    ours = ~df["corpus"].isin((*DEFAULT_CORPORA, *AROUSAL_CORPORA))
+    by_design = (mapped.isna() & (raw != "") & ours)
+    if by_design.any():
+        # said, since an operator reading "any other label stops the run" may not expect it
+        log.warning("%d row(s) labelled %s dropped by design (no class of the model's)",
+                    int(by_design.sum()), _listed(raw[by_design].value_counts()))
     kept = df.assign(label=mapped)[mapped.notna()]
     index = {e: i for i, e in enumerate(EMOTIONS)}
     return kept.assign(label_id=kept["label"].map(index).astype(np.int64)).reset_index(drop=True)
@@ -336,7 +377,8 @@ def build_arousal_dataset(manifest_paths: Iterable[Path], val_fraction: float = 
     level (or none) are dropped. Raises ConfigError if a manifest lacks the column.
     """
     frames = []
-    for path in manifest_paths:
+    paths = list(manifest_paths)
+    for path in paths:
         df = read_manifest(path)
         if "arousal_level" not in df.columns:
             raise ConfigError(f"manifest {path} has no arousal_level column (values "
@@ -344,7 +386,7 @@ def build_arousal_dataset(manifest_paths: Iterable[Path], val_fraction: float = 
         frames.append(df)
     if not frames:
         raise ConfigError("no arousal manifest given")
-    df = check_spans(pd.concat(frames, ignore_index=True))
+    df = check_spans(pd.concat(frames, ignore_index=True), _rows_of(paths, frames))
     level = df["arousal_level"].fillna("").astype(str).str.strip().str.lower()
     index = {a: i for i, a in enumerate(AROUSAL_LEVELS)}
     kept = df.assign(arousal=level)[level.isin(index) & df["split"].isin([SUBSET_TRAIN,

@@ -60,3 +60,18 @@ def test_a_call_is_decoded_once_for_all_its_labelled_spans(
     assert np.allclose(spans[-1], agent[:16000], atol=1e-4)
     # the transform runs per span, in the manifest's order
     assert load_clips(sources, 16000, len, workers=1) == [c.size for c in clips]
+
+
+def test_every_missing_file_is_named_before_any_is_decoded(tmp_path: Path) -> None:
+    """A missing file surfaced as libsndfile's 'Error opening ...: System error' once the
+    dataset was built, and only the first of them (a review)."""
+    present = tmp_path / "here.wav"
+    sf.write(present, np.zeros(8000, np.float32), 8000)
+    decoded: list[Any] = []
+    sources = [ClipSource(str(present), None, None, None),
+               ClipSource(str(tmp_path / "nope.wav"), None, None, None),
+               ClipSource(str(tmp_path / "gone.wav"), None, 1.0, 2.0)]
+    with pytest.raises(ConfigError, match=r"2 file\(s\) of the manifest not found: "
+                                          r"\S+gone.wav, \S+nope.wav \(paths in a manifest"):
+        load_clips(sources, 8000, decoded.append)
+    assert decoded == []

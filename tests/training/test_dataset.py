@@ -144,6 +144,24 @@ def test_unknown_labels_stop_the_run_instead_of_vanishing(tmp_path: Path) -> Non
         map_labels(df)
 
 
+def test_an_operators_row_without_an_emotion_stops_the_run_and_boredom_is_said(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An operator's blank emotion cells were dropped without a word (5 of 168 rows trained
+    on 163, exit 0), and boredom rows too (a review). BAVED's blank cells stay by design."""
+    import logging
+
+    df = _clips([("mycalls", "a1", "", "train"), ("mycalls", "a1", "sad", "train"),
+                 ("baved", "s1", "", "train")])
+    with pytest.raises(ConfigError, match=r"1 row\(s\) have no emotion \(\S+\); label each "
+                                          r"row with one of angry"):
+        map_labels(df)
+    bored = _clips([("mycalls", "a1", "boredom", "train"), ("mycalls", "a1", "sad", "train"),
+                    ("emodb", "03", "boredom", "train")])
+    with caplog.at_level(logging.WARNING, logger="training.dataset"):
+        assert map_labels(bored)["label"].tolist() == ["sad"]
+    assert "1 row(s) labelled 'boredom' (1 row) dropped by design" in caplog.text
+
+
 def test_a_manifest_names_its_bad_split_values_and_missing_speakers(tmp_path: Path) -> None:
     path = _manifest(tmp_path, "path,speaker,emotion,split\na.wav,s1,sad,train\n"
                                "b.wav,s2,sad,val\nc.wav,s3,sad,validation\n")
@@ -218,12 +236,32 @@ def test_overlapping_spans_of_one_file_and_channel_are_refused() -> None:
                    ("b.wav", 1, 0.5, 1.5)])
     assert check_spans(apart) is apart            # touching spans and other channels are fine
     with pytest.raises(ConfigError, match=r"1 labelled span\(s\) overlap another of the same "
-                                          r"file and channel: a.wav 2.5-4 s"):
+                                          r"file and channel: a.wav 0-10 s \(line 2\) and "
+                                          r"2.5-4 s \(line 3\);"):
         check_spans(clips([("a.wav", 1, 0.0, 10.0), ("a.wav", 1, 2.5, 4.0),
                            ("a.wav", 0, 2.5, 4.0)]))
     # a row without a span labels the whole file: any span of it overlaps
-    with pytest.raises(ConfigError, match=r"b.wav 1-2 s"):
+    with pytest.raises(ConfigError, match=r"b.wav \(whole file\) \(line 2\) and 1-2 s"):
         check_spans(clips([("b.wav", 1, float("nan"), float("nan")), ("b.wav", 1, 1.0, 2.0)]))
+
+
+def test_one_mistyped_end_names_its_own_line_beside_each_span_it_covers(
+        tmp_path: Path) -> None:
+    """An end_s of 90 typed for 9.0: the error listed the four correct spans after it and
+    never the mistyped row, nor any line number (a review)."""
+    path = _manifest(tmp_path, "path,speaker,emotion,split,start_s,end_s\n"
+                               "c.wav,s1,angry,train,0.5,4.2\n"
+                               "c.wav,s1,sad,train,8.755,90\n"
+                               "c.wav,s2,happy,train,13.23,17.068\n"
+                               "c.wav,s1,sad,train,20.1,24.9\n")
+    with pytest.raises(ConfigError) as info:
+        read_manifests([path])
+    message = str(info.value)
+    assert message.startswith("2 labelled span(s) overlap")
+    assert ("c.wav 8.755-90 s (manifest.csv line 3) and 13.23-17.068 s (manifest.csv line 4); "
+            "c.wav 8.755-90 s (manifest.csv line 3) and 20.1-24.9 s (manifest.csv line 5)"
+            in message), message
+    assert "0.5-4.2" not in message
 
 
 def test_mono_files_and_paths_spelt_two_ways_are_checked_for_overlaps_too(tmp_path: Path) -> None:
@@ -232,7 +270,7 @@ def test_mono_files_and_paths_spelt_two_ways_are_checked_for_overlaps_too(tmp_pa
     files, for the overlap and the train/test checks alike (a review)."""
     mono = pd.DataFrame({"path": ["m.wav", "m.wav"], "start_s": [1.0, 2.0],
                          "end_s": [3.0, 4.0]})
-    with pytest.raises(ConfigError, match=r"m.wav 2-4 s"):
+    with pytest.raises(ConfigError, match=r"m.wav 1-3 s \(line 2\) and 2-4 s \(line 3\)"):
         check_spans(mono)
     whole_twice = pd.DataFrame({"path": ["w.wav", "w.wav"], "channel": [pd.NA, 0]}).assign(
         channel=lambda d: d["channel"].astype("Int64"), start_s=np.nan, end_s=np.nan)
@@ -241,7 +279,8 @@ def test_mono_files_and_paths_spelt_two_ways_are_checked_for_overlaps_too(tmp_pa
     path = _manifest(tmp_path, "path,speaker,emotion,split,start_s,end_s\n"
                                "calls/c1.wav,s1,angry,train,1,3\n"
                                "./calls/../calls/c1.wav,s1,sad,train,2,4\n")
-    with pytest.raises(ConfigError, match=r"c1.wav 2-4 s"):
+    with pytest.raises(ConfigError, match=r"c1.wav 1-3 s \(manifest.csv line 2\) and 2-4 s "
+                                          r"\(manifest.csv line 3\)"):
         read_manifests([path])
     twice = _manifest(tmp_path, "path,speaker,emotion,split,start_s,end_s\n"
                                 "calls/c1.wav,s1,angry,train,0,1\nc2.wav,s2,sad,train,0,1\n"
