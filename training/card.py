@@ -418,7 +418,26 @@ def data_limits(train_counts: Mapping[str, Mapping[str, int]]) -> list[str]:
          "are tiled to min_frames and are less reliable."),
         "Languages: " + ", ".join(languages + (["as the operator data's"] if operator else []))
         + "; other languages untested.",
+        *untrained_classes(train_counts),
     ]
+
+
+def untrained_classes(train_counts: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """The card's limit line for output classes no training clip taught (none: empty): an
+    operator's 4-emotion data still gives 7 outputs, and the card listed all 7 without a word
+    while the untrained ones took probability and fed the stress score (a review)."""
+    from analytics.stress import STRESS_WEIGHTS
+    from worker.constants import EMOTIONS
+
+    taught = {label for counts in train_counts.values() for label, n in counts.items() if n}
+    untrained = [e for e in EMOTIONS if e not in taught]
+    if not untrained:
+        return []
+    stressed = [e for e in untrained if STRESS_WEIGHTS.get(e)]
+    return [f"No training clip of {', '.join(untrained)}: the model still gives "
+            f"{'it' if len(untrained) == 1 else 'them'} probabilities, which mean nothing"
+            + (f"; {', '.join(stressed)} feed{'s' if len(stressed) == 1 else ''} the stress "
+               "score, so read stress with care" if stressed else "") + "."]
 
 
 def label_notes(corpora: set[str]) -> str:

@@ -21,6 +21,7 @@ from training.card import (
     robustness_lines,
     with_loco_of,
 )
+from worker.constants import EMOTIONS
 from worker.emotion import card_path_for
 from worker.pipeline import SpeechCut
 from worker.vad import VadConfig
@@ -158,3 +159,14 @@ def test_a_cards_limits_name_only_the_corpora_and_languages_it_trained_on() -> N
                                         "speech); BAVED excluded (arousal only)")
     assert label_notes({"ravdess"}) == "; BAVED excluded (arousal only)"
     assert label_notes({"mycalls"}) == ""
+
+
+def test_a_card_names_the_classes_no_clip_taught() -> None:
+    """An operator's model trained on 4 emotions listed all 7 outputs without a word, while
+    the 3 untrained ones took probability and fed the stress score (a review)."""
+    four = data_limits({"mycalls": {"angry": 40, "happy": 30, "neutral": 50, "sad": 20}})
+    assert four[-1] == ("No training clip of disgust, fear, surprise: the model still gives "
+                        "them probabilities, which mean nothing; disgust, fear feed the "
+                        "stress score, so read stress with care.")
+    every = {"ravdess": {e: 1 for e in EMOTIONS}}
+    assert not any(line.startswith("No training clip") for line in data_limits(every))
