@@ -507,8 +507,23 @@ def fit_temperature(logits: npt.NDArray[np.float32], y: npt.NDArray[np.int64]) -
         logp = s - np.log(np.exp(s).sum(axis=1, keepdims=True))
         return float(-logp[np.arange(len(y)), y].mean())
 
-    res = scipy.optimize.minimize_scalar(nll, bounds=(np.log(0.3), np.log(10.0)), method="bounded")
+    res = scipy.optimize.minimize_scalar(nll, bounds=(np.log(TEMPERATURE_BOUNDS[0]),
+                                                      np.log(TEMPERATURE_BOUNDS[1])),
+                                         method="bounded")
     return float(np.exp(res.x))
+
+
+TEMPERATURE_BOUNDS: tuple[float, float] = (0.3, 10.0)
+"""Search range of :func:`fit_temperature`: a trained model's fit lands well inside it
+(the shipped models: 1.2-1.6)."""
+
+
+def temperature_at_bound(temperature: float) -> bool:
+    """Whether a fitted temperature sits on its search bound (within 1 %): the validation
+    logits barely separate, as after a run of a few optimiser steps, and the probabilities'
+    calibration was not found, only clipped."""
+    low, high = TEMPERATURE_BOUNDS
+    return temperature <= low * 1.01 or temperature >= high * 0.99
 
 
 def export_onnx(model: nn.Module, path: Path, rows: int) -> None:
@@ -796,6 +811,12 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     else:
         temperature = fit_temperature(predict_logits(served, val_feats, torch.device("cpu"),
                                                      config.min_frames), y_val)
+        if temperature_at_bound(temperature):
+            # said: short runs all stopped at 0.30 without a word, their models near
+            # untrained (a review)
+            log.warning("the fitted temperature %.2f sits on its search bound: the validation "
+                        "logits barely separate (too few optimiser steps? more epochs or "
+                        "--draws-per-epoch); this model is close to untrained", temperature)
     seconds = time.monotonic() - t0 + seconds_before
 
     model_path = out_dir / f"{name}.onnx"

@@ -851,3 +851,20 @@ def test_the_mel_warp_draws_apart_and_leaves_other_recipes_as_they_drew(
     plain, warped = draw(0.0), draw(1.0)
     assert torch.equal(plain, draw(0.0)) and not torch.equal(plain, warped)
     assert plain.shape == warped.shape
+
+
+def test_a_temperature_fit_on_logits_that_barely_separate_is_flagged() -> None:
+    """Short runs all recorded T = 0.30, the search bound, without a word: the validation
+    logits spread 0.02-0.13 and the model was close to untrained (a review)."""
+    from training.train import TEMPERATURE_BOUNDS, fit_temperature, temperature_at_bound
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 7, size=200)
+    flat = rng.normal(scale=0.01, size=(200, 7)).astype(np.float32)
+    flat[np.arange(200), y] += 0.02          # right, by a hair
+    t_flat = fit_temperature(flat, y)
+    assert t_flat == pytest.approx(TEMPERATURE_BOUNDS[0], rel=0.01) and temperature_at_bound(t_flat)
+    trained = rng.normal(size=(200, 7)).astype(np.float32)
+    trained[np.arange(200), y] += 1.0        # a calibrated model's margins (T near 1)
+    t_trained = fit_temperature(trained, y)
+    assert not temperature_at_bound(t_trained) and 0.5 < t_trained < 5.0
