@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -299,24 +299,26 @@ def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = 
     return info
 
 
-def ogg_is_chained(data: bytes | mmap.mmap) -> bool:
-    """Whether an Ogg file's bytes hold a stream begun after another one's pages (a chained
-    Ogg file: two files joined end to end), walking page header to page header. False when
-    the pages cannot be walked (damage is the decoder's to report)."""
-    pos, after_first_pages = 0, False
-    while pos + 27 <= len(data):
-        if data[pos:pos + 4] != b"OggS":
+def ogg_is_chained(fh: BinaryIO) -> bool:
+    """Whether an Ogg file (``fh``, binary, at its start) holds a stream begun after another
+    one's pages (a chained Ogg file: two files joined end to end), reading page header to
+    page header and seeking past the bodies (no mmap: a read error of a network share mapped
+    into memory kills the process with SIGBUS, a review). False when the pages cannot be
+    walked (damage is the decoder's to report)."""
+    after_first_pages = False
+    while True:
+        header = fh.read(27)
+        if len(header) < 27 or header[:4] != b"OggS":
             return False
-        segments = data[pos + 26]
-        if pos + 27 + segments > len(data):
+        table = fh.read(header[26])
+        if len(table) < header[26]:
             return False
-        if data[pos + 5] & 0x02:           # beginning of a stream
+        if header[5] & 0x02:               # beginning of a stream
             if after_first_pages:
                 return True
         else:
             after_first_pages = True
-        pos += 27 + segments + sum(data[pos + 27:pos + 27 + segments])
-    return False
+        fh.seek(sum(table), os.SEEK_CUR)
 
 
 def check_single_ogg_stream(path: Path, info: Any) -> None:
@@ -327,8 +329,8 @@ def check_single_ogg_stream(path: Path, info: Any) -> None:
     if str(info.format) != "OGG":
         return
     try:
-        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            chained = ogg_is_chained(data)
+        with path.open("rb") as fh:
+            chained = ogg_is_chained(fh)
     except (OSError, ValueError) as e:
         raise file_access_error(path, e, "read") from e
     if chained:
@@ -536,30 +538,59 @@ SAMPLE_BYTES: Final[dict[str, int]] = {
 """Bytes per sample of the uncompressed subtypes (the lengths below are measured in them)."""
 
 
+CONTAINER_HEAD_BYTES: Final[int] = 4096
+"""Bytes of a file read for :func:`declared_container_bytes` (a NIST header is 1024)."""
+
+
 def declared_container_bytes(head: bytes) -> int | None:
-    """The whole file's size as the header of an RF64/BW64, Sony Wave64 or AIFF/AIFC file
-    states it (``head``: the file's first 28 bytes or more); None for any other file."""
+    """The whole file's size as the header of an RF64/BW64, Sony Wave64, AIFF/AIFC, Sun/NeXT
+    AU or NIST SPHERE file states it (``head``: the file's first
+    :data:`CONTAINER_HEAD_BYTES`); None for any other file, or one whose header leaves its
+    length open (an AU file written to a pipe)."""
     if len(head) >= 28 and head[:4] in (b"RF64", b"BW64") and head[12:16] == b"ds64":
         return int.from_bytes(head[20:28], "little") + 8   # ds64's 64-bit RIFF size
     if len(head) >= 24 and head[:16] == _W64_RIFF_GUID:
         return int.from_bytes(head[16:24], "little")       # includes its own header
     if len(head) >= 12 and head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
         return int.from_bytes(head[4:8], "big") + 8
+    if len(head) >= 12 and head[:4] == b".snd":           # offset, then data size
+        data_bytes = int.from_bytes(head[8:12], "big")
+        return None if data_bytes == 0xFFFFFFFF else int.from_bytes(head[4:8], "big") + data_bytes
+    if head[:8] == b"NIST_1A\n":
+        return _nist_bytes(head)
     return None
 
 
+def _nist_bytes(head: bytes) -> int | None:
+    """Header plus samples' bytes of a NIST SPHERE header (``sample_count``, ``channel_count``
+    and ``sample_n_bytes`` fields); None when one is missing."""
+    try:
+        header_bytes = int(head[8:16].strip())
+        fields = {}
+        for line in head[16:header_bytes].decode("ascii", "replace").splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[1] == "-i":
+                fields[parts[0]] = int(parts[2])
+        return header_bytes + (fields["sample_count"] * fields.get("channel_count", 1)
+                               * fields["sample_n_bytes"])
+    except (ValueError, KeyError):
+        return None
+
+
 def check_container_length(path: Path, info: Any) -> None:
-    """AudioDecodeError for an RF64 (a WAV past 4 GB, often still named .wav), Wave64 or AIFF
-    file that ends more than :data:`DECODE_SHORTFALL_MAX_S` before the size its header
-    states: libsndfile reads such a file up to its end without a word, and a copy or upload
-    that stopped half-way was stored as done, half the call lost (a review). The WAV
-    equivalent is :func:`check_wav_length`."""
+    """AudioDecodeError for an RF64 (a WAV past 4 GB, often still named .wav), Wave64, AIFF,
+    AU (Sun/NeXT, often mu-law) or NIST file that ends more than
+    :data:`DECODE_SHORTFALL_MAX_S` before the size its header states: libsndfile reads such
+    a file up to its end without a word, and a copy or upload that stopped half-way was
+    stored as done, half the call lost (a review). The WAV equivalent is
+    :func:`check_wav_length`. Not checked: IRCAM (no size in its header) and a compressed
+    subtype inside these containers (IMA ADPCM in AIFF)."""
     sample_bytes = SAMPLE_BYTES.get(str(info.subtype))
     if sample_bytes is None:     # compressed in the container: no length to measure by
         return
     try:
         with path.open("rb") as fh:
-            declared = declared_container_bytes(fh.read(28))
+            declared = declared_container_bytes(fh.read(CONTAINER_HEAD_BYTES))
             size = os.fstat(fh.fileno()).st_size
     except OSError as e:
         raise file_access_error(path, e, "read the header of") from e

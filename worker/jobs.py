@@ -138,6 +138,8 @@ def process_call(request: CallRequest, settings: Settings,
         if transient == "fail":
             return _fail_transient(settings, call_id, request.external_call_id, e)
         raise
+    except interrupts:
+        raise
     except Exception as e:  # e.g. a label the schema lacks: rolled back, the call fails
         log.exception("call %s: could not store the analysis", request.external_call_id)
         return _fail(settings, call_id, request.external_call_id,
@@ -149,7 +151,8 @@ def _fail_transient(settings: Settings, call_id: int, external_call_id: str,
                     error: TransientError) -> CallOutcome:
     """Fail a claimed call on a temporary error no retry will follow; if the database cannot
     record that either, the original error propagates (the call stays claimed, as before)."""
-    reason = f"{error} (a temporary error, not retried here: run it again)"
+    reason = (f"{error} (a temporary error, not retried here: callmood analyze --reprocess "
+              "runs it again)")
     try:
         return _fail(settings, call_id, external_call_id, reason)
     except TransientError as unrecorded:

@@ -37,13 +37,13 @@ _INT16_SCALE = 32767.0
 # Frames converted to int16 per block: keeps the extra memory bounded (~1 MB) for a
 # 4-hour channel instead of a second full-length copy of the signal.
 _BLOCK_FRAMES = 4096
-# Percentiles of the block's frame levels (digital silence left out) that stand for its
-# speech ("loud") and its noise floor ("quiet"): a party talking 5 % of a block still sets
-# the loud one; the quiet one is the floor when the party talks up to 90 % of the time.
 _IDLE_SPAN = 1e-6
 """Peak-to-peak (full scale 1) under which a frame holds one value (:func:`without_idle_frames`):
 1/30 of a 16-bit step, so only digital constants (and a resampler's rounding of them) fall
 under it; attenuated line noise 35 dB below a quiet studio floor still spans ~3e-5."""
+# Percentiles of the block's frame levels (digital silence left out) that stand for its
+# speech ("loud") and its noise floor ("quiet"): a party talking 5 % of a block still sets
+# the loud one; the quiet one is the floor when the party talks up to 90 % of the time.
 _LOUD_PERCENTILE = 95.0
 _QUIET_PERCENTILE = 10.0
 

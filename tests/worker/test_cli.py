@@ -545,12 +545,14 @@ def test_analyze_fails_one_file_on_a_storage_hiccup_and_goes_on(
     assert main(["analyze", *map(str, paths)]) == 1
     err = capsys.readouterr().err
     assert "FAILED call-1.wav" not in err and f"FAILED {paths[1]}: storage unavailable" in err
-    assert "not retried here: run it again" in err
+    assert "not retried here: callmood analyze --reprocess runs it again" in err
     assert err.count("done   ") == 2
     assert main(["calls"]) == 0
     listed = capsys.readouterr().out
     assert "processing" not in listed and listed.count(" done ") == 2 and " failed " in listed
     monkeypatch.setattr(worker.jobs, "_analyze", real)
+    assert main(["analyze", str(paths[1])]) == 1           # without it: the failure stands
+    assert "--reprocess" in capsys.readouterr().err
     assert main(["analyze", "--reprocess", str(paths[1])]) == 0
 
 

@@ -355,3 +355,20 @@ def test_a_run_stopped_by_sigterm_stops_its_worker_and_fails_what_it_left(
         call = store.find_call(s, external_id_for(recordings["mono"].resolve()))
         assert call is not None and call.status in ("done", "failed")
         assert call.status == "done" or "callmood run was stopped" in (call.failure_reason or "")
+
+
+def test_a_run_under_nohup_keeps_ignoring_sighup() -> None:
+    """The stop handlers replaced SIGHUP's inherited SIG_IGN: `nohup callmood run` stopped
+    when its terminal closed, failing every unfinished call (a review)."""
+    import signal
+
+    from worker.runner import _signals_stop_the_run
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with _signals_stop_the_run():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert callable(signal.getsignal(signal.SIGTERM))
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
