@@ -109,8 +109,12 @@ def read_manifest(manifest_path: Path) -> pd.DataFrame:
     try:
         # as text: a number column with an empty cell reads as float, "1" as 1.0
         # only an empty cell is missing: an agent called "NA" or "None" is a speaker
+        # blank lines read as empty rows and dropped here, not skipped by the parser: the
+        # index then stays each row's line in the file (line = index + 2), which the errors
+        # name (after a blank line they named the line above, a review)
         df = pd.read_csv(manifest_path, dtype={c: str for c in TEXT_COLUMNS},
-                         keep_default_na=False, na_values=[""])
+                         keep_default_na=False, na_values=[""],
+                         skip_blank_lines=False).dropna(how="all")
     except (OSError, pd.errors.ParserError) as e:
         raise ConfigError(f"cannot read manifest {manifest_path}: {e}") from e
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -266,8 +270,8 @@ def read_manifests(manifest_paths: Iterable[Path]) -> pd.DataFrame:
 
 def _rows_of(paths: Sequence[Path], frames: Sequence[pd.DataFrame]) -> list[str]:
     """Each row of the concatenated ``frames`` as "NAME line N" (header = line 1)."""
-    return [f"{Path(p).name} line {i + 2}" for p, f in zip(paths, frames, strict=True)
-            for i in range(len(f))]
+    return [f"{Path(p).name} line {int(i) + 2}" for p, f in zip(paths, frames, strict=True)
+            for i in f.index]
 
 
 def map_labels(df: pd.DataFrame) -> pd.DataFrame:

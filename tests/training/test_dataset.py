@@ -251,6 +251,7 @@ def test_one_mistyped_end_names_its_own_line_beside_each_span_it_covers(
     never the mistyped row, nor any line number (a review)."""
     path = _manifest(tmp_path, "path,speaker,emotion,split,start_s,end_s\n"
                                "c.wav,s1,angry,train,0.5,4.2\n"
+                               "\n"                                   # lines counted as in the file
                                "c.wav,s1,sad,train,8.755,90\n"
                                "c.wav,s2,happy,train,13.23,17.068\n"
                                "c.wav,s1,sad,train,20.1,24.9\n")
@@ -258,8 +259,8 @@ def test_one_mistyped_end_names_its_own_line_beside_each_span_it_covers(
         read_manifests([path])
     message = str(info.value)
     assert message.startswith("2 labelled span(s) overlap")
-    assert ("c.wav 8.755-90 s (manifest.csv line 3) and 13.23-17.068 s (manifest.csv line 4); "
-            "c.wav 8.755-90 s (manifest.csv line 3) and 20.1-24.9 s (manifest.csv line 5)"
+    assert ("c.wav 8.755-90 s (manifest.csv line 4) and 13.23-17.068 s (manifest.csv line 5); "
+            "c.wav 8.755-90 s (manifest.csv line 4) and 20.1-24.9 s (manifest.csv line 6)"
             in message), message
     assert "0.5-4.2" not in message
 
