@@ -207,6 +207,9 @@ def file_access_error(path: Path, e: OSError | ValueError,
     reason = getattr(e, "strerror", None) or e
     if isinstance(e, OSError) and e.errno in STORAGE_OUTAGE_ERRNOS:
         return TransientError(f"storage unavailable: cannot {doing}: {path.name}: {reason}")
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM):
+        reason = (f"{reason} (this worker runs as uid {os.getuid()}: the recordings must be "
+                  "readable to it)")
     return AudioDecodeError(f"cannot {doing}: {path.name}: {reason}")
 
 
@@ -221,6 +224,13 @@ def read_info(path: Path) -> Any:
         raise AudioDecodeError(f"{path.name} is not a regular file")
     if size == 0:
         raise AudioDecodeError(f"{path.name} is empty (0 bytes)")
+    try:
+        # opened here first: libsndfile reports any failed open as SF_ERR_SYSTEM, which reads
+        # as a storage outage, so a file the worker may not read (mode 0640 on a share, the
+        # image's uid 10001) was retried six times as 'storage unavailable' (a review)
+        path.open("rb").close()
+    except (OSError, ValueError) as e:
+        raise file_access_error(path, e, "open") from e
     try:
         # paths go to soundfile as bytes: it encodes a str strictly, and a name in another
         # encoding than UTF-8 (surrogate escapes) would not open

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -835,3 +836,25 @@ def test_a_garbled_mp3_fails_as_corrupt_on_either_path(tmp_path: Path) -> None:
             assert "damaged frames" in message or "corrupt after that point" in message, message
         causes.add("peaks" if "decodes to samples up to" in messages[0] else "stopped")
     assert causes == {"peaks", "stopped"}
+
+
+def test_a_file_the_worker_may_not_read_fails_its_call_saying_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """libsndfile reports any failed open as SF_ERR_SYSTEM, read as a storage outage: a file
+    of mode 0640 on a share, which the image's uid 10001 may not read, was retried six times
+    as 'storage unavailable' (a review). Opened first in Python, it is a permission error.
+    (Simulated: the tests run as root, whom file modes do not stop.)"""
+    path = tmp_path / "locked.wav"
+    sf.write(path, tone(1.0, 8000), 8000)
+    real_open = Path.open
+
+    def refuse(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(AudioDecodeError, match=r"cannot open: locked.wav: Permission denied "
+                                               r"\(this worker runs as uid \d+: the "
+                                               r"recordings must be readable to it\)"):
+        load_recording(path, MAX_S)
