@@ -84,6 +84,10 @@ def test_services_are_wired_like_the_tests_run_them(compose: dict[str, Any]) -> 
         assert settings.input_roots == (Path("/recordings"),)
         assert settings.inbox_dirs == (Path("/recordings/inbox"),)
         assert (settings.nightly_at, settings.timezone) == ((2, 0), "UTC")
+    # the recordings' folder must be named: a default mounted an empty one (a review)
+    assert services["worker"]["volumes"][0].startswith("${RECORDINGS_DIR:?")
+    # beat keeps its schedule across a recreate, or a night's scan is skipped
+    assert any(v.endswith(":/var/lib/callmood") for v in services["beat"]["volumes"])
     pg_env = services["postgres"]["environment"]
     assert pg_env["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
 

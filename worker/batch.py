@@ -220,6 +220,12 @@ def _entries(folder: Path) -> list[Path]:
 
     found: list[Path] = []
     for root, dirs, files in os.walk(folder, onerror=skipped):
+        for name in dirs:
+            if (Path(root) / name).is_symlink():
+                # not entered (a link may loop, or lead out of the input roots), but said:
+                # a linked day folder was skipped without a word (a review)
+                log.warning("inbox folder link %r not followed: link its files, or name its "
+                            "target in CALLMOOD_INBOX_DIRS", str(Path(root) / name))
         found.extend(Path(root) / name for name in (*dirs, *files))
     return sorted(found)
 
@@ -262,6 +268,7 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
     if not settings.inbox_dirs:
         raise ConfigError("CALLMOOD_INBOX_DIRS is not set: name the folders to scan, "
                           "separated by the OS path separator")
+    missing_folders = tuple(str(d) for d in settings.inbox_dirs if not d.is_dir())
     found = list(inbox_files(settings.inbox_dirs))
     files, too_new = settled(found, settings.inbox_min_age_s, time.time())
     if too_new:
@@ -292,6 +299,8 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
         moves, held = moves + new.moved, held + new.held
         return new.requests
 
+    roots = [root.resolve() for root in settings.input_roots]
+
     def new_requests() -> Iterator[CallRequest]:
         # Hashing the content is the expensive step: only for paths never sent, and drawn a
         # chunk at a time by the sender, so a large backlog is sent as it is hashed (a scan
@@ -300,6 +309,13 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
         chunk: list[CallRequest] = []
         for digest, path in by_hash.items():
             if digest in known:
+                continue
+            if not any(path.is_relative_to(root) for root in roots):
+                # a link in the inbox to a file outside the input roots: the worker would
+                # refuse it, and fail the call for good (a review); it stays here, refused
+                refused += 1
+                log.warning("batch %d: %r not sent: outside CALLMOOD_INPUT_ROOTS", batch_id,
+                            str(path))
                 continue
             try:
                 chunk.append(inbox_request(path, source))
@@ -320,12 +336,14 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
 
     known_left = len(known - retried_paths)
     result = submit_batch(requests(), settings, send, batch_id,
-                          known=lambda: known_left + held)
+                          known=lambda: known_left + held,
+                          problem=(f"inbox folder(s) not found: {', '.join(missing_folders)} "
+                                   "(CALLMOOD_INBOX_DIRS; a share not mounted?)"
+                                   if missing_folders else None))
     enqueued, skipped = result.sent, known_left + result.skipped + held
     log.info("batch %d (%s): %d files, %d enqueued (%d failed before and changed since), %d "
              "already seen, %d refused, %d too new", batch_id, source, len(found), enqueued,
              len(retries) + moves, skipped, refused, too_new)
     return ScanReport(batch_id=batch_id, seen=len(found), enqueued=enqueued, skipped=skipped,
                       changed=len(retries) + moves, refused=refused, too_new=too_new,
-                      missing_folders=tuple(str(d) for d in settings.inbox_dirs
-                                            if not d.is_dir()))
+                      missing_folders=missing_folders)

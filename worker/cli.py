@@ -532,8 +532,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     for b in batches:
         state = "finished" if b.finished_at else ("scanning" if b.scanned_at is None else "running")
         if b.scan_error:
-            # its calls not sent are pending; the next scan or the manifest run again sends them
-            state += f", stopped sending: {b.scan_error}"
+            # its calls not sent are pending; the next scan or the manifest run again sends
+            # them. An inbox folder not found is said here too (a review: the batch looked
+            # like a quiet night)
+            state += f", {b.scan_error}"
         # in the site's zone, as `today` above and `callmood failures` (it said UTC, a review)
         print(f"batch {b.batch_id} ({b.source}, {b.started_at.astimezone(zone):%Y-%m-%d %H:%M %Z}, "
               f"{state}): "

@@ -205,7 +205,8 @@ def enqueue_manifest(path: Path | str, *, reprocess: bool = False,
 
 
 def submit_batch(requests: Iterable[CallRequest], settings: Settings, send: Sender,
-                 batch_id: int, known: int | Callable[[], int] = 0) -> ManifestResult:
+                 batch_id: int, known: int | Callable[[], int] = 0,
+                 problem: str | None = None) -> ManifestResult:
     """``submit`` the requests as batch ``batch_id`` and close its scan with what was sent
     and skipped (plus ``known``: files the caller skipped without asking; a callable is read
     when the scan closes, for files skipped while ``requests`` is drawn).
@@ -213,16 +214,18 @@ def submit_batch(requests: Iterable[CallRequest], settings: Settings, send: Send
     A send that fails half-way (TransientError), or anything that stops ``requests`` being
     drawn (a task's time limit while the scan hashes), still closes the batch with the
     chunks published before it, not left "scanning" for ever, and the error that stopped it
-    is the one raised, even if the database is gone too.
+    is the one raised, even if the database is gone too. ``problem``: what else the batch's
+    row should say went wrong (inbox folders not found), kept with the error.
     """
     results: list[Enqueued] = []
 
     def close(partly_sent: int = 0, error: str | None = None) -> ManifestResult:
         done = ManifestResult(batch_id, tuple(results))
+        said = "; ".join(e for e in (problem, error and f"stopped sending: {error}") if e)
         with session_scope(settings) as session:
             skipped_first = known if isinstance(known, int) else known()
             finish_batch_scan(session, batch_id, enqueued=done.sent + partly_sent,
-                              skipped=skipped_first + done.skipped, error=error)
+                              skipped=skipped_first + done.skipped, error=said or None)
         return done
 
     try:

@@ -121,8 +121,9 @@ class Batch(Base):
     done_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     failed_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     scan_error: Mapped[str | None] = mapped_column(Text)
-    """Why the scan or send stopped before sending all it found (the broker unreachable, a
-    time limit); None when it sent everything (migration 0006)."""
+    """What went wrong with the scan or its send: an inbox folder not found, a send stopped
+    before all it found was sent (the broker unreachable, a time limit); None when nothing
+    did (migration 0006)."""
 
     def __repr__(self) -> str:
         return (f"Batch(id={self.id!r}, source={self.source!r}, "

@@ -380,6 +380,38 @@ def test_batch_names_an_inbox_folder_that_is_not_there(
     out, err = capsys.readouterr()
     assert "0 file(s) seen" in out
     assert f"inbox folder(s) not found, not scanned: {env / 'inbx'}" in err
+    # and the batch's row says so: a nightly scan has no exit code, and `status` showed a
+    # quiet night (a review)
+    monkeypatch.setenv("CALLMOOD_BROKER_URL", "memory://")
+    main(["status"])
+    assert (f"finished, inbox folder(s) not found: {env / 'inbx'} (CALLMOOD_INBOX_DIRS; a "
+            "share not mounted?)): 0 enqueued") in capsys.readouterr().out
+
+
+def test_the_scan_refuses_a_link_out_of_the_input_roots_and_says_a_linked_folder(
+        env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """A link in the inbox to a file outside CALLMOOD_INPUT_ROOTS was sent and failed for
+    good at the worker; a linked subfolder was skipped without a word (a review)."""
+    import logging
+
+    inbox = env / "inbox"
+    inbox.mkdir()
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "elsewhere.wav").write_bytes(b"RIFF")
+    (inbox / "link-outside.wav").symlink_to(outside / "elsewhere.wav")
+    (inbox / "day2").symlink_to(outside, target_is_directory=True)
+    monkeypatch.setenv("CALLMOOD_INBOX_DIRS", str(inbox))
+    monkeypatch.setenv("CALLMOOD_INBOX_MIN_AGE_S", "0")
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING):
+        assert main(["batch"]) == 0
+    out = capsys.readouterr().out
+    assert "0 enqueued" in out and "1 refused" in out, out
+    assert "outside CALLMOOD_INPUT_ROOTS" in caplog.text
+    assert "inbox folder link" in caplog.text and "day2" in caplog.text
 
 
 def test_db_commands_refuse_what_they_cannot_do_by_name(

@@ -197,7 +197,7 @@ def test_a_manifest_whose_send_fails_half_way_closes_its_batch_with_what_it_sent
         (batch,) = store.latest_batches(s, 1)
         assert batch.scanned_at is not None and (batch.enqueued, batch.skipped) == (1, 0)
         # kept for `callmood status`: it showed the batch like one that sent everything
-        assert batch.scan_error == "broker unreachable"
+        assert batch.scan_error == "stopped sending: broker unreachable"
         # H-1 was sent, H-2 registered and released; H-3 was never reached
         assert (batch.pending, batch.source) == (2, "manifest:half.csv")
         unsent = store.find_call(s, "H-2")
@@ -206,7 +206,7 @@ def test_a_manifest_whose_send_fails_half_way_closes_its_batch_with_what_it_sent
     assert (result.sent, result.skipped) == (2, 1)
     with db.session_scope(producer) as s:
         assert [b.scan_error for b in store.latest_batches(s, 2)] == [
-            None, "broker unreachable"]
+            None, "stopped sending: broker unreachable"]
 
 
 def test_a_send_that_fails_within_a_chunk_keeps_what_it_published_marked_sent(
