@@ -680,6 +680,28 @@ def build_parser() -> argparse.ArgumentParser:
 CELERY_COMMANDS: frozenset[str] = frozenset({"worker", "beat"})
 """Subcommands that exec celery: options callmood does not define are celery's."""
 
+SHARED_BROKER_COMMANDS: dict[str, str] = {
+    "enqueue": "send the calls where no worker reads them",
+    "retry": "send the calls where no worker reads them",
+    "batch": "send the calls where no worker reads them",
+    "worker": "wait on a queue no producer can reach",
+    "beat": "send the nightly scan (CALLMOOD_INBOX_DIRS) where no worker reads it",
+    "run": "start a worker that cannot see the calls it sends",
+    "demo": "start a worker that cannot see the calls it sends",
+}
+"""Commands whose messages cross processes, and what an in-process broker would make them do."""
+
+
+def require_shared_broker(settings: Settings, command: str) -> None:
+    """ConfigError for ``memory://`` under a command that needs another process to read its
+    messages: `callmood enqueue` printed 'enqueued' into a broker that vanished with it (a
+    review); memory:// is for tests and in-process experiments."""
+    if settings.broker_url.split("://", 1)[0] == "memory":
+        raise ConfigError(f"CALLMOOD_BROKER_URL=memory:// holds messages inside one process: "
+                          f"`callmood {command}` would {SHARED_BROKER_COMMANDS[command]}; use "
+                          "redis://HOST:6379/0, or leave it unset for the embedded broker")
+
+
 DELEGATED: dict[str, str] = {"train": "train_main", "final-fit": "final_fit_main",
                              "evaluate": "evaluate_main"}
 """Subcommands handed whole to ``training.cli`` (argparse's REMAINDER cannot pass on a
@@ -706,6 +728,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = settings.log_level if "CALLMOOD_LOG_LEVEL" in settings.extra else "WARNING"
         logging.basicConfig(level=level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if raw and raw[0] in SHARED_BROKER_COMMANDS:
+            require_shared_broker(settings, raw[0])
         if getattr(args, "needs_db", False):
             # before connecting: a SQLite URL would create an empty file, and every command
             # then failed on the missing tables as a database 'unavailable', exit 1

@@ -84,6 +84,7 @@ class Settings:
         database_url = get("DATABASE_URL") or f"sqlite:///{data_dir / 'callmood.sqlite'}"
         broker_url = get("BROKER_URL") or f"sqla+sqlite:///{data_dir / 'broker.sqlite'}"
         _check_url("CALLMOOD_DATABASE_URL", database_url, ("sqlite", "postgresql"))
+
         _check_url("CALLMOOD_BROKER_URL", broker_url, ("redis", "rediss", "sqla+sqlite",
                                                           "sqla+postgresql", "memory"))
 
@@ -290,10 +291,31 @@ def zone_for(name: str, setting: str = "CALLMOOD_TIMEZONE") -> ZoneInfo:
                           "UTC or Europe/Berlin") from e
 
 
+NETWORK_SCHEMES: tuple[str, ...] = ("redis", "rediss", "postgresql", "sqla+postgresql")
+"""URL schemes naming a server, whose user, password, host and port must parse."""
+
+
 def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
-    scheme = urlsplit(url).scheme.split("+psycopg")[0].split("+psycopg2")[0]
+    full = urlsplit(url).scheme
+    scheme = full.removesuffix("+psycopg")
     if scheme not in schemes:
-        raise ConfigError(f"{name}={redact_url(url)!r}: scheme must be one of {', '.join(schemes)}")
+        # +psycopg2 (or another driver) passed once and then failed with a traceback:
+        # callmood ships psycopg 3 only (a review)
+        raise ConfigError(f"{name}={redact_url(url)!r}: scheme must be one of "
+                          f"{', '.join(schemes)} (PostgreSQL through psycopg 3: postgresql:// "
+                          "or postgresql+psycopg://)")
+    if scheme in NETWORK_SCHEMES:
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018  (parsing it is the check)
+        except ValueError as e:
+            raise ConfigError(f"{name}={redact_url(url)!r}: its port does not parse ({e})") from e
+        if "@" in parts.path or parts.netloc.count("@") > 1:
+            # a password holding '@' or '/' sends the rest of it into the host or the path:
+            # "failed to resolve host 'cr'", or a traceback naming part of it (a review)
+            raise ConfigError(f"{name}={redact_url(url)!r}: its password (or user) holds an "
+                              "unencoded '@' or '/': percent-encode it (@ as %40, / as %2F, : "
+                              "as %3A)")
 
 
 _USERINFO_RE = re.compile(r"(?P<head>[^:/@]+://[^:/@]*):(?P<password>.*)@(?P<tail>[^@]*)")

@@ -631,3 +631,17 @@ def test_a_broken_installation_is_refused_before_any_call_is_claimed(
         assert "the analysis cannot be imported" in done.stderr
         assert "libonnxruntime.so.1.20" in done.stderr and "Traceback" not in done.stderr
     assert not (env / "data" / "callmood.sqlite").exists()   # nothing claimed, nothing made
+
+
+@pytest.mark.parametrize("command", [["enqueue", "x.wav", "--call-id", "C-1", "--agent", "a"],
+                                     ["retry", "--all-failed"], ["batch"], ["worker"],
+                                     ["run", "x.wav"]])
+def test_commands_that_cross_processes_refuse_the_in_process_broker(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        command: list[str]) -> None:
+    """`callmood enqueue` on memory:// printed 'enqueued' into a broker that vanished with
+    the process (a review)."""
+    monkeypatch.setenv("CALLMOOD_BROKER_URL", "memory://")
+    assert main(command) == 2
+    assert "CALLMOOD_BROKER_URL=memory:// holds messages inside one process" in (
+        capsys.readouterr().err)
