@@ -12,6 +12,7 @@ One thread everywhere (ONNX Runtime, BLAS): the figures are per core.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -338,7 +339,7 @@ def scaling(paths: Sequence[Path], settings: Settings, copies: int = SCALING_COP
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     base = Settings.from_env()
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="callmood-bench-"))
+    work = Path(args.work_dir)
     settings = base.replace(
         data_dir=work / "data", database_url=f"sqlite:///{work / 'bench.sqlite'}",
         broker_url=f"sqla+sqlite:///{work / 'broker.sqlite'}", input_roots=(work,), onnx_threads=1)
@@ -526,7 +527,7 @@ def compare_segments(whole: Sequence[Sequence[Any]], streamed: Sequence[Sequence
 def run_long(args: argparse.Namespace) -> dict[str, Any]:
     """One ``--long-s`` call, streamed and whole, each in a fresh process."""
     base = Settings.from_env()
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="callmood-long-"))
+    work = Path(args.work_dir)
     settings = base.replace(data_dir=work / "data", database_url=f"sqlite:///{work / 'bench.sqlite'}",
                             input_roots=(work,), onnx_threads=1,
                             max_duration_s=max(base.max_duration_s, args.long_s + 60))
@@ -570,6 +571,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="instead: one call this long (s), streamed vs whole file, each in a "
                              "fresh process (peak RSS, CPU, segment differences)")
     args = parser.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        if not args.work_dir:
+            # removed afterwards: a default run left its ~35 MB workload (a --long-s 7200
+            # run its 110 MB call) in the temp folder each time (a review)
+            args.work_dir = stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="callmood-long-" if args.long_s else "callmood-bench-"))
+        return _run_and_print(args)
+
+
+def _run_and_print(args: argparse.Namespace) -> int:
     if args.long_s:
         long_result = run_long(args)
         print(format_long(long_result))

@@ -714,6 +714,11 @@ def check_mp3_length(path: Path, fmt: str, header_frames: int, decoded_frames: i
         "IN.mp3 OUT.flac) and send it again")
 
 
+PAIR_ENERGY_CHUNK: Final[int] = 1 << 18
+"""Samples per channel summed at once by :meth:`ChannelPairEnergy.of` (~8 MB of float64
+temporaries; 33 s at 8 kHz)."""
+
+
 @dataclass(frozen=True)
 class ChannelPairEnergy:
     """Energy sums of two equal-length channels, added up block by block, so a streamed
@@ -732,12 +737,21 @@ class ChannelPairEnergy:
 
     @classmethod
     def of(cls, a: Audio, b: Audio) -> ChannelPairEnergy:
-        """The sums of two channels, shape (n,) each (ValueError for unequal shapes)."""
+        """The sums of two channels, shape (n,) each (ValueError for unequal shapes), summed
+        :data:`PAIR_ENERGY_CHUNK` samples at a time: float64 copies of two whole channels and
+        their difference took ~1.8 GB for a 2-hour call decoded whole, twice the worker's
+        memory limit (a review of the long-recording benchmark)."""
         if a.shape != b.shape:
             raise ValueError(f"channels of unequal shape: {a.shape} and {b.shape}")
-        x, y = a.astype(np.float64), b.astype(np.float64)
-        return cls(n=x.size, sum_a2=float(np.dot(x, x)), sum_b2=float(np.dot(y, y)),
-                   sum_diff2=float(np.sum((x - y) ** 2)), sum_sum2=float(np.sum((x + y) ** 2)))
+        total = cls()
+        for start in range(0, a.size, PAIR_ENERGY_CHUNK):
+            x = a[start:start + PAIR_ENERGY_CHUNK].astype(np.float64)
+            y = b[start:start + PAIR_ENERGY_CHUNK].astype(np.float64)
+            diff, both = x - y, x + y
+            total = total + cls(n=x.size, sum_a2=float(np.dot(x, x)), sum_b2=float(np.dot(y, y)),
+                                sum_diff2=float(np.dot(diff, diff)),
+                                sum_sum2=float(np.dot(both, both)))
+        return total
 
     def __add__(self, other: ChannelPairEnergy) -> ChannelPairEnergy:
         return ChannelPairEnergy(n=self.n + other.n, sum_a2=self.sum_a2 + other.sum_a2,

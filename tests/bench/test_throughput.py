@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,3 +27,20 @@ def test_quick_benchmark_reports_every_stage(tmp_path: Path, emotion_model: Path
     assert result["celery_sqlite"]["startup_cpu_s"] > 0  # read from /proc: the worker ran
     assert result["speedup_2_vs_1"] > 0 and result["busy_loop_speedup_2_vs_1"] > 0
     assert "| end to end | value |" in capsys.readouterr().out
+
+
+def test_a_run_without_work_dir_leaves_no_files_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A default run left its workload (~35 MB; a --long-s 7200 run its 110 MB call) in the
+    temp folder each time (a review)."""
+    import bench.throughput
+
+    used: list[Path] = []
+
+    def record(args: Any) -> int:
+        used.append(Path(args.work_dir))
+        (used[-1] / "call.wav").write_bytes(b"x" * 1000)
+        return 0
+
+    monkeypatch.setattr(bench.throughput, "_run_and_print", record)
+    assert bench.throughput.main(["--long-s", "60"]) == 0
+    assert used and used[0].name.startswith("callmood-long-") and not used[0].exists()
