@@ -109,12 +109,11 @@ def read_manifest(manifest_path: Path) -> pd.DataFrame:
     try:
         # as text: a number column with an empty cell reads as float, "1" as 1.0
         # only an empty cell is missing: an agent called "NA" or "None" is a speaker
-        # blank lines read as empty rows and dropped here, not skipped by the parser: the
-        # index then stays each row's line in the file (line = index + 2), which the errors
-        # name (after a blank line they named the line above, a review)
         df = pd.read_csv(manifest_path, dtype={c: str for c in TEXT_COLUMNS},
-                         keep_default_na=False, na_values=[""],
-                         skip_blank_lines=False).dropna(how="all")
+                         keep_default_na=False, na_values=[""])
+        # indexed by line in the file (line = index + 2), which the errors name: the parser
+        # skips blank lines, and after one they named the line above (a review)
+        df.index = pd.Index(_data_lines(manifest_path, len(df))) - 2
     except (OSError, pd.errors.ParserError) as e:
         raise ConfigError(f"cannot read manifest {manifest_path}: {e}") from e
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -148,6 +147,19 @@ def read_manifest(manifest_path: Path) -> pd.DataFrame:
                      start_s=start_s, end_s=end_s,
                      emotion=df["emotion"].fillna("").astype(str).str.strip().str.lower(),
                      split=split)
+
+
+def _data_lines(manifest_path: Path, rows: int) -> list[int]:
+    """The file line (1-based) of each of a CSV's ``rows`` data rows, as the parser counts
+    them: blank lines skipped, the first other line the header. A count that does not match
+    (a quoted cell spanning lines) gives the rows' positions + 2 instead."""
+    try:
+        with manifest_path.open(encoding="utf-8-sig", errors="replace") as fh:
+            filled = [n for n, line in enumerate(fh, start=1) if line.strip()]
+    except OSError:
+        filled = []
+    lines = filled[1:]
+    return lines if len(lines) == rows else [i + 2 for i in range(rows)]
 
 
 def _lines(mask: pd.Series) -> str:

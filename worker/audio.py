@@ -579,7 +579,9 @@ def _nist_bytes(head: bytes) -> int | None:
         fields = {}
         for line in head[16:header_bytes].decode("ascii", "replace").splitlines():
             parts = line.split()
-            if len(parts) == 3 and parts[1] == "-i":
+            # "-i" integers, and "-sN" strings that hold one (libsndfile writes a mu-law
+            # file's sample_n_bytes as "-s1 1", a review)
+            if len(parts) == 3 and parts[1].startswith(("-i", "-s")) and parts[2].isdigit():
                 fields[parts[0]] = int(parts[2])
         return header_bytes + (fields["sample_count"] * fields.get("channel_count", 1)
                                * fields["sample_n_bytes"])

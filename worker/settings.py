@@ -305,23 +305,45 @@ def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
                           f"{', '.join(schemes)} (PostgreSQL through psycopg 3: postgresql:// "
                           "or postgresql+psycopg://)")
     if scheme in NETWORK_SCHEMES:
-        parts = urlsplit(url)
+        # kombu reads "url1;url2" as a failover list: each part is checked
+        for part in url.split(";"):
+            _check_server_url(name, part.strip(), scheme)
+
+
+def _check_server_url(name: str, url: str, scheme: str) -> None:
+    """ConfigError for a server URL its driver would misread: a port that does not parse, a
+    password holding an unencoded '/' (the rest of it becomes the path), or, for
+    PostgreSQL, one holding '@' (SQLAlchemy splits at the first '@' of the password, redis-py
+    and kombu at the last, which they read right). They resolved the wrong host, or named part
+    of the password in a traceback (a review)."""
+    parts = urlsplit(url)
+    refused = (f"{name}={redact_url(url)!r}: its password (or user) holds an unencoded "
+               "character the driver misreads: percent-encode it (@ as %40, / as %2F, : as %3A)")
+    try:
+        parts.port  # noqa: B018  (parsing it is the check)
+    except ValueError as e:
+        if "@" in parts.path:
+            raise ConfigError(refused) from e
+        raise ConfigError(f"{name}={redact_url(url)!r}: its port does not parse ({e})") from e
+    if "@" in parts.path:
+        raise ConfigError(refused)
+    if scheme.endswith("postgresql") and parts.netloc.count("@") > 1:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
         try:
-            parts.port  # noqa: B018  (parsing it is the check)
-        except ValueError as e:
-            raise ConfigError(f"{name}={redact_url(url)!r}: its port does not parse ({e})") from e
-        if "@" in parts.path or parts.netloc.count("@") > 1:
-            # a password holding '@' or '/' sends the rest of it into the host or the path:
-            # "failed to resolve host 'cr'", or a traceback naming part of it (a review)
-            raise ConfigError(f"{name}={redact_url(url)!r}: its password (or user) holds an "
-                              "unencoded '@' or '/': percent-encode it (@ as %40, / as %2F, : "
-                              "as %3A)")
+            host = make_url(url.removeprefix("sqla+")).host
+        except ArgumentError as e:
+            raise ConfigError(refused) from e
+        if (host or "").lower() != (parts.hostname or "").lower():
+            raise ConfigError(refused)
 
 
 _USERINFO_RE = re.compile(r"(?P<head>[^:/@]+://[^:/@]*):(?P<password>.*)@(?P<tail>[^@]*)")
 """``scheme://user:password@rest``, the password running to the last ``@``: it may hold
-``:``, ``/`` or ``@`` unencoded (SQLAlchemy and redis-py read such URLs), and hiding too
-much of a malformed URL is safe where hiding too little is not."""
+``:`` or ``@`` unencoded (redis-py reads an ``@`` there; the settings refuse what a driver
+would misread, :func:`_check_server_url`), and hiding too much of a malformed URL is safe
+where hiding too little is not."""
 
 
 _QUERY_PASSWORD_RE = re.compile(r"(?P<key>[?&](?:password|passwd|pwd)=)[^&#]*", re.IGNORECASE)

@@ -303,3 +303,15 @@ def test_an_agent_called_na_is_a_speaker_and_an_empty_corpus_cell_is_the_folder(
     df = read_manifest(path)
     assert df["speaker"].tolist() == ["NA", "None"]
     assert df["corpus"].tolist() == ["mycalls", "site2"]
+
+
+def test_errors_name_file_lines_across_blank_lines(tmp_path: Path) -> None:
+    """The parser skips blank lines: errors named the line above one (a review), and the
+    first fix read a leading blank line as a missing header and dropped lines of commas."""
+    path = _manifest(tmp_path, "\npath,speaker,emotion,split\na.wav,s1,sad,train\n\n"
+                               "b.wav,,sad,train\n")
+    with pytest.raises(ConfigError, match=r"no speaker on line\(s\) 5;"):
+        read_manifest(path)
+    path = _manifest(tmp_path, "path,speaker,emotion,split\na.wav,s1,sad,train\n,,,\n")
+    with pytest.raises(ConfigError, match=r"no speaker on line\(s\) 3;"):
+        read_manifest(path)

@@ -616,7 +616,8 @@ def test_a_flac_whose_header_gives_no_length_names_the_repair(tmp_path: Path) ->
 
 @pytest.mark.parametrize(("fmt", "subtype", "name"), [
     ("RF64", "PCM_16", "big.wav"), ("W64", "PCM_16", "call.w64"),
-    ("AIFF", "PCM_16", "call.aiff"), ("AU", "ULAW", "call.au"), ("NIST", "PCM_16", "call.nist")])
+    ("AIFF", "PCM_16", "call.aiff"), ("AU", "ULAW", "call.au"), ("NIST", "PCM_16", "call.nist"),
+    ("NIST", "ULAW", "ulaw.nist")])
 def test_a_cut_rf64_wave64_aiff_au_or_nist_file_is_refused_not_half_analysed(
         tmp_path: Path, fmt: str, subtype: str, name: str) -> None:
     """libsndfile reads these containers up to the end of the file without a word: a copy
