@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")  # before numpy loads: per-core figures
+    # before numpy loads, and forced: the figures are per core, and an operator's own
+    # OMP_NUM_THREADS=4 was kept by setdefault, here and in every child (a review)
+    os.environ[_var] = "1"
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -240,6 +242,7 @@ def fresh_process(path: Path, settings: Settings) -> dict[str, float]:
             "print(time.perf_counter() - t0, hwm[0])")
     env = dict(os.environ, CALLMOOD_DATABASE_URL=settings.database_url,
                CALLMOOD_DATA_DIR=str(settings.data_dir), CALLMOOD_MODEL_PATH=str(settings.model_path),
+               CALLMOOD_ONNX_THREADS="1",
                CALLMOOD_INPUT_ROOTS=os.pathsep.join(map(str, settings.input_roots)))
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -299,7 +302,7 @@ def scaling(paths: Sequence[Path], settings: Settings, copies: int = SCALING_COP
     import multiprocessing as mp
 
     env = {"CALLMOOD_DATABASE_URL": settings.database_url, "CALLMOOD_DATA_DIR": str(settings.data_dir),
-           "CALLMOOD_MODEL_PATH": str(settings.model_path),
+           "CALLMOOD_MODEL_PATH": str(settings.model_path), "CALLMOOD_ONNX_THREADS": "1",
            "CALLMOOD_INPUT_ROOTS": os.pathsep.join(map(str, settings.input_roots))}
     ctx = mp.get_context("spawn")
     # One call per job, longest first, handed to whichever process is free: what a Celery
@@ -464,7 +467,9 @@ def peak_rss_kb() -> int:
                 return int(line.split()[1])
     except OSError:
         pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    # bytes on macOS, KiB elsewhere (getrusage(2))
+    return peak // 1024 if sys.platform == "darwin" else peak
 
 
 def long_child(argv: Sequence[str]) -> None:
@@ -496,6 +501,7 @@ def measure_long(path: Path, settings: Settings, mode: str) -> dict[str, Any]:
     out = path.with_name(f"{path.stem}-{mode}.json")
     env = dict(os.environ, CALLMOOD_DATABASE_URL=settings.database_url,
                CALLMOOD_DATA_DIR=str(settings.data_dir), CALLMOOD_MODEL_PATH=str(settings.model_path),
+               CALLMOOD_ONNX_THREADS="1",
                CALLMOOD_INPUT_ROOTS=os.pathsep.join(map(str, settings.input_roots)),
                CALLMOOD_MAX_DURATION_S=str(settings.max_duration_s))
     code = "import sys; from bench.throughput import long_child; long_child(sys.argv[1:])"
