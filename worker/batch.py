@@ -30,7 +30,7 @@ from worker.constants import AUDIO_SUFFIXES
 from worker.db import session_scope
 from worker.enqueue import Sender, path_uri, printable_path, submit_batch
 from worker.errors import ConfigError, PayloadError
-from worker.runner import content_of_call_id, external_id_for
+from worker.runner import content_call_id, content_of_call_id, external_id_for
 from worker.schema import Call
 from worker.settings import Settings
 from worker.store import (
@@ -103,6 +103,21 @@ def settled(paths: Sequence[Path], min_age_s: float,
         if now_s - stat.st_mtime >= min_age_s:
             ready[path] = datetime.fromtimestamp(max(stat.st_mtime, stat.st_ctime), UTC)
     return ready, len(paths) - len(ready)
+
+
+def grown_since_analysis(analysed: Sequence[Call], content_ids: Mapping[str, str]) -> list[Call]:
+    """Of done calls whose file was modified after their analysis, those whose file's content
+    (``content_ids``: path hash to the call id of the content now) is not the content they
+    analysed: a copy taken half-written (a WAV whose writer left its length open, an MP3:
+    neither can be told cut short) and completed since. It was stored as done with part of
+    the call and never looked at again (a review); it is run again, as a failed call whose
+    file changed is. A file only touched, or whose mode or owner changed, is left alone."""
+    grown = [c for c in analysed if c.content_sha256 is not None
+             and content_ids.get(c.source_uri_sha256 or "") != content_call_id(c.content_sha256)]
+    for call in grown:
+        log.warning("call %s: its file changed after its analysis (a copy completed since?); "
+                    "analysed again", call.external_call_id)
+    return grown
 
 
 def changed_failures(session: Session, content_ids: Mapping[str, str],
@@ -281,13 +296,17 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
         modified_at = {digest: mtime for digest in known
                        if (mtime := files[by_hash[digest]]) is not None}
         failed = failed_before(session, modified_at)
+        analysed = failed_before(session, modified_at, status="done")
     # hashed between transactions: SQLite's writers hold the database's write lock from BEGIN
     # IMMEDIATE, and every worker storing a call would wait on files of any size being read
     content_ids = {digest: external_id_for(by_hash[digest])
-                   for digest in {c.source_uri_sha256 for c in failed} if digest is not None}
+                   for digest in {c.source_uri_sha256 for c in (*failed, *analysed)}
+                   if digest is not None}
+    grown = grown_since_analysis(analysed, content_ids)
     with session_scope(settings) as session:
         # each retry is checked on its locked row when sent (a run since: not sent)
-        retries, refused, retried_paths = changed_failures(session, content_ids, failed)
+        retries, refused, retried_paths = changed_failures(session, content_ids,
+                                                           [*failed, *grown])
         batch_id = create_batch(session, source).id
 
     moves = held = 0
@@ -341,7 +360,7 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
                                    "(CALLMOOD_INBOX_DIRS; a share not mounted?)"
                                    if missing_folders else None))
     enqueued, skipped = result.sent, known_left + result.skipped + held
-    log.info("batch %d (%s): %d files, %d enqueued (%d failed before and changed since), %d "
+    log.info("batch %d (%s): %d files, %d enqueued (%d run before and changed since), %d "
              "already seen, %d refused, %d too new", batch_id, source, len(found), enqueued,
              len(retries) + moves, skipped, refused, too_new)
     return ScanReport(batch_id=batch_id, seen=len(found), enqueued=enqueued, skipped=skipped,

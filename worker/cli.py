@@ -561,7 +561,7 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     refused = f", {report.refused} refused (reasons in the log)" if report.refused else ""
     too_new = (f", {report.too_new} modified in the last {settings.inbox_min_age_s:.0f} s left "
                "for the next scan (CALLMOOD_INBOX_MIN_AGE_S)" if report.too_new else "")
-    changed = (f" ({report.changed} failed before and changed since, sent again)"
+    changed = (f" ({report.changed} run before and changed since, sent again)"
                if report.changed else "")
     print(f"batch {report.batch_id}: {report.seen} file(s) seen, {report.enqueued} enqueued"
           f"{changed}, {report.skipped} already known{refused}{too_new}")

@@ -629,7 +629,7 @@ def _reserve(session: Session, request: CallRequest, batch_id: int | None) -> Re
     """:func:`reserve_all` of one call, its batches named in ``recount``, not recounted."""
     call_id = register_call(session, request, batch_id=batch_id).id
     call = lock_call(session, call_id)
-    if isinstance(request, RetryRequest) and (call.status != "failed"
+    if isinstance(request, RetryRequest) and (call.status != request.read_status
                                               or call.processed_at != request.failed_at):
         return Reservation(call, None)   # sent again meanwhile (another scan), or run since
     before = CallSendState.of(call)
@@ -747,19 +747,22 @@ def request_for_call(call: Call, reprocess: bool = False) -> CallRequest:
 
 @dataclass(frozen=True)
 class RetryRequest(CallRequest):
-    """A new run of a failed call, wanted only while the call stands as it was read: still
-    failed, by the failure recorded at ``failed_at`` (the inbox scan's re-send of a file
-    modified since). :func:`reserve_for_enqueue` checks that on the locked row, so two scans
-    that read the failure at once send one run. Travels as a plain reprocess request."""
+    """A new run of a finished call, wanted only while the call stands as it was read: still
+    ``read_status`` (failed; or done, for a file that changed after its analysis), finished at
+    ``failed_at`` (the inbox scan's re-send of a file modified since; `callmood retry`).
+    :func:`reserve_for_enqueue` checks that on the locked row, so two scans that read the
+    call at once send one run. Travels as a plain reprocess request."""
 
     failed_at: datetime | None = None
+    """When the run read finished (``processed_at``)."""
+    read_status: str = "failed"
 
     @classmethod
     def of(cls, call: Call) -> RetryRequest:
-        """The new run of failed ``call`` (PayloadError as :func:`request_for_call`)."""
+        """The new run of finished ``call`` (PayloadError as :func:`request_for_call`)."""
         request = request_for_call(call, reprocess=True)
         return cls(**{f.name: getattr(request, f.name) for f in fields(CallRequest)},
-                   failed_at=call.processed_at)
+                   failed_at=call.processed_at, read_status=call.status)
 
 
 def enqueued_uri_hashes(session: Session, hashes: Sequence[str]) -> set[str]:
@@ -777,16 +780,17 @@ def enqueued_uri_hashes(session: Session, hashes: Sequence[str]) -> set[str]:
     return found
 
 
-def failed_before(session: Session, modified_at: Mapping[str, datetime]) -> list[Call]:
-    """The failed calls (a run's failure, not a rejected payload) of the paths whose
-    ``source_uri_sha256`` keys ``modified_at``, failed before their file's modification time
-    there: a copy that was cut short when analysed and completed since, or a file re-exported
-    after its failure. Oldest call first."""
+def failed_before(session: Session, modified_at: Mapping[str, datetime],
+                  status: str = "failed") -> list[Call]:
+    """The failed calls (a run's failure, not a rejected payload; ``status="done"``: the
+    analysed ones) of the paths whose ``source_uri_sha256`` keys ``modified_at``, finished
+    before their file's modification time there: a copy that was cut short when analysed and
+    completed since, or a file re-exported after its run. Oldest call first."""
     changed: list[Call] = []
     hashes = sorted(modified_at)
     for lo in range(0, len(hashes), LOOKUP_CHUNK):  # bounded IN lists
         query = (select(Call).where(Call.source_uri_sha256.in_(hashes[lo:lo + LOOKUP_CHUNK]))
-                 .where(Call.status == "failed").where(~REJECTED).order_by(Call.id))
+                 .where(Call.status == status).where(~REJECTED).order_by(Call.id))
         changed += [c for c in session.scalars(query)
                     if c.source_uri_sha256 is not None and c.processed_at is not None
                     and c.processed_at < modified_at[c.source_uri_sha256]]

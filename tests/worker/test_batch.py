@@ -398,6 +398,46 @@ def test_a_failed_file_modified_since_is_sent_again_as_a_new_run_of_its_call(
     assert scan_inboxes(settings, source="nightly", send=send).enqueued == 0
 
 
+def test_a_file_completed_after_its_analysis_is_analysed_again_a_touched_one_is_not(
+        tmp_path: Path) -> None:
+    """A copy taken half-written that the worker cannot tell cut short (a WAV whose writer
+    left its length open, an MP3) was stored as done with part of the call, and every later
+    scan skipped its path: the rest was lost without a word (a review). A done call whose
+    file's content changed after its analysis is run again; one only touched is not."""
+    import hashlib
+    from datetime import timedelta
+
+    from worker.schema import utcnow
+
+    paths, settings, sent, send = _aged_inbox(
+        tmp_path, {"half.wav": b"the first part", "touched.wav": b"a whole call"}, 7200)
+    assert scan_inboxes(settings, source="nightly", send=send).enqueued == 2
+    ids = {Path(r.uri).name: r.external_call_id for r in sent}
+    with db.session_scope(settings) as s:   # the worker analysed both as they were
+        for name, call_id in ids.items():
+            call = store.find_call(s, call_id)
+            assert call is not None
+            call.status, call.processed_at = "done", utcnow() - timedelta(seconds=30)
+            call.content_sha256 = hashlib.sha256(paths[name].read_bytes()).hexdigest()
+            call.model_version = "m"
+    assert scan_inboxes(settings, source="nightly", send=send).enqueued == 0
+    # the copy completes, keeping its source's older modification time (cp -p); the other
+    # file is only touched back to its own time (its inode change time moves, its content not)
+    an_hour_ago = time.time() - 3600
+    paths["half.wav"].write_bytes(b"the first part and the rest of the call")
+    for path in paths.values():
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    again = scan_inboxes(settings, source="nightly", send=send)
+    assert (again.enqueued, again.changed) == (1, 1)
+    (rerun,) = sent[2:]
+    assert (rerun.external_call_id, rerun.reprocess) == (ids["half.wav"], True)
+    with db.session_scope(settings) as s:
+        call = store.find_call(s, ids["half.wav"])
+        assert call is not None and (call.status, call.batch_id) == ("pending", again.batch_id)
+    # sent once: a later scan sees it pending, not done
+    assert scan_inboxes(settings, source="nightly", send=send).enqueued == 0
+
+
 def test_changed_failed_files_are_counted_by_path_and_not_sent_as_a_second_copy(
         tmp_path: Path) -> None:
     """Two failed calls of one path (the scan's and a producer's own call id for the same
