@@ -126,8 +126,10 @@ def stage_breakdown(paths: Sequence[Path], settings: Settings) -> dict[str, floa
     return clock.cpu_s
 
 
-def end_to_end_in_process(paths: Sequence[Path], settings: Settings) -> tuple[float, int]:
-    """CPU seconds to process every call with ``process_call`` (the task body), segments made."""
+def end_to_end_in_process(paths: Sequence[Path], settings: Settings,
+                          tag: str = "") -> tuple[float, int]:
+    """CPU seconds to process every call with ``process_call`` (the task body), segments made
+    (``tag``: in the call ids, so copies of one file run as calls of their own)."""
     from worker.jobs import process_call
     from worker.store import CallRequest
 
@@ -135,7 +137,7 @@ def end_to_end_in_process(paths: Sequence[Path], settings: Settings) -> tuple[fl
     segments = 0
     for path in paths:
         # reprocess: the warm-up already analysed this call; a re-run replaces its rows
-        outcome = process_call(CallRequest(uri=str(path), external_call_id=f"e2e-{path.stem}",
+        outcome = process_call(CallRequest(uri=str(path), external_call_id=f"e2e-{tag}{path.stem}",
                                            reprocess=True), settings)
         assert outcome.status == "done", outcome.reason
         segments += outcome.segments
@@ -261,7 +263,7 @@ def _scaling_init(barrier: Any) -> None:
     _WARM_BARRIER = barrier
 
 
-def _scaling_warm(args: tuple[list[str], dict[str, str]]) -> float:
+def _scaling_warm(args: tuple[list[str], dict[str, str], str]) -> float:
     """Warm one pool process (imports, model, caches), then wait for its siblings: the
     barrier makes each process take exactly one warm-up job."""
     cpu_s = _scaling_worker(args)
@@ -269,11 +271,11 @@ def _scaling_warm(args: tuple[list[str], dict[str, str]]) -> float:
     return cpu_s
 
 
-def _scaling_worker(args: tuple[list[str], dict[str, str]]) -> float:
-    paths, env = args
+def _scaling_worker(args: tuple[list[str], dict[str, str], str]) -> float:
+    paths, env, tag = args
     os.environ.update(env)
     settings = Settings.from_env()
-    cpu_s, _ = end_to_end_in_process([Path(p) for p in paths], settings)
+    cpu_s, _ = end_to_end_in_process([Path(p) for p in paths], settings, tag)
     return cpu_s
 
 
@@ -311,13 +313,16 @@ def scaling(paths: Sequence[Path], settings: Settings, copies: int = SCALING_COP
     # Each call SCALING_COPIES times: a nightly batch has thousands of calls, and with 6 the
     # last long call alone bounds the 2-process speed-up (to 1.85x for the default workload).
     ordered = sorted(paths, key=lambda p: p.stat().st_size, reverse=True)
-    jobs = [([str(p)], env) for p in ordered for _ in range(copies)]
+    # each copy a call of its own: copies of one call id, taken by both processes at once,
+    # waited on one row's lock (a review)
+    jobs = [([str(p)], env, f"copy{k}-") for p in ordered for k in range(copies)]
     walls: dict[int, list[float]] = {1: [], 2: []}
     busy: dict[int, list[float]] = {1: [], 2: []}
     pools = {n: ctx.Pool(n, initializer=_scaling_init, initargs=(ctx.Barrier(n),)) for n in (1, 2)}
     try:
         for n, pool in pools.items():
-            pool.map(_scaling_warm, [([str(paths[0])], env)] * n, chunksize=1)
+            pool.map(_scaling_warm, [([str(paths[0])], env, f"warm{n}-{k}-") for k in range(n)],
+                     chunksize=1)
         # 1 and 2 processes alternate, so a neighbour's load drifting over the minute hits
         # both sides of each ratio alike (the idle pool sleeps meanwhile).
         for _ in range(repeats):
