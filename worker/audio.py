@@ -597,6 +597,8 @@ def check_container_length(path: Path, info: Any) -> None:
     stored as done, half the call lost (a review). The WAV equivalent is
     :func:`check_wav_length`. Not checked: IRCAM (no size in its header) and a compressed
     subtype inside these containers (IMA ADPCM in AIFF)."""
+    if str(info.format) in (*WAV_FORMATS, *EXACT_LENGTH_FORMATS, *ESTIMATED_LENGTH_FORMATS):
+        return                   # checked by their own rules; none is one of these containers
     sample_bytes = SAMPLE_BYTES.get(str(info.subtype))
     if sample_bytes is None:     # compressed in the container: no length to measure by
         return
