@@ -41,7 +41,7 @@ from worker.store import (
     content_holders,
     create_batch,
     enqueued_uri_hashes,
-    failed_before,
+    finished_before,
     uri_sha256,
     was_rejected,
 )
@@ -295,8 +295,8 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
         # the times settled() read, of the paths sent before (a file it could not stat: none)
         modified_at = {digest: mtime for digest in known
                        if (mtime := files[by_hash[digest]]) is not None}
-        failed = failed_before(session, modified_at)
-        analysed = failed_before(session, modified_at, status="done")
+        failed = finished_before(session, modified_at, "failed")
+        analysed = finished_before(session, modified_at, "done")
     # hashed between transactions: SQLite's writers hold the database's write lock from BEGIN
     # IMMEDIATE, and every worker storing a call would wait on files of any size being read
     content_ids = {digest: external_id_for(by_hash[digest])

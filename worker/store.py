@@ -702,8 +702,7 @@ def release_enqueue(session: Session, reserved: Sequence[CallSendState]) -> None
     recount: list[int] = []
     for state in reserved:
         call = lock_call(session, state.call_id)
-        if (call.status, call.attempts) == (state.status, state.attempts) == (
-                "processing", call.attempts):
+        if call.status == state.status == "processing" and call.attempts == state.attempts:
             # a claimed call a recovery found lost (:func:`claim_resend`): its mark moved the
             # claim's age, so the next recoveries took it for busy for another hard limit
             # (~70 min) although nothing had been sent (a review); both go back
@@ -780,9 +779,9 @@ def enqueued_uri_hashes(session: Session, hashes: Sequence[str]) -> set[str]:
     return found
 
 
-def failed_before(session: Session, modified_at: Mapping[str, datetime],
-                  status: str = "failed") -> list[Call]:
-    """The failed calls (a run's failure, not a rejected payload; ``status="done"``: the
+def finished_before(session: Session, modified_at: Mapping[str, datetime],
+                    status: str) -> list[Call]:
+    """The calls of ``status`` (failed: a run's failure, not a rejected payload; done: the
     analysed ones) of the paths whose ``source_uri_sha256`` keys ``modified_at``, finished
     before their file's modification time there: a copy that was cut short when analysed and
     completed since, or a file re-exported after its run. Oldest call first."""
@@ -815,7 +814,7 @@ class BatchCounts:
     done: int
     failed: int
     scan_error: str | None = None
-    """Why its scan or send stopped early; None when it sent everything."""
+    """What went wrong with its scan or send (``batches.scan_error``); None when nothing did."""
 
 
 def create_batch(session: Session, source: str) -> Batch:
@@ -828,7 +827,7 @@ def create_batch(session: Session, source: str) -> Batch:
 
 def finish_batch_scan(session: Session, batch_id: int, enqueued: int, skipped: int,
                       error: str | None = None) -> Batch:
-    """Record what the scan sent and skipped (and ``error``, what stopped it early), and
+    """Record what the scan sent and skipped (and ``error``, what went wrong with it), and
     recount its calls."""
     batch = _get_batch(session, batch_id)
     batch.enqueued_count = enqueued
