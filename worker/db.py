@@ -142,15 +142,14 @@ def session_scope(target: Settings | str) -> Iterator[Session]:
         session.commit()
     except (OperationalError, DisconnectionError, TimeoutError) as e:
         session.rollback()
-        raise TransientError(f"database unavailable ({redact_url(url)}): {_first_line(e)}") from e
+        raise _unavailable(url, e) from e
     except DBAPIError as e:
         session.rollback()
         if e.connection_invalidated:
             raise TransientError(f"database connection lost ({redact_url(url)}): "
                                  f"{_first_line(e)}") from e
         if is_transient_sqlstate(getattr(e.orig, "sqlstate", None)):
-            raise TransientError(f"database unavailable ({redact_url(url)}): "
-                                 f"{_first_line(e)}") from e
+            raise _unavailable(url, e) from e
         raise
     except BaseException:
         session.rollback()
@@ -175,6 +174,11 @@ def is_transient_sqlstate(sqlstate: str | None) -> bool:
     """Whether a PostgreSQL SQLSTATE is one to retry later (:data:`TRANSIENT_SQLSTATES`)."""
     return bool(sqlstate) and (sqlstate in TRANSIENT_SQLSTATES
                                or str(sqlstate)[:2] in TRANSIENT_SQLSTATE_CLASSES)
+
+
+def _unavailable(url: str, error: BaseException) -> TransientError:
+    """The TransientError for a database at ``url`` that cannot take the work now."""
+    return TransientError(f"database unavailable ({redact_url(url)}): {_first_line(error)}")
 
 
 def _first_line(e: BaseException) -> str:
@@ -210,7 +214,7 @@ def upgrade(url: str, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(url), revision)
     except (OperationalError, DisconnectionError) as e:
-        raise TransientError(f"database unavailable ({redact_url(url)}): {_first_line(e)}") from e
+        raise _unavailable(url, e) from e
 
 
 def print_upgrade_sql(url: str, from_revision: str | None = None) -> None:
@@ -332,7 +336,7 @@ def current_revision(url: str) -> str | None:
             revision: str | None = MigrationContext.configure(connection).get_current_revision()
             return revision
     except (OperationalError, DisconnectionError) as e:
-        raise TransientError(f"database unavailable ({redact_url(url)}): {_first_line(e)}") from e
+        raise _unavailable(url, e) from e
 
 
 def prepare_database(url: str) -> None:
