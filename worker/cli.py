@@ -74,11 +74,8 @@ def require_model(settings: Settings) -> None:
 
 def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     """Run the whole pipeline in-process on each file and store the results."""
-    from worker.db import prepare_database, session_scope
-    from worker.enqueue import path_uri, printable_path
-    from worker.jobs import process_call
-    from worker.runner import content_call_id, external_id_for, worker_settings
-    from worker.store import CallRequest, find_call, segments_for_call, update_from_request
+    from worker.db import prepare_database
+    from worker.runner import worker_settings
 
     files = _expand(args.files)
     if args.call_id and len(files) != 1:
@@ -86,63 +83,71 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     require_model(settings)
     settings = worker_settings(settings, [f.resolve() for f in files])
     prepare_database(settings.database_url)
-    failed = 0
-    # each failure has its FAILED line below: the worker's log line said it a second time
+    # each failure has its FAILED line: the worker's log line said it a second time
     quiet: AbstractContextManager[None] = (
         nullcontext() if "CALLMOOD_LOG_LEVEL" in settings.extra
         else _logger_level("worker.jobs", logging.ERROR))
     with quiet:
-        for path in files:
-            shown = printable_path(path)
-            content_id = external_id_for(path.resolve())  # the file hashed once, here
-            request = CallRequest(uri=path_uri(path.resolve()),
-                                  external_call_id=args.call_id or content_id,
-                                  agent_id=args.agent, team=args.team, reprocess=args.reprocess)
-            # no Celery here to retry a storage hiccup later: that file fails with its
-            # reason and the others go on (it aborted the run, the call left "processing")
-            outcome = process_call(request, settings, transient="fail")
-            with session_scope(settings) as session:
-                call = find_call(session, request.external_call_id)
-                assert call is not None  # process_call registered it
-                if outcome.status == "skipped" and call.status == "done":
-                    # analysed before under this call id, or by a worker while this run failed:
-                    # its stored result stands if it is this file's (--call-id may name a call
-                    # that holds another recording)
-                    if outcome.superseded:
-                        print(f"{shown}: {outcome.reason}", file=sys.stderr)
-                    if content_call_id(call.content_sha256 or "") != content_id:
-                        failed += 1
-                        print(f"FAILED {shown}: call id {call.external_call_id} holds another "
-                              "recording; --reprocess replaces it with this one", file=sys.stderr)
-                        continue
-                    relabel = {k: v for k, v in (("agent_id", args.agent), ("team", args.team))
-                               if v is not None and getattr(call, k) != v}
-                    if relabel:
-                        # the labels given now are the call's: its analysis stands, its reports move
-                        update_from_request(session, call, request)
-                    print(f"stored {shown}: analysed "
-                          + ("meanwhile by another run" if outcome.superseded else "before")
-                          + f" with {call.model_version}; "
-                          + (f"{', '.join(relabel)} updated; " if relabel else "")
-                          + "--reprocess analyses it again", file=sys.stderr)
-                elif outcome.status != "done":
-                    failed += 1
-                    again = (" (failed before, not run again: --reprocess tries it again, e.g. "
-                             "after a setting changed)" if outcome.status == "skipped" else "")
-                    print(f"FAILED {shown}: {call.failure_reason or outcome.reason}{again}",
-                          file=sys.stderr)
-                    continue
-                segments = segments_for_call(session, call.id)
-                if args.json:
-                    for s in segments:
-                        json.dump({"file": shown, "channel": s.channel, "role": s.role,
-                                   "start_s": s.start_s, "end_s": s.end_s, "emotion": s.emotion,
-                                   "probabilities": s.probabilities(), "confidence": s.confidence,
-                                   "model_version": s.model_version}, sys.stdout)
-                        sys.stdout.write("\n")
-                print(f"done   {shown}: {len(segments)} segments, call id {call.external_call_id}",
-                      file=sys.stderr)
+        failed = sum(not _analyze_file(path, args, settings) for path in files)
     return 1 if failed else 0
+
+
+def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings) -> bool:
+    """``callmood analyze`` of one file, its lines printed; False when it failed."""
+    from worker.db import session_scope
+    from worker.enqueue import path_uri, printable_path
+    from worker.jobs import process_call
+    from worker.runner import content_call_id, external_id_for
+    from worker.store import CallRequest, find_call, segments_for_call, update_from_request
+
+    shown = printable_path(path)
+    content_id = external_id_for(path.resolve())  # the file hashed once, here
+    request = CallRequest(uri=path_uri(path.resolve()),
+                          external_call_id=args.call_id or content_id,
+                          agent_id=args.agent, team=args.team, reprocess=args.reprocess)
+    # no Celery here to retry a storage hiccup later: that file fails with its reason and
+    # the others go on (it aborted the run, the call left "processing")
+    outcome = process_call(request, settings, transient="fail")
+    with session_scope(settings) as session:
+        call = find_call(session, request.external_call_id)
+        assert call is not None  # process_call registered it
+        if outcome.status == "skipped" and call.status == "done":
+            # analysed before under this call id, or by a worker while this run failed: its
+            # stored result stands if it is this file's (--call-id may name a call that holds
+            # another recording)
+            if outcome.superseded:
+                print(f"{shown}: {outcome.reason}", file=sys.stderr)
+            if content_call_id(call.content_sha256 or "") != content_id:
+                print(f"FAILED {shown}: call id {call.external_call_id} holds another "
+                      "recording; --reprocess replaces it with this one", file=sys.stderr)
+                return False
+            relabel = {k: v for k, v in (("agent_id", args.agent), ("team", args.team))
+                       if v is not None and getattr(call, k) != v}
+            if relabel:
+                # the labels given now are the call's: its analysis stands, its reports move
+                update_from_request(session, call, request)
+            print(f"stored {shown}: analysed "
+                  + ("meanwhile by another run" if outcome.superseded else "before")
+                  + f" with {call.model_version}; "
+                  + (f"{', '.join(relabel)} updated; " if relabel else "")
+                  + "--reprocess analyses it again", file=sys.stderr)
+        elif outcome.status != "done":
+            again = (" (failed before, not run again: --reprocess tries it again, e.g. after "
+                     "a setting changed)" if outcome.status == "skipped" else "")
+            print(f"FAILED {shown}: {call.failure_reason or outcome.reason}{again}",
+                  file=sys.stderr)
+            return False
+        segments = segments_for_call(session, call.id)
+        if args.json:
+            for s in segments:
+                json.dump({"file": shown, "channel": s.channel, "role": s.role,
+                           "start_s": s.start_s, "end_s": s.end_s, "emotion": s.emotion,
+                           "probabilities": s.probabilities(), "confidence": s.confidence,
+                           "model_version": s.model_version}, sys.stdout)
+                sys.stdout.write("\n")
+        print(f"done   {shown}: {len(segments)} segments, call id {call.external_call_id}",
+              file=sys.stderr)
+    return True
 
 
 @contextmanager
