@@ -294,9 +294,10 @@ def map_labels(df: pd.DataFrame) -> pd.DataFrame:
     training (an operator's 'fearful' or 'joy' rows), or left a single class.
     """
     raw = df["emotion"].map(lambda e: str(e).strip().lower())
+    ours = ~df["corpus"].isin((*DEFAULT_CORPORA, *AROUSAL_CORPORA))   # an operator's rows
     # an operator's row without an emotion is a slip, not BAVED's design: it was dropped
     # without a word, and the run trained on fewer clips than labelled (a review)
-    blank = (raw == "") & ~df["corpus"].isin((*DEFAULT_CORPORA, *AROUSAL_CORPORA))
+    blank = (raw == "") & ours
     if blank.any():
         rows = df.loc[blank].head(MAX_LISTED)
         spans = zip(rows.get("start_s", pd.Series(np.nan, rows.index)),
@@ -314,8 +315,7 @@ def map_labels(df: pd.DataFrame) -> pd.DataFrame:
             f"{', '.join(EMOTIONS)}, or {', '.join(k for k in LABEL_MAP if k not in EMOTIONS)} "
             "(mapped or, boredom, dropped by design; see training/dataset.py)")
     mapped = raw.map(LABEL_MAP)
-    ours = ~df["corpus"].isin((*DEFAULT_CORPORA, *AROUSAL_CORPORA))
-    by_design = (mapped.isna() & (raw != "") & ours)
+    by_design = mapped.isna() & (raw != "") & ours
     if by_design.any():
         # said, since an operator reading "any other label stops the run" may not expect it
         log.warning("%d row(s) labelled %s dropped by design (no class of the model's)",

@@ -497,6 +497,11 @@ def per_corpus_ua(logits: npt.NDArray[np.float32], y: npt.NDArray[np.int64],
             for c in sorted(set(corpora.tolist()))}
 
 
+TEMPERATURE_BOUNDS: tuple[float, float] = (0.3, 10.0)
+"""Search range of :func:`fit_temperature`: a trained model's fit lands well inside it
+(the shipped models: 1.2-1.6)."""
+
+
 def fit_temperature(logits: npt.NDArray[np.float32], y: npt.NDArray[np.int64]) -> float:
     """Temperature minimising validation NLL (Guo et al., 2017), searched in [0.3, 10]."""
     z = logits.astype(np.float64)
@@ -511,11 +516,6 @@ def fit_temperature(logits: npt.NDArray[np.float32], y: npt.NDArray[np.int64]) -
                                                       np.log(TEMPERATURE_BOUNDS[1])),
                                          method="bounded")
     return float(np.exp(res.x))
-
-
-TEMPERATURE_BOUNDS: tuple[float, float] = (0.3, 10.0)
-"""Search range of :func:`fit_temperature`: a trained model's fit lands well inside it
-(the shipped models: 1.2-1.6)."""
 
 
 def temperature_at_bound(temperature: float) -> bool:

@@ -84,7 +84,6 @@ class Settings:
         database_url = get("DATABASE_URL") or f"sqlite:///{data_dir / 'callmood.sqlite'}"
         broker_url = get("BROKER_URL") or f"sqla+sqlite:///{data_dir / 'broker.sqlite'}"
         _check_url("CALLMOOD_DATABASE_URL", database_url, ("sqlite", "postgresql"))
-
         _check_url("CALLMOOD_BROKER_URL", broker_url, ("redis", "rediss", "sqla+sqlite",
                                                           "sqla+postgresql", "memory"))
 
