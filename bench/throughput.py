@@ -229,6 +229,16 @@ def end_to_end_celery(paths: Sequence[Path], settings: Settings, broker_url: str
             "wall_s": wall_s, "worker_cpu_s": cpu_s}
 
 
+def child_env(settings: Settings) -> dict[str, str]:
+    """The CALLMOOD_ settings a process the benchmark starts runs with: its database, data,
+    model and input roots, and one ONNX thread (an operator's own setting must not reach the
+    per-core figures)."""
+    return {"CALLMOOD_DATABASE_URL": settings.database_url,
+            "CALLMOOD_DATA_DIR": str(settings.data_dir),
+            "CALLMOOD_MODEL_PATH": str(settings.model_path), "CALLMOOD_ONNX_THREADS": "1",
+            "CALLMOOD_INPUT_ROOTS": os.pathsep.join(map(str, settings.input_roots))}
+
+
 def fresh_process(path: Path, settings: Settings) -> dict[str, float]:
     """Wall time to first result and peak RSS of a fresh Python process analysing ``path``."""
     code = ("import time; t0 = time.perf_counter();"
@@ -242,10 +252,7 @@ def fresh_process(path: Path, settings: Settings) -> dict[str, float]:
             # (see peak_rss_kb; read inline, as importing this module would add to the peak)
             "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')];"
             "print(time.perf_counter() - t0, hwm[0])")
-    env = dict(os.environ, CALLMOOD_DATABASE_URL=settings.database_url,
-               CALLMOOD_DATA_DIR=str(settings.data_dir), CALLMOOD_MODEL_PATH=str(settings.model_path),
-               CALLMOOD_ONNX_THREADS="1",
-               CALLMOOD_INPUT_ROOTS=os.pathsep.join(map(str, settings.input_roots)))
+    env = {**os.environ, **child_env(settings)}
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
@@ -303,9 +310,7 @@ def scaling(paths: Sequence[Path], settings: Settings, copies: int = SCALING_COP
     same ratio for a pure-Python busy loop (what this machine's two cores allow at best)."""
     import multiprocessing as mp
 
-    env = {"CALLMOOD_DATABASE_URL": settings.database_url, "CALLMOOD_DATA_DIR": str(settings.data_dir),
-           "CALLMOOD_MODEL_PATH": str(settings.model_path), "CALLMOOD_ONNX_THREADS": "1",
-           "CALLMOOD_INPUT_ROOTS": os.pathsep.join(map(str, settings.input_roots))}
+    env = child_env(settings)
     ctx = mp.get_context("spawn")
     # One call per job, longest first, handed to whichever process is free: what a Celery
     # pool with prefetch 1 does. (Fixed halves of 6 uneven calls measured the split, not
@@ -504,11 +509,8 @@ def measure_long(path: Path, settings: Settings, mode: str) -> dict[str, Any]:
     """Analyse ``path`` in a fresh process (``mode`` streamed or whole): its peak RSS, CPU
     seconds and segments. A fresh process, because ru_maxrss only ever grows."""
     out = path.with_name(f"{path.stem}-{mode}.json")
-    env = dict(os.environ, CALLMOOD_DATABASE_URL=settings.database_url,
-               CALLMOOD_DATA_DIR=str(settings.data_dir), CALLMOOD_MODEL_PATH=str(settings.model_path),
-               CALLMOOD_ONNX_THREADS="1",
-               CALLMOOD_INPUT_ROOTS=os.pathsep.join(map(str, settings.input_roots)),
-               CALLMOOD_MAX_DURATION_S=str(settings.max_duration_s))
+    env = {**os.environ, **child_env(settings),
+           "CALLMOOD_MAX_DURATION_S": str(settings.max_duration_s)}
     code = "import sys; from bench.throughput import long_child; long_child(sys.argv[1:])"
     subprocess.run([sys.executable, "-c", code, str(path), mode, str(out)], env=env, check=True,
                    cwd=Path(__file__).resolve().parent.parent)

@@ -82,9 +82,9 @@ class Condition:
     source_rate: int
     noise: NoiseKind = "none"
     snr_db: float | None = None
-    mulaw: bool = False
-    alaw: bool = False
-    """G.711 A-law, whose silence decodes to a constant +-8 LSB, never 0 (no zero code)."""
+    g711: Literal["ULAW", "ALAW"] | None = None
+    """A G.711 line (mu-law or A-law: A-law's silence decodes to a constant +-8 LSB, never 0,
+    having no zero code), or none."""
     gain_db: float = 0.0
     """Gain of the whole channel (speech and noise) before any G.711 coding: a quiet line."""
 
@@ -96,10 +96,10 @@ def _conditions() -> tuple[Condition, ...]:
         out.append(Condition(f"{k}k clean", rate))
         for noise, snr in (("white", 20.0), ("white", 10.0), ("pink", 20.0), ("pink", 10.0)):
             out.append(Condition(f"{k}k {noise} {snr:.0f} dB", rate, noise, snr))  # type: ignore[arg-type]
-    out.append(Condition("8k mu-law clean", 8000, mulaw=True))
-    out.append(Condition("8k mu-law pink 20 dB", 8000, "pink", 20.0, mulaw=True))
-    out.append(Condition("8k A-law clean", 8000, alaw=True))
-    out.append(Condition("8k A-law pink 20 dB", 8000, "pink", 20.0, alaw=True))
+    out.append(Condition("8k mu-law clean", 8000, g711="ULAW"))
+    out.append(Condition("8k mu-law pink 20 dB", 8000, "pink", 20.0, g711="ULAW"))
+    out.append(Condition("8k A-law clean", 8000, g711="ALAW"))
+    out.append(Condition("8k A-law pink 20 dB", 8000, "pink", 20.0, g711="ALAW"))
     return tuple(out)
 
 
@@ -248,8 +248,8 @@ def channel(scene: Scene, waves: dict[Path, Audio], condition: Condition, seed: 
         x = x + gain * noise(condition.noise, x.size, rng)
     if condition.gain_db:
         x = (x * 10.0 ** (condition.gain_db / 20.0)).astype(np.float32)
-    if condition.mulaw or condition.alaw:
-        x = g711_roundtrip(x, rate, "ULAW" if condition.mulaw else "ALAW")
+    if condition.g711 is not None:
+        x = g711_roundtrip(x, rate, condition.g711)
     return resample(x, rate, ANALYSIS_SAMPLE_RATE)
 
 
