@@ -29,13 +29,14 @@ from worker.audio import (
     same_signal,
 )
 from worker.constants import ANALYSIS_SAMPLE_RATE, EMOTIONS
+from worker.crosstalk import without_crosstalk
 from worker.emotion import EmotionModel, decide, load_model
 from worker.errors import ModelError
 from worker.features import extract_features
 from worker.segmentation import SegmentationConfig, Span, utterances
 from worker.settings import Settings
 from worker.stream import should_stream, streamed_spans, streamed_utterances
-from worker.vad import VadConfig, speech_probabilities
+from worker.vad import VadConfig, channel_activity, speech_probabilities
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,13 @@ def score_recording(recording: Recording, model: EmotionModel,
     channels = recording.channels
     if len(channels) == 2 and same_signal(channels[0], channels[1]):
         channels = channels[:1]
-    for channel, audio in enumerate(channels):
-        for span in channel_spans(audio, settings.vad, settings.segmentation):
+    activity = [channel_activity(audio, settings.vad) for audio in channels]
+    spans = without_crosstalk(
+        [utterances(a.probabilities, settings.vad.frame_s, audio.size / ANALYSIS_SAMPLE_RATE,
+                    settings.segmentation) for a, audio in zip(activity, channels, strict=True)],
+        [a.levels_db for a in activity], settings.vad.frame_s, settings.crosstalk)
+    for channel, (audio, kept) in enumerate(zip(channels, spans, strict=True)):
+        for span in kept:
             lo = round(span.start_s * ANALYSIS_SAMPLE_RATE)
             hi = round(span.end_s * ANALYSIS_SAMPLE_RATE)
             found.append((channel, span))
@@ -184,7 +190,8 @@ def score_streamed(stream: StreamInfo, model: EmotionModel, settings: Settings) 
     """
     _check_feature_rate(model)
     config = model.card.features
-    found = streamed_spans(stream, settings.max_duration_s, settings.vad, settings.segmentation)
+    found = streamed_spans(stream, settings.max_duration_s, settings.vad, settings.segmentation,
+                           settings.crosstalk)
     scored: list[tuple[int, Span]] = []
     rows = []
     for channel, span, samples in streamed_utterances(stream, settings.max_duration_s, found):

@@ -18,16 +18,19 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from worker.constants import MAX_CHANNELS, ROLE_AGENT, ROLE_CUSTOMER, ROLE_UNKNOWN, ROLES
+from worker.crosstalk import CrosstalkConfig
 from worker.errors import ConfigError
 from worker.segmentation import SegmentationConfig
 from worker.vad import VadConfig
 
-_Config = TypeVar("_Config", VadConfig, SegmentationConfig)
+_Config = TypeVar("_Config", VadConfig, SegmentationConfig, CrosstalkConfig)
 
 ENV_PREFIX = "CALLMOOD_"
 VAD_PREFIX = "CALLMOOD_VAD_"
 SEGMENTATION_PREFIX = "CALLMOOD_SEGMENTATION_"
-"""Prefixes of the VadConfig / SegmentationConfig fields read field by field."""
+CROSSTALK_PREFIX = "CALLMOOD_CROSSTALK_"
+"""Prefixes of the VadConfig / SegmentationConfig / CrosstalkConfig fields read field by
+field."""
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
 DEFAULT_MODEL_PATH = PACKAGE_DIR / "models" / "emotion-v1.onnx"
@@ -63,6 +66,8 @@ class Settings:
     """IANA zone of ``nightly_at`` and of "today" in ``callmood status``."""
     vad: VadConfig = field(default_factory=VadConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    crosstalk: CrosstalkConfig = field(default_factory=CrosstalkConfig)
+    """The gate that drops one party's utterances leaked from the other's channel."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -156,6 +161,7 @@ class Settings:
             timezone=timezone,
             vad=_dataclass_from_env(VadConfig, env, VAD_PREFIX),
             segmentation=_dataclass_from_env(SegmentationConfig, env, SEGMENTATION_PREFIX),
+            crosstalk=_dataclass_from_env(CrosstalkConfig, env, CROSSTALK_PREFIX),
             extra={k: v for k, v in env.items() if k.startswith(ENV_PREFIX)},
         )
 
@@ -273,8 +279,10 @@ SETTING_NAMES: tuple[str, ...] = (
     "CHANNEL_ROLES", "INBOX_DIRS", "INBOX_MIN_AGE_S", "TIMEZONE", "LOG_LEVEL", "ONNX_THREADS",
     "MAX_DURATION_S", "MAX_FILE_BYTES", "NIGHTLY_AT")
 """The CALLMOOD_ variables :meth:`Settings.from_env` reads (without the prefix)."""
-SETTING_PREFIXES: tuple[str, ...] = (VAD_PREFIX, SEGMENTATION_PREFIX, "CALLMOOD_TEST_")
-"""Families checked field by field (VAD, segmentation) or read by the tests only."""
+SETTING_PREFIXES: tuple[str, ...] = (VAD_PREFIX, SEGMENTATION_PREFIX, CROSSTALK_PREFIX,
+                                     "CALLMOOD_TEST_")
+"""Families checked field by field (VAD, segmentation, crosstalk) or read by the tests
+only."""
 
 
 def _is_setting(name: str) -> bool:

@@ -3,8 +3,9 @@
     pass 1: stream_blocks -> per channel VadStream -> decisions -> smooth -> utterances
     pass 2: stream_blocks again -> UtteranceCutter -> (channel, span, samples) per utterance
 
-Pass 1 keeps one bool per 10 ms frame and channel (2 h stereo: 1.4 MB); segmentation then
-runs unchanged on the whole-channel scores, because its decisions are not local (gaps are
+Pass 1 keeps one bool and one float32 level per 10 ms frame and channel (2 h stereo:
+7.2 MB); segmentation and the crosstalk gate (:mod:`worker.crosstalk`) then run unchanged
+on the whole-channel scores and levels, because its decisions are not local (gaps are
 bridged and long speech split into equal windows over the whole region). Pass 2 decodes the
 file a second time and hands each utterance's samples out as soon as its end has been
 decoded, so only the utterance being cut (<= ``max_utterance_s``) and one block are held.
@@ -34,6 +35,7 @@ from worker.audio import (
     stream_blocks,
 )
 from worker.constants import ANALYSIS_SAMPLE_RATE
+from worker.crosstalk import CrosstalkConfig, without_crosstalk
 from worker.errors import AudioDecodeError
 from worker.segmentation import SegmentationConfig, Span, utterances
 from worker.vad import VadConfig, VadStream, smooth
@@ -86,12 +88,14 @@ class StreamedSpans:
 
 
 def streamed_spans(stream: StreamInfo, max_duration_s: float, vad: VadConfig,
-                   segmentation: SegmentationConfig) -> StreamedSpans:
+                   segmentation: SegmentationConfig,
+                   crosstalk: CrosstalkConfig | None = None) -> StreamedSpans:
     """Pass 1: utterance spans of every channel of ``stream``, decoding it block by block.
 
     Equal to :func:`worker.pipeline.channel_spans` on each channel of the whole decoded
     file: the samples are identical (see :func:`worker.audio.stream_blocks`) and so are the
-    VAD decisions (:class:`worker.vad.VadStream`). Memory: one block plus 1 byte per frame.
+    VAD decisions and levels (:class:`worker.vad.VadStream`), and ``crosstalk`` (None: no
+gate) drops the same spans. Memory: one block plus 5 bytes per frame and channel.
     """
     detectors = [VadStream(vad) for _ in range(stream.n_channels)]
     source_frames = 0
@@ -113,6 +117,9 @@ def streamed_spans(stream: StreamInfo, max_duration_s: float, vad: VadConfig,
         tuple(utterances(smooth(detector.finish(), vad.smoothing_frames), vad.frame_ms / 1000.0,
                          duration_s, segmentation)) if not (dual_mono and channel == 1) else ()
         for channel, detector in enumerate(detectors))
+    if crosstalk is not None and not dual_mono:
+        spans = without_crosstalk(spans, [d.levels_db() for d in detectors], vad.frame_s,
+                                  crosstalk)
     return StreamedSpans(spans=spans, n_samples=n_samples, source_frames=source_frames,
                          dual_mono=dual_mono)
 

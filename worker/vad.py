@@ -31,6 +31,11 @@ from worker.errors import ConfigError
 
 Audio = npt.NDArray[np.float32]
 Probabilities = npt.NDArray[np.float32]
+Levels = npt.NDArray[np.float32]
+
+SILENCE_DB = -120.0
+"""Level (dBFS) :func:`frame_levels_db` gives a frame of digital silence: under any
+16-bit signal (-96 dBFS)."""
 
 _FRAME_MS_CHOICES = (10, 20, 30)  # the only frame lengths the WebRTC VAD accepts
 _INT16_SCALE = 32767.0
@@ -198,6 +203,19 @@ def without_idle_frames(audio: Audio, frame_samples: int) -> Audio:
     return out
 
 
+def frame_levels_db(audio: npt.ArrayLike, frame_samples: int) -> Levels:
+    """Mean-power level (dBFS) of each frame, shape (ceil(n / frame_samples),); the partial
+    last frame is zero-padded (as the VAD frames it), digital silence is SILENCE_DB."""
+    x = finite_samples(audio)
+    n = -(-x.size // frame_samples)
+    padded = np.zeros(n * frame_samples, dtype=np.float64)
+    padded[:x.size] = x
+    power = np.mean(padded.reshape(n, frame_samples) ** 2, axis=1)
+    levels: Levels = np.maximum(10.0 * np.log10(np.maximum(power, 1e-30)),
+                                SILENCE_DB).astype(np.float32)
+    return levels
+
+
 def level_gain_db(audio: npt.ArrayLike, config: VadConfig) -> float:
     """Gain (dB, >= 0) that brings a block's speech towards ``config.target_level_dbfs``.
 
@@ -244,6 +262,7 @@ class VadStream:
         self._pending: list[Audio] = []
         self._pending_samples = 0
         self._decided: list[npt.NDArray[np.bool_]] = []
+        self._levels_db: list[Levels] = []
         self._gains_db: list[float] = []
         self._n_samples = 0
         self._finished = False
@@ -257,6 +276,16 @@ class VadStream:
     def gains_db(self) -> tuple[float, ...]:
         """Level gain (dB) applied to each block decided so far (:func:`level_gain_db`)."""
         return tuple(self._gains_db)
+
+    def levels_db(self) -> Levels:
+        """Each frame's level (dBFS, :func:`frame_levels_db`) as the VAD saw it before its
+        gain (DC and idle frames removed when ``remove_dc``), shape (n_frames,); after
+        :meth:`finish`. The crosstalk gate compares the two channels' levels."""
+        if not self._finished:
+            raise RuntimeError("VadStream.levels_db before finish")
+        if not self._levels_db:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(self._levels_db)
 
     def push(self, audio: Audio) -> None:
         """Append mono float32 samples at ANALYSIS_SAMPLE_RATE, shape (n,)."""
@@ -303,6 +332,7 @@ class VadStream:
         self._decided.append(out)
         if self._config.remove_dc:
             chunk = without_dc(without_idle_frames(chunk, step))
+        self._levels_db.append(frame_levels_db(chunk, step))
         gain_db = level_gain_db(chunk, self._config)
         self._gains_db.append(gain_db)
         if gain_db > 0.0:
@@ -317,6 +347,27 @@ class VadStream:
             self._vad.is_speech(view[i * frame_bytes:(i + 1) * frame_bytes], ANALYSIS_SAMPLE_RATE)
             for i in range(count)
         ]
+
+
+@dataclass(frozen=True)
+class ChannelActivity:
+    """What the VAD measured on one channel, frame by frame."""
+
+    probabilities: Probabilities
+    """Soft speech score in [0, 1], shape (n_frames,) (:func:`speech_probabilities`)."""
+    levels_db: Levels
+    """Frame levels (dBFS), shape (n_frames,) (:meth:`VadStream.levels_db`)."""
+
+
+def channel_activity(audio: Audio, config: VadConfig) -> ChannelActivity:
+    """:func:`speech_probabilities` and the frame levels of ``audio`` (mono, at
+    ANALYSIS_SAMPLE_RATE), from one pass of the VAD."""
+    x = np.asarray(audio, dtype=np.float32)
+    if x.ndim != 1:
+        raise ValueError(f"channel_activity expects mono audio (1-D), got shape {x.shape}")
+    stream = VadStream(config)
+    stream.push(x)
+    return ChannelActivity(smooth(stream.finish(), config.smoothing_frames), stream.levels_db())
 
 
 def speech_decisions(audio: Audio, config: VadConfig) -> npt.NDArray[np.bool_]:
