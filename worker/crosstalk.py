@@ -99,18 +99,21 @@ def evidence(span: Span, this_db: Levels, other_db: Levels, frame_s: float,
         return Evidence(0.0, 0.0, 0)
     loud = this >= this.max() - _LOUD_RANGE_DB
     this_floored = np.maximum(this, this.max() - _FLOOR_RANGE_DB)
-    best = Evidence(-1.0, 0.0, 0)
-    for lag in range(min(round(max_lag_ms / 1000.0 / frame_s), first) + 1):
-        other = other_db[first - lag:last - lag].astype(np.float64)
-        other_floored = np.maximum(other, other.max() - _FLOOR_RANGE_DB)
-        if this_floored.std() == 0.0 or other_floored.std() == 0.0:
-            correlation = 0.0  # a constant stretch follows nothing
-        else:
-            correlation = float(np.corrcoef(this_floored, other_floored)[0, 1])
-        if correlation > best.correlation:
-            best = Evidence(correlation, float(np.median((other - this)[loud])),
-                            round(lag * frame_s * 1000.0))
-    return best
+    if this_floored.std() == 0.0:
+        return Evidence(0.0, 0.0, 0)  # a constant stretch follows nothing
+    n_lags = min(round(max_lag_ms / 1000.0 / frame_s), first) + 1
+    # row k: the other channel k frames earlier (lag k), all lags at once
+    window = other_db[first - n_lags + 1:last].astype(np.float64)
+    others = np.lib.stride_tricks.sliding_window_view(window, this.size)[::-1]
+    floored = np.maximum(others, others.max(axis=1, keepdims=True) - _FLOOR_RANGE_DB)
+    centred = floored - floored.mean(axis=1, keepdims=True)
+    this_centred = this_floored - this_floored.mean()
+    norms = np.sqrt((centred**2).sum(axis=1) * (this_centred**2).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        correlations = np.where(norms > 0.0, centred @ this_centred / norms, 0.0)
+    lag = int(np.argmax(correlations))
+    return Evidence(float(correlations[lag]), float(np.median((others[lag] - this)[loud])),
+                    round(lag * frame_s * 1000.0))
 
 
 def is_leak(found: Evidence, config: CrosstalkConfig) -> bool:
