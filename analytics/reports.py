@@ -31,7 +31,7 @@ from analytics.callreport import (
 )
 from analytics.options import DEFAULT_BIN_S, REPORT_KINDS, GroupBy, Period, ReportKind
 from analytics.queries import ReportFilter, load_calls, load_filtered_segments
-from analytics.stress import STRESS_DECIMALS
+from analytics.stress import SECONDS_DECIMALS, STRESS_DECIMALS
 from analytics.timeline import TIMELINE_COLUMNS, timeline
 
 __all__ = ["REPORT_COLUMNS", "REPORT_KINDS", "ReportKind", "build_report", "report_from_frames",
@@ -58,9 +58,9 @@ REPORT_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
 }
 """Report kind -> its CSV columns, in order (stable; documented in docs/analytics.md)."""
 
-# Rounding for reading: finer would be noise next to the model's own uncertainty.
-SECONDS_DECIMALS: Final[int] = 2
-"""Seconds to 10 ms: the VAD frame is 10 ms (features hop 80 samples at 8 kHz)."""
+# Rounding for reading: finer would be noise next to the model's own uncertainty. Seconds
+# (SECONDS_DECIMALS) and stress points (STRESS_DECIMALS) come from analytics.stress, whose
+# thresholds compare at the same precision, so a figure shown and the flag beside it agree.
 SHARE_DECIMALS: Final[int] = 3
 """Probabilities and shares (0-1) to 0.001 (the same as analytics.summary)."""
 

@@ -75,10 +75,18 @@ STEEP_RISE_POINTS: Final[float] = 30.0
 the scale, e.g. a calm 10 turning into a 40+ that supervisors asked to see."""
 
 COMPARE_DECIMALS: Final[int] = 6
-"""Decimals that seconds and points are rounded to before a threshold compares them.
-Segment edges sit on 10 ms frames, yet their float sums land a hair off the sum they stand
-for (2.52 + 3.62 + 3.86 s is 9.999999999999998): a review's 2,000 calls of exactly 10.00 s
-of high-stress speech left 349 unflagged, the CSV showing 10.0 beside escalated False."""
+"""Decimals that seconds and points no report shows (gaps, a third's talk, call fractions)
+are rounded to before a threshold compares them. Segment edges sit on 10 ms frames, yet
+their float sums land a hair off the sum they stand for (2.52 + 3.62 + 3.86 s is
+9.999999999999998): a review's 2,000 calls of exactly 10.00 s of high-stress speech left 349
+unflagged, the CSV showing 10.0 beside escalated False. Seconds a report shows compare at
+:data:`SECONDS_DECIMALS` instead, for the same reason."""
+
+SECONDS_DECIMALS: Final[int] = 2
+"""Decimals seconds are shown to in reports (10 ms: the VAD frame; the features hop 80
+samples at 8 kHz), and compared at against the escalation's speech threshold: compared at
+:data:`COMPARE_DECIMALS`, a run of 9.99667 s (a 20 s span split in three, then a 3.33 s
+utterance) showed as 10.0 beside escalated False (a review)."""
 
 STRESS_DECIMALS: Final[int] = 1
 """Decimals stress points (0-100) are shown to in reports, and compared at against the
@@ -236,9 +244,10 @@ def high_stress_runs(segments: pd.DataFrame, role: str = ROLE_CUSTOMER,
     runs = high.groupby(["call", run], sort=True).agg(start_s=("start_s", "min"),
                                                       end_s=("end_s", "max"),
                                                       speech_s=("duration_s", "sum"))
-    # rounded once here, so the flag, escalation_at_s and the plot's shading all agree
+    # speech rounded once here, to the 0.01 s the reports show, so the flag,
+    # escalation_at_s, the plot's shading and the CSV's longest_high_stress_s all agree
     return runs.reset_index().assign(
-        speech_s=lambda f: f["speech_s"].round(COMPARE_DECIMALS),
+        speech_s=lambda f: f["speech_s"].round(SECONDS_DECIMALS),
         run_s=lambda f: (f["end_s"] - f["start_s"]).round(COMPARE_DECIMALS))[columns]
 
 
@@ -247,8 +256,9 @@ def escalation_flags(run_speech_s: pd.Series, stress_shift: pd.Series,
                      steep_rise_points: float = STEEP_RISE_POINTS) -> pd.DataFrame:
     """``escalated`` (bool) and ``escalation_reason`` ("sustained", "rise", "sustained+rise",
     "") from the most customer speech in one high-stress run (s) and the customer's stress
-    shift (points)."""
-    sustained = run_speech_s.fillna(0.0) >= min_speech_s
+    shift (points), each compared as the reports show it (:data:`SECONDS_DECIMALS`,
+    :data:`STRESS_DECIMALS`)."""
+    sustained = run_speech_s.round(SECONDS_DECIMALS).fillna(0.0) >= min_speech_s
     rise = stress_shift.round(STRESS_DECIMALS).fillna(0.0) >= steep_rise_points
     reason = np.where(sustained & rise, "sustained+rise",
                       np.where(sustained, "sustained", np.where(rise, "rise", "")))

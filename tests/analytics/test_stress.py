@@ -170,6 +170,28 @@ def test_thresholds_compare_stress_as_the_report_shows_it() -> None:
     assert high_stress_runs(under).empty
 
 
+def test_the_speech_threshold_compares_seconds_as_the_report_shows_them() -> None:
+    """A 20 s span split in three (6.666... s, as the worker's split does) and a 3.33 s
+    utterance hold 9.99667 s of high-stress speech: the CSV showed 10.0 (seconds to 0.01)
+    beside escalated False (a review). The run, its flag and the shown figure agree."""
+    from analytics.callreport import call_metrics
+    from analytics.reports import round_for_export
+
+    split = frame(one_hot("s", "agent", 0.0, 2.0, "neutral"),
+                  one_hot("s", "customer", 20.0, 20.0 + 20.0 / 3, "angry"),
+                  one_hot("s", "customer", 30.0, 33.33, "angry"))
+    assert high_stress_runs(split)["speech_s"].tolist() == [ESCALATION_MIN_SPEECH_S]
+    assert escalation_flags(pd.Series([9.996, 9.994]), pd.Series([0.0, 0.0])
+                            )["escalated"].tolist() == [True, False]
+    calls = pd.DataFrame({"call": ["s"], "agent_id": ["ann"], "team": ["t"], "queue": [None],
+                          "started_at": pd.to_datetime(["2026-11-02T10:00Z"], utc=True),
+                          "duration_s": [40.0], "model_version": ["v"]})
+    shown = round_for_export(call_metrics(calls, split)).iloc[0]
+    assert shown["longest_high_stress_s"] == ESCALATION_MIN_SPEECH_S
+    assert shown["escalated"] and shown["escalation_reason"] == "sustained"
+    assert shown["escalation_at_s"] == 20.0
+
+
 def test_the_stress_formula_is_written_from_the_weights_in_use() -> None:
     assert stress_formula() == "100 x (angry + fear + 0.5 disgust + 0.4 sad probability)"
     # an operator who zeroes disgust and sad gets pictures that say so
