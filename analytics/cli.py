@@ -93,16 +93,37 @@ def ignored_options(args: argparse.Namespace) -> str | None:
     return "; ".join(wrong) or None
 
 
+def clashing_paths(args: argparse.Namespace, index_name: str) -> str | None:
+    """Why ``--out`` and ``--plots`` would write over one another (None: they do not).
+    ``index_name``: the picture index ``--plots`` writes in its folder."""
+    if args.plots is None:
+        return None
+    out = args.out.resolve()
+    if out == args.plots.resolve():
+        return (f"--out {args.out} and --plots {args.plots} name one path: the CSV is a file, "
+                "--plots a folder")
+    if out == (args.plots / index_name).resolve():
+        # the index was written over the report, and the command still said it wrote the
+        # report (a review)
+        return (f"--out {args.out} is the picture index --plots writes "
+                f"({args.plots / index_name}): name another file for the report or another "
+                "folder for --plots")
+    return None
+
+
 def run_report(args: argparse.Namespace, settings: Settings) -> int:
     """Handler of ``callmood report``: write the CSV (and PNGs). 0 on success, 2 when
-    ``--from`` is after ``--to`` or an option given does not apply to the report."""
+    ``--from`` is after ``--to``, an option given does not apply to the report or ``--out``
+    and ``--plots`` clash. With a date filter, says on stderr how many analysed calls it
+    leaves out for having no start time."""
     from analytics.callreport import call_metrics, calls_to_draw, rank_by_customer_stress
-    from analytics.export import write_csv
+    from analytics.export import PICTURE_INDEX_NAME, write_csv
     from analytics.queries import (
         ReportFilter,
         load_calls,
         load_filtered_segments,
         report_session,
+        undated_calls,
     )
     from analytics.reports import report_from_frames, round_for_export
 
@@ -113,6 +134,10 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     unused = ignored_options(args)
     if unused:
         print(f"callmood report {args.kind}: {unused}", file=sys.stderr)
+        return 2
+    clash = clashing_paths(args, PICTURE_INDEX_NAME)
+    if clash:
+        print(f"callmood report {args.kind}: {clash}", file=sys.stderr)
         return 2
     bin_s: float = DEFAULT_BIN_S if args.bin_s is None else args.bin_s
     max_plots: int = DEFAULT_MAX_PLOTS if args.max_plots is None else args.max_plots
@@ -132,6 +157,7 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     with report_session(settings.database_url) as session:
         calls = load_calls(session, where)
         segments = load_filtered_segments(session, where)
+        undated = undated_calls(session, where)
     report = report_from_frames(args.kind, calls, segments, bin_s=bin_s,
                                 period=cast(Period, args.period or "all"),
                                 by=cast(GroupBy, args.by or "agent"), timezone=settings.timezone)
@@ -141,7 +167,7 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--out {args.out}: cannot write it: {e.strerror or e}") from e
     message = f"callmood report {args.kind}: {len(report)} rows -> {path}"
     if args.plots is not None:
-        from analytics.export import PICTURE_INDEX_NAME, replace_picture_index
+        from analytics.export import replace_picture_index
         from analytics.plots import write_call_pngs
 
         chosen = calls_to_draw(rank_by_customer_stress(call_metrics(calls, segments)),
@@ -157,6 +183,14 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
                     f"{PICTURE_INDEX_NAME}"
                     + (f" ({len(stale)} of the previous report's removed)" if stale else ""))
     print(message, file=sys.stderr)
+    if undated:
+        # the CSV cannot show what it leaves out: a supervisor took the rows for every call
+        print(f"callmood report {args.kind}: {undated} analysed "
+              + ("call has no start time and is" if undated == 1 else
+                 "calls have no start time and are")
+              + " left out of --from/--to (calls registered by the inbox scan, callmood "
+                "analyze or callmood run carry none); a report without --from/--to lists them",
+              file=sys.stderr)
     return 0
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, TypeVar
 
 import pandas as pd
-from sqlalchemy import ColumnElement, Select, create_engine, select
+from sqlalchemy import ColumnElement, Select, create_engine, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool
 from worker.errors import ConfigError, TransientError
 from worker.schema import PROBABILITY_COLUMNS, Call, Segment
 from worker.settings import zone_for
+from worker.store import LOOKUP_CHUNK
 
 SEGMENT_COLUMNS: tuple[str, ...] = (
     "call", "agent_id", "channel", "role", "start_s", "end_s", "emotion", "confidence",
@@ -114,8 +115,9 @@ def _filtered(query: _Query, where: ReportFilter) -> _Query:
 
 
 def load_segments(session: Session, call_ids: Sequence[int] | None = None) -> pd.DataFrame:
-    """Segments (one row per utterance) of analysed calls (all, or those of ``call_ids``)
-    joined with their call's external id and agent."""
+    """Segments (one row per utterance) of analysed calls (all, or those of ``call_ids``,
+    read :data:`worker.store.LOOKUP_CHUNK` ids per statement) joined with their call's
+    external id and agent, by call, start and channel."""
     prob_columns = [getattr(Segment, c) for c in PROBABILITY_COLUMNS.values()]
     query = (select(Call.external_call_id.label("call"), Call.agent_id, Segment.channel,
                     Segment.role, Segment.start_s, Segment.end_s, Segment.emotion,
@@ -123,10 +125,19 @@ def load_segments(session: Session, call_ids: Sequence[int] | None = None) -> pd
              .join(Call, Call.id == Segment.call_id)
              .where(analysed())
              .order_by(Call.external_call_id, Segment.start_s, Segment.channel))
-    if call_ids is not None:
-        query = query.where(Segment.call_id.in_(list(call_ids)))
-    rows = session.execute(query).all()
-    return pd.DataFrame([tuple(r) for r in rows], columns=list(SEGMENT_COLUMNS))
+    if call_ids is None:
+        rows = session.execute(query).all()
+        return pd.DataFrame([tuple(r) for r in rows], columns=list(SEGMENT_COLUMNS))
+    ids = sorted(set(call_ids))
+    # in slices, as worker.store's lookups: PostgreSQL refuses a statement with over 65,535
+    # bound parameters, and psycopg's error read as "database unavailable" after `callmood
+    # run` had analysed every one of that many calls (a review)
+    rows = [row for start in range(0, len(ids), LOOKUP_CHUNK)
+            for row in session.execute(
+                query.where(Segment.call_id.in_(ids[start:start + LOOKUP_CHUNK]))).all()]
+    # each slice comes ordered; the slices together are ordered again by the same keys
+    return pd.DataFrame([tuple(r) for r in rows], columns=list(SEGMENT_COLUMNS)).sort_values(
+        ["call", "start_s", "channel"], kind="stable", ignore_index=True)
 
 
 def load_calls(session: Session, where: ReportFilter) -> pd.DataFrame:
@@ -140,6 +151,18 @@ def load_calls(session: Session, where: ReportFilter) -> pd.DataFrame:
     frame = pd.DataFrame([tuple(r) for r in rows], columns=list(CALL_COLUMNS))
     return frame.assign(started_at=pd.to_datetime(frame["started_at"], utc=True),
                         duration_s=frame["duration_s"].astype(float))
+
+
+def undated_calls(session: Session, where: ReportFilter) -> int:
+    """How many analysed calls of ``where``'s agent and team have no ``started_at``, so that
+    its days leave them out (calls registered by the inbox scan, ``callmood analyze`` or
+    ``callmood run`` carry none); 0 when its days bound nothing."""
+    if where.started_bounds() == (None, None):
+        return 0
+    query = _filtered(select(func.count()).select_from(Call),
+                      replace(where, date_from=None, date_to=None)
+                      ).where(Call.started_at.is_(None))
+    return int(session.execute(query).scalar_one())
 
 
 def load_filtered_segments(session: Session, where: ReportFilter) -> pd.DataFrame:

@@ -29,7 +29,8 @@ CALM = frame(one_hot("c-bob", "agent", 0.0, 5.0, "neutral"),
              one_hot("c-bob", "customer", 10.0, 12.0, "neutral"))
 
 
-def _add_call(session: object, external_id: str, agent: str, team: str, started: datetime | None,
+def _add_call(session: object, external_id: str, agent: str | None, team: str | None,
+              started: datetime | None,
               segments: pd.DataFrame, status: str = "done", duration_s: float | None = None,
               model_version: str | None = "v-test") -> None:
     call = Call(external_call_id=external_id, source_uri=f"file:///{external_id}.wav",
@@ -100,6 +101,40 @@ def test_segments_are_read_for_analysed_calls_only(report_db: str) -> None:
     # c-rerun's re-run failed: the segments of its last analysis are still reported
     assert sorted(every["call"].unique()) == ["c-a", "c-bob", "c-late", "c-nostart", "c-rerun"]
     assert two["call"].unique().tolist() == ["c-bob"] and len(two) == len(CALM)
+
+
+def test_segments_of_more_calls_than_one_statement_may_name_are_all_read(report_db: str
+                                                                         ) -> None:
+    """`callmood run` over 70,000 calls read their segments with every id in one IN list:
+    PostgreSQL refuses over 65,535 bound parameters, which read as "database unavailable"
+    after everything had been analysed (a review). The ids go in slices, no statement names
+    more than 65,535 of them, and every row of every slice comes back, ordered as one read."""
+    from sqlalchemy import event
+
+    from analytics.queries import load_segments
+    from worker.store import LOOKUP_CHUNK
+
+    bound: list[int] = []
+
+    def count(conn: object, cursor: object, statement: str, parameters: object,
+              context: object, executemany: bool) -> None:
+        bound.append(len(parameters) if isinstance(parameters, tuple | list | dict) else 0)
+
+    with session_scope(report_db) as session:
+        ids = {c.external_call_id: c.id for c in session.query(Call)}
+        expected = load_segments(session)
+        # the real ids at both ends and in between, among ids of calls that do not exist
+        wanted = [ids["c-a"], *range(1_000, 71_000), ids["c-late"], ids["c-bob"],
+                  ids["c-rerun"], ids["c-nostart"], ids["c-failed"], ids["c-bob"]]
+        assert len(set(wanted)) > 65_535 > LOOKUP_CHUNK
+        engine = session.get_bind()
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            got = load_segments(session, wanted)
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+    assert bound and max(bound) <= 65_535
+    pd.testing.assert_frame_equal(got, expected)
 
 
 def test_timeline_and_agents_reports(report_db: str) -> None:
@@ -269,6 +304,54 @@ def test_an_option_the_report_would_not_use_is_refused(
     assert _run(report_db, tmp_path, "timeline", "--bin-s", "10", "--out", str(out)) == 0
     assert _run(report_db, tmp_path, "agents", "--period", "week", "--by", "team",
                 "--out", str(out)) == 0
+
+
+@pytest.mark.parametrize("report_db", ["sqlite"], indirect=True)
+def test_a_report_written_where_the_picture_index_goes_is_refused(
+        report_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--out DIR/plots.csv --plots DIR` wrote the report, then the picture index over it,
+    and exited 0 saying it wrote the report (a review). Refused before anything is written."""
+    plots = tmp_path / "png"
+    assert _run(report_db, tmp_path, "stress", "--out", str(tmp_path / "stress.csv"),
+                "--plots", str(plots)) == 0
+    before = {p.name: p.read_bytes() for p in plots.iterdir()}
+    capsys.readouterr()
+    for out in (plots / "plots.csv", tmp_path / "png" / ".." / "png" / "plots.csv"):
+        assert _run(report_db, tmp_path, "stress", "--out", str(out),
+                    "--plots", str(plots)) == 2
+        assert f"--out {out} is the picture index --plots writes" in capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in plots.iterdir()} == before
+    fresh = tmp_path / "fresh"
+    assert _run(report_db, tmp_path, "calls", "--out", str(fresh),
+                "--plots", str(fresh)) == 2
+    assert "name one path" in capsys.readouterr().err and not fresh.exists()
+
+
+def test_a_date_filter_says_how_many_calls_without_a_start_it_leaves_out(
+        report_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Calls registered by the inbox scan, `callmood analyze` or `callmood run` have no
+    start time: a report with --from/--to left them out without a word (a review). It says
+    how many on stderr; the CSV is as before."""
+    out = tmp_path / "stress.csv"
+    note = "left out of --from/--to"
+    assert _run(report_db, tmp_path, "stress", "--from", "2026-11-02", "--to", "2026-11-04",
+                "--out", str(out)) == 0
+    err = capsys.readouterr().err
+    assert ("callmood report stress: 1 analysed call has no start time and is left out of "
+            "--from/--to") in err
+    assert [r["call"] for r in csv.DictReader(out.open())] == ["c-a", "c-bob"]
+    with session_scope(report_db) as session:   # another one, of no agent (the inbox's)
+        _add_call(session, "c-inbox", None, None, None, CALM.assign(call="c-inbox"))
+    assert _run(report_db, tmp_path, "calls", "--to", "2026-11-04", "--out", str(out)) == 0
+    assert "2 analysed calls have no start time and are left out" in capsys.readouterr().err
+    # none to tell: no date filter, one that bounds nothing, or another agent's calls only
+    quiet = [(("calls",), "UTC"),
+             (("calls", "--agent", "bob", "--from", "2026-11-02"), "UTC"),
+             (("calls", "--from", "0001-01-01", "--to", "9999-12-31"), "Asia/Tokyo")]
+    for argv, zone in quiet:
+        assert _run(report_db, tmp_path, *argv, "--out", str(out), timezone=zone) == 0
+        assert note not in capsys.readouterr().err, argv
+    assert {"c-nostart", "c-inbox"} <= {r["call"] for r in csv.DictReader(out.open())}
 
 
 def test_reversed_range_is_refused(report_db: str, tmp_path: Path) -> None:
