@@ -11,6 +11,7 @@ from worker.audio import file_sha256
 from worker.constants import EMOTIONS
 from worker.emotion import ModelCard
 from worker.features import FeatureConfig
+from worker.settings import Settings
 
 N_MELS = FeatureConfig().n_mels
 
@@ -37,3 +38,12 @@ def write_tiny_model(folder: Path, weights: np.ndarray) -> Path:
                      onnx_sha256=file_sha256(path), min_frames=20)
     path.with_suffix(".card.json").write_text(json.dumps(card.to_dict()))
     return path
+
+
+def tiny_model_settings(tmp_path: Path) -> Settings:
+    """Settings of a worker serving a seeded tiny model, data under ``tmp_path / "data"``,
+    ``tmp_path`` its one input root."""
+    model = write_tiny_model(tmp_path, np.random.default_rng(0).normal(size=(N_MELS, 7)))
+    return Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
+                              "CALLMOOD_INPUT_ROOTS": str(tmp_path),
+                              "CALLMOOD_MODEL_PATH": str(model)})

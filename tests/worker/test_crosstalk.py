@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from bench.workload import read_manifest, synthesize_call
-from tests.model_fixtures import N_MELS, write_tiny_model
+from tests.model_fixtures import tiny_model_settings
 from training.crosstalk_eval import leak
 from worker.crosstalk import CrosstalkConfig, Evidence, evidence, is_leak, without_crosstalk
 from worker.errors import ConfigError
@@ -113,10 +113,7 @@ def test_settings_read_the_gate_from_the_environment(tmp_path: Path) -> None:
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> Settings:
-    model = write_tiny_model(tmp_path, np.random.default_rng(0).normal(size=(N_MELS, 7)))
-    return Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
-                              "CALLMOOD_INPUT_ROOTS": str(tmp_path),
-                              "CALLMOOD_MODEL_PATH": str(model)})
+    return tiny_model_settings(tmp_path)
 
 
 def leaky_call(callmood_corpora: Path, path: Path, subtype: str, customer_turns: int,

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from bench.workload import read_manifest, synthesize_call, write_call
-from tests.model_fixtures import N_MELS, write_tiny_model
+from tests.model_fixtures import tiny_model_settings
 from worker.emotion import load_card
 from worker.errors import AudioDecodeError, InputNotAllowedError, ModelError
 from worker.pipeline import analyze_file
@@ -24,10 +24,7 @@ from worker.settings import Settings
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> Settings:
-    model = write_tiny_model(tmp_path, np.random.default_rng(0).normal(size=(N_MELS, 7)))
-    return Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
-                              "CALLMOOD_INPUT_ROOTS": str(tmp_path),
-                              "CALLMOOD_MODEL_PATH": str(model)})
+    return tiny_model_settings(tmp_path)
 
 
 def overlap_s(a: tuple[float, float], b: tuple[float, float]) -> float:
