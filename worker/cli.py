@@ -36,8 +36,14 @@ TIMEOUT_S = seconds(0.0, above=True)
 
 def _expand(paths: Sequence[str]) -> list[Path]:
     """Files as given, directories expanded to the audio files below them (sorted);
-    ConfigError when that leaves none."""
+    ConfigError when a path names nothing at all, or when that leaves no file."""
     files: list[Path] = []
+    missing = [raw for raw in paths if not os.path.lexists(Path(raw).expanduser())]
+    if missing:
+        # a mistyped folder was taken for a file: `run` started a worker and stored a
+        # failed call for good under the typo (a review); nothing there to record
+        raise ConfigError(f"no such file or folder: {', '.join(missing[:5])}"
+                          + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():

@@ -179,6 +179,21 @@ def test_analyze_of_a_folder_without_recordings_says_so(
     assert "no audio files" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["analyze", "run"])
+def test_a_path_that_names_nothing_is_refused_before_any_call_is_stored(
+        env: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    from worker import db, store
+
+    recordings = env / "recs"
+    recordings.mkdir()
+    assert main([command, str(env / "rec")]) == 2  # the folder's name mistyped
+    assert f"no such file or folder: {env / 'rec'}" in capsys.readouterr().err
+    settings = Settings.from_env()
+    db.upgrade(settings.database_url)
+    with db.session_scope(settings) as session:
+        assert store.list_calls(session) == []
+
+
 def test_a_worker_refuses_to_start_on_a_database_without_this_releases_schema(
         env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Before, it started and failed every call it took, each after two minutes of retries
