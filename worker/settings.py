@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from worker.constants import MAX_CHANNELS, ROLE_AGENT, ROLE_CUSTOMER, ROLE_UNKNOWN, ROLES
@@ -308,13 +308,38 @@ def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
     if scheme not in schemes:
         # +psycopg2 (or another driver) passed once and then failed with a traceback:
         # callmood ships psycopg 3 only (a review)
+        # the hint names what this setting takes: the broker's PostgreSQL is sqla+postgresql://
+        # (the database's hint sent an operator to a form the broker refuses; a review)
+        postgres = ("postgresql:// or postgresql+psycopg://" if "postgresql" in schemes
+                    else "sqla+postgresql://")
         raise ConfigError(f"{name}={redact_url(url)!r}: scheme must be one of "
-                          f"{', '.join(schemes)} (PostgreSQL through psycopg 3: postgresql:// "
-                          "or postgresql+psycopg://)")
+                          f"{', '.join(schemes)} (PostgreSQL through psycopg 3: {postgres})")
     if scheme in NETWORK_SCHEMES:
         # kombu reads "url1;url2" as a failover list: each part is checked
         for part in url.split(";"):
             _check_server_url(name, part.strip(), scheme)
+    if name == "CALLMOOD_BROKER_URL":
+        _check_broker_query(url)
+
+
+_KOMBU_URL_FIELDS: frozenset[str] = frozenset(
+    {"transport", "hostname", "port", "userid", "password", "virtual_host"})
+"""Fields kombu's ``parse_url`` takes from a URL's parts and then again from its query."""
+
+
+def _check_broker_query(url: str) -> None:
+    """ConfigError for a broker URL whose query repeats a field of the URL itself: kombu
+    raised TypeError on ``?password=`` when a call was sent, after the call had been
+    marked sent (a review)."""
+    for part in url.split(";"):
+        keys = {key.lower() for key, _ in parse_qsl(urlsplit(part.strip()).query,
+                                                    keep_blank_values=True)}
+        clash = sorted(keys & _KOMBU_URL_FIELDS)
+        if clash:
+            raise ConfigError(
+                f"CALLMOOD_BROKER_URL={redact_url(url)!r}: the broker does not take "
+                f"{', '.join(clash)} as a query parameter: give it in the URL itself "
+                "(redis://:PASSWORD@host:port/db, the password percent-encoded)")
 
 
 def _check_server_url(name: str, url: str, scheme: str) -> None:
