@@ -75,7 +75,9 @@ def require_model(settings: Settings) -> None:
                           "broken; reinstall callmood and its dependencies (README: pip "
                           "install -e .)") from e
     except ModelError as e:
-        raise ConfigError(f"{e} (CALLMOOD_MODEL_PATH)") from e
+        # named once: the model's own message may name the setting already
+        where = "" if "CALLMOOD_MODEL_PATH" in str(e) else " (CALLMOOD_MODEL_PATH)"
+        raise ConfigError(f"{e}{where}") from e
 
 
 def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
@@ -614,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="start a Celery worker on CALLMOOD_BROKER_URL",
                        epilog="Any other option goes to celery worker unchanged (e.g. -O fair, "
-                              "--hostname w1@%%h).")
+                              "--hostname w1@%h).")
     p.add_argument("--concurrency", type=PROCESSES, default=1, help="processes (one per core)")
     p.add_argument("--loglevel", default=None,
                    help="celery's log level (default: CALLMOOD_LOG_LEVEL, INFO)")

@@ -146,7 +146,9 @@ def test_a_worker_refuses_to_start_with_a_broken_model(
 
     monkeypatch.setattr(os, "execv", no_exec)
     assert main(["worker"]) == 2  # before celery is exec'd: nothing would take calls
-    assert "emotion model not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "emotion model not found" in err
+    assert err.count("CALLMOOD_MODEL_PATH") == 1  # named once, not "(set X) (X)"
 
 
 @pytest.mark.parametrize("command", ["analyze", "run"])
