@@ -205,12 +205,28 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
     if interrupted is not None:
         # the calls the stopped worker did not finish are failed with why, not left pending
         # or "processing" behind a run that is gone
-        _collect(ids, requests, settings, False, None, timeout_s, log_path,
-                 cause="callmood run was stopped before this call finished")
+        cause = "callmood run was stopped before this call finished"
+        results = _collect(ids, requests, settings, False, None, timeout_s, log_path,
+                           cause=cause)
+        unfinished = {r.external_call_id for r in results if r.reason == cause}
+        # said where the operator looks: the run printed nothing and exited 143 (a review)
+        log.warning("callmood run stopped (%s): its celery worker was stopped; %d call(s) it "
+                    "had not finished are failed ('%s'; callmood retry --all-failed sends "
+                    "them again)", _interruption(interrupted), len(unfinished), cause)
         raise interrupted
 
     results = _collect(ids, requests, settings, timed_out, exit_code, timeout_s, log_path)
     return _summary(results, started, log_path, timed_out, exit_code)
+
+
+def _interruption(error: BaseException) -> str:
+    """'Ctrl-C', or the signal a SystemExit of :func:`_signals_stop_the_run` stands for."""
+    if isinstance(error, SystemExit) and isinstance(error.code, int) and error.code > 128:
+        try:
+            return signal.Signals(error.code - 128).name
+        except ValueError:
+            return f"exit {error.code}"
+    return "Ctrl-C" if isinstance(error, KeyboardInterrupt) else type(error).__name__
 
 
 @contextmanager

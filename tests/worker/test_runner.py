@@ -346,6 +346,10 @@ def test_a_run_stopped_by_sigterm_stops_its_worker_and_fails_what_it_left(
         worker_pid = int(pid_file.read_text())
         run.send_signal(15)
         assert run.wait(timeout=120) == 128 + 15
+        assert run.stderr is not None
+        # said on stderr: the run printed nothing and exited 143 (a review)
+        assert "callmood run stopped (SIGTERM): its celery worker was stopped" in \
+            run.stderr.read().decode()
     finally:
         if run.poll() is None:
             run.kill()
