@@ -416,9 +416,13 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         result = enqueue_manifest(args.manifest, reprocess=args.reprocess, settings=settings)
         for r in result.results:
             if not r.sent:
-                print(f"skipped {r.call_id}: {r.reason}", file=sys.stderr)
-        print(f"batch {result.batch_id}: {result.sent} enqueued, {result.skipped} skipped")
-        return 0
+                print(f"{'refused' if r.refused else 'skipped'} {r.call_id}: {r.reason}",
+                      file=sys.stderr)
+        refused = f" ({result.refused} refused)" if result.refused else ""
+        print(f"batch {result.batch_id}: {result.sent} enqueued, {result.skipped} skipped"
+              f"{refused}")
+        # a call id reused for another file was skipped, exit 0, never analysed (a review)
+        return 1 if result.refused else 0
     if not (args.target and args.call_id and args.agent):
         raise ConfigError("give FILE|URI, --call-id and --agent (or --manifest FILE)")
     outcome = enqueue(args.target, call_id=args.call_id, agent_id=args.agent, team=args.team,
@@ -426,6 +430,9 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
                       reprocess=args.reprocess, settings=settings)
     if outcome.sent:
         print(f"enqueued {outcome.call_id}: task {outcome.task_id}")
+    elif outcome.refused:
+        print(f"refused {outcome.call_id}: {outcome.reason}", file=sys.stderr)
+        return 1
     else:
         print(f"skipped {outcome.call_id}: {outcome.reason}")
     return 0

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from worker.db import session_scope
-from worker.errors import CallmoodError, PartialSendError, PayloadError, TransientError
+from worker.errors import CallmoodError, PartialSendError, PayloadError
 from worker.settings import Settings, get_settings
 from worker.store import (
     CallRequest,
+    CallSendState,
+    Reservation,
     RetryRequest,
     create_batch,
     finish_batch_scan,
@@ -35,6 +37,7 @@ from worker.store import (
     printable_text,
     release_enqueue,
     reserve_all,
+    was_rejected,
 )
 from worker.uris import uri_scheme
 
@@ -59,10 +62,11 @@ class Enqueued:
     task_id: str | None
     """The Celery task id; None when nothing was sent."""
     reason: str | None = None
-    """Why nothing was sent (a duplicate of a call already sent or analysed)."""
+    """Why nothing was sent (a duplicate of a call already sent or analysed, or a refusal)."""
     refused: bool = False
-    """True when the call could not be sent as asked (its stored row cannot make a request),
-    as opposed to a duplicate, which is nothing to do."""
+    """True when the call could not be sent as asked (its call id stands for another file;
+    its stored row cannot make a request, or was a rejected payload), as opposed to a
+    duplicate, which is nothing to do."""
 
     @property
     def sent(self) -> bool:
@@ -83,6 +87,11 @@ class ManifestResult:
     @property
     def skipped(self) -> int:
         return len(self.results) - self.sent
+
+    @property
+    def refused(self) -> int:
+        """Calls not sent because they could not be sent as asked (among ``skipped``)."""
+        return sum(r.refused for r in self.results)
 
 
 @contextmanager
@@ -111,9 +120,10 @@ def submit(requests: Sequence[CallRequest], settings: Settings, send: Sender,
     """Register each call and send the tasks of those not sent before (or ``reprocess``).
 
     The calls are marked sent in one transaction before anything is published, so two
-    producers racing on a call id publish once; if publishing fails they are unmarked and
-    TransientError propagates (enqueueing again later is safe; the chunks of SUBMIT_CHUNK
-    calls published before stay sent).
+    producers racing on a call id publish once; if publishing fails, whatever the error, they
+    are unmarked and the error propagates (TransientError: enqueueing again later is safe; the
+    chunks of SUBMIT_CHUNK calls published before stay sent). A call id already sent or
+    worked on for another file is refused (``Enqueued.refused``), not skipped as a duplicate.
     """
     return [result for chunk in submit_chunks(requests, settings, send, batch_id)
             for result in chunk]
@@ -138,27 +148,70 @@ def _published_before(error: BaseException) -> int:
 def _submit_chunk(requests: Sequence[CallRequest], settings: Settings, send: Sender,
                   batch_id: int | None) -> list[Enqueued]:
     with session_scope(settings) as session:
-        decided = [(request, reservation.before) for request, reservation
+        # why a call is not sent is read on its locked row, in the reserving transaction
+        decided = [(request, reservation.before,
+                    None if reservation.send else _not_sent(request, reservation))
+                   for request, reservation
                    in zip(requests, reserve_all(session, requests, batch_id), strict=True)]
-    to_send = [(request, before) for request, before in decided if before is not None]
+    to_send = [(request, before) for request, before, _ in decided if before is not None]
     try:
         task_ids = iter(send([request for request, _ in to_send]) if to_send else [])
-    except TransientError as e:
-        # the tasks published before the broker went away stay marked sent: unmarked, recovery
-        # would not watch them and the next enqueue would publish them a second time
-        with session_scope(settings) as session:
-            release_enqueue(session, [before for _, before in to_send[_published_before(e):]])
+    except BaseException as e:
+        # any error, not only an unreachable broker's (kombu's TypeError on a broker URL it
+        # cannot read, a Ctrl-C): left marked sent, the calls were never published, and the
+        # next enqueue skipped them as sent while `status` did not count them as never sent (a
+        # review). The tasks a PartialSendError says were published stay marked sent: unmarked,
+        # recovery would not watch them and the next enqueue would publish them a second time.
+        # Another error says nothing of what it published: all are released, since a second
+        # message costs at most a second run (a finished call's duplicate is skipped, segments
+        # are replaced), while a call marked and never sent is never analysed
+        _release(settings, [before for _, before in to_send[_published_before(e):]])
         raise
-    results: list[Enqueued] = []
-    for request, before in decided:
-        if before is not None:
-            results.append(Enqueued(request.external_call_id, next(task_ids)))
-        else:
-            results.append(Enqueued(request.external_call_id, None,
-                                    "no longer failed as read: sent again meanwhile, or run "
-                                    "since" if isinstance(request, RetryRequest) else
-                                    "already enqueued or analysed; pass reprocess to run again"))
-    return results
+    return [Enqueued(request.external_call_id, next(task_ids)) if not_sent is None else not_sent
+            for request, _, not_sent in decided]
+
+
+def _release(settings: Settings, reserved: Sequence[CallSendState]) -> None:
+    """``release_enqueue`` after a failed send, never raising: the error that stopped the send
+    is the one the caller raises (calls it could not release stay marked sent, and recovery
+    sends them again once they are old enough)."""
+    if not reserved:
+        return
+    try:
+        with session_scope(settings) as session:
+            release_enqueue(session, reserved)
+    except Exception:
+        log.exception("could not unmark the %d call(s) of a failed send", len(reserved))
+
+
+FAILURE_SHOWN_CHARS = 200
+"""Characters of a failed call's reason quoted when an enqueue or a retry skips it."""
+
+
+def _shown_failure(reason: str | None) -> str:
+    text = printable_text(reason or "no reason stored")
+    return text if len(text) <= FAILURE_SHOWN_CHARS else text[:FAILURE_SHOWN_CHARS - 3] + "..."
+
+
+def _not_sent(request: CallRequest, reservation: Reservation) -> Enqueued:
+    """The result for a request :func:`reserve_all` did not send, and why."""
+    call_id, call = request.external_call_id, reservation.call
+    if isinstance(request, RetryRequest):
+        return Enqueued(call_id, None, "no longer failed as read: sent again meanwhile, or run "
+                                       "since")
+    if reservation.conflict is not None:
+        return Enqueued(call_id, None, refused=True, reason=(
+            f"call id {call_id} is already the call of another file, "
+            f"{printable_text(reservation.conflict)!r} ({call.status}), so "
+            f"{printable_text(request.uri)!r} was not sent: send it under a new call id, or, "
+            "if it replaces that recording, enqueue it with --reprocess (reprocess=True: the "
+            "call takes the new file and is analysed again)"))
+    if call.status == "failed":
+        return Enqueued(call_id, None, (
+            f"failed in its last run ({_shown_failure(call.failure_reason)}); to run it "
+            f"again, enqueue it with --reprocess (reprocess=True) or run callmood retry "
+            f"--call-id {call_id}"))
+    return Enqueued(call_id, None, "already enqueued or analysed; pass reprocess to run again")
 
 
 def enqueue(uri: str, *, call_id: str, agent_id: str,
@@ -221,7 +274,8 @@ def submit_batch(requests: Iterable[CallRequest], settings: Settings, send: Send
 
     def close(partly_sent: int = 0, error: str | None = None) -> ManifestResult:
         done = ManifestResult(batch_id, tuple(results))
-        said = "; ".join(e for e in (problem, error and f"stopped sending: {error}") if e)
+        said = "; ".join(e for e in (problem, _refusals(done), error and f"stopped sending: {error}")
+                         if e)
         with session_scope(settings) as session:
             skipped_first = known if isinstance(known, int) else known()
             finish_batch_scan(session, batch_id, enqueued=done.sent + partly_sent,
@@ -242,6 +296,16 @@ def submit_batch(requests: Iterable[CallRequest], settings: Settings, send: Send
     return close()
 
 
+def _refusals(result: ManifestResult) -> str | None:
+    """The batch row's note of the calls it refused (``callmood status`` shows it): counted
+    among the skipped, the batch looked like a quiet re-run (a review)."""
+    refused = [r.call_id for r in result.results if r.refused]
+    if not refused:
+        return None
+    more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+    return f"{len(refused)} refused (call id of another file): {', '.join(refused[:5])}{more}"
+
+
 def _stop_reason(error: BaseException) -> str:
     """What stopped a batch's send, for its row: our errors say it themselves; another (a
     time limit while the scan hashes) by its type too."""
@@ -253,9 +317,11 @@ def _stop_reason(error: BaseException) -> str:
 def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: bool = False,
                  send: Sender | None = None) -> list[Enqueued]:
     """Enqueue failed calls again as a new run (``reprocess``); PayloadError when a named call
-    is unknown or not failed, or its stored row cannot make a valid request (a rejected
-    payload without a usable uri). With ``all_failed`` such a row is skipped, and reported
-    with its reason, so one unusable rejection never blocks every other retry."""
+    is unknown or not failed, was a rejected payload (:func:`store.was_rejected`: its row
+    kept none of the payload's labels; the producer's corrected payload is its retry), or its
+    stored row cannot make a valid request. With ``all_failed`` such a row is skipped, and
+    reported with its reason (``refused``), so one rejection never blocks every other
+    retry."""
     if not call_ids and not all_failed:
         raise PayloadError("name the calls to retry (call ids) or ask for all failed calls")
     with session_scope(settings) as session:
@@ -268,13 +334,23 @@ def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: b
         requests: list[CallRequest] = []
         unusable: list[Enqueued] = []
         for call_id in wanted:
+            call = failed[call_id]
+            if was_rejected(call):
+                # run from its row, it was analysed without the agent, team and start time
+                # the rejected payload carried, stored as done, and the corrected payload
+                # then skipped as already analysed (a review)
+                reason = _rejected_reason(call.failure_reason)
+                if not all_failed:
+                    raise PayloadError(f"call {call_id}: {reason}")
+                unusable.append(Enqueued(call_id, None, reason=reason, refused=True))
+                continue
             try:
                 # checked on the locked row when sent: two retries that read the failure at
                 # once send one run (a review found both publishing)
-                requests.append(RetryRequest.of(failed[call_id]))
+                requests.append(RetryRequest.of(call))
             except PayloadError as e:
                 reason = (f"its stored row cannot be sent again ({e}); send a corrected "
-                          "payload for this call id")
+                          "payload for this call id with callmood enqueue")
                 if not all_failed:
                     raise PayloadError(f"call {call_id}: {reason}") from e
                 unusable.append(Enqueued(call_id, None, reason=reason, refused=True))
@@ -284,6 +360,14 @@ def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: b
         return [*unusable, *submit(requests, settings, send)]
     with celery_sender(settings) as sender:
         return [*unusable, *submit(requests, settings, sender)]
+
+
+def _rejected_reason(failure_reason: str | None) -> str:
+    """Why a rejected payload's call is not retried, and what to do instead."""
+    return (f"its stored row cannot be sent again: its payload was rejected before any run "
+            f"({_shown_failure(failure_reason)}), and the row kept none of the payload's "
+            "labels (agent, team, start time); send a corrected payload for this call id with "
+            "callmood enqueue (no --reprocess needed)")
 
 
 def absolute_uri(uri: str) -> str:

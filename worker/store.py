@@ -537,6 +537,37 @@ def is_duplicate_delivery(call: Call, request: CallRequest) -> bool:
     return not was_rejected(call)
 
 
+CONTENT_ID_PREFIX: Final = "sha256-"
+"""Prefix of a call id that names its recording's content (``runner.content_call_id``: the
+inbox scan's and ``callmood run``'s ids), followed by 64 hex digits."""
+
+
+def names_content(external_call_id: str) -> bool:
+    """Whether ``external_call_id`` is a content id (``sha256-<64 hex>``): every file sent
+    under it holds the same recording, wherever it lies."""
+    digest = external_call_id.removeprefix(CONTENT_ID_PREFIX)
+    return digest != external_call_id and len(digest) == 64
+
+
+def names_other_file(call: Call, request: CallRequest) -> bool:
+    """Whether ``request`` names another file than the one ``call`` stands for: its uri is
+    not the stored one, and the call id does not name the content (a copy of an inbox file
+    at another path is the same recording). Compared without reading either file: a path
+    and the ``file://`` URI of that path are the same file."""
+    return (not _same_path(request.uri, call.source_uri)
+            and not names_content(call.external_call_id))
+
+
+def _same_path(uri: str, other: str) -> bool:
+    if uri == other:
+        return True
+    try:
+        path = local_path_text(uri)
+        return path is not None and path == local_path_text(other)
+    except PayloadError:   # a stored uri no request could send: not this one
+        return False
+
+
 def was_rejected(call: Call) -> bool:
     """Whether the call failed on its payload before any run (never claimed: attempts 0);
     :data:`REJECTED` is the same test in SQL."""
@@ -580,6 +611,10 @@ class Reservation:
     """Batches whose counts the reservation changed: the one the call left (a reprocessed
     call, or one whose earlier send failed), or its own when a final call runs again in it
     (:func:`recount_batches`, once every call of the transaction is locked)."""
+    conflict: str | None = None
+    """The call's stored file (``source_uri``) when nothing is sent because the request names
+    another file under a call id already sent or worked on: that id stands for the stored
+    file, and the request is refused, not a duplicate (see :func:`names_other_file`)."""
 
     @property
     def send(self) -> bool:
@@ -640,7 +675,10 @@ def _reserve(session: Session, request: CallRequest, batch_id: int | None) -> Re
         call.attempts = 0
         call.failure_reason = None
     elif call.enqueued_at is not None or call.status != "pending":
-        return Reservation(call, None)
+        # a call id reused for another recording was skipped as a duplicate, exit 0: the new
+        # recording never analysed, and no row said so (a review)
+        return Reservation(call, None,
+                           conflict=call.source_uri if names_other_file(call, request) else None)
     # the request published now (a new run, or a call registered and never sent because its
     # send failed and was released): the row takes its file and labels, which reports and
     # recovery use

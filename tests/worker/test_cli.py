@@ -101,7 +101,9 @@ def test_a_broken_file_named_in_latin1_fails_with_its_reason_stored(
 
 
 def test_call_id_needs_exactly_one_file(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["analyze", "a.wav", "b.wav", "--call-id", "X-1"]) == 2
+    for name in ("a.wav", "b.wav"):
+        (env / name).write_bytes(b"")
+    assert main(["analyze", str(env / "a.wav"), str(env / "b.wav"), "--call-id", "X-1"]) == 2
     assert "--call-id" in capsys.readouterr().err
 
 
@@ -451,6 +453,25 @@ def test_db_commands_refuse_what_they_cannot_do_by_name(
     err = capsys.readouterr().err
     assert "TransientError: database unavailable" in err and "Traceback" not in err
     assert "secret" not in err
+
+
+def test_enqueue_of_a_call_id_sent_for_another_file_exits_1_naming_the_stored_file(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Day 2's manifest reused day 1's call id for another recording: it was skipped as
+    "already enqueued", exit 0, and never analysed (a review)."""
+    assert main(["db", "upgrade"]) == 0
+    assert main(["enqueue", str(env / "a.wav"), "--call-id", "C-1", "--agent", "a"]) == 0
+    capsys.readouterr()
+    assert main(["enqueue", str(env / "b.wav"), "--call-id", "C-1", "--agent", "a"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("refused C-1: ") and "a.wav" in err
+    # the same file again is the idempotent re-send it always was
+    assert main(["enqueue", str(env / "a.wav"), "--call-id", "C-1", "--agent", "a"]) == 0
+    assert capsys.readouterr().out.startswith("skipped C-1: ")
+    (env / "m.csv").write_text(f"uri,call_id,agent_id\n{env / 'b.wav'},C-1,a\n")
+    assert main(["enqueue", "--manifest", str(env / "m.csv")]) == 1
+    out, err = capsys.readouterr()
+    assert "refused C-1: " in err and out.endswith("0 enqueued, 1 skipped (1 refused)\n")
 
 
 def test_status_exits_1_when_the_broker_cannot_be_reached(

@@ -330,6 +330,11 @@ def test_retry_all_failed_skips_a_rejection_it_cannot_resend(producer: Settings)
         call = store.register_call(s, store.CallRequest(uri="/recordings/f.wav",
                                                         external_call_id="FAILED-1"))
         store.mark_failed(s, store.claim_for_processing(s, call.id).id, "database gone")
+        # a run's failure whose stored uri no longer travels (sent before a rule refused it)
+        old = store.register_call(s, store.CallRequest(uri="/recordings/g.wav",
+                                                       external_call_id="OLD-1"))
+        store.mark_failed(s, store.claim_for_processing(s, old.id).id, "database gone")
+        old.source_uri = "relative/g.wav"
     sent: list[str] = []
 
     def send(requests: Sequence[store.CallRequest]) -> list[str]:
@@ -339,8 +344,144 @@ def test_retry_all_failed_skips_a_rejection_it_cannot_resend(producer: Settings)
     results = {r.call_id: r for r in retry_failed(producer, all_failed=True, send=send)}
     assert sent == ["FAILED-1"] and results["FAILED-1"].sent
     assert not results["BAD-1"].sent and "corrected payload" in (results["BAD-1"].reason or "")
+    assert results["OLD-1"].refused and "not an absolute path" in (results["OLD-1"].reason or "")
     with pytest.raises(PayloadError, match="call BAD-1: its stored row cannot be sent again"):
         retry_failed(producer, call_ids=["BAD-1"], send=send)
+    with pytest.raises(PayloadError, match="call OLD-1: its stored row cannot be sent again"):
+        retry_failed(producer, call_ids=["OLD-1"], send=send)
+
+
+def test_retry_leaves_a_rejected_payload_to_its_corrected_enqueue(producer: Settings) -> None:
+    """A payload rejected for one bad field (started_at) keeps none of its labels: `retry
+    --all-failed` analysed it without agent, team or start time and stored it done, and the
+    corrected payload (docs/production.md) was then skipped as analysed (a review)."""
+    with db.session_scope(producer) as s:
+        store.record_rejected(s, "CC-1", "/recordings/call-1.wav",
+                              "started_at: '31/01/2026' is not ISO-8601")
+    sent: list[str] = []
+
+    def send(requests: Sequence[store.CallRequest]) -> list[str]:
+        sent.extend(r.external_call_id for r in requests)
+        return [f"task-{r.external_call_id}" for r in requests]
+
+    (skipped,) = retry_failed(producer, all_failed=True, send=send)
+    assert sent == [] and not skipped.sent and skipped.refused
+    reason = skipped.reason or ""
+    assert "payload was rejected" in reason and "'31/01/2026' is not ISO-8601" in reason
+    assert "send a corrected payload for this call id with callmood enqueue" in reason
+    with pytest.raises(PayloadError, match=r"call CC-1: .*payload was rejected .*callmood enqueue"):
+        retry_failed(producer, call_ids=["CC-1"], send=send)
+    assert sent == []
+    fixed = enqueue("/recordings/call-1.wav", call_id="CC-1", agent_id="agent-7", team="billing",
+                    started_at="2026-01-31T09:15:00Z", settings=producer, send=send)
+    assert fixed.sent and sent == ["CC-1"]
+    with db.session_scope(producer) as s:
+        call = store.find_call(s, "CC-1")
+        assert call is not None and (call.status, call.agent_id, call.team) == (
+            "pending", "agent-7", "billing")
+
+
+def test_a_call_id_reused_for_another_file_is_refused_and_a_resend_skipped_quietly(
+        producer: Settings) -> None:
+    """Call ids recycled daily, a copy-pasted row: a second enqueue or manifest naming a known
+    call id with another file was skipped as "already enqueued or analysed", exit 0, and the
+    new recording never analysed (a review). The same file sent again stays a quiet
+    duplicate (a nightly re-run, a redelivery)."""
+    first = enqueue("/recordings/d1/call.wav", call_id="DAY-0001", agent_id="agent-1",
+                    settings=producer)
+    assert first.sent
+    for same in ("/recordings/d1/call.wav", "file:///recordings/d1/call.wav"):
+        again = enqueue(same, call_id="DAY-0001", agent_id="agent-1", settings=producer)
+        assert not again.sent and not again.refused
+        assert again.reason == "already enqueued or analysed; pass reprocess to run again"
+    other = enqueue("/recordings/d2/call.wav", call_id="DAY-0001", agent_id="agent-2",
+                    settings=producer)
+    assert not other.sent and other.refused
+    reason = other.reason or ""
+    assert "another file, '/recordings/d1/call.wav' (pending)" in reason
+    assert "'/recordings/d2/call.wav' was not sent" in reason
+    assert "new call id" in reason and "--reprocess" in reason
+
+    manifest = producer.input_roots[0] / "d2.csv"
+    manifest.write_text("uri,call_id,agent_id\n/recordings/d2/call.wav,DAY-0001,agent-2\n"
+                        "/recordings/d2/next.wav,DAY-0002,agent-2\n")
+    result = enqueue_manifest(manifest, settings=producer)
+    assert (result.sent, result.skipped, result.refused) == (1, 1, 1)
+    assert [r.call_id for r in result.results if r.refused] == ["DAY-0001"]
+    with db.session_scope(producer) as s:
+        (batch,) = store.latest_batches(s, 1)
+        # `callmood status` shows it: the batch looked like a quiet re-run
+        assert batch.scan_error is not None and "1 refused" in batch.scan_error
+        assert "DAY-0001" in batch.scan_error
+        call = store.find_call(s, "DAY-0001")
+        assert call is not None and (call.source_uri, call.agent_id) == (
+            "/recordings/d1/call.wav", "agent-1")
+    assert _depth(producer) == 2
+
+    replaced = enqueue("/recordings/d2/call.wav", call_id="DAY-0001", agent_id="agent-2",
+                       reprocess=True, settings=producer)
+    assert replaced.sent and _depth(producer) == 3
+    with db.session_scope(producer) as s:
+        call = store.find_call(s, "DAY-0001")
+        assert call is not None and call.source_uri == "/recordings/d2/call.wav"
+
+
+def test_a_failed_call_enqueued_again_says_it_failed_and_how_to_run_it(
+        producer: Settings) -> None:
+    """The skip said "already enqueued or analysed" of a call whose run failed."""
+    with db.session_scope(producer) as s:
+        call = store.register_call(s, store.CallRequest(uri="/recordings/f.wav",
+                                                        external_call_id="FAIL-1"))
+        store.mark_failed(s, store.claim_for_processing(s, call.id).id,
+                          "not a readable audio file")
+    skipped = enqueue("/recordings/f.wav", call_id="FAIL-1", agent_id="a", settings=producer)
+    assert not skipped.sent and not skipped.refused
+    reason = skipped.reason or ""
+    assert reason.startswith("failed in its last run (not a readable audio file)")
+    assert "--reprocess" in reason and "callmood retry --call-id FAIL-1" in reason
+    assert _depth(producer) == 0
+
+
+def test_a_send_that_fails_unexpectedly_unmarks_its_calls_and_raises_its_error(
+        producer: Settings, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """kombu raises TypeError for a broker URL it cannot read (``?password=``): the call
+    stayed marked sent, the next enqueue skipped it as "already enqueued" and `status` did
+    not count it as never sent (a review). Any error now unmarks, and is raised as it was."""
+    import logging
+
+    from worker import enqueue as enqueue_module
+
+    def unreadable_url(requests: Sequence[store.CallRequest]) -> list[str]:
+        raise TypeError("__init__() got multiple values for keyword argument 'password'")
+
+    with pytest.raises(TypeError, match="password"):
+        enqueue("/recordings/q.wav", call_id="PW-1", agent_id="a", settings=producer,
+                send=unreadable_url)
+    manifest = producer.input_roots[0] / "pw.csv"
+    manifest.write_text("uri,call_id,agent_id\na.wav,PW-2,a\n")
+    with pytest.raises(TypeError, match="password"):
+        enqueue_manifest(manifest, settings=producer, send=unreadable_url)
+    with db.session_scope(producer) as s:
+        assert {c.external_call_id: c.enqueued_at for c in store.list_calls(s)} == {
+            "PW-1": None, "PW-2": None}
+        assert store.count_never_sent(s) == 2
+        (batch,) = store.latest_batches(s, 1)
+        assert (batch.enqueued, batch.scan_error) == (
+            0, "stopped sending: TypeError: __init__() got multiple values for keyword "
+               "argument 'password'")
+    assert enqueue("/recordings/q.wav", call_id="PW-1", agent_id="a", settings=producer).sent
+
+    def database_gone(*args: object) -> None:
+        raise TransientError("database unavailable")
+
+    # the unmarking failing too: the send's own error is still the one raised
+    monkeypatch.setattr(enqueue_module, "release_enqueue", database_gone)
+    with caplog.at_level(logging.ERROR, logger="worker.enqueue"), \
+            pytest.raises(TypeError, match="password"):
+        enqueue("/recordings/q3.wav", call_id="PW-3", agent_id="a", settings=producer,
+                send=unreadable_url)
+    assert "could not unmark the 1 call(s) of a failed send" in caplog.text
 
 
 def test_two_retries_that_read_the_failure_at_once_send_one_run(

@@ -275,6 +275,31 @@ def test_a_producer_sends_the_correction_of_a_payload_the_worker_rejected(db_url
         assert store.reserve_for_enqueue(s, _request("CC-7", reprocess=True)).send
 
 
+def test_a_call_id_sent_for_another_file_is_a_conflict_not_a_duplicate(db_url: str) -> None:
+    """A known call id with another file was skipped like a re-send of the same one (a
+    review). The same path as a file:// URI is the same file; a content id (the inbox's
+    ``sha256-...``) names the recording, wherever a copy of it lies."""
+    from worker.runner import content_call_id, content_of_call_id
+
+    by_content = content_call_id("ab" * 32)
+    with db.session_scope(db_url) as s:
+        store.reserve_for_enqueue(s, _request("CC-1"))
+        store.reserve_for_enqueue(s, _request(by_content, uri="/inbox/a.wav"))
+    with db.session_scope(db_url) as s:
+        other = store.reserve_for_enqueue(s, _request("CC-1", uri="/calls/b.wav"))
+        assert not other.send and other.conflict == "/calls/a.wav"
+        for same in ("/calls/a.wav", "file:///calls/a.wav"):
+            again = store.reserve_for_enqueue(s, _request("CC-1", uri=same))
+            assert not again.send and again.conflict is None
+        copy = store.reserve_for_enqueue(s, _request(by_content, uri="/inbox/copy.wav"))
+        assert not copy.send and copy.conflict is None
+        replaced = store.reserve_for_enqueue(s, _request("CC-1", uri="/calls/b.wav",
+                                                         reprocess=True))
+        assert replaced.send and replaced.call.source_uri == "/calls/b.wav"
+    for call_id in (by_content, "sha256-abc", "sha256" + "a" * 65, "CC-1", "x-" + "a" * 64):
+        assert store.names_content(call_id) == (content_of_call_id(call_id) is not None)
+
+
 def test_a_failed_send_puts_back_what_its_reservation_changed(db_url: str) -> None:
     """``retry`` or ``--reprocess`` while the broker is down: the failed call keeps its reason
     (``failures`` and ``retry`` still find it), the done call stays done in its batch (the
