@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import math
-import mmap
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -166,6 +166,30 @@ EXACT_LENGTH_FORMATS: Final = ("OGG", "FLAC")
 granule position; FLAC: STREAMINFO), so the decoded length must reach it."""
 
 
+SFE_BAD_FILE: Final[int] = 7
+"""libsndfile's error code for 'File does not exist or is not a regular file (possibly a
+pipe?)', which it also gives (1.2.2) for a file named .mp3 in which the MPEG decoder finds no
+audio: random bytes named .mp3 were failed as if the file were missing or a pipe."""
+
+SUFFIX_FORMATS: Final[dict[str, str]] = {
+    ".mp3": "MP3", ".wav": "WAV", ".flac": "FLAC", ".ogg": "Ogg", ".oga": "Ogg",
+    ".opus": "Ogg Opus"}
+"""The format a file's name claims, for the message when libsndfile cannot open it."""
+
+
+def unreadable_as_named(path: Path, error: Exception) -> str | None:
+    """What to say instead of libsndfile's misleading reason for an existing regular file it
+    failed to open with :data:`SFE_BAD_FILE`: not a decodable file of the format its name
+    claims (:data:`SUFFIX_FORMATS`). None for any other failure."""
+    if not (isinstance(error, sf.LibsndfileError) and error.code == SFE_BAD_FILE
+            and path.is_file()):
+        return None
+    claimed = SUFFIX_FORMATS.get(path.suffix.lower(), "audio")
+    audio = "MPEG audio" if claimed == "MP3" else f"{claimed} audio"
+    return (f"not a decodable {claimed} file: the decoder found no {audio} in it (damaged, or "
+            f"another kind of file named {path.suffix or 'so'}?)")
+
+
 def decode_failure(path: Path, error: Exception, message: str) -> TransientError | AudioDecodeError:
     """The error for libsndfile failing on ``path``: TransientError when the OS refused it a
     read (:data:`SFE_SYSTEM`: a network mount that failed mid-decode; retried), else
@@ -236,9 +260,13 @@ def read_info(path: Path) -> Any:
         # encoding than UTF-8 (surrogate escapes) would not open
         return sf.info(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise decode_failure(path, e,
-            f"{path.name} is not a readable audio file (supported: WAV PCM/float/G.711, FLAC, "
-            f"Ogg Vorbis/Opus, MP3): {e}") from e
+        supported = "WAV PCM/float/G.711, FLAC, Ogg Vorbis/Opus, MP3"
+        message = f"{path.name} is not a readable audio file (supported: {supported}): {e}"
+        as_named = unreadable_as_named(path, e)
+        if as_named is not None:
+            message = (f"{path.name} is {as_named}. Re-export the recording and send it "
+                       f"again (supported: {supported})")
+        raise decode_failure(path, e, message) from e
 
 
 def probe_duration_s(uri: str) -> float | None:
@@ -619,58 +647,109 @@ def check_container_length(path: Path, info: Any) -> None:
             "upload that did not finish?). Send the whole recording again")
 
 
-def mp3_layer3_frames(data: bytes | mmap.mmap) -> int | None:
-    """Samples per channel the MPEG-1/2/2.5 layer III frames of an MP3 file's bytes hold,
-    walking frame header to frame header (nothing is decoded), or None when that cannot be
-    told: no frame, a free-format or layer I/II frame. An ID3v2 tag at the start is skipped;
-    bytes between frames (an ID3v1 or APE tag, junk) are skipped to the next frame header
-    that the frame after it confirms. A Xing/Info frame counts as the frame it is (one
-    frame: a few hundredths of a second)."""
-    pos = 0
-    if data[:3] == b"ID3" and len(data) >= 10:
-        size = ((data[6] & 0x7F) << 21) | ((data[7] & 0x7F) << 14) | ((data[8] & 0x7F) << 7) \
-            | (data[9] & 0x7F)
-        pos = 10 + size + (10 if data[5] & 0x10 else 0)
+MP3_READ_BLOCK: Final[int] = 1 << 20
+"""Bytes of an MP3 read at once by :class:`_FileWindow` (the frame walk's read size)."""
+
+MP3_LOOKAHEAD: Final[int] = 4096
+"""Bytes past a frame header the walk keeps in hand: the longest layer III frame (1441
+bytes: 320 kbit/s at 32 kHz, 160 kbit/s at 8 kHz) and the next frame's header, with room."""
+
+
+class _FileWindow:
+    """A binary file read a block at a time with seek/read, indexed by file offset: the MP3
+    checks walk a file of up to CALLMOOD_MAX_FILE_BYTES in one block of memory, and without
+    mmap (a read error of a network share mapped into memory kills the process with SIGBUS,
+    a review)."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.size = fh.seek(0, os.SEEK_END)
+        self.base = 0
+        self.buf = b""
+
+    def at(self, pos: int, need: int = MP3_LOOKAHEAD) -> tuple[bytes, int]:
+        """(block, index of ``pos`` in it), the block holding ``need`` bytes from ``pos`` or
+        all up to the end of the file."""
+        end = self.base + len(self.buf)
+        if not (self.base <= pos and (pos + need <= end or end >= self.size)):
+            self.fh.seek(pos)
+            self.buf = self.fh.read(max(MP3_READ_BLOCK, need))
+            self.base = pos
+            if len(self.buf) < max(MP3_READ_BLOCK, need):
+                # the end, or a file shortened while walked: it ends here either way
+                self.size = pos + len(self.buf)
+        return self.buf, pos - self.base
+
+    def find_ff(self, start: int) -> int:
+        """Offset of the first 0xFF byte at or after ``start`` (a frame header starts with
+        one), or the file's size: found by bytes.find, in C, where stepping a byte at a time
+        in Python took 0.6 s per 5 MB of a layer I/II file or junk (a review, 2026-12-06)."""
+        while start < self.size:
+            buf, i = self.at(start, 1)
+            found = buf.find(b"\xff", i)
+            if found >= 0:
+                return self.base + found
+            start = self.base + len(buf)
+        return self.size
+
+
+def _id3v2_end(head: bytes) -> int:
+    """Offset of the first byte after an ID3v2 tag at the start of a file (``head``: its
+    first 10 bytes or more); 0 when there is none."""
+    if head[:3] != b"ID3" or len(head) < 10:
+        return 0
+    size = ((head[6] & 0x7F) << 21) | ((head[7] & 0x7F) << 14) | ((head[8] & 0x7F) << 7) \
+        | (head[9] & 0x7F)
+    return 10 + size + (10 if head[5] & 0x10 else 0)
+
+
+def mp3_layer3_frames(source: bytes | BinaryIO) -> int | None:
+    """Samples per channel the MPEG-1/2/2.5 layer III frames of an MP3 file (its bytes, or
+    the file open in binary mode) hold, walking frame header to frame header (nothing is
+    decoded), or None when that cannot be told: no frame, a free-format or layer I/II frame.
+    An ID3v2 tag at the start is skipped; bytes between frames (an ID3v1 or APE tag, junk)
+    are skipped to the next frame header that the frame after it confirms. A Xing/Info
+    frame counts as the frame it is (one frame: a few hundredths of a second)."""
+    window = _FileWindow(io.BytesIO(source) if isinstance(source, bytes) else source)
+    pos = _id3v2_end(window.at(0)[0])
     samples = 0
     synced = False
-    while pos + 4 <= len(data):
-        frame = _layer3_frame(data, pos)
+    while pos + 4 <= window.size:
+        data, i = window.at(pos)
+        frame = _layer3_frame(data, i)
         if frame is None:   # junk, a tag, or a layer I/II file (no layer III frame: None)
             synced = False
-            pos = _next_sync_byte(data, pos)
+            pos = window.find_ff(pos + 1)
             continue
         length, frame_samples = frame
         if length == 0:
             if synced:
                 return None     # free format: no length in the header
-            pos = _next_sync_byte(data, pos)    # or a sync word in junk: no frame follows
+            pos = window.find_ff(pos + 1)       # or a sync word in junk: no frame follows
             continue
-        if not synced:
+        if (not synced and pos + length + 4 <= window.size
+                and _layer3_frame(data, i + length) is None):
             # a sync word in junk: believe it only if the next frame follows where it says
-            following = pos + length
-            if following + 4 <= len(data) and _layer3_frame(data, following) is None:
-                pos = _next_sync_byte(data, pos)
-                continue
+            # (in the block: MP3_LOOKAHEAD holds the longest frame and the next header)
+            pos = window.find_ff(pos + 1)
+            continue
         synced = True
         samples += frame_samples
         pos += length
     return samples or None
 
 
-def _next_sync_byte(data: bytes | mmap.mmap, pos: int) -> int:
-    """Position of the next 0xFF byte after ``pos`` (a frame header starts with one), or the
-    end: the search runs in C, where stepping a byte at a time in Python took 0.6 s per 5 MB
-    of a layer I/II file or junk (a review, 2026-12-06)."""
-    found = data.find(b"\xff", pos + 1)
-    return len(data) if found < 0 else found
+_MPEG_VERSIONS: Final[dict[int, str]] = {0b00: "2.5", 0b10: "2", 0b11: "1"}
+"""MPEG versions by a frame header's 2-bit version field (0b01 is reserved)."""
 
 
-def _layer3_frame(data: bytes | mmap.mmap, pos: int) -> tuple[int, int] | None:
-    """(bytes, samples per channel) of the layer III frame whose header starts at ``pos``,
-    or None where no valid layer III header is; bytes 0 for a free-format frame."""
+def _layer3_frame(data: bytes, pos: int) -> tuple[int, int] | None:
+    """(bytes, samples per channel) of the layer III frame whose header starts at ``pos``
+    (4 bytes of ``data`` from there), or None where no valid layer III header is; bytes 0
+    for a free-format frame."""
     if data[pos] != 0xFF or (data[pos + 1] & 0xE0) != 0xE0:
         return None
-    version = {0b00: "2.5", 0b10: "2", 0b11: "1"}.get((data[pos + 1] >> 3) & 3)
+    version = _MPEG_VERSIONS.get((data[pos + 1] >> 3) & 3)
     layer = (data[pos + 1] >> 1) & 3
     bitrate_index, rate_index = data[pos + 2] >> 4, (data[pos + 2] >> 2) & 3
     if version is None or layer != 1 or bitrate_index == 15 or rate_index == 3:
@@ -684,38 +763,128 @@ def _layer3_frame(data: bytes | mmap.mmap, pos: int) -> tuple[int, int] | None:
     return per_frame // 8 * 1000 * kbps // rate + padding, per_frame
 
 
+MP3_INFO_SEARCH_BYTES: Final[int] = 4096
+"""Bytes after an MP3's ID3v2 tag searched for its first frame's Xing/Info or VBRI header
+(a few hundred bytes of junk or padding may come first; a frame is at most 1441 bytes)."""
+
+
+@dataclass(frozen=True)
+class Mp3StatedLength:
+    """The length an MP3's first frame states in a Xing/Info or VBRI header."""
+
+    tag: str
+    """``Xing``, ``Info`` (LAME's name for it in a CBR file) or ``VBRI`` (Fraunhofer's)."""
+    frames: int
+    """MPEG frames the header counts: LAME's leaves its own frame out (the check allows for a
+    count that includes it)."""
+    samples_per_frame: int
+    """Per channel: 1152 for MPEG-1 layer III, 576 for MPEG-2 and 2.5."""
+    sample_rate: int
+
+    @property
+    def samples(self) -> int:
+        """Samples per channel the stated frames hold, encoder delay and padding included."""
+        return self.frames * self.samples_per_frame
+
+
+def mp3_stated_length(fh: BinaryIO) -> Mp3StatedLength | None:
+    """The frame count that the first layer III frame of an MP3 (``fh``, binary) states in a
+    Xing/Info header with its frames flag, or a VBRI header; None when it has neither (an
+    encoder that writes as it records). A Xing/Info header sits after the frame's side
+    information (17 or 32 bytes after the 4-byte frame header for MPEG-1, 9 or 17 for MPEG-2
+    and 2.5: mono or not), a VBRI header 32 bytes after it; the fields are big-endian."""
+    fh.seek(0)
+    start = _id3v2_end(fh.read(10))
+    fh.seek(start)
+    head = fh.read(MP3_INFO_SEARCH_BYTES + 64)
+    at = head.find(b"\xff")
+    while 0 <= at < min(len(head) - 4, MP3_INFO_SEARCH_BYTES):
+        frame = _layer3_frame(head, at)
+        if frame is None or frame[0] == 0:      # junk before the first frame, or free format
+            at = head.find(b"\xff", at + 1)
+            continue
+        version = _MPEG_VERSIONS[(head[at + 1] >> 3) & 3]
+        rate = MP3_SAMPLE_RATES[version][(head[at + 2] >> 2) & 3]
+        mono = head[at + 3] >> 6 == 3
+        side_info = (17 if mono else 32) if version == "1" else (9 if mono else 17)
+        xing, vbri = at + 4 + side_info, at + 4 + 32
+        if head[xing:xing + 4] in (b"Xing", b"Info") and len(head) >= xing + 12:
+            if not head[xing + 7] & 0x01:       # no frames field: it states no length
+                return None
+            frames = int.from_bytes(head[xing + 8:xing + 12], "big")
+            return Mp3StatedLength(head[xing:xing + 4].decode(), frames, frame[1], rate)
+        if head[vbri:vbri + 4] == b"VBRI" and len(head) >= vbri + 18:
+            frames = int.from_bytes(head[vbri + 14:vbri + 18], "big")
+            return Mp3StatedLength("VBRI", frames, frame[1], rate)
+        following = at + frame[0]
+        if following + 4 <= len(head) and _layer3_frame(head, following) is not None:
+            return None     # the first frame (the next one follows it) carries neither
+        at = head.find(b"\xff", at + 1)
+    return None
+
+
 def check_mp3_length(path: Path, fmt: str, header_frames: int, decoded_frames: int,
                      sample_rate: int) -> None:
     """AudioDecodeError when an MP3's frames hold :data:`MP3_SHORT_READ_S` or more beyond the
-    ``decoded_frames`` libsndfile gave (at ``sample_rate``): analysed as decoded, the call
-    would be stored as done, silently cut short. The message tells the two causes apart by
-    ``header_frames``: a header that gives the frames' length means the decoder stopped at
-    damage; one short of it, a header that understates them (a VBR file without a Xing/Info
-    frame, or files joined end to end under the first one's)."""
+    ``decoded_frames`` libsndfile gave (at ``sample_rate``), or when the file holds clearly
+    less than its Xing/Info or VBRI header states (:func:`check_mp3_stated_length`): analysed
+    as decoded, the call would be stored as done, silently cut short. The message tells the
+    causes apart by ``header_frames``: a header that gives the frames' length means the
+    decoder stopped at damage; one short of it, a header that understates them (a VBR file
+    without a Xing/Info frame, or files joined end to end under the first one's)."""
     if fmt not in ESTIMATED_LENGTH_FORMATS or sample_rate <= 0:
         return
     try:
-        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            held = mp3_layer3_frames(data)
-    except (OSError, ValueError) as e:      # ValueError: mmap of a file emptied meanwhile
+        with path.open("rb") as fh:
+            stated = mp3_stated_length(fh)
+            held = mp3_layer3_frames(fh)
+    except OSError as e:
         raise file_access_error(path, e, "read again to check the length (deleted or "
                                          "replaced while analysed?)") from e
-    if held is None or (held - decoded_frames) / sample_rate < MP3_SHORT_READ_S:
-        return
-    if (held - header_frames) / sample_rate < MP3_SHORT_READ_S:
-        # the header knew the length: a review's garbled copies (random bytes mid-file)
-        # decoded 4.5 to 8.8 s of 20 s, and were told they lacked a Xing header they had
+    if held is not None and (held - decoded_frames) / sample_rate >= MP3_SHORT_READ_S:
+        if (held - header_frames) / sample_rate < MP3_SHORT_READ_S:
+            # the header knew the length: a review's garbled copies (random bytes mid-file)
+            # decoded 4.5 to 8.8 s of 20 s, and were told they lacked a Xing header they had
+            raise AudioDecodeError(
+                f"{path.name}: decoding stopped at {decoded_frames / sample_rate:.1f} s of the "
+                f"{held / sample_rate:.1f} s its MPEG frames hold (its header states "
+                f"{header_frames / sample_rate:.1f} s): corrupt after that point? Re-export "
+                "the recording and send it again")
         raise AudioDecodeError(
-            f"{path.name}: decoding stopped at {decoded_frames / sample_rate:.1f} s of the "
-            f"{held / sample_rate:.1f} s its MPEG frames hold (its header states "
-            f"{header_frames / sample_rate:.1f} s): corrupt after that point? Re-export the "
-            "recording and send it again")
+            f"{path.name}: libsndfile decoded {decoded_frames / sample_rate:.1f} s of it, yet "
+            f"its MPEG frames hold {held / sample_rate:.1f} s: its header (a Xing/Info frame, "
+            "or the first frames' estimate when it has none, as a VBR file written as it "
+            "records) understates them, or MP3 files were joined end to end. Re-encode it "
+            "(e.g. ffmpeg -i IN.mp3 OUT.flac) and send it again")
+    if stated is not None:
+        check_mp3_stated_length(path, stated, held, decoded_frames, sample_rate)
+
+
+def check_mp3_stated_length(path: Path, stated: Mp3StatedLength, held: int | None,
+                            decoded_frames: int, sample_rate: int) -> None:
+    """AudioDecodeError when an MP3 holds more than :data:`DECODE_SHORTFALL_MAX_S` less than
+    the frames its Xing/Info or VBRI header states (``held``: what its layer III frames hold,
+    that header's frame included; None when the walk cannot tell), as a WAV short of its
+    header's length fails: a copy or upload that stopped half-way decoded as its first half
+    without a word and was stored as done (a review: 17.9 s of a 39.7 s call). The larger of
+    ``held`` and ``decoded_frames`` counts, so a frame header the walk misses in damaged
+    data is not taken for a cut. The quarter second is 3.4 frames or more at any MPEG rate
+    (a frame lasts 72 ms at most: 576 samples at 8 kHz): room for the encoder delay and
+    padding that the decoder trims (LAME: 576 samples of delay and 640-960 of padding,
+    measured at 8-48 kHz), a count that includes its own frame, and a last frame cut
+    part-way. An MP3 without such a header states no length, and is checked against its
+    frames alone."""
+    if stated.sample_rate != sample_rate or stated.frames <= 0:
+        return              # not the stream libsndfile decoded: nothing to compare
+    present = decoded_frames
+    if held is not None:
+        present = max(present, held - stated.samples_per_frame)    # less the header's frame
+    if (stated.samples - present) / sample_rate <= DECODE_SHORTFALL_MAX_S:
+        return
     raise AudioDecodeError(
-        f"{path.name}: libsndfile decoded {decoded_frames / sample_rate:.1f} s of it, yet "
-        f"its MPEG frames hold {held / sample_rate:.1f} s: its header (a Xing/Info frame, or "
-        "the first frames' estimate when it has none, as a VBR file written as it records) "
-        "understates them, or MP3 files were joined end to end. Re-encode it (e.g. ffmpeg -i "
-        "IN.mp3 OUT.flac) and send it again")
+        f"{path.name}: its {stated.tag} header states {stated.samples / sample_rate:.1f} s of "
+        f"MPEG frames, yet the file holds {present / sample_rate:.1f} s: cut short (a copy or "
+        "upload that did not finish?). Send the whole recording again")
 
 
 PAIR_ENERGY_CHUNK: Final[int] = 1 << 18
@@ -974,7 +1143,9 @@ def load_mono(path: Path, target_rate: int = ANALYSIS_SAMPLE_RATE,
             data = sound.read(dtype="float32", always_2d=True)
             rate = int(sound.samplerate)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        raise AudioDecodeError(f"{path} could not be decoded: {e}") from e
+        as_named = unreadable_as_named(path, e)
+        raise AudioDecodeError(f"{path} could not be decoded: {e}" if as_named is None
+                               else f"{path} is {as_named}") from e
     if data.shape[0] == 0:
         raise AudioDecodeError(f"{path} holds no audio (0 frames)")
     check_decode_complete(path, fmt, header_frames, data.shape[0], rate)

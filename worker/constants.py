@@ -53,7 +53,9 @@ ESTIMATED_LENGTH_FORMATS: Final[tuple[str, ...]] = ("MP3",)
 """soundfile formats whose header length is an estimate: an MP3 without a Xing/Info frame
 (encoders that write as they record) is sized from its first frame's bitrate, so a VBR file
 that opens with silence reads as ~2x its length (measured: 222 s for 120 s) and one that
-opens loud reads as far shorter. Their length neither refuses a file nor bounds its decode."""
+opens loud reads as far shorter. That estimate neither refuses a file nor bounds its decode
+(a Xing/Info or VBRI frame count, read apart from it, does refuse a file cut short:
+``worker.audio.check_mp3_stated_length``)."""
 
 MP3_BITRATES_BPS: Final[tuple[tuple[int, int, int], ...]] = (
     (32_000, 32_000, 448_000),   # MPEG-1: 32, 44.1, 48 kHz

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -859,3 +860,135 @@ def test_a_file_the_worker_may_not_read_fails_its_call_saying_why(
                                                r"\(this worker runs as uid \d+: the "
                                                r"recordings must be readable to it\)"):
         load_recording(path, MAX_S)
+
+
+def _decode_both_ways(path: Path) -> list[str]:
+    """The AudioDecodeError messages of decoding ``path`` whole and streamed ('' where a path
+    decoded it)."""
+    from worker.segmentation import SegmentationConfig
+    from worker.stream import streamed_spans
+    from worker.vad import VadConfig
+
+    messages = []
+    for streamed in (False, True):
+        try:
+            if streamed:
+                streamed_spans(open_stream(path, MAX_S), MAX_S, VadConfig(), SegmentationConfig())
+            else:
+                load_recording(path, MAX_S)
+            messages.append("")
+        except AudioDecodeError as e:
+            messages.append(str(e))
+    return messages
+
+
+def _as_vbri(data: bytes, frames: int) -> bytes:
+    """An MP3 (libsndfile's, mono MPEG-2 layer III) whose first frame states ``frames`` in a
+    VBRI header (Fraunhofer's: 32 bytes after the frame header) instead of its Xing one."""
+    import struct
+
+    xing = data.index(b"Xing")
+    first = bytearray(data)
+    first[xing:xing + 120] = bytes(120)
+    first[36:36 + 26] = b"VBRI" + struct.pack(">HHHII", 1, 576, 75, len(data), frames) + \
+        struct.pack(">HHHH", 0, 1, 2, 1)
+    return bytes(first)
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(8000, 1), (16000, 1), (44100, 2)])
+def test_an_mp3_cut_short_fails_where_its_xing_info_or_vbri_header_states_more(
+        tmp_path: Path, rate: int, channels: int) -> None:
+    """An MP3 copy that stopped half-way decodes as its first half without a word, and was
+    stored as done with half the call (a review: 17.9 s of 39.7 s). Where its first frame
+    states the frame count (Xing, LAME's Info for CBR, or VBRI), both paths now fail it as
+    cut short; cut by less than a quarter second, or without such a header, it decodes."""
+    from worker.audio import mp3_layer3_frames
+
+    noise = (0.3 * np.random.default_rng(0).standard_normal((rate * 20, channels)))
+    full = tmp_path / "full.mp3"
+    sf.write(full, noise.astype(np.float32), rate, format="MP3", subtype="MPEG_LAYER_III")
+    data = full.read_bytes()
+    assert data.find(b"Xing", 0, 40) > 0                    # libsndfile writes one
+    assert _decode_both_ways(full) == ["", ""]
+    cut = tmp_path / "upload-cut.mp3"
+    for name, whole in (("Xing", data), ("Info", data.replace(b"Xing", b"Info", 1))):
+        cut.write_bytes(whole[:len(whole) // 2])
+        for message in _decode_both_ways(cut):
+            assert re.fullmatch(rf"upload-cut\.mp3: its {name} header states 20\.\d s of MPEG "
+                                r"frames, yet the file holds 10\.\d s: cut short \(a copy or "
+                                r"upload that did not finish\?\)\. Send the whole recording "
+                                "again", message), message
+    # a few hundredths of a second short: within the encoder's delay and padding
+    bytes_per_s = len(data) / 20.0
+    cut.write_bytes(data[:len(data) - int(0.05 * bytes_per_s)])
+    assert _decode_both_ways(cut) == ["", ""]
+    # a Xing header without its frames flag, or a first frame without the tag, states no
+    # length: such a file is judged by its frames alone, as before
+    at = data.index(b"Xing")
+    for unstated in (data[:at + 7] + bytes([data[at + 7] & 0xFE]) + data[at + 8:],
+                     data[:at] + bytes(4) + data[at + 4:]):
+        cut.write_bytes(unstated[:len(data) // 2])
+        assert not any("cut short" in m for m in _decode_both_ways(cut))
+    if channels == 1 and rate < 32000:                       # the VBRI layout built here
+        # libsndfile (mpg123) sizes a VBRI file from its first frame, and stops there: the
+        # check is given the decoded count that the frames would give
+        import io
+
+        from worker.audio import Mp3StatedLength, check_mp3_length, mp3_stated_length
+
+        held = mp3_layer3_frames(data)
+        assert held is not None
+        vbri = _as_vbri(data, held // 576 - 1)
+        with io.BytesIO(vbri) as fh:
+            assert mp3_stated_length(fh) == Mp3StatedLength("VBRI", held // 576 - 1, 576, rate)
+        cut.write_bytes(vbri)
+        check_mp3_length(cut, "MP3", 0, held - 1152, rate)
+        cut.write_bytes(vbri[:len(vbri) // 2])
+        cut_held = mp3_layer3_frames(cut.read_bytes())
+        assert cut_held is not None
+        with pytest.raises(AudioDecodeError, match=r"its VBRI header states 20\.\d s of MPEG "
+                                                   r"frames, yet the file holds 10\.\d s: cut"):
+            check_mp3_length(cut, "MP3", 0, cut_held - 1152, rate)
+
+
+def test_random_bytes_named_mp3_say_they_are_not_a_decodable_mp3(tmp_path: Path) -> None:
+    """libsndfile fails random bytes named .mp3 with 'File does not exist or is not a
+    regular file (possibly a pipe?)', of a file that is there: the reason now says what the
+    file is not."""
+    path = tmp_path / "junk.mp3"
+    path.write_bytes(np.random.default_rng(0).bytes(20_000))
+    for decode in (lambda: load_recording(path, MAX_S), lambda: open_stream(path, MAX_S),
+                   lambda: load_mono(path)):
+        with pytest.raises(AudioDecodeError, match=r"junk\.mp3 is not a decodable MP3 file: "
+                                                   "the decoder found no MPEG audio in it") as e:
+            decode()
+        assert "possibly a pipe" not in str(e.value) and "does not exist" not in str(e.value)
+    with pytest.raises(AudioDecodeError, match="Re-export the recording and send it again"):
+        load_recording(path, MAX_S)
+
+
+def test_the_mp3_checks_read_the_file_and_never_map_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read error of a network share mapped into memory kills the worker with SIGBUS: the
+    frame walk reads the file a block at a time (seek/read), and counts across the blocks'
+    edges what it counts in the bytes whole."""
+    import mmap
+
+    import worker.audio as audio
+
+    path = tmp_path / "a.mp3"
+    sf.write(path, tone(20.0, 8000), 8000, format="MP3", subtype="MPEG_LAYER_III")
+    data = path.read_bytes()
+    counted = audio.mp3_layer3_frames(data)
+    assert counted is not None and counted >= 20 * 8000
+
+    def no_mmap(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the file was mapped into memory")
+
+    monkeypatch.setattr(mmap, "mmap", no_mmap)
+    assert load_recording(path, MAX_S).duration_s == pytest.approx(20.0, abs=0.1)
+    junk = np.random.default_rng(3).bytes(12_345)
+    path.write_bytes(junk + data + junk)
+    monkeypatch.setattr(audio, "MP3_READ_BLOCK", 5000, raising=False)   # many blocks
+    with path.open("rb") as fh:
+        assert audio.mp3_layer3_frames(fh) == counted      # junk and frames across edges
