@@ -4,7 +4,9 @@ Beat sends ``callmood.nightly_scan`` at CALLMOOD_NIGHTLY_AT (CALLMOOD_TIMEZONE);
 batch`` runs the same scan now. A file is new when no call was sent for its path (calls.
 source_uri_sha256, cheap) nor for its content (call id ``sha256-<content hash>``, so a copy
 or a renamed file is not analysed twice), and no call holds an analysis of its content under
-another id (calls.content_sha256: a file replaced between its scan and its analysis). A
+another id (calls.content_sha256: a file replaced between its scan and its analysis). A file
+too small to hold audio (:data:`worker.runner.NO_AUDIO_MAX_BYTES`) is a call of its path instead: empty or
+header-only files share their bytes, not a recording, and each must fail with its own path. A
 file whose call failed is sent again, as a new run of that call, once it is modified after
 the failure (a copy that was cut short when analysed and has completed since, or a
 recording exported again). Each scan is a row in ``batches``; its done/failed counts are
@@ -22,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy.orm import Session
 
@@ -30,7 +32,7 @@ from worker.constants import AUDIO_SUFFIXES
 from worker.db import session_scope
 from worker.enqueue import Sender, path_uri, printable_path, submit_batch
 from worker.errors import ConfigError, PayloadError
-from worker.runner import content_call_id, content_of_call_id, external_id_for
+from worker.runner import call_id_for, content_call_id, content_of_call_id, external_id_for
 from worker.schema import Call
 from worker.settings import Settings
 from worker.store import (
@@ -74,11 +76,15 @@ class ScanReport:
     missing_folders: tuple[str, ...] = ()
     """Inbox folders that are not there (a typo in CALLMOOD_INBOX_DIRS, a share not mounted):
     the scan covers the others; ``callmood batch`` exits 1 naming them."""
+    ignored: int = 0
+    """Files under the inbox folders whose suffix is not a supported recording's (``.m4a``, a
+    ``.txt`` sidecar): not in ``seen``, not sent; logged with a few names. Hidden files are
+    partial uploads, not counted here."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"batch_id": self.batch_id, "seen": self.seen, "enqueued": self.enqueued,
                 "skipped": self.skipped, "changed": self.changed, "refused": self.refused,
-                "too_new": self.too_new,
+                "too_new": self.too_new, "ignored": self.ignored,
                 "missing_folders": list(self.missing_folders)}
 
 
@@ -120,25 +126,26 @@ def grown_since_analysis(analysed: Sequence[Call], content_ids: Mapping[str, str
     return grown
 
 
-def changed_failures(session: Session, content_ids: Mapping[str, str],
+def changed_failures(session: Session, call_ids: Mapping[str, str],
                      failed: Sequence[Call]) -> tuple[list[RetryRequest], int, set[str]]:
     """(new runs of the ``failed`` calls, how many of them cannot be sent, the path hashes of
     both: the scan counts them so, not as already known). A changed file whose content
     another call already holds (the completed copy sent meanwhile under another name, or
     analysed by a call of another id) is not run again, and stays known: that call has it.
-    ``content_ids``: each failed call's path hash (``source_uri_sha256``) to the call id of
-    its file's content now, hashed before (outside any transaction)."""
+    ``call_ids``: each failed call's path hash (``source_uri_sha256``) to the call id the
+    scan gives its file now (:func:`call_id_for`: a file too small for audio is held by no
+    other call), hashed before (outside any transaction)."""
     retries: list[RetryRequest] = []
     refused = 0
     paths: set[str] = set()
     # looked up together, as sort_new_files does: by call id, and by the analysed content
-    wanted = sorted(set(content_ids.values()))
+    wanted = sorted(set(call_ids.values()))
     by_id = calls_by_external_id(session, wanted)
     holders = content_holders(session, [d for i in wanted if (d := content_of_call_id(i))])
     for call in failed:
         digest = call.source_uri_sha256 or ""
-        content_id = content_ids[digest]
-        holder = by_id.get(content_id) or holders.get(content_of_call_id(content_id) or "")
+        call_id = call_ids[digest]
+        holder = by_id.get(call_id) or holders.get(content_of_call_id(call_id) or "")
         if holder is not None and holder.id != call.id:
             log.info("call %s not sent again: its file's content is call %s's",
                      call.external_call_id, holder.external_call_id)
@@ -216,20 +223,20 @@ def sort_new_files(session: Session, requests: Sequence[CallRequest]) -> NewFile
 
 
 def inbox_request(path: Path, source: str) -> CallRequest:
-    """The request for one scanned file (call id: its content hash); PayloadError if its
+    """The request for one scanned file (call id: :func:`call_id_for`); PayloadError if its
     path cannot travel (e.g. longer than the URI limit), raised before the content is read:
     a refused file stays in the inbox and is met again every night."""
     uri = path_uri(path)
     check_uri(uri)
-    return CallRequest(uri=uri, external_call_id=external_id_for(path),
+    return CallRequest(uri=uri, external_call_id=call_id_for(path),
                        metadata={"source": source, "file_name": printable_path(path.name)[:200]})
 
 
 def _entries(folder: Path) -> list[Path]:
-    """Every entry under ``folder``, sorted, symlinked folders not entered (as ``rglob``). A
-    subfolder that cannot be listed (a stale network handle, no permission) is logged and
-    skipped: ``rglob`` raised it (ESTALE) and the whole scan ended in a traceback, nothing
-    sent (a review)."""
+    """Every file under ``folder`` (any entry but a folder), sorted, symlinked folders not
+    entered (as ``rglob``). A subfolder that cannot be listed (a stale network handle, no
+    permission) is logged and skipped: ``rglob`` raised it (ESTALE) and the whole scan ended
+    in a traceback, nothing sent (a review)."""
     def skipped(error: OSError) -> None:
         log.warning("inbox folder %r not scanned: %s", error.filename, error.strerror or error)
 
@@ -241,13 +248,28 @@ def _entries(folder: Path) -> list[Path]:
                 # a linked day folder was skipped without a word (a review)
                 log.warning("inbox folder link %r not followed: link its files, or name its "
                             "target in CALLMOOD_INBOX_DIRS", str(Path(root) / name))
-        found.extend(Path(root) / name for name in (*dirs, *files))
+        # os.walk lists a link to a folder among the folders: it is no file either way
+        found.extend(Path(root) / name for name in files)
     return sorted(found)
 
 
-def inbox_files(folders: Sequence[Path]) -> Iterator[Path]:
-    """Audio files (by suffix) under ``folders``, sorted, symlinks resolved, each once."""
+@dataclass(frozen=True)
+class InboxListing:
+    """What the inbox folders hold: the recordings to scan, and the files left for their
+    suffix."""
+
+    files: tuple[Path, ...]
+    """Audio files (by suffix), sorted, symlinks resolved, each once."""
+    ignored: tuple[Path, ...]
+    """Files of any other suffix, as found: a format the worker does not read (``.m4a``),
+    a sidecar (``.txt``)."""
+
+
+def list_inbox(folders: Sequence[Path]) -> InboxListing:
+    """The files under ``folders``, hidden ones left out (partial uploads)."""
     seen: set[Path] = set()
+    files: list[Path] = []
+    ignored: list[Path] = []
     for folder in folders:
         if not folder.is_dir():
             log.warning("inbox folder %s does not exist (CALLMOOD_INBOX_DIRS); skipped", folder)
@@ -256,8 +278,12 @@ def inbox_files(folders: Sequence[Path]) -> Iterator[Path]:
             # Hidden files, and every file in a hidden folder, are partial uploads by
             # convention: not ready yet (scp's .name, rsync's .name.XXXXXX temporaries, its
             # --partial-dir=.rsync-partial and --delay-updates .~tmp~ folders).
-            hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
-            if hidden or path.suffix.lower() not in AUDIO_SUFFIXES:
+            if any(part.startswith(".") for part in path.relative_to(folder).parts):
+                continue
+            if path.suffix.lower() not in AUDIO_SUFFIXES:
+                # counted and named: a folder of .m4a recordings did nothing, without a word
+                # (a review)
+                ignored.append(path)
                 continue
             try:
                 resolved = path.resolve()
@@ -271,7 +297,25 @@ def inbox_files(folders: Sequence[Path]) -> Iterator[Path]:
                 continue
             if is_file and resolved not in seen:
                 seen.add(resolved)
-                yield resolved
+                files.append(resolved)
+    return InboxListing(tuple(files), tuple(ignored))
+
+
+IGNORED_EXAMPLES: Final[int] = 3
+"""Names of ignored files the scan's log line gives: enough to tell a format from a sidecar."""
+
+
+def log_ignored(ignored: Sequence[Path], seen: int) -> None:
+    """One line naming how many files the scan left for their suffix, a few of them, and the
+    suffixes it reads. A warning when the scan found no recording at all (the folder did
+    nothing, and this is why), else information: sidecars beside recordings are normal."""
+    if not ignored:
+        return
+    examples = ", ".join(repr(printable_path(p)) for p in ignored[:IGNORED_EXAMPLES])
+    more = f" and {len(ignored) - IGNORED_EXAMPLES} more" if len(ignored) > IGNORED_EXAMPLES else ""
+    log.log(logging.WARNING if seen == 0 else logging.INFO,
+            "%d inbox file(s) ignored: not a supported recording suffix (%s): %s%s",
+            len(ignored), " ".join(AUDIO_SUFFIXES), examples, more)
 
 
 def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
@@ -284,7 +328,9 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
         raise ConfigError("CALLMOOD_INBOX_DIRS is not set: name the folders to scan, "
                           "separated by the OS path separator")
     missing_folders = tuple(str(d) for d in settings.inbox_dirs if not d.is_dir())
-    found = list(inbox_files(settings.inbox_dirs))
+    listing = list_inbox(settings.inbox_dirs)
+    found = list(listing.files)
+    log_ignored(listing.ignored, len(found))
     files, too_new = settled(found, settings.inbox_min_age_s, time.time())
     if too_new:
         log.info("%d inbox file(s) modified in the last %.0f s left for the next scan (still "
@@ -303,9 +349,13 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
                    for digest in {c.source_uri_sha256 for c in (*failed, *analysed)}
                    if digest is not None}
     grown = grown_since_analysis(analysed, content_ids)
+    # a failed file too small for audio is matched by its path's id, as a new one is sent:
+    # by content, an empty file rewritten empty met whichever empty file's call came first
+    call_ids = {digest: call_id_for(by_hash[digest], content_id)
+                for digest, content_id in content_ids.items()}
     with session_scope(settings) as session:
         # each retry is checked on its locked row when sent (a run since: not sent)
-        retries, refused, retried_paths = changed_failures(session, content_ids,
+        retries, refused, retried_paths = changed_failures(session, call_ids,
                                                            [*failed, *grown])
         batch_id = create_batch(session, source).id
 
@@ -361,8 +411,8 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
                                    if missing_folders else None))
     enqueued, skipped = result.sent, known_left + result.skipped + held
     log.info("batch %d (%s): %d files, %d enqueued (%d run before and changed since), %d "
-             "already seen, %d refused, %d too new", batch_id, source, len(found), enqueued,
-             len(retries) + moves, skipped, refused, too_new)
+             "already seen, %d refused, %d too new, %d ignored", batch_id, source, len(found),
+             enqueued, len(retries) + moves, skipped, refused, too_new, len(listing.ignored))
     return ScanReport(batch_id=batch_id, seen=len(found), enqueued=enqueued, skipped=skipped,
                       changed=len(retries) + moves, refused=refused, too_new=too_new,
-                      missing_folders=missing_folders)
+                      missing_folders=missing_folders, ignored=len(listing.ignored))

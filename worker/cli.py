@@ -105,13 +105,16 @@ def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings) -> b
     from worker.db import session_scope
     from worker.enqueue import path_uri, printable_path
     from worker.jobs import process_call
-    from worker.runner import content_call_id, external_id_for
+    from worker.runner import call_id_for, content_call_id, external_id_for
     from worker.store import CallRequest, find_call, segments_for_call, update_from_request
 
     shown = printable_path(path)
     content_id = external_id_for(path.resolve())  # the file hashed once, here
+    # a file too small for audio is a call of its path (worker.runner.call_id_for): two
+    # empty files were one call, the second skipped as analysed
+    own_id = call_id_for(path.resolve(), content_id)
     request = CallRequest(uri=path_uri(path.resolve()),
-                          external_call_id=args.call_id or content_id,
+                          external_call_id=args.call_id or own_id,
                           agent_id=args.agent, team=args.team, reprocess=args.reprocess)
     # no Celery here to retry a storage hiccup later: that file fails with its reason and
     # the others go on (it aborted the run, the call left "processing")
@@ -220,7 +223,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Build demo calls from the corpora's test speakers and run them like ``callmood run``."""
     from bench.workload import DEMO_SCRIPTS, demo_calls
-    from worker.runner import external_id_for
+    from worker.runner import call_id_for
 
     out = settings.data_dir / "demo"
     manifest = settings.corpora_dir / "ravdess" / "manifest.csv"
@@ -238,7 +241,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print("\nwhat the actors performed, utterance by utterance (speakers unseen in training):")
     for name, agent_moods, customer_moods in DEMO_SCRIPTS:
         print(f"  {name}.wav  agent: {', '.join(agent_moods)} | customer: {', '.join(customer_moods)}")
-    csv_path = _export_segments(settings, [external_id_for(p.resolve()) for p in paths],
+    csv_path = _export_segments(settings, [call_id_for(p.resolve()) for p in paths],
                                 out / "segments.csv")
     print(f"per-segment emotions: {csv_path}")
     return code
@@ -583,8 +586,11 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
                "for the next scan (CALLMOOD_INBOX_MIN_AGE_S)" if report.too_new else "")
     changed = (f" ({report.changed} run before and changed since, sent again)"
                if report.changed else "")
+    # a folder of .m4a recordings said "0 file(s) seen" and nothing else (a review)
+    ignored = (f", {report.ignored} other file(s) ignored (not {' '.join(AUDIO_SUFFIXES)})"
+               if report.ignored else "")
     print(f"batch {report.batch_id}: {report.seen} file(s) seen, {report.enqueued} enqueued"
-          f"{changed}, {report.skipped} already known{refused}{too_new}")
+          f"{changed}, {report.skipped} already known{refused}{too_new}{ignored}")
     if report.missing_folders:
         print(f"callmood batch: inbox folder(s) not found, not scanned: "
               f"{', '.join(report.missing_folders)} (CALLMOOD_INBOX_DIRS)", file=sys.stderr)

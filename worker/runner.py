@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -91,9 +92,50 @@ def external_id_for(path: Path) -> str:
     try:
         return content_call_id(file_sha256(path))
     except OSError:
-        # Unreadable: still a call (the worker records why it failed), keyed by its path's
-        # bytes (a name in another encoding than UTF-8 is still a name).
-        return f"path-{hashlib.sha256(os.fsencode(path)).hexdigest()}"
+        # Unreadable: still a call (the worker records why it failed), keyed by its path
+        return path_call_id(path)
+
+
+NO_AUDIO_MAX_BYTES: Final[int] = 8192
+"""A file of at most this many bytes is registered under its path's call id, not its
+content's (:func:`call_id_for`). Measured with libsndfile 1.2.2, the worker's decoder, closing
+a file it wrote no frames to: WAV 44 (PCM), 58 (G.711), up to 112 (float, extensible), RF64
+104, Ogg Opus 869, Ogg Vorbis up to 4,362 (stereo 44.1/48 kHz: its codebooks), FLAC and MP3
+nothing; doubled, to a power of two, for other writers' extra chunks. Audio this small is
+under 1 s of 8 kHz G.711 mono, or about 8 s of 8 kbit/s MP3: a copy of such a recording is
+analysed once per path, the price of no empty file hiding behind another."""
+
+
+def path_call_id(path: Path) -> str:
+    """The call id of a file keyed by its path's bytes, in the form ``external_id_for`` gives
+    a file it cannot read (a name in another encoding than UTF-8 is still a name)."""
+    return f"path-{hashlib.sha256(os.fsencode(path)).hexdigest()}"
+
+
+def too_small_for_audio(path: Path) -> bool:
+    """Whether ``path`` holds at most :data:`NO_AUDIO_MAX_BYTES`; False when it cannot be
+    read (``external_id_for`` keys such a file by its path already)."""
+    try:
+        return path.stat().st_size <= NO_AUDIO_MAX_BYTES
+    except OSError:
+        return False
+
+
+def call_id_for(path: Path, content_id: str | None = None) -> str:
+    """The call id the inbox scan, ``callmood run`` and ``callmood analyze`` register ``path``
+    under: its content's, so a copy or a renamed recording is one call; its path's when the
+    file is too small to hold audio. Identical
+    bytes are the same recording only when there is audio in them: three 0-byte files (or two
+    header-only WAVs of one recorder) were one call, and the others were counted known, with
+    no failed row and no reason anywhere (a review). Size is what the scan can tell without
+    decoding; a no-audio file larger than the bound (a tag with cover art) still shares the
+    call of its content. ``content_id``: the file's :func:`external_id_for`, when the caller
+    hashed it already."""
+    if too_small_for_audio(path):
+        return path_call_id(path)
+    return content_id or external_id_for(path)
+
+
 
 
 MAX_RUN_ROOTS = 64
@@ -162,7 +204,8 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
     log_path = log_dir / f"run-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{queue}.log"
 
     prepare_database(settings.database_url)
-    ids = {path: external_id_for(path) for path in files}
+    # two empty files were one call, and b.wav's line said "a.wav is empty" (a review)
+    ids = {path: call_id_for(path) for path in files}
     requests = _register(ids, settings)
     if not requests:
         return _summary([], started, log_path, timed_out=False, exit_code=None)

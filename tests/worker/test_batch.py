@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import celery
+import numpy as np
 import pytest
 
 from tests.worker.prod_support import (
@@ -26,7 +27,7 @@ from tests.worker.prod_support import (
     tiny_model,
     wait_final,
 )
-from worker import batch, db, enqueue, store
+from worker import batch, db, enqueue, runner, store
 from worker.audio import resolve_input
 from worker.batch import scan_inboxes
 from worker.celery_app import (
@@ -53,6 +54,12 @@ def external_id_for_bytes(content: bytes) -> str:
     from worker.runner import content_call_id
 
     return content_call_id(hashlib.sha256(content).hexdigest())
+
+
+def recording(content: bytes) -> bytes:
+    """``content`` as a stand-in recording: past ``runner.NO_AUDIO_MAX_BYTES`` (zeros first,
+    so distinct contents stay distinct), so the scan keys it by content, as a real one."""
+    return bytes(runner.NO_AUDIO_MAX_BYTES) + content
 
 
 def test_inbox_settings_are_validated(tmp_path: Path) -> None:
@@ -90,7 +97,8 @@ def test_the_scan_skips_partial_uploads_in_hidden_files_and_folders(tmp_path: Pa
                  "notes.txt"]:
         (inbox / name).parent.mkdir(parents=True, exist_ok=True)
         (inbox / name).write_bytes(b"RIFF")
-    found = [p.relative_to(inbox.resolve()).as_posix() for p in batch.inbox_files([inbox])]
+    listing = batch.list_inbox([inbox])
+    found = [p.relative_to(inbox.resolve()).as_posix() for p in listing.files]
     assert found == ["call-2.WAV", "day/call-1.wav"]
 
 
@@ -113,7 +121,8 @@ def test_a_subfolder_that_cannot_be_listed_is_skipped_not_the_scan(
 
     monkeypatch.setattr(os, "scandir", scandir)
     with caplog.at_level("WARNING"):
-        found = [p.relative_to(inbox.resolve()).as_posix() for p in batch.inbox_files([inbox])]
+        listing = batch.list_inbox([inbox])
+        found = [p.relative_to(inbox.resolve()).as_posix() for p in listing.files]
     assert found == ["a/call-1.wav", "z/call-3.wav"]
     assert "stale" in caplog.text and "Stale file handle" in caplog.text
 
@@ -180,9 +189,9 @@ def test_a_file_that_cannot_travel_or_a_broker_outage_does_not_wedge_the_scan(
     deep = inbox / ("d" * 120)
     deep.mkdir(parents=True)
     for folder, name in ((inbox, "a.wav"), (inbox, "b.wav"), (deep, "c.wav")):
-        (folder / name).write_bytes(name.encode())  # distinct contents, distinct call ids
+        (folder / name).write_bytes(recording(name.encode()))  # distinct contents and ids
     latin1 = inbox / os.fsdecode(b"\xe9t\xe9.wav")
-    latin1.write_bytes(b"latin-1 name")
+    latin1.write_bytes(recording(b"latin-1 name"))
     loop = inbox / "loop.wav"
     loop.symlink_to(loop)  # a symlink loop is skipped (logged), not the end of the scan
     settings = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path / "data"),
@@ -201,6 +210,7 @@ def test_a_file_that_cannot_travel_or_a_broker_outage_does_not_wedge_the_scan(
         return external_id_for(path)
 
     monkeypatch.setattr(batch, "external_id_for", hashing)
+    monkeypatch.setattr(runner, "external_id_for", hashing)   # runner.call_id_for's hash
 
     hashed_when_sent: list[int] = []
 
@@ -236,7 +246,7 @@ def test_a_file_that_cannot_travel_or_a_broker_outage_does_not_wedge_the_scan(
     # the refused file's content was never read: it is met (and refused) every night
     assert "c.wav" not in hashed and "a.wav" in hashed
     assert [r.uri for r in retried] == [latin1.resolve().as_uri()]
-    assert resolve_input(retried[0].uri, [inbox]).read_bytes() == b"latin-1 name"
+    assert resolve_input(retried[0].uri, [inbox]).read_bytes() == recording(b"latin-1 name")
     with pytest.raises(PayloadError, match="percent-encoded file:// URI"):
         store.CallRequest(uri=str(latin1), external_call_id="x")
 
@@ -260,7 +270,9 @@ def test_the_nightly_scan_twice_enqueues_each_recording_once(
     env = callmood_env(postgres_url, broker, tmp_path, tiny_model(tmp_path / "model"),
                        tmp_path / "data", inbox_dirs=str(inbox), inbox_min_age_s="0")
     settings = Settings.from_env(env)
-    expected = {external_id_for(p) for p in [*good, *bad.values()]}
+    # the bad files are too small for audio: a call each, by path (the empty one's reason is
+    # its own)
+    expected = {runner.call_id_for(p.resolve()) for p in [*good, *bad.values()]}
 
     log_path = tmp_path / "worker.log"
     with celery_worker(env, log_path, concurrency=2, name="nightly"):
@@ -302,7 +314,7 @@ def test_the_nightly_scan_twice_enqueues_each_recording_once(
     (new,) = make_recordings(inbox / "2026-02-01", callmood_corpora, 1, first_seed=100)
     with celery_sender(settings) as send:
         report = scan_inboxes(settings, source="nightly", send=send)
-    assert (report.seen, report.enqueued, report.skipped) == (12, 1, 11)
+    assert (report.seen, report.enqueued, report.skipped, report.ignored) == (12, 1, 11, 1)
     app = make_celery(settings)
     try:
         assert queue_stats(app).queued == 1  # no worker now: the one message waits
@@ -332,7 +344,7 @@ def test_an_entry_the_os_refuses_to_stat_is_skipped_not_the_end_of_the_scan(
 
     monkeypatch.setattr(Path, "is_file", refusing)
     with caplog.at_level("WARNING", logger="callmood"):
-        found = [p.name for p in batch.inbox_files([inbox])]
+        found = [p.name for p in batch.list_inbox([inbox]).files]
     assert found == ["a.wav", "z.wav"]
     assert "locked.wav" in caplog.text and "Permission denied" in caplog.text
 
@@ -370,7 +382,8 @@ def test_a_failed_file_modified_since_is_sent_again_as_a_new_run_of_its_call(
     from worker.schema import utcnow
 
     paths, settings, sent, send = _aged_inbox(
-        tmp_path, {"stalled.wav": b"the first part", "corrupt.wav": b"not audio at all"}, 7200)
+        tmp_path, {"stalled.wav": recording(b"the first part"),
+                   "corrupt.wav": recording(b"not audio at all")}, 7200)
     stalled = paths["stalled.wav"]
     first = scan_inboxes(settings, source="nightly", send=send)
     assert (first.enqueued, first.changed) == (2, 0)
@@ -383,7 +396,7 @@ def test_a_failed_file_modified_since_is_sent_again_as_a_new_run_of_its_call(
     # the copy completes, keeping its source's modification time (`cp -p`, `rsync -t`, SMB:
     # an hour ago, before the failure: a review found such a copy never sent again); the
     # corrupt file is left as it was
-    stalled.write_bytes(b"the first part and the rest of the call")
+    stalled.write_bytes(recording(b"the first part and the rest of the call"))
     an_hour_ago = time.time() - 3600
     os.utime(stalled, (an_hour_ago, an_hour_ago))
     again = scan_inboxes(settings, source="nightly", send=send)
@@ -410,7 +423,8 @@ def test_a_file_completed_after_its_analysis_is_analysed_again_a_touched_one_is_
     from worker.schema import utcnow
 
     paths, settings, sent, send = _aged_inbox(
-        tmp_path, {"half.wav": b"the first part", "touched.wav": b"a whole call"}, 7200)
+        tmp_path, {"half.wav": recording(b"the first part"),
+                   "touched.wav": recording(b"a whole call")}, 7200)
     assert scan_inboxes(settings, source="nightly", send=send).enqueued == 2
     ids = {Path(r.uri).name: r.external_call_id for r in sent}
     with db.session_scope(settings) as s:   # the worker analysed both as they were
@@ -424,7 +438,7 @@ def test_a_file_completed_after_its_analysis_is_analysed_again_a_touched_one_is_
     # the copy completes, keeping its source's older modification time (cp -p); the other
     # file is only touched back to its own time (its inode change time moves, its content not)
     an_hour_ago = time.time() - 3600
-    paths["half.wav"].write_bytes(b"the first part and the rest of the call")
+    paths["half.wav"].write_bytes(recording(b"the first part and the rest of the call"))
     for path in paths.values():
         os.utime(path, (an_hour_ago, an_hour_ago))
     again = scan_inboxes(settings, source="nightly", send=send)
@@ -448,8 +462,8 @@ def test_changed_failed_files_are_counted_by_path_and_not_sent_as_a_second_copy(
     from worker.schema import utcnow
 
     paths, settings, sent, send = _aged_inbox(
-        tmp_path, {"shared.wav": b"the first part of one call",
-                   "stalled.wav": b"the first part of another"}, 7200)
+        tmp_path, {"shared.wav": recording(b"the first part of one call"),
+                   "stalled.wav": recording(b"the first part of another")}, 7200)
     shared, stalled = paths["shared.wav"], paths["stalled.wav"]
     inbox = shared.parent
     assert scan_inboxes(settings, source="nightly", send=send).enqueued == 2
@@ -461,14 +475,14 @@ def test_changed_failed_files_are_counted_by_path_and_not_sent_as_a_second_copy(
             call.processed_at = utcnow()
     an_hour_ago = time.time() - 3600
     copy = inbox / "stalled (1).wav"            # the complete recording, uploaded again
-    copy.write_bytes(b"the first part of another and the rest")
+    copy.write_bytes(recording(b"the first part of another and the rest"))
     os.utime(copy, (an_hour_ago, an_hour_ago))
     assert scan_inboxes(settings, source="nightly", send=send).enqueued == 1   # the copy
-    shared.write_bytes(b"the first part of one call and the rest")
+    shared.write_bytes(recording(b"the first part of one call and the rest"))
     stalled.write_bytes(copy.read_bytes())      # then the stalled copy completes too
     for path in (shared, stalled):
         os.utime(path, (an_hour_ago, an_hour_ago))
-    shared_ids = {"crm-42", external_id_for_bytes(b"the first part of one call")}
+    shared_ids = {"crm-42", external_id_for_bytes(recording(b"the first part of one call"))}
     now = scan_inboxes(settings, source="nightly", send=send)
     assert (now.enqueued, now.changed, now.skipped) == (2, 2, 2)
     assert {r.external_call_id for r in sent[-2:]} == shared_ids
@@ -480,8 +494,8 @@ def test_a_file_moved_after_its_scan_is_sent_again_from_its_new_path(tmp_path: P
     failed the call (no such file), every later scan counted the file at its new path as
     known (its content is the call's id), and callmood retry sent the old path again: the
     recording was never analysed (a review)."""
-    paths, settings, sent, send = _aged_inbox(tmp_path, {"call-1.wav": b"one call's audio"},
-                                              7200)
+    paths, settings, sent, send = _aged_inbox(
+        tmp_path, {"call-1.wav": recording(b"one call's audio")}, 7200)
     assert scan_inboxes(settings, source="nightly", send=send).enqueued == 1
     (first,) = sent
     moved = paths["call-1.wav"].parent / "day" / "call-1.wav"
@@ -504,14 +518,15 @@ def test_a_file_moved_after_its_scan_is_sent_again_from_its_new_path(tmp_path: P
     assert scan_inboxes(settings, source="nightly", send=send).enqueued == 0
     # a failed call whose file is still where it was is known as it is
     (tmp_path / "other").mkdir()
-    paths2, settings2, sent2, send2 = _aged_inbox(tmp_path / "other", {"a.wav": b"audio"}, 7200)
+    paths2, settings2, sent2, send2 = _aged_inbox(tmp_path / "other",
+                                                  {"a.wav": recording(b"audio")}, 7200)
     assert scan_inboxes(settings2, source="nightly", send=send2).enqueued == 1
     with db.session_scope(settings2) as s:
         call = store.find_call(s, sent2[0].external_call_id)
         assert call is not None
         store.mark_failed(s, store.claim_for_processing(s, call.id).id, "corrupt")
     copy = paths2["a.wav"].parent / "copy-of-a.wav"
-    copy.write_bytes(b"audio")
+    copy.write_bytes(recording(b"audio"))
     os.utime(copy, (time.time() - 7200, time.time() - 7200))
     assert scan_inboxes(settings2, source="nightly", send=send2).enqueued == 0
 
@@ -572,7 +587,7 @@ def test_new_files_are_looked_up_a_chunk_at_a_time(tmp_path: Path,
 
     monkeypatch.setattr(batch, "sort_new_files", counting)
     monkeypatch.setattr(batch, "SCAN_LOOKUP_FILES", 3)
-    files = {f"call-{i}.wav": f"recording {i}".encode() for i in range(7)}
+    files = {f"call-{i}.wav": recording(f"recording {i}".encode()) for i in range(7)}
     _, settings, sent, send = _aged_inbox(tmp_path, files, 7200)
     assert scan_inboxes(settings, source="nightly", send=send).enqueued == 7
     assert opened == [3, 3, 1]
@@ -593,7 +608,8 @@ def test_changed_failed_files_are_hashed_outside_the_write_lock(
     from worker.schema import utcnow
 
     paths, settings, sent, send = _aged_inbox(
-        tmp_path, {"a.wav": b"first part of a", "b.wav": b"first part of b"}, 7200)
+        tmp_path, {"a.wav": recording(b"first part of a"),
+                   "b.wav": recording(b"first part of b")}, 7200)
     assert scan_inboxes(settings, source="nightly", send=send).enqueued == 2
     with db.session_scope(settings) as s:
         for call in store.list_calls(s):
@@ -624,3 +640,80 @@ def test_changed_failed_files_are_hashed_outside_the_write_lock(
     assert (again.enqueued, again.changed) == (2, 2)
     assert lock_free == [True, True]
     assert [r.reprocess for r in sent] == [False, False, True, True]
+
+
+def test_empty_and_header_only_files_each_fail_as_a_call_of_their_own(
+        tmp_path: Path, callmood_corpora: Path) -> None:
+    """Three 0-byte files and two header-only WAVs share their bytes, not a recording: keyed by
+    content they were two calls, and three files were counted known with no failed row and no
+    reason anywhere; once the first empty file was replaced by a recording, ``failures`` showed
+    none while the others sat in the inbox (a review). A file too small for audio is now a
+    call of its own path; a recording copied twice is still one call."""
+    import soundfile as sf
+
+    from worker.jobs import process_call
+
+    real, replacement = make_recordings(tmp_path / "made", callmood_corpora, 2)
+    header_path = tmp_path / "made" / "header-only.wav"   # a recorder that died after the header
+    sf.write(header_path, np.zeros((0, 2)), 8000, subtype="ULAW")
+    broken = {"agent7 0915.wav": b"", "agent7 1002.wav": b"", "agent9 1130.wav": b"",
+              "hdr-a.wav": header_path.read_bytes(), "hdr-b.wav": header_path.read_bytes()}
+    paths, settings, sent, send = _aged_inbox(
+        tmp_path, {**broken, "call-1.wav": real.read_bytes(),
+                   "copy-of-call-1.wav": real.read_bytes()}, 7200)
+    settings = settings.replace(model_path=tiny_model(tmp_path / "model"))
+    first = scan_inboxes(settings, source="nightly", send=send)
+    assert (first.seen, first.enqueued, first.skipped) == (7, 6, 1)   # the copy, by content
+    by_name = {Path(r.uri).name: r for r in sent}
+    assert set(by_name) == {*broken, "call-1.wav"}
+    assert len({r.external_call_id for r in sent}) == 6
+    for name in broken:   # the worker fails each, naming its own file
+        outcome = process_call(by_name[name], settings)
+        assert outcome.status == "failed" and outcome.reason and name in outcome.reason
+
+    # the first empty file is replaced by a recording: sent again; the others stay failed
+    paths["agent7 0915.wav"].write_bytes(replacement.read_bytes())
+    an_hour_ago = time.time() - 3600
+    os.utime(paths["agent7 0915.wav"], (an_hour_ago, an_hour_ago))
+    again = scan_inboxes(settings, source="nightly", send=send)
+    assert (again.enqueued, again.changed) == (1, 1)
+    assert sent[-1].external_call_id == by_name["agent7 0915.wav"].external_call_id
+    with db.session_scope(settings) as s:
+        failed = {Path(c.source_uri).name: c.failure_reason
+                  for c in store.list_calls(s, status="failed")}
+    assert set(failed) == set(broken) - {"agent7 0915.wav"}
+    assert all(name in (reason or "") for name, reason in failed.items())
+
+
+def test_files_of_an_unsupported_suffix_are_counted_and_named(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A folder of .m4a and .gsm recordings did nothing without a word: "0 file(s) seen", exit
+    0 (a review). The scan counts them (``ignored``) and names a few with the suffixes it
+    reads; not an error: a .txt sidecar beside each recording is normal."""
+    import logging
+
+    paths, settings, _, send = _aged_inbox(
+        tmp_path, {"call-1.m4a": b"m4a", "call-2.gsm": b"gsm", ".uploading.m4a": b"partial"},
+        7200)
+    with caplog.at_level(logging.INFO, logger="worker.batch"):
+        report = scan_inboxes(settings, source="nightly", send=send)
+    assert (report.seen, report.enqueued, report.ignored) == (0, 0, 2)
+    assert report.as_dict()["ignored"] == 2
+    (line,) = [r for r in caplog.records if "ignored:" in r.getMessage()]
+    message = line.getMessage()
+    assert line.levelname == "WARNING"   # the scan found nothing else: this is why
+    assert message.startswith("2 inbox file(s) ignored")
+    assert "call-1.m4a" in message and "call-2.gsm" in message
+    assert "(.wav .flac .ogg .opus .oga .mp3)" in message and "uploading" not in message
+
+    # beside a recording, sidecars are said, not warned of; three names, then a count
+    inbox = paths["call-1.m4a"].parent
+    for name in ("call-3.wav", "call-3.txt", "notes.txt"):
+        (inbox / name).write_bytes(recording(name.encode()))
+        os.utime(inbox / name, (time.time() - 7200, time.time() - 7200))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="worker.batch"):
+        report = scan_inboxes(settings, source="nightly", send=send)
+    assert (report.seen, report.enqueued, report.ignored) == (1, 1, 4)
+    (line,) = [r for r in caplog.records if "ignored:" in r.getMessage()]
+    assert line.levelname == "INFO" and line.getMessage().endswith(" and 1 more")

@@ -407,6 +407,36 @@ def test_batch_names_an_inbox_folder_that_is_not_there(
             "share not mounted?)): 0 enqueued") in capsys.readouterr().out
 
 
+def test_empty_files_are_calls_of_their_own_each_failing_with_its_own_reason(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two empty files were one call (by content): the second's line named the first file
+    (`callmood run`: "FAILED b.wav: a.wav is empty"; a review)."""
+    from worker.runner import call_id_for
+
+    for name in ("a.wav", "b.wav"):
+        (env / name).write_bytes(b"")
+    assert call_id_for(env / "a.wav") != call_id_for(env / "b.wav")
+    assert main(["analyze", str(env / "a.wav"), str(env / "b.wav")]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"FAILED \S*a\.wav: \S*a\.wav", err), err
+    assert re.search(r"FAILED \S*b\.wav: \S*b\.wav", err), err
+
+
+def test_batch_counts_the_files_it_ignores_for_their_suffix(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder of .m4a recordings printed "0 file(s) seen" and nothing else (a review)."""
+    inbox = env / "inbox"
+    inbox.mkdir()
+    (inbox / "call-1.m4a").write_bytes(b"\0" * 100)
+    (inbox / "call-1.txt").write_text("sidecar")
+    monkeypatch.setenv("CALLMOOD_INBOX_DIRS", str(inbox))
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["batch"]) == 0
+    assert "0 file(s) seen, 0 enqueued, 0 already known, 2 other file(s) ignored (not .wav" \
+        in capsys.readouterr().out
+
+
 def test_the_scan_refuses_a_link_out_of_the_input_roots_and_says_a_linked_folder(
         env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
