@@ -34,10 +34,10 @@ from worker.store import (
     finish_batch_scan,
     list_calls,
     parse_timestamp,
+    payload_rejected,
     printable_text,
     release_enqueue,
     reserve_all,
-    was_rejected,
 )
 from worker.uris import uri_scheme
 
@@ -317,7 +317,7 @@ def _stop_reason(error: BaseException) -> str:
 def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: bool = False,
                  send: Sender | None = None) -> list[Enqueued]:
     """Enqueue failed calls again as a new run (``reprocess``); PayloadError when a named call
-    is unknown or not failed, was a rejected payload (:func:`store.was_rejected`: its row
+    is unknown or not failed, was a rejected payload (:func:`store.payload_rejected`: its row
     kept none of the payload's labels; the producer's corrected payload is its retry), or its
     stored row cannot make a valid request. With ``all_failed`` such a row is skipped, and
     reported with its reason (``refused``), so one rejection never blocks every other
@@ -335,7 +335,7 @@ def retry_failed(settings: Settings, call_ids: Sequence[str] = (), all_failed: b
         unusable: list[Enqueued] = []
         for call_id in wanted:
             call = failed[call_id]
-            if was_rejected(call):
+            if payload_rejected(call):
                 # run from its row, it was analysed without the agent, team and start time
                 # the rejected payload carried, stored as done, and the corrected payload
                 # then skipped as already analysed (a review)

@@ -251,11 +251,14 @@ def run_recordings(paths: Sequence[Path], settings: Settings, concurrency: int =
         cause = "callmood run was stopped before this call finished"
         results = _collect(ids, requests, settings, False, None, timeout_s, log_path,
                            cause=cause)
-        unfinished = {r.external_call_id for r in results if r.reason == cause}
-        # said where the operator looks: the run printed nothing and exited 143 (a review)
+        # a re-run's reason says first that the analysis before it was kept
+        unfinished = {r.external_call_id for r in results
+                      if r.status == "failed" and (r.reason or "").endswith(cause)}
+        # said where the operator looks: the run printed nothing and exited 143 (a review).
+        # Not `callmood retry`: it sends to the shared queue, which no run's worker reads
         log.warning("callmood run stopped (%s): its celery worker was stopped; %d call(s) it "
-                    "had not finished are failed ('%s'; callmood retry --all-failed sends "
-                    "them again)", _interruption(interrupted), len(unfinished), cause)
+                    "had not finished are failed ('%s'); callmood run on the same files runs "
+                    "them again", _interruption(interrupted), len(unfinished), cause)
         raise interrupted
 
     results = _collect(ids, requests, settings, timed_out, exit_code, timeout_s, log_path)

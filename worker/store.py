@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -290,8 +291,10 @@ def update_from_request(session: Session, call: Call, request: CallRequest) -> C
         value = getattr(request, name)
         if value is not None:
             setattr(call, name, value)
-    if request.metadata:
-        call.call_metadata = {**(call.call_metadata or {}), **request.metadata}
+    # the request about to run the call is its newer word: a rejection it corrects is over
+    call.call_metadata = {k: v for k, v in {**(call.call_metadata or {}),
+                                            **request.metadata}.items()
+                          if k != PAYLOAD_REJECTED_KEY}
     session.flush()
     return call
 
@@ -324,8 +327,22 @@ def record_rejected(session: Session, external_call_id: str, uri: str, reason: s
     call.status = "failed"
     call.failure_reason = _clip(reason, FAILURE_REASON_MAX_CHARS)
     call.processed_at = utcnow()
+    call.call_metadata = {**(call.call_metadata or {}), PAYLOAD_REJECTED_KEY: True}
     session.flush()
     return call
+
+
+PAYLOAD_REJECTED_KEY: Final = "payload_rejected"
+"""Metadata key :func:`record_rejected` sets (True) on the row of a payload that did not
+validate, until a request runs the call again (:func:`update_from_request`)."""
+
+
+def payload_rejected(call: Call) -> bool:
+    """Whether ``call`` is the row of a payload the worker rejected, its labels lost with it:
+    :func:`was_rejected` holds too for a call failed before any claim for other reasons (a
+    stopped ``callmood run``, a task that gave up before its claim), which a retry runs as
+    they are, while this one needs the producer's corrected payload."""
+    return was_rejected(call) and bool((call.call_metadata or {}).get(PAYLOAD_REJECTED_KEY))
 
 
 def claim_for_processing(session: Session, call_id: int) -> Call:
@@ -559,12 +576,22 @@ def names_other_file(call: Call, request: CallRequest) -> bool:
 
 
 def _same_path(uri: str, other: str) -> bool:
+    """Whether two uris name one file: the same path once ``..`` and ``.`` are collapsed, or,
+    where this process sees both, one file through a link (a nightly re-send through a
+    "today" folder link was refused as another file; a review)."""
     if uri == other:
         return True
     try:
-        path = local_path_text(uri)
-        return path is not None and path == local_path_text(other)
+        path, other_path = local_path_text(uri), local_path_text(other)
     except PayloadError:   # a stored uri no request could send: not this one
+        return False
+    if path is None or other_path is None:
+        return False
+    if os.path.normpath(path) == os.path.normpath(other_path):
+        return True
+    try:
+        return os.path.samefile(path, other_path)
+    except (OSError, ValueError):   # not here to see (a producer on another host): unknown
         return False
 
 

@@ -381,6 +381,56 @@ def test_retry_leaves_a_rejected_payload_to_its_corrected_enqueue(producer: Sett
             "pending", "agent-7", "billing")
 
 
+def test_retry_sends_a_call_failed_before_its_claim_that_was_no_rejection(
+        producer: Settings) -> None:
+    """A stopped `callmood run` (or a task that gave up before its claim) fails calls no
+    worker claimed (attempts 0): the first version of the rejected-payload rule refused them
+    too, while the run's own message sent the operator to `retry --all-failed` (a review)."""
+    sent: list[str] = []
+
+    def send(requests: Sequence[store.CallRequest]) -> list[str]:
+        sent.extend(r.external_call_id for r in requests)
+        return [f"task-{r.external_call_id}" for r in requests]
+
+    assert enqueue("/recordings/call-2.wav", call_id="CC-2", agent_id="agent-7",
+                   settings=producer, send=send).sent
+    with db.session_scope(producer) as s:
+        call = store.find_call(s, "CC-2")
+        assert call is not None
+        store.mark_failed(s, call.id, "callmood run was stopped before this call finished")
+        assert store.was_rejected(call) and not store.payload_rejected(call)
+    (retried,) = retry_failed(producer, all_failed=True, send=send)
+    assert retried.sent and not retried.refused and sent == ["CC-2", "CC-2"]
+    # and a corrected payload ends a rejection's mark with it
+    with db.session_scope(producer) as s:
+        assert store.payload_rejected(store.record_rejected(s, "CC-3", "", "agent_id: bad"))
+    assert enqueue("/recordings/call-3.wav", call_id="CC-3", agent_id="agent-7",
+                   settings=producer, send=send).sent
+    with db.session_scope(producer) as s:
+        fixed = store.find_call(s, "CC-3")
+        assert fixed is not None and "payload_rejected" not in (fixed.call_metadata or {})
+
+
+def test_the_same_file_under_another_spelling_of_its_path_is_a_quiet_duplicate(
+        producer: Settings, tmp_path: Path) -> None:
+    """A nightly re-send through a "today" folder link, or a path with '..', was refused as
+    another file (exit 1) by the first version of the reused-id check (a review)."""
+    day = tmp_path / "2026-01-31"
+    day.mkdir()
+    (day / "call.wav").write_bytes(b"RIFF")
+    (tmp_path / "today").symlink_to(day)
+    assert enqueue(str(day / "call.wav"), call_id="CC-7", agent_id="a",
+                   settings=producer).sent
+    for spelling in (str(tmp_path / "today" / "call.wav"),
+                     f"{day}/../{day.name}/call.wav",
+                     (tmp_path / "today" / "call.wav").as_uri()):
+        again = enqueue(spelling, call_id="CC-7", agent_id="a", settings=producer)
+        assert not again.sent and not again.refused, (spelling, again.reason)
+    (tmp_path / "other.wav").write_bytes(b"RIFF")
+    assert enqueue(str(tmp_path / "other.wav"), call_id="CC-7", agent_id="a",
+                   settings=producer).refused
+
+
 def test_a_call_id_reused_for_another_file_is_refused_and_a_resend_skipped_quietly(
         producer: Settings) -> None:
     """Call ids recycled daily, a copy-pasted row: a second enqueue or manifest naming a known

@@ -155,6 +155,7 @@ def test_bad_threshold_settings_are_named(name: str, value: str, message: str) -
     ("CALLMOOD_BROKER_URL", "redis://h:port/0", "its port does not parse"),
     # kombu raised TypeError when a call was sent, after marking it sent (a review)
     ("CALLMOOD_BROKER_URL", "redis://127.0.0.1:6379/0?password=Se@cr", "redis://:PASSWORD@"),
+    ("CALLMOOD_BROKER_URL", "redis://127.0.0.1:6379/0?socket_timeout=5", "socket_timeout"),
     # the hint named the database's forms, which the broker refuses (a review)
     ("CALLMOOD_BROKER_URL", "postgresql+psycopg://u:p@h/db", "psycopg 3: sqla+postgresql://)"),
 ])
@@ -177,6 +178,7 @@ def test_urls_that_would_fail_later_are_refused_at_start(name: str, url: str,
     ("CALLMOOD_DATABASE_URL", "postgresql://u:p:w@host:5432/db"),
     ("CALLMOOD_DATABASE_URL", "postgresql://u@h/db?password=pw"),    # libpq reads it
     ("CALLMOOD_BROKER_URL", "redis://:pw@h:6379/0?ssl_cert_reqs=none"),
+    ("CALLMOOD_BROKER_URL", "redis://h:6379/0?password="),            # kombu drops it
 ])
 def test_urls_the_drivers_read_right_are_fine(name: str, url: str) -> None:
     assert Settings.from_env({name: url})
