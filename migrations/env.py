@@ -24,6 +24,19 @@ log = logging.getLogger("alembic.env")
 target_metadata = Base.metadata
 
 
+MIGRATION_LOCK_ID = 0x63616C6C6D6F6F64  # "callmood" in ASCII: one lock key for every upgrade
+"""PostgreSQL advisory lock an online upgrade holds for its transaction: two `callmood db
+upgrade` at once (a migrate step per worker container) both created the tables, and one
+failed with DuplicateTable (a review); the second now waits, then finds head applied."""
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Autogenerate compares callmood's own tables only: a kombu broker sharing the database
+    (sqla+postgresql://) keeps its tables there, and a comparison proposed dropping them,
+    queued messages with them (a review)."""
+    return type_ != "table" or name in target_metadata.tables or name == "alembic_version"
+
+
 def _database_url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
@@ -62,8 +75,12 @@ def run_migrations_online() -> None:
             # schema behind (Alembic assumes otherwise by default).
             context.configure(connection=connection, target_metadata=target_metadata,
                               render_as_batch=sqlite, transactional_ddl=True if sqlite else None,
-                              compare_type=True)
+                              compare_type=True, include_name=include_name)
             with context.begin_transaction():
+                if connection.dialect.name == "postgresql":
+                    # released with the transaction; SQLite's BEGIN IMMEDIATE serialises it
+                    connection.exec_driver_sql(
+                        f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
                 context.run_migrations()
                 if sqlite:
                     broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
