@@ -897,7 +897,9 @@ def finish_batch_scan(session: Session, batch_id: int, enqueued: int, skipped: i
     batch = _get_batch(session, batch_id)
     batch.enqueued_count = enqueued
     batch.skipped_count = skipped
-    batch.scan_error = error
+    # as failure_reason: an error quoting a non-UTF-8 path (or NUL, on PostgreSQL) failed
+    # the write, and the batch stayed "scanning" for ever with no error (a review)
+    batch.scan_error = None if error is None else printable_text(error)
     batch.scanned_at = utcnow()
     session.flush()
     refresh_batch_counts(session, batch_id)

@@ -753,3 +753,16 @@ def test_a_rejected_payload_racing_a_good_one_for_a_new_call_id_is_recorded(
         calls = store.list_calls(s)
         assert [(c.external_call_id, c.status, c.failure_reason) for c in calls] == [
             ("RACE-1", "failed", "agent_id: required")]
+
+
+def test_a_scan_error_quoting_an_undecodable_path_or_nul_is_stored(db_url: str) -> None:
+    """The missing inbox folder's name in another encoding (or a NUL, refused by PostgreSQL)
+    failed the write: the batch stayed "scanning" with no error (a review)."""
+    error = "inbox folder(s) not found: /in/\udce9t\udce9 and /in/a\x00b"
+    with db.session_scope(db_url) as s:
+        batch_id = store.create_batch(s, "nightly").id
+        store.finish_batch_scan(s, batch_id, enqueued=0, skipped=0, error=error)
+    with db.session_scope(db_url) as s:
+        batch = s.get(Batch, batch_id)
+        assert batch is not None and batch.scanned_at is not None
+        assert batch.scan_error == "inbox folder(s) not found: /in/\\xe9t\\xe9 and /in/a\\x00b"
