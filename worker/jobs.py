@@ -23,6 +23,7 @@ from worker.store import (
     refresh_batch_of,
     register_call,
     save_analysis,
+    superseded_by_newer_run,
     update_from_request,
     was_rejected,
 )
@@ -133,6 +134,13 @@ def process_call(request: CallRequest, settings: Settings,
         return _fail(settings, call_id, request.external_call_id, f"{type(e).__name__}: {e}")
     try:
         with session_scope(settings) as session:
+            if superseded_by_newer_run(lock_call(session, call_id), request.uri, attempts):
+                log.warning("call %s: a newer run of the call claimed it since this run did "
+                            "(or it names another file now); this run's analysis is not stored",
+                            request.external_call_id)
+                return CallOutcome("skipped", request.external_call_id, superseded=True,
+                                   reason="a newer run of the call stored its analysis or "
+                                          "took another file meanwhile; this run's is dropped")
             refresh_batch_of(session, save_analysis(session, call_id, analysis))
     except TransientError as e:
         if transient == "fail":

@@ -375,6 +375,17 @@ def mark_pending(session: Session, call_id: int) -> Call:
     return call
 
 
+def superseded_by_newer_run(call: Call, uri: str, attempts: int) -> bool:
+    """Whether a run that claimed ``call`` as attempt ``attempts`` for the file ``uri`` must
+    not store its analysis (``call`` locked): the call names another file now (a reprocess
+    with a new file claimed it meanwhile), or another claim's run stored its analysis since
+    this one's. A slow original finishing after such a run overwrote the newer analysis, the
+    row naming the new file with the old file's segments (a review)."""
+    if not same_file_uri(uri, call.source_uri):
+        return True
+    return call.status == "done" and call.attempts != attempts
+
+
 def save_analysis(session: Session, call_id: int, analysis: RecordingAnalysis) -> Call:
     """Replace the call's segments with ``analysis`` and mark it done.
 
@@ -571,11 +582,11 @@ def names_other_file(call: Call, request: CallRequest) -> bool:
     not the stored one, and the call id does not name the content (a copy of an inbox file
     at another path is the same recording). Compared without reading either file: a path
     and the ``file://`` URI of that path are the same file."""
-    return (not _same_path(request.uri, call.source_uri)
+    return (not same_file_uri(request.uri, call.source_uri)
             and not names_content(call.external_call_id))
 
 
-def _same_path(uri: str, other: str) -> bool:
+def same_file_uri(uri: str, other: str) -> bool:
     """Whether two uris name one file: the same path once ``..`` and ``.`` are collapsed, or,
     where this process sees both, one file through a link (a nightly re-send through a
     "today" folder link was refused as another file; a review)."""

@@ -573,3 +573,44 @@ def test_pool_processes_pin_blas_to_one_thread() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PATH": "/usr/bin:/bin", "OPENBLAS_NUM_THREADS": "2"})
     assert out.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("newer_uri", ["/calls/new.wav", "/calls/a.wav"])
+def test_a_slow_run_does_not_overwrite_a_newer_runs_analysis(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch, newer_uri: str) -> None:
+    """A reprocess (another file, or a model upgrade of the same file) claimed the call while
+    its original run was still analysing, and stored first; the original then replaced that
+    analysis, the row naming the new file with the old file's segments (a review)."""
+    import threading
+    import time
+
+    newer_stored = threading.Event()
+
+    def analyze(uri: str, settings: Settings) -> Any:
+        if threading.current_thread().name == "original":
+            assert newer_stored.wait(timeout=60)
+            return fake_analysis(3, model_version="m-1", sha256="aa" * 32)
+        return fake_analysis(5, model_version="m-2", sha256="bb" * 32)
+
+    monkeypatch.setattr(jobs, "_analyze", analyze)
+    original = store.CallRequest(uri="/calls/a.wav", external_call_id="CC-7", agent_id="a")
+    newer = store.CallRequest(uri=newer_uri, external_call_id="CC-7", agent_id="a",
+                              reprocess=True)
+    outcomes: dict[str, jobs.CallOutcome] = {}
+    thread = threading.Thread(name="original", target=lambda: outcomes.setdefault(
+        "original", jobs.process_call(original, migrated)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while (claimed := _call(migrated, "CC-7")) is None or claimed.status != "processing":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert jobs.process_call(newer, migrated).status == "done"
+    newer_stored.set()
+    thread.join(timeout=60)
+    assert outcomes["original"].status == "skipped" and outcomes["original"].superseded
+    call = _call(migrated, "CC-7")
+    assert call is not None
+    assert (call.status, call.source_uri, call.model_version, call.content_sha256) == (
+        "done", newer_uri, "m-2", "bb" * 32)
+    with db.session_scope(migrated) as s:
+        assert len(store.segments_for_call(s, call.id)) == 5
