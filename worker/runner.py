@@ -35,9 +35,10 @@ from worker.settings import PACKAGE_DIR, Settings
 from worker.store import (
     CallRequest,
     calls_by_external_id,
+    lock_calls,
     mark_failed,
     mark_pending,
-    refresh_batch_of,
+    recount_batches,
     register_call,
     segment_counts,
 )
@@ -331,10 +332,14 @@ def _register(ids: dict[Path, str], settings: Settings) -> dict[str, CallRequest
             uri=path_uri(path), external_call_id=external_id,
             metadata={"source": "callmood run", "file_name": printable_path(path.name)[:200]}))
     with session_scope(settings) as session:
-        for request in requests.values():
-            call = register_call(session, request)
-            # a re-run: the poll must not see last run's status (nor its batch count it)
-            refresh_batch_of(session, mark_pending(session, call.id))
+        call_ids = [register_call(session, request).id for request in requests.values()]
+        # every call locked before any batch, in the order all keep (store.lock_calls): a
+        # call, its batch, then the next call deadlocked a worker saving that next call and
+        # then recounting the same batch (a review)
+        lock_calls(session, call_ids)
+        # a re-run: the poll must not see last run's status (nor its batch count it)
+        batches = [mark_pending(session, call_id).batch_id for call_id in call_ids]
+        recount_batches(session, [b for b in batches if b is not None])
     return requests
 
 
@@ -388,11 +393,15 @@ def _collect(ids: dict[Path, str], requests: dict[str, CallRequest], settings: S
     results: list[FileResult] = []
     with session_scope(settings) as session:
         calls = calls_by_external_id(session, list(requests))
+        lock_calls(session, [call.id for call in calls.values()])   # before any batch row
+        recount: list[int] = []
         for call in calls.values():
             if call.status not in FINAL_STATUSES:
                 # The worker is gone: leaving "processing" behind would be a lie. The batch
                 # of a call a scan sent is recounted: its own message now finds it final.
-                refresh_batch_of(session, mark_failed(session, call.id, cause))
+                failed = mark_failed(session, call.id, cause)
+                recount += [failed.batch_id] if failed.batch_id is not None else []
+        recount_batches(session, recount)
         counts = segment_counts(session, [c.id for c in calls.values()])
         for path, external_id in ids.items():
             call = calls[external_id]

@@ -686,6 +686,12 @@ def reserve_all(session: Session, requests: Sequence[CallRequest],
     row another needs (recounting each call's batch as it was reserved deadlocked a retry
     beside a scan re-sending one of its calls, a review).
     """
+    # every call registered in call-id order, then all locked in row-id order before any is
+    # decided (each _reserve finds its row registered and locked already): two producers
+    # locking overlapping calls in their requests' orders (a manifest beside a scan, a retry
+    # beside a manifest) deadlocked on PostgreSQL, one failing "database unavailable" (a review)
+    by_call_id = sorted(requests, key=lambda r: r.external_call_id)
+    lock_calls(session, [register_call(session, r, batch_id=batch_id).id for r in by_call_id])
     reservations = [_reserve(session, request, batch_id) for request in requests]
     recount_batches(session, [b for r in reservations for b in r.recount])
     return reservations
@@ -776,6 +782,7 @@ def release_enqueue(session: Session, reserved: Sequence[CallSendState]) -> None
     reservation updated (agent, team, ...) keep their new values.
     """
     recount: list[int] = []
+    lock_calls(session, [state.call_id for state in reserved])   # in the order all keep
     for state in reserved:
         call = lock_call(session, state.call_id)
         if call.status == state.status == "processing" and call.attempts == state.attempts:
@@ -809,6 +816,16 @@ def lock_call(session: Session, call_id: int) -> Call:
     if call is None:
         raise PayloadError(f"call_id: no call with id {call_id}")
     return call
+
+
+def lock_calls(session: Session, call_ids: Iterable[int]) -> None:
+    """Lock the call rows, in ascending id order, until the transaction ends: the order every
+    transaction that locks several calls keeps (reserve_all, release_enqueue, callmood run's
+    registration), so none waits on a row held by one waiting on its own."""
+    ids = sorted(set(call_ids))
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        session.execute(select(Call.id).where(Call.id.in_(ids[start:start + LOOKUP_CHUNK]))
+                        .order_by(Call.id).with_for_update())
 
 
 def request_for_call(call: Call, reprocess: bool = False) -> CallRequest:

@@ -288,15 +288,15 @@ def test_a_stuck_call_that_finishes_before_recovery_marks_it_stays_done(
             s.flush()
             call.updated_at = utcnow() - timedelta(hours=3)
         slow_id = store.calls_by_external_id(s, ["SLOW"])["SLOW"].id
-    real_mark_failed = store.mark_failed
+    real_lock_calls = store.lock_calls
 
-    def mark_failed(session: object, call_id: int, reason: str) -> object:
-        if call_id == slow_id:  # its worker commits first
+    def lock_calls(session: object, call_ids: list[int]) -> None:
+        if slow_id in call_ids:  # its worker commits first, before the marks lock the rows
             with session_scope(settings) as other:
-                store.save_analysis(other, call_id, fake_analysis(2))
-        return real_mark_failed(session, call_id, reason)  # type: ignore[arg-type]
+                store.save_analysis(other, slow_id, fake_analysis(2))
+        real_lock_calls(session, call_ids)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(worker.recovery, "mark_failed", mark_failed)
+    monkeypatch.setattr(worker.recovery, "lock_calls", lock_calls)
     report = recover(settings, min_age_s=0)
     assert (report.lost, report.failed) == ((), ("STUCK",))
     rows = call_rows(postgres_url)
