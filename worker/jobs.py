@@ -20,6 +20,7 @@ from worker.store import (
     is_duplicate_delivery,
     lock_call,
     mark_failed,
+    names_other_file,
     refresh_batch_of,
     register_call,
     save_analysis,
@@ -97,6 +98,18 @@ def process_call(request: CallRequest, settings: Settings,
         # beside a slow original) is seen as done and skipped, not claimed for a new run
         call = lock_call(session, register_call(session, request).id)
         if is_duplicate_delivery(call, request):
+            if names_other_file(call, request):
+                # a message sent straight to the queue reusing a call id for another
+                # recording: not a duplicate, and not analysed without reprocess; said loudly
+                # (enqueue refuses it at the producer; a review)
+                log.error("call %s already %s with %s; a message naming another file (%s) "
+                          "is not analysed: send reprocess=true to replace it, or a new call "
+                          "id", request.external_call_id, call.status, call.source_uri,
+                          request.uri)
+                return CallOutcome("skipped", request.external_call_id,
+                                   reason=f"already {call.status} with another file "
+                                          f"({call.source_uri}); send reprocess=true to "
+                                          "replace it, or a new call id")
             # A second send of a finished call (or a redelivery after its run committed):
             # no new work and no new rows; reprocess=true asks for a new run.
             log.info("call %s already %s; skipped (reprocess not requested)",

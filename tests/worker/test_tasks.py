@@ -614,3 +614,20 @@ def test_a_slow_run_does_not_overwrite_a_newer_runs_analysis(
         "done", newer_uri, "m-2", "bb" * 32)
     with db.session_scope(migrated) as s:
         assert len(store.segments_for_call(s, call.id)) == 5
+
+
+def test_a_message_reusing_a_done_calls_id_for_another_file_says_so(
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """send_task straight to the queue with a known call id and another file was skipped as
+    a duplicate with an INFO line: the new recording was never analysed, and nothing said
+    why (a review). It is still not analysed without reprocess, but says so as an error."""
+    monkeypatch.setattr(jobs, "_analyze", lambda uri, settings: fake_analysis(2))
+    assert _run(**GOOD)["status"] == "done"
+    with caplog.at_level("ERROR", logger="worker.jobs"):
+        other = _run(**{**GOOD, "uri": "/calls/other-day.wav"})
+    assert other["status"] == "skipped"
+    assert "another file (/calls/a.wav)" in other["reason"] and "reprocess" in other["reason"]
+    assert "a message naming another file (/calls/other-day.wav)" in caplog.text
+    same = _run(**GOOD)   # the same file again: the quiet duplicate it always was
+    assert same["status"] == "skipped" and "another file" not in same["reason"]
