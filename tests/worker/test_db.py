@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
@@ -53,3 +55,24 @@ def test_a_database_that_refuses_writes_is_an_outage_not_a_lost_call(
             assert store.find_call(session, "RO-1") is None   # nothing half-written
     finally:
         admin.dispose()
+
+
+@pytest.mark.parametrize(("sqlstate", "says"), [
+    ("40P01", "database conflict with another transaction, retried"),
+    ("40001", "database conflict with another transaction, retried"),
+    ("08006", "database unavailable"),
+])
+def test_a_deadlock_is_a_retried_conflict_not_an_unavailable_database(
+        tmp_path: Path, sqlstate: str, says: str) -> None:
+    """A deadlock PostgreSQL resolved was reported as "database unavailable" (a review)."""
+    from sqlalchemy.exc import OperationalError
+
+    class DriverError(Exception):
+        def __init__(self) -> None:
+            super().__init__("deadlock detected")
+            self.sqlstate = sqlstate
+
+    url = f"sqlite:///{tmp_path / 'x.sqlite'}"
+    with pytest.raises(TransientError, match=says):
+        with db.session_scope(url):
+            raise OperationalError("UPDATE calls ...", {}, DriverError())
