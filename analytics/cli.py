@@ -174,7 +174,7 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
                                segments, max_plots)
         try:
             pictures = write_call_pngs(chosen, segments[segments["call"].isin(chosen["call"])],
-                                       args.plots, bin_s=bin_s)
+                                       args.plots, bin_s=bin_s, timezone=settings.timezone)
             stale = replace_picture_index(args.plots, pictures)
         except OSError as e:   # a full disk, a folder made read-only meanwhile
             raise ConfigError(f"--plots {args.plots}: cannot write the PNGs: "

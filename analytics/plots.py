@@ -147,9 +147,11 @@ def _draw_stress(ax: Axes, segments: pd.DataFrame, metrics: pd.Series,
     ax.set_title(f"stress per utterance: {stress_formula()}", loc="left", fontsize=9)
 
 
-def _title(metrics: pd.Series, duration_s: float) -> str:
+def _title(metrics: pd.Series, duration_s: float, timezone: str = "UTC") -> str:
+    """The picture's title; the start in ``timezone`` (IANA), as the CSVs' started_local
+    (the title said UTC beside a CSV in the site's zone; a review)."""
     started = metrics.get("started_at")
-    when = (pd.Timestamp(started).tz_convert("UTC").strftime("%Y-%m-%d %H:%M UTC")
+    when = (pd.Timestamp(started).tz_convert(timezone).strftime("%Y-%m-%d %H:%M %Z")
             if started is not None and pd.notna(started) else "start unknown")
     call = str(metrics["call"])
     if len(call) > TITLE_CALL_CHARS:
@@ -168,7 +170,7 @@ def _title(metrics: pd.Series, duration_s: float) -> str:
 
 
 def draw_call(metrics: pd.Series, segments: pd.DataFrame, path: Path,
-              bin_s: float = DEFAULT_BIN_S) -> Path:
+              bin_s: float = DEFAULT_BIN_S, timezone: str = "UTC") -> Path:
     """Write the PNG of one call: ``metrics`` is its row of ``call_metrics``, ``segments`` its
     utterances. Returns ``path``."""
     duration_s = float(metrics["duration_s"]) if pd.notna(metrics.get("duration_s")) \
@@ -194,14 +196,14 @@ def draw_call(metrics: pd.Series, segments: pd.DataFrame, path: Path,
     figure.legend(lines, labels, loc="outside right lower", fontsize=8, title="stress panel")
     # ids are text as given: "$...$" in a call or agent id is not mathtext (a pair of them
     # failed every later picture with a parse error, a review)
-    figure.suptitle(_title(metrics, duration_s), fontsize=11, parse_math=False)
+    figure.suptitle(_title(metrics, duration_s, timezone), fontsize=11, parse_math=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path
 
 
 def write_call_pngs(metrics: pd.DataFrame, segments: pd.DataFrame, folder: Path,
-                    bin_s: float = DEFAULT_BIN_S) -> dict[str, Path]:
+                    bin_s: float = DEFAULT_BIN_S, timezone: str = "UTC") -> dict[str, Path]:
     """One PNG per row of ``metrics`` that has segments, named by :func:`png_name`: call id
     to picture, in ``metrics``' order."""
     written: dict[str, Path] = {}
@@ -217,5 +219,6 @@ def write_call_pngs(metrics: pd.DataFrame, segments: pd.DataFrame, folder: Path,
             # share, where the second picture overwrote the first (a review)
             name = png_name(str(row["call"]), hashed=True)
         taken.add(name.casefold())
-        written[str(row["call"])] = draw_call(row, own, folder / name, bin_s=bin_s)
+        written[str(row["call"])] = draw_call(row, own, folder / name, bin_s=bin_s,
+                                              timezone=timezone)
     return written

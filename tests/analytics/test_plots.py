@@ -112,3 +112,16 @@ def test_the_title_names_the_agent_or_none_and_a_missing_customer_as_no_speech()
     assert "no customer speech" in title
     named = call_metrics(calls.assign(agent_id="ana"), mono).iloc[0]
     assert "agent ana |" in _title(named, 4.0)
+
+
+def test_the_title_gives_the_start_in_the_sites_zone() -> None:
+    """The title said UTC beside CSVs in the site's zone (a review)."""
+    from analytics.plots import _title
+
+    mono = frame(one_hot("m", "unknown", 0.0, 4.0, "angry"))
+    calls = pd.DataFrame({"call": ["m"], "agent_id": ["ana"], "team": [None], "queue": [None],
+                          "started_at": pd.to_datetime(["2026-07-01 08:30"], utc=True),
+                          "duration_s": [4.0], "model_version": ["v"]})
+    row = call_metrics(calls, mono).iloc[0]
+    assert "| 2026-07-01 10:30 CEST |" in _title(row, 4.0, "Europe/Berlin")
+    assert "| 2026-07-01 08:30 UTC |" in _title(row, 4.0)
