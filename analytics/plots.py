@@ -68,7 +68,9 @@ def png_name(call: str, hashed: bool = False) -> str:
 
 def _clock_axis(ax: Axes) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: format_clock(max(x, 0.0))))
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=12, steps=[1, 2, 3, 5, 6, 10]))
+    # whole seconds: the labels show whole seconds, and a call under ~15 s got ticks every
+    # half second labelled 0:00 0:00 0:01 0:01 ... (a review)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=12, steps=[1, 2, 3, 5, 6, 10], integer=True))
 
 
 def _draw_talk(ax: Axes, segments: pd.DataFrame, duration_s: float, roles: Sequence[str]) -> None:

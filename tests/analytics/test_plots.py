@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from analytics.callreport import call_metrics
 from analytics.plots import draw_call, png_name, write_call_pngs
@@ -125,3 +126,21 @@ def test_the_title_gives_the_start_in_the_sites_zone() -> None:
     row = call_metrics(calls, mono).iloc[0]
     assert "| 2026-07-01 10:30 CEST |" in _title(row, 4.0, "Europe/Berlin")
     assert "| 2026-07-01 08:30 UTC |" in _title(row, 4.0)
+
+
+@pytest.mark.parametrize("duration_s", [6.0, 14.0, 600.0])
+def test_the_clock_axis_never_repeats_a_label(duration_s: float) -> None:
+    """Calls under ~15 s got ticks every half second, labelled 0:00 0:00 0:01 ... (a review)."""
+    import matplotlib.pyplot as plt
+
+    from analytics.plots import _clock_axis
+
+    figure, ax = plt.subplots()
+    try:
+        _clock_axis(ax)
+        ax.set_xlim(0.0, duration_s)
+        figure.canvas.draw()
+        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    finally:
+        plt.close(figure)
+    assert len(labels) >= 3 and len(labels) == len(set(labels)), labels
