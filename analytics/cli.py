@@ -11,6 +11,7 @@ Wiring in ``worker/cli.py`` (``build_parser``)::
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from datetime import date
 from pathlib import Path
@@ -27,7 +28,7 @@ from analytics.options import (
     Period,
 )
 from worker.cli_args import seconds, whole_number
-from worker.errors import ConfigError
+from worker.errors import CallmoodError, ConfigError, TransientError
 from worker.settings import Settings
 
 
@@ -111,6 +112,19 @@ def clashing_paths(args: argparse.Namespace, index_name: str) -> str | None:
     return None
 
 
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+"""Write errors that pass (room made, the share back): exit 1, not the configuration's 2."""
+
+
+def _write_error(message: str, error: OSError) -> CallmoodError:
+    """TransientError (exit 1) for a full disk, a quota or an I/O error, which an unchanged
+    command run again later gets past; ConfigError (exit 2) for what the operator must
+    change (a read-only folder, no permission). A full disk exited 2 (a review)."""
+    if error.errno in _NO_ROOM:
+        return TransientError(f"{message}; run the report again once there is room")
+    return ConfigError(message)
+
+
 def run_report(args: argparse.Namespace, settings: Settings) -> int:
     """Handler of ``callmood report``: write the CSV (and PNGs). 0 on success, 2 when
     ``--from`` is after ``--to``, an option given does not apply to the report or ``--out``
@@ -164,7 +178,7 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     try:
         path = write_csv(round_for_export(report), args.out, excel_bom=args.bom)
     except OSError as e:
-        raise ConfigError(f"--out {args.out}: cannot write it: {e.strerror or e}") from e
+        raise _write_error(f"--out {args.out}: cannot write it: {e.strerror or e}", e) from e
     message = f"callmood report {args.kind}: {len(report)} rows -> {path}"
     if args.plots is not None:
         from analytics.export import replace_picture_index
@@ -177,8 +191,8 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
                                        args.plots, bin_s=bin_s, timezone=settings.timezone)
             stale = replace_picture_index(args.plots, pictures)
         except OSError as e:   # a full disk, a folder made read-only meanwhile
-            raise ConfigError(f"--plots {args.plots}: cannot write the PNGs: "
-                              f"{e.strerror or e} ({path} was written)") from e
+            raise _write_error(f"--plots {args.plots}: cannot write the PNGs: "
+                               f"{e.strerror or e} ({path} was written)", e) from e
         message += (f"; {len(pictures)} PNG in {args.plots}, listed most stressed first in "
                     f"{PICTURE_INDEX_NAME}"
                     + (f" ({len(stale)} of the previous report's removed)" if stale else ""))

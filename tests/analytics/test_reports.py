@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import io
+import os
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -19,7 +21,7 @@ from analytics.queries import ReportFilter
 from analytics.reports import REPORT_COLUMNS, build_report, round_for_export
 from tests.analytics.frames import ESCALATING, frame, one_hot
 from worker.db import session_scope, upgrade
-from worker.errors import ConfigError
+from worker.errors import ConfigError, TransientError
 from worker.schema import Call, Segment
 from worker.settings import Settings
 
@@ -530,3 +532,21 @@ def test_a_plots_folder_that_cannot_be_made_is_named_before_the_report(
     assert _callmood(monkeypatch, tmp_path, report_db, "report", "stress", "--out", str(out),
                      "--plots", str(tmp_path / "afile" / "png")) == 2
     assert "cannot make the folder" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("report_db", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(("code", "raised"), [(errno.ENOSPC, TransientError),
+                                              (errno.EACCES, ConfigError)])
+def test_a_full_disk_is_a_passing_error_and_a_read_only_folder_a_configuration_one(
+        report_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int,
+        raised: type[Exception]) -> None:
+    """A full disk while writing the CSV exited 2, "configuration error" (a review): the same
+    command succeeds once there is room (exit 1, TransientError)."""
+    from analytics import export
+
+    def failing(*args: object, **kwargs: object) -> Path:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(export, "write_csv", failing)
+    with pytest.raises(raised, match=os.strerror(code)):
+        _run(report_db, tmp_path, "calls", "--out", str(tmp_path / "calls.csv"))
