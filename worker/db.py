@@ -178,14 +178,16 @@ def is_transient_sqlstate(sqlstate: str | None) -> bool:
 
 CONFLICT_SQLSTATES: frozenset[str] = frozenset({"40P01", "40001"})
 """PostgreSQL's deadlock_detected and serialization_failure: the database is there, and
-another transaction won; retried like the rest, but not called "unavailable"."""
+another transaction won; transient like the rest (a task retries it), but not called
+"unavailable"."""
 
 
 def _unavailable(url: str, error: BaseException) -> TransientError:
     """The TransientError for a database at ``url`` that cannot take the work now."""
     if getattr(getattr(error, "orig", None), "sqlstate", None) in CONFLICT_SQLSTATES:
-        return TransientError(f"database conflict with another transaction, retried "
-                              f"({redact_url(url)}): {_first_line(error)}")
+        return TransientError(f"database conflict with another transaction (a deadlock or "
+                              f"serialization failure: try again; {redact_url(url)}): "
+                              f"{_first_line(error)}")
     return TransientError(f"database unavailable ({redact_url(url)}): {_first_line(error)}")
 
 

@@ -123,7 +123,7 @@ def process_call(request: CallRequest, settings: Settings,
             # file analysed now and its labels, so reports and retries use them
             update_from_request(session, call, request)
         call = claim_for_processing(session, call.id)
-        call_id, attempts = call.id, call.attempts
+        call_id, attempts, claim = call.id, call.attempts, call.claims
         if attempts > MAX_ATTEMPTS:
             reason = f"gave up after {attempts - 1} attempts (worker lost or retries exhausted)"
             refresh_batch_of(session, mark_failed(session, call_id, reason))
@@ -147,7 +147,7 @@ def process_call(request: CallRequest, settings: Settings,
         return _fail(settings, call_id, request.external_call_id, f"{type(e).__name__}: {e}")
     try:
         with session_scope(settings) as session:
-            if superseded_by_newer_run(lock_call(session, call_id), request.uri, attempts):
+            if superseded_by_newer_run(lock_call(session, call_id), request.uri, claim):
                 log.warning("call %s: a newer run of the call claimed it since this run did "
                             "(or it names another file now); this run's analysis is not stored",
                             request.external_call_id)

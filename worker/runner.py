@@ -332,7 +332,10 @@ def _register(ids: dict[Path, str], settings: Settings) -> dict[str, CallRequest
             uri=path_uri(path), external_call_id=external_id,
             metadata={"source": "callmood run", "file_name": printable_path(path.name)[:200]}))
     with session_scope(settings) as session:
-        call_ids = [register_call(session, request).id for request in requests.values()]
+        # registered in call-id order, as reserve_all does: an uncommitted insert holds its
+        # unique key, and two runs inserting new calls in opposite orders deadlocked
+        call_ids = [register_call(session, request).id for request in
+                    sorted(requests.values(), key=lambda r: r.external_call_id)]
         # every call locked before any batch, in the order all keep (store.lock_calls): a
         # call, its batch, then the next call deadlocked a worker saving that next call and
         # then recounting the same batch (a review)

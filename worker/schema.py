@@ -162,6 +162,9 @@ class Call(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
     failure_reason: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Claims of the call over all its runs, never reset (``attempts`` starts again with
+    each run): the claim a run holds tells a newer run from it (migration 0007)."""
     model_version: Mapped[str | None] = mapped_column(String(MODEL_STAMP_CHARS))
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     content_sha256: Mapped[str | None] = mapped_column(String(64))

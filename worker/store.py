@@ -356,6 +356,7 @@ def claim_for_processing(session: Session, call_id: int) -> Call:
         call.attempts = 0
     call.status = "processing"
     call.attempts += 1
+    call.claims += 1
     call.failure_reason = None
     session.flush()
     return call
@@ -375,15 +376,17 @@ def mark_pending(session: Session, call_id: int) -> Call:
     return call
 
 
-def superseded_by_newer_run(call: Call, uri: str, attempts: int) -> bool:
-    """Whether a run that claimed ``call`` as attempt ``attempts`` for the file ``uri`` must
-    not store its analysis (``call`` locked): the call names another file now (a reprocess
-    with a new file claimed it meanwhile), or another claim's run stored its analysis since
-    this one's. A slow original finishing after such a run overwrote the newer analysis, the
-    row naming the new file with the old file's segments (a review)."""
+def superseded_by_newer_run(call: Call, uri: str, claim: int) -> bool:
+    """Whether a run that took claim number ``claim`` of ``call`` (``calls.claims`` after its
+    claim) for the file ``uri`` must not store its analysis (``call`` locked): the call names
+    another file now (a reprocess with a new file came meanwhile), or a later claim's run
+    stored its analysis already. A slow original finishing after such a run overwrote the
+    newer analysis, the row naming the new file with the old file's segments (a review).
+    Compared by claims, never reset: the attempt number starts again with each run, and a
+    reprocess sent by a producer held the original's number (a second review)."""
     if not same_file_uri(uri, call.source_uri):
         return True
-    return call.status == "done" and call.attempts != attempts
+    return call.status == "done" and call.claims != claim
 
 
 def save_analysis(session: Session, call_id: int, analysis: RecordingAnalysis) -> Call:

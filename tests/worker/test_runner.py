@@ -376,3 +376,46 @@ def test_a_run_under_nohup_keeps_ignoring_sighup() -> None:
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_two_runs_registering_the_same_new_calls_in_opposite_orders_both_commit(
+        postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL: an uncommitted insert holds its unique key, and two `callmood run` (or a
+    run beside a scan) registering new calls in opposite file orders deadlocked (a review).
+    Registration goes in call-id order, as reserve_all's."""
+    import threading
+
+    from worker import runner
+
+    db.upgrade(postgres_url)
+    settings = Settings.from_env({"CALLMOOD_DATABASE_URL": postgres_url,
+                                  "CALLMOOD_DATA_DIR": str(tmp_path),
+                                  "CALLMOOD_INPUT_ROOTS": "/in"})
+    real_register = store.register_call
+
+    def slow_register(session: object, request: store.CallRequest,
+                      batch_id: int | None = None) -> Call:
+        call = real_register(session, request, batch_id)  # type: ignore[arg-type]
+        time.sleep(0.5)   # the other run inserts its first call meanwhile
+        return call
+
+    monkeypatch.setattr(runner, "register_call", slow_register)
+    a, b = "sha256-" + "a" * 64, "sha256-" + "b" * 64
+    orders = {"run1": {Path("/in/a.wav"): a, Path("/in/b.wav"): b},
+              "run2": {Path("/in/b.wav"): b, Path("/in/a.wav"): a}}
+    errors: list[BaseException] = []
+
+    def register(ids: dict[Path, str]) -> None:
+        try:
+            runner._register(ids, settings)
+        except BaseException as e:  # noqa: BLE001  (asserted below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=register, args=(ids,)) for ids in orders.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    with db.session_scope(postgres_url) as s:
+        assert sorted(c.external_call_id for c in store.list_calls(s)) == [a, b]

@@ -575,12 +575,16 @@ def test_pool_processes_pin_blas_to_one_thread() -> None:
     assert out.stdout.strip() == "1"
 
 
-@pytest.mark.parametrize("newer_uri", ["/calls/new.wav", "/calls/a.wav"])
+@pytest.mark.parametrize(("newer_uri", "through_producer"), [
+    ("/calls/new.wav", False), ("/calls/a.wav", False), ("/calls/a.wav", True)])
 def test_a_slow_run_does_not_overwrite_a_newer_runs_analysis(
-        migrated: Settings, monkeypatch: pytest.MonkeyPatch, newer_uri: str) -> None:
+        migrated: Settings, monkeypatch: pytest.MonkeyPatch, newer_uri: str,
+        through_producer: bool) -> None:
     """A reprocess (another file, or a model upgrade of the same file) claimed the call while
     its original run was still analysing, and stored first; the original then replaced that
-    analysis, the row naming the new file with the old file's segments (a review)."""
+    analysis, the row naming the new file with the old file's segments (a review). Sent by a
+    producer, the reprocess restarts the attempt count, and held the original's attempt
+    number (a second review): runs are told apart by their claims."""
     import threading
     import time
 
@@ -604,6 +608,10 @@ def test_a_slow_run_does_not_overwrite_a_newer_runs_analysis(
     while (claimed := _call(migrated, "CC-7")) is None or claimed.status != "processing":
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    if through_producer:
+        with db.session_scope(migrated) as s:
+            (reserved,) = store.reserve_all(s, [newer])
+            assert reserved.send and reserved.call.attempts == 0
     assert jobs.process_call(newer, migrated).status == "done"
     newer_stored.set()
     thread.join(timeout=60)
