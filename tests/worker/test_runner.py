@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.audio_fixtures import fake_analysis, make_call_wav, make_corrupt_file, pick_clips
+from tests.concurrency import errors_of_concurrent
 from worker import db, store
 from worker.celery_app import RUN_QUEUE_PREFIX, TASK_QUEUE, worker_command
 from worker.runner import external_id_for, run_recordings, stop_worker
@@ -383,8 +384,6 @@ def test_two_runs_registering_the_same_new_calls_in_opposite_orders_both_commit(
     """PostgreSQL: an uncommitted insert holds its unique key, and two `callmood run` (or a
     run beside a scan) registering new calls in opposite file orders deadlocked (a review).
     Registration goes in call-id order, as reserve_all's."""
-    import threading
-
     from worker import runner
 
     db.upgrade(postgres_url)
@@ -403,19 +402,8 @@ def test_two_runs_registering_the_same_new_calls_in_opposite_orders_both_commit(
     a, b = "sha256-" + "a" * 64, "sha256-" + "b" * 64
     orders = {"run1": {Path("/in/a.wav"): a, Path("/in/b.wav"): b},
               "run2": {Path("/in/b.wav"): b, Path("/in/a.wav"): a}}
-    errors: list[BaseException] = []
-
-    def register(ids: dict[Path, str]) -> None:
-        try:
-            runner._register(ids, settings)
-        except BaseException as e:  # noqa: BLE001  (asserted below)
-            errors.append(e)
-
-    threads = [threading.Thread(target=register, args=(ids,)) for ids in orders.values()]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    errors = errors_of_concurrent(*(lambda ids=ids: runner._register(ids, settings)
+                                    for ids in orders.values()), timeout_s=60)
     assert errors == []
     with db.session_scope(postgres_url) as s:
         assert sorted(c.external_call_id for c in store.list_calls(s)) == [a, b]

@@ -15,6 +15,7 @@ from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session
 
 from tests.audio_fixtures import fake_analysis
+from tests.concurrency import errors_of_concurrent
 from worker import db, store
 from worker.errors import PayloadError, TransientError
 from worker.schema import Batch, Call, Segment
@@ -785,23 +786,15 @@ def test_two_producers_reserving_the_same_calls_in_opposite_orders_both_commit(
     with db.session_scope(postgres_url) as s:
         store.reserve_all(s, [_request(i, uri=f"/calls/{i}.wav") for i in ids])
     gate = threading.Barrier(2)
-    errors: list[BaseException] = []
 
     def reserve(order: list[str], new: list[str]) -> None:
-        try:
-            gate.wait()
-            with db.session_scope(postgres_url) as s:
-                store.reserve_all(s, [_request(i, uri=f"/calls/{i}.wav", reprocess=True)
-                                      for i in [*order, *new]])
-        except BaseException as e:  # noqa: BLE001  (reported by the assertion below)
-            errors.append(e)
+        gate.wait()
+        with db.session_scope(postgres_url) as s:
+            store.reserve_all(s, [_request(i, uri=f"/calls/{i}.wav", reprocess=True)
+                                  for i in [*order, *new]])
 
-    threads = [threading.Thread(target=reserve, args=(ids, ["N-1", "N-2"])),
-               threading.Thread(target=reserve, args=(ids[::-1], ["N-2", "N-1"]))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    errors = errors_of_concurrent(lambda: reserve(ids, ["N-1", "N-2"]),
+                                  lambda: reserve(ids[::-1], ["N-2", "N-1"]))
     assert errors == []
     with db.session_scope(postgres_url) as s:
         assert {c.status for c in store.list_calls(s)} == {"pending"}
