@@ -32,7 +32,7 @@ from worker.constants import AUDIO_SUFFIXES
 from worker.db import session_scope
 from worker.enqueue import Sender, path_uri, printable_path, submit_batch
 from worker.errors import ConfigError, PayloadError
-from worker.runner import call_id_for, content_call_id, content_of_call_id, external_id_for
+from worker.runner import call_id_for, external_id_for
 from worker.schema import Call
 from worker.settings import Settings
 from worker.store import (
@@ -40,7 +40,9 @@ from worker.store import (
     RetryRequest,
     calls_by_external_id,
     check_uri,
+    content_call_id,
     content_holders,
+    content_of_call_id,
     create_batch,
     enqueued_uri_hashes,
     finished_before,

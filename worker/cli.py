@@ -105,8 +105,14 @@ def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings) -> b
     from worker.db import session_scope
     from worker.enqueue import path_uri, printable_path
     from worker.jobs import process_call
-    from worker.runner import call_id_for, content_call_id, external_id_for
-    from worker.store import CallRequest, find_call, segments_for_call, update_from_request
+    from worker.runner import call_id_for, external_id_for
+    from worker.store import (
+        CallRequest,
+        content_call_id,
+        find_call,
+        segments_for_call,
+        update_from_request,
+    )
 
     shown = printable_path(path)
     content_id = external_id_for(path.resolve())  # the file hashed once, here

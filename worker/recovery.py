@@ -66,9 +66,7 @@ from worker.store import (
     calls_by_external_id,
     claim_resend,
     is_valid_external_id,
-    lock_calls,
-    mark_failed,
-    recount_batches,
+    mark_all_failed,
     release_enqueue,
     request_for_call,
 )
@@ -416,21 +414,13 @@ def recover(settings: Settings, min_age_s: float = RECOVERY_MIN_AGE_S,
         if own_app:
             app.close()
     if stuck:
-        failed: list[str] = []
         with session_scope(settings) as session:
-            # every call locked before any batch row, in the order all keep (a call, its
-            # batch, then the next call could deadlock a worker saving that next call)
-            lock_calls(session, [read[external_id].call_id for external_id in stuck])
-            recount: list[int] = []
-            for external_id in stuck:
-                call = mark_failed(session, read[external_id].call_id, (
-                    f"stuck: claimed {claims[external_id]} times and never finished (a worker "
-                    "killed at the hard time limit or by the OS, or a retry the broker lost); "
-                    "not sent again, use callmood retry"))
-                recount += [call.batch_id] if call.batch_id is not None else []
-                if call.status == "failed":  # not one that finished after the census after all
-                    failed.append(external_id)
-            recount_batches(session, recount)
+            marked = mark_all_failed(session, {read[external_id].call_id: (
+                f"stuck: claimed {claims[external_id]} times and never finished (a worker "
+                "killed at the hard time limit or by the OS, or a retry the broker lost); "
+                "not sent again, use callmood retry") for external_id in stuck})
+        # not one that finished after the census after all
+        failed = [e for e in stuck if marked[read[e].call_id].status == "failed"]
         report = replace(report, failed=tuple(failed))
         if failed:
             log.error("failed %d call(s) that keep getting stuck: %s", len(failed),

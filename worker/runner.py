@@ -35,8 +35,9 @@ from worker.settings import PACKAGE_DIR, Settings
 from worker.store import (
     CallRequest,
     calls_by_external_id,
+    content_call_id,
     lock_calls,
-    mark_failed,
+    mark_all_failed,
     mark_pending,
     recount_batches,
     register_call,
@@ -77,17 +78,6 @@ class RunSummary:
     worker_exit_code: int | None
 
 
-def content_call_id(content_sha256: str) -> str:
-    """The call id of a recording known by its content's sha256 (hex)."""
-    return f"sha256-{content_sha256}"
-
-
-def content_of_call_id(external_call_id: str) -> str | None:
-    """The content sha256 (hex) a :func:`content_call_id` names; None for any other id."""
-    prefix, _, digest = external_call_id.partition("-")
-    return digest if prefix == "sha256" and len(digest) == 64 else None
-
-
 def external_id_for(path: Path) -> str:
     """A stable call id for a local file: its content hash (a re-run reuses the call row)."""
     try:
@@ -125,18 +115,15 @@ def too_small_for_audio(path: Path) -> bool:
 def call_id_for(path: Path, content_id: str | None = None) -> str:
     """The call id the inbox scan, ``callmood run`` and ``callmood analyze`` register ``path``
     under: its content's, so a copy or a renamed recording is one call; its path's when the
-    file is too small to hold audio. Identical
-    bytes are the same recording only when there is audio in them: three 0-byte files (or two
-    header-only WAVs of one recorder) were one call, and the others were counted known, with
-    no failed row and no reason anywhere (a review). Size is what the scan can tell without
-    decoding; a no-audio file larger than the bound (a tag with cover art) still shares the
-    call of its content. ``content_id``: the file's :func:`external_id_for`, when the caller
-    hashed it already."""
+    file is too small to hold audio. Identical bytes are the same recording only when there is
+    audio in them: three 0-byte files (or two header-only WAVs of one recorder) were one call,
+    and the others were counted known, with no failed row and no reason anywhere (a review).
+    Size is what the scan can tell without decoding; a no-audio file larger than the bound (a
+    tag with cover art) still shares the call of its content. ``content_id``: the file's
+    :func:`external_id_for`, when the caller hashed it already."""
     if too_small_for_audio(path):
         return path_call_id(path)
     return content_id or external_id_for(path)
-
-
 
 
 MAX_RUN_ROOTS = 64
@@ -396,15 +383,10 @@ def _collect(ids: dict[Path, str], requests: dict[str, CallRequest], settings: S
     results: list[FileResult] = []
     with session_scope(settings) as session:
         calls = calls_by_external_id(session, list(requests))
-        lock_calls(session, [call.id for call in calls.values()])   # before any batch row
-        recount: list[int] = []
-        for call in calls.values():
-            if call.status not in FINAL_STATUSES:
-                # The worker is gone: leaving "processing" behind would be a lie. The batch
-                # of a call a scan sent is recounted: its own message now finds it final.
-                failed = mark_failed(session, call.id, cause)
-                recount += [failed.batch_id] if failed.batch_id is not None else []
-        recount_batches(session, recount)
+        # The worker is gone: leaving "processing" behind would be a lie. The batch of a call
+        # a scan sent is recounted: its own message now finds it final.
+        mark_all_failed(session, {call.id: cause for call in calls.values()
+                                  if call.status not in FINAL_STATUSES})
         counts = segment_counts(session, [c.id for c in calls.values()])
         for path, external_id in ids.items():
             call = calls[external_id]

@@ -568,16 +568,16 @@ def is_duplicate_delivery(call: Call, request: CallRequest) -> bool:
     return not was_rejected(call)
 
 
-CONTENT_ID_PREFIX: Final = "sha256-"
-"""Prefix of a call id that names its recording's content (``runner.content_call_id``: the
-inbox scan's and ``callmood run``'s ids), followed by 64 hex digits."""
+def content_call_id(content_sha256: str) -> str:
+    """The call id of a recording known by its content's sha256 (hex): the inbox scan's and
+    ``callmood run``'s ids; every file sent under it holds the same recording."""
+    return f"sha256-{content_sha256}"
 
 
-def names_content(external_call_id: str) -> bool:
-    """Whether ``external_call_id`` is a content id (``sha256-<64 hex>``): every file sent
-    under it holds the same recording, wherever it lies."""
-    digest = external_call_id.removeprefix(CONTENT_ID_PREFIX)
-    return digest != external_call_id and len(digest) == 64
+def content_of_call_id(external_call_id: str) -> str | None:
+    """The content sha256 (hex) a :func:`content_call_id` names; None for any other id."""
+    prefix, _, digest = external_call_id.partition("-")
+    return digest if prefix == "sha256" and len(digest) == 64 else None
 
 
 def names_other_file(call: Call, request: CallRequest) -> bool:
@@ -586,7 +586,7 @@ def names_other_file(call: Call, request: CallRequest) -> bool:
     at another path is the same recording). Compared without reading either file: a path
     and the ``file://`` URI of that path are the same file."""
     return (not same_file_uri(request.uri, call.source_uri)
-            and not names_content(call.external_call_id))
+            and content_of_call_id(call.external_call_id) is None)
 
 
 def same_file_uri(uri: str, other: str) -> bool:
@@ -819,6 +819,18 @@ def lock_call(session: Session, call_id: int) -> Call:
     if call is None:
         raise PayloadError(f"call_id: no call with id {call_id}")
     return call
+
+
+def mark_all_failed(session: Session, reasons: Mapping[int, str]) -> dict[int, Call]:
+    """:func:`mark_failed` of each call (id to reason), the calls all locked first, in the
+    order every transaction keeps (:func:`lock_calls`), and their batches recounted once
+    after: failing a call, recounting its batch, then locking the next call deadlocked a
+    worker saving that next call and then recounting the same batch (a review)."""
+    lock_calls(session, reasons)
+    marked = {call_id: mark_failed(session, call_id, reason)
+              for call_id, reason in reasons.items()}
+    recount_batches(session, [c.batch_id for c in marked.values() if c.batch_id is not None])
+    return marked
 
 
 def lock_calls(session: Session, call_ids: Iterable[int]) -> None:

@@ -51,7 +51,7 @@ def external_id_for_bytes(content: bytes) -> str:
     """The scan's call id of a file holding ``content``."""
     import hashlib
 
-    from worker.runner import content_call_id
+    from worker.store import content_call_id
 
     return content_call_id(hashlib.sha256(content).hexdigest())
 

@@ -269,7 +269,6 @@ def test_a_stuck_call_that_finishes_before_recovery_marks_it_stays_done(
     was slow, not dead). The analysis stands, and the report does not count the call."""
     from datetime import timedelta
 
-    import worker.recovery
     from tests.audio_fixtures import fake_analysis
     from worker import store
     from worker.db import session_scope
@@ -296,7 +295,7 @@ def test_a_stuck_call_that_finishes_before_recovery_marks_it_stays_done(
                 store.save_analysis(other, slow_id, fake_analysis(2))
         real_lock_calls(session, call_ids)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(worker.recovery, "lock_calls", lock_calls)
+    monkeypatch.setattr(store, "lock_calls", lock_calls)   # as store.mark_all_failed calls it
     report = recover(settings, min_age_s=0)
     assert (report.lost, report.failed) == ((), ("STUCK",))
     rows = call_rows(postgres_url)
