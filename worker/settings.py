@@ -91,6 +91,7 @@ class Settings:
         _check_url("CALLMOOD_DATABASE_URL", database_url, ("sqlite", "postgresql"))
         _check_url("CALLMOOD_BROKER_URL", broker_url, ("redis", "rediss", "sqla+sqlite",
                                                           "sqla+postgresql", "memory"))
+        _check_broker_query(broker_url)
 
         roots_raw = get("INPUT_ROOTS")
         if roots_raw is None:
@@ -318,15 +319,16 @@ def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
         # kombu reads "url1;url2" as a failover list: each part is checked
         for part in url.split(";"):
             _check_server_url(name, part.strip(), scheme)
-    if name == "CALLMOOD_BROKER_URL":
-        _check_broker_query(url)
 
 
 def _check_broker_query(url: str) -> None:
     """ConfigError for a broker URL kombu cannot take apart: a query parameter its Connection
     does not take (``?socket_timeout=5``) or one that repeats a field of the URL itself
     (``?password=``). kombu raised TypeError with a traceback when a call was sent, after the
-    call had been marked sent (a review). Parsed only: nothing connects."""
+    call had been marked sent (a review). Parsed only: nothing connects; and only a URL with
+    a query, the one thing kombu can refuse so (importing it costs every command ~50-200 ms)."""
+    if not any(urlsplit(part.strip()).query for part in url.split(";")):
+        return
     from kombu.connection import Connection
 
     try:
