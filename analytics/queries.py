@@ -127,17 +127,19 @@ def load_segments(session: Session, call_ids: Sequence[int] | None = None) -> pd
              .order_by(Call.external_call_id, Segment.start_s, Segment.channel))
     if call_ids is None:
         rows = session.execute(query).all()
-        return pd.DataFrame([tuple(r) for r in rows], columns=list(SEGMENT_COLUMNS))
-    ids = sorted(set(call_ids))
-    # in slices, as worker.store's lookups: PostgreSQL refuses a statement with over 65,535
-    # bound parameters, and psycopg's error read as "database unavailable" after `callmood
-    # run` had analysed every one of that many calls (a review)
-    rows = [row for start in range(0, len(ids), LOOKUP_CHUNK)
-            for row in session.execute(
-                query.where(Segment.call_id.in_(ids[start:start + LOOKUP_CHUNK]))).all()]
+    else:
+        ids = sorted(set(call_ids))
+        # in slices, as worker.store's lookups: PostgreSQL refuses a statement with over
+        # 65,535 bound parameters, and psycopg's error read as "database unavailable" after
+        # `callmood run` had analysed every one of that many calls (a review)
+        rows = [row for start in range(0, len(ids), LOOKUP_CHUNK)
+                for row in session.execute(
+                    query.where(Segment.call_id.in_(ids[start:start + LOOKUP_CHUNK]))).all()]
+    frame = pd.DataFrame([tuple(r) for r in rows], columns=list(SEGMENT_COLUMNS))
+    if call_ids is None:
+        return frame
     # each slice comes ordered; the slices together are ordered again by the same keys
-    return pd.DataFrame([tuple(r) for r in rows], columns=list(SEGMENT_COLUMNS)).sort_values(
-        ["call", "start_s", "channel"], kind="stable", ignore_index=True)
+    return frame.sort_values(["call", "start_s", "channel"], kind="stable", ignore_index=True)
 
 
 def load_calls(session: Session, where: ReportFilter) -> pd.DataFrame:

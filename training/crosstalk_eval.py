@@ -32,6 +32,7 @@ from training.vad_eval import build_scene, render, select_clips
 from worker.constants import ANALYSIS_SAMPLE_RATE
 from worker.crosstalk import CrosstalkConfig, evidence, is_leak
 from worker.segmentation import SegmentationConfig, Span, utterances
+from worker.stream import span_samples
 from worker.vad import Audio, VadConfig, channel_activity
 
 LEAK_DB: tuple[float, ...] = (-30.0, -40.0, -50.0)
@@ -74,7 +75,7 @@ def leak(agent: Audio, level_db: float, delay_ms: int) -> Audio:
 
 
 def _energy(x: npt.NDArray[np.float64], span: Span) -> float:
-    lo, hi = round(span.start_s * ANALYSIS_SAMPLE_RATE), round(span.end_s * ANALYSIS_SAMPLE_RATE)
+    lo, hi = span_samples(span)
     return float(np.sum(x[lo:hi] ** 2))
 
 

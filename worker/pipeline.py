@@ -35,7 +35,7 @@ from worker.errors import ModelError
 from worker.features import extract_features
 from worker.segmentation import SegmentationConfig, Span, utterances
 from worker.settings import Settings
-from worker.stream import should_stream, streamed_spans, streamed_utterances
+from worker.stream import should_stream, span_samples, streamed_spans, streamed_utterances
 from worker.vad import VadConfig, channel_activity, speech_probabilities
 
 
@@ -163,8 +163,7 @@ def score_recording(recording: Recording, model: EmotionModel,
         [a.levels_db for a in activity], settings.vad.frame_s, settings.crosstalk)
     for channel, (audio, kept) in enumerate(zip(channels, spans, strict=True)):
         for span in kept:
-            lo = round(span.start_s * ANALYSIS_SAMPLE_RATE)
-            hi = round(span.end_s * ANALYSIS_SAMPLE_RATE)
+            lo, hi = span_samples(span)   # as the streamed path cuts it
             found.append((channel, span))
             features.append(extract_features(audio[lo:hi], config))
     probabilities = model.predict_proba(features) if features else np.zeros((0, 0))
