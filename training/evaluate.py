@@ -45,7 +45,7 @@ from training.dataset import (
     speaker_keys,
 )
 from worker.constants import ANALYSIS_SAMPLE_RATE
-from worker.emotion import EmotionModel, load_model
+from worker.emotion import EmotionModel, ModelCard, load_model
 from worker.errors import ConfigError
 from worker.features import FeatureConfig, extract_features
 from worker.pipeline import SpeechCut
@@ -538,20 +538,7 @@ def evaluate_models(groups: Sequence[Sequence[Path]], manifest_paths: Sequence[P
             raise ConfigError(f"{path} held out validation speakers {speakers}; {paths[0]} "
                               f"held out {held_out[0]}: score models together on val only "
                               "when they share the split seed")
-    clips = map_labels(read_manifests(manifest_paths))
-    if split == SUBSET_VAL:
-        if not held_out[0]:
-            raise ConfigError(f"{paths[0]} lists no validation speakers (a final fit trains on "
-                              "them, or other tooling wrote its card): score the run it was "
-                              "selected as on val, or use split test")
-        # the model's own validation speakers, as its card lists them
-        clips = clips[(clips["split"] == SUBSET_TRAIN) & speaker_keys(clips).isin(held_out[0])]
-    elif split != "all":
-        clips = clips[clips["split"] == split]
-    clips = clips[clips["label"].isin(card.labels)].reset_index(drop=True)
-    if clips.empty:
-        raise ConfigError(f"no clip of split {split!r} with one of the model's labels in "
-                          f"{', '.join(str(p) for p in manifest_paths)}: nothing to score")
+    clips = scored_clips(paths[0], card, manifest_paths, split)
     index = {lab: i for i, lab in enumerate(card.labels)}
     y_all = clips["label"].map(index).to_numpy(np.int64)
     speakers_all = speaker_keys(clips).to_numpy(str)
@@ -573,6 +560,29 @@ def evaluate_models(groups: Sequence[Sequence[Path]], manifest_paths: Sequence[P
     return tuple(EvaluationResult(model_version=" + ".join(m.version for m in group),
                                   split=split, rows=tuple(group_rows), speech_cut=speech_cut)
                  for group, group_rows in zip(model_groups, rows, strict=True))
+
+
+def scored_clips(model_path: Path, card: ModelCard, manifest_paths: Sequence[Path],
+                 split: str) -> pd.DataFrame:
+    """The manifests' rows of ``split`` (one of EVAL_SPLITS; "val": the validation speakers
+    the card of ``model_path`` lists) whose label is one of the card's, labels mapped.
+    ConfigError when none is left."""
+    clips = map_labels(read_manifests(manifest_paths))
+    if split == SUBSET_VAL:
+        held_out = card_val_speakers(card)
+        if not held_out:
+            raise ConfigError(f"{model_path} lists no validation speakers (a final fit trains "
+                              "on them, or other tooling wrote its card): score the run it was "
+                              "selected as on val, or use split test")
+        # the model's own validation speakers, as its card lists them
+        clips = clips[(clips["split"] == SUBSET_TRAIN) & speaker_keys(clips).isin(held_out)]
+    elif split != "all":
+        clips = clips[clips["split"] == split]
+    clips = clips[clips["label"].isin(card.labels)].reset_index(drop=True)
+    if clips.empty:
+        raise ConfigError(f"no clip of split {split!r} with one of the model's labels in "
+                          f"{', '.join(str(p) for p in manifest_paths)}: nothing to score")
+    return clips
 
 
 def _load_for_evaluation(path: Path, threads: int, min_frames: int | None) -> EmotionModel:
