@@ -1,4 +1,4 @@
-"""``python -m bench NAME [options]``: run one benchmark (throughput, report, broker, recount)."""
+"""``python -m bench NAME [options]``: run one benchmark (throughput, report, broker, recount, status)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import importlib
 import sys
 
 BENCHMARKS = {"throughput": "bench.throughput", "report": "bench.report_bench",
-              "broker": "bench.broker_bench", "recount": "bench.recount_bench"}
+              "broker": "bench.broker_bench", "recount": "bench.recount_bench",
+              "status": "bench.status_bench"}
 
 
 def main() -> int:

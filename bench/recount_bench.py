@@ -24,7 +24,8 @@ from worker import db, store
 from worker.schema import Call
 
 
-def _vacuum(url: str) -> None:
+def vacuum(url: str) -> None:
+    """VACUUM ANALYZE the calls table on PostgreSQL (as autovacuum would); SQLite: nothing."""
     if url.startswith("postgresql"):
         with create_engine(url, isolation_level="AUTOCOMMIT").connect() as c:
             c.execute(text("VACUUM ANALYZE calls"))
@@ -52,12 +53,12 @@ def measure(url: str, calls: int, repeats: int) -> tuple[float, float]:
             {"external_call_id": f"bench-{i}", "source_uri": f"/in/{i}.wav",
              "source_uri_sha256": f"{i:064x}", "status": status, "attempts": 0,
              "call_metadata": {}, "batch_id": batch_id} for i, status in enumerate(statuses)])
-    _vacuum(url)
+    vacuum(url)
     covering = _median_ms(url, batch_id, repeats)
     with db.session_scope(url) as session:
         session.execute(text("CREATE INDEX ix_bench_batch_id ON calls (batch_id)"))
         session.execute(text("DROP INDEX ix_calls_batch_id_status"))
-    _vacuum(url)
+    vacuum(url)
     batch_only = _median_ms(url, batch_id, repeats)
     db.dispose_engines()
     return covering, batch_only

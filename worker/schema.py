@@ -138,7 +138,8 @@ class Call(Base):
         CheckConstraint(_in_list("status", CALL_STATUSES), name="status"),
         CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
         Index("ix_calls_agent_id_started_at", "agent_id", "started_at"),
-        Index("ix_calls_status", "status"),
+        # status lookups, and status's "done/failed since midnight" count (migration 0008)
+        Index("ix_calls_status_processed_at", "status", "processed_at"),
         Index("ix_calls_started_at", "started_at"),
         # the batch recount's GROUP BY status reads this index alone (migration 0004)
         Index("ix_calls_batch_id_status", "batch_id", "status"),

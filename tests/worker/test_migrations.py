@@ -14,7 +14,7 @@ from worker import db
 from worker.schema import Base
 
 EXPECTED_INDEXES = {
-    "calls": {"ix_calls_agent_id_started_at", "ix_calls_status", "ix_calls_started_at",
+    "calls": {"ix_calls_agent_id_started_at", "ix_calls_status_processed_at", "ix_calls_started_at",
               "ix_calls_batch_id_status", "ix_calls_source_uri_sha", "ix_calls_content_sha256"},
     "batches": {"ix_batches_started_at"},
     "segments": {"ix_segments_call_id_start_s"},
@@ -31,7 +31,7 @@ def _diff(url: str) -> list[object]:
 def _check_round_trip(url: str) -> None:
     assert db.current_revision(url) is None
     db.upgrade(url)
-    assert db.current_revision(url) == db.head_revision() == "0007"
+    assert db.current_revision(url) == db.head_revision() == "0008"
     assert _diff(url) == [], "migrations/ and worker/schema.py disagree"
     inspector = inspect(db.make_engine(url))
     # autogenerate does not compare CHECK constraints: their names are checked here
@@ -172,7 +172,8 @@ def test_migrations_ship_with_the_package() -> None:
     assert sorted(p.name for p in (root / "versions").glob("*.py")) == [
         "0001_initial.py", "0002_batches.py", "0003_check_names_uri_hashes.py",
         "0004_calls_batch_status_index.py", "0005_calls_content_sha256_index.py",
-        "0006_batches_scan_error.py", "0007_calls_claims.py"]
+        "0006_batches_scan_error.py", "0007_calls_claims.py",
+        "0008_calls_status_processed_at_index.py"]
 
 
 @pytest.mark.postgres
@@ -224,6 +225,29 @@ def test_the_batch_recount_reads_the_index_alone(tmp_path: Path) -> None:
     with db.make_engine(url).connect() as c:
         plan = " ".join(str(row[-1]) for row in c.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}"))
     assert "COVERING INDEX ix_calls_batch_id_status" in plan, plan
+
+
+def test_the_processed_today_count_reads_today_s_index_entries_alone(tmp_path: Path) -> None:
+    """`callmood status` counts the calls done and failed since midnight; with processed_at
+    beside status in the index (0008) SQLite seeks to today's entries of it instead of
+    reading every done and failed call kept (python -m bench status: 151 -> 1.5 ms over
+    300,000 calls)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy.dialects import sqlite
+
+    from worker.store import counts_processed_since, processed_since_query
+
+    url = f"sqlite:///{tmp_path / 'plan.sqlite'}"
+    db.upgrade(url)
+    since = datetime(2026, 12, 6, tzinfo=UTC)
+    with db.session_scope(url) as session:
+        assert counts_processed_since(session, since) == {"done": 0, "failed": 0}
+    query = processed_since_query(since).compile(dialect=sqlite.dialect(),
+                                                 compile_kwargs={"literal_binds": True})
+    with db.make_engine(url).connect() as c:
+        plan = " ".join(str(row[-1]) for row in c.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}"))
+    assert "COVERING INDEX ix_calls_status_processed_at (status=? AND processed_at>?)" in plan, plan
 
 
 def test_two_upgrades_at_once_on_postgres_both_end_at_head(postgres_url: str) -> None:
