@@ -108,6 +108,7 @@ def clips_sentence(speech_cut: dict[str, Any] | None) -> str:
 
 
 ADDED_AS_BEFORE: Final[Mapping[str, Any]] = MappingProxyType({"bn_recalibration_batches": 0,
+                                                                    "balance": "corpora",
                                                                     "band_pooling": "mean",
                                                                     "p_clip": 0.0,
                                                                     # as records hold it

@@ -25,6 +25,7 @@ from training.card import (
 from training.dataset import (
     AROUSAL_CORPORA,
     AROUSAL_LEVELS,
+    BALANCES,
     DEFAULT_CORPORA,
     TRAINABLE_EXTRA_CLASSES,
     corpus_manifest_paths,
@@ -196,6 +197,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                    metavar="C1,C2,C3,C4",
                    help="each member's channels per conv stage (default "
                         f"{','.join(map(str, ModelConfig().channels))})")
+    p.add_argument("--balance", choices=BALANCES, default=TrainConfig.balance,
+                   help="split each class's share of the draws among the corpora that have "
+                        "it (emotion-v1.9.0 and earlier) or among the speakers")
     p.add_argument("--extra-class", action="append", default=[],
                    choices=TRAINABLE_EXTRA_CLASSES,
                    help="train this raw label as a class of its own, merged into its served "
@@ -260,6 +264,7 @@ def train_main(argv: list[str] | None = None) -> int:
                              crop_s=args.crop_s, draws_per_epoch=args.draws_per_epoch,
                              mixup_alpha=args.mixup_alpha,
                              bn_recalibration_batches=args.bn_recalibration_batches,
+                             balance=args.balance,
                              extra_classes=tuple(args.extra_class),
                              arousal_weight=args.arousal_weight,
                              arousal_draws_per_epoch=args.arousal_draws_per_epoch,

@@ -434,20 +434,31 @@ def card_val_speakers(card: ModelCard) -> list[str]:
     return sorted(card.extra.get("training", {}).get("val_speakers", []))
 
 
-def sampling_weights(df: pd.DataFrame) -> npt.NDArray[np.float64]:
-    """Per-clip sampling probability (sums to 1) balancing classes, then corpora.
+BALANCES: tuple[str, ...] = ("corpora", "speakers")
+"""How :func:`sampling_weights` splits a class's share: among the corpora that have it (every
+model up to emotion-v1.9.0), or among the speakers that have it."""
 
-    Each class present gets an equal share; a class's share is split equally among the
-    corpora that have it; within a (corpus, class) cell, clips are uniform. TESS (62% of
-    the train clips) then gets about a quarter of the draws, and no corpus can become a
-    shortcut for a class.
+
+def sampling_weights(df: pd.DataFrame, balance: str = "corpora") -> npt.NDArray[np.float64]:
+    """Per-clip sampling probability (sums to 1) balancing classes, then corpora or speakers.
+
+    Each class present gets an equal share; with ``balance`` "corpora" a class's share is
+    split equally among the corpora that have it and clips are uniform within a (corpus,
+    class) cell: TESS (62 % of the train clips, 2 speakers) then gets about a third of the
+    draws, and no corpus can become a shortcut for a class. With "speakers" it is split among
+    the speakers that have it, uniform within a (speaker, class) cell: each voice counts
+    once, so TESS's two get about a tenth and RAVDESS's actors more than half.
     """
+    if balance not in BALANCES:
+        raise ConfigError(f"balance={balance!r}: use one of {', '.join(BALANCES)}")
     if df.empty:
         raise ValueError("no clips to weight")
-    cell = df.groupby(["corpus", "label"])["path"].transform("size").to_numpy(np.float64)
-    corpora_per_class = df.groupby("label")["corpus"].transform("nunique").to_numpy(np.float64)
+    group = df["corpus"] if balance == "corpora" else speaker_keys(df)
+    keyed = df.assign(_group=group.to_numpy())
+    cell = keyed.groupby(["_group", "label"])["path"].transform("size").to_numpy(np.float64)
+    groups_per_class = keyed.groupby("label")["_group"].transform("nunique").to_numpy(np.float64)
     n_classes = float(df["label"].nunique())
-    w = 1.0 / (n_classes * corpora_per_class * cell)
+    w = 1.0 / (n_classes * groups_per_class * cell)
     return np.asarray(w / w.sum(), dtype=np.float64)
 
 

@@ -48,6 +48,7 @@ from training.checkpoint import (
 from training.clips import load_clips
 from training.dataset import (
     AROUSAL_LEVELS,
+    BALANCES,
     LABEL_MAP,
     SUBSET_TRAIN,
     SUBSET_VAL,
@@ -134,6 +135,9 @@ class TrainConfig:
     val_fraction: float = 0.2
     draws_per_epoch: int = 2048
     """Clips sampled per epoch (with replacement, by :func:`sampling_weights`)."""
+    balance: str = "corpora"
+    """How the draws split a class's share (:data:`training.dataset.BALANCES`): among the
+    corpora that have it (every model up to emotion-v1.9.0) or among the speakers."""
     freq_masks: int = 2
     freq_mask_bands: int = 8
     time_masks: int = 2
@@ -175,6 +179,8 @@ class TrainConfig:
     """Teachers whose soft targets on the clean clips join the loss (none: plain training)."""
 
     def __post_init__(self) -> None:
+        if self.balance not in BALANCES:
+            raise ConfigError(f"balance={self.balance!r}: use one of {', '.join(BALANCES)}")
         if self.mixup_alpha < 0:
             raise ConfigError(f"mixup_alpha={self.mixup_alpha}: use 0 (off) or a positive "
                               "Beta parameter")
@@ -673,7 +679,7 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
         log.info("teacher targets from %s in %.1f s", [r.version for r in records],
                  time.monotonic() - t0)
 
-    weights = sampling_weights(train_df)
+    weights = sampling_weights(train_df, config.balance)
     draws_per_epoch = config.draws_per_epoch or len(train_df)
     dataset = TrainDraws(train_waves + arousal_waves,
                          np.concatenate([training_targets(train_df, config.extra_classes),

@@ -74,6 +74,25 @@ def test_sampling_weights_give_each_class_an_equal_share_split_across_corpora() 
     assert by_cell[("ravdess", "angry")] == pytest.approx(0.25)
 
 
+def test_sampling_weights_balanced_over_speakers_count_each_voice_once() -> None:
+    # two TESS speakers with many clips, three RAVDESS actors with few: by corpora TESS's two
+    # get half of angry's share; by speakers each of the five voices gets a fifth
+    rows = ([("tess", "OAF", "angry", "train")] * 40 + [("tess", "YAF", "angry", "train")] * 40
+            + [(("ravdess", f"a{i}", "angry", "train")) for i in range(3) for _ in range(4)]
+            + [("ravdess", "a0", "sad", "train")] * 6)
+    df = map_labels(_clips(rows))
+    by_corpora = pd.Series(sampling_weights(df)).groupby([df["corpus"], df["label"]]).sum()
+    assert by_corpora[("tess", "angry")] == pytest.approx(0.25)
+    w = sampling_weights(df, "speakers")
+    assert w.sum() == pytest.approx(1.0)
+    by_speaker = pd.Series(w).groupby([df["speaker"], df["label"]]).sum()
+    assert by_speaker[("OAF", "angry")] == pytest.approx(0.1)
+    assert by_speaker[("a2", "angry")] == pytest.approx(0.1)
+    assert by_speaker[("a0", "sad")] == pytest.approx(0.5)    # classes still share equally
+    with pytest.raises(ConfigError, match="use one of corpora, speakers"):
+        sampling_weights(df, "clips")
+
+
 def test_read_manifest_resolves_relative_paths_and_names_missing_columns(tmp_path: Path) -> None:
     folder = tmp_path / "mycalls"
     folder.mkdir()
