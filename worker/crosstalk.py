@@ -18,10 +18,12 @@ decides, so the whole-file and streamed paths gate the same spans.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from worker.errors import ConfigError
 from worker.segmentation import Span
@@ -32,14 +34,14 @@ from worker.vad import Levels
 class CrosstalkConfig:
     """Thresholds of the gate (``CALLMOOD_CROSSTALK_<FIELD>``).
 
-    Chosen on the train split with ``python -m training.crosstalk_eval --split train``
+    Chosen on the train split with ``python -m training.crosstalk_eval --split train --grid``
     (an agent channel and a customer channel holding the agent's band-passed leak at -30,
     -40 and -50 dB with delays of 0, 40 and 150 ms, over digital silence or -70 dBFS noise,
     with no customer speech or the customer's own at 0 and -22 dB; docs/vad.md#crosstalk):
     of the correlation / gap pairs 0.8, 0.85, 0.9 x 15, 20, 25 dB, 0.85 / 25 dB is the
     one that dropped none of the 1,650 utterances carried by the customer's own speech and
-    kept the fewest leaks (116 of 862; 0.8 / 15 dB kept 67 but dropped 9 of the customer's).
-    On the test split it keeps 49 of 1,091 leaks and all 1,422 of the customer's own.
+    kept the fewest leaks (115 of 862; 0.8 / 15 dB kept 67 but dropped 9 of the customer's).
+    On the test split it keeps 48 of 1,091 leaks and all 1,422 of the customer's own.
     """
 
     enabled: bool = True
@@ -61,8 +63,9 @@ class CrosstalkConfig:
         if not -1.0 <= self.min_correlation <= 1.0:
             raise ConfigError(f"CrosstalkConfig.min_correlation={self.min_correlation!r}: "
                               "use -1 to 1")
-        if self.min_gap_db < 0.0:
-            raise ConfigError(f"CrosstalkConfig.min_gap_db={self.min_gap_db!r}: use 0 dB or more")
+        # NaN or infinity would pass a plain < 0 test and keep every leak (a review)
+        if not (math.isfinite(self.min_gap_db) and self.min_gap_db >= 0.0):
+            raise ConfigError(f"CrosstalkConfig.min_gap_db={self.min_gap_db!r}: use a finite 0 dB or more")
         if not 0 <= self.max_lag_ms <= 2000:
             raise ConfigError(f"CrosstalkConfig.max_lag_ms={self.max_lag_ms!r}: use 0 to 2000")
 
@@ -86,14 +89,30 @@ class Evidence:
     """The lag of the best correlation (this channel behind the other)."""
 
 
+def _frame_range(span: Span, frame_s: float, n_frames: int) -> tuple[int, int]:
+    """The frames [first, last) ``span`` covers. Span edges are frame counts times the frame
+    length in floats (0.33 / 0.01 = 32.99...), so they are rounded to the nearest frame edge
+    first: int() and ceil() put a third of the edges one frame out (a review)."""
+    first = max(int(np.floor(span.start_s / frame_s + 0.5)), 0)
+    last = min(int(np.floor(span.end_s / frame_s + 0.5)), n_frames)
+    return first, last
+
+
+def _correlation(this_centred: npt.NDArray[np.float64], other: npt.NDArray[np.float64]) -> float:
+    """Pearson correlation of centred floored levels with ``other``, floored under its peak."""
+    floored = np.maximum(other, other.max() - _FLOOR_RANGE_DB)
+    centred = floored - floored.mean()
+    norm = float(np.sqrt((centred**2).sum() * (this_centred**2).sum()))
+    return float(centred @ this_centred / norm) if norm > 0.0 else 0.0
+
+
 def evidence(span: Span, this_db: Levels, other_db: Levels, frame_s: float,
              max_lag_ms: int) -> Evidence:
     """Compare ``span`` of one channel with the other channel at lags 0..max_lag_ms.
 
     ``this_db``, ``other_db``: :func:`worker.vad.frame_levels_db` of the two channels, shape (n_frames,).
     """
-    first = max(int(span.start_s / frame_s), 0)
-    last = min(int(np.ceil(span.end_s / frame_s)), this_db.size, other_db.size)
+    first, last = _frame_range(span, frame_s, min(this_db.size, other_db.size))
     this = this_db[first:last].astype(np.float64)
     if this.size < 2:
         return Evidence(0.0, 0.0, 0)
@@ -101,7 +120,8 @@ def evidence(span: Span, this_db: Levels, other_db: Levels, frame_s: float,
     this_floored = np.maximum(this, this.max() - _FLOOR_RANGE_DB)
     if this_floored.std() == 0.0:
         return Evidence(0.0, 0.0, 0)  # a constant stretch follows nothing
-    n_lags = min(round(max_lag_ms / 1000.0 / frame_s), first) + 1
+    max_lag = round(max_lag_ms / 1000.0 / frame_s)
+    n_lags = min(max_lag, first) + 1
     # row k: the other channel k frames earlier (lag k), all lags at once
     window = other_db[first - n_lags + 1:last].astype(np.float64)
     others = np.lib.stride_tricks.sliding_window_view(window, this.size)[::-1]
@@ -112,8 +132,23 @@ def evidence(span: Span, this_db: Levels, other_db: Levels, frame_s: float,
     with np.errstate(invalid="ignore", divide="ignore"):
         correlations = np.where(norms > 0.0, centred @ this_centred / norms, 0.0)
     lag = int(np.argmax(correlations))
-    return Evidence(float(correlations[lag]), float(np.median((others[lag] - this)[loud])),
+    best = Evidence(float(correlations[lag]), float(np.median((others[lag] - this)[loud])),
                     round(lag * frame_s * 1000.0))
+    # An utterance within max_lag_ms of the call's start: at lags reaching before frame 0 the
+    # other channel has no frame for its first (lag - first) frames, so only the frames that
+    # overlap are compared, while they are at least half the utterance. Without these lags an
+    # agent talking from the first instant leaked onto the customer channel whole (a review).
+    for k in range(n_lags, max_lag + 1):
+        skip = k - first
+        if 2 * (this.size - skip) < this.size:
+            break
+        part = this_floored[skip:]
+        other = other_db[0:last - k].astype(np.float64)
+        correlation = _correlation(part - part.mean(), other)
+        if correlation > best.correlation and loud[skip:].any():
+            best = Evidence(correlation, float(np.median((other - this[skip:])[loud[skip:]])),
+                            round(k * frame_s * 1000.0))
+    return best
 
 
 def is_leak(found: Evidence, config: CrosstalkConfig) -> bool:

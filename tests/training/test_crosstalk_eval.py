@@ -14,6 +14,7 @@ from training.crosstalk_eval import (
     LEAK_DB,
     LEAK_DELAY_MS,
     build_call,
+    grid,
     leak,
     main,
     measure,
@@ -54,3 +55,13 @@ def test_main_prints_the_table(callmood_corpora: Path, capsys: pytest.CaptureFix
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("| customer | customer's own | utterances | kept_by_gate")
     assert any(line.startswith("| none | False |") for line in out)
+
+
+def test_the_grid_counts_what_each_threshold_pair_would_keep_and_drop(rows: pd.DataFrame) -> None:
+    table = grid(rows, correlations=(0.85, 2.0), gaps_db=(25.0,))
+    default, never = table.iloc[0], table.iloc[1]
+    # the default pair is the gate's own decision; a correlation over 1 drops nothing
+    assert default["leaks_kept"] == int((~rows["dropped"] & ~rows["own"]).sum())
+    assert default["own_dropped"] == int((rows["dropped"] & rows["own"]).sum())
+    assert never["leaks_kept"] == never["leaks"] == int((~rows["own"]).sum())
+    assert never["own_dropped"] == 0

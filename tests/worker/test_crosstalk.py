@@ -75,6 +75,32 @@ def test_evidence_at_the_edges_of_a_call() -> None:
     assert evidence(Span(0.5, 2.0), flat, other, FRAME_S, 300).correlation == 0.0
 
 
+def test_a_leak_from_the_first_instant_of_the_call_is_found_at_its_delay() -> None:
+    """The agent talks from the first frame and leaks 40 ms late: the lags reaching before
+    the call's start compare the frames that overlap. Only lag 0 was tried there, at which the
+    leak barely correlated, and it was stored as the customer's (a review)."""
+    other = speech_like_levels(300, 3)
+    this = np.concatenate([np.full(4, -60.0), other[:-4] - 40.0]).astype(np.float32)
+    found = evidence(Span(0.0, 1.3), this, other, FRAME_S, 300)
+    assert found.lag_ms == 40 and found.correlation > 0.99
+    assert found.gap_db == pytest.approx(40.0, abs=0.5)
+    assert is_leak(found, CrosstalkConfig())
+    # a stretch shorter than twice its missing frames is compared at the lags that exist only
+    assert evidence(Span(0.0, 0.06), this, other, FRAME_S, 300).lag_ms <= 30
+
+
+def test_span_edges_fall_on_the_frames_they_name() -> None:
+    """A span padded 30 ms before frame 36 starts at 0.36 - 0.03 = 0.32999999999999996 s:
+    frame 33, not 32, so the levels compared are the utterance's own, not one frame of what
+    came before it."""
+    other = speech_like_levels(300, 3)
+    this = (other - 40.0).astype(np.float32)
+    this[32] = 0.0                           # a click the frame before the utterance
+    start_s = 0.36 - 0.03
+    assert start_s < 0.33
+    assert is_leak(evidence(Span(start_s, 1.07), this, other, FRAME_S, 0), CrosstalkConfig())
+
+
 def test_the_gate_drops_leaks_only_on_two_channel_calls_and_when_enabled() -> None:
     agent = speech_like_levels(1000, 1)
     customer = np.concatenate([np.full(3, -70.0), agent[:-3] - 40.0]).astype(np.float32)
@@ -91,7 +117,9 @@ def test_the_gate_drops_leaks_only_on_two_channel_calls_and_when_enabled() -> No
 
 @pytest.mark.parametrize(("changes", "named"), [
     ({"min_correlation": 1.5}, "min_correlation=1.5: use -1 to 1"),
-    ({"min_gap_db": -3.0}, "min_gap_db=-3.0: use 0 dB or more"),
+    ({"min_gap_db": -3.0}, "min_gap_db=-3.0: use a finite 0 dB or more"),
+    ({"min_gap_db": float("nan")}, "min_gap_db=nan: use a finite 0 dB or more"),
+    ({"min_gap_db": float("inf")}, "min_gap_db=inf: use a finite 0 dB or more"),
     ({"max_lag_ms": 5000}, "max_lag_ms=5000: use 0 to 2000"),
 ])
 def test_config_refuses_values_out_of_range(changes: dict[str, float], named: str) -> None:
