@@ -800,3 +800,49 @@ def test_two_producers_reserving_the_same_calls_in_opposite_orders_both_commit(
     with db.session_scope(postgres_url) as s:
         assert {c.status for c in store.list_calls(s)} == {"pending"}
         assert len(store.list_calls(s)) == 202
+
+
+def test_segment_counts_take_more_ids_than_one_statement_can_carry(db_url: str) -> None:
+    """PostgreSQL takes at most 65,535 parameters a statement: `callmood run` over 70,000
+    files asked for every call's segments in one IN list and failed at its end as if the
+    database were down (a review). The ids now go in chunks."""
+    with db.session_scope(db_url) as s:
+        call = store.register_call(s, _request())
+        store.save_analysis(s, call.id, fake_analysis(2))
+        call_id = call.id
+    with db.session_scope(db_url) as s:
+        counts = store.segment_counts(s, [*range(call_id + 1, call_id + 70_001), call_id])
+    assert counts == {call_id: 2}
+
+
+def test_the_scan_s_finished_lookup_reads_the_path_hash_index(tmp_path: Path) -> None:
+    """The inbox scan asks, for every known file each night, whether its call finished
+    before the file changed. With the status in the WHERE clause SQLite without table
+    statistics walked the status index (every done call kept) per chunk, inside the scan's
+    write lock: 30,000 known files held it past a worker's 30 s wait (a review). The query
+    names the path hashes alone; the status is compared on the rows it returns."""
+    from sqlalchemy.dialects import sqlite
+
+    url = f"sqlite:///{tmp_path / 'plan.sqlite'}"
+    db.upgrade(url)
+    query = store.finished_lookup_query(["a" * 64, "b" * 64]).compile(
+        dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True})
+    with db.make_engine(url).connect() as c:
+        plan = " ".join(str(row[-1]) for row in c.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}"))
+    assert "INDEX ix_calls_source_uri_sha (source_uri_sha256=?)" in plan, plan
+    # and what it returns is filtered as before: the done call finished before the change
+    old = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with db.session_scope(url) as s:
+        done = store.register_call(s, _request("CC-1", uri="/in/a.wav"))
+        failed = store.register_call(s, _request("CC-2", uri="/in/b.wav"))
+        store.save_analysis(s, store.claim_for_processing(s, done.id).id, fake_analysis(1))
+        store.mark_failed(s, store.claim_for_processing(s, failed.id).id, "cut short")
+        s.flush()
+        done.processed_at = failed.processed_at = old
+    later = {store.uri_sha256("/in/a.wav"): old + timedelta(days=1),
+             store.uri_sha256("/in/b.wav"): old + timedelta(days=1)}
+    with db.session_scope(url) as s:
+        assert [c.external_call_id for c in store.finished_before(s, later, "done")] == ["CC-1"]
+        assert [c.external_call_id for c in store.finished_before(s, later, "failed")] == ["CC-2"]
+        earlier = {h: old - timedelta(days=1) for h in later}
+        assert store.finished_before(s, earlier, "done") == []
