@@ -831,7 +831,7 @@ def test_the_scan_s_finished_lookup_reads_the_path_hash_index(tmp_path: Path) ->
         plan = " ".join(str(row[-1]) for row in c.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}"))
     assert "INDEX ix_calls_source_uri_sha (source_uri_sha256=?)" in plan, plan
     # and what it returns is filtered as before: the done call finished before the change
-    old = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    old = datetime(2026, 1, 1, tzinfo=UTC)
     with db.session_scope(url) as s:
         done = store.register_call(s, _request("CC-1", uri="/in/a.wav"))
         failed = store.register_call(s, _request("CC-2", uri="/in/b.wav"))
