@@ -14,14 +14,18 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from worker import db, store
 from worker.schema import Call
+
+T = TypeVar("T")
 
 
 def vacuum(url: str) -> None:
@@ -31,14 +35,26 @@ def vacuum(url: str) -> None:
             c.execute(text("VACUUM ANALYZE calls"))
 
 
-def _median_ms(url: str, batch_id: int, repeats: int) -> float:
+def median_ms(url: str, work: Callable[[Session], T], repeats: int) -> tuple[float, T]:
+    """The median ms of ``work`` over ``repeats`` sessions at ``url`` (each its own
+    transaction), and what its last run returned."""
     times = []
     for _ in range(repeats):
         with db.session_scope(url) as session:
             began = time.perf_counter()
-            store.refresh_batch_counts(session, batch_id)
+            result = work(session)
             times.append(time.perf_counter() - began)
-    return statistics.median(times) * 1000.0
+    return statistics.median(times) * 1000.0, result
+
+
+def run_main(name: str, measure_text: Callable[[str], str], postgres_url: str | None) -> int:
+    """Run ``measure_text`` on ``postgres_url`` or a fresh SQLite file of a temporary folder,
+    and print what it says, prefixed with the database's kind."""
+    with tempfile.TemporaryDirectory(prefix=f"callmood-{name}-bench-") as tmp:
+        url = postgres_url or f"sqlite:///{Path(tmp) / f'{name}.sqlite'}"
+        text_out = measure_text(url)
+    print(f"{make_url(url).get_backend_name()}: {text_out}")
+    return 0
 
 
 def measure(url: str, calls: int, repeats: int) -> tuple[float, float]:
@@ -54,12 +70,12 @@ def measure(url: str, calls: int, repeats: int) -> tuple[float, float]:
              "source_uri_sha256": f"{i:064x}", "status": status, "attempts": 0,
              "call_metadata": {}, "batch_id": batch_id} for i, status in enumerate(statuses)])
     vacuum(url)
-    covering = _median_ms(url, batch_id, repeats)
+    covering, _ = median_ms(url, lambda s: store.refresh_batch_counts(s, batch_id), repeats)
     with db.session_scope(url) as session:
         session.execute(text("CREATE INDEX ix_bench_batch_id ON calls (batch_id)"))
         session.execute(text("DROP INDEX ix_calls_batch_id_status"))
     vacuum(url)
-    batch_only = _median_ms(url, batch_id, repeats)
+    batch_only, _ = median_ms(url, lambda s: store.refresh_batch_counts(s, batch_id), repeats)
     db.dispose_engines()
     return covering, batch_only
 
@@ -70,13 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15, help="recounts timed (15)")
     parser.add_argument("--postgres-url", help="an empty PostgreSQL database instead of SQLite")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="callmood-recount-bench-") as tmp:
-        url = args.postgres_url or f"sqlite:///{Path(tmp) / 'recount.sqlite'}"
+
+    def measured(url: str) -> str:
         covering, batch_only = measure(url, args.calls, args.repeats)
-    print(f"{args.calls} calls in one batch, {make_url(url).get_backend_name()}: recount "
-          f"{covering:.1f} ms with (batch_id, status), {batch_only:.1f} ms with batch_id alone "
-          f"({batch_only / covering:.1f}x)")
-    return 0
+        return (f"{args.calls} calls in one batch: recount {covering:.1f} ms with (batch_id, "
+                f"status), {batch_only:.1f} ms with batch_id alone "
+                f"({batch_only / covering:.1f}x)")
+
+    return run_main("recount", measured, args.postgres_url)
 
 
 if __name__ == "__main__":

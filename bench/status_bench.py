@@ -11,31 +11,15 @@ replaced, and prints both and their ratio, measured in one run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
 from sqlalchemy import insert, text
-from sqlalchemy.engine import make_url
 
-from bench.recount_bench import vacuum
+from bench.recount_bench import median_ms, run_main, vacuum
 from worker import db, store
 from worker.schema import Call, utcnow
-
-
-def _median_ms(url: str, since: datetime, repeats: int) -> tuple[float, dict[str, int]]:
-    times = []
-    counts: dict[str, int] = {}
-    for _ in range(repeats):
-        with db.session_scope(url) as session:
-            began = time.perf_counter()
-            counts = store.counts_processed_since(session, since)
-            times.append(time.perf_counter() - began)
-    return statistics.median(times) * 1000.0, counts
 
 
 def measure(url: str, calls: int, days: int, repeats: int) -> tuple[float, float, int]:
@@ -52,12 +36,14 @@ def measure(url: str, calls: int, days: int, repeats: int) -> tuple[float, float
             for i in range(calls)])
     vacuum(url)
     since = now - timedelta(days=1)
-    composite, counts = _median_ms(url, since, repeats)
+    composite, counts = median_ms(url, lambda s: store.counts_processed_since(s, since),
+                                  repeats)
     with db.session_scope(url) as session:
         session.execute(text("CREATE INDEX ix_bench_status ON calls (status)"))
         session.execute(text("DROP INDEX ix_calls_status_processed_at"))
     vacuum(url)
-    status_only, counts_again = _median_ms(url, since, repeats)
+    status_only, counts_again = median_ms(
+        url, lambda s: store.counts_processed_since(s, since), repeats)
     if counts_again != counts:
         raise AssertionError(f"the two indexes counted {counts} and {counts_again}")
     db.dispose_engines()
@@ -72,14 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15, help="counts timed (15)")
     parser.add_argument("--postgres-url", help="an empty PostgreSQL database instead of SQLite")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="callmood-status-bench-") as tmp:
-        url = args.postgres_url or f"sqlite:///{Path(tmp) / 'status.sqlite'}"
+
+    def measured(url: str) -> str:
         composite, status_only, today = measure(url, args.calls, args.days, args.repeats)
-    print(f"{args.calls} calls over {args.days} days ({today} in the last 24 h), "
-          f"{make_url(url).get_backend_name()}: done/failed today {composite:.1f} ms with "
-          f"(status, processed_at), {status_only:.1f} ms with status alone "
-          f"({status_only / composite:.1f}x)")
-    return 0
+        return (f"{args.calls} calls over {args.days} days ({today} in the last 24 h): "
+                f"done/failed today {composite:.1f} ms with (status, processed_at), "
+                f"{status_only:.1f} ms with status alone ({status_only / composite:.1f}x)")
+
+    return run_main("status", measured, args.postgres_url)
 
 
 if __name__ == "__main__":
