@@ -133,14 +133,10 @@ def _shared_strings(column: pd.Series, shared: dict[str, str]) -> pd.Series:
                      name=column.name)
 
 
-def read_frame(session: Session, query: Select[*tuple[Any, ...]], columns: Sequence[str]
-               ) -> pd.DataFrame:
-    """The rows of ``query`` as a DataFrame with ``columns``, read :data:`READ_CHUNK_ROWS` at
-    a time with repeated strings held once. Reading every row first (Row objects, then
-    tuples, then the frame) peaked at 2.5 GB for a month's 1.6 M segments and held a string
-    per value (a review); each chunk now becomes a frame of its own, and the chunks are
-    joined. Dtypes are inferred per chunk as they were over the whole read."""
-    shared: dict[str, str] = {}
+def _frame_parts(session: Session, query: Select[*tuple[Any, ...]], columns: Sequence[str],
+                 shared: dict[str, str]) -> list[pd.DataFrame]:
+    """The rows of ``query``, a frame per :data:`READ_CHUNK_ROWS`, strings held once in
+    ``shared``."""
     parts = []
     # Core, not ORM, execution: plain rows, without the ORM's per-chunk row processing
     result = session.connection().execute(query.execution_options(yield_per=READ_CHUNK_ROWS))
@@ -149,9 +145,38 @@ def read_frame(session: Session, query: Select[*tuple[Any, ...]], columns: Seque
         parts.append(part.assign(**{c: _shared_strings(part[c], shared)
                                     for c in part.columns
                                     if pd.api.types.is_string_dtype(part[c].dtype)}))
+    return parts
+
+
+def _joined(parts: Sequence[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
+    """The parts as one frame, typed as one read of all their rows would be: a column that
+    is NULL on every row of a part is inferred there as object (None), where the column's
+    values elsewhere make it str (NaN) or a number (a review), so it takes their dtype first
+    (integers: float64, as NULLs among integers make one read)."""
     if not parts:
         return pd.DataFrame([], columns=list(columns))
-    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    if len(parts) == 1:
+        return parts[0]
+    target: dict[str, Any] = {}
+    for part in parts:
+        for c in part.columns:
+            if c not in target and part[c].notna().any():
+                dtype = part[c].dtype
+                target[c] = np.dtype(np.float64) if pd.api.types.is_integer_dtype(dtype) else dtype
+    typed = [part.astype({c: target[c] for c in part.columns
+                          if c in target and not part[c].notna().any()})
+             for part in parts]
+    return pd.concat(typed, ignore_index=True)
+
+
+def read_frame(session: Session, query: Select[*tuple[Any, ...]], columns: Sequence[str]
+               ) -> pd.DataFrame:
+    """The rows of ``query`` as a DataFrame with ``columns``, as one read would type it,
+    read :data:`READ_CHUNK_ROWS` at a time with repeated strings held once. Reading every
+    row first (Row objects, then tuples, then the frame) peaked at 2.5 GB for a month's 1.6 M
+    segments and held a string per value (a review); each chunk now becomes a frame of its
+    own, and the chunks are joined."""
+    return _joined(_frame_parts(session, query, columns, {}), columns)
 
 
 def load_segments(session: Session, call_ids: Sequence[int] | None = None) -> pd.DataFrame:
@@ -171,9 +196,12 @@ def load_segments(session: Session, call_ids: Sequence[int] | None = None) -> pd
     # in slices, as worker.store's lookups: PostgreSQL refuses a statement with over
     # 65,535 bound parameters, and psycopg's error read as "database unavailable" after
     # `callmood run` had analysed every one of that many calls (a review)
-    frames = [read_frame(session, query.where(Segment.call_id.in_(ids[lo:lo + LOOKUP_CHUNK])),
-                         SEGMENT_COLUMNS) for lo in range(0, len(ids), LOOKUP_CHUNK)]
-    frame = pd.concat([f for f in frames if not f.empty] or frames[:1], ignore_index=True)
+    shared: dict[str, str] = {}
+    parts = [part for lo in range(0, len(ids), LOOKUP_CHUNK)
+             for part in _frame_parts(
+                 session, query.where(Segment.call_id.in_(ids[lo:lo + LOOKUP_CHUNK])),
+                 SEGMENT_COLUMNS, shared)]
+    frame = _joined(parts, SEGMENT_COLUMNS)
     # each slice comes ordered; the slices together are ordered again by the same keys
     return frame.sort_values(["call", "start_s", "channel"], kind="stable", ignore_index=True)
 

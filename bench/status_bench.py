@@ -1,11 +1,12 @@
-"""``python -m bench status``: ``callmood status``'s "done and failed today" count, by index.
+"""``python -m bench status``: ``callmood status``'s count of the calls done and failed since
+a given instant, by index.
 
-Stores ``--calls`` calls finished over ``--days`` days (one day's share of them today; a
-tenth failed) in a fresh SQLite file (or the empty PostgreSQL database ``--postgres-url``,
-vacuumed after each change, as autovacuum would), times
-``worker.store.counts_processed_since`` from midnight (median of ``--repeats``) with the
-schema's (status, processed_at) index, then with the status-only index migration 0008
-replaced, and prints both and their ratio, measured in one run.
+Stores ``--calls`` calls finished over ``--days`` days (a tenth failed) in a fresh SQLite file
+(or the empty PostgreSQL database ``--postgres-url``, vacuumed after each change, as
+autovacuum would), times ``worker.store.counts_processed_since`` over the last 24 hours (what
+``status`` asks from the site's midnight; median of ``--repeats``) with the schema's (status,
+processed_at) index, then with the status-only index migration 0008 replaced, and prints both
+and their ratio, measured in one run.
 """
 
 from __future__ import annotations

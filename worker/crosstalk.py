@@ -75,6 +75,9 @@ class CrosstalkConfig:
 # so digital silence (-120 dB) does not dominate the correlation.
 _LOUD_RANGE_DB = 20.0
 _FLOOR_RANGE_DB = 50.0
+# Span edges within this many frames of a frame boundary are on it (float noise only: a
+# half-frame edge, 30 ms of padding on 20 ms frames, still takes the partly covered frame).
+_EDGE_FRAMES = 1e-6
 
 
 @dataclass(frozen=True)
@@ -90,20 +93,24 @@ class Evidence:
 
 
 def _frame_range(span: Span, frame_s: float, n_frames: int) -> tuple[int, int]:
-    """The frames [first, last) ``span`` covers. Span edges are frame counts times the frame
-    length in floats (0.33 / 0.01 = 32.99...), so they are rounded to the nearest frame edge
-    first: int() and ceil() put a third of the edges one frame out (a review)."""
-    first = max(int(np.floor(span.start_s / frame_s + 0.5)), 0)
-    last = min(int(np.floor(span.end_s / frame_s + 0.5)), n_frames)
+    """The frames [first, last) ``span`` covers, partly covered ones included. Span edges are
+    frame counts times the frame length in floats (0.36 - 0.03 = 0.32999..., frame 32.99...),
+    so a hair's tolerance keeps an edge on a frame boundary on that frame: plain int() and
+    ceil() put a third of the edges one frame out (a review)."""
+    first = max(int(np.floor(span.start_s / frame_s + _EDGE_FRAMES)), 0)
+    last = min(int(np.ceil(span.end_s / frame_s - _EDGE_FRAMES)), n_frames)
     return first, last
 
 
-def _correlation(this_centred: npt.NDArray[np.float64], other: npt.NDArray[np.float64]) -> float:
-    """Pearson correlation of centred floored levels with ``other``, floored under its peak."""
-    floored = np.maximum(other, other.max() - _FLOOR_RANGE_DB)
-    centred = floored - floored.mean()
-    norm = float(np.sqrt((centred**2).sum() * (this_centred**2).sum()))
-    return float(centred @ this_centred / norm) if norm > 0.0 else 0.0
+def _correlations(this_centred: npt.NDArray[np.float64], others: npt.NDArray[np.float64]
+                  ) -> npt.NDArray[np.float64]:
+    """Pearson correlation of centred floored levels (n,) with each row of ``others``
+    (rows, n), each row floored under its own peak first; 0 where either is constant."""
+    floored = np.maximum(others, others.max(axis=1, keepdims=True) - _FLOOR_RANGE_DB)
+    centred = floored - floored.mean(axis=1, keepdims=True)
+    norms = np.sqrt((centred**2).sum(axis=1) * (this_centred**2).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0.0, centred @ this_centred / norms, 0.0)
 
 
 def evidence(span: Span, this_db: Levels, other_db: Levels, frame_s: float,
@@ -125,12 +132,7 @@ def evidence(span: Span, this_db: Levels, other_db: Levels, frame_s: float,
     # row k: the other channel k frames earlier (lag k), all lags at once
     window = other_db[first - n_lags + 1:last].astype(np.float64)
     others = np.lib.stride_tricks.sliding_window_view(window, this.size)[::-1]
-    floored = np.maximum(others, others.max(axis=1, keepdims=True) - _FLOOR_RANGE_DB)
-    centred = floored - floored.mean(axis=1, keepdims=True)
-    this_centred = this_floored - this_floored.mean()
-    norms = np.sqrt((centred**2).sum(axis=1) * (this_centred**2).sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        correlations = np.where(norms > 0.0, centred @ this_centred / norms, 0.0)
+    correlations = _correlations(this_floored - this_floored.mean(), others)
     lag = int(np.argmax(correlations))
     best = Evidence(float(correlations[lag]), float(np.median((others[lag] - this)[loud])),
                     round(lag * frame_s * 1000.0))
@@ -144,7 +146,7 @@ def evidence(span: Span, this_db: Levels, other_db: Levels, frame_s: float,
             break
         part = this_floored[skip:]
         other = other_db[0:last - k].astype(np.float64)
-        correlation = _correlation(part - part.mean(), other)
+        correlation = float(_correlations(part - part.mean(), other[None, :])[0])
         if correlation > best.correlation and loud[skip:].any():
             best = Evidence(correlation, float(np.median((other - this[skip:])[loud[skip:]])),
                             round(k * frame_s * 1000.0))

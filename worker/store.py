@@ -1016,7 +1016,7 @@ def latest_batches(session: Session, limit: int = 1) -> list[BatchCounts]:
     return [_batch_counts(b, _batch_status_counts(session, b.id)) for b in session.scalars(query)]
 
 
-FINISHED_STATUSES: tuple[str, ...] = ("done", "failed")
+FINISHED_STATUSES: tuple[str, ...] = tuple(s for s in CALL_STATUSES if s in FINAL_STATUSES)
 
 
 def processed_since_query(since: datetime) -> Select[str, int]:

@@ -138,6 +138,36 @@ def test_segments_are_read_in_chunks_with_each_repeated_string_held_once(
     assert chunked.at[bob[1], "role"] is chunked.at[bob[2], "role"]    # customer, customer
 
 
+def test_chunked_reads_type_a_column_null_on_a_whole_chunk_as_one_read_does(
+        report_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls without an agent fill the first chunks: their agent_id, team and queue were read
+    there as object (None) and the joined column came back object where one read gives str
+    (NaN), even at the default size when 500 such calls share a slice of ids (a review).
+    The default chunk is larger than this database: one chunk, the single read itself."""
+    from analytics import queries
+    from analytics.queries import load_calls, load_filtered_segments, load_segments
+
+    with session_scope(report_db) as session:
+        for name in ("a-0", "a-1"):
+            _add_call(session, name, None, None, datetime(2026, 10, 1, tzinfo=UTC),
+                      CALM.assign(call=name))
+    everything = ReportFilter()
+    with session_scope(report_db) as session:
+        ids = [c.id for c in session.query(Call)]
+        one_read = (load_filtered_segments(session, everything), load_calls(session, everything),
+                    load_segments(session, ids))
+        monkeypatch.setattr(queries, "READ_CHUNK_ROWS", 2)
+        monkeypatch.setattr(queries, "LOOKUP_CHUNK", 1)
+        chunked = (load_filtered_segments(session, everything), load_calls(session, everything),
+                   load_segments(session, ids))
+        none = load_segments(session, [])
+    assert one_read[0]["agent_id"].isna().sum() == 2 * len(CALM)
+    for single, joined in zip(one_read, chunked, strict=True):
+        pd.testing.assert_frame_equal(joined, single)
+    # `callmood run` whose every file failed asks for no call's segments (it raised)
+    assert none.empty and list(none.columns) == list(one_read[0].columns)
+
+
 def test_segments_of_more_calls_than_one_statement_may_name_are_all_read(report_db: str
                                                                          ) -> None:
     """`callmood run` over 70,000 calls read their segments with every id in one IN list:

@@ -101,6 +101,20 @@ def test_span_edges_fall_on_the_frames_they_name() -> None:
     assert is_leak(evidence(Span(start_s, 1.07), this, other, FRAME_S, 0), CrosstalkConfig())
 
 
+def test_a_half_frame_edge_takes_its_partly_covered_frame_wherever_it_sits() -> None:
+    """30 ms of padding on 20 ms frames puts every padded edge mid-frame: rounding to the
+    nearest frame let float noise choose, 1,591 edges one way and 407 the other (a review)."""
+    from worker.crosstalk import _frame_range
+
+    frame_s = 0.02
+    ranges = {(k - _frame_range(Span(k * frame_s - 0.03, (k + 10) * frame_s + 0.03), frame_s,
+                                10**6)[0],
+               _frame_range(Span(k * frame_s - 0.03, (k + 10) * frame_s + 0.03), frame_s,
+                            10**6)[1] - (k + 10))
+              for k in range(2, 2000)}
+    assert ranges == {(2, 2)}
+
+
 def test_the_gate_drops_leaks_only_on_two_channel_calls_and_when_enabled() -> None:
     agent = speech_like_levels(1000, 1)
     customer = np.concatenate([np.full(3, -70.0), agent[:-3] - 40.0]).astype(np.float32)
