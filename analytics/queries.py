@@ -25,7 +25,7 @@ from sqlalchemy.pool import NullPool
 from worker.errors import ConfigError, TransientError
 from worker.schema import PROBABILITY_COLUMNS, Call, Segment
 from worker.settings import zone_for
-from worker.store import LOOKUP_CHUNK
+from worker.store import in_chunks
 
 SEGMENT_COLUMNS: tuple[str, ...] = (
     "call", "agent_id", "channel", "role", "start_s", "end_s", "emotion", "confidence",
@@ -197,10 +197,9 @@ def load_segments(session: Session, call_ids: Sequence[int] | None = None) -> pd
     # 65,535 bound parameters, and psycopg's error read as "database unavailable" after
     # `callmood run` had analysed every one of that many calls (a review)
     shared: dict[str, str] = {}
-    parts = [part for lo in range(0, len(ids), LOOKUP_CHUNK)
-             for part in _frame_parts(
-                 session, query.where(Segment.call_id.in_(ids[lo:lo + LOOKUP_CHUNK])),
-                 SEGMENT_COLUMNS, shared)]
+    parts = [part for chunk in in_chunks(ids)
+             for part in _frame_parts(session, query.where(Segment.call_id.in_(chunk)),
+                                      SEGMENT_COLUMNS, shared)]
     frame = _joined(parts, SEGMENT_COLUMNS)
     # each slice comes ordered; the slices together are ordered again by the same keys
     return frame.sort_values(["call", "start_s", "channel"], kind="stable", ignore_index=True)

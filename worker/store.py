@@ -8,12 +8,12 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import PurePosixPath, PureWindowsPath
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from sqlalchemy import Select, and_, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -503,19 +503,27 @@ def list_calls(session: Session, status: str | None = None, limit: int | None = 
     return list(session.scalars(query))
 
 
+T = TypeVar("T")
+
 LOOKUP_CHUNK = 500
-"""External ids looked up per statement by :func:`calls_by_external_id`."""
+"""Values one statement's IN list names (:func:`in_chunks`)."""
+
+
+def in_chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``values`` in slices of :data:`LOOKUP_CHUNK`, for one bounded IN list each:
+    PostgreSQL's protocol refuses a statement with over 65,535 bound parameters, and
+    psycopg's error reads as an outage (a lookup of every call a busy site delivered, a
+    `callmood run` over 70,000 files)."""
+    for start in range(0, len(values), LOOKUP_CHUNK):
+        yield values[start:start + LOOKUP_CHUNK]
 
 
 def calls_by_external_id(session: Session, external_call_ids: Sequence[str]) -> dict[str, Call]:
     """The calls with these external ids (missing ones are absent from the result)."""
-    ids = list(external_call_ids)
     found: dict[str, Call] = {}
-    # in slices: PostgreSQL's protocol refuses a statement with over 65,535 bound parameters
-    # (and psycopg's error reads as an outage), and a recovery may look up every call a busy
-    # site delivered in the last hours
-    for start in range(0, len(ids), LOOKUP_CHUNK):
-        query = select(Call).where(Call.external_call_id.in_(ids[start:start + LOOKUP_CHUNK]))
+    # a recovery may look up every call a busy site delivered in the last hours
+    for chunk in in_chunks(list(external_call_ids)):
+        query = select(Call).where(Call.external_call_id.in_(chunk))
         found.update((call.external_call_id, call) for call in session.scalars(query))
     return found
 
@@ -527,10 +535,9 @@ def content_holders(session: Session, content_sha256s: Sequence[str]) -> dict[st
     analysis is one the reports count (``analytics.queries.analysed``), whatever its current
     run: being re-analysed, or its re-run failed with the analysis kept (a review found a
     copy sent during a bulk reprocess, then counted twice)."""
-    unique = sorted(set(content_sha256s))
     found: dict[str, Call] = {}
-    for start in range(0, len(unique), LOOKUP_CHUNK):  # bounded IN lists
-        query = (select(Call).where(Call.content_sha256.in_(unique[start:start + LOOKUP_CHUNK]))
+    for chunk in in_chunks(sorted(set(content_sha256s))):
+        query = (select(Call).where(Call.content_sha256.in_(chunk))
                  .where(Call.model_version.is_not(None)).order_by(Call.id))
         for call in session.scalars(query):
             if call.content_sha256 is not None:
@@ -546,14 +553,12 @@ def segments_for_call(session: Session, call_id: int) -> list[Segment]:
 
 
 def segment_counts(session: Session, call_ids: Sequence[int]) -> dict[int, int]:
-    """Number of segments per call id (calls without segments are absent). The ids go in
-    chunks: PostgreSQL takes at most 65,535 parameters a statement, and ``callmood run``
-    over 70,000 files failed at its end as if the database were down (a review)."""
-    ids = list(call_ids)
+    """Number of segments per call id (calls without segments are absent); the ids in
+    :func:`in_chunks` (in one IN list ``callmood run`` over 70,000 files failed at its end
+    as if the database were down, a review)."""
     counts: dict[int, int] = {}
-    for lo in range(0, len(ids), LOOKUP_CHUNK):
-        query = (select(Segment.call_id, func.count())
-                 .where(Segment.call_id.in_(ids[lo:lo + LOOKUP_CHUNK]))
+    for chunk in in_chunks(list(call_ids)):
+        query = (select(Segment.call_id, func.count()).where(Segment.call_id.in_(chunk))
                  .group_by(Segment.call_id))
         counts.update((int(call_id), int(n)) for call_id, n in session.execute(query))
     return counts
@@ -842,10 +847,9 @@ def lock_calls(session: Session, call_ids: Iterable[int]) -> None:
     """Lock the call rows, in ascending id order, until the transaction ends: the order every
     transaction that locks several calls keeps (reserve_all, release_enqueue, callmood run's
     registration), so none waits on a row held by one waiting on its own."""
-    ids = sorted(set(call_ids))
-    for start in range(0, len(ids), LOOKUP_CHUNK):
-        session.execute(select(Call.id).where(Call.id.in_(ids[start:start + LOOKUP_CHUNK]))
-                        .order_by(Call.id).with_for_update())
+    for chunk in in_chunks(sorted(set(call_ids))):
+        session.execute(select(Call.id).where(Call.id.in_(chunk)).order_by(Call.id)
+                        .with_for_update())
 
 
 def request_for_call(call: Call, reprocess: bool = False) -> CallRequest:
@@ -882,10 +886,8 @@ def enqueued_uri_hashes(session: Session, hashes: Sequence[str]) -> set[str]:
     call whose payload the worker rejected (:func:`was_rejected`) is not: the next scan sends
     the corrected payload, as ``callmood enqueue`` does."""
     found: set[str] = set()
-    unique = sorted(set(hashes))
-    for lo in range(0, len(unique), 500):  # bounded IN lists
-        query = (select(Call.source_uri_sha256)
-                 .where(Call.source_uri_sha256.in_(unique[lo:lo + 500]))
+    for chunk in in_chunks(sorted(set(hashes))):
+        query = (select(Call.source_uri_sha256).where(Call.source_uri_sha256.in_(chunk))
                  .where((Call.enqueued_at.is_not(None)) | (Call.status != "pending"))
                  .where(~REJECTED))
         found.update(h for h in session.scalars(query) if h is not None)
@@ -899,15 +901,14 @@ def finished_before(session: Session, modified_at: Mapping[str, datetime],
     before their file's modification time there: a copy that was cut short when analysed and
     completed since, or a file re-exported after its run. Oldest call first."""
     changed: list[int] = []
-    hashes = sorted(modified_at)
-    for lo in range(0, len(hashes), LOOKUP_CHUNK):  # bounded IN lists
+    for chunk in in_chunks(sorted(modified_at)):
         changed += [call_id for call_id, uri_sha, processed_at, call_status
-                    in session.execute(finished_lookup_query(hashes[lo:lo + LOOKUP_CHUNK]))
+                    in session.execute(finished_lookup_query(chunk))
                     if call_status == status and uri_sha is not None and processed_at is not None
                     and processed_at < modified_at[uri_sha]]
     calls: list[Call] = []
-    for lo in range(0, len(changed), LOOKUP_CHUNK):
-        calls += session.scalars(select(Call).where(Call.id.in_(changed[lo:lo + LOOKUP_CHUNK])))
+    for ids in in_chunks(changed):
+        calls += session.scalars(select(Call).where(Call.id.in_(ids)))
     return sorted(calls, key=lambda c: c.id)
 
 

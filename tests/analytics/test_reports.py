@@ -146,6 +146,7 @@ def test_chunked_reads_type_a_column_null_on_a_whole_chunk_as_one_read_does(
     The default chunk is larger than this database: one chunk, the single read itself."""
     from analytics import queries
     from analytics.queries import load_calls, load_filtered_segments, load_segments
+    from worker import store
 
     with session_scope(report_db) as session:
         for name in ("a-0", "a-1"):
@@ -157,7 +158,7 @@ def test_chunked_reads_type_a_column_null_on_a_whole_chunk_as_one_read_does(
         one_read = (load_filtered_segments(session, everything), load_calls(session, everything),
                     load_segments(session, ids))
         monkeypatch.setattr(queries, "READ_CHUNK_ROWS", 2)
-        monkeypatch.setattr(queries, "LOOKUP_CHUNK", 1)
+        monkeypatch.setattr(store, "LOOKUP_CHUNK", 1)        # in_chunks' slices of ids
         chunked = (load_filtered_segments(session, everything), load_calls(session, everything),
                    load_segments(session, ids))
         none = load_segments(session, [])
