@@ -435,14 +435,28 @@ def condition_features(audio: npt.NDArray[np.float32], channel: str, config: Fea
                             config)
 
 
+def clips_features(sources: Sequence[ClipSource], channel: str, config: FeatureConfig,
+                   speech_cut: SpeechCut | None, workers: int) -> list[npt.NDArray[np.float32]]:
+    """:func:`condition_features` of each clip, decoded at the model's rate (``workers``
+    decoding threads), in order."""
+    return load_clips(sources, config.sample_rate,
+                      functools.partial(condition_features, channel=channel, config=config,
+                                        speech_cut=speech_cut), workers)
+
+
 def clip_features(source: ClipSource | str, channel: str, config: FeatureConfig,
                   speech_cut: SpeechCut | None = None) -> npt.NDArray[np.float32]:
     """:func:`condition_features` of one clip (a path: the whole of a mono file), decoded at
     the model's rate."""
     clip = source if isinstance(source, ClipSource) else ClipSource(source)
-    return load_clips([clip], config.sample_rate,
-                      functools.partial(condition_features, channel=channel, config=config,
-                                        speech_cut=speech_cut), workers=1)[0]
+    return clips_features([clip], channel, config, speech_cut, workers=1)[0]
+
+
+def label_ids(clips: pd.DataFrame, labels: Sequence[str]) -> npt.NDArray[np.int64]:
+    """Each clip's label as its index in ``labels`` (a model's classes), shape (n,)."""
+    index = {label: i for i, label in enumerate(labels)}
+    ids: npt.NDArray[np.int64] = clips["label"].map(index).to_numpy(np.int64)
+    return ids
 
 
 def _int_rows(cm: npt.NDArray[np.int64]) -> tuple[tuple[int, ...], ...]:
@@ -539,8 +553,7 @@ def evaluate_models(groups: Sequence[Sequence[Path]], manifest_paths: Sequence[P
                               f"held out {held_out[0]}: score models together on val only "
                               "when they share the split seed")
     clips = scored_clips(paths[0], card, manifest_paths, split)
-    index = {lab: i for i, lab in enumerate(card.labels)}
-    y_all = clips["label"].map(index).to_numpy(np.int64)
+    y_all = label_ids(clips, card.labels)
     speakers_all = speaker_keys(clips).to_numpy(str)
     corpora = [(str(c), (clips["corpus"] == c).to_numpy()) for c in sorted(clips["corpus"].unique())]
     sources = clip_sources(clips)
@@ -548,10 +561,7 @@ def evaluate_models(groups: Sequence[Sequence[Path]], manifest_paths: Sequence[P
     for channel in channels:
         feats: dict[FeatureConfig, list[npt.NDArray[np.float32]]] = {}
         for config in dict.fromkeys(m.card.features for m in models):
-            feats[config] = load_clips(sources, config.sample_rate,
-                                       functools.partial(condition_features, channel=channel,
-                                                         config=config, speech_cut=speech_cut),
-                                       workers)
+            feats[config] = clips_features(sources, channel, config, speech_cut, workers)
         for group_rows, group in zip(rows, model_groups, strict=True):
             probs = np.mean([m.predict_proba(feats[m.card.features]) for m in group],
                             axis=0).astype(np.float32)

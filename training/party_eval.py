@@ -23,7 +23,6 @@ served). Measured 2026-12-06 in docs/model-experiments.md; nothing of it is serv
 from __future__ import annotations
 
 import argparse
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,14 +31,14 @@ import numpy.typing as npt
 import pandas as pd
 
 from training.cli import EVAL_CORPORA
-from training.clips import load_clips
 from training.dataset import clip_sources, corpus_manifest_paths, speaker_keys
 from training.evaluate import (
     CHANNELS,
     DEFAULT_SPEECH_CUT,
     EVAL_SPLITS,
-    condition_features,
+    clips_features,
     confusion_matrix,
+    label_ids,
     scored_clips,
     unweighted_average_recall,
 )
@@ -119,14 +118,10 @@ def measure(model_path: Path, manifest_paths: Sequence[Path], split: str, channe
     scores it."""
     model = load_model(model_path.resolve(), 1)
     clips = scored_clips(model_path, model.card, manifest_paths, split)
-    features = load_clips(clip_sources(clips), model.card.features.sample_rate,
-                          functools.partial(condition_features, channel=channel,
-                                            config=model.card.features,
-                                            speech_cut=DEFAULT_SPEECH_CUT), workers)
-    probabilities = model.predict_proba(features)
-    index = {label: i for i, label in enumerate(model.card.labels)}
+    probabilities = model.predict_proba(clips_features(
+        clip_sources(clips), channel, model.card.features, DEFAULT_SPEECH_CUT, workers))
     return party_table(np.log(np.clip(probabilities, 1e-9, 1.0)).astype(np.float32),
-                       clips["label"].map(index).to_numpy(np.int64),
+                       label_ids(clips, model.card.labels),
                        speaker_keys(clips).to_numpy(str), clips["corpus"].to_numpy(str),
                        len(model.card.labels), seed)
 
