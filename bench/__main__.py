@@ -1,4 +1,5 @@
-"""``python -m bench NAME [options]``: run one benchmark (throughput, report, broker, recount, status)."""
+"""``python -m bench NAME [options]``: run one benchmark (throughput, report, broker, recount,
+status, reserve)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 
 BENCHMARKS = {"throughput": "bench.throughput", "report": "bench.report_bench",
               "broker": "bench.broker_bench", "recount": "bench.recount_bench",
-              "status": "bench.status_bench"}
+              "status": "bench.status_bench", "reserve": "bench.reserve_bench"}
 
 
 def main() -> int:

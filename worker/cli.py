@@ -142,7 +142,7 @@ def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings) -> b
                        if v is not None and getattr(call, k) != v}
             if relabel:
                 # the labels given now are the call's: its analysis stands, its reports move
-                update_from_request(session, call, request)
+                update_from_request(call, request)
             print(f"stored {shown}: analysed "
                   + ("meanwhile by another run" if outcome.superseded else "before")
                   + f" with {call.model_version}; "

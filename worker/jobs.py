@@ -121,7 +121,7 @@ def process_call(request: CallRequest, settings: Settings,
             # the newer word on the call (a reprocess, the corrected payload of a rejected
             # call, or a task sent straight to the queue for a call registered before): the
             # file analysed now and its labels, so reports and retries use them
-            update_from_request(session, call, request)
+            update_from_request(call, request)
         call = claim_for_processing(session, call.id)
         call_id, attempts, claim = call.id, call.attempts, call.claims
         if attempts > MAX_ATTEMPTS:

@@ -40,7 +40,7 @@ from worker.store import (
     mark_all_failed,
     mark_pending,
     recount_batches,
-    register_call,
+    register_all,
     segment_counts,
 )
 from worker.tasks import send_analysis
@@ -319,16 +319,16 @@ def _register(ids: dict[Path, str], settings: Settings) -> dict[str, CallRequest
             uri=path_uri(path), external_call_id=external_id,
             metadata={"source": "callmood run", "file_name": printable_path(path.name)[:200]}))
     with session_scope(settings) as session:
-        # registered in call-id order, as reserve_all does: an uncommitted insert holds its
+        # registered in call-id order (store.register_all): an uncommitted insert holds its
         # unique key, and two runs inserting new calls in opposite orders deadlocked
-        call_ids = [register_call(session, request).id for request in
-                    sorted(requests.values(), key=lambda r: r.external_call_id)]
+        registered = register_all(session, list(requests.values()))
         # every call locked before any batch, in the order all keep (store.lock_calls): a
         # call, its batch, then the next call deadlocked a worker saving that next call and
         # then recounting the same batch (a review)
-        lock_calls(session, call_ids)
+        locked = lock_calls(session, [call.id for call in registered])
         # a re-run: the poll must not see last run's status (nor its batch count it)
-        batches = [mark_pending(session, call_id).batch_id for call_id in call_ids]
+        batches = [mark_pending(call).batch_id for call in locked.values()]
+        session.flush()
         recount_batches(session, [b for b in batches if b is not None])
     return requests
 

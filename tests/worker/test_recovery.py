@@ -289,11 +289,11 @@ def test_a_stuck_call_that_finishes_before_recovery_marks_it_stays_done(
         slow_id = store.calls_by_external_id(s, ["SLOW"])["SLOW"].id
     real_lock_calls = store.lock_calls
 
-    def lock_calls(session: object, call_ids: list[int]) -> None:
+    def lock_calls(session: object, call_ids: list[int]) -> dict[int, Any]:
         if slow_id in call_ids:  # its worker commits first, before the marks lock the rows
             with session_scope(settings) as other:
                 store.save_analysis(other, slow_id, fake_analysis(2))
-        real_lock_calls(session, call_ids)  # type: ignore[arg-type]
+        return real_lock_calls(session, call_ids)  # type: ignore[arg-type]
 
     monkeypatch.setattr(store, "lock_calls", lock_calls)   # as store.mark_all_failed calls it
     report = recover(settings, min_age_s=0)

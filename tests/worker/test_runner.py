@@ -383,22 +383,23 @@ def test_two_runs_registering_the_same_new_calls_in_opposite_orders_both_commit(
         postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """PostgreSQL: an uncommitted insert holds its unique key, and two `callmood run` (or a
     run beside a scan) registering new calls in opposite file orders deadlocked (a review).
-    Registration goes in call-id order, as reserve_all's."""
+    Registration goes in call-id order (store.register_all), as reserve_all's; the run
+    that waited on the other's keys falls back to registering its calls one by one."""
     from worker import runner
 
     db.upgrade(postgres_url)
     settings = Settings.from_env({"CALLMOOD_DATABASE_URL": postgres_url,
                                   "CALLMOOD_DATA_DIR": str(tmp_path),
                                   "CALLMOOD_INPUT_ROOTS": "/in"})
-    real_register = store.register_call
+    real_register = store.register_all
 
-    def slow_register(session: object, request: store.CallRequest,
-                      batch_id: int | None = None) -> Call:
-        call = real_register(session, request, batch_id)  # type: ignore[arg-type]
-        time.sleep(0.5)   # the other run inserts its first call meanwhile
-        return call
+    def slow_register(session: object, requests: list[store.CallRequest],
+                      batch_id: int | None = None) -> list[Call]:
+        calls = real_register(session, requests, batch_id)  # type: ignore[arg-type]
+        time.sleep(0.5)   # holding the new calls' keys while the other run inserts
+        return calls
 
-    monkeypatch.setattr(runner, "register_call", slow_register)
+    monkeypatch.setattr(runner, "register_all", slow_register)
     a, b = "sha256-" + "a" * 64, "sha256-" + "b" * 64
     orders = {"run1": {Path("/in/a.wav"): a, Path("/in/b.wav"): b},
               "run2": {Path("/in/b.wav"): b, Path("/in/a.wav"): a}}
