@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from analytics.options import (
+    BIN_STEP_S,
     DEFAULT_BIN_S,
     DEFAULT_MAX_PLOTS,
     GROUP_BYS,
@@ -66,10 +67,12 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-plots", type=whole_number(0, "pictures"), default=None,
                    metavar="N",
                    help=f"with --plots: at most N PNGs (default {DEFAULT_MAX_PLOTS})")
-    p.add_argument("--bin-s", type=seconds(MIN_BIN_S, why="segment edges sit on 10 ms frames"),
+    p.add_argument("--bin-s", type=seconds(MIN_BIN_S, step=BIN_STEP_S,
+                                           why="segment edges sit on 10 ms frames and the "
+                                               "CSV keeps seconds to 0.01"),
                    default=None, metavar="SECONDS",
-                   help=f"timeline report and --plots step, at least {MIN_BIN_S:g} (default "
-                        f"{DEFAULT_BIN_S:g})")
+                   help=f"timeline report and --plots step, at least {MIN_BIN_S:g}, in steps of "
+                        f"{BIN_STEP_S:g} (default {DEFAULT_BIN_S:g})")
     p.add_argument("--period", choices=PERIODS, default=None,
                    help="agents report: one row per group and day/week, or overall (default)")
     p.add_argument("--by", choices=GROUP_BYS, default=None,
@@ -197,6 +200,15 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
                     f"{PICTURE_INDEX_NAME}"
                     + (f" ({len(stale)} of the previous report's removed)" if stale else ""))
     print(message, file=sys.stderr)
+    label = "agent_id" if (args.by or "agent") == "agent" else "team"
+    unlabelled = int(calls[label].isna().sum()) if args.kind == "agents" else 0
+    if unlabelled:
+        # the empty group reads as nobody's: say whose calls it holds (a review)
+        print(f"callmood report agents: {unlabelled} analysed "
+              + ("call has" if unlabelled == 1 else "calls have")
+              + f" no {'agent id' if label == 'agent_id' else 'team'} and "
+              + ("is" if unlabelled == 1 else "are") + " counted in the rows with an empty "
+              "group (send it with the call; callmood calls lists them)", file=sys.stderr)
     if undated:
         # the CSV cannot show what it leaves out: a supervisor took the rows for every call
         print(f"callmood report {args.kind}: {undated} analysed "

@@ -22,5 +22,9 @@ MIN_BIN_S: Final[float] = 0.1
 seconds to 0.01, so a finer step repeats ``bin_start_s`` values and shows speech as 0.0 s; at
 0.1 s an edge's rounding is at most a tenth of its bin."""
 
+BIN_STEP_S: Final[float] = 0.01
+"""``--bin-s`` is a whole number of these (s): the CSV keeps seconds to 0.01, and a step of
+0.125 s showed bins alternately 0.12 and 0.13 s wide (a review)."""
+
 DEFAULT_MAX_PLOTS: Final[int] = 100
 """``--plots`` draws at most this many calls (most stressed first; about 0.5 s each)."""

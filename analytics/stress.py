@@ -166,9 +166,10 @@ def mood_shift(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
 
     ``durations_s``: call -> duration (s); a call without one uses its last segment end.
     A segment belongs to the third holding its midpoint. Columns: ``call, role,
-    start_stress, end_stress, stress_shift`` (end - start, points; NaN when a third holds
-    less than ``MOOD_MIN_TALK_S`` of that party's speech), ``start_dominant, end_dominant``
-    (talk-weighted mean class; NaN likewise).
+    start_stress, end_stress, stress_shift`` (end - start, each as the reports show it, to
+    :data:`STRESS_DECIMALS`; points; NaN when a third holds less than ``MOOD_MIN_TALK_S`` of
+    that party's speech), ``start_dominant, end_dominant`` (talk-weighted mean class; NaN
+    likewise).
     """
     columns = ["call", "role", "start_stress", "end_stress", "stress_shift",
                "start_dominant", "end_dominant"]
@@ -205,7 +206,11 @@ def mood_shift(segments: pd.DataFrame, durations_s: pd.Series) -> pd.DataFrame:
         "start_dominant": pick(dominant, 0).to_numpy(dtype=object),
         "end_dominant": pick(dominant, MOOD_THIRDS - 1).to_numpy(dtype=object),
     }, index=index)
-    out = out.assign(stress_shift=(out["end_stress"] - out["start_stress"])
+    # the difference of the two stresses as the reports show them: from the unrounded ones,
+    # 10.06 -> 40.04 showed 10.1 -> 40.0 beside a shift of 30.0 and a "rise" flag, and
+    # 10.04 -> 39.96 a rise of 30.0 beside a shift of 29.9 and no flag (a review)
+    out = out.assign(stress_shift=(out["end_stress"].round(STRESS_DECIMALS)
+                                   - out["start_stress"].round(STRESS_DECIMALS))
                      .round(COMPARE_DECIMALS))
     return out.reset_index()[columns]
 

@@ -28,11 +28,13 @@ def whole_number(minimum: int, unit: str) -> Callable[[str], int]:
 
 
 def seconds(minimum: float, *, above: bool = False, maximum: float = 10.0 ** 9,
-            why: str = "") -> Callable[[str], float]:
+            why: str = "", step: float | None = None) -> Callable[[str], float]:
     """A type for a finite number of seconds, at least ``minimum`` (over it with ``above``)
-    and at most ``maximum`` (about 30 years: further is a typo, and overflows a timedelta);
-    ``why`` is added to the refusal."""
+    and at most ``maximum`` (about 30 years: further is a typo, and overflows a timedelta),
+    a whole multiple of ``step`` if given; ``why`` is added to the refusal."""
     bound = f"over {minimum:g}" if above else f"at least {minimum:g}"
+    if step is not None:
+        bound += f", a multiple of {step:g}"
 
     def parse(text: str) -> float:
         try:
@@ -40,7 +42,9 @@ def seconds(minimum: float, *, above: bool = False, maximum: float = 10.0 ** 9,
         except ValueError as e:
             raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds") from e
         if not (math.isfinite(value) and (value > minimum if above else value >= minimum)
-                and value <= maximum):
+                and value <= maximum
+                # to a millionth of the step: 0.3 / 0.01 is 29.999999999999996
+                and (step is None or abs(value / step - round(value / step)) < 1e-6)):
             raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds {bound}"
                                              f"{f' ({why})' if why else ''}")
         return value

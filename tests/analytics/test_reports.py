@@ -393,6 +393,26 @@ def test_a_report_written_where_the_picture_index_goes_is_refused(
     assert "name one path" in capsys.readouterr().err and not fresh.exists()
 
 
+def test_the_agents_report_says_whose_calls_its_empty_group_holds(
+        report_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Calls without an agent id (the inbox scan's) were summed into a row with an empty
+    group that --agent cannot select, and escalations there looked like nobody's (a
+    review). The command says how many calls that row holds."""
+    out = tmp_path / "agents.csv"
+    with session_scope(report_db) as session:
+        _add_call(session, "c-inbox", None, None, None, CALM.assign(call="c-inbox"))
+    assert _run(report_db, tmp_path, "agents", "--out", str(out)) == 0
+    rows = {r["group"]: r for r in csv.DictReader(out.open())}
+    assert rows[""]["calls"] == "1"
+    assert ("callmood report agents: 1 analysed call has no agent id and is counted in the "
+            "rows with an empty group") in capsys.readouterr().err
+    assert _run(report_db, tmp_path, "agents", "--by", "team", "--out", str(out)) == 0
+    teams = {r["group"]: r["calls"] for r in csv.DictReader(out.open())}
+    assert teams[""] == "1" and "1 analysed call has no team" in capsys.readouterr().err
+    assert _run(report_db, tmp_path, "agents", "--agent", "bob", "--out", str(out)) == 0
+    assert "empty group" not in capsys.readouterr().err
+
+
 def test_a_date_filter_says_how_many_calls_without_a_start_it_leaves_out(
         report_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Calls registered by the inbox scan, `callmood analyze` or `callmood run` have no
@@ -529,14 +549,26 @@ def test_report_on_a_sqlite_file_never_migrated_is_a_config_error(tmp_path: Path
         load_calls(session, ReportFilter())
 
 
-@pytest.mark.parametrize("step", ["0.05", "0", "nan", "inf", "x"])
-def test_a_timeline_step_under_a_tenth_of_a_second_is_refused(tmp_path: Path, step: str,
+@pytest.mark.parametrize("step", ["0.05", "0", "nan", "inf", "x", "0.125", "5.005"])
+def test_a_timeline_step_under_a_tenth_of_a_second_or_finer_than_the_csv_is_refused(tmp_path: Path, step: str,
                                                             capsys: pytest.CaptureFixture[str]
                                                             ) -> None:
     with pytest.raises(SystemExit) as info:
-        _run("sqlite://", tmp_path, "timeline", "--bin-s", step)
+        _run("sqlite://", tmp_path, "timeline", "--bin-s", step, "--out", "x.csv")
     assert info.value.code == 2
-    assert "--bin-s" in capsys.readouterr().err
+    # the refusal itself, not the usage line (which names --bin-s whatever went wrong)
+    assert "argument --bin-s: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("step", ["0.1", "0.3", "0.15", "2.57", "5", "60"])
+def test_a_timeline_step_in_hundredths_of_a_second_is_taken(step: str) -> None:
+    """0.3 / 0.01 is 29.999999999999996 in floats: a whole number of hundredths all the same."""
+    from analytics.cli import add_report_parser
+
+    parser = argparse.ArgumentParser()
+    add_report_parser(parser.add_subparsers())
+    args = parser.parse_args(["report", "timeline", "--out", "x.csv", "--bin-s", step])
+    assert args.bin_s == float(step)
 
 
 def test_segments_of_calls_not_listed_are_ignored() -> None:

@@ -128,6 +128,27 @@ def test_a_third_needs_a_sentence_of_speech_to_have_a_mood() -> None:
     assert shift.loc[("v", "customer"), "end_dominant"] == "angry"
 
 
+def test_the_shift_is_the_difference_of_the_stresses_as_shown() -> None:
+    """Customer stress 10.06 -> 40.04 showed as 10.1 -> 40.0 beside a shift of 30.0 and a
+    "rise" flag, and 10.04 -> 39.96 as 10.0 -> 40.0 beside 29.9 and no flag (a review): a
+    supervisor subtracting the columns read the flag backwards."""
+    def customer(call: str, start_s: float, p_angry: float) -> dict[str, object]:
+        probs = {f"p_{e}": {"angry": p_angry, "neutral": 1 - p_angry}.get(e, 0.0)
+                 for e in EMOTIONS}
+        return {"call": call, "role": "customer", "start_s": start_s, "end_s": start_s + 5.0,
+                "emotion": "neutral", "confidence": 0.9, **probs}
+
+    calls = frame(customer("up", 1.0, 0.1006), customer("up", 45.0, 0.4004),
+                  customer("level", 1.0, 0.1004), customer("level", 45.0, 0.3996))
+    shift = mood_shift(calls, pd.Series({"up": 60.0, "level": 60.0})).set_index("call")
+    shown = shift[["start_stress", "end_stress"]].round(1)
+    assert shown.to_dict("index") == {"up": {"start_stress": 10.1, "end_stress": 40.0},
+                                      "level": {"start_stress": 10.0, "end_stress": 40.0}}
+    assert shift["stress_shift"].to_dict() == {"up": 29.9, "level": 30.0}
+    flags = escalation_flags(pd.Series([0.0, 0.0], index=shift.index), shift["stress_shift"])
+    assert flags["escalation_reason"].to_dict() == {"up": "", "level": "rise"}
+
+
 def test_thresholds_hold_for_seconds_on_10_ms_frames_whose_float_sum_lands_under() -> None:
     """Utterances of 4.05, 3.91 and 2.04 s are exactly 10 s of high-stress speech, yet their
     float sum is 9.999999999999998: not 'sustained' (a review: 349 of 2,000 such calls);
