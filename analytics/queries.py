@@ -229,16 +229,20 @@ def undated_calls(session: Session, where: ReportFilter) -> int:
     return int(session.execute(query).scalar_one())
 
 
-def load_filtered_segments(session: Session, where: ReportFilter) -> pd.DataFrame:
-    """Segments of the calls matching ``where`` (:data:`SEGMENT_COLUMNS`), by call and time."""
+def filtered_segments_query(where: ReportFilter) -> Select[*tuple[Any, ...]]:
+    """The query of :func:`load_filtered_segments` (``python -m bench plans`` times it)."""
     prob_columns = [getattr(Segment, c) for c in PROBABILITY_COLUMNS.values()]
-    query = _filtered(
+    return _filtered(
         select(Call.external_call_id.label("call"), Call.agent_id, Segment.channel,
                Segment.role, Segment.start_s, Segment.end_s, Segment.emotion,
                Segment.confidence, Segment.model_version, *prob_columns)
         .join(Call, Call.id == Segment.call_id), where,
     ).order_by(Call.external_call_id, Segment.start_s, Segment.channel)
-    return read_frame(session, query, SEGMENT_COLUMNS)
+
+
+def load_filtered_segments(session: Session, where: ReportFilter) -> pd.DataFrame:
+    """Segments of the calls matching ``where`` (:data:`SEGMENT_COLUMNS`), by call and time."""
+    return read_frame(session, filtered_segments_query(where), SEGMENT_COLUMNS)
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """``python -m bench NAME [options]``: run one benchmark (throughput, report, broker, recount,
-status, reserve)."""
+status, reserve, plans)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 
 BENCHMARKS = {"throughput": "bench.throughput", "report": "bench.report_bench",
               "broker": "bench.broker_bench", "recount": "bench.recount_bench",
-              "status": "bench.status_bench", "reserve": "bench.reserve_bench"}
+              "status": "bench.status_bench", "reserve": "bench.reserve_bench",
+              "plans": "bench.plans_bench"}
 
 
 def main() -> int:

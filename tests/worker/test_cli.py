@@ -261,7 +261,7 @@ def test_the_worker_logs_at_callmood_log_level_unless_told(
 
 def test_db_upgrade_reports_the_revision(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade"]) == 0
-    assert "revision 0008" in capsys.readouterr().out
+    assert "revision 0009" in capsys.readouterr().out
 
 
 def test_db_sql_prints_the_upgrade_for_a_dba(env: Path, capsys: pytest.CaptureFixture[str],
@@ -478,7 +478,7 @@ def test_db_commands_refuse_what_they_cannot_do_by_name(
     monkeypatch.setenv("CALLMOOD_DATABASE_URL", "postgresql+psycopg://u:secret@127.0.0.1:1/x")
     assert main(["db", "sql", "--from", "9999"]) == 2
     assert ("--from 9999: not a revision of this release; use one of 0001, 0002, 0003, 0004, "
-            "0005, 0006, 0007, 0008") in capsys.readouterr().err
+            "0005, 0006, 0007, 0008, 0009") in capsys.readouterr().err
     assert main(["db", "current"]) == 1
     err = capsys.readouterr().err
     assert "TransientError: database unavailable" in err and "Traceback" not in err
@@ -579,7 +579,7 @@ def test_analyze_migrates_only_the_embedded_database(
     path.write_bytes(b"RIFF")
     monkeypatch.setenv("CALLMOOD_DATABASE_URL", postgres_url)
     assert main(["analyze", str(path)]) == 2
-    assert "this release needs 0008: run callmood db upgrade first" in capsys.readouterr().err
+    assert "this release needs 0009: run callmood db upgrade first" in capsys.readouterr().err
     assert db.current_revision(postgres_url) is None
 
 
