@@ -733,13 +733,30 @@ def reserve_all(session: Session, requests: Sequence[CallRequest],
     # beside a manifest) deadlocked on PostgreSQL, one failing "database unavailable" (a review)
     # a chunk of calls a statement (register_all, lock_calls, one flush at the end): one call
     # at a time, 5,000 new calls took 7 statements each (23 s on PostgreSQL)
-    registered = register_all(session, requests, batch_id)
-    locked = lock_calls(session, [call.id for call in registered])
-    reservations = [_reserve(request, batch_id, locked[call.id])
-                    for request, call in zip(requests, registered, strict=True)]
+    rows = _registered_and_locked(session, requests, batch_id)
+    reservations = [_reserve(request, batch_id, row)
+                    for request, row in zip(requests, rows, strict=True)]
     session.flush()
     recount_batches(session, [b for r in reservations for b in r.recount])
     return reservations
+
+
+def _registered_and_locked(session: Session, requests: Sequence[CallRequest],
+                           batch_id: int | None) -> list[Call]:
+    """Each request's call row (:func:`register_all`), locked and read afresh
+    (:func:`lock_calls`). A row deleted between its lookup and its lock (an operator's purge)
+    is registered again, as one call at a time did; the chunk failed on a KeyError (a
+    review)."""
+    registered = register_all(session, requests, batch_id)
+    locked = lock_calls(session, [call.id for call in registered])
+    gone = [request for request, call in zip(requests, registered, strict=True)
+            if call.id not in locked]
+    if gone:
+        again = {call.external_call_id: call for call in register_all(session, gone, batch_id)}
+        locked.update(lock_calls(session, [call.id for call in again.values()]))
+        registered = [again.get(call.external_call_id, call) if call.id not in locked else call
+                      for call in registered]
+    return [locked[call.id] for call in registered]
 
 
 def recount_batches(session: Session, batch_ids: Iterable[int]) -> None:

@@ -10,8 +10,9 @@ ANALYZE samples hold few calls each, and PostgreSQL estimated the distinct ``cal
 A report's plan then counted ten times the segments a call has. With a target of 1000
 (300,000 rows sampled) the estimate is 823,698, and a day's segment read took 85 ms instead
 of 319, 30 days' 2.7 s instead of 3.4 (``python -m bench plans --postgres-url URL``: 1 M
-calls, 20 segments each, over 365 days; 2026-12-06, this 2-core machine). The cost is ANALYZE's: about 4 s instead of 0.25 s on those 20 M rows,
-when autovacuum analyses the table. SQLite keeps no such statistics: nothing to do there.
+calls, 20 segments each, over 365 days; 2026-12-06, this 2-core machine). The cost is
+ANALYZE's: about 4 s instead of 0.25 s on those 20 M rows, when autovacuum analyses the
+table. SQLite keeps no such statistics: nothing to do there.
 """
 
 from __future__ import annotations

@@ -939,3 +939,28 @@ def test_a_bulk_registration_inserts_in_call_id_order(db_url: str) -> None:
         assert rows[1] is rows[3]
         ids = {r.external_call_id: r.id for r in rows}
         assert ids["O-1"] < ids["O-2"] < ids["O-3"]
+
+
+def test_a_call_row_deleted_between_its_lookup_and_its_lock_is_registered_again(
+        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator purging a call row while a producer reserves it: the chunk failed with a
+    bare KeyError (a review); one call at a time registered it anew, and so does the chunk."""
+    with db.session_scope(db_url) as s:
+        store.reserve_all(s, [_request("D-1"), _request("D-2")])
+    real_lock_calls = store.lock_calls
+    purged: list[int] = []
+
+    def purge_first(session: Session, call_ids: list[int]) -> dict[int, Call]:
+        if not purged:
+            purged.extend(call_ids)
+            session.execute(delete(Call).where(Call.external_call_id == "D-1"))
+        return real_lock_calls(session, call_ids)
+
+    monkeypatch.setattr(store, "lock_calls", purge_first)
+    with db.session_scope(db_url) as s:
+        reserved = store.reserve_all(s, [_request("D-1", reprocess=True),
+                                         _request("D-2", reprocess=True)])
+        assert [r.send for r in reserved] == [True, True]
+        assert reserved[0].call.id not in purged and reserved[1].call.id in purged
+    with db.session_scope(db_url) as s:
+        assert sorted(c.external_call_id for c in store.list_calls(s)) == ["D-1", "D-2"]
