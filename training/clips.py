@@ -10,7 +10,7 @@ part.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -18,7 +18,7 @@ from typing import TypeVar
 import numpy as np
 
 from training.dataset import ClipSource
-from worker.audio import Audio, load_mono
+from worker.audio import Audio, check_labelled_channel, load_mono, read_info
 from worker.errors import ConfigError
 
 T = TypeVar("T")
@@ -50,6 +50,47 @@ def cut_span(audio: Audio, sample_rate: int, source: ClipSource) -> Audio:
     return np.array(audio[first:max(last, first + 1)], dtype=np.float32)
 
 
+def _by_file(sources: Sequence[ClipSource]) -> dict[tuple[str, int | None], list[int]]:
+    """The indices of ``sources`` per (file, channel), in order."""
+    groups: dict[tuple[str, int | None], list[int]] = {}
+    for i, source in enumerate(sources):
+        groups.setdefault((source.path, source.channel), []).append(i)
+    return groups
+
+
+def _require_files(groups: Iterable[tuple[str, int | None]]) -> None:
+    """ConfigError naming every file of ``groups`` that is not there: a missing one surfaced
+    as libsndfile's "System error" once the whole dataset was built, and only the first of
+    them (a review)."""
+    missing = sorted({path for path, _ in groups if not os.path.isfile(path)})
+    if missing:
+        raise ConfigError(f"{len(missing)} file(s) of the manifest not found: "
+                          f"{', '.join(missing[:MAX_MISSING_LISTED])}"
+                          f"{' ...' if len(missing) > MAX_MISSING_LISTED else ''} (paths in a "
+                          "manifest are relative to its folder)")
+
+
+def check_sources(sources: Sequence[ClipSource]) -> None:
+    """What the files' headers can tell of ``sources`` before anything is decoded: each file
+    there and readable, its labelled channel one it has, each span starting inside it
+    (ConfigError or AudioDecodeError naming the file). Training decodes its train and
+    validation clips first and the test rows only once the model is trained: a missing or
+    stereo test file failed a run after its training (a review). A span's end is checked at
+    decoding (:func:`cut_span`): an MP3's header length is an estimate."""
+    groups = _by_file(sources)
+    _require_files(groups)
+    for (path, channel), indices in groups.items():
+        info = read_info(Path(path))
+        check_labelled_channel(Path(path), int(info.channels), channel)
+        length_s = float(info.frames) / float(info.samplerate)
+        for start_s in (sources[i].start_s for i in indices):
+            if start_s is not None and start_s >= length_s:
+                raise ConfigError(f"the manifest's span starting at {start_s:g} s of {path} "
+                                  f"starts past its end ({length_s:.2f} s by its header): "
+                                  "check the file and that start_s / end_s are seconds from "
+                                  "its start")
+
+
 def load_clips(sources: Sequence[ClipSource], sample_rate: int,
                transform: Callable[[Audio], T], workers: int = 2) -> list[T]:
     """``transform`` (a cut to speech, features; a function of one clip's samples) of each
@@ -57,17 +98,8 @@ def load_clips(sources: Sequence[ClipSource], sample_rate: int,
     ``workers``, each (file, channel) once however many spans it has, and only the
     transforms are kept. AudioDecodeError names a file that cannot be decoded; ConfigError a
     span past its end."""
-    groups: dict[tuple[str, int | None], list[int]] = {}
-    for i, source in enumerate(sources):
-        groups.setdefault((source.path, source.channel), []).append(i)
-    # every file looked for before any is decoded: a missing one surfaced as libsndfile's
-    # "System error" once the whole dataset was built, and only the first of them (a review)
-    missing = sorted({path for path, _ in groups if not os.path.isfile(path)})
-    if missing:
-        raise ConfigError(f"{len(missing)} file(s) of the manifest not found: "
-                          f"{', '.join(missing[:MAX_MISSING_LISTED])}"
-                          f"{' ...' if len(missing) > MAX_MISSING_LISTED else ''} (paths in a "
-                          "manifest are relative to its folder)")
+    groups = _by_file(sources)
+    _require_files(groups)
 
     def load(key: tuple[str, int | None]) -> list[tuple[int, T]]:
         audio = load_mono(Path(key[0]), sample_rate, key[1])

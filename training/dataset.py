@@ -375,11 +375,24 @@ def check_speaker_independent(df: pd.DataFrame) -> pd.DataFrame:
             f"speaker(s) {', '.join(both[:MAX_LISTED])}{' ...' if len(both) > MAX_LISTED else ''}"
             f" ({len(both)} in all) have clips in both train and test: put each speaker in one "
             "split, or the test figures are not speaker-independent")
+    # an operator's manifests in several folders take each folder's name as their corpus, so
+    # one agent in nov/ (train) and dec/ (test) counted as two speakers (a review)
+    ours = df[~df["corpus"].isin((*DEFAULT_CORPORA, *AROUSAL_CORPORA))]
+    splits = ours.groupby(ours["speaker"].astype(str))["split"].nunique()
+    straddling = sorted(splits[splits > 1].index)
+    if straddling:
+        raise ConfigError(
+            f"speaker(s) {', '.join(straddling[:MAX_LISTED])}"
+            f"{' ...' if len(straddling) > MAX_LISTED else ''} of your own rows are in train "
+            "under one corpus and in test under another (a corpus defaults to the manifest's "
+            "folder name): if they are one person, give the manifests a corpus column with "
+            "one value; if not, give them different speaker ids")
     paths = df.groupby("path")["split"].nunique()
     twice = sorted(paths[paths > 1].index)
     if twice:
         raise ConfigError(f"file(s) {', '.join(twice[:MAX_LISTED])} are listed in both train "
-                          "and test")
+                          "and test: every labelled party of one call shares the call's split "
+                          "(each channel hears the other party too)")
     return df
 
 
@@ -432,6 +445,12 @@ def card_val_speakers(card: ModelCard) -> list[str]:
     """The ``corpus:speaker`` keys a trained model's card lists as held out for validation,
     sorted (empty for a card written by other tooling)."""
     return sorted(card.extra.get("training", {}).get("val_speakers", []))
+
+
+def card_train_speakers(card: ModelCard) -> list[str]:
+    """The ``corpus:speaker`` keys a trained model's card lists as having trained it, sorted
+    (empty for a card from before 2026-12-07 or from other tooling: nothing to check)."""
+    return sorted(card.extra.get("training", {}).get("train_speakers", []))
 
 
 BALANCES: tuple[str, ...] = ("corpora", "speakers")

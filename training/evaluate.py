@@ -38,6 +38,7 @@ from training.dataset import (
     SUBSET_TRAIN,
     SUBSET_VAL,
     ClipSource,
+    card_train_speakers,
     card_val_speakers,
     clip_sources,
     map_labels,
@@ -487,6 +488,8 @@ def metrics_for(corpus: str, channel: str, probabilities: npt.NDArray[np.float32
 
 
 EVAL_SPLITS: tuple[str, ...] = ("test", SUBSET_TRAIN, SUBSET_VAL, "all")
+MAX_SPEAKERS_NAMED = 10
+"""Speakers an error names (the count says how many)."""
 """What ``evaluate`` scores: the manifests' test rows (the reported figures), their train rows,
 the validation speakers a card lists (train rows held out to select the run), or every row."""
 
@@ -553,6 +556,9 @@ def evaluate_models(groups: Sequence[Sequence[Path]], manifest_paths: Sequence[P
                               f"held out {held_out[0]}: score models together on val only "
                               "when they share the split seed")
     clips = scored_clips(paths[0], card, manifest_paths, split)
+    if split == "test":
+        for path, model in zip(paths, models, strict=True):
+            refuse_trained_speakers(path, model.card, clips)
     y_all = label_ids(clips, card.labels)
     speakers_all = speaker_keys(clips).to_numpy(str)
     corpora = [(str(c), (clips["corpus"] == c).to_numpy()) for c in sorted(clips["corpus"].unique())]
@@ -586,13 +592,35 @@ def scored_clips(model_path: Path, card: ModelCard, manifest_paths: Sequence[Pat
                               "selected as on val, or use split test")
         # the model's own validation speakers, as its card lists them
         clips = clips[(clips["split"] == SUBSET_TRAIN) & speaker_keys(clips).isin(held_out)]
+        if clips.empty:
+            raise ConfigError(f"none of {model_path.name}'s validation speakers "
+                              f"({', '.join(held_out[:MAX_SPEAKERS_NAMED])}) has train rows in "
+                              f"{', '.join(str(p) for p in manifest_paths)}: pass the "
+                              "manifests it was trained on (--manifest)")
     elif split != "all":
         clips = clips[clips["split"] == split]
+        if clips.empty:
+            raise ConfigError(f"no row of split {split!r} in "
+                              f"{', '.join(str(p) for p in manifest_paths)}: nothing to score")
     clips = clips[clips["label"].isin(card.labels)].reset_index(drop=True)
     if clips.empty:
         raise ConfigError(f"no clip of split {split!r} with one of the model's labels in "
                           f"{', '.join(str(p) for p in manifest_paths)}: nothing to score")
     return clips
+
+
+def refuse_trained_speakers(model_path: Path, card: ModelCard, clips: pd.DataFrame) -> None:
+    """ConfigError when test ``clips`` hold speakers the card of ``model_path`` lists as
+    having trained it: a figure of its own training speakers was written into the card as
+    one of "speakers never seen in training" (a review: an operator's rows marked train,
+    then listed again as test)."""
+    seen = sorted(set(speaker_keys(clips)) & set(card_train_speakers(card)))
+    if seen:
+        raise ConfigError(f"split test: {len(seen)} speaker(s) of these rows trained "
+                          f"{model_path.name} ({', '.join(seen[:MAX_SPEAKERS_NAMED])}"
+                          f"{' ...' if len(seen) > MAX_SPEAKERS_NAMED else ''}; its card's "
+                          "train_speakers): test figures are of speakers never seen in "
+                          "training; drop their rows, or score --split all")
 
 
 def _load_for_evaluation(path: Path, threads: int, min_frames: int | None) -> EmotionModel:

@@ -45,7 +45,7 @@ from training.checkpoint import (
     remove_checkpoint,
     save_checkpoint,
 )
-from training.clips import load_clips
+from training.clips import check_sources, load_clips
 from training.dataset import (
     AROUSAL_LEVELS,
     BALANCES,
@@ -633,10 +633,11 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
         raise ConfigError(f"val_fraction={config.val_fraction}: a final fit trains on every "
                           "train speaker (0), and only a final fit may (its epochs and "
                           "temperature come from a run selected on validation speakers)")
-    train_df, val_df = train_and_val(build_dataset(manifest_paths, val_fraction=config.val_fraction,
-                                                   seed=config.split_seed),
-                                     limit_per_corpus, config.split_seed, "the emotion head",
-                                     need_val=final_fit is None)
+    dataset = build_dataset(manifest_paths, val_fraction=config.val_fraction,
+                            seed=config.split_seed)
+    check_sources(clip_sources(dataset))   # the test rows too, scored only after training
+    train_df, val_df = train_and_val(dataset, limit_per_corpus, config.split_seed,
+                                     "the emotion head", need_val=final_fit is None)
     val_speakers = sorted(set(speaker_keys(val_df)))
     log.info("train %d clips, val %d clips (%s)", len(train_df), len(val_df),
              ", ".join(val_speakers))
@@ -849,6 +850,8 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
                                  else {}),
             "final_fit": asdict(final_fit) if final_fit is not None else None,
             "val_speakers": val_speakers,
+            # evaluate refuses test rows of these: a test figure is of speakers never seen
+            "train_speakers": sorted(set(speaker_keys(train_df))),
             "teachers": teachers,
             "arousal": ({} if not arousal_waves else {
                 "levels": list(AROUSAL_LEVELS), "weight": config.arousal_weight,

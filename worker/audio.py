@@ -1149,11 +1149,17 @@ def load_mono(path: Path, target_rate: int = ANALYSIS_SAMPLE_RATE,
     if data.shape[0] == 0:
         raise AudioDecodeError(f"{path} holds no audio (0 frames)")
     check_decode_complete(path, fmt, header_frames, data.shape[0], rate)
-    if channel is None and data.shape[1] > 1:
-        raise AudioDecodeError(
-            f"{path} has {data.shape[1]} channels: name the labelled party's channel in the "
-            "manifest's channel column (0 = first); the worker scores each channel apart")
-    if channel is not None and not 0 <= channel < data.shape[1]:
-        raise AudioDecodeError(f"{path} has {data.shape[1]} channel(s); the manifest names "
-                               f"channel {channel} (valid: 0 to {data.shape[1] - 1})")
+    check_labelled_channel(path, data.shape[1], channel)
     return resample(data[:, 0 if channel is None else channel], rate, target_rate)
+
+
+def check_labelled_channel(path: Path, n_channels: int, channel: int | None) -> None:
+    """AudioDecodeError unless ``channel`` names one of a file's ``n_channels`` (None: a mono
+    file's one; a multi-channel file needs it named, see :func:`load_mono`)."""
+    if channel is None and n_channels > 1:
+        raise AudioDecodeError(
+            f"{path} has {n_channels} channels: name the labelled party's channel in the "
+            "manifest's channel column (0 = first); the worker scores each channel apart")
+    if channel is not None and not 0 <= channel < n_channels:
+        raise AudioDecodeError(f"{path} has {n_channels} channel(s); the manifest names "
+                               f"channel {channel} (valid: 0 to {n_channels - 1})")

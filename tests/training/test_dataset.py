@@ -20,6 +20,7 @@ from training.dataset import (
     read_manifest,
     read_manifests,
     sampling_weights,
+    speaker_keys,
     training_targets,
 )
 from worker.constants import EMOTIONS
@@ -334,3 +335,28 @@ def test_errors_name_file_lines_across_blank_lines(tmp_path: Path) -> None:
     path = _manifest(tmp_path, "path,speaker,emotion,split\na.wav,s1,sad,train\n,,,\n")
     with pytest.raises(ConfigError, match=r"no speaker on line\(s\) 3;"):
         read_manifest(path)
+
+
+def test_one_agent_in_train_in_one_folder_and_test_in_another_is_refused(tmp_path: Path) -> None:
+    """Manifests in several folders take each folder's name as their corpus: agent-7's
+    November calls (train) and December calls (test) counted as two speakers, and the test
+    figures scored an agent the model had trained on (a review)."""
+    rows = {"nov": "a.wav,agent-7,angry,train\nb.wav,agent-8,sad,train\n",
+            "dec": "c.wav,agent-7,happy,test\nd.wav,agent-9,sad,test\n"}
+    paths = []
+    for folder, text in rows.items():
+        path = tmp_path / folder / "manifest.csv"
+        path.parent.mkdir()
+        path.write_text("path,speaker,emotion,split\n" + text)
+        paths.append(path)
+    with pytest.raises(ConfigError, match=r"speaker\(s\) agent-7 of your own rows are in train "
+                                          r"under one corpus and in test under another"):
+        build_dataset(paths)
+    for path in paths:   # one corpus: agent-7 is one speaker, in both splits, refused as such
+        path.write_text(path.read_text().replace("split\n", "split,corpus\n")
+                        .replace("train\n", "train,calls\n").replace("test\n", "test,calls\n"))
+    with pytest.raises(ConfigError, match=r"calls:agent-7 \(1 in all\) have clips in both"):
+        build_dataset(paths)
+    paths[1].write_text(paths[1].read_text().replace("agent-7", "agent-10"))
+    assert sorted(set(speaker_keys(build_dataset(paths)))) == [
+        "calls:agent-10", "calls:agent-7", "calls:agent-8", "calls:agent-9"]

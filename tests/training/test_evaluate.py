@@ -541,3 +541,28 @@ def test_update_card_names_the_card_it_rewrites(
     assert "--update-card rewrites a model's card: name the model" in capsys.readouterr().err
     assert card_path_for(served).read_text() == card_before
     assert not (tmp_path / "loco").exists() and not Path("loco").exists()
+
+
+def test_evaluate_says_why_nothing_is_left_to_score(tmp_path: Path) -> None:
+    """An operator's manifest without test rows, or another data set than the model's own
+    for --split val, read "no clip ... with one of the model's labels": the labels were fine
+    (a review). Each case now says what is missing."""
+    from types import SimpleNamespace
+
+    from training.evaluate import scored_clips
+
+    model_path = tmp_path / "mine.onnx"
+    card: Any = SimpleNamespace(labels=("angry", "happy", "neutral", "sad"),
+                                extra={"training": {"val_speakers": ["ravdess:01"]}})
+    manifest = tmp_path / "mycalls" / "manifest.csv"
+    manifest.parent.mkdir()
+    manifest.write_text("path,speaker,emotion,split\na.wav,agent-1,angry,train\n"
+                        "b.wav,agent-2,sad,train\n")
+    with pytest.raises(ConfigError, match=r"no row of split 'test' in \S+manifest.csv"):
+        scored_clips(model_path, card, [manifest], "test")
+    with pytest.raises(ConfigError, match=r"none of mine.onnx's validation speakers "
+                                          r"\(ravdess:01\) has train rows"):
+        scored_clips(model_path, card, [manifest], "val")
+    manifest.write_text("path,speaker,emotion,split\na.wav,agent-1,fear,test\n")
+    with pytest.raises(ConfigError, match="with one of the model's labels"):
+        scored_clips(model_path, card, [manifest], "test")

@@ -792,6 +792,64 @@ def test_an_operators_stereo_calls_train_on_the_channel_their_manifest_names(
     assert np.allclose(party, original, atol=1e-4)
 
 
+def test_an_operators_test_rows_are_checked_before_training(
+        tmp_path: Path, callmood_corpora: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Test rows are decoded only once the model is trained: a missing or stereo test file
+    stopped the run after its training (an hour, for a real one), or never with
+    --no-test-eval (a review). Every row's file, channel and span start are checked first."""
+    manifest = _operator_manifest(tmp_path, callmood_corpora)
+    rows = pd.read_csv(manifest)
+    test = rows.index[rows["split"] == "test"]
+    stereo = tmp_path / "stereo.wav"
+    sf.write(str(stereo), np.zeros((16000, 2), np.float32), 16000, subtype="PCM_16")
+    mono_span = rows.assign(start_s=np.nan, end_s=np.nan)
+    broken = {
+        "1 file(s) of the manifest not found": rows.assign(
+            path=rows["path"].where(rows.index != test[0], str(tmp_path / "gone.wav"))),
+        "has 2 channels: name the labelled party's channel": rows.assign(
+            path=rows["path"].where(rows.index != test[0], str(stereo))),
+        "starts past its end": mono_span.assign(
+            start_s=mono_span["start_s"].where(rows.index != test[0], 30.0),
+            end_s=mono_span["end_s"].where(rows.index != test[0], 31.0)),
+    }
+    out_dir = tmp_path / "models"
+    for message, frame in broken.items():
+        frame.to_csv(manifest, index=False)
+        assert train_main(["--manifest", str(manifest), "--out-dir", str(out_dir),
+                           "--epochs", "1", "--draws-per-epoch", "16", "--batch-size", "8",
+                           "--workers", "1", "--threads", "1", "--no-test-eval"]) == 2
+        assert message in capsys.readouterr().err
+        assert not out_dir.exists() or not any(out_dir.iterdir())   # nothing trained
+
+
+def test_test_figures_of_speakers_that_trained_the_model_are_refused(
+        tmp_path: Path, callmood_corpora: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The card kept no record of who trained the model: an operator's train rows listed
+    again as test were scored, and --update-card wrote them as "speakers never seen in
+    training" (a review). The card lists its train speakers, and evaluate refuses them."""
+    manifest = _operator_manifest(tmp_path, callmood_corpora)
+    out_dir = tmp_path / "models"
+    assert train_main(["--manifest", str(manifest), "--out-dir", str(out_dir), "--epochs", "1",
+                       "--draws-per-epoch", "16", "--batch-size", "8", "--workers", "1",
+                       "--threads", "1", "--no-test-eval"]) == 0
+    model = out_dir / "emotion-v1.onnx"
+    card = json.loads(model.with_suffix(".card.json").read_text())
+    rows = pd.read_csv(manifest)
+    trained = sorted(set(rows.loc[rows["split"] == "train", "speaker"].astype(str)))
+    assert card["training"]["train_speakers"] == sorted(
+        f"mycalls:{s}" for s in trained if f"mycalls:{s}" not in card["training"]["val_speakers"])
+    relabelled = tmp_path / "mycalls" / "again.csv"
+    rows.assign(split="test").to_csv(relabelled, index=False)
+    capsys.readouterr()
+    assert evaluate_main(["--model", str(model), "--update-card", "--manifest",
+                          str(relabelled)]) == 2
+    assert "trained emotion-v1.onnx" in capsys.readouterr().err
+    assert "test_metrics" not in json.loads(model.with_suffix(".card.json").read_text())
+    assert evaluate_main(["--model", str(model), "--update-card", "--manifest",
+                          str(manifest)]) == 0
+    assert json.loads(model.with_suffix(".card.json").read_text())["test_metrics"]
+
+
 def test_an_operators_whole_calls_train_and_score_on_their_labelled_spans(
         tmp_path: Path, callmood_corpora: Path) -> None:
     """Labels of utterances inside whole calls (start_s / end_s) train and are scored span by
@@ -868,3 +926,13 @@ def test_a_temperature_fit_on_logits_that_barely_separate_is_flagged() -> None:
     trained[np.arange(200), y] += 1.0        # a calibrated model's margins (T near 1)
     t_trained = fit_temperature(trained, y)
     assert not temperature_at_bound(t_trained) and 0.5 < t_trained < 5.0
+
+
+def test_python_m_training_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m training --help` printed a one-line usage and exited 2 (a review)."""
+    from training.__main__ import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"\n  {name} " in out for name in ("train", "final-fit", "evaluate", "loco"))
+    assert main([]) == 2 and "usage: python -m training" in capsys.readouterr().err
