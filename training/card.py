@@ -425,8 +425,8 @@ def data_limits(train_counts: Mapping[str, Mapping[str, int]]) -> list[str]:
 
 def untrained_classes(train_counts: Mapping[str, Mapping[str, int]]) -> list[str]:
     """The card's limit line for output classes no training clip taught (none: empty): an
-    operator's 4-emotion data still gives 7 outputs, and the card listed all 7 without a word
-    while the untrained ones took probability and fed the stress score (a review)."""
+    operator's 4-emotion data still gives 7 outputs, the untrained ones masked to probability 0
+    (they took ~40 % and fed the stress score, a review)."""
     from analytics.stress import STRESS_WEIGHTS
     from worker.constants import EMOTIONS
 
@@ -435,10 +435,10 @@ def untrained_classes(train_counts: Mapping[str, Mapping[str, int]]) -> list[str
     if not untrained:
         return []
     stressed = [e for e in untrained if STRESS_WEIGHTS.get(e)]
-    return [f"No training clip of {', '.join(untrained)}: the model still gives "
-            f"{'it' if len(untrained) == 1 else 'them'} probabilities, which mean nothing"
-            + (f"; {', '.join(stressed)} feed{'s' if len(stressed) == 1 else ''} the stress "
-               "score, so read stress with care" if stressed else "") + "."]
+    return [f"No training clip of {', '.join(untrained)}: the model gives "
+            f"{'it' if len(untrained) == 1 else 'them'} probability 0 (masked in the exported "
+            "graph)" + (f", so the stress score reads nothing of {', '.join(stressed)}"
+                        if stressed else "") + "."]
 
 
 def label_notes(corpora: set[str]) -> str:

@@ -197,6 +197,33 @@ class MergedClasses(nn.Module):
                           for g in self.groups], dim=1)
 
 
+UNTAUGHT_LOGIT_OFFSET = -1.0e4
+"""Added to the logit of a class no training clip taught: softmax gives it 0 in float32 at any
+temperature a card fits (0.3-5), and the other classes' probabilities are unchanged."""
+
+
+class WithoutUntaught(nn.Module):
+    """A model served without the classes no training clip taught: an operator's 4-emotion
+    calls gave a model whose 3 untaught classes took ~40 % of every segment's probability,
+    fear feeding the stress score (a review). Their logits are pushed out of reach
+    (:data:`UNTAUGHT_LOGIT_OFFSET`); the outputs keep every served class, as the worker and
+    the segments table expect."""
+
+    offset: torch.Tensor
+
+    def __init__(self, model: nn.Module, untaught: Sequence[int], n_classes: int) -> None:
+        super().__init__()
+        self.model = model
+        offset = torch.zeros(n_classes)
+        offset[list(untaught)] = UNTAUGHT_LOGIT_OFFSET
+        self.register_buffer("offset", offset)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(batch, rows, frames) -> (batch, classes) logits, the untaught far under."""
+        logits: torch.Tensor = self.model(features)
+        return logits + self.offset
+
+
 def build_model(config: ModelConfig) -> EmotionCNN | EmotionEnsemble:
     """One EmotionCNN (``members`` == 1, the graph emotion-v1.4.0 and earlier have) or an
     ensemble of them."""

@@ -15,7 +15,7 @@ import logging
 import time
 import typing
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from types import UnionType
@@ -63,7 +63,13 @@ from training.dataset import (
 )
 from training.distill import DistillConfig, distillation_loss, teacher_targets
 from training.evaluate import confusion_matrix, unweighted_average_recall
-from training.model import MergedClasses, ModelConfig, build_model, count_parameters
+from training.model import (
+    MergedClasses,
+    ModelConfig,
+    WithoutUntaught,
+    build_model,
+    count_parameters,
+)
 from worker.audio import file_sha256
 from worker.constants import ANALYSIS_SAMPLE_RATE, EMOTIONS
 from worker.errors import ConfigError
@@ -469,14 +475,25 @@ def architecture_name(config: ModelConfig) -> str:
     return name if not config.arousal_classes else name + " (arousal head trained, not exported)"
 
 
-def served_model(model: nn.Module, config: TrainConfig) -> nn.Module:
+def served_model(model: nn.Module, config: TrainConfig,
+                 untaught: Sequence[int] = ()) -> nn.Module:
     """The graph that is validated, calibrated and exported: ``model`` itself, or with extra
-    classes the model with each merged into its served class (LABEL_MAP's)."""
-    if not config.extra_classes:
-        return model
-    into = [*range(len(EMOTIONS)),
-            *(EMOTIONS.index(str(LABEL_MAP[e])) for e in config.extra_classes)]
-    return MergedClasses(model, into)
+    classes the model with each merged into its served class (LABEL_MAP's); the served
+    classes of ``untaught`` (indices into EMOTIONS: no training clip of them) never win any
+    probability (:class:`training.model.WithoutUntaught`)."""
+    served = model
+    if config.extra_classes:
+        into = [*range(len(EMOTIONS)),
+                *(EMOTIONS.index(str(LABEL_MAP[e])) for e in config.extra_classes)]
+        served = MergedClasses(model, into)
+    return WithoutUntaught(served, untaught, len(EMOTIONS)) if untaught else served
+
+
+def untaught_classes(train_labels: Iterable[str]) -> list[int]:
+    """Indices into EMOTIONS of the served classes none of ``train_labels`` (training class
+    names, extra classes included) reaches."""
+    taught = {str(LABEL_MAP.get(label, label)) for label in train_labels}
+    return [i for i, emotion in enumerate(EMOTIONS) if emotion not in taught]
 
 
 def predict_logits(model: nn.Module, feats: Sequence[npt.NDArray[np.float32]],
@@ -639,6 +656,7 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
     train_df, val_df = train_and_val(dataset, limit_per_corpus, config.split_seed,
                                      "the emotion head", need_val=final_fit is None)
     val_speakers = sorted(set(speaker_keys(val_df)))
+    untaught = untaught_classes(train_df["label"])
     log.info("train %d clips, val %d clips (%s)", len(train_df), len(val_df),
              ", ".join(val_speakers))
     sr = config.features.sample_rate
@@ -775,7 +793,7 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
                      time.monotonic() - t0)
             best_epoch, best_state = epoch, _state_copy(averaged)
         else:
-            logits = predict_logits(served_model(averaged, config), val_feats, dev,
+            logits = predict_logits(served_model(averaged, config, untaught), val_feats, dev,
                                     config.min_frames)
             uas = per_corpus_ua(logits, y_val, val_corpora)
             # selection metric: UA pooled over all validation clips (URDU's few val speakers
@@ -784,7 +802,7 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
                 y_val, logits.argmax(axis=1).astype(np.int64), len(EMOTIONS)))
             if config.bn_recalibration_batches:
                 # logged, not selected on: the same weights with the averaged statistics
-                kept = predict_logits(served_model(ema.module, config), val_feats, dev,
+                kept = predict_logits(served_model(ema.module, config, untaught), val_feats, dev,
                                       config.min_frames)
                 uas = {**uas, "val_ua_averaged_bn": unweighted_average_recall(confusion_matrix(
                     y_val, kept.argmax(axis=1).astype(np.int64), len(EMOTIONS)))}
@@ -812,7 +830,7 @@ def train(manifest_paths: Sequence[Path], out_dir: Path, config: TrainConfig,
             break
     assert best_state is not None
     model.load_state_dict(best_state)
-    served = served_model(model.cpu(), config)
+    served = served_model(model.cpu(), config, untaught)
     if final_fit is not None:
         temperature = final_fit.temperature
     else:

@@ -165,8 +165,8 @@ def test_a_card_names_the_classes_no_clip_taught() -> None:
     """An operator's model trained on 4 emotions listed all 7 outputs without a word, while
     the 3 untrained ones took probability and fed the stress score (a review)."""
     four = data_limits({"mycalls": {"angry": 40, "happy": 30, "neutral": 50, "sad": 20}})
-    assert four[-1] == ("No training clip of disgust, fear, surprise: the model still gives "
-                        "them probabilities, which mean nothing; disgust, fear feed the "
-                        "stress score, so read stress with care.")
+    assert four[-1] == ("No training clip of disgust, fear, surprise: the model gives them "
+                        "probability 0 (masked in the exported graph), so the stress score "
+                        "reads nothing of disgust, fear.")
     every = {"ravdess": {e: 1 for e in EMOTIONS}}
     assert not any(line.startswith("No training clip") for line in data_limits(every))

@@ -270,7 +270,7 @@ def test_only_test_figures_go_into_a_card_and_a_split_must_exist(
     with pytest.raises(ConfigError, match="split='Test': use one of test, train, val, all"):
         evaluate_model(model, [manifest], split="Test", workers=1)
     # the manifest holds test rows only: no train row to score is an error, not an empty table
-    with pytest.raises(ConfigError, match="no clip of split 'train'"):
+    with pytest.raises(ConfigError, match="no row of split 'train'"):
         evaluate_model(model, [manifest], split="train", workers=1)
     assert card_path_for(model).read_text() == card_before
 

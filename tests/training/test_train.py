@@ -414,6 +414,33 @@ def test_calm_trained_apart_is_served_merged_into_neutral(tmp_path: Path) -> Non
                     distill=DistillConfig(teachers=(str(tmp_path / "t.onnx"),)))
 
 
+def test_classes_no_clip_taught_are_served_with_probability_zero(tmp_path: Path) -> None:
+    """An operator's 4-emotion model gave its 3 untaught classes ~40 % of every segment's
+    probability, fear feeding the stress score (a review). Their logits are masked in the
+    served graph: probability 0, the taught classes' shares as before, exported alike."""
+    import torch
+
+    from training.train import served_model, untaught_classes
+
+    untaught = untaught_classes(["angry", "happy", "calm", "sad", "angry"])
+    assert [EMOTIONS[i] for i in untaught] == ["disgust", "fear", "surprise"]
+    assert untaught_classes(EMOTIONS) == []
+    net = build_model(ModelConfig(channels=(4, 4, 4, 4)))
+    net.eval()
+    served = served_model(net, TrainConfig(), untaught)
+    assert served_model(net, TrainConfig(), []) is net
+    x = torch.randn(3, 64, 90)
+    with torch.no_grad():
+        p7 = torch.softmax(served(x) / 0.3, dim=1)      # at a steep card temperature too
+        p_net = torch.softmax(net(x) / 0.3, dim=1)
+    assert p7[:, untaught].max().item() == 0.0
+    taught = [i for i in range(len(EMOTIONS)) if i not in untaught]
+    renormalised = p_net[:, taught] / p_net[:, taught].sum(dim=1, keepdim=True)
+    assert torch.allclose(p7[:, taught], renormalised, atol=1e-6)
+    export_onnx(served, tmp_path / "masked.onnx", 64)
+    assert check_onnx(served, tmp_path / "masked.onnx", 64) < 1e-4
+
+
 def test_the_arousal_head_shares_the_layers_and_stays_out_of_the_exported_graph(
         tmp_path: Path) -> None:
     import onnxruntime as ort
