@@ -208,7 +208,8 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
               + ("call has" if unlabelled == 1 else "calls have")
               + f" no {'agent id' if label == 'agent_id' else 'team'} and "
               + ("is" if unlabelled == 1 else "are") + " counted in the rows with an empty "
-              "group (send it with the call; callmood calls lists them)", file=sys.stderr)
+              "group (the inbox scan registers calls without labels: send calls by manifest, "
+              "with agent_id and team, to have them)", file=sys.stderr)
     if undated:
         # the CSV cannot show what it leaves out: a supervisor took the rows for every call
         print(f"callmood report {args.kind}: {undated} analysed "

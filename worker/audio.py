@@ -15,6 +15,7 @@ import hashlib
 import io
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,7 +262,10 @@ def read_info(path: Path) -> Any:
         return sf.info(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         supported = "WAV PCM/float/G.711, FLAC, Ogg Vorbis/Opus, MP3"
-        message = f"{path.name} is not a readable audio file (supported: {supported}): {e}"
+        # libsndfile's text starts "Error opening b'/the/path': " (the name is said already)
+        detail = re.sub(r"^Error opening .*?: ", "", str(e))
+        message = (f"{path.name} is not a readable audio file ({detail}); supported: "
+                   f"{supported}. Re-export the recording and send it again")
         as_named = unreadable_as_named(path, e)
         if as_named is not None:
             message = (f"{path.name} is {as_named}. Re-export the recording and send it "

@@ -401,7 +401,12 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("beat would have nothing to schedule: set CALLMOOD_INBOX_DIRS (the "
                           "nightly inbox scan) or use a redis:// or sqla+ CALLMOOD_BROKER_URL "
                           "(the recovery of lost messages every few minutes)")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        # a bind mount that is a file or not writable: a raw traceback, exit 1 (a review)
+        raise ConfigError(f"CALLMOOD_DATA_DIR {settings.data_dir}: cannot make the folder "
+                          f"beat keeps its schedule in: {e.strerror or e}") from e
     argv = beat_command(str(settings.data_dir / "celerybeat-schedule"),
                         args.loglevel or settings.log_level)
     os.execv(argv[0], [*argv, *args.celery_args])
@@ -774,7 +779,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"callmood: configuration error: {e}", file=sys.stderr)
         return 2
     except CallmoodError as e:
-        print(f"callmood: {type(e).__name__}: {e}", file=sys.stderr)
+        # an outage said what failed, not what to do (a review)
+        again = (" (run the same command again once it is back: what it sent is not sent "
+                 "twice)" if isinstance(e, TransientError) else "")
+        print(f"callmood: {type(e).__name__}: {e}{again}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # `callmood calls | head`: the reader has what it wanted and left (a traceback, a
+        # review); stdout goes to /dev/null so the interpreter's own flush at exit is quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 
 

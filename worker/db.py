@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
     OperationalError,
+    ProgrammingError,
     TimeoutError,
 )
 from sqlalchemy.orm import Session
@@ -182,6 +184,24 @@ another transaction won; transient like the rest (a task retries it), but not ca
 "unavailable"."""
 
 
+REFUSED_FOR_GOOD = re.compile(
+    r'FATAL:\s+(?:database ".*" does not exist|role ".*" does not exist'
+    r"|.*authentication failed|no pg_hba\.conf entry)")
+"""PostgreSQL's refusals of a connection that no wait mends (libpq passes no SQLSTATE for a
+refused connection, only the server's message, in English unless lc_messages says
+otherwise: a translated one is taken for an outage, as before)."""
+
+
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def _refused(url: str, error: BaseException) -> ConfigError:
+    """The ConfigError for a connection :data:`REFUSED_FOR_GOOD`."""
+    return ConfigError(f"database {redact_url(url)} refused the connection: "
+                       f"{_first_line(error)}; check CALLMOOD_DATABASE_URL (database, role, "
+                       "password): retrying cannot help")
+
+
 def _unavailable(url: str, error: BaseException) -> TransientError:
     """The TransientError for a database at ``url`` that cannot take the work now."""
     if getattr(getattr(error, "orig", None), "sqlstate", None) in CONFLICT_SQLSTATES:
@@ -224,7 +244,17 @@ def upgrade(url: str, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(url), revision)
     except (OperationalError, DisconnectionError) as e:
+        if REFUSED_FOR_GOOD.search(str(e)):
+            raise _refused(url, e) from e
         raise _unavailable(url, e) from e
+    except ProgrammingError as e:
+        if getattr(e.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+            raise
+        # PostgreSQL 15 lets only the owner create tables in schema public: a database made
+        # by the postgres account failed the upgrade with a 93-line traceback (a review)
+        raise ConfigError(f"database {redact_url(url)}: {_first_line(e)}; the account in "
+                          "CALLMOOD_DATABASE_URL must own the database (createdb -O ROLE "
+                          "NAME) or hold CREATE on schema public") from e
 
 
 def print_upgrade_sql(url: str, from_revision: str | None = None) -> None:
@@ -346,6 +376,10 @@ def current_revision(url: str) -> str | None:
             revision: str | None = MigrationContext.configure(connection).get_current_revision()
             return revision
     except (OperationalError, DisconnectionError) as e:
+        if REFUSED_FOR_GOOD.search(str(e)):
+            # a misspelt database or role, a wrong password: a worker started anyway, as if
+            # the server were down, and retried every task it took for a day (a review)
+            raise _refused(url, e) from e
         raise _unavailable(url, e) from e
 
 

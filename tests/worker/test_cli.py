@@ -54,6 +54,8 @@ def test_analyze_json_prints_one_object_per_stored_segment(env: Path, callmood_c
     stamp = f"tiny-0.0.1+{file_sha256(env / 'tiny.onnx')[:12]}"
     assert all(r["model_version"] == stamp for r in rows)
     assert "FAILED" in err and "broken.wav" in err and "not a readable audio file" in err
+    # what to do, and the name once (libsndfile's "Error opening b'/path'" said it again)
+    assert "Re-export the recording and send it again" in err and "Error opening" not in err
     shown = str(env / "appel-\\xe9t\\xe9.wav")  # the bytes that are not UTF-8, as \xNN
     assert {r["file"] for r in rows} == {shown} and f"done   {shown}" in err
 
@@ -523,7 +525,8 @@ def test_status_exits_1_when_the_broker_cannot_be_reached(
     # a manifest that sent nothing was shown like one that sent everything (a review)
     (env / "m.csv").write_text(f"uri,call_id,agent_id\n{env / 'b.wav'},C-2,a\n")
     assert main(["enqueue", "--manifest", str(env / "m.csv")]) == 1
-    capsys.readouterr()
+    # what to do, not only what failed (a review)
+    assert "run the same command again once it is back" in capsys.readouterr().err
     assert main(["status"]) == 1
     assert re.search(r"batch 1 \(manifest:m\.csv, [^)]*, running, stopped sending: broker "
                      r"unavailable \(redis://127\.0\.0\.1:1/0\) after sending 0 of 1: [^)]*"
@@ -713,3 +716,29 @@ def test_commands_that_cross_processes_refuse_the_in_process_broker(
     assert main(command) == 2
     assert "CALLMOOD_BROKER_URL=memory:// holds messages inside one process" in (
         capsys.readouterr().err)
+
+
+def test_a_listing_piped_into_head_ends_without_a_traceback(env: Path) -> None:
+    """`callmood calls | head` ended in a BrokenPipeError traceback (a review); a beat whose
+    CALLMOOD_DATA_DIR cannot be a folder ended in a NotADirectoryError one."""
+    import subprocess
+    import sys
+
+    from worker import db, store
+
+    assert main(["db", "upgrade"]) == 0
+    with db.session_scope(Settings.from_env()) as session:
+        store.register_all(session, [store.CallRequest(uri=f"/in/{i}.wav",
+                                                       external_call_id=f"PIPE-{i:05d}")
+                                     for i in range(3000)])        # past a pipe's 64 KiB
+    done = subprocess.run(f"'{sys.executable}' -m worker.cli calls | head -1", shell=True,
+                          env=dict(os.environ), capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.stdout.startswith("PIPE-02999") and "Traceback" not in done.stderr, done.stderr
+    (env / "a-file").write_text("")
+    beat = subprocess.run([sys.executable, "-m", "worker.cli", "beat"], capture_output=True,
+                          env={**os.environ, "CALLMOOD_DATA_DIR": str(env / "a-file" / "data"),
+                               "CALLMOOD_INBOX_DIRS": str(env)},
+                          text=True, timeout=120, check=False)
+    assert beat.returncode == 2 and "Traceback" not in beat.stderr, beat.stderr[-2000:]
+    assert "CALLMOOD_DATA_DIR" in beat.stderr and "cannot make the folder" in beat.stderr

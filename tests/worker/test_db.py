@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 
 from worker import db, store
-from worker.errors import TransientError
+from worker.errors import ConfigError, TransientError
 
 
 @pytest.mark.parametrize(("sqlstate", "transient"), [
@@ -76,3 +76,43 @@ def test_a_deadlock_is_a_retried_conflict_not_an_unavailable_database(
     with pytest.raises(TransientError, match=says):
         with db.session_scope(url):
             raise OperationalError("UPDATE calls ...", {}, DriverError())
+
+
+@pytest.mark.postgres
+def test_a_misspelt_database_or_role_is_a_configuration_error_not_an_outage(
+        postgres_url: str) -> None:
+    """A worker pointed at a database that does not exist took it for an outage, warned and
+    started, and would retry every task it took for a day (a review). A refusal no wait
+    mends stops the check with the setting to fix; a server that is down is still an
+    outage."""
+    url = make_url(postgres_url)
+    for wrong in (url.set(database=f"{url.database}_typo"), url.set(username="nobody_here")):
+        with pytest.raises(ConfigError, match=r"refused the connection: .* check "
+                                              r"CALLMOOD_DATABASE_URL"):
+            db.require_head(wrong.render_as_string(hide_password=False))
+    with pytest.raises(TransientError, match="database unavailable"):
+        db.current_revision(url.set(port=1).render_as_string(hide_password=False))
+    db.dispose_engines()
+
+
+@pytest.mark.postgres
+def test_an_upgrade_without_create_rights_says_who_must_own_the_database(
+        postgres_url: str, postgres_admin_url: str) -> None:
+    """PostgreSQL 15 lets only the owner create tables in schema public: `callmood db upgrade`
+    as a role that does not own the database was a 93-line traceback (a review)."""
+    import uuid
+
+    role = f"callmood_guest_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        guest = make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
+        with pytest.raises(ConfigError, match=r"permission denied .* must own the database "
+                                              r"\(createdb -O ROLE NAME\)"):
+            db.upgrade(guest)
+    finally:
+        db.dispose_engines()
+        with admin.connect() as c:
+            c.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+        admin.dispose()
