@@ -46,6 +46,7 @@ from worker.store import (
     create_batch,
     enqueued_uri_hashes,
     finished_before,
+    record_files_left,
     uri_sha256,
     was_rejected,
 )
@@ -412,6 +413,10 @@ def scan_inboxes(settings: Settings, source: str, send: Sender) -> ScanReport:
                                    "(CALLMOOD_INBOX_DIRS; a share not mounted?)"
                                    if missing_folders else None))
     enqueued, skipped = result.sent, known_left + result.skipped + held
+    if too_new or refused or listing.ignored:
+        # not in enqueued or skipped: the batch looked like a quiet night (a review)
+        with session_scope(settings) as session:
+            record_files_left(session, batch_id, too_new, len(listing.ignored), refused)
     log.info("batch %d (%s): %d files, %d enqueued (%d run before and changed since), %d "
              "already seen, %d refused, %d too new, %d ignored", batch_id, source, len(found),
              enqueued, len(retries) + moves, skipped, refused, too_new, len(listing.ignored))

@@ -571,9 +571,14 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             # like a quiet night)
             state += f", {b.scan_error}"
         # in the site's zone, as `today` above and `callmood failures` (it said UTC, a review)
+        # files the scan did not send, else invisible here (a review)
+        left = "".join(f", {n} {what}" for n, what in (
+            (b.too_new, "left for the next scan (still being written?)"),
+            (b.ignored, "ignored (not a recording's suffix)"),
+            (b.refused, "refused (the worker log says why)")) if n)
         print(f"batch {b.batch_id} ({b.source}, {b.started_at.astimezone(zone):%Y-%m-%d %H:%M %Z}, "
               f"{state}): "
-              f"{b.enqueued} enqueued, {b.skipped} skipped; {b.pending} pending, "
+              f"{b.enqueued} enqueued, {b.skipped} skipped{left}; {b.pending} pending, "
               f"{b.processing} processing, {b.done} done, {b.failed} failed")
     if not batches:
         print("no batches yet")

@@ -124,6 +124,12 @@ class Batch(Base):
     """What went wrong with the scan or its send: an inbox folder not found, a send stopped
     before all it found was sent (the broker unreachable, a time limit); None when nothing
     did (migration 0006)."""
+    too_new_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Inbox files the scan left for the next one: modified too recently (migration 0010)."""
+    ignored_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Inbox files of a suffix no supported recording has (migration 0010)."""
+    refused_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Inbox files the scan could not send at all, each logged with why (migration 0010)."""
 
     def __repr__(self) -> str:
         return (f"Batch(id={self.id!r}, source={self.source!r}, "

@@ -999,6 +999,11 @@ class BatchCounts:
     failed: int
     scan_error: str | None = None
     """What went wrong with its scan or send (``batches.scan_error``); None when nothing did."""
+    too_new: int = 0
+    ignored: int = 0
+    refused: int = 0
+    """Inbox files the scan left: too new for it, of no recording's suffix, refused
+    (``batches.*_count``, migration 0010)."""
 
 
 def create_batch(session: Session, source: str) -> Batch:
@@ -1023,6 +1028,15 @@ def finish_batch_scan(session: Session, batch_id: int, enqueued: int, skipped: i
     session.flush()
     refresh_batch_counts(session, batch_id)
     return batch
+
+
+def record_files_left(session: Session, batch_id: int, too_new: int, ignored: int,
+                      refused: int) -> None:
+    """Record the inbox files a scan did not send: left for the next scan (too new), of no
+    recording's suffix, refused; ``callmood status`` shows them on the batch's line."""
+    batch = _get_batch(session, batch_id)
+    batch.too_new_count, batch.ignored_count, batch.refused_count = too_new, ignored, refused
+    session.flush()
 
 
 def refresh_batch_counts(session: Session, batch_id: int) -> BatchCounts:
@@ -1117,4 +1131,5 @@ def _batch_counts(batch: Batch, counts: Mapping[str, int]) -> BatchCounts:
                        enqueued=batch.enqueued_count, skipped=batch.skipped_count,
                        pending=counts["pending"], processing=counts["processing"],
                        done=counts["done"], failed=counts["failed"],
-                       scan_error=batch.scan_error)
+                       scan_error=batch.scan_error, too_new=batch.too_new_count,
+                       ignored=batch.ignored_count, refused=batch.refused_count)

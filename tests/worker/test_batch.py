@@ -717,3 +717,19 @@ def test_files_of_an_unsupported_suffix_are_counted_and_named(
     assert (report.seen, report.enqueued, report.ignored) == (1, 1, 4)
     (line,) = [r for r in caplog.records if "ignored:" in r.getMessage()]
     assert line.levelname == "INFO" and line.getMessage().endswith(" and 1 more")
+
+
+def test_the_files_a_scan_left_are_kept_on_its_batch(tmp_path: Path) -> None:
+    """Files still being copied in (too new), of another suffix, or refused were only in the
+    worker's log: `callmood status` showed the batch as "0 enqueued, 0 skipped", a quiet
+    night (a review). The batch keeps them (migration 0010)."""
+    paths, settings, _, send = _aged_inbox(
+        tmp_path, {"old.wav": recording(b"old"), "call.m4a": b"m4a"}, 7200)
+    inbox = paths["old.wav"].parent
+    for name in ("new-1.wav", "new-2.wav"):              # modified just now
+        (inbox / name).write_bytes(recording(name.encode()))
+    report = scan_inboxes(settings, source="nightly", send=send)
+    assert (report.enqueued, report.too_new, report.ignored) == (1, 2, 1)
+    with db.session_scope(settings) as session:
+        (counts,) = store.latest_batches(session, 1)
+    assert (counts.enqueued, counts.too_new, counts.ignored, counts.refused) == (1, 2, 1, 0)

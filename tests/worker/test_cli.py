@@ -263,7 +263,7 @@ def test_the_worker_logs_at_callmood_log_level_unless_told(
 
 def test_db_upgrade_reports_the_revision(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["db", "upgrade"]) == 0
-    assert "revision 0009" in capsys.readouterr().out
+    assert "revision 0010" in capsys.readouterr().out
 
 
 def test_db_sql_prints_the_upgrade_for_a_dba(env: Path, capsys: pytest.CaptureFixture[str],
@@ -480,7 +480,7 @@ def test_db_commands_refuse_what_they_cannot_do_by_name(
     monkeypatch.setenv("CALLMOOD_DATABASE_URL", "postgresql+psycopg://u:secret@127.0.0.1:1/x")
     assert main(["db", "sql", "--from", "9999"]) == 2
     assert ("--from 9999: not a revision of this release; use one of 0001, 0002, 0003, 0004, "
-            "0005, 0006, 0007, 0008, 0009") in capsys.readouterr().err
+            "0005, 0006, 0007, 0008, 0009, 0010") in capsys.readouterr().err
     assert main(["db", "current"]) == 1
     err = capsys.readouterr().err
     assert "TransientError: database unavailable" in err and "Traceback" not in err
@@ -582,7 +582,7 @@ def test_analyze_migrates_only_the_embedded_database(
     path.write_bytes(b"RIFF")
     monkeypatch.setenv("CALLMOOD_DATABASE_URL", postgres_url)
     assert main(["analyze", str(path)]) == 2
-    assert "this release needs 0009: run callmood db upgrade first" in capsys.readouterr().err
+    assert "this release needs 0010: run callmood db upgrade first" in capsys.readouterr().err
     assert db.current_revision(postgres_url) is None
 
 
@@ -742,3 +742,21 @@ def test_a_listing_piped_into_head_ends_without_a_traceback(env: Path) -> None:
                           text=True, timeout=120, check=False)
     assert beat.returncode == 2 and "Traceback" not in beat.stderr, beat.stderr[-2000:]
     assert "CALLMOOD_DATA_DIR" in beat.stderr and "cannot make the folder" in beat.stderr
+
+
+def test_status_shows_the_files_a_scan_left_for_the_next_one(
+        env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`callmood batch` said "2 modified in the last 60 s left for the next scan" once; the
+    batch's line in `callmood status` then read "0 enqueued, 0 skipped" (a review)."""
+    inbox = env / "inbox"
+    inbox.mkdir()
+    for name in ("a.wav", "b.wav", "c.m4a"):
+        (inbox / name).write_bytes(b"RIFF")          # written just now: too new, or ignored
+    monkeypatch.setenv("CALLMOOD_INBOX_DIRS", str(inbox))
+    assert main(["db", "upgrade"]) == 0
+    assert main(["batch"]) == 0
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert ("0 enqueued, 0 skipped, 2 left for the next scan (still being written?), 1 "
+            "ignored (not a recording's suffix); 0 pending") in out, out

@@ -31,7 +31,7 @@ def _diff(url: str) -> list[object]:
 def _check_round_trip(url: str) -> None:
     assert db.current_revision(url) is None
     db.upgrade(url)
-    assert db.current_revision(url) == db.head_revision() == "0009"
+    assert db.current_revision(url) == db.head_revision() == "0010"
     assert _diff(url) == [], "migrations/ and worker/schema.py disagree"
     inspector = inspect(db.make_engine(url))
     # autogenerate does not compare CHECK constraints: their names are checked here
@@ -173,7 +173,8 @@ def test_migrations_ship_with_the_package() -> None:
         "0001_initial.py", "0002_batches.py", "0003_check_names_uri_hashes.py",
         "0004_calls_batch_status_index.py", "0005_calls_content_sha256_index.py",
         "0006_batches_scan_error.py", "0007_calls_claims.py",
-        "0008_calls_status_processed_at_index.py", "0009_segments_call_id_statistics.py"]
+        "0008_calls_status_processed_at_index.py", "0009_segments_call_id_statistics.py",
+        "0010_batches_files_left.py"]
 
 
 @pytest.mark.postgres
