@@ -36,11 +36,10 @@ from worker.store import (
     CallRequest,
     calls_by_external_id,
     content_call_id,
-    lock_calls,
     mark_all_failed,
     mark_pending,
     recount_batches,
-    register_all,
+    register_and_lock,
     segment_counts,
 )
 from worker.tasks import send_analysis
@@ -319,15 +318,13 @@ def _register(ids: dict[Path, str], settings: Settings) -> dict[str, CallRequest
             uri=path_uri(path), external_call_id=external_id,
             metadata={"source": "callmood run", "file_name": printable_path(path.name)[:200]}))
     with session_scope(settings) as session:
-        # registered in call-id order (store.register_all): an uncommitted insert holds its
-        # unique key, and two runs inserting new calls in opposite orders deadlocked
-        registered = register_all(session, list(requests.values()))
-        # every call locked before any batch, in the order all keep (store.lock_calls): a
-        # call, its batch, then the next call deadlocked a worker saving that next call and
-        # then recounting the same batch (a review)
-        locked = lock_calls(session, [call.id for call in registered])
+        # registered in call-id order, then every call locked before any batch, in the order
+        # all keep (store.register_and_lock): two runs inserting new calls in opposite orders
+        # deadlocked on their unique keys, and a call, its batch, then the next call
+        # deadlocked a worker saving that next call and recounting the same batch (a review)
+        locked = register_and_lock(session, list(requests.values()))
         # a re-run: the poll must not see last run's status (nor its batch count it)
-        batches = [mark_pending(call).batch_id for call in locked.values()]
+        batches = [mark_pending(call).batch_id for call in locked]
         session.flush()
         recount_batches(session, [b for b in batches if b is not None])
     return requests

@@ -733,7 +733,7 @@ def reserve_all(session: Session, requests: Sequence[CallRequest],
     # beside a manifest) deadlocked on PostgreSQL, one failing "database unavailable" (a review)
     # a chunk of calls a statement (register_all, lock_calls, one flush at the end): one call
     # at a time, 5,000 new calls took 7 statements each (23 s on PostgreSQL)
-    rows = _registered_and_locked(session, requests, batch_id)
+    rows = register_and_lock(session, requests, batch_id)
     reservations = [_reserve(request, batch_id, row)
                     for request, row in zip(requests, rows, strict=True)]
     session.flush()
@@ -741,12 +741,12 @@ def reserve_all(session: Session, requests: Sequence[CallRequest],
     return reservations
 
 
-def _registered_and_locked(session: Session, requests: Sequence[CallRequest],
-                           batch_id: int | None) -> list[Call]:
+def register_and_lock(session: Session, requests: Sequence[CallRequest],
+                      batch_id: int | None = None) -> list[Call]:
     """Each request's call row (:func:`register_all`), locked and read afresh
-    (:func:`lock_calls`). A row deleted between its lookup and its lock (an operator's purge)
-    is registered again, as one call at a time did; the chunk failed on a KeyError (a
-    review)."""
+    (:func:`lock_calls`), in ``requests``' order (a call id given twice: its row twice). A row
+    deleted between its lookup and its lock (an operator's purge) is registered again, as one
+    call at a time did; the chunk failed on a KeyError (a review)."""
     registered = register_all(session, requests, batch_id)
     locked = lock_calls(session, [call.id for call in registered])
     gone = [request for request, call in zip(requests, registered, strict=True)
@@ -897,8 +897,8 @@ def mark_all_failed(session: Session, reasons: Mapping[int, str]) -> dict[int, C
 
 def lock_calls(session: Session, call_ids: Iterable[int]) -> dict[int, Call]:
     """Lock the call rows, in ascending id order, until the transaction ends: the order every
-    transaction that locks several calls keeps (reserve_all, release_enqueue, claim_resend,
-    callmood run's registration), so none waits on a row held by one waiting on its own.
+    transaction that locks several calls keeps (register_and_lock, release_enqueue,
+    claim_resend), so none waits on a row held by one waiting on its own.
     Returns the rows found, id to row, read afresh as :func:`lock_call` does."""
     locked: dict[int, Call] = {}
     for chunk in in_chunks(sorted(set(call_ids))):

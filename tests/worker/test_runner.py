@@ -399,7 +399,7 @@ def test_two_runs_registering_the_same_new_calls_in_opposite_orders_both_commit(
         time.sleep(0.5)   # holding the new calls' keys while the other run inserts
         return calls
 
-    monkeypatch.setattr(runner, "register_all", slow_register)
+    monkeypatch.setattr(store, "register_all", slow_register)   # as register_and_lock calls it
     a, b = "sha256-" + "a" * 64, "sha256-" + "b" * 64
     orders = {"run1": {Path("/in/a.wav"): a, Path("/in/b.wav"): b},
               "run2": {Path("/in/b.wav"): b, Path("/in/a.wav"): a}}
