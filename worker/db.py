@@ -195,11 +195,16 @@ otherwise: a translated one is taken for an outage, as before)."""
 INSUFFICIENT_PRIVILEGE = "42501"
 
 
-def _refused(url: str, error: BaseException) -> ConfigError:
-    """The ConfigError for a connection :data:`REFUSED_FOR_GOOD`."""
-    return ConfigError(f"database {redact_url(url)} refused the connection: "
-                       f"{_first_line(error)}; check CALLMOOD_DATABASE_URL (database, role, "
-                       "password): retrying cannot help")
+def _not_connected(url: str, error: BaseException) -> ConfigError | TransientError:
+    """For the checks and the migration that connect before any work: a connection
+    :data:`REFUSED_FOR_GOOD` is a ConfigError (a misspelt database or role, a wrong password:
+    a worker started anyway, as if the server were down, and retried every task it took for
+    a day, a review); anything else :func:`_unavailable`'s TransientError."""
+    if REFUSED_FOR_GOOD.search(str(error)):
+        return ConfigError(f"database {redact_url(url)} refused the connection: "
+                           f"{_first_line(error)}; check CALLMOOD_DATABASE_URL (database, "
+                           "role, password): retrying cannot help")
+    return _unavailable(url, error)
 
 
 def _unavailable(url: str, error: BaseException) -> TransientError:
@@ -244,9 +249,7 @@ def upgrade(url: str, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(url), revision)
     except (OperationalError, DisconnectionError) as e:
-        if REFUSED_FOR_GOOD.search(str(e)):
-            raise _refused(url, e) from e
-        raise _unavailable(url, e) from e
+        raise _not_connected(url, e) from e
     except ProgrammingError as e:
         if getattr(e.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
             raise
@@ -376,11 +379,7 @@ def current_revision(url: str) -> str | None:
             revision: str | None = MigrationContext.configure(connection).get_current_revision()
             return revision
     except (OperationalError, DisconnectionError) as e:
-        if REFUSED_FOR_GOOD.search(str(e)):
-            # a misspelt database or role, a wrong password: a worker started anyway, as if
-            # the server were down, and retried every task it took for a day (a review)
-            raise _refused(url, e) from e
-        raise _unavailable(url, e) from e
+        raise _not_connected(url, e) from e
 
 
 def prepare_database(url: str) -> None:
