@@ -428,10 +428,11 @@ def untrained_classes(train_counts: Mapping[str, Mapping[str, int]]) -> list[str
     operator's 4-emotion data still gives 7 outputs, the untrained ones masked to probability 0
     (they took ~40 % and fed the stress score, a review)."""
     from analytics.stress import STRESS_WEIGHTS
+    from training.dataset import untaught_classes
     from worker.constants import EMOTIONS
 
-    taught = {label for counts in train_counts.values() for label, n in counts.items() if n}
-    untrained = [e for e in EMOTIONS if e not in taught]
+    untrained = [EMOTIONS[i] for i in untaught_classes(
+        label for counts in train_counts.values() for label, n in counts.items() if n)]
     if not untrained:
         return []
     stressed = [e for e in untrained if STRESS_WEIGHTS.get(e)]

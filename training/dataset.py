@@ -58,6 +58,14 @@ LABEL_MAP: dict[str, str | None] = {
 }
 """Raw unified label -> one of EMOTIONS, or None to drop the clip."""
 
+def untaught_classes(train_labels: Iterable[str]) -> list[int]:
+    """Indices into EMOTIONS of the served classes none of ``train_labels`` (training class
+    names, extra classes included) reaches: the exported graph masks them
+    (``training.model.WithoutUntaught``) and the card names them."""
+    taught = {str(LABEL_MAP.get(label, label)) for label in train_labels}
+    return [i for i, emotion in enumerate(EMOTIONS) if emotion not in taught]
+
+
 TRAINABLE_EXTRA_CLASSES: tuple[str, ...] = ("calm",)
 """Raw labels a recipe may train as classes of their own (``TrainConfig.extra_classes``) and
 merge into their LABEL_MAP class in the exported graph: RAVDESS's calm is a low-arousal

@@ -15,7 +15,7 @@ import logging
 import time
 import typing
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from types import UnionType
@@ -60,6 +60,7 @@ from training.dataset import (
     sampling_weights,
     speaker_keys,
     training_targets,
+    untaught_classes,
 )
 from training.distill import DistillConfig, distillation_loss, teacher_targets
 from training.evaluate import confusion_matrix, unweighted_average_recall
@@ -488,12 +489,6 @@ def served_model(model: nn.Module, config: TrainConfig,
         served = MergedClasses(model, into)
     return WithoutUntaught(served, untaught, len(EMOTIONS)) if untaught else served
 
-
-def untaught_classes(train_labels: Iterable[str]) -> list[int]:
-    """Indices into EMOTIONS of the served classes none of ``train_labels`` (training class
-    names, extra classes included) reaches."""
-    taught = {str(LABEL_MAP.get(label, label)) for label in train_labels}
-    return [i for i, emotion in enumerate(EMOTIONS) if emotion not in taught]
 
 
 def predict_logits(model: nn.Module, feats: Sequence[npt.NDArray[np.float32]],

@@ -420,7 +420,8 @@ def test_classes_no_clip_taught_are_served_with_probability_zero(tmp_path: Path)
     served graph: probability 0, the taught classes' shares as before, exported alike."""
     import torch
 
-    from training.train import served_model, untaught_classes
+    from training.dataset import untaught_classes
+    from training.train import served_model
 
     untaught = untaught_classes(["angry", "happy", "calm", "sad", "angry"])
     assert [EMOTIONS[i] for i in untaught] == ["disgust", "fear", "surprise"]
