@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Final
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from analytics.queries import ReportFilter, filtered_segments_query
+from bench.recount_bench import vacuum
 from worker import db
 
 FIRST_DAY: Final[date] = date(2026, 1, 5)
@@ -89,26 +90,24 @@ def measure(url: str, calls: int, segments: int, days: int,
     db.upgrade(url)
     populate(url, calls, segments, days)
     timings: list[PlanTiming] = []
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")   # VACUUM runs outside one
+    engine = db.make_engine(url)
+    first = FIRST_DAY + timedelta(days=5)
     for target in (-1, MIGRATION_TARGET):
-        with engine.connect() as c:
+        with engine.begin() as c:
             c.exec_driver_sql(f"ALTER TABLE segments ALTER COLUMN call_id SET STATISTICS {target}")
-            # as autovacuum leaves a table: the visibility map set and the statistics taken
-            c.exec_driver_sql("VACUUM ANALYZE segments")
-            c.exec_driver_sql("VACUUM ANALYZE calls")
+        vacuum(url, ("segments", "calls"))
+        with engine.connect() as c:
             n_distinct, rows = c.execute(text(
                 "SELECT n_distinct, reltuples FROM pg_stats JOIN pg_class ON relname = "
                 "tablename WHERE tablename = 'segments' AND attname = 'call_id'")).one()
             # a negative n_distinct is a share of the rows (it grows with the table)
             estimate = float(n_distinct) if n_distinct > 0 else -float(n_distinct) * rows
         for scope, length in SCOPES:
-            first = FIRST_DAY + timedelta(days=5)
             query = filtered_segments_query(ReportFilter(
                 date_from=first, date_to=first + timedelta(days=length - 1)))
             sql = str(query.compile(bind=engine, compile_kwargs={"literal_binds": True}))
             join, ms = _explained(url, sql, repeats)
             timings.append(PlanTiming(scope, target, estimate, join, ms))
-    engine.dispose()
     db.dispose_engines()
     return timings
 
