@@ -140,6 +140,7 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         load_calls,
         load_filtered_segments,
         report_session,
+        same_recording_calls,
         undated_calls,
     )
     from analytics.reports import report_from_frames, round_for_export
@@ -175,6 +176,7 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         calls = load_calls(session, where)
         segments = load_filtered_segments(session, where)
         undated = undated_calls(session, where)
+        same_recording = same_recording_calls(session, where)
     report = report_from_frames(args.kind, calls, segments, bin_s=bin_s,
                                 period=cast(Period, args.period or "all"),
                                 by=cast(GroupBy, args.by or "agent"), timezone=settings.timezone)
@@ -210,6 +212,12 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
               + ("is" if unlabelled == 1 else "are") + " counted in the rows with an empty "
               "group (the inbox scan registers calls without labels: send calls by manifest, "
               "with agent_id and team, to have them)", file=sys.stderr)
+    if same_recording:
+        print(f"callmood report {args.kind}: {same_recording} analysed "
+              + ("call holds" if same_recording == 1 else "calls hold")
+              + " a recording another call holds too and "
+              + ("is" if same_recording == 1 else "are") + " left out, so each recording "
+              "counts once (callmood calls names the call counted instead)", file=sys.stderr)
     if undated:
         # the CSV cannot show what it leaves out: a supervisor took the rows for every call
         print(f"callmood report {args.kind}: {undated} analysed "

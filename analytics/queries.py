@@ -2,8 +2,8 @@
 
 Filtering happens in SQL, so a report reads only the rows it needs: calls by
 ``ix_calls_started_at`` (or ``ix_calls_agent_id_started_at`` when an agent is given), their
-segments by ``ix_segments_call_id_start_s``. Only calls that hold an analysis are reported
-(:func:`analysed`). The caller owns the session.
+segments by ``ix_segments_call_id_start_s``. Only calls that hold an analysis are reported,
+each recording once (:func:`counted`). The caller owns the session.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import ColumnElement, Select, create_engine, func, select
+from sqlalchemy import ColumnElement, Select, and_, create_engine, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.pool import NullPool
 
 from worker.errors import ConfigError, TransientError
@@ -52,6 +52,15 @@ def analysed() -> ColumnElement[bool]:
     ``failure_reason`` say what became of the re-run.
     """
     return Call.model_version.is_not(None)
+
+
+def counted() -> ColumnElement[bool]:
+    """The calls reports count: :func:`analysed`, less those with a content id whose
+    recording a producer's call holds too (the inbox scan's analysis of a file the
+    call-centre system then sent under its own id was counted twice in every report, a
+    review): ``worker.store.settle_recording`` marks them, and the report says how many it
+    leaves out (:func:`same_recording_calls`)."""
+    return and_(analysed(), Call.same_recording_as.is_(None))
 
 
 @dataclass(frozen=True)
@@ -101,9 +110,11 @@ def _day_start(value: date | datetime | None, zone: tzinfo, days_after: int
         return None
 
 
-def _filtered(query: _Query, where: ReportFilter) -> _Query:
+def _filtered(query: _Query, where: ReportFilter, calls: ColumnElement[bool] | None = None
+              ) -> _Query:
+    """``query`` restricted to ``where`` and to ``calls`` (default :func:`counted`)."""
     lower, upper = where.started_bounds()
-    query = query.where(analysed())
+    query = query.where(counted() if calls is None else calls)
     if lower is not None:
         query = query.where(Call.started_at >= lower)
     if upper is not None:
@@ -227,6 +238,25 @@ def undated_calls(session: Session, where: ReportFilter) -> int:
                       replace(where, date_from=None, date_to=None)
                       ).where(Call.started_at.is_(None))
     return int(session.execute(query).scalar_one())
+
+
+def same_recording_calls(session: Session, where: ReportFilter) -> int:
+    """How many analysed calls matching ``where`` its report leaves out because another call
+    holds an analysis of the same recording (:func:`counted`)."""
+    query = _filtered(select(func.count()).select_from(Call), where,
+                      and_(analysed(), Call.same_recording_as.is_not(None)))
+    return int(session.execute(query).scalar_one())
+
+
+def counted_as(session: Session, call_ids: Sequence[int]) -> dict[int, str]:
+    """For those of ``call_ids`` (``calls.id``) that reports leave out as the same recording
+    as another call (:func:`counted`), the external id of the call they count instead."""
+    counted_call = aliased(Call)
+    return {i: external for chunk in in_chunks(sorted(set(call_ids)))
+            for i, external in session.execute(
+                select(Call.id, counted_call.external_call_id)
+                .join(counted_call, counted_call.id == Call.same_recording_as)
+                .where(Call.id.in_(chunk), analysed()))}
 
 
 def filtered_segments_query(where: ReportFilter) -> Select[*tuple[Any, ...]]:

@@ -311,12 +311,19 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
     """List calls (newest first) with status and failure reason."""
+    from analytics.queries import counted_as
     from worker.db import session_scope
     from worker.store import counts_by_status, list_calls
 
     with session_scope(settings) as session:
-        for call in list_calls(session, status=args.status, limit=args.limit, newest_first=True):
+        calls = list_calls(session, status=args.status, limit=args.limit, newest_first=True)
+        counted_instead = counted_as(session, [c.id for c in calls])
+        for call in calls:
             reason = f"  {call.failure_reason}" if call.failure_reason else ""
+            if call.id in counted_instead:
+                # two rows for one recording: say which one the reports count
+                reason += (f"  (same recording as {counted_instead[call.id]}, which the "
+                           "reports count instead)")
             # the whole id: one cut to a column's width could not be pasted into callmood
             # retry (content ids are 71 characters, a review)
             print(f"{call.external_call_id:<40} {call.status:<10} attempts={call.attempts} "

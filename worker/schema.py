@@ -189,6 +189,11 @@ class Call(Base):
     source_uri_sha256: Mapped[str | None] = mapped_column(String(64))
     """sha256 of ``source_uri``: the inbox scan's cheap "seen this path?" lookup (a 4096-char
     column is too wide for a portable index)."""
+    same_recording_as: Mapped[int | None] = mapped_column(
+        ForeignKey("calls.id", ondelete="SET NULL"))
+    """Set on an analysed call whose recording (``content_sha256``) another call holds an
+    analysis of too: that call's id, the one reports count (``worker.store.settle_recording``,
+    migration 0011). NULL on every other call."""
 
     segments: Mapped[list[Segment]] = relationship(
         back_populates="call", order_by="(Segment.start_s, Segment.channel)",

@@ -426,6 +426,12 @@ def save_analysis(session: Session, call_id: int, analysis: RecordingAnalysis) -
     original) replace in turn: under READ COMMITTED an unlocked DELETE would not see the
     other transaction's new rows, and both sets would stay.
     """
+    stored = session.scalar(select(Call.content_sha256).where(Call.id == call_id))
+    recordings = sorted({analysis.content_sha256, *([stored] if stored else [])})
+    # before the call's row lock, as every save takes them: a save of a twin waiting on this
+    # one's row while holding a recording's lock this one waits on would deadlock
+    for digest in recordings:
+        _lock_recording(session, digest)
     call = lock_call(session, call_id)
     rows = [_segment_row(call_id, segment) for segment in analysis.segments]
     session.execute(delete(Segment).where(Segment.call_id == call_id)
@@ -441,8 +447,43 @@ def save_analysis(session: Session, call_id: int, analysis: RecordingAnalysis) -
     call.status = "done"
     call.failure_reason = None
     session.flush()
+    for digest in recordings:   # the new recording's, and the one the call held before
+        settle_recording(session, digest)
     session.expire(call, ["segments"])
     return call
+
+
+def _lock_recording(session: Session, content_sha256: str) -> None:
+    """Serialise the saves of one recording's analyses until the transaction ends
+    (PostgreSQL: an advisory lock keyed on the hash; SQLite's BEGIN IMMEDIATE serialises
+    every write already). Without it two calls of one recording saved at once would each see
+    only itself analysed, and both would count."""
+    if session.get_bind().dialect.name == "postgresql":
+        # 60 bits of the hash: a bigint key; another recording sharing them only waits
+        session.execute(select(func.pg_advisory_xact_lock(int(content_sha256[:15], 16))))
+
+
+def settle_recording(session: Session, content_sha256: str) -> None:
+    """Set ``same_recording_as`` on the analysed calls of one recording: on a call with a
+    content id (the inbox scan's, ``callmood run``'s, ``analyze``'s without ``--call-id``:
+    no agent, team or start time) the id of the call reports count instead, the first a
+    producer sent (with its labels), else the first content id; NULL on every other call.
+    The inbox scan analysed a file, the call-centre system sent it under its own id the next
+    day, and every report counted the call twice (a review). Two producer ids both count:
+    the call-centre system's word for a call is its id, and two calls can hold the same bytes
+    (two dead-air calls of one length, a review). Rows already right are not written."""
+    holders = list(session.scalars(
+        select(Call).where(Call.content_sha256 == content_sha256, Call.model_version.is_not(None))
+        .order_by(Call.id)))
+    if not holders:
+        return
+    named = [c for c in holders if not c.external_call_id.startswith(CONTENT_ID_PREFIX)]
+    counted = (named or holders)[0]
+    for call in holders:
+        wanted = None if call is counted or call in named else counted.id
+        if call.same_recording_as != wanted:
+            call.same_recording_as = wanted
+    session.flush()
 
 
 def _segment_row(call_id: int, segment: Any) -> dict[str, Any]:
@@ -606,16 +647,20 @@ def is_duplicate_delivery(call: Call, request: CallRequest) -> bool:
     return not was_rejected(call)
 
 
+CONTENT_ID_PREFIX: Final = "sha256-"
+"""What starts a :func:`content_call_id`."""
+
+
 def content_call_id(content_sha256: str) -> str:
     """The call id of a recording known by its content's sha256 (hex): the inbox scan's and
     ``callmood run``'s ids; every file sent under it holds the same recording."""
-    return f"sha256-{content_sha256}"
+    return f"{CONTENT_ID_PREFIX}{content_sha256}"
 
 
 def content_of_call_id(external_call_id: str) -> str | None:
     """The content sha256 (hex) a :func:`content_call_id` names; None for any other id."""
-    prefix, _, digest = external_call_id.partition("-")
-    return digest if prefix == "sha256" and len(digest) == 64 else None
+    digest = external_call_id.removeprefix(CONTENT_ID_PREFIX)
+    return digest if digest != external_call_id and len(digest) == 64 else None
 
 
 def names_other_file(call: Call, request: CallRequest) -> bool:

@@ -14,7 +14,8 @@ from worker.cli import main
 
 def test_recordings_to_stress_report_and_pictures(tmp_path: Path, emotion_model: Path,
                                                   callmood_corpora: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("CALLMOOD_DATABASE_URL", "CALLMOOD_BROKER_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CALLMOOD_DATA_DIR", str(tmp_path / "data"))
@@ -47,3 +48,16 @@ def test_recordings_to_stress_report_and_pictures(tmp_path: Path, emotion_model:
     assert main(["report", "stress", "--out", str(plots)]) == 2                 # a folder
     assert main(["report", "stress", "--out", str(out), "--plots", str(out)]) == 2  # a file
     assert out.read_bytes() == kept
+
+    # the calm recording analysed again under its content id (as the inbox scan would): the
+    # reports still count it once, as C-calm, and `callmood calls` says so
+    assert main(["analyze", str(calm_call)]) == 0
+    capsys.readouterr()
+    assert main(["report", "stress", "--out", str(out)]) == 0
+    with out.open(encoding="utf-8-sig", newline="") as fh:
+        assert [r["call"] for r in csv.DictReader(fh)] == ["C-angry", "C-calm"]
+    assert "1 analysed call holds a recording another call holds too" in capsys.readouterr().err
+    assert main(["calls"]) == 0
+    (listed,) = [line for line in capsys.readouterr().out.splitlines()
+                 if line.startswith("sha256-")]
+    assert listed.endswith("(same recording as C-calm, which the reports count instead)")

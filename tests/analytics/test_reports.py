@@ -13,17 +13,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from analytics.cli import add_report_parser, run_report
-from analytics.queries import ReportFilter
+from analytics.queries import ReportFilter, counted_as
 from analytics.reports import REPORT_COLUMNS, build_report, round_for_export
 from tests.analytics.frames import ESCALATING, frame, one_hot
 from worker.db import session_scope, upgrade
 from worker.errors import ConfigError, TransientError
 from worker.schema import Call, Segment
 from worker.settings import Settings
+from worker.store import settle_recording
 
 EVIL_AGENT = "=HYPERLINK(\"http://evil.example\",\"x\")"
 CALM = frame(one_hot("c-bob", "agent", 0.0, 5.0, "neutral"),
@@ -34,11 +35,11 @@ CALM = frame(one_hot("c-bob", "agent", 0.0, 5.0, "neutral"),
 def _add_call(session: object, external_id: str, agent: str | None, team: str | None,
               started: datetime | None,
               segments: pd.DataFrame, status: str = "done", duration_s: float | None = None,
-              model_version: str | None = "v-test") -> None:
+              model_version: str | None = "v-test", content_sha256: str | None = None) -> None:
     call = Call(external_call_id=external_id, source_uri=f"file:///{external_id}.wav",
                 agent_id=agent, team=team, started_at=started, duration_s=duration_s,
                 channels=2, sample_rate=8000, status=status,
-                model_version=model_version)
+                model_version=model_version, content_sha256=content_sha256)
     for row in segments.to_dict("records"):
         call.segments.append(Segment(
             channel=0 if row["role"] == "agent" else 1, role=row["role"],
@@ -646,3 +647,44 @@ def test_a_full_disk_is_a_passing_error_and_a_read_only_folder_a_configuration_o
     monkeypatch.setattr(export, "write_csv", failing)
     with pytest.raises(raised, match=os.strerror(code)):
         _run(report_db, tmp_path, "calls", "--out", str(tmp_path / "calls.csv"))
+
+
+def test_a_recording_analysed_under_two_call_ids_counts_once(
+        report_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The inbox scan analysed a file under its content id, then the call-centre system sent
+    it under its own id: both calls were counted in every report, the customer's stress
+    twice in the agents' and days' figures (a review). Reports count the producer's call
+    (its labels); they say how many they leave out, and `callmood calls` names the call
+    counted instead. Two producer ids of one recording both count (dead air of one length)."""
+    digest, other = "ab" * 32, "cd" * 32
+    day = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)
+    with session_scope(report_db) as session:
+        _add_call(session, f"sha256-{digest}", None, None, None, CALM.assign(call="x"),
+                  content_sha256=digest)                                   # the scan's
+        _add_call(session, "cc-1", "carol", "t4", day, ESCALATING.assign(call="x"),
+                  content_sha256=digest)                                   # the producer's
+        _add_call(session, "cc-1-again", "dave", "t4", day, CALM.assign(call="x"),
+                  content_sha256=digest)                                   # a second id
+        _add_call(session, f"sha256-{other}", None, None, None, CALM.assign(call="y"),
+                  content_sha256=other)                                    # no twin
+        # a twin whose analysis failed counts nothing, so leaves nothing out
+        _add_call(session, "cc-2", "carol", "t4", day, CALM.iloc[:0], status="failed",
+                  model_version=None, content_sha256=other)
+        session.flush()
+        for recording in (digest, other):    # as worker.store.save_analysis does
+            settle_recording(session, recording)
+    out = tmp_path / "calls.csv"
+    assert _run(report_db, tmp_path, "calls", "--out", str(out)) == 0
+    called = [r["call"] for r in csv.DictReader(out.open())]
+    assert {"cc-1", "cc-1-again", f"sha256-{other}"} <= set(called)
+    assert f"sha256-{digest}" not in called
+    assert ("callmood report calls: 1 analysed call holds a recording another call holds too "
+            "and is left out, so each recording counts once") in capsys.readouterr().err
+    assert _run(report_db, tmp_path, "agents", "--team", "t4", "--out", str(out)) == 0
+    rows = {r["group"]: r["calls"] for r in csv.DictReader(out.open())}
+    assert rows == {"carol": "1", "dave": "1"}
+    assert "holds a recording" not in capsys.readouterr().err
+    with session_scope(report_db) as session:
+        ids = {external: i for external, i in
+               session.execute(select(Call.external_call_id, Call.id))}
+        assert counted_as(session, list(ids.values())) == {ids[f"sha256-{digest}"]: "cc-1"}

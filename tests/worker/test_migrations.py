@@ -31,7 +31,7 @@ def _diff(url: str) -> list[object]:
 def _check_round_trip(url: str) -> None:
     assert db.current_revision(url) is None
     db.upgrade(url)
-    assert db.current_revision(url) == db.head_revision() == "0010"
+    assert db.current_revision(url) == db.head_revision() == "0011"
     assert _diff(url) == [], "migrations/ and worker/schema.py disagree"
     inspector = inspect(db.make_engine(url))
     # autogenerate does not compare CHECK constraints: their names are checked here
@@ -43,9 +43,12 @@ def _check_round_trip(url: str) -> None:
     (fk,) = inspector.get_foreign_keys("segments")
     assert fk["referred_table"] == "calls"
     assert (fk.get("options") or {}).get("ondelete", "").upper() == "CASCADE"
-    (batch_fk,) = inspector.get_foreign_keys("calls")
-    assert batch_fk["referred_table"] == "batches"
-    assert (batch_fk.get("options") or {}).get("ondelete", "").upper() == "SET NULL"
+    # a call's batch, and the call counted for its recording (0011): both cleared, not
+    # cascaded, when the row they name is deleted
+    assert {(fk["referred_table"], tuple(fk["constrained_columns"]),
+             (fk.get("options") or {}).get("ondelete", "").upper())
+            for fk in inspector.get_foreign_keys("calls")} == {
+        ("batches", ("batch_id",), "SET NULL"), ("calls", ("same_recording_as",), "SET NULL")}
     assert {"uq_calls_external_call_id"} <= (
         {u["name"] for u in inspector.get_unique_constraints("calls")}
         | {ix["name"] for ix in inspector.get_indexes("calls") if ix.get("unique")})
@@ -113,6 +116,35 @@ def test_stored_results_survive_every_migration(backend: str, tmp_path: Path,
             assert c.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
 
 
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_0011_marks_each_recording_s_other_calls(backend: str, tmp_path: Path,
+                                                 request: pytest.FixtureRequest) -> None:
+    """Calls stored before 0011 that hold one recording: a content id gives way to the first
+    producer's id, producers' ids all count; a lone call, a call never analysed and a call
+    of no content keep NULL; of two content ids (a file replaced after its scan) the first."""
+    from sqlalchemy import text
+
+    url = (f"sqlite:///{tmp_path / 'old.sqlite'}" if backend == "sqlite"
+           else str(request.getfixturevalue("postgres_url")))
+    db.upgrade(url, "0010")
+    a, b = "a" * 64, "b" * 64
+    rows = [(1, f"sha256-{a}", a, "v1"), (2, "CC-1", a, "v1"), (3, "CC-2", a, "v1"),
+            (4, "CC-3", a, None), (5, f"sha256-{b}", b, "v1"), (6, "CC-4", None, "v1"),
+            (7, "CC-5", None, "v1"), (8, f"sha256-{'c' * 64}", b, "v1")]
+    with db.make_engine(url).begin() as c:
+        for id_, external, digest, version in rows:
+            c.execute(text("INSERT INTO calls (id, external_call_id, source_uri, status, "
+                           "attempts, metadata, content_sha256, model_version) VALUES "
+                           "(:id, :ext, '/calls/x.wav', 'done', 1, '{}', :digest, :version)"),
+                      {"id": id_, "ext": external, "digest": digest, "version": version})
+    db.upgrade(url)
+    with db.make_engine(url).connect() as c:
+        marks: dict[int, int | None] = dict(
+            c.execute(text("SELECT id, same_recording_as FROM calls")).all())
+    assert marks == {1: 2, 2: None, 3: None, 4: None, 5: None, 6: None, 7: None, 8: 5}
+    db.downgrade(url, "0010")
+
+
 def _database_from_before_0003(url: str, doubled_names: bool) -> None:
     """``url`` at 0002 with a call from 0001 (no path hash) and a rejected payload (failed
     before any run, not hashed at run time either); with ``doubled_names`` (PostgreSQL) the
@@ -174,7 +206,7 @@ def test_migrations_ship_with_the_package() -> None:
         "0004_calls_batch_status_index.py", "0005_calls_content_sha256_index.py",
         "0006_batches_scan_error.py", "0007_calls_claims.py",
         "0008_calls_status_processed_at_index.py", "0009_segments_call_id_statistics.py",
-        "0010_batches_files_left.py"]
+        "0010_batches_files_left.py", "0011_calls_same_recording_as.py"]
 
 
 @pytest.mark.postgres

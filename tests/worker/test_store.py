@@ -183,6 +183,77 @@ def test_content_holders_are_the_oldest_call_analysing_each_content(
         assert store.find_call(s, "again").status == "pending"  # type: ignore[union-attr]
 
 
+def _marks(url: str) -> dict[str, str | None]:
+    """Each call's external id to the external id of the call counted for its recording."""
+    with db.session_scope(url) as s:
+        ids = {c.id: c.external_call_id for c in s.scalars(select(Call))}
+        return {ids[i]: ids.get(mark) if mark else None
+                for i, mark in s.execute(select(Call.id, Call.same_recording_as))}
+
+
+def test_each_recording_is_counted_once_as_analyses_are_saved(db_url: str) -> None:
+    """The inbox scan analysed a file under its content id, then a producer sent it under
+    its own id: reports counted it twice (a review). Each save marks the content-id call
+    with the first producer's id; two producer ids both count (two dead-air calls of one
+    length hold the same bytes). A call re-analysed with other content leaves its old
+    recording to the next in line."""
+    digest, other = "aa" * 32, "bb" * 32
+
+    def analyse(name: str, content: str) -> None:
+        with db.session_scope(db_url) as s:
+            call = store.find_call(s, name) or store.register_call(s, _request(name))
+            store.claim_for_processing(s, call.id)
+            store.save_analysis(s, call.id, fake_analysis(1, sha256=content))
+
+    analyse(f"sha256-{digest}", digest)
+    assert _marks(db_url) == {f"sha256-{digest}": None}
+    analyse("CC-1", digest)
+    analyse("CC-2", digest)
+    assert _marks(db_url) == {f"sha256-{digest}": "CC-1", "CC-1": None, "CC-2": None}
+    analyse("CC-1", digest)     # a redelivery: nothing moves
+    assert _marks(db_url)[f"sha256-{digest}"] == "CC-1"
+    analyse("CC-1", other)      # CC-1's file replaced and analysed again
+    assert _marks(db_url) == {f"sha256-{digest}": "CC-2", "CC-1": None, "CC-2": None}
+    with db.session_scope(db_url) as s:     # its re-run fails: the analysis it keeps counts
+        cc2 = store.find_call(s, "CC-2")
+        assert cc2 is not None
+        store.claim_for_processing(s, cc2.id)
+        store.mark_failed(s, cc2.id, "archived")
+    assert _marks(db_url)[f"sha256-{digest}"] == "CC-2"
+
+
+@pytest.mark.postgres
+def test_two_calls_of_one_recording_saved_at_once_count_once(postgres_url: str) -> None:
+    """PostgreSQL, the inbox scan's and a producer's call of one recording saved at once:
+    each would see only itself analysed and both would count. The second waits on the
+    recording's lock and marks the scan's."""
+    import threading
+
+    db.upgrade(postgres_url)
+    digest = "cc" * 32
+    with db.session_scope(postgres_url) as s:
+        ids = [store.claim_for_processing(s, store.register_call(s, _request(n)).id).id
+               for n in (f"sha256-{digest}", "CC-1")]
+    errors: list[BaseException] = []
+
+    def save_second() -> None:
+        try:
+            with db.session_scope(postgres_url) as s:
+                store.save_analysis(s, ids[1], fake_analysis(1, sha256=digest))
+        except BaseException as e:  # noqa: BLE001 - reported by the assert below
+            errors.append(e)
+
+    with db.session_scope(postgres_url) as first:
+        store.save_analysis(first, ids[0], fake_analysis(1, sha256=digest))
+        second = threading.Thread(target=save_second)
+        second.start()
+        time.sleep(1.0)     # the second save reaches the recording's lock and waits
+        assert second.is_alive()
+    second.join(timeout=60)
+    assert not errors
+    assert _marks(postgres_url) == {f"sha256-{digest}": "CC-1", "CC-1": None}
+
+
 def test_a_finished_batch_reopens_while_one_of_its_calls_is_retried(db_url: str) -> None:
     """``callmood retry`` runs a failed call again in its own batch: the batch was shown
     finished with a call pending, and its failed count kept it (a review). It is open until

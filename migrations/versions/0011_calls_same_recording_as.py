@@ -1,0 +1,58 @@
+"""Count each recording once: ``calls.same_recording_as``.
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-07
+
+The inbox scan analysed a file under its content id; the next day the call-centre system
+sent the same file under its own call id, and every report counted the call twice (a
+review). A call with a content id whose recording (``content_sha256``) another call holds an
+analysis of too now names the call reports count (``worker.store.settle_recording`` keeps it
+as analyses are saved): the first a producer sent, else the first content id. Calls with a
+producer's id always count. This migration sets it for the calls stored before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0011"
+down_revision: str | None = "0010"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# The rule of worker.store.settle_recording, as SQL both databases run: a content-id call
+# (they start "sha256-", worker.store.CONTENT_ID_PREFIX, written out: a migration must not
+# change with the code) names the recording's first call by (has a content id, id), unless
+# that is itself.
+BACKFILL = """
+UPDATE calls SET same_recording_as = (
+    SELECT w.id FROM calls AS w
+    WHERE w.content_sha256 = calls.content_sha256 AND w.model_version IS NOT NULL
+    ORDER BY CASE WHEN w.external_call_id LIKE 'sha256-%' THEN 1 ELSE 0 END, w.id
+    LIMIT 1)
+WHERE model_version IS NOT NULL AND content_sha256 IS NOT NULL
+  AND external_call_id LIKE 'sha256-%'
+  AND EXISTS (SELECT 1 FROM calls AS o
+              WHERE o.content_sha256 = calls.content_sha256 AND o.id <> calls.id
+                AND o.model_version IS NOT NULL)
+"""
+
+def upgrade() -> None:
+    # batch mode, as 0002: SQLite adds a foreign key by recreating the table
+    with op.batch_alter_table("calls") as batch:
+        batch.add_column(sa.Column("same_recording_as", sa.Integer(), nullable=True))
+        batch.create_foreign_key("fk_calls_same_recording_as_calls", "calls",
+                                 ["same_recording_as"], ["id"], ondelete="SET NULL")
+    op.execute(BACKFILL)
+    # the counted call itself got its own id: it counts, NULL
+    op.execute("UPDATE calls SET same_recording_as = NULL WHERE same_recording_as = id")
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("calls") as batch:
+        batch.drop_constraint("fk_calls_same_recording_as_calls", type_="foreignkey")
+        batch.drop_column("same_recording_as")
