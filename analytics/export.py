@@ -23,12 +23,20 @@ log = logging.getLogger(__name__)
 PICTURE_INDEX_NAME = "plots.csv"
 """The index ``--plots`` writes beside its PNGs: rank, call, png (this report's pictures)."""
 
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\0")
-"""Leading characters a spreadsheet may read as a formula (OWASP's CSV injection list)."""
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\0",
+                     "\uff1d", "\uff0b", "\uff0d", "\uff20")
+"""Leading characters a spreadsheet may read as a formula: OWASP's CSV injection list, and
+the full-width forms of ``= + - @``, which spreadsheets with East Asian input read as the
+plain ones (``＝HYPERLINK(...)`` went out as it was, a review)."""
+
+_LEADING_SPACE = " \u00a0\u3000"
+"""Spaces a spreadsheet may skip before a formula (`` =1+1`` went out as it was, a review):
+plain, no-break and ideographic."""
 
 _FORMULA_START = re.compile(
-    "(?:^|(?<=[\r\n]))(?=[" + re.escape("".join(_FORMULA_PREFIXES)) + "])")
-"""A cell's start, or a line's start inside it, followed by a formula prefix."""
+    "(?:^|(?<=[\r\n]))(?=[" + re.escape(_LEADING_SPACE) + "]*["
+    + re.escape("".join(_FORMULA_PREFIXES)) + "])")
+"""A cell's start, or a line's start inside it, followed by a formula prefix (after spaces)."""
 
 CSV_CHUNK_ROWS: Final[int] = 10_000
 """Rows formatted per step by :func:`write_csv`: bounds the text held in memory at once."""
@@ -39,8 +47,8 @@ def neutralize_cell(value: object) -> object:
     line inside it that would (a reader that splits the row at a line break, as some do at
     a bare CR, starts a cell there)."""
     # the pattern only where it can match: run on every plain name it tripled the time
-    if isinstance(value, str) and (value.startswith(_FORMULA_PREFIXES) or "\r" in value
-                                   or "\n" in value):
+    if isinstance(value, str) and (value.lstrip(_LEADING_SPACE).startswith(_FORMULA_PREFIXES)
+                                   or "\r" in value or "\n" in value):
         return _FORMULA_START.sub("'", value)
     return value
 

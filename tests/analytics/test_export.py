@@ -24,6 +24,17 @@ def test_formula_cells_are_neutralised_and_numbers_kept(tmp_path: Path) -> None:
     assert frame["agent"][0].startswith("=")  # the input is not mutated
 
 
+def test_formulas_behind_spaces_or_in_full_width_are_neutralised() -> None:
+    """`` =1+1``, ``＝HYPERLINK(...)`` (full-width) and ``－2`` went out as they were (a
+    review): some spreadsheets skip leading spaces, and East Asian input reads the
+    full-width signs as the plain ones. A space inside a name, or after a letter, is left."""
+    cells = [" =1+1", "\u3000@x", "\u00a0+1", "\uff1dHYPERLINK(1)", "\uff0b1", "\uff0d2",
+             "\uff20x", "ok\n =2", "Ana Lopez", "  Ana", "a=1"]
+    safe = spreadsheet_safe(pd.DataFrame({"agent": cells}))["agent"].tolist()
+    assert safe == ["' =1+1", "'\u3000@x", "'\u00a0+1", "'\uff1dHYPERLINK(1)", "'\uff0b1",
+                    "'\uff0d2", "'\uff20x", "ok\n' =2", "Ana Lopez", "  Ana", "a=1"]
+
+
 def test_bom_and_empty_csv_has_headers(tmp_path: Path) -> None:
     path = write_csv(pd.DataFrame(columns=["call", "agent"]), tmp_path / "r.csv", excel_bom=True)
     raw = path.read_bytes()
