@@ -137,10 +137,12 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     from analytics.export import PICTURE_INDEX_NAME, write_csv
     from analytics.queries import (
         ReportFilter,
+        label_known,
         load_calls,
         load_filtered_segments,
         report_session,
         same_recording_calls,
+        unanalysed_calls,
         undated_calls,
     )
     from analytics.reports import report_from_frames, round_for_export
@@ -177,6 +179,10 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         segments = load_filtered_segments(session, where)
         undated = undated_calls(session, where)
         same_recording = same_recording_calls(session, where)
+        unanalysed = unanalysed_calls(session, where)
+        unknown = [f"{option} {value!r}" for option, column, value in
+                   (("--agent", "agent_id", args.agent), ("--team", "team", args.team))
+                   if value is not None and not label_known(session, column, value)]
     report = report_from_frames(args.kind, calls, segments, bin_s=bin_s,
                                 period=cast(Period, args.period or "all"),
                                 by=cast(GroupBy, args.by or "agent"), timezone=settings.timezone)
@@ -212,6 +218,21 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
               + ("is" if unlabelled == 1 else "are") + " counted in the rows with an empty "
               "group (the inbox scan registers calls without labels: send calls by manifest, "
               "with agent_id and team, to have them)", file=sys.stderr)
+    if unknown:
+        # an empty report for a mistyped agent read as a quiet day (a review)
+        print(f"callmood report {args.kind}: no call has {' or '.join(unknown)} (ids match "
+              "exactly, case included; callmood report agents lists them)", file=sys.stderr)
+    if unanalysed:
+        failed = unanalysed.get("failed", 0)
+        waiting = sum(unanalysed.values()) - failed
+        parts = ([f"{failed} failed (callmood failures lists why)"] if failed else []) + (
+            [f"{waiting} not analysed yet (pending or processing)"] if waiting else [])
+        total = failed + waiting
+        print(f"callmood report {args.kind}: {total} "
+              + ("call" if total == 1 else "calls") + " of this selection "
+              + ("holds" if total == 1 else "hold") + " no analysis and "
+              + ("is" if total == 1 else "are") + " not in the report: " + ", ".join(parts),
+              file=sys.stderr)
     if same_recording:
         print(f"callmood report {args.kind}: {same_recording} analysed "
               + ("call holds" if same_recording == 1 else "calls hold")

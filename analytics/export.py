@@ -27,7 +27,7 @@ _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\0",
                      "\uff1d", "\uff0b", "\uff0d", "\uff20")
 """Leading characters a spreadsheet may read as a formula: OWASP's CSV injection list, and
 the full-width forms of ``= + - @``, which spreadsheets with East Asian input read as the
-plain ones (``＝HYPERLINK(...)`` went out as it was, a review)."""
+plain ones (a full-width ``=HYPERLINK(...)``, U+FF1D, went out as it was, a review)."""
 
 _LEADING_SPACE = " \u00a0\u3000"
 """Spaces a spreadsheet may skip before a formula (`` =1+1`` went out as it was, a review):

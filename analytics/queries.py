@@ -248,6 +248,23 @@ def same_recording_calls(session: Session, where: ReportFilter) -> int:
     return int(session.execute(query).scalar_one())
 
 
+def unanalysed_calls(session: Session, where: ReportFilter) -> dict[str, int]:
+    """Calls matching ``where`` that hold no analysis, so that its report leaves them out,
+    by status (``failed``: the recording could not be analysed; ``pending``/``processing``:
+    not yet). A failed call vanished from the agents report without a word, and the agent
+    seemed to have taken one call fewer (a review)."""
+    query = _filtered(select(Call.status, func.count()).select_from(Call), where,
+                      ~analysed()).group_by(Call.status)
+    return {status: int(n) for status, n in session.execute(query)}
+
+
+def label_known(session: Session, column: str, value: str) -> bool:
+    """Whether any call (analysed or not) has ``value`` in ``column`` (``agent_id`` or
+    ``team``): a report for an agent id that matches no call is a typo, not a quiet day."""
+    field = {"agent_id": Call.agent_id, "team": Call.team}[column]
+    return session.execute(select(field).where(field == value).limit(1)).first() is not None
+
+
 def counted_as(session: Session, call_ids: Sequence[int]) -> dict[int, str]:
     """For those of ``call_ids`` (``calls.id``) that reports leave out as the same recording
     as another call (:func:`counted`), the external id of the call they count instead."""

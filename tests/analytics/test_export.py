@@ -25,7 +25,7 @@ def test_formula_cells_are_neutralised_and_numbers_kept(tmp_path: Path) -> None:
 
 
 def test_formulas_behind_spaces_or_in_full_width_are_neutralised() -> None:
-    """`` =1+1``, ``＝HYPERLINK(...)`` (full-width) and ``－2`` went out as they were (a
+    """`` =1+1``, ``=HYPERLINK(...)`` and ``-2`` in full width (U+FF1D, U+FF0D) went out as they were (a
     review): some spreadsheets skip leading spaces, and East Asian input reads the
     full-width signs as the plain ones. A space inside a name, or after a letter, is left."""
     cells = [" =1+1", "\u3000@x", "\u00a0+1", "\uff1dHYPERLINK(1)", "\uff0b1", "\uff0d2",

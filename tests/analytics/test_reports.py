@@ -688,3 +688,41 @@ def test_a_recording_analysed_under_two_call_ids_counts_once(
         ids = {external: i for external, i in
                session.execute(select(Call.external_call_id, Call.id))}
         assert counted_as(session, list(ids.values())) == {ids[f"sha256-{digest}"]: "cc-1"}
+
+
+def test_a_report_says_which_calls_of_its_selection_hold_no_analysis(
+        report_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A call whose analysis failed, or that is not analysed yet, is in no report: bob's
+    agents row showed one call fewer than he took, without a word (a review). The command
+    says how many of its selection it leaves out, and why; a call re-run and failed keeps
+    its analysis and is in the report, so it is not among them."""
+    out = tmp_path / "agents.csv"
+    with session_scope(report_db) as session:
+        _add_call(session, "c-queued", "bob", "t2", datetime(2026, 11, 4, 9, tzinfo=UTC),
+                  CALM.iloc[:0], status="pending", model_version=None)
+    assert _run(report_db, tmp_path, "agents", "--agent", "bob", "--out", str(out)) == 0
+    assert ("callmood report agents: 2 calls of this selection hold no analysis and are not "
+            "in the report: 1 failed (callmood failures lists why), 1 not analysed yet "
+            "(pending or processing)") in capsys.readouterr().err
+    assert _run(report_db, tmp_path, "calls", "--agent", "bob", "--from", "2026-11-04",
+                "--out", str(out)) == 0
+    assert ("1 call of this selection holds no analysis and is not in the report: 1 not "
+            "analysed yet") in capsys.readouterr().err
+    assert _run(report_db, tmp_path, "calls", "--team", "t1", "--out", str(out)) == 0
+    assert "no analysis" not in capsys.readouterr().err
+
+
+def test_a_report_for_an_agent_or_team_no_call_has_says_so(
+        report_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--agent Bob` for bob wrote an empty report, exit 0: a typo read as a quiet day (a
+    review). It still writes the empty report, and says no call has that id."""
+    out = tmp_path / "calls.csv"
+    assert _run(report_db, tmp_path, "calls", "--agent", "Bob", "--team", "t9",
+                "--out", str(out)) == 0
+    assert list(csv.DictReader(out.open())) == []
+    assert ("callmood report calls: no call has --agent 'Bob' or --team 't9' (ids match "
+            "exactly, case included") in capsys.readouterr().err
+    # bob took calls, none that day: no such note
+    assert _run(report_db, tmp_path, "calls", "--agent", "bob", "--from", "2026-11-01",
+                "--to", "2026-11-01", "--out", str(out)) == 0
+    assert "no call has" not in capsys.readouterr().err
