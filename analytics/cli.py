@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import re
 import sys
 from datetime import date
 from pathlib import Path
@@ -37,7 +38,9 @@ def _iso_day(text: str) -> date:
     try:
         return date.fromisoformat(text)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD") from e
+        # 2026-11-31 is in the format: say what is wrong with it (a review)
+        why = f" ({e})" if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD{why}") from e
 
 
 def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -216,8 +219,10 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
               + ("call has" if unlabelled == 1 else "calls have")
               + f" no {'agent id' if label == 'agent_id' else 'team'} and "
               + ("is" if unlabelled == 1 else "are") + " counted in the rows with an empty "
-              "group (the inbox scan registers calls without labels: send calls by manifest, "
-              "with agent_id and team, to have them)", file=sys.stderr)
+              "group (calls sent without it, and those the inbox scan, callmood run or "
+              "callmood analyze register without --agent/--team; callmood analyze FILE "
+              "--agent A --team T labels the call of a file analysed before, without a new "
+              "analysis)", file=sys.stderr)
     if unknown:
         # an empty report for a mistyped agent read as a quiet day (a review)
         print(f"callmood report {args.kind}: no call has {' or '.join(unknown)} (ids match "

@@ -13,12 +13,13 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
 from worker.cli_args import seconds, whole_number
 from worker.constants import AUDIO_SUFFIXES
-from worker.errors import CallmoodError, ConfigError, TransientError
+from worker.errors import CallmoodError, ConfigError, PayloadError, TransientError
 from worker.settings import Settings, redact_url, zone_for
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,16 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     """Run the whole pipeline in-process on each file and store the results."""
     from worker.db import prepare_database
     from worker.runner import worker_settings
+    from worker.store import parse_timestamp
 
     files = _expand(args.files)
-    if args.call_id and len(files) != 1:
-        raise ConfigError("--call-id names one call: give exactly one FILE with it")
+    for option, value in (("--call-id", args.call_id), ("--started-at", args.started_at)):
+        if value and len(files) != 1:
+            raise ConfigError(f"{option} names one call: give exactly one FILE with it")
+    try:
+        started_at = parse_timestamp(args.started_at) if args.started_at else None
+    except PayloadError as e:
+        raise ConfigError(f"--started-at: {str(e).removeprefix('started_at: ')}") from e
     require_model(settings)
     settings = worker_settings(settings, [f.resolve() for f in files])
     prepare_database(settings.database_url)
@@ -96,12 +103,14 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
         nullcontext() if "CALLMOOD_LOG_LEVEL" in settings.extra
         else _logger_level("worker.jobs", logging.ERROR))
     with quiet:
-        failed = sum(not _analyze_file(path, args, settings) for path in files)
+        failed = sum(not _analyze_file(path, args, settings, started_at) for path in files)
     return 1 if failed else 0
 
 
-def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings) -> bool:
-    """``callmood analyze`` of one file, its lines printed; False when it failed."""
+def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings,
+                  started_at: datetime | None) -> bool:
+    """``callmood analyze`` of one file (started at ``started_at``, if known), its lines
+    printed; False when it failed."""
     from worker.db import session_scope
     from worker.enqueue import path_uri, printable_path
     from worker.jobs import process_call
@@ -109,6 +118,8 @@ def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings) -> b
     from worker.store import (
         CallRequest,
         content_call_id,
+        content_holders,
+        content_of_call_id,
         find_call,
         segments_for_call,
         update_from_request,
@@ -119,12 +130,26 @@ def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings) -> b
     # a file too small for audio is a call of its path (worker.runner.call_id_for): two
     # empty files were one call, the second skipped as analysed
     own_id = call_id_for(path.resolve(), content_id)
-    request = CallRequest(uri=path_uri(path.resolve()),
-                          external_call_id=args.call_id or own_id,
-                          agent_id=args.agent, team=args.team, reprocess=args.reprocess)
+    call_id = args.call_id or own_id
+    digest = content_of_call_id(content_id)
+    if not args.call_id and not args.reprocess and own_id == content_id and digest:
+        with session_scope(settings) as session:
+            holder = (None if find_call(session, own_id) is not None
+                      else content_holders(session, [digest]).get(digest))
+            if holder is not None:
+                # a producer's call holds this recording's analysis: show it, as for a file
+                # analysed before (it was analysed again under its content id, a review)
+                call_id = holder.external_call_id
+    request = CallRequest(uri=path_uri(path.resolve()), external_call_id=call_id,
+                          agent_id=args.agent, team=args.team, started_at=started_at,
+                          reprocess=args.reprocess)
     # no Celery here to retry a storage hiccup later: that file fails with its reason and
     # the others go on (it aborted the run, the call left "processing")
     outcome = process_call(request, settings, transient="fail")
+    # printed once the transaction has committed: a pipe closed on a line printed inside it
+    # rolled back the relabel that line announced (a review)
+    notes: list[str] = []
+    rows: list[str] = []
     with session_scope(settings) as session:
         call = find_call(session, request.external_call_id)
         assert call is not None  # process_call registered it
@@ -133,38 +158,47 @@ def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings) -> b
             # stored result stands if it is this file's (--call-id may name a call that holds
             # another recording)
             if outcome.superseded:
-                print(f"{shown}: {outcome.reason}", file=sys.stderr)
+                notes.append(f"{shown}: {outcome.reason}")
             if content_call_id(call.content_sha256 or "") != content_id:
-                print(f"FAILED {shown}: call id {call.external_call_id} holds another "
-                      "recording; --reprocess replaces it with this one", file=sys.stderr)
+                notes.append(f"FAILED {shown}: call id {call.external_call_id} holds another "
+                             "recording; --reprocess replaces it with this one")
+                _print_lines(notes, sys.stderr)
                 return False
-            relabel = {k: v for k, v in (("agent_id", args.agent), ("team", args.team))
+            relabel = {k: v for k, v in (("agent_id", args.agent), ("team", args.team),
+                                         ("started_at", started_at))
                        if v is not None and getattr(call, k) != v}
             if relabel:
                 # the labels given now are the call's: its analysis stands, its reports move
                 update_from_request(call, request)
-            print(f"stored {shown}: analysed "
-                  + ("meanwhile by another run" if outcome.superseded else "before")
-                  + f" with {call.model_version}; "
-                  + (f"{', '.join(relabel)} updated; " if relabel else "")
-                  + "--reprocess analyses it again", file=sys.stderr)
+            notes.append(f"stored {shown}: analysed "
+                         + ("meanwhile by another run" if outcome.superseded else "before")
+                         + (f" as call {call.external_call_id}" if call_id != own_id
+                            and not args.call_id else "")
+                         + f" with {call.model_version}; "
+                         + (f"{', '.join(relabel)} updated; " if relabel else "")
+                         + "--reprocess analyses it again")
         elif outcome.status != "done":
             again = (" (failed before, not run again: --reprocess tries it again, e.g. after "
                      "a setting changed)" if outcome.status == "skipped" else "")
-            print(f"FAILED {shown}: {call.failure_reason or outcome.reason}{again}",
-                  file=sys.stderr)
+            notes.append(f"FAILED {shown}: {call.failure_reason or outcome.reason}{again}")
+            _print_lines(notes, sys.stderr)
             return False
         segments = segments_for_call(session, call.id)
         if args.json:
-            for s in segments:
-                json.dump({"file": shown, "channel": s.channel, "role": s.role,
-                           "start_s": s.start_s, "end_s": s.end_s, "emotion": s.emotion,
-                           "probabilities": s.probabilities(), "confidence": s.confidence,
-                           "model_version": s.model_version}, sys.stdout)
-                sys.stdout.write("\n")
-        print(f"done   {shown}: {len(segments)} segments, call id {call.external_call_id}",
-              file=sys.stderr)
+            rows = [json.dumps({"file": shown, "channel": s.channel, "role": s.role,
+                                "start_s": s.start_s, "end_s": s.end_s, "emotion": s.emotion,
+                                "probabilities": s.probabilities(), "confidence": s.confidence,
+                                "model_version": s.model_version}) for s in segments]
+        notes.append(f"done   {shown}: {len(segments)} segments, call id {call.external_call_id}")
+    _print_lines(notes[:-1], sys.stderr)
+    _print_lines(rows, sys.stdout)
+    _print_lines(notes[-1:], sys.stderr)
     return True
+
+
+def _print_lines(lines: Sequence[str], stream: TextIO) -> None:
+    for line in lines:
+        print(line, file=stream)
 
 
 @contextmanager
@@ -633,6 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--call-id", help="external call id (default: the file's content hash)")
     p.add_argument("--agent", help="agent id to record on the call")
     p.add_argument("--team", help="team to record on the call")
+    p.add_argument("--started-at", help="ISO-8601 start of the call with UTC offset, e.g. "
+                   "2026-01-31T09:15+01:00 (one FILE; reports' days and --from/--to use it)")
     p.add_argument("--reprocess", action="store_true",
                    help="analyse files analysed before again (e.g. after a model upgrade); "
                         "otherwise their stored segments are printed")

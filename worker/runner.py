@@ -78,8 +78,13 @@ class RunSummary:
 
 
 def external_id_for(path: Path) -> str:
-    """A stable call id for a local file: its content hash (a re-run reuses the call row)."""
+    """A stable call id for a local file: its content hash (a re-run reuses the call row).
+    Not for what is no regular file (a FIFO, a link to a device named like a recording):
+    hashing one blocked, or read /dev/zero for ever (`callmood analyze`, a review); the
+    worker fails it with its reason, keyed by its path."""
     try:
+        if not path.is_file():
+            return path_call_id(path)
         return content_call_id(file_sha256(path))
     except OSError:
         # Unreadable: still a call (the worker records why it failed), keyed by its path

@@ -49,9 +49,10 @@ def test_recordings_to_stress_report_and_pictures(tmp_path: Path, emotion_model:
     assert main(["report", "stress", "--out", str(out), "--plots", str(out)]) == 2  # a file
     assert out.read_bytes() == kept
 
-    # the calm recording analysed again under its content id (as the inbox scan would): the
-    # reports still count it once, as C-calm, and `callmood calls` says so
-    assert main(["analyze", str(calm_call)]) == 0
+    # the calm recording analysed again under its content id (as the inbox scan would;
+    # without --reprocess analyze shows C-calm's): the reports still count it once, as
+    # C-calm, and `callmood calls` says so
+    assert main(["analyze", str(calm_call), "--reprocess"]) == 0
     capsys.readouterr()
     assert main(["report", "stress", "--out", str(out)]) == 0
     with out.open(encoding="utf-8-sig", newline="") as fh:

@@ -448,9 +448,16 @@ def test_reversed_range_is_refused(report_db: str, tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_bad_arguments_exit_from_argparse(tmp_path: Path) -> None:
+def test_bad_arguments_exit_from_argparse(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         _run("sqlite://", tmp_path, "calls", "--from", "02/11/2026", "--out", "x.csv")
+    assert "'02/11/2026' is not a day YYYY-MM-DD\n" in capsys.readouterr().err
+    # a day in the format that is no day: why (it read as the format's fault, a review)
+    with pytest.raises(SystemExit):
+        _run("sqlite://", tmp_path, "calls", "--from", "2026-11-31", "--out", "x.csv")
+    assert ("'2026-11-31' is not a day YYYY-MM-DD (day is out of range for month)"
+            in capsys.readouterr().err)
     with pytest.raises(SystemExit):
         _run("sqlite://", tmp_path, "nonsense", "--out", "x.csv")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,53 @@ def test_analyze_json_prints_one_object_per_stored_segment(env: Path, callmood_c
     assert main(["analyze", str(env / "broken.wav"), "--call-id", call_id, "--json"]) == 1
     out, err = capsys.readouterr()
     assert out == "" and f"call id {call_id} holds another recording" in err
+
+
+def test_analyze_shows_a_producer_s_call_of_the_file_and_keeps_a_relabel_on_a_closed_pipe(
+        env: Path, callmood_corpora: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file a producer sent under its own id, given to `analyze` without --call-id, was
+    analysed again under its content id (a second call of one recording, a review): its
+    stored analysis is shown, as that call's. And a relabel announced on a stderr whose
+    reader had gone was rolled back by the BrokenPipeError of the next line (a review)."""
+    import subprocess
+    import sys
+
+    from worker import db, store
+
+    test = read_manifest(callmood_corpora, "ravdess").query("split == 'test'")
+    call = synthesize_call(test[test["speaker"] == "actor21"].head(1),
+                           test[test["speaker"] == "actor22"].head(1), np.random.default_rng(0))
+    path = write_call(call, env / "call.wav")
+    assert main(["analyze", str(path), "--call-id", "CC-1006", "--agent", "a-1"]) == 0
+    capsys.readouterr()
+    assert main(["analyze", str(path), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "stored" in err and "analysed before as call CC-1006" in err
+    assert out and "call id CC-1006" in err
+    with db.session_scope(Settings.from_env()) as session:
+        assert [c.external_call_id for c in store.list_calls(session)] == ["CC-1006"]
+
+    reader = subprocess.Popen([sys.executable, "-m", "worker.cli", "analyze", str(path),
+                               "--call-id", "CC-1006", "--agent", "a-2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert reader.stderr is not None
+    reader.stderr.close()       # the reader is gone before the first line
+    assert reader.wait(timeout=120) == 1
+    with db.session_scope(Settings.from_env()) as session:
+        relabelled = store.find_call(session, "CC-1006")
+        assert relabelled is not None and relabelled.agent_id == "a-2"
+
+    # a start time, so the call has a day in the reports (analyze could not give one)
+    assert main(["analyze", str(path), "--started-at", "2026-11-04T09:15+01:00"]) == 0
+    assert "started_at updated" in capsys.readouterr().err
+    with db.session_scope(Settings.from_env()) as session:
+        dated = store.find_call(session, "CC-1006")
+        assert dated is not None and dated.started_at == datetime(2026, 11, 4, 8, 15, tzinfo=UTC)
+    assert main(["analyze", str(path), "--started-at", "2026-11-04T09:15"]) == 2
+    assert ("--started-at: '2026-11-04T09:15' has no UTC offset; append +00:00 or Z"
+            in capsys.readouterr().err)
+    assert main(["analyze", str(path), str(path), "--started-at", "2026-11-04T09:15Z"]) == 2
+    assert "--started-at names one call" in capsys.readouterr().err
 
 
 def test_a_broken_file_named_in_latin1_fails_with_its_reason_stored(
@@ -761,3 +809,16 @@ def test_status_shows_the_files_a_scan_left_for_the_next_one(
     out = capsys.readouterr().out
     assert ("0 enqueued, 0 skipped, 2 left for the next scan (still being written?), 1 "
             "ignored (not a recording's suffix); 0 pending") in out, out
+
+
+def test_analyze_fails_a_fifo_or_a_device_named_like_a_recording(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`callmood analyze` hashed a FIFO (blocked for ever) or a link to /dev/zero (read for
+    ever) before anything checked it is a regular file (a review): each fails with its
+    reason, as `callmood run` already said."""
+    os.mkfifo(env / "pipe.wav")
+    (env / "zero.wav").symlink_to("/dev/zero")
+    assert main(["analyze", str(env / "pipe.wav")]) == 1
+    assert "pipe.wav is not a regular file" in capsys.readouterr().err
+    assert main(["analyze", str(env / "zero.wav")]) == 1
+    assert "not a regular file" in capsys.readouterr().err
