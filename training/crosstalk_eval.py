@@ -155,7 +155,8 @@ def _percentiles(values: pd.Series) -> str:
     return f"{p5:.2f} / {p50:.2f} / {p95:.2f}"
 
 
-def _markdown(table: pd.DataFrame) -> str:
+def frame_markdown(table: pd.DataFrame) -> str:
+    """``table`` as a Markdown table, its cells as ``str`` gives them."""
     lines = ["| " + " | ".join(map(str, table.columns)) + " |",
              "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
@@ -172,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also print the threshold pairs the defaults were chosen from")
     args = parser.parse_args(argv)
     rows = measure(build_call(args.split, args.clips_per_corpus, args.seed), args.seed)
-    print(_markdown(summary(rows)))
+    print(frame_markdown(summary(rows)))
     if args.grid:
         print()
-        print(_markdown(grid(rows)))
+        print(frame_markdown(grid(rows)))
     return 0
 
 

@@ -28,7 +28,9 @@ import soxr
 
 from worker.constants import (
     ANALYSIS_SAMPLE_RATE,
+    DUAL_MONO_GAIN_RESIDUAL_DB,
     DUAL_MONO_MAX_DIFF,
+    DUAL_MONO_MAX_GAIN_DB,
     DUAL_MONO_MIN_CORRELATION,
     DUAL_MONO_RESIDUAL_DB,
     ESTIMATED_LENGTH_FORMATS,
@@ -940,14 +942,22 @@ class ChannelPairEnergy:
     def same_signal(self) -> bool:
         """Whether the channels carry one signal: the RMS of their difference (of their sum,
         for one channel inverted) is :data:`DUAL_MONO_RESIDUAL_DB` or more under their
-        energy, as a lossy codec leaves one signal coded twice, or under
+        energy, as a lossy codec leaves one signal coded twice, or
+        :data:`DUAL_MONO_GAIN_RESIDUAL_DB` under after the best gain for channels within
+        :data:`DUAL_MONO_MAX_GAIN_DB` of each other's level, or under
         :data:`DUAL_MONO_MAX_DIFF` with the channels correlated (at least
         :data:`DUAL_MONO_MIN_CORRELATION`)."""
         if self.n == 0:
             return True
         energy = (self.sum_a2 + self.sum_b2) / (2.0 * self.n)
         residual = min(self.sum_diff2, self.sum_sum2) / self.n
-        if residual <= energy * float(10.0 ** (DUAL_MONO_RESIDUAL_DB / 10.0)):
+        threshold = float(10.0 ** (DUAL_MONO_RESIDUAL_DB / 10.0))
+        if residual <= energy * threshold:
+            return True
+        if (self.sum_a2 > 0.0 and self.sum_b2 > 0.0
+                and abs(10.0 * math.log10(self.sum_a2 / self.sum_b2)) <= DUAL_MONO_MAX_GAIN_DB
+                and 1.0 - self.correlation ** 2
+                <= float(10.0 ** (DUAL_MONO_GAIN_RESIDUAL_DB / 10.0))):
             return True
         # the absolute floor: quiet recordings, where an LSB of rounding is a large share;
         # only for channels that move together, as one signal's copies do

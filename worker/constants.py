@@ -49,6 +49,26 @@ missed (up to 4e-4 apart); two parties' channels measure +3 dB, with 10 % crosst
 way +2 dB. Inverted polarity: exact for PCM, G.711 and MP3, Opus -51 dB, Vorbis -15 dB
 (such a file stays two parties)."""
 
+DUAL_MONO_MAX_GAIN_DB: Final[float] = 4.0
+"""Level difference (dB) up to which one signal written to both channels at two gains counts
+as dual-mono too, judged by :data:`DUAL_MONO_GAIN_RESIDUAL_DB`. A review (2026-12-07) found a
+copy at 0.99 of the other's level (0.09 dB) -40 dB apart sample by sample already, each
+utterance stored twice as agent and customer; 0.95, 0.89 and G.711 the same. Chosen with
+``python -m training.dual_mono_eval``: copies at 0.99, 0.89 and 0.7 (3.1 dB) are within it,
+at half the level (6 dB) and at a leak's (20 dB) not. Past it the channels stay two parties
+whatever their correlation: a silent party's channel that carries only the other's leak
+(crosstalk, 20 dB and more under the speaker) keeps the speaker's role, and the crosstalk
+gate drops the leak (a copy at half the level stays two parties, as before)."""
+
+DUAL_MONO_GAIN_RESIDUAL_DB: Final[float] = -10.0
+"""What is left of one channel after the best gain applied to the other, ``1 -
+correlation**2`` over the whole recording (dB), at which channels within
+:data:`DUAL_MONO_MAX_GAIN_DB` of each other's level are one signal. ``python -m
+training.dual_mono_eval`` (2026-12-07, test split, 4 clips per corpus): copies at 0.99 to 0.7
+of the level measure -74 to -78 dB in 16-bit PCM, -34 to -35 in G.711, -24 to -30 in Opus, and
+26 dB quieter -23 to -53; two parties' channels 0.0 dB, with 10, 30 and 50 % crosstalk each
+way -0.2, -1.6 and -4.4 dB."""
+
 ESTIMATED_LENGTH_FORMATS: Final[tuple[str, ...]] = ("MP3",)
 """soundfile formats whose header length is an estimate: an MP3 without a Xing/Info frame
 (encoders that write as they record) is sized from its first frame's bitrate, so a VBR file
