@@ -16,6 +16,7 @@ import io
 import math
 import os
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,7 +328,7 @@ def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = 
                                     f"or {MAX_CHANNELS} (agent + customer)")
     check_wav_length(path, info)
     check_container_length(path, info)
-    check_single_ogg_stream(path, info)
+    check_ogg_pages(path, info)
     check_known_length(path, info)
     if str(info.format) in ESTIMATED_LENGTH_FORMATS:
         # MP3 headers report frames=0 or an estimate: the decoded length is what counts (both
@@ -343,45 +344,92 @@ def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = 
     return info
 
 
-def ogg_is_chained(fh: BinaryIO) -> bool:
-    """Whether an Ogg file (``fh``, binary, at its start) holds a stream begun after another
-    one's pages (a chained Ogg file: two files joined end to end), reading page header to
-    page header and seeking past the bodies (no mmap: a read error of a network share mapped
-    into memory kills the process with SIGBUS, a review). False when the pages cannot be
-    walked (damage is the decoder's to report)."""
-    after_first_pages = False
+_BIT_REVERSED: Final[bytes] = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
+"""Each byte value with its bits in reverse order (:func:`ogg_page_crc`)."""
+
+
+def ogg_page_crc(page: bytes) -> int:
+    """The Ogg page checksum of ``page`` (its CRC field zeroed): CRC-32 of polynomial
+    0x04C11DB7 taken most significant bit first, initial value 0, no final xor. zlib's
+    CRC-32 is the same polynomial taken least significant bit first, so it runs in C on the
+    bit-reversed bytes (initial register 0, its final xor undone) and its result is
+    reversed back."""
+    reflected = zlib.crc32(page.translate(_BIT_REVERSED), 0xFFFFFFFF) ^ 0xFFFFFFFF
+    return int(f"{reflected:032b}"[::-1], 2)
+
+
+@dataclass(frozen=True)
+class OggPages:
+    """What a walk over an Ogg file's pages found (:func:`walk_ogg_pages`)."""
+
+    chained: bool = False
+    """A stream begins after another one's pages: two files joined end to end."""
+    damaged_page: int | None = None
+    """Number (from 0) of the first page whose checksum does not match, or after which the
+    pages lose their sync while another page follows."""
+    damaged_at: int = 0
+    """Byte offset of that page."""
+
+
+def walk_ogg_pages(fh: BinaryIO) -> OggPages:
+    """Walk an Ogg file (``fh``, binary, at its start) page by page, checking each page's
+    checksum and where streams begin (read, not mapped: a read error of a network share
+    mapped into memory kills the process with SIGBUS, a review). A last page cut short (an
+    upload that stopped) is no damage: the decoder reads what is there. Data after the last
+    page that holds no further page (a tag) is none either."""
+    after_first_pages = chained = False
+    page = 0
     while True:
+        offset = fh.tell()
         header = fh.read(27)
-        if len(header) < 27 or header[:4] != b"OggS":
-            return False
+        if len(header) < 27:
+            return OggPages(chained)
+        if header[:4] != b"OggS" or header[4] != 0:
+            # lost sync: a damaged header, unless nothing that follows is a page
+            rest = fh.read()
+            return (OggPages(chained, page, offset) if b"OggS" in header[1:] + rest
+                    else OggPages(chained))
         table = fh.read(header[26])
-        if len(table) < header[26]:
-            return False
+        body = fh.read(sum(table))
+        if len(table) < header[26] or len(body) < sum(table):
+            return OggPages(chained)
+        stated = int.from_bytes(header[22:26], "little")
+        if ogg_page_crc(header[:22] + bytes(4) + header[26:] + table + body) != stated:
+            return OggPages(chained, page, offset)
         if header[5] & 0x02:               # beginning of a stream
-            if after_first_pages:
-                return True
+            chained = chained or after_first_pages
         else:
             after_first_pages = True
-        fh.seek(sum(table), os.SEEK_CUR)
+        page += 1
 
 
-def check_single_ogg_stream(path: Path, info: Any) -> None:
-    """AudioDecodeError for a chained Ogg file: libsndfile decodes its first stream only, so
-    two Opus files joined with ``cat`` were analysed as the first and stored as done, the
-    second call lost without a word (a review found the join of two files of other rates
-    refused as a FLAC 'written to a pipe')."""
+def check_ogg_pages(path: Path, info: Any) -> None:
+    """AudioDecodeError for an Ogg file that is chained or holds a damaged page.
+
+    Chained: libsndfile decodes its first stream only, so two Opus files joined with ``cat``
+    were analysed as the first and stored as done, the second call lost without a word (a
+    review found the join of two files of other rates refused as a FLAC 'written to a
+    pipe'). Damaged: the decoder skips a page it cannot read, and where that is the first
+    audio page (or the last) the length libsndfile states shrinks with it, so no length
+    check saw it: a byte flipped in a Vorbis file's first audio page lost 2.5 s and moved
+    every utterance 2.5 s earlier, stored as done (a review)."""
     if str(info.format) != "OGG":
         return
     try:
         with path.open("rb") as fh:
-            chained = ogg_is_chained(fh)
+            pages = walk_ogg_pages(fh)
     except (OSError, ValueError) as e:
         raise file_access_error(path, e, "read") from e
-    if chained:
+    if pages.chained:
         raise AudioDecodeError(
             f"{path.name} holds chained Ogg streams (files joined end to end), of which the "
             "decoder reads only the first: send each recording on its own, or re-encode the "
             "whole as one stream (e.g. ffmpeg -i IN OUT.flac)")
+    if pages.damaged_page is not None:
+        raise AudioDecodeError(
+            f"{path.name}: Ogg page {pages.damaged_page} (byte {pages.damaged_at}) is damaged "
+            "(its checksum does not match): the decoder would skip it, and the audio after "
+            "it would be analysed shifted or cut. Re-export the recording and send it again")
 
 
 def check_known_length(path: Path, info: Any) -> None:

@@ -14,9 +14,11 @@ import pytest
 import soundfile as sf
 
 from worker.audio import (
+    check_decode_complete,
     check_samples,
     load_mono,
     load_recording,
+    ogg_page_crc,
     open_stream,
     resample,
     resolve_input,
@@ -555,11 +557,17 @@ def test_an_ogg_file_garbled_mid_way_fails_rather_than_stored_short(tmp_path: Pa
     # what libsndfile does with it: the header's 5 s, far fewer samples decoded, no error
     assert sf.info(str(path)).frames == 16000 * 5
     assert sf.read(str(path))[0].shape[0] < 16000 * 4
+    # refused by the page whose checksum fails, before any decode; the length check behind
+    # it (decoding stopped short of the header's length) is the second guard
+    with pytest.raises(AudioDecodeError, match=r"garbled.ogg: Ogg page \d+ \(byte \d+\) is "
+                                               r"damaged \(its checksum does not match\)"):
+        load_recording(path, MAX_S)
+    with pytest.raises(AudioDecodeError, match="is damaged"):
+        open_stream(path, MAX_S)
     with pytest.raises(AudioDecodeError, match=r"garbled.ogg: decoding stopped at \d\.\d s of "
                                                r"the 5\.0 s its header states"):
-        load_recording(path, MAX_S)
-    with pytest.raises(AudioDecodeError, match="decoding stopped at"):
-        streamed_spans(open_stream(path, MAX_S), MAX_S, VadConfig(), SegmentationConfig())
+        check_decode_complete(path, "OGG", sf.info(str(path)).frames,
+                              sf.read(str(path))[0].shape[0], 16000)
     # the intact file decodes whole on both paths
     assert load_recording(full, MAX_S).duration_s == pytest.approx(5.0)
     assert streamed_spans(open_stream(full, MAX_S), MAX_S, VadConfig(),
@@ -568,7 +576,7 @@ def test_an_ogg_file_garbled_mid_way_fails_rather_than_stored_short(tmp_path: Pa
 
 @pytest.mark.parametrize("subtype", ["OPUS", "VORBIS"])
 def test_a_small_damage_in_a_long_ogg_file_fails_the_streamed_decode_too(
-        tmp_path: Path, subtype: str) -> None:
+        tmp_path: Path, subtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """64 garbled bytes in a file of several blocks: the decoder lost a page and returned full
     blocks with what followed moved earlier, and soundfile's seek after each read decoded
     about a second twice, so the streamed decode matched the header's length and the call was
@@ -586,11 +594,51 @@ def test_a_small_damage_in_a_long_ogg_file_fails_the_streamed_decode_too(
     data[at:at + 64] = np.random.default_rng(1).bytes(64)
     path = tmp_path / "damaged.ogg"
     path.write_bytes(bytes(data))
-    with pytest.raises(AudioDecodeError, match="decoding stopped at"):
+    with pytest.raises(AudioDecodeError, match="is damaged"):
         load_recording(path, MAX_S)
+    # the streamed decode's own guard, behind the page check: read on without seeking
+    monkeypatch.setattr("worker.audio.check_ogg_pages", lambda path, info: None)
     with pytest.raises(AudioDecodeError, match=r"damaged.ogg: decoding stopped at \d+\.\d s "
                                                r"of the 30\.0 s its header states"):
         streamed_spans(open_stream(path, MAX_S), MAX_S, VadConfig(), SegmentationConfig())
+
+
+@pytest.mark.parametrize("subtype", ["OPUS", "VORBIS"])
+def test_a_damaged_first_or_last_ogg_page_fails_rather_than_shifting_every_time(
+        tmp_path: Path, subtype: str) -> None:
+    """A byte flipped in an Ogg file's first audio page: the decoder skips the page, and the
+    length libsndfile states shrinks with it, so the length check passed and every
+    utterance was stored seconds early (a review: 2.5 s of a Vorbis call); the same for the
+    last page. The page's checksum fails it. An upload cut short inside its last page, and
+    a tag after the last page, are read as before."""
+    full = tmp_path / "full.ogg"
+    sf.write(str(full), tone(20.0, 16000), 16000, format="OGG", subtype=subtype)
+    data = full.read_bytes()
+    starts = [i for i in range(len(data) - 3) if data[i:i + 4] == b"OggS"]
+    for name, page in (("first", 2), ("last", len(starts) - 1)):
+        body = starts[page] + 27 + data[starts[page] + 26] + 5   # inside the page's audio
+        damaged = bytearray(data)
+        damaged[body] ^= 0x5A
+        path = tmp_path / f"{name}.ogg"
+        path.write_bytes(bytes(damaged))
+        for decode in (load_recording, open_stream):
+            with pytest.raises(AudioDecodeError, match=rf"{name}.ogg: Ogg page {page} "
+                                                       rf"\(byte {starts[page]}\) is damaged"):
+                decode(path, MAX_S)
+    cut = tmp_path / "cut.ogg"
+    cut.write_bytes(data[:starts[-1] + 200])                    # inside the last page
+    assert load_recording(cut, MAX_S).duration_s > 15.0
+    tagged = tmp_path / "tagged.ogg"
+    tagged.write_bytes(data + b"TAG" + bytes(125))
+    assert load_recording(tagged, MAX_S).duration_s == pytest.approx(20.0, abs=0.05)
+
+
+def test_the_ogg_page_checksum_is_ogg_s_crc() -> None:
+    """Ogg's CRC-32 (MSB first, init 0, no final xor) through zlib's reflected one: the
+    standard check value of CRC-32/MPEG-2's polynomial without its init and final xor
+    (CRC-32/CKSUM's register before its length and inversion) for '123456789'."""
+    assert ogg_page_crc(b"") == 0
+    assert ogg_page_crc(b"123456789") == 0x89A1897F
 
 
 def test_a_flac_whose_header_gives_no_length_names_the_repair(tmp_path: Path) -> None:
