@@ -329,6 +329,7 @@ def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = 
     check_wav_length(path, info)
     check_container_length(path, info)
     check_ogg_pages(path, info)
+    check_single_flac_stream(path, info)
     check_known_length(path, info)
     if str(info.format) in ESTIMATED_LENGTH_FORMATS:
         # MP3 headers report frames=0 or an estimate: the decoded length is what counts (both
@@ -430,6 +431,45 @@ def check_ogg_pages(path: Path, info: Any) -> None:
             f"{path.name}: Ogg page {pages.damaged_page} (byte {pages.damaged_at}) is damaged "
             "(its checksum does not match): the decoder would skip it, and the audio after "
             "it would be analysed shifted or cut. Re-export the recording and send it again")
+
+
+FLAC_SCAN_BYTES: Final[int] = 1 << 20
+"""Bytes read per step by :func:`check_single_flac_stream`."""
+
+
+def flac_stream_starts(fh: BinaryIO) -> int:
+    """How many FLAC streams begin in ``fh`` (binary, at its start): the marker ``fLaC`` and a
+    STREAMINFO block header (type 0, 34 bytes; last-block flag either way). Eight given bytes
+    inside compressed audio are a chance of 2**-64 a position."""
+    found, carry = 0, b""
+    while chunk := fh.read(FLAC_SCAN_BYTES):
+        window = carry + chunk
+        at = window.find(b"fLaC")
+        while at != -1 and at + 8 <= len(window):
+            if window[at + 4] in (0x00, 0x80) and window[at + 5:at + 8] == b"\x00\x00\x22":
+                found += 1
+            at = window.find(b"fLaC", at + 1)
+        # a marker cut by the chunk's end is looked at again with the next chunk
+        carry = window[max(len(window) - 7, 0):] if at == -1 else window[at:]
+    return found
+
+
+def check_single_flac_stream(path: Path, info: Any) -> None:
+    """AudioDecodeError for FLAC files joined end to end: libsndfile decodes the length the
+    first one's header states and stops, so the join was stored as the first recording, the
+    second lost without a word (a review: 28.8 s of 57.6 s, done)."""
+    if str(info.format) != "FLAC":
+        return
+    try:
+        with path.open("rb") as fh:
+            streams = flac_stream_starts(fh)
+    except (OSError, ValueError) as e:
+        raise file_access_error(path, e, "read") from e
+    if streams > 1:
+        raise AudioDecodeError(
+            f"{path.name} holds {streams} FLAC streams (files joined end to end), of which the "
+            "decoder reads only the first: send each recording on its own, or re-encode the "
+            "whole as one stream")
 
 
 def check_known_length(path: Path, info: Any) -> None:
@@ -1152,11 +1192,19 @@ def stream_blocks(stream: StreamInfo, max_duration_s: float,
         raise decode_failure(stream.path, e, f"{name} could not be opened for decoding: {e}") from e
     with sound:
         while True:
+            want = block_frames
+            if stream.format == "FLAC" and 0 < stream.header_frames < SF_COUNT_MAX:
+                # no further than STREAMINFO's length, as the whole-file read: read on, libFLAC
+                # met a tag or padding after the last frame as lost sync, and a FLAC over
+                # 10 minutes with an ID3v1 tag failed where a short one passed (a review)
+                want = min(want, stream.header_frames - frames)
+                if want <= 0:
+                    break
             try:
                 # read() trims to the frames decoded; SoundFile.blocks() would hand back its
                 # reused buffer unchanged where a truncated MP3 ends before its header's
                 # length, repeating the last block as if it were more speech
-                data = sound.read(block_frames, dtype="float32", always_2d=True)
+                data = sound.read(want, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError, ValueError) as e:
                 raise decode_failure(stream.path, e, f"{name} could not be decoded after "
                                      f"{frames / rate:.1f} s (corrupt or truncated data "

@@ -690,6 +690,30 @@ def test_a_cut_rf64_wave64_aiff_au_or_nist_file_is_refused_not_half_analysed(
     assert load_recording(nearly, MAX_S).duration_s == pytest.approx(20.0, abs=0.1)
 
 
+def test_flac_files_joined_end_to_end_are_refused_and_a_trailing_tag_is_read(
+        tmp_path: Path) -> None:
+    """Two FLAC files joined with cat: libsndfile decoded the length the first one's header
+    states, and the join was stored as the first call, the second lost (a review). A FLAC
+    with an ID3v1 tag, padding or junk after its last frame failed the streamed decode
+    (libFLAC read on into it: "lost sync"), which every FLAC over 10 minutes takes, while
+    the whole-file decode read it (a review)."""
+    part = tmp_path / "part.flac"
+    sf.write(part, tone(3.0, 16000, channels=2), 16000, format="FLAC", subtype="PCM_16")
+    joined = tmp_path / "joined.flac"
+    joined.write_bytes(part.read_bytes() * 2)
+    for decode in (load_recording, open_stream):
+        with pytest.raises(AudioDecodeError, match=r"joined\.flac holds 2 FLAC streams"):
+            decode(joined, MAX_S)
+    for name, trailer in (("id3v1", b"TAG" + bytes(125)), ("zeros", bytes(65536)),
+                          ("junk", np.random.default_rng(0).bytes(4096))):
+        tagged = tmp_path / f"{name}.flac"
+        tagged.write_bytes(part.read_bytes() + trailer)
+        streamed = np.concatenate([b.samples for b in stream_blocks(open_stream(tagged, MAX_S),
+                                                                    MAX_S, block_frames=4096)])
+        assert (streamed.shape[0] == load_recording(tagged, MAX_S).channels[0].size
+                == 3 * ANALYSIS_SAMPLE_RATE)
+
+
 @pytest.mark.parametrize("rates", [(16000, 16000), (8000, 48000)])
 def test_ogg_files_joined_end_to_end_are_refused(tmp_path: Path, rates: tuple[int, int]) -> None:
     """Two Opus files joined with cat (a chained Ogg file): libsndfile decodes the first
