@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from worker.db import session_scope
 from worker.errors import CallmoodError, PartialSendError, PayloadError
+from worker.schema import Call
 from worker.settings import Settings, get_settings
 from worker.store import (
     CallRequest,
@@ -211,7 +212,37 @@ def _not_sent(request: CallRequest, reservation: Reservation) -> Enqueued:
             f"failed in its last run ({_shown_failure(call.failure_reason)}); to run it "
             f"again, enqueue it with --reprocess (reprocess=True) or run callmood retry "
             f"--call-id {call_id}"))
+    changed = relabelled(call, request)
+    if changed:
+        # a correction sent again was skipped as a duplicate, exit 0, and the call kept the
+        # old agent in every report (a review): say which labels differ, and refuse
+        return Enqueued(call_id, None, refused=True, reason=(
+            f"already enqueued or analysed with other labels ({changed}), so nothing was "
+            "sent and the stored labels stand: to give the call these, enqueue it with "
+            "--reprocess (reprocess=True: it takes them and is analysed again)"))
     return Enqueued(call_id, None, "already enqueued or analysed; pass reprocess to run again")
+
+
+LABEL_FIELDS: Final[tuple[str, ...]] = ("agent_id", "team", "queue", "customer_ref", "started_at")
+"""The labels a request carries that reports group or filter by."""
+
+
+def relabelled(call: Call, request: CallRequest) -> str:
+    """The labels ``request`` gives that differ from ``call``'s stored ones, as ``field
+    'stored' -> 'sent'`` (start times compared as instants); empty when none does. A label the
+    request leaves out differs from nothing."""
+    changes = []
+    for name in LABEL_FIELDS:
+        sent, stored = getattr(request, name), getattr(call, name)
+        if sent is None or sent == stored:
+            continue
+        if isinstance(sent, datetime) and isinstance(stored, datetime):
+            sent_text, stored_text = sent.isoformat(), stored.isoformat()
+        else:
+            sent_text, stored_text = str(sent), "none" if stored is None else str(stored)
+        changes.append(f"{name} {printable_text(stored_text)!r} stored, "
+                       f"{printable_text(sent_text)!r} sent")
+    return "; ".join(changes)
 
 
 def enqueue(uri: str, *, call_id: str, agent_id: str,

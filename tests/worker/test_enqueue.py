@@ -476,6 +476,38 @@ def test_a_call_id_reused_for_another_file_is_refused_and_a_resend_skipped_quiet
         assert call is not None and call.source_uri == "/recordings/d2/call.wav"
 
 
+def test_a_known_call_sent_again_with_other_labels_is_refused_naming_them(
+        producer: Settings) -> None:
+    """A correction sent again (the agent's name fixed) was skipped as "already enqueued or
+    analysed", exit 0, and the call kept the old agent in every report (a review). It is
+    refused, naming each label stored and sent; a label left out, or a start time given in
+    another offset for the same instant, is no difference; --reprocess takes the labels."""
+    first = enqueue("/recordings/x/xl-1.wav", call_id="XL-1", agent_id="Jos\u00e9 P\u00e9rez",
+                    started_at="2026-11-03T09:00:00+01:00", settings=producer)
+    assert first.sent
+    same = enqueue("/recordings/x/xl-1.wav", call_id="XL-1", agent_id="Jos\u00e9 P\u00e9rez",
+                   started_at="2026-11-03T08:00:00Z", settings=producer)
+    assert not same.sent and not same.refused
+    fixed = enqueue("/recordings/x/xl-1.wav", call_id="XL-1", agent_id="ag-anna", team="blue",
+                    started_at="2026-11-03T09:30:00+01:00", settings=producer)
+    assert not fixed.sent and fixed.refused
+    assert fixed.reason == (
+        "already enqueued or analysed with other labels (agent_id 'Jos\u00e9 P\u00e9rez' stored, "
+        "'ag-anna' sent; team 'none' stored, 'blue' sent; started_at "
+        "'2026-11-03T08:00:00+00:00' stored, '2026-11-03T09:30:00+01:00' sent), so nothing was "
+        "sent and the stored labels stand: to give the call these, enqueue it with "
+        "--reprocess (reprocess=True: it takes them and is analysed again)")
+    manifest = producer.input_roots[0] / "fix.csv"
+    manifest.write_text("uri,call_id,agent_id\n/recordings/x/xl-1.wav,XL-1,ag-anna\n")
+    assert enqueue_manifest(manifest, settings=producer).refused == 1
+    assert _depth(producer) == 1
+    assert enqueue("/recordings/x/xl-1.wav", call_id="XL-1", agent_id="ag-anna",
+                   reprocess=True, settings=producer).sent
+    with db.session_scope(producer) as s:
+        call = store.find_call(s, "XL-1")
+        assert call is not None and call.agent_id == "ag-anna"
+
+
 def test_a_failed_call_enqueued_again_says_it_failed_and_how_to_run_it(
         producer: Settings) -> None:
     """The skip said "already enqueued or analysed" of a call whose run failed."""
