@@ -43,6 +43,7 @@ AGGREGATE_COLUMNS: Final[tuple[str, ...]] = (
     "escalated_share",
     "mean_customer_stress", "max_customer_stress", "mean_customer_stress_shift",
     "mean_agent_stress", "mean_duration_s", "mean_silence_share", "total_overtalk_s",
+    "total_duration_s", "total_agent_talk_s", "total_customer_talk_s", "total_silence_s",
     "model_versions",
 )
 """Columns of :func:`aggregate_calls`; ``group`` is the agent id or the team."""
@@ -214,10 +215,16 @@ def aggregate_calls(metrics: pd.DataFrame, by: GroupBy = "agent",
         silence_s=("silence_s", "sum"),
         timed_s=("timed_s", "sum"),
         total_overtalk_s=("overtalk_s", "sum"),
+        # totals a supervisor reconciles with the calls report: only the means and the
+        # overtalk were there (a review); min_count keeps a group with none of it empty
+        total_duration_s=("duration_s", lambda x: x.sum(min_count=1)),
+        total_agent_talk_s=("agent_talk_s", lambda x: x.sum(min_count=1)),
+        total_customer_talk_s=("customer_talk_s", lambda x: x.sum(min_count=1)),
         model_versions=("model_version", _versions),
     ).reset_index()
     measurable = out["calls_with_customer"].where(out["calls_with_customer"] > 0)
     # the column keeps its name (spreadsheets read it); it is now a mean weighted by length
     return out.assign(escalated_share=out["escalated_calls"] / measurable,
                       mean_silence_share=out["silence_s"] / out["timed_s"].where(
-                          out["timed_s"] > 0))[columns]
+                          out["timed_s"] > 0),
+                      total_silence_s=out["silence_s"].where(out["timed_s"] > 0))[columns]

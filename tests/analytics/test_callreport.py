@@ -137,6 +137,14 @@ def test_aggregate_per_agent_and_week() -> None:
     teams = aggregate_calls(metrics, by="team").set_index("group")
     assert teams.loc["t2", "max_customer_stress"] == pytest.approx(40 * 4 / 6)
     assert aggregate_calls(metrics.iloc[0:0]).empty
+    # totals that add up to the calls report's rows (only means and overtalk were there, a
+    # review): ana's 30 s call and 4 s mono call (whose talk has no role)
+    totals = ["total_duration_s", "total_agent_talk_s", "total_customer_talk_s",
+              "total_silence_s", "total_overtalk_s"]
+    assert overall.loc["ana", totals].tolist() == [34.0, 5.0, 23.0, 3.0, 1.0]
+    by_call = metrics.groupby("agent_id")[["duration_s", "agent_talk_s", "customer_talk_s",
+                                           "silence_s", "overtalk_s"]].sum()
+    assert overall[totals].to_numpy().tolist() == by_call.to_numpy().tolist()
 
 
 def test_an_agents_silence_share_weighs_each_call_by_its_length() -> None:
