@@ -107,6 +107,16 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+_LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def one_line(text: str | None) -> str:
+    """``text`` for one line of a listing: line breaks and tabs shown as ``\\n``, ``\\r``,
+    ``\\t`` (a file name with a newline split its row of `callmood failures`, whose columns
+    are tab-separated, over several lines, a review)."""
+    return "" if text is None else text.translate(_LINE_BREAKS)
+
+
 def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings,
                   started_at: datetime | None) -> bool:
     """``callmood analyze`` of one file (started at ``started_at``, if known), its lines
@@ -125,7 +135,7 @@ def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings,
         update_from_request,
     )
 
-    shown = printable_path(path)
+    shown = one_line(printable_path(path))
     content_id = external_id_for(path.resolve())  # the file hashed once, here
     # a file too small for audio is a call of its path (worker.runner.call_id_for): two
     # empty files were one call, the second skipped as analysed
@@ -198,7 +208,7 @@ def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings,
 
 def _print_lines(lines: Sequence[str], stream: TextIO) -> None:
     for line in lines:
-        print(line, file=stream)
+        print(one_line(line), file=stream)   # a reason quoting a file name with a newline
 
 
 @contextmanager
@@ -353,7 +363,7 @@ def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
         calls = list_calls(session, status=args.status, limit=args.limit, newest_first=True)
         counted_instead = counted_as(session, [c.id for c in calls])
         for call in calls:
-            reason = f"  {call.failure_reason}" if call.failure_reason else ""
+            reason = f"  {one_line(call.failure_reason)}" if call.failure_reason else ""
             if call.id in counted_instead:
                 # two rows for one recording: say which one the reports count
                 reason += (f"  (same recording as {counted_instead[call.id]}, which the "
@@ -361,7 +371,7 @@ def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
             # the whole id: one cut to a column's width could not be pasted into callmood
             # retry (content ids are 71 characters, a review)
             print(f"{call.external_call_id:<40} {call.status:<10} attempts={call.attempts} "
-                  f"{call.source_uri}{reason}")
+                  f"{one_line(call.source_uri)}{reason}")
         counts = counts_by_status(session)
     print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no calls", file=sys.stderr)
     return 0
@@ -510,7 +520,7 @@ def cmd_failures(args: argparse.Namespace, settings: Settings) -> int:
             when = (f"{call.processed_at.astimezone(zone):%Y-%m-%d %H:%M:%S %Z}"
                     if call.processed_at else "-")
             print(f"{call.external_call_id}\tattempts={call.attempts}\t{when}\t"
-                  f"{call.source_uri}\t{call.failure_reason}")
+                  f"{one_line(call.source_uri)}\t{one_line(call.failure_reason)}")
     more = f" of {total} (the latest first; --limit N lists more)" if total > len(failed) else ""
     print(f"{len(failed)}{more} failed call(s) listed", file=sys.stderr)
     return 0

@@ -822,3 +822,19 @@ def test_analyze_fails_a_fifo_or_a_device_named_like_a_recording(
     assert "pipe.wav is not a regular file" in capsys.readouterr().err
     assert main(["analyze", str(env / "zero.wav")]) == 1
     assert "not a regular file" in capsys.readouterr().err
+
+
+def test_a_file_name_with_a_line_break_keeps_each_listing_one_line_a_call(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A newline in a file name split its row of `callmood failures` (tab-separated columns)
+    and `calls` over several lines, and its FAILED line too (a review)."""
+    (env / "bad\nname\t1.wav").write_bytes(b"x")
+    assert main(["analyze", str(env / "bad\nname\t1.wav")]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED " + str(env) + "/bad\\nname\\t1.wav:" in err and err.count("\n") == 1
+    assert main(["failures"]) == 0
+    (row,) = capsys.readouterr().out.splitlines()
+    assert row.count("\t") == 4 and "bad\\nname\\t1.wav" in row
+    assert main(["calls"]) == 0
+    (row,) = capsys.readouterr().out.splitlines()
+    assert "bad\\nname\\t1.wav" in row
