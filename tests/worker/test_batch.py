@@ -127,6 +127,23 @@ def test_a_subfolder_that_cannot_be_listed_is_skipped_not_the_scan(
     assert "stale" in caplog.text and "Stale file handle" in caplog.text
 
 
+def test_an_entry_that_is_no_regular_file_is_named_in_the_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A dangling link, a FIFO or a link to a device named like a recording was left out
+    without a word, the scan's count short of the folder's (a review)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "call-1.wav").write_bytes(b"RIFF")
+    (inbox / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    os.mkfifo(inbox / "pipe.wav")
+    (inbox / "zero.wav").symlink_to("/dev/zero")
+    with caplog.at_level("WARNING"):
+        listing = batch.list_inbox([inbox])
+    assert [p.name for p in listing.files] == ["call-1.wav"]
+    for name in ("gone.wav", "pipe.wav", "zero.wav"):
+        assert f"{name}' skipped: not a regular file" in caplog.text, name
+
+
 def test_beat_schedules_the_scan_at_the_configured_local_time(tmp_path: Path) -> None:
     s = Settings.from_env({"CALLMOOD_DATA_DIR": str(tmp_path), "CALLMOOD_INBOX_DIRS": str(tmp_path),
                            "CALLMOOD_NIGHTLY_AT": "03:30", "CALLMOOD_TIMEZONE": "Europe/Berlin"})
