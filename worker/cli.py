@@ -360,7 +360,8 @@ def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
     from worker.store import counts_by_status, list_calls
 
     with session_scope(settings) as session:
-        calls = list_calls(session, status=args.status, limit=args.limit, newest_first=True)
+        calls = list_calls(session, status=args.status, limit=args.limit, newest_first=True,
+                           agent_id=args.agent, team=args.team)
         counted_instead = counted_as(session, [c.id for c in calls])
         for call in calls:
             reason = f"  {one_line(call.failure_reason)}" if call.failure_reason else ""
@@ -370,8 +371,11 @@ def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
                            "reports count instead)")
             # the whole id: one cut to a column's width could not be pasted into callmood
             # retry (content ids are 71 characters, a review)
+            # whose call it is: the agents report's rows could not be traced to calls here
+            labels = "".join(f"{name}={one_line(value)} " for name, value in
+                             (("agent", call.agent_id), ("team", call.team)) if value)
             print(f"{call.external_call_id:<40} {call.status:<10} attempts={call.attempts} "
-                  f"{one_line(call.source_uri)}{reason}")
+                  f"{labels}{one_line(call.source_uri)}{reason}")
         counts = counts_by_status(session)
     print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no calls", file=sys.stderr)
     return 0
@@ -715,6 +719,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calls", help="list calls with their status and failure reason")
     p.add_argument("--status", choices=["pending", "processing", "done", "failed"])
+    p.add_argument("--agent", help="only the calls of this agent id (exact match)")
+    p.add_argument("--team", help="only the calls of this team (exact match)")
     p.add_argument("--limit", type=whole_number(1, "calls"), default=50)
     p.set_defaults(func=cmd_calls, needs_db=True)
 

@@ -556,10 +556,11 @@ def count_never_sent(session: Session) -> int:
 
 
 def list_calls(session: Session, status: str | None = None, limit: int | None = None,
-               newest_first: bool = False, latest_finished_first: bool = False) -> list[Call]:
+               newest_first: bool = False, latest_finished_first: bool = False,
+               agent_id: str | None = None, team: str | None = None) -> list[Call]:
     """Calls in registration (id) order (``newest_first``: reversed), or with
     ``latest_finished_first`` the last to finish first (calls never finished last), optionally
-    only those with ``status``."""
+    only those with ``status``, ``agent_id`` and ``team``."""
     if status is not None and status not in CALL_STATUSES:
         raise ValueError(f"status {status!r}: use one of {', '.join(CALL_STATUSES)}")
     query = select(Call).order_by(
@@ -567,6 +568,10 @@ def list_calls(session: Session, status: str | None = None, limit: int | None = 
         Call.id.desc() if newest_first or latest_finished_first else Call.id)
     if status is not None:
         query = query.where(Call.status == status)
+    if agent_id is not None:
+        query = query.where(Call.agent_id == agent_id)
+    if team is not None:
+        query = query.where(Call.team == team)
     if limit is not None:
         query = query.limit(limit)
     return list(session.scalars(query))

@@ -838,3 +838,21 @@ def test_a_file_name_with_a_line_break_keeps_each_listing_one_line_a_call(
     assert main(["calls"]) == 0
     (row,) = capsys.readouterr().out.splitlines()
     assert "bad\\nname\\t1.wav" in row
+
+
+def test_calls_lists_and_filters_by_agent_and_team(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The agents report's rows could not be traced to calls: `callmood calls` showed no
+    agent and took no filter (a review)."""
+    for name, agent, team in (("a.wav", "a-1", "blue"), ("b.wav", "a-2", "blue"),
+                              ("c.wav", "a-1", "red")):
+        (env / name).write_bytes(name.encode())
+        assert main(["analyze", str(env / name), "--agent", agent, "--team", team]) == 1
+    capsys.readouterr()
+    assert main(["calls", "--agent", "a-1"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 2 and all(" agent=a-1 " in r for r in rows)
+    assert {r.split()[5] for r in rows} == {str(env / "a.wav"), str(env / "c.wav")}
+    assert main(["calls", "--team", "blue", "--agent", "a-2"]) == 0
+    (row,) = capsys.readouterr().out.splitlines()
+    assert "agent=a-2 team=blue " + str(env / "b.wav") in row
