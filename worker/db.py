@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -234,7 +235,9 @@ def alembic_config(url: str) -> Any:
     """An Alembic Config for ``url`` that needs no alembic.ini (URL from the argument)."""
     from alembic.config import Config
 
-    config = Config()
+    # today's stdout: Config's default is the sys.stdout of the moment alembic.config was
+    # first imported, which a test's capture (or a closed pipe) may have closed since
+    config = Config(stdout=sys.stdout)
     config.set_main_option("script_location", str(migrations_dir()))
     # ConfigParser interpolates '%': a password holding one must be escaped.
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
