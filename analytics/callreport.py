@@ -215,13 +215,13 @@ def aggregate_calls(metrics: pd.DataFrame, by: GroupBy = "agent",
         silence_s=("silence_s", "sum"),
         timed_s=("timed_s", "sum"),
         total_overtalk_s=("overtalk_s", "sum"),
-        # totals a supervisor reconciles with the calls report: only the means and the
-        # overtalk were there (a review); min_count keeps a group with none of it empty
-        total_duration_s=("duration_s", lambda x: x.sum(min_count=1)),
-        total_agent_talk_s=("agent_talk_s", lambda x: x.sum(min_count=1)),
-        total_customer_talk_s=("customer_talk_s", lambda x: x.sum(min_count=1)),
         model_versions=("model_version", _versions),
     ).reset_index()
+    # totals a supervisor reconciles with the calls report: only the means and the overtalk
+    # were there (a review); min_count keeps a group with none of it empty (the built-in
+    # sum: a lambda per group cost 0.9 s a million calls)
+    totals = grouped[["duration_s", "agent_talk_s", "customer_talk_s"]].sum(min_count=1)
+    out = out.assign(**{f"total_{c}": totals[c].to_numpy() for c in totals.columns})
     measurable = out["calls_with_customer"].where(out["calls_with_customer"] > 0)
     # the column keeps its name (spreadsheets read it); it is now a mean weighted by length
     return out.assign(escalated_share=out["escalated_calls"] / measurable,

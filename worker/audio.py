@@ -345,6 +345,11 @@ def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = 
     return info
 
 
+SCAN_CHUNK_BYTES: Final[int] = 1 << 20
+"""Bytes read per step by the scans of a whole file for a marker (:func:`flac_stream_starts`,
+:func:`walk_ogg_pages` after a lost sync)."""
+
+
 _BIT_REVERSED: Final[bytes] = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
 """Each byte value with its bits in reverse order (:func:`ogg_page_crc`)."""
 
@@ -387,8 +392,7 @@ def walk_ogg_pages(fh: BinaryIO) -> OggPages:
             return OggPages(chained)
         if header[:4] != b"OggS" or header[4] != 0:
             # lost sync: a damaged header, unless nothing that follows is a page
-            rest = fh.read()
-            return (OggPages(chained, page, offset) if b"OggS" in header[1:] + rest
+            return (OggPages(chained, page, offset) if _holds(fh, header[1:], b"OggS")
                     else OggPages(chained))
         table = fh.read(header[26])
         body = fh.read(sum(table))
@@ -402,6 +406,20 @@ def walk_ogg_pages(fh: BinaryIO) -> OggPages:
         else:
             after_first_pages = True
         page += 1
+
+
+def _holds(fh: BinaryIO, head: bytes, marker: bytes) -> bool:
+    """Whether ``head`` and the rest of ``fh`` hold ``marker``, read
+    :data:`SCAN_CHUNK_BYTES` at a time (the rest of a 2 GB file read at once would take 2 GB,
+    a review)."""
+    window = head
+    while True:
+        if marker in window:
+            return True
+        chunk = fh.read(SCAN_CHUNK_BYTES)
+        if not chunk:
+            return False
+        window = window[-(len(marker) - 1):] + chunk
 
 
 def check_ogg_pages(path: Path, info: Any) -> None:
@@ -433,16 +451,12 @@ def check_ogg_pages(path: Path, info: Any) -> None:
             "it would be analysed shifted or cut. Re-export the recording and send it again")
 
 
-FLAC_SCAN_BYTES: Final[int] = 1 << 20
-"""Bytes read per step by :func:`check_single_flac_stream`."""
-
-
 def flac_stream_starts(fh: BinaryIO) -> int:
     """How many FLAC streams begin in ``fh`` (binary, at its start): the marker ``fLaC`` and a
     STREAMINFO block header (type 0, 34 bytes; last-block flag either way). Eight given bytes
     inside compressed audio are a chance of 2**-64 a position."""
     found, carry = 0, b""
-    while chunk := fh.read(FLAC_SCAN_BYTES):
+    while chunk := fh.read(SCAN_CHUNK_BYTES):
         window = carry + chunk
         at = window.find(b"fLaC")
         while at != -1 and at + 8 <= len(window):

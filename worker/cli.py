@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from worker.cli_args import seconds, whole_number
 from worker.constants import AUDIO_SUFFIXES
@@ -128,7 +128,6 @@ def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings,
     from worker.store import (
         CallRequest,
         content_call_id,
-        content_holders,
         content_of_call_id,
         find_call,
         segments_for_call,
@@ -140,17 +139,12 @@ def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings,
     # a file too small for audio is a call of its path (worker.runner.call_id_for): two
     # empty files were one call, the second skipped as analysed
     own_id = call_id_for(path.resolve(), content_id)
-    call_id = args.call_id or own_id
     digest = content_of_call_id(content_id)
     if not args.call_id and not args.reprocess and own_id == content_id and digest:
-        with session_scope(settings) as session:
-            holder = (None if find_call(session, own_id) is not None
-                      else content_holders(session, [digest]).get(digest))
-            if holder is not None:
-                # a producer's call holds this recording's analysis: show it, as for a file
-                # analysed before (it was analysed again under its content id, a review)
-                call_id = holder.external_call_id
-    request = CallRequest(uri=path_uri(path.resolve()), external_call_id=call_id,
+        held = _show_call_holding(shown, digest, own_id, args, started_at, settings)
+        if held is not None:
+            return held
+    request = CallRequest(uri=path_uri(path.resolve()), external_call_id=args.call_id or own_id,
                           agent_id=args.agent, team=args.team, started_at=started_at,
                           reprocess=args.reprocess)
     # no Celery here to retry a storage hiccup later: that file fails with its reason and
@@ -182,8 +176,6 @@ def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings,
                 update_from_request(call, request)
             notes.append(f"stored {shown}: analysed "
                          + ("meanwhile by another run" if outcome.superseded else "before")
-                         + (f" as call {call.external_call_id}" if call_id != own_id
-                            and not args.call_id else "")
                          + f" with {call.model_version}; "
                          + (f"{', '.join(relabel)} updated; " if relabel else "")
                          + "--reprocess analyses it again")
@@ -195,15 +187,51 @@ def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings,
             return False
         segments = segments_for_call(session, call.id)
         if args.json:
-            rows = [json.dumps({"file": shown, "channel": s.channel, "role": s.role,
-                                "start_s": s.start_s, "end_s": s.end_s, "emotion": s.emotion,
-                                "probabilities": s.probabilities(), "confidence": s.confidence,
-                                "model_version": s.model_version}) for s in segments]
+            rows = _segment_lines(shown, segments)
         notes.append(f"done   {shown}: {len(segments)} segments, call id {call.external_call_id}")
     _print_lines(notes[:-1], sys.stderr)
     _print_lines(rows, sys.stdout)
     _print_lines(notes[-1:], sys.stderr)
     return True
+
+
+def _show_call_holding(shown: str, digest: str, own_id: str, args: argparse.Namespace,
+                       started_at: datetime | None, settings: Settings) -> bool | None:
+    """``analyze`` of a file whose recording (sha256 ``digest``) a call of another id (a
+    producer's) holds the analysis of, while none has its content id ``own_id``: that
+    call's stored segments, shown as they are (it was analysed again under its content id,
+    a review); labels given are refused, since they are that call's sender's. A copy given
+    here never moves that call's file, labels or run (a review of the first version, which
+    did). None when no such call exists; else whether the file counts as done."""
+    from worker.db import session_scope
+    from worker.store import content_holders, find_call, segments_for_call
+
+    with session_scope(settings) as session:
+        holder = (None if find_call(session, own_id) is not None
+                  else content_holders(session, [digest]).get(digest))
+        if holder is None:
+            return None
+        call_id, version = holder.external_call_id, holder.model_version
+        rows = _segment_lines(shown, segments_for_call(session, holder.id))
+    if args.agent or args.team or started_at:
+        _print_lines([f"FAILED {shown}: the recording of call {call_id}, whose labels are its "
+                      "sender's: send them with that call (enqueue it with --reprocess), or "
+                      "give --call-id for a call of its own"], sys.stderr)
+        return False
+    _print_lines([f"stored {shown}: the recording of call {call_id}, analysed with {version}; "
+                  f"shown as stored (--call-id {call_id} --reprocess analyses that call again "
+                  "from this file)"], sys.stderr)
+    _print_lines(rows if args.json else [], sys.stdout)
+    _print_lines([f"done   {shown}: {len(rows)} segments, call id {call_id}"], sys.stderr)
+    return True
+
+
+def _segment_lines(shown: str, segments: Sequence[Any]) -> list[str]:
+    """``analyze --json``'s line of each stored segment of the file ``shown``."""
+    return [json.dumps({"file": shown, "channel": s.channel, "role": s.role,
+                        "start_s": s.start_s, "end_s": s.end_s, "emotion": s.emotion,
+                        "probabilities": s.probabilities(), "confidence": s.confidence,
+                        "model_version": s.model_version}) for s in segments]
 
 
 def _print_lines(lines: Sequence[str], stream: TextIO) -> None:

@@ -19,6 +19,7 @@ from worker.store import (
     claim_for_processing,
     is_duplicate_delivery,
     lock_call,
+    lock_recordings,
     mark_failed,
     names_other_file,
     refresh_batch_of,
@@ -147,6 +148,8 @@ def process_call(request: CallRequest, settings: Settings,
         return _fail(settings, call_id, request.external_call_id, f"{type(e).__name__}: {e}")
     try:
         with session_scope(settings) as session:
+            # the recording's locks before the call's row, the order save_analysis keeps
+            lock_recordings(session, call_id, analysis.content_sha256)
             if superseded_by_newer_run(lock_call(session, call_id), request.uri, claim):
                 log.warning("call %s: a newer run of the call claimed it since this run did "
                             "(or it names another file now); this run's analysis is not stored",

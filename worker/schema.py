@@ -152,6 +152,8 @@ class Call(Base):
         Index("ix_calls_source_uri_sha", "source_uri_sha256"),
         # the inbox scan's "analysed already, under any call id?" lookup (migration 0005)
         Index("ix_calls_content_sha256", "content_sha256"),
+        # same_recording_as's ON DELETE SET NULL finds the rows naming a deleted call (0011)
+        Index("ix_calls_same_recording_as", "same_recording_as"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

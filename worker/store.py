@@ -426,12 +426,7 @@ def save_analysis(session: Session, call_id: int, analysis: RecordingAnalysis) -
     original) replace in turn: under READ COMMITTED an unlocked DELETE would not see the
     other transaction's new rows, and both sets would stay.
     """
-    stored = session.scalar(select(Call.content_sha256).where(Call.id == call_id))
-    recordings = sorted({analysis.content_sha256, *([stored] if stored else [])})
-    # before the call's row lock, as every save takes them: a save of a twin waiting on this
-    # one's row while holding a recording's lock this one waits on would deadlock
-    for digest in recordings:
-        _lock_recording(session, digest)
+    recordings = lock_recordings(session, call_id, analysis.content_sha256)
     call = lock_call(session, call_id)
     rows = [_segment_row(call_id, segment) for segment in analysis.segments]
     session.execute(delete(Segment).where(Segment.call_id == call_id)
@@ -453,14 +448,22 @@ def save_analysis(session: Session, call_id: int, analysis: RecordingAnalysis) -
     return call
 
 
-def _lock_recording(session: Session, content_sha256: str) -> None:
-    """Serialise the saves of one recording's analyses until the transaction ends
-    (PostgreSQL: an advisory lock keyed on the hash; SQLite's BEGIN IMMEDIATE serialises
-    every write already). Without it two calls of one recording saved at once would each see
-    only itself analysed, and both would count."""
+def lock_recordings(session: Session, call_id: int, content_sha256: str) -> list[str]:
+    """Serialise the saves of one recording's analyses until the transaction ends, for the
+    recording ``content_sha256`` a save of call ``call_id`` stores and the one the call held
+    before; returns those hashes, sorted (PostgreSQL: an advisory lock keyed on each hash,
+    taken in that order; SQLite's BEGIN IMMEDIATE serialises every write already). Without
+    it two calls of one recording saved at once would each see only itself analysed, and
+    both would count. A saving transaction takes them before any call's row lock: one that
+    held its call's row and then waited here deadlocked with a save of the same recording
+    whose settle touched that row (a review). Taking them again in one transaction is free."""
+    stored = session.scalar(select(Call.content_sha256).where(Call.id == call_id))
+    recordings = sorted({content_sha256, *([stored] if stored else [])})
     if session.get_bind().dialect.name == "postgresql":
-        # 60 bits of the hash: a bigint key; another recording sharing them only waits
-        session.execute(select(func.pg_advisory_xact_lock(int(content_sha256[:15], 16))))
+        for digest in recordings:
+            # 60 bits of the hash: a bigint key; another recording sharing them only waits
+            session.execute(select(func.pg_advisory_xact_lock(int(digest[:15], 16))))
+    return recordings
 
 
 def settle_recording(session: Session, content_sha256: str) -> None:

@@ -27,15 +27,16 @@ depends_on: str | Sequence[str] | None = None
 # The rule of worker.store.settle_recording, as SQL both databases run: a content-id call
 # (they start "sha256-", worker.store.CONTENT_ID_PREFIX, written out: a migration must not
 # change with the code) names the recording's first call by (has a content id, id), unless
-# that is itself.
+# that is itself. substr, not LIKE: SQLite's LIKE ignores case, and a producer's id
+# "SHA256-1" would have been taken for a content id (a review).
 BACKFILL = """
 UPDATE calls SET same_recording_as = (
     SELECT w.id FROM calls AS w
     WHERE w.content_sha256 = calls.content_sha256 AND w.model_version IS NOT NULL
-    ORDER BY CASE WHEN w.external_call_id LIKE 'sha256-%' THEN 1 ELSE 0 END, w.id
+    ORDER BY CASE WHEN substr(w.external_call_id, 1, 7) = 'sha256-' THEN 1 ELSE 0 END, w.id
     LIMIT 1)
 WHERE model_version IS NOT NULL AND content_sha256 IS NOT NULL
-  AND external_call_id LIKE 'sha256-%'
+  AND substr(external_call_id, 1, 7) = 'sha256-'
   AND EXISTS (SELECT 1 FROM calls AS o
               WHERE o.content_sha256 = calls.content_sha256 AND o.id <> calls.id
                 AND o.model_version IS NOT NULL)
@@ -47,6 +48,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("same_recording_as", sa.Integer(), nullable=True))
         batch.create_foreign_key("fk_calls_same_recording_as_calls", "calls",
                                  ["same_recording_as"], ["id"], ondelete="SET NULL")
+        # the foreign key's ON DELETE looks the deleted call up here: without an index each
+        # deleted call scanned every call (2,000 deletes of 200,000 calls: 81 s, a review)
+        batch.create_index("ix_calls_same_recording_as", ["same_recording_as"])
     op.execute(BACKFILL)
     # the counted call itself got its own id: it counts, NULL
     op.execute("UPDATE calls SET same_recording_as = NULL WHERE same_recording_as = id")
@@ -54,5 +58,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("calls") as batch:
+        batch.drop_index("ix_calls_same_recording_as")
         batch.drop_constraint("fk_calls_same_recording_as_calls", type_="foreignkey")
         batch.drop_column("same_recording_as")

@@ -605,7 +605,7 @@ def test_a_small_damage_in_a_long_ogg_file_fails_the_streamed_decode_too(
 
 @pytest.mark.parametrize("subtype", ["OPUS", "VORBIS"])
 def test_a_damaged_first_or_last_ogg_page_fails_rather_than_shifting_every_time(
-        tmp_path: Path, subtype: str) -> None:
+        tmp_path: Path, subtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A byte flipped in an Ogg file's first audio page: the decoder skips the page, and the
     length libsndfile states shrinks with it, so the length check passed and every
     utterance was stored seconds early (a review: 2.5 s of a Vorbis call); the same for the
@@ -625,6 +625,15 @@ def test_a_damaged_first_or_last_ogg_page_fails_rather_than_shifting_every_time(
             with pytest.raises(AudioDecodeError, match=rf"{name}.ogg: Ogg page {page} "
                                                        rf"\(byte {starts[page]}\) is damaged"):
                 decode(path, MAX_S)
+    # a page's capture pattern broken: the pages after it are found, read a few bytes at a
+    # time (the rest of the file was read at once, a review)
+    broken = bytearray(data)
+    broken[starts[3]] = 0
+    (tmp_path / "sync.ogg").write_bytes(bytes(broken))
+    monkeypatch.setattr("worker.audio.SCAN_CHUNK_BYTES", 7)
+    with pytest.raises(AudioDecodeError, match=rf"Ogg page 3 \(byte {starts[3]}\) is damaged"):
+        load_recording(tmp_path / "sync.ogg", MAX_S)
+    monkeypatch.undo()
     cut = tmp_path / "cut.ogg"
     cut.write_bytes(data[:starts[-1] + 200])                    # inside the last page
     assert load_recording(cut, MAX_S).duration_s > 15.0

@@ -95,9 +95,10 @@ def test_analyze_json_prints_one_object_per_stored_segment(env: Path, callmood_c
 def test_analyze_shows_a_producer_s_call_of_the_file_and_keeps_a_relabel_on_a_closed_pipe(
         env: Path, callmood_corpora: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A file a producer sent under its own id, given to `analyze` without --call-id, was
-    analysed again under its content id (a second call of one recording, a review): its
-    stored analysis is shown, as that call's. And a relabel announced on a stderr whose
-    reader had gone was rolled back by the BrokenPipeError of the next line (a review)."""
+    analysed again under its content id (a second call of one recording, a review): that
+    call's stored analysis is shown, and nothing of the call changes. And a relabel
+    announced on a stderr whose reader had gone was rolled back by the BrokenPipeError of
+    the next line (a review)."""
     import subprocess
     import sys
 
@@ -109,12 +110,37 @@ def test_analyze_shows_a_producer_s_call_of_the_file_and_keeps_a_relabel_on_a_cl
     path = write_call(call, env / "call.wav")
     assert main(["analyze", str(path), "--call-id", "CC-1006", "--agent", "a-1"]) == 0
     capsys.readouterr()
-    assert main(["analyze", str(path), "--json"]) == 0
+    copy = env / "copy.wav"
+    copy.write_bytes(path.read_bytes())
+
+    def stored() -> tuple[list[str], str, str | None, str]:
+        with db.session_scope(Settings.from_env()) as session:
+            call = store.find_call(session, "CC-1006")
+            assert call is not None
+            return ([c.external_call_id for c in store.list_calls(session)], call.source_uri,
+                    call.agent_id, call.status)
+
+    before = stored()
+    assert before == (["CC-1006"], str(path), "a-1", "done")
+    assert main(["analyze", str(copy), "--json"]) == 0
     out, err = capsys.readouterr()
-    assert "stored" in err and "analysed before as call CC-1006" in err
-    assert out and "call id CC-1006" in err
+    assert f"stored {copy}: the recording of call CC-1006, analysed with" in err
+    assert len(out.splitlines()) > 0 and f"done   {copy}" in err and "call id CC-1006" in err
+    # read only: the copy given here takes nothing of the call (its file, labels or run: the
+    # first version moved all three, a review), not even while a re-run of it is queued
+    assert main(["analyze", str(copy), "--agent", "bob"]) == 1
+    assert "the recording of call CC-1006, whose labels are its sender's" in (
+        capsys.readouterr().err)
     with db.session_scope(Settings.from_env()) as session:
-        assert [c.external_call_id for c in store.list_calls(session)] == ["CC-1006"]
+        queued = store.find_call(session, "CC-1006")
+        assert queued is not None
+        queued.status = "pending"
+    assert main(["analyze", str(copy)]) == 0
+    assert stored() == (["CC-1006"], str(path), "a-1", "pending")
+    with db.session_scope(Settings.from_env()) as session:
+        done = store.find_call(session, "CC-1006")
+        assert done is not None
+        done.status = "done"
 
     reader = subprocess.Popen([sys.executable, "-m", "worker.cli", "analyze", str(path),
                                "--call-id", "CC-1006", "--agent", "a-2"],
@@ -127,7 +153,8 @@ def test_analyze_shows_a_producer_s_call_of_the_file_and_keeps_a_relabel_on_a_cl
         assert relabelled is not None and relabelled.agent_id == "a-2"
 
     # a start time, so the call has a day in the reports (analyze could not give one)
-    assert main(["analyze", str(path), "--started-at", "2026-11-04T09:15+01:00"]) == 0
+    assert main(["analyze", str(path), "--call-id", "CC-1006",
+                 "--started-at", "2026-11-04T09:15+01:00"]) == 0
     assert "started_at updated" in capsys.readouterr().err
     with db.session_scope(Settings.from_env()) as session:
         dated = store.find_call(session, "CC-1006")

@@ -15,7 +15,8 @@ from worker.schema import Base
 
 EXPECTED_INDEXES = {
     "calls": {"ix_calls_agent_id_started_at", "ix_calls_status_processed_at", "ix_calls_started_at",
-              "ix_calls_batch_id_status", "ix_calls_source_uri_sha", "ix_calls_content_sha256"},
+              "ix_calls_batch_id_status", "ix_calls_source_uri_sha", "ix_calls_content_sha256",
+              "ix_calls_same_recording_as"},
     "batches": {"ix_batches_started_at"},
     "segments": {"ix_segments_call_id_start_s"},
 }
@@ -128,9 +129,10 @@ def test_0011_marks_each_recording_s_other_calls(backend: str, tmp_path: Path,
            else str(request.getfixturevalue("postgres_url")))
     db.upgrade(url, "0010")
     a, b = "a" * 64, "b" * 64
+    # 9: a producer's id in capitals is no content id (SQLite's LIKE would have said it is)
     rows = [(1, f"sha256-{a}", a, "v1"), (2, "CC-1", a, "v1"), (3, "CC-2", a, "v1"),
             (4, "CC-3", a, None), (5, f"sha256-{b}", b, "v1"), (6, "CC-4", None, "v1"),
-            (7, "CC-5", None, "v1"), (8, f"sha256-{'c' * 64}", b, "v1")]
+            (7, "CC-5", None, "v1"), (8, f"sha256-{'c' * 64}", b, "v1"), (9, "SHA256-9", a, "v1")]
     with db.make_engine(url).begin() as c:
         for id_, external, digest, version in rows:
             c.execute(text("INSERT INTO calls (id, external_call_id, source_uri, status, "
@@ -141,7 +143,7 @@ def test_0011_marks_each_recording_s_other_calls(backend: str, tmp_path: Path,
     with db.make_engine(url).connect() as c:
         marks: dict[int, int | None] = dict(
             c.execute(text("SELECT id, same_recording_as FROM calls")).all())
-    assert marks == {1: 2, 2: None, 3: None, 4: None, 5: None, 6: None, 7: None, 8: 5}
+    assert marks == {1: 2, 2: None, 3: None, 4: None, 5: None, 6: None, 7: None, 8: 5, 9: None}
     db.downgrade(url, "0010")
 
 

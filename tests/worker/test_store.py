@@ -254,6 +254,54 @@ def test_two_calls_of_one_recording_saved_at_once_count_once(postgres_url: str) 
     assert _marks(postgres_url) == {f"sha256-{digest}": "CC-1", "CC-1": None}
 
 
+@pytest.mark.postgres
+def test_a_producer_call_re_analysed_beside_its_scan_twin_does_not_deadlock(
+        postgres_url: str) -> None:
+    """PostgreSQL, as the worker saves (jobs.process_call): a producer's call re-analysed
+    while the inbox scan's call of its recording is saved for the first time. The worker
+    locked its call's row, then waited on the recording's lock that the other save held,
+    whose settle then needed the first call's row: a deadlock, one run failed (a review).
+    The recording's locks come first."""
+    import threading
+
+    db.upgrade(postgres_url)
+    digest = "dd" * 32
+    with db.session_scope(postgres_url) as s:
+        a = store.register_call(s, _request("CC-1"))
+        store.claim_for_processing(s, a.id)
+        store.save_analysis(s, a.id, fake_analysis(1, sha256=digest))
+        b = store.register_call(s, _request(f"sha256-{digest}"))
+        store.claim_for_processing(s, b.id)
+        store.claim_for_processing(s, a.id)            # CC-1 analysed again (reprocess)
+        ids = {"A": a.id, "B": b.id}
+    errors: list[tuple[str, BaseException]] = []
+
+    def begin_save(name: str, session: Session) -> None:
+        store.lock_recordings(session, ids[name], digest)       # as jobs.process_call does,
+        store.lock_call(session, ids[name])                     # then the superseded check
+
+    def save_b() -> None:
+        try:
+            with db.session_scope(postgres_url) as s:
+                begin_save("B", s)
+                store.save_analysis(s, ids["B"], fake_analysis(1, sha256=digest))
+        except BaseException as e:  # noqa: BLE001 - reported by the assert below
+            errors.append(("B", e))
+
+    try:
+        with db.session_scope(postgres_url) as first:
+            begin_save("A", first)          # CC-1's row held, as the worker holds it
+            second = threading.Thread(target=save_b)
+            second.start()
+            time.sleep(1.0)                 # the scan's save gets as far as it can
+            store.save_analysis(first, ids["A"], fake_analysis(1, sha256=digest))
+    except TransientError as e:             # "deadlock detected", in the old order
+        errors.append(("A", e))
+    second.join(timeout=60)
+    assert errors == []
+    assert _marks(postgres_url) == {"CC-1": None, f"sha256-{digest}": "CC-1"}
+
+
 def test_a_finished_batch_reopens_while_one_of_its_calls_is_retried(db_url: str) -> None:
     """``callmood retry`` runs a failed call again in its own batch: the batch was shown
     finished with a call pending, and its failed count kept it (a review). It is open until
