@@ -17,10 +17,10 @@ import math
 import os
 import re
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -422,6 +422,19 @@ def _holds(fh: BinaryIO, head: bytes, marker: bytes) -> bool:
         window = window[-(len(marker) - 1):] + chunk
 
 
+_Scanned = TypeVar("_Scanned")
+
+
+def scan_file(path: Path, scan: Callable[[BinaryIO], _Scanned]) -> _Scanned:
+    """``scan`` of ``path`` opened for binary reading; an OS error while reading it is
+    :func:`file_access_error`'s."""
+    try:
+        with path.open("rb") as fh:
+            return scan(fh)
+    except (OSError, ValueError) as e:
+        raise file_access_error(path, e, "read") from e
+
+
 def check_ogg_pages(path: Path, info: Any) -> None:
     """AudioDecodeError for an Ogg file that is chained or holds a damaged page.
 
@@ -434,11 +447,7 @@ def check_ogg_pages(path: Path, info: Any) -> None:
     every utterance 2.5 s earlier, stored as done (a review)."""
     if str(info.format) != "OGG":
         return
-    try:
-        with path.open("rb") as fh:
-            pages = walk_ogg_pages(fh)
-    except (OSError, ValueError) as e:
-        raise file_access_error(path, e, "read") from e
+    pages = scan_file(path, walk_ogg_pages)
     if pages.chained:
         raise AudioDecodeError(
             f"{path.name} holds chained Ogg streams (files joined end to end), of which the "
@@ -474,11 +483,7 @@ def check_single_flac_stream(path: Path, info: Any) -> None:
     second lost without a word (a review: 28.8 s of 57.6 s, done)."""
     if str(info.format) != "FLAC":
         return
-    try:
-        with path.open("rb") as fh:
-            streams = flac_stream_starts(fh)
-    except (OSError, ValueError) as e:
-        raise file_access_error(path, e, "read") from e
+    streams = scan_file(path, flac_stream_starts)
     if streams > 1:
         raise AudioDecodeError(
             f"{path.name} holds {streams} FLAC streams (files joined end to end), of which the "
