@@ -33,6 +33,7 @@ from worker.errors import CallmoodError, ConfigError, TransientError
 from worker.schema import FINAL_STATUSES
 from worker.settings import PACKAGE_DIR, Settings
 from worker.store import (
+    PATH_ID_PREFIX,
     CallRequest,
     calls_by_external_id,
     content_call_id,
@@ -104,7 +105,7 @@ analysed once per path, the price of no empty file hiding behind another."""
 def path_call_id(path: Path) -> str:
     """The call id of a file keyed by its path's bytes, in the form ``external_id_for`` gives
     a file it cannot read (a name in another encoding than UTF-8 is still a name)."""
-    return f"path-{hashlib.sha256(os.fsencode(path)).hexdigest()}"
+    return f"{PATH_ID_PREFIX}{hashlib.sha256(os.fsencode(path)).hexdigest()}"
 
 
 def too_small_for_audio(path: Path) -> bool:

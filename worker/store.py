@@ -467,10 +467,11 @@ def lock_recordings(session: Session, call_id: int, content_sha256: str) -> list
 
 
 def settle_recording(session: Session, content_sha256: str) -> None:
-    """Set ``same_recording_as`` on the analysed calls of one recording: on a call with a
-    content id (the inbox scan's, ``callmood run``'s, ``analyze``'s without ``--call-id``:
+    """Set ``same_recording_as`` on the analysed calls of one recording: on a call with an id
+    callmood gave it (:data:`OWN_ID_PREFIXES`: the inbox scan's, ``callmood run``'s,
+    ``analyze``'s without ``--call-id``, by content or, for a file of at most 8 KiB, by path;
     no agent, team or start time) the id of the call reports count instead, the first a
-    producer sent (with its labels), else the first content id; NULL on every other call.
+    producer sent (with its labels), else the first such id; NULL on every other call.
     The inbox scan analysed a file, the call-centre system sent it under its own id the next
     day, and every report counted the call twice (a review). Two producer ids both count:
     the call-centre system's word for a call is its id, and two calls can hold the same bytes
@@ -480,7 +481,7 @@ def settle_recording(session: Session, content_sha256: str) -> None:
         .order_by(Call.id)))
     if not holders:
         return
-    named = [c for c in holders if not c.external_call_id.startswith(CONTENT_ID_PREFIX)]
+    named = [c for c in holders if not c.external_call_id.startswith(OWN_ID_PREFIXES)]
     counted = (named or holders)[0]
     for call in holders:
         wanted = None if call is counted or call in named else counted.id
@@ -657,6 +658,15 @@ def is_duplicate_delivery(call: Call, request: CallRequest) -> bool:
 
 CONTENT_ID_PREFIX: Final = "sha256-"
 """What starts a :func:`content_call_id`."""
+
+PATH_ID_PREFIX: Final = "path-"
+"""What starts the id of a file keyed by its path (``worker.runner.path_call_id``: a file
+too small for audio, or one that could not be read when it was registered)."""
+
+OWN_ID_PREFIXES: Final = (CONTENT_ID_PREFIX, PATH_ID_PREFIX)
+"""The ids callmood gives a file itself (the inbox scan, ``callmood run``, ``analyze``
+without ``--call-id``), which carry no agent, team or start time; any other id is a
+producer's (:func:`settle_recording`)."""
 
 
 def content_call_id(content_sha256: str) -> str:
