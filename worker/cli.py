@@ -496,6 +496,36 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
     return 0  # not reached
 
 
+def cmd_relabel(args: argparse.Namespace, settings: Settings) -> int:
+    """Give a stored call other labels, without a new analysis; 0 also when nothing changed."""
+    from worker.db import session_scope
+    from worker.store import parse_timestamp, relabel_call
+
+    try:
+        started_at = parse_timestamp(args.started_at) if args.started_at else None
+    except PayloadError as e:
+        raise ConfigError(f"--started-at: {str(e).removeprefix('started_at: ')}") from e
+    labels = {name: value for name, value in (
+        ("agent_id", args.agent), ("team", args.team), ("queue", args.queue),
+        ("customer_ref", args.customer_ref), ("started_at", started_at)) if value is not None}
+    if not labels:
+        raise ConfigError("give the labels to set: --agent, --team, --queue, --customer-ref "
+                          "or --started-at")
+    with session_scope(settings) as session:
+        changed = relabel_call(session, args.call_id, labels)
+    # after the commit: a closed pipe must not roll back what the line announces
+    print(f"{args.call_id}: " + ("; ".join(
+        f"{name} {one_line(_label_text(old))} -> {one_line(_label_text(new))}"
+        for name, (old, new) in changed.items()) or "labels unchanged"))
+    return 0
+
+
+def _label_text(value: object) -> str:
+    if value is None:
+        return "none"
+    return repr(value.isoformat() if isinstance(value, datetime) else str(value))
+
+
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     """Send one recording (or a manifest) to the workers; a known call id is sent once."""
     from worker.enqueue import MANIFEST_COLUMNS, enqueue, enqueue_manifest
@@ -771,6 +801,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reprocess", action="store_true",
                    help="analyse again even if this call id was sent or analysed before")
     p.set_defaults(func=cmd_enqueue, needs_db=True)
+
+    p = sub.add_parser("relabel", help="give a stored call other labels (agent, team, ...) "
+                                       "without analysing it again")
+    p.add_argument("call_id", metavar="CALL_ID", help="the call's external id")
+    p.add_argument("--agent", help="agent id")
+    p.add_argument("--team", help="team")
+    p.add_argument("--queue", help="queue")
+    p.add_argument("--customer-ref", help="customer reference")
+    p.add_argument("--started-at", help="ISO-8601 start with UTC offset, e.g. 2026-01-31T09:15Z")
+    p.set_defaults(func=cmd_relabel, needs_db=True)
 
     p = sub.add_parser("failures", help="list failed calls with reason and attempts")
     p.add_argument("--limit", type=whole_number(1, "calls"), default=100)

@@ -218,8 +218,9 @@ def _not_sent(request: CallRequest, reservation: Reservation) -> Enqueued:
         # old agent in every report (a review): say which labels differ, and refuse
         return Enqueued(call_id, None, refused=True, reason=(
             f"already enqueued or analysed with other labels ({changed}), so nothing was "
-            "sent and the stored labels stand: to give the call these, enqueue it with "
-            "--reprocess (reprocess=True: it takes them and is analysed again)"))
+            "sent and the stored labels stand: to give the call these, run callmood relabel "
+            f"{call_id} with them (no new analysis), or enqueue it with --reprocess "
+            "(reprocess=True: it takes them and is analysed again)"))
     return Enqueued(call_id, None, "already enqueued or analysed; pass reprocess to run again")
 
 

@@ -328,6 +328,36 @@ def update_from_request(call: Call, request: CallRequest) -> Call:
     return call   # written by the caller's next flush (its next query, or the commit)
 
 
+RELABEL_FIELDS: Final[tuple[str, ...]] = ("agent_id", "team", "queue", "customer_ref",
+                                           "started_at")
+"""The labels :func:`relabel_call` sets: those reports group and filter by."""
+
+
+def relabel_call(session: Session, external_call_id: str, labels: Mapping[str, Any]
+                 ) -> dict[str, tuple[Any, Any]]:
+    """Give the stored call ``external_call_id`` the ``labels`` (names of
+    :data:`RELABEL_FIELDS`; ``started_at`` aware), checked as a request's are, its analysis and
+    run left as they are; the call's row locked. Returns each label that changed as (stored,
+    new). A producer correcting an agent could only send the call again with --reprocess, a
+    new analysis (sent again without it, it is refused). PayloadError for an unknown call or
+    an invalid label."""
+    unknown = sorted(set(labels) - set(RELABEL_FIELDS))
+    if unknown:
+        raise PayloadError(f"{', '.join(unknown)}: not a label; labels: {', '.join(RELABEL_FIELDS)}")
+    # checked as a request would be (the uri only satisfies the check)
+    CallRequest(uri="/relabel", external_call_id=external_call_id, **labels)
+    found = find_call(session, external_call_id)
+    if found is None:
+        raise PayloadError(f"call_id: no call {external_call_id!r}")
+    call = lock_call(session, found.id)
+    changed = {name: (getattr(call, name), value) for name, value in labels.items()
+               if value is not None and getattr(call, name) != value}
+    for name, (_, value) in changed.items():
+        setattr(call, name, value)
+    session.flush()
+    return changed
+
+
 def record_rejected(session: Session, external_call_id: str, uri: str, reason: str) -> Call:
     """A failed call row for a payload that did not validate (so the rejection is visible).
 

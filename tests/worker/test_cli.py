@@ -883,3 +883,36 @@ def test_calls_lists_and_filters_by_agent_and_team(
     assert main(["calls", "--team", "blue", "--agent", "a-2"]) == 0
     (row,) = capsys.readouterr().out.splitlines()
     assert "agent=a-2 team=blue " + str(env / "b.wav") in row
+
+
+def test_relabel_gives_a_stored_call_other_labels_without_a_new_analysis(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A corrected agent could reach a stored call only through a new analysis (--reprocess);
+    sent again without it, it is refused (a review). `callmood relabel` sets the labels of the
+    stored call and leaves its analysis and run alone."""
+    from worker import db, store
+
+    (env / "a.wav").write_bytes(b"x")
+    assert main(["analyze", str(env / "a.wav"), "--call-id", "XL-1", "--agent", "Jos\u00e9"]) == 1
+    capsys.readouterr()
+    assert main(["relabel", "XL-1", "--agent", "ag-anna", "--team", "blue",
+                 "--started-at", "2026-11-03T09:30+01:00"]) == 0
+    assert capsys.readouterr().out == (
+        "XL-1: agent_id 'Jos\u00e9' -> 'ag-anna'; team none -> 'blue'; started_at none -> "
+        "'2026-11-03T09:30:00+01:00'\n")
+    with db.session_scope(Settings.from_env()) as session:
+        call = store.find_call(session, "XL-1")
+        assert call is not None
+        assert (call.agent_id, call.team, call.status, call.attempts) == (
+            "ag-anna", "blue", "failed", 1)
+        assert call.started_at == datetime(2026, 11, 3, 8, 30, tzinfo=UTC)
+    assert main(["relabel", "XL-1", "--agent", "ag-anna"]) == 0
+    assert capsys.readouterr().out == "XL-1: labels unchanged\n"
+    assert main(["relabel", "XL-9", "--agent", "a"]) == 1
+    assert "no call 'XL-9'" in capsys.readouterr().err
+    assert main(["relabel", "XL-1", "--agent", "bad\tname"]) == 1
+    assert "agent_id: expected null or 1-128 printable characters" in capsys.readouterr().err
+    assert main(["relabel", "XL-1"]) == 2
+    assert "give the labels to set" in capsys.readouterr().err
+    assert main(["relabel", "XL-1", "--started-at", "2026-11-03T09:30"]) == 2
+    assert "has no UTC offset" in capsys.readouterr().err
