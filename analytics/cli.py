@@ -220,9 +220,8 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
               + f" no {'agent id' if label == 'agent_id' else 'team'} and "
               + ("is" if unlabelled == 1 else "are") + " counted in the rows with an empty "
               "group (calls sent without it, and those the inbox scan, callmood run or "
-              "callmood analyze register without --agent/--team; callmood analyze FILE "
-              "--agent A --team T labels the call of a file analysed before, without a new "
-              "analysis)", file=sys.stderr)
+              "callmood analyze register without --agent/--team; callmood relabel CALL_ID "
+              "--agent A --team T labels a call without a new analysis)", file=sys.stderr)
     if unknown:
         # an empty report for a mistyped agent read as a quiet day (a review)
         print(f"callmood report {args.kind}: no call has {' or '.join(unknown)} (ids match "
