@@ -214,13 +214,13 @@ def _show_call_holding(shown: str, digest: str, own_id: str, args: argparse.Name
         call_id, version = holder.external_call_id, holder.model_version
         rows = _segment_lines(shown, segments_for_call(session, holder.id))
     if args.agent or args.team or started_at:
-        _print_lines([f"FAILED {shown}: the recording of call {call_id}, whose labels are its "
-                      "sender's: send them with that call (enqueue it with --reprocess), or "
-                      "give --call-id for a call of its own"], sys.stderr)
+        _print_lines([f"FAILED {shown}: the recording of call {call_id}, whose labels are "
+                      f"that call's: callmood relabel {call_id} sets them, or give --call-id "
+                      "for a call of its own"], sys.stderr)
         return False
     _print_lines([f"stored {shown}: the recording of call {call_id}, analysed with {version}; "
-                  f"shown as stored (--call-id {call_id} --reprocess analyses that call again "
-                  "from this file)"], sys.stderr)
+                  "shown as stored (--reprocess analyses this file again under its own id, "
+                  f"which reports leave out for {call_id})"], sys.stderr)
     _print_lines(rows if args.json else [], sys.stdout)
     _print_lines([f"done   {shown}: {len(rows)} segments, call id {call_id}"], sys.stderr)
     return True
@@ -499,24 +499,39 @@ def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_relabel(args: argparse.Namespace, settings: Settings) -> int:
     """Give a stored call other labels, without a new analysis; 0 also when nothing changed."""
     from worker.db import session_scope
-    from worker.store import parse_timestamp, relabel_call
+    from worker.schema import Call
+    from worker.store import check_labels, parse_timestamp, relabel_call
 
+    options = {"agent_id": "--agent", "team": "--team", "queue": "--queue",
+               "customer_ref": "--customer-ref", "started_at": "--started-at"}
     try:
         started_at = parse_timestamp(args.started_at) if args.started_at else None
+        labels = {name: value for name, value in (
+            ("agent_id", args.agent), ("team", args.team), ("queue", args.queue),
+            ("customer_ref", args.customer_ref), ("started_at", started_at))
+            if value is not None}
+        check_labels(labels)
     except PayloadError as e:
-        raise ConfigError(f"--started-at: {str(e).removeprefix('started_at: ')}") from e
-    labels = {name: value for name, value in (
-        ("agent_id", args.agent), ("team", args.team), ("queue", args.queue),
-        ("customer_ref", args.customer_ref), ("started_at", started_at)) if value is not None}
+        # a mistyped option is usage (exit 2), named as the option, not the payload field
+        name, _, why = str(e).partition(": ")
+        raise ConfigError(f"{options.get(name, name)}: "
+                          f"{why.replace('expected null or ', 'expected ')}") from e
     if not labels:
         raise ConfigError("give the labels to set: --agent, --team, --queue, --customer-ref "
                           "or --started-at")
     with session_scope(settings) as session:
-        changed = relabel_call(session, args.call_id, labels)
+        call, changed = relabel_call(session, args.call_id, labels)
+        counted = (session.get(Call, call.same_recording_as)
+                   if call.same_recording_as is not None else None)
+        counted_as = counted.external_call_id if counted is not None else None
     # after the commit: a closed pipe must not roll back what the line announces
     print(f"{args.call_id}: " + ("; ".join(
         f"{name} {one_line(_label_text(old))} -> {one_line(_label_text(new))}"
         for name, (old, new) in changed.items()) or "labels unchanged"))
+    if counted_as is not None:
+        # its labels reach no report: the recording counts as the producer's call
+        print(f"callmood relabel: reports count call {counted_as} for this recording, not "
+              f"{args.call_id}: relabel {counted_as} to move them", file=sys.stderr)
     return 0
 
 

@@ -216,11 +216,12 @@ def _not_sent(request: CallRequest, reservation: Reservation) -> Enqueued:
     if changed:
         # a correction sent again was skipped as a duplicate, exit 0, and the call kept the
         # old agent in every report (a review): say which labels differ, and refuse
+        relabel = (f"run callmood relabel {call_id} with them (no new analysis), or "
+                   if call.status in ("done", "failed") else "")   # a queued run undoes it
         return Enqueued(call_id, None, refused=True, reason=(
             f"already enqueued or analysed with other labels ({changed}), so nothing was "
-            "sent and the stored labels stand: to give the call these, run callmood relabel "
-            f"{call_id} with them (no new analysis), or enqueue it with --reprocess "
-            "(reprocess=True: it takes them and is analysed again)"))
+            f"sent and the stored labels stand: to give the call these, {relabel}enqueue it "
+            "with --reprocess (reprocess=True: it takes them and is analysed again)"))
     return Enqueued(call_id, None, "already enqueued or analysed; pass reprocess to run again")
 
 

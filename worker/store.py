@@ -333,29 +333,45 @@ RELABEL_FIELDS: Final[tuple[str, ...]] = ("agent_id", "team", "queue", "customer
 """The labels :func:`relabel_call` sets: those reports group and filter by."""
 
 
-def relabel_call(session: Session, external_call_id: str, labels: Mapping[str, Any]
-                 ) -> dict[str, tuple[Any, Any]]:
-    """Give the stored call ``external_call_id`` the ``labels`` (names of
-    :data:`RELABEL_FIELDS`; ``started_at`` aware), checked as a request's are, its analysis and
-    run left as they are; the call's row locked. Returns each label that changed as (stored,
-    new). A producer correcting an agent could only send the call again with --reprocess, a
-    new analysis (sent again without it, it is refused). PayloadError for an unknown call or
-    an invalid label."""
+def check_labels(labels: Mapping[str, Any]) -> None:
+    """PayloadError unless ``labels`` are :data:`RELABEL_FIELDS` with values a request may
+    carry (``started_at`` aware)."""
     unknown = sorted(set(labels) - set(RELABEL_FIELDS))
     if unknown:
         raise PayloadError(f"{', '.join(unknown)}: not a label; labels: {', '.join(RELABEL_FIELDS)}")
-    # checked as a request would be (the uri only satisfies the check)
-    CallRequest(uri="/relabel", external_call_id=external_call_id, **labels)
+    CallRequest(uri="/relabel", external_call_id="relabel", **labels)   # the uri and id only pass
+
+
+def relabel_call(session: Session, external_call_id: str, labels: Mapping[str, Any]
+                 ) -> tuple[Call, dict[str, tuple[Any, Any]]]:
+    """Give the stored call ``external_call_id`` the ``labels`` (:func:`check_labels`), its
+    analysis and run left as they are; the call's row locked. Returns the call and each label
+    that changed as (stored, new). A producer correcting an agent could only send the call
+    again with --reprocess, a new analysis (sent again without it, it is refused).
+
+    PayloadError for an unknown call, invalid labels, a call with a run outstanding (pending
+    or processing: the run takes its message's labels when it starts or retries, and the
+    relabel was undone without a word, a review) and a call whose payload was rejected (its
+    corrected payload brings the labels)."""
+    check_labels(labels)
     found = find_call(session, external_call_id)
     if found is None:
         raise PayloadError(f"call_id: no call {external_call_id!r}")
     call = lock_call(session, found.id)
+    if call.status in ("pending", "processing"):
+        raise PayloadError(
+            f"call {external_call_id} has a run outstanding ({call.status}), whose message "
+            "gives the call its labels when it starts: relabel it once it is done or failed, "
+            "or send it again with these labels and --reprocess")
+    if was_rejected(call):
+        raise PayloadError(f"call {external_call_id} was refused for its payload and never "
+                           "ran: send the corrected payload, with these labels")
     changed = {name: (getattr(call, name), value) for name, value in labels.items()
                if value is not None and getattr(call, name) != value}
     for name, (_, value) in changed.items():
         setattr(call, name, value)
     session.flush()
-    return changed
+    return call, changed
 
 
 def record_rejected(session: Session, external_call_id: str, uri: str, reason: str) -> Call:
@@ -498,10 +514,11 @@ def lock_recordings(session: Session, call_id: int, content_sha256: str) -> list
 
 def settle_recording(session: Session, content_sha256: str) -> None:
     """Set ``same_recording_as`` on the analysed calls of one recording: on a call with an id
-    callmood gave it (:data:`OWN_ID_PREFIXES`: the inbox scan's, ``callmood run``'s,
-    ``analyze``'s without ``--call-id``, by content or, for a file of at most 8 KiB, by path;
-    no agent, team or start time) the id of the call reports count instead, the first a
-    producer sent (with its labels), else the first such id; NULL on every other call.
+    callmood gave it (:func:`is_own_id`: the inbox scan's, ``callmood run``'s, ``analyze``'s
+    without ``--call-id``, by content or, for a file of at most 8 KiB, by path; no agent,
+    team or start time) the id of the call reports count instead, the first a producer sent
+    (with its labels), else, for a content id, the first content id; NULL on every other
+    call.
     The inbox scan analysed a file, the call-centre system sent it under its own id the next
     day, and every report counted the call twice (a review). Two producer ids both count:
     the call-centre system's word for a call is its id, and two calls can hold the same bytes
@@ -509,12 +526,18 @@ def settle_recording(session: Session, content_sha256: str) -> None:
     holders = list(session.scalars(
         select(Call).where(Call.content_sha256 == content_sha256, Call.model_version.is_not(None))
         .order_by(Call.id)))
-    if not holders:
-        return
-    named = [c for c in holders if not c.external_call_id.startswith(OWN_ID_PREFIXES)]
-    counted = (named or holders)[0]
+    named = [c for c in holders if not is_own_id(c.external_call_id)]
+    by_content = [c for c in holders if c.external_call_id.startswith(CONTENT_ID_PREFIX)
+                  and is_own_id(c.external_call_id)]
     for call in holders:
-        wanted = None if call is counted or call in named else counted.id
+        wanted = (None if call in named
+                  else named[0].id if named
+                  # no producer's: a path id stays its own call (files that small share
+                  # their bytes, not a recording, and two dead-air calls of 0.5 s were one,
+                  # a review); content ids give way to the first (a file replaced after its
+                  # scan holds another's content)
+                  else by_content[0].id if call in by_content and call is not by_content[0]
+                  else None)
         if call.same_recording_as != wanted:
             call.same_recording_as = wanted
     session.flush()
@@ -694,9 +717,17 @@ PATH_ID_PREFIX: Final = "path-"
 too small for audio, or one that could not be read when it was registered)."""
 
 OWN_ID_PREFIXES: Final = (CONTENT_ID_PREFIX, PATH_ID_PREFIX)
-"""The ids callmood gives a file itself (the inbox scan, ``callmood run``, ``analyze``
-without ``--call-id``), which carry no agent, team or start time; any other id is a
-producer's (:func:`settle_recording`)."""
+"""What starts the ids callmood gives a file itself (:func:`is_own_id`)."""
+
+
+def is_own_id(external_call_id: str) -> bool:
+    """Whether ``external_call_id`` is an id callmood gave a file itself (the inbox scan,
+    ``callmood run``, ``analyze`` without ``--call-id``): one of :data:`OWN_ID_PREFIXES` and
+    64 characters of hash, by shape (a producer's ``path-2026-12-07-001`` is a producer's: a
+    prefix alone took it for callmood's, a review). Such a call carries no agent, team or
+    start time; any other id is a producer's (:func:`settle_recording`)."""
+    return any(external_call_id.startswith(prefix)
+               and len(external_call_id) == len(prefix) + 64 for prefix in OWN_ID_PREFIXES)
 
 
 def content_call_id(content_sha256: str) -> str:

@@ -7,10 +7,11 @@ Create Date: 2026-12-07
 The inbox scan analysed a file under its content id; the next day the call-centre system
 sent the same file under its own call id, and every report counted the call twice (a
 review). A call with an id callmood gave it (by content, ``sha256-``, or for a file of at most
-8 KiB by path, ``path-``) whose recording (``content_sha256``) another call holds an analysis
-of too now names the call reports count (``worker.store.settle_recording`` keeps it as
-analyses are saved): the first a producer sent, else the first such call. Calls with a
-producer's id always count. This migration sets it for the calls stored before it.
+8 KiB by path, ``path-``) whose recording (``content_sha256``) a producer's call holds an
+analysis of too now names that call, the one reports count (``worker.store.settle_recording``
+keeps it as analyses are saved); a content id of a recording no producer sent names the first
+content id holding it. Calls with a producer's id, and path ids without one, always count.
+This migration sets it for the calls stored before it.
 """
 
 from __future__ import annotations
@@ -25,24 +26,26 @@ down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The rule of worker.store.settle_recording, as SQL both databases run: a call of an id
-# callmood gave it (they start "sha256-" or "path-", worker.store.OWN_ID_PREFIXES, written
-# out: a migration must not change with the code) names the recording's first call by (has
-# such an id, id), unless that is itself. substr, not LIKE: SQLite's LIKE ignores case, and a
-# producer's id "SHA256-1" would have been taken for a content id (a review).
-BACKFILL = """
-UPDATE calls SET same_recording_as = (
-    SELECT w.id FROM calls AS w
-    WHERE w.content_sha256 = calls.content_sha256 AND w.model_version IS NOT NULL
-    ORDER BY CASE WHEN substr(w.external_call_id, 1, 7) = 'sha256-'
-                    OR substr(w.external_call_id, 1, 5) = 'path-' THEN 1 ELSE 0 END, w.id
-    LIMIT 1)
-WHERE model_version IS NOT NULL AND content_sha256 IS NOT NULL
-  AND (substr(external_call_id, 1, 7) = 'sha256-' OR substr(external_call_id, 1, 5) = 'path-')
-  AND EXISTS (SELECT 1 FROM calls AS o
-              WHERE o.content_sha256 = calls.content_sha256 AND o.id <> calls.id
-                AND o.model_version IS NOT NULL)
+# The rule of worker.store.settle_recording, as SQL both databases run. An id callmood gave
+# a file is "sha256-" or "path-" and 64 characters of hash (worker.store.is_own_id, written
+# out: a migration must not change with the code; substr, not LIKE, which ignores case on
+# SQLite). Such a call names the recording's first producer call; without one, a content id
+# names the first content id (itself: cleared below), and a path id nothing.
+OWN = ("((substr({t}.external_call_id, 1, 7) = 'sha256-' AND length({t}.external_call_id) = 71)"
+       " OR (substr({t}.external_call_id, 1, 5) = 'path-' AND length({t}.external_call_id) = 69))")
+CONTENT = ("(substr({t}.external_call_id, 1, 7) = 'sha256-' "
+           "AND length({t}.external_call_id) = 71)")
+SAME = ("w.content_sha256 = calls.content_sha256 AND w.model_version IS NOT NULL")
+BACKFILL = f"""
+UPDATE calls SET same_recording_as = COALESCE(
+    (SELECT w.id FROM calls AS w WHERE {SAME} AND NOT {OWN.format(t="w")}
+     ORDER BY w.id LIMIT 1),
+    CASE WHEN {CONTENT.format(t="calls")} THEN
+        (SELECT w.id FROM calls AS w WHERE {SAME} AND {CONTENT.format(t="w")}
+         ORDER BY w.id LIMIT 1) END)
+WHERE model_version IS NOT NULL AND content_sha256 IS NOT NULL AND {OWN.format(t="calls")}
 """
+
 
 def upgrade() -> None:
     # batch mode, as 0002: SQLite adds a foreign key by recreating the table

@@ -62,3 +62,7 @@ def test_recordings_to_stress_report_and_pictures(tmp_path: Path, emotion_model:
     (listed,) = [line for line in capsys.readouterr().out.splitlines()
                  if line.startswith("sha256-")]
     assert listed.endswith("(same recording as C-calm, which the reports count instead)")
+    # its labels reach no report: relabel says which call to relabel instead (a review)
+    assert main(["relabel", listed.split()[0], "--agent", "dora"]) == 0
+    assert ("reports count call C-calm for this recording, not sha256-"
+            in capsys.readouterr().err)

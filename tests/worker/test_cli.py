@@ -129,8 +129,8 @@ def test_analyze_shows_a_producer_s_call_of_the_file_and_keeps_a_relabel_on_a_cl
     # read only: the copy given here takes nothing of the call (its file, labels or run: the
     # first version moved all three, a review), not even while a re-run of it is queued
     assert main(["analyze", str(copy), "--agent", "bob"]) == 1
-    assert "the recording of call CC-1006, whose labels are its sender's" in (
-        capsys.readouterr().err)
+    assert ("the recording of call CC-1006, whose labels are that call's: callmood relabel "
+            "CC-1006 sets them") in capsys.readouterr().err
     with db.session_scope(Settings.from_env()) as session:
         queued = store.find_call(session, "CC-1006")
         assert queued is not None
@@ -910,9 +910,22 @@ def test_relabel_gives_a_stored_call_other_labels_without_a_new_analysis(
     assert capsys.readouterr().out == "XL-1: labels unchanged\n"
     assert main(["relabel", "XL-9", "--agent", "a"]) == 1
     assert "no call 'XL-9'" in capsys.readouterr().err
-    assert main(["relabel", "XL-1", "--agent", "bad\tname"]) == 1
-    assert "agent_id: expected null or 1-128 printable characters" in capsys.readouterr().err
+    # usage, named by the option (it said "agent_id: expected null or ...", exit 1)
+    assert main(["relabel", "XL-1", "--agent", "bad\tname"]) == 2
+    assert "--agent: expected 1-128 printable characters" in capsys.readouterr().err
+    assert main(["relabel", "XL-1", "--started-at", "0001-01-01T00:00+01:00"]) == 2
+    assert "--started-at: 0001-01-01T00:00:00+01:00 has no UTC time" in capsys.readouterr().err
     assert main(["relabel", "XL-1"]) == 2
     assert "give the labels to set" in capsys.readouterr().err
     assert main(["relabel", "XL-1", "--started-at", "2026-11-03T09:30"]) == 2
     assert "has no UTC offset" in capsys.readouterr().err
+    # a call with a run outstanding: its message's labels would undo the relabel when the
+    # run starts (a review found it undone without a word)
+    with db.session_scope(Settings.from_env()) as session:
+        queued = store.find_call(session, "XL-1")
+        assert queued is not None
+        queued.status = "pending"
+    assert main(["relabel", "XL-1", "--agent", "ag-bob"]) == 1
+    assert "has a run outstanding (pending)" in capsys.readouterr().err
+    with db.session_scope(Settings.from_env()) as session:
+        assert store.find_call(session, "XL-1").agent_id == "ag-anna"  # type: ignore[union-attr]

@@ -495,9 +495,21 @@ def test_a_known_call_sent_again_with_other_labels_is_refused_naming_them(
         "already enqueued or analysed with other labels (agent_id 'Jos\u00e9 P\u00e9rez' stored, "
         "'ag-anna' sent; team 'none' stored, 'blue' sent; started_at "
         "'2026-11-03T08:00:00+00:00' stored, '2026-11-03T09:30:00+01:00' sent), so nothing was "
-        "sent and the stored labels stand: to give the call these, run callmood relabel XL-1 "
-        "with them (no new analysis), or enqueue it with --reprocess (reprocess=True: it "
-        "takes them and is analysed again)")
+        "sent and the stored labels stand: to give the call these, enqueue it with "
+        "--reprocess (reprocess=True: it takes them and is analysed again)")
+    # a finished call can take them without a new analysis: the refusal says how
+    with db.session_scope(producer) as s:
+        finished = store.find_call(s, "XL-1")
+        assert finished is not None
+        finished.status = "done"
+    done = enqueue("/recordings/x/xl-1.wav", call_id="XL-1", agent_id="ag-anna",
+                   settings=producer)
+    assert done.refused and "run callmood relabel XL-1 with them (no new analysis), or " in (
+        done.reason or "")
+    with db.session_scope(producer) as s:
+        pending = store.find_call(s, "XL-1")
+        assert pending is not None
+        pending.status = "pending"
     manifest = producer.input_roots[0] / "fix.csv"
     manifest.write_text("uri,call_id,agent_id\n/recordings/x/xl-1.wav,XL-1,ag-anna\n")
     assert enqueue_manifest(manifest, settings=producer).refused == 1

@@ -129,11 +129,16 @@ def test_0011_marks_each_recording_s_other_calls(backend: str, tmp_path: Path,
            else str(request.getfixturevalue("postgres_url")))
     db.upgrade(url, "0010")
     a, b = "a" * 64, "b" * 64
-    # 9: a producer's id in capitals is no content id (SQLite's LIKE would have said it is)
+    # 9: a producer's id in capitals is no content id (SQLite's LIKE would have said it is);
+    # 10: a file of at most 8 KiB, keyed by its path, gives way to a producer's call; 11, 12:
+    # two such files of the same bytes and no producer's call both count (dead air); 13: a
+    # producer's id that starts like a path id is a producer's
+    d = "d" * 64
     rows = [(1, f"sha256-{a}", a, "v1"), (2, "CC-1", a, "v1"), (3, "CC-2", a, "v1"),
             (4, "CC-3", a, None), (5, f"sha256-{b}", b, "v1"), (6, "CC-4", None, "v1"),
             (7, "CC-5", None, "v1"), (8, f"sha256-{'c' * 64}", b, "v1"), (9, "SHA256-9", a, "v1"),
-            (10, "path-0a1b", a, "v1")]       # a file of at most 8 KiB, keyed by its path
+            (10, f"path-{'1' * 64}", a, "v1"), (11, f"path-{'2' * 64}", d, "v1"),
+            (12, f"path-{'3' * 64}", d, "v1"), (13, "path-2026-12-07-001", a, "v1")]
     with db.make_engine(url).begin() as c:
         for id_, external, digest, version in rows:
             c.execute(text("INSERT INTO calls (id, external_call_id, source_uri, status, "
@@ -145,7 +150,7 @@ def test_0011_marks_each_recording_s_other_calls(backend: str, tmp_path: Path,
         marks: dict[int, int | None] = dict(
             c.execute(text("SELECT id, same_recording_as FROM calls")).all())
     assert marks == {1: 2, 2: None, 3: None, 4: None, 5: None, 6: None, 7: None, 8: 5, 9: None,
-                     10: 2}
+                     10: 2, 11: None, 12: None, 13: None}
     db.downgrade(url, "0010")
 
 

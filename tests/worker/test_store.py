@@ -210,14 +210,24 @@ def test_each_recording_is_counted_once_as_analyses_are_saved(db_url: str) -> No
     analyse("CC-1", digest)
     analyse("CC-2", digest)
     assert _marks(db_url) == {f"sha256-{digest}": "CC-1", "CC-1": None, "CC-2": None}
-    # a file of at most 8 KiB is registered by its path: that id gives way too (a review)
-    analyse("path-0a1b", digest)
-    assert _marks(db_url)["path-0a1b"] == "CC-1"
+    # a file of at most 8 KiB is registered by its path: that id gives way too (a review),
+    # but a producer's id that merely starts like one is a producer's (a review)
+    tiny = f"path-{'1' * 64}"
+    analyse(tiny, digest)
+    analyse("path-2026-12-07-001", digest)
+    assert _marks(db_url)[tiny] == "CC-1" and _marks(db_url)["path-2026-12-07-001"] is None
     analyse("CC-1", digest)     # a redelivery: nothing moves
     assert _marks(db_url)[f"sha256-{digest}"] == "CC-1"
     analyse("CC-1", other)      # CC-1's file replaced and analysed again
     assert _marks(db_url) == {f"sha256-{digest}": "CC-2", "CC-1": None, "CC-2": None,
-                              "path-0a1b": "CC-2"}
+                              tiny: "CC-2", "path-2026-12-07-001": None}
+    # two files of at most 8 KiB with the same bytes and no producer's call: each its own
+    # call (two 0.5 s dead-air calls were one, a review)
+    silent = "ee" * 32
+    analyse(f"path-{'2' * 64}", silent)
+    analyse(f"path-{'3' * 64}", silent)
+    marks = _marks(db_url)
+    assert marks[f"path-{'2' * 64}"] is None and marks[f"path-{'3' * 64}"] is None
     with db.session_scope(db_url) as s:     # its re-run fails: the analysis it keeps counts
         cc2 = store.find_call(s, "CC-2")
         assert cc2 is not None
