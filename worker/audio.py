@@ -330,6 +330,7 @@ def check_input(path: Path, max_duration_s: float, max_file_bytes: int | None = 
     check_container_length(path, info)
     check_ogg_pages(path, info)
     check_single_flac_stream(path, info)
+    check_mp3_tag(path, info)
     check_known_length(path, info)
     if str(info.format) in ESTIMATED_LENGTH_FORMATS:
         # MP3 headers report frames=0 or an estimate: the decoded length is what counts (both
@@ -879,6 +880,51 @@ def _layer3_frame(data: bytes, pos: int) -> tuple[int, int] | None:
 MP3_INFO_SEARCH_BYTES: Final[int] = 4096
 """Bytes after an MP3's ID3v2 tag searched for its first frame's Xing/Info or VBRI header
 (a few hundred bytes of junk or padding may come first; a frame is at most 1441 bytes)."""
+
+
+MP3_TAG_OVERRUN_SEARCH_BYTES: Final[int] = 65536
+"""Bytes before the end an MP3's ID3v2 tag states that :func:`mp3_tag_overruns_audio` looks
+through for frames running past it."""
+MP3_CHAIN_FRAMES: Final[int] = 3
+"""Frames one after another that make a run of bytes audio rather than a tag's data."""
+
+
+def mp3_tag_overruns_audio(fh: BinaryIO) -> int:
+    """Bytes of audio frames an MP3's ID3v2 tag (``fh``, binary) claims by stating too large a
+    size: a run of :data:`MP3_CHAIN_FRAMES` or more layer III frames, each where the one before
+    ends, that begins inside the stated tag and reaches past its end; 0 when none does. The
+    decoder skips the size the tag states, so the call's first seconds were lost and every
+    utterance stored that much early (a review: a tag 5,000 bytes too long, 1.95 s), and its
+    Xing frame, in the skipped part, could not tell the length."""
+    fh.seek(0)
+    end = _id3v2_end(fh.read(10))
+    if end == 0:
+        return 0
+    low = max(10, end - MP3_TAG_OVERRUN_SEARCH_BYTES)
+    fh.seek(low)
+    data = fh.read(end - low + MP3_CHAIN_FRAMES * 1441 + 4)   # a frame is at most 1441 bytes
+    at = data.find(b"\xff")
+    while 0 <= at < end - low:
+        pos, frames = at, 0
+        while pos + 4 <= len(data) and (frame := _layer3_frame(data, pos)) and frame[0] > 0:
+            frames, pos = frames + 1, pos + frame[0]
+            if frames >= MP3_CHAIN_FRAMES and low + pos > end:
+                return end - (low + at)
+        at = data.find(b"\xff", at + 1)
+    return 0
+
+
+def check_mp3_tag(path: Path, info: Any) -> None:
+    """AudioDecodeError for an MP3 whose ID3v2 tag overruns its audio
+    (:func:`mp3_tag_overruns_audio`)."""
+    if str(info.format) not in ESTIMATED_LENGTH_FORMATS:
+        return
+    overrun = scan_file(path, mp3_tag_overruns_audio)
+    if overrun:
+        raise AudioDecodeError(
+            f"{path.name}: its ID3v2 tag states a size that runs {overrun} bytes into the "
+            "audio, which the decoder would skip, every later time moved early: re-save the "
+            "tag (or strip it) and send the recording again")
 
 
 @dataclass(frozen=True)

@@ -723,6 +723,32 @@ def test_flac_files_joined_end_to_end_are_refused_and_a_trailing_tag_is_read(
                 == 3 * ANALYSIS_SAMPLE_RATE)
 
 
+def test_an_mp3_whose_id3v2_tag_states_too_large_a_size_fails(tmp_path: Path) -> None:
+    """A tag 5,000 bytes too long: the decoder skipped that much of the audio (and the Xing
+    frame in it, which could have told the length), and every utterance was stored 1.95 s
+    early (a review). A tag of its true size, 300 KB of cover art full of 0xFF bytes, is
+    read as before."""
+    plain = tmp_path / "plain.mp3"
+    sf.write(plain, tone(20.0, 16000, channels=2), 16000, format="MP3",
+             subtype="MPEG_LAYER_III")
+    art = np.random.default_rng(2).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    frame = b"APIC" + (len(art) + 14).to_bytes(4, "big") + b"\0\0\0image/jpeg\0\x03\0" + art
+
+    def tagged(size: int) -> bytes:
+        safe = bytes((size >> shift) & 0x7F for shift in (21, 14, 7, 0))
+        return b"ID3\x03\x00\x00" + safe + frame + plain.read_bytes()
+
+    good, bad = tmp_path / "art.mp3", tmp_path / "wrong.mp3"
+    good.write_bytes(tagged(len(frame)))
+    bad.write_bytes(tagged(len(frame) + 5000))
+    assert load_recording(good, MAX_S).duration_s == pytest.approx(
+        load_recording(plain, MAX_S).duration_s)
+    for decode in (load_recording, open_stream):
+        with pytest.raises(AudioDecodeError, match=r"wrong\.mp3: its ID3v2 tag states a size "
+                                                   r"that runs 5000 bytes into the audio"):
+            decode(bad, MAX_S)
+
+
 @pytest.mark.parametrize("rates", [(16000, 16000), (8000, 48000)])
 def test_ogg_files_joined_end_to_end_are_refused(tmp_path: Path, rates: tuple[int, int]) -> None:
     """Two Opus files joined with cat (a chained Ogg file): libsndfile decodes the first
