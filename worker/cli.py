@@ -85,16 +85,12 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     """Run the whole pipeline in-process on each file and store the results."""
     from worker.db import prepare_database
     from worker.runner import worker_settings
-    from worker.store import parse_timestamp
 
     files = _expand(args.files)
     for option, value in (("--call-id", args.call_id), ("--started-at", args.started_at)):
         if value and len(files) != 1:
             raise ConfigError(f"{option} names one call: give exactly one FILE with it")
-    try:
-        started_at = parse_timestamp(args.started_at) if args.started_at else None
-    except PayloadError as e:
-        raise ConfigError(f"--started-at: {str(e).removeprefix('started_at: ')}") from e
+    started_at = _started_at_option(args.started_at)
     require_model(settings)
     settings = worker_settings(settings, [f.resolve() for f in files])
     prepare_database(settings.database_url)
@@ -105,6 +101,17 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     with quiet:
         failed = sum(not _analyze_file(path, args, settings, started_at) for path in files)
     return 1 if failed else 0
+
+
+def _started_at_option(text: str | None) -> datetime | None:
+    """``--started-at``'s value as an aware datetime (None when not given); ConfigError,
+    naming the option, for one that is no ISO-8601 time with a UTC offset."""
+    from worker.store import parse_timestamp
+
+    try:
+        return parse_timestamp(text) if text else None
+    except PayloadError as e:
+        raise ConfigError(f"--started-at: {str(e).removeprefix('started_at: ')}") from e
 
 
 _LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
@@ -130,6 +137,7 @@ def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings,
         content_call_id,
         content_of_call_id,
         find_call,
+        label_changes,
         segments_for_call,
         update_from_request,
     )
@@ -168,9 +176,8 @@ def _analyze_file(path: Path, args: argparse.Namespace, settings: Settings,
                              "recording; --reprocess replaces it with this one")
                 _print_lines(notes, sys.stderr)
                 return False
-            relabel = {k: v for k, v in (("agent_id", args.agent), ("team", args.team),
-                                         ("started_at", started_at))
-                       if v is not None and getattr(call, k) != v}
+            relabel = label_changes(call, {"agent_id": args.agent, "team": args.team,
+                                           "started_at": started_at})
             if relabel:
                 # the labels given now are the call's: its analysis stands, its reports move
                 update_from_request(call, request)
@@ -500,16 +507,15 @@ def cmd_relabel(args: argparse.Namespace, settings: Settings) -> int:
     """Give a stored call other labels, without a new analysis; 0 also when nothing changed."""
     from worker.db import session_scope
     from worker.schema import Call
-    from worker.store import check_labels, parse_timestamp, relabel_call
+    from worker.store import check_labels, relabel_call
 
     options = {"agent_id": "--agent", "team": "--team", "queue": "--queue",
                "customer_ref": "--customer-ref", "started_at": "--started-at"}
+    labels = {name: value for name, value in (
+        ("agent_id", args.agent), ("team", args.team), ("queue", args.queue),
+        ("customer_ref", args.customer_ref), ("started_at", _started_at_option(args.started_at)))
+        if value is not None}
     try:
-        started_at = parse_timestamp(args.started_at) if args.started_at else None
-        labels = {name: value for name, value in (
-            ("agent_id", args.agent), ("team", args.team), ("queue", args.queue),
-            ("customer_ref", args.customer_ref), ("started_at", started_at))
-            if value is not None}
         check_labels(labels)
     except PayloadError as e:
         # a mistyped option is usage (exit 2), named as the option, not the payload field

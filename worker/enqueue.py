@@ -20,19 +20,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from worker.db import session_scope
 from worker.errors import CallmoodError, PartialSendError, PayloadError
 from worker.schema import Call
 from worker.settings import Settings, get_settings
 from worker.store import (
+    LABEL_FIELDS,
     CallRequest,
     CallSendState,
     Reservation,
     RetryRequest,
     create_batch,
     finish_batch_scan,
+    label_changes,
     list_calls,
     parse_timestamp,
     payload_rejected,
@@ -225,19 +227,13 @@ def _not_sent(request: CallRequest, reservation: Reservation) -> Enqueued:
     return Enqueued(call_id, None, "already enqueued or analysed; pass reprocess to run again")
 
 
-LABEL_FIELDS: Final[tuple[str, ...]] = ("agent_id", "team", "queue", "customer_ref", "started_at")
-"""The labels a request carries that reports group or filter by."""
-
-
 def relabelled(call: Call, request: CallRequest) -> str:
-    """The labels ``request`` gives that differ from ``call``'s stored ones, as ``field
-    'stored' -> 'sent'`` (start times compared as instants); empty when none does. A label the
-    request leaves out differs from nothing."""
+    """The labels ``request`` gives that differ from ``call``'s stored ones
+    (:func:`worker.store.label_changes`), as ``field 'stored' stored, 'sent' sent``; empty
+    when none does."""
     changes = []
-    for name in LABEL_FIELDS:
-        sent, stored = getattr(request, name), getattr(call, name)
-        if sent is None or sent == stored:
-            continue
+    given = {name: getattr(request, name) for name in LABEL_FIELDS}
+    for name, (stored, sent) in label_changes(call, given).items():
         if isinstance(sent, datetime) and isinstance(stored, datetime):
             sent_text, stored_text = sent.isoformat(), stored.isoformat()
         else:

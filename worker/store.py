@@ -328,17 +328,26 @@ def update_from_request(call: Call, request: CallRequest) -> Call:
     return call   # written by the caller's next flush (its next query, or the commit)
 
 
-RELABEL_FIELDS: Final[tuple[str, ...]] = ("agent_id", "team", "queue", "customer_ref",
-                                           "started_at")
-"""The labels :func:`relabel_call` sets: those reports group and filter by."""
+LABEL_FIELDS: Final[tuple[str, ...]] = ("agent_id", "team", "queue", "customer_ref",
+                                         "started_at")
+"""The labels a call carries that reports group and filter by (:func:`relabel_call` sets
+them, :func:`label_changes` compares them)."""
+
+
+def label_changes(call: Call, labels: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Of ``labels`` (names of :data:`LABEL_FIELDS` to values), those that differ from
+    ``call``'s stored ones, as (stored, given), in the order given; a label given as None
+    differs from nothing, and start times compare as instants."""
+    return {name: (getattr(call, name), value) for name, value in labels.items()
+            if value is not None and getattr(call, name) != value}
 
 
 def check_labels(labels: Mapping[str, Any]) -> None:
-    """PayloadError unless ``labels`` are :data:`RELABEL_FIELDS` with values a request may
+    """PayloadError unless ``labels`` are :data:`LABEL_FIELDS` with values a request may
     carry (``started_at`` aware)."""
-    unknown = sorted(set(labels) - set(RELABEL_FIELDS))
+    unknown = sorted(set(labels) - set(LABEL_FIELDS))
     if unknown:
-        raise PayloadError(f"{', '.join(unknown)}: not a label; labels: {', '.join(RELABEL_FIELDS)}")
+        raise PayloadError(f"{', '.join(unknown)}: not a label; labels: {', '.join(LABEL_FIELDS)}")
     CallRequest(uri="/relabel", external_call_id="relabel", **labels)   # the uri and id only pass
 
 
@@ -366,8 +375,7 @@ def relabel_call(session: Session, external_call_id: str, labels: Mapping[str, A
     if was_rejected(call):
         raise PayloadError(f"call {external_call_id} was refused for its payload and never "
                            "ran: send the corrected payload, with these labels")
-    changed = {name: (getattr(call, name), value) for name, value in labels.items()
-               if value is not None and getattr(call, name) != value}
+    changed = label_changes(call, labels)
     for name, (_, value) in changed.items():
         setattr(call, name, value)
     session.flush()
