@@ -535,8 +535,7 @@ def settle_recording(session: Session, content_sha256: str) -> None:
         select(Call).where(Call.content_sha256 == content_sha256, Call.model_version.is_not(None))
         .order_by(Call.id)))
     named = [c for c in holders if not is_own_id(c.external_call_id)]
-    by_content = [c for c in holders if c.external_call_id.startswith(CONTENT_ID_PREFIX)
-                  and is_own_id(c.external_call_id)]
+    by_content = [c for c in holders if content_of_call_id(c.external_call_id) is not None]
     for call in holders:
         wanted = (None if call in named
                   else named[0].id if named
