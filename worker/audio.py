@@ -393,8 +393,8 @@ def walk_ogg_pages(fh: BinaryIO) -> OggPages:
             return OggPages(chained)
         if header[:4] != b"OggS" or header[4] != 0:
             # lost sync: a damaged header, unless nothing that follows is a page
-            return (OggPages(chained, page, offset) if _holds(fh, header[1:], b"OggS")
-                    else OggPages(chained))
+            follows = next(marker_hits(fh, b"OggS", head=header[1:]), None) is not None
+            return OggPages(chained, page, offset) if follows else OggPages(chained)
         table = fh.read(header[26])
         body = fh.read(sum(table))
         if len(table) < header[26] or len(body) < sum(table):
@@ -409,18 +409,26 @@ def walk_ogg_pages(fh: BinaryIO) -> OggPages:
         page += 1
 
 
-def _holds(fh: BinaryIO, head: bytes, marker: bytes) -> bool:
-    """Whether ``head`` and the rest of ``fh`` hold ``marker``, read
-    :data:`SCAN_CHUNK_BYTES` at a time (the rest of a 2 GB file read at once would take 2 GB,
-    a review)."""
+def marker_hits(fh: BinaryIO, marker: bytes, after: int = 0, head: bytes = b""
+                ) -> Iterator[bytes]:
+    """Each place ``marker`` occurs in ``head`` and the rest of ``fh``, as the marker and the
+    ``after`` bytes that follow it (an occurrence without them, at the end, is not given),
+    read :data:`SCAN_CHUNK_BYTES` at a time (the rest of a 2 GB file read at once would take
+    2 GB, a review); an occurrence cut by a chunk's end is found with the next chunk."""
+    width = len(marker) + after
     window = head
     while True:
-        if marker in window:
-            return True
+        at = window.find(marker)
+        while at != -1 and at + width <= len(window):
+            yield window[at:at + width]
+            at = window.find(marker, at + 1)
         chunk = fh.read(SCAN_CHUNK_BYTES)
         if not chunk:
-            return False
-        window = window[-(len(marker) - 1):] + chunk
+            return
+        # from the first occurrence still short of its bytes, else the bytes a marker cut
+        # by the end could begin in
+        window = (window[at:] if at != -1 else window[max(len(window) - len(marker) + 1, 0):]
+                  ) + chunk
 
 
 _Scanned = TypeVar("_Scanned")
@@ -465,17 +473,8 @@ def flac_stream_starts(fh: BinaryIO) -> int:
     """How many FLAC streams begin in ``fh`` (binary, at its start): the marker ``fLaC`` and a
     STREAMINFO block header (type 0, 34 bytes; last-block flag either way). Eight given bytes
     inside compressed audio are a chance of 2**-64 a position."""
-    found, carry = 0, b""
-    while chunk := fh.read(SCAN_CHUNK_BYTES):
-        window = carry + chunk
-        at = window.find(b"fLaC")
-        while at != -1 and at + 8 <= len(window):
-            if window[at + 4] in (0x00, 0x80) and window[at + 5:at + 8] == b"\x00\x00\x22":
-                found += 1
-            at = window.find(b"fLaC", at + 1)
-        # a marker cut by the chunk's end is looked at again with the next chunk
-        carry = window[max(len(window) - 7, 0):] if at == -1 else window[at:]
-    return found
+    return sum(hit[4] in (0x00, 0x80) and hit[5:] == b"\x00\x00\x22"
+               for hit in marker_hits(fh, b"fLaC", after=4))
 
 
 def check_single_flac_stream(path: Path, info: Any) -> None:
@@ -885,6 +884,8 @@ MP3_INFO_SEARCH_BYTES: Final[int] = 4096
 MP3_TAG_OVERRUN_SEARCH_BYTES: Final[int] = 65536
 """Bytes before the end an MP3's ID3v2 tag states that :func:`mp3_tag_overruns_audio` looks
 through for frames running past it."""
+MP3_MAX_FRAME_BYTES: Final[int] = 1441
+"""The longest layer III frame: 320 kbit/s at 32 kHz, 160 kbit/s at 8 kHz."""
 MP3_CHAIN_FRAMES: Final[int] = 3
 """Frames one after another that make a run of bytes audio rather than a tag's data."""
 
@@ -902,7 +903,7 @@ def mp3_tag_overruns_audio(fh: BinaryIO) -> int:
         return 0
     low = max(10, end - MP3_TAG_OVERRUN_SEARCH_BYTES)
     fh.seek(low)
-    data = fh.read(end - low + MP3_CHAIN_FRAMES * 1441 + 4)   # a frame is at most 1441 bytes
+    data = fh.read(end - low + MP3_CHAIN_FRAMES * MP3_MAX_FRAME_BYTES + 4)
     at = data.find(b"\xff")
     while 0 <= at < end - low:
         pos, frames = at, 0
